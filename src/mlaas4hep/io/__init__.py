@@ -1,0 +1,49 @@
+"""Layer 1, streaming: native ROOT files into training-ready tensors.
+
+* :class:`Dataset` (``dataset.py``): the user-facing API;
+* :class:`DatasetConfig` (``config.py``): the YAML / MLaaS4HEP trio contract;
+* :class:`Preprocessor` (``preprocess.py``): raw branches to ``x``/``mask``, shared with bundles;
+* :class:`Specs` (``specs.py``): the statistics of the specs pass;
+* ``sources.py``, ``reader.py``, ``passes.py``, ``executor.py``, ``shuffle.py``,
+  ``chunk.py``: opening, decoding, parallelism, shuffling and the decoded cache.
+"""
+
+from .chunk import Chunk, Unit
+from .config import DatasetConfig, FileGroup
+from .dataset import Dataset
+from .errors import (
+    BranchNotFoundError,
+    ConfigError,
+    CorruptFileError,
+    FileOpenError,
+    Mlaas4hepError,
+    StaleSpecsError,
+    TreeNotFoundError,
+    UnsupportedBranchError,
+)
+from .preprocess import Preprocessor
+from .specs import Specs
+
+Batch = Chunk
+
+__all__ = [
+    "Batch",
+    "BranchNotFoundError",
+    "Chunk",
+    "ConfigError",
+    "CorruptFileError",
+    "Dataset",
+    "DatasetConfig",
+    "FileGroup",
+    "FileOpenError",
+    "Mlaas4hepError",
+    "Preprocessor",
+    "Specs",
+    "StaleSpecsError",
+    "TreeNotFoundError",
+    "UnitReader",
+    "UnsupportedBranchError",
+    "Unit",
+]
+
+from .reader import UnitReader  # noqa: E402

@@ -1,0 +1,108 @@
+"""Decoded chunks, and the units of work that produce them.
+
+A :class:`Unit` is a (file, entry range) pair: the grain of parallelism, of
+retries, of the decoded cache and of shuffling. A :class:`Chunk` is what a unit
+decodes to: model-ready arrays plus labels, weights and event ids.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Unit(NamedTuple):
+    file: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.file}_{self.start}_{self.stop}"
+
+
+@dataclass
+class Chunk:
+    """Arrays of ``n`` events: ``x``/``mask`` ``(n, F)``, ``y``, ``weight``, ``event_id`` ``(n, 2)``."""
+
+    x: np.ndarray
+    mask: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray
+    event_id: np.ndarray
+
+    FIELDS = ("x", "mask", "y", "weight", "event_id")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, f).nbytes for f in self.FIELDS)
+
+    def take(self, index) -> "Chunk":
+        return Chunk(*(getattr(self, f)[index] for f in self.FIELDS))
+
+    @classmethod
+    def concat(cls, chunks: list["Chunk"]) -> "Chunk":
+        if len(chunks) == 1:
+            return chunks[0]
+        return cls(*(np.concatenate([getattr(c, f) for c in chunks]) for f in cls.FIELDS))
+
+    @classmethod
+    def empty(cls, n_features: int) -> "Chunk":
+        return cls(
+            np.zeros((0, n_features), np.float32),
+            np.zeros((0, n_features), bool),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.zeros((0, 2), np.int64),
+        )
+
+
+class ChunkStore:
+    """A directory of decoded chunks, one sub-directory of ``.npy`` files per unit.
+
+    Writes are atomic (a temporary directory renamed into place), so a crash
+    mid-write never leaves a partial chunk that a later epoch would trust.
+    Reads are memory-mapped: workers hand chunks to the trainer through the page
+    cache instead of a pipe, and later epochs read them back without decoding.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, unit: Unit) -> Path:
+        return self.root / unit.name
+
+    def has(self, unit: Unit) -> bool:
+        return (self.path(unit) / "event_id.npy").exists()
+
+    def write(self, unit: Unit, chunk: Chunk) -> int:
+        final = self.path(unit)
+        tmp = self.root / f".tmp-{unit.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in Chunk.FIELDS:
+            np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another writer won the race: its chunk is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+        return chunk.nbytes
+
+    def read(self, unit: Unit) -> Chunk:
+        d = self.path(unit)
+        return Chunk(*(np.load(d / f"{f}.npy", mmap_mode="r", allow_pickle=False) for f in Chunk.FIELDS))
+
+    def remove(self, unit: Unit) -> None:
+        shutil.rmtree(self.path(unit), ignore_errors=True)
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*.npy"))

@@ -1,0 +1,390 @@
+"""The :class:`Dataset`: a training dataset streamed from native ROOT files.
+
+Typical use::
+
+    from mlaas4hep.io import Dataset
+    ds = Dataset.from_config("config.yaml")
+    ds.feature_names                       # flat features, then Jet_pt[0] ... Jet_pt[5] ...
+    for b in ds.batches(batch_size=1024, epoch=0):
+        b.x, b.mask, b.y, b.weight, b.event_id
+    X, y = ds.to_numpy()                   # everything in memory (the traditional path)
+
+Nothing is read until it is needed: ``schema`` opens the first file,
+``specs`` runs (or validates) the specs pass, and ``batches`` streams units of
+``chunk_size`` events through a pool of decoding workers. Epoch 0 writes the
+decoded chunks to a cache keyed by the configuration, the specs and the files'
+fingerprints; later epochs read them back memory-mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from functools import cached_property, partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .. import progress
+from . import schema as schema_mod
+from .chunk import Chunk, ChunkStore, Unit
+from .config import DatasetConfig
+from .errors import ConfigError, Mlaas4hepError, StaleSpecsError
+from .executor import default_workers, get_executor, ordered_map
+from .passes import decode_unit, file_info, unit_stats
+from .preprocess import Preprocessor
+from .reader import UnitReader, get_tree
+from .shuffle import batches as cut_batches
+from .shuffle import plan_epoch, plan_units, shard
+from .specs import Specs
+
+log = logging.getLogger(__name__)
+
+#: Fields of the configuration that change what the specs pass computes.
+SPECS_FIELDS = ("tree", "branches", "exclude", "identifier", "new_variables", "selection", "nevts")
+#: Fields that change what a decoded chunk holds.
+CHUNK_FIELDS = SPECS_FIELDS + ("jagged", "pad_value", "normalize", "label_branch", "weight_branch", "chunk_size")
+
+
+class Dataset:
+    """A streamed dataset described by a :class:`DatasetConfig`."""
+
+    def __init__(
+        self,
+        config: DatasetConfig,
+        specs: Specs | str | os.PathLike | None = None,
+        show_progress: bool | None = None,
+    ):
+        self.config = config
+        self.show_progress = show_progress
+        self._files = config.resolve_files()
+        self.urls = [u for u, _ in self._files]
+        self._specs_arg = specs if specs is not None else config.extra.get("specs")
+        #: What ``on_error: skip`` left out: dicts with file, entries and error.
+        self.report: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def from_config(cls, config: str | os.PathLike | dict | DatasetConfig, **kw) -> "Dataset":
+        if isinstance(config, DatasetConfig):
+            return cls(config, **kw)
+        if isinstance(config, dict):
+            return cls(DatasetConfig.from_dict(config), **kw)
+        return cls(DatasetConfig.from_yaml(config), **kw)
+
+    @classmethod
+    def from_mlaas4hep(cls, files, labels, params, **kw) -> "Dataset":
+        return cls(DatasetConfig.from_mlaas4hep(files, labels, params), **kw)
+
+    # ------------------------------------------------------------ structure
+    @property
+    def workers(self) -> int:
+        return default_workers() if self.config.workers is None else int(self.config.workers)
+
+    def _executor(self):
+        c = self.config
+        return get_executor(c.executor, c.workers, c.scheduler)
+
+    @cached_property
+    def file_infos(self) -> list[dict[str, Any]]:
+        """Fingerprint and entries of every file (``entries`` 0 for skipped files)."""
+        c = self.config
+        fn = partial(_file_info_task, c.tree, c.timeout)
+        out = []
+        for url, fut in ordered_map(self._executor(), fn, self.urls, prefetch=max(4, 2 * self.workers)):
+            try:
+                out.append(fut.result())
+            except Mlaas4hepError as err:
+                if c.on_error == "raise":
+                    raise
+                self._skip(url, None, err)
+                out.append({"url": url, "entries": 0, "skipped": str(err)})
+        return out
+
+    @cached_property
+    def schema(self) -> schema_mod.Schema:
+        """Selected branches and new variables, classified as flat or jagged."""
+        c = self.config
+        url = next((f["url"] for f in self.file_infos if "skipped" not in f), None)
+        if url is None:
+            raise Mlaas4hepError(f"no readable file in the dataset; skipped: {self.report}")
+        tree = get_tree(url, c.tree, c.timeout)
+        exprs = list(c.new_variables.values()) + ([c.selection] if c.selection else [])
+        from .expr import parse
+
+        names = {n for e in exprs for n in parse(e).names if n not in c.new_variables}
+        names |= {b for b in (c.label_branch, c.weight_branch) if b}
+        sch = schema_mod.select(tree, url, c.branches, c.exclude, c.identifier, extra=sorted(names))
+        if c.new_variables:
+            probe = tree.arrays(sorted(names), entry_stop=min(tree.num_entries, 64), library="ak", how=dict)
+            pre = Preprocessor(flat=[], jagged=[], new_variables=c.new_variables)
+            values = pre.add_variables(probe)
+            for name in c.new_variables:
+                v = values[name]
+                (sch.jagged if getattr(v, "ndim", 1) > 1 else sch.flat).append(name)
+        return sch
+
+    @cached_property
+    def specs(self) -> Specs:
+        """The specs pass: loaded when valid for these files and this configuration, else computed."""
+        path = self._specs_path()
+        if isinstance(self._specs_arg, Specs):
+            return self._specs_arg
+        if path.exists():
+            try:
+                specs = Specs.load(path)
+                self._check_specs(specs)
+                return specs
+            except StaleSpecsError as err:
+                log.warning("specs %s are stale (%s): recomputing", path, err)
+            except (ValueError, KeyError) as err:
+                log.warning("specs %s unreadable (%s): recomputing", path, err)
+        specs = self.compute_specs()
+        specs.save(path)
+        return specs
+
+    def _specs_key(self) -> str:
+        return self.config.digest(*SPECS_FIELDS) + _hash(self.urls)[:8]
+
+    def _specs_path(self) -> Path:
+        if self._specs_arg is not None and not isinstance(self._specs_arg, Specs):
+            return Path(self._specs_arg).expanduser()
+        return self._cache_root() / "specs" / f"{self._specs_key()}-{_hash(self.file_infos)[:12]}.json"
+
+    def _check_specs(self, specs: Specs) -> None:
+        if specs.key != self._specs_key():
+            raise StaleSpecsError("the configuration or the file list changed")
+        now = {f["url"]: f for f in self.file_infos}
+        for f in specs.files:
+            cur = now.get(f["url"])
+            if cur is None:
+                raise StaleSpecsError(f"file {f['url']} is no longer in the dataset")
+            for k in ("size", "mtime", "uuid", "entries"):
+                if f.get(k) != cur.get(k):
+                    raise StaleSpecsError(f"file {f['url']} changed ({k}: {f.get(k)} -> {cur.get(k)})")
+
+    def compute_specs(self) -> Specs:
+        """Run the specs pass over all units in parallel."""
+        c, sch = self.config, self.schema
+        names = sch.flat + sch.jagged
+        reader = self._reader(Preprocessor(flat=sch.flat, jagged=[(j, 0) for j in sch.jagged],
+                                           new_variables=c.new_variables, selection=c.selection, tree=c.tree))
+        units = plan_units([f["entries"] for f in self.file_infos], c.chunk_size, c.nevts)
+        specs = Specs(flat=list(sch.flat), jagged=list(sch.jagged), key=self._specs_key())
+        selected = [0] * len(self.urls)
+        fn = partial(unit_stats, reader, names)
+        with progress.bar("specs", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
+            for unit, fut in ordered_map(self._executor(), fn, units, prefetch=2 * max(1, self.workers)):
+                try:
+                    partial_stats, n = fut.result()
+                except Mlaas4hepError as err:
+                    if c.on_error == "raise":
+                        raise
+                    self._skip(self.urls[unit.file], unit, err)
+                    continue
+                specs.merge_chunk(partial_stats)
+                selected[unit.file] += n
+                bar.advance(unit.stop - unit.start)
+        for name in names:  # branches with no value at all (an empty file) still get stats
+            specs.stats.setdefault(name, _empty_stats(name in sch.jagged))
+        specs.files = [dict(f, selected=s) for f, s in zip(self.file_infos, selected)]
+        return specs
+
+    @cached_property
+    def preprocessor(self) -> Preprocessor:
+        """How raw branches become ``x``: lengths, pad value and normalisation constants."""
+        c, sch, specs = self.config, self.schema, self.specs
+        jagged = []
+        for name in sch.jagged:
+            coll = schema_mod.collection(name)
+            length = c.jagged.get(name, c.jagged.get(coll))
+            if length is None:  # the longest list in the collection, as MLaaS4HEP's jdim
+                length = max([specs.max_length(j) for j in sch.jagged if schema_mod.collection(j) == coll])
+            jagged.append((name, int(length)))
+        offset, scale = {}, {}
+        for name in sch.flat + sch.jagged:
+            s = specs.stats[name]
+            if c.normalize == "minmax" and s.count:
+                offset[name], span = s.min, s.max - s.min
+                scale[name] = 1.0 / span if span > 0 else 1.0
+            elif c.normalize == "standard" and s.count:
+                offset[name], scale[name] = s.mean, (1.0 / s.std if s.std > 0 else 1.0)
+        return Preprocessor(flat=list(sch.flat), jagged=jagged, pad_value=float(c.pad_value),
+                            normalize=c.normalize, offset=offset, scale=scale,
+                            new_variables=dict(c.new_variables), selection=c.selection, tree=c.tree)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.preprocessor.feature_names
+
+    @property
+    def n_features(self) -> int:
+        return self.preprocessor.n_features
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.config.label_list()
+
+    @property
+    def nevents(self) -> int:
+        """Events after the selection (as counted by the specs pass)."""
+        return int(sum(f.get("selected", 0) for f in self.specs.files))
+
+    # ------------------------------------------------------------ streaming
+    def _reader(self, pre: Preprocessor | None = None) -> UnitReader:
+        c = self.config
+        groups = [g for _, g in self._files]
+        labels = [int(g.label) if g.label is not None else -1 for g in groups]
+        if c.label_branch is None and any(lab < 0 for lab in labels) and pre is None:
+            raise ConfigError("every file group needs a 'label' (or set 'label_branch')")
+        pre = pre or self.preprocessor
+        return UnitReader(urls=self.urls, tree=c.tree, preprocessing=pre.to_dict(), labels=labels,
+                          weights=[float(g.weight) for g in groups], label_branch=c.label_branch,
+                          weight_branch=c.weight_branch, timeout=c.timeout, retries=c.retries)
+
+    def units(self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None) -> list[Unit]:
+        """The units that rank ``rank`` of ``world`` reads in ``epoch``, in order."""
+        c = self.config
+        shuffle = c.shuffle if shuffle is None else shuffle
+        entries = [f["entries"] for f in self.specs.files]
+        units = plan_units(entries, c.chunk_size, c.nevts)
+        return shard(plan_epoch(units, shuffle, c.seed, epoch), rank, world)
+
+    def _cache_root(self) -> Path:
+        root = self.config.cache_dir
+        return Path(os.path.expanduser(root)) if root else Path(tempfile.gettempdir()) / "mlaas4hep"
+
+    @cached_property
+    def cache(self) -> ChunkStore | None:
+        """The decoded cache for this configuration, specs and files (None when disabled)."""
+        if not self.config.cache_dir:
+            return None
+        key = _hash([self.config.digest(*CHUNK_FIELDS), self.preprocessor.to_dict(), self.file_infos,
+                     [(g.label, g.weight) for _, g in self._files]])[:20]
+        root = self._cache_root() / "chunks"
+        _evict(root, keep=key, limit=self.config.cache_max_gb * 2**30)
+        return ChunkStore(root / key)
+
+    def chunks(self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None) -> Iterator[Chunk]:
+        """Decoded chunks of an epoch, in plan order, decoded ahead by the workers."""
+        c, units = self.config, self.units(epoch, rank, world, shuffle)
+        reader, cache = self._reader(), self.cache
+        inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
+        spool = None if inline else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
+        budget = c.cache_max_gb * 2**30 - (cache.size() if cache else 0)
+        per_event = self.n_features * 5 + 28
+        todo = []
+        for u in units:
+            if cache is not None and cache.has(u):
+                todo.append((u, cache, True))
+            elif cache is not None and budget > (u.stop - u.start) * per_event:
+                budget -= (u.stop - u.start) * per_event
+                todo.append((u, cache, False))
+            else:
+                todo.append((u, spool, False))
+
+        fn = partial(_decode_task, reader)
+        prefetch = 2 * max(1, self.workers) + 1
+        try:
+            with progress.bar(f"epoch {epoch}", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
+                for (u, store, cached), fut in ordered_map(self._executor(), fn, todo, prefetch=prefetch):
+                    try:
+                        out = fut.result()
+                    except Mlaas4hepError as err:
+                        if c.on_error == "raise":
+                            raise
+                        self._skip(self.urls[u.file], u, err)
+                        continue
+                    chunk = out if isinstance(out, Chunk) else store.read(u)
+                    if store is spool and spool is not None:
+                        chunk = Chunk(*(np.array(getattr(chunk, f)) for f in Chunk.FIELDS))
+                        spool.remove(u)
+                    bar.advance(u.stop - u.start)
+                    yield chunk
+        finally:
+            if spool is not None:
+                shutil.rmtree(spool.root, ignore_errors=True)
+
+    def batches(
+        self,
+        batch_size: int = 1024,
+        epoch: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool | None = None,
+    ) -> Iterator[Chunk]:
+        """Batches of an epoch: ``b.x``, ``b.mask``, ``b.y``, ``b.weight``, ``b.event_id``."""
+        c = self.config
+        shuffle = c.shuffle if shuffle is None else shuffle
+        chunks = self.chunks(epoch, rank, world, shuffle)
+        if not shuffle:
+            return cut_batches(chunks, batch_size)
+        buffer = c.shuffle_buffer or 4 * c.chunk_size
+        rng = np.random.default_rng([c.seed, epoch, 1, rank])
+        return cut_batches(chunks, batch_size, buffer, rng)
+
+    def to_chunk(self, epoch: int = 0) -> Chunk:
+        """Everything in memory as one :class:`Chunk` (shuffled when the config says so)."""
+        chunks = list(self.chunks(epoch))
+        if not chunks:
+            return Chunk.empty(self.n_features)
+        all_ = Chunk.concat([Chunk(*(np.asarray(getattr(ch, f)) for f in Chunk.FIELDS)) for ch in chunks])
+        if self.config.shuffle:
+            all_ = all_.take(np.random.default_rng([self.config.seed, epoch, 2]).permutation(len(all_)))
+        return all_
+
+    def to_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(X, y)`` of the whole dataset in memory: the traditional path."""
+        ch = self.to_chunk()
+        return ch.x, ch.y
+
+    # ------------------------------------------------------------ errors
+    def _skip(self, url: str, unit: Unit | None, err: Exception) -> None:
+        entry = {"file": url, "error": str(err), "type": type(err).__name__}
+        if unit is not None:
+            entry["entries"] = [unit.start, unit.stop]
+        log.warning("skipped %s: %s", url if unit is None else f"{url} entries {unit.start}-{unit.stop}", err)
+        self.report.append(entry)
+
+
+def _file_info_task(tree: str, timeout: float, url: str) -> dict[str, Any]:
+    return file_info(url, tree, timeout)
+
+
+def _decode_task(reader: UnitReader, item: tuple) -> Chunk | int | None:
+    unit, store, cached = item
+    if cached:
+        return None
+    return decode_unit(reader, str(store.root) if store is not None else None, unit)
+
+
+def _empty_stats(jagged: bool):
+    from .specs import Stats
+
+    return Stats(lengths=np.zeros(1, np.int64) if jagged else None)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _evict(root: Path, keep: str, limit: float) -> None:
+    """Delete the least recently used cache entries (other than ``keep``) beyond ``limit`` bytes."""
+    if not root.exists():
+        return
+    entries = []
+    for d in root.iterdir():
+        if d.is_dir() and d.name != keep:
+            size = sum(p.stat().st_size for p in d.rglob("*.npy"))
+            entries.append((d.stat().st_mtime, size, d))
+    total = sum(e[1] for e in entries)
+    for _, size, d in sorted(entries):
+        if total <= limit:
+            break
+        shutil.rmtree(d, ignore_errors=True)
+        total -= size

@@ -1,0 +1,197 @@
+"""Safe expressions over branches: ``selection`` and ``new_variables``.
+
+Expressions are written in a small subset of Python, parsed with :mod:`ast` and
+evaluated on awkward/numpy arrays. Nothing is ever passed to :func:`eval`, so a
+configuration (or a bundle uploaded to the server) cannot run code.
+
+Allowed: branch names, numbers, ``+ - * / // % **``, comparisons (chained too),
+``and``/``or``/``not`` (element-wise), ``&``/``|``/``~``, and the functions in
+:data:`FUNCTIONS`. Reductions (``sum``, ``max``, ``min``, ``count``, ``any``,
+``all``, ``mean``) act on the innermost (jagged) axis, so ``sum(Jet_pt)`` is the
+scalar HT of each event and ``any(Jet_btagDeepFlavB > 0.3)`` a per-event flag.
+
+Examples::
+
+    selection: "nJet >= 4 and MET_pt > 20"
+    new_variables: {HT: "sum(Jet_pt)", nBtag: "count(Jet_btagDeepFlavB > 0.2783)"}
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from functools import lru_cache
+from typing import Any, Callable, Mapping
+
+import awkward as ak
+import numpy as np
+
+from .errors import ConfigError
+
+
+def _reduce(fn: Callable, fill: float | None = None) -> Callable:
+    def apply(x):
+        if isinstance(x, ak.Array) and x.ndim > 1:
+            out = fn(x, axis=-1)
+            return ak.fill_none(out, fill) if fill is not None else out
+        return x
+
+    return apply
+
+
+def _count(x):
+    if isinstance(x, ak.Array) and x.ndim > 1:
+        return ak.sum(x, axis=-1) if _is_bool(x) else ak.num(x, axis=-1)
+    return x
+
+
+def _is_bool(x) -> bool:
+    return str(ak.type(x)).endswith("bool")
+
+
+def _where(cond, a, b):
+    return ak.where(cond, a, b) if isinstance(cond, ak.Array) else np.where(cond, a, b)
+
+
+FUNCTIONS: dict[str, Callable] = {
+    "sum": _reduce(ak.sum),
+    "max": _reduce(ak.max, fill=0.0),
+    "min": _reduce(ak.min, fill=0.0),
+    "mean": _reduce(ak.mean, fill=0.0),
+    "any": _reduce(ak.any),
+    "all": _reduce(ak.all),
+    "count": _count,
+    "len": _count,
+    "abs": np.abs,
+    "sqrt": np.sqrt,
+    "log": np.log,
+    "log1p": np.log1p,
+    "exp": np.exp,
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
+    "tanh": np.tanh,
+    "arctan2": np.arctan2,
+    "minimum": np.minimum,
+    "maximum": np.maximum,
+    "where": _where,
+}
+
+_BINOPS: dict[type, Callable] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+    ast.BitXor: operator.xor,
+}
+_CMPOPS: dict[type, Callable] = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+_UNARY: dict[type, Callable] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Invert: operator.invert,
+    ast.Not: operator.invert,
+}
+
+
+class Expression:
+    """A parsed, validated expression. ``names`` are the branches it reads."""
+
+    def __init__(self, source: str):
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError(f"expression must be a non-empty string, got {source!r}")
+        self.source = source
+        try:
+            tree = ast.parse(source.strip(), mode="eval")
+        except SyntaxError as err:
+            raise ConfigError(f"invalid expression {source!r}: {err.msg}") from None
+        self._body = tree.body
+        self.names: list[str] = []
+        self._check(self._body)
+
+    def _check(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Name):
+            if node.id not in FUNCTIONS and node.id not in self.names:
+                self.names.append(node.id)
+        elif isinstance(node, ast.Constant):
+            if not isinstance(node.value, (int, float, bool)):
+                raise ConfigError(f"in expression {self.source!r}: only numbers are allowed as constants")
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+                name = getattr(node.func, "id", ast.unparse(node.func))
+                raise ConfigError(
+                    f"in expression {self.source!r}: unknown function {name!r}; allowed: {sorted(FUNCTIONS)}"
+                )
+            if node.keywords:
+                raise ConfigError(f"in expression {self.source!r}: keyword arguments are not allowed")
+            for arg in node.args:
+                self._check(arg)
+        elif isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            self._check(node.left)
+            self._check(node.right)
+        elif isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            self._check(node.operand)
+        elif isinstance(node, ast.BoolOp):
+            for v in node.values:
+                self._check(v)
+        elif isinstance(node, ast.Compare) and all(type(op) in _CMPOPS for op in node.ops):
+            self._check(node.left)
+            for c in node.comparators:
+                self._check(c)
+        else:
+            raise ConfigError(
+                f"in expression {self.source!r}: {type(node).__name__} is not allowed "
+                "(use branch names, numbers, arithmetic, comparisons and the listed functions)"
+            )
+
+    def evaluate(self, arrays: Mapping[str, Any]) -> Any:
+        """Evaluate on a mapping of branch name to array (awkward or numpy)."""
+        return self._eval(self._body, arrays)
+
+    def _eval(self, node: ast.AST, arrays: Mapping[str, Any]) -> Any:
+        if isinstance(node, ast.Name):
+            if node.id not in arrays:
+                raise ConfigError(f"expression {self.source!r} uses {node.id!r}, which is not available")
+            return arrays[node.id]
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Call):
+            return FUNCTIONS[node.func.id](*(self._eval(a, arrays) for a in node.args))
+        if isinstance(node, ast.BinOp):
+            return _BINOPS[type(node.op)](self._eval(node.left, arrays), self._eval(node.right, arrays))
+        if isinstance(node, ast.UnaryOp):
+            return _UNARY[type(node.op)](self._eval(node.operand, arrays))
+        if isinstance(node, ast.BoolOp):
+            op = operator.and_ if isinstance(node.op, ast.And) else operator.or_
+            out = self._eval(node.values[0], arrays)
+            for v in node.values[1:]:
+                out = op(out, self._eval(v, arrays))
+            return out
+        if isinstance(node, ast.Compare):
+            left, out = self._eval(node.left, arrays), None
+            for op, comp in zip(node.ops, node.comparators):
+                right = self._eval(comp, arrays)
+                term = _CMPOPS[type(op)](left, right)
+                out = term if out is None else out & term
+                left = right
+            return out
+        raise AssertionError(node)  # _check forbids anything else
+
+
+@lru_cache(maxsize=256)
+def parse(source: str) -> Expression:
+    """Parse (and cache) an expression."""
+    return Expression(source)

@@ -1,0 +1,41 @@
+"""The tasks that run on workers: file information, specs of a unit, decoding a unit.
+
+Each is a plain module-level function of picklable arguments, so the same code
+runs inline, in a local process pool, or on a Dask cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import sources
+from .chunk import Chunk, ChunkStore, Unit
+from .preprocess import Preprocessor
+from .reader import UnitReader, get_tree
+from .specs import Stats, chunk_stats
+
+
+def file_info(url: str, tree: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Fingerprint and number of entries of one file."""
+    t = get_tree(url, tree, timeout)
+    fp = sources.fingerprint(url, t, timeout)
+    fp["entries"] = int(t.num_entries)
+    return fp
+
+
+def unit_stats(reader: UnitReader, names: list[str], unit: Unit) -> tuple[dict[str, Stats], int]:
+    """Statistics of one unit's branches and new variables, after the selection."""
+    pre: Preprocessor = reader.preprocessor
+    arrays = pre.add_variables(reader.read_raw(unit, pre.branches))
+    keep = pre.select(arrays)
+    n = int(keep.sum()) if keep is not None else unit.stop - unit.start
+    return chunk_stats(arrays, names, keep), n
+
+
+def decode_unit(reader: UnitReader, root: str | None, unit: Unit) -> Chunk | int:
+    """Decode one unit; write it to the store at ``root`` (returning its size) or return it."""
+    chunk = reader.decode(unit)
+    if root is None:
+        return chunk
+    ChunkStore(root).write(unit, chunk)
+    return len(chunk)

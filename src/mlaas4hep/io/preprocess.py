@@ -1,0 +1,215 @@
+"""Raw branch values to model inputs: the one transformation shared by all layers.
+
+A :class:`Preprocessor` turns a mapping of branch name to array (awkward or
+numpy, as :meth:`uproot.TTree.arrays` gives) into
+
+* ``x``: float32 ``(n, F)``, columns in :attr:`Preprocessor.feature_names` order:
+  flat features first, then each jagged feature padded/clipped to its length
+  (``Jet_pt[0] ... Jet_pt[5]``);
+* ``mask``: bool ``(n, F)``, True where a jagged slot is padding;
+* ``keep``: the boolean event selection (or None).
+
+Values are normalised as ``(v - offset) * scale`` with constants taken from the
+specs pass; padded slots hold ``pad_value`` *after* normalisation. The same
+object is serialised into a model bundle (:meth:`to_dict`), so the server applies
+exactly the preprocessing the model was trained with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import awkward as ak
+import numpy as np
+
+from . import expr
+from .errors import ConfigError
+
+
+@dataclass
+class Preprocessor:
+    flat: list[str]
+    jagged: list[tuple[str, int]]
+    pad_value: float = 0.0
+    normalize: str = "minmax"
+    offset: dict[str, float] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
+    new_variables: dict[str, str] = field(default_factory=dict)
+    selection: str | None = None
+    tree: str = "Events"
+
+    def __post_init__(self) -> None:
+        self.jagged = [(str(n), int(length)) for n, length in self.jagged]
+        names = self.flat + [n for n, _ in self.jagged]
+        self._columns: list[tuple[str, int, int]] = []  # name, first column, length (0 = flat)
+        col = 0
+        for n in self.flat:
+            self._columns.append((n, col, 0))
+            col += 1
+        for n, length in self.jagged:
+            self._columns.append((n, col, length))
+            col += length
+        self.n_features = col
+        self._new = [(name, expr.parse(src)) for name, src in self.new_variables.items()]
+        self._sel = expr.parse(self.selection) if self.selection else None
+        needed = [n for n in names if n not in self.new_variables]
+        for _, e in self._new:
+            needed += [n for n in e.names if n not in self.new_variables]
+        self.inputs: list[str] = list(dict.fromkeys(needed))
+        sel = [n for n in (self._sel.names if self._sel else []) if n not in self.new_variables]
+        self.branches: list[str] = list(dict.fromkeys(self.inputs + sel))
+
+    # --------------------------------------------------------------- metadata
+    @property
+    def feature_names(self) -> list[str]:
+        out = list(self.flat)
+        for n, length in self.jagged:
+            out.extend(f"{n}[{i}]" for i in range(length))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tree": self.tree,
+            "branches": list(self.branches),
+            "flat": list(self.flat),
+            "jagged": [[n, length] for n, length in self.jagged],
+            "pad_value": self.pad_value,
+            "normalize": self.normalize,
+            "offset": dict(self.offset),
+            "scale": dict(self.scale),
+            "new_variables": dict(self.new_variables),
+            "selection": self.selection,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessor":
+        try:
+            return cls(
+                flat=list(d["flat"]),
+                jagged=[tuple(j) for j in d["jagged"]],
+                pad_value=float(d.get("pad_value", 0.0)),
+                normalize=d.get("normalize", "none"),
+                offset={k: float(v) for k, v in d.get("offset", {}).items()},
+                scale={k: float(v) for k, v in d.get("scale", {}).items()},
+                new_variables=dict(d.get("new_variables") or {}),
+                selection=d.get("selection"),
+                tree=d.get("tree", "Events"),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"invalid preprocessing description: {err!r}") from None
+
+    # --------------------------------------------------------------- transform
+    def add_variables(self, arrays: Mapping[str, Any]) -> dict[str, Any]:
+        """Evaluate ``new_variables`` (in order; later ones may use earlier ones)."""
+        out = dict(arrays)
+        for name, e in self._new:
+            out[name] = e.evaluate(out)
+        return out
+
+    def select(self, arrays: Mapping[str, Any]) -> np.ndarray | None:
+        if self._sel is None:
+            return None
+        keep = self._sel.evaluate(arrays)
+        keep = np.asarray(ak.to_numpy(keep) if isinstance(keep, ak.Array) else keep, dtype=bool)
+        if keep.ndim != 1:
+            raise ConfigError(f"selection {self.selection!r} must give one boolean per event")
+        return keep
+
+    def transform(
+        self, arrays: Mapping[str, Any], apply_selection: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Return ``(x, mask, keep)``; ``x``/``mask`` already have the selection applied."""
+        arrays = self.add_variables(arrays) if self._new else arrays
+        keep = self.select(arrays) if apply_selection else None
+        n = _length(arrays, self.flat + [j for j, _ in self.jagged])
+        x = np.empty((n, self.n_features), dtype=np.float32)
+        mask = np.zeros((n, self.n_features), dtype=bool)
+        for name, col, length in self._columns:
+            try:
+                values = arrays[name]
+            except KeyError:
+                raise ConfigError(f"input {name!r} is missing; expected {self.inputs}") from None
+            off, sc = self.offset.get(name, 0.0), self.scale.get(name, 1.0)
+            if length == 0:
+                v = _flat(values, name)
+                if v.shape[0] != n:
+                    raise ConfigError(f"input {name!r} has {v.shape[0]} events, expected {n}")
+                x[:, col] = (v - off) * sc if (off != 0.0 or sc != 1.0) else v
+            else:
+                block, pad = pad_jagged(values, length, name)
+                if block.shape[0] != n:
+                    raise ConfigError(f"input {name!r} has {block.shape[0]} events, expected {n}")
+                if off != 0.0 or sc != 1.0:
+                    block = (block - np.float32(off)) * np.float32(sc)
+                block[pad] = self.pad_value
+                x[:, col : col + length] = block
+                mask[:, col : col + length] = pad
+        if keep is not None:
+            x, mask = x[keep], mask[keep]
+        return x, mask, keep
+
+
+def _length(arrays: Mapping[str, Any], names: list[str]) -> int:
+    for n in names:
+        if n in arrays:
+            return len(arrays[n])
+    return 0
+
+
+def _flat(values: Any, name: str) -> np.ndarray:
+    if isinstance(values, ak.Array):
+        if values.ndim != 1:
+            raise ConfigError(f"input {name!r} is jagged but the model expects one value per event")
+        values = ak.to_numpy(values)
+    v = np.asarray(values)
+    if v.ndim != 1:
+        raise ConfigError(f"input {name!r} must have one value per event, got shape {v.shape}")
+    if v.dtype == object:
+        raise ConfigError(f"input {name!r} must be numeric")
+    return v.astype(np.float32, copy=False)
+
+
+def pad_jagged(values: Any, length: int, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Pad or clip a jagged array to ``length``: returns float32 ``(n, length)`` and the pad mask.
+
+    Works on the list offsets directly (one vectorised gather), which is several
+    times faster than ``ak.pad_none`` + ``ak.fill_none`` + ``ak.to_numpy``.
+    """
+    if not isinstance(values, ak.Array):
+        values = ak.Array(values) if not isinstance(values, np.ndarray) or values.dtype == object else values
+    if isinstance(values, np.ndarray):  # a regular (n, k) numpy array
+        if values.ndim != 2:
+            raise ConfigError(f"input {name!r} must be a list of values per event")
+        n, k = values.shape
+        out = np.zeros((n, length), dtype=np.float32)
+        m = min(k, length)
+        out[:, :m] = values[:, :m]
+        pad = np.ones((n, length), dtype=bool)
+        pad[:, :m] = False
+        return out, pad
+    if values.ndim != 2:
+        raise ConfigError(f"input {name!r} must be a list of numbers per event, got type {values.type}")
+    layout = values.layout
+    starts = stops = content = None
+    if isinstance(layout, ak.contents.ListOffsetArray):
+        offsets = np.asarray(layout.offsets)
+        starts, stops = offsets[:-1], offsets[1:]
+        content = layout.content
+    elif isinstance(layout, ak.contents.ListArray):
+        starts, stops, content = np.asarray(layout.starts), np.asarray(layout.stops), layout.content
+    if content is not None and isinstance(content, ak.contents.NumpyArray):
+        data = np.asarray(content.data).astype(np.float32, copy=False)
+        counts = (stops - starts).astype(np.int64)
+        slots = np.arange(length, dtype=np.int64)
+        pad = slots[None, :] >= counts[:, None]
+        if data.size == 0:
+            return np.zeros((len(counts), length), dtype=np.float32), pad
+        idx = starts.astype(np.int64)[:, None] + slots[None, :]
+        np.minimum(idx, data.size - 1, out=idx)
+        return data[idx], pad
+    # exotic layouts (option types, indexed arrays): the generic awkward path
+    padded = ak.pad_none(values, length, clip=True, axis=1)
+    pad = ak.to_numpy(ak.is_none(padded, axis=1))
+    out = ak.to_numpy(ak.fill_none(padded, 0.0)).astype(np.float32)
+    return out, np.asarray(pad, dtype=bool)

@@ -1,0 +1,129 @@
+"""Decoding one unit of work: raw branches from a file, to a :class:`Chunk`.
+
+:class:`UnitReader` is small and picklable, so it is shipped to worker
+processes (or Dask workers) once per task. Each process keeps its files open
+between units, reopening after a failure. Every read of an entry range is
+retried with back-off, so a transient network error resumes at the failed
+range: no event is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import sources
+from .chunk import Chunk, Unit
+from .errors import CorruptFileError, FileOpenError, Mlaas4hepError
+from .preprocess import Preprocessor
+
+_OPEN: dict[tuple[str, str], Any] = {}
+_MAX_OPEN = 64
+
+
+def get_tree(url: str, tree: str, timeout: float):
+    key = (url, tree)
+    t = _OPEN.get(key)
+    if t is None:
+        if len(_OPEN) >= _MAX_OPEN:
+            forget(*next(iter(_OPEN)))
+        t = _OPEN[key] = sources.open_tree(url, tree, timeout)
+    return t
+
+
+def forget(url: str, tree: str) -> None:
+    t = _OPEN.pop((url, tree), None)
+    if t is not None:
+        try:
+            t.file.close()
+        except Exception:
+            pass
+
+
+def read_arrays(url: str, tree: str, branches: list[str], start: int, stop: int, timeout: float = 30.0) -> dict:
+    """Read ``branches`` of entries ``[start, stop)`` once (no retry)."""
+    t = get_tree(url, tree, timeout)
+    missing = [b for b in branches if b not in t]
+    if missing:
+        from .errors import BranchNotFoundError
+
+        raise BranchNotFoundError(url, missing[0], "the file's schema differs from the first file's")
+    try:
+        return t.arrays(branches, entry_start=start, entry_stop=stop, library="ak", how=dict)
+    except Mlaas4hepError:
+        raise
+    except OSError:
+        forget(url, tree)
+        raise
+    except Exception as err:  # decompression or deserialisation failure
+        forget(url, tree)
+        raise CorruptFileError(url, f"entries {start}-{stop}: {type(err).__name__}: {err}") from None
+
+
+@dataclass
+class UnitReader:
+    """Everything a worker needs to decode units into chunks."""
+
+    urls: list[str]
+    tree: str
+    preprocessing: dict
+    labels: list[int]
+    weights: list[float]
+    label_branch: str | None = None
+    weight_branch: str | None = None
+    timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 0.5
+    _pre: Preprocessor | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_pre"] = None
+        return d
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        if self._pre is None:
+            self._pre = Preprocessor.from_dict(self.preprocessing)
+        return self._pre
+
+    @property
+    def branches(self) -> list[str]:
+        extra = [b for b in (self.label_branch, self.weight_branch) if b]
+        return list(dict.fromkeys(self.preprocessor.inputs + extra))
+
+    def read_raw(self, unit: Unit, branches: list[str] | None = None) -> dict:
+        url = self.urls[unit.file]
+        what = f"reading entries {unit.start}-{unit.stop} of {url}"
+
+        def attempt():
+            try:
+                return read_arrays(url, self.tree, branches or self.branches, unit.start, unit.stop, self.timeout)
+            except FileOpenError:
+                forget(url, self.tree)
+                raise
+
+        retries = self.retries if not sources.is_local(url) else 0
+        return sources.with_retries(attempt, what, retries, self.backoff, url)
+
+    def decode(self, unit: Unit) -> Chunk:
+        arrays = self.read_raw(unit)
+        pre = self.preprocessor
+        x, mask, keep = pre.transform(arrays)
+        n_all = unit.stop - unit.start
+        entries = np.arange(unit.start, unit.stop, dtype=np.int64)
+        if self.label_branch:
+            y = np.asarray(arrays[self.label_branch], dtype=np.int64)
+        else:
+            y = np.full(n_all, self.labels[unit.file], dtype=np.int64)
+        w = np.full(n_all, self.weights[unit.file], dtype=np.float32)
+        if self.weight_branch:
+            w = w * np.asarray(arrays[self.weight_branch], dtype=np.float32)
+        if keep is not None:
+            entries, y, w = entries[keep], y[keep], w[keep]
+        ids = np.empty((len(entries), 2), dtype=np.int64)
+        ids[:, 0] = unit.file
+        ids[:, 1] = entries
+        return Chunk(x, mask, y, w, ids)
