@@ -1,0 +1,116 @@
+"""Real servers for tests: XRootD (Debian xrootd-server) and nginx (HTTP Range), on 127.0.0.1.
+
+Both serve one directory read-only. They are started as subprocesses and
+stopped at the end of the test session; start-up waits are bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:] if log and log.exists() else ''}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout}s")
+
+
+def public_dir(prefix: str) -> Path:
+    """A directory that an unprivileged server user can traverse and read."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    d.chmod(0o755)
+    return d
+
+
+class XRootDServer:
+    """``xrootd`` exporting ``root`` read-only; run as the ``xrootd`` user when we are root."""
+
+    def __init__(self, root: Path):
+        if shutil.which("xrootd") is None:
+            raise RuntimeError("xrootd is not installed: run 'make test' (it installs Debian's xrootd-server)")
+        self.root = Path(root)
+        self.port = free_port()
+        self.work = public_dir("mlaas4hep-xrd-")
+        for sub in ("admin", "run", "log"):
+            (self.work / sub).mkdir()
+        cfg = self.work / "xrootd.cfg"
+        cfg.write_text(
+            f"xrd.port {self.port}\n"
+            f"all.export {self.root} r/o\n"
+            f"all.adminpath {self.work}/admin\n"
+            f"all.pidpath {self.work}/run\n"
+            "xrd.allow host localhost\n"
+            "xrd.allow host 127.0.0.1\n"
+        )
+        cmd = ["xrootd", "-c", str(cfg), "-n", "test", "-l", str(self.work / "log" / "xrootd.log")]
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", "xrootd", str(self.work)], check=True)
+            cmd = ["runuser", "-u", "xrootd", "--"] + cmd
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc, log=self.work / "log" / "test" / "xrootd.log")
+
+    def url(self, name: str) -> str:
+        return f"root://127.0.0.1:{self.port}/{self.root}/{name}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class NginxServer:
+    """nginx serving ``root`` with Range and multi-range requests (``max_ranges``)."""
+
+    def __init__(self, root: Path):
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.path.exists(nginx):
+            raise RuntimeError("nginx is not installed: run 'make test' (it installs Debian's nginx-light)")
+        self.root = Path(root)
+        self.port = free_port()
+        self.work = public_dir("mlaas4hep-nginx-")
+        conf = self.work / "nginx.conf"
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        conf.write_text(
+            f"{user}daemon off;\nworker_processes 2;\npid {self.work}/nginx.pid;\n"
+            f"error_log {self.work}/error.log;\nevents {{ worker_connections 256; }}\n"
+            "http {\n  access_log off;\n"
+            f"  client_body_temp_path {self.work}/body;\n  proxy_temp_path {self.work}/proxy;\n"
+            f"  fastcgi_temp_path {self.work}/fcgi;\n  uwsgi_temp_path {self.work}/uwsgi;\n"
+            f"  scgi_temp_path {self.work}/scgi;\n"
+            f"  server {{ listen 127.0.0.1:{self.port}; root {self.root}; max_ranges 1024; }}\n}}\n"
+        )
+        self.proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(self.work)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc, log=self.work / "error.log")
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.work, ignore_errors=True)
