@@ -90,13 +90,17 @@ class Dataset:
         c = self.config
         return get_executor(c.executor, c.workers, c.scheduler)
 
+    def _slots(self, executor) -> int:
+        """Tasks the executor runs at once: a Dask cluster knows its own size."""
+        return getattr(executor, "nworkers", self.workers)
+
     @cached_property
     def file_infos(self) -> list[dict[str, Any]]:
         """Fingerprint and entries of every file (``entries`` 0 for skipped files)."""
         c = self.config
         fn = partial(_file_info_task, c.tree, c.timeout)
-        out = []
-        for url, fut in ordered_map(self._executor(), fn, self.urls, prefetch=max(4, 2 * self.workers)):
+        out, ex = [], self._executor()
+        for url, fut in ordered_map(ex, fn, self.urls, prefetch=max(4, 2 * self._slots(ex))):
             try:
                 out.append(fut.result())
             except Mlaas4hepError as err:
@@ -177,9 +181,17 @@ class Dataset:
         units = plan_units([f["entries"] for f in self.file_infos], c.chunk_size, c.nevts)
         specs = Specs(flat=list(sch.flat), jagged=list(sch.jagged), key=self._specs_key())
         selected = [0] * len(self.urls)
-        fn = partial(unit_stats, reader, names)
+        fn, ex = partial(unit_stats, reader, names), self._executor()
         with progress.bar("specs", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
-            for unit, fut in ordered_map(self._executor(), fn, units, prefetch=2 * max(1, self.workers)):
+            if hasattr(ex, "reduce_unit_stats"):  # Dask: a tree-reduce on the workers
+                part = ex.reduce_unit_stats(reader, names, units, skip=c.on_error == "skip", advance=bar.advance)
+                for unit, err in part.errors:
+                    self._skip(self.urls[unit.file], unit, err)
+                specs.merge_chunk(part.stats)
+                for f, n in part.selected.items():
+                    selected[f] += n
+                units = []
+            for unit, fut in ordered_map(ex, fn, units, prefetch=2 * max(1, self._slots(ex))):
                 try:
                     partial_stats, n = fut.result()
                 except Mlaas4hepError as err:
@@ -273,26 +285,30 @@ class Dataset:
     def chunks(self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None) -> Iterator[Chunk]:
         """Decoded chunks of an epoch, in plan order, decoded ahead by the workers."""
         c, units = self.config, self.units(epoch, rank, world, shuffle)
-        reader, cache = self._reader(), self.cache
+        reader, cache, ex = self._reader(), self.cache, self._executor()
         inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
-        spool = None if inline else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
+        # Workers on other machines (Dask) send the arrays back; this process writes its cache.
+        local_fs = getattr(ex, "shares_filesystem", True)
+        spool = None if inline or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
         budget = c.cache_max_gb * 2**30 - (cache.size() if cache else 0)
         per_event = self.n_features * 5 + 28
-        todo = []
+        todo, write_back = [], set()
         for u in units:
             if cache is not None and cache.has(u):
                 todo.append((u, cache, True))
             elif cache is not None and budget > (u.stop - u.start) * per_event:
                 budget -= (u.stop - u.start) * per_event
-                todo.append((u, cache, False))
+                todo.append((u, cache if local_fs else None, False))
+                if not local_fs:
+                    write_back.add(u)
             else:
                 todo.append((u, spool, False))
 
         fn = partial(_decode_task, reader)
-        prefetch = 2 * max(1, self.workers) + 1
+        prefetch = 2 * max(1, self._slots(ex)) + 1
         try:
             with progress.bar(f"epoch {epoch}", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
-                for (u, store, cached), fut in ordered_map(self._executor(), fn, todo, prefetch=prefetch):
+                for (u, store, cached), fut in ordered_map(ex, fn, todo, prefetch=prefetch):
                     try:
                         out = fut.result()
                     except Mlaas4hepError as err:
@@ -301,6 +317,8 @@ class Dataset:
                         self._skip(self.urls[u.file], u, err)
                         continue
                     chunk = out if isinstance(out, Chunk) else store.read(u)
+                    if u in write_back:
+                        cache.write(u, chunk)
                     if store is spool and spool is not None:
                         chunk = Chunk(*(np.array(getattr(chunk, f)) for f in Chunk.FIELDS))
                         spool.remove(u)

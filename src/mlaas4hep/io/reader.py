@@ -54,8 +54,10 @@ def read_arrays(url: str, tree: str, branches: list[str], start: int, stop: int,
         return t.arrays(branches, entry_start=start, entry_stop=stop, library="ak", how=dict)
     except Mlaas4hepError:
         raise
-    except OSError:
+    except sources.TRANSIENT as err:
         forget(url, tree)
+        if sources.is_local(url):  # a local file that cannot be read as described is truncated
+            raise CorruptFileError(url, f"entries {start}-{stop}: {err}") from None
         raise
     except Exception as err:  # decompression or deserialisation failure
         forget(url, tree)
@@ -92,7 +94,7 @@ class UnitReader:
     @property
     def branches(self) -> list[str]:
         extra = [b for b in (self.label_branch, self.weight_branch) if b]
-        return list(dict.fromkeys(self.preprocessor.inputs + extra))
+        return list(dict.fromkeys(self.preprocessor.branches + extra))
 
     def read_raw(self, unit: Unit, branches: list[str] | None = None) -> dict:
         url = self.urls[unit.file]

@@ -25,8 +25,26 @@ from .errors import CorruptFileError, FileOpenError, Mlaas4hepError, TreeNotFoun
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [OSError, TimeoutError, ConnectionError]
+    try:  # fsspec's HTTP filesystem raises aiohttp's errors, which are not OSErrors
+        import aiohttp
+
+        errs.append(aiohttp.ClientError)
+    except ImportError:
+        pass
+    try:
+        from fsspec.exceptions import FSTimeoutError
+
+        errs.append(FSTimeoutError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
 #: Errors worth retrying: the network or a server hiccupped.
-TRANSIENT = (OSError, TimeoutError, ConnectionError)
+TRANSIENT = _transient_errors()
 
 
 def is_local(url: str) -> bool:

@@ -1,0 +1,140 @@
+"""Dynamic batching: many small requests, one onnxruntime call.
+
+A small MLP costs about the same for one row as for a hundred: the price is in
+the call, not the arithmetic. So concurrent requests for the same model are
+queued, and a per-model worker hands them to onnxruntime as one stacked batch:
+
+* the first queued request waits at most ``max_delay_ms`` for company;
+* a batch is cut as soon as it holds ``max_batch`` rows;
+* while a batch runs, new requests queue up, and they go together as soon as
+  it is done: under load batches grow by themselves, idle a lone request pays
+  at most the delay.
+
+onnxruntime runs in a thread executor (it releases the GIL), so the event loop
+keeps parsing requests while a batch computes. Rows of a request are never
+split across batches, and a request larger than ``max_batch`` runs alone.
+``max_batch=1`` turns batching off: each request is its own call.
+
+Usage::
+
+    b = Batcher(predict, max_batch=256, max_delay_ms=2, executor=pool)
+    scores = await b.infer(x)       # x: float32 (n, F); returns (n, K)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import Executor
+from typing import Callable
+
+import numpy as np
+
+Observer = Callable[[int, float], None]  # (rows in the batch, seconds the oldest request queued)
+
+
+class Batcher:
+    """Merges concurrent :meth:`infer` calls into batched calls of ``predict``."""
+
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        max_batch: int = 256,
+        max_delay_ms: float = 2.0,
+        executor: Executor | None = None,
+        observe: Observer | None = None,
+    ):
+        self.predict = predict
+        self.max_batch = max(1, int(max_batch))
+        self.max_delay = max(0.0, float(max_delay_ms)) / 1000.0
+        self.executor = executor
+        self.observe = observe
+        self._queue: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()
+        self._rows = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.batches = 0  # number of predict calls made (for tests and /status)
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        """Scores for ``x``, computed in some batch together with other requests."""
+        loop = asyncio.get_running_loop()
+        n = x.shape[0]
+        if self.max_batch == 1 or n >= self.max_batch:  # nothing to merge with
+            return await self._run_alone(loop, x)
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._worker())
+        fut = loop.create_future()
+        self._queue.append((x, fut, time.perf_counter()))
+        self._rows += n
+        self._wakeup.set()
+        return await fut
+
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, x: np.ndarray) -> np.ndarray:
+        out = await loop.run_in_executor(self.executor, self.predict, x)
+        self.batches += 1
+        if self.observe:
+            self.observe(x.shape[0], 0.0)
+        return out
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # give the oldest request up to max_delay to find company
+            deadline = self._queue[0][2] + self.max_delay
+            while self._rows < self.max_batch:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            items = self._take()
+            queued = time.perf_counter() - items[0][2]
+            xs = [it[0] for it in items]
+            x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+            try:
+                out = await loop.run_in_executor(self.executor, self.predict, x)
+            except Exception as err:  # hand the failure to every waiting request
+                for _, fut, _ in items:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            self.batches += 1
+            if self.observe:
+                self.observe(x.shape[0], queued)
+            start = 0
+            for xi, fut, _ in items:
+                stop = start + xi.shape[0]
+                if not fut.done():  # the client may have gone away
+                    fut.set_result(out[start:stop])
+                start = stop
+
+    def _take(self) -> list[tuple[np.ndarray, asyncio.Future, float]]:
+        """Pop whole requests up to ``max_batch`` rows (at least one request)."""
+        items = [self._queue.popleft()]
+        rows = items[0][0].shape[0]
+        while self._queue and rows + self._queue[0][0].shape[0] <= self.max_batch:
+            it = self._queue.popleft()
+            rows += it[0].shape[0]
+            items.append(it)
+        self._rows -= rows
+        return items
+
+    def close(self) -> None:
+        """Stop the worker; queued requests fail with :class:`asyncio.CancelledError`."""
+        if self._task is not None:
+            self._task.cancel()
+        while self._queue:
+            _, fut, _ = self._queue.popleft()
+            if not fut.done():
+                fut.cancel()
+        self._rows = 0

@@ -1,0 +1,345 @@
+"""The model repository: versioned bundles on disk, loaded sessions in memory.
+
+Layout (persistent across restarts)::
+
+    DIR/
+      {name}/
+        {version}/          one bundle directory (model.onnx, bundle.json, ...)
+        serving.json        optional per-model settings (max_batch, max_delay_ms)
+      .staging/             uploads being unpacked and checked (never visible)
+
+Versions are positive integers; "latest" (the default everywhere) is the
+largest. An install is atomic: files are written into ``.staging``, the bundle
+is loaded with onnxruntime and its ``bundle.json`` checked, and only then is the
+directory renamed into place (one ``rename`` on the same file system). A crash
+mid-upload leaves at most a stale staging folder, which the next start removes.
+
+Loaded :class:`~mlaas4hep.bundle.Predictor` objects sit in an LRU cache of
+``max_loaded`` entries; an evicted model is reloaded on its next request.
+A model can be *unloaded* explicitly (the repository extension of the Open
+Inference Protocol): it stays on disk but refuses inference until loaded again.
+
+All methods are blocking (disk, onnxruntime): the app calls them from a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import bundle
+from ..bundle import BundleError, Predictor
+from ..io.errors import Mlaas4hepError
+from .errors import ApiError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: Keys of ``serving.json`` (and of the ``serving`` object of ``bundle.json``).
+SERVING_KEYS = {"max_batch": int, "max_delay_ms": float}
+
+
+def check_name(name: str) -> str:
+    """A model name: letters, digits, ``_ . -``; no path separators."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        raise ApiError(400, f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (at most 100)")
+    return name
+
+
+def parse_version(version: Any) -> int | None:
+    """``None``/``""``/``"latest"`` mean the latest version; otherwise a positive integer."""
+    if version is None or version == "" or version == "latest":
+        return None
+    try:
+        v = int(version)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"invalid model version {version!r}: versions are positive integers") from None
+    if v < 1 or str(version).strip() not in (str(v), f"+{v}"):
+        raise ApiError(400, f"invalid model version {version!r}: versions are positive integers")
+    return v
+
+
+class Repository:
+    """Bundles under ``root``, with at most ``max_loaded`` onnxruntime sessions in memory."""
+
+    def __init__(self, root: str | os.PathLike, max_loaded: int = 16, threads: int | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_loaded = max(1, int(max_loaded))
+        self.threads = threads
+        self._staging = self.root / ".staging"
+        shutil.rmtree(self._staging, ignore_errors=True)  # leftovers of a crash
+        self._staging.mkdir()
+        self._lock = threading.RLock()
+        self._loaded: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
+        self._meta: dict[tuple[str, int], dict[str, Any]] = {}
+        self._unloaded: set[str] = set()
+
+    # ------------------------------------------------------------ inventory
+    def names(self) -> list[str]:
+        """Models with at least one version."""
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if d.is_dir() and NAME_RE.match(d.name) and self.versions(d.name):
+                out.append(d.name)
+        return out
+
+    def versions(self, name: str) -> list[int]:
+        d = self.root / name
+        if not NAME_RE.match(name) or not d.is_dir():
+            return []
+        return sorted(int(v.name) for v in d.iterdir() if v.name.isdigit() and (v / "bundle.json").is_file())
+
+    def resolve(self, name: str, version: Any = None) -> tuple[str, int]:
+        """``(name, version)`` of an existing model; 404 otherwise."""
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ApiError(404, f"unknown model {name!r}")
+        v = parse_version(version)
+        versions = self.versions(name)
+        if not versions:
+            raise ApiError(404, f"unknown model {name!r}")
+        if v is None:
+            return name, versions[-1]
+        if v not in versions:
+            raise ApiError(404, f"model {name!r} has no version {v} (versions: {versions})")
+        return name, v
+
+    def path(self, name: str, version: int) -> Path:
+        return self.root / name / str(version)
+
+    def meta(self, name: str, version: int) -> dict[str, Any]:
+        """``bundle.json`` of a version (cached)."""
+        key = (name, version)
+        m = self._meta.get(key)
+        if m is None:
+            try:
+                m = bundle.read_meta(self.path(name, version))
+            except BundleError as err:
+                raise ApiError(503, f"model {name!r} version {version} is broken on disk: {err}") from None
+            self._meta[key] = m
+        return m
+
+    def serving(self, name: str, version: int) -> dict[str, Any]:
+        """Per-model settings: ``bundle.json``'s ``serving``, overridden by ``DIR/{name}/serving.json``."""
+        out = dict(self.meta(name, version).get("serving") or {})
+        f = self.root / name / "serving.json"
+        if f.is_file():
+            try:
+                out.update(json.loads(f.read_text()))
+            except (OSError, ValueError):
+                pass
+        return {k: t(out[k]) for k, t in SERVING_KEYS.items() if isinstance(out.get(k), (int, float))}
+
+    def set_serving(self, name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate and store per-model settings in ``serving.json``."""
+        self.resolve(name)
+        clean: dict[str, Any] = {}
+        for k, v in settings.items():
+            if k not in SERVING_KEYS:
+                raise ApiError(400, f"unknown serving setting {k!r} (known: {sorted(SERVING_KEYS)})")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v > 1e7:
+                raise ApiError(400, f"serving setting {k!r} must be a non-negative number")
+            clean[k] = SERVING_KEYS[k](v)
+        if clean.get("max_batch", 1) < 1:
+            raise ApiError(400, "serving setting 'max_batch' must be at least 1")
+        _atomic_write(self.root / name / "serving.json", json.dumps(clean).encode())
+        return clean
+
+    # ------------------------------------------------------------ sessions
+    def is_ready(self, name: str) -> bool:
+        return name not in self._unloaded
+
+    def is_loaded(self, name: str, version: int) -> bool:
+        return (name, version) in self._loaded
+
+    def predictor(self, name: str, version: int) -> Predictor:
+        """The loaded bundle (loading it, and evicting the least recently used, if needed)."""
+        key = (name, version)
+        with self._lock:
+            if name in self._unloaded:
+                raise ApiError(400, f"model {name!r} is unloaded: POST /v2/repository/models/{name}/load first")
+            p = self._loaded.get(key)
+            if p is not None:
+                self._loaded.move_to_end(key)
+                return p
+            lock = self._loading.setdefault(key, threading.Lock())
+        with lock:  # one loader per key; others wait for it
+            with self._lock:
+                p = self._loaded.get(key)
+            if p is None:
+                try:
+                    p = bundle.load(self.path(name, version), threads=self.threads)
+                except (BundleError, Mlaas4hepError) as err:
+                    raise ApiError(503, f"model {name!r} version {version} does not load: {err}") from None
+                self._remember(key, p)
+        return p
+
+    def _remember(self, key: tuple[str, int], p: Predictor) -> None:
+        with self._lock:
+            self._loaded[key] = p
+            self._loaded.move_to_end(key)
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+
+    def loaded(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._loaded)
+
+    def load(self, name: str) -> None:
+        """Mark a model ready and load its latest version."""
+        name, v = self.resolve(name)
+        with self._lock:
+            self._unloaded.discard(name)
+        self.predictor(name, v)
+
+    def unload(self, name: str) -> None:
+        """Free a model's sessions; it refuses inference until loaded again."""
+        self.resolve(name)
+        with self._lock:
+            self._unloaded.add(name)
+            for key in [k for k in self._loaded if k[0] == name]:
+                del self._loaded[key]
+
+    def index(self) -> list[dict[str, Any]]:
+        """The repository extension's index: every version with its state."""
+        out = []
+        for name in self.names():
+            for v in self.versions(name):
+                if name in self._unloaded:
+                    state, reason = "UNAVAILABLE", "unloaded"
+                else:
+                    state, reason = "READY", "" if self.is_loaded(name, v) else "loads on first request"
+                out.append({"name": name, "version": str(v), "state": state, "reason": reason})
+        return out
+
+    # ------------------------------------------------------------ install / delete
+    def install(self, files: Mapping[str, bytes], name: str | None = None, version: Any = None) -> tuple[str, int]:
+        """Install a bundle given as ``{file name: bytes}``; returns ``(name, version)``.
+
+        ``name``/``version`` override those of ``bundle.json``. Without a
+        version, the bundle's own is used if free, else the latest plus one.
+        A TFaaS-style upload (``model.onnx`` + ``params.json`` + ``labels.txt``,
+        no ``bundle.json``) gets a ``bundle.json`` written for it.
+        """
+        for fname in files:
+            if "/" in fname or "\\" in fname or fname in (".", "..") or not fname.endswith(bundle.ALLOWED_SUFFIXES):
+                raise ApiError(400, f"file {fname!r} may not be part of a bundle")
+        if "model.onnx" not in files:
+            raise ApiError(400, f"the bundle has no model.onnx (files: {sorted(files)})")
+        want = parse_version(version)
+        stage = Path(tempfile.mkdtemp(prefix="upload-", dir=self._staging))
+        try:
+            for fname, content in files.items():
+                (stage / fname).write_bytes(content)
+            if "bundle.json" not in files:
+                _tfaas_bundle(stage, name)
+            meta = _read_json(stage / "bundle.json", "bundle.json")
+            if not isinstance(meta, dict):
+                raise ApiError(400, "bundle.json must hold an object")
+            name = check_name(name if name else str(meta.get("name", "")))
+            with self._lock:
+                existing = self.versions(name)
+                if want is None:
+                    mine = meta.get("version")
+                    want = int(mine) if isinstance(mine, int) and mine >= 1 and mine not in existing else None
+                    want = want or (existing[-1] + 1 if existing else 1)
+                elif want in existing:
+                    raise ApiError(409, f"model {name!r} already has version {want}: delete it first")
+                meta["name"], meta["version"] = name, want
+                (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
+                _check_meta(meta)
+                try:
+                    predictor = bundle.load(stage, threads=self.threads)
+                except (BundleError, Mlaas4hepError) as err:
+                    raise ApiError(400, f"invalid bundle: {err}") from None
+                target = self.path(name, want)
+                target.parent.mkdir(exist_ok=True)
+                os.rename(stage, target)  # atomic: the version appears whole or not at all
+                predictor.path = target
+                self._meta.pop((name, want), None)
+                self._unloaded.discard(name)
+                self._remember((name, want), predictor)
+            return name, want
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def delete(self, name: str, version: Any = None) -> list[int]:
+        """Remove one version, or every version when ``version`` is None; returns those removed."""
+        name, _ = self.resolve(name)
+        v = parse_version(version)
+        with self._lock:
+            versions = self.versions(name)
+            if v is not None and v not in versions:
+                raise ApiError(404, f"model {name!r} has no version {v}")
+            gone = [v] if v is not None else versions
+            src = self.path(name, v) if v is not None else self.root / name
+            trash = Path(tempfile.mkdtemp(prefix="delete-", dir=self._staging))
+            os.rename(src, trash / "x")  # disappears atomically, then removed at leisure
+            for g in gone:
+                self._loaded.pop((name, g), None)
+                self._meta.pop((name, g), None)
+            if not self.versions(name):
+                self._unloaded.discard(name)
+                shutil.rmtree(self.root / name, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
+        return gone
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"{what} is not valid JSON: {err}") from None
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    missing = [k for k in bundle.REQUIRED if k not in meta]
+    if missing:
+        raise ApiError(400, f"bundle.json lacks {missing}")
+    inputs, outputs = meta["inputs"], meta["outputs"]
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("features"), list) or not inputs["features"]:
+        raise ApiError(400, "bundle.json 'inputs.features' must be a non-empty list")
+    if not all(isinstance(f, str) for f in inputs["features"]):
+        raise ApiError(400, "bundle.json 'inputs.features' must hold strings")
+    if not isinstance(outputs, dict) or not isinstance(outputs.get("labels"), list) or not outputs["labels"]:
+        raise ApiError(400, "bundle.json 'outputs.labels' must be a non-empty list")
+    if "serving" in meta and not isinstance(meta["serving"], dict):
+        raise ApiError(400, "bundle.json 'serving' must be an object")
+
+
+def _tfaas_bundle(stage: Path, name: str | None) -> None:
+    """Write ``bundle.json`` for a TFaaS-style upload (params.json + labels.txt + model.onnx)."""
+    import onnx
+
+    params = _read_json(stage / "params.json", "params.json") if (stage / "params.json").is_file() else {}
+    if not isinstance(params, dict):
+        raise ApiError(400, "params.json must hold an object")
+    labels_file = stage / str(params.get("labels") or "labels.txt")
+    if labels_file.parent != stage or not labels_file.is_file():
+        raise ApiError(400, "a TFaaS upload needs labels (labels.txt) along with the model")
+    labels = [ln.strip() for ln in labels_file.read_text(errors="replace").splitlines()]
+    labels = [ln for ln in labels if ln and not ln.startswith("#")]
+    try:
+        graph = onnx.load_model_from_string((stage / "model.onnx").read_bytes()).graph
+        dims = graph.input[0].type.tensor_type.shape.dim
+        n = dims[-1].dim_value if dims else 0
+    except Exception as err:  # onnx raises DecodeError and friends
+        raise ApiError(400, f"model.onnx is not a valid ONNX model: {err}") from None
+    if not n:
+        raise ApiError(400, "model.onnx must have a fixed number of input features (its last input dimension)")
+    bundle.write(
+        stage, stage / "model.onnx", None, labels or ["0", "1"], name=str(name or params.get("name") or ""),
+        framework="onnx", features=[f"x{i}" for i in range(n)], description=str(params.get("description", "")),
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
