@@ -107,7 +107,7 @@ class DaskExecutor(Executor):
         size = {f.key: u.stop - u.start for f, u in zip(leaves, units)}
         root = reduce_mod.tree_reduce(submit, leaves, split_every)
         try:
-            for fut in as_completed(leaves):
+            for fut in as_completed(leaves, loop=client.loop):
                 if fut.status == "error":
                     fut.result()  # raises the task's own exception
                 if advance is not None:

@@ -9,6 +9,7 @@ range: no event is lost or duplicated.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,25 +20,38 @@ from .chunk import Chunk, Unit
 from .errors import CorruptFileError, FileOpenError, Mlaas4hepError
 from .preprocess import Preprocessor
 
-_OPEN: dict[tuple[str, str], Any] = {}
+_OPEN: dict[tuple[str, str], tuple[Any, tuple | None]] = {}
 _MAX_OPEN = 64
 
 
 def get_tree(url: str, tree: str, timeout: float):
+    """An open tree, reused between units; a local file replaced on disk is reopened."""
     key = (url, tree)
-    t = _OPEN.get(key)
-    if t is None:
+    stat = _stat(url) if sources.is_local(url) else None
+    entry = _OPEN.get(key)
+    if entry is not None and entry[1] != stat:
+        forget(url, tree)
+        entry = None
+    if entry is None:
         if len(_OPEN) >= _MAX_OPEN:
             forget(*next(iter(_OPEN)))
-        t = _OPEN[key] = sources.open_tree(url, tree, timeout)
-    return t
+        entry = _OPEN[key] = (sources.open_tree(url, tree, timeout), stat)
+    return entry[0]
+
+
+def _stat(url: str) -> tuple | None:
+    try:
+        st = os.stat(sources.local_path(url))
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def forget(url: str, tree: str) -> None:
-    t = _OPEN.pop((url, tree), None)
-    if t is not None:
+    entry = _OPEN.pop((url, tree), None)
+    if entry is not None:
         try:
-            t.file.close()
+            entry[0].file.close()
         except Exception:
             pass
 

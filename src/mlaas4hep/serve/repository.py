@@ -80,30 +80,37 @@ class Repository:
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._meta: dict[tuple[str, int], dict[str, Any]] = {}
         self._unloaded: set[str] = set()
+        self._index: dict[str, list[int]] = {}
+        self.rescan()
 
     # ------------------------------------------------------------ inventory
+    def rescan(self) -> None:
+        """Re-read the directory (the in-memory index serves every request in between)."""
+        index: dict[str, list[int]] = {}
+        for d in sorted(self.root.iterdir()):
+            if d.is_dir() and NAME_RE.match(d.name):
+                vs = sorted(int(v.name) for v in d.iterdir() if v.name.isdigit() and (v / "bundle.json").is_file())
+                if vs:
+                    index[d.name] = vs
+        with self._lock:
+            self._index = index
+            self._meta = {k: m for k, m in self._meta.items() if k[1] in index.get(k[0], ())}
+
     def names(self) -> list[str]:
         """Models with at least one version."""
-        out = []
-        for d in sorted(self.root.iterdir()):
-            if d.is_dir() and NAME_RE.match(d.name) and self.versions(d.name):
-                out.append(d.name)
-        return out
+        return sorted(self._index)
 
     def versions(self, name: str) -> list[int]:
-        d = self.root / name
-        if not NAME_RE.match(name) or not d.is_dir():
-            return []
-        return sorted(int(v.name) for v in d.iterdir() if v.name.isdigit() and (v / "bundle.json").is_file())
+        return list(self._index.get(name, ()))
 
     def resolve(self, name: str, version: Any = None) -> tuple[str, int]:
         """``(name, version)`` of an existing model; 404 otherwise."""
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise ApiError(404, f"unknown model {name!r}")
-        v = parse_version(version)
-        versions = self.versions(name)
+        versions = self._index.get(name)
         if not versions:
             raise ApiError(404, f"unknown model {name!r}")
+        if version is None:
+            return name, versions[-1]
+        v = parse_version(version)
         if v is None:
             return name, versions[-1]
         if v not in versions:
@@ -193,6 +200,7 @@ class Repository:
 
     def load(self, name: str) -> None:
         """Mark a model ready and load its latest version."""
+        self.rescan()
         name, v = self.resolve(name)
         with self._lock:
             self._unloaded.discard(name)
@@ -261,6 +269,7 @@ class Repository:
                 target = self.path(name, want)
                 target.parent.mkdir(exist_ok=True)
                 os.rename(stage, target)  # atomic: the version appears whole or not at all
+                self._index[name] = sorted(existing + [want])
                 predictor.path = target
                 self._meta.pop((name, want), None)
                 self._unloaded.discard(name)
@@ -281,6 +290,11 @@ class Repository:
             src = self.path(name, v) if v is not None else self.root / name
             trash = Path(tempfile.mkdtemp(prefix="delete-", dir=self._staging))
             os.rename(src, trash / "x")  # disappears atomically, then removed at leisure
+            left = [x for x in versions if x not in gone]
+            if left:
+                self._index[name] = left
+            else:
+                self._index.pop(name, None)
             for g in gone:
                 self._loaded.pop((name, g), None)
                 self._meta.pop((name, g), None)

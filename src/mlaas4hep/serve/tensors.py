@@ -1,0 +1,220 @@
+"""Tensors of the Open Inference Protocol v2: JSON and the binary extension.
+
+A request body is a JSON object, optionally followed by raw tensor bytes. When
+the ``Inference-Header-Content-Length: N`` header is present, the first ``N``
+bytes are the JSON header and the rest are the tensors, concatenated in input
+order, each input announcing its length in ``parameters.binary_data_size``::
+
+    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3],
+                 "parameters": {"binary_data_size": 24}}],
+     "outputs": [{"name": "y", "parameters": {"binary_data": true}}]}
+    <24 bytes: 6 little-endian float32>
+
+Binary inputs become numpy arrays that *view* the request body
+(:func:`numpy.frombuffer`): no copy, no parse. JSON inputs carry ``data`` as a
+flat (row-major) or nested list. Responses mirror this: outputs asked for with
+``binary_data`` (or the request parameter ``binary_data_output``) are appended
+as raw bytes after the JSON header, the others go as JSON ``data`` (encoded by
+orjson straight from the numpy buffer).
+
+Everything here raises :class:`~mlaas4hep.serve.errors.ApiError` (400) with a
+precise message when a request is malformed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import ApiError
+
+#: OIP datatype name -> numpy dtype (little-endian, as the binary extension requires).
+DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+NAMES = {v: k for k, v in DTYPES.items()}
+MAX_DIMS = 8
+_JSON_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass
+class InputTensor:
+    """One decoded input: ``data`` is a numpy array, or a nested list for jagged raw inputs."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: Any
+    binary: bool = False
+
+
+@dataclass
+class InferRequest:
+    """A decoded ``/infer`` request."""
+
+    id: str | None
+    inputs: list[InputTensor]
+    outputs: list[str] | None  # None: every output
+    binary_outputs: set[str] = field(default_factory=set)
+    binary_default: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def wants_binary(self, name: str) -> bool:
+        return name in self.binary_outputs or self.binary_default
+
+
+def header_length(value: str | None, body_size: int) -> int | None:
+    """The ``Inference-Header-Content-Length`` header, checked against the body."""
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ApiError(400, f"Inference-Header-Content-Length must be an integer, got {value!r}") from None
+    if n < 0 or n > body_size:
+        raise ApiError(400, f"Inference-Header-Content-Length {n} does not fit the body of {body_size} bytes")
+    return n
+
+
+def parse_json(data: bytes | memoryview, what: str = "request body") -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise ApiError(400, f"malformed JSON in the {what}: {err}") from None
+
+
+def decode_request(body: bytes, hlen: int | None, ragged_ok: bool = False) -> InferRequest:
+    """Decode an infer request (JSON, or JSON header + binary tensors)."""
+    header = parse_json(memoryview(body)[:hlen] if hlen is not None else body)
+    if not isinstance(header, dict):
+        raise ApiError(400, "the request must be a JSON object with 'inputs'")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ApiError(400, "'inputs' must be a non-empty list of tensors")
+    offset = hlen if hlen is not None else len(body)
+    inputs: list[InputTensor] = []
+    seen: set[str] = set()
+    for i, spec in enumerate(raw_inputs):
+        t = _decode_input(i, spec, body, offset, ragged_ok)
+        if t.name in seen:
+            raise ApiError(400, f"input {t.name!r} appears twice")
+        seen.add(t.name)
+        if t.binary:
+            offset += t.data.nbytes
+        inputs.append(t)
+    if offset != len(body):
+        raise ApiError(400, f"the body holds {len(body) - offset} bytes that no input claims (check binary_data_size)")
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ApiError(400, "'parameters' must be an object")
+    outputs, binary = None, set()
+    if "outputs" in header:
+        if not isinstance(header["outputs"], list):
+            raise ApiError(400, "'outputs' must be a list of {\"name\": ...}")
+        outputs = []
+        for o in header["outputs"]:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise ApiError(400, "each requested output must be an object with a 'name'")
+            outputs.append(o["name"])
+            op = o.get("parameters") or {}
+            if not isinstance(op, dict):
+                raise ApiError(400, f"parameters of output {o['name']!r} must be an object")
+            if op.get("binary_data") is True:
+                binary.add(o["name"])
+    rid = header.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise ApiError(400, "'id' must be a string")
+    return InferRequest(rid, inputs, outputs, binary, params.get("binary_data_output") is True, params)
+
+
+def _decode_input(i: int, spec: Any, body: bytes, offset: int, ragged_ok: bool) -> InputTensor:
+    if not isinstance(spec, dict):
+        raise ApiError(400, f"input #{i} must be an object with name, shape, datatype and data")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, f"input #{i} has no 'name'")
+    datatype = spec.get("datatype")
+    if datatype not in DTYPES:
+        raise ApiError(400, f"input {name!r}: unsupported datatype {datatype!r} (supported: {', '.join(DTYPES)})")
+    shape = spec.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
+    ):
+        raise ApiError(400, f"input {name!r}: 'shape' must be a list of 1 to {MAX_DIMS} non-negative integers")
+    count = int(np.prod(shape, dtype=np.int64))
+    dtype = DTYPES[datatype]
+    params = spec.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ApiError(400, f"input {name!r}: 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if "data" in spec:
+            raise ApiError(400, f"input {name!r} has both 'data' and binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ApiError(400, f"input {name!r}: binary_data_size must be a non-negative integer")
+        if size != count * dtype.itemsize:
+            raise ApiError(
+                400, f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} "
+                f"({count * dtype.itemsize} bytes)"
+            )
+        if offset + size > len(body):
+            raise ApiError(400, f"input {name!r}: the body ends before its {size} binary bytes")
+        arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+        return InputTensor(name, datatype, shape, arr, binary=True)
+    if "data" not in spec:
+        raise ApiError(400, f"input {name!r} has no 'data' (nor binary_data_size)")
+    data = spec["data"]
+    if not isinstance(data, list):
+        raise ApiError(400, f"input {name!r}: 'data' must be a list")
+    if ragged_ok and len(shape) == 1 and data and isinstance(data[0], list):
+        if len(data) != shape[0]:
+            raise ApiError(400, f"input {name!r}: 'data' holds {len(data)} events but the shape says {shape[0]}")
+        return InputTensor(name, datatype, shape, data)
+    try:
+        arr = np.asarray(data)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError("it holds values that are not numbers")
+        arr = arr.astype(dtype, copy=False)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ApiError(400, f"input {name!r}: 'data' is not a list of {datatype} numbers of shape {shape}: {err}") from None
+    if arr.size != count:
+        raise ApiError(400, f"input {name!r}: 'data' holds {arr.size} values but shape {shape} needs {count}")
+    return InputTensor(name, datatype, shape, arr.reshape(shape))
+
+
+def output_tensor(name: str, arr: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    """The JSON description of an output, and its raw bytes when sent binary."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    t: dict[str, Any] = {"name": name, "datatype": NAMES[arr.dtype], "shape": list(arr.shape)}
+    if binary:
+        raw = arr.tobytes()
+        t["parameters"] = {"binary_data_size": len(raw)}
+        return t, raw
+    t["data"] = arr.reshape(-1)
+    return t, None
+
+
+def encode_response(header: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, int | None]:
+    """Body and JSON header length (``None`` when there is no binary part)."""
+    js = orjson.dumps(header, option=_JSON_NUMPY)
+    if not blobs:
+        return js, None
+    return b"".join([js, *blobs]), len(js)
