@@ -146,8 +146,8 @@ def test_corrupt_file_follows_on_error(cluster, data_dir, tmp_path):
     corrupt_copy(data_dir / "ttbar_0.root", bad)
     files = [{"path": str(data_dir / "ttH_0.root"), "label": 1}, {"path": str(bad), "label": 0}]
 
-    def make(executor, **kw):
-        cfg = sample_config(data_dir, None, branches=BRANCHES, shuffle=False, **kw)
+    def make(executor, **kw):  # own specs cache each: both run the specs pass, which also skips
+        cfg = sample_config(data_dir, tmp_path / executor, branches=BRANCHES, shuffle=False, **kw)
         cfg["files"] = files
         if executor == "dask":
             cfg.update(executor="dask", scheduler=cluster.scheduler_address)

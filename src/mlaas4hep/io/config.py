@@ -60,6 +60,7 @@ class DatasetConfig:
     redirector: str = DEFAULT_REDIRECTOR
     timeout: float = 30.0
     retries: int = 3
+    retry_backoff: float = 0.5
     executor: str = "local"
     scheduler: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

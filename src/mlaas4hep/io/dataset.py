@@ -98,7 +98,7 @@ class Dataset:
     def file_infos(self) -> list[dict[str, Any]]:
         """Fingerprint and entries of every file (``entries`` 0 for skipped files)."""
         c = self.config
-        fn = partial(_file_info_task, c.tree, c.timeout)
+        fn = partial(_file_info_task, c.tree, c.timeout, c.retries, c.retry_backoff)
         out, ex = [], self._executor()
         for url, fut in ordered_map(ex, fn, self.urls, prefetch=max(4, 2 * self._slots(ex))):
             try:
@@ -257,7 +257,8 @@ class Dataset:
         pre = pre or self.preprocessor
         return UnitReader(urls=self.urls, tree=c.tree, preprocessing=pre.to_dict(), labels=labels,
                           weights=[float(g.weight) for g in groups], label_branch=c.label_branch,
-                          weight_branch=c.weight_branch, timeout=c.timeout, retries=c.retries)
+                          weight_branch=c.weight_branch, timeout=c.timeout, retries=c.retries,
+                          backoff=c.retry_backoff)
 
     def units(self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None) -> list[Unit]:
         """The units that rank ``rank`` of ``world`` reads in ``epoch``, in order."""
@@ -370,8 +371,11 @@ class Dataset:
         self.report.append(entry)
 
 
-def _file_info_task(tree: str, timeout: float, url: str) -> dict[str, Any]:
-    return file_info(url, tree, timeout)
+def _file_info_task(tree: str, timeout: float, retries: int, backoff: float, url: str) -> dict[str, Any]:
+    from .sources import is_local, with_retries
+
+    return with_retries(lambda: file_info(url, tree, timeout), f"opening {url}",
+                        0 if is_local(url) else retries, backoff, url)
 
 
 def _decode_task(reader: UnitReader, item: tuple) -> Chunk | int | None:

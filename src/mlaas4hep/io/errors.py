@@ -16,7 +16,7 @@ class Mlaas4hepError(Exception):
 
 
 def _rebuild(cls, args, state):
-    err = Exception.__new__(cls)
+    err = cls.__new__(cls, *args)  # OSError subclasses need their own __new__
     err.args = args
     err.__dict__.update(state)
     return err

@@ -3,7 +3,8 @@
 * local paths use :class:`uproot.MemmapSource` (the fastest local source);
 * ``root://`` uses :class:`uproot.XRootDSource` (faster than the fsspec
   default, and it avoids the string ``step_size`` pitfall of uproot 5.7);
-* ``http(s)://`` and any other fsspec URL use uproot's fsspec source.
+* ``http(s)://`` uses :class:`uproot.HTTPSource` (multi-range requests);
+* any other fsspec URL (``s3://``, ``gs://``, ...) uses uproot's fsspec source.
 
 A *fingerprint* identifies a file's content cheaply (URL, size, modification
 time when known, and the ROOT file UUID), so specs and caches computed for one
@@ -27,7 +28,9 @@ T = TypeVar("T")
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [OSError, TimeoutError, ConnectionError]
+    import http.client
+
+    errs: list[type[BaseException]] = [OSError, TimeoutError, ConnectionError, http.client.HTTPException]
     try:  # fsspec's HTTP filesystem raises aiohttp's errors, which are not OSErrors
         import aiohttp
 
@@ -61,6 +64,10 @@ def open_options(url: str, timeout: float = 30.0) -> dict[str, Any]:
         return {"handler": uproot.MemmapSource}
     if url.startswith(("root://", "roots://")):
         return {"handler": uproot.XRootDSource, "timeout": timeout}
+    if url.startswith(("http://", "https://")):
+        # uproot's own source: multi-range requests, and errors that surface as
+        # exceptions (the fsspec source hands aiohttp errors back as values)
+        return {"handler": uproot.HTTPSource, "timeout": timeout}
     return {"timeout": timeout}
 
 
@@ -88,6 +95,9 @@ def open_tree(url: str, tree: str, timeout: float = 30.0):
         trees = [k.split(";")[0] for k, c in f.classnames().items() if c.startswith("TTree")]
         f.close()
         raise TreeNotFoundError(url, tree, trees) from None
+    except TRANSIENT as err:
+        f.close()
+        raise FileOpenError(url, f"{type(err).__name__}: {err}") from err
     except Exception as err:
         f.close()
         raise CorruptFileError(url, f"{type(err).__name__}: {err}") from None

@@ -1,0 +1,362 @@
+"""The ASGI application: state shared by the routes, body limits, errors, the web page.
+
+:func:`create_app` builds a Starlette app (FastAPI's core, without the
+per-request validation layer, which costs more than our whole hot path) that
+serves three APIs over one :class:`~mlaas4hep.serve.repository.Repository`:
+
+* the TFaaS API (:mod:`~mlaas4hep.serve.tfaas`): ``/upload``, ``/models``,
+  ``/delete/{model}``, ``/json``, ``/status``;
+* the Open Inference Protocol v2 (:mod:`~mlaas4hep.serve.v2`) with the binary
+  tensor and repository extensions, plus ``predict_root``;
+* ``/`` (a web page), ``/metrics`` (Prometheus).
+
+Every error reaches the client as ``{"error": "..."}``: :class:`ApiError` with
+its status, :class:`~mlaas4hep.io.Mlaas4hepError` (bad raw inputs, unreadable
+ROOT file, ...) as 400, an unknown route as 404, anything else as 500 (a bug:
+logged, and the server goes on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from ..io.errors import Mlaas4hepError
+from ..io.preprocess import Preprocessor
+from .auth import Auth, load_token
+from .batching import Batcher
+from .errors import ApiError, error_response
+from .metrics import Metrics
+from .repository import Repository
+
+log = logging.getLogger("mlaas4hep.serve")
+T = TypeVar("T")
+
+MAX_BODY = 64 * 1024 * 1024  # inference requests
+MAX_UPLOAD = 512 * 1024 * 1024  # bundle uploads
+
+
+@dataclass
+class ModelInfo:
+    """What the hot path needs to know about one model version, computed once."""
+
+    name: str
+    version: int
+    meta: dict[str, Any]
+    input_name: str
+    output_name: str
+    features: list[str]
+    labels: list[str]
+    n_outputs: int
+    preprocessor: Preprocessor | None
+    raw_inputs: list[str]
+    _orders: dict[tuple[str, ...], np.ndarray | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_meta(cls, name: str, version: int, meta: dict[str, Any]) -> "ModelInfo":
+        pre_d = meta["inputs"].get("preprocessing")
+        try:
+            pre = Preprocessor.from_dict(pre_d) if pre_d else None
+        except Mlaas4hepError as err:
+            raise ApiError(503, f"model {name!r} has an invalid preprocessing description: {err}") from None
+        labels = list(meta["outputs"]["labels"])
+        shape = meta["outputs"].get("shape") or [-1, 1 if len(labels) <= 2 else len(labels)]
+        return cls(
+            name=name,
+            version=version,
+            meta=meta,
+            input_name=str(meta["inputs"].get("onnx_input") or "input"),
+            output_name=str(meta["outputs"].get("onnx_output") or "output"),
+            features=list(meta["inputs"]["features"]),
+            labels=labels,
+            n_outputs=int(shape[-1]) if isinstance(shape[-1], int) and shape[-1] > 0 else 1,
+            preprocessor=pre,
+            raw_inputs=list(pre.inputs) if pre is not None else [],
+        )
+
+    def column_order(self, keys: list[str]) -> np.ndarray | None:
+        """Column permutation taking ``keys`` order to the model's feature order (None: same order)."""
+        key = tuple(keys)
+        if key in self._orders:
+            return self._orders[key]
+        if sorted(keys) != sorted(self.features) or len(set(keys)) != len(keys):
+            missing = [f for f in self.features if f not in keys]
+            extra = [k for k in keys if k not in self.features]
+            raise ApiError(400, f"keys do not match the features of model {self.name!r}: "
+                                f"missing {missing[:10]}, unknown {extra[:10]}")
+        pos = {k: i for i, k in enumerate(keys)}
+        order = None if list(keys) == self.features else np.array([pos[f] for f in self.features])
+        if len(self._orders) < 64:
+            self._orders[key] = order
+        return order
+
+
+class ServerState:
+    """Everything the routes share: repository, auth, metrics, batchers and thread pools."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        auth: Auth,
+        max_batch: int = 256,
+        max_delay_ms: float = 2.0,
+        max_body: int = MAX_BODY,
+        max_upload: int = MAX_UPLOAD,
+        infer_threads: int = 2,
+        root_prefixes: tuple[str, ...] = ("root://", "http://", "https://"),
+    ):
+        self.repo, self.auth = repo, auth
+        self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
+        self.max_body, self.max_upload = max_body, max_upload
+        self.root_prefixes = root_prefixes
+        self.metrics = Metrics()
+        self.started = time.time()
+        self.infer_pool = ThreadPoolExecutor(max(1, infer_threads), thread_name_prefix="mlaas4hep-infer")
+        self.io_pool = ThreadPoolExecutor(4, thread_name_prefix="mlaas4hep-io")
+        self._batchers: dict[tuple[str, int], Batcher] = {}
+        self._infos: dict[tuple[str, int], ModelInfo] = {}
+
+    def model(self, name: str, version: Any = None) -> ModelInfo:
+        """Resolve ``name``/``version`` (404 if unknown) to its cached :class:`ModelInfo`."""
+        key = self.repo.resolve(name, version)
+        info = self._infos.get(key)
+        if info is None:
+            info = self._infos[key] = ModelInfo.from_meta(key[0], key[1], self.repo.meta(*key))
+        return info
+
+    def batcher(self, info: ModelInfo) -> Batcher:
+        key = (info.name, info.version)
+        b = self._batchers.get(key)
+        if b is None:
+            cfg = self.repo.serving(*key)
+            repo = self.repo
+
+            def predict(x: np.ndarray, _key=key) -> np.ndarray:
+                return repo.predictor(*_key).predict(x)
+
+            b = self._batchers[key] = Batcher(
+                predict,
+                max_batch=cfg.get("max_batch", self.max_batch),
+                max_delay_ms=cfg.get("max_delay_ms", self.max_delay_ms),
+                executor=self.infer_pool,
+                observe=self.metrics.batch_observer(info.name),
+            )
+        return b
+
+    async def infer(self, info: ModelInfo, x: np.ndarray) -> np.ndarray:
+        """Scores for feature rows ``x`` through the model's dynamic batcher."""
+        if not self.repo.is_ready(info.name):
+            raise ApiError(400, f"model {info.name!r} is unloaded: POST /v2/repository/models/{info.name}/load first")
+        return await self.batcher(info).infer(x)
+
+    def forget(self, name: str) -> None:
+        """Drop batchers and cached infos of a model (after delete, unload or new settings)."""
+        for key in [k for k in self._batchers if k[0] == name]:
+            self._batchers.pop(key).close()
+        for key in [k for k in self._infos if k[0] == name]:
+            del self._infos[key]
+        self.metrics.loaded.set(len(self.repo.loaded()))
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call (disk, network, model loading) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
+
+    def close(self) -> None:
+        for b in self._batchers.values():
+            b.close()
+        self.infer_pool.shutdown(wait=False)
+        self.io_pool.shutdown(wait=False)
+
+
+def state_of(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (also once decompressed)."""
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        try:
+            n = int(cl)
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length") from None
+        if n > limit:
+            raise ApiError(413, f"the request body of {n} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    enc = request.headers.get("content-encoding")
+    if enc and enc != "identity":
+        body = _decompress(body, enc.strip().lower(), limit)
+    return body
+
+
+def _decompress(body: bytes, enc: str, limit: int) -> bytes:
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(enc)
+    if wbits is None:
+        raise ApiError(415, f"unsupported Content-Encoding {enc!r} (use gzip or deflate)")
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as err:
+        raise ApiError(400, f"the {enc} body is corrupt: {err}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise ApiError(413, f"the decompressed body exceeds the limit of {limit} bytes")
+    return out
+
+
+# ----------------------------------------------------------------- errors
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+async def _library_error(request: Request, exc: Exception) -> Response:
+    return error_response(400, str(exc) or type(exc).__name__)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    msg = {404: f"no route {request.url.path!r}", 405: f"method {request.method} not allowed on {request.url.path!r}"}
+    return error_response(exc.status_code, msg.get(exc.status_code, str(exc.detail)), exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, f"internal server error: {type(exc).__name__}")
+
+
+class Instrument:
+    """ASGI middleware counting every HTTP request by route template, method and status."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            self.metrics.http_request(getattr(route, "path", "unmatched"), scope["method"], status)
+
+
+# ----------------------------------------------------------------- misc routes
+def _page() -> str:
+    return resources.files("mlaas4hep.serve").joinpath("static/index.html").read_text()
+
+
+async def index_page(request: Request) -> Response:
+    return HTMLResponse(request.app.state.page)
+
+
+async def metrics_route(request: Request) -> Response:
+    st = state_of(request)
+    st.metrics.loaded.set(len(st.repo.loaded()))
+    data, ctype = st.metrics.exposition()
+    return Response(data, media_type=ctype)
+
+
+def create_app(
+    repo_dir: str | os.PathLike,
+    token: str | None = None,
+    token_file: str | os.PathLike | None = None,
+    max_batch: int = 256,
+    max_delay_ms: float = 2.0,
+    max_loaded: int = 16,
+    threads: int | None = None,
+    infer_threads: int = 2,
+    private: bool = False,
+    allow_anonymous_admin: bool = False,
+    max_body: int = MAX_BODY,
+    max_upload: int = MAX_UPLOAD,
+    root_prefixes: tuple[str, ...] | list[str] = ("root://", "http://", "https://"),
+) -> Starlette:
+    """Build the server app over the repository in ``repo_dir``.
+
+    ``token`` (or ``token_file``, or ``$MLAAS4HEP_TOKEN``) protects upload,
+    delete, load and unload; ``private`` protects reads and inference too.
+    ``max_batch``/``max_delay_ms`` are the dynamic batcher defaults (a model's
+    ``serving.json`` overrides them; ``max_batch=1`` disables batching).
+    ``threads`` is onnxruntime's intra-op threads per session (default: all
+    cores), ``infer_threads`` how many onnxruntime calls may run at once.
+    ``root_prefixes`` lists what ``predict_root`` may open: URL schemes and
+    local directories (local paths are refused unless a directory is listed).
+    """
+    from . import rootpredict, tfaas, v2
+
+    repo = Repository(repo_dir, max_loaded=max_loaded, threads=threads)
+    auth = Auth(load_token(token, token_file), private=private, allow_anonymous_admin=allow_anonymous_admin)
+    state = ServerState(
+        repo, auth, max_batch=max_batch, max_delay_ms=max_delay_ms, max_body=max_body, max_upload=max_upload,
+        infer_threads=infer_threads, root_prefixes=tuple(_prefix(p) for p in root_prefixes),
+    )
+    routes = [
+        Route("/", index_page, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+        *tfaas.routes(),
+        *v2.routes(),
+        *rootpredict.routes(),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(Instrument, metrics=state.metrics)],
+        exception_handlers={
+            ApiError: _api_error,
+            Mlaas4hepError: _library_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        lifespan=_lifespan(state),
+    )
+    app.state.server = state
+    app.state.page = _page()
+    return app
+
+
+def _lifespan(state: ServerState) -> Callable[[Any], Any]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any):
+        yield
+        state.close()
+
+    return lifespan
+
+
+def _prefix(p: str) -> str:
+    if "://" in p:
+        return p
+    return str(Path(p).resolve()).rstrip("/") + "/"

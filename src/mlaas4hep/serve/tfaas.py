@@ -1,0 +1,251 @@
+"""The TFaaS API, so that existing TFaaS clients keep working.
+
+======================  ==============================================================
+``POST /upload``        (token) install a bundle: a ``.tar.gz`` as the raw body
+                        (``Content-Type: application/gzip``), or a multipart form with
+                        a file field ``bundle``, or TFaaS's form fields ``name``,
+                        ``params`` (params.json), ``model`` (an ONNX file), ``labels``.
+                        Query parameters ``name`` and ``version`` override the bundle's.
+``GET /models``         every model: its params.json, plus versions, labels, features...
+``DELETE /delete/{m}``  (token) delete a model (every version, or ``?version=N``)
+``POST /json``          ``{"keys": [...], "values": [...], "model": "name"}`` → the list of
+                        class probabilities, in the order of the model's labels. ``values``
+                        may also be a list of rows (then a list of lists comes back), and
+                        ``keys`` may be the raw branch names of the bundle's preprocessing
+                        (jagged branches as one list per event).
+``GET /status``         server health, models and loaded sessions
+======================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..io.errors import Mlaas4hepError
+from . import archive, tensors
+from .app import ModelInfo, ServerState, read_body, state_of
+from .errors import ApiError
+from .tensors import InputTensor
+from .v2 import _raw_array, _transform, json_response
+
+
+async def upload(request: Request) -> Response:
+    st = state_of(request)
+    st.auth.require_admin(request)
+    ctype = request.headers.get("content-type", "")
+    name = request.query_params.get("name")
+    version = request.query_params.get("version")
+    if ctype.startswith("multipart/form-data"):
+        files, form_name = await _form_files(request, st)
+        name = name or form_name
+    else:
+        body = await read_body(request, st.max_upload)
+        if not body:
+            raise ApiError(400, "empty upload: send a bundle .tar.gz as the body or as the multipart field 'bundle'")
+        files = await st.blocking(archive.read_archive, body)
+    name, v = await st.blocking(st.repo.install, files, name, version)
+    st.forget(name)
+    return json_response({"name": name, "version": v, "status": "installed"})
+
+
+async def _form_files(request: Request, st: ServerState) -> tuple[dict[str, bytes], str | None]:
+    cl = request.headers.get("content-length")
+    if cl is not None and cl.isdigit() and int(cl) > st.max_upload:
+        raise ApiError(413, f"the upload of {cl} bytes exceeds the limit of {st.max_upload} bytes")
+    try:
+        form = await request.form(max_files=8, max_fields=16)
+    except ApiError:
+        raise
+    except Exception as err:  # starlette's MultiPartException, HTTPException
+        raise ApiError(400, f"malformed multipart form: {getattr(err, 'detail', err)}") from None
+    try:
+        name = form.get("name")
+        name = name if isinstance(name, str) and name else None
+        if isinstance(form.get("bundle"), UploadFile):
+            data = await _read_limited(form["bundle"], st.max_upload)
+            return await st.blocking(archive.read_archive, data), name
+        model = form.get("model")
+        if not isinstance(model, UploadFile):
+            raise ApiError(400, "the form needs a file field 'bundle' (a .tar.gz) or 'model' (an ONNX file)")
+        files = {"model.onnx": await _read_limited(model, st.max_upload)}
+        for field, fname in (("params", "params.json"), ("labels", "labels.txt")):
+            value = form.get(field)
+            if isinstance(value, UploadFile):
+                files[fname] = await _read_limited(value, 1024 * 1024)
+            elif isinstance(value, str) and value:
+                files[fname] = value.encode()
+        if "params.json" in files:
+            params = tensors.parse_json(files["params.json"], "params field")
+            if isinstance(params, dict):  # the files are stored under our fixed names
+                params.update(model="model.onnx", labels="labels.txt")
+                name = name or (params.get("name") if isinstance(params.get("name"), str) else None)
+                import json
+
+                files["params.json"] = json.dumps(params).encode()
+        return files, name
+    finally:
+        await form.close()
+
+
+async def _read_limited(f: UploadFile, limit: int) -> bytes:
+    data = await f.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, f"the file {f.filename!r} exceeds the limit of {limit} bytes")
+    return data
+
+
+def model_summary(st: ServerState, info: ModelInfo) -> dict[str, Any]:
+    """What ``/models`` and the web page show of a model."""
+    meta = info.meta
+    params = {
+        "name": info.name,
+        "model": "model.onnx",
+        "labels": "labels.txt",
+        "input_node": info.input_name,
+        "output_node": info.output_name,
+        "description": meta.get("description", ""),
+        "timestamp": meta.get("created"),
+    }
+    params.update({
+        "version": info.version,
+        "versions": st.repo.versions(info.name),
+        "ready": st.repo.is_ready(info.name),
+        "framework": meta.get("framework"),
+        "label_names": info.labels,
+        "n_features": len(info.features),
+        "features": info.features,
+        "raw_inputs": info.raw_inputs,
+        "jagged": {n: k for n, k in info.preprocessor.jagged} if info.preprocessor else {},
+        "metrics": meta.get("metrics", {}),
+    })
+    return params
+
+
+async def models(request: Request) -> Response:
+    st = state_of(request)
+    st.auth.require_read(request)
+    out = []
+    for name in st.repo.names():
+        try:
+            out.append(model_summary(st, st.model(name)))
+        except ApiError as err:  # a broken or concurrently deleted model does not hide the others
+            out.append({"name": name, "error": err.message})
+    return json_response(out)
+
+
+async def delete(request: Request) -> Response:
+    st = state_of(request)
+    st.auth.require_admin(request)
+    name = request.path_params["model"]
+    gone = await st.blocking(st.repo.delete, name, request.query_params.get("version"))
+    st.forget(name)
+    return json_response({"name": name, "deleted_versions": gone})
+
+
+async def predict_json(request: Request) -> Response:
+    t0 = time.perf_counter()
+    st = state_of(request)
+    label, status = "_unknown", 500
+    try:
+        st.auth.require_read(request)
+        req = tensors.parse_json(await read_body(request, st.max_body))
+        if not isinstance(req, dict):
+            raise ApiError(400, 'the request must be {"keys": [...], "values": [...], "model": "name"}')
+        name = req.get("model")
+        if not isinstance(name, str):
+            raise ApiError(400, "'model' must be the name of a model")
+        info = st.model(name, req.get("version"))
+        label = info.name
+        keys, values = req.get("keys"), req.get("values")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ApiError(400, "'keys' must be a list of feature (or raw branch) names")
+        if not isinstance(values, list) or not values:
+            raise ApiError(400, "'values' must be a non-empty list")
+        x, single = _rows(info, keys, values)
+        y = np.asarray(await st.infer(info, x))
+        probs = np.concatenate([1.0 - y, y], axis=1) if (y.shape[1] == 1 and len(info.labels) == 2) else y
+        if single and probs.shape[0] == 1:
+            probs = probs[0]
+        status = 200
+        body, _ = tensors.encode_response(probs.astype(np.float64), [])  # float64 prints 0.1 as 0.1
+        return Response(body, media_type="application/json")
+    except ApiError as err:
+        status = err.status
+        raise
+    except Mlaas4hepError:
+        status = 400
+        raise
+    finally:
+        st.metrics.inference(label, status, time.perf_counter() - t0)
+
+
+def _rows(info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, bool]:
+    """Feature rows from TFaaS ``keys``/``values`` (feature names in any order, or raw branches),
+    and whether the request was for a single row."""
+    raw = set(info.raw_inputs)
+    if info.preprocessor is not None and keys and set(keys) <= raw and set(keys).isdisjoint(info.features):
+        if len(values) != len(keys):
+            raise ApiError(400, f"{len(keys)} keys but {len(values)} values")
+        missing = [n for n in info.raw_inputs if n not in keys]
+        if missing:
+            raise ApiError(400, f"missing raw inputs {missing}; model {info.name!r} needs {info.raw_inputs}")
+        # one event: a number per flat branch, a list per jagged one; several: a list per branch
+        jagged = {n for n, _ in info.preprocessor.jagged}
+        flat_keys = [k for k in keys if k not in jagged]
+        single = any(not isinstance(values[keys.index(k)], list) for k in flat_keys) if flat_keys else (
+            not values[0] or not isinstance(values[0][0], list))
+        arrays = {}
+        for k, v in zip(keys, values):
+            v = [v] if single else v
+            if not isinstance(v, list):
+                raise ApiError(400, f"raw input {k!r}: expected a list of values, one per event")
+            ragged = bool(v) and isinstance(v[0], list)
+            t = tensors._decode_input(0, {"name": k, "datatype": "FP64", "shape": [len(v)], "data": v}, b"", 0, ragged)
+            arrays[k] = _raw_array(InputTensor(t.name, t.datatype, t.shape, t.data))
+        if len({len(a) for a in arrays.values()}) != 1:
+            raise ApiError(400, "raw inputs have different numbers of events")
+        return _transform(info, arrays), single
+    order = info.column_order(keys)
+    try:
+        x = np.asarray(values)
+        if x.dtype.kind not in "biuf":
+            raise ValueError("values must be numbers")
+        x = x.astype(np.float32, copy=False)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ApiError(400, f"'values' must be a list of numbers (or of rows of numbers): {err}") from None
+    single = x.ndim == 1
+    if single:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != len(keys):
+        raise ApiError(400, f"'values' must hold {len(keys)} numbers per row (one per key), got shape {list(x.shape)}")
+    return (x if order is None else x[:, order]), single
+
+
+async def status(request: Request) -> Response:
+    st = state_of(request)
+    return json_response({
+        "status": "ok",
+        "version": __version__,
+        "uptime_s": round(time.time() - st.started, 1),
+        "models": st.repo.names(),
+        "loaded": [f"{n}/{v}" for n, v in st.repo.loaded()],
+        "auth": st.auth.enabled,
+    })
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/upload", upload, methods=["POST"]),
+        Route("/models", models, methods=["GET"]),
+        Route("/delete/{model}", delete, methods=["DELETE", "POST"]),
+        Route("/json", predict_json, methods=["POST"]),
+        Route("/status", status, methods=["GET"]),
+    ]

@@ -1,0 +1,125 @@
+"""What the runner asks of a framework: the :class:`Backend` interface.
+
+The runner (:mod:`.runner`) owns the epoch loop, validation, early stopping,
+checkpoints, metrics, plots and the bundle; a backend owns only what differs
+between frameworks:
+
+* :meth:`Backend.epoch_batches` turns an epoch's training :class:`~.data.Part` s into
+  batches of the backend's type (NumPy by default);
+* :meth:`Backend.train_batch` runs one optimisation step;
+* :meth:`Backend.predict` returns probabilities (``(n,)`` for a binary
+  classifier: the probability of label 1; ``(n, K)`` otherwise);
+* :meth:`Backend.snapshot` / :meth:`Backend.restore` keep the best epoch's weights;
+* :meth:`Backend.save` / :meth:`Backend.load` write and read checkpoint files;
+* :meth:`Backend.export_onnx` and :meth:`Backend.save_native` feed the bundle.
+
+A backend whose training is not a loop over epochs (XGBoost's boosting rounds)
+sets ``epoch_based = False`` and implements :meth:`Backend.fit` instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import metrics
+from .config import TrainConfig
+from .data import Part, Source, prefetch, shuffled_batches
+from .userfile import UserModel
+
+
+class Backend:
+    framework = "?"
+    epoch_based = True
+    #: What a checkpoint of this backend can restore exactly.
+    resumable = True
+
+    def __init__(self, um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int, device: str = "cpu"):
+        self.um = um
+        self.model = um.model
+        self.cfg = cfg
+        self.n_features = n_features
+        self.n_classes = n_classes
+        self.binary = n_classes <= 2
+        self.device = device
+        self._loss_sum = 0.0
+        self._n = 0
+
+    # ------------------------------------------------------------ training
+    def epoch_batches(self, source: Source, epoch: int, buffer: float) -> Iterator[tuple]:
+        """NumPy ``(x, y, w)`` batches of an epoch, shuffled by a generator seeded by ``(seed, epoch)``.
+
+        Reading and splitting run ahead in a background thread (:func:`.data.prefetch`).
+        """
+        rng = np.random.default_rng([self.cfg.seed, epoch, 7])
+        parts = prefetch(source.epoch(epoch), depth=2)
+        return shuffled_batches(((p.x, p.y, p.w) for p in parts), self.cfg.batch_size, buffer, rng)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self._loss_sum, self._n = 0.0, 0
+
+    def train_batch(self, batch: tuple) -> None:
+        raise NotImplementedError
+
+    def running_loss(self) -> float:
+        """Mean training loss of the epoch so far (may synchronise a GPU)."""
+        return float(self._loss_sum) / max(self._n, 1)
+
+    def end_epoch(self) -> float:
+        return self.running_loss()
+
+    def fit(self, source: Source, runner: Any) -> list[dict[str, Any]]:
+        """Whole training for backends that are not epoch based."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ evaluation
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def evaluate(self, val: Part) -> tuple[dict[str, float], np.ndarray]:
+        """Validation metrics and probabilities."""
+        p = self.predict(val.x)
+        return metrics.summary(val.y, p, val.w), p
+
+    # ------------------------------------------------------------ state
+    def snapshot(self) -> Any:
+        raise NotImplementedError
+
+    def restore(self, snap: Any) -> None:
+        raise NotImplementedError
+
+    def save(self, directory: Path, best: Any) -> None:
+        raise NotImplementedError
+
+    def load(self, directory: Path) -> Any:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ bundle
+    def export_onnx(self, path: Path, sample: np.ndarray) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save_native(self, directory: Path) -> dict[str, Path]:
+        raise NotImplementedError
+
+
+def make_backend(um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int, device: str) -> Backend:
+    """The backend for the user's model's framework."""
+    if um.framework == "pytorch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(um, cfg, n_features, n_classes, device)
+    if um.framework == "keras":
+        from .keras_backend import KerasBackend
+
+        return KerasBackend(um, cfg, n_features, n_classes)
+    if um.framework == "sklearn":
+        from .sklearn_backend import SklearnBackend
+
+        return SklearnBackend(um, cfg, n_features, n_classes)
+    if um.framework == "xgboost":
+        from .xgboost_backend import XGBoostBackend
+
+        return XGBoostBackend(um, cfg, n_features, n_classes)
+    raise ValueError(f"unknown framework {um.framework!r}")

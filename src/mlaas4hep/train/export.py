@@ -1,0 +1,167 @@
+"""ONNX export per framework, and the parity check that guards it.
+
+Every bundle's ``model.onnx`` takes float32 features ``(n, F)`` (batch dimension
+dynamic) and returns *probabilities*: ``(n, 1)`` for a binary classifier (the
+probability of label 1), ``(n, K)`` for K classes. What each framework needs:
+
+* PyTorch: ``torch.onnx.export`` of the model wrapped with the sigmoid/softmax
+  when it emits logits (the legacy TorchScript exporter by default: a fraction of
+  a second, against seconds for the dynamo exporter, ``onnx_exporter: dynamo``);
+* Keras 3: ``model.export(format="onnx")`` (torch backend, or tf2onnx under
+  TensorFlow), the activation appended when the model emits logits;
+* scikit-learn: skl2onnx, without the ZipMap, keeping the probability output;
+* XGBoost: onnxmltools' converter, likewise.
+
+:func:`check_parity` then runs the ONNX model with onnxruntime on a sample of
+validation events and compares it with the native model's probabilities; a
+difference above the tolerance (:data:`TOLERANCE`, absolute, on probabilities)
+fails the export loudly instead of shipping a model that serves other numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .errors import ExportError
+
+#: Largest absolute difference allowed between ONNX and native probabilities.
+#: float32 networks agree to ~1e-6; scikit-learn computes in float64 and tree
+#: ensembles sum leaves in another order, hence the looser bound there.
+TOLERANCE = {"pytorch": 1e-5, "keras": 1e-5, "sklearn": 1e-4, "xgboost": 1e-4}
+INPUT_NAME = "features"
+OUTPUT_NAME = "probabilities"
+
+
+def torch_to_onnx(module, n_features: int, exporter: str = "legacy") -> bytes:
+    """Export a PyTorch module taking ``(n, n_features)`` with a dynamic batch dimension."""
+    import torch
+
+    module = module.eval()
+    example = torch.zeros(4, n_features)
+    if exporter == "legacy":
+        buf = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    module, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, dynamo=False,
+                )
+            return buf.getvalue()
+        except Exception as err:  # the legacy exporter cannot trace everything: try dynamo
+            warnings.warn(f"legacy ONNX export failed ({err}); trying the dynamo exporter")
+    try:
+        prog = torch.onnx.export(
+            module, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
+        )
+        return prog.model_proto.SerializeToString()
+    except Exception as err:
+        raise ExportError(f"torch.onnx.export failed: {type(err).__name__}: {err}") from err
+
+
+def keras_to_onnx(model, path) -> bytes:
+    """Export a Keras 3 model with ``model.export(format="onnx")``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.export(str(path), format="onnx", verbose=False)
+    except TypeError:  # older Keras: no verbose argument
+        model.export(str(path), format="onnx")
+    except Exception as err:
+        raise ExportError(f"Keras ONNX export failed: {type(err).__name__}: {err}") from err
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def sklearn_to_onnx(estimator, n_features: int, binary: bool) -> bytes:
+    """skl2onnx conversion, reduced to one probabilities output."""
+    try:
+        from skl2onnx import to_onnx
+        from skl2onnx.common.data_types import FloatTensorType
+
+        onx = to_onnx(estimator, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+                      options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
+    except Exception as err:
+        raise ExportError(f"skl2onnx cannot convert {type(estimator).__name__}: {type(err).__name__}: {err}") from err
+    return probabilities_output(onx, binary).SerializeToString()
+
+
+def xgboost_to_onnx(classifier, n_features: int, binary: bool) -> bytes:
+    """onnxmltools conversion of an ``XGBClassifier``, reduced to one probabilities output."""
+    try:
+        from onnxmltools import convert_xgboost
+        from onnxmltools.convert.common.data_types import FloatTensorType
+
+        onx = convert_xgboost(classifier, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+                              target_opset=17)
+    except Exception as err:
+        raise ExportError(f"onnxmltools cannot convert the XGBoost model: {type(err).__name__}: {err}") from err
+    return probabilities_output(onx, binary).SerializeToString()
+
+
+def probabilities_output(model, binary: bool):
+    """Keep only the probability output of a converted classifier, as ``probabilities``.
+
+    Converters return ``(label, probabilities)``; a binary classifier's
+    probabilities are ``(n, 2)``, reduced here to column 1 as ``(n, 1)``.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    prob = next((o for o in graph.output if "prob" in o.name.lower()), graph.output[-1])
+    src = prob.name
+    nodes = list(graph.node)
+    inits = list(graph.initializer)
+    if binary:
+        inits += [
+            helper.make_tensor("_p_start", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("_p_end", TensorProto.INT64, [1], [2]),
+            helper.make_tensor("_p_axis", TensorProto.INT64, [1], [1]),
+        ]
+        nodes.append(helper.make_node("Slice", [src, "_p_start", "_p_end", "_p_axis"], [OUTPUT_NAME]))
+        width: Any = 1
+    else:
+        nodes.append(helper.make_node("Identity", [src], [OUTPUT_NAME]))
+        dims = prob.type.tensor_type.shape.dim
+        width = dims[1].dim_value if len(dims) > 1 and dims[1].dim_value else None
+    out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", width])
+    new_graph = helper.make_graph(nodes, graph.name, list(graph.input), [out], inits,
+                                  value_info=list(graph.value_info))
+    new = helper.make_model(new_graph, opset_imports=list(model.opset_import), producer_name=model.producer_name)
+    new.ir_version = model.ir_version
+    onnx.checker.check_model(new)
+    return new
+
+
+def check_parity(
+    onnx_model: bytes | str, x: np.ndarray, expected: np.ndarray, atol: float, framework: str = ""
+) -> dict[str, Any]:
+    """Compare ONNX probabilities with ``expected`` on ``x``; raise :class:`ExportError` when off.
+
+    Returns ``{"events", "max_abs_diff", "tolerance"}`` for the bundle's metrics.
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.ascontiguousarray(x, np.float32)
+    got = sess.run(None, {name: x})[0]
+    exp = np.asarray(expected, np.float32)
+    exp = exp.reshape(len(x), -1)
+    if got.shape != exp.shape:
+        raise ExportError(
+            f"the exported {framework} ONNX model returns shape {got.shape}, the native model {exp.shape}"
+        )
+    diff = float(np.max(np.abs(got - exp))) if len(x) else 0.0
+    if not np.isfinite(diff) or diff > atol:
+        raise ExportError(
+            f"ONNX export of the {framework} model disagrees with the native model: max |diff| = {diff:.3g} "
+            f"over {len(x)} validation events, tolerance {atol:g}"
+        )
+    return {"events": int(len(x)), "max_abs_diff": diff, "tolerance": float(atol)}
