@@ -46,7 +46,10 @@ class Chunk:
         return sum(getattr(self, f).nbytes for f in self.FIELDS)
 
     def take(self, index) -> "Chunk":
-        return Chunk(*(getattr(self, f)[index] for f in self.FIELDS))
+        """Rows ``index`` (a slice gives views; an integer array gathers, with the fast ``np.take``)."""
+        if isinstance(index, slice):
+            return Chunk(*(getattr(self, f)[index] for f in self.FIELDS))
+        return Chunk(*(np.take(getattr(self, f), index, axis=0) for f in self.FIELDS))
 
     @classmethod
     def concat(cls, chunks: list["Chunk"]) -> "Chunk":

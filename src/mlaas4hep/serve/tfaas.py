@@ -191,7 +191,7 @@ def _rows(info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, b
     """Feature rows from TFaaS ``keys``/``values`` (feature names in any order, or raw branches),
     and whether the request was for a single row."""
     raw = set(info.raw_inputs)
-    if info.preprocessor is not None and keys and set(keys) <= raw and set(keys).isdisjoint(info.features):
+    if info.preprocessor is not None and keys and set(keys) <= raw and set(keys) != set(info.features):
         if len(values) != len(keys):
             raise ApiError(400, f"{len(keys)} keys but {len(values)} values")
         missing = [n for n in info.raw_inputs if n not in keys]

@@ -1,0 +1,157 @@
+"""Streaming throughput: our reader against plain uproot.iterate + pad, side by side.
+
+    python bench/stream.py [--events 1000000] [--workers N] [--compression zlib] [--data DIR]
+
+Generates (or reuses) one NanoAOD-like file of --events events, then measures,
+on the same file and branches, in one run:
+
+* baseline: ``uproot.iterate`` + ``ak.pad_none``/``ak.fill_none``/``ak.to_numpy``;
+* ours, one process (decode + pad + normalise; no cache);
+* ours, N worker processes;
+* ours over ``root://`` (a real XRootD server on loopback) and ``http://`` (nginx);
+* a cached epoch (epoch >= 1 reads the decoded cache), sequential and shuffled.
+
+Prints a table of events/s with each ratio to the baseline. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import uproot
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mlaas4hep.generate import write_sample  # noqa: E402
+from mlaas4hep.io import Dataset  # noqa: E402
+from mlaas4hep.io.executor import default_workers, shutdown_pools  # noqa: E402
+
+FLAT = ["MET_pt", "MET_phi", "MET_sumEt", "PV_npvs", "fixedGridRhoFastjet", "genWeight", "Flag_goodVertices",
+        "nJet", "nMuon", "nElectron"]
+JET = ["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_qgl",
+       "Jet_nConstituents", "Jet_hadronFlavour"]
+LEP = ["Muon_pt", "Muon_eta", "Muon_phi", "Muon_charge", "Muon_pfRelIso04_all", "Muon_tightId",
+       "Electron_pt", "Electron_eta", "Electron_phi", "Electron_charge", "Electron_pfRelIso03_all", "Electron_cutBased"]
+JAGGED = {"Jet": 6, "Muon": 2, "Electron": 2}
+CHUNK = 100_000
+
+
+def baseline(path: str) -> int:
+    n = 0
+    for arr in uproot.iterate(f"{path}:Events", FLAT + JET + LEP, step_size=CHUNK, library="ak"):
+        cols = [ak.to_numpy(arr[b]).astype(np.float32)[:, None] for b in FLAT]
+        for b in JET + LEP:
+            length = JAGGED[b.split("_")[0]]
+            cols.append(ak.to_numpy(ak.fill_none(ak.pad_none(arr[b], length, clip=True), 0.0)).astype(np.float32))
+        x = np.hstack(cols)
+        n += len(x)
+    return n
+
+
+def ours(url: str, workers: int, cache: str | None, epochs: int = 1, shuffle: bool = False) -> list[tuple[int, float]]:
+    cfg = {"tree": "Events", "files": [{"path": url, "label": 1}], "branches": FLAT + JET + LEP, "jagged": JAGGED,
+           "chunk_size": CHUNK, "workers": workers, "cache_dir": cache, "shuffle": shuffle, "normalize": "minmax"}
+    ds = Dataset.from_config(cfg, show_progress=False)
+    ds.specs  # the specs pass is measured separately
+    out = []
+    for epoch in range(epochs):
+        t0, n = time.perf_counter(), 0
+        for b in ds.batches(batch_size=8192, epoch=epoch):
+            n += len(b.y)
+        out.append((n, time.perf_counter() - t0))
+    return out
+
+
+def specs_rate(url: str, workers: int) -> float:
+    cfg = {"tree": "Events", "files": [{"path": url, "label": 1}], "branches": FLAT + JET + LEP,
+           "chunk_size": CHUNK, "workers": workers, "cache_dir": None}
+    ds = Dataset.from_config(cfg, show_progress=False)
+    ds.file_infos
+    t0 = time.perf_counter()
+    s = ds.compute_specs()
+    return s.nevents / (time.perf_counter() - t0)
+
+
+def timed(fn, *a):
+    t0 = time.perf_counter()
+    n = fn(*a)
+    return n, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--workers", type=int, default=default_workers())
+    ap.add_argument("--compression", default="zlib")
+    ap.add_argument("--data", help="directory for the generated file (kept); default: a temporary one")
+    ap.add_argument("--no-remote", action="store_true", help="skip root:// and http://")
+    args = ap.parse_args()
+
+    data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="mlaas4hep-bench-", dir="/tmp"))
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o755)
+    path = data / f"bench_{args.events}_{args.compression}.root"
+    if not path.exists():
+        t0 = time.perf_counter()
+        write_sample(path, args.events, signal=True, seed=1, compression=args.compression)
+        print(f"generated {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    path.chmod(0o644)
+    n_features = len(FLAT) + sum(JAGGED[b.split("_")[0]] for b in JET + LEP)
+    cache = tempfile.mkdtemp(prefix="mlaas4hep-bench-cache-")
+    rows = []
+
+    baseline(str(path))  # warm the page cache
+    n, dt = timed(baseline, str(path))
+    base = n / dt
+    rows.append(("plain uproot.iterate + pad (baseline)", base, 1.0))
+    (n1, d1), = ours(str(path), 0, None)
+    rows.append(("ours, 1 process", n1 / d1, None))
+    (nn, dn), = ours(str(path), args.workers, None)
+    rows.append((f"ours, {args.workers} processes", nn / dn, None))
+    rows.append(("specs pass, 1 process", specs_rate(str(path), 0), None))
+    rows.append((f"specs pass, {args.workers} processes", specs_rate(str(path), args.workers), None))
+    if not args.no_remote:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from servers import NginxServer, XRootDServer
+
+        for label, cls in (("root:// (XRootD, loopback)", XRootDServer), ("http:// (nginx, loopback)", NginxServer)):
+            try:
+                srv = cls(data)
+            except RuntimeError as err:
+                print(f"skipping {label}: {err}", file=sys.stderr)
+                continue
+            try:
+                (nr, dr), = ours(srv.url(path.name), 0, None)
+                rows.append((f"ours over {label}, 1 process", nr / dr, None))
+            finally:
+                srv.stop()
+    epochs = ours(str(path), 0, cache, epochs=2)
+    rows.append(("ours, epoch 0 writing the cache, 1 process", epochs[0][0] / epochs[0][1], None))
+    rows.append(("ours, cached epoch, sequential", epochs[1][0] / epochs[1][1], None))
+    shuffled = ours(str(path), 0, cache, epochs=2, shuffle=True)
+    rows.append(("ours, cached epoch, shuffled", shuffled[1][0] / shuffled[1][1], None))
+    shutdown_pools()
+    shutil.rmtree(cache, ignore_errors=True)
+    if not args.data:
+        shutil.rmtree(data, ignore_errors=True)
+
+    print(f"\n{args.events:,} events, {len(FLAT + JET + LEP)} branches -> {n_features} features, "
+          f"{args.compression}, chunk {CHUNK:,}; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}, uproot {uproot.__version__}\n")
+    print(f"| {'reader':<48} | {'events/s':>12} | {'x baseline':>10} |")
+    print(f"|{'-' * 50}|{'-' * 14}|{'-' * 12}|")
+    for name, rate, _ in rows:
+        print(f"| {name:<48} | {rate:>12,.0f} | {rate / base:>10.2f} |")
+
+
+if __name__ == "__main__":
+    main()

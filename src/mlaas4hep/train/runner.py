@@ -1,0 +1,365 @@
+"""The training run: :func:`train`, from a configuration to a bundle.
+
+Steps, in order, each failing early with a clear message:
+
+1. read the configuration (:func:`.config.split_config`);
+2. import the model file (syntax errors, a missing ``model`` function);
+3. open the dataset's first file for its branch list, build the model for the
+   number of features and check its input and output shapes: all before any
+   event is read (when the configuration gives every jagged length; otherwise
+   the specs pass must run first to learn them);
+4. train epoch by epoch (streamed, or ``in_memory``), with validation on events
+   held out by a hash of their id, early stopping on the validation loss, a
+   checkpoint at the end of every epoch, and a progress bar;
+5. restore the best epoch's weights, export ONNX with a parity check, write
+   ``OUT/bundle/``, ``OUT/metrics.json`` and the plots in ``OUT/plots/``.
+
+Typical use::
+
+    from mlaas4hep.train import train
+    result = train("train.yaml", out="runs/tth")
+    result.metrics["val_auc"], result.bundle_path
+    result.val_scores, result.val_labels      # for your own ROC plots
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from .. import bundle as bundle_mod
+from .. import progress
+from ..io import Dataset, DatasetConfig
+from . import checkpoint
+from .backend import Backend, make_backend
+from .config import TrainConfig, split_config
+from .data import Source, expected_n_features
+from .errors import TrainError
+from .userfile import build, load_module
+
+log = logging.getLogger(__name__)
+
+#: An epoch callback gets the epoch's record (a dict, as in ``metrics.json``);
+#: returning ``True`` stops the run after that epoch's checkpoint (an "interruption").
+Callback = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    * ``metrics``: the content of ``metrics.json``: ``epochs`` (one record per
+      epoch: ``train_loss``, ``val_loss``, ``val_auc`` or ``val_accuracy``,
+      ``events``, ``seconds``, ``events_per_s``, ``source`` = stream / cache /
+      memory), and the final ``val_auc``, ``val_loss``, ``best_epoch``,
+      ``onnx_parity`` ...;
+    * ``bundle_path``: ``OUT/bundle`` (None when the run was interrupted);
+    * ``val_scores``, ``val_labels``, ``val_weights``: the validation events'
+      probabilities (label 1 for binary) and truth, for ROC curves;
+    * ``model``: the trained native model; ``backend``: its :class:`.backend.Backend`.
+    """
+
+    out_dir: Path
+    bundle_path: Path | None
+    metrics: dict[str, Any]
+    val_scores: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    val_weights: np.ndarray | None = None
+    framework: str = ""
+    model: Any = None
+    backend: Backend | None = field(default=None, repr=False)
+    interrupted: bool = False
+    plots: list[Path] = field(default_factory=list)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.metrics.get("epochs", [])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, and PyTorch / Keras when they are imported."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+    if "keras" in sys.modules:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    """A hash of the files (url, size, mtime, uuid, entries), the preprocessing and the labels."""
+    files = [{k: f.get(k) for k in ("url", "size", "mtime", "uuid", "entries")} for f in ds.file_infos]
+    blob = {"files": files, "preprocessing": ds.preprocessor.to_dict(), "labels": ds.label_names,
+            "groups": [(g.path, g.label, g.weight) for g in ds.config.files]}
+    return "sha256:" + hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train(
+    config: str | os.PathLike | Mapping[str, Any] | DatasetConfig,
+    out: str | os.PathLike | None = None,
+    *,
+    in_memory: bool = False,
+    device: str | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    callbacks: Iterable[Callback] = (),
+    show_progress: bool | None = None,
+    dataset: Dataset | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Train the model of a train configuration; see the module docstring.
+
+    ``config`` is a YAML path, a dict or a :class:`DatasetConfig` (whose
+    ``extra`` holds ``model`` and ``training``). ``out`` defaults to
+    ``runs/<model name>``. ``device`` and ``epochs`` override the configuration,
+    as do the keys of ``overrides`` (any ``training:`` key). ``resume``
+    continues from ``OUT/checkpoint`` when there is one. ``dataset`` passes a
+    ready :class:`Dataset` (its configuration must be ``config``'s).
+    """
+    over = dict(overrides or {})
+    if epochs is not None:
+        over["epochs"] = int(epochs)
+    if device is not None:
+        over["device"] = device
+    dcfg, tcfg = split_config(dataset.config if dataset is not None and config is None else config, over)
+    return Run(dcfg, tcfg, out, in_memory, resume, list(callbacks), show_progress, dataset).run()
+
+
+class Run:
+    """One training run (internal: use :func:`train`)."""
+
+    def __init__(self, dcfg: DatasetConfig, tcfg: TrainConfig, out, in_memory: bool, resume: bool,
+                 callbacks: list[Callback], show_progress: bool | None, dataset: Dataset | None):
+        self.dcfg, self.cfg = dcfg, tcfg
+        self.out = Path(out) if out is not None else Path("runs") / tcfg.bundle_name
+        self.in_memory, self.resume = in_memory, resume
+        self.callbacks, self.show = callbacks, show_progress
+        self.ds = dataset
+        self.ckpt_dir = self.out / "checkpoint"
+
+    # ------------------------------------------------------------ setup
+    def _prepare(self) -> None:
+        cfg = self.cfg
+        module = load_module(cfg.model)  # (2) before anything is opened
+        ds = self.ds = self.ds or Dataset(self.dcfg, show_progress=self.show)
+        self.labels = ds.label_names
+        n_classes = len(self.labels)
+        n0 = expected_n_features(ds)  # (3) metadata of the first file only
+        seed_everything(cfg.seed)
+        um = None
+        try:
+            um = build(cfg.model, n0, n_classes, cfg.framework, module)
+        except Exception as err:
+            if n0 is not None or "number of features" not in str(err):
+                raise
+        self.source = Source(ds, cfg.validation_fraction, cfg.seed, in_memory=self.in_memory)
+        if self.in_memory:
+            self.source.load()
+        n_features = ds.n_features  # runs (or loads) the specs pass
+        if n0 is not None and n0 != n_features:
+            raise TrainError(f"internal: expected {n0} features from the configuration, the specs give {n_features}")
+        if um is None:
+            seed_everything(cfg.seed)
+            um = build(cfg.model, n_features, n_classes, cfg.framework, module)
+        self.um = um
+        self.backend = make_backend(um, cfg, n_features, n_classes, cfg.device)
+        self.n_features = n_features
+        self.fingerprint = data_fingerprint(ds)
+        ds.show_progress = False  # the epoch bars below replace the dataset's own
+        self.signature = {"model": str(Path(cfg.model).resolve()), "framework": um.framework,
+                          "n_features": n_features, "labels": self.labels, "data": self.fingerprint,
+                          "validation_fraction": cfg.validation_fraction, "seed": cfg.seed,
+                          "batch_size": cfg.batch_size}
+
+    def _buffer(self) -> float:
+        if self.in_memory:
+            return float("inf")
+        return float(self.cfg.shuffle_buffer or self.dcfg.shuffle_buffer or 4 * self.dcfg.chunk_size)
+
+    # ------------------------------------------------------------ run
+    def run(self) -> TrainResult:
+        t_start = time.perf_counter()
+        self._prepare()
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg, be = self.cfg, self.backend
+        self.history: list[dict[str, Any]] = []
+        self.best: Any = None
+        self.best_loss, self.best_epoch, self.bad, self.stopped_early, self.finished = float("inf"), -1, 0, False, False
+        start = self._maybe_resume()
+        interrupted = False
+        if be.epoch_based:
+            if not self.finished:
+                interrupted = self._epochs(start)
+        else:
+            self.history = be.fit(self.source, self)
+            interrupted = bool(getattr(be, "interrupted", False))
+        result = self._finish(interrupted, time.perf_counter() - t_start)
+        return result
+
+    def _maybe_resume(self) -> int:
+        if not self.resume:
+            return 0
+        state = checkpoint.read_state(self.ckpt_dir)
+        if state is None:
+            log.warning("--resume: no checkpoint in %s, starting from epoch 0", self.ckpt_dir)
+            return 0
+        diff = {k: (state["signature"].get(k), v) for k, v in self.signature.items()
+                if state["signature"].get(k) != v}
+        if diff:
+            raise TrainError(
+                f"cannot resume from {self.ckpt_dir}: the checkpoint was written for another run "
+                f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); remove it or change --out"
+            )
+        if not self.backend.resumable:
+            log.warning("--resume: %s models cannot continue from a checkpoint; starting from epoch 0",
+                        self.backend.framework)
+            return 0
+        self.best = self.backend.load(self.ckpt_dir)
+        self.history = state["history"]
+        self.best_loss = state["best_loss"] if state["best_loss"] is not None else float("inf")
+        self.best_epoch, self.bad = state["best_epoch"], state["bad_epochs"]
+        self.stopped_early, self.finished = state["stopped_early"], state.get("finished", False)
+        if self.stopped_early:
+            self.finished = True
+        start = int(state["epoch"]) + 1
+        if start >= self.cfg.epochs:
+            self.finished = True
+        log.info("resuming from %s at epoch %d", self.ckpt_dir, start)
+        return start
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "history": self.history, "best_loss": self.best_loss if np.isfinite(self.best_loss) else None,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad, "stopped_early": self.stopped_early,
+                "finished": self.finished, "signature": self.signature, "training": self.cfg.to_dict()}
+
+    def save_checkpoint(self, epoch: int) -> None:
+        checkpoint.write(self.ckpt_dir, self._state(epoch), lambda d: self.backend.save(d, self.best))
+
+    def _epochs(self, start: int) -> bool:
+        cfg, be, src = self.cfg, self.backend, self.source
+        total = self.ds.nevents * (1 - cfg.validation_fraction)
+        for epoch in range(start, cfg.epochs):
+            kind = src.kind(epoch)
+            n, t0 = 0, time.perf_counter()
+            be.begin_epoch(epoch)
+            with progress.bar(f"epoch {epoch}", total, show=self.show) as bar:
+                for i, batch in enumerate(be.epoch_batches(src, epoch, self._buffer())):
+                    be.train_batch(batch)
+                    k = len(batch[1])
+                    n += k
+                    if i % 25 == 0:
+                        bar.advance(k, info=f"loss {be.running_loss():.4f}")
+                    else:
+                        bar.advance(k)
+                train_loss = be.end_epoch()
+                bar.update(info=f"loss {train_loss:.4f}")
+            dt = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            vm, _ = be.evaluate(src.val)
+            rec = {"epoch": epoch, "train_loss": train_loss, **vm, "events": n, "seconds": dt,
+                   "events_per_s": n / dt if dt > 0 else float("nan"), "source": kind,
+                   "val_events": len(src.val), "val_seconds": time.perf_counter() - t1}
+            self.history.append(rec)
+            log.info("epoch %d: %s", epoch, _fmt(rec))
+            if vm["val_loss"] < self.best_loss - cfg.min_delta:
+                self.best_loss, self.best_epoch, self.bad = vm["val_loss"], epoch, 0
+                self.best = be.snapshot()
+            else:
+                self.bad += 1
+            if cfg.early_stopping and self.bad >= cfg.early_stopping:
+                self.stopped_early = True
+                log.info("early stopping: no improvement of the validation loss for %d epochs", self.bad)
+            self.save_checkpoint(epoch)
+            stop = any(cb(rec) is True for cb in self.callbacks)
+            if stop and not self.stopped_early and epoch + 1 < cfg.epochs:
+                return True
+            if self.stopped_early:
+                break
+        return False
+
+    # ------------------------------------------------------------ outputs
+    def _finish(self, interrupted: bool, seconds: float) -> TrainResult:
+        be, cfg = self.backend, self.cfg
+        if not interrupted and be.epoch_based and self.best is not None:
+            be.restore(self.best)
+        val = self.source.ensure_val()
+        vm, scores = be.evaluate(val)
+        metrics: dict[str, Any] = {
+            "name": cfg.bundle_name, "framework": be.framework, "model_file": cfg.model, "device": be.device,
+            "in_memory": self.in_memory, "n_features": self.n_features, "labels": self.labels,
+            "n_train": int(self.history[-1]["events"]) if self.history and "events" in self.history[-1] else None,
+            "n_val": int(len(val)), **vm, "best_epoch": self.best_epoch, "epochs_trained": len(self.history),
+            "stopped_early": self.stopped_early, "interrupted": interrupted, "seconds": seconds,
+            "data_fingerprint": self.fingerprint, "training": cfg.to_dict(), "epochs": self.history,
+        }
+        result = TrainResult(self.out, None, metrics, scores, np.asarray(val.y), np.asarray(val.w), be.framework,
+                             be.model, be, interrupted)
+        if not interrupted:
+            if be.epoch_based:
+                self.finished = True
+                self.save_checkpoint(self.history[-1]["epoch"] if self.history else -1)
+            result.bundle_path = self._bundle(metrics, val)
+            if cfg.plots:
+                result.plots = self._plots(result)
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_jsonable))
+        return result
+
+    def _bundle(self, metrics: dict[str, Any], val) -> Path:
+        be, cfg = self.backend, self.cfg
+        bdir = self.out / "bundle"
+        bdir.mkdir(parents=True, exist_ok=True)
+        sample = np.asarray(val.x[:2048] if len(val) else np.zeros((4, self.n_features), np.float32))
+        metrics["onnx_parity"] = be.export_onnx(bdir / "model.onnx", sample)
+        native = be.save_native(bdir)
+        summary = {k: metrics[k] for k in ("val_loss", "val_auc", "val_accuracy", "best_epoch", "epochs_trained",
+                                           "n_train", "n_val", "onnx_parity") if k in metrics}
+        bundle_mod.write(
+            bdir, bdir / "model.onnx", self.ds.preprocessor, self.labels, name=cfg.bundle_name,
+            framework=be.framework, version=cfg.version, metrics=summary, data_fingerprint=self.fingerprint,
+            description=cfg.description or f"{be.framework} model from {Path(cfg.model).name}",
+            native={k: str(v) for k, v in native.items()},
+            extra={"training": {k: getattr(cfg, k) for k in ("epochs", "batch_size", "learning_rate",
+                                                               "validation_fraction", "seed")}},
+        )
+        return bdir
+
+    def _plots(self, result: TrainResult) -> list[Path]:
+        try:
+            from .plots import write_all
+        except ImportError as err:  # matplotlib / mplhep missing: plots are optional
+            log.warning("plots skipped: %s", err)
+            return []
+        return write_all(self.out / "plots", result.history, result.val_labels, result.val_scores,
+                         result.val_weights, self.labels)
+
+
+def _fmt(rec: dict[str, Any]) -> str:
+    keys = ("train_loss", "val_loss", "val_auc", "val_accuracy")
+    parts = [f"{k} {rec[k]:.4f}" for k in keys if k in rec and rec[k] is not None]
+    if "events_per_s" in rec:
+        parts.append(f"{rec['events_per_s']:,.0f} events/s ({rec.get('source', '')})")
+    return ", ".join(parts)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)

@@ -1,0 +1,156 @@
+"""Fixtures for the inference service: a real bundle, and real servers on loopback.
+
+``tth_bundle`` trains nothing: it builds the preprocessing from the generated
+ttH/ttbar sample (the real specs pass) and a small MLP whose weights are drawn
+from a fixed seed, written as ONNX with ``onnx.helper``. ``server`` runs
+``python -m mlaas4hep.serve`` in a subprocess on 127.0.0.1 with a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from mlaas4hep import bundle
+from mlaas4hep.io import Dataset
+
+from ..conftest import sample_config
+from ..servers import free_port
+
+TOKEN = "test-token-0123456789"
+RAW_EVENTS = 200
+
+
+def mlp_onnx(n_in: int, hidden: int = 32, seed: int = 3, n_out: int = 1) -> bytes:
+    """A (n_in -> hidden -> relu -> n_out -> sigmoid/softmax) MLP as ONNX bytes, weights from ``seed``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((n_in, hidden)) / np.sqrt(n_in)).astype(np.float32)
+    b1 = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
+    w2 = (rng.standard_normal((hidden, n_out)) / np.sqrt(hidden)).astype(np.float32)
+    b2 = np.zeros(n_out, np.float32)
+    last = helper.make_node("Sigmoid", ["z"], ["probs"]) if n_out == 1 else helper.make_node("Softmax", ["z"], ["probs"], axis=1)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+            helper.make_node("Add", ["h0", "b1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["h"]),
+            helper.make_node("MatMul", ["h", "w2"], ["z0"]),
+            helper.make_node("Add", ["z0", "b2"], ["z"]),
+            last,
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", n_in])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", n_out])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@dataclass
+class BundleInfo:
+    path: Path
+    predictor: bundle.Predictor
+    x: np.ndarray  # feature rows of the sample
+    raw: dict  # raw branch values of RAW_EVENTS events of ttH_0.root (lists; jagged as lists of lists)
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def tth_bundle(data_dir, tmp_path_factory) -> BundleInfo:
+    import uproot
+
+    work = tmp_path_factory.mktemp("bundle")
+    ds = Dataset.from_config(sample_config(data_dir, work / "cache", workers=0))
+    pre = ds.preprocessor
+    path = bundle.write(work / "tth", mlp_onnx(len(ds.feature_names)), pre, ["ttbar", "ttH"], name="tth",
+                        framework="onnx", metrics={"auc": 0.5}, description="test MLP on ttH vs ttbar")
+    x, _ = ds.to_numpy()
+    with uproot.open(data_dir / "ttH_0.root") as f:
+        arrays = f["Events"].arrays(pre.inputs, entry_stop=RAW_EVENTS, library="ak", how=dict)
+    raw = {k: v.to_list() for k, v in arrays.items()}
+    return BundleInfo(path, bundle.load(path), x[:20_000].astype(np.float32), raw, data_dir)
+
+
+class ServerProcess:
+    """``python -m mlaas4hep.serve`` in a subprocess on 127.0.0.1."""
+
+    def __init__(self, repo: Path, *args: str, token: str | None = TOKEN, env: dict | None = None):
+        self.repo, self.args, self.token = Path(repo), list(args), token
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.log = self.repo.parent / f"server-{os.getpid()}-{id(self)}.log"
+
+    def start(self, timeout: float = 30.0) -> "ServerProcess":
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(self.repo), "--port", str(self.port), *self.args]
+        env = dict(os.environ, **(self.env or {}))
+        env.pop("MLAAS4HEP_TOKEN", None)
+        if self.token:
+            tf = self.repo.parent / "token.txt"
+            tf.write_text(self.token + "\n")
+            cmd += ["--token-file", str(tf)]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env={**env, **(self.env or {})})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not become ready in {timeout}s: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def admin(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def install_copy(repo: Path, src: Path, name: str, version: int = 1) -> None:
+    """Put a bundle directory into a repository by hand (as an admin could)."""
+    dst = repo / name / str(version)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dst)
+
+
+@pytest.fixture(scope="session")
+def server(tth_bundle, tmp_path_factory, data_dir) -> ServerProcess:
+    """A server with model ``tth`` (version 1) installed, local reads allowed under ``data_dir``."""
+    repo = tmp_path_factory.mktemp("srv") / "repo"
+    repo.mkdir()
+    install_copy(repo, tth_bundle.path, "tth")
+    srv = ServerProcess(repo, "--data-dir", str(data_dir)).start()
+    yield srv
+    srv.stop()
