@@ -120,8 +120,7 @@ def main() -> None:
     rows.append(("specs pass, 1 process", specs_rate(str(path), 0), None))
     rows.append((f"specs pass, {args.workers} processes", specs_rate(str(path), args.workers), None))
     if not args.no_remote:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from servers import NginxServer, XRootDServer
+        from mlaas4hep.localservers import NginxServer, XRootDServer
 
         for label, cls in (("root:// (XRootD, loopback)", XRootDServer), ("http:// (nginx, loopback)", NginxServer)):
             try:

@@ -9,7 +9,7 @@ import pytest
 
 from mlaas4hep.generate import generate
 
-from .servers import NginxServer, XRootDServer, public_dir
+from mlaas4hep.localservers import NginxServer, XRootDServer, public_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()

@@ -162,7 +162,9 @@ def _jets(p: dict[str, np.ndarray], n: int, rng) -> ak.Array:
     order = np.lexsort((-pt, ev))
     ev, pt, eta, phi, flav = ev[order], pt[order], eta[order], phi[order], flav[order]
     k = len(pt)
-    btag = np.where(flav == 5, rng.beta(4.0, 1.3, k), np.where(flav == 4, rng.beta(1.1, 4.0, k), rng.beta(0.45, 9.0, k)))
+    # DeepFlavB-like response: at the medium working point (0.2783) about 77% of b jets,
+    # 18% of c jets and 0.9% of light jets are tagged
+    btag = np.where(flav == 5, rng.beta(1.0, 0.8, k), np.where(flav == 4, rng.beta(0.7, 4.0, k), rng.beta(0.4, 10.0, k)))
     cvl = np.where(flav == 4, rng.beta(3.0, 2.0, k), rng.beta(1.2, 4.0, k))
     qgl = np.where(flav == 0, rng.beta(1.4, 1.4, k), rng.beta(3.0, 1.5, k))
     fields = {

@@ -25,7 +25,7 @@ from mlaas4hep import bundle
 from mlaas4hep.io import Dataset
 
 from ..conftest import sample_config
-from ..servers import free_port
+from mlaas4hep.localservers import free_port
 
 TOKEN = "test-token-0123456789"
 RAW_EVENTS = 200

@@ -1,7 +1,10 @@
-"""Real servers for tests: XRootD (Debian xrootd-server) and nginx (HTTP Range), on 127.0.0.1.
+"""Local data servers on 127.0.0.1: XRootD (Debian ``xrootd-server``) and nginx (HTTP Range).
 
-Both serve one directory read-only. They are started as subprocesses and
-stopped at the end of the test session; start-up waits are bounded.
+Both serve one directory read-only. The tests, the benchmarks and
+``mlaas4hep demo --remote`` use them to read through real ``root://`` and
+``http://`` protocol stacks on one machine. They run as subprocesses (XRootD as
+the ``xrootd`` user when we are root: it refuses to run as root); start-up
+waits are bounded.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class XRootDServer:
 
     def __init__(self, root: Path):
         if shutil.which("xrootd") is None:
-            raise RuntimeError("xrootd is not installed: run 'make test' (it installs Debian's xrootd-server)")
+            raise RuntimeError("xrootd is not installed: run 'make system-deps' (Debian's xrootd-server)")
         self.root = Path(root)
         self.port = free_port()
         self.work = public_dir("mlaas4hep-xrd-")
@@ -85,7 +88,7 @@ class NginxServer:
     def __init__(self, root: Path):
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(nginx):
-            raise RuntimeError("nginx is not installed: run 'make test' (it installs Debian's nginx-light)")
+            raise RuntimeError("nginx is not installed: run 'make system-deps' (Debian's nginx-light)")
         self.root = Path(root)
         self.port = free_port()
         self.work = public_dir("mlaas4hep-nginx-")
