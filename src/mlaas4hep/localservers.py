@@ -49,7 +49,12 @@ class XRootDServer:
     def __init__(self, root: Path):
         if shutil.which("xrootd") is None:
             raise RuntimeError("xrootd is not installed: run 'make system-deps' (Debian's xrootd-server)")
-        self.root = Path(root)
+        self.root = Path(root).resolve()
+        if os.geteuid() == 0:  # the server runs as the xrootd user: it must reach the directory
+            for d in [self.root, *self.root.parents]:
+                if not os.stat(d).st_mode & 0o001:
+                    raise RuntimeError(f"the xrootd user cannot reach {self.root}: {d} is not traversable "
+                                       "by others (chmod o+x it, or use a directory under /tmp)")
         self.port = free_port()
         self.work = public_dir("mlaas4hep-xrd-")
         for sub in ("admin", "run", "log"):
