@@ -156,3 +156,18 @@ def test_sharding_is_disjoint_and_complete(data_dir):
     assert sorted(flat) == sorted(ds.units(epoch=3))
     sizes = [sum(u.stop - u.start for u in p) for p in parts]
     assert max(sizes) - min(sizes) <= 3_000
+
+
+def test_jagged_output_keeps_awkward_lists(data_dir):
+    cfg = sample_config(data_dir, shuffle=False, normalize="minmax", branches=["MET_pt", "Jet_pt"])
+    ds = Dataset.from_config(cfg)
+    chunks = list(ds.jagged_chunks())
+    assert sum(len(c) for c in chunks) == 80_000
+    first = chunks[0]
+    ref = uproot.open(str(data_dir / "ttH_0.root"))["Events"]["Jet_pt"].array(entry_stop=len(first))
+    s = ds.specs.stats["Jet_pt"]
+    expected = (ref - s.min) / (s.max - s.min)
+    assert ak.all(ak.num(first.arrays["Jet_pt"]) == ak.num(ref))  # not padded, not clipped
+    np.testing.assert_allclose(ak.to_numpy(ak.flatten(first.arrays["Jet_pt"])), ak.to_numpy(ak.flatten(expected)),
+                               rtol=1e-6)
+    assert first.y.tolist() == [1] * len(first) and first.event_id[0].tolist() == [0, 0]

@@ -68,6 +68,27 @@ class Chunk:
         )
 
 
+@dataclass
+class JaggedChunk:
+    """A unit with jagged features kept as awkward lists, for set and graph models.
+
+    ``arrays`` maps each feature (flat or jagged) to its normalised values;
+    ``y``, ``weight`` and ``event_id`` are as in :class:`Chunk`.
+    """
+
+    arrays: dict
+    y: np.ndarray
+    weight: np.ndarray
+    event_id: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index) -> "JaggedChunk":
+        return JaggedChunk({k: v[index] for k, v in self.arrays.items()}, self.y[index], self.weight[index],
+                           self.event_id[index])
+
+
 class ChunkStore:
     """A directory of decoded chunks, one sub-directory of ``.npy`` files per unit.
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import progress
 from . import schema as schema_mod
-from .chunk import Chunk, ChunkStore, Unit
+from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
 from .config import DatasetConfig
 from .errors import ConfigError, Mlaas4hepError, StaleSpecsError
 from .executor import default_workers, get_executor, ordered_map
@@ -329,6 +329,28 @@ class Dataset:
             if spool is not None:
                 shutil.rmtree(spool.root, ignore_errors=True)
 
+    def jagged_chunks(self, epoch: int = 0, rank: int = 0, world: int = 1,
+                      shuffle: bool | None = None) -> Iterator[JaggedChunk]:
+        """Units with jagged features kept as awkward lists (normalised, not padded), for set/graph models.
+
+        Same units, order, selection and labels as :meth:`chunks`; events are
+        permuted within each unit when shuffling. Not cached.
+        """
+        c = self.config
+        shuffle = c.shuffle if shuffle is None else shuffle
+        rng = np.random.default_rng([c.seed, epoch, 3, rank])
+        fn = partial(_decode_jagged_task, self._reader())
+        for u, fut in ordered_map(self._executor(), fn, self.units(epoch, rank, world, shuffle),
+                                  prefetch=2 * max(1, self.workers) + 1):
+            try:
+                ch = fut.result()
+            except Mlaas4hepError as err:
+                if c.on_error == "raise":
+                    raise
+                self._skip(self.urls[u.file], u, err)
+                continue
+            yield ch.take(rng.permutation(len(ch))) if shuffle else ch
+
     def batches(
         self,
         batch_size: int = 1024,
@@ -383,6 +405,10 @@ def _decode_task(reader: UnitReader, item: tuple) -> Chunk | int | None:
     if cached:
         return None
     return decode_unit(reader, str(store.root) if store is not None else None, unit)
+
+
+def _decode_jagged_task(reader: UnitReader, unit: Unit) -> JaggedChunk:
+    return reader.decode_jagged(unit)
 
 
 def _empty_stats(jagged: bool):

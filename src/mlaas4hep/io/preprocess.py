@@ -116,6 +116,18 @@ class Preprocessor:
             raise ConfigError(f"selection {self.selection!r} must give one boolean per event")
         return keep
 
+    def normalized(self, arrays: Mapping[str, Any], apply_selection: bool = True) -> tuple[dict[str, Any], np.ndarray | None]:
+        """Normalised features with jagged ones kept as awkward lists (no padding): for set/graph models."""
+        arrays = self.add_variables(arrays) if self._new else arrays
+        keep = self.select(arrays) if apply_selection else None
+        out = {}
+        for name, _, _ in self._columns:
+            v = arrays[name]
+            off, sc = self.offset.get(name, 0.0), self.scale.get(name, 1.0)
+            v = (v - off) * sc if (off != 0.0 or sc != 1.0) else v
+            out[name] = v[keep] if keep is not None else v
+        return out, keep
+
     def transform(
         self, arrays: Mapping[str, Any], apply_selection: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

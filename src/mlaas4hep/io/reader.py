@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import sources
-from .chunk import Chunk, Unit
+from .chunk import Chunk, JaggedChunk, Unit
 from .errors import CorruptFileError, FileOpenError, Mlaas4hepError
 from .preprocess import Preprocessor
 
@@ -125,9 +125,19 @@ class UnitReader:
         return sources.with_retries(attempt, what, retries, self.backoff, url)
 
     def decode(self, unit: Unit) -> Chunk:
+        """The unit as padded, normalised tensors."""
         arrays = self.read_raw(unit)
-        pre = self.preprocessor
-        x, mask, keep = pre.transform(arrays)
+        x, mask, keep = self.preprocessor.transform(arrays)
+        return Chunk(x, mask, *self._targets(unit, arrays, keep))
+
+    def decode_jagged(self, unit: Unit) -> JaggedChunk:
+        """The unit with jagged features kept as awkward lists (normalised, not padded)."""
+        arrays = self.read_raw(unit)
+        values, keep = self.preprocessor.normalized(arrays)
+        return JaggedChunk(values, *self._targets(unit, arrays, keep))
+
+    def _targets(self, unit: Unit, arrays: dict, keep: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """Labels, weights and event ids of the unit's selected events."""
         n_all = unit.stop - unit.start
         entries = np.arange(unit.start, unit.stop, dtype=np.int64)
         if self.label_branch:
@@ -142,4 +152,4 @@ class UnitReader:
         ids = np.empty((len(entries), 2), dtype=np.int64)
         ids[:, 0] = unit.file
         ids[:, 1] = entries
-        return Chunk(x, mask, y, w, ids)
+        return y, w, ids
