@@ -43,7 +43,29 @@ def public_dir(prefix: str) -> Path:
     return d
 
 
-class XRootDServer:
+class _Server:
+    """A server subprocess with a private work directory; ``stop()`` ends it and cleans up."""
+
+    proc: subprocess.Popen
+    work: Path
+    port: int
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class XRootDServer(_Server):
     """``xrootd`` exporting ``root`` read-only; run as the ``xrootd`` user when we are root."""
 
     def __init__(self, root: Path):
@@ -78,16 +100,8 @@ class XRootDServer:
     def url(self, name: str) -> str:
         return f"root://127.0.0.1:{self.port}/{self.root}/{name}"
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.work, ignore_errors=True)
 
-
-class NginxServer:
+class NginxServer(_Server):
     """nginx serving ``root`` with Range and multi-range requests (``max_ranges``)."""
 
     def __init__(self, root: Path):
@@ -114,11 +128,3 @@ class NginxServer:
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.work, ignore_errors=True)
