@@ -35,6 +35,8 @@ class Backend:
     epoch_based = True
     #: What a checkpoint of this backend can restore exactly.
     resumable = True
+    #: An upper bound on epochs (1 for an estimator that is fitted once), or None.
+    max_epochs: int | None = None
 
     def __init__(self, um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int, device: str = "cpu"):
         self.um = um

@@ -60,7 +60,9 @@ class TrainConfig:
     * ``name``, ``version``, ``description``: identity of the bundle;
     * ``plots``: write PNG plots; ``onnx_exporter``: ``legacy`` (fast, TorchScript
       based) or ``dynamo`` for PyTorch; ``parity_tolerance``: absolute tolerance of
-      the ONNX-vs-native check (default per framework, see :mod:`.export`).
+      the ONNX-vs-native check (default per framework, see :mod:`.export`);
+    * ``shuffle_buffer``: events pooled and permuted before batches are cut
+      (default: the dataset's ``shuffle_buffer``, else max(4 chunks, 262144)).
     """
 
     model: str = ""

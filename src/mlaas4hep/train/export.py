@@ -98,7 +98,7 @@ def xgboost_to_onnx(classifier, n_features: int, binary: bool) -> bytes:
         from onnxmltools.convert.common.data_types import FloatTensorType
 
         onx = convert_xgboost(classifier, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-                              target_opset=17)
+                              target_opset=15)
     except Exception as err:
         raise ExportError(f"onnxmltools cannot convert the XGBoost model: {type(err).__name__}: {err}") from err
     return probabilities_output(onx, binary).SerializeToString()
@@ -115,8 +115,11 @@ def probabilities_output(model, binary: bool):
 
     graph = model.graph
     prob = next((o for o in graph.output if "prob" in o.name.lower()), graph.output[-1])
-    src = prob.name
+    src = prob.name + "_raw"
     nodes = list(graph.node)
+    for node in nodes:  # free the name "probabilities" for the final output
+        node.input[:] = [src if i == prob.name else i for i in node.input]
+        node.output[:] = [src if o == prob.name else o for o in node.output]
     inits = list(graph.initializer)
     if binary:
         inits += [
@@ -133,7 +136,10 @@ def probabilities_output(model, binary: bool):
     out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", width])
     new_graph = helper.make_graph(nodes, graph.name, list(graph.input), [out], inits,
                                   value_info=list(graph.value_info))
-    new = helper.make_model(new_graph, opset_imports=list(model.opset_import), producer_name=model.producer_name)
+    opsets = list(model.opset_import)
+    if not any(o.domain in ("", "ai.onnx") for o in opsets):  # tree converters may import ai.onnx.ml only
+        opsets.append(helper.make_opsetid("", 15))
+    new = helper.make_model(new_graph, opset_imports=opsets, producer_name=model.producer_name)
     new.ir_version = model.ir_version
     onnx.checker.check_model(new)
     return new

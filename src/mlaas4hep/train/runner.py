@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 #: returning ``True`` stops the run after that epoch's checkpoint (an "interruption").
 Callback = Callable[[dict[str, Any]], Any]
 
+#: Default shuffle buffer of the streamed path, in events (at least 4 chunks). A
+#: chunk holds one file's events, so a small pool can lean to one class; a pool
+#: of this size stays close to the dataset's class mix (about 100 MB at 111 features).
+DEFAULT_BUFFER = 262_144
+
 
 @dataclass
 class TrainResult:
@@ -65,7 +70,9 @@ class TrainResult:
       ``onnx_parity`` ...;
     * ``bundle_path``: ``OUT/bundle`` (None when the run was interrupted);
     * ``val_scores``, ``val_labels``, ``val_weights``: the validation events'
-      probabilities (label 1 for binary) and truth, for ROC curves;
+      probabilities (label 1 for binary) and truth, for ROC curves (the rows
+      themselves are ``source.val.x``);
+    * ``dataset``: the :class:`~mlaas4hep.io.Dataset`; ``source``: its :class:`.data.Source`;
     * ``model``: the trained native model; ``backend``: its :class:`.backend.Backend`.
     """
 
@@ -80,6 +87,8 @@ class TrainResult:
     backend: Backend | None = field(default=None, repr=False)
     interrupted: bool = False
     plots: list[Path] = field(default_factory=list)
+    dataset: Dataset | None = field(default=None, repr=False)
+    source: Source | None = field(default=None, repr=False)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -166,6 +175,10 @@ class Run:
         except Exception as err:
             if n0 is not None or "number of features" not in str(err):
                 raise
+        if um is not None and um.framework == "sklearn":
+            from .sklearn_backend import check_streaming
+
+            check_streaming(um.model, cfg.accumulate, self.in_memory)
         self.source = Source(ds, cfg.validation_fraction, cfg.seed, in_memory=self.in_memory)
         if self.in_memory:
             self.source.load()
@@ -188,7 +201,8 @@ class Run:
     def _buffer(self) -> float:
         if self.in_memory:
             return float("inf")
-        return float(self.cfg.shuffle_buffer or self.dcfg.shuffle_buffer or 4 * self.dcfg.chunk_size)
+        given = self.cfg.shuffle_buffer or self.dcfg.shuffle_buffer
+        return float(given or max(4 * self.dcfg.chunk_size, DEFAULT_BUFFER))
 
     # ------------------------------------------------------------ run
     def run(self) -> TrainResult:
@@ -252,7 +266,8 @@ class Run:
     def _epochs(self, start: int) -> bool:
         cfg, be, src = self.cfg, self.backend, self.source
         total = self.ds.nevents * (1 - cfg.validation_fraction)
-        for epoch in range(start, cfg.epochs):
+        last = cfg.epochs if be.max_epochs is None else min(cfg.epochs, be.max_epochs)
+        for epoch in range(start, last):
             kind = src.kind(epoch)
             n, t0 = 0, time.perf_counter()
             be.begin_epoch(epoch)
@@ -285,7 +300,7 @@ class Run:
                 log.info("early stopping: no improvement of the validation loss for %d epochs", self.bad)
             self.save_checkpoint(epoch)
             stop = any(cb(rec) is True for cb in self.callbacks)
-            if stop and not self.stopped_early and epoch + 1 < cfg.epochs:
+            if stop and not self.stopped_early and epoch + 1 < last:
                 return True
             if self.stopped_early:
                 break
@@ -307,7 +322,7 @@ class Run:
             "data_fingerprint": self.fingerprint, "training": cfg.to_dict(), "epochs": self.history,
         }
         result = TrainResult(self.out, None, metrics, scores, np.asarray(val.y), np.asarray(val.w), be.framework,
-                             be.model, be, interrupted)
+                             be.model, be, interrupted, dataset=self.ds, source=self.source)
         if not interrupted:
             if be.epoch_based:
                 self.finished = True

@@ -120,13 +120,14 @@ def call_model(module: ModuleType, n_features: int | None) -> Any:
 def detect_framework(obj: Any) -> str:
     """``pytorch``, ``keras``, ``xgboost`` or ``sklearn``, from the type of ``obj``."""
     mods = [c.__module__ for c in type(obj).__mro__]
+    # Keras first: on its torch backend a Keras model is also a torch.nn.Module.
+    if any(m.startswith("keras") or m.startswith("tf_keras") for m in mods):
+        return "keras"
     if "torch" in sys.modules:
         import torch
 
         if isinstance(obj, torch.nn.Module):
             return "pytorch"
-    if any(m.startswith("keras") or m.startswith("tf_keras") for m in mods):
-        return "keras"
     if any(m.startswith("xgboost") for m in mods) or type(obj).__name__ == "Booster":
         return "xgboost"
     if any(m.startswith("sklearn") for m in mods) or (hasattr(obj, "fit") and hasattr(obj, "predict_proba")):
@@ -168,7 +169,10 @@ def build(
     """
     module = module or load_module(path)
     obj = call_model(module, n_features)
-    detected = detect_framework(obj)
+    try:
+        detected = detect_framework(obj)
+    except ModelFileError as err:
+        raise ModelFileError(f"{err} (in {str(path)!r})") from None
     if framework not in ("auto", detected):
         raise ModelFileError(f"training.framework is {framework!r} but model() in {str(path)!r} returned a {detected} model")
     hooks = {h: getattr(module, h) for h in ("loss", "optimizer", "train_step") if callable(getattr(module, h, None))}
@@ -234,7 +238,9 @@ def _check_keras(um: UserModel, n_features: int, n_classes: int) -> str:
             f"{n_features} features per event; build Input((idim,)) from model(idim)'s argument"
         )
     try:
-        out = np.asarray(m(np.zeros((2, n_features), np.float32)))
+        import keras
+
+        out = keras.ops.convert_to_numpy(m(np.zeros((2, n_features), np.float32), training=False))
     except Exception as err:
         raise ModelFileError(
             f"the Keras model of {um.path!r} cannot take a batch of shape (2, {n_features}): "

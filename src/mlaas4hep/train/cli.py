@@ -1,0 +1,128 @@
+"""The ``train`` and ``workflow`` subcommands of the ``mlaas4hep`` command line.
+
+The main parser (``mlaas4hep.cli``) calls :func:`add_train_commands` with its
+``subparsers``; each subcommand sets ``func(args) -> int`` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from ..io.errors import Mlaas4hepError
+
+TRAIN_HELP = """\
+Train the model of CONFIG on streamed ROOT data and write a bundle.
+
+CONFIG is a dataset YAML (tree, files with labels, branches, jagged lengths...)
+with two more sections:
+
+  model: models/tth_mlp.py      # a file defining model(idim) (PyTorch, Keras)
+                                # or model() (scikit-learn, XGBoost)
+  training:
+    epochs: 10
+    batch_size: 1024
+    learning_rate: 0.001
+    validation_fraction: 0.2    # held out by a hash of the event id
+    early_stopping: 5           # patience in epochs (0: off)
+    seed: 42
+    framework: auto
+
+Writes OUT/bundle/ (model.onnx, bundle.json, labels.txt, native weights),
+OUT/metrics.json, OUT/plots/*.png and OUT/checkpoint/ (for --resume).
+"""
+
+WORKFLOW_HELP = """\
+MLaaS4HEP's workflow: train from files.txt + labels.txt + params.json.
+
+files.txt lists one ROOT file per line (local, root://, or /store/... with the
+redirector of params.json); labels.txt one label per line, or pass a comma list
+(--labels 1,0) or the name of a label branch. params.json holds MLaaS4HEP's keys
+(nevts, chunk_size, epochs, batch_size, branch, selected_branches,
+exclude_branches, identifier, redirector, nan ...). The model file defines
+model(idim) returning a compiled Keras model (or a PyTorch nn.Module), or model()
+returning a scikit-learn or XGBoost classifier.
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint (same epoch, optimizer state and data position)")
+    p.add_argument("--in-memory", action="store_true",
+                   help="load the whole dataset in memory first (the traditional path, for comparison)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None,
+                   help="PyTorch device (default: the config's, else auto = CUDA when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show on a terminal only)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
+
+
+def add_train_commands(subparsers: Any) -> None:
+    """Register ``train`` and ``workflow`` on an argparse ``subparsers`` object."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("train", help="train a model on streamed ROOT data and write a bundle",
+                              description=TRAIN_HELP, formatter_class=fmt)
+    p.add_argument("config", help="train configuration (YAML): dataset + model + training sections")
+    p.add_argument("--out", "-o", default=None, help="output directory (default: runs/<model name>)")
+    p.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    _common(p)
+    p.set_defaults(func=run_train)
+
+    w = subparsers.add_parser("workflow", help="MLaaS4HEP's workflow command (files/labels/model/params)",
+                              description=WORKFLOW_HELP, formatter_class=fmt)
+    w.add_argument("--files", required=True, help="text file, one ROOT file per line")
+    w.add_argument("--labels", default=None,
+                   help="text file, one label per line; or a comma list such as 1,0; or a label branch")
+    w.add_argument("--model", required=True, help="Python file defining model(idim) or model()")
+    w.add_argument("--params", required=True, help="MLaaS4HEP params.json")
+    w.add_argument("--specs", default=None, help="where to keep the specs pass (validated, recomputed when stale)")
+    w.add_argument("--preproc", default=None, help="MLaaS4HEP preproc.json (new_branch, flat_cut, jagged_cut)")
+    w.add_argument("--fout", default=None, help="output directory (default: mlaas4hep-out/<model name>)")
+    w.add_argument("--cache-dir", default=None, help="decoded-cache directory (default: ~/.cache/mlaas4hep)")
+    _common(w)
+    w.set_defaults(func=run_workflow)
+
+
+def _setup(args) -> None:
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+
+
+def _report(result) -> int:
+    m = result.metrics
+    if result.interrupted:
+        print(f"interrupted after epoch {m['epochs'][-1]['epoch'] if m['epochs'] else '-'}; "
+              f"continue with --resume (checkpoint in {result.out_dir / 'checkpoint'})")
+        return 0
+    score = f"val AUC {m['val_auc']:.4f}" if "val_auc" in m else f"val accuracy {m['val_accuracy']:.4f}"
+    print(f"{m['framework']}: {score}, val loss {m['val_loss']:.4f}, {m['epochs_trained']} epochs; "
+          f"bundle {result.bundle_path}; metrics {result.out_dir / 'metrics.json'}")
+    return 0
+
+
+def run_train(args) -> int:
+    _setup(args)
+    from .runner import train
+
+    try:
+        result = train(args.config, args.out, in_memory=args.in_memory, device=args.device, epochs=args.epochs,
+                       resume=args.resume, show_progress=False if args.no_progress else None)
+    except Mlaas4hepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return _report(result)
+
+
+def run_workflow(args) -> int:
+    _setup(args)
+    from .workflow import workflow
+
+    try:
+        result = workflow(args.files, args.labels, args.model, args.params, args.specs, args.preproc, args.fout,
+                          in_memory=args.in_memory, device=args.device, resume=args.resume,
+                          cache_dir=args.cache_dir, show_progress=False if args.no_progress else None)
+    except Mlaas4hepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return _report(result)

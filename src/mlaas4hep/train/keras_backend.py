@@ -1,0 +1,110 @@
+"""Keras 3: the model file returns a (compiled) Keras model, as in MLaaS4HEP.
+
+Keras 3 runs on PyTorch's backend when TensorFlow is not installed (selected
+before Keras is first imported, see :func:`.userfile.ensure_keras_backend`), so
+TensorFlow is optional. An uncompiled model gets Adam at ``learning_rate`` and
+binary (or sparse categorical) cross-entropy, ``from_logits`` when the last
+layer has no sigmoid/softmax.
+
+Batches are NumPy arrays fed to ``model.train_on_batch`` by the runner's loop, so
+streaming, validation, early stopping, checkpoints and progress behave as for
+PyTorch. Checkpoints are ``model.keras`` (weights and optimizer state) and the
+best weights; the native model in the bundle is ``model.keras``; ONNX comes from
+``model.export(format="onnx")``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import export
+from .backend import Backend
+from .config import TrainConfig
+from .userfile import UserModel, ensure_keras_backend
+
+ensure_keras_backend()
+import keras  # noqa: E402
+
+
+class KerasBackend(Backend):
+    framework = "keras"
+
+    def __init__(self, um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int):
+        super().__init__(um, cfg, n_features, n_classes, "cpu")
+        self.device = f"keras/{keras.backend.backend()}"
+        self.logits = um.output == "logits"
+        self.width = int(np.prod(self.model.output_shape[1:])) if getattr(self.model, "output_shape", None) else 1
+        if not getattr(self.model, "compiled", False) or getattr(self.model, "optimizer", None) is None:
+            if self.width == 1:
+                loss = keras.losses.BinaryCrossentropy(from_logits=self.logits)
+            else:
+                loss = keras.losses.SparseCategoricalCrossentropy(from_logits=self.logits)
+            self.model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate), loss=loss)
+
+    def _y(self, y: np.ndarray) -> np.ndarray:
+        return y.astype(np.float32).reshape(-1, 1) if self.width == 1 else y
+
+    def train_batch(self, batch: tuple) -> None:
+        x, y, w = batch
+        out = self.model.train_on_batch(x, self._y(y), sample_weight=w, return_dict=True)
+        loss = float(out.get("loss", 0.0))
+        self._loss_sum += loss * len(y)
+        self._n += len(y)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros((0,) if self.binary else (0, self.n_classes), np.float32)
+        p = np.asarray(self.model.predict(np.asarray(x, np.float32), batch_size=16384, verbose=0), np.float32)
+        p = p.reshape(len(x), -1)
+        if self.logits:
+            p = 1 / (1 + np.exp(-p)) if p.shape[1] == 1 else _softmax(p)
+        return p[:, -1] if self.binary else p
+
+    # ------------------------------------------------------------ state
+    def snapshot(self) -> Any:
+        return [np.array(w) for w in self.model.get_weights()]
+
+    def restore(self, snap: Any) -> None:
+        self.model.set_weights(snap)
+
+    def save(self, directory: Path, best: Any) -> None:
+        self.model.save(directory / "model.keras")
+        if best is not None:
+            np.savez(directory / "best_weights.npz", *best)
+
+    def load(self, directory: Path) -> Any:
+        custom = {k: v for k, v in vars(self.um.module).items() if isinstance(v, type)}
+        self.model = keras.models.load_model(directory / "model.keras", custom_objects=custom, compile=True)
+        p = directory / "best_weights.npz"
+        if p.is_file():
+            with np.load(p, allow_pickle=False) as z:
+                return [z[f"arr_{i}"] for i in range(len(z.files))]
+        return None
+
+    # ------------------------------------------------------------ bundle
+    def export_onnx(self, path: Path, sample: np.ndarray) -> dict[str, Any]:
+        m = self.model
+        if self.logits or (self.binary and self.width == 2):
+            inp = keras.Input(shape=(self.n_features,))
+            out = m(inp)
+            if self.logits:
+                out = keras.layers.Activation("sigmoid" if self.width == 1 else "softmax")(out)
+            if self.binary and self.width == 2:
+                out = keras.layers.Lambda(lambda t: t[:, 1:2])(out)
+            m = keras.Model(inp, out)
+        onx = export.keras_to_onnx(m, path)
+        tol = self.cfg.parity_tolerance or export.TOLERANCE["keras"]
+        return export.check_parity(onx, sample, self.predict(sample), tol, "Keras")
+
+    def save_native(self, directory: Path) -> dict[str, Path]:
+        p = Path(directory) / "model.keras"
+        self.model.save(p)
+        return {"model.keras": p}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
