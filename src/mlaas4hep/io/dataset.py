@@ -362,12 +362,13 @@ class Dataset:
         """Batches of an epoch: ``b.x``, ``b.mask``, ``b.y``, ``b.weight``, ``b.event_id``."""
         c = self.config
         shuffle = c.shuffle if shuffle is None else shuffle
-        chunks = self.chunks(epoch, rank, world, shuffle)
+        tables = (tuple(getattr(ch, f) for f in Chunk.FIELDS) for ch in self.chunks(epoch, rank, world, shuffle))
         if not shuffle:
-            return cut_batches(chunks, batch_size)
-        buffer = c.shuffle_buffer or 4 * c.chunk_size
-        rng = np.random.default_rng([c.seed, epoch, 1, rank])
-        return cut_batches(chunks, batch_size, buffer, rng)
+            out = cut_batches(tables, batch_size)
+        else:
+            buffer = c.shuffle_buffer or 4 * c.chunk_size
+            out = cut_batches(tables, batch_size, buffer, np.random.default_rng([c.seed, epoch, 1, rank]))
+        return (Chunk(*t) for t in out)
 
     def to_chunk(self, epoch: int = 0) -> Chunk:
         """Everything in memory as one :class:`Chunk` (shuffled when the config says so)."""

@@ -16,7 +16,7 @@ Every event of the plan appears exactly once per epoch.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -63,33 +63,49 @@ def shard(units: list[Unit], rank: int, world: int) -> list[Unit]:
     return mine
 
 
-def batches(
-    chunks: Iterable[Chunk], batch_size: int, buffer: int = 0, rng: np.random.Generator | None = None
-) -> Iterator[Chunk]:
-    """Cut chunks into batches of ``batch_size`` (the last may be smaller).
+def np_take(a, perm: np.ndarray):
+    """Rows ``perm`` of a NumPy array (``np.take`` is about 2x faster than ``a[perm]`` for 2-D rows)."""
+    return np.take(a, perm, axis=0)
 
-    With an ``rng``, chunks are pooled until at least ``buffer`` events are
-    held, and each pool is permuted before it is cut; without, order is kept.
+
+def batches(
+    tables: Iterable[tuple],
+    batch_size: int,
+    buffer: float = 0,
+    rng: np.random.Generator | None = None,
+    cat: Callable[[list], Any] = np.concatenate,
+    take: Callable[[Any, np.ndarray], Any] = np_take,
+) -> Iterator[tuple]:
+    """Cut tuples of equal-length arrays into batches of ``batch_size`` rows (the last may be smaller).
+
+    Without an ``rng`` order is kept. With one, tuples are pooled until at least
+    ``buffer`` rows are held, each pool is permuted, then cut; leftovers join the
+    next pool. ``cat`` concatenates a list of arrays and ``take(a, perm)`` gathers
+    rows, so the same code serves NumPy arrays and (e.g. GPU) tensors. Batches
+    are slices (views) of the pool.
     """
-    pool: list[Chunk] = []
+    pool: list[tuple] = []
     n = 0
-    for c in chunks:
-        pool.append(c)
-        n += len(c)
+    for t in tables:
+        if len(t[0]) == 0:
+            continue
+        pool.append(t)
+        n += len(t[0])
         if n >= max(buffer, batch_size):
-            out, pool = _cut(pool, batch_size, rng, final=False)
-            n = sum(len(p) for p in pool)
+            out, pool, n = _cut(pool, batch_size, rng, cat, take, final=False)
             yield from out
     if n:
-        out, _ = _cut(pool, batch_size, rng, final=True)
+        out, _, _ = _cut(pool, batch_size, rng, cat, take, final=True)
         yield from out
 
 
-def _cut(pool: list[Chunk], batch_size: int, rng, final: bool) -> tuple[list[Chunk], list[Chunk]]:
-    big = Chunk.concat(pool)
+def _cut(pool: list[tuple], batch_size: int, rng, cat, take, final: bool) -> tuple[list[tuple], list[tuple], int]:
+    big = pool[0] if len(pool) == 1 else tuple(cat([t[i] for t in pool]) for i in range(len(pool[0])))
+    n = len(big[0])
     if rng is not None:
-        big = big.take(rng.permutation(len(big)))
-    stop = len(big) if final else (len(big) // batch_size) * batch_size
-    out = [big.take(slice(s, min(s + batch_size, stop))) for s in range(0, stop, batch_size)]
-    rest = [big.take(slice(stop, None))] if stop < len(big) else []
-    return out, rest
+        perm = rng.permutation(n)
+        big = tuple(take(a, perm) for a in big)
+    stop = n if final else (n // batch_size) * batch_size
+    out = [tuple(a[s:min(s + batch_size, stop)] for a in big) for s in range(0, stop, batch_size)]
+    rest = [tuple(a[stop:] for a in big)] if stop < n else []
+    return out, rest, n - stop

@@ -26,7 +26,8 @@ import numpy as np
 
 from . import metrics
 from .config import TrainConfig
-from .data import Part, Source, prefetch, shuffled_batches
+from ..io.shuffle import batches as shuffled_batches
+from .data import Part, Source, prefetch
 from .userfile import UserModel
 
 

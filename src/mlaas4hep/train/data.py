@@ -12,7 +12,7 @@ gathers the validation rows into :attr:`Source.val`.
   :meth:`Dataset.to_chunk` loads everything first and every epoch yields one
   Part holding all training rows.
 
-:func:`shuffled_batches` then pools Parts into a buffer, permutes it and cuts
+:func:`mlaas4hep.io.shuffle.batches` then pools Parts into a buffer, permutes it and cuts
 batches: views of the permuted pool, so each event is copied once per epoch. It
 works on NumPy arrays and on PyTorch tensors (on the GPU, the permutation runs
 there). :func:`prefetch` runs a producer in a background thread so reading,
@@ -148,49 +148,6 @@ class Source:
             for _ in self.epoch(0):
                 pass
         return self.val
-
-
-def shuffled_batches(
-    parts: Iterable[tuple],
-    batch_size: int,
-    buffer: float,
-    rng: np.random.Generator | None,
-    cat: Callable[[list], Any] = np.concatenate,
-    index: Callable[[np.ndarray], Any] = lambda a: a,
-) -> Iterator[tuple]:
-    """Pool tuples of arrays (same length) into ≥ ``buffer`` rows, permute, cut batches.
-
-    ``cat`` concatenates a list of arrays and ``index`` converts a NumPy
-    permutation to what the arrays accept (e.g. a tensor on the GPU), so the
-    same code serves NumPy and PyTorch. Batches are slices (views) of the
-    permuted pool; leftovers join the next pool, and the last batch may be short.
-    """
-    pool: list[tuple] = []
-    n = 0
-    for p in parts:
-        if len(p[0]) == 0:
-            continue
-        pool.append(p)
-        n += len(p[0])
-        if n >= max(buffer, batch_size):
-            out, pool, n = _cut(pool, batch_size, rng, cat, index, final=False)
-            yield from out
-    if n:
-        out, _, _ = _cut(pool, batch_size, rng, cat, index, final=True)
-        yield from out
-
-
-def _cut(pool, batch_size, rng, cat, index, final):
-    k = len(pool[0])
-    big = pool[0] if len(pool) == 1 else tuple(cat([p[i] for p in pool]) for i in range(k))
-    n = len(big[0])
-    if rng is not None:
-        perm = index(rng.permutation(n))
-        big = tuple(a[perm] for a in big)
-    stop = n if final else (n // batch_size) * batch_size
-    out = [tuple(a[s:min(s + batch_size, stop)] for a in big) for s in range(0, stop, batch_size)]
-    rest = [tuple(a[stop:] for a in big)] if stop < n else []
-    return out, rest, n - stop
 
 
 _END = object()

@@ -34,7 +34,8 @@ import torch
 from . import checkpoint, export
 from .backend import Backend
 from .config import TrainConfig
-from .data import Part, Source, prefetch, shuffled_batches
+from ..io.shuffle import batches as shuffled_batches
+from .data import Part, Source, prefetch
 from .userfile import UserModel
 
 
@@ -161,7 +162,7 @@ class TorchBackend(Backend):
         on_device = (tuple(t.to(self.dev, non_blocking=True) for t in ts) for ts in host)
         rng = np.random.default_rng([self.cfg.seed, epoch, 7])
         return shuffled_batches(on_device, self.cfg.batch_size, buffer, rng, cat=torch.cat,
-                                index=lambda a: torch.from_numpy(a).to(self.dev, non_blocking=True))
+                                take=lambda a, p: a[torch.from_numpy(p).to(self.dev, non_blocking=True)])
 
     # ------------------------------------------------------------ training
     def begin_epoch(self, epoch: int) -> None:
