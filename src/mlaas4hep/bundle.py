@@ -141,14 +141,20 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def session(model_path: str | os.PathLike, threads: int | None = None):
-    """An onnxruntime session, on CUDA when onnxruntime has it."""
+def session(model_path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
+    """An onnxruntime session, on CUDA when onnxruntime has it.
+
+    ``spinning=False`` stops idle intra-op threads from busy-waiting for work:
+    a server wants that, so the CPU goes to the event loop between calls.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
+    if spinning is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
@@ -157,11 +163,11 @@ def session(model_path: str | os.PathLike, threads: int | None = None):
 class Predictor:
     """A loaded bundle: preprocessing + ONNX model."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
         self.path = Path(path)
         self.meta = read_meta(self.path)
         try:
-            self.session = session(self.path / "model.onnx", threads)
+            self.session = session(self.path / "model.onnx", threads, spinning)
         except Exception as err:  # onnxruntime raises its own exception types
             raise BundleError(f"model.onnx of {str(self.path)!r} does not load: {err}") from None
         pre = self.meta["inputs"].get("preprocessing")
@@ -235,9 +241,9 @@ class Predictor:
             yield out
 
 
-def load(path: str | os.PathLike, threads: int | None = None) -> Predictor:
-    """Load a bundle directory as a :class:`Predictor`."""
-    return Predictor(path, threads)
+def load(path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None) -> Predictor:
+    """Load a bundle directory as a :class:`Predictor` (``spinning``: see :func:`session`)."""
+    return Predictor(path, threads, spinning)
 
 
 def _as_arrays(arrays: Mapping[str, Any]) -> dict[str, Any]:

@@ -195,7 +195,8 @@ def decode_outputs(r: httpx.Response) -> dict[str, np.ndarray]:
         dtype = DTYPES[o["datatype"]]
         size = (o.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            out[o["name"]] = np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(o["shape"])
+            arr = np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize, offset=offset)
+            out[o["name"]] = arr.reshape(o["shape"])
             offset += size
         else:
             out[o["name"]] = np.asarray(o["data"], dtype=dtype).reshape(o["shape"])

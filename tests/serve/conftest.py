@@ -28,6 +28,10 @@ from ..conftest import sample_config
 from mlaas4hep.localservers import free_port
 
 TOKEN = "test-token-0123456789"
+#: One shared client: a new httpx.Client per request (httpx.get) costs tens of ms for its SSL context.
+HTTP = httpx.Client(timeout=30)
+#: Without keep-alive: each request opens a new connection (to reach every worker process).
+HTTP_NEW = httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
 RAW_EVENTS = 200
 
 
@@ -100,19 +104,21 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(self.repo), "--port", str(self.port), *self.args]
-        env = dict(os.environ, **(self.env or {}))
-        env.pop("MLAAS4HEP_TOKEN", None)
+        env = dict(os.environ)
+        env.pop("MLAAS4HEP_TOKEN", None)  # only what the test asks for
         if self.token:
             tf = self.repo.parent / "token.txt"
             tf.write_text(self.token + "\n")
             cmd += ["--token-file", str(tf)]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env={**env, **(self.env or {})})
+        self._log_file = open(self.log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     env={**env, **(self.env or {})})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                if HTTP.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -129,6 +135,9 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        if getattr(self, "_log_file", None) is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -20,7 +20,9 @@ client is :class:`mlaas4hep.client.Client`. See ``docs/serve.md``.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import json
 import os
 from typing import Any
 
@@ -34,19 +36,22 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8083,
     log_level: str = "warning",
+    workers: int = 1,
     **options: Any,
 ) -> None:
     """Run the server with uvicorn until interrupted (``options`` go to :func:`create_app`).
 
     Uses uvloop and httptools when installed (about twice the requests per
-    second of the pure-Python loop and parser). One process: the dynamic
-    batcher needs every request of a model in the same process to merge them.
+    second of the pure-Python loop and parser). ``workers`` > 1 starts that
+    many processes sharing the port and the repository directory: each has
+    its own dynamic batcher and its own ``/metrics``, and they see each other's
+    uploads and deletions through the repository (see :mod:`.repository`).
+    One process serves HTTP on one core; on a 2-core machine two workers
+    answer about twice as many small requests.
     """
     import uvicorn
 
-    app = create_app(repo_dir, **options)
-    uvicorn.run(
-        app,
+    common = dict(
         host=host,
         port=port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
@@ -56,4 +61,33 @@ def serve(
         lifespan="on",
         backlog=4096,
         timeout_keep_alive=30,
+        server_header=False,
+        date_header=False,
     )
+    if workers > 1:
+        os.environ[_ENV] = json.dumps({"repo_dir": str(repo_dir), **options, "shared": True})
+        uvicorn.run("mlaas4hep.serve:_app_from_env", factory=True, workers=workers, **common)
+        return
+    app = create_app(repo_dir, **options)
+    _tune_gc()
+    uvicorn.run(app, **common)
+
+
+_ENV = "MLAAS4HEP_SERVE_OPTIONS"
+
+
+def _app_from_env() -> Any:
+    """App factory of a worker process (``serve(workers=N)``)."""
+    options = json.loads(os.environ[_ENV])
+    app = create_app(options.pop("repo_dir"), **options)
+    _tune_gc()
+    return app
+
+
+def _tune_gc() -> None:
+    # Everything allocated so far lives as long as the server: keep it out of
+    # the collector's generations, and collect young objects less often, so
+    # collections do not stall requests (they show up as latency tails).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)

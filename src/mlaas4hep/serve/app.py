@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,6 +42,7 @@ from ..io.preprocess import Preprocessor
 from .auth import Auth, load_token
 from .batching import Batcher
 from .errors import ApiError, error_response
+from .fastpath import FastPath, decompress
 from .metrics import Metrics
 from .repository import Repository
 
@@ -128,18 +128,35 @@ class ServerState:
         self.root_prefixes = root_prefixes
         self.metrics = Metrics()
         self.started = time.time()
+        self.in_flight = 0  # inference requests being handled (kept by the fast path)
         self.infer_pool = ThreadPoolExecutor(max(1, infer_threads), thread_name_prefix="mlaas4hep-infer")
         self.io_pool = ThreadPoolExecutor(4, thread_name_prefix="mlaas4hep-io")
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._infos: dict[tuple[str, int], ModelInfo] = {}
+        self._stamps: dict[tuple[str, int], int] = {}
+        self._generation = repo.generation
 
     def model(self, name: str, version: Any = None) -> ModelInfo:
         """Resolve ``name``/``version`` (404 if unknown) to its cached :class:`ModelInfo`."""
         key = self.repo.resolve(name, version)
+        if self.repo.generation != self._generation:
+            self._prune()
         info = self._infos.get(key)
         if info is None:
             info = self._infos[key] = ModelInfo.from_meta(key[0], key[1], self.repo.meta(*key))
+            self._stamps[key] = self.repo.stamp(*key)
         return info
+
+    def _prune(self) -> None:
+        """Forget infos and batchers of versions that were deleted or replaced (maybe by another process)."""
+        self._generation = self.repo.generation
+        for key in [k for k, st in self._stamps.items() if self.repo.stamp(*k) != st]:
+            self._infos.pop(key, None)
+            self._stamps.pop(key, None)
+        # batchers are rebuilt with the current settings; old ones finish their queue, then stop
+        for b in self._batchers.values():
+            b.retire()
+        self._batchers.clear()
 
     def batcher(self, info: ModelInfo) -> Batcher:
         key = (info.name, info.version)
@@ -157,6 +174,7 @@ class ServerState:
                 max_delay_ms=cfg.get("max_delay_ms", self.max_delay_ms),
                 executor=self.infer_pool,
                 observe=self.metrics.batch_observer(info.name),
+                in_flight=lambda: self.in_flight,
             )
         return b
 
@@ -167,11 +185,8 @@ class ServerState:
         return await self.batcher(info).infer(x)
 
     def forget(self, name: str) -> None:
-        """Drop batchers and cached infos of a model (after delete, unload or new settings)."""
-        for key in [k for k in self._batchers if k[0] == name]:
-            self._batchers.pop(key).close()
-        for key in [k for k in self._infos if k[0] == name]:
-            del self._infos[key]
+        """Rebuild batchers and infos on next use (after delete, unload or new settings)."""
+        self._prune()
         self.metrics.loaded.set(len(self.repo.loaded()))
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -210,22 +225,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     enc = request.headers.get("content-encoding")
     if enc and enc != "identity":
-        body = _decompress(body, enc.strip().lower(), limit)
+        body = decompress(body, enc.strip().lower(), limit)
     return body
 
 
-def _decompress(body: bytes, enc: str, limit: int) -> bytes:
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(enc)
-    if wbits is None:
-        raise ApiError(415, f"unsupported Content-Encoding {enc!r} (use gzip or deflate)")
-    d = zlib.decompressobj(wbits)
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error as err:
-        raise ApiError(400, f"the {enc} body is corrupt: {err}") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise ApiError(413, f"the decompressed body exceeds the limit of {limit} bytes")
-    return out
+async def served_by_fastpath(request: Request) -> Response:
+    """Placeholder endpoint of the routes :class:`~mlaas4hep.serve.fastpath.FastPath` serves.
+
+    It keeps them in the router so that another method on them gets 405.
+    """
+    raise ApiError(500, "this route is served by the fast path")
 
 
 # ----------------------------------------------------------------- errors
@@ -285,6 +294,7 @@ async def index_page(request: Request) -> Response:
 
 async def metrics_route(request: Request) -> Response:
     st = state_of(request)
+    st.auth.require_read(request)
     st.metrics.loaded.set(len(st.repo.loaded()))
     data, ctype = st.metrics.exposition()
     return Response(data, media_type=ctype)
@@ -304,8 +314,12 @@ def create_app(
     max_body: int = MAX_BODY,
     max_upload: int = MAX_UPLOAD,
     root_prefixes: tuple[str, ...] | list[str] = ("root://", "http://", "https://"),
-) -> Starlette:
-    """Build the server app over the repository in ``repo_dir``.
+    shared: bool = False,
+) -> FastPath:
+    """Build the server app (an ASGI callable) over the repository in ``repo_dir``.
+
+    The result is a :class:`~mlaas4hep.serve.fastpath.FastPath` in front of a
+    Starlette app (``.app``); ``.state`` is the :class:`ServerState`.
 
     ``token`` (or ``token_file``, or ``$MLAAS4HEP_TOKEN``) protects upload,
     delete, load and unload; ``private`` protects reads and inference too.
@@ -315,10 +329,11 @@ def create_app(
     cores), ``infer_threads`` how many onnxruntime calls may run at once.
     ``root_prefixes`` lists what ``predict_root`` may open: URL schemes and
     local directories (local paths are refused unless a directory is listed).
+    ``shared`` says that other processes serve the same ``repo_dir`` (workers).
     """
     from . import rootpredict, tfaas, v2
 
-    repo = Repository(repo_dir, max_loaded=max_loaded, threads=threads)
+    repo = Repository(repo_dir, max_loaded=max_loaded, threads=threads, shared=shared)
     auth = Auth(load_token(token, token_file), private=private, allow_anonymous_admin=allow_anonymous_admin)
     state = ServerState(
         repo, auth, max_batch=max_batch, max_delay_ms=max_delay_ms, max_body=max_body, max_upload=max_upload,
@@ -344,7 +359,7 @@ def create_app(
     )
     app.state.server = state
     app.state.page = _page()
-    return app
+    return FastPath(app, state, v2.infer, tfaas.predict_json)
 
 
 def _lifespan(state: ServerState) -> Callable[[Any], Any]:

@@ -82,7 +82,9 @@ def read_archive(
                 if fname in files:
                     raise BundleError(f"archive member {fname!r} appears twice")
                 if member.size > max_member:
-                    raise BundleError(f"archive member {member.name!r} is larger than {max_member} bytes")
+                    raise BundleError(
+                        f"archive member {member.name!r} is larger than the size limit ({max_member} bytes)"
+                    )
                 content = _read_member(tar, member, max_member, max_total - total)
                 total += len(content)
                 files[fname] = content

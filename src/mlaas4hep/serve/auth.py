@@ -54,9 +54,11 @@ class Auth:
         return self._token is not None
 
     def _check(self, request: Request) -> None:
+        self._check_header(request.headers.get("authorization"))
+
+    def _check_header(self, header: str | None) -> None:
         assert self._token is not None
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
+        scheme, _, given = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise ApiError(401, "this operation needs 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(given.strip().encode(), self._token):
@@ -75,3 +77,8 @@ class Auth:
         """For metadata and inference: only when the server is private."""
         if self.private and self._token is not None:
             self._check(request)
+
+    def require_read_header(self, authorization: str | None) -> None:
+        """:meth:`require_read` given the ``Authorization`` header value (for the fast path)."""
+        if self.private and self._token is not None:
+            self._check_header(authorization)

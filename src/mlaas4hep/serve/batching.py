@@ -4,15 +4,22 @@ A small MLP costs about the same for one row as for a hundred: the price is in
 the call, not the arithmetic. So concurrent requests for the same model are
 queued, and a per-model worker hands them to onnxruntime as one stacked batch:
 
-* the first queued request waits at most ``max_delay_ms`` for company;
+* the first queued request waits at most ``max_delay_ms`` for company, and
+  not at all when every request the server is handling is already queued
+  (``in_flight``): a lone client pays no delay;
 * a batch is cut as soon as it holds ``max_batch`` rows;
 * while a batch runs, new requests queue up, and they go together as soon as
   it is done: under load batches grow by themselves, idle a lone request pays
   at most the delay.
 
 onnxruntime runs in a thread executor (it releases the GIL), so the event loop
-keeps parsing requests while a batch computes. Rows of a request are never
-split across batches, and a request larger than ``max_batch`` runs alone.
+keeps parsing requests while a batch computes. Handing a call to a thread costs
+tens of microseconds of wake-ups and GIL hand-overs, though, more than a small
+MLP needs for a few dozen rows: so a batch of at most ``inline_rows`` rows runs
+on the event loop itself *when such batches have been measured to take less
+than* ``inline_us`` (a running average, so a heavy model always goes to the
+thread, and ``inline_us=0`` never inlines). Rows of a request are never split
+across batches, and a request larger than ``max_batch`` runs alone.
 ``max_batch=1`` turns batching off: each request is its own call.
 
 Usage::
@@ -44,8 +51,15 @@ class Batcher:
         max_delay_ms: float = 2.0,
         executor: Executor | None = None,
         observe: Observer | None = None,
+        inline_rows: int = 64,
+        inline_us: float = 150.0,
+        in_flight: Callable[[], int] | None = None,
     ):
         self.predict = predict
+        self.in_flight = in_flight  # requests the server is handling now, all models
+        self.inline_rows = int(inline_rows)
+        self.inline_s = float(inline_us) / 1e6
+        self._small_cost: float | None = None  # running average of small calls, seconds
         self.max_batch = max(1, int(max_batch))
         self.max_delay = max(0.0, float(max_delay_ms)) / 1000.0
         self.executor = executor
@@ -54,6 +68,8 @@ class Batcher:
         self._rows = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._retired = False
+        self._running = 0  # requests in the batch being computed
         self.batches = 0  # number of predict calls made (for tests and /status)
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
@@ -71,8 +87,24 @@ class Batcher:
         self._wakeup.set()
         return await fut
 
+    def _timed(self, x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.predict(x)
+        if x.shape[0] <= self.inline_rows:
+            dt = time.perf_counter() - t0
+            c = self._small_cost
+            self._small_cost = dt if c is None else 0.9 * c + 0.1 * dt
+        return out
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, x: np.ndarray) -> np.ndarray:
+        """One predict call: inline when it is known to be cheap, else in the executor."""
+        c = self._small_cost
+        if c is not None and c < self.inline_s and x.shape[0] <= self.inline_rows:
+            return self._timed(x)
+        return await loop.run_in_executor(self.executor, self._timed, x)
+
     async def _run_alone(self, loop: asyncio.AbstractEventLoop, x: np.ndarray) -> np.ndarray:
-        out = await loop.run_in_executor(self.executor, self.predict, x)
+        out = await self._call(loop, x)
         self.batches += 1
         if self.observe:
             self.observe(x.shape[0], 0.0)
@@ -83,12 +115,16 @@ class Batcher:
         assert self._wakeup is not None
         while True:
             if not self._queue:
+                if self._retired:
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             # give the oldest request up to max_delay to find company
             deadline = self._queue[0][2] + self.max_delay
             while self._rows < self.max_batch:
+                if self.in_flight is not None and self.in_flight() <= len(self._queue) + self._running:
+                    break  # nobody else could join: the others are queued or being computed
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
@@ -101,13 +137,16 @@ class Batcher:
             queued = time.perf_counter() - items[0][2]
             xs = [it[0] for it in items]
             x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+            self._running = len(items)
             try:
-                out = await loop.run_in_executor(self.executor, self.predict, x)
+                out = await self._call(loop, x)
             except Exception as err:  # hand the failure to every waiting request
                 for _, fut, _ in items:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
+            finally:
+                self._running = 0
             self.batches += 1
             if self.observe:
                 self.observe(x.shape[0], queued)
@@ -128,6 +167,12 @@ class Batcher:
             items.append(it)
         self._rows -= rows
         return items
+
+    def retire(self) -> None:
+        """Finish what is queued, then stop the worker (the batcher is being replaced)."""
+        self._retired = True
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def close(self) -> None:
         """Stop the worker; queued requests fail with :class:`asyncio.CancelledError`."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -69,6 +68,9 @@ def add_serve_commands(subparsers: Any) -> None:
     s.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per session "
                                                               "(default: all cores)")
     s.add_argument("--infer-threads", type=int, default=2, help="onnxruntime calls running at once (default 2)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port and the repository (default 1; each has its own "
+                        "batcher and /metrics; 2 roughly doubles small-request throughput on 2 cores)")
     s.add_argument("--data-dir", action="append", default=[], metavar="DIR",
                    help="local directory whose ROOT files predict_root may read (repeatable; default none)")
     s.add_argument("--no-remote", action="store_true", help="predict_root: refuse root:// and http(s):// URLs")
@@ -119,7 +121,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     prefixes = list(args.data_dir) + ([] if args.no_remote else ["root://", "http://", "https://"])
     serve(
-        args.repo, host=args.host, port=args.port, log_level=args.log_level,
+        args.repo, host=args.host, port=args.port, log_level=args.log_level, workers=args.workers,
         token_file=args.token_file, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
         max_loaded=args.max_loaded, threads=args.threads, infer_threads=args.infer_threads,
         private=args.private, allow_anonymous_admin=args.no_auth, root_prefixes=prefixes,

@@ -33,4 +33,5 @@ def not_found(message: str) -> ApiError:
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """``{"error": message}`` as ``application/json``."""
-    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json", headers=headers)
+    body = orjson.dumps({"error": message})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)

@@ -17,7 +17,14 @@ mid-upload leaves at most a stale staging folder, which the next start removes.
 Loaded :class:`~mlaas4hep.bundle.Predictor` objects sit in an LRU cache of
 ``max_loaded`` entries; an evicted model is reloaded on its next request.
 A model can be *unloaded* explicitly (the repository extension of the Open
-Inference Protocol): it stays on disk but refuses inference until loaded again.
+Inference Protocol): it stays on disk but refuses inference until loaded again
+(the set of unloaded models is kept in ``DIR/.state.json``).
+
+Several server processes may share one directory (``--workers``, ``shared=True``):
+every change rewrites ``DIR/.generation``, and each process compares that file's
+identity (one ``stat``) before answering, rescanning when another process changed the
+repository. Each version directory is identified by its inode, so a version
+deleted and uploaded again is never served from a stale cache.
 
 All methods are blocking (disk, onnxruntime): the app calls them from a thread.
 """
@@ -30,6 +37,8 @@ import re
 import shutil
 import tempfile
 import threading
+import time
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -67,37 +76,95 @@ def parse_version(version: Any) -> int | None:
 class Repository:
     """Bundles under ``root``, with at most ``max_loaded`` onnxruntime sessions in memory."""
 
-    def __init__(self, root: str | os.PathLike, max_loaded: int = 16, threads: int | None = None):
+    def __init__(self, root: str | os.PathLike, max_loaded: int = 16, threads: int | None = None,
+                 shared: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_loaded = max(1, int(max_loaded))
         self.threads = threads
+        self.shared = shared  # other processes serve the same directory: check .generation per request
         self._staging = self.root / ".staging"
-        shutil.rmtree(self._staging, ignore_errors=True)  # leftovers of a crash
-        self._staging.mkdir()
+        self._staging.mkdir(exist_ok=True)
+        _clean_staging(self._staging)  # leftovers of a crash
         self._lock = threading.RLock()
         self._loaded: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._meta: dict[tuple[str, int], dict[str, Any]] = {}
         self._unloaded: set[str] = set()
         self._index: dict[str, list[int]] = {}
+        self._stamps: dict[tuple[str, int], int] = {}
+        self._gen_file = self.root / ".generation"
+        self._gen_seen: tuple[int, int] | None = None
+        self.generation = 0  # bumped on every change seen by this process
         self.rescan()
 
     # ------------------------------------------------------------ inventory
     def rescan(self) -> None:
         """Re-read the directory (the in-memory index serves every request in between)."""
+        self._gen_seen = self._gen_signature()
         index: dict[str, list[int]] = {}
+        stamps: dict[tuple[str, int], int] = {}
         for d in sorted(self.root.iterdir()):
             if d.is_dir() and NAME_RE.match(d.name):
-                vs = sorted(int(v.name) for v in d.iterdir() if v.name.isdigit() and (v / "bundle.json").is_file())
+                vs = []
+                for v in d.iterdir():
+                    if v.name.isdigit() and (v / "bundle.json").is_file():
+                        vs.append(int(v.name))
+                        stamps[(d.name, int(v.name))] = v.stat().st_ino
                 if vs:
-                    index[d.name] = vs
+                    index[d.name] = sorted(vs)
+        try:
+            unloaded = set(json.loads((self.root / ".state.json").read_text()).get("unloaded", []))
+        except (OSError, ValueError, AttributeError):
+            unloaded = set()
         with self._lock:
-            self._index = index
-            self._meta = {k: m for k, m in self._meta.items() if k[1] in index.get(k[0], ())}
+            self._index, self._unloaded = index, unloaded & set(index)
+            self._meta = {k: m for k, m in self._meta.items() if stamps.get(k) == self._stamps.get(k)}
+            for key in [k for k in self._loaded if stamps.get(k) != self._stamps.get(k) or k[0] in unloaded]:
+                del self._loaded[key]
+            self._stamps = stamps
+            self.generation += 1
+
+    def _gen_signature(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._gen_file)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def sync(self) -> None:
+        """Rescan if another process changed the repository (one ``stat``; only when ``shared``)."""
+        if self.shared and self._gen_signature() != self._gen_seen:
+            self.rescan()
+
+    def _changed(self) -> None:
+        """Tell the other processes (and bump this one's generation).
+
+        The file's modification time is set explicitly and strictly increases:
+        file-system timestamps are coarse and inodes get reused, so two quick
+        changes could otherwise leave the same (inode, mtime) signature.
+        """
+        old = self._gen_signature()
+        t = time.time_ns()
+        if old is not None and t <= old[1]:
+            t = old[1] + 1
+        tmp = self._gen_file.with_name(f".generation.{os.getpid()}.tmp")
+        tmp.write_bytes(uuid.uuid4().hex.encode())
+        os.utime(tmp, ns=(t, t))
+        os.replace(tmp, self._gen_file)
+        self._gen_seen = self._gen_signature()
+        self.generation += 1
+
+    def _save_state(self) -> None:
+        _atomic_write(self.root / ".state.json", json.dumps({"unloaded": sorted(self._unloaded)}).encode())
+
+    def stamp(self, name: str, version: int) -> int:
+        """Identity of a version's directory (changes when it is replaced)."""
+        return self._stamps.get((name, version), 0)
 
     def names(self) -> list[str]:
         """Models with at least one version."""
+        self.sync()
         return sorted(self._index)
 
     def versions(self, name: str) -> list[int]:
@@ -105,6 +172,7 @@ class Repository:
 
     def resolve(self, name: str, version: Any = None) -> tuple[str, int]:
         """``(name, version)`` of an existing model; 404 otherwise."""
+        self.sync()
         versions = self._index.get(name)
         if not versions:
             raise ApiError(404, f"unknown model {name!r}")
@@ -156,11 +224,12 @@ class Repository:
         if clean.get("max_batch", 1) < 1:
             raise ApiError(400, "serving setting 'max_batch' must be at least 1")
         _atomic_write(self.root / name / "serving.json", json.dumps(clean).encode())
+        self._changed()
         return clean
 
     # ------------------------------------------------------------ sessions
     def is_ready(self, name: str) -> bool:
-        return name not in self._unloaded
+        return name not in self._unloaded  # callers resolve() (and so sync) first
 
     def is_loaded(self, name: str, version: int) -> bool:
         return (name, version) in self._loaded
@@ -181,7 +250,7 @@ class Repository:
                 p = self._loaded.get(key)
             if p is None:
                 try:
-                    p = bundle.load(self.path(name, version), threads=self.threads)
+                    p = bundle.load(self.path(name, version), threads=self.threads, spinning=False)
                 except (BundleError, Mlaas4hepError) as err:
                     raise ApiError(503, f"model {name!r} version {version} does not load: {err}") from None
                 self._remember(key, p)
@@ -203,7 +272,10 @@ class Repository:
         self.rescan()
         name, v = self.resolve(name)
         with self._lock:
-            self._unloaded.discard(name)
+            if name in self._unloaded:
+                self._unloaded.discard(name)
+                self._save_state()
+                self._changed()
         self.predictor(name, v)
 
     def unload(self, name: str) -> None:
@@ -213,6 +285,8 @@ class Repository:
             self._unloaded.add(name)
             for key in [k for k in self._loaded if k[0] == name]:
                 del self._loaded[key]
+            self._save_state()
+            self._changed()
 
     def index(self) -> list[dict[str, Any]]:
         """The repository extension's index: every version with its state."""
@@ -241,7 +315,7 @@ class Repository:
         if "model.onnx" not in files:
             raise ApiError(400, f"the bundle has no model.onnx (files: {sorted(files)})")
         want = parse_version(version)
-        stage = Path(tempfile.mkdtemp(prefix="upload-", dir=self._staging))
+        stage = Path(tempfile.mkdtemp(prefix=f"upload-{os.getpid()}-", dir=self._staging))
         try:
             for fname, content in files.items():
                 (stage / fname).write_bytes(content)
@@ -251,7 +325,15 @@ class Repository:
             if not isinstance(meta, dict):
                 raise ApiError(400, "bundle.json must hold an object")
             name = check_name(name if name else str(meta.get("name", "")))
+            meta["name"] = name
+            _check_meta(meta)
+            (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
+            try:  # the slow part (onnxruntime builds the session), outside the lock
+                predictor = bundle.load(stage, threads=self.threads, spinning=False)
+            except (BundleError, Mlaas4hepError) as err:
+                raise ApiError(400, f"invalid bundle: {err}") from None
             with self._lock:
+                self.sync()
                 existing = self.versions(name)
                 if want is None:
                     mine = meta.get("version")
@@ -259,21 +341,24 @@ class Repository:
                     want = want or (existing[-1] + 1 if existing else 1)
                 elif want in existing:
                     raise ApiError(409, f"model {name!r} already has version {want}: delete it first")
-                meta["name"], meta["version"] = name, want
+                meta["version"] = want
+                predictor.meta["version"] = want
                 (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
-                _check_meta(meta)
-                try:
-                    predictor = bundle.load(stage, threads=self.threads)
-                except (BundleError, Mlaas4hepError) as err:
-                    raise ApiError(400, f"invalid bundle: {err}") from None
                 target = self.path(name, want)
                 target.parent.mkdir(exist_ok=True)
-                os.rename(stage, target)  # atomic: the version appears whole or not at all
+                try:
+                    os.rename(stage, target)  # atomic: the version appears whole or not at all
+                except OSError:  # another process installed the same version meanwhile
+                    raise ApiError(409, f"model {name!r} version {want} was installed concurrently") from None
                 self._index[name] = sorted(existing + [want])
+                self._stamps[(name, want)] = target.stat().st_ino
                 predictor.path = target
                 self._meta.pop((name, want), None)
-                self._unloaded.discard(name)
+                if name in self._unloaded:
+                    self._unloaded.discard(name)
+                    self._save_state()
                 self._remember((name, want), predictor)
+                self._changed()
             return name, want
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -288,7 +373,7 @@ class Repository:
                 raise ApiError(404, f"model {name!r} has no version {v}")
             gone = [v] if v is not None else versions
             src = self.path(name, v) if v is not None else self.root / name
-            trash = Path(tempfile.mkdtemp(prefix="delete-", dir=self._staging))
+            trash = Path(tempfile.mkdtemp(prefix=f"delete-{os.getpid()}-", dir=self._staging))
             os.rename(src, trash / "x")  # disappears atomically, then removed at leisure
             left = [x for x in versions if x not in gone]
             if left:
@@ -298,9 +383,13 @@ class Repository:
             for g in gone:
                 self._loaded.pop((name, g), None)
                 self._meta.pop((name, g), None)
+                self._stamps.pop((name, g), None)
             if not self.versions(name):
-                self._unloaded.discard(name)
+                if name in self._unloaded:
+                    self._unloaded.discard(name)
+                    self._save_state()
                 shutil.rmtree(self.root / name, ignore_errors=True)
+            self._changed()
         shutil.rmtree(trash, ignore_errors=True)
         return gone
 
@@ -325,6 +414,17 @@ def _check_meta(meta: dict[str, Any]) -> None:
         raise ApiError(400, "bundle.json 'outputs.labels' must be a non-empty list")
     if "serving" in meta and not isinstance(meta["serving"], dict):
         raise ApiError(400, "bundle.json 'serving' must be an object")
+    for part, what in ((inputs, "inputs"), (outputs, "outputs")):
+        shape = part.get("shape")
+        if shape is not None and (not isinstance(shape, list) or not shape
+                                  or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+            raise ApiError(400, f"bundle.json '{what}.shape' must be a list of integers")
+        for key in ("onnx_input", "onnx_output"):
+            if key in part and not isinstance(part[key], str):
+                raise ApiError(400, f"bundle.json '{what}.{key}' must be a string")
+    pre = inputs.get("preprocessing")
+    if pre is not None and not isinstance(pre, dict):
+        raise ApiError(400, "bundle.json 'inputs.preprocessing' must be an object")
 
 
 def _tfaas_bundle(stage: Path, name: str | None) -> None:
@@ -353,7 +453,26 @@ def _tfaas_bundle(stage: Path, name: str | None) -> None:
     )
 
 
+def _clean_staging(staging: Path) -> None:
+    """Remove what crashed processes left in ``.staging``; keep the work of live ones (other workers)."""
+    for d in staging.iterdir():
+        parts = d.name.split("-")
+        if len(parts) >= 3 and parts[1].isdigit() and _alive(int(parts[1])):
+            continue
+        shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)

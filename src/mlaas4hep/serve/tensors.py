@@ -157,7 +157,9 @@ def _decode_input(i: int, spec: Any, body: bytes, offset: int, ragged_ok: bool) 
         or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
     ):
         raise ApiError(400, f"input {name!r}: 'shape' must be a list of 1 to {MAX_DIMS} non-negative integers")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = 1
+    for d in shape:
+        count *= d
     dtype = DTYPES[datatype]
     params = spec.get("parameters") or {}
     if not isinstance(params, dict):
@@ -192,7 +194,9 @@ def _decode_input(i: int, spec: Any, body: bytes, offset: int, ragged_ok: bool) 
             raise ValueError("it holds values that are not numbers")
         arr = arr.astype(dtype, copy=False)
     except (ValueError, TypeError, OverflowError) as err:
-        raise ApiError(400, f"input {name!r}: 'data' is not a list of {datatype} numbers of shape {shape}: {err}") from None
+        raise ApiError(
+            400, f"input {name!r}: 'data' is not a list of {datatype} numbers of shape {shape}: {err}"
+        ) from None
     if arr.size != count:
         raise ApiError(400, f"input {name!r}: 'data' holds {arr.size} values but shape {shape} needs {count}")
     return InputTensor(name, datatype, shape, arr.reshape(shape))

@@ -31,8 +31,9 @@ from starlette.routing import Route
 from .. import __version__
 from ..io.errors import Mlaas4hepError
 from . import archive, tensors
-from .app import ModelInfo, ServerState, read_body, state_of
+from .app import ModelInfo, ServerState, read_body, served_by_fastpath, state_of
 from .errors import ApiError
+from .fastpath import Call, Reply
 from .tensors import InputTensor
 from .v2 import _raw_array, _transform, json_response
 
@@ -50,7 +51,7 @@ async def upload(request: Request) -> Response:
         body = await read_body(request, st.max_upload)
         if not body:
             raise ApiError(400, "empty upload: send a bundle .tar.gz as the body or as the multipart field 'bundle'")
-        files = await st.blocking(archive.read_archive, body)
+        files = await st.blocking(_unpack, st, body)
     name, v = await st.blocking(st.repo.install, files, name, version)
     st.forget(name)
     return json_response({"name": name, "version": v, "status": "installed"})
@@ -71,7 +72,7 @@ async def _form_files(request: Request, st: ServerState) -> tuple[dict[str, byte
         name = name if isinstance(name, str) and name else None
         if isinstance(form.get("bundle"), UploadFile):
             data = await _read_limited(form["bundle"], st.max_upload)
-            return await st.blocking(archive.read_archive, data), name
+            return await st.blocking(_unpack, st, data), name
         model = form.get("model")
         if not isinstance(model, UploadFile):
             raise ApiError(400, "the form needs a file field 'bundle' (a .tar.gz) or 'model' (an ONNX file)")
@@ -93,6 +94,11 @@ async def _form_files(request: Request, st: ServerState) -> tuple[dict[str, byte
         return files, name
     finally:
         await form.close()
+
+
+def _unpack(st: ServerState, data: bytes) -> dict[str, bytes]:
+    """Check and unpack an archive; unpacked, a bundle may not exceed the upload limit either."""
+    return archive.read_archive(data, max_member=st.max_upload, max_total=st.max_upload)
 
 
 async def _read_limited(f: UploadFile, limit: int) -> bytes:
@@ -150,13 +156,13 @@ async def delete(request: Request) -> Response:
     return json_response({"name": name, "deleted_versions": gone})
 
 
-async def predict_json(request: Request) -> Response:
+async def predict_json(st: ServerState, call: Call) -> Reply:
+    """``POST /json`` (served by :mod:`.fastpath`)."""
     t0 = time.perf_counter()
-    st = state_of(request)
     label, status = "_unknown", 500
     try:
-        st.auth.require_read(request)
-        req = tensors.parse_json(await read_body(request, st.max_body))
+        st.auth.require_read_header(call.headers.get("authorization"))
+        req = tensors.parse_json(await call.read_body(st.max_body))
         if not isinstance(req, dict):
             raise ApiError(400, 'the request must be {"keys": [...], "values": [...], "model": "name"}')
         name = req.get("model")
@@ -176,7 +182,7 @@ async def predict_json(request: Request) -> Response:
             probs = probs[0]
         status = 200
         body, _ = tensors.encode_response(probs.astype(np.float64), [])  # float64 prints 0.1 as 0.1
-        return Response(body, media_type="application/json")
+        return Reply(body)
     except ApiError as err:
         status = err.status
         raise
@@ -231,6 +237,7 @@ def _rows(info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, b
 
 async def status(request: Request) -> Response:
     st = state_of(request)
+    st.auth.require_read(request)
     return json_response({
         "status": "ok",
         "version": __version__,
@@ -246,6 +253,6 @@ def routes() -> list[Route]:
         Route("/upload", upload, methods=["POST"]),
         Route("/models", models, methods=["GET"]),
         Route("/delete/{model}", delete, methods=["DELETE", "POST"]),
-        Route("/json", predict_json, methods=["POST"]),
+        Route("/json", served_by_fastpath, methods=["POST"]),
         Route("/status", status, methods=["GET"]),
     ]

@@ -34,8 +34,9 @@ from starlette.routing import Route
 from .. import __version__
 from ..io.errors import Mlaas4hepError
 from . import tensors
-from .app import ModelInfo, ServerState, read_body, state_of
+from .app import ModelInfo, ServerState, read_body, served_by_fastpath, state_of
 from .errors import ApiError
+from .fastpath import Call, Reply
 from .tensors import InferRequest, InputTensor
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "raw_inputs", "predict_root"]
@@ -116,22 +117,22 @@ async def model_config(request: Request) -> Response:
 
 
 # ----------------------------------------------------------------- infer
-async def infer(request: Request) -> Response:
+async def infer(st: ServerState, call: Call) -> Reply:
+    """``POST /v2/models/{name}[/versions/{v}]/infer`` (served by :mod:`.fastpath`)."""
     t0 = time.perf_counter()
-    st = state_of(request)
     label, status = "_unknown", 500
     try:
-        st.auth.require_read(request)
-        info = st.model(request.path_params["name"], request.path_params.get("version"))
+        st.auth.require_read_header(call.headers.get("authorization"))
+        info = st.model(call.params["name"], call.params.get("version"))
         label = info.name
-        body = await read_body(request, st.max_body)
-        hlen = tensors.header_length(request.headers.get("inference-header-content-length"), len(body))
+        body = await call.read_body(st.max_body)
+        hlen = tensors.header_length(call.headers.get("inference-header-content-length"), len(body))
         req = tensors.decode_request(body, hlen, ragged_ok=info.preprocessor is not None)
         x = await features(st, info, req)
         y = await st.infer(info, x)
-        response = infer_response(info, req, {info.output_name: y})
+        reply = infer_reply(info, req, {info.output_name: y})
         status = 200
-        return response
+        return reply
     except ApiError as err:
         status = err.status
         raise
@@ -142,8 +143,8 @@ async def infer(request: Request) -> Response:
         st.metrics.inference(label, status, time.perf_counter() - t0)
 
 
-def infer_response(info: ModelInfo, req: InferRequest, results: dict[str, np.ndarray]) -> Response:
-    """The response to an infer request: requested outputs, JSON or binary."""
+def infer_reply(info: ModelInfo, req: InferRequest, results: dict[str, np.ndarray]) -> Reply:
+    """The reply to an infer request: requested outputs, JSON or binary."""
     names = list(results) if req.outputs is None else req.outputs
     header: dict[str, Any] = {"model_name": info.name, "model_version": str(info.version)}
     if req.id is not None:
@@ -159,8 +160,13 @@ def infer_response(info: ModelInfo, req: InferRequest, results: dict[str, np.nda
     header["outputs"] = outs
     body, hlen = tensors.encode_response(header, blobs)
     if hlen is None:
-        return Response(body, media_type=_JSON)
-    return Response(body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(hlen)})
+        return Reply(body)
+    return Reply(body, "application/octet-stream", {"Inference-Header-Content-Length": str(hlen)})
+
+
+def infer_response(info: ModelInfo, req: InferRequest, results: dict[str, np.ndarray]) -> Response:
+    """:func:`infer_reply` as a Starlette response."""
+    return infer_reply(info, req, results).response()
 
 
 async def features(st: ServerState, info: ModelInfo, req: InferRequest) -> np.ndarray:
@@ -284,6 +290,6 @@ def routes() -> list[Route]:
             Route(base, model_metadata, methods=["GET"]),
             Route(base + "/ready", model_ready, methods=["GET"]),
             Route(base + "/config", model_config, methods=["GET"]),
-            Route(base + "/infer", infer, methods=["POST"]),
+            Route(base + "/infer", served_by_fastpath, methods=["POST"]),
         ]
     return out

@@ -1,0 +1,330 @@
+"""Benchmark of the inference server against in-process onnxruntime.
+
+    .venv/bin/python bench/serve.py [--duration 10] [--out bench/RESULTS-serve.md]
+
+What it does, all in one run so the numbers are comparable:
+
+1. builds a bundle of the reference MLP (111 -> 256 -> 256 -> 128 -> 1, sigmoid;
+   random weights, fixed seed) and measures **in-process onnxruntime**: single
+   row calls/s and rows/s for 10k-row batches (the baseline);
+2. starts ``python -m mlaas4hep.serve`` on 127.0.0.1 (a subprocess), with
+   dynamic batching on (``--max-batch 256 --max-delay-ms 2``) and off
+   (``--max-batch 1``);
+3. drives it from a **separate process**: ``wrk`` (Debian package) with a Lua
+   script posting a fixed body, or, without wrk, an aiohttp load generator in a
+   child process. It reports req/s and p50/p99 latency for single-row JSON
+   requests (OIP ``/v2/models/m/infer``) at 1, 16 and 64 connections, TFaaS
+   ``/json`` at 64, and rows/s for binary 10k-row batches;
+4. writes a Markdown table (``--out``) and prints JSON.
+
+``perf_analyzer`` would be the natural load generator, but PyPI's
+``perf-analyzer`` resolves to a 0.1.0 placeholder here, without the binary.
+The load generator shares the machine's cores with the server: on a 2-core
+machine that costs the server part of a core, and the figures include it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = (111, 256, 256, 128, 1)
+
+
+def mlp_onnx(sizes=SIZES, seed: int = 0) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")]
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
+        act = "Relu" if i < len(sizes) - 2 else "Sigmoid"
+        prev = "probs" if act == "Sigmoid" else f"h{i}"
+        nodes.append(helper.make_node(act, [f"a{i}"], [prev]))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", sizes[0]])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def make_bundle(root: Path) -> Path:
+    from mlaas4hep import bundle
+
+    path = root / "repo" / "mlp" / "1"
+    bundle.write(path, mlp_onnx(), None, ["bkg", "sig"], name="mlp", framework="onnx",
+                 features=[f"f{i}" for i in range(SIZES[0])], description="reference MLP 111-256-256-128-1")
+    return path
+
+
+# ----------------------------------------------------------------- baseline
+def in_process(path: Path, seconds: float) -> dict:
+    """onnxruntime in this process, same bundle, default threads: the baseline."""
+    from mlaas4hep import bundle
+
+    p = bundle.load(path)
+    rng = np.random.default_rng(1)
+    one = rng.random((1, SIZES[0]), dtype=np.float32)
+    big = rng.random((10_000, SIZES[0]), dtype=np.float32)
+    for _ in range(200):
+        p.predict(one)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(100):
+            p.predict(one)
+        n += 100
+    single = n / (time.perf_counter() - t0)
+    p.predict(big)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        p.predict(big)
+        n += 1
+    rows = n * 10_000 / (time.perf_counter() - t0)
+    return {"single_row_calls_per_s": single, "batch_10k_rows_per_s": rows}
+
+
+# ----------------------------------------------------------------- server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, repo: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="mlaas4hep-bench-", suffix=".log", delete=False)
+        cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(repo), "--port", str(self.port), "--no-auth", *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not start")
+
+    def batches(self) -> tuple[float, float]:
+        import httpx
+
+        text = httpx.get(self.url + "/metrics").text
+        c = re.search(r'mlaas4hep_batch_size_rows_count\{model="mlp"\} (\S+)', text)
+        s = re.search(r'mlaas4hep_batch_size_rows_sum\{model="mlp"\} (\S+)', text)
+        return (float(c.group(1)), float(s.group(1))) if c else (0.0, 0.0)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.unlink(self.log.name)
+
+
+# ----------------------------------------------------------------- load generators
+LUA = """
+wrk.method = "POST"
+local f = io.open("{body}", "rb")
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "{ctype}"
+{extra}
+"""
+
+
+def _unit(v: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)", v)
+    num, unit = float(m.group(1)), m.group(2)
+    return num * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_wrk(url: str, body: bytes, headers: dict, conns: int, seconds: float, work: Path) -> dict:
+    bf, lf = work / f"body-{conns}-{len(body)}", work / f"post-{conns}-{len(body)}.lua"
+    bf.write_bytes(body)
+    extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    lf.write_text(LUA.format(body=bf, ctype=headers.get("Content-Type", "application/json"), extra=extra))
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s", "-s", str(lf),
+                          url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = {p: _unit(v) for p, v in re.findall(r"\s(50|99)%\s+(\S+)", out)}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"req_per_s": rps, "p50_ms": pct.get("50"), "p99_ms": pct.get("99"),
+            "errors": int(errors.group(1)) if errors else 0}
+
+
+def run_aiohttp(url: str, body: bytes, headers: dict, conns: int, seconds: float, work: Path) -> dict:
+    """Fallback load generator: aiohttp in a child process."""
+    bf = work / f"body-{conns}-{len(body)}"
+    bf.write_bytes(body)
+    out = subprocess.run([sys.executable, __file__, "--loadgen", url, str(bf), json.dumps(headers), str(conns),
+                          str(seconds)], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def _loadgen(url: str, body_file: str, headers: str, conns: int, seconds: float) -> None:
+    import aiohttp
+
+    body, hdrs = Path(body_file).read_bytes(), json.loads(headers)
+    lat: list[float] = []
+    errors = 0
+
+    async def worker(s, stop):
+        nonlocal errors
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            async with s.post(url, data=body, headers=hdrs) as r:
+                await r.read()
+                errors += r.status != 200
+            lat.append(time.perf_counter() - t0)
+
+    async def main():
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns)) as s:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(s, t0 + seconds) for _ in range(conns)))
+            return time.perf_counter() - t0
+
+    dt = asyncio.run(main())
+    a = np.array(lat) * 1e3
+    print(json.dumps({"req_per_s": len(a) / dt, "p50_ms": float(np.percentile(a, 50)),
+                      "p99_ms": float(np.percentile(a, 99)), "errors": errors}))
+
+
+# ----------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per load point")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-serve.md"))
+    ap.add_argument("--loadgen", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.loadgen:
+        url, bf, hdr, conns, secs = args.loadgen
+        _loadgen(url, bf, hdr, int(conns), float(secs))
+        return
+    import orjson
+
+    load = run_wrk if shutil.which("wrk") else run_aiohttp
+    tool = "wrk 4.1 (1 thread)" if load is run_wrk else "aiohttp client process"
+    work = Path(tempfile.mkdtemp(prefix="mlaas4hep-bench-"))
+    path = make_bundle(work)
+    loadavg = os.getloadavg()
+    base = in_process(path, min(args.duration, 5.0))
+    print("in-process onnxruntime:", base, flush=True)
+
+    rng = np.random.default_rng(2)
+    row = rng.random(SIZES[0], dtype=np.float32)
+    single = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, SIZES[0]],
+                                       "data": row.tolist()}]})
+    tfaas = orjson.dumps({"model": "mlp", "keys": [f"f{i}" for i in range(SIZES[0])], "values": row.tolist()})
+    big = rng.random((10_000, SIZES[0]), dtype=np.float32)
+    header = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(big.shape),
+                                       "parameters": {"binary_data_size": big.nbytes}}],
+                           "parameters": {"binary_data_output": True}})
+    binary = header + big.tobytes()
+    bin_headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+
+    rows: list[dict] = []
+    configs = [
+        ("on", 1, ["--max-batch", "256", "--max-delay-ms", "2"], (1, 16, 64), True),
+        ("off", 1, ["--max-batch", "1"], (1, 16, 64), False),
+        ("on", 2, ["--max-batch", "256", "--max-delay-ms", "2", "--workers", "2"], (16, 64), False),
+    ]
+    for mode, workers, extra, clients, with_binary in configs:
+        srv = Server(work / "repo", *extra)
+        try:
+            infer = srv.url + "/v2/models/mlp/infer"
+            load(infer, single, {}, 4, 2, work)  # warm-up
+            for conns in clients:
+                b0 = srv.batches() if workers == 1 else (0.0, 0.0)
+                r = load(infer, single, {}, conns, args.duration, work)
+                b1 = srv.batches() if workers == 1 else (0.0, 0.0)
+                r.update(kind="single row, JSON, /v2 infer", batching=mode, workers=workers, clients=conns,
+                         loadavg=os.getloadavg()[0])
+                if workers == 1:
+                    r["rows_per_batch"] = (b1[1] - b0[1]) / max(1.0, b1[0] - b0[0])
+                rows.append(r)
+                print(r, flush=True)
+            r = load(srv.url + "/json", tfaas, {}, 64, args.duration, work)
+            r.update(kind="single row, TFaaS /json", batching=mode, workers=workers, clients=64,
+                     loadavg=os.getloadavg()[0])
+            rows.append(r)
+            print(r, flush=True)
+            if with_binary:
+                for conns in (1, 2):
+                    # the baseline again, right before, so both see the same machine load
+                    ref = in_process(path, min(args.duration, 5.0))["batch_10k_rows_per_s"]
+                    r = load(infer, binary, bin_headers, conns, args.duration, work)
+                    r.update(kind="10k-row binary batch", batching=mode, workers=workers, clients=conns,
+                             rows_per_s=r["req_per_s"] * 10_000, baseline_rows_per_s=ref,
+                             loadavg=os.getloadavg()[0])
+                    rows.append(r)
+                    print(r, flush=True)
+        finally:
+            srv.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+    cpu = "unknown CPU"
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    result = {"machine": {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+                          "loadavg_at_start": loadavg}, "load_generator": tool, "baseline": base, "server": rows}
+    Path(args.out).write_text(markdown(result))
+    print(json.dumps(result, indent=1))
+
+
+def markdown(r: dict) -> str:
+    m, b = r["machine"], r["baseline"]
+    lines = [
+        "## Inference server (`bench/serve.py`)",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu']}), Python {m['python']}; load average at start "
+        f"{', '.join(f'{v:.1f}' for v in m['loadavg_at_start'])} (other jobs share the cores: see the last column). "
+        f"Load generator: {r['load_generator']}, a separate process on the same cores. "
+        "Model: MLP 111-256-256-128-1 (ONNX). Server: `mlaas4hep serve` (uvicorn + uvloop + httptools).",
+        "",
+        f"Baseline, in-process onnxruntime, same run: **{b['single_row_calls_per_s']:,.0f} single-row calls/s**, "
+        f"**{b['batch_10k_rows_per_s']:,.0f} rows/s** in 10k-row batches.",
+        "",
+        "| requests | batching | workers | clients | req/s | p50 ms | p99 ms | rows/batch | rows/s (vs in-process) "
+        "| load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in r["server"]:
+        rb = f"{x['rows_per_batch']:.1f}" if "rows_per_batch" in x else ""
+        rs = (f"{x['rows_per_s']:,.0f} ({x['rows_per_s'] / x['baseline_rows_per_s']:.2f}× of "
+              f"{x['baseline_rows_per_s']:,.0f})") if "rows_per_s" in x else ""
+        lines.append(f"| {x['kind']} | {x['batching']} | {x['workers']} | {x['clients']} | {x['req_per_s']:,.0f} | "
+                     f"{x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {rb} | {rs} | {x['loadavg']:.1f} |")
+    lines += ["", "TFaaS (Go, 16 cores, `hey`): 400–480 req/s at 100–200 clients.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The dynamic batcher in isolation: merging, limits, delays and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from mlaas4hep.serve.batching import Batcher
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.calls: list[int] = []
+        self.delay, self.fail = delay, fail
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append(x.shape[0])
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return x.sum(axis=1, keepdims=True) * 2
+
+
+@pytest.fixture
+def pool():
+    p = ThreadPoolExecutor(2)
+    yield p
+    p.shutdown()
+
+
+def _rows(n: int, start: int) -> np.ndarray:
+    return np.arange(start, start + 3 * n, dtype=np.float32).reshape(n, 3)
+
+
+def test_merges_and_returns_each_its_rows(pool):
+    rec = Recorder(delay=0.01)
+    b = Batcher(rec, max_batch=1000, max_delay_ms=5, executor=pool, inline_us=0)
+
+    async def main():
+        xs = [_rows(i % 3 + 1, 100 * i) for i in range(40)]
+        outs = await asyncio.gather(*(b.infer(x) for x in xs))
+        for x, y in zip(xs, outs):
+            np.testing.assert_array_equal(y, x.sum(axis=1, keepdims=True) * 2)
+
+    asyncio.run(main())
+    assert sum(rec.calls) == sum(i % 3 + 1 for i in range(40))
+    assert len(rec.calls) <= 3  # 40 requests in at most a few calls
+
+
+def test_max_batch_is_respected_and_requests_never_split(pool):
+    rec = Recorder(delay=0.005)
+    b = Batcher(rec, max_batch=10, max_delay_ms=50, executor=pool, inline_us=0)
+
+    async def main():
+        xs = [_rows(3, 10 * i) for i in range(10)] + [_rows(25, 0)]
+        outs = await asyncio.gather(*(b.infer(x) for x in xs))
+        for x, y in zip(xs, outs):
+            np.testing.assert_array_equal(y, x.sum(axis=1, keepdims=True) * 2)
+
+    asyncio.run(main())
+    assert sorted(rec.calls) == [3] + [9] * 3 + [25]  # 3+3+3 per batch; the 25-row request alone
+
+
+def test_lone_request_waits_at_most_the_delay(pool):
+    rec = Recorder()
+    b = Batcher(rec, max_batch=100, max_delay_ms=30, executor=pool, inline_us=0)
+
+    async def main():
+        t0 = time.perf_counter()
+        await b.infer(_rows(1, 0))
+        return time.perf_counter() - t0
+
+    dt = asyncio.run(main())
+    assert 0.025 <= dt < 0.5 and rec.calls == [1]
+
+
+def test_batching_off(pool):
+    rec = Recorder()
+    b = Batcher(rec, max_batch=1, executor=pool)
+
+    async def main():
+        await asyncio.gather(*(b.infer(_rows(1, i)) for i in range(8)))
+
+    asyncio.run(main())
+    assert rec.calls == [1] * 8
+
+
+def test_failure_reaches_every_waiter_and_worker_survives(pool):
+    rec = Recorder(fail=True)
+    b = Batcher(rec, max_batch=100, max_delay_ms=5, executor=pool, inline_us=0)
+
+    async def main():
+        res = await asyncio.gather(*(b.infer(_rows(1, i)) for i in range(5)), return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) and "exploded" in str(r) for r in res)
+        rec.fail = False
+        y = await b.infer(_rows(2, 0))
+        np.testing.assert_array_equal(y, _rows(2, 0).sum(axis=1, keepdims=True) * 2)
+
+    asyncio.run(main())
+
+
+def test_cheap_models_run_inline(pool):
+    """Small batches of a model measured to be fast skip the thread hop; slow models never do."""
+    import threading
+
+    threads: list[str] = []
+
+    def fast(x):
+        threads.append(threading.current_thread().name)
+        return x[:, :1]
+
+    b = Batcher(fast, max_batch=100, max_delay_ms=0, executor=pool, inline_us=10_000)
+
+    async def main():
+        for i in range(3):
+            await b.infer(_rows(1, i))
+
+    asyncio.run(main())
+    assert threads[0] != "MainThread" and threads[-1] == "MainThread"
+    threads.clear()
+
+    def slow(x):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.002)
+        return x[:, :1]
+
+    b = Batcher(slow, max_batch=100, max_delay_ms=0, executor=pool, inline_us=500)
+    asyncio.run(main())
+    assert "MainThread" not in threads
+
+
+def test_no_delay_when_nobody_else_is_in_flight(pool):
+    """With in_flight telling that the queued request is the only one, the delay is skipped."""
+    rec = Recorder()
+    in_flight = [1]
+    b = Batcher(rec, max_batch=100, max_delay_ms=200, executor=pool, inline_us=0, in_flight=lambda: in_flight[0])
+
+    async def one():
+        t0 = time.perf_counter()
+        await b.infer(_rows(1, 0))
+        return time.perf_counter() - t0
+
+    assert asyncio.run(one()) < 0.15
+    in_flight[0] = 5  # others are being parsed: wait for them (up to the delay)
+    assert asyncio.run(one()) >= 0.19
