@@ -78,9 +78,10 @@ def measure(cfg: dict, repeat: int, specs=None) -> dict:
 
 
 def run(args) -> list[dict]:
+    import dask
     import distributed
 
-    from mlaas4hep.dist.dask import dask_executor, shutdown_executors
+    from mlaas4hep.dist.dask import WORKER_CONFIG, dask_executor, shutdown_executors
 
     data = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="mlaas4hep-scale-"))
     per_file = args.events // (2 * args.files)
@@ -97,8 +98,10 @@ def run(args) -> list[dict]:
 
     for n in args.workers:
         # Dask: a LocalCluster reached by its address, as with --scheduler
-        with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                      dashboard_address=None) as cluster:
+        # (workers started as docs/scale.md recommends: one thread, no statistical profiler)
+        with dask.config.set(WORKER_CONFIG), distributed.LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+        ) as cluster:
             cfg = config(data, args.chunk_size, "dask", n, cluster.scheduler_address)
             ex = dask_executor(cluster.scheduler_address)
             m = measure(cfg, args.repeat, specs)
@@ -181,7 +184,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
 
+    load0 = os.getloadavg()[0]
     rows = run(args)
+    load1 = os.getloadavg()[0]
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(_cells(r, rows if r["workers"] != 1 or r["executor"] != "local (1 process)" else None))
               + " |" for r in rows]
@@ -191,7 +196,8 @@ def main(argv=None) -> int:
         nev, r0 = rows[0]["events"], rows[0]
         text = (
             "## Scale-out: Dask and process pool (`bench/scale.py`)\n\n"
-            f"Machine: {machine()}.\n\n"
+            f"Machine: {machine()}. Load average (1 min) {load0:.1f} before and {load1:.1f} after the run: "
+            "other jobs shared the cores, so figures are noisy on a loaded machine.\n\n"
             f"Command: `python bench/scale.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
             f"Data: {nev:,} generated NanoAOD-like events ({args.compression}), {2 * args.files} files, "
             f"{len(r0['ds'].schema.flat) + len(r0['ds'].schema.jagged)} branches (all but the event ids), "

@@ -27,6 +27,7 @@ which :func:`mlaas4hep.io.executor.ordered_map` drives like a process pool:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -42,6 +43,18 @@ log = logging.getLogger(__name__)
 
 #: Re-runs of a task that raised (a transient read error that outlived the reader's own retries).
 DEFAULT_RETRIES = 2
+
+#: Settings for the workers of the clusters mlaas4hep starts (docs/scale.md gives
+#: them as a YAML file for clusters started by hand):
+#:
+#: * Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` for its workers, which
+#:   turns off glibc's dynamic mmap threshold: every array of a decoded chunk is
+#:   then a fresh mmap and page faults, and decoding ran 30-40% slower;
+#: * the statistical profiler samples the decoding thread every 10 ms.
+WORKER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
 
 _EXECUTORS: dict[tuple, "DaskExecutor"] = {}
 _LOCK = threading.Lock()
@@ -61,11 +74,25 @@ class DaskExecutor(Executor):
         #: per worker: [tasks, events, busy seconds] of the tasks whose results were taken
         self.worker_totals: dict[str, list[float]] = {}
         self._stats_lock = threading.Lock()
+        self._bound: tuple[Any, Any] | None = None  # (partial, the future holding it on the cluster)
 
     # ---------------------------------------------------------------- executor
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> "TimedFuture":
+        if isinstance(fn, functools.partial):
+            # its bound arguments (a UnitReader lists every URL) go to the cluster once per pass
+            if self._bound is None or self._bound[0] is not fn:
+                self._bound = (fn, self.share(fn))
+            fn = self._bound[1]
         fut = self.client.submit(_timed, fn, *args, pure=False, retries=self.retries, **kwargs)
         return TimedFuture(fut, self)
+
+    def share(self, value: Any):
+        """A future holding ``value`` on the cluster, for many tasks to use.
+
+        Unlike ``scatter``, the value is the result of a task, so the scheduler
+        recomputes it if the workers holding it die.
+        """
+        return self.client.submit(_identity, value, pure=False)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         try:
@@ -98,7 +125,7 @@ class DaskExecutor(Executor):
         from distributed import as_completed
 
         client = self.client
-        [reader_f] = client.scatter([reader], broadcast=False, hash=False)
+        reader_f = self.share(reader)
 
         def submit(fn, *args):
             return client.submit(fn, *args, pure=False, retries=self.retries)
@@ -154,6 +181,8 @@ class TimedFuture:
         if not self._taken:
             self._taken = True
             self._executor._add_worker_stats({worker: [1, events, busy]})
+        if isinstance(value, _Failed):
+            raise value.error
         return value
 
     def done(self) -> bool:
@@ -168,10 +197,30 @@ class TimedFuture:
         return self.future.key
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
+class _Failed:
+    """mlaas4hep's own error of a task, sent back as its result (see :func:`_timed`)."""
+
+    def __init__(self, error: Mlaas4hepError):
+        self.error = error
+
+
 def _timed(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, str, int, float]:
-    """Run ``fn`` on a worker; return its value, the worker's name, the unit's events and the seconds taken."""
+    """Run ``fn`` on a worker; return its value, the worker's name, the unit's events and the seconds taken.
+
+    A :class:`Mlaas4hepError` (a corrupt file...) is the unit's answer, not a
+    failure of the task: it comes back as a value, so Dask does not retry it,
+    and without its chain of causes (see :func:`mlaas4hep.dist.reduce.detached`).
+    Any other exception fails the task, which Dask retries.
+    """
     t0 = time.perf_counter()
-    value = fn(*args, **kwargs)
+    try:
+        value = fn(*args, **kwargs)
+    except Mlaas4hepError as err:
+        value = _Failed(reduce_mod.detached(err))
     return value, reduce_mod.worker_name(), _events(args), time.perf_counter() - t0
 
 
@@ -200,6 +249,7 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None,
 
 def _connect(scheduler: str | None, workers: int | None, retries: int) -> DaskExecutor:
     try:
+        import dask
         from distributed import Client, LocalCluster
     except ImportError:
         raise ConfigError("executor 'dask' needs the 'distributed' package: pip install distributed") from None
@@ -207,7 +257,8 @@ def _connect(scheduler: str | None, workers: int | None, retries: int) -> DaskEx
     cluster = None
     if not scheduler:
         n = int(workers) if workers and int(workers) > 0 else default_workers()
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        with dask.config.set(WORKER_CONFIG):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
     elif scheduler.startswith("gateway:") and not scheduler.startswith("gateway://"):
         client, cluster = _gateway_client(scheduler[len("gateway:"):])  # closing it leaves it running
@@ -228,7 +279,10 @@ def _connect(scheduler: str | None, workers: int | None, retries: int) -> DaskEx
 
 def _client(Client, what: str, **kw):
     try:
-        return Client(timeout="30s", set_as_default=False, **kw)
+        import dask
+
+        timeout = dask.config.get("distributed.comm.timeouts.connect")  # 30s unless configured
+        return Client(timeout=timeout, set_as_default=False, **kw)
     except (OSError, TimeoutError) as err:
         raise Mlaas4hepError(f"cannot connect to the Dask scheduler {what!r}: {err}") from None
 

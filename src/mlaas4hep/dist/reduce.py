@@ -35,6 +35,21 @@ class StatsPartial:
     workers: dict[str, list[float]] = field(default_factory=dict)
 
 
+def detached(err: Mlaas4hepError) -> Mlaas4hepError:
+    """A copy of ``err`` without traceback, cause or context: what may safely cross the wire.
+
+    The chain of a read error can hold uproot objects that view a memory-mapped
+    file which was closed since; pickling them (as Dask does with a failed
+    task's exception and its causes, through tblib) crashed the worker with
+    SIGSEGV. The message already names the file, the entries and the original
+    error. (Not ``copy.copy``: once Dask's tblib has registered the class, a
+    copy keeps the traceback and the context.)
+    """
+    from ..io.errors import _rebuild
+
+    return _rebuild(type(err), err.args, dict(err.__dict__))
+
+
 def worker_name() -> str:
     """The name of the Dask worker running the current task (``"client"`` outside one)."""
     try:
@@ -49,14 +64,16 @@ def worker_name() -> str:
 def stats_leaf(reader: UnitReader, names: list[str], skip: bool, unit: Unit) -> StatsPartial:
     """Statistics of one unit (errors recorded when ``skip``, raised otherwise)."""
     t0 = time.perf_counter()
-    out = StatsPartial()
+    out, error = StatsPartial(), None
     try:
         out.stats, n = unit_stats(reader, names, unit)
         out.selected[unit.file] = n
     except Mlaas4hepError as err:
+        error = detached(err)
+    if error is not None:
         if not skip:
-            raise
-        out.errors.append((unit, err))
+            raise error  # outside the except block: no chain of causes to pickle
+        out.errors.append((unit, error))
     out.workers[worker_name()] = [1, unit.stop - unit.start, time.perf_counter() - t0]
     return out
 
