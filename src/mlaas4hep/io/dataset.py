@@ -99,16 +99,8 @@ class Dataset:
         """Fingerprint and entries of every file (``entries`` 0 for skipped files)."""
         c = self.config
         fn = partial(_file_info_task, c.tree, c.timeout, c.retries, c.retry_backoff)
-        out, ex = [], self._executor()
-        for url, fut in ordered_map(ex, fn, self.urls, prefetch=max(4, 2 * self._slots(ex))):
-            try:
-                out.append(fut.result())
-            except Mlaas4hepError as err:
-                if c.on_error == "raise":
-                    raise
-                self._skip(url, None, err)
-                out.append({"url": url, "entries": 0, "skipped": str(err)})
-        return out
+        return [info if info is not None else {"url": url, "entries": 0, "skipped": True}
+                for url, info in self._map(fn, self.urls)]
 
     @cached_property
     def schema(self) -> schema_mod.Schema:
@@ -191,14 +183,10 @@ class Dataset:
                 for f, n in part.selected.items():
                     selected[f] += n
                 units = []
-            for unit, fut in ordered_map(ex, fn, units, prefetch=2 * max(1, self._slots(ex))):
-                try:
-                    partial_stats, n = fut.result()
-                except Mlaas4hepError as err:
-                    if c.on_error == "raise":
-                        raise
-                    self._skip(self.urls[unit.file], unit, err)
+            for unit, result in self._map(fn, units, ex):
+                if result is None:
                     continue
+                partial_stats, n = result
                 specs.merge_chunk(partial_stats)
                 selected[unit.file] += n
                 bar.advance(unit.stop - unit.start)
@@ -305,17 +293,10 @@ class Dataset:
             else:
                 todo.append((u, spool, False))
 
-        fn = partial(_decode_task, reader)
-        prefetch = 2 * max(1, self._slots(ex)) + 1
         try:
             with progress.bar(f"epoch {epoch}", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
-                for (u, store, cached), fut in ordered_map(ex, fn, todo, prefetch=prefetch):
-                    try:
-                        out = fut.result()
-                    except Mlaas4hepError as err:
-                        if c.on_error == "raise":
-                            raise
-                        self._skip(self.urls[u.file], u, err)
+                for (u, store, cached), out in self._map(partial(_decode_task, reader), todo, ex):
+                    if out is None and not cached:
                         continue
                     chunk = out if isinstance(out, Chunk) else store.read(u)
                     if u in write_back:
@@ -340,16 +321,9 @@ class Dataset:
         shuffle = c.shuffle if shuffle is None else shuffle
         rng = np.random.default_rng([c.seed, epoch, 3, rank])
         fn = partial(_decode_jagged_task, self._reader())
-        for u, fut in ordered_map(self._executor(), fn, self.units(epoch, rank, world, shuffle),
-                                  prefetch=2 * max(1, self.workers) + 1):
-            try:
-                ch = fut.result()
-            except Mlaas4hepError as err:
-                if c.on_error == "raise":
-                    raise
-                self._skip(self.urls[u.file], u, err)
-                continue
-            yield ch.take(rng.permutation(len(ch))) if shuffle else ch
+        for _, ch in self._map(fn, self.units(epoch, rank, world, shuffle)):
+            if ch is not None:
+                yield ch.take(rng.permutation(len(ch))) if shuffle else ch
 
     def batches(
         self,
@@ -386,6 +360,26 @@ class Dataset:
         return ch.x, ch.y
 
     # ------------------------------------------------------------ errors
+    def _map(self, fn, items: list, ex=None) -> Iterator[tuple[Any, Any]]:
+        """``(item, fn(item))`` in order, run ahead on the executor; a failure follows ``on_error``.
+
+        Items are URLs, units, or tuples starting with a unit. A skipped item
+        yields ``(item, None)`` and is listed in :attr:`report`.
+        """
+        ex = ex or self._executor()
+        for item, fut in ordered_map(ex, fn, items, prefetch=2 * max(1, self._slots(ex)) + 1):
+            try:
+                yield item, fut.result()
+            except Mlaas4hepError as err:
+                if self.config.on_error == "raise":
+                    raise
+                unit = item[0] if isinstance(item, tuple) and isinstance(item[0], Unit) else item
+                if isinstance(unit, Unit):
+                    self._skip(self.urls[unit.file], unit, err)
+                else:
+                    self._skip(str(item), None, err)
+                yield item, None
+
     def _skip(self, url: str, unit: Unit | None, err: Exception) -> None:
         entry = {"file": url, "error": str(err), "type": type(err).__name__}
         if unit is not None:
