@@ -90,6 +90,8 @@ def _setup(args) -> None:
 
 
 def _report(result) -> int:
+    if result.rank != 0:  # under torchrun, rank 0 reports for all
+        return 0
     m = result.metrics
     if result.interrupted:
         print(f"interrupted after epoch {m['epochs'][-1]['epoch'] if m['epochs'] else '-'}; "
@@ -98,6 +100,10 @@ def _report(result) -> int:
     score = f"val AUC {m['val_auc']:.4f}" if "val_auc" in m else f"val accuracy {m['val_accuracy']:.4f}"
     print(f"{m['framework']}: {score}, val loss {m['val_loss']:.4f}, {m['epochs_trained']} epochs; "
           f"bundle {result.bundle_path}; metrics {result.out_dir / 'metrics.json'}")
+    last = m["epochs"][-1] if m.get("epochs") else {}
+    if last.get("ranks"):  # DDP: the last epoch's throughput, in total and per rank
+        per = ", ".join(f"{r['events_per_s']:,.0f}" for r in last["ranks"])
+        print(f"DDP, {len(last['ranks'])} ranks: {last['events_per_s']:,.0f} events/s in total; per rank {per}")
     return 0
 
 

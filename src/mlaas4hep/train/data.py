@@ -115,8 +115,17 @@ class Source:
         return "stream"
 
     def load(self) -> None:
-        """In-memory mode: read everything now (the specs pass runs first if needed)."""
+        """In-memory mode: read everything now (the specs pass runs first if needed).
+
+        Under DDP (``world > 1``) a rank loads only its shard of epoch 0's units,
+        and keeps it for every epoch.
+        """
         if self.in_memory and self._memory is None:
+            if self.world > 1:
+                pairs = list(self.pairs(0, self.rank, self.world))
+                self._memory = Part.concat([t for t, _ in pairs], self.n_features)
+                self.val = Part.concat([v for _, v in pairs], self.n_features)
+                return
             train, val = split_chunk(self.ds.to_chunk(), self.fraction, self.seed)
             self._memory, self.val = train, val
 

@@ -14,6 +14,10 @@ Steps, in order, each failing early with a clear message:
 5. restore the best epoch's weights, export ONNX with a parity check, write
    ``OUT/bundle/``, ``OUT/metrics.json`` and the plots in ``OUT/plots/``.
 
+Under ``torchrun`` (PyTorch models), the run is data parallel: each rank reads
+its shard of every epoch, DDP synchronises the gradients and only rank 0 writes;
+see :mod:`mlaas4hep.dist.ddp` and ``docs/ddp.md``.
+
 Typical use::
 
     from mlaas4hep.train import train
@@ -39,6 +43,7 @@ import numpy as np
 
 from .. import bundle as bundle_mod
 from .. import progress
+from ..dist import ddp
 from ..io import Dataset, DatasetConfig
 from . import checkpoint
 from .backend import Backend, make_backend
@@ -73,7 +78,11 @@ class TrainResult:
       probabilities (label 1 for binary) and truth, for ROC curves (the rows
       themselves are ``source.val.x``);
     * ``dataset``: the :class:`~mlaas4hep.io.Dataset`; ``source``: its :class:`.data.Source`;
-    * ``model``: the trained native model; ``backend``: its :class:`.backend.Backend`.
+    * ``model``: the trained native model; ``backend``: its :class:`.backend.Backend`;
+    * ``rank``, ``world_size``: this process's place in a DDP run (0 and 1 otherwise).
+      Under DDP the ``val_*`` arrays hold every rank's validation events (in rank
+      order) while ``source.val`` holds this rank's share; ``bundle_path`` is
+      written by rank 0.
     """
 
     out_dir: Path
@@ -89,6 +98,8 @@ class TrainResult:
     plots: list[Path] = field(default_factory=list)
     dataset: Dataset | None = field(default=None, repr=False)
     source: Source | None = field(default=None, repr=False)
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -159,12 +170,15 @@ class Run:
         self.callbacks, self.show = callbacks, show_progress
         self.ds = dataset
         self.ckpt_dir = self.out / "checkpoint"
+        self.dist: ddp.Context | None = None
+        self.main = True  # the process that writes (rank 0 under DDP)
 
     # ------------------------------------------------------------ setup
     def _prepare(self) -> None:
         cfg = self.cfg
         module = load_module(cfg.model)  # (2) before anything is opened
         ds = self.ds = self.ds or Dataset(self.dcfg, show_progress=self.show)
+        d = self.dist
         self.labels = ds.label_names
         n_classes = len(self.labels)
         n0 = expected_n_features(ds)  # (3) metadata of the first file only
@@ -179,7 +193,12 @@ class Run:
             from .sklearn_backend import check_streaming
 
             check_streaming(um.model, cfg.accumulate, self.in_memory)
-        self.source = Source(ds, cfg.validation_fraction, cfg.seed, in_memory=self.in_memory)
+        if um is not None:
+            self._check_distributable(um)
+        if d is not None:  # rank 0 runs (or loads) the specs pass first, the others then load it
+            d.ordered(lambda: ds.specs)
+        self.source = Source(ds, cfg.validation_fraction, cfg.seed, in_memory=self.in_memory,
+                             rank=d.rank if d else 0, world=d.world if d else 1)
         if self.in_memory:
             self.source.load()
         n_features = ds.n_features  # runs (or loads) the specs pass
@@ -188,8 +207,11 @@ class Run:
         if um is None:
             seed_everything(cfg.seed)
             um = build(cfg.model, n_features, n_classes, cfg.framework, module)
+            self._check_distributable(um)
         self.um = um
         self.backend = make_backend(um, cfg, n_features, n_classes, cfg.device)
+        if d is not None:
+            d.wrap(self.backend)
         self.n_features = n_features
         self.fingerprint = data_fingerprint(ds)
         ds.show_progress = False  # the epoch bars below replace the dataset's own
@@ -197,6 +219,11 @@ class Run:
                           "n_features": n_features, "labels": self.labels, "data": self.fingerprint,
                           "validation_fraction": cfg.validation_fraction, "seed": cfg.seed,
                           "batch_size": cfg.batch_size}
+
+    def _check_distributable(self, um) -> None:
+        if self.dist is not None and um.framework != "pytorch":
+            raise TrainError(f"distributed training (torchrun, WORLD_SIZE={self.dist.world}) needs a PyTorch "
+                             f"model; {Path(self.cfg.model).name} is a {um.framework} model: run it in one process")
 
     def _buffer(self) -> float:
         if self.in_memory:
@@ -207,8 +234,15 @@ class Run:
     # ------------------------------------------------------------ run
     def run(self) -> TrainResult:
         t_start = time.perf_counter()
+        self.dist = ddp.init(self.cfg.device)
+        if self.dist is not None:
+            self.cfg.device = self.dist.device  # cuda:LOCAL_RANK or cpu
+            self.main = self.dist.is_main
+            if not self.main:
+                self.show = False
         self._prepare()
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         cfg, be = self.cfg, self.backend
         self.history: list[dict[str, Any]] = []
         self.best: Any = None
@@ -228,6 +262,8 @@ class Run:
         if not self.resume:
             return 0
         state = checkpoint.read_state(self.ckpt_dir)
+        if self.dist is not None:  # every rank must load the same checkpoint
+            self.dist.check_resume(None if state is None else int(state["epoch"]))
         if state is None:
             log.warning("--resume: no checkpoint in %s, starting from epoch 0", self.ckpt_dir)
             return 0
@@ -261,18 +297,36 @@ class Run:
                 "finished": self.finished, "signature": self.signature, "training": self.cfg.to_dict()}
 
     def save_checkpoint(self, epoch: int) -> None:
-        checkpoint.write(self.ckpt_dir, self._state(epoch), lambda d: self.backend.save(d, self.best))
+        """Rank 0 writes; under DDP the other ranks wait for it."""
+        if self.main:
+            checkpoint.write(self.ckpt_dir, self._state(epoch), lambda d: self.backend.save(d, self.best))
+        if self.dist is not None:
+            self.dist.barrier()
+
+    def _batches(self, epoch: int) -> Iterable[tuple]:
+        batches = self.backend.epoch_batches(self.source, epoch, self._buffer())
+        return batches if self.dist is None else self.dist.even_steps(batches, self.backend)
+
+    def _evaluate(self, val) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
+        """Validation metrics, probabilities, labels, weights (under DDP: of every rank's events)."""
+        if self.dist is not None:
+            return self.dist.evaluate(self.backend, val)
+        vm, scores = self.backend.evaluate(val)
+        return vm, scores, np.asarray(val.y), np.asarray(val.w)
 
     def _epochs(self, start: int) -> bool:
         cfg, be, src = self.cfg, self.backend, self.source
-        total = self.ds.nevents * (1 - cfg.validation_fraction)
+        d = self.dist
+        total = self.ds.nevents * (1 - cfg.validation_fraction) / (d.world if d else 1)
         last = cfg.epochs if be.max_epochs is None else min(cfg.epochs, be.max_epochs)
         for epoch in range(start, last):
             kind = src.kind(epoch)
             n, t0 = 0, time.perf_counter()
             be.begin_epoch(epoch)
+            if d is not None:
+                d.begin_epoch(epoch, cfg.seed)
             with progress.bar(f"epoch {epoch}", total, show=self.show) as bar:
-                for i, batch in enumerate(be.epoch_batches(src, epoch, self._buffer())):
+                for i, batch in enumerate(self._batches(epoch)):
                     be.train_batch(batch)
                     k = len(batch[1])
                     n += k
@@ -283,13 +337,22 @@ class Run:
                 train_loss = be.end_epoch()
                 bar.update(info=f"loss {train_loss:.4f}")
             dt = time.perf_counter() - t0
+            ranks = None
+            if d is not None:  # totals over the ranks; per-rank events/s under "ranks"
+                loss_sum, n_all = d.all_reduce([train_loss * n, n])
+                train_loss = float(loss_sum / max(n_all, 1))
+                ranks = d.gather_rates(n, dt)
+                n, dt = int(n_all), max(r["seconds"] for r in ranks)
             t1 = time.perf_counter()
-            vm, _ = be.evaluate(src.val)
+            vm, _, val_y, _ = self._evaluate(src.val)
             rec = {"epoch": epoch, "train_loss": train_loss, **vm, "events": n, "seconds": dt,
                    "events_per_s": n / dt if dt > 0 else float("nan"), "source": kind,
-                   "val_events": len(src.val), "val_seconds": time.perf_counter() - t1}
+                   "val_events": len(val_y), "val_seconds": time.perf_counter() - t1}
+            if ranks is not None:
+                rec.update(world_size=d.world, ranks=ranks)
             self.history.append(rec)
-            log.info("epoch %d: %s", epoch, _fmt(rec))
+            if self.main:
+                log.info("epoch %d: %s", epoch, _fmt(rec))
             if vm["val_loss"] < self.best_loss - cfg.min_delta:
                 self.best_loss, self.best_epoch, self.bad = vm["val_loss"], epoch, 0
                 self.best = be.snapshot()
@@ -297,9 +360,12 @@ class Run:
                 self.bad += 1
             if cfg.early_stopping and self.bad >= cfg.early_stopping:
                 self.stopped_early = True
-                log.info("early stopping: no improvement of the validation loss for %d epochs", self.bad)
+                if self.main:
+                    log.info("early stopping: no improvement of the validation loss for %d epochs", self.bad)
             self.save_checkpoint(epoch)
             stop = any(cb(rec) is True for cb in self.callbacks)
+            if d is not None:  # a callback stopping any rank stops them all
+                stop = d.any(stop)
             if stop and not self.stopped_early and epoch + 1 < last:
                 return True
             if self.stopped_early:
@@ -312,25 +378,34 @@ class Run:
         if not interrupted and be.epoch_based and self.best is not None:
             be.restore(self.best)
         val = self.source.ensure_val()
-        vm, scores = be.evaluate(val)
+        vm, scores, val_y, val_w = self._evaluate(val)
+        world = self.dist.world if self.dist is not None else 1
         metrics: dict[str, Any] = {
             "name": cfg.bundle_name, "framework": be.framework, "model_file": cfg.model, "device": be.device,
             "in_memory": self.in_memory, "n_features": self.n_features, "labels": self.labels,
             "n_train": int(self.history[-1]["events"]) if self.history and "events" in self.history[-1] else None,
-            "n_val": int(len(val)), **vm, "best_epoch": self.best_epoch, "epochs_trained": len(self.history),
+            "n_val": int(len(val_y)), **vm, "best_epoch": self.best_epoch, "epochs_trained": len(self.history),
             "stopped_early": self.stopped_early, "interrupted": interrupted, "seconds": seconds,
             "data_fingerprint": self.fingerprint, "training": cfg.to_dict(), "epochs": self.history,
+            "world_size": world,
         }
-        result = TrainResult(self.out, None, metrics, scores, np.asarray(val.y), np.asarray(val.w), be.framework,
-                             be.model, be, interrupted, dataset=self.ds, source=self.source)
+        result = TrainResult(self.out, None, metrics, scores, val_y, val_w, be.framework,
+                             be.model, be, interrupted, dataset=self.ds, source=self.source,
+                             rank=self.dist.rank if self.dist is not None else 0, world_size=world)
         if not interrupted:
             if be.epoch_based:
                 self.finished = True
                 self.save_checkpoint(self.history[-1]["epoch"] if self.history else -1)
-            result.bundle_path = self._bundle(metrics, val)
-            if cfg.plots:
-                result.plots = self._plots(result)
-        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_jsonable))
+            if self.main:
+                result.bundle_path = self._bundle(metrics, val)
+                if cfg.plots:
+                    result.plots = self._plots(result)
+            else:
+                result.bundle_path = self.out / "bundle"  # written by rank 0
+        if self.main:
+            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_jsonable))
+        if self.dist is not None:
+            self.dist.barrier()
         return result
 
     def _bundle(self, metrics: dict[str, Any], val) -> Path:
@@ -367,6 +442,8 @@ def _fmt(rec: dict[str, Any]) -> str:
     parts = [f"{k} {rec[k]:.4f}" for k in keys if k in rec and rec[k] is not None]
     if "events_per_s" in rec:
         parts.append(f"{rec['events_per_s']:,.0f} events/s ({rec.get('source', '')})")
+    if rec.get("ranks"):
+        parts[-1] += " in total; per rank " + " ".join(f"{r['events_per_s']:,.0f}" for r in rec["ranks"])
     return ", ".join(parts)
 
 

@@ -17,6 +17,11 @@ The default step is ``BCEWithLogitsLoss`` (one output) or ``CrossEntropyLoss``
 model file's ``loss()``, ``optimizer(params)`` and ``train_step(...)`` replace
 the respective pieces (see :mod:`.userfile`). ``amp: true`` runs forward passes
 under bfloat16 autocast.
+
+Under DDP (:mod:`mlaas4hep.dist.ddp`) the training step goes through
+``train_model``, the DistributedDataParallel wrapper of ``model``; the loss is
+multiplied by ``loss_scale`` before the backward pass, and :meth:`TorchBackend.idle_step`
+keeps a rank whose shard is exhausted in step with the others.
 """
 
 from __future__ import annotations
@@ -114,6 +119,11 @@ class TorchBackend(Backend):
         self.device = str(self.dev)
         self.cuda = self.dev.type == "cuda"
         self.model = um.model.to(self.dev)
+        #: The module the training step calls: ``model``, or its DDP wrapper (:meth:`Context.wrap`).
+        self.train_model: torch.nn.Module = self.model
+        #: Multiplies the loss before backward (set per step under DDP; 1 otherwise).
+        self.loss_scale = 1.0
+        self._last_x: torch.Tensor | None = None
         self.logits = um.output != "probabilities"
         hooks = um.hooks
         self.user_loss = hooks["loss"]() if "loss" in hooks else None
@@ -168,7 +178,7 @@ class TorchBackend(Backend):
     def begin_epoch(self, epoch: int) -> None:
         self._loss_sum = torch.zeros((), device=self.dev)
         self._n = 0
-        self.model.train()
+        self.train_model.train()
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """The training loss: the file's ``loss()`` or the weighted default."""
@@ -196,24 +206,42 @@ class TorchBackend(Backend):
     def train_batch(self, batch: tuple) -> None:
         x, y, w = batch
         n = len(y)
+        self._last_x = x
+        model, scale = self.train_model, self.loss_scale
         if self.train_step_fn is not None:
             kw = {k: v for k, v in (("optimizer", self.optimizer), ("loss_fn", self.loss)) if k in self._step_kwargs}
-            loss = self.train_step_fn(self.model, TorchBatch(x, y, w), **kw)
+            loss = self.train_step_fn(model, TorchBatch(x, y, w), **kw)
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * scale if scale != 1.0 else loss).backward()
                 self.optimizer.step()
             loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
         else:
             with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.model(x)
+                out = model(x)
             loss = self.loss(out, y, w)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * scale if scale != 1.0 else loss).backward()
             self.optimizer.step()
             loss = loss.detach()
         self._loss_sum += loss.to(self._loss_sum.device) * n
         self._n += n
+
+    def idle_step(self) -> None:
+        """A DDP step without events, for a rank whose shard is exhausted while others still train.
+
+        A forward pass (on the last batch, or two zero rows) whose output is
+        multiplied by zero gives a zero gradient to DDP's all-reduce; the optimizer
+        then steps with the averaged gradients like on every other rank, so
+        weights and optimizer states stay identical. No event is trained on twice.
+        """
+        x = self._last_x if self._last_x is not None else torch.zeros((2, self.n_features), device=self.dev)
+        self.train_model.train()
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.train_model(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        (out.float().sum() * 0.0).backward()
+        self.optimizer.step()
 
     # ------------------------------------------------------------ evaluation
     def _probabilities(self, out: torch.Tensor) -> torch.Tensor:
