@@ -42,8 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlaas4hep import MODELS_DIR as MODELS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "examples" / "models"
 
 BRANCHES = {
     "tth": (["MET_pt", "nJet", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagDeepFlavB"], {"Jet": 6}),

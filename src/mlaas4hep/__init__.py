@@ -10,4 +10,10 @@ Three independent layers, each usable alone:
   Inference Protocol v2).
 """
 
+from pathlib import Path as _Path
+
 __version__ = "0.1.0"
+
+#: Reference model files (MLaaS4HEP's ttH network, a 111-256-256-128-1 MLP, Keras,
+#: scikit-learn and XGBoost examples): ``MODELS_DIR / "tth_mlp.py"``.
+MODELS_DIR = _Path(__file__).with_name("models")

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from mlaas4hep import MODELS_DIR
+
 from ..conftest import sample_config
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "examples" / "models"
+MODELS = MODELS_DIR
 
 #: Events per file read by most tests (4 files): small enough for ~1 s epochs on 2 cores.
 NEVTS = 10_000

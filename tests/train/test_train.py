@@ -14,7 +14,7 @@ from mlaas4hep import bundle
 from mlaas4hep.train import train
 from mlaas4hep.train.cli import add_train_commands
 
-from .conftest import NEVTS
+from .conftest import MODELS, NEVTS
 
 
 def _check_bundle(result, framework: str, native: str | None) -> None:
@@ -176,7 +176,7 @@ def test_workflow_trio(data_dir, shared_cache, tmp_path):
     (tmp_path / "params.json").write_text(json.dumps(params))
     (tmp_path / "preproc.json").write_text(json.dumps({"new_branch": {"HT": {"def": "sum(Jet_pt)", "type": "flat"}},
                                                        "flat_cut": {"nJet": {"cut_1": ">= 2"}}}))
-    model = Path(__file__).resolve().parents[2] / "examples" / "models" / "keras_mlp.py"
+    model = MODELS / "keras_mlp.py"
     rc = _cli(["workflow", f"--files={tmp_path / 'files.txt'}", f"--labels={tmp_path / 'labels.txt'}",
                f"--model={model}", f"--params={tmp_path / 'params.json'}", f"--specs={tmp_path / 'specs.json'}",
                f"--preproc={tmp_path / 'preproc.json'}", f"--fout={tmp_path / 'out'}",

@@ -15,10 +15,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .. import MODELS_DIR
 from ..io.errors import Mlaas4hepError
 
 #: MLaaS4HEP's ttH network, in PyTorch (Dense 128 → Dropout 0.5 → Dense 64 → Dropout 0.5 → sigmoid).
-MODEL_FILE = Path(__file__).with_name("tth_mlp.py")
+MODEL_FILE = MODELS_DIR / "tth_mlp.py"
 BRANCHES = ["nJet", "nMuon", "nElectron", "MET_pt", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagDeepFlavB",
             "Jet_qgl"]
 #: DeepJet (DeepFlavB) medium working point.
