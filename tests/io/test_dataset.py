@@ -108,9 +108,12 @@ def test_batches_cover_every_event_exactly_once_and_are_deterministic(data_dir, 
 
 
 def test_shuffled_batches_are_class_balanced(data_dir):
-    cfg = sample_config(data_dir, shuffle=True, chunk_size=2_000)
+    # 40 single-file units of 2,000 events, pooled 16,000 at a time: every batch,
+    # the last ones included, follows the dataset's 50/50 class mix
+    cfg = sample_config(data_dir, shuffle=True, chunk_size=2_000, shuffle_buffer=16_000)
     ds = Dataset.from_config(cfg)
     fractions = [b.y.mean() for b in ds.batches(batch_size=512) if len(b.y) == 512]
+    assert len(fractions) == 80_000 // 512
     assert 0.4 < min(fractions) and max(fractions) < 0.6
 
 

@@ -177,6 +177,16 @@ class DatasetConfig:
             return [os.path.normpath(m) for m in matches]
         return [os.path.normpath(path)]
 
+    @property
+    def buffer(self) -> int:
+        """Events pooled before each permutation: ``shuffle_buffer``, else max(8 chunks, 262,144).
+
+        A chunk holds one file's events, so a small pool can lean to one class; a
+        pool of several rounds of files stays close to the dataset's class mix
+        (262,144 events of 111 features are about 150 MB).
+        """
+        return int(self.shuffle_buffer or max(8 * self.chunk_size, 262_144))
+
     def label_list(self) -> list[str]:
         """Human-readable label names, index = class id."""
         if self.label_names:

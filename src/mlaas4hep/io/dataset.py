@@ -340,8 +340,7 @@ class Dataset:
         if not shuffle:
             out = cut_batches(tables, batch_size)
         else:
-            buffer = c.shuffle_buffer or 4 * c.chunk_size
-            out = cut_batches(tables, batch_size, buffer, np.random.default_rng([c.seed, epoch, 1, rank]))
+            out = cut_batches(tables, batch_size, c.buffer, np.random.default_rng([c.seed, epoch, 1, rank]))
         return (Chunk(*t) for t in out)
 
     def to_chunk(self, epoch: int = 0) -> Chunk:

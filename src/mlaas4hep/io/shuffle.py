@@ -79,11 +79,14 @@ def batches(
     """Cut tuples of equal-length arrays into batches of ``batch_size`` rows (the last may be smaller).
 
     Without an ``rng`` order is kept. With one, tuples are pooled until at least
-    ``buffer`` rows are held, each pool is permuted, then cut; leftovers join the
-    next pool. ``cat`` concatenates a list of arrays and ``take(a, perm)`` gathers
-    rows, so the same code serves NumPy arrays and (e.g. GPU) tensors. Batches
-    are slices (views) of the pool.
+    ``buffer`` new rows are held and the pool is permuted; batches are cut from
+    all but ``buffer / 2`` rows, which stay to mix with the next ``buffer`` new
+    rows (so the end of one pool and the start of the next are mixed too, and no
+    stretch of the epoch is left with the few chunks that arrived last). ``cat`` concatenates a
+    list of arrays and ``take(a, perm)`` gathers rows, so the same code serves
+    NumPy arrays and (e.g. GPU) tensors. Batches are slices (views) of the pool.
     """
+    keep = int(buffer // 2) if rng is not None and 2 * batch_size <= buffer < float("inf") else 0
     pool: list[tuple] = []
     n = 0
     for t in tables:
@@ -91,21 +94,22 @@ def batches(
             continue
         pool.append(t)
         n += len(t[0])
-        if n >= max(buffer, batch_size):
-            out, pool, n = _cut(pool, batch_size, rng, cat, take, final=False)
+        if n >= max(buffer, batch_size) + keep:
+            out, pool, n = _cut(pool, batch_size, rng, cat, take, keep=keep)
             yield from out
     if n:
-        out, _, _ = _cut(pool, batch_size, rng, cat, take, final=True)
+        out, _, _ = _cut(pool, batch_size, rng, cat, take, keep=-1)
         yield from out
 
 
-def _cut(pool: list[tuple], batch_size: int, rng, cat, take, final: bool) -> tuple[list[tuple], list[tuple], int]:
+def _cut(pool: list[tuple], batch_size: int, rng, cat, take, keep: int) -> tuple[list[tuple], list[tuple], int]:
+    """Batches from a pool, keeping ``keep`` rows (and the remainder) back; ``keep < 0``: flush all."""
     big = pool[0] if len(pool) == 1 else tuple(cat([t[i] for t in pool]) for i in range(len(pool[0])))
     n = len(big[0])
     if rng is not None:
         perm = rng.permutation(n)
         big = tuple(take(a, perm) for a in big)
-    stop = n if final else (n // batch_size) * batch_size
+    stop = n if keep < 0 else (max(n - keep, 0) // batch_size) * batch_size
     out = [tuple(a[s:min(s + batch_size, stop)] for a in big) for s in range(0, stop, batch_size)]
     rest = [tuple(a[stop:] for a in big)] if stop < n else []
     return out, rest, n - stop

@@ -62,7 +62,7 @@ class TrainConfig:
       based) or ``dynamo`` for PyTorch; ``parity_tolerance``: absolute tolerance of
       the ONNX-vs-native check (default per framework, see :mod:`.export`);
     * ``shuffle_buffer``: events pooled and permuted before batches are cut
-      (default: the dataset's ``shuffle_buffer``, else max(4 chunks, 262144)).
+      (default: the dataset's ``shuffle_buffer``, else max(8 chunks, 262144)).
     """
 
     model: str = ""

@@ -58,11 +58,6 @@ log = logging.getLogger(__name__)
 #: returning ``True`` stops the run after that epoch's checkpoint (an "interruption").
 Callback = Callable[[dict[str, Any]], Any]
 
-#: Default shuffle buffer of the streamed path, in events (at least 4 chunks). A
-#: chunk holds one file's events, so a small pool can lean to one class; a pool
-#: of this size stays close to the dataset's class mix (about 100 MB at 111 features).
-DEFAULT_BUFFER = 262_144
-
 
 @dataclass
 class TrainResult:
@@ -228,8 +223,7 @@ class Run:
     def _buffer(self) -> float:
         if self.in_memory:
             return float("inf")
-        given = self.cfg.shuffle_buffer or self.dcfg.shuffle_buffer
-        return float(given or max(4 * self.dcfg.chunk_size, DEFAULT_BUFFER))
+        return float(self.cfg.shuffle_buffer or self.dcfg.buffer)
 
     # ------------------------------------------------------------ run
     def run(self) -> TrainResult:
