@@ -109,12 +109,15 @@ def test_batches_cover_every_event_exactly_once_and_are_deterministic(data_dir, 
 
 def test_shuffled_batches_are_class_balanced(data_dir):
     # 40 single-file units of 2,000 events, pooled 16,000 at a time: every batch,
-    # the last ones included, follows the dataset's 50/50 class mix
+    # the last ones included, follows the dataset's 50/50 class mix, varying like
+    # 256 independent draws (blocks of 4 rows): std sqrt(0.25 / 256) = 0.031
     cfg = sample_config(data_dir, shuffle=True, chunk_size=2_000, shuffle_buffer=16_000)
     ds = Dataset.from_config(cfg)
-    fractions = [b.y.mean() for b in ds.batches(batch_size=512) if len(b.y) == 512]
-    assert len(fractions) == 80_000 // 512
-    assert 0.4 < min(fractions) and max(fractions) < 0.6
+    fractions = np.array([b.y.mean() for b in ds.batches(batch_size=1024) if len(b.y) == 1024])
+    assert len(fractions) == 80_000 // 1024
+    assert abs(fractions.mean() - 0.5) < 0.01 and fractions.std() < 0.045
+    assert 0.35 < fractions.min() and fractions.max() < 0.65
+    assert 0.4 < fractions[-5:].mean() < 0.6
 
 
 def test_workers_give_the_same_stream_as_inline(data_dir, cache_dir):

@@ -85,7 +85,13 @@ def batches(
     stretch of the epoch is left with the few chunks that arrived last). ``cat`` concatenates a
     list of arrays and ``take(a, perm)`` gathers rows, so the same code serves
     NumPy arrays and (e.g. GPU) tensors. Batches are slices (views) of the pool.
+
+    The permutation moves *blocks* of ``batch_size / 256`` consecutive rows (at
+    most 64): each batch still draws from 256 random places of the pool, so its
+    class mix varies like a row-by-row draw of 256 events, while the gather reads
+    memory in runs, up to twice as fast.
     """
+    block = int(min(64, max(1, batch_size // 256)))
     keep = int(buffer // 2) if rng is not None and 2 * batch_size <= buffer < float("inf") else 0
     pool: list[tuple] = []
     n = 0
@@ -95,19 +101,28 @@ def batches(
         pool.append(t)
         n += len(t[0])
         if n >= max(buffer, batch_size) + keep:
-            out, pool, n = _cut(pool, batch_size, rng, cat, take, keep=keep)
+            out, pool, n = _cut(pool, batch_size, rng, cat, take, keep, block)
             yield from out
     if n:
-        out, _, _ = _cut(pool, batch_size, rng, cat, take, keep=-1)
+        out, _, _ = _cut(pool, batch_size, rng, cat, take, -1, block)
         yield from out
 
 
-def _cut(pool: list[tuple], batch_size: int, rng, cat, take, keep: int) -> tuple[list[tuple], list[tuple], int]:
+def block_permutation(rng: np.random.Generator, n: int, block: int) -> np.ndarray:
+    """A permutation of ``range(n)`` that moves runs of ``block`` consecutive indices together."""
+    if block <= 1:
+        return rng.permutation(n)
+    starts = rng.permutation(-(-n // block)) * block
+    idx = (starts[:, None] + np.arange(block)[None, :]).ravel()
+    return idx[idx < n]
+
+
+def _cut(pool: list[tuple], batch_size: int, rng, cat, take, keep: int, block: int = 1) -> tuple[list[tuple], list[tuple], int]:
     """Batches from a pool, keeping ``keep`` rows (and the remainder) back; ``keep < 0``: flush all."""
     big = pool[0] if len(pool) == 1 else tuple(cat([t[i] for t in pool]) for i in range(len(pool[0])))
     n = len(big[0])
     if rng is not None:
-        perm = rng.permutation(n)
+        perm = block_permutation(rng, n, block)
         big = tuple(take(a, perm) for a in big)
     stop = n if keep < 0 else (max(n - keep, 0) // batch_size) * batch_size
     out = [tuple(a[s:min(s + batch_size, stop)] for a in big) for s in range(0, stop, batch_size)]
