@@ -302,8 +302,7 @@ class Dataset:
                     if u in write_back:
                         cache.write(u, chunk)
                     if store is spool and spool is not None:
-                        chunk = Chunk(*(np.array(getattr(chunk, f)) for f in Chunk.FIELDS))
-                        spool.remove(u)
+                        spool.remove(u)  # the memory map stays valid after the unlink: no copy
                     bar.advance(u.stop - u.start)
                     yield chunk
         finally:

@@ -50,13 +50,21 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     """A shared pool of ``workers`` processes (``forkserver``: safe with threads).
 
     Pools are kept for the life of the program, so later epochs reuse warm
-    workers that still hold their files open.
+    workers that still hold their files open. All workers are started at once.
     """
     pool = _POOLS.get(workers)
     if pool is None:
         ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
         pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        # start every worker now (each imports uproot and awkward once, about a second),
+        # rather than one by one inside the first pass
+        for f in [pool.submit(_warm_up) for _ in range(workers)]:
+            f.result()
     return pool
+
+
+def _warm_up() -> None:
+    from . import reader  # noqa: F401  (imports uproot, awkward, numpy)
 
 
 def shutdown_pools() -> None:
