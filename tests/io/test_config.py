@@ -2,9 +2,7 @@
 
 import json
 
-import numpy as np
 import pytest
-import yaml
 
 from mlaas4hep.io import ConfigError, Dataset, DatasetConfig
 

@@ -1,6 +1,5 @@
 """Bad input: each case raises a specific error that names the file and the branch."""
 
-import shutil
 
 import numpy as np
 import pytest

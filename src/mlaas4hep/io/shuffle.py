@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from .chunk import Chunk, Unit
+from .chunk import Unit
 
 
 def plan_units(entries: list[int], chunk_size: int, nevts: int = -1) -> list[Unit]:

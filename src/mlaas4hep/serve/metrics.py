@@ -18,16 +18,28 @@ ordinary ``prometheus_client`` metrics.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from ..io.errors import Mlaas4hepError
+from .errors import ApiError
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+@dataclass
+class Observation:
+    model: str = "_unknown"
+    status: int = 500
 
 
 class Metrics:
@@ -68,6 +80,26 @@ class Metrics:
                 h = self._latency[model] = [0.0] * (len(LATENCY_BUCKETS) + 2)
             h[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             h[-1] += seconds
+
+    @contextmanager
+    def observe(self) -> Iterator["Observation"]:
+        """Time one inference request and count it by model and status.
+
+        The caller sets ``obs.model`` once it knows the model; a normal exit counts
+        as 200, an :class:`ApiError` as its status, any other mlaas4hep error as 400.
+        """
+        obs, t0 = Observation(), time.perf_counter()
+        try:
+            yield obs
+            obs.status = 200
+        except ApiError as err:
+            obs.status = err.status
+            raise
+        except Mlaas4hepError:
+            obs.status = 400
+            raise
+        finally:
+            self.inference(obs.model, obs.status, time.perf_counter() - t0)
 
     def batch_observer(self, model: str) -> Callable[[int, float], None]:
         """A callback for :class:`~mlaas4hep.serve.batching.Batcher`."""

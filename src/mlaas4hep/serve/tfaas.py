@@ -29,7 +29,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..io.errors import Mlaas4hepError
 from . import archive, tensors
 from .app import ModelInfo, ServerState, read_body, served_by_fastpath, state_of
 from .errors import ApiError
@@ -158,9 +157,7 @@ async def delete(request: Request) -> Response:
 
 async def predict_json(st: ServerState, call: Call) -> Reply:
     """``POST /json`` (served by :mod:`.fastpath`)."""
-    t0 = time.perf_counter()
-    label, status = "_unknown", 500
-    try:
+    with st.metrics.observe() as obs:
         st.auth.require_read_header(call.headers.get("authorization"))
         req = tensors.parse_json(await call.read_body(st.max_body))
         if not isinstance(req, dict):
@@ -169,7 +166,7 @@ async def predict_json(st: ServerState, call: Call) -> Reply:
         if not isinstance(name, str):
             raise ApiError(400, "'model' must be the name of a model")
         info = st.model(name, req.get("version"))
-        label = info.name
+        obs.model = info.name
         keys, values = req.get("keys"), req.get("values")
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise ApiError(400, "'keys' must be a list of feature (or raw branch) names")
@@ -180,17 +177,8 @@ async def predict_json(st: ServerState, call: Call) -> Reply:
         probs = np.concatenate([1.0 - y, y], axis=1) if (y.shape[1] == 1 and len(info.labels) == 2) else y
         if single and probs.shape[0] == 1:
             probs = probs[0]
-        status = 200
         body, _ = tensors.encode_response(probs.astype(np.float64), [])  # float64 prints 0.1 as 0.1
         return Reply(body)
-    except ApiError as err:
-        status = err.status
-        raise
-    except Mlaas4hepError:
-        status = 400
-        raise
-    finally:
-        st.metrics.inference(label, status, time.perf_counter() - t0)
 
 
 def _rows(info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, bool]:

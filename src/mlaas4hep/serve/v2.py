@@ -22,7 +22,6 @@ re-implement them. The output is ``FP32`` ``[n, K]``: the probability of label
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import awkward as ak
@@ -119,28 +118,16 @@ async def model_config(request: Request) -> Response:
 # ----------------------------------------------------------------- infer
 async def infer(st: ServerState, call: Call) -> Reply:
     """``POST /v2/models/{name}[/versions/{v}]/infer`` (served by :mod:`.fastpath`)."""
-    t0 = time.perf_counter()
-    label, status = "_unknown", 500
-    try:
+    with st.metrics.observe() as obs:
         st.auth.require_read_header(call.headers.get("authorization"))
         info = st.model(call.params["name"], call.params.get("version"))
-        label = info.name
+        obs.model = info.name
         body = await call.read_body(st.max_body)
         hlen = tensors.header_length(call.headers.get("inference-header-content-length"), len(body))
         req = tensors.decode_request(body, hlen, ragged_ok=info.preprocessor is not None)
         x = await features(st, info, req)
         y = await st.infer(info, x)
-        reply = infer_reply(info, req, {info.output_name: y})
-        status = 200
-        return reply
-    except ApiError as err:
-        status = err.status
-        raise
-    except Mlaas4hepError:
-        status = 400
-        raise
-    finally:
-        st.metrics.inference(label, status, time.perf_counter() - t0)
+        return infer_reply(info, req, {info.output_name: y})
 
 
 def infer_reply(info: ModelInfo, req: InferRequest, results: dict[str, np.ndarray]) -> Reply:

@@ -237,7 +237,7 @@ class Run:
         self._prepare()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-        cfg, be = self.cfg, self.backend
+        be = self.backend
         self.history: list[dict[str, Any]] = []
         self.best: Any = None
         self.best_loss, self.best_epoch, self.bad, self.stopped_early, self.finished = float("inf"), -1, 0, False, False
