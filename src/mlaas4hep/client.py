@@ -140,6 +140,10 @@ class Client:
                 headers={"Content-Type": "application/json"})
         return decode_outputs(r)[self._output_name(name, version)]
 
+    def predict_json(self, name: str, keys: list[str], values: list) -> list:
+        """TFaaS ``POST /json``: class probabilities (one per label) for one row, or a list per row."""
+        return self._request("POST", "/json", json={"keys": list(keys), "values": list(values), "model": name}).json()
+
     def predict_root(
         self,
         name: str,

@@ -220,10 +220,10 @@ def serve_and_query(bundle_path: Path, out: Path, root_file: str) -> dict[str, A
 
         # 1. TFaaS /json with the model's feature vector of one event
         x0 = local.transform({k: v[:1] for k, v in raw.items()})
-        r = client._request("POST", "/json", json={"keys": local.features, "values": x0[0].tolist(), "model": name})
+        probs = client.predict_json(name, local.features, x0[0].tolist())
         first = expected[:1, :]
         per_label = np.hstack([1 - first, first]) if first.shape[1] == 1 else first  # TFaaS: one per label
-        check("tfaas_json", np.asarray(r.json(), dtype=np.float32), per_label.ravel())
+        check("tfaas_json", np.asarray(probs, dtype=np.float32), per_label.ravel())
         # 2. v2 infer with raw branch values (jagged branches as lists per event)
         raw_lists = {k: (ak.to_list(v) if v.ndim > 1 else ak.to_numpy(v).tolist()) for k, v in raw.items()}
         check("v2_raw", client.predict(name, raw=raw_lists), expected)
