@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
+from mlaas4hep import MODELS_DIR
 from mlaas4hep.dist.ddp import DistEnv, detect
 from mlaas4hep.io import Dataset
 from mlaas4hep.train import split_config
@@ -37,7 +38,7 @@ torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ddp_worker.py")
-MODEL = ROOT / "examples" / "models" / "tth_mlp.py"
+MODEL = MODELS_DIR / "tth_mlp.py"
 NEVTS = 2_500  # per file: 10k events; 1000-event units give the ranks uneven shards
 LAUNCH_TIMEOUT = 150
 
