@@ -30,9 +30,9 @@ def _png(fig) -> str:
 def roc_figure(stream, memory, cuts, path: Path | None = None) -> str:
     with _style():
         fig, ax = plt.subplots(figsize=(8, 7))
-        for res, label in ((stream, "network, streamed"), (memory, "network, in memory")):
+        for res, label, ls in ((stream, "network, streamed", "-"), (memory, "network, in memory", "--")):
             fpr, tpr = roc_curve(res.val_labels, res.val_scores, res.val_weights)
-            ax.plot(fpr, tpr, label=f"{label} (AUC {res.metrics['val_auc']:.4f})")
+            ax.plot(fpr, tpr, ls, lw=2, label=f"{label} (AUC {res.metrics['val_auc']:.4f})")
         ax.plot([0, cuts["fpr"], 1], [0, cuts["tpr"], 1], ":", color="gray")
         ax.plot([cuts["fpr"]], [cuts["tpr"]], "o", color="black", label=f"cuts: ≥4 jets, ≥3 b-tags (AUC {cuts['auc']:.4f})")
         ax.plot([0, 1], [0, 1], "--", color="lightgray", lw=1)
