@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from mlaas4hep.generate import generate  # noqa: E402
 from mlaas4hep.io import Dataset  # noqa: E402
 from mlaas4hep.io.executor import shutdown_pools  # noqa: E402
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 JAGGED = {"Jet": 6, "Muon": 2, "Electron": 2}
 
@@ -153,20 +154,12 @@ def _row(row, rows) -> None:
 
 
 def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import dask
     import distributed
     import uproot
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{model or platform.processor()}, {cores} cores available, {platform.system()} {platform.release()}, "
+    return (f"{cpu_model()}, {cores} cores available, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, dask {dask.__version__}, distributed {distributed.__version__}, "
             f"uproot {uproot.__version__}")
 

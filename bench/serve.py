@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (111, 256, 256, 128, 1)
@@ -288,12 +289,7 @@ def main() -> None:
             srv.stop()
     shutil.rmtree(work, ignore_errors=True)
 
-    cpu = "unknown CPU"
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    result = {"machine": {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+    result = {"machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
                           "loadavg_at_start": loadavg}, "load_generator": tool, "baseline": base, "server": rows}
     Path(args.out).write_text(markdown(result))
     print(json.dumps(result, indent=1))

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from mlaas4hep import MODELS_DIR as MODELS  # noqa: E402
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,14 +175,7 @@ def report(rows: list[dict], args) -> str:
         load = os.getloadavg()
     except OSError:
         load = (float("nan"),) * 3
-    cpu = platform.processor() or platform.machine()
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"

@@ -167,9 +167,10 @@ def test_cli_train_under_torchrun(data_dir, tmp_path):
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     proc = torchrun(["-m", "mlaas4hep.cli", "-v", "train", "train.yaml", "--out", "run", "--epochs", "1",
                      "--no-progress"], cwd=tmp_path)
-    assert proc.stdout.count("val AUC") == 1, proc.stdout  # rank 0 reports for both
-    assert "DDP, 2 ranks" in proc.stdout and "per rank" in proc.stdout
-    assert proc.stderr.count("epoch 0: ") == 1, proc.stderr  # the epoch's log line, from rank 0 only
+    out = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}"  # shown if an assertion fails
+    assert proc.stdout.count("val AUC") == 1, out  # rank 0 reports for both
+    assert "DDP, 2 ranks" in proc.stdout and "per rank" in proc.stdout, out
+    assert proc.stderr.count("epoch 0: ") == 1, out  # the epoch's log line, from rank 0 only
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["epochs_trained"] == 1
     assert (tmp_path / "run" / "bundle" / "model.onnx").is_file()
