@@ -32,18 +32,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from mlaas4hep.generate import generate  # noqa: E402
 from mlaas4hep.io import Dataset  # noqa: E402
 from mlaas4hep.io.executor import shutdown_pools  # noqa: E402
-from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 JAGGED = {"Jet": 6, "Muon": 2, "Electron": 2}
 
 
-def config(data: Path, chunk_size: int, executor: str = "local", workers: int = 0, scheduler: str | None = None):
+def config(
+    data: Path, chunk_size: int, executor: str = "local", workers: int = 0, scheduler: str | None = None
+):
     return {
         "tree": "Events",
-        "files": [{"path": str(data / "ttH_*.root"), "label": 1}, {"path": str(data / "ttbar_*.root"), "label": 0}],
+        "files": [
+            {"path": str(data / "ttH_*.root"), "label": 1},
+            {"path": str(data / "ttbar_*.root"), "label": 0},
+        ],
         "branches": ["*"],
         "jagged": JAGGED,
         "chunk_size": chunk_size,
@@ -87,22 +93,33 @@ def run(args) -> list[dict]:
     data = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="mlaas4hep-scale-"))
     per_file = args.events // (2 * args.files)
     if not (data / f"ttbar_{args.files - 1}.root").exists():
-        print(f"generating {2 * args.files} files x {per_file:,} events ({args.compression}) in {data} ...", flush=True)
-        generate(data, events=per_file, files=args.files, seed=3, compression=args.compression, show_progress=False)
+        print(
+            f"generating {2 * args.files} files x {per_file:,} events ({args.compression}) in {data} ...",
+            flush=True,
+        )
+        generate(
+            data, events=per_file, files=args.files, seed=3, compression=args.compression, show_progress=False
+        )
 
     rows = []
     base = measure(config(data, args.chunk_size), args.repeat)
     specs, nev = base["specs"], base["events"]
     rows.append({"executor": "local (1 process)", "workers": 1, **base})
-    print(f"{nev:,} events, {len(base['ds'].feature_names)} features, {len(base['ds'].units())} units", flush=True)
+    print(
+        f"{nev:,} events, {len(base['ds'].feature_names)} features, {len(base['ds'].units())} units",
+        flush=True,
+    )
     _row(rows[-1], None)
 
     for n in args.workers:
         # Dask: a LocalCluster reached by its address, as with --scheduler
         # (workers started as docs/scale.md recommends: one thread, no statistical profiler)
-        with dask.config.set(WORKER_CONFIG), distributed.LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
-        ) as cluster:
+        with (
+            dask.config.set(WORKER_CONFIG),
+            distributed.LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+            ) as cluster,
+        ):
             cfg = config(data, args.chunk_size, "dask", n, cluster.scheduler_address)
             ex = dask_executor(cluster.scheduler_address)
             m = measure(cfg, args.repeat, specs)
@@ -139,14 +156,25 @@ def _cells(row: dict, rows: list[dict] | None) -> list[str]:
     ref = _ref(row, rows)
     per = row.get("per_worker")
     return [
-        row["executor"], str(row["workers"]),
-        f"{row['events'] / row['specs_s']:,.0f}", _eff(row, ref, "specs_s"),
-        f"{row['events'] / row['stream_s']:,.0f}", _eff(row, ref, "stream_s"),
+        row["executor"],
+        str(row["workers"]),
+        f"{row['events'] / row['specs_s']:,.0f}",
+        _eff(row, ref, "specs_s"),
+        f"{row['events'] / row['stream_s']:,.0f}",
+        _eff(row, ref, "stream_s"),
         f"{sum(per) / len(per):,.0f} ({min(per):,.0f}-{max(per):,.0f})" if per else "-",
     ]
 
 
-HEADER = ["executor", "workers", "specs ev/s", "specs eff.", "stream ev/s", "stream eff.", "stream ev/s per worker busy-time: mean (min-max)"]
+HEADER = [
+    "executor",
+    "workers",
+    "specs ev/s",
+    "specs eff.",
+    "stream ev/s",
+    "stream eff.",
+    "stream ev/s per worker busy-time: mean (min-max)",
+]
 
 
 def _row(row, rows) -> None:
@@ -159,9 +187,11 @@ def machine() -> str:
     import uproot
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu_model()}, {cores} cores available, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, dask {dask.__version__}, distributed {distributed.__version__}, "
-            f"uproot {uproot.__version__}")
+    return (
+        f"{cpu_model()}, {cores} cores available, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, dask {dask.__version__}, distributed {distributed.__version__}, "
+        f"uproot {uproot.__version__}"
+    )
 
 
 def main(argv=None) -> int:
@@ -181,8 +211,12 @@ def main(argv=None) -> int:
     rows = run(args)
     load1 = os.getloadavg()[0]
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(_cells(r, rows if r["workers"] != 1 or r["executor"] != "local (1 process)" else None))
-              + " |" for r in rows]
+    lines += [
+        "| "
+        + " | ".join(_cells(r, rows if r["workers"] != 1 or r["executor"] != "local (1 process)" else None))
+        + " |"
+        for r in rows
+    ]
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:
@@ -198,7 +232,8 @@ def main(argv=None) -> int:
             f"{len(r0['ds'].feature_names)} features; units of {args.chunk_size:,} events. "
             "Best of "
             f"{args.repeat} after a warm-up. Efficiency: rate(N) / (N x rate(1)) of the same executor.\n\n"
-            + table + "\n"
+            + table
+            + "\n"
         )
         Path(args.out).write_text(text)
         print(f"\nwrote {args.out}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (111, 256, 256, 128, 1)
@@ -52,16 +53,26 @@ def mlp_onnx(sizes=SIZES, seed: int = 0) -> bytes:
 
     rng = np.random.default_rng(seed)
     nodes, inits, prev = [], [], "x"
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")]
-        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
-                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
+        inits += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+        ]
         act = "Relu" if i < len(sizes) - 2 else "Sigmoid"
         prev = "probs" if act == "Sigmoid" else f"h{i}"
         nodes.append(helper.make_node(act, [f"a{i}"], [prev]))
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", sizes[0]])],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 1])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", sizes[0]])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 1])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -71,8 +82,16 @@ def make_bundle(root: Path) -> Path:
     from mlaas4hep import bundle
 
     path = root / "repo" / "mlp" / "1"
-    bundle.write(path, mlp_onnx(), None, ["bkg", "sig"], name="mlp", framework="onnx",
-                 features=[f"f{i}" for i in range(SIZES[0])], description="reference MLP 111-256-256-128-1")
+    bundle.write(
+        path,
+        mlp_onnx(),
+        None,
+        ["bkg", "sig"],
+        name="mlp",
+        framework="onnx",
+        features=[f"f{i}" for i in range(SIZES[0])],
+        description="reference MLP 111-256-256-128-1",
+    )
     return path
 
 
@@ -113,8 +132,18 @@ class Server:
     def __init__(self, repo: Path, *args: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="mlaas4hep-bench-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(repo), "--port", str(self.port), "--no-auth", *args]
+        self.log = tempfile.NamedTemporaryFile(prefix="mlaas4hep-bench-", suffix=".log", delete=False)  # noqa: SIM115 (lives with the server)
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlaas4hep.serve",
+            "--repo",
+            str(repo),
+            "--port",
+            str(self.port),
+            "--no-auth",
+            *args,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         import httpx
 
@@ -170,21 +199,44 @@ def run_wrk(url: str, body: bytes, headers: dict, conns: int, seconds: float, wo
     bf.write_bytes(body)
     extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     lf.write_text(LUA.format(body=bf, ctype=headers.get("Content-Type", "application/json"), extra=extra))
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s", "-s", str(lf),
-                          url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(lf),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     pct = {p: _unit(v) for p, v in re.findall(r"\s(50|99)%\s+(\S+)", out)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"req_per_s": rps, "p50_ms": pct.get("50"), "p99_ms": pct.get("99"),
-            "errors": int(errors.group(1)) if errors else 0}
+    return {
+        "req_per_s": rps,
+        "p50_ms": pct.get("50"),
+        "p99_ms": pct.get("99"),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
 
 
 def run_aiohttp(url: str, body: bytes, headers: dict, conns: int, seconds: float, work: Path) -> dict:
     """Fallback load generator: aiohttp in a child process."""
     bf = work / f"body-{conns}-{len(body)}"
     bf.write_bytes(body)
-    out = subprocess.run([sys.executable, __file__, "--loadgen", url, str(bf), json.dumps(headers), str(conns),
-                          str(seconds)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--loadgen", url, str(bf), json.dumps(headers), str(conns), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -212,8 +264,16 @@ def _loadgen(url: str, body_file: str, headers: str, conns: int, seconds: float)
 
     dt = asyncio.run(main())
     a = np.array(lat) * 1e3
-    print(json.dumps({"req_per_s": len(a) / dt, "p50_ms": float(np.percentile(a, 50)),
-                      "p99_ms": float(np.percentile(a, 99)), "errors": errors}))
+    print(
+        json.dumps(
+            {
+                "req_per_s": len(a) / dt,
+                "p50_ms": float(np.percentile(a, 50)),
+                "p99_ms": float(np.percentile(a, 99)),
+                "errors": errors,
+            }
+        )
+    )
 
 
 # ----------------------------------------------------------------- main
@@ -239,15 +299,29 @@ def main() -> None:
 
     rng = np.random.default_rng(2)
     row = rng.random(SIZES[0], dtype=np.float32)
-    single = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, SIZES[0]],
-                                       "data": row.tolist()}]})
+    single = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, SIZES[0]], "data": row.tolist()}]}
+    )
     tfaas = orjson.dumps({"model": "mlp", "keys": [f"f{i}" for i in range(SIZES[0])], "values": row.tolist()})
     big = rng.random((10_000, SIZES[0]), dtype=np.float32)
-    header = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(big.shape),
-                                       "parameters": {"binary_data_size": big.nbytes}}],
-                           "parameters": {"binary_data_output": True}})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(big.shape),
+                    "parameters": {"binary_data_size": big.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
     binary = header + big.tobytes()
-    bin_headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    bin_headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
 
     rows: list[dict] = []
     configs = [
@@ -264,15 +338,25 @@ def main() -> None:
                 b0 = srv.batches() if workers == 1 else (0.0, 0.0)
                 r = load(infer, single, {}, conns, args.duration, work)
                 b1 = srv.batches() if workers == 1 else (0.0, 0.0)
-                r.update(kind="single row, JSON, /v2 infer", batching=mode, workers=workers, clients=conns,
-                         loadavg=os.getloadavg()[0])
+                r.update(
+                    kind="single row, JSON, /v2 infer",
+                    batching=mode,
+                    workers=workers,
+                    clients=conns,
+                    loadavg=os.getloadavg()[0],
+                )
                 if workers == 1:
                     r["rows_per_batch"] = (b1[1] - b0[1]) / max(1.0, b1[0] - b0[0])
                 rows.append(r)
                 print(r, flush=True)
             r = load(srv.url + "/json", tfaas, {}, 64, args.duration, work)
-            r.update(kind="single row, TFaaS /json", batching=mode, workers=workers, clients=64,
-                     loadavg=os.getloadavg()[0])
+            r.update(
+                kind="single row, TFaaS /json",
+                batching=mode,
+                workers=workers,
+                clients=64,
+                loadavg=os.getloadavg()[0],
+            )
             rows.append(r)
             print(r, flush=True)
             if with_binary:
@@ -280,17 +364,32 @@ def main() -> None:
                     # the baseline again, right before, so both see the same machine load
                     ref = in_process(path, min(args.duration, 5.0))["batch_10k_rows_per_s"]
                     r = load(infer, binary, bin_headers, conns, args.duration, work)
-                    r.update(kind="10k-row binary batch", batching=mode, workers=workers, clients=conns,
-                             rows_per_s=r["req_per_s"] * 10_000, baseline_rows_per_s=ref,
-                             loadavg=os.getloadavg()[0])
+                    r.update(
+                        kind="10k-row binary batch",
+                        batching=mode,
+                        workers=workers,
+                        clients=conns,
+                        rows_per_s=r["req_per_s"] * 10_000,
+                        baseline_rows_per_s=ref,
+                        loadavg=os.getloadavg()[0],
+                    )
                     rows.append(r)
                     print(r, flush=True)
         finally:
             srv.stop()
     shutil.rmtree(work, ignore_errors=True)
 
-    result = {"machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
-                          "loadavg_at_start": loadavg}, "load_generator": tool, "baseline": base, "server": rows}
+    result = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+            "loadavg_at_start": loadavg,
+        },
+        "load_generator": tool,
+        "baseline": base,
+        "server": rows,
+    }
     Path(args.out).write_text(markdown(result))
     print(json.dumps(result, indent=1))
 
@@ -314,10 +413,18 @@ def markdown(r: dict) -> str:
     ]
     for x in r["server"]:
         rb = f"{x['rows_per_batch']:.1f}" if "rows_per_batch" in x else ""
-        rs = (f"{x['rows_per_s']:,.0f} ({x['rows_per_s'] / x['baseline_rows_per_s']:.2f}× of "
-              f"{x['baseline_rows_per_s']:,.0f})") if "rows_per_s" in x else ""
-        lines.append(f"| {x['kind']} | {x['batching']} | {x['workers']} | {x['clients']} | {x['req_per_s']:,.0f} | "
-                     f"{x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {rb} | {rs} | {x['loadavg']:.1f} |")
+        rs = (
+            (
+                f"{x['rows_per_s']:,.0f} ({x['rows_per_s'] / x['baseline_rows_per_s']:.2f}× of "
+                f"{x['baseline_rows_per_s']:,.0f})"
+            )
+            if "rows_per_s" in x
+            else ""
+        )
+        lines.append(
+            f"| {x['kind']} | {x['batching']} | {x['workers']} | {x['clients']} | {x['req_per_s']:,.0f} | "
+            f"{x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {rb} | {rs} | {x['loadavg']:.1f} |"
+        )
     lines += ["", "TFaaS (Go, 16 cores, `hey`): 400–480 req/s at 100–200 clients.", ""]
     return "\n".join(lines)
 

@@ -32,16 +32,47 @@ import uproot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlaas4hep.generate import write_sample  # noqa: E402
-from mlaas4hep.io import Dataset  # noqa: E402
-from mlaas4hep.io.executor import default_workers, shutdown_pools  # noqa: E402
+from mlaas4hep.generate import write_sample
+from mlaas4hep.io import Dataset
+from mlaas4hep.io.executor import default_workers, shutdown_pools
 
-FLAT = ["MET_pt", "MET_phi", "MET_sumEt", "PV_npvs", "fixedGridRhoFastjet", "genWeight", "Flag_goodVertices",
-        "nJet", "nMuon", "nElectron"]
-JET = ["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_qgl",
-       "Jet_nConstituents", "Jet_hadronFlavour"]
-LEP = ["Muon_pt", "Muon_eta", "Muon_phi", "Muon_charge", "Muon_pfRelIso04_all", "Muon_tightId",
-       "Electron_pt", "Electron_eta", "Electron_phi", "Electron_charge", "Electron_pfRelIso03_all", "Electron_cutBased"]
+FLAT = [
+    "MET_pt",
+    "MET_phi",
+    "MET_sumEt",
+    "PV_npvs",
+    "fixedGridRhoFastjet",
+    "genWeight",
+    "Flag_goodVertices",
+    "nJet",
+    "nMuon",
+    "nElectron",
+]
+JET = [
+    "Jet_pt",
+    "Jet_eta",
+    "Jet_phi",
+    "Jet_mass",
+    "Jet_btagDeepFlavB",
+    "Jet_btagDeepFlavCvL",
+    "Jet_qgl",
+    "Jet_nConstituents",
+    "Jet_hadronFlavour",
+]
+LEP = [
+    "Muon_pt",
+    "Muon_eta",
+    "Muon_phi",
+    "Muon_charge",
+    "Muon_pfRelIso04_all",
+    "Muon_tightId",
+    "Electron_pt",
+    "Electron_eta",
+    "Electron_phi",
+    "Electron_charge",
+    "Electron_pfRelIso03_all",
+    "Electron_cutBased",
+]
 JAGGED = {"Jet": 6, "Muon": 2, "Electron": 2}
 CHUNK = 100_000
 
@@ -52,17 +83,30 @@ def baseline(path: str) -> int:
         cols = [ak.to_numpy(arr[b]).astype(np.float32)[:, None] for b in FLAT]
         for b in JET + LEP:
             length = JAGGED[b.split("_")[0]]
-            cols.append(ak.to_numpy(ak.fill_none(ak.pad_none(arr[b], length, clip=True), 0.0)).astype(np.float32))
+            cols.append(
+                ak.to_numpy(ak.fill_none(ak.pad_none(arr[b], length, clip=True), 0.0)).astype(np.float32)
+            )
         x = np.hstack(cols)
         n += len(x)
     return n
 
 
-def ours(url: str, workers: int, cache: str | None, epochs: int = 1, shuffle: bool = False) -> list[tuple[int, float]]:
-    cfg = {"tree": "Events", "files": [{"path": url, "label": 1}], "branches": FLAT + JET + LEP, "jagged": JAGGED,
-           "chunk_size": CHUNK, "workers": workers, "cache_dir": cache, "shuffle": shuffle, "normalize": "minmax"}
+def ours(
+    url: str, workers: int, cache: str | None, epochs: int = 1, shuffle: bool = False
+) -> list[tuple[int, float]]:
+    cfg = {
+        "tree": "Events",
+        "files": [{"path": url, "label": 1}],
+        "branches": FLAT + JET + LEP,
+        "jagged": JAGGED,
+        "chunk_size": CHUNK,
+        "workers": workers,
+        "cache_dir": cache,
+        "shuffle": shuffle,
+        "normalize": "minmax",
+    }
     ds = Dataset.from_config(cfg, show_progress=False)
-    ds.specs  # the specs pass is measured separately
+    _ = ds.specs  # the specs pass is measured separately
     out = []
     for epoch in range(epochs):
         t0, n = time.perf_counter(), 0
@@ -73,10 +117,16 @@ def ours(url: str, workers: int, cache: str | None, epochs: int = 1, shuffle: bo
 
 
 def specs_rate(url: str, workers: int) -> float:
-    cfg = {"tree": "Events", "files": [{"path": url, "label": 1}], "branches": FLAT + JET + LEP,
-           "chunk_size": CHUNK, "workers": workers, "cache_dir": None}
+    cfg = {
+        "tree": "Events",
+        "files": [{"path": url, "label": 1}],
+        "branches": FLAT + JET + LEP,
+        "chunk_size": CHUNK,
+        "workers": workers,
+        "cache_dir": None,
+    }
     ds = Dataset.from_config(cfg, show_progress=False)
-    ds.file_infos
+    _ = ds.file_infos
     t0 = time.perf_counter()
     s = ds.compute_specs()
     return s.nevents / (time.perf_counter() - t0)
@@ -104,7 +154,10 @@ def main() -> None:
     if not path.exists():
         t0 = time.perf_counter()
         write_sample(path, args.events, signal=True, seed=1, compression=args.compression)
-        print(f"generated {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        print(
+            f"generated {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f}s",
+            file=sys.stderr,
+        )
     path.chmod(0o644)
     n_features = len(FLAT) + sum(JAGGED[b.split("_")[0]] for b in JET + LEP)
     cache = tempfile.mkdtemp(prefix="mlaas4hep-bench-cache-")
@@ -114,23 +167,26 @@ def main() -> None:
     n, dt = timed(baseline, str(path))
     base = n / dt
     rows.append(("plain uproot.iterate + pad (baseline)", base, 1.0))
-    (n1, d1), = ours(str(path), 0, None)
+    ((n1, d1),) = ours(str(path), 0, None)
     rows.append(("ours, 1 process", n1 / d1, None))
-    (nn, dn), = ours(str(path), args.workers, None)
+    ((nn, dn),) = ours(str(path), args.workers, None)
     rows.append((f"ours, {args.workers} processes", nn / dn, None))
     rows.append(("specs pass, 1 process", specs_rate(str(path), 0), None))
     rows.append((f"specs pass, {args.workers} processes", specs_rate(str(path), args.workers), None))
     if not args.no_remote:
         from mlaas4hep.localservers import NginxServer, XRootDServer
 
-        for label, cls in (("root:// (XRootD, loopback)", XRootDServer), ("http:// (nginx, loopback)", NginxServer)):
+        for label, cls in (
+            ("root:// (XRootD, loopback)", XRootDServer),
+            ("http:// (nginx, loopback)", NginxServer),
+        ):
             try:
                 srv = cls(data)
             except RuntimeError as err:
                 print(f"skipping {label}: {err}", file=sys.stderr)
                 continue
             try:
-                (nr, dr), = ours(srv.url(path.name), 0, None)
+                ((nr, dr),) = ours(srv.url(path.name), 0, None)
                 rows.append((f"ours over {label}, 1 process", nr / dr, None))
             finally:
                 srv.stop()
@@ -148,9 +204,11 @@ def main() -> None:
     if not args.data:
         shutil.rmtree(data, ignore_errors=True)
 
-    print(f"\n{args.events:,} events, {len(FLAT + JET + LEP)} branches -> {n_features} features, "
-          f"{args.compression}, chunk {CHUNK:,}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}, uproot {uproot.__version__}\n")
+    print(
+        f"\n{args.events:,} events, {len(FLAT + JET + LEP)} branches -> {n_features} features, "
+        f"{args.compression}, chunk {CHUNK:,}; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, uproot {uproot.__version__}\n"
+    )
     print(f"| {'reader':<48} | {'events/s':>12} | {'x baseline':>10} |")
     print(f"|{'-' * 50}|{'-' * 14}|{'-' * 12}|")
     for name, rate, _ in rows:

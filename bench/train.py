@@ -42,18 +42,42 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlaas4hep import MODELS_DIR as MODELS  # noqa: E402
-from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _machine import cpu_model
+
+from mlaas4hep import MODELS_DIR as MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 BRANCHES = {
     "tth": (["MET_pt", "nJet", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagDeepFlavB"], {"Jet": 6}),
-    "mlp111": (["MET_pt", "MET_phi", "MET_sumEt", "PV_npvs", "fixedGridRhoFastjet", "nMuon", "nElectron",
-                "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_qgl",
-                "Jet_nConstituents", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_pfRelIso04_all",
-                "Electron_pt", "Electron_eta", "Electron_phi", "Electron_pfRelIso03_all"],
-               {"Jet": 10, "Muon": 3, "Electron": 3}),
+    "mlp111": (
+        [
+            "MET_pt",
+            "MET_phi",
+            "MET_sumEt",
+            "PV_npvs",
+            "fixedGridRhoFastjet",
+            "nMuon",
+            "nElectron",
+            "Jet_pt",
+            "Jet_eta",
+            "Jet_phi",
+            "Jet_mass",
+            "Jet_btagDeepFlavB",
+            "Jet_btagDeepFlavCvL",
+            "Jet_qgl",
+            "Jet_nConstituents",
+            "Muon_pt",
+            "Muon_eta",
+            "Muon_phi",
+            "Muon_pfRelIso04_all",
+            "Electron_pt",
+            "Electron_eta",
+            "Electron_phi",
+            "Electron_pfRelIso03_all",
+        ],
+        {"Jet": 10, "Muon": 3, "Electron": 3},
+    ),
 }
 MODEL_FILES = {"tth": "tth_mlp.py", "mlp111": "mlp111.py"}
 
@@ -62,13 +86,25 @@ def config(data: Path, cache: Path, net: str, args) -> dict:
     branches, jagged = BRANCHES[net]
     return {
         "tree": "Events",
-        "files": [{"path": str(data / "ttH_*.root"), "label": 1, "name": "ttH"},
-                  {"path": str(data / "ttbar_*.root"), "label": 0, "name": "ttbar"}],
-        "branches": branches, "jagged": jagged, "chunk_size": 20_000, "workers": args.workers,
-        "cache_dir": str(cache), "seed": 1,
+        "files": [
+            {"path": str(data / "ttH_*.root"), "label": 1, "name": "ttH"},
+            {"path": str(data / "ttbar_*.root"), "label": 0, "name": "ttbar"},
+        ],
+        "branches": branches,
+        "jagged": jagged,
+        "chunk_size": 20_000,
+        "workers": args.workers,
+        "cache_dir": str(cache),
+        "seed": 1,
         "model": str(MODELS / MODEL_FILES[net]),
-        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "early_stopping": 0, "plots": False,
-                     "seed": 1, "device": args.device},
+        "training": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "early_stopping": 0,
+            "plots": False,
+            "seed": 1,
+            "device": args.device,
+        },
     }
 
 
@@ -93,7 +129,8 @@ def compute_only(net: str, n_features: int, args, n_events: int) -> float:
         t = time.perf_counter()
         for s in range(0, n_events, args.batch_size):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                model(xs[s:s + args.batch_size]).reshape(-1), ys[s:s + args.batch_size])
+                model(xs[s : s + args.batch_size]).reshape(-1), ys[s : s + args.batch_size]
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -137,18 +174,33 @@ def main() -> int:
             res["stream"].append(r.history[0]["events_per_s"])
             res["cache"] += [h["events_per_s"] for h in r.history[1:]]
             res["auc_s"].append(r.metrics["val_auc"])
-            m = train(config(data, cache, net, args), work / f"out-{net}-m{rep}", in_memory=True, show_progress=False)
+            m = train(
+                config(data, cache, net, args),
+                work / f"out-{net}-m{rep}",
+                in_memory=True,
+                show_progress=False,
+            )
             res["memory"] += [h["events_per_s"] for h in m.history[1:]]
             res["auc_m"].append(m.metrics["val_auc"])
             shutil.rmtree(cache, ignore_errors=True)
             n_train = r.metrics["n_train"]
             device = r.metrics["device"]
         ceiling = compute_only(net, nf, args, n_train)
-        row = {"net": net, "features": nf, "n_train": n_train, "device": device,
-               "stream": max(res["stream"]), "cache": max(res["cache"]), "memory": max(res["memory"]),
-               "stream_med": statistics.median(res["stream"]), "cache_med": statistics.median(res["cache"]),
-               "memory_med": statistics.median(res["memory"]), "compute": ceiling,
-               "auc_s": statistics.median(res["auc_s"]), "auc_m": statistics.median(res["auc_m"])}
+        row = {
+            "net": net,
+            "features": nf,
+            "n_train": n_train,
+            "device": device,
+            "stream": max(res["stream"]),
+            "cache": max(res["cache"]),
+            "memory": max(res["memory"]),
+            "stream_med": statistics.median(res["stream"]),
+            "cache_med": statistics.median(res["cache"]),
+            "memory_med": statistics.median(res["memory"]),
+            "compute": ceiling,
+            "auc_s": statistics.median(res["auc_s"]),
+            "auc_m": statistics.median(res["auc_m"]),
+        }
         row["ratio"] = row["cache"] / row["memory"]
         rows.append(row)
         print(_line(row), flush=True)
@@ -159,15 +211,19 @@ def main() -> int:
     return 0
 
 
-HEAD = ("| network | features | device | epoch 0, streamed (ev/s) | epochs ≥ 1, cache (ev/s) | in memory (ev/s) "
-        "| cache / in memory | compute only (ev/s) | val AUC stream / memory |")
+HEAD = (
+    "| network | features | device | epoch 0, streamed (ev/s) | epochs ≥ 1, cache (ev/s) | in memory (ev/s) "
+    "| cache / in memory | compute only (ev/s) | val AUC stream / memory |"
+)
 #: best epoch, and (median) of all epochs of that kind
 
 
 def _line(r: dict) -> str:
-    return (f"| {r['net']} | {r['features']} | {r['device']} | {r['stream']:,.0f} ({r['stream_med']:,.0f}) | "
-            f"{r['cache']:,.0f} ({r['cache_med']:,.0f}) | {r['memory']:,.0f} ({r['memory_med']:,.0f}) | "
-            f"{r['ratio']:.2f} | {r['compute']:,.0f} | {r['auc_s']:.3f} / {r['auc_m']:.3f} |")
+    return (
+        f"| {r['net']} | {r['features']} | {r['device']} | {r['stream']:,.0f} ({r['stream_med']:,.0f}) | "
+        f"{r['cache']:,.0f} ({r['cache_med']:,.0f}) | {r['memory']:,.0f} ({r['memory_med']:,.0f}) | "
+        f"{r['ratio']:.2f} | {r['compute']:,.0f} | {r['auc_s']:.3f} / {r['auc_m']:.3f} |"
+    )
 
 
 def report(rows: list[dict], args) -> str:

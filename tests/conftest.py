@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from mlaas4hep.generate import generate
-
 from mlaas4hep.localservers import NginxServer, XRootDServer, public_dir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,8 +25,9 @@ import datetime as _dt
 import json
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -196,7 +197,9 @@ class Predictor:
             raise BundleError(f"model {self.name!r} has no preprocessing: send feature vectors")
         missing = [b for b in self.preprocessor.inputs if b not in arrays]
         if missing:
-            raise BundleError(f"missing raw inputs {missing}; model {self.name!r} needs {self.preprocessor.inputs}")
+            raise BundleError(
+                f"missing raw inputs {missing}; model {self.name!r} needs {self.preprocessor.inputs}"
+            )
         x, _, _ = self.preprocessor.transform(_as_arrays(arrays), apply_selection=False)
         return x
 
@@ -232,8 +235,12 @@ class Predictor:
         for s in range(start, stop, chunk_size):
             e = min(s + chunk_size, stop)
             arrays = sources.with_retries(
-                lambda: reader.read_arrays(url, tree, self.preprocessor.inputs + id_names, s, e, timeout),
-                f"reading entries {s}-{e} of {url}", 0 if sources.is_local(url) else 3, url=url,
+                lambda s=s, e=e: reader.read_arrays(
+                    url, tree, self.preprocessor.inputs + id_names, s, e, timeout
+                ),
+                f"reading entries {s}-{e} of {url}",
+                0 if sources.is_local(url) else 3,
+                url=url,
             )
             out = {"entry": np.arange(s, e, dtype=np.int64)}
             out.update({i: np.asarray(arrays[i]) for i in id_names})

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 
@@ -33,9 +33,21 @@ typical session:
 
 def _add_executor(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallelism")
-    g.add_argument("--workers", type=int, help="decoding processes (0 = in this process; default: the config's, else all cores)")
-    g.add_argument("--executor", choices=["local", "processes", "dask"], help="where decoding runs (default: the config's, else local)")
-    g.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (implies --executor dask)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        help="decoding processes (0 = in this process; default: the config's, else all cores)",
+    )
+    g.add_argument(
+        "--executor",
+        choices=["local", "processes", "dask"],
+        help="where decoding runs (default: the config's, else local)",
+    )
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (implies --executor dask)",
+    )
 
 
 def _load_dataset(args, **extra):
@@ -56,7 +68,9 @@ def cmd_generate(args) -> int:
     from .generate import generate
 
     t0 = time.perf_counter()
-    paths = generate(args.out, events=args.events, files=args.files, seed=args.seed, compression=args.compression)
+    paths = generate(
+        args.out, events=args.events, files=args.files, seed=args.seed, compression=args.compression
+    )
     dt = time.perf_counter() - t0
     for p in paths:
         print(p)
@@ -79,7 +93,10 @@ def cmd_inspect(args) -> int:
     if not info["trees"]:
         console.print("no TTree in this file")
     for t in info["trees"]:
-        table = Table(title=f"{t['name']}: {t['entries']:,} entries, {len(t['branches'])} branches", title_justify="left")
+        table = Table(
+            title=f"{t['name']}: {t['entries']:,} entries, {len(t['branches'])} branches",
+            title_justify="left",
+        )
         for col in ("branch", "type", "kind"):
             table.add_column(col)
         for b in t["branches"]:
@@ -96,8 +113,10 @@ def cmd_specs(args) -> int:
     dt = time.perf_counter() - t0
     specs.save(args.output)
     n = sum(f["entries"] for f in specs.files)
-    print(f"specs of {len(specs.files)} files, {n:,} events, {len(specs.flat)} flat + {len(specs.jagged)} jagged "
-          f"branches in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} events/s) -> {args.output}")
+    print(
+        f"specs of {len(specs.files)} files, {n:,} events, {len(specs.flat)} flat + {len(specs.jagged)} jagged "
+        f"branches in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} events/s) -> {args.output}"
+    )
     for r in ds.report:
         print(f"skipped: {r}", file=sys.stderr)
     return 0
@@ -107,31 +126,39 @@ def cmd_stream(args) -> int:
     import numpy as np
 
     ds = _load_dataset(args, show_progress=None)
-    print(f"{len(ds.urls)} files, {ds.nevents:,} events after selection, {ds.n_features} features, "
-          f"labels {ds.label_names}")
+    print(
+        f"{len(ds.urls)} files, {ds.nevents:,} events after selection, {ds.n_features} features, "
+        f"labels {ds.label_names}"
+    )
     for epoch in range(args.epochs):
         t0, n, pos = time.perf_counter(), 0, 0
         for b in ds.batches(batch_size=args.batch_size, epoch=epoch):
             n += len(b.y)
             pos += int(np.sum(b.y == 1))
         dt = time.perf_counter() - t0
-        print(f"epoch {epoch}: {n:,} events in {dt:.2f}s = {n / max(dt, 1e-9):,.0f} events/s "
-              f"(label-1 fraction {pos / max(n, 1):.3f})")
+        print(
+            f"epoch {epoch}: {n:,} events in {dt:.2f}s = {n / max(dt, 1e-9):,.0f} events/s "
+            f"(label-1 fraction {pos / max(n, 1):.3f})"
+        )
     for r in ds.report:
         print(f"skipped: {r}", file=sys.stderr)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlaas4hep", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mlaas4hep", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"mlaas4hep {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("generate", help="write synthetic ttH(bb) and ttbar samples in NanoAOD layout",
-                       description="Write DIR/ttH_{i}.root (signal) and DIR/ttbar_{i}.root (background), "
-                                   "TTree 'Events' in CMS NanoAOD layout. Deterministic for a seed.")
+    p = sub.add_parser(
+        "generate",
+        help="write synthetic ttH(bb) and ttbar samples in NanoAOD layout",
+        description="Write DIR/ttH_{i}.root (signal) and DIR/ttbar_{i}.root (background), "
+        "TTree 'Events' in CMS NanoAOD layout. Deterministic for a seed.",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--events", type=int, default=100_000, help="events per file (default 100000)")
     p.add_argument("--files", type=int, default=1, help="files per process (default 1)")
@@ -139,26 +166,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=["zlib", "lz4", "zstd", "lzma", "none"], default="zlib")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("inspect", help="list trees, branches, types and entries of a ROOT file",
-                       description="List a ROOT file's trees with entries and branches (type, and whether "
-                                   "mlaas4hep reads it as flat, jagged or unsupported). Local, root:// or http(s)://.")
+    p = sub.add_parser(
+        "inspect",
+        help="list trees, branches, types and entries of a ROOT file",
+        description="List a ROOT file's trees with entries and branches (type, and whether "
+        "mlaas4hep reads it as flat, jagged or unsupported). Local, root:// or http(s)://.",
+    )
     p.add_argument("file", help="path or URL")
     p.add_argument("--tree", help="only this tree")
     p.add_argument("--filter", help="only branches matching this wildcard, e.g. 'Jet_*'")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("specs", help="run the specs pass (min/max/mean/std, jagged lengths) and save it",
-                       description="Run the specs pass of a dataset configuration in parallel and save it as "
-                                   "JSON, with each file's fingerprint so that stale specs are detected later.")
+    p = sub.add_parser(
+        "specs",
+        help="run the specs pass (min/max/mean/std, jagged lengths) and save it",
+        description="Run the specs pass of a dataset configuration in parallel and save it as "
+        "JSON, with each file's fingerprint so that stale specs are detected later.",
+    )
     p.add_argument("config", help="dataset YAML")
     p.add_argument("-o", "--output", default="specs.json", help="output JSON (default specs.json)")
     _add_executor(p)
     p.set_defaults(func=cmd_specs)
 
-    p = sub.add_parser("stream", help="stream a dataset and report events/s per epoch",
-                       description="Stream every batch of a dataset, as training would, and print throughput. "
-                                   "Epoch 0 decodes (and fills the decoded cache); later epochs read the cache.")
+    p = sub.add_parser(
+        "stream",
+        help="stream a dataset and report events/s per epoch",
+        description="Stream every batch of a dataset, as training would, and print throughput. "
+        "Epoch 0 decodes (and fills the decoded cache); later epochs read the cache.",
+    )
     p.add_argument("config", help="dataset YAML")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=1024)
@@ -167,8 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_executor(p)
     p.set_defaults(func=cmd_stream)
 
-    for module, fn in (("train.cli", "add_train_commands"), ("serve.cli", "add_serve_commands"),
-                       ("demo", "add_demo_command")):
+    for module, fn in (
+        ("train.cli", "add_train_commands"),
+        ("serve.cli", "add_serve_commands"),
+        ("demo", "add_demo_command"),
+    ):
         try:
             mod = __import__(f"mlaas4hep.{module}", fromlist=[fn])
         except ImportError as err:  # a layer whose extra is not installed
@@ -182,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

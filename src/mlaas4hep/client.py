@@ -21,8 +21,9 @@ server's status and message.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import httpx
 import numpy as np
@@ -55,7 +56,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -72,7 +73,9 @@ class Client:
         return r
 
     # ------------------------------------------------------------ repository
-    def upload(self, bundle: str | os.PathLike | bytes, name: str | None = None, version: int | None = None) -> dict:
+    def upload(
+        self, bundle: str | os.PathLike | bytes, name: str | None = None, version: int | None = None
+    ) -> dict:
         """Install a bundle (directory, ``.tar.gz`` file, or its bytes); returns ``{"name", "version"}``."""
         if isinstance(bundle, (bytes, bytearray)):
             data = bytes(bundle)
@@ -80,8 +83,9 @@ class Client:
             p = Path(bundle)
             data = pack_directory(p) if p.is_dir() else p.read_bytes()
         params = {k: v for k, v in (("name", name), ("version", version)) if v is not None}
-        return self._request("POST", "/upload", content=data, params=params,
-                             headers={"Content-Type": "application/gzip"}).json()
+        return self._request(
+            "POST", "/upload", content=data, params=params, headers={"Content-Type": "application/gzip"}
+        ).json()
 
     def models(self) -> list[dict]:
         """Every model with its params, versions, labels and features."""
@@ -123,26 +127,46 @@ class Client:
             if x.ndim == 1:
                 x = x[None, :]
             meta_name = self._input_name(name, version)
-            header = orjson.dumps({
-                "inputs": [{"name": meta_name, "datatype": "FP32", "shape": list(x.shape),
-                            "parameters": {"binary_data_size": x.nbytes}}],
-                "parameters": {"binary_data_output": True},
-            })
-            r = self._request("POST", path, content=header + x.tobytes(), headers={
-                "Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+            header = orjson.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": meta_name,
+                            "datatype": "FP32",
+                            "shape": list(x.shape),
+                            "parameters": {"binary_data_size": x.nbytes},
+                        }
+                    ],
+                    "parameters": {"binary_data_output": True},
+                }
+            )
+            r = self._request(
+                "POST",
+                path,
+                content=header + x.tobytes(),
+                headers={
+                    "Inference-Header-Content-Length": str(len(header)),
+                    "Content-Type": "application/octet-stream",
+                },
+            )
         else:
             inputs = []
             for k, v in raw.items():  # type: ignore[union-attr]
                 v = v.tolist() if isinstance(v, np.ndarray) else list(v)
                 inputs.append({"name": k, "datatype": "FP64", "shape": [len(v)], "data": v})
-            r = self._request("POST", path, content=orjson.dumps({
-                "inputs": inputs, "parameters": {"binary_data_output": True}}),
-                headers={"Content-Type": "application/json"})
+            r = self._request(
+                "POST",
+                path,
+                content=orjson.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}),
+                headers={"Content-Type": "application/json"},
+            )
         return decode_outputs(r)[self._output_name(name, version)]
 
     def predict_json(self, name: str, keys: list[str], values: list) -> list:
         """TFaaS ``POST /json``: class probabilities (one per label) for one row, or a list per row."""
-        return self._request("POST", "/json", json={"keys": list(keys), "values": list(values), "model": name}).json()
+        return self._request(
+            "POST", "/json", json={"keys": list(keys), "values": list(values), "model": name}
+        ).json()
 
     def predict_root(
         self,

@@ -101,8 +101,13 @@ def generate_events(n: int, signal: bool, rng: np.random.Generator) -> dict[str,
         had = ev[~w_lep[w]]
         for q in range(2):
             flav = np.where(rng.random(len(had)) < 0.5 * (q == 0), 4, 0)  # W -> cs half the time
-            P.add(had, rng.gamma(2.5, 22.0, len(had)) + 8, rng.normal(0, 1.3, len(had)),
-                  rng.uniform(-np.pi, np.pi, len(had)), flav)
+            P.add(
+                had,
+                rng.gamma(2.5, 22.0, len(had)) + 8,
+                rng.normal(0, 1.3, len(had)),
+                rng.uniform(-np.pi, np.pi, len(had)),
+                flav,
+            )
         lep = ev[w_lep[w]]
         lep_ev.append(lep)
         nupt, nuphi = rng.gamma(2.5, 18.0, len(lep)), rng.uniform(-np.pi, np.pi, len(lep))
@@ -123,13 +128,23 @@ def generate_events(n: int, signal: bool, rng: np.random.Generator) -> dict[str,
     if not signal:  # tt̄ + cc̄
         cc = ev[rng.random(n) < 0.12]
         for _ in range(2):
-            P.add(cc, rng.gamma(1.8, 25.0, len(cc)) + 10, rng.normal(0, 1.4, len(cc)),
-                  rng.uniform(-np.pi, np.pi, len(cc)), 4)
+            P.add(
+                cc,
+                rng.gamma(1.8, 25.0, len(cc)) + 10,
+                rng.normal(0, 1.4, len(cc)),
+                rng.uniform(-np.pi, np.pi, len(cc)),
+                4,
+            )
     # initial-state radiation
     n_isr = rng.poisson(1.3, n)
     isr = np.repeat(ev, n_isr)
-    P.add(isr, 22 + rng.exponential(35.0, len(isr)), rng.normal(0, 1.8, len(isr)),
-          rng.uniform(-np.pi, np.pi, len(isr)), np.where(rng.random(len(isr)) < 0.04, 5, 0))
+    P.add(
+        isr,
+        22 + rng.exponential(35.0, len(isr)),
+        rng.normal(0, 1.8, len(isr)),
+        rng.uniform(-np.pi, np.pi, len(isr)),
+        np.where(rng.random(len(isr)) < 0.04, 5, 0),
+    )
 
     jets = _jets(P.arrays(), n, rng)
     out: dict[str, object] = {}
@@ -164,7 +179,9 @@ def _jets(p: dict[str, np.ndarray], n: int, rng) -> ak.Array:
     k = len(pt)
     # DeepFlavB-like response: at the medium working point (0.2783) about 77% of b jets,
     # 18% of c jets and 0.9% of light jets are tagged
-    btag = np.where(flav == 5, rng.beta(1.0, 0.8, k), np.where(flav == 4, rng.beta(0.7, 4.0, k), rng.beta(0.4, 10.0, k)))
+    btag = np.where(
+        flav == 5, rng.beta(1.0, 0.8, k), np.where(flav == 4, rng.beta(0.7, 4.0, k), rng.beta(0.4, 10.0, k))
+    )
     cvl = np.where(flav == 4, rng.beta(3.0, 2.0, k), rng.beta(1.2, 4.0, k))
     qgl = np.where(flav == 0, rng.beta(1.4, 1.4, k), rng.beta(3.0, 1.5, k))
     fields = {
@@ -246,7 +263,9 @@ def write_sample(
                 **data,
             }
             if tree is None:
-                types = {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in chunk.items()}
+                types = {
+                    k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in chunk.items()
+                }
                 tree = f.mktree(
                     "Events",
                     types,
@@ -277,7 +296,9 @@ def generate(
             for name, signal, run in (("ttH", True, 2), ("ttbar", False, 1)):
                 p = out / f"{name}_{i}.root"
                 file_seed = int(np.random.SeedSequence([seed, int(signal), i]).generate_state(1)[0])
-                write_sample(p, events, signal, file_seed, first_event=1 + i * events, run=run, compression=compression)
+                write_sample(
+                    p, events, signal, file_seed, first_event=1 + i * events, run=run, compression=compression
+                )
                 written.append(p)
                 bar.advance(events)
     return written

@@ -28,7 +28,9 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0, log: Pat
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:] if log and log.exists() else ''}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode}: {log.read_text()[-2000:] if log and log.exists() else ''}"
+            )
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -75,8 +77,10 @@ class XRootDServer(_Server):
         if os.geteuid() == 0:  # the server runs as the xrootd user: it must reach the directory
             for d in [self.root, *self.root.parents]:
                 if not os.stat(d).st_mode & 0o001:
-                    raise RuntimeError(f"the xrootd user cannot reach {self.root}: {d} is not traversable "
-                                       "by others (chmod o+x it, or use a directory under /tmp)")
+                    raise RuntimeError(
+                        f"the xrootd user cannot reach {self.root}: {d} is not traversable "
+                        "by others (chmod o+x it, or use a directory under /tmp)"
+                    )
         self.port = free_port()
         self.work = public_dir("mlaas4hep-xrd-")
         for sub in ("admin", "run", "log"):
@@ -122,8 +126,11 @@ class NginxServer(_Server):
             f"  scgi_temp_path {self.work}/scgi;\n"
             f"  server {{ listen 127.0.0.1:{self.port}; root {self.root}; max_ranges 1024; }}\n}}\n"
         )
-        self.proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(self.work)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [nginx, "-c", str(conf), "-p", str(self.work)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(self.port, self.proc, log=self.work / "error.log")
 
     def url(self, name: str) -> str:

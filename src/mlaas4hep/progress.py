@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class _Bar:
@@ -25,7 +25,9 @@ def enabled(flag: bool | None = None) -> bool:
 
 
 @contextmanager
-def bar(description: str, total: float | None, unit: str = "events", show: bool | None = None) -> Iterator[_Bar]:
+def bar(
+    description: str, total: float | None, unit: str = "events", show: bool | None = None
+) -> Iterator[_Bar]:
     """A rich progress bar with a rate column, or a no-op when not on a terminal."""
     if not enabled(show):
         yield _Bar(None, None)

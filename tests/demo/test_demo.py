@@ -20,10 +20,16 @@ def demo():
 
 
 def test_demo_summary(demo):
-    out, summary = demo
+    out, _summary = demo
     saved = json.loads((out / "summary.json").read_text())
-    for key in ("auc_stream", "auc_memory", "auc_cuts", "events_per_s_stream", "events_per_s_memory",
-                "served_requests_ok"):
+    for key in (
+        "auc_stream",
+        "auc_memory",
+        "auc_cuts",
+        "events_per_s_stream",
+        "events_per_s_memory",
+        "served_requests_ok",
+    ):
         assert key in saved
     assert saved["remote"] is True
     assert saved["served_requests_ok"] is True

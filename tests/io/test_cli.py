@@ -22,15 +22,38 @@ def test_help_explains_itself(capsys):
 
 def test_generate_specs_stream(tmp_path, capsys):
     out = tmp_path / "data"
-    assert main(["generate", "--out", str(out), "--events", "3000", "--files", "1", "--seed", "5",
-                 "--compression", "lz4"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--out",
+                str(out),
+                "--events",
+                "3000",
+                "--files",
+                "1",
+                "--seed",
+                "5",
+                "--compression",
+                "lz4",
+            ]
+        )
+        == 0
+    )
     t = uproot.open(str(out / "ttH_0.root"))["Events"]
     assert t.num_entries == 3000 and "LZ4" in str(t.file.compression)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "files": [{"path": "data/ttH_*.root", "label": 1}, {"path": "data/ttbar_*.root", "label": 0}],
-        "branches": ["MET_pt", "Jet_pt"], "jagged": {"Jet": 4}, "chunk_size": 1000,
-        "cache_dir": str(tmp_path / "cache")}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "files": [{"path": "data/ttH_*.root", "label": 1}, {"path": "data/ttbar_*.root", "label": 0}],
+                "branches": ["MET_pt", "Jet_pt"],
+                "jagged": {"Jet": 4},
+                "chunk_size": 1000,
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
     assert main(["specs", str(cfg), "-o", str(tmp_path / "s.json"), "--workers", "0"]) == 0
     assert main(["stream", str(cfg), "--epochs", "2", "--workers", "0", "--batch-size", "500"]) == 0
     text = capsys.readouterr().out
@@ -39,7 +62,9 @@ def test_generate_specs_stream(tmp_path, capsys):
 
 def test_errors_are_one_clear_line(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"files": [{"path": str(tmp_path / "missing.root"), "label": 1}], "workers": 0}))
+    cfg.write_text(
+        yaml.safe_dump({"files": [{"path": str(tmp_path / "missing.root"), "label": 1}], "workers": 0})
+    )
     assert main(["stream", str(cfg)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.root" in err

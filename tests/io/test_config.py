@@ -32,7 +32,11 @@ on_error: skip
     p = tmp_path / "config.yaml"
     p.write_text(text)
     c = DatasetConfig.from_yaml(p)
-    assert [u for u, _ in c.resolve_files()] == [f"{data_dir}/ttH_0.root", f"{data_dir}/ttH_1.root", f"{data_dir}/ttbar_0.root"]
+    assert [u for u, _ in c.resolve_files()] == [
+        f"{data_dir}/ttH_0.root",
+        f"{data_dir}/ttH_1.root",
+        f"{data_dir}/ttbar_0.root",
+    ]
     assert c.label_list() == ["ttbar", "ttH"]
     ds = Dataset(c)
     names = ds.feature_names
@@ -42,8 +46,10 @@ on_error: skip
 
 
 def test_relative_paths_and_lfn_redirector(tmp_path):
-    c = DatasetConfig.from_dict({"files": [{"path": "data/x.root", "label": 0},
-                                           {"path": "/store/mc/x.root", "label": 1}]}, base_dir=tmp_path)
+    c = DatasetConfig.from_dict(
+        {"files": [{"path": "data/x.root", "label": 0}, {"path": "/store/mc/x.root", "label": 1}]},
+        base_dir=tmp_path,
+    )
     urls = [u for u, _ in c.resolve_files()]
     assert urls == [str(tmp_path / "data/x.root"), "root://cms-xrd-global.cern.ch//store/mc/x.root"]
 
@@ -54,12 +60,25 @@ def test_mlaas4hep_trio(tmp_path, data_dir):
     labels = tmp_path / "labels.txt"
     labels.write_text("# comments are skipped\n1\n0\n0\n")
     params = tmp_path / "params.json"
-    params.write_text(json.dumps({
-        "nevts": 1000, "chunk_size": 500, "epochs": 2, "batch_size": 100, "shuffle": False,
-        "branch": "Events", "identifier": "run,event,luminosityBlock",
-        "selected_branches": "MET_pt,nJet,Jet_pt", "exclude_branches": [], "redirector": "root://eos.cms:1094",
-        "nan": -999, "verbose": 1, "training": "standard",
-    }))
+    params.write_text(
+        json.dumps(
+            {
+                "nevts": 1000,
+                "chunk_size": 500,
+                "epochs": 2,
+                "batch_size": 100,
+                "shuffle": False,
+                "branch": "Events",
+                "identifier": "run,event,luminosityBlock",
+                "selected_branches": "MET_pt,nJet,Jet_pt",
+                "exclude_branches": [],
+                "redirector": "root://eos.cms:1094",
+                "nan": -999,
+                "verbose": 1,
+                "training": "standard",
+            }
+        )
+    )
     c = DatasetConfig.from_mlaas4hep(files, labels, params)
     assert [g.label for g in c.files] == [1, 0, 0]
     assert c.resolve_files()[2][0] == "root://eos.cms:1094//store/user/x.root"
@@ -69,15 +88,20 @@ def test_mlaas4hep_trio(tmp_path, data_dir):
     # comma-list labels and a label branch
     assert [g.label for g in DatasetConfig.from_mlaas4hep(files, "1,0,0", params).files] == [1, 0, 0]
     assert DatasetConfig.from_mlaas4hep(files, "isSignal", params).label_branch == "isSignal"
-    with pytest.raises(ConfigError, match="3 files .* 2 labels"):
+    with pytest.raises(ConfigError, match=r"3 files .* 2 labels"):
         DatasetConfig.from_mlaas4hep(files, "1,0", params)
 
 
 def test_trio_reads_data(tmp_path, data_dir):
     files = tmp_path / "files.txt"
     files.write_text(f"{data_dir}/ttH_0.root\n{data_dir}/ttbar_0.root\n")
-    params = {"nevts": 300, "chunk_size": 100, "branch": "Events", "selected_branches": ["MET_pt", "Jet_pt"],
-              "shuffle": False}
+    params = {
+        "nevts": 300,
+        "chunk_size": 100,
+        "branch": "Events",
+        "selected_branches": ["MET_pt", "Jet_pt"],
+        "shuffle": False,
+    }
     ds = Dataset.from_mlaas4hep(files, "1,0", params)
     ds.config.cache_dir, ds.config.workers = None, 0
     x, y = ds.to_numpy()

@@ -1,12 +1,18 @@
 """Bad input: each case raises a specific error that names the file and the branch."""
 
-
 import numpy as np
 import pytest
 import uproot
 
-from mlaas4hep.io import (BranchNotFoundError, ConfigError, CorruptFileError, Dataset, FileOpenError,
-                          TreeNotFoundError, UnsupportedBranchError)
+from mlaas4hep.io import (
+    BranchNotFoundError,
+    ConfigError,
+    CorruptFileError,
+    Dataset,
+    FileOpenError,
+    TreeNotFoundError,
+    UnsupportedBranchError,
+)
 
 from ..conftest import sample_config
 
@@ -67,8 +73,11 @@ def test_unsupported_type_names_file_and_branch(data_dir, tmp_path):
     path = tmp_path / "nested.root"
     with uproot.recreate(path) as f:
         f.mktree("Events", {"x": np.float32, "matrix": np.dtype((np.float32, (3, 2)))}).extend(
-            {"x": np.ones(3, np.float32), "matrix": np.ones((3, 3, 2), np.float32)})
-    with pytest.raises(UnsupportedBranchError, match=r"branch 'matrix' in file .*nested\.root' has type 'float\[3\]\[2\]'"):
+            {"x": np.ones(3, np.float32), "matrix": np.ones((3, 3, 2), np.float32)}
+        )
+    with pytest.raises(
+        UnsupportedBranchError, match=r"branch 'matrix' in file .*nested\.root' has type 'float\[3\]\[2\]'"
+    ):
         Dataset.from_config(cfg_for(data_dir, path, branches=["x", "matrix"])).to_numpy()
 
 
@@ -76,8 +85,11 @@ def test_skip_reads_the_rest_and_reports(data_dir, tmp_path):
     cut = tmp_path / "truncated.root"
     cut.write_bytes((data_dir / "ttbar_0.root").read_bytes()[:200_000])
     cfg = sample_config(data_dir, shuffle=False, on_error="skip")
-    cfg["files"] = [{"path": str(data_dir / "ttH_0.root"), "label": 1}, {"path": str(cut), "label": 0},
-                    {"path": str(data_dir / "ttbar_1.root"), "label": 0}]
+    cfg["files"] = [
+        {"path": str(data_dir / "ttH_0.root"), "label": 1},
+        {"path": str(cut), "label": 0},
+        {"path": str(data_dir / "ttbar_1.root"), "label": 0},
+    ]
     ds = Dataset.from_config(cfg)
     x, y = ds.to_numpy()
     assert len(x) >= 40_000 and (y == 1).sum() == 20_000 and (y == 0).sum() >= 20_000

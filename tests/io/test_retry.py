@@ -79,8 +79,9 @@ def test_resume_after_injected_failures_loses_and_duplicates_nothing(data_dir, f
     names = [("ttH_0.root", 1), ("ttbar_0.root", 0)]
     base = sample_config(data_dir, shuffle=False, normalize="none", chunk_size=2_500)
     local_cfg = dict(base, files=[{"path": str(data_dir / n), "label": lab} for n, lab in names])
-    flaky_cfg = dict(base, files=[{"path": flaky.url(n), "label": lab} for n, lab in names], retries=4,
-                     retry_backoff=0.01)
+    flaky_cfg = dict(
+        base, files=[{"path": flaky.url(n), "label": lab} for n, lab in names], retries=4, retry_backoff=0.01
+    )
     ref = Dataset.from_config(local_cfg).to_chunk()
     ds = Dataset.from_config(flaky_cfg)
     got = ds.to_chunk()
@@ -98,8 +99,13 @@ def test_with_retries_gives_up_with_a_clear_error():
         raise ConnectionResetError("peer reset")
 
     with pytest.raises(FileOpenError, match=r"root://x//f\.root.*failed after 3 attempts: peer reset"):
-        with_retries(always_fails, "reading entries 0-10 of root://x//f.root", retries=2, backoff=0.001,
-                     url="root://x//f.root")
+        with_retries(
+            always_fails,
+            "reading entries 0-10 of root://x//f.root",
+            retries=2,
+            backoff=0.001,
+            url="root://x//f.root",
+        )
     assert len(calls) == 3
 
 

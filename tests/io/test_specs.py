@@ -57,7 +57,7 @@ def test_stale_specs_are_recomputed(data_dir, tmp_path, caplog):
     for n in ("ttH_0.root", "ttbar_0.root"):
         shutil.copy(data_dir / n, local / n)
     cfg = sample_config(local, None, specs=str(tmp_path / "specs.json"))
-    Dataset.from_config(cfg).specs
+    _ = Dataset.from_config(cfg).specs
     before = Specs.load(tmp_path / "specs.json")
     assert before.nevents == 40_000
     # replace a file by another of different content: same name, new fingerprint
@@ -73,7 +73,7 @@ def test_stale_specs_are_recomputed(data_dir, tmp_path, caplog):
 
 def test_specs_for_another_configuration_are_not_reused(data_dir, tmp_path, caplog):
     path = tmp_path / "specs.json"
-    Dataset.from_config(sample_config(data_dir, None, specs=str(path))).specs
+    _ = Dataset.from_config(sample_config(data_dir, None, specs=str(path))).specs
     other = sample_config(data_dir, None, specs=str(path), branches=["MET_pt"])
     with caplog.at_level("WARNING"):
         s = Dataset.from_config(other).specs

@@ -23,9 +23,9 @@ import pytest
 
 from mlaas4hep import bundle
 from mlaas4hep.io import Dataset
+from mlaas4hep.localservers import free_port
 
 from ..conftest import sample_config
-from mlaas4hep.localservers import free_port
 
 TOKEN = "test-token-0123456789"
 #: One shared client: a new httpx.Client per request (httpx.get) costs tens of ms for its SSL context.
@@ -45,7 +45,11 @@ def mlp_onnx(n_in: int, hidden: int = 32, seed: int = 3, n_out: int = 1) -> byte
     b1 = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
     w2 = (rng.standard_normal((hidden, n_out)) / np.sqrt(hidden)).astype(np.float32)
     b2 = np.zeros(n_out, np.float32)
-    last = helper.make_node("Sigmoid", ["z"], ["probs"]) if n_out == 1 else helper.make_node("Softmax", ["z"], ["probs"], axis=1)
+    last = (
+        helper.make_node("Sigmoid", ["z"], ["probs"])
+        if n_out == 1
+        else helper.make_node("Softmax", ["z"], ["probs"], axis=1)
+    )
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w1"], ["h0"]),
@@ -82,8 +86,16 @@ def tth_bundle(data_dir, tmp_path_factory) -> BundleInfo:
     work = tmp_path_factory.mktemp("bundle")
     ds = Dataset.from_config(sample_config(data_dir, work / "cache", workers=0))
     pre = ds.preprocessor
-    path = bundle.write(work / "tth", mlp_onnx(len(ds.feature_names)), pre, ["ttbar", "ttH"], name="tth",
-                        framework="onnx", metrics={"auc": 0.5}, description="test MLP on ttH vs ttbar")
+    path = bundle.write(
+        work / "tth",
+        mlp_onnx(len(ds.feature_names)),
+        pre,
+        ["ttbar", "ttH"],
+        name="tth",
+        framework="onnx",
+        metrics={"auc": 0.5},
+        description="test MLP on ttH vs ttbar",
+    )
     x, _ = ds.to_numpy()
     with uproot.open(data_dir / "ttH_0.root") as f:
         arrays = f["Events"].arrays(pre.inputs, entry_stop=RAW_EVENTS, library="ak", how=dict)
@@ -100,23 +112,35 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.log = self.repo.parent / f"server-{os.getpid()}-{id(self)}.log"
 
-    def start(self, timeout: float = 30.0) -> "ServerProcess":
+    def start(self, timeout: float = 30.0) -> ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(self.repo), "--port", str(self.port), *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlaas4hep.serve",
+            "--repo",
+            str(self.repo),
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
         env = dict(os.environ)
         env.pop("MLAAS4HEP_TOKEN", None)  # only what the test asks for
         if self.token:
             tf = self.repo.parent / "token.txt"
             tf.write_text(self.token + "\n")
             cmd += ["--token-file", str(tf)]
-        self._log_file = open(self.log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     env={**env, **(self.env or {})})
+        self._log_file = open(self.log, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env={**env, **(self.env or {})}
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}"
+                )
             try:
                 if HTTP.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
                     return self

@@ -17,8 +17,12 @@ def targz(members: list[tuple[str, bytes | None, bytes]]) -> bytes:
                 info.size = len(content or b"")
                 tar.addfile(info, io.BytesIO(content or b""))
                 continue
-            info.type = {b"dir": tarfile.DIRTYPE, b"sym": tarfile.SYMTYPE, b"hard": tarfile.LNKTYPE,
-                         b"fifo": tarfile.FIFOTYPE}[kind]
+            info.type = {
+                b"dir": tarfile.DIRTYPE,
+                b"sym": tarfile.SYMTYPE,
+                b"hard": tarfile.LNKTYPE,
+                b"fifo": tarfile.FIFOTYPE,
+            }[kind]
             if kind in (b"sym", b"hard"):
                 info.linkname = (content or b"").decode()
             tar.addfile(info)

@@ -138,7 +138,9 @@ def test_no_delay_when_nobody_else_is_in_flight(pool):
     """With in_flight telling that the queued request is the only one, the delay is skipped."""
     rec = Recorder()
     in_flight = [1]
-    b = Batcher(rec, max_batch=100, max_delay_ms=200, executor=pool, inline_us=0, in_flight=lambda: in_flight[0])
+    b = Batcher(
+        rec, max_batch=100, max_delay_ms=200, executor=pool, inline_us=0, in_flight=lambda: in_flight[0]
+    )
 
     async def one():
         t0 = time.perf_counter()

@@ -31,14 +31,19 @@ def test_python_client_roundtrip(tmp_path, tth_bundle):
             x = tth_bundle.x[:1000]
             np.testing.assert_allclose(c.predict("m1", x), tth_bundle.predictor.predict(x), rtol=0, atol=1e-6)
             np.testing.assert_allclose(c.predict("m1", x[0]), tth_bundle.predictor.predict(x[:1]), atol=1e-6)
-            np.testing.assert_allclose(c.predict("m1", x[:5], version=1), tth_bundle.predictor.predict(x[:5]),
-                                       atol=1e-6)
+            np.testing.assert_allclose(
+                c.predict("m1", x[:5], version=1), tth_bundle.predictor.predict(x[:5]), atol=1e-6
+            )
             raw = {k: v[:50] for k, v in tth_bundle.raw.items()}
-            np.testing.assert_allclose(c.predict("m1", raw=raw), tth_bundle.predictor.predict_raw(raw), atol=1e-6)
+            np.testing.assert_allclose(
+                c.predict("m1", raw=raw), tth_bundle.predictor.predict_raw(raw), atol=1e-6
+            )
             assert c.metadata("m1")["versions"] == ["1", "2"]
             c.load("m1", {"max_batch": 8, "max_delay_ms": 0.5})
             assert json.loads((tmp_path / "repo" / "m1" / "serving.json").read_text()) == {
-                "max_batch": 8, "max_delay_ms": 0.5}
+                "max_batch": 8,
+                "max_delay_ms": 0.5,
+            }
             cfg = HTTP.get(srv.url + "/v2/models/m1/config").json()["dynamic_batching"]
             assert cfg == {"max_batch": 8, "max_queue_delay_microseconds": 500}
             np.testing.assert_allclose(c.predict("m1", x[:3]), tth_bundle.predictor.predict(x[:3]), atol=1e-6)
@@ -63,7 +68,10 @@ def test_cli_client_commands(tmp_path, tth_bundle, capsys, monkeypatch):
     try:
         assert _cli(base + ["upload", str(tth_bundle.path), "--name", "cli"]) == 1  # no token
         assert "401" in capsys.readouterr().err
-        assert _cli(base + ["--token-file", str(token_file), "upload", str(tth_bundle.path), "--name", "cli"]) == 0
+        assert (
+            _cli(base + ["--token-file", str(token_file), "upload", str(tth_bundle.path), "--name", "cli"])
+            == 0
+        )
         assert json.loads(capsys.readouterr().out)["name"] == "cli"
         assert _cli(base + ["models"]) == 0
         assert json.loads(capsys.readouterr().out)[0]["name"] == "cli"

@@ -26,7 +26,7 @@ def _batch_stats(url: str) -> tuple[float, float]:
 
 
 def test_64_concurrent_clients(server, tth_bundle):
-    x = tth_bundle.x[:64 * PER_CLIENT]
+    x = tth_bundle.x[: 64 * PER_CLIENT]
     expected = tth_bundle.predictor.predict(x)
     keys = tth_bundle.predictor.features
     count0, rows0 = _batch_stats(server.url)
@@ -36,8 +36,10 @@ def test_64_concurrent_clients(server, tth_bundle):
         for j in range(PER_CLIENT):
             k = i * PER_CLIENT + j
             if j % 2:  # alternate the OIP JSON route and the TFaaS route
-                body = {"id": str(k), "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32],
-                                                  "data": x[k].tolist()}]}
+                body = {
+                    "id": str(k),
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32], "data": x[k].tolist()}],
+                }
                 async with http.post("/v2/models/tth/infer", data=orjson.dumps(body)) as r:
                     assert r.status == 200, await r.text()
                     res = orjson.loads(await r.read())

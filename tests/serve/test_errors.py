@@ -23,7 +23,12 @@ INFER = "/v2/models/tth/infer"
 
 
 def _x(n=1, f=32, dt="FP32", data=None, name="x", shape=None):
-    return {"name": name, "datatype": dt, "shape": shape or [n, f], "data": data if data is not None else [0.5] * (n * f)}
+    return {
+        "name": name,
+        "datatype": dt,
+        "shape": shape or [n, f],
+        "data": data if data is not None else [0.5] * (n * f),
+    }
 
 
 BAD_INFER = [
@@ -32,28 +37,99 @@ BAD_INFER = [
     ("no inputs", b"{}", {}, 400, "'inputs' must be a non-empty list"),
     ("empty inputs", b'{"inputs": []}', {}, 400, "'inputs' must be a non-empty list"),
     ("input not object", b'{"inputs": [3]}', {}, 400, "input #0 must be an object"),
-    ("no name", orjson.dumps({"inputs": [{"datatype": "FP32", "shape": [1, 32], "data": [0] * 32}]}), {}, 400, "has no 'name'"),
+    (
+        "no name",
+        orjson.dumps({"inputs": [{"datatype": "FP32", "shape": [1, 32], "data": [0] * 32}]}),
+        {},
+        400,
+        "has no 'name'",
+    ),
     ("bad datatype", orjson.dumps({"inputs": [_x(dt="FP128")]}), {}, 400, "unsupported datatype 'FP128'"),
     ("BYTES datatype", orjson.dumps({"inputs": [_x(dt="BYTES")]}), {}, 400, "unsupported datatype 'BYTES'"),
-    ("wrong datatype", orjson.dumps({"inputs": [_x(dt="FP64")]}), {}, 400, "has datatype FP64 but the model expects FP32"),
-    ("wrong width", orjson.dumps({"inputs": [_x(f=31)]}), {}, 400, "has shape [1, 31] but the model expects [n, 32]"),
-    ("1-d shape", orjson.dumps({"inputs": [_x(shape=[32])]}), {}, 400, "has shape [32] but the model expects [n, 32]"),
+    (
+        "wrong datatype",
+        orjson.dumps({"inputs": [_x(dt="FP64")]}),
+        {},
+        400,
+        "has datatype FP64 but the model expects FP32",
+    ),
+    (
+        "wrong width",
+        orjson.dumps({"inputs": [_x(f=31)]}),
+        {},
+        400,
+        "has shape [1, 31] but the model expects [n, 32]",
+    ),
+    (
+        "1-d shape",
+        orjson.dumps({"inputs": [_x(shape=[32])]}),
+        {},
+        400,
+        "has shape [32] but the model expects [n, 32]",
+    ),
     ("negative shape", orjson.dumps({"inputs": [_x(shape=[-1, 32])]}), {}, 400, "'shape' must be a list"),
     ("shape not list", orjson.dumps({"inputs": [_x(shape="1x32")]}), {}, 400, "'shape' must be a list"),
-    ("data too short", orjson.dumps({"inputs": [_x(data=[0.1] * 31)]}), {}, 400, "holds 31 values but shape [1, 32] needs 32"),
-    ("data strings", orjson.dumps({"inputs": [_x(data=["a"] * 32)]}), {}, 400, "is not a list of FP32 numbers"),
+    (
+        "data too short",
+        orjson.dumps({"inputs": [_x(data=[0.1] * 31)]}),
+        {},
+        400,
+        "holds 31 values but shape [1, 32] needs 32",
+    ),
+    (
+        "data strings",
+        orjson.dumps({"inputs": [_x(data=["a"] * 32)]}),
+        {},
+        400,
+        "is not a list of FP32 numbers",
+    ),
     ("data null", orjson.dumps({"inputs": [_x(data=[None] * 32)]}), {}, 400, "is not a list of FP32 numbers"),
-    ("data ragged", orjson.dumps({"inputs": [_x(n=2, data=[[0.1] * 32, [0.1] * 31])]}), {}, 400, "is not a list of FP32"),
+    (
+        "data ragged",
+        orjson.dumps({"inputs": [_x(n=2, data=[[0.1] * 32, [0.1] * 31])]}),
+        {},
+        400,
+        "is not a list of FP32",
+    ),
     ("data not list", orjson.dumps({"inputs": [_x(data={"a": 1})]}), {}, 400, "'data' must be a list"),
-    ("no data", orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32]}]}), {}, 400, "has no 'data'"),
+    (
+        "no data",
+        orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32]}]}),
+        {},
+        400,
+        "has no 'data'",
+    ),
     ("duplicate input", orjson.dumps({"inputs": [_x(), _x()]}), {}, 400, "appears twice"),
     ("unknown input", orjson.dumps({"inputs": [_x(name="y")]}), {}, 400, "unknown inputs ['y']"),
-    ("unknown output", orjson.dumps({"inputs": [_x()], "outputs": [{"name": "zz"}]}), {}, 400, "unknown output 'zz'"),
-    ("outputs not list", orjson.dumps({"inputs": [_x()], "outputs": "probs"}), {}, 400, "'outputs' must be a list"),
+    (
+        "unknown output",
+        orjson.dumps({"inputs": [_x()], "outputs": [{"name": "zz"}]}),
+        {},
+        400,
+        "unknown output 'zz'",
+    ),
+    (
+        "outputs not list",
+        orjson.dumps({"inputs": [_x()], "outputs": "probs"}),
+        {},
+        400,
+        "'outputs' must be a list",
+    ),
     ("id not string", orjson.dumps({"inputs": [_x()], "id": 5}), {}, 400, "'id' must be a string"),
-    ("raw jagged mixed", orjson.dumps({"inputs": [
-        {"name": "MET_pt", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]},
-        {"name": "Jet_pt", "datatype": "FP32", "shape": [2], "data": [[1.0], 3.0]}]}), {}, 400, "missing raw inputs"),
+    (
+        "raw jagged mixed",
+        orjson.dumps(
+            {
+                "inputs": [
+                    {"name": "MET_pt", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]},
+                    {"name": "Jet_pt", "datatype": "FP32", "shape": [2], "data": [[1.0], 3.0]},
+                ]
+            }
+        ),
+        {},
+        400,
+        "missing raw inputs",
+    ),
     ("header length not int", b"{}", {"Inference-Header-Content-Length": "abc"}, 400, "must be an integer"),
     ("header length too big", b"{}", {"Inference-Header-Content-Length": "99"}, 400, "does not fit the body"),
     ("unsupported encoding", b"{}", {"Content-Encoding": "br"}, 415, "unsupported Content-Encoding 'br'"),
@@ -70,17 +146,30 @@ def test_bad_infer_requests(server, case, body, headers, status, message):
 
 
 def _binary(x: np.ndarray, size: int | None = None, extra: bytes = b"", hlen_delta: int = 0):
-    header = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
-                                       "parameters": {"binary_data_size": x.nbytes if size is None else size}}]})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes if size is None else size},
+                }
+            ]
+        }
+    )
     return header + x.tobytes() + extra, {"Inference-Header-Content-Length": str(len(header) + hlen_delta)}
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("size mismatch", "binary_data_size 100 does not match shape [2, 32]"),
-    ("truncated", "the body ends before its 256 binary bytes"),
-    ("trailing bytes", "bytes that no input claims"),
-    ("header cut", "malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("size mismatch", "binary_data_size 100 does not match shape [2, 32]"),
+        ("truncated", "the body ends before its 256 binary bytes"),
+        ("trailing bytes", "bytes that no input claims"),
+        ("header cut", "malformed JSON"),
+    ],
+)
 def test_bad_binary_requests(server, kind, message):
     x = np.ones((2, 32), np.float32)
     if kind == "size mismatch":
@@ -105,7 +194,11 @@ BAD_JSON = [
     (b'{"model": "tth", "keys": ["MET_pt"], "values": []}', 400, "'values' must be a non-empty list"),
     (b'{"model": "tth", "keys": ["a", "b"], "values": [1, 2]}', 400, "keys do not match the features"),
     (b'{"model": "tth", "keys": ["MET_pt"], "values": [1]}', 400, "missing raw inputs"),
-    (b'{"model": "tth", "version": "x", "keys": ["MET_pt"], "values": [1]}', 400, "invalid model version 'x'"),
+    (
+        b'{"model": "tth", "version": "x", "keys": ["MET_pt"], "values": [1]}',
+        400,
+        "invalid model version 'x'",
+    ),
     (b'{"model": "tth", "version": 9, "keys": ["MET_pt"], "values": [1]}', 404, "has no version 9"),
 ]
 
@@ -155,7 +248,7 @@ def test_oversized_bodies(tmp_path, tth_bundle):
 
         def chunks():
             for i in range(0, len(big), 1000):
-                yield big[i:i + 1000]
+                yield big[i : i + 1000]
 
         r = HTTP.post(srv.url + INFER, content=chunks())
         assert r.status_code == 413
@@ -181,9 +274,12 @@ def test_auth_refusals(server, tth_bundle):
         ({"Authorization": "Basic dGVzdA=="}, 401, "needs 'Authorization: Bearer"),
         ({"Authorization": "Bearer " + server.token[:-1]}, 401, "invalid token"),
     ]:
-        for method, path, kw in [("POST", "/upload", {"content": data}), ("DELETE", "/delete/tth", {}),
-                                 ("POST", "/v2/repository/models/tth/load", {}),
-                                 ("POST", "/v2/repository/models/tth/unload", {})]:
+        for method, path, kw in [
+            ("POST", "/upload", {"content": data}),
+            ("DELETE", "/delete/tth", {}),
+            ("POST", "/v2/repository/models/tth/load", {}),
+            ("POST", "/v2/repository/models/tth/unload", {}),
+        ]:
             r = HTTP.request(method, server.url + path, headers=headers, **kw)
             assert r.status_code == status, (path, r.text)
             assert message in r.json()["error"]
@@ -196,16 +292,24 @@ def test_auth_refusals(server, tth_bundle):
 def test_no_token_configured_refuses_changes_and_private_mode(tmp_path, tth_bundle):
     srv = ServerProcess(tmp_path / "r1", token=None).start()
     try:
-        r = HTTP.post(srv.url + "/upload", content=pack_directory(tth_bundle.path),
-                       headers={"Authorization": "Bearer anything"})
+        r = HTTP.post(
+            srv.url + "/upload",
+            content=pack_directory(tth_bundle.path),
+            headers={"Authorization": "Bearer anything"},
+        )
         assert r.status_code == 403 and "no token configured" in r.json()["error"]
     finally:
         srv.stop()
     # the token from the environment, and --private: reads need it too (health probes do not)
-    srv = ServerProcess(tmp_path / "r2", "--private", token=None, env={"MLAAS4HEP_TOKEN": "env-secret"}).start()
+    srv = ServerProcess(
+        tmp_path / "r2", "--private", token=None, env={"MLAAS4HEP_TOKEN": "env-secret"}
+    ).start()
     try:
         admin = {"Authorization": "Bearer env-secret"}
-        assert HTTP.post(srv.url + "/upload", content=pack_directory(tth_bundle.path), headers=admin).status_code == 200
+        assert (
+            HTTP.post(srv.url + "/upload", content=pack_directory(tth_bundle.path), headers=admin).status_code
+            == 200
+        )
         assert HTTP.get(srv.url + "/models").status_code == 401
         assert HTTP.get(srv.url + "/models", headers=admin).status_code == 200
         assert HTTP.post(srv.url + INFER, json={"inputs": [_x()]}).status_code == 401
@@ -236,28 +340,65 @@ def _hostile(tth_bundle) -> dict[str, tuple[bytes, str]]:
     return {
         "absolute path": (targz(good + [("/etc/evil.json", b"{}", b"file")]), "absolute path"),
         "dot-dot": (targz(good + [("../evil.json", b"{}", b"file")]), "points outside the bundle"),
-        "nested dot-dot": (targz(good + [("a/../../evil.json", b"{}", b"file")]), "points outside the bundle"),
+        "nested dot-dot": (
+            targz(good + [("a/../../evil.json", b"{}", b"file")]),
+            "points outside the bundle",
+        ),
         "symlink": (targz(good + [("link.json", b"/etc/passwd", b"sym")]), "is a link"),
         "hard link": (targz(good + [("hard.json", b"model.onnx", b"hard")]), "is a link"),
         "fifo": (targz(good + [("pipe.txt", None, b"fifo")]), "is a special file"),
-        "pickle": (targz(good + [("model.pkl", b"\x80\x04K\x01.", b"file")]), "has a type a bundle may not hold"),
-        "python code": (targz(good + [("model.py", b"import os", b"file")]), "has a type a bundle may not hold"),
+        "pickle": (
+            targz(good + [("model.pkl", b"\x80\x04K\x01.", b"file")]),
+            "has a type a bundle may not hold",
+        ),
+        "python code": (
+            targz(good + [("model.py", b"import os", b"file")]),
+            "has a type a bundle may not hold",
+        ),
         "nested folder": (targz([("a/b/" + n, c, k) for n, c, k in good]), "nested folders are not allowed"),
-        "two bundles": (targz(bundle_members(tth_bundle.path, "a/") + [("b/x.json", b"{}", b"file")]), "one bundle"),
+        "two bundles": (
+            targz(bundle_members(tth_bundle.path, "a/") + [("b/x.json", b"{}", b"file")]),
+            "one bundle",
+        ),
         "backslash": (targz(good + [("..\\evil.json", b"{}", b"file")]), "is not allowed"),
         "not a tar": (b"hello, world", "not a readable tar archive"),
         "truncated gzip": (pack_directory(tth_bundle.path)[:300], "archive"),
         "no model": (targz([(n, c, k) for n, c, k in good if n != "model.onnx"]), "has no model.onnx"),
-        "bad onnx": (targz([(n, b"garbage" if n == "model.onnx" else c, k) for n, c, k in good]), "invalid bundle"),
-        "bad bundle.json": (targz([(n, b"{not json" if n == "bundle.json" else c, k) for n, c, k in good]),
-                            "bundle.json is not valid JSON"),
-        "incomplete bundle.json": (targz([(n, b'{"name": "x"}' if n == "bundle.json" else c, k) for n, c, k in good]),
-                                   "bundle.json lacks"),
+        "bad onnx": (
+            targz([(n, b"garbage" if n == "model.onnx" else c, k) for n, c, k in good]),
+            "invalid bundle",
+        ),
+        "bad bundle.json": (
+            targz([(n, b"{not json" if n == "bundle.json" else c, k) for n, c, k in good]),
+            "bundle.json is not valid JSON",
+        ),
+        "incomplete bundle.json": (
+            targz([(n, b'{"name": "x"}' if n == "bundle.json" else c, k) for n, c, k in good]),
+            "bundle.json lacks",
+        ),
         "bad name": (targz(good), "invalid model name"),
-        "bad outputs.shape": (targz([(n, _edit_meta(c, ("outputs", "shape"), 5) if n == "bundle.json" else c, k)
-                                     for n, c, k in good]), "'outputs.shape' must be a list of integers"),
-        "bad preprocessing": (targz([(n, _edit_meta(c, ("inputs", "preprocessing"), {"flat": 3}) if n == "bundle.json"
-                                      else c, k) for n, c, k in good]), "invalid bundle"),
+        "bad outputs.shape": (
+            targz(
+                [
+                    (n, _edit_meta(c, ("outputs", "shape"), 5) if n == "bundle.json" else c, k)
+                    for n, c, k in good
+                ]
+            ),
+            "'outputs.shape' must be a list of integers",
+        ),
+        "bad preprocessing": (
+            targz(
+                [
+                    (
+                        n,
+                        _edit_meta(c, ("inputs", "preprocessing"), {"flat": 3}) if n == "bundle.json" else c,
+                        k,
+                    )
+                    for n, c, k in good
+                ]
+            ),
+            "invalid bundle",
+        ),
         "bomb": (big.getvalue(), "size limit"),
     }
 
@@ -265,8 +406,15 @@ def _hostile(tth_bundle) -> dict[str, tuple[bytes, str]]:
 def test_hostile_archives_unit(tth_bundle):
     cases = _hostile(tth_bundle)
     for case, (data, message) in cases.items():
-        if case in ("no model", "bad onnx", "bad bundle.json", "incomplete bundle.json", "bad name",
-                    "bad outputs.shape", "bad preprocessing"):
+        if case in (
+            "no model",
+            "bad onnx",
+            "bad bundle.json",
+            "incomplete bundle.json",
+            "bad name",
+            "bad outputs.shape",
+            "bad preprocessing",
+        ):
             continue  # these pass the archive checks; the repository refuses them (below)
         with pytest.raises(BundleError, match=None) as info:
             read_archive(data, max_total=4 * 2**20)
@@ -290,8 +438,11 @@ def test_hostile_archives_over_http(tmp_path, tth_bundle):
         assert r.status_code == 400
         r = HTTP.post(srv.url + "/upload", files={"other": ("x.tgz", b"junk")}, headers=srv.admin)
         assert r.status_code == 400 and "needs a file field 'bundle'" in r.json()["error"]
-        r = HTTP.post(srv.url + "/upload", content=b"--xx\r\nbroken", headers={
-            **srv.admin, "Content-Type": "multipart/form-data; boundary=xx"})
+        r = HTTP.post(
+            srv.url + "/upload",
+            content=b"--xx\r\nbroken",
+            headers={**srv.admin, "Content-Type": "multipart/form-data; boundary=xx"},
+        )
         assert r.status_code == 400
     finally:
         srv.stop()

@@ -11,8 +11,14 @@ from mlaas4hep.serve.archive import pack_directory
 from .conftest import HTTP
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +67,9 @@ def test_page_lists_models_predicts_and_uploads(browser, server, tth_bundle, tmp
     page.click("#upload button")
     page.locator("#upload-result.ok").wait_for(timeout=15_000)
     assert page.locator("#upload-result").inner_text() == "installed tth version 2"
-    page.wait_for_function("document.querySelector(\"tr[data-name='tth']\").innerText.includes('1, 2')",
-                           timeout=10_000)
+    page.wait_for_function(
+        "document.querySelector(\"tr[data-name='tth']\").innerText.includes('1, 2')", timeout=10_000
+    )
     assert errors == []
     page.close()
     # leave the shared server as it was

@@ -16,8 +16,13 @@ from .conftest import HTTP
 def _reference(tth_bundle, path, start, stop):
     with uproot.open(path) as f:
         t = f["Events"]
-        arrays = t.arrays(tth_bundle.predictor.preprocessor.inputs, entry_start=start, entry_stop=stop,
-                          library="ak", how=dict)
+        arrays = t.arrays(
+            tth_bundle.predictor.preprocessor.inputs,
+            entry_start=start,
+            entry_stop=stop,
+            library="ak",
+            how=dict,
+        )
         ids = t.arrays(["run", "luminosityBlock", "event"], entry_start=start, entry_stop=stop, library="np")
     return tth_bundle.predictor.predict(tth_bundle.predictor.transform(arrays)), ids
 
@@ -27,8 +32,10 @@ def test_predict_root_json_and_binary(server, tth_bundle, http_server, where):
     path = tth_bundle.data_dir / "ttbar_0.root"
     url = str(path) if where == "local" else http_server.url("ttbar_0.root")
     expected, ids = _reference(tth_bundle, path, 100, 1600)
-    r = HTTP.post(server.url + "/v2/models/tth/predict_root",
-                   json={"url": url, "tree": "Events", "entry_start": 100, "entry_stop": 1600, "chunk_size": 500})
+    r = HTTP.post(
+        server.url + "/v2/models/tth/predict_root",
+        json={"url": url, "tree": "Events", "entry_start": 100, "entry_stop": 1600, "chunk_size": 500},
+    )
     assert r.status_code == 200, r.text
     outs = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in r.json()["outputs"]}
     np.testing.assert_array_equal(outs["entry"], np.arange(100, 1600))
@@ -45,8 +52,10 @@ def test_predict_root_json_and_binary(server, tth_bundle, http_server, where):
 
 def test_predict_root_friend_tree(server, tth_bundle):
     path = tth_bundle.data_dir / "ttH_1.root"
-    r = HTTP.post(server.url + "/v2/models/tth/predict_root",
-                   json={"url": str(path), "entry_stop": 3000, "format": "root", "friend_tree": "tthScores"})
+    r = HTTP.post(
+        server.url + "/v2/models/tth/predict_root",
+        json={"url": str(path), "entry_stop": 3000, "format": "root", "friend_tree": "tthScores"},
+    )
     assert r.status_code == 200, r.text
     with uproot.open(io.BytesIO(r.content)) as f:
         friend = f["tthScores"].arrays(library="np")

@@ -18,7 +18,9 @@ def test_json_one_row(server, tth_bundle):
     """TFaaS /json: keys and values of one row; the answer is the class probabilities in label order."""
     x = tth_bundle.x[0]
     keys = tth_bundle.predictor.features
-    r = HTTP.post(server.url + "/json", content=json.dumps({"keys": keys, "values": x.tolist(), "model": "tth"}))
+    r = HTTP.post(
+        server.url + "/json", content=json.dumps({"keys": keys, "values": x.tolist(), "model": "tth"})
+    )
     assert r.status_code == 200, r.text
     p = tth_bundle.predictor.predict(x[None, :])[0, 0]
     assert r.json() == pytest.approx([1 - p, p], abs=1e-6)
@@ -28,8 +30,10 @@ def test_json_keys_in_any_order_and_many_rows(server, tth_bundle):
     keys = tth_bundle.predictor.features
     perm = np.random.default_rng(0).permutation(len(keys))
     x = tth_bundle.x[:5]
-    r = HTTP.post(server.url + "/json", json={"keys": [keys[i] for i in perm], "values": x[:, perm].tolist(),
-                                               "model": "tth"})
+    r = HTTP.post(
+        server.url + "/json",
+        json={"keys": [keys[i] for i in perm], "values": x[:, perm].tolist(), "model": "tth"},
+    )
     assert r.status_code == 200, r.text
     p = tth_bundle.predictor.predict(x)[:, 0]
     np.testing.assert_allclose(np.array(r.json()), np.stack([1 - p, p], axis=1), atol=1e-6)
@@ -38,7 +42,9 @@ def test_json_keys_in_any_order_and_many_rows(server, tth_bundle):
 def test_json_raw_branches(server, tth_bundle):
     """/json also takes raw branches: one event, a number per flat branch and a list per jagged one."""
     raw = {k: v[3] for k, v in tth_bundle.raw.items()}
-    r = HTTP.post(server.url + "/json", json={"keys": list(raw), "values": list(raw.values()), "model": "tth"})
+    r = HTTP.post(
+        server.url + "/json", json={"keys": list(raw), "values": list(raw.values()), "model": "tth"}
+    )
     assert r.status_code == 200, r.text
     p = tth_bundle.predictor.predict_raw({k: [v] for k, v in raw.items()})[0, 0]
     assert r.json() == pytest.approx([1 - p, p], abs=1e-6)
@@ -55,8 +61,10 @@ def test_models_and_status(server, tth_bundle):
 
 
 def test_metrics(server, tth_bundle):
-    HTTP.post(server.url + "/json", json={"keys": tth_bundle.predictor.features, "values": tth_bundle.x[0].tolist(),
-                                           "model": "tth"})
+    HTTP.post(
+        server.url + "/json",
+        json={"keys": tth_bundle.predictor.features, "values": tth_bundle.x[0].tolist(), "model": "tth"},
+    )
     text = HTTP.get(server.url + "/metrics").text
     assert 'mlaas4hep_inference_requests_total{model="tth",status="200"}' in text
     assert 'mlaas4hep_request_latency_seconds_bucket{le="0.001",model="tth"}' in text
@@ -65,8 +73,10 @@ def test_metrics(server, tth_bundle):
 
 
 def _predict(url: str, name: str, x: np.ndarray) -> np.ndarray:
-    r = HTTP.post(f"{url}/v2/models/{name}/infer",
-                   json={"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}]})
+    r = HTTP.post(
+        f"{url}/v2/models/{name}/infer",
+        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}]},
+    )
     assert r.status_code == 200, r.text
     o = r.json()["outputs"][0]
     return np.array(o["data"], dtype=np.float32).reshape(o["shape"])
@@ -79,23 +89,41 @@ def test_uploads_versions_delete_and_persistence(tmp_path, tth_bundle):
     x = tth_bundle.x[:20]
     try:
         # 1. raw .tar.gz body, files at the archive root
-        r = HTTP.post(srv.url + "/upload", content=pack_directory(tth_bundle.path),
-                       headers={"Content-Type": "application/gzip", **srv.admin})
+        r = HTTP.post(
+            srv.url + "/upload",
+            content=pack_directory(tth_bundle.path),
+            headers={"Content-Type": "application/gzip", **srv.admin},
+        )
         assert r.status_code == 200, r.text
         assert r.json() == {"name": "tth", "version": 1, "status": "installed"}
         # 2. multipart field "bundle", files under one folder, another name; a second version of it
         data = targz(bundle_members(tth_bundle.path, "tth/"))
         for version in (1, 2):
-            r = HTTP.post(srv.url + "/upload?name=other", files={"bundle": ("b.tar.gz", data)}, headers=srv.admin)
+            r = HTTP.post(
+                srv.url + "/upload?name=other", files={"bundle": ("b.tar.gz", data)}, headers=srv.admin
+            )
             assert r.status_code == 200, r.text
             assert r.json()["version"] == version
         # 3. TFaaS form: name, params, model, labels (no bundle.json), another MLP
         onnx2 = mlp_onnx(32, seed=11)
-        params = {"name": "tfaas", "model": "model.pb", "labels": "labels.txt", "input_node": "x",
-                  "output_node": "probs", "description": "old-style upload"}
-        r = HTTP.post(srv.url + "/upload", headers=srv.admin, data={"name": "tfaas"},
-                       files={"model": ("model.onnx", onnx2), "params": ("params.json", json.dumps(params)),
-                              "labels": ("labels.txt", b"bkg\nsig\n")})
+        params = {
+            "name": "tfaas",
+            "model": "model.pb",
+            "labels": "labels.txt",
+            "input_node": "x",
+            "output_node": "probs",
+            "description": "old-style upload",
+        }
+        r = HTTP.post(
+            srv.url + "/upload",
+            headers=srv.admin,
+            data={"name": "tfaas"},
+            files={
+                "model": ("model.onnx", onnx2),
+                "params": ("params.json", json.dumps(params)),
+                "labels": ("labels.txt", b"bkg\nsig\n"),
+            },
+        )
         assert r.status_code == 200, r.text
         # the explicit version already taken: 409
         r = HTTP.post(srv.url + "/upload?version=2&name=other", content=data, headers=srv.admin)
@@ -110,8 +138,10 @@ def test_uploads_versions_delete_and_persistence(tmp_path, tth_bundle):
         np.testing.assert_allclose(_predict(srv.url, "other", x), expected, atol=1e-6)
         tfaas_ref = _predict(srv.url, "tfaas", x)
         assert not np.allclose(tfaas_ref, expected)
-        r = HTTP.post(srv.url + "/json", json={"model": "tfaas", "keys": [f"x{i}" for i in range(32)],
-                                                "values": x[0].tolist()})
+        r = HTTP.post(
+            srv.url + "/json",
+            json={"model": "tfaas", "keys": [f"x{i}" for i in range(32)], "values": x[0].tolist()},
+        )
         assert r.json() == pytest.approx([1 - tfaas_ref[0, 0], tfaas_ref[0, 0]], abs=1e-6)
 
         # delete one version, then a whole model
@@ -169,6 +199,8 @@ def test_two_workers_share_the_repository(tmp_path, tth_bundle):
         HTTP.post(srv.url + "/v2/repository/models/tth/load", headers=srv.admin).raise_for_status()
         assert {HTTP_NEW.get(srv.url + "/v2/models/tth/ready").status_code for _ in range(20)} == {200}
         HTTP.delete(srv.url + "/delete/tth", headers=srv.admin).raise_for_status()
-        assert {HTTP_NEW.post(srv.url + "/v2/models/tth/infer", json=body).status_code for _ in range(20)} == {404}
+        assert {
+            HTTP_NEW.post(srv.url + "/v2/models/tth/infer", json=body).status_code for _ in range(20)
+        } == {404}
     finally:
         srv.stop()

@@ -79,23 +79,39 @@ def test_json_infer_nested_and_flat_data(server, tth_bundle):
     x = tth_bundle.x[:3]
     expected = tth_bundle.predictor.predict(x)
     for data in (x.tolist(), x.ravel().tolist()):
-        r = HTTP.post(server.url + "/v2/models/tth/infer",
-                       json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 32], "data": data}]})
+        r = HTTP.post(
+            server.url + "/v2/models/tth/infer",
+            json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 32], "data": data}]},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model_name"] == "tth" and body["outputs"][0]["shape"] == [3, 1]
-        np.testing.assert_allclose(np.array(body["outputs"][0]["data"]).reshape(3, 1), expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            np.array(body["outputs"][0]["data"]).reshape(3, 1), expected, rtol=0, atol=1e-6
+        )
 
 
 def test_binary_request_by_hand(server, tth_bundle):
     """The binary extension byte by byte: JSON header, then raw little-endian floats; binary output back."""
     x = np.ascontiguousarray(tth_bundle.x[:50])
-    header = orjson.dumps({
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [50, 32], "parameters": {"binary_data_size": x.nbytes}}],
-        "outputs": [{"name": "probs", "parameters": {"binary_data": True}}],
-    })
-    r = HTTP.post(server.url + "/v2/models/tth/infer", content=header + x.astype("<f4").tobytes(),
-                   headers={"Inference-Header-Content-Length": str(len(header))})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [50, 32],
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probs", "parameters": {"binary_data": True}}],
+        }
+    )
+    r = HTTP.post(
+        server.url + "/v2/models/tth/infer",
+        content=header + x.astype("<f4").tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     assert r.status_code == 200, r.text
     n = int(r.headers["inference-header-content-length"])
     meta = orjson.loads(r.content[:n])
@@ -130,8 +146,10 @@ def test_repository_extension(server, tth_bundle):
         assert HTTP.get(server.url + "/v2/models/tth/ready").status_code == 400
         idx = HTTP.post(server.url + "/v2/repository/index").json()
         assert idx[0]["state"] == "UNAVAILABLE"
-        r = HTTP.post(server.url + "/v2/models/tth/infer",
-                       json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32], "data": [0.0] * 32}]})
+        r = HTTP.post(
+            server.url + "/v2/models/tth/infer",
+            json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 32], "data": [0.0] * 32}]},
+        )
         assert r.status_code == 400 and "unloaded" in r.json()["error"]
     finally:
         r = HTTP.post(server.url + "/v2/repository/models/tth/load", headers=server.admin)

@@ -68,7 +68,10 @@ def test_streamed_and_in_memory_agree(make_config, tmp_path):
     # the same validation events, whatever the path
     assert sorted(a.val_labels.tolist()) == sorted(b.val_labels.tolist())
     assert len(a.val_labels) == len(b.val_labels)
-    assert abs(a.metrics["val_auc"] - b.metrics["val_auc"]) < 0.01, (a.metrics["val_auc"], b.metrics["val_auc"])
+    assert abs(a.metrics["val_auc"] - b.metrics["val_auc"]) < 0.01, (
+        a.metrics["val_auc"],
+        b.metrics["val_auc"],
+    )
 
 
 def test_resume_reaches_the_same_state(make_config, tmp_path):
@@ -100,10 +103,16 @@ def test_resume_reaches_the_same_state(make_config, tmp_path):
 def test_resume_refuses_another_run(make_config, tmp_path):
     from mlaas4hep.train import TrainError
 
-    train(make_config("tth_mlp.py", epochs=2, plots=False), tmp_path / "o", show_progress=False,
-          callbacks=[lambda rec: True])
+    train(
+        make_config("tth_mlp.py", epochs=2, plots=False),
+        tmp_path / "o",
+        show_progress=False,
+        callbacks=[lambda rec: True],
+    )
     with pytest.raises(TrainError, match="another run"):
-        train(make_config("mlp111.py", epochs=2, plots=False), tmp_path / "o", resume=True, show_progress=False)
+        train(
+            make_config("mlp111.py", epochs=2, plots=False), tmp_path / "o", resume=True, show_progress=False
+        )
 
 
 def test_keras_end_to_end(make_config, tmp_path):
@@ -122,16 +131,22 @@ def test_sklearn_partial_fit_end_to_end(make_config, tmp_path):
 
 def test_sklearn_accumulate_opt_in(make_config, tmp_path):
     model = tmp_path / "lr.py"
-    model.write_text("from sklearn.linear_model import LogisticRegression\n"
-                     "def model():\n    return LogisticRegression(max_iter=300)\n")
-    r = train(make_config(model, epochs=3, accumulate=True, plots=False), tmp_path / "out", show_progress=False)
+    model.write_text(
+        "from sklearn.linear_model import LogisticRegression\n"
+        "def model():\n    return LogisticRegression(max_iter=300)\n"
+    )
+    r = train(
+        make_config(model, epochs=3, accumulate=True, plots=False), tmp_path / "out", show_progress=False
+    )
     assert len(r.history) == 1 and r.metrics["val_auc"] >= 0.7
 
 
 def test_xgboost_end_to_end(make_config, tmp_path):
     model = tmp_path / "bdt.py"
-    model.write_text("from xgboost import XGBClassifier\n"
-                     "def model():\n    return XGBClassifier(n_estimators=30, max_depth=4, learning_rate=0.3)\n")
+    model.write_text(
+        "from xgboost import XGBClassifier\n"
+        "def model():\n    return XGBClassifier(n_estimators=30, max_depth=4, learning_rate=0.3)\n"
+    )
     r = train(make_config(model), tmp_path / "out", show_progress=False)
     assert r.framework == "xgboost"
     _check_metrics(r)
@@ -150,7 +165,9 @@ def test_cli_train(make_config, tmp_path, capsys):
     cfg = make_config("tth_mlp.py", epochs=5, plots=False)
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert _cli(["train", str(path), "--out", str(tmp_path / "o"), "--epochs", "1", "--no-progress", "-q"]) == 0
+    assert (
+        _cli(["train", str(path), "--out", str(tmp_path / "o"), "--epochs", "1", "--no-progress", "-q"]) == 0
+    )
     assert "val AUC" in capsys.readouterr().out
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["epochs_trained"] == 1
@@ -166,20 +183,49 @@ def test_cli_reports_bad_model(tmp_path, make_config, capsys):
 
 
 def test_workflow_trio(data_dir, shared_cache, tmp_path):
-    (tmp_path / "files.txt").write_text("\n".join(str(data_dir / f) for f in
-                                                  ("ttH_0.root", "ttbar_0.root", "ttH_1.root", "ttbar_1.root")) + "\n")
+    (tmp_path / "files.txt").write_text(
+        "\n".join(str(data_dir / f) for f in ("ttH_0.root", "ttbar_0.root", "ttH_1.root", "ttbar_1.root"))
+        + "\n"
+    )
     (tmp_path / "labels.txt").write_text("# one label per file\n1\n0\n1\n0\n")
-    params = {"nevts": 5000, "chunk_size": 5000, "epochs": 2, "batch_size": 256, "shuffle": True, "branch": "Events",
-              "identifier": "run,event,luminosityBlock", "selected_branches": ["MET_pt", "nJet", "Jet_pt", "Jet_eta",
-              "Jet_btagDeepFlavB"], "nan": 0, "verbose": 1, "training": "standard"}
+    params = {
+        "nevts": 5000,
+        "chunk_size": 5000,
+        "epochs": 2,
+        "batch_size": 256,
+        "shuffle": True,
+        "branch": "Events",
+        "identifier": "run,event,luminosityBlock",
+        "selected_branches": ["MET_pt", "nJet", "Jet_pt", "Jet_eta", "Jet_btagDeepFlavB"],
+        "nan": 0,
+        "verbose": 1,
+        "training": "standard",
+    }
     (tmp_path / "params.json").write_text(json.dumps(params))
-    (tmp_path / "preproc.json").write_text(json.dumps({"new_branch": {"HT": {"def": "sum(Jet_pt)", "type": "flat"}},
-                                                       "flat_cut": {"nJet": {"cut_1": ">= 2"}}}))
+    (tmp_path / "preproc.json").write_text(
+        json.dumps(
+            {
+                "new_branch": {"HT": {"def": "sum(Jet_pt)", "type": "flat"}},
+                "flat_cut": {"nJet": {"cut_1": ">= 2"}},
+            }
+        )
+    )
     model = MODELS / "keras_mlp.py"
-    rc = _cli(["workflow", f"--files={tmp_path / 'files.txt'}", f"--labels={tmp_path / 'labels.txt'}",
-               f"--model={model}", f"--params={tmp_path / 'params.json'}", f"--specs={tmp_path / 'specs.json'}",
-               f"--preproc={tmp_path / 'preproc.json'}", f"--fout={tmp_path / 'out'}",
-               f"--cache-dir={shared_cache}", "--no-progress", "-q"])
+    rc = _cli(
+        [
+            "workflow",
+            f"--files={tmp_path / 'files.txt'}",
+            f"--labels={tmp_path / 'labels.txt'}",
+            f"--model={model}",
+            f"--params={tmp_path / 'params.json'}",
+            f"--specs={tmp_path / 'specs.json'}",
+            f"--preproc={tmp_path / 'preproc.json'}",
+            f"--fout={tmp_path / 'out'}",
+            f"--cache-dir={shared_cache}",
+            "--no-progress",
+            "-q",
+        ]
+    )
     assert rc == 0
     meta = json.loads((tmp_path / "out" / "bundle" / "bundle.json").read_text())
     assert meta["framework"] == "keras"
@@ -194,10 +240,12 @@ def test_workflow_trio(data_dir, shared_cache, tmp_path):
 def test_preproc_mapping():
     from mlaas4hep.train.workflow import preproc_to_config
 
-    out = preproc_to_config({
-        "new_branch": {"logpt": {"def": "log(Jet_pt)", "type": "jagged", "cut_1": "> 3"}},
-        "flat_cut": {"nJet": {"cut_1": ">= 4", "cut_2": "< 12"}},
-        "jagged_cut": {"Jet_pt": {"type": "any", "cut_1": "> 100"}},
-    })
+    out = preproc_to_config(
+        {
+            "new_branch": {"logpt": {"def": "log(Jet_pt)", "type": "jagged", "cut_1": "> 3"}},
+            "flat_cut": {"nJet": {"cut_1": ">= 4", "cut_2": "< 12"}},
+            "jagged_cut": {"Jet_pt": {"type": "any", "cut_1": "> 100"}},
+        }
+    )
     assert out["new_variables"] == {"logpt": "log(Jet_pt)"}
     assert out["selection"] == "all(logpt > 3) & (nJet >= 4) & (nJet < 12) & any(Jet_pt > 100)"

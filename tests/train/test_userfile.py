@@ -27,8 +27,14 @@ def _nothing_read(cache: Path) -> bool:
     "body, message",
     [
         ("def model(idim)\n    return None\n", "syntax error in model file"),
-        ("import torch\ndef build(idim):\n    return torch.nn.Linear(idim, 1)\n", "defines no function 'model'"),
-        ("import torch\ndef model(idim):\n    return torch.nn.Linear(7, 1)\n", "cannot take the dataset's input"),
+        (
+            "import torch\ndef build(idim):\n    return torch.nn.Linear(idim, 1)\n",
+            "defines no function 'model'",
+        ),
+        (
+            "import torch\ndef model(idim):\n    return torch.nn.Linear(7, 1)\n",
+            "cannot take the dataset's input",
+        ),
         ("import torch\ndef model(idim):\n    return torch.nn.Linear(idim, 3)\n", "returns shape (2, 3)"),
         ("import nonexistent_package_xyz\ndef model(idim):\n    pass\n", "failed to import at line 1"),
         ("def model(idim):\n    return 42\n", "neither a PyTorch"),
@@ -46,8 +52,10 @@ def test_bad_model_file_fails_before_reading(tmp_path, make_config, body, messag
 
 
 def test_wrong_input_message_names_both_sizes(tmp_path, make_config):
-    cfg = make_config(_write(tmp_path, "import torch\ndef model(idim):\n    return torch.nn.Linear(7, 1)\n"),
-                      cache=tmp_path / "cache")
+    cfg = make_config(
+        _write(tmp_path, "import torch\ndef model(idim):\n    return torch.nn.Linear(7, 1)\n"),
+        cache=tmp_path / "cache",
+    )
     with pytest.raises(ModelFileError, match=r"gives 32 features"):
         train(cfg, tmp_path / "out", show_progress=False)
 

@@ -12,12 +12,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import yaml
 
-from ..train.metrics import roc_curve  # noqa: E402
-from ..train.plots import _style  # noqa: E402
+from ..train.metrics import roc_curve
+from ..train.plots import _style
 
 
 def _png(fig) -> str:
@@ -34,7 +34,13 @@ def roc_figure(stream, memory, cuts, path: Path | None = None) -> str:
             fpr, tpr = roc_curve(res.val_labels, res.val_scores, res.val_weights)
             ax.plot(fpr, tpr, ls, lw=2, label=f"{label} (AUC {res.metrics['val_auc']:.4f})")
         ax.plot([0, cuts["fpr"], 1], [0, cuts["tpr"], 1], ":", color="gray")
-        ax.plot([cuts["fpr"]], [cuts["tpr"]], "o", color="black", label=f"cuts: ≥4 jets, ≥3 b-tags (AUC {cuts['auc']:.4f})")
+        ax.plot(
+            [cuts["fpr"]],
+            [cuts["tpr"]],
+            "o",
+            color="black",
+            label=f"cuts: ≥4 jets, ≥3 b-tags (AUC {cuts['auc']:.4f})",
+        )
         ax.plot([0, 1], [0, 1], "--", color="lightgray", lw=1)
         ax.set_xlabel("background efficiency (tt̄)")
         ax.set_ylabel("signal efficiency (ttH)")
@@ -62,8 +68,16 @@ def loss_figure(stream, memory) -> str:
         fig, ax = plt.subplots(figsize=(8, 6))
         for res, label, ls in ((stream, "streamed", "-"), (memory, "in memory", "--")):
             ep = [e["epoch"] for e in res.metrics["epochs"]]
-            ax.plot(ep, [e["train_loss"] for e in res.metrics["epochs"]], ls, marker="o", label=f"train, {label}")
-            ax.plot(ep, [e["val_loss"] for e in res.metrics["epochs"]], ls, marker="s", label=f"validation, {label}")
+            ax.plot(
+                ep, [e["train_loss"] for e in res.metrics["epochs"]], ls, marker="o", label=f"train, {label}"
+            )
+            ax.plot(
+                ep,
+                [e["val_loss"] for e in res.metrics["epochs"]],
+                ls,
+                marker="s",
+                label=f"validation, {label}",
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel("binary cross-entropy")
         ax.legend(fontsize=13)
@@ -96,7 +110,11 @@ def write_report(path: Path, summary: dict[str, Any], stream, memory, cuts, cfg:
         f"<tr><td>{html.escape(k)}</td><td>{v}</td><td>{r}</td></tr>"
         for k, v, r in (
             ("network, streamed from ROOT", f"{s['auc_stream']:.4f}", f"{s['events_per_s_stream']:,.0f}"),
-            ("network, in memory (traditional)", f"{s['auc_memory']:.4f}", f"{s['events_per_s_memory']:,.0f}"),
+            (
+                "network, in memory (traditional)",
+                f"{s['auc_memory']:.4f}",
+                f"{s['events_per_s_memory']:,.0f}",
+            ),
             ("cuts: ≥ 4 jets, ≥ 3 b-tags", f"{s['auc_cuts']:.4f}", "–"),
         )
     )
@@ -114,13 +132,13 @@ figure {{ display: inline-block; margin: 10px; vertical-align: top; }} img {{ ma
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>mlaas4hep demo: ttH(→bb) vs tt̄</h1>
-<p>{s['events_total']:,} events after selection, {s['n_features']} features, {s['epochs']} epochs;
-data read {'through root:// from a local XRootD server' if s['remote'] else 'from local ROOT files'}.</p>
+<p>{s["events_total"]:,} events after selection, {s["n_features"]} features, {s["epochs"]} epochs;
+data read {"through root:// from a local XRootD server" if s["remote"] else "from local ROOT files"}.</p>
 <table><tr><th>method</th><th>validation AUC</th><th>training events/s</th></tr>{rows}</table>
-<p>Served model: {served['matched']}/{served['requests']} query types matched the in-process scores
+<p>Served model: {served["matched"]}/{served["requests"]} query types matched the in-process scores
 (TFaaS <code>/json</code>, v2 infer with raw branch values, <code>predict_root</code>).</p>
 <div id="figures">{figs}</div>
-<h2>Summary</h2><pre>{html.escape(json.dumps({k: v for k, v in s.items() if k != 'served'}, indent=1, default=str))}</pre>
+<h2>Summary</h2><pre>{html.escape(json.dumps({k: v for k, v in s.items() if k != "served"}, indent=1, default=str))}</pre>
 <h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(cfg, sort_keys=False))}</pre>
 </body></html>
 """

@@ -9,9 +9,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,18 @@ from ..io.errors import Mlaas4hepError
 
 #: MLaaS4HEP's ttH network, in PyTorch (Dense 128 → Dropout 0.5 → Dense 64 → Dropout 0.5 → sigmoid).
 MODEL_FILE = MODELS_DIR / "tth_mlp.py"
-BRANCHES = ["nJet", "nMuon", "nElectron", "MET_pt", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagDeepFlavB",
-            "Jet_qgl"]
+BRANCHES = [
+    "nJet",
+    "nMuon",
+    "nElectron",
+    "MET_pt",
+    "Jet_pt",
+    "Jet_eta",
+    "Jet_phi",
+    "Jet_mass",
+    "Jet_btagDeepFlavB",
+    "Jet_qgl",
+]
 #: DeepJet (DeepFlavB) medium working point.
 BTAG_WP = 0.2783
 
@@ -44,7 +55,9 @@ def step(n: int, total: int, title: str, fix: str = "") -> Iterator[None]:
     print(f"      done in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
-def demo_config(files: list[tuple[str, int, str]], out: Path, epochs: int, workers: int | None) -> dict[str, Any]:
+def demo_config(
+    files: list[tuple[str, int, str]], out: Path, epochs: int, workers: int | None
+) -> dict[str, Any]:
     return {
         "tree": "Events",
         "files": [{"path": p, "label": lab, "name": name} for p, lab, name in files],
@@ -59,8 +72,16 @@ def demo_config(files: list[tuple[str, int, str]], out: Path, epochs: int, worke
         "cache_dir": str(out / "cache"),
         "label_names": ["ttbar", "ttH"],
         "model": {"path": str(MODEL_FILE), "name": "tth"},
-        "training": {"epochs": epochs, "batch_size": 256, "learning_rate": 1e-3, "validation_fraction": 0.2,
-                     "early_stopping": 0, "seed": 42, "framework": "pytorch", "device": "cpu"},
+        "training": {
+            "epochs": epochs,
+            "batch_size": 256,
+            "learning_rate": 1e-3,
+            "validation_fraction": 0.2,
+            "early_stopping": 0,
+            "seed": 42,
+            "framework": "pytorch",
+            "device": "cpu",
+        },
     }
 
 
@@ -94,8 +115,12 @@ def run_demo(
             for p in data.iterdir():
                 p.chmod(0o644)
         urls = {name: [str(data / f"{name}_{i}.root") for i in range(files)] for name in ("ttH", "ttbar")}
-        with step(2, total, "starting a local XRootD server" if remote else "reading local files (use --remote for root://)",
-                  fix="install Debian's xrootd-server ('make system-deps'), or run without --remote"):
+        with step(
+            2,
+            total,
+            "starting a local XRootD server" if remote else "reading local files (use --remote for root://)",
+            fix="install Debian's xrootd-server ('make system-deps'), or run without --remote",
+        ):
             if remote:
                 from ..localservers import XRootDServer
 
@@ -108,8 +133,9 @@ def run_demo(
         shutil.rmtree(out / "cache", ignore_errors=True)
 
         with step(3, total, "specs pass, then training the ttH network streamed from ROOT"):
-            ds = Dataset.from_config({k: v for k, v in cfg.items() if k not in ("model", "training")},
-                                     show_progress=show_progress)
+            ds = Dataset.from_config(
+                {k: v for k, v in cfg.items() if k not in ("model", "training")}, show_progress=show_progress
+            )
             t0 = time.perf_counter()
             specs = ds.specs
             summary["specs_seconds"] = time.perf_counter() - t0
@@ -119,8 +145,12 @@ def run_demo(
             memory = train(cfg, out / "memory", in_memory=True, show_progress=show_progress)
         with step(5, total, f"cut-based selection: >= 4 jets with >= 3 b-tags (DeepFlavB > {BTAG_WP})"):
             cuts = cut_baseline(cfg, stream)
-        with step(6, total, "serving the bundle over HTTP and querying it three ways",
-                  fix="check that port binding on 127.0.0.1 works and the 'serve' extra is installed"):
+        with step(
+            6,
+            total,
+            "serving the bundle over HTTP and querying it three ways",
+            fix="check that port binding on 127.0.0.1 works and the 'serve' extra is installed",
+        ):
             served = serve_and_query(stream.bundle_path, out, urls["ttH"][0])
         with step(7, total, "writing summary.json and report.html"):
             summary.update(_summary(stream, memory, cuts, served, ds))
@@ -164,10 +194,18 @@ def cut_baseline(cfg: dict[str, Any], stream) -> dict[str, Any]:
     from ..train.split import validation_mask
 
     dcfg = {k: v for k, v in cfg.items() if k not in ("model", "training")}
-    dcfg.update(branches=["nJet"], new_variables={"nBtag": f"count(Jet_btagDeepFlavB > {BTAG_WP})"},
-                normalize="none", shuffle=False, jagged={}, cache_dir=None)
+    dcfg.update(
+        branches=["nJet"],
+        new_variables={"nBtag": f"count(Jet_btagDeepFlavB > {BTAG_WP})"},
+        normalize="none",
+        shuffle=False,
+        jagged={},
+        cache_dir=None,
+    )
     ch = Dataset.from_config(dcfg, show_progress=False).to_chunk()
-    val = validation_mask(np.asarray(ch.event_id), cfg["training"]["validation_fraction"], cfg["training"]["seed"])
+    val = validation_mask(
+        np.asarray(ch.event_id), cfg["training"]["validation_fraction"], cfg["training"]["seed"]
+    )
     x, y = ch.x[val], ch.y[val]
     passed = (x[:, 0] >= 4) & (x[:, 1] >= 3)
     tpr = float(passed[y == 1].mean())
@@ -189,10 +227,27 @@ def serve_and_query(bundle_path: Path, out: Path, root_file: str) -> dict[str, A
     shutil.rmtree(repo, ignore_errors=True)
     (out / "token.txt").write_text(token)
     port = free_port()
-    log = open(out / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlaas4hep.cli", "serve", "--repo", str(repo), "--host", "127.0.0.1",
-                             "--port", str(port), "--token-file", str(out / "token.txt"),
-                             "--data-dir", str(out / "data")], stdout=log, stderr=log)
+    log = open(out / "server.log", "w")  # noqa: SIM115 (open while the server runs)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlaas4hep.cli",
+            "serve",
+            "--repo",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--token-file",
+            str(out / "token.txt"),
+            "--data-dir",
+            str(out / "data"),
+        ],
+        stdout=log,
+        stderr=log,
+    )
     result: dict[str, Any] = {"url": f"http://127.0.0.1:{port}", "requests": 0, "matched": 0}
     try:
         client = Client(result["url"], token=token)
@@ -208,14 +263,14 @@ def serve_and_query(bundle_path: Path, out: Path, root_file: str) -> dict[str, A
         info = client.upload(bundle_path)
         name = info["name"]
         local = bundle.load(bundle_path)
-        tree = uproot.open(root_file if "://" not in root_file else root_file)["Events"]
+        tree = uproot.open(root_file)["Events"]
         raw = tree.arrays(local.preprocessor.inputs, entry_stop=200, library="ak", how=dict)
         expected = local.predict_raw(raw)
 
         def check(label: str, got: np.ndarray, want: np.ndarray) -> None:
             result["requests"] += 1
             diff = float(np.max(np.abs(np.asarray(got).reshape(want.shape) - want))) if len(want) else 0.0
-            result[label] = {"rows": int(len(want)), "max_abs_diff": diff}
+            result[label] = {"rows": len(want), "max_abs_diff": diff}
             result["matched"] += diff < 1e-5
 
         # 1. TFaaS /json with the model's feature vector of one event
@@ -252,26 +307,40 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     t.add_column("validation AUC", justify="right")
     t.add_column("events/s (training)", justify="right")
     t.add_row("network, streamed from ROOT", f"{s['auc_stream']:.4f}", f"{s['events_per_s_stream']:,.0f}")
-    t.add_row("network, in memory (traditional)", f"{s['auc_memory']:.4f}", f"{s['events_per_s_memory']:,.0f}")
-    t.add_row(f"cuts: >= 4 jets, >= 3 b-tags (eff. S {s['cuts_signal_efficiency']:.2f}, "
-              f"B {s['cuts_background_efficiency']:.2f})", f"{s['auc_cuts']:.4f}", "-")
+    t.add_row(
+        "network, in memory (traditional)", f"{s['auc_memory']:.4f}", f"{s['events_per_s_memory']:,.0f}"
+    )
+    t.add_row(
+        f"cuts: >= 4 jets, >= 3 b-tags (eff. S {s['cuts_signal_efficiency']:.2f}, "
+        f"B {s['cuts_background_efficiency']:.2f})",
+        f"{s['auc_cuts']:.4f}",
+        "-",
+    )
     c = Console()
     c.print(t)
-    c.print(f"served: {s['served']['matched']}/{s['served']['requests']} query types matched in-process scores "
-            f"(TFaaS /json, v2 raw branches, predict_root)")
+    c.print(
+        f"served: {s['served']['matched']}/{s['served']['requests']} query types matched in-process scores "
+        f"(TFaaS /json, v2 raw branches, predict_root)"
+    )
     c.print(f"wrote {out / 'summary.json'} and {out / 'report.html'}")
 
 
 def add_demo_command(sub) -> None:
     p = sub.add_parser(
-        "demo", help="run the whole ttH(bb) pipeline offline and write a report",
+        "demo",
+        help="run the whole ttH(bb) pipeline offline and write a report",
         description="Generate ttH(bb) and ttbar samples, train MLaaS4HEP's ttH network streamed and in memory, "
-                    "compare with a cut-based selection, serve the bundle over HTTP and query it, and write "
-                    "OUT/summary.json and OUT/report.html. The default size takes a few minutes on 2 cores.")
+        "compare with a cut-based selection, serve the bundle over HTTP and query it, and write "
+        "OUT/summary.json and OUT/report.html. The default size takes a few minutes on 2 cores.",
+    )
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     p.add_argument("--events", type=int, default=100_000, help="events per generated file (default 100000)")
     p.add_argument("--files", type=int, default=2, help="files per process (default 2)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
-    p.add_argument("--remote", action="store_true", help="serve the samples from a local XRootD server and read root://")
-    p.set_defaults(func=lambda a: 0 if run_demo(a.out, a.events, a.files, a.epochs, a.remote, a.workers) else 1)
+    p.add_argument(
+        "--remote", action="store_true", help="serve the samples from a local XRootD server and read root://"
+    )
+    p.set_defaults(
+        func=lambda a: 0 if run_demo(a.out, a.events, a.files, a.epochs, a.remote, a.workers) else 1
+    )

@@ -41,9 +41,9 @@ __all__ = [
     "Specs",
     "StaleSpecsError",
     "TreeNotFoundError",
+    "Unit",
     "UnitReader",
     "UnsupportedBranchError",
-    "Unit",
 ]
 
 from .reader import UnitReader  # noqa: E402

@@ -45,20 +45,20 @@ class Chunk:
     def nbytes(self) -> int:
         return sum(getattr(self, f).nbytes for f in self.FIELDS)
 
-    def take(self, index) -> "Chunk":
+    def take(self, index) -> Chunk:
         """Rows ``index`` (a slice gives views; an integer array gathers, with the fast ``np.take``)."""
         if isinstance(index, slice):
             return Chunk(*(getattr(self, f)[index] for f in self.FIELDS))
         return Chunk(*(np.take(getattr(self, f), index, axis=0) for f in self.FIELDS))
 
     @classmethod
-    def concat(cls, chunks: list["Chunk"]) -> "Chunk":
+    def concat(cls, chunks: list[Chunk]) -> Chunk:
         if len(chunks) == 1:
             return chunks[0]
         return cls(*(np.concatenate([getattr(c, f) for c in chunks]) for f in cls.FIELDS))
 
     @classmethod
-    def empty(cls, n_features: int) -> "Chunk":
+    def empty(cls, n_features: int) -> Chunk:
         return cls(
             np.zeros((0, n_features), np.float32),
             np.zeros((0, n_features), bool),
@@ -84,9 +84,13 @@ class JaggedChunk:
     def __len__(self) -> int:
         return len(self.y)
 
-    def take(self, index) -> "JaggedChunk":
-        return JaggedChunk({k: v[index] for k, v in self.arrays.items()}, self.y[index], self.weight[index],
-                           self.event_id[index])
+    def take(self, index) -> JaggedChunk:
+        return JaggedChunk(
+            {k: v[index] for k, v in self.arrays.items()},
+            self.y[index],
+            self.weight[index],
+            self.event_id[index],
+        )
 
 
 class ChunkStore:

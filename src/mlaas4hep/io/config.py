@@ -85,7 +85,7 @@ class DatasetConfig:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base_dir: str | os.PathLike = ".") -> "DatasetConfig":
+    def from_dict(cls, data: dict[str, Any], base_dir: str | os.PathLike = ".") -> DatasetConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a dataset configuration must be a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)} - {"extra", "base_dir"}
@@ -96,7 +96,7 @@ class DatasetConfig:
         return cls(**kwargs, extra=extra, base_dir=str(base_dir))
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "DatasetConfig":
+    def from_yaml(cls, path: str | os.PathLike) -> DatasetConfig:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text())
@@ -109,7 +109,7 @@ class DatasetConfig:
     @classmethod
     def from_mlaas4hep(
         cls, files: str | os.PathLike, labels: str | os.PathLike | None, params: str | os.PathLike | dict
-    ) -> "DatasetConfig":
+    ) -> DatasetConfig:
         """Read MLaaS4HEP's ``files.txt``, ``labels.txt`` and ``params.json``.
 
         ``labels`` may be a file (one label per line, ``#`` comments), a comma
@@ -167,7 +167,7 @@ class DatasetConfig:
             return [self.redirector.rstrip("/") + "//" + path.lstrip("/")]
         if "://" in path and not path.startswith("file://"):
             return [path]
-        path = path[len("file://"):] if path.startswith("file://") else path
+        path = path[len("file://") :] if path.startswith("file://") else path
         if not os.path.isabs(path):
             path = os.path.join(self.base_dir, path)
         if glob.has_magic(path):

@@ -24,9 +24,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,14 @@ log = logging.getLogger(__name__)
 #: Fields of the configuration that change what the specs pass computes.
 SPECS_FIELDS = ("tree", "branches", "exclude", "identifier", "new_variables", "selection", "nevts")
 #: Fields that change what a decoded chunk holds.
-CHUNK_FIELDS = SPECS_FIELDS + ("jagged", "pad_value", "normalize", "label_branch", "weight_branch", "chunk_size")
+CHUNK_FIELDS = SPECS_FIELDS + (
+    "jagged",
+    "pad_value",
+    "normalize",
+    "label_branch",
+    "weight_branch",
+    "chunk_size",
+)
 
 
 class Dataset:
@@ -70,7 +78,7 @@ class Dataset:
 
     # ------------------------------------------------------------ constructors
     @classmethod
-    def from_config(cls, config: str | os.PathLike | dict | DatasetConfig, **kw) -> "Dataset":
+    def from_config(cls, config: str | os.PathLike | dict | DatasetConfig, **kw) -> Dataset:
         if isinstance(config, DatasetConfig):
             return cls(config, **kw)
         if isinstance(config, dict):
@@ -78,7 +86,7 @@ class Dataset:
         return cls(DatasetConfig.from_yaml(config), **kw)
 
     @classmethod
-    def from_mlaas4hep(cls, files, labels, params, **kw) -> "Dataset":
+    def from_mlaas4hep(cls, files, labels, params, **kw) -> Dataset:
         return cls(DatasetConfig.from_mlaas4hep(files, labels, params), **kw)
 
     # ------------------------------------------------------------ structure
@@ -99,8 +107,10 @@ class Dataset:
         """Fingerprint and entries of every file (``entries`` 0 for skipped files)."""
         c = self.config
         fn = partial(_file_info_task, c.tree, c.timeout, c.retries, c.retry_backoff)
-        return [info if info is not None else {"url": url, "entries": 0, "skipped": True}
-                for url, info in self._map(fn, self.urls)]
+        return [
+            info if info is not None else {"url": url, "entries": 0, "skipped": True}
+            for url, info in self._map(fn, self.urls)
+        ]
 
     @cached_property
     def schema(self) -> schema_mod.Schema:
@@ -168,15 +178,24 @@ class Dataset:
         """Run the specs pass over all units in parallel."""
         c, sch = self.config, self.schema
         names = sch.flat + sch.jagged
-        reader = self._reader(Preprocessor(flat=sch.flat, jagged=[(j, 0) for j in sch.jagged],
-                                           new_variables=c.new_variables, selection=c.selection, tree=c.tree))
+        reader = self._reader(
+            Preprocessor(
+                flat=sch.flat,
+                jagged=[(j, 0) for j in sch.jagged],
+                new_variables=c.new_variables,
+                selection=c.selection,
+                tree=c.tree,
+            )
+        )
         units = plan_units([f["entries"] for f in self.file_infos], c.chunk_size, c.nevts)
         specs = Specs(flat=list(sch.flat), jagged=list(sch.jagged), key=self._specs_key())
         selected = [0] * len(self.urls)
         fn, ex = partial(unit_stats, reader, names), self._executor()
         with progress.bar("specs", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
             if hasattr(ex, "reduce_unit_stats"):  # Dask: a tree-reduce on the workers
-                part = ex.reduce_unit_stats(reader, names, units, skip=c.on_error == "skip", advance=bar.advance)
+                part = ex.reduce_unit_stats(
+                    reader, names, units, skip=c.on_error == "skip", advance=bar.advance
+                )
                 for unit, err in part.errors:
                     self._skip(self.urls[unit.file], unit, err)
                 specs.merge_chunk(part.stats)
@@ -214,9 +233,17 @@ class Dataset:
                 scale[name] = 1.0 / span if span > 0 else 1.0
             elif c.normalize == "standard" and s.count:
                 offset[name], scale[name] = s.mean, (1.0 / s.std if s.std > 0 else 1.0)
-        return Preprocessor(flat=list(sch.flat), jagged=jagged, pad_value=float(c.pad_value),
-                            normalize=c.normalize, offset=offset, scale=scale,
-                            new_variables=dict(c.new_variables), selection=c.selection, tree=c.tree)
+        return Preprocessor(
+            flat=list(sch.flat),
+            jagged=jagged,
+            pad_value=float(c.pad_value),
+            normalize=c.normalize,
+            offset=offset,
+            scale=scale,
+            new_variables=dict(c.new_variables),
+            selection=c.selection,
+            tree=c.tree,
+        )
 
     @property
     def feature_names(self) -> list[str]:
@@ -243,10 +270,18 @@ class Dataset:
         if c.label_branch is None and any(lab < 0 for lab in labels) and pre is None:
             raise ConfigError("every file group needs a 'label' (or set 'label_branch')")
         pre = pre or self.preprocessor
-        return UnitReader(urls=self.urls, tree=c.tree, preprocessing=pre.to_dict(), labels=labels,
-                          weights=[float(g.weight) for g in groups], label_branch=c.label_branch,
-                          weight_branch=c.weight_branch, timeout=c.timeout, retries=c.retries,
-                          backoff=c.retry_backoff)
+        return UnitReader(
+            urls=self.urls,
+            tree=c.tree,
+            preprocessing=pre.to_dict(),
+            labels=labels,
+            weights=[float(g.weight) for g in groups],
+            label_branch=c.label_branch,
+            weight_branch=c.weight_branch,
+            timeout=c.timeout,
+            retries=c.retries,
+            backoff=c.retry_backoff,
+        )
 
     def units(self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None) -> list[Unit]:
         """The units that rank ``rank`` of ``world`` reads in ``epoch``, in order."""
@@ -265,13 +300,21 @@ class Dataset:
         """The decoded cache for this configuration, specs and files (None when disabled)."""
         if not self.config.cache_dir:
             return None
-        key = _hash([self.config.digest(*CHUNK_FIELDS), self.preprocessor.to_dict(), self.file_infos,
-                     [(g.label, g.weight) for _, g in self._files]])[:20]
+        key = _hash(
+            [
+                self.config.digest(*CHUNK_FIELDS),
+                self.preprocessor.to_dict(),
+                self.file_infos,
+                [(g.label, g.weight) for _, g in self._files],
+            ]
+        )[:20]
         root = self._cache_root() / "chunks"
         _evict(root, keep=key, limit=self.config.cache_max_gb * 2**30)
         return ChunkStore(root / key)
 
-    def chunks(self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None) -> Iterator[Chunk]:
+    def chunks(
+        self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None
+    ) -> Iterator[Chunk]:
         """Decoded chunks of an epoch, in plan order, decoded ahead by the workers."""
         c, units = self.config, self.units(epoch, rank, world, shuffle)
         reader, cache, ex = self._reader(), self.cache, self._executor()
@@ -294,7 +337,9 @@ class Dataset:
                 todo.append((u, spool, False))
 
         try:
-            with progress.bar(f"epoch {epoch}", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
+            with progress.bar(
+                f"epoch {epoch}", sum(u.stop - u.start for u in units), show=self.show_progress
+            ) as bar:
                 for (u, store, cached), out in self._map(partial(_decode_task, reader), todo, ex):
                     if out is None and not cached:
                         continue
@@ -309,8 +354,9 @@ class Dataset:
             if spool is not None:
                 shutil.rmtree(spool.root, ignore_errors=True)
 
-    def jagged_chunks(self, epoch: int = 0, rank: int = 0, world: int = 1,
-                      shuffle: bool | None = None) -> Iterator[JaggedChunk]:
+    def jagged_chunks(
+        self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None
+    ) -> Iterator[JaggedChunk]:
         """Units with jagged features kept as awkward lists (normalised, not padded), for set/graph models.
 
         Same units, order, selection and labels as :meth:`chunks`; events are
@@ -335,7 +381,9 @@ class Dataset:
         """Batches of an epoch: ``b.x``, ``b.mask``, ``b.y``, ``b.weight``, ``b.event_id``."""
         c = self.config
         shuffle = c.shuffle if shuffle is None else shuffle
-        tables = (tuple(getattr(ch, f) for f in Chunk.FIELDS) for ch in self.chunks(epoch, rank, world, shuffle))
+        tables = (
+            tuple(getattr(ch, f) for f in Chunk.FIELDS) for ch in self.chunks(epoch, rank, world, shuffle)
+        )
         if not shuffle:
             out = cut_batches(tables, batch_size)
         else:
@@ -389,8 +437,9 @@ class Dataset:
 def _file_info_task(tree: str, timeout: float, retries: int, backoff: float, url: str) -> dict[str, Any]:
     from .sources import is_local, with_retries
 
-    return with_retries(lambda: file_info(url, tree, timeout), f"opening {url}",
-                        0 if is_local(url) else retries, backoff, url)
+    return with_retries(
+        lambda: file_info(url, tree, timeout), f"opening {url}", 0 if is_local(url) else retries, backoff, url
+    )
 
 
 def _decode_task(reader: UnitReader, item: tuple) -> Chunk | int | None:

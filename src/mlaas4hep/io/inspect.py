@@ -8,7 +8,9 @@ from . import sources
 from .schema import branch_kind
 
 
-def inspect_file(url: str, tree: str | None = None, pattern: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+def inspect_file(
+    url: str, tree: str | None = None, pattern: str | None = None, timeout: float = 30.0
+) -> dict[str, Any]:
     """Trees of a file with their entries, and the branches (name, type, kind) of each.
 
     ``kind`` is ``flat``, ``jagged`` or ``unsupported`` (what the streaming layer

@@ -17,8 +17,9 @@ exactly the preprocessing the model was trained with.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -83,7 +84,7 @@ class Preprocessor:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessor":
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessor:
         try:
             return cls(
                 flat=list(d["flat"]),
@@ -116,7 +117,9 @@ class Preprocessor:
             raise ConfigError(f"selection {self.selection!r} must give one boolean per event")
         return keep
 
-    def normalized(self, arrays: Mapping[str, Any], apply_selection: bool = True) -> tuple[dict[str, Any], np.ndarray | None]:
+    def normalized(
+        self, arrays: Mapping[str, Any], apply_selection: bool = True
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
         """Normalised features with jagged ones kept as awkward lists (no padding): for set/graph models."""
         arrays = self.add_variables(arrays) if self._new else arrays
         keep = self.select(arrays) if apply_selection else None

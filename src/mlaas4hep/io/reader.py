@@ -56,7 +56,9 @@ def forget(url: str, tree: str) -> None:
             pass
 
 
-def read_arrays(url: str, tree: str, branches: list[str], start: int, stop: int, timeout: float = 30.0) -> dict:
+def read_arrays(
+    url: str, tree: str, branches: list[str], start: int, stop: int, timeout: float = 30.0
+) -> dict:
     """Read ``branches`` of entries ``[start, stop)`` once (no retry)."""
     t = get_tree(url, tree, timeout)
     missing = [b for b in branches if b not in t]
@@ -116,7 +118,9 @@ class UnitReader:
 
         def attempt():
             try:
-                return read_arrays(url, self.tree, branches or self.branches, unit.start, unit.stop, self.timeout)
+                return read_arrays(
+                    url, self.tree, branches or self.branches, unit.start, unit.stop, self.timeout
+                )
             except FileOpenError:
                 forget(url, self.tree)
                 raise

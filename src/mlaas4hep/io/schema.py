@@ -70,7 +70,9 @@ def select(
     for pattern in branches:
         if not match(keys, [pattern]):
             close = fnmatch.filter(keys, f"*{pattern.strip('*')}*")[:5]
-            raise BranchNotFoundError(url, pattern, f"similar: {close}" if close else f"{len(keys)} branches there")
+            raise BranchNotFoundError(
+                url, pattern, f"similar: {close}" if close else f"{len(keys)} branches there"
+            )
     chosen = [k for k in match(keys, list(branches)) if not match([k], list(exclude)) and k not in identifier]
     for name in extra:
         if name not in keys:
@@ -97,4 +99,3 @@ def kinds(tree, url: str, names: list[str]) -> dict[str, str]:
             raise UnsupportedBranchError(url, name, str(b.typename))
         out[name] = kind
     return out
-

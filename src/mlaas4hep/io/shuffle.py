@@ -16,7 +16,8 @@ Every event of the plan appears exactly once per epoch.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,9 @@ def block_permutation(rng: np.random.Generator, n: int, block: int) -> np.ndarra
     return idx[idx < n]
 
 
-def _cut(pool: list[tuple], batch_size: int, rng, cat, take, keep: int, block: int = 1) -> tuple[list[tuple], list[tuple], int]:
+def _cut(
+    pool: list[tuple], batch_size: int, rng, cat, take, keep: int, block: int = 1
+) -> tuple[list[tuple], list[tuple], int]:
     """Batches from a pool, keeping ``keep`` rows (and the remainder) back; ``keep < 0``: flush all."""
     big = pool[0] if len(pool) == 1 else tuple(cat([t[i] for t in pool]) for i in range(len(pool[0])))
     n = len(big[0])
@@ -125,6 +128,6 @@ def _cut(pool: list[tuple], batch_size: int, rng, cat, take, keep: int, block: i
         perm = block_permutation(rng, n, block)
         big = tuple(take(a, perm) for a in big)
     stop = n if keep < 0 else (max(n - keep, 0) // batch_size) * batch_size
-    out = [tuple(a[s:min(s + batch_size, stop)] for a in big) for s in range(0, stop, batch_size)]
+    out = [tuple(a[s : min(s + batch_size, stop)] for a in big) for s in range(0, stop, batch_size)]
     rest = [tuple(a[stop:] for a in big)] if stop < n else []
     return out, rest, n - stop

@@ -17,7 +17,8 @@ import logging
 import os
 import random
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import uproot
 
@@ -55,7 +56,7 @@ def is_local(url: str) -> bool:
 
 
 def local_path(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def open_options(url: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -124,9 +125,7 @@ def fingerprint(url: str, tree_obj=None, timeout: float = 30.0) -> dict[str, Any
     return fp
 
 
-def with_retries(
-    fn: Callable[[], T], what: str, retries: int = 3, backoff: float = 0.5, url: str = ""
-) -> T:
+def with_retries(fn: Callable[[], T], what: str, retries: int = 3, backoff: float = 0.5, url: str = "") -> T:
     """Call ``fn``; on a transient error wait (exponential back-off with jitter) and retry.
 
     The callable must be idempotent: here it always re-reads one fixed entry
@@ -143,7 +142,9 @@ def with_retries(
             last: Exception = err
         except TRANSIENT as err:
             if attempt >= retries:
-                raise FileOpenError(url or what, f"{what} failed after {retries + 1} attempts: {err}") from err
+                raise FileOpenError(
+                    url or what, f"{what} failed after {retries + 1} attempts: {err}"
+                ) from err
             last = err
         attempt += 1
         delay = backoff * (2 ** (attempt - 1)) * (1 + random.random() * 0.25)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -41,7 +42,7 @@ class Stats:
     lengths: np.ndarray | None = None  # histogram of multiplicities (jagged only)
 
     @classmethod
-    def of(cls, values: Any) -> "Stats":
+    def of(cls, values: Any) -> Stats:
         jagged = isinstance(values, ak.Array) and values.ndim > 1
         lengths = None
         if jagged:
@@ -61,7 +62,7 @@ class Stats:
             s.min, s.max = float(v.min()), float(v.max())
         return s
 
-    def merge(self, other: "Stats") -> "Stats":
+    def merge(self, other: Stats) -> Stats:
         n = self.count + other.count
         out = Stats(nans=self.nans + other.nans, min=min(self.min, other.min), max=max(self.max, other.max))
         if n:
@@ -134,7 +135,7 @@ class Specs:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Specs":
+    def from_dict(cls, d: Mapping[str, Any]) -> Specs:
         stats = {}
         for k in d.get("minv", {}):
             lengths = d.get("lengths", {}).get(k)
@@ -147,7 +148,13 @@ class Specs:
                 nans=int(d.get("nans", {}).get(k, 0)),
                 lengths=np.asarray(lengths, dtype=np.int64) if lengths is not None else None,
             )
-        return cls(flat=list(d["fkeys"]), jagged=list(d["jkeys"]), stats=stats, files=list(d["files"]), key=d.get("key", ""))
+        return cls(
+            flat=list(d["fkeys"]),
+            jagged=list(d["jkeys"]),
+            stats=stats,
+            files=list(d["files"]),
+            key=d.get("key", ""),
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -157,7 +164,7 @@ class Specs:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Specs":
+    def load(cls, path: str | os.PathLike) -> Specs:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 

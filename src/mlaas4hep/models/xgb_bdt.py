@@ -10,5 +10,6 @@ from xgboost import XGBClassifier
 
 
 def model():
-    return XGBClassifier(n_estimators=100, max_depth=5, learning_rate=0.2, subsample=0.8, tree_method="hist",
-                         random_state=0)
+    return XGBClassifier(
+        n_estimators=100, max_depth=5, learning_rate=0.2, subsample=0.8, tree_method="hist", random_state=0
+    )

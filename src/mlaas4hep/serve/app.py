@@ -23,11 +23,12 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.applications import Starlette
@@ -70,7 +71,7 @@ class ModelInfo:
     _orders: dict[tuple[str, ...], np.ndarray | None] = field(default_factory=dict)
 
     @classmethod
-    def from_meta(cls, name: str, version: int, meta: dict[str, Any]) -> "ModelInfo":
+    def from_meta(cls, name: str, version: int, meta: dict[str, Any]) -> ModelInfo:
         pre_d = meta["inputs"].get("preprocessing")
         try:
             pre = Preprocessor.from_dict(pre_d) if pre_d else None
@@ -99,8 +100,11 @@ class ModelInfo:
         if sorted(keys) != sorted(self.features) or len(set(keys)) != len(keys):
             missing = [f for f in self.features if f not in keys]
             extra = [k for k in keys if k not in self.features]
-            raise ApiError(400, f"keys do not match the features of model {self.name!r}: "
-                                f"missing {missing[:10]}, unknown {extra[:10]}")
+            raise ApiError(
+                400,
+                f"keys do not match the features of model {self.name!r}: "
+                f"missing {missing[:10]}, unknown {extra[:10]}",
+            )
         pos = {k: i for i, k in enumerate(keys)}
         order = None if list(keys) == self.features else np.array([pos[f] for f in self.features])
         if len(self._orders) < 64:
@@ -181,7 +185,9 @@ class ServerState:
     async def infer(self, info: ModelInfo, x: np.ndarray) -> np.ndarray:
         """Scores for feature rows ``x`` through the model's dynamic batcher."""
         if not self.repo.is_ready(info.name):
-            raise ApiError(400, f"model {info.name!r} is unloaded: POST /v2/repository/models/{info.name}/load first")
+            raise ApiError(
+                400, f"model {info.name!r} is unloaded: POST /v2/repository/models/{info.name}/load first"
+            )
         return await self.batcher(info).infer(x)
 
     def forget(self, name: str) -> None:
@@ -249,7 +255,10 @@ async def _library_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    msg = {404: f"no route {request.url.path!r}", 405: f"method {request.method} not allowed on {request.url.path!r}"}
+    msg = {
+        404: f"no route {request.url.path!r}",
+        405: f"method {request.method} not allowed on {request.url.path!r}",
+    }
     return error_response(exc.status_code, msg.get(exc.status_code, str(exc.detail)), exc.headers)
 
 
@@ -336,8 +345,14 @@ def create_app(
     repo = Repository(repo_dir, max_loaded=max_loaded, threads=threads, shared=shared)
     auth = Auth(load_token(token, token_file), private=private, allow_anonymous_admin=allow_anonymous_admin)
     state = ServerState(
-        repo, auth, max_batch=max_batch, max_delay_ms=max_delay_ms, max_body=max_body, max_upload=max_upload,
-        infer_threads=infer_threads, root_prefixes=tuple(_prefix(p) for p in root_prefixes),
+        repo,
+        auth,
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        max_body=max_body,
+        max_upload=max_upload,
+        infer_threads=infer_threads,
+        root_prefixes=tuple(_prefix(p) for p in root_prefixes),
     )
     routes = [
         Route("/", index_page, methods=["GET"]),

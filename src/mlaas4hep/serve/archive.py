@@ -45,7 +45,7 @@ def read_archive(
     archive is unreadable or breaks one of the rules above.
     """
     try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")  # noqa: SIM115 (closed below)
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         raise BundleError(f"the upload is not a readable tar archive (.tar, .tar.gz): {err}") from None
     files: dict[str, bytes] = {}
@@ -65,14 +65,18 @@ def read_archive(
                     continue
                 if not member.isfile():
                     kind = "link" if (member.issym() or member.islnk()) else "special file"
-                    raise BundleError(f"archive member {member.name!r} is a {kind}: only regular files are allowed")
+                    raise BundleError(
+                        f"archive member {member.name!r} is a {kind}: only regular files are allowed"
+                    )
                 if len(parts) > 2:
                     raise BundleError(f"archive member {member.name!r}: nested folders are not allowed")
                 if len(parts) == 2:
                     if prefix is None:
                         prefix = parts[0]
                     if parts[0] != prefix:
-                        raise BundleError("the archive must hold one bundle: files at its root or in one folder")
+                        raise BundleError(
+                            "the archive must hold one bundle: files at its root or in one folder"
+                        )
                 fname = parts[-1]
                 if not fname.endswith(ALLOWED_SUFFIXES):
                     raise BundleError(

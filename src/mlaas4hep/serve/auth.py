@@ -60,7 +60,9 @@ class Auth:
         assert self._token is not None
         scheme, _, given = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not given:
-            raise ApiError(401, "this operation needs 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "this operation needs 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+            )
         if not hmac.compare_digest(given.strip().encode(), self._token):
             raise ApiError(401, "invalid token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
@@ -69,8 +71,11 @@ class Auth:
         if self._token is None:
             if self.allow_anonymous_admin:
                 return
-            raise ApiError(403, "this server has no token configured, so it refuses changes to its repository "
-                                "(start it with --token-file or MLAAS4HEP_TOKEN)")
+            raise ApiError(
+                403,
+                "this server has no token configured, so it refuses changes to its repository "
+                "(start it with --token-file or MLAAS4HEP_TOKEN)",
+            )
         self._check(request)
 
     def require_read(self, request: Request) -> None:

@@ -53,39 +53,86 @@ examples:
 def add_serve_commands(subparsers: Any) -> None:
     """Register ``serve`` and ``client`` on an :mod:`argparse` subparsers object."""
     fmt = argparse.RawDescriptionHelpFormatter
-    s = subparsers.add_parser("serve", help="serve model bundles over HTTP (TFaaS API + Open Inference Protocol v2)",
-                              description=SERVE_HELP, formatter_class=fmt)
-    s.add_argument("--repo", required=True, metavar="DIR", help="model repository directory (created if missing)")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    s = subparsers.add_parser(
+        "serve",
+        help="serve model bundles over HTTP (TFaaS API + Open Inference Protocol v2)",
+        description=SERVE_HELP,
+        formatter_class=fmt,
+    )
+    s.add_argument(
+        "--repo", required=True, metavar="DIR", help="model repository directory (created if missing)"
+    )
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)"
+    )
     s.add_argument("--port", type=int, default=8083, help="port (default 8083, as TFaaS)")
-    s.add_argument("--token-file", metavar="F", help="file whose first line is the bearer token "
-                                                      "(default: $MLAAS4HEP_TOKEN)")
-    s.add_argument("--max-batch", type=int, default=256, help="dynamic batching: most rows per onnxruntime call "
-                                                              "(default 256; 1 disables batching)")
-    s.add_argument("--max-delay-ms", type=float, default=2.0,
-                   help="dynamic batching: longest wait of a request for company (default 2 ms)")
-    s.add_argument("--max-loaded", type=int, default=16, help="onnxruntime sessions kept in memory (LRU, default 16)")
-    s.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per session "
-                                                              "(default: all cores)")
-    s.add_argument("--infer-threads", type=int, default=2, help="onnxruntime calls running at once (default 2)")
-    s.add_argument("--workers", type=int, default=1,
-                   help="server processes sharing the port and the repository (default 1; each has its own "
-                        "batcher and /metrics; 2 roughly doubles small-request throughput on 2 cores)")
-    s.add_argument("--data-dir", action="append", default=[], metavar="DIR",
-                   help="local directory whose ROOT files predict_root may read (repeatable; default none)")
-    s.add_argument("--no-remote", action="store_true", help="predict_root: refuse root:// and http(s):// URLs")
+    s.add_argument(
+        "--token-file",
+        metavar="F",
+        help="file whose first line is the bearer token (default: $MLAAS4HEP_TOKEN)",
+    )
+    s.add_argument(
+        "--max-batch",
+        type=int,
+        default=256,
+        help="dynamic batching: most rows per onnxruntime call (default 256; 1 disables batching)",
+    )
+    s.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=2.0,
+        help="dynamic batching: longest wait of a request for company (default 2 ms)",
+    )
+    s.add_argument(
+        "--max-loaded", type=int, default=16, help="onnxruntime sessions kept in memory (LRU, default 16)"
+    )
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="onnxruntime intra-op threads per session (default: all cores)",
+    )
+    s.add_argument(
+        "--infer-threads", type=int, default=2, help="onnxruntime calls running at once (default 2)"
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port and the repository (default 1; each has its own "
+        "batcher and /metrics; 2 roughly doubles small-request throughput on 2 cores)",
+    )
+    s.add_argument(
+        "--data-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="local directory whose ROOT files predict_root may read (repeatable; default none)",
+    )
+    s.add_argument(
+        "--no-remote", action="store_true", help="predict_root: refuse root:// and http(s):// URLs"
+    )
     s.add_argument("--private", action="store_true", help="require the token for reads and inference too")
-    s.add_argument("--no-auth", action="store_true", help="allow repository changes without a token "
-                                                          "(only on a trusted machine)")
+    s.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="allow repository changes without a token (only on a trusted machine)",
+    )
     s.add_argument("--max-body-mb", type=float, default=64, help="largest inference request (default 64 MB)")
     s.add_argument("--max-upload-mb", type=float, default=512, help="largest bundle upload (default 512 MB)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=run_serve)
 
-    c = subparsers.add_parser("client", help="talk to a server: upload, models, delete, predict, predict-root",
-                              description=CLIENT_HELP, formatter_class=fmt)
+    c = subparsers.add_parser(
+        "client",
+        help="talk to a server: upload, models, delete, predict, predict-root",
+        description=CLIENT_HELP,
+        formatter_class=fmt,
+    )
     c.add_argument("--url", default=None, help="server URL (default $MLAAS4HEP_URL or http://127.0.0.1:8083)")
-    c.add_argument("--token-file", metavar="F", help="file holding the bearer token (default $MLAAS4HEP_TOKEN)")
+    c.add_argument(
+        "--token-file", metavar="F", help="file holding the bearer token (default $MLAAS4HEP_TOKEN)"
+    )
     cs = c.add_subparsers(dest="client_command", metavar="COMMAND")
     c.set_defaults(func=lambda a: (c.print_help(), 2)[1])
     up = cs.add_parser("upload", help="install a bundle directory or .tar.gz")
@@ -121,11 +168,22 @@ def run_serve(args: argparse.Namespace) -> int:
 
     prefixes = list(args.data_dir) + ([] if args.no_remote else ["root://", "http://", "https://"])
     serve(
-        args.repo, host=args.host, port=args.port, log_level=args.log_level, workers=args.workers,
-        token_file=args.token_file, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
-        max_loaded=args.max_loaded, threads=args.threads, infer_threads=args.infer_threads,
-        private=args.private, allow_anonymous_admin=args.no_auth, root_prefixes=prefixes,
-        max_body=int(args.max_body_mb * 2**20), max_upload=int(args.max_upload_mb * 2**20),
+        args.repo,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        workers=args.workers,
+        token_file=args.token_file,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        max_loaded=args.max_loaded,
+        threads=args.threads,
+        infer_threads=args.infer_threads,
+        private=args.private,
+        allow_anonymous_admin=args.no_auth,
+        root_prefixes=prefixes,
+        max_body=int(args.max_body_mb * 2**20),
+        max_upload=int(args.max_upload_mb * 2**20),
     )
     return 0
 
@@ -161,7 +219,9 @@ def _predict(cl: Any, a: argparse.Namespace) -> Any:
     import numpy as np
 
     if a.values:
-        return cl.predict(a.name, np.array([[float(v) for v in a.values.split(",")]]), version=a.version).tolist()
+        return cl.predict(
+            a.name, np.array([[float(v) for v in a.values.split(",")]]), version=a.version
+        ).tolist()
     if a.input:
         with open(a.input) as f:
             data = json.load(f)
@@ -173,8 +233,9 @@ def _predict(cl: Any, a: argparse.Namespace) -> Any:
 
 def _predict_root(cl: Any, a: argparse.Namespace) -> Any:
     if a.out:
-        path = cl.predict_root_file(a.name, a.url, a.out, tree=a.tree, entry_start=a.start, entry_stop=a.stop,
-                                    version=a.version)
+        path = cl.predict_root_file(
+            a.name, a.url, a.out, tree=a.tree, entry_start=a.start, entry_stop=a.stop, version=a.version
+        )
         return {"written": str(path)}
     res = cl.predict_root(a.name, a.url, a.tree, a.start, a.stop, version=a.version)
     scores = res.pop("scores")

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import zlib
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 from starlette.responses import Response
@@ -39,20 +40,29 @@ class Reply:
 
     __slots__ = ("body", "content_type", "headers", "status")
 
-    def __init__(self, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None,
-                 status: int = 200):
+    def __init__(
+        self,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        status: int = 200,
+    ):
         self.body, self.content_type, self.headers, self.status = body, content_type, headers or {}, status
 
     def response(self) -> Response:
-        return Response(self.body, status_code=self.status, media_type=self.content_type, headers=self.headers)
+        return Response(
+            self.body, status_code=self.status, media_type=self.content_type, headers=self.headers
+        )
 
 
 class Call:
     """One request as the hot handlers see it: path parameters, headers and a body to read."""
 
-    __slots__ = ("params", "headers", "_receive")
+    __slots__ = ("_receive", "headers", "params")
 
-    def __init__(self, params: dict[str, str], headers: Mapping[str, str], receive: Callable[[], Awaitable[dict]]):
+    def __init__(
+        self, params: dict[str, str], headers: Mapping[str, str], receive: Callable[[], Awaitable[dict]]
+    ):
         self.params, self.headers, self._receive = params, headers, receive
 
     async def read_body(self, limit: int) -> bytes | bytearray:
@@ -129,15 +139,29 @@ class FastPath:
             if path.startswith("/v2/models/") and path.endswith("/infer"):
                 parts = path[11:-6].split("/")
                 if len(parts) == 1 and parts[0]:
-                    return await self._serve(self._infer, "/v2/models/{name}/infer", {"name": parts[0]},
-                                             scope, receive, send)
+                    return await self._serve(
+                        self._infer, "/v2/models/{name}/infer", {"name": parts[0]}, scope, receive, send
+                    )
                 if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
-                    return await self._serve(self._infer, "/v2/models/{name}/versions/{version}/infer",
-                                             {"name": parts[0], "version": parts[2]}, scope, receive, send)
+                    return await self._serve(
+                        self._infer,
+                        "/v2/models/{name}/versions/{version}/infer",
+                        {"name": parts[0], "version": parts[2]},
+                        scope,
+                        receive,
+                        send,
+                    )
         await self.app(scope, receive, send)
 
-    async def _serve(self, handler: Handler, route: str, params: dict[str, str], scope: dict,
-                     receive: Callable, send: Callable) -> None:
+    async def _serve(
+        self,
+        handler: Handler,
+        route: str,
+        params: dict[str, str],
+        scope: dict,
+        receive: Callable,
+        send: Callable,
+    ) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self.state.in_flight += 1
         try:

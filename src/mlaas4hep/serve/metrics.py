@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -47,11 +47,18 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.batch = Histogram(
-            "mlaas4hep_batch_size_rows", "Rows per onnxruntime call", ["model"], buckets=BATCH_BUCKETS, registry=r
+            "mlaas4hep_batch_size_rows",
+            "Rows per onnxruntime call",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.queue = Histogram(
-            "mlaas4hep_queue_seconds", "Wait of the oldest request of a batch", ["model"],
-            buckets=QUEUE_BUCKETS, registry=r,
+            "mlaas4hep_queue_seconds",
+            "Wait of the oldest request of a batch",
+            ["model"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
         )
         self.loaded = Gauge("mlaas4hep_models_loaded", "onnxruntime sessions in memory", registry=r)
         self._http: dict[tuple[str, str, str], int] = {}
@@ -82,7 +89,7 @@ class Metrics:
             h[-1] += seconds
 
     @contextmanager
-    def observe(self) -> Iterator["Observation"]:
+    def observe(self) -> Iterator[Observation]:
         """Time one inference request and count it by model and status.
 
         The caller sets ``obs.model`` once it knows the model; a normal exit counts
@@ -122,16 +129,21 @@ class _RequestCollector:
         self.m = m
 
     def collect(self) -> Iterator[Metric]:
-        http = CounterMetricFamily("mlaas4hep_http_requests", "HTTP requests", labels=["route", "method", "status"])
+        http = CounterMetricFamily(
+            "mlaas4hep_http_requests", "HTTP requests", labels=["route", "method", "status"]
+        )
         for key, n in list(self.m._http.items()):
             http.add_metric(list(key), n)
         yield http
-        infer = CounterMetricFamily("mlaas4hep_inference_requests", "Inference requests", labels=["model", "status"])
+        infer = CounterMetricFamily(
+            "mlaas4hep_inference_requests", "Inference requests", labels=["model", "status"]
+        )
         for key, n in list(self.m._infer.items()):
             infer.add_metric(list(key), n)
         yield infer
-        lat = HistogramMetricFamily("mlaas4hep_request_latency_seconds", "Inference latency in the server",
-                                    labels=["model"])
+        lat = HistogramMetricFamily(
+            "mlaas4hep_request_latency_seconds", "Inference latency in the server", labels=["model"]
+        )
         for model, h in list(self.m._latency.items()):
             cum, buckets = 0.0, []
             for le, n in zip((*LATENCY_BUCKETS, float("inf")), h[:-1]):

@@ -40,8 +40,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .. import bundle
 from ..bundle import BundleError, Predictor
@@ -76,8 +77,9 @@ def parse_version(version: Any) -> int | None:
 class Repository:
     """Bundles under ``root``, with at most ``max_loaded`` onnxruntime sessions in memory."""
 
-    def __init__(self, root: str | os.PathLike, max_loaded: int = 16, threads: int | None = None,
-                 shared: bool = False):
+    def __init__(
+        self, root: str | os.PathLike, max_loaded: int = 16, threads: int | None = None, shared: bool = False
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_loaded = max(1, int(max_loaded))
@@ -239,7 +241,9 @@ class Repository:
         key = (name, version)
         with self._lock:
             if name in self._unloaded:
-                raise ApiError(400, f"model {name!r} is unloaded: POST /v2/repository/models/{name}/load first")
+                raise ApiError(
+                    400, f"model {name!r} is unloaded: POST /v2/repository/models/{name}/load first"
+                )
             p = self._loaded.get(key)
             if p is not None:
                 self._loaded.move_to_end(key)
@@ -301,7 +305,9 @@ class Repository:
         return out
 
     # ------------------------------------------------------------ install / delete
-    def install(self, files: Mapping[str, bytes], name: str | None = None, version: Any = None) -> tuple[str, int]:
+    def install(
+        self, files: Mapping[str, bytes], name: str | None = None, version: Any = None
+    ) -> tuple[str, int]:
         """Install a bundle given as ``{file name: bytes}``; returns ``(name, version)``.
 
         ``name``/``version`` override those of ``bundle.json``. Without a
@@ -310,7 +316,12 @@ class Repository:
         no ``bundle.json``) gets a ``bundle.json`` written for it.
         """
         for fname in files:
-            if "/" in fname or "\\" in fname or fname in (".", "..") or not fname.endswith(bundle.ALLOWED_SUFFIXES):
+            if (
+                "/" in fname
+                or "\\" in fname
+                or fname in (".", "..")
+                or not fname.endswith(bundle.ALLOWED_SUFFIXES)
+            ):
                 raise ApiError(400, f"file {fname!r} may not be part of a bundle")
         if "model.onnx" not in files:
             raise ApiError(400, f"the bundle has no model.onnx (files: {sorted(files)})")
@@ -416,8 +427,11 @@ def _check_meta(meta: dict[str, Any]) -> None:
         raise ApiError(400, "bundle.json 'serving' must be an object")
     for part, what in ((inputs, "inputs"), (outputs, "outputs")):
         shape = part.get("shape")
-        if shape is not None and (not isinstance(shape, list) or not shape
-                                  or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+        if shape is not None and (
+            not isinstance(shape, list)
+            or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        ):
             raise ApiError(400, f"bundle.json '{what}.shape' must be a list of integers")
         for key in ("onnx_input", "onnx_output"):
             if key in part and not isinstance(part[key], str):
@@ -446,10 +460,18 @@ def _tfaas_bundle(stage: Path, name: str | None) -> None:
     except Exception as err:  # onnx raises DecodeError and friends
         raise ApiError(400, f"model.onnx is not a valid ONNX model: {err}") from None
     if not n:
-        raise ApiError(400, "model.onnx must have a fixed number of input features (its last input dimension)")
+        raise ApiError(
+            400, "model.onnx must have a fixed number of input features (its last input dimension)"
+        )
     bundle.write(
-        stage, stage / "model.onnx", None, labels or ["0", "1"], name=str(name or params.get("name") or ""),
-        framework="onnx", features=[f"x{i}" for i in range(n)], description=str(params.get("description", "")),
+        stage,
+        stage / "model.onnx",
+        None,
+        labels or ["0", "1"],
+        name=str(name or params.get("name") or ""),
+        framework="onnx",
+        features=[f"x{i}" for i in range(n)],
+        description=str(params.get("description", "")),
     )
 
 

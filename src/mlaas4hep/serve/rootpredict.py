@@ -53,7 +53,7 @@ def check_url(url: Any, prefixes: tuple[str, ...]) -> str:
         if any(url.startswith(p) for p in prefixes if "://" in p):
             return url
         raise ApiError(403, f"this server does not open {url.split('://')[0]}:// URLs")
-    path = os.path.realpath(url[len("file://"):] if url.startswith("file://") else url)
+    path = os.path.realpath(url[len("file://") :] if url.startswith("file://") else url)
     if any(path.startswith(p) for p in prefixes if "://" not in p):
         return path
     raise ApiError(403, "this server does not open local files outside its data directories (--data-dir)")
@@ -78,7 +78,9 @@ async def predict_root(request: Request) -> Response:
         raise ApiError(400, f"model {info.name!r} is unloaded")
     req = tensors.parse_json(await read_body(request, 1024 * 1024))
     if not isinstance(req, dict):
-        raise ApiError(400, 'the request must be {"url": ..., "tree": ..., "entry_start": ..., "entry_stop": ...}')
+        raise ApiError(
+            400, 'the request must be {"url": ..., "tree": ..., "entry_start": ..., "entry_stop": ...}'
+        )
     url = check_url(req.get("url"), st.root_prefixes)
     tree = req.get("tree")
     if tree is not None and (not isinstance(tree, str) or not tree):
@@ -94,15 +96,23 @@ async def predict_root(request: Request) -> Response:
     results = await st.blocking(_score, st, info, url, tree, start, stop, chunk)
     if fmt == "root":
         data = await st.blocking(_friend_file, results, info, friend)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{info.name}_{friend}.root"'})
-    oreq = InferRequest(id=req.get("id") if isinstance(req.get("id"), str) else None, inputs=[], outputs=None,
-                        binary_default=fmt == "binary")
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{info.name}_{friend}.root"'},
+        )
+    oreq = InferRequest(
+        id=req.get("id") if isinstance(req.get("id"), str) else None,
+        inputs=[],
+        outputs=None,
+        binary_default=fmt == "binary",
+    )
     return infer_response(info, oreq, results)
 
 
-def _score(st: ServerState, info: ModelInfo, url: str, tree: str | None, start: int, stop: int | None,
-           chunk: int) -> dict[str, np.ndarray]:
+def _score(
+    st: ServerState, info: ModelInfo, url: str, tree: str | None, start: int, stop: int | None, chunk: int
+) -> dict[str, np.ndarray]:
     predictor = st.repo.predictor(info.name, info.version)
     parts: list[dict[str, np.ndarray]] = []
     n = 0
@@ -111,7 +121,9 @@ def _score(st: ServerState, info: ModelInfo, url: str, tree: str | None, start: 
             parts.append(part)
             n += len(part["entry"])
             if n > MAX_ENTRIES:
-                raise ApiError(400, f"more than {MAX_ENTRIES} entries: ask for a range with entry_start/entry_stop")
+                raise ApiError(
+                    400, f"more than {MAX_ENTRIES} entries: ask for a range with entry_start/entry_stop"
+                )
     except (ApiError, Mlaas4hepError):
         raise
     except Exception as err:  # whatever the file or network threw: the client named the file

@@ -117,7 +117,9 @@ def decode_request(body: bytes, hlen: int | None, ragged_ok: bool = False) -> In
             offset += t.data.nbytes
         inputs.append(t)
     if offset != len(body):
-        raise ApiError(400, f"the body holds {len(body) - offset} bytes that no input claims (check binary_data_size)")
+        raise ApiError(
+            400, f"the body holds {len(body) - offset} bytes that no input claims (check binary_data_size)"
+        )
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
         raise ApiError(400, "'parameters' must be an object")
@@ -149,14 +151,18 @@ def _decode_input(i: int, spec: Any, body: bytes, offset: int, ragged_ok: bool) 
         raise ApiError(400, f"input #{i} has no 'name'")
     datatype = spec.get("datatype")
     if datatype not in DTYPES:
-        raise ApiError(400, f"input {name!r}: unsupported datatype {datatype!r} (supported: {', '.join(DTYPES)})")
+        raise ApiError(
+            400, f"input {name!r}: unsupported datatype {datatype!r} (supported: {', '.join(DTYPES)})"
+        )
     shape = spec.get("shape")
     if (
         not isinstance(shape, list)
         or not 1 <= len(shape) <= MAX_DIMS
         or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
     ):
-        raise ApiError(400, f"input {name!r}: 'shape' must be a list of 1 to {MAX_DIMS} non-negative integers")
+        raise ApiError(
+            400, f"input {name!r}: 'shape' must be a list of 1 to {MAX_DIMS} non-negative integers"
+        )
     count = 1
     for d in shape:
         count *= d
@@ -172,8 +178,9 @@ def _decode_input(i: int, spec: Any, body: bytes, offset: int, ragged_ok: bool) 
             raise ApiError(400, f"input {name!r}: binary_data_size must be a non-negative integer")
         if size != count * dtype.itemsize:
             raise ApiError(
-                400, f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} "
-                f"({count * dtype.itemsize} bytes)"
+                400,
+                f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} "
+                f"({count * dtype.itemsize} bytes)",
             )
         if offset + size > len(body):
             raise ApiError(400, f"input {name!r}: the body ends before its {size} binary bytes")
@@ -186,7 +193,9 @@ def _decode_input(i: int, spec: Any, body: bytes, offset: int, ragged_ok: bool) 
         raise ApiError(400, f"input {name!r}: 'data' must be a list")
     if ragged_ok and len(shape) == 1 and data and isinstance(data[0], list):
         if len(data) != shape[0]:
-            raise ApiError(400, f"input {name!r}: 'data' holds {len(data)} events but the shape says {shape[0]}")
+            raise ApiError(
+                400, f"input {name!r}: 'data' holds {len(data)} events but the shape says {shape[0]}"
+            )
         return InputTensor(name, datatype, shape, data)
     try:
         arr = np.asarray(data)

@@ -49,7 +49,9 @@ async def upload(request: Request) -> Response:
     else:
         body = await read_body(request, st.max_upload)
         if not body:
-            raise ApiError(400, "empty upload: send a bundle .tar.gz as the body or as the multipart field 'bundle'")
+            raise ApiError(
+                400, "empty upload: send a bundle .tar.gz as the body or as the multipart field 'bundle'"
+            )
         files = await st.blocking(_unpack, st, body)
     name, v = await st.blocking(st.repo.install, files, name, version)
     st.forget(name)
@@ -119,18 +121,20 @@ def model_summary(st: ServerState, info: ModelInfo) -> dict[str, Any]:
         "description": meta.get("description", ""),
         "timestamp": meta.get("created"),
     }
-    params.update({
-        "version": info.version,
-        "versions": st.repo.versions(info.name),
-        "ready": st.repo.is_ready(info.name),
-        "framework": meta.get("framework"),
-        "label_names": info.labels,
-        "n_features": len(info.features),
-        "features": info.features,
-        "raw_inputs": info.raw_inputs,
-        "jagged": {n: k for n, k in info.preprocessor.jagged} if info.preprocessor else {},
-        "metrics": meta.get("metrics", {}),
-    })
+    params.update(
+        {
+            "version": info.version,
+            "versions": st.repo.versions(info.name),
+            "ready": st.repo.is_ready(info.name),
+            "framework": meta.get("framework"),
+            "label_names": info.labels,
+            "n_features": len(info.features),
+            "features": info.features,
+            "raw_inputs": info.raw_inputs,
+            "jagged": {n: k for n, k in info.preprocessor.jagged} if info.preprocessor else {},
+            "metrics": meta.get("metrics", {}),
+        }
+    )
     return params
 
 
@@ -194,15 +198,20 @@ def _rows(info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, b
         # one event: a number per flat branch, a list per jagged one; several: a list per branch
         jagged = {n for n, _ in info.preprocessor.jagged}
         flat_keys = [k for k in keys if k not in jagged]
-        single = any(not isinstance(values[keys.index(k)], list) for k in flat_keys) if flat_keys else (
-            not values[0] or not isinstance(values[0][0], list))
+        single = (
+            any(not isinstance(values[keys.index(k)], list) for k in flat_keys)
+            if flat_keys
+            else (not values[0] or not isinstance(values[0][0], list))
+        )
         arrays = {}
         for k, v in zip(keys, values):
             v = [v] if single else v
             if not isinstance(v, list):
                 raise ApiError(400, f"raw input {k!r}: expected a list of values, one per event")
             ragged = bool(v) and isinstance(v[0], list)
-            t = tensors._decode_input(0, {"name": k, "datatype": "FP64", "shape": [len(v)], "data": v}, b"", 0, ragged)
+            t = tensors._decode_input(
+                0, {"name": k, "datatype": "FP64", "shape": [len(v)], "data": v}, b"", 0, ragged
+            )
             arrays[k] = _raw_array(InputTensor(t.name, t.datatype, t.shape, t.data))
         if len({len(a) for a in arrays.values()}) != 1:
             raise ApiError(400, "raw inputs have different numbers of events")
@@ -219,21 +228,25 @@ def _rows(info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, b
     if single:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != len(keys):
-        raise ApiError(400, f"'values' must hold {len(keys)} numbers per row (one per key), got shape {list(x.shape)}")
+        raise ApiError(
+            400, f"'values' must hold {len(keys)} numbers per row (one per key), got shape {list(x.shape)}"
+        )
     return (x if order is None else x[:, order]), single
 
 
 async def status(request: Request) -> Response:
     st = state_of(request)
     st.auth.require_read(request)
-    return json_response({
-        "status": "ok",
-        "version": __version__,
-        "uptime_s": round(time.time() - st.started, 1),
-        "models": st.repo.names(),
-        "loaded": [f"{n}/{v}" for n, v in st.repo.loaded()],
-        "auth": st.auth.enabled,
-    })
+    return json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.time() - st.started, 1),
+            "models": st.repo.names(),
+            "loaded": [f"{n}/{v}" for n, v in st.repo.loaded()],
+            "auth": st.auth.enabled,
+        }
+    )
 
 
 def routes() -> list[Route]:

@@ -104,15 +104,20 @@ async def model_config(request: Request) -> Response:
     st.auth.require_read(request)
     info = st.model(request.path_params["name"], request.path_params.get("version"))
     b = st.batcher(info)
-    return json_response({
-        "name": info.name,
-        "platform": "onnxruntime_onnx",
-        "backend": "onnxruntime",
-        "max_batch_size": 0,
-        "input": [{"name": info.input_name, "data_type": "TYPE_FP32", "dims": [-1, len(info.features)]}],
-        "output": [{"name": info.output_name, "data_type": "TYPE_FP32", "dims": [-1, info.n_outputs]}],
-        "dynamic_batching": {"max_batch": b.max_batch, "max_queue_delay_microseconds": int(b.max_delay * 1e6)},
-    })
+    return json_response(
+        {
+            "name": info.name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "max_batch_size": 0,
+            "input": [{"name": info.input_name, "data_type": "TYPE_FP32", "dims": [-1, len(info.features)]}],
+            "output": [{"name": info.output_name, "data_type": "TYPE_FP32", "dims": [-1, info.n_outputs]}],
+            "dynamic_batching": {
+                "max_batch": b.max_batch,
+                "max_queue_delay_microseconds": int(b.max_delay * 1e6),
+            },
+        }
+    )
 
 
 # ----------------------------------------------------------------- infer
@@ -162,21 +167,33 @@ async def features(st: ServerState, info: ModelInfo, req: InferRequest) -> np.nd
     first = req.inputs[0]
     if first.name == info.input_name:
         if len(req.inputs) != 1:
-            raise ApiError(400, f"model {info.name!r} takes one input {info.input_name!r}; got {len(req.inputs)}")
+            raise ApiError(
+                400, f"model {info.name!r} takes one input {info.input_name!r}; got {len(req.inputs)}"
+            )
         if first.datatype != "FP32":
-            raise ApiError(400, f"input {first.name!r} has datatype {first.datatype} but the model expects FP32")
+            raise ApiError(
+                400, f"input {first.name!r} has datatype {first.datatype} but the model expects FP32"
+            )
         x = first.data
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != F:
-            raise ApiError(400, f"input {first.name!r} has shape {first.shape} but the model expects [n, {F}]")
+            raise ApiError(
+                400, f"input {first.name!r} has shape {first.shape} but the model expects [n, {F}]"
+            )
         return x
     if info.preprocessor is None:
-        raise ApiError(400, f"unknown input {first.name!r}: model {info.name!r} takes one input "
-                            f"{info.input_name!r} of shape [n, {F}]")
+        raise ApiError(
+            400,
+            f"unknown input {first.name!r}: model {info.name!r} takes one input "
+            f"{info.input_name!r} of shape [n, {F}]",
+        )
     names = [t.name for t in req.inputs]
     unknown = [n for n in names if n not in info.raw_inputs]
     if unknown:
-        raise ApiError(400, f"unknown inputs {unknown}: model {info.name!r} takes {info.input_name!r} "
-                            f"or the raw inputs {info.raw_inputs}")
+        raise ApiError(
+            400,
+            f"unknown inputs {unknown}: model {info.name!r} takes {info.input_name!r} "
+            f"or the raw inputs {info.raw_inputs}",
+        )
     missing = [n for n in info.raw_inputs if n not in names]
     if missing:
         raise ApiError(400, f"missing raw inputs {missing}; model {info.name!r} needs {info.raw_inputs}")
@@ -219,7 +236,9 @@ def _raw_array(t: InputTensor) -> Any:
         raise ApiError(400, f"raw input {t.name!r}: each event must be a list of numbers")
     offsets = np.zeros(len(data) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    layout = ak.contents.ListOffsetArray(ak.index.Index64(offsets), ak.contents.NumpyArray(content.astype(np.float64)))
+    layout = ak.contents.ListOffsetArray(
+        ak.index.Index64(offsets), ak.contents.NumpyArray(content.astype(np.float64))
+    )
     return ak.Array(layout)
 
 

@@ -15,4 +15,12 @@ from .config import TrainConfig, split_config
 from .errors import ExportError, ModelFileError, TrainError
 from .runner import TrainResult, train
 
-__all__ = ["ExportError", "ModelFileError", "TrainConfig", "TrainError", "TrainResult", "split_config", "train"]
+__all__ = [
+    "ExportError",
+    "ModelFileError",
+    "TrainConfig",
+    "TrainError",
+    "TrainResult",
+    "split_config",
+    "train",
+]

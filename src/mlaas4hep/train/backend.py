@@ -19,14 +19,15 @@ sets ``epoch_based = False`` and implements :meth:`Backend.fit` instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from ..io.shuffle import batches as shuffled_batches
 from . import metrics
 from .config import TrainConfig
-from ..io.shuffle import batches as shuffled_batches
 from .data import Part, Source, prefetch
 from .userfile import UserModel
 

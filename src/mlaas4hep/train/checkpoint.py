@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STATE = "state.json"
 
@@ -100,7 +101,9 @@ def load_torch(directory: Path, model, optimizer, device) -> dict | None:
         tensors = load_file(str(directory / "optimizer.safetensors"))
         state = {}
         for pid, st in meta["state"].items():
-            state[int(pid)] = {k: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for k, v in st.items()}
+            state[int(pid)] = {
+                k: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for k, v in st.items()
+            }
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     rng = load_file(str(directory / "rng.safetensors"))
     torch.set_rng_state(rng["cpu"])

@@ -48,36 +48,63 @@ returning a scikit-learn or XGBoost classifier.
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoint (same epoch, optimizer state and data position)")
-    p.add_argument("--in-memory", action="store_true",
-                   help="load the whole dataset in memory first (the traditional path, for comparison)")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None,
-                   help="PyTorch device (default: the config's, else auto = CUDA when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show on a terminal only)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint (same epoch, optimizer state and data position)",
+    )
+    p.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="load the whole dataset in memory first (the traditional path, for comparison)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "auto"],
+        default=None,
+        help="PyTorch device (default: the config's, else auto = CUDA when available)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (they show on a terminal only)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
 
 
 def add_train_commands(subparsers: Any) -> None:
     """Register ``train`` and ``workflow`` on an argparse ``subparsers`` object."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser("train", help="train a model on streamed ROOT data and write a bundle",
-                              description=TRAIN_HELP, formatter_class=fmt)
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on streamed ROOT data and write a bundle",
+        description=TRAIN_HELP,
+        formatter_class=fmt,
+    )
     p.add_argument("config", help="train configuration (YAML): dataset + model + training sections")
     p.add_argument("--out", "-o", default=None, help="output directory (default: runs/<model name>)")
     p.add_argument("--epochs", type=int, default=None, help="override training.epochs")
     _common(p)
     p.set_defaults(func=run_train)
 
-    w = subparsers.add_parser("workflow", help="MLaaS4HEP's workflow command (files/labels/model/params)",
-                              description=WORKFLOW_HELP, formatter_class=fmt)
+    w = subparsers.add_parser(
+        "workflow",
+        help="MLaaS4HEP's workflow command (files/labels/model/params)",
+        description=WORKFLOW_HELP,
+        formatter_class=fmt,
+    )
     w.add_argument("--files", required=True, help="text file, one ROOT file per line")
-    w.add_argument("--labels", default=None,
-                   help="text file, one label per line; or a comma list such as 1,0; or a label branch")
+    w.add_argument(
+        "--labels",
+        default=None,
+        help="text file, one label per line; or a comma list such as 1,0; or a label branch",
+    )
     w.add_argument("--model", required=True, help="Python file defining model(idim) or model()")
     w.add_argument("--params", required=True, help="MLaaS4HEP params.json")
-    w.add_argument("--specs", default=None, help="where to keep the specs pass (validated, recomputed when stale)")
-    w.add_argument("--preproc", default=None, help="MLaaS4HEP preproc.json (new_branch, flat_cut, jagged_cut)")
+    w.add_argument(
+        "--specs", default=None, help="where to keep the specs pass (validated, recomputed when stale)"
+    )
+    w.add_argument(
+        "--preproc", default=None, help="MLaaS4HEP preproc.json (new_branch, flat_cut, jagged_cut)"
+    )
     w.add_argument("--fout", default=None, help="output directory (default: mlaas4hep-out/<model name>)")
     w.add_argument("--cache-dir", default=None, help="decoded-cache directory (default: ~/.cache/mlaas4hep)")
     _common(w)
@@ -85,8 +112,9 @@ def add_train_commands(subparsers: Any) -> None:
 
 
 def _setup(args) -> None:
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
 
 
 def _report(result) -> int:
@@ -94,16 +122,22 @@ def _report(result) -> int:
         return 0
     m = result.metrics
     if result.interrupted:
-        print(f"interrupted after epoch {m['epochs'][-1]['epoch'] if m['epochs'] else '-'}; "
-              f"continue with --resume (checkpoint in {result.out_dir / 'checkpoint'})")
+        print(
+            f"interrupted after epoch {m['epochs'][-1]['epoch'] if m['epochs'] else '-'}; "
+            f"continue with --resume (checkpoint in {result.out_dir / 'checkpoint'})"
+        )
         return 0
     score = f"val AUC {m['val_auc']:.4f}" if "val_auc" in m else f"val accuracy {m['val_accuracy']:.4f}"
-    print(f"{m['framework']}: {score}, val loss {m['val_loss']:.4f}, {m['epochs_trained']} epochs; "
-          f"bundle {result.bundle_path}; metrics {result.out_dir / 'metrics.json'}")
+    print(
+        f"{m['framework']}: {score}, val loss {m['val_loss']:.4f}, {m['epochs_trained']} epochs; "
+        f"bundle {result.bundle_path}; metrics {result.out_dir / 'metrics.json'}"
+    )
     last = m["epochs"][-1] if m.get("epochs") else {}
     if last.get("ranks"):  # DDP: the last epoch's throughput, in total and per rank
         per = ", ".join(f"{r['events_per_s']:,.0f}" for r in last["ranks"])
-        print(f"DDP, {len(last['ranks'])} ranks: {last['events_per_s']:,.0f} events/s in total; per rank {per}")
+        print(
+            f"DDP, {len(last['ranks'])} ranks: {last['events_per_s']:,.0f} events/s in total; per rank {per}"
+        )
     return 0
 
 
@@ -112,8 +146,15 @@ def run_train(args) -> int:
     from .runner import train
 
     try:
-        result = train(args.config, args.out, in_memory=args.in_memory, device=args.device, epochs=args.epochs,
-                       resume=args.resume, show_progress=False if args.no_progress else None)
+        result = train(
+            args.config,
+            args.out,
+            in_memory=args.in_memory,
+            device=args.device,
+            epochs=args.epochs,
+            resume=args.resume,
+            show_progress=False if args.no_progress else None,
+        )
     except Mlaas4hepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -125,9 +166,20 @@ def run_workflow(args) -> int:
     from .workflow import workflow
 
     try:
-        result = workflow(args.files, args.labels, args.model, args.params, args.specs, args.preproc, args.fout,
-                          in_memory=args.in_memory, device=args.device, resume=args.resume,
-                          cache_dir=args.cache_dir, show_progress=False if args.no_progress else None)
+        result = workflow(
+            args.files,
+            args.labels,
+            args.model,
+            args.params,
+            args.specs,
+            args.preproc,
+            args.fout,
+            in_memory=args.in_memory,
+            device=args.device,
+            resume=args.resume,
+            cache_dir=args.cache_dir,
+            show_progress=False if args.no_progress else None,
+        )
     except Mlaas4hepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class Part:
         return len(self.y)
 
     @classmethod
-    def concat(cls, parts: Sequence["Part"], n_features: int) -> "Part":
+    def concat(cls, parts: Sequence[Part], n_features: int) -> Part:
         if not parts:
             return cls(np.zeros((0, n_features), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
         if len(parts) == 1:
@@ -129,7 +130,9 @@ class Source:
             train, val = split_chunk(self.ds.to_chunk(), self.fraction, self.seed)
             self._memory, self.val = train, val
 
-    def pairs(self, epoch: int, rank: int = 0, world: int = 1, need_val: bool = True) -> Iterator[tuple[Part, Part | None]]:
+    def pairs(
+        self, epoch: int, rank: int = 0, world: int = 1, need_val: bool = True
+    ) -> Iterator[tuple[Part, Part | None]]:
         """(training, validation) rows of each chunk that ``rank`` of ``world`` reads, in plan order."""
         for chunk in self.ds.chunks(epoch, rank, world):
             if len(chunk):

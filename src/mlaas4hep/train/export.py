@@ -48,16 +48,27 @@ def torch_to_onnx(module, n_features: int, exporter: str = "legacy") -> bytes:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    module, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, dynamo=False,
+                    module,
+                    (example,),
+                    buf,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    dynamo=False,
                 )
             return buf.getvalue()
         except Exception as err:  # the legacy exporter cannot trace everything: try dynamo
-            warnings.warn(f"legacy ONNX export failed ({err}); trying the dynamo exporter")
+            warnings.warn(f"legacy ONNX export failed ({err}); trying the dynamo exporter", stacklevel=2)
     try:
         prog = torch.onnx.export(
-            module, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamo=True,
-            dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
+            module,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
+            verbose=False,
         )
         return prog.model_proto.SerializeToString()
     except Exception as err:
@@ -84,10 +95,16 @@ def sklearn_to_onnx(estimator, n_features: int, binary: bool) -> bytes:
         from skl2onnx import to_onnx
         from skl2onnx.common.data_types import FloatTensorType
 
-        onx = to_onnx(estimator, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-                      options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
+        onx = to_onnx(
+            estimator,
+            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+            options={"zipmap": False},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
     except Exception as err:
-        raise ExportError(f"skl2onnx cannot convert {type(estimator).__name__}: {type(err).__name__}: {err}") from err
+        raise ExportError(
+            f"skl2onnx cannot convert {type(estimator).__name__}: {type(err).__name__}: {err}"
+        ) from err
     return probabilities_output(onx, binary).SerializeToString()
 
 
@@ -97,10 +114,13 @@ def xgboost_to_onnx(classifier, n_features: int, binary: bool) -> bytes:
         from onnxmltools import convert_xgboost
         from onnxmltools.convert.common.data_types import FloatTensorType
 
-        onx = convert_xgboost(classifier, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-                              target_opset=15)
+        onx = convert_xgboost(
+            classifier, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))], target_opset=15
+        )
     except Exception as err:
-        raise ExportError(f"onnxmltools cannot convert the XGBoost model: {type(err).__name__}: {err}") from err
+        raise ExportError(
+            f"onnxmltools cannot convert the XGBoost model: {type(err).__name__}: {err}"
+        ) from err
     return probabilities_output(onx, binary).SerializeToString()
 
 
@@ -134,8 +154,9 @@ def probabilities_output(model, binary: bool):
         dims = prob.type.tensor_type.shape.dim
         width = dims[1].dim_value if len(dims) > 1 and dims[1].dim_value else None
     out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", width])
-    new_graph = helper.make_graph(nodes, graph.name, list(graph.input), [out], inits,
-                                  value_info=list(graph.value_info))
+    new_graph = helper.make_graph(
+        nodes, graph.name, list(graph.input), [out], inits, value_info=list(graph.value_info)
+    )
     opsets = list(model.opset_import)
     if not any(o.domain in ("", "ai.onnx") for o in opsets):  # tree converters may import ai.onnx.ml only
         opsets.append(helper.make_opsetid("", 15))
@@ -170,4 +191,4 @@ def check_parity(
             f"ONNX export of the {framework} model disagrees with the native model: max |diff| = {diff:.3g} "
             f"over {len(x)} validation events, tolerance {atol:g}"
         )
-    return {"events": int(len(x)), "max_abs_diff": diff, "tolerance": float(atol)}
+    return {"events": len(x), "max_abs_diff": diff, "tolerance": float(atol)}

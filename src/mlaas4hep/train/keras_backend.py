@@ -36,7 +36,9 @@ class KerasBackend(Backend):
         super().__init__(um, cfg, n_features, n_classes, "cpu")
         self.device = f"keras/{keras.backend.backend()}"
         self.logits = um.output == "logits"
-        self.width = int(np.prod(self.model.output_shape[1:])) if getattr(self.model, "output_shape", None) else 1
+        self.width = (
+            int(np.prod(self.model.output_shape[1:])) if getattr(self.model, "output_shape", None) else 1
+        )
         if not getattr(self.model, "compiled", False) or getattr(self.model, "optimizer", None) is None:
             if self.width == 1:
                 loss = keras.losses.BinaryCrossentropy(from_logits=self.logits)

@@ -11,16 +11,17 @@ node without a display.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from .metrics import roc_auc, roc_curve  # noqa: E402
+from .metrics import roc_auc, roc_curve
 
 
 def _style():
@@ -43,7 +44,9 @@ def loss_curves(path: Path, history: Sequence[dict[str, Any]]) -> Path:
         ax.set_ylabel("loss")
         if history and history[0].get("val_auc") is not None:
             ax2 = ax.twinx()
-            ax2.plot(ep, [h.get("val_auc") for h in history], "^--", color="tab:green", label="validation AUC")
+            ax2.plot(
+                ep, [h.get("val_auc") for h in history], "^--", color="tab:green", label="validation AUC"
+            )
             ax2.set_ylabel("validation AUC")
             lines = ax.get_legend_handles_labels()
             lines2 = ax2.get_legend_handles_labels()
@@ -60,8 +63,11 @@ def roc(path: Path, y: np.ndarray, scores: np.ndarray, w: np.ndarray | None, lab
     with _style():
         fig, ax = plt.subplots(figsize=(8, 8))
         s = np.asarray(scores)
-        curves = [(labels[-1] if len(labels) else "1", y == 1, s.reshape(-1))] if s.ndim == 1 else [
-            (labels[k], y == k, s[:, k]) for k in range(s.shape[1])]
+        curves = (
+            [(labels[-1] if len(labels) else "1", y == 1, s.reshape(-1))]
+            if s.ndim == 1
+            else [(labels[k], y == k, s[:, k]) for k in range(s.shape[1])]
+        )
         for name, truth, sc in curves:
             fpr, tpr = roc_curve(truth, sc, w)
             ax.plot(fpr, tpr, label=f"{name}: AUC = {roc_auc(truth, sc, w):.3f}")

@@ -35,9 +35,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -118,8 +119,12 @@ def seed_everything(seed: int) -> None:
 def data_fingerprint(ds: Dataset) -> str:
     """A hash of the files (url, size, mtime, uuid, entries), the preprocessing and the labels."""
     files = [{k: f.get(k) for k in ("url", "size", "mtime", "uuid", "entries")} for f in ds.file_infos]
-    blob = {"files": files, "preprocessing": ds.preprocessor.to_dict(), "labels": ds.label_names,
-            "groups": [(g.path, g.label, g.weight) for g in ds.config.files]}
+    blob = {
+        "files": files,
+        "preprocessing": ds.preprocessor.to_dict(),
+        "labels": ds.label_names,
+        "groups": [(g.path, g.label, g.weight) for g in ds.config.files],
+    }
     return "sha256:" + hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -157,8 +162,17 @@ def train(
 class Run:
     """One training run (internal: use :func:`train`)."""
 
-    def __init__(self, dcfg: DatasetConfig, tcfg: TrainConfig, out, in_memory: bool, resume: bool,
-                 callbacks: list[Callback], show_progress: bool | None, dataset: Dataset | None):
+    def __init__(
+        self,
+        dcfg: DatasetConfig,
+        tcfg: TrainConfig,
+        out,
+        in_memory: bool,
+        resume: bool,
+        callbacks: list[Callback],
+        show_progress: bool | None,
+        dataset: Dataset | None,
+    ):
         self.dcfg, self.cfg = dcfg, tcfg
         self.out = Path(out) if out is not None else Path("runs") / tcfg.bundle_name
         self.in_memory, self.resume = in_memory, resume
@@ -192,13 +206,21 @@ class Run:
             self._check_distributable(um)
         if d is not None:  # rank 0 runs (or loads) the specs pass first, the others then load it
             d.ordered(lambda: ds.specs)
-        self.source = Source(ds, cfg.validation_fraction, cfg.seed, in_memory=self.in_memory,
-                             rank=d.rank if d else 0, world=d.world if d else 1)
+        self.source = Source(
+            ds,
+            cfg.validation_fraction,
+            cfg.seed,
+            in_memory=self.in_memory,
+            rank=d.rank if d else 0,
+            world=d.world if d else 1,
+        )
         if self.in_memory:
             self.source.load()
         n_features = ds.n_features  # runs (or loads) the specs pass
         if n0 is not None and n0 != n_features:
-            raise TrainError(f"internal: expected {n0} features from the configuration, the specs give {n_features}")
+            raise TrainError(
+                f"internal: expected {n0} features from the configuration, the specs give {n_features}"
+            )
         if um is None:
             seed_everything(cfg.seed)
             um = build(cfg.model, n_features, n_classes, cfg.framework, module)
@@ -210,15 +232,23 @@ class Run:
         self.n_features = n_features
         self.fingerprint = data_fingerprint(ds)
         ds.show_progress = False  # the epoch bars below replace the dataset's own
-        self.signature = {"model": str(Path(cfg.model).resolve()), "framework": um.framework,
-                          "n_features": n_features, "labels": self.labels, "data": self.fingerprint,
-                          "validation_fraction": cfg.validation_fraction, "seed": cfg.seed,
-                          "batch_size": cfg.batch_size}
+        self.signature = {
+            "model": str(Path(cfg.model).resolve()),
+            "framework": um.framework,
+            "n_features": n_features,
+            "labels": self.labels,
+            "data": self.fingerprint,
+            "validation_fraction": cfg.validation_fraction,
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+        }
 
     def _check_distributable(self, um) -> None:
         if self.dist is not None and um.framework != "pytorch":
-            raise TrainError(f"distributed training (torchrun, WORLD_SIZE={self.dist.world}) needs a PyTorch "
-                             f"model; {Path(self.cfg.model).name} is a {um.framework} model: run it in one process")
+            raise TrainError(
+                f"distributed training (torchrun, WORLD_SIZE={self.dist.world}) needs a PyTorch "
+                f"model; {Path(self.cfg.model).name} is a {um.framework} model: run it in one process"
+            )
 
     def _buffer(self) -> float:
         if self.in_memory:
@@ -240,7 +270,13 @@ class Run:
         be = self.backend
         self.history: list[dict[str, Any]] = []
         self.best: Any = None
-        self.best_loss, self.best_epoch, self.bad, self.stopped_early, self.finished = float("inf"), -1, 0, False, False
+        self.best_loss, self.best_epoch, self.bad, self.stopped_early, self.finished = (
+            float("inf"),
+            -1,
+            0,
+            False,
+            False,
+        )
         start = self._maybe_resume()
         interrupted = False
         if be.epoch_based:
@@ -261,16 +297,21 @@ class Run:
         if state is None:
             log.warning("--resume: no checkpoint in %s, starting from epoch 0", self.ckpt_dir)
             return 0
-        diff = {k: (state["signature"].get(k), v) for k, v in self.signature.items()
-                if state["signature"].get(k) != v}
+        diff = {
+            k: (state["signature"].get(k), v)
+            for k, v in self.signature.items()
+            if state["signature"].get(k) != v
+        }
         if diff:
             raise TrainError(
                 f"cannot resume from {self.ckpt_dir}: the checkpoint was written for another run "
                 f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); remove it or change --out"
             )
         if not self.backend.resumable:
-            log.warning("--resume: %s models cannot continue from a checkpoint; starting from epoch 0",
-                        self.backend.framework)
+            log.warning(
+                "--resume: %s models cannot continue from a checkpoint; starting from epoch 0",
+                self.backend.framework,
+            )
             return 0
         self.best = self.backend.load(self.ckpt_dir)
         self.history = state["history"]
@@ -286,9 +327,17 @@ class Run:
         return start
 
     def _state(self, epoch: int) -> dict[str, Any]:
-        return {"epoch": epoch, "history": self.history, "best_loss": self.best_loss if np.isfinite(self.best_loss) else None,
-                "best_epoch": self.best_epoch, "bad_epochs": self.bad, "stopped_early": self.stopped_early,
-                "finished": self.finished, "signature": self.signature, "training": self.cfg.to_dict()}
+        return {
+            "epoch": epoch,
+            "history": self.history,
+            "best_loss": self.best_loss if np.isfinite(self.best_loss) else None,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad,
+            "stopped_early": self.stopped_early,
+            "finished": self.finished,
+            "signature": self.signature,
+            "training": self.cfg.to_dict(),
+        }
 
     def save_checkpoint(self, epoch: int) -> None:
         """Rank 0 writes; under DDP the other ranks wait for it."""
@@ -339,9 +388,17 @@ class Run:
                 n, dt = int(n_all), max(r["seconds"] for r in ranks)
             t1 = time.perf_counter()
             vm, _, val_y, _ = self._evaluate(src.val)
-            rec = {"epoch": epoch, "train_loss": train_loss, **vm, "events": n, "seconds": dt,
-                   "events_per_s": n / dt if dt > 0 else float("nan"), "source": kind,
-                   "val_events": len(val_y), "val_seconds": time.perf_counter() - t1}
+            rec = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                **vm,
+                "events": n,
+                "seconds": dt,
+                "events_per_s": n / dt if dt > 0 else float("nan"),
+                "source": kind,
+                "val_events": len(val_y),
+                "val_seconds": time.perf_counter() - t1,
+            }
             if ranks is not None:
                 rec.update(world_size=d.world, ranks=ranks)
             self.history.append(rec)
@@ -375,17 +432,44 @@ class Run:
         vm, scores, val_y, val_w = self._evaluate(val)
         world = self.dist.world if self.dist is not None else 1
         metrics: dict[str, Any] = {
-            "name": cfg.bundle_name, "framework": be.framework, "model_file": cfg.model, "device": be.device,
-            "in_memory": self.in_memory, "n_features": self.n_features, "labels": self.labels,
-            "n_train": int(self.history[-1]["events"]) if self.history and "events" in self.history[-1] else None,
-            "n_val": int(len(val_y)), **vm, "best_epoch": self.best_epoch, "epochs_trained": len(self.history),
-            "stopped_early": self.stopped_early, "interrupted": interrupted, "seconds": seconds,
-            "data_fingerprint": self.fingerprint, "training": cfg.to_dict(), "epochs": self.history,
+            "name": cfg.bundle_name,
+            "framework": be.framework,
+            "model_file": cfg.model,
+            "device": be.device,
+            "in_memory": self.in_memory,
+            "n_features": self.n_features,
+            "labels": self.labels,
+            "n_train": int(self.history[-1]["events"])
+            if self.history and "events" in self.history[-1]
+            else None,
+            "n_val": len(val_y),
+            **vm,
+            "best_epoch": self.best_epoch,
+            "epochs_trained": len(self.history),
+            "stopped_early": self.stopped_early,
+            "interrupted": interrupted,
+            "seconds": seconds,
+            "data_fingerprint": self.fingerprint,
+            "training": cfg.to_dict(),
+            "epochs": self.history,
             "world_size": world,
         }
-        result = TrainResult(self.out, None, metrics, scores, val_y, val_w, be.framework,
-                             be.model, be, interrupted, dataset=self.ds, source=self.source,
-                             rank=self.dist.rank if self.dist is not None else 0, world_size=world)
+        result = TrainResult(
+            self.out,
+            None,
+            metrics,
+            scores,
+            val_y,
+            val_w,
+            be.framework,
+            be.model,
+            be,
+            interrupted,
+            dataset=self.ds,
+            source=self.source,
+            rank=self.dist.rank if self.dist is not None else 0,
+            world_size=world,
+        )
         if not interrupted:
             if be.epoch_based:
                 self.finished = True
@@ -409,15 +493,38 @@ class Run:
         sample = np.asarray(val.x[:2048] if len(val) else np.zeros((4, self.n_features), np.float32))
         metrics["onnx_parity"] = be.export_onnx(bdir / "model.onnx", sample)
         native = be.save_native(bdir)
-        summary = {k: metrics[k] for k in ("val_loss", "val_auc", "val_accuracy", "best_epoch", "epochs_trained",
-                                           "n_train", "n_val", "onnx_parity") if k in metrics}
+        summary = {
+            k: metrics[k]
+            for k in (
+                "val_loss",
+                "val_auc",
+                "val_accuracy",
+                "best_epoch",
+                "epochs_trained",
+                "n_train",
+                "n_val",
+                "onnx_parity",
+            )
+            if k in metrics
+        }
         bundle_mod.write(
-            bdir, bdir / "model.onnx", self.ds.preprocessor, self.labels, name=cfg.bundle_name,
-            framework=be.framework, version=cfg.version, metrics=summary, data_fingerprint=self.fingerprint,
+            bdir,
+            bdir / "model.onnx",
+            self.ds.preprocessor,
+            self.labels,
+            name=cfg.bundle_name,
+            framework=be.framework,
+            version=cfg.version,
+            metrics=summary,
+            data_fingerprint=self.fingerprint,
             description=cfg.description or f"{be.framework} model from {Path(cfg.model).name}",
             native={k: str(v) for k, v in native.items()},
-            extra={"training": {k: getattr(cfg, k) for k in ("epochs", "batch_size", "learning_rate",
-                                                               "validation_fraction", "seed")}},
+            extra={
+                "training": {
+                    k: getattr(cfg, k)
+                    for k in ("epochs", "batch_size", "learning_rate", "validation_fraction", "seed")
+                }
+            },
         )
         return bdir
 
@@ -427,8 +534,14 @@ class Run:
         except ImportError as err:  # matplotlib / mplhep missing: plots are optional
             log.warning("plots skipped: %s", err)
             return []
-        return write_all(self.out / "plots", result.history, result.val_labels, result.val_scores,
-                         result.val_weights, self.labels)
+        return write_all(
+            self.out / "plots",
+            result.history,
+            result.val_labels,
+            result.val_scores,
+            result.val_weights,
+            self.labels,
+        )
 
 
 def _fmt(rec: dict[str, Any]) -> str:

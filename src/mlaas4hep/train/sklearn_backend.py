@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

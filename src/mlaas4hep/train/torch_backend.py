@@ -29,17 +29,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..io.shuffle import batches as shuffled_batches
 from . import checkpoint, export
 from .backend import Backend
 from .config import TrainConfig
-from ..io.shuffle import batches as shuffled_batches
 from .data import Part, Source, prefetch
 from .userfile import UserModel
 
@@ -86,9 +87,15 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             src.ds.config = dataclasses.replace(src.ds.config, workers=0)
         rank, world = src.rank * nw + wid, src.world * nw
         for train, val in src.pairs(self.epoch, rank, world, self.need_val):
-            item = {"x": torch.from_numpy(train.x), "y": torch.from_numpy(train.y), "w": torch.from_numpy(train.w)}
+            item = {
+                "x": torch.from_numpy(train.x),
+                "y": torch.from_numpy(train.y),
+                "w": torch.from_numpy(train.w),
+            }
             if val is not None:
-                item.update(vx=torch.from_numpy(val.x), vy=torch.from_numpy(val.y), vw=torch.from_numpy(val.w))
+                item.update(
+                    vx=torch.from_numpy(val.x), vy=torch.from_numpy(val.y), vw=torch.from_numpy(val.w)
+                )
             yield item
 
 
@@ -113,7 +120,9 @@ class _Probabilities(torch.nn.Module):
 class TorchBackend(Backend):
     framework = "pytorch"
 
-    def __init__(self, um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int, device: str = "auto"):
+    def __init__(
+        self, um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int, device: str = "auto"
+    ):
         super().__init__(um, cfg, n_features, n_classes, device)
         self.dev = resolve_device(device)
         self.device = str(self.dev)
@@ -128,8 +137,11 @@ class TorchBackend(Backend):
         hooks = um.hooks
         self.user_loss = hooks["loss"]() if "loss" in hooks else None
         params = self.model.parameters()
-        self.optimizer = hooks["optimizer"](params) if "optimizer" in hooks else torch.optim.Adam(
-            params, lr=cfg.learning_rate)
+        self.optimizer = (
+            hooks["optimizer"](params)
+            if "optimizer" in hooks
+            else torch.optim.Adam(params, lr=cfg.learning_rate)
+        )
         self.train_step_fn = hooks.get("train_step")
         self._step_kwargs = set()
         if self.train_step_fn is not None:
@@ -146,8 +158,12 @@ class TorchBackend(Backend):
             return
         collect = source.val is None
         loader = torch.utils.data.DataLoader(
-            StreamingDataset(source, epoch, collect), batch_size=None, num_workers=self.cfg.loader_workers,
-            pin_memory=False, prefetch_factor=2, multiprocessing_context="forkserver",
+            StreamingDataset(source, epoch, collect),
+            batch_size=None,
+            num_workers=self.cfg.loader_workers,
+            pin_memory=False,
+            prefetch_factor=2,
+            multiprocessing_context="forkserver",
         )
         vals = []
         for item in loader:
@@ -171,8 +187,14 @@ class TorchBackend(Backend):
         host = prefetch(self._parts(source, epoch), depth=2, transform=self._to_tensors)
         on_device = (tuple(t.to(self.dev, non_blocking=True) for t in ts) for ts in host)
         rng = np.random.default_rng([self.cfg.seed, epoch, 7])
-        return shuffled_batches(on_device, self.cfg.batch_size, buffer, rng, cat=torch.cat,
-                                take=lambda a, p: a[torch.from_numpy(p).to(self.dev, non_blocking=True)])
+        return shuffled_batches(
+            on_device,
+            self.cfg.batch_size,
+            buffer,
+            rng,
+            cat=torch.cat,
+            take=lambda a, p: a[torch.from_numpy(p).to(self.dev, non_blocking=True)],
+        )
 
     # ------------------------------------------------------------ training
     def begin_epoch(self, epoch: int) -> None:
@@ -196,7 +218,9 @@ class TorchBackend(Backend):
             if self.logits:
                 per = torch.nn.functional.binary_cross_entropy_with_logits(out, target, reduction="none")
             else:
-                per = torch.nn.functional.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), target, reduction="none")
+                per = torch.nn.functional.binary_cross_entropy(
+                    out.clamp(1e-7, 1 - 1e-7), target, reduction="none"
+                )
         elif self.logits:
             per = torch.nn.functional.cross_entropy(out, y, reduction="none")
         else:
@@ -209,7 +233,11 @@ class TorchBackend(Backend):
         self._last_x = x
         model, scale = self.train_model, self.loss_scale
         if self.train_step_fn is not None:
-            kw = {k: v for k, v in (("optimizer", self.optimizer), ("loss_fn", self.loss)) if k in self._step_kwargs}
+            kw = {
+                k: v
+                for k, v in (("optimizer", self.optimizer), ("loss_fn", self.loss))
+                if k in self._step_kwargs
+            }
             loss = self.train_step_fn(model, TorchBatch(x, y, w), **kw)
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -259,7 +287,7 @@ class TorchBackend(Backend):
         self.model.eval()
         outs = []
         for s in range(0, len(x), batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[s:s + batch], np.float32)).to(self.dev)
+            xb = torch.from_numpy(np.ascontiguousarray(x[s : s + batch], np.float32)).to(self.dev)
             outs.append(self._probabilities(self.model(xb)).cpu().numpy())
         if not outs:
             return np.zeros((0,) if self.binary else (0, self.n_classes), np.float32)
@@ -281,8 +309,9 @@ class TorchBackend(Backend):
     # ------------------------------------------------------------ bundle
     def export_onnx(self, path: Path, sample: np.ndarray) -> dict[str, Any]:
         cpu = copy.deepcopy(self.model).to("cpu").eval()
-        onx = export.torch_to_onnx(_Probabilities(cpu, self.logits, self.binary), self.n_features,
-                                   self.cfg.onnx_exporter)
+        onx = export.torch_to_onnx(
+            _Probabilities(cpu, self.logits, self.binary), self.n_features, self.cfg.onnx_exporter
+        )
         Path(path).write_bytes(onx)
         tol = self.cfg.parity_tolerance or export.TOLERANCE["pytorch"]
         return export.check_parity(onx, sample, self.predict(sample), tol, "PyTorch")
@@ -291,5 +320,7 @@ class TorchBackend(Backend):
         from safetensors.torch import save_file
 
         p = Path(directory) / "model.safetensors"
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}, str(p))
+        save_file(
+            {k: v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}, str(p)
+        )
         return {"model.safetensors": p}

@@ -31,10 +31,11 @@ import inspect
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ModelFileError
 
@@ -78,8 +79,11 @@ def load_module(path: str | os.PathLike) -> ModuleType:
         ) from err
     fn = getattr(module, "model", None)
     if not callable(fn):
-        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                         and getattr(v, "__module__", None) == name)
+        defined = sorted(
+            n
+            for n, v in vars(module).items()
+            if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == name
+        )
         raise ModelFileError(
             f"model file {str(path)!r} defines no function 'model'; define 'model(idim)' returning a "
             f"PyTorch nn.Module or a Keras model, or 'model()' returning a scikit-learn or XGBoost "
@@ -100,14 +104,19 @@ def call_model(module: ModuleType, n_features: int | None) -> Any:
     fn = module.model
     path = getattr(module, "__file__", "?")
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
     except (TypeError, ValueError):
         params = []
     try:
         if params:
             if n_features is None:
-                raise ModelFileError(f"model() in {path!r} needs the number of features, which is not known yet")
+                raise ModelFileError(
+                    f"model() in {path!r} needs the number of features, which is not known yet"
+                )
             return fn(n_features) if len(params) == 1 else fn(n_features, *([None] * (len(params) - 1)))
         return fn()
     except ModelFileError:
@@ -121,7 +130,7 @@ def detect_framework(obj: Any) -> str:
     """``pytorch``, ``keras``, ``xgboost`` or ``sklearn``, from the type of ``obj``."""
     mods = [c.__module__ for c in type(obj).__mro__]
     # Keras first: on its torch backend a Keras model is also a torch.nn.Module.
-    if any(m.startswith("keras") or m.startswith("tf_keras") for m in mods):
+    if any(m.startswith(("keras", "tf_keras")) for m in mods):
         return "keras"
     if "torch" in sys.modules:
         import torch
@@ -174,8 +183,14 @@ def build(
     except ModelFileError as err:
         raise ModelFileError(f"{err} (in {str(path)!r})") from None
     if framework not in ("auto", detected):
-        raise ModelFileError(f"training.framework is {framework!r} but model() in {str(path)!r} returned a {detected} model")
-    hooks = {h: getattr(module, h) for h in ("loss", "optimizer", "train_step") if callable(getattr(module, h, None))}
+        raise ModelFileError(
+            f"training.framework is {framework!r} but model() in {str(path)!r} returned a {detected} model"
+        )
+    hooks = {
+        h: getattr(module, h)
+        for h in ("loss", "optimizer", "train_step")
+        if callable(getattr(module, h, None))
+    }
     um = UserModel(module, str(path), obj, detected, hooks, getattr(module, "OUTPUT", None))
     if detected == "pytorch" and n_features is not None:
         um.output = _check_torch(um, n_features, n_classes)
@@ -217,7 +232,9 @@ def _check_torch(um: UserModel, n_features: int, n_classes: int) -> str:
     declared = um.output
     if declared is not None:
         if declared not in ("logits", "probabilities"):
-            raise ModelFileError(f"OUTPUT in {um.path!r} must be 'logits' or 'probabilities', got {declared!r}")
+            raise ModelFileError(
+                f"OUTPUT in {um.path!r} must be 'logits' or 'probabilities', got {declared!r}"
+            )
         return declared
     last = list(m.modules())[-1]
     return "probabilities" if isinstance(last, (torch.nn.Sigmoid, torch.nn.Softmax)) else "logits"

@@ -99,7 +99,9 @@ def workflow(
         mapped = preproc_to_config(pre)
         dcfg.new_variables.update(mapped.get("new_variables", {}))
         if mapped.get("selection"):
-            dcfg.selection = f"({dcfg.selection}) & ({mapped['selection']})" if dcfg.selection else mapped["selection"]
+            dcfg.selection = (
+                f"({dcfg.selection}) & ({mapped['selection']})" if dcfg.selection else mapped["selection"]
+            )
         dcfg.exclude = list(dcfg.exclude) + mapped.get("exclude", [])
     if specs is not None:
         dcfg.extra["specs"] = str(specs)
@@ -110,5 +112,12 @@ def workflow(
     dcfg.extra["model"] = str(Path(model).expanduser().resolve())
     training = {k: p[k] for k in ("learning_rate", "validation_fraction", "seed") if k in p}
     out = Path(fout) if fout else Path("mlaas4hep-out") / Path(model).stem
-    return train(dcfg, out, in_memory=in_memory, device=device, resume=resume, overrides=training,
-                 show_progress=show_progress)
+    return train(
+        dcfg,
+        out,
+        in_memory=in_memory,
+        device=device,
+        resume=resume,
+        overrides=training,
+        show_progress=show_progress,
+    )

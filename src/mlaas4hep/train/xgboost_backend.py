@@ -70,7 +70,9 @@ class XGBoostBackend(Backend):
         super().__init__(um, cfg, n_features, n_classes, "cpu")
         est = um.model
         if not isinstance(est, xgb.XGBModel):
-            raise ModelFileError(f"model() in {um.path!r} must return an xgboost.XGBClassifier, got {type(est).__name__}")
+            raise ModelFileError(
+                f"model() in {um.path!r} must return an xgboost.XGBClassifier, got {type(est).__name__}"
+            )
         params = {k: v for k, v in est.get_xgb_params().items() if v is not None}
         params.pop("n_estimators", None)
         params.setdefault("tree_method", "hist")
@@ -108,9 +110,15 @@ class XGBoostBackend(Backend):
             def after_iteration(self, model, epoch, evals_log):
                 now = time.perf_counter()
                 dt, self.t = now - self.t, now
-                rec = {"epoch": epoch, "train_loss": evals_log["train"][loss_key][-1],
-                       "val_loss": evals_log["val"][loss_key][-1], "events": n, "seconds": dt,
-                       "events_per_s": n / dt if dt > 0 else float("nan"), "source": kind}
+                rec = {
+                    "epoch": epoch,
+                    "train_loss": evals_log["train"][loss_key][-1],
+                    "val_loss": evals_log["val"][loss_key][-1],
+                    "events": n,
+                    "seconds": dt,
+                    "events_per_s": n / dt if dt > 0 else float("nan"),
+                    "source": kind,
+                }
                 if self.auc:
                     rec["val_auc"] = evals_log["val"]["auc"][-1]
                 else:
@@ -124,9 +132,16 @@ class XGBoostBackend(Backend):
 
         Progress.auc = self.binary
         with progress.bar("boosting", self.rounds, unit="rounds", show=run.show) as bar:
-            booster = xgb.train(self.params, dtrain, num_boost_round=self.rounds,
-                                evals=[(dtrain, "train"), (dval, "val")], early_stopping_rounds=self.early,
-                                evals_result=res, callbacks=[Progress()], verbose_eval=False)
+            booster = xgb.train(
+                self.params,
+                dtrain,
+                num_boost_round=self.rounds,
+                evals=[(dtrain, "train"), (dval, "val")],
+                early_stopping_rounds=self.early,
+                evals_result=res,
+                callbacks=[Progress()],
+                verbose_eval=False,
+            )
         best = getattr(booster, "best_iteration", None)
         if best is not None and self.early and best + 1 < booster.num_boosted_rounds():
             run.stopped_early = True
