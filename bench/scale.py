@@ -62,16 +62,19 @@ def config(
     }
 
 
-def best_of(repeat: int, fn) -> float:
+def best_of(repeat: int, fn, min_seconds: float = 0.0) -> float:
+    """Seconds per call of ``fn``: the best of ``repeat`` calls, or, with
+    ``min_seconds``, the mean over as many calls as fill that time (so that a
+    fast configuration is still timed over a long enough window)."""
     times = []
-    for _ in range(repeat):
+    while len(times) < repeat or sum(times) < min_seconds:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return sum(times) / len(times) if min_seconds else min(times)
 
 
-def measure(cfg: dict, repeat: int, specs=None) -> dict:
+def measure(cfg: dict, repeat: int, specs=None, min_seconds: float = 0.0) -> dict:
     """Seconds of the specs pass and of one streamed epoch; events; the specs."""
     ds = Dataset.from_config(cfg, specs=specs, show_progress=False)
     _ = ds.file_infos  # warm-up: runs on the workers, which import uproot and open the files
@@ -80,7 +83,7 @@ def measure(cfg: dict, repeat: int, specs=None) -> dict:
     specs = specs or ds.compute_specs()
     ds = Dataset.from_config(cfg, specs=specs, show_progress=False)
     n = sum(len(ch) for ch in ds.chunks(epoch=0))  # warm-up of the decoding path
-    t_stream = best_of(repeat, lambda: sum(len(ch) for ch in ds.chunks(epoch=0)))
+    t_stream = best_of(repeat, lambda: sum(len(ch) for ch in ds.chunks(epoch=0)), min_seconds)
     return {"events": n, "specs_s": t_specs, "stream_s": t_stream, "specs": specs, "ds": ds}
 
 
@@ -102,7 +105,7 @@ def run(args) -> list[dict]:
         )
 
     rows = []
-    base = measure(config(data, args.chunk_size), args.repeat)
+    base = measure(config(data, args.chunk_size), args.repeat, None, args.min_seconds)
     specs, nev = base["specs"], base["events"]
     rows.append({"executor": "local (1 process)", "workers": 1, **base})
     print(
@@ -112,6 +115,12 @@ def run(args) -> list[dict]:
     _row(rows[-1], None)
 
     for n in args.workers:
+        if args.no_dask:
+            m = measure(config(data, args.chunk_size, "processes", n), args.repeat, specs, args.min_seconds)
+            rows.append({"executor": "processes", "workers": n, **m})
+            shutdown_pools()
+            _row(rows[-1], rows)
+            continue
         # Dask: a LocalCluster reached by its address, as with --scheduler
         # (workers started as docs/scale.md recommends: one thread, no statistical profiler)
         with (
@@ -122,7 +131,7 @@ def run(args) -> list[dict]:
         ):
             cfg = config(data, args.chunk_size, "dask", n, cluster.scheduler_address)
             ex = dask_executor(cluster.scheduler_address)
-            m = measure(cfg, args.repeat, specs)
+            m = measure(cfg, args.repeat, specs, args.min_seconds)
             ex.worker_stats(reset=True)
             sum(len(ch) for ch in m["ds"].chunks(epoch=0))  # one more epoch, for the per-worker rates
             per = ex.worker_stats()
@@ -130,7 +139,7 @@ def run(args) -> list[dict]:
             rows.append({"executor": "dask", "workers": n, **m})
             shutdown_executors()
         _row(rows[-1], rows)
-        m = measure(config(data, args.chunk_size, "processes", n), args.repeat, specs)
+        m = measure(config(data, args.chunk_size, "processes", n), args.repeat, specs, args.min_seconds)
         rows.append({"executor": "processes", "workers": n, **m})
         shutdown_pools()
         _row(rows[-1], rows)
@@ -204,6 +213,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="runs per figure, best kept (default 2)")
     p.add_argument("--dir", help="where the files are (generated there when missing; default: a temp dir)")
     p.add_argument("--out", help="write a Markdown report here (e.g. bench/RESULTS-scale.md)")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.0,
+        help="time each streaming figure over repeated epochs filling at least this long (default 0: best of --repeat)",
+    )
+    p.add_argument("--no-dask", action="store_true", help="process pool only")
     args = p.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
 

@@ -104,6 +104,7 @@ def config(data: Path, cache: Path, net: str, args) -> dict:
             "plots": False,
             "seed": 1,
             "device": args.device,
+            "amp": args.amp,
         },
     }
 
@@ -150,6 +151,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data", default=None, help="where to generate the sample (default: a temporary dir)")
     ap.add_argument("--nets", default="tth,mlp111")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (training.amp)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-train.md"))
     args = ap.parse_args()
 
