@@ -43,7 +43,9 @@ def main(config_path: str, base: str, report: str) -> None:
         elif event not in ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "shutil.rmtree", "shutil.move"):
             return
         for a in args:
-            if isinstance(a, (str, os.PathLike)) and str(Path(os.fsdecode(a)).resolve()).startswith(str(base_dir)):
+            if isinstance(a, (str, os.PathLike)) and str(Path(os.fsdecode(a)).resolve()).startswith(
+                str(base_dir)
+            ):
                 writes.append(f"{event} {os.fsdecode(a)}")
                 return
 
@@ -82,9 +84,14 @@ def main(config_path: str, base: str, report: str) -> None:
 
     full = train(cfg, base_dir / "full", dataset=Recording(dcfg, show_progress=False), show_progress=False)
     weights("full", full)
-    results["full"] = {"metrics": full.metrics, "n_val_local": len(full.source.val), "rank": full.rank,
-                       "world_size": full.world_size, "idle_steps": idle["n"],
-                       "bundle_path": str(full.bundle_path)}
+    results["full"] = {
+        "metrics": full.metrics,
+        "n_val_local": len(full.source.val),
+        "rank": full.rank,
+        "world_size": full.world_size,
+        "idle_steps": idle["n"],
+        "bundle_path": str(full.bundle_path),
+    }
     part = train(cfg, base_dir / "part", show_progress=False, callbacks=[lambda rec: rec["epoch"] == 0])
     results["part"] = {"interrupted": part.interrupted, "epochs": len(part.history)}
     resumed = train(cfg, base_dir / "part", resume=True, show_progress=False)

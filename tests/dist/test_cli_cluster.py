@@ -38,24 +38,59 @@ def cli_cluster(tmp_path_factory):
     (d / "config").mkdir()
     (d / "config" / "mlaas4hep-worker.yaml").write_text(WORKER_YAML)  # as docs/scale.md says
     env = {"DASK_CONFIG": str(d / "config"), "PATH": str(BIN)}
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    procs = [
+        subprocess.Popen(
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+    ]
     try:
         deadline = time.monotonic() + 30
         while not sched_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sched_file.exists(), "the scheduler did not start"
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file),
-                                       "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1",
-                                       "--no-dashboard"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "dask"),
+                    "worker",
+                    "--scheduler-file",
+                    str(sched_file),
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
+        )
         from distributed import Client
 
         with Client(scheduler_file=str(sched_file), timeout="30s") as c:
             c.wait_for_workers(2, timeout=60)
-            settings = c.run(lambda: (__import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"),  # by value
-                                      __import__("dask").config.get("distributed.worker.profile.enabled")))
+            settings = c.run(
+                lambda: (
+                    __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"),  # by value
+                    __import__("dask").config.get("distributed.worker.profile.enabled"),
+                )
+            )
         assert list(settings.values()) == [(None, False)] * 2, settings
         yield sched_file, json.loads(sched_file.read_text())["address"]
     finally:
@@ -77,8 +112,20 @@ def test_cli_specs_with_scheduler_file_and_address(cli_cluster, data_dir, tmp_pa
     ref = Dataset.from_config(cfg).compute_specs()
     for i, sched in enumerate([str(sched_file), address]):
         out = tmp_path / f"specs{i}.json"
-        r = subprocess.run([str(BIN / "mlaas4hep"), "specs", str(tmp_path / "config.yaml"), "-o", str(out),
-                            "--scheduler", sched], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                str(BIN / "mlaas4hep"),
+                "specs",
+                str(tmp_path / "config.yaml"),
+                "-o",
+                str(out),
+                "--scheduler",
+                sched,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         assert_same_specs(ref, Specs.load(out))
 
@@ -87,20 +134,33 @@ def test_stream_with_scheduler_file(cli_cluster, data_dir, tmp_path):
     sched_file, _ = cli_cluster
     cfg = sample_config(data_dir, tmp_path / "cache", branches=BRANCHES, shuffle=False)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([str(BIN / "mlaas4hep"), "stream", str(tmp_path / "config.yaml"), "--epochs", "2",
-                        "--scheduler", str(sched_file)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            str(BIN / "mlaas4hep"),
+            "stream",
+            str(tmp_path / "config.yaml"),
+            "--epochs",
+            "2",
+            "--scheduler",
+            str(sched_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("80,000 events in") == 2, r.stdout
 
 
 def test_unreachable_scheduler_is_a_clear_error():
+    import dask
+
     from mlaas4hep.dist.dask import dask_executor
     from mlaas4hep.io.errors import ConfigError, Mlaas4hepError
 
-    import dask
-
-    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), pytest.raises(
-        Mlaas4hepError, match="cannot connect to the Dask scheduler"
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "2s"}),
+        pytest.raises(Mlaas4hepError, match="cannot connect to the Dask scheduler"),
     ):
         dask_executor("tcp://127.0.0.1:9")
     with pytest.raises(ConfigError, match="does not exist"):

@@ -21,8 +21,9 @@ BRANCHES = ["MET_pt", "nJet", "Jet_pt", "Jet_eta", "Jet_btagDeepFlavB"]
 
 
 def new_cluster():
-    return distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                    dashboard_address=":0")
+    return distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,9 @@ def cluster():
 def cfgs(data_dir, cache_dir, scheduler, **kw):
     kw.setdefault("branches", BRANCHES)
     local = sample_config(data_dir, cache_dir / "local" if cache_dir else None, **kw)
-    dask = sample_config(data_dir, cache_dir / "dask" if cache_dir else None, executor="dask",
-                         scheduler=scheduler, **kw)
+    dask = sample_config(
+        data_dir, cache_dir / "dask" if cache_dir else None, executor="dask", scheduler=scheduler, **kw
+    )
     return local, dask
 
 
@@ -53,7 +55,19 @@ def assert_same(a: Chunk, b: Chunk) -> None:
 
 def assert_same_specs(a, b) -> None:
     da, db = a.to_dict(), b.to_dict()
-    for k in ("fkeys", "jkeys", "jdim", "jdim_p99", "minv", "maxv", "count", "nans", "lengths", "nevents", "files"):
+    for k in (
+        "fkeys",
+        "jkeys",
+        "jdim",
+        "jdim_p99",
+        "minv",
+        "maxv",
+        "count",
+        "nans",
+        "lengths",
+        "nevents",
+        "files",
+    ):
         assert da[k] == db[k], k
     for k in ("mean", "std"):  # merged in another order: equal to rounding
         assert da[k].keys() == db[k].keys()
@@ -73,8 +87,14 @@ def test_executor_is_dask(cluster):
 
 
 def test_specs_equal_local(cluster, data_dir, cache_dir):
-    local, dask = cfgs(data_dir, cache_dir, cluster.scheduler_address, chunk_size=3_000,
-                       new_variables={"HT": "sum(Jet_pt)"}, selection="nJet >= 2")
+    local, dask = cfgs(
+        data_dir,
+        cache_dir,
+        cluster.scheduler_address,
+        chunk_size=3_000,
+        new_variables={"HT": "sum(Jet_pt)"},
+        selection="nJet >= 2",
+    )
     sl = Dataset.from_config(local).compute_specs()
     sd = Dataset.from_config(dask).compute_specs()
     assert_same_specs(sl, sd)
@@ -175,7 +195,9 @@ def test_workers_read_xrootd(cluster, data_dir, xrootd):
         return Dataset.from_config(cfg)
 
     local = make([(str(data_dir / n), lab) for n, lab in names])
-    remote = make([(xrootd.url(n), lab) for n, lab in names], executor="dask", scheduler=cluster.scheduler_address)
+    remote = make(
+        [(xrootd.url(n), lab) for n, lab in names], executor="dask", scheduler=cluster.scheduler_address
+    )
     assert remote.urls[0].startswith("root://")
     xl, yl = local.to_numpy()
     xr, yr = remote.to_numpy()

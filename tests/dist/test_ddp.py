@@ -53,10 +53,24 @@ def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.Completed
     """``python -m torch.distributed.run`` on loopback, one thread per process, bounded in time."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MLAAS4HEP_DDP_TIMEOUT="60", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, (
+        f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    )
     return proc
 
 
@@ -91,13 +105,17 @@ def _keys(ids: np.ndarray) -> np.ndarray:
 
 def test_each_event_read_by_exactly_one_rank_per_epoch(ddp_run):
     dcfg, _ = split_config(ddp_run["cfg"])
-    expected = np.sort(_keys(np.concatenate([c.event_id for c in Dataset(dcfg, show_progress=False).chunks(0)])))
+    expected = np.sort(
+        _keys(np.concatenate([c.event_id for c in Dataset(dcfg, show_progress=False).chunks(0)]))
+    )
     assert len(expected) == 4 * NEVTS
     shards = {}
     for epoch in (0, 1):
         per_rank = [_keys(_ids(ddp_run["report"], epoch, r)) for r in (0, 1)]
         assert all(len(p) for p in per_rank), "a rank read nothing"
-        assert not np.intersect1d(per_rank[0], per_rank[1]).size, f"epoch {epoch}: an event read by both ranks"
+        assert not np.intersect1d(per_rank[0], per_rank[1]).size, (
+            f"epoch {epoch}: an event read by both ranks"
+        )
         union = np.sort(np.concatenate(per_rank))
         np.testing.assert_array_equal(union, expected)  # all events, none twice
         shards[epoch] = set(per_rank[0].tolist())
@@ -109,7 +127,9 @@ def test_every_training_event_trained_once(ddp_run):
     m = r0["metrics"]
     assert r0["world_size"] == r1["world_size"] == 2 and (r0["rank"], r1["rank"]) == (0, 1)
     n_val = m["n_val"]
-    assert r0["n_val_local"] + r1["n_val_local"] == n_val  # the validation set is the union of the ranks' shares
+    assert (
+        r0["n_val_local"] + r1["n_val_local"] == n_val
+    )  # the validation set is the union of the ranks' shares
     for rec in m["epochs"]:
         ranks = rec["ranks"]
         assert [r["rank"] for r in ranks] == [0, 1]
@@ -120,7 +140,9 @@ def test_every_training_event_trained_once(ddp_run):
     assert r0["idle_steps"] + r1["idle_steps"] > 0
     # metrics are computed on the union, so they are the same on both ranks
     assert r0["metrics"]["val_auc"] == r1["metrics"]["val_auc"]
-    assert [e["val_loss"] for e in r0["metrics"]["epochs"]] == [e["val_loss"] for e in r1["metrics"]["epochs"]]
+    assert [e["val_loss"] for e in r0["metrics"]["epochs"]] == [
+        e["val_loss"] for e in r1["metrics"]["epochs"]
+    ]
     assert m["val_auc"] > 0.6
 
 
@@ -128,8 +150,11 @@ def test_weights_identical_across_ranks_and_after_resume(ddp_run):
     from safetensors.numpy import load_file
 
     rep = ddp_run["report"]
-    w = {(run, r): load_file(str(rep / f"weights-{run}-r{r}.safetensors"))
-         for run in ("full", "resumed") for r in (0, 1)}
+    w = {
+        (run, r): load_file(str(rep / f"weights-{run}-r{r}.safetensors"))
+        for run in ("full", "resumed")
+        for r in (0, 1)
+    }
     for run in ("full", "resumed"):
         a, b = w[(run, 0)], w[(run, 1)]
         assert a.keys() == b.keys() and a
@@ -153,8 +178,13 @@ def test_only_rank0_writes(ddp_run):
     rep, base = ddp_run["report"], ddp_run["base"]
     assert json.loads((rep / "writes-r1.json").read_text()) == []
     written = "\n".join(json.loads((rep / "writes-r0.json").read_text()))
-    for name in ("checkpoint.tmp/state.json", "metrics.json", "bundle/model.onnx", "bundle/bundle.json",
-                 "plots/roc.png"):
+    for name in (
+        "checkpoint.tmp/state.json",
+        "metrics.json",
+        "bundle/model.onnx",
+        "bundle/bundle.json",
+        "plots/roc.png",
+    ):
         assert f"full/{name}" in written, name
     for name in ("metrics.json", "checkpoint/state.json", "bundle/model.onnx", "bundle/model.safetensors"):
         assert (base / "full" / name).is_file(), name
@@ -165,8 +195,21 @@ def test_only_rank0_writes(ddp_run):
 def test_cli_train_under_torchrun(data_dir, tmp_path):
     cfg = _config(data_dir, tmp_path / "cache", plots=False, epochs=3)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
-    proc = torchrun(["-m", "mlaas4hep.cli", "-v", "train", "train.yaml", "--out", "run", "--epochs", "1",
-                     "--no-progress"], cwd=tmp_path)
+    proc = torchrun(
+        [
+            "-m",
+            "mlaas4hep.cli",
+            "-v",
+            "train",
+            "train.yaml",
+            "--out",
+            "run",
+            "--epochs",
+            "1",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+    )
     out = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}"  # shown if an assertion fails
     assert proc.stdout.count("val AUC") == 1, out  # rank 0 reports for both
     assert "DDP, 2 ranks" in proc.stdout and "per rank" in proc.stdout, out
@@ -181,10 +224,19 @@ def test_cli_train_under_torchrun(data_dir, tmp_path):
 def test_detect_environment():
     assert detect({}) is None
     assert detect({"WORLD_SIZE": "1", "RANK": "0"}) is None
-    env = detect({"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
-                  "MASTER_ADDR": "node0", "MASTER_PORT": "29400"})
-    assert env == DistEnv(rank=5, world_size=8, local_rank=1, local_world_size=4, master_addr="node0",
-                          master_port=29400)
+    env = detect(
+        {
+            "WORLD_SIZE": "8",
+            "RANK": "5",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "4",
+            "MASTER_ADDR": "node0",
+            "MASTER_PORT": "29400",
+        }
+    )
+    assert env == DistEnv(
+        rank=5, world_size=8, local_rank=1, local_world_size=4, master_addr="node0", master_port=29400
+    )
     assert not env.is_main
     with pytest.raises(RuntimeError, match="RANK"):
         detect({"WORLD_SIZE": "2"})

@@ -10,4 +10,4 @@ Nothing here is imported unless ``executor: dask`` (or a scheduler) is asked for
 so the streaming layer does not need ``distributed`` installed.
 """
 
-from . import ddp  # noqa: E402,F401  PyTorch DDP (torchrun); imports torch only when used
+from . import ddp  # noqa: F401  PyTorch DDP (torchrun); imports torch only when used

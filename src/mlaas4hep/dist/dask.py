@@ -32,8 +32,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Callable
+from typing import Any
 
 from ..io.errors import ConfigError, Mlaas4hepError
 from ..io.executor import default_workers
@@ -56,7 +57,7 @@ WORKER_CONFIG = {
     "distributed.worker.profile.enabled": False,
 }
 
-_EXECUTORS: dict[tuple, "DaskExecutor"] = {}
+_EXECUTORS: dict[tuple, DaskExecutor] = {}
 _LOCK = threading.Lock()
 
 
@@ -77,7 +78,7 @@ class DaskExecutor(Executor):
         self._bound: tuple[Any, Any] | None = None  # (partial, the future holding it on the cluster)
 
     # ---------------------------------------------------------------- executor
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> "TimedFuture":
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TimedFuture:
         if isinstance(fn, functools.partial):
             # its bound arguments (a UnitReader lists every URL) go to the cluster once per pass
             if self._bound is None or self._bound[0] is not fn:
@@ -115,8 +116,15 @@ class DaskExecutor(Executor):
         return max(1, slots, int(self.requested_workers or 0))
 
     # ---------------------------------------------------------------- specs
-    def reduce_unit_stats(self, reader, names: list[str], units: list, skip: bool,
-                          advance: Callable[[int], None] | None = None, split_every: int = 8):
+    def reduce_unit_stats(
+        self,
+        reader,
+        names: list[str],
+        units: list,
+        skip: bool,
+        advance: Callable[[int], None] | None = None,
+        split_every: int = 8,
+    ):
         """The specs pass as a tree-reduce on the workers; returns a :class:`~mlaas4hep.dist.reduce.StatsPartial`.
 
         With ``skip`` False the first unit that fails raises its error here and
@@ -169,7 +177,7 @@ class DaskExecutor(Executor):
 class TimedFuture:
     """A Dask future whose ``result()`` unwraps the task's value and books its worker's time."""
 
-    __slots__ = ("future", "_executor", "_taken")
+    __slots__ = ("_executor", "_taken", "future")
 
     def __init__(self, future, executor: DaskExecutor):
         self.future = future
@@ -235,8 +243,9 @@ def _events(args: tuple) -> int:
 
 
 # -------------------------------------------------------------------- connecting
-def dask_executor(scheduler: str | None = None, workers: int | None = None,
-                  retries: int = DEFAULT_RETRIES) -> DaskExecutor:
+def dask_executor(
+    scheduler: str | None = None, workers: int | None = None, retries: int = DEFAULT_RETRIES
+) -> DaskExecutor:
     """The executor for ``scheduler`` (kept for the life of the program, like process pools)."""
     key = (scheduler or None, None if scheduler else workers)
     with _LOCK:
@@ -252,7 +261,9 @@ def _connect(scheduler: str | None, workers: int | None, retries: int) -> DaskEx
         import dask
         from distributed import Client, LocalCluster
     except ImportError:
-        raise ConfigError("executor 'dask' needs the 'distributed' package: pip install distributed") from None
+        raise ConfigError(
+            "executor 'dask' needs the 'distributed' package: pip install distributed"
+        ) from None
 
     cluster = None
     if not scheduler:
@@ -261,7 +272,7 @@ def _connect(scheduler: str | None, workers: int | None, retries: int) -> DaskEx
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
     elif scheduler.startswith("gateway:") and not scheduler.startswith("gateway://"):
-        client, cluster = _gateway_client(scheduler[len("gateway:"):])  # closing it leaves it running
+        client, cluster = _gateway_client(scheduler[len("gateway:") :])  # closing it leaves it running
     elif scheduler.startswith("gateway://"):
         raise ConfigError(
             f"scheduler {scheduler!r} is a Dask Gateway address, which needs the gateway's credentials; "
@@ -291,7 +302,9 @@ def _gateway_client(name: str):
     try:
         from dask_gateway import Gateway
     except ImportError:
-        raise ConfigError("'gateway:' schedulers need the 'dask-gateway' package: pip install dask-gateway") from None
+        raise ConfigError(
+            "'gateway:' schedulers need the 'dask-gateway' package: pip install dask-gateway"
+        ) from None
     gateway = Gateway()  # address, auth and proxy from the site's Dask configuration
     if not name:
         running = gateway.list_clusters()
@@ -320,7 +333,9 @@ def _check_workers(client, scheduler: str | None) -> None:
     for worker, versions in seen.items():
         diff = {k: (v, mine.get(k)) for k, v in versions.items() if v != mine.get(k)}
         if diff:
-            log.warning("Dask worker %s has other versions than this client (worker, client): %s", worker, diff)
+            log.warning(
+                "Dask worker %s has other versions than this client (worker, client): %s", worker, diff
+            )
 
 
 def _worker_versions() -> dict[str, str]:
@@ -330,8 +345,12 @@ def _worker_versions() -> dict[str, str]:
 
     from .. import __version__
 
-    return {"mlaas4hep": __version__, "uproot": uproot.__version__, "awkward": awkward.__version__,
-            "numpy": numpy.__version__}
+    return {
+        "mlaas4hep": __version__,
+        "uproot": uproot.__version__,
+        "awkward": awkward.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
 def shutdown_executors() -> None:

@@ -52,8 +52,9 @@ import datetime
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -94,20 +95,27 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv | None:
     if world <= 1:
         return None
     if "RANK" not in env:
-        raise RuntimeError("WORLD_SIZE is set but RANK is not: launch with torchrun (or set RANK, LOCAL_RANK, "
-                           "MASTER_ADDR and MASTER_PORT for every process)")
+        raise RuntimeError(
+            "WORLD_SIZE is set but RANK is not: launch with torchrun (or set RANK, LOCAL_RANK, "
+            "MASTER_ADDR and MASTER_PORT for every process)"
+        )
     rank = int(env["RANK"])
     port = env.get("MASTER_PORT")
-    return DistEnv(rank=rank, world_size=world, local_rank=int(env.get("LOCAL_RANK", rank)),
-                   local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)),
-                   master_addr=env.get("MASTER_ADDR"), master_port=int(port) if port else None)
+    return DistEnv(
+        rank=rank,
+        world_size=world,
+        local_rank=int(env.get("LOCAL_RANK", rank)),
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)),
+        master_addr=env.get("MASTER_ADDR"),
+        master_port=int(port) if port else None,
+    )
 
 
 def _timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT)))
 
 
-def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> "Context | None":
+def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> Context | None:
     """Initialise the process group for training on ``device`` (the ``training.device`` setting).
 
     Returns ``None`` outside a distributed launch. ``auto`` / ``cuda`` with CUDA
@@ -121,8 +129,9 @@ def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> "Con
     if dist.is_available() and dist.is_initialized():  # the caller's group
         if dist.get_world_size() <= 1:
             return None
-        env = detect(environ) or DistEnv(dist.get_rank(), dist.get_world_size(), dist.get_rank(),
-                                         dist.get_world_size())
+        env = detect(environ) or DistEnv(
+            dist.get_rank(), dist.get_world_size(), dist.get_rank(), dist.get_world_size()
+        )
         backend = dist.get_backend()
         dev = f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
         return Context(env, dev, str(backend))
@@ -133,8 +142,10 @@ def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> "Con
     if want_cuda and torch.cuda.is_available():
         n = torch.cuda.device_count()
         if env.local_rank >= n:
-            raise RuntimeError(f"LOCAL_RANK {env.local_rank} but this node has {n} CUDA devices: "
-                               f"use --nproc-per-node {n} or fewer")
+            raise RuntimeError(
+                f"LOCAL_RANK {env.local_rank} but this node has {n} CUDA devices: "
+                f"use --nproc-per-node {n} or fewer"
+            )
         torch.cuda.set_device(env.local_rank)
         backend, dev = "nccl", f"cuda:{env.local_rank}"
     else:
@@ -149,8 +160,16 @@ def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> "Con
     except TypeError:  # torch without device_id
         dist.init_process_group(backend, timeout=_timeout())
     atexit.register(_destroy)
-    log.info("DDP: rank %d of %d (local rank %d), %s on %s, master %s:%s", env.rank, env.world_size,
-             env.local_rank, backend, dev, env.master_addr, env.master_port)
+    log.info(
+        "DDP: rank %d of %d (local rank %d), %s on %s, master %s:%s",
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        backend,
+        dev,
+        env.master_addr,
+        env.master_port,
+    )
     return Context(env, dev, backend)
 
 
@@ -179,7 +198,9 @@ class Context:
         return self.rank == 0
 
     def __repr__(self) -> str:
-        return f"Context(rank={self.rank}, world={self.world}, backend={self.backend!r}, device={self.device!r})"
+        return (
+            f"Context(rank={self.rank}, world={self.world}, backend={self.backend!r}, device={self.device!r})"
+        )
 
     # ------------------------------------------------------------ lifecycle
     def barrier(self) -> None:
@@ -217,7 +238,9 @@ class Context:
         import torch.distributed as dist
 
         t = self._tensor(values)
-        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+        dist.all_reduce(
+            t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+        )
         return t.cpu().numpy()
 
     def any(self, flag: bool) -> bool:
@@ -325,8 +348,10 @@ class Context:
     def gather_rates(self, events: int, seconds: float) -> list[dict[str, float]]:
         """Per rank: ``rank``, ``events``, ``seconds``, ``events_per_s``."""
         rows = self.all_gather([events, seconds])
-        return [{"rank": r, "events": int(n), "seconds": float(s), "events_per_s": float(n / s) if s > 0 else 0.0}
-                for r, (n, s) in enumerate(rows)]
+        return [
+            {"rank": r, "events": int(n), "seconds": float(s), "events_per_s": float(n / s) if s > 0 else 0.0}
+            for r, (n, s) in enumerate(rows)
+        ]
 
     def check_resume(self, epoch: int | None) -> None:
         """Every rank must have found the same checkpoint (``None``: none found)."""
@@ -335,5 +360,7 @@ class Context:
             seen = ", ".join(f"rank {r}: {'none' if e == -2 else int(e)}" for r, e in enumerate(got))
             from ..train.errors import TrainError
 
-            raise TrainError(f"--resume: the ranks see different checkpoints ({seen}); the output directory "
-                             "must be on a filesystem shared by all ranks (see docs/ddp.md)")
+            raise TrainError(
+                f"--resume: the ranks see different checkpoints ({seen}); the output directory "
+                "must be on a filesystem shared by all ranks (see docs/ddp.md)"
+            )

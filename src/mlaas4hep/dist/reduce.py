@@ -14,8 +14,9 @@ the reduction; with ``on_error: raise`` the error propagates to the client.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..io.chunk import Unit
 from ..io.errors import Mlaas4hepError
