@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -51,7 +52,7 @@ def _to_ptetaphi(px, py, pz):
     return pt, np.arcsinh(pz / np.maximum(pt, 1e-9)), np.arctan2(py, px)
 
 
-def two_body(rng, pt, eta, phi, mass):
+def two_body(rng: np.random.Generator, pt: Any, eta: Any, phi: Any, mass: Any) -> list[tuple[Any, Any, Any]]:
     """Decay parents of ``mass`` into two b quarks; returns two (pt, eta, phi)."""
     n = len(pt)
     px, py, pz, e = _four(pt, eta, phi, mass)
@@ -63,7 +64,7 @@ def two_body(rng, pt, eta, phi, mass):
     b = np.stack([px, py, pz]) / e
     b2 = (b**2).sum(0)
     gamma = 1 / np.sqrt(1 - np.minimum(b2, 1 - 1e-12))
-    out = []
+    out: list[tuple[Any, Any, Any]] = []
     for sign in (1, -1):
         p = sign * d
         bp = (b * p).sum(0)
@@ -76,10 +77,10 @@ def two_body(rng, pt, eta, phi, mass):
 class _Partons:
     """Flat lists of (event, pt, eta, phi, flavour) to be turned into jets."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.cols: dict[str, list[np.ndarray]] = {k: [] for k in ("ev", "pt", "eta", "phi", "flav")}
 
-    def add(self, ev, pt, eta, phi, flav):
+    def add(self, ev: Any, pt: Any, eta: Any, phi: Any, flav: Any) -> None:
         for k, v in zip(self.cols, (ev, pt, eta, phi, np.broadcast_to(flav, np.shape(ev)))):
             self.cols[k].append(np.asarray(v))
 

@@ -78,7 +78,7 @@ class DaskExecutor(Executor):
         self._bound: tuple[Any, Any] | None = None  # (partial, the future holding it on the cluster)
 
     # ---------------------------------------------------------------- executor
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TimedFuture:
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TimedFuture:  # type: ignore[override]  # a Future-like wrapper
         if isinstance(fn, functools.partial):
             # its bound arguments (a UnitReader lists every URL) go to the cluster once per pass
             if self._bound is None or self._bound[0] is not fn:

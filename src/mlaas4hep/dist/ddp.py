@@ -129,12 +129,12 @@ def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> Cont
     if dist.is_available() and dist.is_initialized():  # the caller's group
         if dist.get_world_size() <= 1:
             return None
-        env = detect(environ) or DistEnv(
+        given = detect(environ) or DistEnv(
             dist.get_rank(), dist.get_world_size(), dist.get_rank(), dist.get_world_size()
         )
         backend = dist.get_backend()
         dev = f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
-        return Context(env, dev, str(backend))
+        return Context(given, dev, str(backend))
     env = detect(environ)
     if env is None:
         return None
@@ -147,30 +147,30 @@ def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> Cont
                 f"use --nproc-per-node {n} or fewer"
             )
         torch.cuda.set_device(env.local_rank)
-        backend, dev = "nccl", f"cuda:{env.local_rank}"
+        pg_backend, dev = "nccl", f"cuda:{env.local_rank}"
     else:
         if str(device).startswith("cuda"):
             raise RuntimeError("device 'cuda' was asked for but PyTorch sees no CUDA device")
-        backend, dev = "gloo", "cpu"
+        pg_backend, dev = "gloo", "cpu"
     kw: dict[str, Any] = {}
-    if backend == "nccl":
+    if pg_backend == "nccl":
         kw["device_id"] = torch.device(dev)
     try:
-        dist.init_process_group(backend, timeout=_timeout(), **kw)
+        dist.init_process_group(pg_backend, timeout=_timeout(), **kw)
     except TypeError:  # torch without device_id
-        dist.init_process_group(backend, timeout=_timeout())
+        dist.init_process_group(pg_backend, timeout=_timeout())
     atexit.register(_destroy)
     log.info(
         "DDP: rank %d of %d (local rank %d), %s on %s, master %s:%s",
         env.rank,
         env.world_size,
         env.local_rank,
-        backend,
+        pg_backend,
         dev,
         env.master_addr,
         env.master_port,
     )
-    return Context(env, dev, backend)
+    return Context(env, dev, pg_backend)
 
 
 def _destroy() -> None:

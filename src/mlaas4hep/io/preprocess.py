@@ -30,6 +30,32 @@ from .errors import ConfigError
 
 @dataclass
 class Preprocessor:
+    """Branch values in, model inputs out: the preprocessing a bundle carries.
+
+    Built by :class:`~mlaas4hep.io.Dataset` from its configuration and specs, or
+    read back from a bundle with :meth:`from_dict`; :meth:`transform` does the work.
+
+    Args:
+        flat (list of str): branches with one number per event, in column order.
+        jagged (list of (str, int)): branches with a list per event, each with the
+            length it is padded or clipped to (``Jet_pt[0] ... Jet_pt[L-1]``).
+        pad_value (float, default 0.0): the value of padded slots, after normalisation.
+        normalize (str, default ``"minmax"``): ``"minmax"``, ``"standard"`` or ``"none"``;
+            it names how ``offset`` and ``scale`` were derived from the specs.
+        offset, scale (dict of str → float): per-branch constants, applied as
+            ``(v - offset) * scale``; a branch missing from them is left as it is.
+        new_variables (dict of str → str): derived branches, as safe expressions
+            (:mod:`mlaas4hep.io.expr`) of the input branches, computed first.
+        selection (None or str, default None): an event selection expression;
+            :meth:`select` evaluates it.
+        tree (str, default ``"Events"``): the tree the branches come from
+            (used by ``predict_root``).
+
+    Attributes:
+        n_features (int): the number of columns of ``x``.
+        inputs (list of str): the branches that must be read from a file.
+    """
+
     flat: list[str]
     jagged: list[tuple[str, int]]
     pad_value: float = 0.0
@@ -206,14 +232,16 @@ def pad_jagged(values: Any, length: int, name: str = "") -> tuple[np.ndarray, np
     if values.ndim != 2:
         raise ConfigError(f"input {name!r} must be a list of numbers per event, got type {values.type}")
     layout = values.layout
-    starts = stops = content = None
+    starts: np.ndarray | None = None
+    stops: np.ndarray | None = None
+    content = None
     if isinstance(layout, ak.contents.ListOffsetArray):
         offsets = np.asarray(layout.offsets)
         starts, stops = offsets[:-1], offsets[1:]
         content = layout.content
     elif isinstance(layout, ak.contents.ListArray):
         starts, stops, content = np.asarray(layout.starts), np.asarray(layout.stops), layout.content
-    if content is not None and isinstance(content, ak.contents.NumpyArray):
+    if starts is not None and stops is not None and isinstance(content, ak.contents.NumpyArray):
         data = np.asarray(content.data).astype(np.float32, copy=False)
         counts = (stops - starts).astype(np.int64)
         slots = np.arange(length, dtype=np.int64)

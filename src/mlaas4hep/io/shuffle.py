@@ -26,7 +26,7 @@ from .chunk import Unit
 
 def plan_units(entries: list[int], chunk_size: int, nevts: int = -1) -> list[Unit]:
     """Split each file's entries (first ``nevts`` when ``nevts >= 0``) into units."""
-    units = []
+    units: list[Unit] = []
     for f, n in enumerate(entries):
         n = n if nevts is None or nevts < 0 else min(n, nevts)
         units.extend(Unit(f, s, min(s + chunk_size, n)) for s in range(0, n, chunk_size))

@@ -33,6 +33,30 @@ from .userfile import UserModel
 
 
 class Backend:
+    """One machine-learning framework behind the trainer's single loop.
+
+    :func:`make_backend` picks the subclass from what the user's model file returns
+    (PyTorch, Keras 3, scikit-learn, XGBoost). The runner (:mod:`.runner`) drives any
+    of them the same way: ``begin_epoch``, ``train_batch`` per batch, ``end_epoch``
+    (epoch-based frameworks) or one ``fit`` (the others), then ``evaluate``,
+    ``snapshot``/``restore`` for the best epoch, ``save``/``load`` for checkpoints,
+    ``export_onnx`` for the bundle and ``save_native`` for the framework's own file.
+
+    Args:
+        um (:class:`.userfile.UserModel`): the model, optimizer and loss the user's file gave.
+        cfg (:class:`.config.TrainConfig`): the ``training:`` settings.
+        n_features (int): columns of the input rows.
+        n_classes (int): 2 for a binary classifier (one probability out), else the
+            number of classes (one probability each).
+        device (str, default ``"cpu"``): where the model runs (``cpu``, ``cuda``, ``cuda:N``).
+
+    Class attributes:
+        framework (str): the framework's name, written into bundles.
+        epoch_based (bool): True when the model is trained batch by batch in epochs.
+        resumable (bool): whether a checkpoint restores the exact training state.
+        max_epochs (None or int): an upper bound on epochs (1 for estimators fitted once).
+    """
+
     framework = "?"
     epoch_based = True
     #: What a checkpoint of this backend can restore exactly.
@@ -48,7 +72,7 @@ class Backend:
         self.n_classes = n_classes
         self.binary = n_classes <= 2
         self.device = device
-        self._loss_sum = 0.0
+        self._loss_sum: Any = 0.0  # a float, or a tensor on the training device
         self._n = 0
 
     # ------------------------------------------------------------ training

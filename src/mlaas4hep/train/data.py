@@ -125,7 +125,7 @@ class Source:
             if self.world > 1:
                 pairs = list(self.pairs(0, self.rank, self.world))
                 self._memory = Part.concat([t for t, _ in pairs], self.n_features)
-                self.val = Part.concat([v for _, v in pairs], self.n_features)
+                self.val = Part.concat([v for _, v in pairs if v is not None], self.n_features)
                 return
             train, val = split_chunk(self.ds.to_chunk(), self.fraction, self.seed)
             self._memory, self.val = train, val
@@ -142,6 +142,7 @@ class Source:
         """Training Parts of an epoch; the first complete pass also fills :attr:`val`."""
         if self.in_memory:
             self.load()
+            assert self._memory is not None
             yield self._memory
             return
         collect = self.val is None
@@ -159,6 +160,7 @@ class Source:
         if self.val is None:
             for _ in self.epoch(0):
                 pass
+        assert self.val is not None  # set by the pass above
         return self.val
 
 

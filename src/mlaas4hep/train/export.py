@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def torch_to_onnx(module, n_features: int, exporter: str = "legacy") -> bytes:
                 torch.onnx.export(
                     module,
                     (example,),
-                    buf,
+                    cast(Any, buf),  # a file object works; the stubs only name paths
                     input_names=[INPUT_NAME],
                     output_names=[OUTPUT_NAME],
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -70,6 +70,7 @@ def torch_to_onnx(module, n_features: int, exporter: str = "legacy") -> bytes:
             external_data=False,
             verbose=False,
         )
+        assert prog is not None  # dynamo=True returns the program
         return prog.model_proto.SerializeToString()
     except Exception as err:
         raise ExportError(f"torch.onnx.export failed: {type(err).__name__}: {err}") from err

@@ -59,8 +59,10 @@ class KerasBackend(Backend):
     def predict(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
             return np.zeros((0,) if self.binary else (0, self.n_classes), np.float32)
-        p = np.asarray(self.model.predict(np.asarray(x, np.float32), batch_size=16384, verbose=0), np.float32)
-        p = p.reshape(len(x), -1)
+        raw = np.asarray(
+            self.model.predict(np.asarray(x, np.float32), batch_size=16384, verbose=0), np.float32
+        )
+        p: np.ndarray = raw.reshape(len(x), -1)
         if self.logits:
             p = 1 / (1 + np.exp(-p)) if p.shape[1] == 1 else _softmax(p)
         return p[:, -1] if self.binary else p

@@ -360,6 +360,7 @@ class Run:
     def _epochs(self, start: int) -> bool:
         cfg, be, src = self.cfg, self.backend, self.source
         d = self.dist
+        assert self.ds is not None  # opened by _prepare
         total = self.ds.nevents * (1 - cfg.validation_fraction) / (d.world if d else 1)
         last = cfg.epochs if be.max_epochs is None else min(cfg.epochs, be.max_epochs)
         for epoch in range(start, last):
@@ -399,7 +400,7 @@ class Run:
                 "val_events": len(val_y),
                 "val_seconds": time.perf_counter() - t1,
             }
-            if ranks is not None:
+            if ranks is not None and d is not None:
                 rec.update(world_size=d.world, ranks=ranks)
             self.history.append(rec)
             if self.main:
@@ -493,7 +494,7 @@ class Run:
         sample = np.asarray(val.x[:2048] if len(val) else np.zeros((4, self.n_features), np.float32))
         metrics["onnx_parity"] = be.export_onnx(bdir / "model.onnx", sample)
         native = be.save_native(bdir)
-        summary = {
+        summary: dict[str, Any] = {
             k: metrics[k]
             for k in (
                 "val_loss",
@@ -507,6 +508,7 @@ class Run:
             )
             if k in metrics
         }
+        assert self.ds is not None
         bundle_mod.write(
             bdir,
             bdir / "model.onnx",

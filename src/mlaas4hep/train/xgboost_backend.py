@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ class _Iter(xgb.DataIter):
 
     def __init__(self, source: Source):
         self.source = source
-        self._it = None
+        self._it: Iterator[Any] | None = None
         self.events = 0
         self.passes = 0
         super().__init__(release_data=True)
@@ -103,6 +104,8 @@ class XGBoostBackend(Backend):
         backend = self
 
         class Progress(xgb.callback.TrainingCallback):
+            auc = False
+
             def before_training(self, model):
                 self.t = time.perf_counter()
                 return model
@@ -154,16 +157,22 @@ class XGBoostBackend(Backend):
             history[0]["data_events_per_s"] = n / data_s if data_s > 0 else float("nan")
         return history
 
+    @property
+    def _trained(self) -> xgb.Booster:
+        if self.booster is None:
+            raise ModelFileError("the XGBoost model has not been trained yet")
+        return self.booster
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
             return np.zeros((0,) if self.binary else (0, self.n_classes), np.float32)
-        p = self.booster.inplace_predict(np.asarray(x, np.float32))
+        p = self._trained.inplace_predict(np.asarray(x, np.float32))
         return np.asarray(p, np.float32)
 
     def _classifier(self) -> xgb.XGBClassifier:
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "model.json"
-            self.booster.save_model(str(p))
+            self._trained.save_model(str(p))
             clf = xgb.XGBClassifier()
             clf.load_model(str(p))
         return clf
@@ -176,7 +185,7 @@ class XGBoostBackend(Backend):
 
     def save_native(self, directory: Path) -> dict[str, Path]:
         p = Path(directory) / "model.json"
-        self.booster.save_model(str(p))
+        self._trained.save_model(str(p))
         json.loads(p.read_text())  # a JSON model, never a pickle
         return {"model.json": p}
 
