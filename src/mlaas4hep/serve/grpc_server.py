@@ -53,6 +53,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -256,13 +257,13 @@ def decode_inputs(request: Any, info: ModelInfo) -> tuple[InferRequest, bool]:
             f"raw_input_contents holds {len(request.raw_input_contents)} tensors "
             f"for {len(request.inputs)} inputs",
         )
-    jagged = {n for n, _ in info.preprocessor.jagged} if info.preprocessor is not None else set()
     tensors = []
     for i, t in enumerate(request.inputs):
         shape = _shape(t)
         data = _raw_tensor(t, shape, request.raw_input_contents[i]) if raw else _typed_tensor(t, shape)
         if t.name != info.input_name and t.name in info.raw_inputs:
-            data = _raw_branch(t.name, data, t.name in jagged)
+            jagged = any(name == t.name for name, _ in info.preprocessor.jagged)
+            data = _raw_branch(t.name, data, jagged)
         tensors.append(InputTensor(t.name, t.datatype, shape, data, binary=raw))
     outputs = [o.name for o in request.outputs] or None
     for name in outputs or ():
@@ -282,7 +283,7 @@ def _raw_tensor(t: Any, shape: list[int], blob: bytes) -> np.ndarray:
     dtype = DTYPES.get(t.datatype)
     if dtype is None:
         raise ApiError(400, f"input {t.name!r}: unsupported datatype {t.datatype!r}")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if len(blob) != count * dtype.itemsize:
         raise ApiError(
             400,
@@ -298,7 +299,7 @@ def _typed_tensor(t: Any, shape: list[int]) -> np.ndarray:
             400, f"input {t.name!r}: datatype {t.datatype!r} has no typed contents; send raw_input_contents"
         )
     values = getattr(t.contents, field)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if len(values) != count:
         raise ApiError(400, f"input {t.name!r}: {len(values)} values in {field} for shape {shape}")
     return np.array(values, dtype=DTYPES[t.datatype]).reshape(shape)
