@@ -100,7 +100,7 @@ CONTENTS = {
     "FP64": "fp64_contents",
 }
 
-Context = grpc.aio.ServicerContext
+Context = Any  # grpc.aio.ServicerContext (a generic class that mypy cannot take as an alias)
 
 
 def _rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -262,7 +262,7 @@ def decode_inputs(request: Any, info: ModelInfo) -> tuple[InferRequest, bool]:
         shape = _shape(t)
         data = _raw_tensor(t, shape, request.raw_input_contents[i]) if raw else _typed_tensor(t, shape)
         if t.name != info.input_name and t.name in info.raw_inputs:
-            jagged = any(name == t.name for name, _ in info.preprocessor.jagged)
+            jagged = info.preprocessor is not None and any(n == t.name for n, _ in info.preprocessor.jagged)
             data = _raw_branch(t.name, data, jagged)
         tensors.append(InputTensor(t.name, t.datatype, shape, data, binary=raw))
     outputs = [o.name for o in request.outputs] or None
