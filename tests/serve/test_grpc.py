@@ -64,10 +64,12 @@ def test_health_metadata_and_config(client, gsrv, tth_bundle):
     x = cfg["input"][0]
     assert (x["name"], x["data_type"], x["dims"]) == ("x", "TYPE_FP32", [str(F)])
     assert cfg["output"] == [{"name": "probs", "data_type": "TYPE_FP32", "dims": ["1"]}]
-    raw = {i["name"]: i for i in cfg["input"][1:]}
+    # raw branches are described in parameters, not as inputs (perf_analyzer and coffea need input == metadata)
+    assert [i["name"] for i in cfg["input"]] == ["x"]
+    raw = {r["name"]: r for r in json.loads(cfg["parameters"]["raw_inputs"]["string_value"])}
     assert list(raw) == tth_bundle.predictor.preprocessor.inputs
-    assert all(i["optional"] for i in raw.values())
-    assert raw["Jet_pt"]["dims"] == ["-1"] and raw["MET_pt"]["dims"] == ["1"]
+    assert raw["Jet_pt"]["dims"] == [-1] and raw["Jet_pt"]["jagged"] and raw["MET_pt"]["dims"] == [1]
+    assert json.loads(cfg["parameters"]["labels"]["string_value"]) == ["ttbar", "ttH"]
     # the same configuration over HTTP, as Triton writes it (numbers as numbers)
     http_cfg = HTTP.get(f"{gsrv.url}/v2/models/tth/config").json()
     assert http_cfg["max_batch_size"] == 256 and http_cfg["input"][0]["dims"] == [F]
@@ -75,7 +77,7 @@ def test_health_metadata_and_config(client, gsrv, tth_bundle):
         "preferred_batch_size": [256],
         "max_queue_delay_microseconds": 2000,
     }
-    assert [i["name"] for i in http_cfg["input"]] == [i["name"] for i in cfg["input"]]
+    assert http_cfg["parameters"] == cfg["parameters"]
 
 
 def test_infer_raw_contents_equals_onnxruntime(client, tth_bundle):

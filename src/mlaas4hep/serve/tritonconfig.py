@@ -18,19 +18,21 @@ carries as its ``config`` message. For one of our bundles it reads, e.g.::
 
     {"name": "tth", "platform": "onnxruntime_onnx", "backend": "onnxruntime",
      "max_batch_size": 256,
-     "input":  [{"name": "x", "data_type": "TYPE_FP32", "dims": [32]},
-                {"name": "MET_pt", "data_type": "TYPE_FP32", "dims": [1],
-                 "reshape": {"shape": []}, "optional": true},
-                {"name": "Jet_pt", "data_type": "TYPE_FP32", "dims": [-1], "optional": true}, ...],
+     "input":  [{"name": "x", "data_type": "TYPE_FP32", "dims": [32]}],
      "output": [{"name": "probs", "data_type": "TYPE_FP32", "dims": [1]}],
      "dynamic_batching": {"preferred_batch_size": [256], "max_queue_delay_microseconds": 2000},
+     "parameters": {"raw_inputs": {"string_value": "[{\"name\": \"MET_pt\", \"dims\": [1], ...}]"}, ...},
      ...}
 
-The feature tensor ``x`` is the input the model needs; the raw branches its
-preprocessing reads (``MET_pt``, ``Jet_pt``...) are alternative inputs, marked
-``optional`` so that clients which fill every required input (perf_analyzer,
-coffea) send ``x`` alone. A flat branch is one value per event (``dims [1]``,
-reshaped to a scalar), a jagged one a variable number (``dims [-1]``).
+The feature tensor ``x`` is the one input listed. The raw branches the
+bundle's preprocessing reads (``MET_pt``, ``Jet_pt``...), which the server
+also accepts instead of ``x``, are described in ``parameters.raw_inputs`` (a
+JSON list: name, ``dims`` ``[1]`` for a flat branch or ``[-1]`` for a jagged
+one), *not* as extra entries of ``input``: Triton's clients require every
+configured input to appear in the model metadata (perf_analyzer stops with "no
+metadata found for input tensor"), and coffea's wrapper requires every input of
+the metadata to be sent, so an extra input, even ``optional``, breaks one or
+the other.
 
 ``max_batch_size`` is the batcher's ``max_batch`` (rows per onnxruntime call).
 Requests with more rows are still served (they run alone), unlike Triton,
@@ -72,39 +74,30 @@ def model_config(info: ServedModel, max_batch: int, max_delay_s: float) -> dict[
     """Triton's model configuration of ``info`` served by a batcher of ``max_batch`` rows and ``max_delay_s``."""
     batching = max_batch > 1
     jagged = {name for name, _ in info.preprocessor.jagged} if info.preprocessor is not None else set()
-    inputs: list[dict[str, Any]] = [
-        {
-            "name": info.input_name,
-            "data_type": "TYPE_FP32",
-            "format": "FORMAT_NONE",
-            "dims": [len(info.features)],
-        }
+    raw = [
+        {"name": n, "data_type": "TYPE_FP32", "dims": [-1] if n in jagged else [1], "jagged": n in jagged}
+        for n in info.raw_inputs
     ]
-    for name in info.raw_inputs:
-        if name in jagged:
-            inputs.append({"name": name, "data_type": "TYPE_FP32", "dims": [-1], "optional": True})
-        else:
-            inputs.append(
-                {
-                    "name": name,
-                    "data_type": "TYPE_FP32",
-                    "dims": [1],
-                    "reshape": {"shape": []},
-                    "optional": True,
-                }
-            )
     cfg: dict[str, Any] = {
         "name": info.name,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
         "version_policy": {"all": {}},
         "max_batch_size": int(max_batch) if batching else UNBATCHED_ROWS,
-        "input": inputs,
+        "input": [
+            {
+                "name": info.input_name,
+                "data_type": "TYPE_FP32",
+                "format": "FORMAT_NONE",
+                "dims": [len(info.features)],
+            }
+        ],
         "output": [{"name": info.output_name, "data_type": "TYPE_FP32", "dims": [int(info.n_outputs)]}],
         "instance_group": [{"name": f"{info.name}_0", "kind": "KIND_CPU", "count": 1}],
         "parameters": {
             "version": {"string_value": str(info.version)},
             "labels": {"string_value": json.dumps(list(info.labels))},
+            "raw_inputs": {"string_value": json.dumps(raw)},
         },
     }
     if batching:
