@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 
 import numpy as np
 import pytest
@@ -290,5 +291,34 @@ def test_private_server_and_tls(tth_bundle, tmp_path):
             tth_bundle.predictor.predict(x),
             atol=1e-6,
         )
+    finally:
+        srv.stop()
+
+
+def test_workers_share_the_grpc_port_and_unbatched_config(tth_bundle, tmp_path):
+    """--workers 2: each worker listens on the gRPC port; --max-batch 1: no dynamic_batching block."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    install_copy(repo, tth_bundle.path, "tth")
+    srv = GrpcServerProcess(repo, "--workers", "2", "--max-batch", "1").start(timeout=60)
+    try:
+        x = tth_bundle.x[:3]
+        for _ in range(4):  # new channels: the kernel spreads them over the workers
+            c = grpcclient.InferenceServerClient(srv.grpc_url)
+            for _ in range(50):  # a worker may still be starting: wait for the port
+                try:
+                    if c.is_server_ready():
+                        break
+                except InferenceServerException:
+                    pass
+                time.sleep(0.2)
+            inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            np.testing.assert_allclose(
+                c.infer("tth", [inp]).as_numpy("probs"), tth_bundle.predictor.predict(x), atol=1e-6
+            )
+            cfg = c.get_model_config("tth", as_json=True)["config"]
+            assert cfg["max_batch_size"] == 1024 and "dynamic_batching" not in cfg
+            c.close()
     finally:
         srv.stop()
