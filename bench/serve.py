@@ -282,10 +282,20 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per load point")
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-serve.md"))
     ap.add_argument("--loadgen", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--protocols",
+        action="store_true",
+        help="only compare gRPC with HTTP (single-row requests, 1 and 64 clients); "
+        "writes bench/RESULTS-serve-grpc.md unless --out is given",
+    )
     args = ap.parse_args()
     if args.loadgen:
         url, bf, hdr, conns, secs = args.loadgen
         _loadgen(url, bf, hdr, int(conns), float(secs))
+        return
+    if args.protocols:
+        out = args.out if "--out" in sys.argv else str(ROOT / "bench" / "RESULTS-serve-grpc.md")
+        protocols(args.duration, out)
         return
     import orjson
 
@@ -392,6 +402,88 @@ def main() -> None:
     }
     Path(args.out).write_text(markdown(result))
     print(json.dumps(result, indent=1))
+
+
+# ----------------------------------------------------------------- gRPC vs HTTP
+def run_grpc(addr: str, body: bytes, conns: int, seconds: float, work: Path) -> dict:
+    """Triton's ModelInfer over gRPC: a grpc.aio client in a child process (bench/_grpcload.py)."""
+    bf = work / f"grpc-body-{len(body)}"
+    bf.write_bytes(body)
+    script = Path(__file__).with_name("_grpcload.py")
+    out = subprocess.run(
+        [sys.executable, str(script), addr, str(bf), str(conns), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def protocols(seconds: float, out: str) -> None:
+    """Single-row requests over HTTP (wrk and an aiohttp client) and gRPC (a grpc.aio client), same server."""
+    import orjson
+    from _grpcload import request_bytes
+
+    work = Path(tempfile.mkdtemp(prefix="mlaas4hep-bench-"))
+    path = make_bundle(work)
+    base = in_process(path, min(seconds, 3.0))
+    row = np.random.default_rng(2).random(SIZES[0], dtype=np.float32)
+    single = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, SIZES[0]], "data": row.tolist()}]}
+    )
+    grpc_body = request_bytes(SIZES[0])
+    grpc_port = free_port()
+    srv = Server(work / "repo", "--max-batch", "256", "--max-delay-ms", "2", "--grpc-port", str(grpc_port))
+    rows: list[dict] = []
+    try:
+        infer = srv.url + "/v2/models/mlp/infer"
+        addr = f"127.0.0.1:{grpc_port}"
+        run_aiohttp(infer, single, {}, 4, 2, work)  # warm-up
+        run_grpc(addr, grpc_body, 4, 2, work)
+        points = [("gRPC, raw_input_contents", "grpc.aio client process", run_grpc, addr, grpc_body)]
+        points.append(("HTTP, JSON /v2 infer", "aiohttp client process", run_aiohttp, infer, single))
+        if shutil.which("wrk"):
+            points.append(("HTTP, JSON /v2 infer", "wrk (1 thread)", run_wrk, infer, single))
+        for conns in (1, 64):
+            for kind, tool, fn, target, body in points:
+                b0 = srv.batches()
+                if fn is run_grpc:
+                    r = fn(target, body, conns, seconds, work)
+                else:
+                    r = fn(target, body, {}, conns, seconds, work)
+                b1 = srv.batches()
+                r.update(
+                    kind=kind,
+                    tool=tool,
+                    clients=conns,
+                    rows_per_batch=(b1[1] - b0[1]) / max(1.0, b1[0] - b0[0]),
+                    loadavg=os.getloadavg()[0],
+                )
+                rows.append(r)
+                print(r, flush=True)
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    lines = [
+        "## gRPC vs HTTP (`bench/serve.py --protocols`)",
+        "",
+        f"Machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}. "
+        "Model: MLP 111-256-256-128-1 (ONNX); one server process, `--max-batch 256 --max-delay-ms 2`, "
+        "HTTP and gRPC on the same event loop. Each load generator is a separate process on the same "
+        f"cores; {seconds:g} s per point. In-process onnxruntime, same run: "
+        f"{base['single_row_calls_per_s']:,.0f} single-row calls/s. A load average above the core count "
+        "means other jobs shared the cores during that point.",
+        "",
+        "| protocol | load generator | clients | req/s | p50 ms | p99 ms | rows/batch | errors | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in rows:
+        lines.append(
+            f"| {x['kind']} | {x['tool']} | {x['clients']} | {x['req_per_s']:,.0f} | {x['p50_ms']:.2f} | "
+            f"{x['p99_ms']:.2f} | {x['rows_per_batch']:.1f} | {x['errors']} | {x['loadavg']:.1f} |"
+        )
+    Path(out).write_text("\n".join(lines) + "\n")
+    print(json.dumps(rows, indent=1))
 
 
 def markdown(r: dict) -> str:

@@ -45,7 +45,7 @@ def test_python_client_roundtrip(tmp_path, tth_bundle):
                 "max_delay_ms": 0.5,
             }
             cfg = HTTP.get(srv.url + "/v2/models/m1/config").json()["dynamic_batching"]
-            assert cfg == {"max_batch": 8, "max_queue_delay_microseconds": 500}
+            assert cfg == {"preferred_batch_size": [8], "max_queue_delay_microseconds": 500}
             np.testing.assert_allclose(c.predict("m1", x[:3]), tth_bundle.predictor.predict(x[:3]), atol=1e-6)
             assert c.delete("m1", version=1)["deleted_versions"] == [1]
             with pytest.raises(ClientError) as err:

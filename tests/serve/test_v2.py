@@ -36,7 +36,13 @@ def test_model_metadata(tc, tth_bundle):
     assert tc.get_model_metadata("tth", "1")["name"] == "tth"
     assert tc.is_model_ready("tth") and tc.is_model_ready("tth", "1")
     assert not tc.is_model_ready("tth", "7") and not tc.is_model_ready("nope")
-    assert tc.get_model_config("tth")["input"][0]["dims"] == [-1, F]
+    cfg = tc.get_model_config("tth")  # Triton's format: the batch dimension is left out of dims
+    assert cfg["max_batch_size"] == 256 and cfg["input"][0] == {
+        "name": "x",
+        "data_type": "TYPE_FP32",
+        "format": "FORMAT_NONE",
+        "dims": [F],
+    }
 
 
 @pytest.mark.parametrize("binary_in", [True, False])

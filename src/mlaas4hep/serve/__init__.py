@@ -11,7 +11,8 @@ or from Python::
     app = create_app("models/", token="s3cret")             # an ASGI app
 
 The server speaks the TFaaS API (:mod:`.tfaas`) and the Open Inference Protocol
-v2 with the binary tensor and repository extensions (:mod:`.v2`), scores whole
+v2 with the binary tensor and repository extensions (:mod:`.v2`; over gRPC
+:mod:`.grpc_server`, with Triton's model configuration :mod:`.tritonconfig`), scores whole
 ROOT files (:mod:`.rootpredict`), merges concurrent requests into batches
 (:mod:`.batching`), keeps versioned bundles on disk (:mod:`.repository`,
 :mod:`.archive`), and exports Prometheus metrics (:mod:`.metrics`). The Python
@@ -37,6 +38,9 @@ def serve(
     port: int = 8083,
     log_level: str = "warning",
     workers: int = 1,
+    grpc_port: int | None = None,
+    tls_cert: str | os.PathLike | None = None,
+    tls_key: str | os.PathLike | None = None,
     **options: Any,
 ) -> None:
     """Run the server with uvicorn until interrupted (``options`` go to :func:`create_app`).
@@ -48,6 +52,11 @@ def serve(
     uploads and deletions through the repository (see :mod:`.repository`).
     One process serves HTTP on one core; on a 2-core machine two workers
     answer about twice as many small requests.
+
+    ``grpc_port`` also serves Triton's gRPC service (:mod:`.grpc_server`) on
+    ``host:grpc_port``, in the same event loop and over the same models (each
+    worker listens on it too). ``tls_cert``/``tls_key`` (PEM files) turn on TLS
+    for HTTP and gRPC alike.
     """
     import uvicorn
 
@@ -64,13 +73,39 @@ def serve(
         server_header=False,
         date_header=False,
     )
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("TLS needs both tls_cert and tls_key")
+    if tls_cert is not None:
+        common.update(ssl_certfile=str(tls_cert), ssl_keyfile=str(tls_key))
+    grpc_opts = None
+    if grpc_port is not None:
+        grpc_opts = {
+            "port": int(grpc_port),
+            "host": host,
+            "tls_cert": None if tls_cert is None else str(tls_cert),
+            "tls_key": None if tls_key is None else str(tls_key),
+        }
     if workers > 1:
-        os.environ[_ENV] = json.dumps({"repo_dir": str(repo_dir), **options, "shared": True})
+        env = {"repo_dir": str(repo_dir), **options, "shared": True}
+        if grpc_opts is not None:
+            env[_GRPC] = {**grpc_opts, "reuse_port": True}
+        os.environ[_ENV] = json.dumps(env)
         uvicorn.run("mlaas4hep.serve:_app_from_env", factory=True, workers=workers, **common)
         return
     app = create_app(repo_dir, **options)
+    if grpc_opts is not None:
+        app = _with_grpc(app, grpc_opts)
     _tune_gc()
     uvicorn.run(app, **common)
+
+
+_GRPC = "_grpc"
+
+
+def _with_grpc(app: Any, opts: dict[str, Any]) -> Any:
+    from .grpc_server import with_grpc  # grpcio is only needed with a gRPC port
+
+    return with_grpc(app, **opts)
 
 
 _ENV = "MLAAS4HEP_SERVE_OPTIONS"
@@ -79,7 +114,10 @@ _ENV = "MLAAS4HEP_SERVE_OPTIONS"
 def _app_from_env() -> Any:
     """App factory of a worker process (``serve(workers=N)``)."""
     options = json.loads(os.environ[_ENV])
+    grpc_opts = options.pop(_GRPC, None)
     app = create_app(options.pop("repo_dir"), **options)
+    if grpc_opts is not None:
+        app = _with_grpc(app, grpc_opts)
     _tune_gc()
     return app
 

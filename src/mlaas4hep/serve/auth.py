@@ -68,6 +68,10 @@ class Auth:
 
     def require_admin(self, request: Request) -> None:
         """For upload, delete, load and unload."""
+        self.require_admin_header(request.headers.get("authorization"))
+
+    def require_admin_header(self, authorization: str | None) -> None:
+        """:meth:`require_admin` given the ``Authorization`` value (HTTP header or gRPC metadata)."""
         if self._token is None:
             if self.allow_anonymous_admin:
                 return
@@ -76,7 +80,7 @@ class Auth:
                 "this server has no token configured, so it refuses changes to its repository "
                 "(start it with --token-file or MLAAS4HEP_TOKEN)",
             )
-        self._check(request)
+        self._check_header(authorization)
 
     def require_read(self, request: Request) -> None:
         """For metadata and inference: only when the server is private."""

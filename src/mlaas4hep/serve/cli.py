@@ -120,6 +120,18 @@ def add_serve_commands(subparsers: Any) -> None:
     )
     s.add_argument("--max-body-mb", type=float, default=64, help="largest inference request (default 64 MB)")
     s.add_argument("--max-upload-mb", type=float, default=512, help="largest bundle upload (default 512 MB)")
+    s.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also serve Triton's gRPC API (inference.GRPCInferenceService) on this port, same models "
+        "and token (Triton's default is 8001; needs grpcio)",
+    )
+    s.add_argument(
+        "--tls-cert", metavar="PEM", help="TLS certificate: HTTPS, and TLS on gRPC (with --tls-key)"
+    )
+    s.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=run_serve)
 
@@ -167,6 +179,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from . import serve
 
     prefixes = list(args.data_dir) + ([] if args.no_remote else ["root://", "http://", "https://"])
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     serve(
         args.repo,
         host=args.host,
@@ -184,6 +199,9 @@ def run_serve(args: argparse.Namespace) -> int:
         root_prefixes=prefixes,
         max_body=int(args.max_body_mb * 2**20),
         max_upload=int(args.max_upload_mb * 2**20),
+        grpc_port=args.grpc_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     return 0
 

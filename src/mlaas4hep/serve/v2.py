@@ -5,7 +5,7 @@
 ``GET  /v2/health/live``, ``/v2/health/ready``         probes
 ``GET  /v2/models/{name}[/versions/{v}]``              model metadata (inputs, outputs, labels)
 ``GET  /v2/models/{name}[/versions/{v}]/ready``        200 when ready, 400 when unloaded
-``GET  /v2/models/{name}[/versions/{v}]/config``       a Triton-style model configuration
+``GET  /v2/models/{name}[/versions/{v}]/config``       Triton's model configuration (:mod:`.tritonconfig`)
 ``POST /v2/models/{name}[/versions/{v}]/infer``        inference, JSON or binary tensors
 ``POST /v2/repository/index``                          every model version and its state
 ``POST /v2/repository/models/{name}/load|unload``      (token) load / unload a model
@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..io.errors import Mlaas4hepError
-from . import tensors
+from . import tensors, tritonconfig
 from .app import ModelInfo, ServerState, read_body, served_by_fastpath, state_of
 from .errors import ApiError
 from .fastpath import Call, Reply
@@ -100,24 +100,12 @@ async def model_ready(request: Request) -> Response:
 
 
 async def model_config(request: Request) -> Response:
+    """Triton's model configuration (see :mod:`.tritonconfig`): what Triton clients read to batch."""
     st = state_of(request)
     st.auth.require_read(request)
     info = st.model(request.path_params["name"], request.path_params.get("version"))
     b = st.batcher(info)
-    return json_response(
-        {
-            "name": info.name,
-            "platform": "onnxruntime_onnx",
-            "backend": "onnxruntime",
-            "max_batch_size": 0,
-            "input": [{"name": info.input_name, "data_type": "TYPE_FP32", "dims": [-1, len(info.features)]}],
-            "output": [{"name": info.output_name, "data_type": "TYPE_FP32", "dims": [-1, info.n_outputs]}],
-            "dynamic_batching": {
-                "max_batch": b.max_batch,
-                "max_queue_delay_microseconds": int(b.max_delay * 1e6),
-            },
-        }
-    )
+    return json_response(tritonconfig.model_config(info, b.max_batch, b.max_delay))
 
 
 # ----------------------------------------------------------------- infer

@@ -1,0 +1,419 @@
+"""The Open Inference Protocol v2 over gRPC: Triton's ``inference.GRPCInferenceService``.
+
+HEP applications that call inference servers (CMSSW's SONIC, coffea's
+``triton_wrapper`` with ``triton+grpc://host:port/model/version``) speak
+Triton's gRPC service. This module serves it next to the HTTP API, in the same
+asyncio event loop, over the same :class:`~mlaas4hep.serve.app.ServerState`:
+the same repository, the same bearer token, the same dynamic batcher (a gRPC
+request and an HTTP request for one model can share one onnxruntime call).
+
+RPCs served (the others answer ``UNIMPLEMENTED``):
+
+=========================  =================================================================
+``ServerLive/Ready``       probes
+``ServerMetadata``         name, version, extensions
+``ModelMetadata``          input ``x`` FP32 ``[-1, F]``, output FP32 ``[-1, K]`` (as over HTTP)
+``ModelReady``             false when unloaded or unknown (as Triton)
+``ModelConfig``            Triton's model configuration (:mod:`.tritonconfig`)
+``ModelInfer``             tensors as typed ``contents`` or as ``raw_input_contents``
+``RepositoryIndex``        every version and its state
+``RepositoryModelLoad``    (token) load; parameter ``config``: JSON serving settings, ours or Triton's
+``RepositoryModelUnload``  (token) unload
+=========================  =================================================================
+
+**Tensors.** An input comes either as ``contents`` (``fp32_contents`` for FP32,
+``int_contents`` for INT8/16/32, ...) or as little-endian bytes in
+``raw_input_contents`` (one entry per input, what ``tritonclient.grpc`` sends).
+The reply mirrors the request: raw bytes in ``raw_output_contents`` when the
+inputs came raw, typed ``contents`` when they came typed. The feature tensor
+is FP32 ``[n, F]``. **Raw branches** are accepted as over HTTP, one tensor per
+branch the bundle's preprocessing reads: a flat branch as ``[n]`` (or
+``[n, 1]``), a jagged one as a float ``[n, k]`` array padded with NaN after
+each event's values (a tensor cannot be ragged; the NaNs mark the end of an
+event's list).
+
+**Auth.** The token goes in the ``authorization`` metadata, ``Bearer <token>``,
+as over HTTP: load and unload always need it, the rest only on a ``--private``
+server. **Errors** become status codes: a malformed request
+``INVALID_ARGUMENT``, an unknown model ``NOT_FOUND``, a missing or wrong token
+``UNAUTHENTICATED``, a server without a token refusing changes
+``PERMISSION_DENIED``, an unloaded or broken model ``UNAVAILABLE``, a bug of
+ours ``INTERNAL`` (logged; the server goes on).
+
+**Starting it.** :func:`with_grpc` wraps the ASGI app so that the gRPC server
+starts and stops with the app's lifespan, in the loop of the ASGI server
+(uvicorn), on ``host:port``, with TLS when given a certificate and key::
+
+    app = with_grpc(create_app("models/"), port=8001, tls_cert="c.pem", tls_key="k.pem")
+    uvicorn.run(app, port=8083, ssl_certfile="c.pem", ssl_keyfile="k.pem")
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+
+from .. import __version__
+from ..io.errors import Mlaas4hepError
+from . import tritonconfig, v2
+from ._proto import grpc_service_pb2 as pb
+from ._proto import grpc_service_pb2_grpc as pb_grpc
+from ._proto import model_config_pb2 as mc
+from .app import ModelInfo, ServerState
+from .errors import ApiError
+from .tensors import DTYPES, MAX_DIMS, InferRequest, InputTensor
+
+log = logging.getLogger("mlaas4hep.serve")
+
+#: HTTP status of an :class:`ApiError` -> gRPC status code.
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+#: datatype -> the typed ``InferTensorContents`` field that carries it (FP16 travels raw only).
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+Context = Any  # grpc.aio.ServicerContext (a generic class that mypy cannot take as an alias)
+
+
+def _rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Turn the exceptions of an RPC into gRPC status codes (never a crash, never a hang)."""
+
+    @functools.wraps(fn)
+    async def rpc(self: InferenceService, request: Any, context: Context) -> Any:
+        try:
+            return await fn(self, request, context)
+        except ApiError as err:
+            code, msg = CODES.get(err.status, grpc.StatusCode.INTERNAL), err.message
+        except Mlaas4hepError as err:
+            code, msg = grpc.StatusCode.INVALID_ARGUMENT, str(err) or type(err).__name__
+        except Exception as err:  # a bug of ours: log it, tell the client, keep serving
+            if isinstance(err, grpc.aio.AbortError):
+                raise
+            log.exception("internal error in gRPC %s", fn.__name__)
+            code, msg = grpc.StatusCode.INTERNAL, f"internal server error: {type(err).__name__}"
+        await context.abort(code, msg)
+
+    return rpc
+
+
+def _authorization(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """The servicer: each RPC is a thin adapter over :class:`ServerState`."""
+
+    def __init__(self, state: ServerState):
+        self.st = state
+
+    def _read(self, context: Context) -> None:
+        self.st.auth.require_read_header(_authorization(context))
+
+    # ------------------------------------------------------------ health and metadata
+    async def ServerLive(self, request: Any, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=True)
+
+    @_rpc
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
+        return pb.ServerMetadataResponse(name="mlaas4hep", version=__version__, extensions=v2.EXTENSIONS)
+
+    @_rpc
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
+        self._read(context)
+        meta = v2.model_metadata_dict(self.st, self.st.model(request.name, request.version or None))
+        T = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]],
+            outputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]],
+        )
+
+    @_rpc
+    async def ModelReady(self, request: Any, context: Context) -> Any:
+        self._read(context)
+        try:
+            info = self.st.model(request.name, request.version or None)
+        except ApiError as err:
+            if err.status in (400, 404):  # Triton: an unknown model is simply not ready
+                return pb.ModelReadyResponse(ready=False)
+            raise
+        return pb.ModelReadyResponse(ready=self.st.repo.is_ready(info.name))
+
+    @_rpc
+    async def ModelConfig(self, request: Any, context: Context) -> Any:
+        self._read(context)
+        info = self.st.model(request.name, request.version or None)
+        b = self.st.batcher(info)
+        cfg = tritonconfig.model_config(info, b.max_batch, b.max_delay)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(cfg, mc.ModelConfig()))
+
+    # ------------------------------------------------------------ inference
+    @_rpc
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
+        st = self.st
+        st.in_flight += 1  # the batcher waits for company only while other requests are being handled
+        try:
+            with st.metrics.observe() as obs:
+                st.auth.require_read_header(_authorization(context))
+                info = st.model(request.model_name, request.model_version or None)
+                obs.model = info.name
+                if not st.repo.is_ready(info.name):
+                    raise ApiError(503, f"model {info.name!r} is unloaded: load it first")
+                req, raw = decode_inputs(request, info)
+                x = await v2.features(st, info, req)
+                y = await st.infer(info, x)
+                return encode_outputs(request, info, y, raw)
+        finally:
+            st.in_flight -= 1
+
+    # ------------------------------------------------------------ repository extension
+    @_rpc
+    async def RepositoryIndex(self, request: Any, context: Context) -> Any:
+        self._read(context)
+        await self.st.blocking(self.st.repo.rescan)
+        M = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                M(name=m["name"], version=m["version"], state=m["state"], reason=m["reason"])
+                for m in self.st.repo.index()
+                if not request.ready or m["state"] == "READY"
+            ]
+        )
+
+    @_rpc
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
+        st = self.st
+        st.auth.require_admin_header(_authorization(context))
+        name = request.model_name
+        if "config" in request.parameters:
+            p = request.parameters["config"]
+            text = p.string_param if p.WhichOneof("parameter_choice") == "string_param" else p.bytes_param
+            try:
+                cfg = json.loads(text)
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ApiError(400, f"parameter 'config' is not valid JSON: {err}") from None
+            if not isinstance(cfg, dict):
+                raise ApiError(400, "parameter 'config' must be a JSON object")
+            await st.blocking(st.repo.rescan)
+            st.repo.set_serving(name, tritonconfig.serving_settings(cfg))
+        await st.blocking(st.repo.load, name)
+        st.forget(name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
+        st = self.st
+        st.auth.require_admin_header(_authorization(context))
+        await st.blocking(st.repo.unload, request.model_name)
+        st.forget(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+# ------------------------------------------------------------------ tensors
+def decode_inputs(request: Any, info: ModelInfo) -> tuple[InferRequest, bool]:
+    """The request's inputs as an :class:`InferRequest`, and whether they came as raw bytes."""
+    if not request.inputs:
+        raise ApiError(400, "the request has no inputs")
+    raw = len(request.raw_input_contents) > 0
+    if raw and len(request.raw_input_contents) != len(request.inputs):
+        raise ApiError(
+            400,
+            f"raw_input_contents holds {len(request.raw_input_contents)} tensors "
+            f"for {len(request.inputs)} inputs",
+        )
+    tensors = []
+    for i, t in enumerate(request.inputs):
+        shape = _shape(t)
+        data = _raw_tensor(t, shape, request.raw_input_contents[i]) if raw else _typed_tensor(t, shape)
+        if t.name != info.input_name and t.name in info.raw_inputs:
+            jagged = info.preprocessor is not None and any(n == t.name for n, _ in info.preprocessor.jagged)
+            data = _raw_branch(t.name, data, jagged)
+        tensors.append(InputTensor(t.name, t.datatype, shape, data, binary=raw))
+    outputs = [o.name for o in request.outputs] or None
+    for name in outputs or ():
+        if name != info.output_name:
+            raise ApiError(400, f"unknown output {name!r}; model {info.name!r} has [{info.output_name!r}]")
+    return InferRequest(request.id or None, tensors, outputs), raw
+
+
+def _shape(t: Any) -> list[int]:
+    shape = [int(d) for d in t.shape]
+    if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+        raise ApiError(400, f"input {t.name!r} has an invalid shape {shape}")
+    return shape
+
+
+def _raw_tensor(t: Any, shape: list[int], blob: bytes) -> np.ndarray:
+    dtype = DTYPES.get(t.datatype)
+    if dtype is None:
+        raise ApiError(400, f"input {t.name!r}: unsupported datatype {t.datatype!r}")
+    count = math.prod(shape)
+    if len(blob) != count * dtype.itemsize:
+        raise ApiError(
+            400,
+            f"input {t.name!r}: {len(blob)} bytes for shape {shape} of {t.datatype} ({count * dtype.itemsize})",
+        )
+    return np.frombuffer(blob, dtype=dtype).reshape(shape)
+
+
+def _typed_tensor(t: Any, shape: list[int]) -> np.ndarray:
+    field = CONTENTS.get(t.datatype)
+    if field is None:
+        raise ApiError(
+            400, f"input {t.name!r}: datatype {t.datatype!r} has no typed contents; send raw_input_contents"
+        )
+    values = getattr(t.contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise ApiError(400, f"input {t.name!r}: {len(values)} values in {field} for shape {shape}")
+    return np.array(values, dtype=DTYPES[t.datatype]).reshape(shape)
+
+
+def _raw_branch(name: str, data: np.ndarray, jagged: bool) -> Any:
+    """A raw branch as :func:`.v2.features` takes it: flat ``[n]``; jagged: NaN-padded ``[n, k]`` -> lists."""
+    if not jagged:
+        return data.reshape(-1) if data.ndim == 2 and data.shape[1] == 1 else data
+    if data.ndim != 2 or data.dtype.kind != "f":
+        raise ApiError(400, f"jagged raw input {name!r} must be a float [n, k] tensor padded with NaN")
+    # one list per event, as the HTTP JSON form carries it (the raw-branch path is not the hot one)
+    valid = ~np.isnan(data)
+    return [row[ok].tolist() for row, ok in zip(data, valid)]
+
+
+def encode_outputs(request: Any, info: ModelInfo, y: np.ndarray, raw: bool) -> Any:
+    """The reply: ``raw_output_contents`` when the inputs came raw, typed ``fp32_contents`` otherwise."""
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    reply = pb.ModelInferResponse(model_name=info.name, model_version=str(info.version), id=request.id)
+    out = reply.outputs.add(name=info.output_name, datatype="FP32", shape=list(y.shape))
+    if raw:
+        reply.raw_output_contents.append(y.tobytes())
+    else:
+        out.contents.fp32_contents.extend(y.ravel().tolist())
+    return reply
+
+
+# ------------------------------------------------------------------ server
+class GrpcServer:
+    """A ``grpc.aio`` server of :class:`InferenceService` on ``host:port`` (TLS with a cert and key)."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        port: int,
+        host: str = "127.0.0.1",
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        reuse_port: bool = False,
+    ):
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+        self.state, self.port, self.host = state, int(port), host
+        self.tls = (Path(tls_cert).read_bytes(), Path(tls_key).read_bytes()) if tls_cert and tls_key else None
+        self.reuse_port = reuse_port
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        options = [
+            ("grpc.max_receive_message_length", int(self.state.max_body)),
+            ("grpc.max_send_message_length", -1),
+            # one process: a port in use is an error; --workers: every worker listens on it
+            ("grpc.so_reuseport", 1 if self.reuse_port else 0),
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(self.state), server)
+        address = f"{self.host}:{self.port}"
+        try:
+            if self.tls is not None:
+                creds = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
+                bound = server.add_secure_port(address, creds)
+            else:
+                bound = server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise RuntimeError(f"gRPC cannot listen on {address}: {err}") from None
+        if not bound:
+            raise RuntimeError(f"gRPC cannot listen on {address}")
+        self.port = bound
+        await server.start()
+        self.server = server
+        log.info("gRPC listening on %s%s", address, " (TLS)" if self.tls else "")
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+
+
+class WithGrpc:
+    """ASGI wrapper: runs a :class:`GrpcServer` for the wrapped app's lifespan, in the same event loop.
+
+    Everything else (``.state``, ``.app``, every HTTP request) is the wrapped app's.
+    """
+
+    def __init__(self, app: Any, grpc_server: GrpcServer):
+        self.app, self.grpc = app, grpc_server
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def lifespan_receive() -> dict:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await self.grpc.start()  # a failure here fails the startup (uvicorn exits)
+            elif msg["type"] == "lifespan.shutdown":
+                await self.grpc.stop()
+            return msg
+
+        await self.app(scope, lifespan_receive, send)
+
+
+def with_grpc(
+    app: Any,
+    port: int,
+    host: str = "127.0.0.1",
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    reuse_port: bool = False,
+) -> WithGrpc:
+    """``app`` (from :func:`~mlaas4hep.serve.create_app`) serving gRPC on ``host:port`` too."""
+    return WithGrpc(app, GrpcServer(app.state, port, host, tls_cert, tls_key, reuse_port))
