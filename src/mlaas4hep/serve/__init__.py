@@ -63,6 +63,9 @@ def serve(
         timeout_keep_alive=30,
         server_header=False,
         date_header=False,
+        # on SIGINT/SIGTERM, requests still running after this many seconds are cut
+        # (a predict_root waiting on a dead storage server must not hold the shutdown)
+        timeout_graceful_shutdown=5,
     )
     if workers > 1:
         os.environ[_ENV] = json.dumps({"repo_dir": str(repo_dir), **options, "shared": True})
