@@ -81,6 +81,16 @@ BAD_META = {
 }
 
 
+@pytest.fixture(scope="module")
+def plain(tth_bundle, tmp_path_factory):
+    """A server with model ``tth`` and no option beyond the token (the defaults under test)."""
+    repo = tmp_path_factory.mktemp("plain") / "repo"
+    install_copy(repo, tth_bundle.path, "tth")
+    srv = ServerProcess(repo).start()
+    yield srv
+    srv.stop()
+
+
 # ----------------------------------------------------------------- problem 3: malformed tensors
 @pytest.mark.parametrize(
     "tensor",
@@ -93,11 +103,11 @@ BAD_META = {
         {"name": "x", "datatype": "FP32", "shape": [1, 32], "data": {}, "parameters": []},
     ],
 )
-def test_malformed_tensor_is_a_4xx(server, tensor):
-    r = HTTP.post(server.url + "/v2/models/tth/infer", json={"inputs": [tensor]})
+def test_malformed_tensor_is_a_4xx(plain, tensor):
+    r = HTTP.post(plain.url + "/v2/models/tth/infer", json={"inputs": [tensor]})
     assert 400 <= r.status_code < 500, r.text
     assert isinstance(r.json()["error"], str)
-    assert HTTP.get(server.url + "/v2/health/live").status_code == 200
+    assert HTTP.get(plain.url + "/v2/health/live").status_code == 200
 
 
 # ----------------------------------------------------------------- problem 4: versions
@@ -206,20 +216,20 @@ def test_bad_bundle_json_on_disk_is_skipped_and_reported(tmp_path, tth_bundle):
     assert "skipping" in srv.log.read_text()
 
 
-def test_serving_settings_are_bounded(server):
+def test_serving_settings_are_bounded(plain):
     r = HTTP.post(
-        server.url + "/v2/repository/models/tth/load",
-        json={"parameters": {"config": {"max_delay_ms": 1e300}}},
-        headers=server.admin,
+        plain.url + "/v2/repository/models/tth/load",
+        json={"parameters": {"config": {"max_delay_ms": 1e6}}},  # 17 minutes per batch
+        headers=plain.admin,
     )
     _error(r, 400, "'max_delay_ms' must be a number from 0 to")
     r = HTTP.post(
-        server.url + "/v2/repository/models/tth/load",
+        plain.url + "/v2/repository/models/tth/load",
         json={"parameters": {"config": {"max_batch": 10**9}}},
-        headers=server.admin,
+        headers=plain.admin,
     )
     _error(r, 400, "'max_batch' must be an integer")
-    assert HTTP.get(server.url + "/v2/models/tth/config").status_code == 200
+    assert HTTP.get(plain.url + "/v2/models/tth/config").status_code == 200
 
 
 # ----------------------------------------------------------------- problem 5: memory per request

@@ -161,7 +161,7 @@ def test_chunked_multipart_upload_is_cut_at_the_limit(tmp_path):
             f'--{boundary}\r\nContent-Disposition: form-data; name="bundle"; filename="b.tar.gz"\r\n'
             "Content-Type: application/gzip\r\n\r\n"
         ).encode()
-        s = socket.create_connection(("127.0.0.1", srv.port))
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
         s.sendall(
             (
                 "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"

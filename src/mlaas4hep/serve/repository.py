@@ -156,6 +156,7 @@ class Repository:
         with self._lock:
             self._index, self._unloaded = index, unloaded & set(index)
             self._meta = {k: m for k, m in metas.items() if k in stamps}
+            self._meta_sig = {k: v for k, v in self._meta_sig.items() if k in metas}
             self.broken = broken
             for key in [k for k in self._loaded if stamps.get(k) != self._stamps.get(k) or k[0] in unloaded]:
                 del self._loaded[key]
