@@ -31,11 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from . import bundle_schema
 from .io.errors import Mlaas4hepError
 from .io.preprocess import Preprocessor
 
 FORMAT = "mlaas4hep-bundle/1"
-REQUIRED = ("name", "version", "framework", "created", "inputs", "outputs")
+REQUIRED = bundle_schema.REQUIRED
+MAX_META_BYTES = 16 * 2**20  # bundle.json
 #: Files a bundle may contain: ONNX, JSON, text and safe native weight formats.
 ALLOWED_SUFFIXES = (".onnx", ".json", ".txt", ".safetensors", ".keras", ".md")
 
@@ -120,23 +122,26 @@ def write(
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``bundle.json`` (raises :class:`BundleError`)."""
+    """Read ``bundle.json`` and check it against the schema of :mod:`mlaas4hep.bundle_schema`.
+
+    Raises :class:`BundleError` naming what is wrong, so a server can skip a
+    bad entry on disk instead of failing on it later.
+    """
     path = Path(path)
     try:
-        meta = json.loads((path / "bundle.json").read_text())
+        with open(path / "bundle.json", "rb") as f:
+            data = f.read(MAX_META_BYTES + 1)
     except FileNotFoundError:
         raise BundleError(f"bundle {str(path)!r} has no bundle.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except OSError as err:
+        raise BundleError(f"bundle.json of {str(path)!r} cannot be read: {err}") from None
+    if len(data) > MAX_META_BYTES:
+        raise BundleError(f"bundle.json of {str(path)!r} exceeds {MAX_META_BYTES} bytes")
+    try:
+        meta = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise BundleError(f"bundle.json of {str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(meta, dict):
-        raise BundleError("bundle.json must hold an object")
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise BundleError(f"bundle.json of {str(path)!r} lacks {missing}")
-    if not isinstance(meta["inputs"], dict) or not isinstance(meta["inputs"].get("features"), list):
-        raise BundleError("bundle.json 'inputs' must hold a 'features' list")
-    if not isinstance(meta["outputs"], dict) or not isinstance(meta["outputs"].get("labels"), list):
-        raise BundleError("bundle.json 'outputs' must hold a 'labels' list")
+    bundle_schema.check(meta)
     if not (path / "model.onnx").is_file():
         raise BundleError(f"bundle {str(path)!r} has no model.onnx")
     return meta

@@ -180,10 +180,11 @@ def install_copy(repo: Path, src: Path, name: str, version: int = 1) -> None:
 
 @pytest.fixture(scope="session")
 def server(tth_bundle, tmp_path_factory, data_dir) -> ServerProcess:
-    """A server with model ``tth`` (version 1) installed, local reads allowed under ``data_dir``."""
+    """A server with model ``tth`` (version 1) installed, local reads allowed under ``data_dir``,
+    remote ones from loopback (the tests' nginx and XRootD servers)."""
     repo = tmp_path_factory.mktemp("srv") / "repo"
     repo.mkdir()
     install_copy(repo, tth_bundle.path, "tth")
-    srv = ServerProcess(repo, "--data-dir", str(data_dir)).start()
+    srv = ServerProcess(repo, "--data-dir", str(data_dir), "--allow-remote", "127.0.0.1").start()
     yield srv
     srv.stop()

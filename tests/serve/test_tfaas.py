@@ -168,7 +168,7 @@ def test_uploads_versions_delete_and_persistence(tmp_path, tth_bundle):
 
 def test_crash_leftovers_are_invisible(tmp_path, tth_bundle):
     """A half-written upload (as a crash would leave in .staging) and a version folder without
-    bundle.json are never served, and the staging leftovers are removed at start."""
+    bundle.json are never served (only listed as broken), and the staging leftovers are removed at start."""
     repo = tmp_path / "repo"
     (repo / ".staging" / "upload-x").mkdir(parents=True)
     shutil.copy(tth_bundle.path / "model.onnx", repo / ".staging" / "upload-x" / "model.onnx")
@@ -176,7 +176,9 @@ def test_crash_leftovers_are_invisible(tmp_path, tth_bundle):
     shutil.copy(tth_bundle.path / "model.onnx", repo / "half" / "1" / "model.onnx")
     srv = ServerProcess(repo).start()
     try:
-        assert HTTP.get(srv.url + "/models").json() == []
+        assert HTTP.get(srv.url + "/models").json() == [
+            {"name": "half", "version": "1", "broken": True, "error": "no bundle.json"}
+        ]
         assert HTTP.get(srv.url + "/v2/models/half").status_code == 404
         assert not (repo / ".staging" / "upload-x").exists()
     finally:

@@ -122,6 +122,7 @@ class Expression:
         self._body = tree.body
         self.names: list[str] = []
         self._check(self._body)
+        check_cost(self._body, source)
 
     def _check(self, node: ast.AST) -> None:
         if isinstance(node, ast.Name):
@@ -190,6 +191,60 @@ class Expression:
                 left = right
             return out
         raise AssertionError(node)  # _check forbids anything else
+
+
+#: Cost bounds of an expression (see :func:`check_cost`).
+MAX_SOURCE = 4096  # characters
+MAX_NODES = 256  # AST nodes
+MAX_CONSTANT = 1e18  # magnitude of a number written in the expression
+MAX_EXPONENT = 64  # magnitude of a constant exponent
+
+
+def check_cost(body: ast.AST, source: str) -> None:
+    """Refuse expressions whose evaluation cost is not bounded by the size of the data.
+
+    Array arithmetic costs a few operations per value, but Python evaluates
+    the constant parts itself, on unbounded integers: ``9**9**7`` is
+    ``9**4782969``, seconds of CPU for every request. So an expression has at
+    most :data:`MAX_NODES` nodes (and :data:`MAX_SOURCE` characters), numbers
+    of magnitude at most :data:`MAX_CONSTANT`, and in ``a ** b`` the exponent
+    holds no ``**`` (no power towers) and, when it reads no branch, is a plain
+    number of magnitude at most :data:`MAX_EXPONENT`.
+    """
+    if len(source) > MAX_SOURCE:
+        raise ConfigError(f"expression of {len(source)} characters: at most {MAX_SOURCE} are allowed")
+    nodes = list(ast.walk(body))
+    if len(nodes) > MAX_NODES:
+        raise ConfigError(f"expression {source[:80]!r} is too large: at most {MAX_NODES} terms")
+    for node in nodes:
+        # "not <=" also refuses nan
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, (int, float))
+            and not abs(node.value) <= MAX_CONSTANT
+        ):
+            raise ConfigError(f"in expression {source[:80]!r}: constants must be at most {MAX_CONSTANT:g}")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            exp = node.right
+            towers = [exp] + ([] if _reads_branch(node.left) else [node.left])
+            if any(
+                isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for t in towers for n in ast.walk(t)
+            ):
+                raise ConfigError(
+                    f"in expression {source[:80]!r}: a power of a power (x**y**z) is not allowed"
+                )
+            if not _reads_branch(exp):
+                if isinstance(exp, ast.UnaryOp) and isinstance(exp.op, (ast.USub, ast.UAdd)):
+                    exp = exp.operand
+                if not (isinstance(exp, ast.Constant) and abs(exp.value) <= MAX_EXPONENT):
+                    raise ConfigError(
+                        f"in expression {source[:80]!r}: a constant exponent must be a number "
+                        f"from -{MAX_EXPONENT} to {MAX_EXPONENT}"
+                    )
+
+
+def _reads_branch(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Name) and n.id not in FUNCTIONS for n in ast.walk(node))
 
 
 @lru_cache(maxsize=256)

@@ -72,6 +72,9 @@ def serve(
         timeout_keep_alive=30,
         server_header=False,
         date_header=False,
+        # on SIGINT/SIGTERM, requests still running after this many seconds are cut
+        # (a predict_root waiting on a dead storage server must not hold the shutdown)
+        timeout_graceful_shutdown=5,
     )
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both tls_cert and tls_key")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -44,6 +45,7 @@ from .auth import Auth, load_token
 from .batching import Batcher
 from .errors import ApiError, error_response
 from .fastpath import FastPath, decompress
+from .lanes import Lane
 from .metrics import Metrics
 from .repository import Repository
 
@@ -52,6 +54,9 @@ T = TypeVar("T")
 
 MAX_BODY = 64 * 1024 * 1024  # inference requests
 MAX_UPLOAD = 512 * 1024 * 1024  # bundle uploads
+MAX_CELLS = 2**25  # events x features one request may make the server allocate (128 MiB of float32)
+PRE_TIMEOUT = 30.0  # seconds of preprocessing per request
+ROOT_TIMEOUT = 300.0  # seconds per predict_root request
 
 
 @dataclass
@@ -125,16 +130,44 @@ class ServerState:
         max_upload: int = MAX_UPLOAD,
         infer_threads: int = 2,
         root_prefixes: tuple[str, ...] = ("root://", "http://", "https://"),
+        allow_remote: tuple[str, ...] = (),
+        max_cells: int = MAX_CELLS,
+        pre_timeout: float = PRE_TIMEOUT,
+        root_timeout: float = ROOT_TIMEOUT,
+        root_threads: int = 2,
     ):
         self.repo, self.auth = repo, auth
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
         self.max_body, self.max_upload = max_body, max_upload
         self.root_prefixes = root_prefixes
+        self.allow_remote = tuple(h.lower() for h in allow_remote)
+        self.max_cells = max_cells
+        self.root_timeout = root_timeout
         self.metrics = Metrics()
         self.started = time.time()
         self.in_flight = 0  # inference requests being handled (kept by the fast path)
         self.infer_pool = ThreadPoolExecutor(max(1, infer_threads), thread_name_prefix="mlaas4hep-infer")
-        self.io_pool = ThreadPoolExecutor(4, thread_name_prefix="mlaas4hep-io")
+        self.io_pool = ThreadPoolExecutor(4, thread_name_prefix="mlaas4hep-io")  # repository, uploads
+        # request work that may be slow gets lanes of its own (see .lanes): preprocessing of raw
+        # inputs, and predict_root, whose remote reads may hang until the io layer's timeouts
+        self.pre_lane = Lane(
+            "preprocessing",
+            max(1, infer_threads),
+            64,
+            pre_timeout,
+            lambda t: ApiError(
+                503,
+                f"preprocessing the request took longer than {t:g} s: send fewer events",
+                {"Retry-After": "1"},
+            ),
+        )
+        self.root_lane = Lane(
+            "predict_root",
+            root_threads,
+            2 * root_threads,
+            root_timeout,
+            lambda t: ApiError(400, f"cannot score the file: no result within {t:g} s"),
+        )
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._infos: dict[tuple[str, int], ModelInfo] = {}
         self._stamps: dict[tuple[str, int], int] = {}
@@ -199,11 +232,26 @@ class ServerState:
         """Run a blocking call (disk, network, model loading) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
 
+    async def preprocess(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a request's preprocessing in its lane: off the event loop, with a time limit."""
+        return await self.pre_lane.run(fn, *args)
+
+    def check_cells(self, events: int, features: int) -> None:
+        """413 when ``events x features`` exceeds what one request may make the server allocate."""
+        if events * features > self.max_cells:
+            raise ApiError(
+                413,
+                f"{events} events x {features} features exceed this server's limit of "
+                f"{self.max_cells} values per request: send fewer events per request",
+            )
+
     def close(self) -> None:
         for b in self._batchers.values():
             b.close()
-        self.infer_pool.shutdown(wait=False)
-        self.io_pool.shutdown(wait=False)
+        self.pre_lane.close()
+        self.root_lane.close()
+        self.infer_pool.shutdown(wait=False, cancel_futures=True)
+        self.io_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def state_of(request: Request) -> ServerState:
@@ -301,6 +349,10 @@ async def index_page(request: Request) -> Response:
     return HTMLResponse(request.app.state.page)
 
 
+async def openapi_route(request: Request) -> Response:
+    return Response(request.app.state.openapi, media_type="application/json")
+
+
 async def metrics_route(request: Request) -> Response:
     st = state_of(request)
     st.auth.require_read(request)
@@ -323,6 +375,10 @@ def create_app(
     max_body: int = MAX_BODY,
     max_upload: int = MAX_UPLOAD,
     root_prefixes: tuple[str, ...] | list[str] = ("root://", "http://", "https://"),
+    allow_remote: tuple[str, ...] | list[str] = (),
+    max_cells: int = MAX_CELLS,
+    pre_timeout: float = PRE_TIMEOUT,
+    root_timeout: float = ROOT_TIMEOUT,
     shared: bool = False,
 ) -> FastPath:
     """Build the server app (an ASGI callable) over the repository in ``repo_dir``.
@@ -337,10 +393,15 @@ def create_app(
     ``threads`` is onnxruntime's intra-op threads per session (default: all
     cores), ``infer_threads`` how many onnxruntime calls may run at once.
     ``root_prefixes`` lists what ``predict_root`` may open: URL schemes and
-    local directories (local paths are refused unless a directory is listed).
+    local directories (local paths are refused unless a directory is listed);
+    remote URLs are refused too unless their host is in ``allow_remote``
+    (``"*"``: any host), so by default no client can make the server connect
+    anywhere. ``root_timeout`` bounds one ``predict_root`` request (seconds).
+    ``max_cells`` bounds events x features of one request's preprocessing, and
+    ``pre_timeout`` its time (it runs off the event loop).
     ``shared`` says that other processes serve the same ``repo_dir`` (workers).
     """
-    from . import rootpredict, tfaas, v2
+    from . import openapi, rootpredict, tfaas, v2
 
     repo = Repository(repo_dir, max_loaded=max_loaded, threads=threads, shared=shared)
     auth = Auth(load_token(token, token_file), private=private, allow_anonymous_admin=allow_anonymous_admin)
@@ -353,10 +414,15 @@ def create_app(
         max_upload=max_upload,
         infer_threads=infer_threads,
         root_prefixes=tuple(_prefix(p) for p in root_prefixes),
+        allow_remote=tuple(allow_remote),
+        max_cells=max_cells,
+        pre_timeout=pre_timeout,
+        root_timeout=root_timeout,
     )
     routes = [
         Route("/", index_page, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/openapi.json", openapi_route, methods=["GET"]),
         *tfaas.routes(),
         *v2.routes(),
         *rootpredict.routes(),
@@ -374,6 +440,7 @@ def create_app(
     )
     app.state.server = state
     app.state.page = _page()
+    app.state.openapi = orjson.dumps(openapi.document())
     return FastPath(app, state, v2.infer, tfaas.predict_json)
 
 

@@ -112,6 +112,15 @@ def add_serve_commands(subparsers: Any) -> None:
     s.add_argument(
         "--no-remote", action="store_true", help="predict_root: refuse root:// and http(s):// URLs"
     )
+    s.add_argument(
+        "--allow-remote",
+        metavar="HOST[,HOST]",
+        default="",
+        help="predict_root: hosts whose root:// and http(s):// files it may read ('*': any; default none)",
+    )
+    s.add_argument(
+        "--root-timeout", type=float, default=300, help="predict_root: seconds per request (default 300)"
+    )
     s.add_argument("--private", action="store_true", help="require the token for reads and inference too")
     s.add_argument(
         "--no-auth",
@@ -197,6 +206,8 @@ def run_serve(args: argparse.Namespace) -> int:
         private=args.private,
         allow_anonymous_admin=args.no_auth,
         root_prefixes=prefixes,
+        allow_remote=[h.strip() for h in args.allow_remote.split(",") if h.strip()],
+        root_timeout=args.root_timeout,
         max_body=int(args.max_body_mb * 2**20),
         max_upload=int(args.max_upload_mb * 2**20),
         grpc_port=args.grpc_port,

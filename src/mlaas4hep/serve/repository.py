@@ -12,7 +12,14 @@ Versions are positive integers; "latest" (the default everywhere) is the
 largest. An install is atomic: files are written into ``.staging``, the bundle
 is loaded with onnxruntime and its ``bundle.json`` checked, and only then is the
 directory renamed into place (one ``rename`` on the same file system). A crash
-mid-upload leaves at most a stale staging folder, which the next start removes.
+mid-upload leaves at most a stale staging folder, which the next start removes
+(a staging folder is live while its process holds a ``flock`` on its ``.lock``
+file: see :func:`staged`).
+
+What is on disk is checked too: a version directory whose name is not a
+version (1 <= v < 2**63) or whose ``bundle.json`` breaks the schema
+(:mod:`mlaas4hep.bundle_schema`) is never served; it is logged and listed in
+:attr:`Repository.broken`, which ``/models`` and the repository index report.
 
 Loaded :class:`~mlaas4hep.bundle.Predictor` objects sit in an LRU cache of
 ``max_loaded`` entries; an evicted model is reloaded on its next request.
@@ -31,24 +38,28 @@ All methods are blocking (disk, onnxruntime): the app calls them from a thread.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import bundle
+from .. import bundle, bundle_schema
 from ..bundle import BundleError, Predictor
 from ..io.errors import Mlaas4hepError
 from .errors import ApiError
 
+log = logging.getLogger("mlaas4hep.serve")
+MAX_VERSION = bundle_schema.MAX_VERSION
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 #: Keys of ``serving.json`` (and of the ``serving`` object of ``bundle.json``).
 SERVING_KEYS = {"max_batch": int, "max_delay_ms": float}
@@ -62,15 +73,18 @@ def check_name(name: str) -> str:
 
 
 def parse_version(version: Any) -> int | None:
-    """``None``/``""``/``"latest"`` mean the latest version; otherwise a positive integer."""
+    """``None``/``""``/``"latest"`` mean the latest version; otherwise an integer 1 <= v < 2**63."""
     if version is None or version == "" or version == "latest":
         return None
-    try:
-        v = int(version)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"invalid model version {version!r}: versions are positive integers") from None
-    if v < 1 or str(version).strip() not in (str(v), f"+{v}"):
-        raise ApiError(400, f"invalid model version {version!r}: versions are positive integers")
+    msg = f"invalid model version {str(version)[:40]!r}: versions are integers from 1 to 2**63-1"
+    if isinstance(version, bool) or not isinstance(version, (int, str)):
+        raise ApiError(400, msg)
+    text = str(version).strip()
+    if not text.lstrip("+").isdigit() or len(text) > 20:
+        raise ApiError(400, msg)
+    v = int(text)
+    if not 1 <= v <= MAX_VERSION:
+        raise ApiError(400, msg)
     return v
 
 
@@ -87,11 +101,14 @@ class Repository:
         self.shared = shared  # other processes serve the same directory: check .generation per request
         self._staging = self.root / ".staging"
         self._staging.mkdir(exist_ok=True)
-        _clean_staging(self._staging)  # leftovers of a crash
+        clean_staging(self._staging)  # leftovers of a crash
         self._lock = threading.RLock()
         self._loaded: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._meta: dict[tuple[str, int], dict[str, Any]] = {}
+        self._meta_sig: dict[tuple[str, int], tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        #: Version directories that are not served, with the reason: ``{"name", "version", "error"}``.
+        self.broken: list[dict[str, Any]] = []
         self._unloaded: set[str] = set()
         self._index: dict[str, list[int]] = {}
         self._stamps: dict[tuple[str, int], int] = {}
@@ -102,30 +119,72 @@ class Repository:
 
     # ------------------------------------------------------------ inventory
     def rescan(self) -> None:
-        """Re-read the directory (the in-memory index serves every request in between)."""
+        """Re-read the directory (the in-memory index serves every request in between).
+
+        Every version directory's ``bundle.json`` is checked against the schema
+        (once per change of the file): a bad entry is never served, it is logged
+        and listed in :attr:`broken` with the reason, and the others are served.
+        """
         self._gen_seen = self._gen_signature()
         index: dict[str, list[int]] = {}
         stamps: dict[tuple[str, int], int] = {}
+        metas: dict[tuple[str, int], dict[str, Any]] = {}
+        broken: list[dict[str, Any]] = []
         for d in sorted(self.root.iterdir()):
-            if d.is_dir() and NAME_RE.match(d.name):
-                vs = []
-                for v in d.iterdir():
-                    if v.name.isdigit() and (v / "bundle.json").is_file():
-                        vs.append(int(v.name))
-                        stamps[(d.name, int(v.name))] = v.stat().st_ino
-                if vs:
-                    index[d.name] = sorted(vs)
+            if not (d.is_dir() and NAME_RE.match(d.name)):
+                continue
+            vs = []
+            for v in sorted(d.iterdir()):
+                if not (v.name.isascii() and v.name.isdigit()):
+                    continue
+                reason = self._check_version_dir(d.name, v, metas)
+                if reason is None:
+                    key = (d.name, int(v.name))
+                    vs.append(key[1])
+                    stamps[key] = v.stat().st_ino
+                    continue
+                entry = {"name": d.name, "version": v.name, "error": reason}
+                broken.append(entry)
+                if entry not in self.broken:  # log each problem once, not at every rescan
+                    log.warning("skipping %s: %s", v, reason)
+            if vs:
+                index[d.name] = sorted(vs)
         try:
             unloaded = set(json.loads((self.root / ".state.json").read_text()).get("unloaded", []))
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, TypeError):
             unloaded = set()
         with self._lock:
             self._index, self._unloaded = index, unloaded & set(index)
-            self._meta = {k: m for k, m in self._meta.items() if stamps.get(k) == self._stamps.get(k)}
+            self._meta = {k: m for k, m in metas.items() if k in stamps}
+            self._meta_sig = {k: v for k, v in self._meta_sig.items() if k in metas}
+            self.broken = broken
             for key in [k for k in self._loaded if stamps.get(k) != self._stamps.get(k) or k[0] in unloaded]:
                 del self._loaded[key]
             self._stamps = stamps
             self.generation += 1
+
+    def _check_version_dir(self, name: str, vdir: Path, metas: dict) -> str | None:
+        """Why the version directory ``vdir`` cannot be served (None: it can); fills ``metas``."""
+        if len(vdir.name) > 19 or not 1 <= int(vdir.name) <= MAX_VERSION or vdir.name != str(int(vdir.name)):
+            return "the version must be an integer from 1 to 2**63-1, written without leading zeros"
+        f = vdir / "bundle.json"
+        try:
+            st = f.stat()
+        except OSError:
+            return "no bundle.json" if vdir.is_dir() else "not a directory"
+        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        key = (name, int(vdir.name))
+        cached = self._meta_sig.get(key)
+        if cached is not None and cached[0] == sig:
+            meta = cached[1]
+        else:
+            try:
+                meta = bundle.read_meta(vdir)
+            except BundleError as err:
+                return str(err)
+            self._meta_sig[key] = (sig, meta)
+        metas[key] = meta
+        return None
 
     def _gen_signature(self) -> tuple[int, int] | None:
         try:
@@ -208,9 +267,13 @@ class Repository:
         f = self.root / name / "serving.json"
         if f.is_file():
             try:
-                out.update(json.loads(f.read_text()))
-            except (OSError, ValueError):
-                pass
+                extra = json.loads(f.read_text())
+                if not isinstance(extra, dict):
+                    raise ValueError("not an object")
+                bundle_schema.check_serving(extra, "serving.json")
+                out.update(extra)
+            except (OSError, ValueError) as err:  # BundleError is a ValueError
+                log.warning("ignoring %s: %s", f, err)
         return {k: t(out[k]) for k, t in SERVING_KEYS.items() if isinstance(out.get(k), (int, float))}
 
     def set_serving(self, name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,11 +283,12 @@ class Repository:
         for k, v in settings.items():
             if k not in SERVING_KEYS:
                 raise ApiError(400, f"unknown serving setting {k!r} (known: {sorted(SERVING_KEYS)})")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v > 1e7:
-                raise ApiError(400, f"serving setting {k!r} must be a non-negative number")
-            clean[k] = SERVING_KEYS[k](v)
-        if clean.get("max_batch", 1) < 1:
-            raise ApiError(400, "serving setting 'max_batch' must be at least 1")
+            clean[k] = v
+        try:
+            bundle_schema.check_serving(clean)
+        except BundleError as err:
+            raise ApiError(400, str(err).removeprefix("bundle.json ")) from None
+        clean = {k: SERVING_KEYS[k](v) for k, v in clean.items()}
         _atomic_write(self.root / name / "serving.json", json.dumps(clean).encode())
         self._changed()
         return clean
@@ -302,6 +366,10 @@ class Repository:
                 else:
                     state, reason = "READY", "" if self.is_loaded(name, v) else "loads on first request"
                 out.append({"name": name, "version": str(v), "state": state, "reason": reason})
+        for b in self.broken:  # on disk but not served: say why
+            out.append(
+                {"name": b["name"], "version": b["version"], "state": "UNAVAILABLE", "reason": b["error"]}
+            )
         return out
 
     # ------------------------------------------------------------ install / delete
@@ -326,65 +394,68 @@ class Repository:
         if "model.onnx" not in files:
             raise ApiError(400, f"the bundle has no model.onnx (files: {sorted(files)})")
         want = parse_version(version)
-        stage = Path(tempfile.mkdtemp(prefix=f"upload-{os.getpid()}-", dir=self._staging))
-        try:
-            for fname, content in files.items():
-                (stage / fname).write_bytes(content)
-            if "bundle.json" not in files:
-                _tfaas_bundle(stage, name)
-            meta = _read_json(stage / "bundle.json", "bundle.json")
-            if not isinstance(meta, dict):
-                raise ApiError(400, "bundle.json must hold an object")
-            name = check_name(name if name else str(meta.get("name", "")))
-            meta["name"] = name
-            _check_meta(meta)
+        with staged(self._staging, "upload-") as stage:
+            return self._install_staged(stage, files, name, want)
+
+    def _install_staged(
+        self, stage: Path, files: Mapping[str, bytes], name: str | None, want: int | None
+    ) -> tuple[str, int]:
+        for fname, content in files.items():
+            (stage / fname).write_bytes(content)
+        if "bundle.json" not in files:
+            _tfaas_bundle(stage, name)
+        meta = _read_json(stage / "bundle.json", "bundle.json")
+        if not isinstance(meta, dict):
+            raise ApiError(400, "bundle.json must hold an object")
+        name = check_name(name if name else str(meta.get("name", "")))
+        meta["name"] = name
+        _check_meta(meta)
+        (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
+        try:  # the slow part (onnxruntime builds the session), outside the lock
+            predictor = bundle.load(stage, threads=self.threads, spinning=False)
+        except (BundleError, Mlaas4hepError) as err:
+            raise ApiError(400, f"invalid bundle: {err}") from None
+        with self._lock:
+            self.sync()
+            existing = self.versions(name)
+            if want is None:
+                mine = meta.get("version")
+                want = int(mine) if isinstance(mine, int) and mine >= 1 and mine not in existing else None
+                want = want or (existing[-1] + 1 if existing else 1)
+                if want > MAX_VERSION:
+                    raise ApiError(409, f"model {name!r} has no version number left: give one")
+            elif want in existing:
+                raise ApiError(409, f"model {name!r} already has version {want}: delete it first")
+            meta["version"] = want
+            predictor.meta["version"] = want
             (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
-            try:  # the slow part (onnxruntime builds the session), outside the lock
-                predictor = bundle.load(stage, threads=self.threads, spinning=False)
-            except (BundleError, Mlaas4hepError) as err:
-                raise ApiError(400, f"invalid bundle: {err}") from None
-            with self._lock:
-                self.sync()
-                existing = self.versions(name)
-                if want is None:
-                    mine = meta.get("version")
-                    want = int(mine) if isinstance(mine, int) and mine >= 1 and mine not in existing else None
-                    want = want or (existing[-1] + 1 if existing else 1)
-                elif want in existing:
-                    raise ApiError(409, f"model {name!r} already has version {want}: delete it first")
-                meta["version"] = want
-                predictor.meta["version"] = want
-                (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
-                target = self.path(name, want)
-                target.parent.mkdir(exist_ok=True)
-                try:
-                    os.rename(stage, target)  # atomic: the version appears whole or not at all
-                except OSError:  # another process installed the same version meanwhile
-                    raise ApiError(409, f"model {name!r} version {want} was installed concurrently") from None
-                self._index[name] = sorted(existing + [want])
-                self._stamps[(name, want)] = target.stat().st_ino
-                predictor.path = target
-                self._meta.pop((name, want), None)
-                if name in self._unloaded:
-                    self._unloaded.discard(name)
-                    self._save_state()
-                self._remember((name, want), predictor)
-                self._changed()
-            return name, want
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            target = self.path(name, want)
+            target.parent.mkdir(exist_ok=True)
+            try:
+                os.rename(stage, target)  # atomic: the version appears whole or not at all
+            except OSError:  # another process installed the same version meanwhile
+                raise ApiError(409, f"model {name!r} version {want} was installed concurrently") from None
+            self._index[name] = sorted(existing + [want])
+            self._stamps[(name, want)] = target.stat().st_ino
+            predictor.path = target
+            self._meta.pop((name, want), None)
+            if name in self._unloaded:
+                self._unloaded.discard(name)
+                self._save_state()
+            self._remember((name, want), predictor)
+            self._changed()
+        return name, want
 
     def delete(self, name: str, version: Any = None) -> list[int]:
         """Remove one version, or every version when ``version`` is None; returns those removed."""
         name, _ = self.resolve(name)
         v = parse_version(version)
-        with self._lock:
+        with staged(self._staging, "delete-") as trash, self._lock:
             versions = self.versions(name)
             if v is not None and v not in versions:
                 raise ApiError(404, f"model {name!r} has no version {v}")
             gone = [v] if v is not None else versions
             src = self.path(name, v) if v is not None else self.root / name
-            trash = Path(tempfile.mkdtemp(prefix=f"delete-{os.getpid()}-", dir=self._staging))
             os.rename(src, trash / "x")  # disappears atomically, then removed at leisure
             left = [x for x in versions if x not in gone]
             if left:
@@ -401,44 +472,22 @@ class Repository:
                     self._save_state()
                 shutil.rmtree(self.root / name, ignore_errors=True)
             self._changed()
-        shutil.rmtree(trash, ignore_errors=True)
         return gone
 
 
 def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ApiError(400, f"{what} is not valid JSON: {err}") from None
 
 
 def _check_meta(meta: dict[str, Any]) -> None:
-    missing = [k for k in bundle.REQUIRED if k not in meta]
-    if missing:
-        raise ApiError(400, f"bundle.json lacks {missing}")
-    inputs, outputs = meta["inputs"], meta["outputs"]
-    if not isinstance(inputs, dict) or not isinstance(inputs.get("features"), list) or not inputs["features"]:
-        raise ApiError(400, "bundle.json 'inputs.features' must be a non-empty list")
-    if not all(isinstance(f, str) for f in inputs["features"]):
-        raise ApiError(400, "bundle.json 'inputs.features' must hold strings")
-    if not isinstance(outputs, dict) or not isinstance(outputs.get("labels"), list) or not outputs["labels"]:
-        raise ApiError(400, "bundle.json 'outputs.labels' must be a non-empty list")
-    if "serving" in meta and not isinstance(meta["serving"], dict):
-        raise ApiError(400, "bundle.json 'serving' must be an object")
-    for part, what in ((inputs, "inputs"), (outputs, "outputs")):
-        shape = part.get("shape")
-        if shape is not None and (
-            not isinstance(shape, list)
-            or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-        ):
-            raise ApiError(400, f"bundle.json '{what}.shape' must be a list of integers")
-        for key in ("onnx_input", "onnx_output"):
-            if key in part and not isinstance(part[key], str):
-                raise ApiError(400, f"bundle.json '{what}.{key}' must be a string")
-    pre = inputs.get("preprocessing")
-    if pre is not None and not isinstance(pre, dict):
-        raise ApiError(400, "bundle.json 'inputs.preprocessing' must be an object")
+    """The schema of :mod:`mlaas4hep.bundle_schema`, as a 400 for the uploader."""
+    try:
+        bundle_schema.check(meta)
+    except BundleError as err:
+        raise ApiError(400, f"invalid bundle: {err}") from None
 
 
 def _tfaas_bundle(stage: Path, name: str | None) -> None:
@@ -475,23 +524,61 @@ def _tfaas_bundle(stage: Path, name: str | None) -> None:
     )
 
 
-def _clean_staging(staging: Path) -> None:
-    """Remove what crashed processes left in ``.staging``; keep the work of live ones (other workers)."""
-    for d in staging.iterdir():
-        parts = d.name.split("-")
-        if len(parts) >= 3 and parts[1].isdigit() and _alive(int(parts[1])):
-            continue
-        shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+@contextlib.contextmanager
+def staged(staging: Path, prefix: str) -> Iterator[Path]:
+    """A fresh directory ``staging/{prefix}{uuid}``, removed on exit.
 
-
-def _alive(pid: int) -> bool:
+    While it exists, this process holds an exclusive :func:`fcntl.flock` on the
+    sibling file ``{name}.lock``. The kernel releases that lock when the process
+    dies, however it dies, so :func:`clean_staging` can tell a crashed upload
+    from a live one (of another worker) by trying the lock: process ids cannot
+    tell them apart in a container, where PID 1 is always alive.
+    """
+    while True:
+        work = staging / f"{prefix}{uuid.uuid4().hex}"
+        lock = work.with_name(work.name + ".lock")
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # a cleaner may have taken and removed the file before we locked it: then start again
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        work.mkdir()
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def clean_staging(staging: Path) -> None:
+    """Remove what crashed processes left in ``.staging``; keep the work of live ones (see :func:`staged`)."""
+    for lock in sorted(staging.glob("*.lock")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its process is alive
+            os.close(fd)
+            continue
+        _remove(lock.with_name(lock.name[: -len(".lock")]))
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+    for d in staging.iterdir():  # no lock beside it: a crash before locking, or an older server's leftover
+        if not d.name.endswith(".lock") and not d.with_name(d.name + ".lock").exists():
+            _remove(d)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -17,17 +17,30 @@ selection (every entry gets a score), and answers with tensors named
   default ``"scores"``) with ``entry``, the ids and ``score`` (or
   ``score_<label>`` per class), aligned entry by entry with the input tree.
 
-What the server may open is restricted by ``root_prefixes`` (``create_app``):
-by default remote URLs only; local files only under directories listed there,
-checked after resolving links, so a client cannot read arbitrary server files.
+The server cannot be turned against the network or its own files:
+
+* remote URLs (``root://``, ``http(s)://``) are refused unless their host is in
+  the allow-list given at start (``--allow-remote HOST[,HOST]``, ``create_app(
+  allow_remote=...)``); by default there is none, and the refusal is the same
+  whatever the host, so it tells nothing about the network;
+* local files are read only under the ``--data-dir`` directories, checked
+  after resolving links, and only regular files (a FIFO or a device would
+  block a reading thread forever);
+* every request runs in its own lane (:mod:`.lanes`): a few threads, a short
+  queue (429 beyond), and a time limit (``root_timeout``), so health probes,
+  inference and repository calls never wait behind it, and shutdown never
+  waits for it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from starlette.requests import Request
@@ -45,18 +58,38 @@ MAX_ENTRIES = 20_000_000
 FORMATS = ("json", "binary", "root")
 
 
-def check_url(url: Any, prefixes: tuple[str, ...]) -> str:
+REMOTE_SCHEMES = ("root", "xroot", "http", "https")
+
+
+def check_url(url: Any, prefixes: tuple[str, ...], allow_remote: tuple[str, ...] = ()) -> str:
     """The URL if the server may open it (see the module docstring); 400/403 otherwise."""
-    if not isinstance(url, str) or not url or "\x00" in url:
+    if not isinstance(url, str) or not url or "\x00" in url or len(url) > 4096:
         raise ApiError(400, "'url' must be a file path or a root:// or http(s):// URL")
     if "://" in url and not url.startswith("file://"):
-        if any(url.startswith(p) for p in prefixes if "://" in p):
-            return url
-        raise ApiError(403, f"this server does not open {url.split('://')[0]}:// URLs")
+        scheme = url.split("://")[0].lower()
+        if scheme not in REMOTE_SCHEMES or not any(url.startswith(p) for p in prefixes if "://" in p):
+            raise ApiError(403, f"this server does not open {scheme[:20]}:// URLs")
+        try:
+            parts = urlsplit(url)
+            host, port = (parts.hostname or "").lower(), parts.port
+        except ValueError:
+            raise ApiError(400, "'url' is not a valid URL") from None
+        allowed = "*" in allow_remote or host in allow_remote or (port and f"{host}:{port}" in allow_remote)
+        if not host or not allowed:
+            raise ApiError(
+                403, "this server reads remote files only from the hosts it was started with (--allow-remote)"
+            )
+        return url
     path = os.path.realpath(url[len("file://") :] if url.startswith("file://") else url)
-    if any(path.startswith(p) for p in prefixes if "://" not in p):
-        return path
-    raise ApiError(403, "this server does not open local files outside its data directories (--data-dir)")
+    if not any(path.startswith(p) for p in prefixes if "://" not in p):
+        raise ApiError(403, "this server does not open local files outside its data directories (--data-dir)")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise ApiError(400, f"cannot score {url[:200]!r}: no such file in the data directories") from None
+    if not stat.S_ISREG(mode):
+        raise ApiError(400, f"{url[:200]!r} is not a regular file")
+    return path
 
 
 def _int(req: dict, key: str, default: int | None) -> int | None:
@@ -81,7 +114,7 @@ async def predict_root(request: Request) -> Response:
         raise ApiError(
             400, 'the request must be {"url": ..., "tree": ..., "entry_start": ..., "entry_stop": ...}'
         )
-    url = check_url(req.get("url"), st.root_prefixes)
+    url = check_url(req.get("url"), st.root_prefixes, st.allow_remote)
     tree = req.get("tree")
     if tree is not None and (not isinstance(tree, str) or not tree):
         raise ApiError(400, "'tree' must be a tree name")
@@ -93,9 +126,10 @@ async def predict_root(request: Request) -> Response:
     friend = req.get("friend_tree", "scores")
     if not isinstance(friend, str) or not friend.isidentifier():
         raise ApiError(400, "'friend_tree' must be a plain tree name")
-    results = await st.blocking(_score, st, info, url, tree, start, stop, chunk)
+    deadline = time.monotonic() + st.root_timeout
+    results = await st.root_lane.run(_score, st, info, url, tree, start, stop, chunk, deadline)
     if fmt == "root":
-        data = await st.blocking(_friend_file, results, info, friend)
+        data = await st.root_lane.run(_friend_file, results, info, friend)
         return Response(
             data,
             media_type="application/octet-stream",
@@ -111,13 +145,25 @@ async def predict_root(request: Request) -> Response:
 
 
 def _score(
-    st: ServerState, info: ModelInfo, url: str, tree: str | None, start: int, stop: int | None, chunk: int
+    st: ServerState,
+    info: ModelInfo,
+    url: str,
+    tree: str | None,
+    start: int,
+    stop: int | None,
+    chunk: int,
+    deadline: float,
 ) -> dict[str, np.ndarray]:
     predictor = st.repo.predictor(info.name, info.version)
     parts: list[dict[str, np.ndarray]] = []
     n = 0
+    # each remote open/read gives up after the time left (at most the io layer's 30 s)
+    io_timeout = max(1.0, min(30.0, deadline - time.monotonic()))
+    chunk = min(chunk, 1_000_000, max(1, st.max_cells // max(1, len(info.features))))
     try:
-        for part in predictor.predict_root(url, tree, start, stop, chunk_size=min(chunk, 1_000_000)):
+        for part in predictor.predict_root(url, tree, start, stop, chunk_size=chunk, timeout=io_timeout):
+            if time.monotonic() > deadline:  # the caller has been answered: stop reading
+                raise ApiError(400, f"cannot score {url!r}: no result within {st.root_timeout:g} s")
             parts.append(part)
             n += len(part["entry"])
             if n > MAX_ENTRIES:

@@ -150,7 +150,7 @@ def _decode_input(i: int, spec: Any, body: bytes, offset: int, ragged_ok: bool) 
     if not isinstance(name, str) or not name:
         raise ApiError(400, f"input #{i} has no 'name'")
     datatype = spec.get("datatype")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:
         raise ApiError(
             400, f"input {name!r}: unsupported datatype {datatype!r} (supported: {', '.join(DTYPES)})"
         )

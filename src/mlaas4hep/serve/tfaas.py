@@ -27,6 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from .. import __version__
 from . import archive, tensors
@@ -62,8 +63,8 @@ async def _form_files(request: Request, st: ServerState) -> tuple[dict[str, byte
     cl = request.headers.get("content-length")
     if cl is not None and cl.isdigit() and int(cl) > st.max_upload:
         raise ApiError(413, f"the upload of {cl} bytes exceeds the limit of {st.max_upload} bytes")
-    try:
-        form = await request.form(max_files=8, max_fields=16)
+    try:  # the limit is enforced on the stream itself: nothing past it is read, spooled or parsed
+        form = await _limited(request, st.max_upload + _FORM_OVERHEAD).form(max_files=8, max_fields=16)
     except ApiError:
         raise
     except Exception as err:  # starlette's MultiPartException, HTTPException
@@ -95,6 +96,30 @@ async def _form_files(request: Request, st: ServerState) -> tuple[dict[str, byte
         return files, name
     finally:
         await form.close()
+
+
+_FORM_OVERHEAD = 2**20  # form fields and part headers beside the files
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """The same request, its body stream cut with 413 once more than ``limit`` bytes have arrived.
+
+    A multipart body may come without Content-Length (chunked): without this
+    the form parser would spool the whole of it to disk before the size of
+    its files could be checked.
+    """
+    received = 0
+    receive = request.receive
+
+    async def counted() -> Message:
+        nonlocal received
+        msg = await receive()
+        received += len(msg.get("body", b""))
+        if received > limit:
+            raise ApiError(413, f"the upload exceeds the limit of {limit} bytes")
+        return msg
+
+    return Request(request.scope, counted)
 
 
 def _unpack(st: ServerState, data: bytes) -> dict[str, bytes]:
@@ -147,6 +172,8 @@ async def models(request: Request) -> Response:
             out.append(model_summary(st, st.model(name)))
         except ApiError as err:  # a broken or concurrently deleted model does not hide the others
             out.append({"name": name, "error": err.message})
+    for b in st.repo.broken:  # versions on disk that are not served, and why
+        out.append({"name": b["name"], "version": b["version"], "broken": True, "error": b["error"]})
     return json_response(out)
 
 
@@ -176,7 +203,10 @@ async def predict_json(st: ServerState, call: Call) -> Reply:
             raise ApiError(400, "'keys' must be a list of feature (or raw branch) names")
         if not isinstance(values, list) or not values:
             raise ApiError(400, "'values' must be a non-empty list")
-        x, single = _rows(info, keys, values)
+        if _is_raw(info, keys):  # preprocessing: off the event loop, bounded in time and memory
+            x, single = await st.preprocess(_raw_rows, st, info, keys, values)
+        else:
+            x, single = _rows(info, keys, values)
         y = np.asarray(await st.infer(info, x))
         probs = np.concatenate([1.0 - y, y], axis=1) if (y.shape[1] == 1 and len(info.labels) == 2) else y
         if single and probs.shape[0] == 1:
@@ -185,37 +215,53 @@ async def predict_json(st: ServerState, call: Call) -> Reply:
         return Reply(body)
 
 
-def _rows(info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, bool]:
-    """Feature rows from TFaaS ``keys``/``values`` (feature names in any order, or raw branches),
-    and whether the request was for a single row."""
-    raw = set(info.raw_inputs)
-    if info.preprocessor is not None and keys and set(keys) <= raw and set(keys) != set(info.features):
-        if len(values) != len(keys):
-            raise ApiError(400, f"{len(keys)} keys but {len(values)} values")
-        missing = [n for n in info.raw_inputs if n not in keys]
-        if missing:
-            raise ApiError(400, f"missing raw inputs {missing}; model {info.name!r} needs {info.raw_inputs}")
-        # one event: a number per flat branch, a list per jagged one; several: a list per branch
-        jagged = {n for n, _ in info.preprocessor.jagged}
-        flat_keys = [k for k in keys if k not in jagged]
-        single = (
-            any(not isinstance(values[keys.index(k)], list) for k in flat_keys)
-            if flat_keys
-            else (not values[0] or not isinstance(values[0][0], list))
+def _is_raw(info: ModelInfo, keys: list[str]) -> bool:
+    """Whether TFaaS ``keys`` name raw branches (to preprocess) rather than features."""
+    return (
+        info.preprocessor is not None
+        and bool(keys)
+        and set(keys) <= set(info.raw_inputs)
+        and set(keys) != set(info.features)
+    )
+
+
+def _raw_rows(st: ServerState, info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, bool]:
+    """Feature rows from raw branch values (runs in the preprocessing lane), and whether
+    the request was for a single event."""
+    assert info.preprocessor is not None
+    if len(values) != len(keys):
+        raise ApiError(400, f"{len(keys)} keys but {len(values)} values")
+    missing = [n for n in info.raw_inputs if n not in keys]
+    if missing:
+        raise ApiError(400, f"missing raw inputs {missing}; model {info.name!r} needs {info.raw_inputs}")
+    # one event: a number per flat branch, a list per jagged one; several: a list per branch
+    jagged = {n for n, _ in info.preprocessor.jagged}
+    flat_keys = [k for k in keys if k not in jagged]
+    first = values[0]
+    single = (
+        any(not isinstance(values[keys.index(k)], list) for k in flat_keys)
+        if flat_keys
+        else (not isinstance(first, list) or not first or not isinstance(first[0], list))
+    )
+    arrays = {}
+    for k, v in zip(keys, values):
+        v = [v] if single else v
+        if not isinstance(v, list):
+            raise ApiError(400, f"raw input {k!r}: expected a list of values, one per event")
+        ragged = bool(v) and isinstance(v[0], list)
+        t = tensors._decode_input(
+            0, {"name": k, "datatype": "FP64", "shape": [len(v)], "data": v}, b"", 0, ragged
         )
-        arrays = {}
-        for k, v in zip(keys, values):
-            v = [v] if single else v
-            if not isinstance(v, list):
-                raise ApiError(400, f"raw input {k!r}: expected a list of values, one per event")
-            ragged = bool(v) and isinstance(v[0], list)
-            t = tensors._decode_input(
-                0, {"name": k, "datatype": "FP64", "shape": [len(v)], "data": v}, b"", 0, ragged
-            )
-            arrays[k] = _raw_array(InputTensor(t.name, t.datatype, t.shape, t.data))
-        if len({len(a) for a in arrays.values()}) != 1:
-            raise ApiError(400, "raw inputs have different numbers of events")
-        return _transform(info, arrays), single
+        arrays[k] = _raw_array(InputTensor(t.name, t.datatype, t.shape, t.data))
+    if len({len(a) for a in arrays.values()}) != 1:
+        raise ApiError(400, "raw inputs have different numbers of events")
+    st.check_cells(len(next(iter(arrays.values()))), len(info.features))
+    return _transform(info, arrays), single
+
+
+def _rows(info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, bool]:
+    """Feature rows from TFaaS ``keys``/``values`` (feature names in any order), and whether
+    the request was for a single row."""
     order = info.column_order(keys)
     try:
         x = np.asarray(values)

@@ -185,13 +185,21 @@ async def features(st: ServerState, info: ModelInfo, req: InferRequest) -> np.nd
     missing = [n for n in info.raw_inputs if n not in names]
     if missing:
         raise ApiError(400, f"missing raw inputs {missing}; model {info.name!r} needs {info.raw_inputs}")
-    arrays = {t.name: _raw_array(t) for t in req.inputs}
+    # what the preprocessing will allocate is known before it runs: events x features
+    st.check_cells(max(_events(t) for t in req.inputs), F)
+    return await st.preprocess(_raw_features, info, req.inputs)
+
+
+def _events(t: InputTensor) -> int:
+    return int(t.data.shape[0]) if isinstance(t.data, np.ndarray) else len(t.data)
+
+
+def _raw_features(info: ModelInfo, inputs: list[InputTensor]) -> np.ndarray:
+    """Raw input tensors to the model's feature rows (runs in the preprocessing lane)."""
+    arrays = {t.name: _raw_array(t) for t in inputs}
     lengths = {n: len(a) for n, a in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise ApiError(400, f"raw inputs have different numbers of events: {lengths}")
-    n = next(iter(lengths.values()))
-    if n > 2048:
-        return await st.blocking(_transform, info, arrays)
     return _transform(info, arrays)
 
 

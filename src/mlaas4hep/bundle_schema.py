@@ -1,0 +1,192 @@
+"""The schema of ``bundle.json``: types, ranges and sizes, checked at upload and at load.
+
+A bundle's description drives what the server allocates and computes for every
+request (one float per feature per event, one column per jagged slot, a batcher
+delay, expressions evaluated per event), so nothing in it is taken on trust:
+
+* ``version``: an integer, 1 <= v < 2**63 (what JSON, orjson and every client
+  can represent as a signed 64-bit integer);
+* ``inputs.features``: 1 to :data:`MAX_FEATURES` strings;
+* ``inputs.preprocessing``: ``jagged`` lengths 1 to :data:`MAX_JAGGED`, at most
+  :data:`MAX_FEATURES` features in all, finite ``pad_value``/``offset``/``scale``,
+  ``normalize`` one of :data:`NORMALIZE`, expressions that pass
+  :func:`mlaas4hep.io.expr.check_cost`;
+* ``outputs.labels``: 1 to :data:`MAX_LABELS` strings; ``shape`` dimensions
+  ``-1`` (dynamic) or 1 to :data:`MAX_DIM`, the last at most :data:`MAX_LABELS`;
+* ``serving``: ``max_batch`` 1 to :data:`MAX_BATCH`, ``max_delay_ms`` 0 to
+  :data:`MAX_DELAY_MS`.
+
+:func:`check` raises :class:`~mlaas4hep.bundle.BundleError` naming the field and
+the rule it breaks; the server turns that into a 400 at upload and into a
+"broken" entry (logged, listed in ``/models``, never served) at load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+MAX_VERSION = 2**63 - 1
+MAX_FEATURES = 100_000
+MAX_JAGGED = 10_000
+MAX_LABELS = 10_000
+MAX_DIM = 2**31 - 1
+MAX_STR = 1024  # names, labels, branches
+MAX_TEXT = 64 * 1024  # description
+MAX_EXPRESSIONS = 256
+MAX_BATCH = 65_536
+MAX_DELAY_MS = 10_000.0
+NORMALIZE = ("minmax", "standard", "none")
+REQUIRED = ("name", "version", "framework", "created", "inputs", "outputs")
+
+
+def _error(msg: str) -> Exception:
+    from .bundle import BundleError  # bundle imports this module
+
+    return BundleError(f"bundle.json {msg}")
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_version(v: Any, what: str = "'version'") -> int:
+    """A model version: an integer with 1 <= v < 2**63."""
+    if not is_int(v) or not 1 <= v <= MAX_VERSION:
+        raise _error(f"{what} must be an integer from 1 to 2**63-1, got {_short(v)}")
+    return v
+
+
+def check(meta: Any) -> None:
+    """Check a parsed ``bundle.json`` (raises ``BundleError``)."""
+    if not isinstance(meta, dict):
+        raise _error("must hold an object")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise _error(f"lacks {missing}")
+    _str(meta["name"], "'name'")
+    check_version(meta["version"])
+    for key in ("framework", "created"):
+        _str(meta[key], f"{key!r}")
+    if not isinstance(meta.get("description", ""), str) or len(meta.get("description", "")) > MAX_TEXT:
+        raise _error(f"'description' must be a string of at most {MAX_TEXT} characters")
+    for key in ("metrics", "serving"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise _error(f"{key!r} must be an object")
+    inputs, outputs = meta["inputs"], meta["outputs"]
+    if not isinstance(inputs, dict):
+        raise _error("'inputs' must be an object")
+    if not isinstance(outputs, dict):
+        raise _error("'outputs' must be an object")
+    feats = _str_list(inputs.get("features"), "'inputs.features'", MAX_FEATURES)
+    labels = _str_list(outputs.get("labels"), "'outputs.labels'", MAX_LABELS)
+    for part, what in ((inputs, "inputs"), (outputs, "outputs")):
+        for key in ("onnx_input", "onnx_output", "datatype"):
+            if part.get(key) is not None:
+                _str(part[key], f"'{what}.{key}'")
+        if part.get("shape") is not None:
+            _shape(part["shape"], f"'{what}.shape'", MAX_FEATURES if what == "inputs" else MAX_LABELS)
+    del labels
+    if inputs.get("preprocessing") is not None:
+        check_preprocessing(inputs["preprocessing"], len(feats))
+    check_serving(meta.get("serving") or {}, "'serving'")
+
+
+def check_serving(cfg: Mapping[str, Any], what: str = "serving settings") -> None:
+    """``max_batch`` and ``max_delay_ms``, within their bounds (unknown keys are ignored)."""
+    mb = cfg.get("max_batch")
+    if mb is not None and (not is_int(mb) or not 1 <= mb <= MAX_BATCH):
+        raise _error(f"{what}: 'max_batch' must be an integer from 1 to {MAX_BATCH}, got {_short(mb)}")
+    md = cfg.get("max_delay_ms")
+    if md is not None and (not is_number(md) or not 0 <= md <= MAX_DELAY_MS):
+        raise _error(f"{what}: 'max_delay_ms' must be a number from 0 to {MAX_DELAY_MS:g}, got {_short(md)}")
+
+
+def check_preprocessing(pre: Any, n_features: int | None = None) -> None:
+    """The preprocessing description (what :meth:`Preprocessor.from_dict` reads)."""
+    from .io import expr
+    from .io.errors import Mlaas4hepError
+
+    w = "'inputs.preprocessing"
+    if not isinstance(pre, dict):
+        raise _error(f"{w}' must be an object")
+    flat = _str_list(pre.get("flat"), f"{w}.flat'", MAX_FEATURES, empty_ok=True)
+    jagged = pre.get("jagged")
+    if not isinstance(jagged, list) or len(jagged) > MAX_FEATURES:
+        raise _error(f"{w}.jagged' must be a list of [branch, length] pairs")
+    total = len(flat)
+    for j in jagged:
+        if not (isinstance(j, list) and len(j) == 2 and isinstance(j[0], str) and 0 < len(j[0]) <= MAX_STR):
+            raise _error(f"{w}.jagged' must be a list of [branch, length] pairs, got {_short(j)}")
+        if not is_int(j[1]) or not 1 <= j[1] <= MAX_JAGGED:
+            raise _error(
+                f"{w}.jagged': the length of {j[0]!r} must be from 1 to {MAX_JAGGED}, got {_short(j[1])}"
+            )
+        total += j[1]
+    if total > MAX_FEATURES:
+        raise _error(f"{w}' makes {total} features; at most {MAX_FEATURES} are allowed")
+    if n_features is not None and total != n_features:
+        raise _error(f"{w}' makes {total} features but 'inputs.features' lists {n_features}")
+    if "pad_value" in pre and not is_number(pre["pad_value"]):
+        raise _error(f"{w}.pad_value' must be a finite number")
+    if pre.get("normalize", "none") not in NORMALIZE:
+        raise _error(f"{w}.normalize' must be one of {list(NORMALIZE)}, got {_short(pre.get('normalize'))}")
+    for key in ("offset", "scale"):
+        d = pre.get(key, {})
+        if not isinstance(d, dict) or len(d) > MAX_FEATURES:
+            raise _error(f"{w}.{key}' must be an object of branch: number")
+        bad = [k for k, v in d.items() if not is_number(v)]
+        if bad:
+            raise _error(f"{w}.{key}' must hold finite numbers (not for {bad[:5]})")
+    for key in ("tree",):
+        if pre.get(key) is not None:
+            _str(pre[key], f"{w}.{key}'")
+    if pre.get("branches") is not None:
+        _str_list(pre["branches"], f"{w}.branches'", MAX_FEATURES, empty_ok=True)
+    new = pre.get("new_variables") or {}
+    if not isinstance(new, dict) or len(new) > MAX_EXPRESSIONS:
+        raise _error(f"{w}.new_variables' must be an object of at most {MAX_EXPRESSIONS} name: expression")
+    sources = [(f"new variable {k!r}", v) for k, v in new.items()]
+    if pre.get("selection") is not None:
+        sources.append(("selection", pre["selection"]))
+    for what, src in sources:
+        if not isinstance(src, str) or len(src) > expr.MAX_SOURCE:
+            raise _error(f"{w}': {what} must be an expression of at most {expr.MAX_SOURCE} characters")
+        try:
+            expr.parse(src)
+        except Mlaas4hepError as err:
+            raise _error(f"{w}': {what}: {err}") from None
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str) or len(v) > MAX_STR:
+        raise _error(f"{what} must be a string of at most {MAX_STR} characters")
+    return v
+
+
+def _str_list(v: Any, what: str, most: int, empty_ok: bool = False) -> list[str]:
+    if not isinstance(v, list) or (not v and not empty_ok) or len(v) > most:
+        raise _error(f"{what} must be a {'' if empty_ok else 'non-empty '}list of at most {most} strings")
+    if not all(isinstance(s, str) and len(s) <= MAX_STR for s in v):
+        raise _error(f"{what} must hold strings of at most {MAX_STR} characters")
+    return v
+
+
+def _shape(v: Any, what: str, last_max: int) -> None:
+    if not isinstance(v, list) or not 1 <= len(v) <= 8:
+        raise _error(f"{what} must be a list of integers (1 to 8 of them)")
+    for d in v:
+        if not is_int(d) or not (d == -1 or 1 <= d <= MAX_DIM):
+            raise _error(f"{what} dimensions must be -1 (any) or from 1 to 2**31-1, got {_short(d)}")
+    if v[-1] > last_max:
+        raise _error(f"{what}: the last dimension must be at most {last_max}, got {v[-1]}")
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
