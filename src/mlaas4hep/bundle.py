@@ -22,6 +22,7 @@ exactly this object.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import shutil
@@ -77,7 +78,11 @@ def write(
             raise BundleError(f"native model file {fname!r} has a type a bundle may not hold")
         if Path(src).resolve() != (path / fname).resolve():
             shutil.copyfile(src, path / fname)
-    feats = list(features if features is not None else preprocessor.feature_names)
+    if features is None:
+        if preprocessor is None:
+            raise BundleError("a bundle needs either feature names or a preprocessor")
+        features = preprocessor.feature_names
+    feats = list(features)
     import onnx
 
     graph = onnx.load(str(path / "model.onnx")).graph
@@ -230,9 +235,10 @@ class Predictor:
         """
         from .io import reader, sources
 
-        if self.preprocessor is None:
+        pre = self.preprocessor
+        if pre is None:
             raise BundleError(f"model {self.name!r} has no preprocessing: it cannot read ROOT files")
-        tree = tree or self.preprocessor.tree
+        tree = tree or pre.tree
         t = reader.get_tree(url, tree, timeout)
         stop = t.num_entries if entry_stop is None else min(int(entry_stop), t.num_entries)
         start = max(0, int(entry_start))
@@ -240,16 +246,14 @@ class Predictor:
         for s in range(start, stop, chunk_size):
             e = min(s + chunk_size, stop)
             arrays = sources.with_retries(
-                lambda s=s, e=e: reader.read_arrays(
-                    url, tree, self.preprocessor.inputs + id_names, s, e, timeout
-                ),
+                functools.partial(reader.read_arrays, url, tree, pre.inputs + id_names, s, e, timeout),
                 f"reading entries {s}-{e} of {url}",
                 0 if sources.is_local(url) else 3,
                 url=url,
             )
             out = {"entry": np.arange(s, e, dtype=np.int64)}
             out.update({i: np.asarray(arrays[i]) for i in id_names})
-            out["scores"] = self.predict(self.preprocessor.transform(arrays, apply_selection=False)[0])
+            out["scores"] = self.predict(pre.transform(arrays, apply_selection=False)[0])
             yield out
 
 

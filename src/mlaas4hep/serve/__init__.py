@@ -60,7 +60,7 @@ def serve(
     """
     import uvicorn
 
-    common = dict(
+    common: dict[str, Any] = dict(
         host=host,
         port=port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",

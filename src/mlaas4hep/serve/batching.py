@@ -84,6 +84,7 @@ class Batcher:
         fut = loop.create_future()
         self._queue.append((x, fut, time.perf_counter()))
         self._rows += n
+        assert self._wakeup is not None  # made with the worker task above
         self._wakeup.set()
         return await fut
 

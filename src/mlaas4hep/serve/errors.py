@@ -9,6 +9,8 @@ answered with 500, and the server keeps running.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
 from starlette.responses import Response
 
@@ -31,7 +33,7 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, message)
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """``{"error": message}`` as ``application/json``."""
     body = orjson.dumps({"error": message})
     return Response(body, status_code=status, media_type="application/json", headers=headers)

@@ -106,7 +106,7 @@ class Call:
         return body
 
 
-def decompress(body: bytes, enc: str, limit: int) -> bytes:
+def decompress(body: bytes | bytearray, enc: str, limit: int) -> bytes:
     """gzip/deflate request bodies (tritonclient can send them), bounded by ``limit``."""
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(enc)
     if wbits is None:

@@ -138,16 +138,16 @@ class _RequestCollector:
         infer = CounterMetricFamily(
             "mlaas4hep_inference_requests", "Inference requests", labels=["model", "status"]
         )
-        for key, n in list(self.m._infer.items()):
-            infer.add_metric(list(key), n)
+        for ikey, count in list(self.m._infer.items()):
+            infer.add_metric(list(ikey), count)
         yield infer
         lat = HistogramMetricFamily(
             "mlaas4hep_request_latency_seconds", "Inference latency in the server", labels=["model"]
         )
         for model, h in list(self.m._latency.items()):
             cum, buckets = 0.0, []
-            for le, n in zip((*LATENCY_BUCKETS, float("inf")), h[:-1]):
-                cum += n
+            for le, hits in zip((*LATENCY_BUCKETS, float("inf")), h[:-1]):
+                cum += hits
                 buckets.append((floatToGoString(le), cum))
             lat.add_metric([model], buckets, sum_value=h[-1])
         yield lat

@@ -179,7 +179,7 @@ def _body(schema: dict, required: bool = True) -> dict:
 
 def document() -> dict[str, Any]:
     """The OpenAPI document (a fresh dict each call)."""
-    admin = [{"bearer": []}]
+    admin: list[dict[str, list[str]]] = [{"bearer": []}]
     paths: dict[str, Any] = {
         "/upload": {
             "post": _op(

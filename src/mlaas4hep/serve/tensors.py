@@ -90,14 +90,14 @@ def header_length(value: str | None, body_size: int) -> int | None:
     return n
 
 
-def parse_json(data: bytes | memoryview, what: str = "request body") -> Any:
+def parse_json(data: bytes | bytearray | memoryview, what: str = "request body") -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as err:
         raise ApiError(400, f"malformed JSON in the {what}: {err}") from None
 
 
-def decode_request(body: bytes, hlen: int | None, ragged_ok: bool = False) -> InferRequest:
+def decode_request(body: bytes | bytearray, hlen: int | None, ragged_ok: bool = False) -> InferRequest:
     """Decode an infer request (JSON, or JSON header + binary tensors)."""
     header = parse_json(memoryview(body)[:hlen] if hlen is not None else body)
     if not isinstance(header, dict):
@@ -143,7 +143,7 @@ def decode_request(body: bytes, hlen: int | None, ragged_ok: bool = False) -> In
     return InferRequest(rid, inputs, outputs, binary, params.get("binary_data_output") is True, params)
 
 
-def _decode_input(i: int, spec: Any, body: bytes, offset: int, ragged_ok: bool) -> InputTensor:
+def _decode_input(i: int, spec: Any, body: bytes | bytearray, offset: int, ragged_ok: bool) -> InputTensor:
     if not isinstance(spec, dict):
         raise ApiError(400, f"input #{i} must be an object with name, shape, datatype and data")
     name = spec.get("name")
@@ -225,7 +225,7 @@ def output_tensor(name: str, arr: np.ndarray, binary: bool) -> tuple[dict[str, A
     return t, None
 
 
-def encode_response(header: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, int | None]:
+def encode_response(header: Any, blobs: list[bytes]) -> tuple[bytes, int | None]:
     """Body and JSON header length (``None`` when there is no binary part)."""
     js = orjson.dumps(header, option=_JSON_NUMPY)
     if not blobs:

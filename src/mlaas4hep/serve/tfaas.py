@@ -54,9 +54,9 @@ async def upload(request: Request) -> Response:
                 400, "empty upload: send a bundle .tar.gz as the body or as the multipart field 'bundle'"
             )
         files = await st.blocking(_unpack, st, body)
-    name, v = await st.blocking(st.repo.install, files, name, version)
-    st.forget(name)
-    return json_response({"name": name, "version": v, "status": "installed"})
+    installed, v = await st.blocking(st.repo.install, files, name, version)
+    st.forget(installed)
+    return json_response({"name": installed, "version": v, "status": "installed"})
 
 
 async def _form_files(request: Request, st: ServerState) -> tuple[dict[str, bytes], str | None]:
@@ -72,8 +72,9 @@ async def _form_files(request: Request, st: ServerState) -> tuple[dict[str, byte
     try:
         name = form.get("name")
         name = name if isinstance(name, str) and name else None
-        if isinstance(form.get("bundle"), UploadFile):
-            data = await _read_limited(form["bundle"], st.max_upload)
+        upload = form.get("bundle")
+        if isinstance(upload, UploadFile):
+            data = await _read_limited(upload, st.max_upload)
             return await st.blocking(_unpack, st, data), name
         model = form.get("model")
         if not isinstance(model, UploadFile):
