@@ -73,12 +73,13 @@ def test_epoch_survives_a_killed_and_restarted_xrootd(data_dir, server, caplog, 
     np.testing.assert_array_equal(all_.y, ref.y)
     assert list(ds.report) == [], "an outage must not skip anything"
     assert ds.report.retries > 0, "no read met the outage: the test did not test anything"
+    assert ds.report.summary()["files_retried"] and ds.report.retry_wait > 0
     assert sources.RETRIES.total - before >= ds.report.retries  # what the server's metrics read
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retry ")]
     if workers == 0:  # worker processes log on their own
         assert len(lines) == ds.report.retries
         assert "ttH_0.root" in lines[0] and "s left of the 60 s retry budget" in lines[0]
-    print(f"\noutage 5.0 s: {lost:.1f} s from the kill to the end of the epoch, {ds.report.retries} retries")
+    print(f"\noutage 5.0 s: {lost:.1f} s from the kill to the end of the epoch; {ds.report.summary()}")
 
 
 def test_a_server_down_longer_than_the_budget_fails_even_with_skip(data_dir, server):

@@ -67,13 +67,14 @@ class Report(list):
     Iterating gives one dict per file or entry range that ``on_error: skip``
     left out (``file``, ``error``, ``type``, and ``entries`` for a range), so
     ``not ds.report`` means nothing was skipped. ``retries`` counts the retries
-    of transient errors in every pass and every worker, and ``retried`` holds
-    the last of them (file, what, attempt, error)::
+    of transient errors in every pass and every worker, ``retry_wait`` the
+    seconds they waited, and ``retried`` holds the last of them (file, what,
+    attempt, error, wait)::
 
         >>> ds.report.retries, len(ds.report)
         (7, 0)
         >>> ds.report.summary()
-        {'skipped': 0, 'retries': 7, 'files_retried': ['root://...']}
+        {'skipped': 0, 'retries': 7, 'retry_wait_s': 6.1, 'files_retried': ['root://...']}
     """
 
     MAX_RETRIED = 1000
@@ -81,6 +82,8 @@ class Report(list):
     def __init__(self) -> None:
         super().__init__()
         self.retries = 0
+        #: Seconds spent waiting between attempts (summed over workers: they wait in parallel).
+        self.retry_wait = 0.0
         self.retried: list[dict[str, Any]] = []
 
     @property
@@ -89,12 +92,14 @@ class Report(list):
 
     def add_retries(self, events: list[dict[str, Any]]) -> None:
         self.retries += len(events)
+        self.retry_wait += sum(e.get("wait", 0.0) for e in events)
         self.retried = (self.retried + list(events))[-self.MAX_RETRIED :]
 
     def summary(self) -> dict[str, Any]:
         return {
             "skipped": len(self),
             "retries": self.retries,
+            "retry_wait_s": round(self.retry_wait, 3),
             "files_retried": sorted({e["file"] for e in self.retried}),
         }
 

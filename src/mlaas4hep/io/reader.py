@@ -67,7 +67,7 @@ def read_arrays(
     if missing:
         from .errors import BranchNotFoundError
 
-        raise BranchNotFoundError(url, missing[0], "the file's schema differs from the first file's")
+        raise BranchNotFoundError(url, missing[0], "the file's schema differs from the dataset's")
     try:
         return t.arrays(branches, entry_start=start, entry_stop=stop, library="ak", how=dict)
     except Mlaas4hepError:

@@ -304,19 +304,18 @@ def with_retries(
             left = budget - (now - first)
             if attempt >= retries and left <= 0:
                 RETRIES.add(gave_up=1)
-                cause = err.reason if isinstance(err, FileOpenError) else f"{type(err).__name__}: {err}"
                 raise ServerUnavailableError(
                     url or what,
-                    f"{what} failed after {attempt + 1} attempts: {cause} "
+                    f"{what} failed after {attempt + 1} attempts: {_describe(err)} "
                     f"({now - first:.1f} s of retries; retry_budget {budget:g} s)",
                     attempts=attempt + 1,
                     seconds=now - first,
                 ) from err
             delay = min(backoff * 2**attempt, MAX_BACKOFF) * (1 + random.random() * 0.25)
             if attempt >= retries:
-                delay = min(delay, left)
+                delay = max(0.0, min(delay, left))
             attempt += 1
-            error = err.reason if isinstance(err, FileOpenError) else f"{type(err).__name__}: {err}"
+            error = _describe(err)
             log.warning(
                 "retry %d of %s after %s; next attempt in %.1f s, %.1f s left of the %g s retry budget",
                 attempt,
@@ -328,6 +327,21 @@ def with_retries(
             )
             RETRIES.add(retries=1)
             retry_events().append(
-                {"file": url or what, "what": what, "attempt": attempt, "error": error, "pid": os.getpid()}
+                {
+                    "file": url or what,
+                    "what": what,
+                    "attempt": attempt,
+                    "error": error,
+                    "wait": round(delay, 3),
+                    "pid": os.getpid(),
+                }
             )
             time.sleep(delay)
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: message`` of the error that the network or the server raised."""
+    cause = err.__cause__ if isinstance(err, FileOpenError) and err.__cause__ is not None else err
+    if isinstance(cause, FileOpenError):
+        return cause.reason
+    return f"{type(cause).__name__}: {cause}"
