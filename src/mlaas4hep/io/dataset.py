@@ -10,11 +10,17 @@ Typical use::
     X, y = ds.to_numpy()                   # everything in memory (the traditional path)
 
 Nothing is read until it is needed: ``file_infos`` opens every file and
-checks its branch types against the dataset's reference schema (from metadata,
-see :mod:`mlaas4hep.io.schema`), ``specs`` runs (or validates) the specs pass, and ``batches`` streams units of
-``chunk_size`` events through a pool of decoding workers. Epoch 0 writes the
+checks its branch types against the dataset's reference schema (from
+metadata, see :mod:`mlaas4hep.io.schema`), ``specs`` runs (or validates) the
+specs pass, and ``batches`` streams units of ``chunk_size`` events through a
+pool of decoding workers. Epoch 0 writes the
 decoded chunks to a cache keyed by the configuration, the specs and the files'
 fingerprints; later epochs read them back memory-mapped.
+
+Remote reads that fail for a transient reason (a storage restart, a timeout)
+are retried for up to ``retry_budget`` seconds and never skipped; ``on_error:
+skip`` skips bad files only. :attr:`Dataset.report` lists what was skipped
+and counts the retries.
 """
 
 from __future__ import annotations
