@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -114,7 +115,9 @@ class XRootDServer(_Server):
         """Start the server (again) on its port; return once it listens."""
         cmd = ["xrootd", "-c", str(self.work / "xrootd.cfg"), "-n", "test"]
         cmd += ["-l", str(self.work / "log" / "xrootd.log")]
-        user = {"user": "xrootd", "group": "xrootd", "extra_groups": []} if os.geteuid() == 0 else {}
+        user: dict[str, Any] = {}
+        if os.geteuid() == 0:  # xrootd refuses to run as root
+            user = {"user": "xrootd", "group": "xrootd", "extra_groups": []}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **user)
         wait_port(self.port, self.proc, log=self.work / "log" / "test" / "xrootd.log")
 

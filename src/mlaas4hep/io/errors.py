@@ -7,9 +7,14 @@ on it without a debugger.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class Mlaas4hepError(Exception):
     """Base class of every error raised on purpose by mlaas4hep."""
+
+    #: The retries made before the error (set by the dataset's tasks; see ``Dataset.report``).
+    retry_events: list[dict[str, Any]]
 
     def __reduce__(self):  # survive the trip back from a worker process
         return _rebuild, (type(self), self.args, self.__dict__)

@@ -6,6 +6,7 @@ runs inline, in a local process pool, or on a Dask cluster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from . import schema, sources
@@ -15,7 +16,7 @@ from .reader import UnitReader, get_tree
 from .specs import Stats, chunk_stats
 
 
-def file_info(url: str, tree: str, timeout: float = 30.0, patterns: list[str] = ()) -> dict[str, Any]:
+def file_info(url: str, tree: str, timeout: float = 30.0, patterns: Sequence[str] = ()) -> dict[str, Any]:
     """Fingerprint and number of entries of one file; with ``patterns``, also ``types``.
 
     ``types`` maps each branch matching ``patterns`` to its kind and type name

@@ -31,6 +31,7 @@ read), against one *reference schema* before anything is read from it:
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import uproot
@@ -75,10 +76,10 @@ def match(names: list[str], patterns: list[str]) -> list[str]:
 def select(
     tree,
     url: str,
-    branches: list[str],
-    exclude: list[str] = (),
-    identifier: list[str] = (),
-    extra: list[str] = (),
+    branches: Sequence[str],
+    exclude: Sequence[str] = (),
+    identifier: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> Schema:
     """Select and classify branches of ``tree`` (opened from ``url``).
 
@@ -130,7 +131,7 @@ def leaves(tree) -> list[str]:
     return [k for k in tree.keys(recursive=True, full_paths=True) if not tree[k].branches]
 
 
-def describe(tree, patterns: list[str]) -> dict[str, BranchType]:
+def describe(tree, patterns: Sequence[str]) -> dict[str, BranchType]:
     """Kind and type name of the branches of ``tree`` matching ``patterns``, from metadata only."""
     return {k: (branch_kind(tree[k]), str(tree[k].typename)) for k in match(leaves(tree), list(patterns))}
 
@@ -143,10 +144,10 @@ def _chosen(types: dict, branches, exclude, identifier) -> list[str]:
 
 def reference(
     files: list[tuple[str, dict[str, BranchType]]],
-    branches: list[str],
-    exclude: list[str] = (),
-    identifier: list[str] = (),
-    extra: list[str] = (),
+    branches: Sequence[str],
+    exclude: Sequence[str] = (),
+    identifier: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> tuple[Schema, dict[str, BranchType], list[str]]:
     """The dataset's reference schema, from the described ``(url, types)`` of its files.
 
