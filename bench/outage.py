@@ -15,6 +15,7 @@ undisturbed epoch's). Not a test.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import threading
@@ -92,6 +93,7 @@ def main() -> None:
                 f"{ds.report.retries:7d} ({ds.report.retry_wait:4.1f}) | {len(ds.report):7d} | {same} ({len(got):,})"
             )
     shutdown_pools()
+    shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":
