@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -70,7 +69,7 @@ def main() -> None:
     print(
         "workers | undisturbed s | with outage s | lost beyond the outage s | retries (waited s) | skipped | all events"
     )
-    with XRootDServer(data) as srv, tempfile.TemporaryDirectory():
+    with XRootDServer(data) as srv:
         for workers in args.workers:
             cfg = {
                 "files": [
