@@ -5,6 +5,14 @@ Both serve one directory read-only. The tests, the benchmarks and
 ``http://`` protocol stacks on one machine. They run as subprocesses (XRootD as
 the ``xrootd`` user when we are root: it refuses to run as root); start-up
 waits are bounded.
+
+For fault tests, :meth:`XRootDServer.kill` ends the server abruptly
+(``SIGKILL``, as a crash or an OOM kill would) and :meth:`XRootDServer.start`
+brings it back on the same port with the same configuration::
+
+    srv = XRootDServer(data_dir)
+    srv.kill()          # clients now see refused connections
+    srv.start()         # the same root:// URLs work again
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -68,7 +77,11 @@ class _Server:
 
 
 class XRootDServer(_Server):
-    """``xrootd`` exporting ``root`` read-only; run as the ``xrootd`` user when we are root."""
+    """``xrootd`` exporting ``root`` read-only; run as the ``xrootd`` user when we are root.
+
+    The process is ``xrootd`` itself (no ``runuser`` in between), so
+    :meth:`kill` reaches the server and nothing is left behind.
+    """
 
     def __init__(self, root: Path):
         if shutil.which("xrootd") is None:
@@ -94,12 +107,24 @@ class XRootDServer(_Server):
             "xrd.allow host localhost\n"
             "xrd.allow host 127.0.0.1\n"
         )
-        cmd = ["xrootd", "-c", str(cfg), "-n", "test", "-l", str(self.work / "log" / "xrootd.log")]
         if os.geteuid() == 0:
             subprocess.run(["chown", "-R", "xrootd", str(self.work)], check=True)
-            cmd = ["runuser", "-u", "xrootd", "--"] + cmd
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again) on its port; return once it listens."""
+        cmd = ["xrootd", "-c", str(self.work / "xrootd.cfg"), "-n", "test"]
+        cmd += ["-l", str(self.work / "log" / "xrootd.log")]
+        user: dict[str, Any] = {}
+        if os.geteuid() == 0:  # xrootd refuses to run as root
+            user = {"user": "xrootd", "group": "xrootd", "extra_groups": []}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **user)
         wait_port(self.port, self.proc, log=self.work / "log" / "test" / "xrootd.log")
+
+    def kill(self) -> None:
+        """End the server at once with ``SIGKILL`` (no clean shutdown); the port is free afterwards."""
+        self.proc.kill()
+        self.proc.wait(10)
 
     def url(self, name: str) -> str:
         return f"root://127.0.0.1:{self.port}/{self.root}/{name}"

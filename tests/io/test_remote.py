@@ -39,3 +39,24 @@ def test_remote_matches_plain_uproot(request, data_dir, server):
     ds = Dataset.from_config(remote_config(data_dir, [(url, 0)]))
     x, _ = ds.to_numpy()
     np.testing.assert_array_equal(x[:, 0], ref.astype(np.float32))
+
+
+def test_xrootd_client_settings_reach_the_worker_processes(data_dir, xrootd):
+    """A decoding worker opens root:// files with our settings, not the client's defaults.
+
+    Without them a worker would refuse a restarted server for 30 minutes
+    (``StreamErrorWindow``) and check timeouts every 15 s.
+    """
+    from XRootD.client import EnvGetInt
+
+    from mlaas4hep.io.executor import process_pool
+    from mlaas4hep.io.passes import file_info
+
+    pool = process_pool(1)
+    info = pool.submit(file_info, xrootd.url("ttH_0.root"), "Events", 7).result()
+    assert info["entries"] == 20_000
+    got = {
+        k: pool.submit(EnvGetInt, k).result()
+        for k in ("StreamErrorWindow", "TimeoutResolution", "ConnectionRetry")
+    }
+    assert got == {"StreamErrorWindow": 0, "TimeoutResolution": 1, "ConnectionRetry": 1}

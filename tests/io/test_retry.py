@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from mlaas4hep.io import Dataset, FileOpenError
+from mlaas4hep.io import Dataset, FileOpenError, ServerUnavailableError
 from mlaas4hep.io.sources import with_retries
 
 from ..conftest import sample_config
@@ -98,7 +98,10 @@ def test_with_retries_gives_up_with_a_clear_error():
         calls.append(1)
         raise ConnectionResetError("peer reset")
 
-    with pytest.raises(FileOpenError, match=r"root://x//f\.root.*failed after 3 attempts: peer reset"):
+    with pytest.raises(
+        ServerUnavailableError,
+        match=r"root://x//f\.root.*failed after 3 attempts: ConnectionResetError: peer reset",
+    ) as info:
         with_retries(
             always_fails,
             "reading entries 0-10 of root://x//f.root",
@@ -107,6 +110,7 @@ def test_with_retries_gives_up_with_a_clear_error():
             url="root://x//f.root",
         )
     assert len(calls) == 3
+    assert isinstance(info.value, FileOpenError) and info.value.transient
 
 
 def test_with_retries_recovers():

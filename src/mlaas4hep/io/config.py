@@ -61,6 +61,7 @@ class DatasetConfig:
     timeout: float = 30.0
     retries: int = 3
     retry_backoff: float = 0.5
+    retry_budget: float = 300.0
     executor: str = "local"
     scheduler: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +81,8 @@ class DatasetConfig:
             isinstance(v, int) and v >= 0 for v in self.jagged.values()
         ):
             raise ConfigError(f"jagged must map collection names to lengths >= 0, got {self.jagged!r}")
+        if not isinstance(self.retry_budget, (int, float)) or self.retry_budget < 0:
+            raise ConfigError(f"retry_budget must be a number of seconds >= 0, got {self.retry_budget!r}")
         if not isinstance(self.new_variables, dict):
             raise ConfigError("new_variables must map names to expressions")
 

@@ -9,11 +9,18 @@ Typical use::
         b.x, b.mask, b.y, b.weight, b.event_id
     X, y = ds.to_numpy()                   # everything in memory (the traditional path)
 
-Nothing is read until it is needed: ``schema`` opens the first file,
-``specs`` runs (or validates) the specs pass, and ``batches`` streams units of
-``chunk_size`` events through a pool of decoding workers. Epoch 0 writes the
+Nothing is read until it is needed: ``file_infos`` opens every file and
+checks its branch types against the dataset's reference schema (from
+metadata, see :mod:`mlaas4hep.io.schema`), ``specs`` runs (or validates) the
+specs pass, and ``batches`` streams units of ``chunk_size`` events through a
+pool of decoding workers. Epoch 0 writes the
 decoded chunks to a cache keyed by the configuration, the specs and the files'
 fingerprints; later epochs read them back memory-mapped.
+
+Remote reads that fail for a transient reason (a storage restart, a timeout)
+are retried for up to ``retry_budget`` seconds and never skipped; ``on_error:
+skip`` skips bad files only. :attr:`Dataset.report` lists what was skipped
+and counts the retries.
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ import numpy as np
 
 from .. import progress
 from . import schema as schema_mod
+from . import sources
 from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
 from .config import DatasetConfig
-from .errors import ConfigError, Mlaas4hepError, StaleSpecsError
+from .errors import ConfigError, Mlaas4hepError, StaleSpecsError, skippable
 from .executor import default_workers, get_executor, ordered_map
 from .passes import decode_unit, file_info, unit_stats
 from .preprocess import Preprocessor
@@ -59,6 +67,49 @@ CHUNK_FIELDS = SPECS_FIELDS + (
 )
 
 
+class Report(list):
+    """What the reads of a dataset met: the items skipped (the list itself) and the retries.
+
+    Iterating gives one dict per file or entry range that ``on_error: skip``
+    left out (``file``, ``error``, ``type``, and ``entries`` for a range), so
+    ``not ds.report`` means nothing was skipped. ``retries`` counts the retries
+    of transient errors in every pass and every worker, ``retry_wait`` the
+    seconds they waited, and ``retried`` holds the last of them (file, what,
+    attempt, error, wait)::
+
+        >>> ds.report.retries, len(ds.report)
+        (7, 0)
+        >>> ds.report.summary()
+        {'skipped': 0, 'retries': 7, 'retry_wait_s': 6.1, 'files_retried': ['root://...']}
+    """
+
+    MAX_RETRIED = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retries = 0
+        #: Seconds spent waiting between attempts (summed over workers: they wait in parallel).
+        self.retry_wait = 0.0
+        self.retried: list[dict[str, Any]] = []
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        return list(self)
+
+    def add_retries(self, events: list[dict[str, Any]]) -> None:
+        self.retries += len(events)
+        self.retry_wait += sum(e.get("wait", 0.0) for e in events)
+        self.retried = (self.retried + list(events))[-self.MAX_RETRIED :]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "skipped": len(self),
+            "retries": self.retries,
+            "retry_wait_s": round(self.retry_wait, 3),
+            "files_retried": sorted({e["file"] for e in self.retried}),
+        }
+
+
 class Dataset:
     """A streamed dataset described by a :class:`DatasetConfig`."""
 
@@ -73,8 +124,11 @@ class Dataset:
         self._files = config.resolve_files()
         self.urls = [u for u, _ in self._files]
         self._specs_arg = specs if specs is not None else config.extra.get("specs")
-        #: What ``on_error: skip`` left out: dicts with file, entries and error.
-        self.report: list[dict[str, Any]] = []
+        #: What ``on_error: skip`` left out (dicts with file, entries and error), and the retries.
+        self.report = Report()
+        #: The files whose branch types define the dataset's schema (set by ``file_infos``).
+        self.reference_files: list[str] = []
+        self._selected: schema_mod.Schema | None = None
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -104,30 +158,72 @@ class Dataset:
 
     @cached_property
     def file_infos(self) -> list[dict[str, Any]]:
-        """Fingerprint and entries of every file (``entries`` 0 for skipped files)."""
+        """Fingerprint and entries of every file (``entries`` 0 for skipped files).
+
+        Every file's branch types are checked here against the reference schema,
+        before any data is read: a file that does not fit raises, or with
+        ``on_error: skip`` is skipped (listed in :attr:`report`).
+        """
         c = self.config
-        fn = partial(_file_info_task, c.tree, c.timeout, c.retries, c.retry_backoff)
-        return [
+        patterns = list(dict.fromkeys(list(c.branches) + self._extra_names()))
+        fn = partial(_file_info_task, c.tree, c.timeout, c.retries, c.retry_backoff, c.retry_budget, patterns)
+        infos = [
             info if info is not None else {"url": url, "entries": 0, "skipped": True}
             for url, info in self._map(fn, self.urls)
         ]
+        self._check_schemas(infos)
+        return infos
 
-    @cached_property
-    def schema(self) -> schema_mod.Schema:
-        """Selected branches and new variables, classified as flat or jagged."""
+    def _extra_names(self) -> list[str]:
+        """Branches read for expressions, labels and weights (not features by themselves)."""
         c = self.config
-        url = next((f["url"] for f in self.file_infos if "skipped" not in f), None)
-        if url is None:
-            raise Mlaas4hepError(f"no readable file in the dataset; skipped: {self.report}")
-        tree = get_tree(url, c.tree, c.timeout)
         exprs = list(c.new_variables.values()) + ([c.selection] if c.selection else [])
         from .expr import parse
 
         names = {n for e in exprs for n in parse(e).names if n not in c.new_variables}
         names |= {b for b in (c.label_branch, c.weight_branch) if b}
-        sch = schema_mod.select(tree, url, c.branches, c.exclude, c.identifier, extra=sorted(names))
+        return sorted(names)
+
+    def _check_schemas(self, infos: list[dict[str, Any]]) -> None:
+        """Find the reference schema, then check every file against it (see :mod:`.schema`)."""
+        c = self.config
+        types = {i: f.pop("types") for i, f in enumerate(infos) if "types" in f}
+        if not types:
+            return
+        described = [(infos[i]["url"], t) for i, t in types.items()]
+        sch, ref, members = schema_mod.reference(
+            described, c.branches, c.exclude, c.identifier, self._extra_names()
+        )
+        where = f"as in {len(members)} of {len(described)} files, e.g. {members[0]!r}"
+        for i, t in types.items():
+            url = infos[i]["url"]
+            try:
+                schema_mod.check(url, t, ref, where)
+            except Mlaas4hepError as err:
+                if c.on_error == "raise":
+                    raise
+                self._skip(url, None, err)
+                infos[i] = {"url": url, "entries": 0, "skipped": True}
+        self._selected, self.reference_files = sch, members
+
+    @cached_property
+    def schema(self) -> schema_mod.Schema:
+        """Selected branches and new variables, classified as flat or jagged."""
+        c = self.config
+        self.file_infos  # noqa: B018  (checks every file, sets the reference schema)
+        if self._selected is None:
+            raise Mlaas4hepError(f"no readable file in the dataset; skipped: {list(self.report)}")
+        sch = schema_mod.Schema(list(self._selected.flat), list(self._selected.jagged))
         if c.new_variables:
-            probe = tree.arrays(sorted(names), entry_stop=min(tree.num_entries, 64), library="ak", how=dict)
+            url, names = self.reference_files[0], self._extra_names()
+            probe = sources.with_retries(
+                lambda: get_tree(url, c.tree, c.timeout).arrays(names, entry_stop=64, library="ak", how=dict),
+                f"reading entries 0-64 of {url}",
+                c.retries,
+                c.retry_backoff,
+                url,
+                c.retry_budget,
+            )
             pre = Preprocessor(flat=[], jagged=[], new_variables=c.new_variables)
             values = pre.add_variables(probe)
             for name in c.new_variables:
@@ -197,6 +293,8 @@ class Dataset:
                     reader, names, units, skip=c.on_error == "skip", advance=bar.advance
                 )
                 for unit, err in part.errors:
+                    if not skippable(err):  # a server that stayed down: never skipped
+                        raise err
                     self._skip(self.urls[unit.file], unit, err)
                 specs.merge_chunk(part.stats)
                 for f, n in part.selected.items():
@@ -281,6 +379,7 @@ class Dataset:
             timeout=c.timeout,
             retries=c.retries,
             backoff=c.retry_backoff,
+            budget=c.retry_budget,
         )
 
     def units(self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None) -> list[Unit]:
@@ -413,11 +512,15 @@ class Dataset:
         yields ``(item, None)`` and is listed in :attr:`report`.
         """
         ex = ex or self._executor()
-        for item, fut in ordered_map(ex, fn, items, prefetch=2 * max(1, self._slots(ex)) + 1):
+        tracked = partial(_tracked, fn)
+        for item, fut in ordered_map(ex, tracked, items, prefetch=2 * max(1, self._slots(ex)) + 1):
             try:
-                yield item, fut.result()
+                value, retried = fut.result()
+                self._note_retries(retried)
+                yield item, value
             except Mlaas4hepError as err:
-                if self.config.on_error == "raise":
+                self._note_retries(getattr(err, "retry_events", []))
+                if self.config.on_error == "raise" or not skippable(err):
                     raise
                 unit = item[0] if isinstance(item, tuple) and isinstance(item[0], Unit) else item
                 if isinstance(unit, Unit):
@@ -425,6 +528,12 @@ class Dataset:
                 else:
                     self._skip(str(item), None, err)
                 yield item, None
+
+    def _note_retries(self, events: list[dict[str, Any]]) -> None:
+        """Count a task's retries in the report (and, when a worker made them, in this process)."""
+        if events:
+            self.report.add_retries(events)
+            sources.RETRIES.add(retries=sum(e.get("pid") != os.getpid() for e in events))
 
     def _skip(self, url: str, unit: Unit | None, err: Exception) -> None:
         entry = {"file": url, "error": str(err), "type": type(err).__name__}
@@ -434,11 +543,21 @@ class Dataset:
         self.report.append(entry)
 
 
-def _file_info_task(tree: str, timeout: float, retries: int, backoff: float, url: str) -> dict[str, Any]:
-    from .sources import is_local, with_retries
+def _tracked(fn, item) -> tuple[Any, list[dict[str, Any]]]:
+    """Run ``fn(item)``; return its value and the retries it made (an error carries them along)."""
+    try:
+        value = fn(item)
+    except Mlaas4hepError as err:
+        err.retry_events = sources.drain_retry_events()
+        raise
+    return value, sources.drain_retry_events()
 
-    return with_retries(
-        lambda: file_info(url, tree, timeout), f"opening {url}", 0 if is_local(url) else retries, backoff, url
+
+def _file_info_task(
+    tree: str, timeout: float, retries: int, backoff: float, budget: float, patterns: list[str], url: str
+) -> dict[str, Any]:
+    return sources.with_retries(
+        lambda: file_info(url, tree, timeout, patterns), f"opening {url}", retries, backoff, url, budget
     )
 
 

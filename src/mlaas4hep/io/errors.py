@@ -7,9 +7,14 @@ on it without a debugger.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class Mlaas4hepError(Exception):
     """Base class of every error raised on purpose by mlaas4hep."""
+
+    #: The retries made before the error (set by the dataset's tasks; see ``Dataset.report``).
+    retry_events: list[dict[str, Any]]
 
     def __reduce__(self):  # survive the trip back from a worker process
         return _rebuild, (type(self), self.args, self.__dict__)
@@ -27,12 +32,31 @@ class ConfigError(Mlaas4hepError, ValueError):
 
 
 class FileOpenError(Mlaas4hepError, OSError):
-    """A file could not be opened or read (missing, unreachable, not ROOT)."""
+    """A file could not be opened or read (missing, unreachable, not ROOT).
 
-    def __init__(self, file: str, reason: str):
+    ``transient`` is True when the cause was the network or the server (a
+    refused or expired connection, a timeout), not the file: such errors are
+    retried, and never skipped by ``on_error: skip``.
+    """
+
+    def __init__(self, file: str, reason: str, transient: bool = False):
         self.file = file
         self.reason = reason
+        self.transient = transient
         super().__init__(f"cannot read file {file!r}: {reason}")
+
+
+class ServerUnavailableError(FileOpenError):
+    """A remote read kept failing with transient errors until the retry budget ran out.
+
+    The storage, not the file, is at fault, so ``on_error: skip`` never skips
+    it: skipping would silently drop good events. The epoch fails instead, and
+    can be rerun when the storage is back.
+    """
+
+    def __init__(self, file: str, reason: str, attempts: int = 0, seconds: float = 0.0):
+        self.attempts, self.seconds = attempts, seconds
+        FileOpenError.__init__(self, file, reason, transient=True)
 
 
 class CorruptFileError(FileOpenError):
@@ -68,14 +92,53 @@ class BranchNotFoundError(Mlaas4hepError, KeyError):
 
 
 class UnsupportedBranchError(Mlaas4hepError, TypeError):
-    """A branch holds a type that cannot become a numeric feature."""
+    """A branch holds a type that cannot become a numeric feature.
 
-    def __init__(self, file: str, branch: str, typename: str):
-        self.file, self.branch, self.typename = file, branch, typename
+    ``expected`` is the branch's type in the dataset's reference schema, when
+    the other files hold it as numbers.
+    """
+
+    def __init__(
+        self, file: str, branch: str, typename: str, expected: str | None = None, reference: str = ""
+    ):
+        self.file, self.branch, self.typename, self.expected = file, branch, typename, expected
+        self.reference = reference
+        if expected is None:
+            hint = ". Exclude it with 'exclude:'"
+        else:
+            hint = f", as the dataset's schema has it: {expected!r}" + (
+                f" ({reference})" if reference else ""
+            )
         super().__init__(
             f"branch {branch!r} in file {file!r} has type {typename!r}; expected a number "
-            "(bool, integer, float) or a jagged list of numbers. Exclude it with 'exclude:'"
+            f"(bool, integer, float) or a jagged list of numbers{hint}"
         )
+
+
+class SchemaMismatchError(Mlaas4hepError, TypeError):
+    """A branch is flat in the dataset's schema but jagged in a file, or the other way round."""
+
+    def __init__(self, file: str, branch: str, typename: str, expected: str, reference: str = ""):
+        self.file, self.branch, self.typename, self.expected = file, branch, typename, expected
+        self.reference = reference
+        super().__init__(
+            f"branch {branch!r} in file {file!r} has type {typename!r} ({_kind(typename)}), "
+            f"but {expected!r} ({_kind(expected)}) in the dataset's schema"
+            + (f" ({reference})" if reference else "")
+        )
+
+
+def _kind(typename: str) -> str:
+    return "jagged" if typename.endswith("[]") else "flat"
+
+
+def skippable(err: BaseException) -> bool:
+    """Whether ``on_error: skip`` may skip the file or range that raised ``err``.
+
+    Bad files are skippable (corrupt, missing, another schema); a server that is
+    down is not: the events are there, and skipping would lose them.
+    """
+    return isinstance(err, Mlaas4hepError) and not getattr(err, "transient", False)
 
 
 class StaleSpecsError(Mlaas4hepError):

@@ -6,20 +6,28 @@ runs inline, in a local process pool, or on a Dask cluster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from . import sources
+from . import schema, sources
 from .chunk import Chunk, ChunkStore, Unit
 from .preprocess import Preprocessor
 from .reader import UnitReader, get_tree
 from .specs import Stats, chunk_stats
 
 
-def file_info(url: str, tree: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Fingerprint and number of entries of one file."""
+def file_info(url: str, tree: str, timeout: float = 30.0, patterns: Sequence[str] = ()) -> dict[str, Any]:
+    """Fingerprint and number of entries of one file; with ``patterns``, also ``types``.
+
+    ``types`` maps each branch matching ``patterns`` to its kind and type name
+    (:func:`mlaas4hep.io.schema.describe`): what the per-file schema check
+    needs, read from the file's metadata, not its data.
+    """
     t = get_tree(url, tree, timeout)
     fp = sources.fingerprint(url, t, timeout)
     fp["entries"] = int(t.num_entries)
+    if patterns:
+        fp["types"] = schema.describe(t, list(patterns))
     return fp
 
 

@@ -2,9 +2,11 @@
 
 :class:`UnitReader` is small and picklable, so it is shipped to worker
 processes (or Dask workers) once per task. Each process keeps its files open
-between units, reopening after a failure. Every read of an entry range is
-retried with back-off, so a transient network error resumes at the failed
-range: no event is lost or duplicated.
+between units. A read that fails closes the file, and every read of an entry
+range of a remote file is retried with back-off through a freshly opened file
+(see :func:`mlaas4hep.io.sources.with_retries`), so a transient network error
+or a storage restart resumes at the failed range: no event is lost or
+duplicated, and nothing read before the fault is served from a stale handle.
 """
 
 from __future__ import annotations
@@ -65,16 +67,20 @@ def read_arrays(
     if missing:
         from .errors import BranchNotFoundError
 
-        raise BranchNotFoundError(url, missing[0], "the file's schema differs from the first file's")
+        raise BranchNotFoundError(url, missing[0], "the file's schema differs from the dataset's")
     try:
         return t.arrays(branches, entry_start=start, entry_stop=stop, library="ak", how=dict)
     except Mlaas4hepError:
+        forget(url, tree)
         raise
     except sources.TRANSIENT as err:
         forget(url, tree)
         if sources.is_local(url):  # a local file that cannot be read as described is truncated
             raise CorruptFileError(url, f"entries {start}-{stop}: {err}") from None
-        raise
+        # the server or the network failed (retried), or the server answered that the file is gone
+        transient = sources.is_transient(err)
+        reason = f"entries {start}-{stop}: {type(err).__name__}: {err}"
+        raise FileOpenError(url, reason, transient=transient) from (err if transient else None)
     except Exception as err:  # decompression or deserialisation failure
         forget(url, tree)
         raise CorruptFileError(url, f"entries {start}-{stop}: {type(err).__name__}: {err}") from None
@@ -94,6 +100,7 @@ class UnitReader:
     timeout: float = 30.0
     retries: int = 3
     backoff: float = 0.5
+    budget: float = 0.0
     _pre: Preprocessor | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self):
@@ -125,8 +132,7 @@ class UnitReader:
                 forget(url, self.tree)
                 raise
 
-        retries = self.retries if not sources.is_local(url) else 0
-        return sources.with_retries(attempt, what, retries, self.backoff, url)
+        return sources.with_retries(attempt, what, self.retries, self.backoff, url, self.budget)
 
     def decode(self, unit: Unit) -> Chunk:
         """The unit as padded, normalised tensors."""

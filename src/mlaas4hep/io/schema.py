@@ -7,16 +7,36 @@ per event) or *jagged* (a variable-length list of numbers per event, as in a
 NanoAOD collection). bool and small integer branches are numbers too; anything
 else (strings, nested objects, fixed-size arrays) is refused with an error that
 names the file and branch.
+
+Every file is checked, from its metadata alone (branch types; no data is
+read), against one *reference schema* before anything is read from it:
+
+* each file is described by :func:`describe`: the type of every branch that
+  the configuration may read;
+* the files are grouped by the kinds of their selected branches; the
+  reference is the group with the most files among those whose branches are
+  all present and numeric; on a tie, the group of the earliest file. So an odd
+  file is outvoted whatever its position, and a file with a string branch
+  never sets the schema when another file has numbers there (with two files
+  that disagree on flat versus jagged, there is no majority: the first wins);
+* :func:`check` then compares each file with the reference, branch by branch:
+  a missing branch, an unsupported type (``char*``, ``float[3]``...) or a
+  flat branch that is jagged in the file (or the reverse) raises an error that
+  names the file, the branch and both types, which ``on_error: skip`` turns
+  into a skipped file. Branches that only some files have, beyond the
+  reference's, are ignored; numeric types may differ (``float`` in one file,
+  ``double`` in another): all become float32.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import uproot
 
-from .errors import BranchNotFoundError, UnsupportedBranchError
+from .errors import BranchNotFoundError, SchemaMismatchError, UnsupportedBranchError
 
 
 @dataclass
@@ -56,10 +76,10 @@ def match(names: list[str], patterns: list[str]) -> list[str]:
 def select(
     tree,
     url: str,
-    branches: list[str],
-    exclude: list[str] = (),
-    identifier: list[str] = (),
-    extra: list[str] = (),
+    branches: Sequence[str],
+    exclude: Sequence[str] = (),
+    identifier: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> Schema:
     """Select and classify branches of ``tree`` (opened from ``url``).
 
@@ -99,3 +119,92 @@ def kinds(tree, url: str, names: list[str]) -> dict[str, str]:
             raise UnsupportedBranchError(url, name, str(b.typename))
         out[name] = kind
     return out
+
+
+# ---------------------------------------------------------------- per-file checks
+#: A branch as the checks see it: its kind (``"flat"``, ``"jagged"`` or ``None``
+#: when unsupported) and its ROOT type name.
+BranchType = tuple  # (kind | None, typename)
+
+
+def leaves(tree) -> list[str]:
+    return [k for k in tree.keys(recursive=True, full_paths=True) if not tree[k].branches]
+
+
+def describe(tree, patterns: Sequence[str]) -> dict[str, BranchType]:
+    """Kind and type name of the branches of ``tree`` matching ``patterns``, from metadata only."""
+    return {k: (branch_kind(tree[k]), str(tree[k].typename)) for k in match(leaves(tree), list(patterns))}
+
+
+def _chosen(types: dict, branches, exclude, identifier) -> list[str]:
+    return [
+        n for n in match(list(types), list(branches)) if not match([n], list(exclude)) and n not in identifier
+    ]
+
+
+def reference(
+    files: list[tuple[str, dict[str, BranchType]]],
+    branches: Sequence[str],
+    exclude: Sequence[str] = (),
+    identifier: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> tuple[Schema, dict[str, BranchType], list[str]]:
+    """The dataset's reference schema, from the described ``(url, types)`` of its files.
+
+    Returns the selected branches (a :class:`Schema`), the reference type of
+    every branch to check (the selection and ``extra``), and the files that
+    have exactly the reference's kinds. A pattern that matches nothing, an
+    ``extra`` branch that is missing, or an unsupported branch *in the
+    reference* is a problem of the configuration, not of a file: it raises.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, types) in enumerate(files):
+        names = _chosen(types, branches, exclude, identifier) + [e for e in extra if e in types]
+        sig = tuple((n, types[n][0] or types[n][1]) for n in dict.fromkeys(names))
+        groups.setdefault(sig, []).append(i)
+
+    def complete(i: int) -> bool:
+        types = files[i][1]
+        names = _chosen(types, branches, exclude, identifier) + list(extra)
+        return all(match(list(types), [p]) for p in branches) and all(
+            n in types and types[n][0] is not None for n in names
+        )
+
+    sig, members = max(groups.items(), key=lambda g: (complete(g[1][0]), len(g[1]), -g[1][0]))
+    url, types = files[members[0]]
+    keys = list(types)
+    for pattern in branches:
+        if not match(keys, [pattern]):
+            close = fnmatch.filter(keys, f"*{pattern.strip('*')}*")[:5]
+            raise BranchNotFoundError(
+                url, pattern, f"similar: {close}" if close else f"{len(keys)} branches there"
+            )
+    for name in extra:
+        if name not in types:
+            raise BranchNotFoundError(url, name, "it is used in an expression")
+    ref = {n: types[n] for n, _ in sig}
+    schema = Schema()
+    for name in _chosen(types, branches, exclude, identifier):
+        kind, typename = types[name]
+        if kind is None:
+            raise UnsupportedBranchError(url, name, typename)
+        (schema.flat if kind == "flat" else schema.jagged).append(name)
+    for name in extra:
+        if types[name][0] is None:
+            raise UnsupportedBranchError(url, name, types[name][1])
+    return schema, ref, [files[i][0] for i in members]
+
+
+def check(url: str, types: dict[str, BranchType], ref: dict[str, BranchType], where: str = "") -> None:
+    """Raise if the file at ``url`` (with ``types``) does not fit the reference types ``ref``.
+
+    ``where`` says where the reference comes from, for the message.
+    """
+    for name, (kind, typename) in ref.items():
+        if name not in types:
+            raise BranchNotFoundError(url, name, f"the dataset's schema has it as {typename!r} ({where})")
+        got_kind, got_type = types[name]
+        if got_kind is None:
+            raise UnsupportedBranchError(url, name, got_type, expected=typename, reference=where)
+        if got_kind != kind:
+            raise SchemaMismatchError(url, name, got_type, typename, reference=where)
