@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 
 from ..io.errors import Mlaas4hepError
+from ..io.sources import RETRIES
 from .errors import ApiError
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -135,6 +136,15 @@ class _RequestCollector:
         for key, n in list(self.m._http.items()):
             http.add_metric(list(key), n)
         yield http
+        # remote reads of predict_root that met a transient fault (storage restarting)
+        yield CounterMetricFamily(
+            "mlaas4hep_io_retries", "Remote reads retried after a transient fault", value=RETRIES.total
+        )
+        yield CounterMetricFamily(
+            "mlaas4hep_io_retry_budget_exhausted",
+            "Remote reads given up after their retry budget",
+            value=RETRIES.gave_up,
+        )
         infer = CounterMetricFamily(
             "mlaas4hep_inference_requests", "Inference requests", labels=["model", "status"]
         )
