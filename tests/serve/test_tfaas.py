@@ -71,7 +71,9 @@ def test_metrics(server, tth_bundle):
     assert "mlaas4hep_batch_size_rows_count" in text and "mlaas4hep_queue_seconds_count" in text
     assert 'mlaas4hep_http_requests_total{method="POST",route="/json",status="200"}' in text
     # storage retries of predict_root: none happened, but operators can alert on them
-    assert "mlaas4hep_io_retries_total 0.0" in text and "mlaas4hep_io_retry_budget_exhausted_total 0.0" in text
+    assert (
+        "mlaas4hep_io_retries_total 0.0" in text and "mlaas4hep_io_retry_budget_exhausted_total 0.0" in text
+    )
 
 
 def _predict(url: str, name: str, x: np.ndarray) -> np.ndarray:
