@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import bundle_schema
+from . import bundle_schema, extras
 from .io.errors import Mlaas4hepError
 from .io.preprocess import Preprocessor
 
@@ -83,7 +83,7 @@ def write(
             raise BundleError("a bundle needs either feature names or a preprocessor")
         features = preprocessor.feature_names
     feats = list(features)
-    import onnx
+    onnx = extras.require("onnx", "writing a model bundle")
 
     graph = onnx.load(str(path / "model.onnx")).graph
     meta = {
@@ -158,8 +158,7 @@ def session(model_path: str | os.PathLike, threads: int | None = None, spinning:
     ``spinning=False`` stops idle intra-op threads from busy-waiting for work:
     a server wants that, so the CPU goes to the event loop between calls.
     """
-    import onnxruntime as ort
-
+    ort = extras.require("onnxruntime", "running an ONNX model")
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
+from .. import extras
 from ..io.errors import ConfigError, Mlaas4hepError
 from ..io.executor import default_workers
 from . import reduce as reduce_mod
@@ -257,13 +258,9 @@ def dask_executor(
 
 
 def _connect(scheduler: str | None, workers: int | None, retries: int) -> DaskExecutor:
-    try:
-        import dask
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise ConfigError(
-            "executor 'dask' needs the 'distributed' package: pip install distributed"
-        ) from None
+    dask = extras.require("dask", "executor 'dask'")
+    distributed = extras.require("distributed", "executor 'dask'")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
     cluster = None
     if not scheduler:

@@ -27,6 +27,7 @@ import json
 import os
 from typing import Any
 
+from .. import extras
 from .app import create_app
 
 __all__ = ["create_app", "serve"]
@@ -58,7 +59,7 @@ def serve(
     worker listens on it too). ``tls_cert``/``tls_key`` (PEM files) turn on TLS
     for HTTP and gRPC alike.
     """
-    import uvicorn
+    uvicorn = extras.require("uvicorn", "mlaas4hep serve")
 
     common: dict[str, Any] = dict(
         host=host,
