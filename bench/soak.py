@@ -44,6 +44,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from mlaas4hep.localservers import free_port  # noqa: E402  (after the path set-up)
+
 TOKEN = "soak-token-0123456789"
 
 
@@ -61,12 +64,6 @@ def make_bundle(work: Path) -> Path:
         new_variables={"HT": "sum(Jet_pt)"},
     )
     return bundle.write(work / "m", mlp_onnx(pre.n_features), pre, ["b", "s"], name="m", framework="onnx")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -35,6 +35,7 @@ import numpy as np
 from . import bundle_schema, extras
 from .io.errors import Mlaas4hepError
 from .io.preprocess import Preprocessor
+from .jsonutil import jsonable
 
 FORMAT = "mlaas4hep-bundle/1"
 REQUIRED = bundle_schema.REQUIRED
@@ -111,7 +112,7 @@ def write(
         "native": sorted((native or {}).keys()),
         **dict(extra or {}),
     }
-    (path / "bundle.json").write_text(json.dumps(meta, indent=1, default=_jsonable))
+    (path / "bundle.json").write_text(json.dumps(meta, indent=1, default=jsonable))
     (path / "labels.txt").write_text("\n".join(labels) + "\n")
     params = {
         "name": name,
@@ -273,11 +274,3 @@ def _as_arrays(arrays: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[k] = np.asarray(v, dtype=np.float64)
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 from mlaas4hep import MODELS_DIR
 from mlaas4hep.dist.ddp import DistEnv, detect
 from mlaas4hep.io import Dataset
+from mlaas4hep.localservers import free_port
 from mlaas4hep.train import split_config
 
 from ..conftest import sample_config
@@ -41,12 +41,6 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 MODEL = MODELS_DIR / "tth_mlp.py"
 NEVTS = 2_500  # per file: 10k events; 1000-event units give the ranks uneven shards
 LAUNCH_TIMEOUT = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -64,7 +58,7 @@ def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.Completed
         "--master-addr",
         "127.0.0.1",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         *args,
     ]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)

@@ -92,8 +92,7 @@ def test_real_nanoaod_files(server, tth_bundle):
     """Real CMS NanoAOD files (written by CMSSW, not by us): every entry scored, ids carried;
     the empty one gives empty tensors."""
     path = tth_bundle.data_dir / "nano_dy.root"
-    if not path.exists():
-        pytest.skip("shared/data/nano_dy.root is not available")
+    assert path.exists(), f"{path}: the shared NanoAOD test files are missing"
     expected, ids = _reference(tth_bundle, path, 0, None)
     r = HTTP.post(server.url + "/v2/models/tth/predict_root", json={"url": str(path)})
     assert r.status_code == 200, r.text
@@ -102,8 +101,8 @@ def test_real_nanoaod_files(server, tth_bundle):
     np.testing.assert_array_equal(outs["event"], ids["event"])
     np.testing.assert_allclose(outs["scores"], expected, rtol=0, atol=1e-6)
     empty = tth_bundle.data_dir / "nano_dy_empty.root"
-    if empty.exists():
-        r = HTTP.post(server.url + "/v2/models/tth/predict_root", json={"url": str(empty)})
-        assert r.status_code == 200, r.text
-        shapes = {o["name"]: o["shape"] for o in r.json()["outputs"]}
-        assert shapes["entry"] == [0] and shapes["scores"] == [0, 1]
+    assert empty.exists(), f"{empty}: the shared NanoAOD test files are missing"
+    r = HTTP.post(server.url + "/v2/models/tth/predict_root", json={"url": str(empty)})
+    assert r.status_code == 200, r.text
+    shapes = {o["name"]: o["shape"] for o in r.json()["outputs"]}
+    assert shapes["entry"] == [0] and shapes["scores"] == [0, 1]

@@ -25,8 +25,6 @@ and counts the retries.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -39,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import progress
+from ..jsonutil import digest
 from . import schema as schema_mod
 from . import sources
 from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
@@ -251,12 +250,12 @@ class Dataset:
         return specs
 
     def _specs_key(self) -> str:
-        return self.config.digest(*SPECS_FIELDS) + _hash(self.urls)[:8]
+        return self.config.digest(*SPECS_FIELDS) + digest(self.urls)[:8]
 
     def _specs_path(self) -> Path:
         if self._specs_arg is not None and not isinstance(self._specs_arg, Specs):
             return Path(self._specs_arg).expanduser()
-        return self._cache_root() / "specs" / f"{self._specs_key()}-{_hash(self.file_infos)[:12]}.json"
+        return self._cache_root() / "specs" / f"{self._specs_key()}-{digest(self.file_infos)[:12]}.json"
 
     def _check_specs(self, specs: Specs) -> None:
         if specs.key != self._specs_key():
@@ -399,7 +398,7 @@ class Dataset:
         """The decoded cache for this configuration, specs and files (None when disabled)."""
         if not self.config.cache_dir:
             return None
-        key = _hash(
+        key = digest(
             [
                 self.config.digest(*CHUNK_FIELDS),
                 self.preprocessor.to_dict(),
@@ -576,10 +575,6 @@ def _empty_stats(jagged: bool):
     from .specs import Stats
 
     return Stats(lengths=np.zeros(1, np.int64) if jagged else None)
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _evict(root: Path, keep: str, limit: float) -> None:

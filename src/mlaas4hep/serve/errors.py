@@ -25,14 +25,6 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, message)
-
-
-def not_found(message: str) -> ApiError:
-    return ApiError(404, message)
-
-
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """``{"error": message}`` as ``application/json``."""
     body = orjson.dumps({"error": message})

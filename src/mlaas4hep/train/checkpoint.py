@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..jsonutil import jsonable
+
 STATE = "state.json"
 
 
@@ -38,7 +40,7 @@ def write(directory: str | os.PathLike, state: dict[str, Any], save_files: Calla
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_files(tmp)
-    (tmp / STATE).write_text(json.dumps(state, indent=1, default=_jsonable))
+    (tmp / STATE).write_text(json.dumps(state, indent=1, default=jsonable))
     old = final.with_name(final.name + ".old")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -79,7 +81,7 @@ def save_torch(directory: Path, model, optimizer, best_state: dict | None) -> No
                 else:
                     entry[k] = {"value": v}
         save_file(tensors, str(directory / "optimizer.safetensors"))
-        (directory / "optimizer.json").write_text(json.dumps(meta, default=_jsonable))
+        (directory / "optimizer.json").write_text(json.dumps(meta, default=jsonable))
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -115,18 +117,3 @@ def load_torch(directory: Path, model, optimizer, device) -> dict | None:
 
 def _tensors(sd: dict) -> dict:
     return {k: v.detach().cpu().clone().contiguous() for k, v in sd.items()}
-
-
-def _jsonable(obj: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, tuple):
-        return list(obj)
-    return str(obj)

@@ -28,7 +28,6 @@ Typical use::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from .. import bundle as bundle_mod
 from .. import progress
 from ..dist import ddp
 from ..io import Dataset, DatasetConfig
+from ..jsonutil import digest, jsonable
 from . import checkpoint
 from .backend import Backend, make_backend
 from .config import TrainConfig, split_config
@@ -125,7 +125,7 @@ def data_fingerprint(ds: Dataset) -> str:
         "labels": ds.label_names,
         "groups": [(g.path, g.label, g.weight) for g in ds.config.files],
     }
-    return "sha256:" + hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+    return "sha256:" + digest(blob)
 
 
 def train(
@@ -482,7 +482,7 @@ class Run:
             else:
                 result.bundle_path = self.out / "bundle"  # written by rank 0
         if self.main:
-            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_jsonable))
+            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=jsonable))
         if self.dist is not None:
             self.dist.barrier()
         return result
@@ -554,13 +554,3 @@ def _fmt(rec: dict[str, Any]) -> str:
     if rec.get("ranks"):
         parts[-1] += " in total; per rank " + " ".join(f"{r['events_per_s']:,.0f}" for r in rec["ranks"])
     return ", ".join(parts)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
