@@ -17,9 +17,15 @@ What it does, all in one run so the numbers are comparable:
    ``/json`` at 64, and rows/s for binary 10k-row batches;
 4. writes a Markdown table (``--out``) and prints JSON.
 
-``perf_analyzer`` would be the natural load generator, but PyPI's
-``perf-analyzer`` resolves to a 0.1.0 placeholder here, without the binary.
-The load generator shares the machine's cores with the server: on a 2-core
+``--protocols`` compares the protocols instead (``bench/RESULTS-serve-grpc.md``):
+single-row requests over gRPC and HTTP at 1 and 64 clients, one and two
+workers, loaded by wrk, an aiohttp client, a grpc.aio client
+(``bench/_grpcload.py``) and Triton's ``perf_analyzer`` (installed by
+``.ci/perf-analyzer.sh``; skipped when absent), and **MLServer 1.7** serving
+the same ONNX MLP (``bench/mlserver/``; ``--mlserver`` names its ``mlserver``
+command, by default ``/tmp/mlserver-venv/bin/mlserver`` when present).
+
+The load generators share the machine's cores with the server: on a 2-core
 machine that costs the server part of a core, and the figures include it.
 """
 
@@ -39,12 +45,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
+MLSERVER_BIN = "/tmp/mlserver-venv/bin/mlserver"
 SIZES = (111, 256, 256, 128, 1)
 
 
@@ -288,6 +297,10 @@ def main() -> None:
         help="only compare gRPC with HTTP (single-row requests, 1 and 64 clients); "
         "writes bench/RESULTS-serve-grpc.md unless --out is given",
     )
+    ap.add_argument(
+        "--mlserver",
+        help=f"with --protocols: the mlserver command of a separate venv (default {MLSERVER_BIN} when present)",
+    )
     args = ap.parse_args()
     if args.loadgen:
         url, bf, hdr, conns, secs = args.loadgen
@@ -295,7 +308,8 @@ def main() -> None:
         return
     if args.protocols:
         out = args.out if "--out" in sys.argv else str(ROOT / "bench" / "RESULTS-serve-grpc.md")
-        protocols(args.duration, out)
+        mlserver = args.mlserver or (MLSERVER_BIN if Path(MLSERVER_BIN).exists() else None)
+        protocols(args.duration, out, mlserver)
         return
     import orjson
 
@@ -419,8 +433,121 @@ def run_grpc(addr: str, body: bytes, conns: int, seconds: float, work: Path) -> 
     return json.loads(out)
 
 
-def protocols(seconds: float, out: str) -> None:
-    """Single-row requests over HTTP (wrk and an aiohttp client) and gRPC (a grpc.aio client), same server."""
+PA_DIR = ROOT / ".venv" / "perf_analyzer"  # where .ci/perf-analyzer.sh installs it
+
+
+def perf_analyzer() -> tuple[str, dict] | None:
+    """(binary, environment) of Triton's perf_analyzer, or None (``.ci/perf-analyzer.sh`` installs it)."""
+    pa = os.environ.get("PERF_ANALYZER") or (str(PA_DIR / "perf_analyzer") if PA_DIR.exists() else None)
+    pa = pa or shutil.which("perf_analyzer")
+    if not pa:
+        return None
+    env = dict(os.environ)
+    lib = Path(pa).resolve().parent / "lib"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH")]))
+    ok = subprocess.run([pa, "--version"], capture_output=True, env=env).returncode == 0
+    return (pa, env) if ok else None
+
+
+def run_pa(pa: tuple[str, dict], protocol: str, url: str, conns: int, seconds: float) -> dict:
+    """perf_analyzer, single-row requests, ``conns`` concurrent synchronous clients.
+
+    When it does not reach a stable measurement (the machine is shared), the
+    mean of its passes is taken and the latencies are left out.
+    """
+    cmd = [pa[0], "-m", "mlp", "-u", url, "-i", protocol, "-b", "1", "--concurrency-range", str(conns)]
+    cmd += ["--measurement-interval", str(int(seconds * 1000)), "-s", "30", "-r", "6", "-v"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=pa[1], timeout=600).stdout
+
+    def grab(pattern: str) -> float | None:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else None
+
+    rps = grab(r"Throughput: ([\d.]+) infer/sec")
+    passes = [float(v) for v in re.findall(r"Pass \[\d+\] throughput: ([\d.]+)", out)]
+    if rps is None and not passes:
+        raise RuntimeError(f"perf_analyzer failed: {out[-2000:]}")
+    p50, p99 = grab(r"p50 latency: (\d+) usec"), grab(r"p99 latency: (\d+) usec")
+    return {
+        "req_per_s": rps if rps is not None else sum(passes) / len(passes),
+        "p50_ms": None if rps is None or p50 is None else p50 / 1e3,
+        "p99_ms": None if rps is None or p99 is None else p99 / 1e3,
+        "errors": 0,
+        "stable": rps is not None,
+    }
+
+
+MLSERVER_DIR = Path(__file__).with_name("mlserver")
+HAND = "<!-- written by hand below: bench/serve.py --protocols keeps it -->"
+
+
+class MLServer:
+    """MLServer 1.7 serving the same ONNX MLP with bench/mlserver/ (onnxruntime runtime, adaptive batching).
+
+    ``mlserver`` is the command from a separate virtual environment
+    (``python -m venv /tmp/mlserver-venv && /tmp/mlserver-venv/bin/pip install "mlserver==1.7.*" onnxruntime``):
+    MLServer pins its own FastAPI, Starlette and protobuf, so it stays out of the project's.
+    """
+
+    def __init__(self, mlserver: str, model: bytes, work: Path):
+        d = work / "mlserver"
+        d.mkdir()
+        for f in ("runtime.py", "settings.json", "model-settings.json"):
+            shutil.copy(MLSERVER_DIR / f, d / f)
+        (d / "model.onnx").write_bytes(model)
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        env.update(
+            MLSERVER_HTTP_PORT=str(self.http_port),
+            MLSERVER_GRPC_PORT=str(self.grpc_port),
+            MLSERVER_METRICS_PORT=str(free_port()),
+        )
+        self.log = d / "mlserver.log"
+        self._log = open(self.log, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [mlserver, "start", str(d)], cwd=d, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlserver exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/v2/models/mlp/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlserver did not start: {self.log.read_text()[-2000:]}")
+
+    def version(self) -> str:
+        import httpx
+
+        return str(httpx.get(self.url + "/v2", timeout=5).json().get("version", "?"))
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def protocols(seconds: float, out: str, mlserver: str | None) -> None:
+    """Single-row requests, HTTP vs gRPC, on our server (1 and 2 workers) and on MLServer, one run.
+
+    Load generators, each a separate process: wrk (HTTP JSON), an aiohttp
+    client, a grpc.aio client sending a pre-serialized ModelInferRequest
+    (raw_input_contents), and Triton's perf_analyzer (HTTP binary tensors and
+    gRPC, when installed: ``.ci/perf-analyzer.sh``). perf_analyzer needs
+    Triton's ModelConfig, which MLServer lacks, so MLServer gets the others.
+    """
     import orjson
     from _grpcload import request_bytes
 
@@ -432,57 +559,200 @@ def protocols(seconds: float, out: str) -> None:
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, SIZES[0]], "data": row.tolist()}]}
     )
     grpc_body = request_bytes(SIZES[0])
-    grpc_port = free_port()
-    srv = Server(work / "repo", "--max-batch", "256", "--max-delay-ms", "2", "--grpc-port", str(grpc_port))
+    pa = perf_analyzer()
+    has_wrk = shutil.which("wrk") is not None
     rows: list[dict] = []
+    loadavg0 = os.getloadavg()
+
+    def point(
+        server: str, kind: str, tool: str, clients: int, srv: Any, fn: Callable[..., dict], *a: Any
+    ) -> None:
+        b0 = srv.batches() if srv is not None else None
+        r = fn(*a)
+        if srv is not None and b0 is not None:
+            b1 = srv.batches()
+            r["rows_per_batch"] = (b1[1] - b0[1]) / max(1.0, b1[0] - b0[0])
+        r.update(server=server, kind=kind, tool=tool, clients=clients, loadavg=os.getloadavg()[0])
+        rows.append(r)
+        print(r, flush=True)
+
     try:
-        infer = srv.url + "/v2/models/mlp/infer"
-        addr = f"127.0.0.1:{grpc_port}"
-        run_aiohttp(infer, single, {}, 4, 2, work)  # warm-up
-        run_grpc(addr, grpc_body, 4, 2, work)
-        points = [("gRPC, raw_input_contents", "grpc.aio client process", run_grpc, addr, grpc_body)]
-        points.append(("HTTP, JSON /v2 infer", "aiohttp client process", run_aiohttp, infer, single))
-        if shutil.which("wrk"):
-            points.append(("HTTP, JSON /v2 infer", "wrk (1 thread)", run_wrk, infer, single))
-        for conns in (1, 64):
-            for kind, tool, fn, target, body in points:
-                b0 = srv.batches()
-                if fn is run_grpc:
-                    r = fn(target, body, conns, seconds, work)
-                else:
-                    r = fn(target, body, {}, conns, seconds, work)
-                b1 = srv.batches()
-                r.update(
-                    kind=kind,
-                    tool=tool,
-                    clients=conns,
-                    rows_per_batch=(b1[1] - b0[1]) / max(1.0, b1[0] - b0[0]),
-                    loadavg=os.getloadavg()[0],
-                )
-                rows.append(r)
-                print(r, flush=True)
+        for workers in (1, 2):
+            grpc_port = free_port()
+            extra = ["--max-batch", "256", "--max-delay-ms", "2", "--grpc-port", str(grpc_port)]
+            if workers > 1:
+                extra += ["--workers", str(workers)]
+            srv = Server(work / "repo", *extra)
+            name = f"mlaas4hep, {workers} worker{'s' if workers > 1 else ''}"
+            mon = srv if workers == 1 else None  # with 2 workers /metrics is one worker's
+            try:
+                infer = srv.url + "/v2/models/mlp/infer"
+                addr = f"127.0.0.1:{grpc_port}"
+                time.sleep(1.0 if workers == 1 else 3.0)  # the workers' gRPC listeners
+                run_aiohttp(infer, single, {}, 4, 2, work)  # warm-up
+                run_grpc(addr, grpc_body, 4, 2, work)
+                for conns in (1, 64) if workers == 1 else (64,):
+                    point(
+                        name,
+                        "gRPC, raw_input_contents",
+                        "grpc.aio client",
+                        conns,
+                        mon,
+                        run_grpc,
+                        addr,
+                        grpc_body,
+                        conns,
+                        seconds,
+                        work,
+                    )
+                    if workers == 1:
+                        point(
+                            name,
+                            "HTTP, JSON",
+                            "aiohttp client",
+                            conns,
+                            mon,
+                            run_aiohttp,
+                            infer,
+                            single,
+                            {},
+                            conns,
+                            seconds,
+                            work,
+                        )
+                    if has_wrk:
+                        point(
+                            name,
+                            "HTTP, JSON",
+                            "wrk (1 thread)",
+                            conns,
+                            mon,
+                            run_wrk,
+                            infer,
+                            single,
+                            {},
+                            conns,
+                            seconds,
+                            work,
+                        )
+                if pa is not None:
+                    for _ in range(2):  # twice, alternating: the machine's load drifts
+                        point(
+                            name,
+                            "gRPC, raw_input_contents",
+                            "perf_analyzer",
+                            64,
+                            mon,
+                            run_pa,
+                            pa,
+                            "grpc",
+                            addr,
+                            64,
+                            seconds,
+                        )
+                        point(
+                            name,
+                            "HTTP, binary tensors",
+                            "perf_analyzer",
+                            64,
+                            mon,
+                            run_pa,
+                            pa,
+                            "http",
+                            srv.url.removeprefix("http://"),
+                            64,
+                            seconds,
+                        )
+            finally:
+                srv.stop()
+        if mlserver:
+            ml = MLServer(mlserver, (path / "model.onnx").read_bytes(), work)
+            name = f"MLServer {ml.version()}"
+            try:
+                infer = ml.url + "/v2/models/mlp/infer"
+                addr = f"127.0.0.1:{ml.grpc_port}"
+                hdr = {"Content-Type": "application/json"}
+                run_aiohttp(infer, single, hdr, 4, 2, work)  # warm-up
+                run_grpc(addr, grpc_body, 4, 2, work)
+                for conns in (1, 64):
+                    point(
+                        name,
+                        "gRPC, raw_input_contents",
+                        "grpc.aio client",
+                        conns,
+                        None,
+                        run_grpc,
+                        addr,
+                        grpc_body,
+                        conns,
+                        seconds,
+                        work,
+                    )
+                    if has_wrk:
+                        point(
+                            name,
+                            "HTTP, JSON",
+                            "wrk (1 thread)",
+                            conns,
+                            None,
+                            run_wrk,
+                            infer,
+                            single,
+                            hdr,
+                            conns,
+                            seconds,
+                            work,
+                        )
+                    else:
+                        point(
+                            name,
+                            "HTTP, JSON",
+                            "aiohttp client",
+                            conns,
+                            None,
+                            run_aiohttp,
+                            infer,
+                            single,
+                            hdr,
+                            conns,
+                            seconds,
+                            work,
+                        )
+            finally:
+                ml.stop()
     finally:
-        srv.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+    def num(v: float | None, fmt: str) -> str:
+        return "–" if v is None else format(v, fmt)
+
     lines = [
-        "## gRPC vs HTTP (`bench/serve.py --protocols`)",
+        "## gRPC vs HTTP, and MLServer (`bench/serve.py --protocols`)",
         "",
-        f"Machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}. "
-        "Model: MLP 111-256-256-128-1 (ONNX); one server process, `--max-batch 256 --max-delay-ms 2`, "
-        "HTTP and gRPC on the same event loop. Each load generator is a separate process on the same "
-        f"cores; {seconds:g} s per point. In-process onnxruntime, same run: "
-        f"{base['single_row_calls_per_s']:,.0f} single-row calls/s. A load average above the core count "
-        "means other jobs shared the cores during that point.",
+        f"Machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}; load average "
+        f"at start {', '.join(f'{v:.1f}' for v in loadavg0)}: other jobs share the cores (last column), so "
+        "compare rows measured close together, not with other runs. Model: MLP 111-256-256-128-1 (ONNX), "
+        "single-row requests. mlaas4hep: `--max-batch 256 --max-delay-ms 2`, HTTP and gRPC in the same "
+        "process(es). MLServer: bench/mlserver/ (onnxruntime runtime, adaptive batching 256 rows / 2 ms, "
+        f"`parallel_workers: 0`). Each load generator is a separate process on the same cores; {seconds:g} s "
+        f"per point. In-process onnxruntime, same run: {base['single_row_calls_per_s']:,.0f} single-row calls/s.",
         "",
-        "| protocol | load generator | clients | req/s | p50 ms | p99 ms | rows/batch | errors | load avg |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | protocol | load generator | clients | req/s | p50 ms | p99 ms | rows/batch | errors | load avg |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for x in rows:
+        rb = num(x.get("rows_per_batch"), ".1f")
         lines.append(
-            f"| {x['kind']} | {x['tool']} | {x['clients']} | {x['req_per_s']:,.0f} | {x['p50_ms']:.2f} | "
-            f"{x['p99_ms']:.2f} | {x['rows_per_batch']:.1f} | {x['errors']} | {x['loadavg']:.1f} |"
+            f"| {x['server']} | {x['kind']} | {x['tool']} | {x['clients']} | {x['req_per_s']:,.0f} | "
+            f"{num(x['p50_ms'], '.2f')} | {num(x['p99_ms'], '.2f')} | {rb} | {x['errors']} | {x['loadavg']:.1f} |"
         )
-    Path(out).write_text("\n".join(lines) + "\n")
+    if any(x.get("stable") is False for x in rows):
+        lines += ["", "–: perf_analyzer found no stable window; req/s is the mean of its passes."]
+    text = "\n".join(lines) + "\n"
+    prev = Path(out).read_text() if Path(out).exists() else ""
+    if HAND in prev:  # keep the analysis written by hand below the generated table
+        text += "\n" + prev[prev.index(HAND) :]
+    Path(out).write_text(text)
     print(json.dumps(rows, indent=1))
 
 

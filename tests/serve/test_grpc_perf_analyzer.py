@@ -10,8 +10,12 @@ binary ships in the ``tritonclient`` wheels up to 2.40::
     apt-get install libb64-0d            # and libcudart.so.12, from the nvidia-cuda-runtime-cu12 wheel:
     export LD_LIBRARY_PATH=.../nvidia/cuda_runtime/lib
 
-The test runs the binary named by ``$PERF_ANALYZER`` (or ``perf_analyzer`` on
-PATH) and is skipped without one. No GPU is needed.
+``.ci/perf-analyzer.sh`` does that into ``.venv/perf_analyzer/`` (the binary, and
+``lib/`` with ``libcudart.so.12``). The test runs the binary named by
+``$PERF_ANALYZER``, else ``.venv/perf_analyzer/perf_analyzer``, else
+``perf_analyzer`` on PATH, with ``lib/`` next to it on ``LD_LIBRARY_PATH``; it is
+skipped, saying why, only when none is found or it cannot start (a missing
+shared library). No GPU is needed.
 """
 
 from __future__ import annotations
@@ -19,16 +23,42 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from .conftest import install_copy
 from .grpc_helpers import GrpcServerProcess
 
-PA = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
-pytestmark = pytest.mark.skipif(
-    not PA or not os.access(PA, os.X_OK), reason="no perf_analyzer binary ($PERF_ANALYZER)"
-)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _find() -> tuple[str | None, dict[str, str], str]:
+    """(binary, environment to run it with, why it cannot run: "" when it can)."""
+    pa = os.environ.get("PERF_ANALYZER")
+    if not pa:
+        local = ROOT / ".venv" / "perf_analyzer" / "perf_analyzer"
+        pa = str(local) if local.exists() else shutil.which("perf_analyzer")
+    if not pa:
+        return None, {}, "no perf_analyzer: run .ci/perf-analyzer.sh (installs it into .venv/perf_analyzer/)"
+    if not os.access(pa, os.X_OK):
+        return None, {}, f"perf_analyzer at {pa} is not executable"
+    env = dict(os.environ)
+    lib = Path(pa).resolve().parent / "lib"
+    if lib.is_dir():
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH")]))
+    try:
+        r = subprocess.run([pa, "--version"], capture_output=True, text=True, env=env, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return None, {}, f"perf_analyzer at {pa} does not start: {err}"
+    if r.returncode != 0:
+        why = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit status {r.returncode}"]
+        return None, {}, f"perf_analyzer at {pa} does not start: {why[0]} (run .ci/perf-analyzer.sh)"
+    return pa, env, ""
+
+
+PA, PA_ENV, WHY = _find()
+pytestmark = pytest.mark.skipif(PA is None, reason=WHY)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +74,7 @@ def srv(tth_bundle, tmp_path_factory):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_perf_analyzer_without_shape(srv, protocol):
     url = srv.url.removeprefix("http://") if protocol == "http" else srv.grpc_url
+    assert PA is not None
     cmd = [PA, "-m", "tth", "-u", url, "-i", protocol, "-b", "4", "--concurrency-range", "4"]
     # a short, lenient measurement: this checks that it runs, not how fast (the machine is shared)
     cmd += [
@@ -56,6 +87,6 @@ def test_perf_analyzer_without_shape(srv, protocol):
         "-r",
         "3",
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=PA_ENV)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Throughput:" in r.stdout and "error" not in r.stdout.lower()
