@@ -40,7 +40,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,8 @@ from typing import Any
 
 import numpy as np
 from _machine import cpu_model
+
+from mlaas4hep.localservers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MLSERVER_BIN = "/tmp/mlserver-venv/bin/mlserver"
@@ -131,12 +132,6 @@ def in_process(path: Path, seconds: float) -> dict:
 
 
 # ----------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, repo: Path, *args: str):
         self.port = free_port()
