@@ -41,6 +41,10 @@ class UsageError(Exception):
     """Something the user typed is wrong: exit status 2, the message as is."""
 
 
+class CommandError(Exception):
+    """The command ran and failed (a server down, a request refused): exit status 1, the message as is."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a usage error on one line that points to ``--help``."""
 
@@ -65,7 +69,7 @@ def error_message(err: BaseException) -> str:
     """``error: ...`` for an exception: mlaas4hep's own messages as they are, others with their type."""
     from .io.errors import Mlaas4hepError
 
-    if isinstance(err, (Mlaas4hepError, UsageError)):
+    if isinstance(err, (Mlaas4hepError, UsageError, CommandError)):
         text = str(err)
     elif isinstance(err, FileNotFoundError) and err.filename:
         text = f"no such file: {err.filename}"
@@ -102,7 +106,7 @@ def run(func: Callable[[Any], int | None], args: Any, debug: bool = False) -> in
 def _explained(err: BaseException) -> bool:
     from .io.errors import Mlaas4hepError
 
-    return isinstance(err, (Mlaas4hepError, UsageError, OSError))
+    return isinstance(err, (Mlaas4hepError, UsageError, CommandError, OSError))
 
 
 # ------------------------------------------------------------------ output

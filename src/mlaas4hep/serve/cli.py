@@ -1,15 +1,22 @@
-"""``mlaas4hep serve`` and ``mlaas4hep client``: argparse wiring.
+"""``mlaas4hep serve`` and ``mlaas4hep client``: argparse wiring and terminal output.
 
 :func:`add_serve_commands` registers both on the main parser's subparsers;
-each parser sets ``func(args) -> int``.
+:func:`add_serve_arguments` and :func:`add_client_arguments` fill one parser each
+(``python -m mlaas4hep.serve`` uses the former on its own parser). Each parser
+sets ``func(args) -> int``; errors are raised and turned into one-line messages
+and exit statuses by :func:`mlaas4hep.terminal.run`.
+
+The client prints for people (predictions with their labels, lists as tables)
+and, with ``--json``, for programs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
+
+from ..terminal import CommandError, UsageError, format_scores, print_json, print_table
 
 SERVE_HELP = """\
 Serve a repository of model bundles over HTTP: the TFaaS API (/upload, /models,
@@ -59,6 +66,18 @@ def add_serve_commands(subparsers: Any) -> None:
         description=SERVE_HELP,
         formatter_class=fmt,
     )
+    add_serve_arguments(s)
+    c = subparsers.add_parser(
+        "client",
+        help="talk to a server: upload, models, delete, predict, predict-root",
+        description=CLIENT_HELP,
+        formatter_class=fmt,
+    )
+    add_client_arguments(c)
+
+
+def add_serve_arguments(s: argparse.ArgumentParser) -> None:
+    """The options of ``mlaas4hep serve`` (and ``python -m mlaas4hep.serve``)."""
     s.add_argument(
         "--repo", required=True, metavar="DIR", help="model repository directory (created if missing)"
     )
@@ -120,46 +139,68 @@ def add_serve_commands(subparsers: Any) -> None:
     )
     s.add_argument("--max-body-mb", type=float, default=64, help="largest inference request (default 64 MB)")
     s.add_argument("--max-upload-mb", type=float, default=512, help="largest bundle upload (default 512 MB)")
-    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    s.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="server log level (default warning; info logs every request)",
+    )
     s.set_defaults(func=run_serve)
 
-    c = subparsers.add_parser(
-        "client",
-        help="talk to a server: upload, models, delete, predict, predict-root",
-        description=CLIENT_HELP,
-        formatter_class=fmt,
-    )
+
+def add_client_arguments(c: argparse.ArgumentParser) -> None:
+    """The options and subcommands of ``mlaas4hep client``."""
     c.add_argument("--url", default=None, help="server URL (default $MLAAS4HEP_URL or http://127.0.0.1:8083)")
     c.add_argument(
         "--token-file", metavar="F", help="file holding the bearer token (default $MLAAS4HEP_TOKEN)"
     )
+    c.add_argument("--json", action="store_true", help="machine output: print the server's answer as JSON")
     cs = c.add_subparsers(dest="client_command", metavar="COMMAND")
     c.set_defaults(func=lambda a: (c.print_help(), 2)[1])
-    up = cs.add_parser("upload", help="install a bundle directory or .tar.gz")
+
+    def sub(name: str, help: str) -> argparse.ArgumentParser:
+        p = cs.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        # also accepted after the subcommand: `client models --json`
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+        return p
+
+    up = sub("upload", "install a bundle directory or .tar.gz (needs the token)")
     up.add_argument("bundle", help="bundle directory or .tar.gz")
     up.add_argument("--name", help="model name (default: the bundle's)")
     up.add_argument("--version", type=int, help="version (default: the bundle's if free, else latest+1)")
-    up.set_defaults(func=_client(lambda cl, a: cl.upload(a.bundle, a.name, a.version)))
-    cs.add_parser("models", help="list models").set_defaults(func=_client(lambda cl, a: cl.models()))
-    cs.add_parser("status", help="server status").set_defaults(func=_client(lambda cl, a: cl.status()))
-    de = cs.add_parser("delete", help="delete a model (every version, or --version)")
-    de.add_argument("name")
-    de.add_argument("--version", type=int)
-    de.set_defaults(func=_client(lambda cl, a: cl.delete(a.name, a.version)))
-    pr = cs.add_parser("predict", help="probabilities for feature rows or raw branch values")
-    pr.add_argument("name")
-    pr.add_argument("--values", help="one feature row, comma separated")
-    pr.add_argument("--input", help="JSON file: a list of rows, or {branch: values} of raw branches")
-    pr.add_argument("--version", type=int)
+    up.set_defaults(func=_client(_upload))
+    sub("models", "list the models with versions, labels and features").set_defaults(func=_client(_models))
+    sub("status", "the server's health, models and loaded sessions").set_defaults(func=_client(_status))
+    de = sub("delete", "delete a model, every version or --version (needs the token)")
+    de.add_argument("name", help="model name")
+    de.add_argument("--version", type=int, help="delete only this version")
+    de.set_defaults(func=_client(_delete))
+    pr = sub("predict", "class probabilities for feature rows or raw branch values")
+    pr.add_argument("name", help="model name")
+    pr.add_argument(
+        "--values",
+        type=_numbers,
+        metavar="X,Y,...",
+        help="one feature row, comma separated, in feature order",
+    )
+    pr.add_argument(
+        "--input", metavar="FILE", help="JSON file: a list of rows, or {branch: values} of raw branches"
+    )
+    pr.add_argument("--version", type=int, help="model version (default: the latest)")
     pr.set_defaults(func=_client(_predict))
-    rt = cs.add_parser("predict-root", help="scores for the entries of a ROOT file the server reads")
-    rt.add_argument("name")
-    rt.add_argument("url", help="file path (under the server's --data-dir), root:// or http(s):// URL")
+    rt = sub("predict-root", "scores for the entries of a ROOT file that the server reads")
+    rt.add_argument("name", help="model name")
+    rt.add_argument(
+        "file", metavar="URL", help="file path (under the server's --data-dir), root:// or http(s):// URL"
+    )
     rt.add_argument("--tree", help="tree name (default: the bundle's)")
-    rt.add_argument("--start", type=int, default=0, help="first entry")
-    rt.add_argument("--stop", type=int, default=None, help="entry after the last one")
-    rt.add_argument("--out", help="write a friend-tree ROOT file of scores here (else print CSV)")
-    rt.add_argument("--version", type=int)
+    rt.add_argument("--start", type=int, default=0, help="first entry (default 0)")
+    rt.add_argument("--stop", type=int, default=None, help="entry after the last one (default: the end)")
+    rt.add_argument(
+        "-o", "--out", metavar="FILE", help="write a friend-tree ROOT file of scores here (else print them)"
+    )
+    rt.add_argument("--csv", action="store_true", help="print CSV: entry, event ids, one column per label")
+    rt.add_argument("--version", type=int, help="model version (default: the latest)")
     rt.set_defaults(func=_client(_predict_root))
 
 
@@ -167,6 +208,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from . import serve
 
     prefixes = list(args.data_dir) + ([] if args.no_remote else ["root://", "http://", "https://"])
+    print(startup_banner(args, prefixes), flush=True)
     serve(
         args.repo,
         host=args.host,
@@ -188,59 +230,208 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def startup_banner(args: argparse.Namespace, root_prefixes: list[str]) -> str:
+    """What ``serve`` prints at start: where it listens, what it serves, who may do what."""
+    from pathlib import Path
+
+    from .auth import load_token
+    from .repository import Repository
+
+    repo = Repository(args.repo)
+    models = [f"{n} (v{', v'.join(str(v) for v in repo.versions(n))})" for n in repo.names()]
+    if load_token(None, args.token_file):
+        auth = "token required to upload, delete, load and unload"
+        auth += "; also to read and predict (--private)" if args.private else "; reading and predicting open"
+    elif args.no_auth:
+        auth = "none: anyone who reaches the port may change the repository (--no-auth)"
+    else:
+        auth = "no token set, so uploads and deletions are refused (give --token-file or $MLAAS4HEP_TOKEN)"
+    local = [p for p in root_prefixes if "://" not in p]
+    remote = [p for p in root_prefixes if "://" in p]
+    reads = "local files under " + ", ".join(local) if local else "no local files (add --data-dir DIR)"
+    reads += "; remote URLs " + " ".join(remote) if remote else "; no remote URLs (--no-remote)"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    lines = [
+        f"mlaas4hep serve: http://{host}:{args.port}  (stop with Ctrl-C)",
+        f"  repository:   {Path(args.repo).resolve()}",
+        f"  models:       {', '.join(models) if models else 'none yet (mlaas4hep client upload BUNDLE)'}",
+        f"  auth:         {auth}",
+        f"  predict_root: {reads}",
+    ]
+    if args.workers > 1:
+        lines.append(f"  workers:      {args.workers} processes")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ client
 def _client(action):
     def run(args: argparse.Namespace) -> int:
-        from ..client import Client, ClientError
+        from ..client import Client
         from .auth import load_token
 
-        try:
-            with Client(args.url, token=load_token(None, args.token_file)) as cl:
+        with Client(args.url, token=load_token(None, args.token_file)) as cl:
+            try:
                 result = action(cl, args)
-        except ClientError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        except OSError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+            except Exception as err:
+                raise _client_error(err, cl.url) from err
         if result is not None:
-            print(json.dumps(result, indent=1, default=_plain))
+            print_json(result)
         return 0
 
     return run
 
 
-def _plain(obj: Any) -> Any:
+def _client_error(err: Exception, url: str) -> Exception:
+    """The one line a person needs for a failed request."""
+    import httpx
+
+    from ..client import ClientError
+
+    if isinstance(err, httpx.ConnectError):
+        return CommandError(
+            f"cannot connect to {url}: is `mlaas4hep serve` running? (--url or $MLAAS4HEP_URL)"
+        )
+    if isinstance(err, httpx.TimeoutException):
+        return CommandError(f"{url} did not answer in time ({type(err).__name__})")
+    if isinstance(err, httpx.UnsupportedProtocol):
+        return UsageError(f"{url} is not an http:// or https:// URL")
+    if isinstance(err, ClientError):
+        hint = " (give the token: --token-file F or $MLAAS4HEP_TOKEN)" if err.status in (401, 403) else ""
+        return CommandError(f"the server answered {err.status}: {err.message}{hint}")
+    return err
+
+
+def _numbers(text: str) -> list[float]:
+    """argparse type of ``--values``: ``0.1,2,3e4``."""
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r} is not a number; give numbers separated by commas, e.g. 0.3,1.2,45"
+            ) from None
+    return out
+
+
+def _upload(cl: Any, a: argparse.Namespace) -> Any:
+    r = cl.upload(a.bundle, a.name, a.version)
+    if a.json:
+        return r
+    print(f"installed {r['name']} version {r['version']}")
+    return None
+
+
+def _delete(cl: Any, a: argparse.Namespace) -> Any:
+    r = cl.delete(a.name, a.version)
+    if a.json:
+        return r
+    versions = r.get("deleted_versions", [])
+    print(f"deleted {a.name} version{'s' if len(versions) != 1 else ''} {', '.join(map(str, versions))}")
+    return None
+
+
+def _models(cl: Any, a: argparse.Namespace) -> Any:
+    models = cl.models()
+    if a.json:
+        return models
+    if not models:
+        print("no models (install one with: mlaas4hep client upload BUNDLE)")
+        return None
+    rows = []
+    for m in models:
+        auc = (m.get("metrics") or {}).get("val_auc", (m.get("metrics") or {}).get("auc"))
+        rows.append(
+            [
+                m["name"],
+                ", ".join(str(v) for v in m.get("versions", [])),
+                m.get("framework"),
+                ", ".join(m.get("label_names") or []),
+                m.get("n_features"),
+                None if auc is None else f"{auc:.4f}",
+                "yes" if m.get("ready") else "no",
+                m.get("description"),
+            ]
+        )
+    cols = ["model", "versions", "framework", "labels", "features", "AUC", "ready", "description"]
+    print_table(rows, cols, right=["features", "AUC"])
+    return None
+
+
+def _status(cl: Any, a: argparse.Namespace) -> Any:
+    st = cl.status()
+    if a.json:
+        return st
+    rows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in st.items()]
+    print_table(rows, ["", cl.url])
+    return None
+
+
+def _labels(cl: Any, name: str, version: int | None) -> list[str]:
+    for m in cl.models():
+        if m["name"] == name and (version is None or int(version) in m.get("versions", [])):
+            return list(m.get("label_names") or [])
+    return []
+
+
+def _class_probabilities(scores: Any, labels: list[str]) -> tuple[Any, list[str]]:
+    """One column per label: a single sigmoid output p becomes (1 - p, p)."""
     import numpy as np
 
-    return obj.tolist() if isinstance(obj, np.ndarray) else str(obj)
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    if scores.shape[1] == 1 and len(labels) == 2:
+        scores = np.hstack([1 - scores, scores])
+    if len(labels) != scores.shape[1]:
+        labels = [f"class{i}" for i in range(scores.shape[1])]
+    return scores, labels
 
 
 def _predict(cl: Any, a: argparse.Namespace) -> Any:
     import numpy as np
 
     if a.values:
-        return cl.predict(
-            a.name, np.array([[float(v) for v in a.values.split(",")]]), version=a.version
-        ).tolist()
-    if a.input:
+        scores = cl.predict(a.name, np.array([a.values]), version=a.version)
+    elif a.input:
         with open(a.input) as f:
             data = json.load(f)
         if isinstance(data, dict):
-            return cl.predict(a.name, raw=data, version=a.version).tolist()
-        return cl.predict(a.name, np.asarray(data, dtype=np.float32), version=a.version).tolist()
-    raise SystemExit("predict: give --values or --input")
+            scores = cl.predict(a.name, raw=data, version=a.version)
+        else:
+            scores = cl.predict(a.name, np.asarray(data, dtype=np.float32), version=a.version)
+    else:
+        raise UsageError("predict needs --values X,Y,... (one row) or --input FILE (JSON)")
+    if a.json:
+        return scores.tolist()
+    probs, labels = _class_probabilities(scores, _labels(cl, a.name, a.version))
+    if len(probs) == 1:
+        print(format_scores(labels, probs[0]))
+    else:
+        for i, row in enumerate(probs):
+            print(f"{i}: {format_scores(labels, row)}")
+    return None
 
 
 def _predict_root(cl: Any, a: argparse.Namespace) -> Any:
     if a.out:
         path = cl.predict_root_file(
-            a.name, a.url, a.out, tree=a.tree, entry_start=a.start, entry_stop=a.stop, version=a.version
+            a.name, a.file, a.out, tree=a.tree, entry_start=a.start, entry_stop=a.stop, version=a.version
         )
-        return {"written": str(path)}
-    res = cl.predict_root(a.name, a.url, a.tree, a.start, a.stop, version=a.version)
+        if a.json:
+            return {"written": str(path)}
+        print(f"wrote the scores of {a.file} to {path}")
+        return None
+    res = cl.predict_root(a.name, a.file, a.tree, a.start, a.stop, version=a.version)
     scores = res.pop("scores")
+    if a.json:
+        return {**res, "scores": scores}
+    probs, labels = _class_probabilities(scores, _labels(cl, a.name, a.version))
     cols = list(res)
-    print(",".join(cols + [f"score{i}" for i in range(scores.shape[1])]))
-    for i in range(len(scores)):
-        print(",".join([str(res[c][i]) for c in cols] + [f"{s:.6g}" for s in scores[i]]))
+    if a.csv:
+        print(",".join(cols + labels))
+        for i in range(len(probs)):
+            print(",".join([str(res[c][i]) for c in cols] + [f"{p:.6g}" for p in probs[i]]))
+        return None
+    for i in range(len(probs)):
+        ids = "  ".join(f"{c} {res[c][i]}" for c in cols)
+        print(f"{ids}  {format_scores(labels, probs[i])}")
     return None
