@@ -60,7 +60,8 @@ def exit_status(err: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(err, (UsageError, ConfigError)):
         return EXIT_USAGE
-    if type(err).__name__ in ("ModelFileError", "BundleError"):  # errors in what the user wrote
+    if type(err).__name__ in ("ModelFileError", "BundleError", "BranchNotFoundError", "TreeNotFoundError"):
+        # errors in what the user wrote: a model file, a bundle, a branch or tree name
         return EXIT_USAGE
     return EXIT_FAILURE
 
@@ -71,6 +72,10 @@ def error_message(err: BaseException) -> str:
 
     if isinstance(err, (Mlaas4hepError, UsageError, CommandError)):
         text = str(err)
+        if type(err).__name__ == "BranchNotFoundError" and "did you mean" not in text:
+            from .io.inspect import suggest_branches
+
+            text += suggest_branches(getattr(err, "file", ""), getattr(err, "branch", ""))
     elif isinstance(err, FileNotFoundError) and err.filename:
         text = f"no such file: {err.filename}"
     elif isinstance(err, PermissionError) and err.filename:
