@@ -76,10 +76,8 @@ def error_message(err: BaseException) -> str:
             from .io.inspect import suggest_branches
 
             text += suggest_branches(getattr(err, "file", ""), getattr(err, "branch", ""))
-    elif isinstance(err, FileNotFoundError) and err.filename:
-        text = f"no such file: {err.filename}"
-    elif isinstance(err, PermissionError) and err.filename:
-        text = f"permission denied: {err.filename}"
+    elif isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.strerror.lower()}: {err.filename}"
     elif isinstance(err, MemoryError):
         text = "out of memory; try a smaller chunk_size or fewer workers"
     else:

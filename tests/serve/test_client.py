@@ -180,8 +180,16 @@ def test_serve_says_where_it_is(tmp_path, tth_bundle, data_dir):
     srv = ServerProcess(repo, "--data-dir", str(data_dir)).start()
     try:
         lines = srv.log.read_text().splitlines()
+        # a second server on the same port: one line, exit 1 (uvicorn alone exits 3)
+        again = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(repo), "--port", str(srv.port)]
+        r = subprocess.run(again, capture_output=True, text=True, env=terminal_env(), timeout=60)
     finally:
         srv.stop()
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (
+        f"error: cannot listen on 127.0.0.1:{srv.port}: address already in use; "
+        "is another server running there? Choose another --port\n"
+    )
     assert lines[0] == f"mlaas4hep serve: {srv.url}  (stop with Ctrl-C)"
     assert lines[1] == f"  repository:   {repo.resolve()}"
     assert lines[2] == "  models:       tth (v1)"

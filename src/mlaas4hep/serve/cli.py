@@ -208,6 +208,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from . import serve
 
     prefixes = list(args.data_dir) + ([] if args.no_remote else ["root://", "http://", "https://"])
+    _check_port(args.host, args.port)
     print(startup_banner(args, prefixes), flush=True)
     serve(
         args.repo,
@@ -228,6 +229,22 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload=int(args.max_upload_mb * 2**20),
     )
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """One line, before anything starts, when the address is taken (uvicorn would exit 3)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise CommandError(
+                f"cannot listen on {host}:{port}: {(err.strerror or str(err)).lower()}; "
+                "is another server running there? Choose another --port"
+            ) from None
 
 
 def startup_banner(args: argparse.Namespace, root_prefixes: list[str]) -> str:
