@@ -13,6 +13,7 @@ import yaml
 
 from mlaas4hep import MODELS_DIR
 from mlaas4hep.generate import generate
+from mlaas4hep.localservers import free_port
 
 from .terminal import bar_lines, cli, on_pty, terminal_env
 
@@ -89,3 +90,45 @@ def test_pipes_get_no_control_characters(tmp_path):
 def test_ci_gets_no_bar_even_on_a_terminal(tmp_path):
     rc, text = on_pty(cli("generate", "--out", str(tmp_path / "d"), "--events", "2000"), CI="true")
     assert rc == 0 and "━" not in text and "wrote 2 files" in text
+
+
+@pytest.mark.slow
+def test_demo_on_a_terminal(tmp_path):
+    argv = cli("demo", "--out", str(tmp_path / "demo"), "--events", "3000", "--files", "1", "--epochs", "1")
+    rc, text = on_pty([*argv, "--workers", "0"], cwd=tmp_path, timeout=600)
+    assert rc == 0, text[-3000:]
+    assert bar_lines(text, "generate") and bar_lines(text, "epoch 0"), text[-3000:]
+    assert "served: 3/3 query types matched" in text
+
+
+def _typos(tmp_path) -> list[tuple[list[str], int, str]]:
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("not a directory\n")
+    free = f"http://127.0.0.1:{free_port()}"
+    return [
+        (["specs", "nope.yaml"], 2, "error: configuration file 'nope.yaml' does not exist"),
+        (["stream", "nope.yaml", "--epochs", "1"], 2, "error: configuration file 'nope.yaml' does not exist"),
+        (["train", "nope.yaml"], 2, "error: configuration file 'nope.yaml' does not exist"),
+        (["workflow", "--files", "f.txt", "--model", "m.py", "--params", "p.json"], 2, "error: "),
+        (["inspect", "nofile.root"], 1, "error: cannot read file 'nofile.root': no such file"),
+        (["generate", "--out", str(a_file / "d"), "--events", "10"], 1, "error: not a directory: "),
+        (["serve", "--repo", str(a_file / "repo"), "--port", "1"], 1, "error: "),
+        (["client", "--url", free, "status"], 1, f"error: cannot connect to {free}: "),
+        (["client", "predict", "tth"], 2, "error: predict needs --values X,Y,... (one row) or --input FILE"),
+        (
+            ["demo", "--events", "abc"],
+            2,
+            "mlaas4hep demo: error: argument --events: invalid int value: 'abc'",
+        ),
+        (["stream", "--epoch", "2"], 2, "mlaas4hep stream: error: "),
+        (["trian", "x.yaml"], 2, "mlaas4hep: error: argument COMMAND: invalid choice: 'trian'"),
+    ]
+
+
+def test_every_command_fails_with_a_message_not_a_traceback(tmp_path):
+    for args, status, start in _typos(tmp_path):
+        rc, text = on_pty(cli(*args), cwd=tmp_path, timeout=120)
+        assert (rc, "Traceback" in text) == (status, False), (args, text)
+        # a bar drawn before the failure is erased from the screen (it stays in the byte stream)
+        message = [ln for ln in text.splitlines() if "━" not in ln]
+        assert 1 <= len(message) <= 2 and message[0].startswith(start), (args, text)

@@ -93,4 +93,8 @@ def bar(
     ]
     with Progress(*columns, console=Console(stderr=True), transient=False) as p:
         task = p.add_task(description, total=total, info="")
-        yield _Bar(p, task)
+        try:
+            yield _Bar(p, task)
+        except BaseException:
+            p.remove_task(task)  # an error message follows: no half-drawn bar above it
+            raise
