@@ -138,7 +138,13 @@ def print_table(
     Console().print(table)
 
 
-def format_scores(labels: Sequence[str], probs: Sequence[float]) -> str:
-    """``ttH 0.82  ttbar 0.18``: each class with its probability, the likeliest first."""
-    pairs = sorted(zip(labels, probs), key=lambda p: -float(p[1]))
+def format_scores(labels: Sequence[str], probs: Sequence[float], likeliest_first: bool = True) -> str:
+    """``ttH 0.82  ttbar 0.18``: each class with its probability.
+
+    The likeliest class comes first; with ``likeliest_first=False`` (rows listed
+    one under the other) the order is fixed, the last label (the signal, label 1) first.
+    """
+    pairs = list(zip(labels, probs))[::-1]
+    if likeliest_first:
+        pairs.sort(key=lambda p: -float(p[1]))
     return "  ".join(f"{name} {float(p):.4g}" for name, p in pairs)

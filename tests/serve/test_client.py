@@ -99,6 +99,11 @@ def test_cli_client_commands(tmp_path, tth_bundle, capsys, monkeypatch):
         assert len(lines) == 4 and all(
             re.fullmatch(r"\d: tt\w+ [\d.e-]+  tt\w+ [\d.e-]+", ln) for ln in lines
         )
+        assert _cli(base + ["predict", "clj", "--values", values]) == 1
+        assert (
+            capsys.readouterr().err
+            == "error: the server answered 404: unknown model 'clj'; did you mean 'cli'?\n"
+        )
         assert _cli(base + ["predict", "cli", "--values", "1,2,3"]) == 1
         err = capsys.readouterr().err
         assert "expects [n, 32]" in err and len(err.splitlines()) == 1

@@ -290,7 +290,7 @@ def _client(action):
             try:
                 result = action(cl, args)
             except Exception as err:
-                raise _client_error(err, cl.url) from err
+                raise _client_error(err, cl.url, cl) from err
         if result is not None:
             print_json(result)
         return 0
@@ -298,7 +298,7 @@ def _client(action):
     return run
 
 
-def _client_error(err: Exception, url: str) -> Exception:
+def _client_error(err: Exception, url: str, cl: Any = None) -> Exception:
     """The one line a person needs for a failed request."""
     import httpx
 
@@ -314,8 +314,26 @@ def _client_error(err: Exception, url: str) -> Exception:
         return UsageError(f"{url} is not an http:// or https:// URL")
     if isinstance(err, ClientError):
         hint = " (give the token: --token-file F or $MLAAS4HEP_TOKEN)" if err.status in (401, 403) else ""
+        if err.status == 404 and "unknown model" in err.message and cl is not None:
+            hint = _model_hint(cl, err.message)
         return CommandError(f"the server answered {err.status}: {err.message}{hint}")
     return err
+
+
+def _model_hint(cl: Any, message: str) -> str:
+    """``; did you mean 'tth'?``, or the list of models, for an unknown model name."""
+    import difflib
+    import re
+
+    try:
+        names = [m["name"] for m in cl.models()]
+    except Exception:
+        return ""
+    wrong = re.search(r"unknown model '([^']*)'", message)
+    close = difflib.get_close_matches(wrong.group(1), names, n=1) if wrong else []
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; models here: {', '.join(names)}" if names else "; the server has no models yet"
 
 
 def _numbers(text: str) -> list[float]:
@@ -367,10 +385,9 @@ def _models(cl: Any, a: argparse.Namespace) -> Any:
                 m.get("n_features"),
                 None if auc is None else f"{auc:.4f}",
                 "yes" if m.get("ready") else "no",
-                m.get("description"),
             ]
         )
-    cols = ["model", "versions", "framework", "labels", "features", "AUC", "ready", "description"]
+    cols = ["model", "versions", "framework", "labels", "features", "AUC", "ready"]
     print_table(rows, cols, right=["features", "AUC"])
     return None
 
@@ -424,7 +441,7 @@ def _predict(cl: Any, a: argparse.Namespace) -> Any:
         print(format_scores(labels, probs[0]))
     else:
         for i, row in enumerate(probs):
-            print(f"{i}: {format_scores(labels, row)}")
+            print(f"{i}: {format_scores(labels, row, likeliest_first=False)}")
     return None
 
 
@@ -450,5 +467,5 @@ def _predict_root(cl: Any, a: argparse.Namespace) -> Any:
         return None
     for i in range(len(probs)):
         ids = "  ".join(f"{c} {res[c][i]}" for c in cols)
-        print(f"{ids}  {format_scores(labels, probs[i])}")
+        print(f"{ids}  {format_scores(labels, probs[i], likeliest_first=False)}")
     return None
