@@ -108,6 +108,31 @@ _UNARY: dict[type, Callable] = {
 }
 
 
+#: C and ROOT ``TTree::Draw`` habits, and what to write instead
+_SPELLINGS = (("&&", "and"), ("||", "or"), ("!", "not"))
+
+
+def syntax_hint(source: str) -> str:
+    """``; write 'and' instead of '&&'``, for the operators of C, or a general hint."""
+    for wrong, right in _SPELLINGS:
+        if wrong in source.replace("!=", ""):
+            return f"; write {right!r} instead of {wrong!r} (expressions are Python: and, or, not)"
+    return "; expressions are Python: e.g. 'nJet >= 4 and MET_pt > 20'"
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """``; did you mean 'Jet_pt'?`` when a candidate is close to ``name`` (else ``""``)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(c) for c in candidates], n=3, cutoff=0.6)
+    if not close:
+        lowered = {str(c).lower(): str(c) for c in candidates}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
 class Expression:
     """A parsed, validated expression. ``names`` are the branches it reads."""
 
@@ -194,31 +219,6 @@ class Expression:
                 left = right
             return out
         raise AssertionError(node)  # _check forbids anything else
-
-
-#: C and ROOT ``TTree::Draw`` habits, and what to write instead
-_SPELLINGS = (("&&", "and"), ("||", "or"), ("!", "not"))
-
-
-def syntax_hint(source: str) -> str:
-    """``; write 'and' instead of '&&'``, for the operators of C, or a general hint."""
-    for wrong, right in _SPELLINGS:
-        if wrong in source.replace("!=", ""):
-            return f"; write {right!r} instead of {wrong!r} (expressions are Python: and, or, not)"
-    return "; expressions are Python: e.g. 'nJet >= 4 and MET_pt > 20'"
-
-
-def did_you_mean(name: str, candidates) -> str:
-    """``; did you mean 'Jet_pt'?`` when a candidate is close to ``name`` (else ``""``)."""
-    import difflib
-
-    close = difflib.get_close_matches(name, [str(c) for c in candidates], n=3, cutoff=0.6)
-    if not close:
-        lowered = {str(c).lower(): str(c) for c in candidates}
-        close = [lowered[name.lower()]] if name.lower() in lowered else []
-    if not close:
-        return ""
-    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
 @lru_cache(maxsize=256)
