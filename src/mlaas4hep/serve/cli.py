@@ -139,13 +139,9 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--max-body-mb", type=float, default=64, help="largest inference request (default 64 MB)")
     s.add_argument("--max-upload-mb", type=float, default=512, help="largest bundle upload (default 512 MB)")
-    s.add_argument(
-        "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="server log level (default warning; info logs every request)",
-    )
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=run_serve)
+    _help(s, log_level="server log level (default warning; info logs every request)")
 
 
 def add_client_arguments(c: argparse.ArgumentParser) -> None:
@@ -207,9 +203,9 @@ def add_client_arguments(c: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from . import serve
 
-    prefixes = list(args.data_dir) + ([] if args.no_remote else ["root://", "http://", "https://"])
     _check_port(args.host, args.port)
-    print(startup_banner(args, prefixes), flush=True)
+    print(startup_banner(args), flush=True)
+    prefixes = list(args.data_dir) + ([] if args.no_remote else ["root://", "http://", "https://"])
     serve(
         args.repo,
         host=args.host,
@@ -247,8 +243,18 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
-def startup_banner(args: argparse.Namespace, root_prefixes: list[str]) -> str:
-    """What ``serve`` prints at start: where it listens, what it serves, who may do what."""
+def _help(parser: argparse.ArgumentParser, **helps: str) -> None:
+    """Set the help text of options by ``dest`` (keeps the option lines above short to merge)."""
+    for action in parser._actions:
+        if action.dest in helps and not action.help:
+            action.help = helps[action.dest]
+
+
+def startup_banner(args: argparse.Namespace) -> str:
+    """What ``serve`` prints at start: where it listens, what it serves, who may do what.
+
+    It prints what the options say; an option it does not know (a newer one) is not shown.
+    """
     from pathlib import Path
 
     from .auth import load_token
@@ -263,8 +269,8 @@ def startup_banner(args: argparse.Namespace, root_prefixes: list[str]) -> str:
         auth = "none: anyone who reaches the port may change the repository (--no-auth)"
     else:
         auth = "no token set, so uploads and deletions are refused (give --token-file or $MLAAS4HEP_TOKEN)"
-    local = [p for p in root_prefixes if "://" not in p]
-    remote = [p for p in root_prefixes if "://" in p]
+    local = list(args.data_dir)
+    remote = [] if args.no_remote else ["root://", "http://", "https://"]
     reads = "local files under " + ", ".join(local) if local else "no local files (add --data-dir DIR)"
     reads += "; remote URLs " + " ".join(remote) if remote else "; no remote URLs (--no-remote)"
     host = f"[{args.host}]" if ":" in args.host else args.host
