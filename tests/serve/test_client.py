@@ -199,4 +199,5 @@ def test_serve_says_where_it_is(tmp_path, tth_bundle, data_dir):
     assert lines[1] == f"  repository:   {repo.resolve()}"
     assert lines[2] == "  models:       tth (v1)"
     assert lines[3].startswith("  auth:         token required to upload, delete, load and unload")
-    assert lines[4] == f"  predict_root: local files under {data_dir}; remote URLs root:// http:// https://"
+    assert lines[4].startswith(f"  predict_root: local files under {data_dir}; ")
+    assert "remote URLs" in lines[4]  # which ones depends on the server's remote options

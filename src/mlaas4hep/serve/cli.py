@@ -270,17 +270,31 @@ def startup_banner(args: argparse.Namespace) -> str:
     else:
         auth = "no token set, so uploads and deletions are refused (give --token-file or $MLAAS4HEP_TOKEN)"
     local = list(args.data_dir)
-    remote = [] if args.no_remote else ["root://", "http://", "https://"]
     reads = "local files under " + ", ".join(local) if local else "no local files (add --data-dir DIR)"
-    reads += "; remote URLs " + " ".join(remote) if remote else "; no remote URLs (--no-remote)"
+    allow = getattr(args, "allow_remote", None)  # the remote allow-list, where the server has one
+    if args.no_remote:
+        reads += "; no remote URLs (--no-remote)"
+    elif allow is None:
+        reads += "; remote URLs root:// http:// https://"
+    else:
+        hosts = [h.strip() for h in str(allow).split(",") if h.strip()]
+        if "*" in hosts:
+            reads += "; remote URLs from any host (--allow-remote '*')"
+        elif hosts:
+            reads += f"; remote URLs from {', '.join(hosts)} only"
+        else:
+            reads += "; no remote URLs (allow hosts with --allow-remote HOST)"
     host = f"[{args.host}]" if ":" in args.host else args.host
+    scheme = "https" if getattr(args, "tls_cert", None) else "http"
     lines = [
-        f"mlaas4hep serve: http://{host}:{args.port}  (stop with Ctrl-C)",
+        f"mlaas4hep serve: {scheme}://{host}:{args.port}  (stop with Ctrl-C)",
         f"  repository:   {Path(args.repo).resolve()}",
         f"  models:       {', '.join(models) if models else 'none yet (mlaas4hep client upload BUNDLE)'}",
         f"  auth:         {auth}",
         f"  predict_root: {reads}",
     ]
+    if getattr(args, "grpc_port", None):
+        lines.append(f"  gRPC:         {host}:{args.grpc_port} (Triton's API)")
     if args.workers > 1:
         lines.append(f"  workers:      {args.workers} processes")
     return "\n".join(lines)
