@@ -195,3 +195,21 @@ def test_usage_errors_are_one_line():
     )
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
     assert r.stderr.startswith("mlaas4hep stream: error: argument --epochs: invalid int value: 'two'")
+
+
+def test_output_into_a_closed_pipe_is_quiet():
+    """``mlaas4hep inspect --json f.root | head -1``: no BrokenPipeError, exit 0."""
+    from ..conftest import SHARED_DATA
+
+    nano = SHARED_DATA / "nano_dy.root"
+    if not nano.exists():
+        pytest.skip("the real NanoAOD file is not here")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlaas4hep.cli", "inspect", "--json", str(nano)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.readline() == b"{\n"
+    proc.stdout.close()  # as `head -1` does
+    assert proc.wait(120) == 0
+    assert proc.stderr.read() == b""
