@@ -72,6 +72,23 @@ def test_train_on_a_terminal(small, tmp_path):
     assert "val AUC" in text and (tmp_path / "run" / "bundle").is_dir()
 
 
+def test_workflow_on_a_terminal(small, tmp_path):
+    """MLaaS4HEP's command: files.txt, labels, params.json, a model file."""
+    pytest.importorskip("torch")
+    import json
+
+    (tmp_path / "files.txt").write_text(f"{small}/data/ttH_0.root\n{small}/data/ttbar_0.root\n")
+    params = {"nevts": -1, "chunk_size": 1000, "epochs": 1, "batch_size": 256, "branch": "Events"}
+    params["selected_branches"] = ["MET_pt", "nJet", "Jet_pt"]
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    argv = ["workflow", "--files", "files.txt", "--labels", "1,0", "--params", "params.json"]
+    argv += ["--model", str(MODELS_DIR / "tth_mlp.py"), "--cache-dir", str(tmp_path / "cache"), "-o", "out"]
+    rc, text = on_pty(cli(*argv), cwd=tmp_path)
+    assert rc == 0, text
+    assert bar_lines(text, "epoch 0"), text
+    assert "val AUC" in text and (tmp_path / "out" / "bundle").is_dir()
+
+
 def test_pipes_get_no_control_characters(tmp_path):
     r = subprocess.run(
         cli("generate", "--out", str(tmp_path / "d"), "--events", "2000"),
