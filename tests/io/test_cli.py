@@ -213,3 +213,10 @@ def test_output_into_a_closed_pipe_is_quiet():
     proc.stdout.close()  # as `head -1` does
     assert proc.wait(120) == 0
     assert proc.stderr.read() == b""
+
+
+def test_inspect_of_a_missing_remote_file_is_one_line(xrootd, capsys):
+    url = xrootd.url("missing.root")
+    assert main(["inspect", url]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: cannot read file {url!r}: no such file")
