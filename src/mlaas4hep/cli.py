@@ -13,7 +13,16 @@ from collections.abc import Sequence
 
 from . import __version__
 from .progress import format_rate
-from .terminal import EXIT_STATUS_HELP, EXIT_USAGE, ArgumentParser, print_json, run
+from .terminal import (
+    EXIT_STATUS_HELP,
+    EXIT_USAGE,
+    ArgumentParser,
+    UsageError,
+    count,
+    positive_int,
+    print_json,
+    run,
+)
 
 DESCRIPTION = """\
 Machine Learning as a Service for High-Energy Physics.
@@ -38,7 +47,7 @@ def _add_executor(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallelism")
     g.add_argument(
         "--workers",
-        type=int,
+        type=count,
         help="decoding processes (0 = in this process; default: the config's, else all cores)",
     )
     g.add_argument(
@@ -96,6 +105,8 @@ def cmd_inspect(args) -> int:
     from .io.inspect import inspect_file
 
     info = inspect_file(args.file, tree=args.tree, pattern=args.filter)
+    if args.filter and info["trees"] and not any(t["branches"] for t in info["trees"]):
+        raise UsageError(_no_match(args, info))
     if args.json:
         print_json(info)
         return 0
@@ -117,6 +128,18 @@ def cmd_inspect(args) -> int:
             table.add_row(b["name"], b["type"], b["kind"])
         console.print(table)
     return 0
+
+
+def _no_match(args, info) -> str:
+    """``no branch matches 'Jt_*'; did you mean 'Jet_*'?``"""
+    from .io.expr import did_you_mean
+    from .io.inspect import inspect_file
+
+    everything = inspect_file(args.file, tree=args.tree)
+    names = {b["name"] for t in everything["trees"] for b in t["branches"]}
+    patterns = {n.split("_")[0] + "_*" for n in names if "_" in n}
+    hint = did_you_mean(args.filter, sorted(names | patterns))
+    return f"no branch matches {args.filter!r} in {args.file}" + (hint or f" ({len(names)} branches there)")
 
 
 def cmd_specs(args) -> int:
@@ -208,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         "TTree 'Events' in CMS NanoAOD layout. Deterministic for a seed.",
     )
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory (created if missing)")
-    p.add_argument("--events", type=int, default=100_000, help="events per file (default 100000)")
-    p.add_argument("--files", type=int, default=1, help="files per process (default 1)")
+    p.add_argument("--events", type=positive_int, default=100_000, help="events per file (default 100000)")
+    p.add_argument("--files", type=positive_int, default=1, help="files per process (default 1)")
     p.add_argument("--seed", type=int, default=42, help="random seed; the same seed writes the same events")
     p.add_argument(
         "--compression",
@@ -259,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Epoch 0 decodes (and fills the decoded cache); later epochs read the cache.",
     )
     p.add_argument("config", help="dataset YAML")
-    p.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1)")
-    p.add_argument("--batch-size", type=int, default=1024, help="events per batch (default 1024)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the data (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="events per batch (default 1024)")
     p.add_argument("--specs", metavar="FILE", help="specs JSON to use (recomputed if stale)")
     p.add_argument("--no-cache", action="store_true", help="do not use the decoded cache")
     _add_json(p, "print the throughput per epoch as JSON")

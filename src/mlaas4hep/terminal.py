@@ -53,6 +53,26 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (events, files, epochs, batch sizes)."""
+    return _int_at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0 (workers, entry numbers)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is too small: give {low} or more")
+    return value
+
+
 def exit_status(err: BaseException) -> int:
     """1 for a failure while running, 2 for a wrong input (see the module docstring)."""
     from .io.errors import ConfigError

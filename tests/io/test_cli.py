@@ -220,3 +220,21 @@ def test_inspect_of_a_missing_remote_file_is_one_line(xrootd, capsys):
     assert main(["inspect", url]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(f"error: cannot read file {url!r}: no such file")
+
+
+def test_inspect_filter_that_matches_nothing_suggests(data_dir, capsys):
+    assert main(["inspect", str(data_dir / "ttH_0.root"), "--filter", "Jt_*"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: no branch matches 'Jt_*' in {data_dir / 'ttH_0.root'}; did you mean 'Jet_*'"
+    )
+
+
+def test_counts_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--out", str(tmp_path), "--events", "-5"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        "mlaas4hep generate: error: argument --events: -5 is too small: give 1 or more "
+        "(see: mlaas4hep generate --help)\n"
+    )

@@ -16,7 +16,7 @@ import argparse
 import json
 from typing import Any
 
-from ..terminal import CommandError, UsageError, format_scores, print_json, print_table
+from ..terminal import CommandError, UsageError, count, format_scores, print_json, print_table
 
 SERVE_HELP = """\
 Serve a repository of model bundles over HTTP: the TFaaS API (/upload, /models,
@@ -190,8 +190,8 @@ def add_client_arguments(c: argparse.ArgumentParser) -> None:
         "file", metavar="URL", help="file path (under the server's --data-dir), root:// or http(s):// URL"
     )
     rt.add_argument("--tree", help="tree name (default: the bundle's)")
-    rt.add_argument("--start", type=int, default=0, help="first entry (default 0)")
-    rt.add_argument("--stop", type=int, default=None, help="entry after the last one (default: the end)")
+    rt.add_argument("--start", type=count, default=0, help="first entry (default 0)")
+    rt.add_argument("--stop", type=count, default=None, help="entry after the last one (default: the end)")
     rt.add_argument(
         "-o", "--out", metavar="FILE", help="write a friend-tree ROOT file of scores here (else print them)"
     )

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ..io.errors import Mlaas4hepError
-from ..terminal import error_message, exit_status, print_json
+from ..terminal import error_message, exit_status, positive_int, print_json
 
 TRAIN_HELP = """\
 Train the model of CONFIG on streamed ROOT data and write a bundle.
@@ -88,7 +88,7 @@ def add_train_commands(subparsers: Any) -> None:
     p.add_argument(
         "-o", "--out", default=None, metavar="DIR", help="output directory (default: runs/<model name>)"
     )
-    p.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override training.epochs")
     _common(p)
     p.set_defaults(func=run_train)
 
