@@ -194,7 +194,7 @@ def test_usage_errors_are_one_line():
         text=True,
     )
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
-    assert r.stderr.startswith("mlaas4hep stream: error: argument --epochs: invalid int value: 'two'")
+    assert r.stderr.startswith("mlaas4hep stream: error: argument --epochs: 'two' is not a whole number")
 
 
 def test_output_into_a_closed_pipe_is_quiet():
