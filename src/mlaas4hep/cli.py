@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlaas4hep {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument(
-        "--debug", action="store_true", help="print the traceback of an error (put it before the command)"
+        "--debug", action="store_true", help="print the traceback of an error (anywhere on the line)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -307,7 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug anywhere on the line (people add it at the end after a failure)
+    debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+    args = parser.parse_args([a for a in argv if a != "--debug"] if debug else argv)
+    args.debug = debug
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",

@@ -34,7 +34,7 @@ exit status:
   1    the command ran and failed (unreadable file, server down or refusing, ...)
   2    usage or configuration error (bad option, YAML key, expression, model file)
   130  interrupted
-errors print one or two lines; add --debug (before the command) for the traceback.
+errors print one or two lines; add --debug for the traceback.
 """
 
 

@@ -238,3 +238,12 @@ def test_counts_must_be_positive(tmp_path, capsys):
         "mlaas4hep generate: error: argument --events: -5 is too small: give 1 or more "
         "(see: mlaas4hep generate --help)\n"
     )
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_debug_anywhere_shows_the_traceback(tmp_path, capsys, where):
+    argv = ["stream", str(tmp_path / "nope.yaml")]
+    argv = ["--debug", *argv] if where == "first" else [*argv, "--debug"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.splitlines()[-1].startswith("error: configuration file")
