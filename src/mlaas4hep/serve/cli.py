@@ -152,7 +152,7 @@ def add_client_arguments(c: argparse.ArgumentParser) -> None:
     )
     c.add_argument("--json", action="store_true", help="machine output: print the server's answer as JSON")
     cs = c.add_subparsers(dest="client_command", metavar="COMMAND")
-    c.set_defaults(func=lambda a: (c.print_help(), 2)[1])
+    c.set_defaults(func=lambda a: _help_and_usage_status(c))
 
     def sub(name: str, help: str) -> argparse.ArgumentParser:
         p = cs.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
@@ -241,6 +241,11 @@ def _check_port(host: str, port: int) -> None:
                 f"cannot listen on {host}:{port}: {(err.strerror or str(err)).lower()}; "
                 "is another server running there? Choose another --port"
             ) from None
+
+
+def _help_and_usage_status(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
 
 
 def _help(parser: argparse.ArgumentParser, **helps: str) -> None:
