@@ -96,3 +96,67 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
+    """SIGINT reaches every process of the command: the workers leave without a traceback each."""
+    import pty
+    import select
+
+    from ..terminal import plain, terminal_env
+
+    script = tmp_path / "interrupt_me.py"
+    script.write_text(
+        textwrap.dedent("""\
+            import time
+            from mlaas4hep.io.executor import process_pool
+
+            if __name__ == "__main__":
+                pool = process_pool(2)
+                futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+                print("ready", flush=True)
+                try:
+                    for f in futures:
+                        f.result()
+                except KeyboardInterrupt:
+                    print("interrupted", flush=True)
+                for _ in range(100):  # the pool notices its workers are gone
+                    if pool._broken:
+                        break
+                    time.sleep(0.1)
+                print("again", process_pool(2).submit(int, "7").result(), flush=True)
+            """)
+    )
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=terminal_env(),
+        start_new_session=True,
+    )
+    os.close(slave)
+    out, sent, deadline = b"", False, time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                out += data
+            if not sent and b"ready" in out:
+                os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does on a terminal
+                sent = True
+        rc = proc.wait(30)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = plain(out)
+    assert rc == 0 and "interrupted" in text and "again 7" in text, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text

@@ -13,7 +13,10 @@ Worker processes need no ceremony from the caller:
   hundred lines of tracebacks from every worker;
 * workers exit when their parent dies, even by ``kill -9``: they watch the
   parent's pipe from a thread, and on Linux the kernel also sends them SIGTERM
-  (``PR_SET_PDEATHSIG``) when the process that forked them goes.
+  (``PR_SET_PDEATHSIG``) when the process that forked them goes;
+* Ctrl-C on a terminal (SIGINT to every process of the command) ends the
+  workers silently; the parent alone reports the interruption, and a pool
+  broken that way is replaced on next use.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
                 f.write(str(os.getpid()))
         raise SystemExit(1)
     pool = _POOLS.get(workers)
-    if pool is None:
+    if pool is None or getattr(pool, "_broken", False):  # e.g. its workers were interrupted
         pool = _start(workers)
         _POOLS[workers] = pool
     return pool
@@ -121,7 +124,8 @@ def _warm_up() -> None:
 
 
 def _guard_worker() -> None:
-    """In each worker: exit when the parent process dies, however it dies."""
+    """In each worker: exit when the parent process dies, however it dies; exit quietly on Ctrl-C."""
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # no traceback per worker
     if sys.platform.startswith("linux"):
         try:  # the kernel sends SIGTERM when the process that forked us exits
             import ctypes
