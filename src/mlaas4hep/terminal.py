@@ -119,9 +119,7 @@ def run(func: Callable[[Any], int | None], args: Any, debug: bool = False) -> in
     except BrokenPipeError:  # `mlaas4hep inspect f.root | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
         return EXIT_OK
-    except SystemExit:
-        raise
-    except Exception as err:
+    except Exception as err:  # SystemExit (a message of its own) passes through
         if debug:
             traceback.print_exc()
         print(error_message(err), file=sys.stderr)
