@@ -6,13 +6,23 @@ Each layer registers its subcommands; run ``mlaas4hep COMMAND --help`` for detai
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 
 from . import __version__
+from .progress import format_rate
+from .terminal import (
+    EXIT_STATUS_HELP,
+    EXIT_USAGE,
+    ArgumentParser,
+    UsageError,
+    count,
+    positive_int,
+    print_json,
+    run,
+)
 
 DESCRIPTION = """\
 Machine Learning as a Service for High-Energy Physics.
@@ -28,6 +38,8 @@ typical session:
   mlaas4hep stream config.yaml --epochs 2            # read throughput, per epoch
   mlaas4hep train train.yaml --out run1              # train and export a bundle
   mlaas4hep serve --repo models                      # serve bundles over HTTP
+
+progress bars show on a terminal only (MLAAS4HEP_PROGRESS=0/1 forces them off/on).
 """
 
 
@@ -35,7 +47,7 @@ def _add_executor(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallelism")
     g.add_argument(
         "--workers",
-        type=int,
+        type=count,
         help="decoding processes (0 = in this process; default: the config's, else all cores)",
     )
     g.add_argument(
@@ -48,6 +60,10 @@ def _add_executor(p: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (implies --executor dask)",
     )
+
+
+def _add_json(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"{what} (machine output)")
 
 
 def _load_dataset(args, **extra):
@@ -72,9 +88,16 @@ def cmd_generate(args) -> int:
         args.out, events=args.events, files=args.files, seed=args.seed, compression=args.compression
     )
     dt = time.perf_counter() - t0
+    n = len(paths) * args.events
+    if args.json:
+        print_json({"files": [str(p) for p in paths], "events": n, "seconds": round(dt, 3)})
+        return 0
     for p in paths:
         print(p)
-    print(f"wrote {len(paths)} files, {len(paths) * args.events:,} events in {dt:.1f}s", file=sys.stderr)
+    print(
+        f"wrote {len(paths)} files, {n:,} events in {dt:.1f}s ({format_rate(n / max(dt, 1e-9))})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -82,8 +105,10 @@ def cmd_inspect(args) -> int:
     from .io.inspect import inspect_file
 
     info = inspect_file(args.file, tree=args.tree, pattern=args.filter)
+    if args.filter and info["trees"] and not any(t["branches"] for t in info["trees"]):
+        raise UsageError(_no_match(args, info))
     if args.json:
-        print(json.dumps(info, indent=1))
+        print_json(info)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -105,6 +130,18 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _no_match(args, info) -> str:
+    """``no branch matches 'Jt_*'; did you mean 'Jet_*'?``"""
+    from .io.expr import did_you_mean
+    from .io.inspect import inspect_file
+
+    everything = inspect_file(args.file, tree=args.tree)
+    names = {b["name"] for t in everything["trees"] for b in t["branches"]}
+    patterns = {n.split("_")[0] + "_*" for n in names if "_" in n}
+    hint = did_you_mean(args.filter, sorted(names | patterns))
+    return f"no branch matches {args.filter!r} in {args.file}" + (hint or f" ({len(names)} branches there)")
+
+
 def cmd_specs(args) -> int:
     ds = _load_dataset(args, show_progress=None)
     ds._specs_arg = None  # always compute into the output path
@@ -113,6 +150,19 @@ def cmd_specs(args) -> int:
     dt = time.perf_counter() - t0
     specs.save(args.output)
     n = sum(f["entries"] for f in specs.files)
+    if args.json:
+        print_json(
+            {
+                "output": str(args.output),
+                "files": len(specs.files),
+                "events": n,
+                "flat": len(specs.flat),
+                "jagged": len(specs.jagged),
+                "seconds": round(dt, 3),
+                "skipped": [str(r) for r in ds.report],
+            }
+        )
+        return 0
     print(
         f"specs of {len(specs.files)} files, {n:,} events, {len(specs.flat)} flat + {len(specs.jagged)} jagged "
         f"branches in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} events/s) -> {args.output}"
@@ -126,31 +176,52 @@ def cmd_stream(args) -> int:
     import numpy as np
 
     ds = _load_dataset(args, show_progress=None)
-    print(
-        f"{len(ds.urls)} files, {ds.nevents:,} events after selection, {ds.n_features} features, "
-        f"labels {ds.label_names}"
+    selected = " after selection" if ds.config.selection else ""
+    say = (lambda *a, **k: None) if args.json else print
+    say(
+        f"{len(ds.urls)} files, {ds.nevents:,} events{selected}, {ds.n_features} features, labels {ds.label_names}"
     )
+    epochs = []
     for epoch in range(args.epochs):
         t0, n, pos = time.perf_counter(), 0, 0
         for b in ds.batches(batch_size=args.batch_size, epoch=epoch):
             n += len(b.y)
             pos += int(np.sum(b.y == 1))
         dt = time.perf_counter() - t0
-        print(
-            f"epoch {epoch}: {n:,} events in {dt:.2f}s = {n / max(dt, 1e-9):,.0f} events/s "
+        epochs.append(
+            {"epoch": epoch, "events": n, "seconds": round(dt, 3), "label1_fraction": pos / max(n, 1)}
+        )
+        say(
+            f"epoch {epoch}: {n:,} events in {dt:.2f}s = {format_rate(n / max(dt, 1e-9))} "
             f"(label-1 fraction {pos / max(n, 1):.3f})"
         )
+    if args.json:
+        print_json(
+            {
+                "files": len(ds.urls),
+                "features": ds.n_features,
+                "epochs": epochs,
+                "skipped": [str(r) for r in ds.report],
+            }
+        )
+        return 0
     for r in ds.report:
         print(f"skipped: {r}", file=sys.stderr)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mlaas4hep", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = ArgumentParser(
+        prog="mlaas4hep",
+        description=DESCRIPTION,
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mlaas4hep {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an error (anywhere on the line)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -159,11 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write DIR/ttH_{i}.root (signal) and DIR/ttbar_{i}.root (background), "
         "TTree 'Events' in CMS NanoAOD layout. Deterministic for a seed.",
     )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--events", type=int, default=100_000, help="events per file (default 100000)")
-    p.add_argument("--files", type=int, default=1, help="files per process (default 1)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--compression", choices=["zlib", "lz4", "zstd", "lzma", "none"], default="zlib")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    p.add_argument("--events", type=positive_int, default=100_000, help="events per file (default 100000)")
+    p.add_argument("--files", type=positive_int, default=1, help="files per process (default 1)")
+    p.add_argument("--seed", type=int, default=42, help="random seed; the same seed writes the same events")
+    p.add_argument(
+        "--compression",
+        choices=["zlib", "lz4", "zstd", "lzma", "none"],
+        default="zlib",
+        help="ROOT compression (default zlib, as CMS NanoAOD; lz4 reads about 2x faster)",
+    )
+    _add_json(p, "print the written files as JSON")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -175,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="path or URL")
     p.add_argument("--tree", help="only this tree")
     p.add_argument("--filter", help="only branches matching this wildcard, e.g. 'Jet_*'")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_json(p, "print the trees and branches as JSON")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
@@ -185,7 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON, with each file's fingerprint so that stale specs are detected later.",
     )
     p.add_argument("config", help="dataset YAML")
-    p.add_argument("-o", "--output", default="specs.json", help="output JSON (default specs.json)")
+    p.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="output",
+        default="specs.json",
+        metavar="FILE",
+        help="where to write the specs JSON (default specs.json)",
+    )
+    _add_json(p, "print a summary as JSON")
     _add_executor(p)
     p.set_defaults(func=cmd_specs)
 
@@ -196,10 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Epoch 0 decodes (and fills the decoded cache); later epochs read the cache.",
     )
     p.add_argument("config", help="dataset YAML")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--specs", help="specs JSON to use (recomputed if stale)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="passes over the data (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="events per batch (default 1024)")
+    p.add_argument("--specs", metavar="FILE", help="specs JSON to use (recomputed if stale)")
     p.add_argument("--no-cache", action="store_true", help="do not use the decoded cache")
+    _add_json(p, "print the throughput per epoch as JSON")
     _add_executor(p)
     p.set_defaults(func=cmd_stream)
 
@@ -220,23 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug anywhere on the line (people add it at the end after a failure)
+    debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+    args = parser.parse_args([a for a in argv if a != "--debug"] if debug else argv)
+    args.debug = debug
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    from .io.errors import Mlaas4hepError
-
-    try:
-        return int(args.func(args) or 0)
-    except Mlaas4hepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        return EXIT_USAGE
+    return run(args.func, args, debug=args.debug)
 
 
 if __name__ == "__main__":

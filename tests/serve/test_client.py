@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from mlaas4hep.cli import main
 from mlaas4hep.client import Client, ClientError
-from mlaas4hep.serve.cli import add_serve_commands
+from mlaas4hep.localservers import free_port
 
+from ..terminal import cli, on_pty, terminal_env
 from .conftest import HTTP, ServerProcess
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mlaas4hep")
-    add_serve_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """The ``mlaas4hep`` command line in this process: exit status, messages on stderr."""
+    return main(argv)
 
 
 def test_python_client_roundtrip(tmp_path, tth_bundle):
@@ -67,26 +69,48 @@ def test_cli_client_commands(tmp_path, tth_bundle, capsys, monkeypatch):
     base = ["client", "--url", srv.url]
     try:
         assert _cli(base + ["upload", str(tth_bundle.path), "--name", "cli"]) == 1  # no token
-        assert "401" in capsys.readouterr().err
-        assert (
-            _cli(base + ["--token-file", str(token_file), "upload", str(tth_bundle.path), "--name", "cli"])
-            == 0
-        )
+        err = capsys.readouterr().err
+        assert err.startswith("error: the server answered 401: ") and "--token-file" in err
+        assert len(err.splitlines()) == 1
+        tok = ["--token-file", str(token_file)]
+        assert _cli(base + [*tok, "--json", "upload", str(tth_bundle.path), "--name", "cli"]) == 0
         assert json.loads(capsys.readouterr().out)["name"] == "cli"
-        assert _cli(base + ["models"]) == 0
+        assert _cli(base + [*tok, "upload", str(tth_bundle.path), "--name", "cli"]) == 0
+        assert capsys.readouterr().out == "installed cli version 2\n"
+        assert _cli(base + ["models", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)[0]["name"] == "cli"
         x = tth_bundle.x[3]
-        assert _cli(base + ["predict", "cli", "--values", ",".join(repr(float(v)) for v in x)]) == 0
+        p = float(tth_bundle.predictor.predict(x[None])[0, 0])
+        values = ",".join(repr(float(v)) for v in x)
+        assert _cli(base + ["--json", "predict", "cli", "--values", values]) == 0
         got = json.loads(capsys.readouterr().out)
-        assert got[0][0] == pytest.approx(float(tth_bundle.predictor.predict(x[None])[0, 0]), abs=1e-6)
+        assert got[0][0] == pytest.approx(p, abs=1e-6)
+        # for people: each class with its label, the likeliest first
+        assert _cli(base + ["predict", "cli", "--values", values]) == 0
+        out = capsys.readouterr().out
+        first, second = sorted([("ttH", p), ("ttbar", 1 - p)], key=lambda t: -t[1])
+        assert out == f"{first[0]} {first[1]:.4g}  {second[0]} {second[1]:.4g}\n"
         rows = tmp_path / "rows.json"
         rows.write_text(json.dumps(tth_bundle.x[:4].tolist()))
-        assert _cli(base + ["predict", "cli", "--input", str(rows)]) == 0
+        assert _cli(base + ["predict", "cli", "--input", str(rows), "--json"]) == 0
         assert len(json.loads(capsys.readouterr().out)) == 4
+        assert _cli(base + ["predict", "cli", "--input", str(rows)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 4 and all(
+            re.fullmatch(r"\d: tt\w+ [\d.e-]+  tt\w+ [\d.e-]+", ln) for ln in lines
+        )
+        assert _cli(base + ["predict", "clj", "--values", values]) == 1
+        assert (
+            capsys.readouterr().err
+            == "error: the server answered 404: unknown model 'clj'; did you mean 'cli'?\n"
+        )
         assert _cli(base + ["predict", "cli", "--values", "1,2,3"]) == 1
-        assert "expects [n, 32]" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "expects [n, 32]" in err and len(err.splitlines()) == 1
         monkeypatch.setenv("MLAAS4HEP_TOKEN", srv.token)
-        assert _cli(base + ["delete", "cli"]) == 0
+        assert _cli(base + ["delete", "cli", "--version", "2"]) == 0
+        assert capsys.readouterr().out == "deleted cli version 2\n"
+        assert _cli(base + ["--json", "delete", "cli"]) == 0
         assert json.loads(capsys.readouterr().out)["deleted_versions"] == [1]
     finally:
         srv.stop()
@@ -100,3 +124,80 @@ def test_cli_help_explains(capsys):
     with pytest.raises(SystemExit):
         _cli(["client", "--help"])
     assert "predict-root" in capsys.readouterr().out
+
+
+def test_python_m_serve_help_says_serve_once():
+    r = subprocess.run([sys.executable, "-m", "mlaas4hep.serve", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert r.stdout.startswith("usage: python -m mlaas4hep.serve [-h]") and "serve serve" not in r.stdout
+    assert "--repo DIR" in r.stdout and "exit status:" in r.stdout
+
+
+def test_predict_root_from_the_command_line(server, tth_bundle, capsys):
+    """The positional URL of the ROOT file no longer overwrites --url (the server's address)."""
+    f = str(tth_bundle.data_dir / "ttH_0.root")
+    base = ["client", "--url", server.url, "predict-root", "tth", f, "--stop", "5"]
+    assert _cli(base) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = tth_bundle.predictor.predict_raw({k: v[:5] for k, v in tth_bundle.raw.items()})[:, -1]
+    assert len(lines) == 5
+    for i, (line, p) in enumerate(zip(lines, expected)):
+        assert line.startswith(f"entry {i}  ")
+        got = dict(re.findall(r"(ttH|ttbar) ([\d.e-]+)", line))
+        assert float(got["ttH"]) == pytest.approx(float(p), abs=1e-3)
+        assert float(got["ttbar"]) == pytest.approx(1 - float(p), abs=1e-3)
+    assert _cli([*base, "--csv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("entry,") and header.endswith(",ttbar,ttH")
+    assert _cli([*base, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["scores"]) == 5
+
+
+def test_client_errors_are_one_line(tmp_path):
+    """Server down, a typo in --values: one line each, exit 1 and 2, no traceback (unless --debug)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    rc, text = on_pty(cli("client", "--url", url, "models"), timeout=60)
+    assert rc == 1
+    assert text == f"error: cannot connect to {url}: is `mlaas4hep serve` running? (--url or $MLAAS4HEP_URL)"
+    rc, text = on_pty(cli("client", "--url", url, "predict", "tth", "--values", "0.3,abc"), timeout=60)
+    assert rc == 2 and len(text.splitlines()) == 1, text
+    assert "'abc' is not a number" in text and "Traceback" not in text
+    r = subprocess.run(
+        cli("--debug", "client", "--url", url, "status"), capture_output=True, text=True, env=terminal_env()
+    )
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ConnectError" in r.stderr
+
+
+def test_models_and_status_are_tables(server, capsys):
+    assert _cli(["client", "--url", server.url, "models"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"┃ model\s*┃ versions", out) and re.search(r"│ tth\s*│ 1\s*│ onnx", out), out
+    assert _cli(["client", "--url", server.url, "status"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"│ status\s*│ ok", out) and re.search(r"│ models\s*│ tth", out), out
+
+
+def test_serve_says_where_it_is(tmp_path, tth_bundle, data_dir):
+    from .conftest import install_copy
+
+    repo = tmp_path / "repo"
+    install_copy(repo, tth_bundle.path, "tth")
+    srv = ServerProcess(repo, "--data-dir", str(data_dir)).start()
+    try:
+        lines = srv.log.read_text().splitlines()
+        # a second server on the same port: one line, exit 1 (uvicorn alone exits 3)
+        again = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(repo), "--port", str(srv.port)]
+        r = subprocess.run(again, capture_output=True, text=True, env=terminal_env(), timeout=60)
+    finally:
+        srv.stop()
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (
+        f"error: cannot listen on 127.0.0.1:{srv.port}: address already in use; "
+        "is another server running there? Choose another --port\n"
+    )
+    assert lines[0] == f"mlaas4hep serve: {srv.url}  (stop with Ctrl-C)"
+    assert lines[1] == f"  repository:   {repo.resolve()}"
+    assert lines[2] == "  models:       tth (v1)"
+    assert lines[3].startswith("  auth:         token required to upload, delete, load and unload")
+    assert lines[4].startswith(f"  predict_root: local files under {data_dir}; ")
+    assert "remote URLs" in lines[4]  # which ones depends on the server's remote options

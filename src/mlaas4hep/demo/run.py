@@ -336,7 +336,7 @@ def add_demo_command(sub) -> None:
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     p.add_argument("--events", type=int, default=100_000, help="events per generated file (default 100000)")
     p.add_argument("--files", type=int, default=2, help="files per process (default 2)")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=8, help="training epochs of both networks (default 8)")
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
     p.add_argument(
         "--remote", action="store_true", help="serve the samples from a local XRootD server and read root://"

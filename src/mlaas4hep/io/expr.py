@@ -108,6 +108,31 @@ _UNARY: dict[type, Callable] = {
 }
 
 
+#: C and ROOT ``TTree::Draw`` habits, and what to write instead
+_SPELLINGS = (("&&", "and"), ("||", "or"), ("!", "not"))
+
+
+def syntax_hint(source: str) -> str:
+    """``; write 'and' instead of '&&'``, for the operators of C, or a general hint."""
+    for wrong, right in _SPELLINGS:
+        if wrong in source.replace("!=", ""):
+            return f"; write {right!r} instead of {wrong!r} (expressions are Python: and, or, not)"
+    return "; expressions are Python: e.g. 'nJet >= 4 and MET_pt > 20'"
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """``; did you mean 'Jet_pt'?`` when a candidate is close to ``name`` (else ``""``)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(c) for c in candidates], n=3, cutoff=0.6)
+    if not close:
+        lowered = {str(c).lower(): str(c) for c in candidates}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
 class Expression:
     """A parsed, validated expression. ``names`` are the branches it reads."""
 
@@ -118,7 +143,7 @@ class Expression:
         try:
             tree = ast.parse(source.strip(), mode="eval")
         except SyntaxError as err:
-            raise ConfigError(f"invalid expression {source!r}: {err.msg}") from None
+            raise ConfigError(f"invalid expression {source!r}: {err.msg}{syntax_hint(source)}") from None
         self._body = tree.body
         self.names: list[str] = []
         self._check(self._body)
@@ -135,7 +160,8 @@ class Expression:
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
                 name = getattr(node.func, "id", ast.unparse(node.func))
                 raise ConfigError(
-                    f"in expression {self.source!r}: unknown function {name!r}; allowed: {sorted(FUNCTIONS)}"
+                    f"in expression {self.source!r}: unknown function {name!r}"
+                    + (did_you_mean(name, FUNCTIONS) or f"; allowed: {', '.join(sorted(FUNCTIONS))}")
                 )
             if node.keywords:
                 raise ConfigError(f"in expression {self.source!r}: keyword arguments are not allowed")
@@ -166,7 +192,10 @@ class Expression:
     def _eval(self, node: ast.AST, arrays: Mapping[str, Any]) -> Any:
         if isinstance(node, ast.Name):
             if node.id not in arrays:
-                raise ConfigError(f"expression {self.source!r} uses {node.id!r}, which is not available")
+                raise ConfigError(
+                    f"expression {self.source!r} uses {node.id!r}, which is not available"
+                    + did_you_mean(node.id, arrays)
+                )
             return arrays[node.id]
         if isinstance(node, ast.Constant):
             return node.value

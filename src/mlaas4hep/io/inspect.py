@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import sources
+from .errors import FileOpenError
 from .schema import branch_kind
+
+#: default ports of the remote schemes
+PORTS = {"root": 1094, "roots": 1094, "xroot": 1094, "http": 80, "https": 443}
 
 
 def inspect_file(
@@ -19,6 +25,7 @@ def inspect_file(
     """
     import fnmatch
 
+    check_reachable(url, min(timeout, 10.0))
     f = sources.open_file(url, timeout)
     try:
         trees = [k.split(";")[0] for k, c in f.classnames(recursive=True).items() if c == "TTree"]
@@ -42,5 +49,51 @@ def inspect_file(
 
             raise TreeNotFoundError(url, tree, trees)
         return out
+    finally:
+        f.close()
+
+
+def check_reachable(url: str, timeout: float = 10.0) -> None:
+    """Fail fast, in one line, when the server of a remote URL cannot be reached at all.
+
+    Without this, an XRootD client retries a refused connection until its
+    timeouts expire, and the error that finally comes back talks about the file.
+    """
+    parts = urlsplit(url)
+    port = PORTS.get(parts.scheme)
+    if port is None or not parts.hostname:
+        return
+    try:
+        port = parts.port or port
+    except ValueError:
+        raise FileOpenError(url, f"the port in {parts.netloc!r} is not a number") from None
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        reason = getattr(err, "strerror", None) or type(err).__name__
+        raise FileOpenError(
+            url,
+            f"cannot connect to {parts.hostname}:{port} ({reason}); is the server up, and the host and port right?",
+        ) from None
+
+
+def suggest_branches(url: str, name: str) -> str:
+    """``; did you mean 'Jet_pt'?`` from the branches of a local file's trees (``""`` if none is close)."""
+    from .expr import did_you_mean
+
+    if not sources.is_local(url):
+        return ""
+    try:
+        f = sources.open_file(url)
+    except Exception:
+        return ""
+    try:
+        keys: list[str] = []
+        for k, c in f.classnames(recursive=True).items():
+            if c == "TTree":
+                keys += f[k].keys(recursive=True)
+        return did_you_mean(name, dict.fromkeys(keys))
+    except Exception:
+        return ""
     finally:
         f.close()

@@ -3,10 +3,16 @@
 import argparse
 import sys
 
-from .cli import add_serve_commands
+from ..terminal import EXIT_STATUS_HELP, ArgumentParser, run
+from .cli import SERVE_HELP, add_serve_arguments
 
-parser = argparse.ArgumentParser(prog="python -m mlaas4hep.serve")
-sub = parser.add_subparsers(dest="command")
-add_serve_commands(sub)
-args = parser.parse_args(["serve", *sys.argv[1:]])
-sys.exit(args.func(args))
+parser = ArgumentParser(
+    prog="python -m mlaas4hep.serve",
+    description=SERVE_HELP,
+    epilog=EXIT_STATUS_HELP,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+)
+parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+add_serve_arguments(parser)
+args = parser.parse_args()
+sys.exit(run(args.func, args, debug=args.debug))

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ..io.errors import Mlaas4hepError
+from ..terminal import error_message, exit_status, positive_int, print_json
 
 TRAIN_HELP = """\
 Train the model of CONFIG on streamed ROOT data and write a bundle.
@@ -19,8 +20,10 @@ Train the model of CONFIG on streamed ROOT data and write a bundle.
 CONFIG is a dataset YAML (tree, files with labels, branches, jagged lengths...)
 with two more sections:
 
-  model: models/tth_mlp.py      # a file defining model(idim) (PyTorch, Keras)
-                                # or model() (scikit-learn, XGBoost)
+  model: my_model.py            # a file defining model(idim) (PyTorch, Keras)
+                                # or model() (scikit-learn, XGBoost); examples in
+                                # the folder that `python -c "import mlaas4hep;
+                                # print(mlaas4hep.MODELS_DIR)"` prints
   training:
     epochs: 10
     batch_size: 1024
@@ -32,6 +35,7 @@ with two more sections:
 
 Writes OUT/bundle/ (model.onnx, bundle.json, labels.txt, native weights),
 OUT/metrics.json, OUT/plots/*.png and OUT/checkpoint/ (for --resume).
+Progress bars show on a terminal only; --no-progress turns them off there too.
 """
 
 WORKFLOW_HELP = """\
@@ -68,6 +72,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--no-progress", action="store_true", help="no progress bars (they show on a terminal only)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON (machine output)")
 
 
 def add_train_commands(subparsers: Any) -> None:
@@ -80,8 +85,10 @@ def add_train_commands(subparsers: Any) -> None:
         formatter_class=fmt,
     )
     p.add_argument("config", help="train configuration (YAML): dataset + model + training sections")
-    p.add_argument("--out", "-o", default=None, help="output directory (default: runs/<model name>)")
-    p.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    p.add_argument(
+        "-o", "--out", default=None, metavar="DIR", help="output directory (default: runs/<model name>)"
+    )
+    p.add_argument("--epochs", type=positive_int, default=None, help="override training.epochs")
     _common(p)
     p.set_defaults(func=run_train)
 
@@ -105,7 +112,15 @@ def add_train_commands(subparsers: Any) -> None:
     w.add_argument(
         "--preproc", default=None, help="MLaaS4HEP preproc.json (new_branch, flat_cut, jagged_cut)"
     )
-    w.add_argument("--fout", default=None, help="output directory (default: mlaas4hep-out/<model name>)")
+    w.add_argument(
+        "-o",
+        "--out",
+        "--fout",
+        dest="fout",
+        default=None,
+        metavar="DIR",
+        help="output directory (default: mlaas4hep-out/<model name>); --fout as in MLaaS4HEP",
+    )
     w.add_argument("--cache-dir", default=None, help="decoded-cache directory (default: ~/.cache/mlaas4hep)")
     _common(w)
     w.set_defaults(func=run_workflow)
@@ -113,14 +128,38 @@ def add_train_commands(subparsers: Any) -> None:
 
 def _setup(args) -> None:
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
+        level=logging.WARNING if args.quiet or args.json else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
     )
 
 
-def _report(result) -> int:
+def _failed(err: Mlaas4hepError, args) -> int:
+    """The same message and exit status as every other command (see :mod:`mlaas4hep.terminal`)."""
+    if getattr(args, "debug", False):
+        raise err
+    print(error_message(err), file=sys.stderr)
+    return exit_status(err)
+
+
+def _report(result, as_json: bool = False) -> int:
     if result.rank != 0:  # under torchrun, rank 0 reports for all
         return 0
     m = result.metrics
+    if as_json:
+        print_json(
+            {
+                "interrupted": bool(result.interrupted),
+                "bundle": str(result.bundle_path),
+                "out": str(result.out_dir),
+                **{
+                    k: m[k]
+                    for k in ("framework", "val_auc", "val_accuracy", "val_loss", "epochs_trained")
+                    if k in m
+                },
+            }
+        )
+        return 0
     if result.interrupted:
         print(
             f"interrupted after epoch {m['epochs'][-1]['epoch'] if m['epochs'] else '-'}; "
@@ -156,9 +195,8 @@ def run_train(args) -> int:
             show_progress=False if args.no_progress else None,
         )
     except Mlaas4hepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return _report(result)
+        return _failed(err, args)
+    return _report(result, args.json)
 
 
 def run_workflow(args) -> int:
@@ -181,6 +219,5 @@ def run_workflow(args) -> int:
             show_progress=False if args.no_progress else None,
         )
     except Mlaas4hepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return _report(result)
+        return _failed(err, args)
+    return _report(result, args.json)

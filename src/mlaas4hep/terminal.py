@@ -1,0 +1,172 @@
+"""What every ``mlaas4hep`` command shares on a terminal: errors, exit statuses, tables.
+
+Exit statuses (the same for every command)::
+
+    0    success
+    1    the command ran and failed (a file unreadable, a server unreachable or refusing)
+    2    the command was given something wrong (an option, a configuration, an expression)
+    130  interrupted (Ctrl-C)
+
+An error prints one or two lines, ``error: what is wrong ... what to do``, on
+standard error; ``mlaas4hep --debug COMMAND`` prints the traceback as well.
+:func:`run` applies this to a subcommand's ``func(args)``; :class:`ArgumentParser`
+makes argparse's usage errors one line too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+EXIT_STATUS_HELP = """\
+exit status:
+  0    success
+  1    the command ran and failed (unreadable file, server down or refusing, ...)
+  2    usage or configuration error (bad option, YAML key, expression, model file)
+  130  interrupted
+errors print one or two lines; add --debug for the traceback.
+"""
+
+
+class UsageError(Exception):
+    """Something the user typed is wrong: exit status 2, the message as is."""
+
+
+class CommandError(Exception):
+    """The command ran and failed (a server down, a request refused): exit status 1, the message as is."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line that points to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (events, files, epochs, batch sizes)."""
+    return _int_at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0 (workers, entry numbers)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is too small: give {low} or more")
+    return value
+
+
+def exit_status(err: BaseException) -> int:
+    """1 for a failure while running, 2 for a wrong input (see the module docstring)."""
+    from .io.errors import ConfigError
+
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(err, (UsageError, ConfigError)):
+        return EXIT_USAGE
+    if type(err).__name__ in ("ModelFileError", "BundleError", "BranchNotFoundError", "TreeNotFoundError"):
+        # errors in what the user wrote: a model file, a bundle, a branch or tree name
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+def error_message(err: BaseException) -> str:
+    """``error: ...`` for an exception: mlaas4hep's own messages as they are, others with their type."""
+    from .io.errors import Mlaas4hepError
+
+    if isinstance(err, (Mlaas4hepError, UsageError, CommandError)):
+        text = str(err)
+        if type(err).__name__ == "BranchNotFoundError" and "did you mean" not in text:
+            from .io.inspect import suggest_branches
+
+            text += suggest_branches(getattr(err, "file", ""), getattr(err, "branch", ""))
+    elif isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.strerror.lower()}: {err.filename}"
+    elif isinstance(err, MemoryError):
+        text = "out of memory; try a smaller chunk_size or fewer workers"
+    else:
+        text = f"{type(err).__name__}: {err}".rstrip(": ")
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()] or [type(err).__name__]
+    if len(lines) > 2:  # a library's long help text: keep its first line
+        lines = lines[:1]
+    return "error: " + "\n".join(lines)
+
+
+def run(func: Callable[[Any], int | None], args: Any, debug: bool = False) -> int:
+    """Call ``func(args)`` and turn any exception into a message and an exit status."""
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `mlaas4hep inspect f.root | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return EXIT_OK
+    except Exception as err:  # SystemExit (a message of its own) passes through
+        if debug:
+            traceback.print_exc()
+        print(error_message(err), file=sys.stderr)
+        if not debug and exit_status(err) == EXIT_FAILURE and not _explained(err):
+            print("(run `mlaas4hep --debug ...` for the traceback)", file=sys.stderr)
+        return exit_status(err)
+
+
+def _explained(err: BaseException) -> bool:
+    from .io.errors import Mlaas4hepError
+
+    return isinstance(err, (Mlaas4hepError, UsageError, CommandError, OSError))
+
+
+# ------------------------------------------------------------------ output
+def print_json(obj: Any) -> None:
+    """Machine output: JSON on standard output (numpy arrays become lists)."""
+    print(json.dumps(obj, indent=1, default=_plain))
+
+
+def _plain(obj: Any) -> Any:
+    tolist = getattr(obj, "tolist", None)
+    return tolist() if callable(tolist) else str(obj)
+
+
+def print_table(
+    rows: Sequence[Sequence[Any]], columns: Sequence[str], title: str | None = None, right: Sequence[str] = ()
+) -> None:
+    """A rich table on standard output; columns named in ``right`` are right-aligned (numbers)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, justify="right" if c in right else "left")
+    for r in rows:
+        table.add_row(*("-" if v is None else str(v) for v in r))
+    Console().print(table)
+
+
+def format_scores(labels: Sequence[str], probs: Sequence[float], likeliest_first: bool = True) -> str:
+    """``ttH 0.82  ttbar 0.18``: each class with its probability.
+
+    The likeliest class comes first; with ``likeliest_first=False`` (rows listed
+    one under the other) the order is fixed, the last label (the signal, label 1) first.
+    """
+    pairs = list(zip(labels, probs))[::-1]
+    if likeliest_first:
+        pairs.sort(key=lambda p: -float(p[1]))
+    return "  ".join(f"{name} {float(p):.4g}" for name, p in pairs)

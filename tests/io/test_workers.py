@@ -1,0 +1,162 @@
+"""Decoder processes without ceremony: a clear stop for unguarded scripts, no orphans.
+
+Both tests run real scripts in real processes: an unguarded script as a user
+writes it first, and a parent killed with SIGKILL while its pool is warm.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from mlaas4hep.generate import generate
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def test_unguarded_script_stops_at_once_with_a_short_message(tmp_path):
+    generate(tmp_path / "d", events=1000, files=1, seed=2, show_progress=False)
+    script = tmp_path / "train_me.py"
+    script.write_text(
+        textwrap.dedent(f"""\
+            from mlaas4hep.io import Dataset
+
+            ds = Dataset.from_config({{
+                "files": [{{"path": "{tmp_path}/d/ttH_*.root", "label": 1}},
+                          {{"path": "{tmp_path}/d/ttbar_*.root", "label": 0}}],
+                "branches": ["MET_pt"], "workers": 2, "cache_dir": None,
+            }})
+            X, y = ds.to_numpy()
+            print("read", len(y))
+            """)
+    )
+    r = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120
+    )
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 5, r.stderr
+    assert 'if __name__ == "__main__":' in r.stderr and "workers: 0" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie holds no memory
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent("""\
+            import time
+            from mlaas4hep.io.executor import process_pool
+
+            if __name__ == "__main__":
+                pool = process_pool(2)
+                print(" ".join(str(p) for p in pool._processes), flush=True)
+                time.sleep(300)
+            """)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
+    )
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2 and not any(_gone(p) for p in workers)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(_gone(p) for p in workers):
+            time.sleep(0.2)
+        left = [p for p in workers if not _gone(p)]
+        for p in left:  # do not leave them behind for the rest of the suite
+            os.kill(p, signal.SIGKILL)
+        assert not left, f"workers {left} outlived their parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
+    """SIGINT reaches every process of the command: the workers leave without a traceback each."""
+    import pty
+    import select
+
+    from ..terminal import plain, terminal_env
+
+    script = tmp_path / "interrupt_me.py"
+    script.write_text(
+        textwrap.dedent("""\
+            import time
+            from mlaas4hep.io.executor import process_pool
+
+            if __name__ == "__main__":
+                pool = process_pool(2)
+                futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+                print("ready", flush=True)
+                try:
+                    for f in futures:
+                        f.result()
+                except KeyboardInterrupt:
+                    print("interrupted", flush=True)
+                for _ in range(100):  # the pool notices its workers are gone
+                    if pool._broken:
+                        break
+                    time.sleep(0.1)
+                print("again", process_pool(2).submit(int, "7").result(), flush=True)
+            """)
+    )
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=terminal_env(),
+        start_new_session=True,
+    )
+    os.close(slave)
+    out, sent, deadline = b"", False, time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                out += data
+            if not sent and b"ready" in out:
+                os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does on a terminal
+                sent = True
+        rc = proc.wait(30)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = plain(out)
+    assert rc == 0 and "interrupted" in text and "again 7" in text, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text

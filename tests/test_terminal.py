@@ -1,0 +1,151 @@
+"""Every command that shows progress, run on a real pseudo-terminal as a person would.
+
+Progress bars draw (with their rate) only on a terminal; the same commands in a
+pipe write no control characters at all.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from mlaas4hep import MODELS_DIR
+from mlaas4hep.generate import generate
+from mlaas4hep.localservers import free_port
+
+from .terminal import bar_lines, cli, on_pty, terminal_env
+
+EVENTS = 3000
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A directory with 1 + 1 small generated files and a dataset YAML over them."""
+    d = tmp_path_factory.mktemp("pty")
+    generate(d / "data", events=EVENTS, files=1, seed=11, show_progress=False)
+    cfg = {
+        "files": [
+            {"path": "data/ttH_*.root", "label": 1, "name": "ttH"},
+            {"path": "data/ttbar_*.root", "label": 0, "name": "ttbar"},
+        ],
+        "branches": ["MET_pt", "nJet", "Jet_pt", "Jet_btagDeepFlavB"],
+        "jagged": {"Jet": 4},
+        "chunk_size": 1000,
+        "workers": 0,
+        "cache_dir": str(d / "cache"),
+    }
+    (d / "dataset.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["model"] = str(MODELS_DIR / "tth_mlp.py")
+    cfg["training"] = {"epochs": 1, "batch_size": 256, "early_stopping": 0, "seed": 1}
+    (d / "train.yaml").write_text(yaml.safe_dump(cfg))
+    return d
+
+
+def test_generate_shows_a_bar_with_its_rate(tmp_path):
+    rc, text = on_pty(cli("generate", "--out", str(tmp_path / "d"), "--events", "20000"))
+    assert rc == 0, text
+    assert bar_lines(text, "generate"), text
+    assert "wrote 2 files, 40,000 events" in text
+
+
+def test_specs_on_a_terminal(small):
+    rc, text = on_pty(cli("specs", "dataset.yaml", "-o", "specs.json"), cwd=small)
+    assert rc == 0, text
+    assert bar_lines(text, "specs"), text
+    assert (small / "specs.json").exists()
+
+
+def test_stream_on_a_terminal(small):
+    rc, text = on_pty(cli("stream", "dataset.yaml", "--epochs", "2", "--no-cache"), cwd=small)
+    assert rc == 0, text
+    assert bar_lines(text, "epoch 0") and bar_lines(text, "epoch 1"), text
+    assert "epoch 1: 6,000 events" in text
+
+
+def test_train_on_a_terminal(small, tmp_path):
+    pytest.importorskip("torch")
+    rc, text = on_pty(cli("train", "train.yaml", "-o", str(tmp_path / "run")), cwd=small)
+    assert rc == 0, text
+    assert bar_lines(text, "epoch 0"), text
+    assert "val AUC" in text and (tmp_path / "run" / "bundle").is_dir()
+
+
+def test_workflow_on_a_terminal(small, tmp_path):
+    """MLaaS4HEP's command: files.txt, labels, params.json, a model file."""
+    pytest.importorskip("torch")
+    import json
+
+    (tmp_path / "files.txt").write_text(f"{small}/data/ttH_0.root\n{small}/data/ttbar_0.root\n")
+    params = {"nevts": -1, "chunk_size": 1000, "epochs": 1, "batch_size": 256, "branch": "Events"}
+    params["selected_branches"] = ["MET_pt", "nJet", "Jet_pt"]
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    argv = ["workflow", "--files", "files.txt", "--labels", "1,0", "--params", "params.json"]
+    argv += ["--model", str(MODELS_DIR / "tth_mlp.py"), "--cache-dir", str(tmp_path / "cache"), "-o", "out"]
+    rc, text = on_pty(cli(*argv), cwd=tmp_path)
+    assert rc == 0, text
+    assert bar_lines(text, "epoch 0"), text
+    assert "val AUC" in text and (tmp_path / "out" / "bundle").is_dir()
+
+
+def test_pipes_get_no_control_characters(tmp_path):
+    r = subprocess.run(
+        cli("generate", "--out", str(tmp_path / "d"), "--events", "2000"),
+        capture_output=True,
+        env=terminal_env(),
+    )
+    assert r.returncode == 0, r.stderr
+    for stream in (r.stdout, r.stderr):
+        assert b"\x1b" not in stream and "━".encode() not in stream
+    assert r.stdout.decode().split() == [
+        str(tmp_path / "d" / "ttH_0.root"),
+        str(tmp_path / "d" / "ttbar_0.root"),
+    ]
+
+
+def test_ci_gets_no_bar_even_on_a_terminal(tmp_path):
+    rc, text = on_pty(cli("generate", "--out", str(tmp_path / "d"), "--events", "2000"), CI="true")
+    assert rc == 0 and "━" not in text and "wrote 2 files" in text
+
+
+@pytest.mark.slow
+def test_demo_on_a_terminal(tmp_path):
+    argv = cli("demo", "--out", str(tmp_path / "demo"), "--events", "3000", "--files", "1", "--epochs", "1")
+    rc, text = on_pty([*argv, "--workers", "0"], cwd=tmp_path, timeout=600)
+    assert rc == 0, text[-3000:]
+    assert bar_lines(text, "generate") and bar_lines(text, "epoch 0"), text[-3000:]
+    assert "served: 3/3 query types matched" in text
+
+
+def _typos(tmp_path) -> list[tuple[list[str], int, str]]:
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("not a directory\n")
+    free = f"http://127.0.0.1:{free_port()}"
+    return [
+        (["specs", "nope.yaml"], 2, "error: configuration file 'nope.yaml' does not exist"),
+        (["stream", "nope.yaml", "--epochs", "1"], 2, "error: configuration file 'nope.yaml' does not exist"),
+        (["train", "nope.yaml"], 2, "error: configuration file 'nope.yaml' does not exist"),
+        (["workflow", "--files", "f.txt", "--model", "m.py", "--params", "p.json"], 2, "error: "),
+        (["inspect", "nofile.root"], 1, "error: cannot read file 'nofile.root': no such file"),
+        (["generate", "--out", str(a_file / "d"), "--events", "10"], 1, "error: not a directory: "),
+        (["serve", "--repo", str(a_file / "repo"), "--port", "1"], 1, "error: "),
+        (["client", "--url", free, "status"], 1, f"error: cannot connect to {free}: "),
+        (["client", "predict", "tth"], 2, "error: predict needs --values X,Y,... (one row) or --input FILE"),
+        (
+            ["demo", "--events", "abc"],
+            2,
+            "mlaas4hep demo: error: argument --events: invalid int value: 'abc'",
+        ),
+        (["stream", "--epoch", "2"], 2, "mlaas4hep stream: error: "),
+        (["trian", "x.yaml"], 2, "mlaas4hep: error: argument COMMAND: invalid choice: 'trian'"),
+    ]
+
+
+def test_every_command_fails_with_a_message_not_a_traceback(tmp_path):
+    for args, status, start in _typos(tmp_path):
+        rc, text = on_pty(cli(*args), cwd=tmp_path, timeout=120)
+        assert (rc, "Traceback" in text) == (status, False), (args, text)
+        # a bar drawn before the failure is erased from the screen (it stays in the byte stream)
+        message = [ln for ln in text.splitlines() if "━" not in ln]
+        assert 1 <= len(message) <= 2 and message[0].startswith(start), (args, text)
