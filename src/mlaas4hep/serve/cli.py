@@ -224,12 +224,11 @@ def add_client_arguments(c: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from . import serve
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together (the certificate and its private key)")
     _check_port(args.host, args.port)
     print(startup_banner(args), flush=True)
     prefixes = list(args.data_dir) + ([] if args.no_remote else ["root://", "http://", "https://"])
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
     serve(
         args.repo,
         host=args.host,
