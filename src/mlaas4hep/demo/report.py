@@ -82,7 +82,7 @@ def cuts_sentence(s: dict[str, Any]) -> str:
     """The cut-based selection as a working point, compared with the networks at its background efficiency."""
     eff = s["signal_efficiency"]
     return (
-        f"one working point: signal efficiency {pct(s['cuts_signal_efficiency'])} at background efficiency "
+        f"a single working point, signal efficiency {pct(s['cuts_signal_efficiency'])} at background efficiency "
         f"{pct(s['cuts_background_efficiency'])}; the networks at that background efficiency: "
         f"{pct(eff['stream']['cuts'])} (streamed), {pct(eff['memory']['cuts'])} (in memory)"
     )

@@ -104,7 +104,13 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     total = 7
-    summary: dict[str, Any] = {"events_per_file": events, "files_per_class": files, "remote": remote}
+    summary: dict[str, Any] = {
+        "events_per_file": events,
+        "files_per_class": files,
+        "events_signal": events * files,
+        "events_background": events * files,
+        "remote": remote,
+    }
     servers = []
     try:
         with step(1, total, f"generating ttH(bb) and ttbar samples: 2 x {files} files x {events:,} events"):
@@ -160,7 +166,6 @@ def run_demo(
                 "inputs_background": physics.key_inputs(urls["ttbar"], BTAG_WP),
             }
             summary.update(_summary(stream, memory, cuts, served, ds, phys, summary["specs_seconds"]))
-            summary["events_signal"] = summary["events_background"] = events * files
             (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
             report.write_report(out / "report.html", summary, stream, memory, cuts, cfg, phys)
     finally:
