@@ -1,6 +1,16 @@
-"""`mlaas4hep demo` at a small size, reading through a real XRootD server, and its report in a browser."""
+"""`mlaas4hep demo` at a small size, reading through a real XRootD server, and its report in a browser.
 
+What a physicist relies on: the summary has the working points and the
+overtraining check with sane values, the printed table and the report round
+numbers and give units, the cut-based selection appears as a working point
+(never as an AUC), and every figure is a valid PNG embedded in the page.
+"""
+
+import base64
+import contextlib
+import io
 import json
+import re
 import shutil
 
 import pytest
@@ -10,43 +20,103 @@ from mlaas4hep.localservers import public_dir
 
 from ..browser import render
 
+FIGURES = ["ROC curves", "Overtraining check", "Input variables", "Loss curves", "Throughput"]
+
 
 @pytest.fixture(scope="module")
 def demo():
     out = public_dir("mlaas4hep-demo-")  # the xrootd user must reach the data
-    summary = run_demo(out, events=4_000, files=1, epochs=2, remote=True, workers=0, show_progress=False)
-    yield out, summary
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        summary = run_demo(out, events=4_000, files=1, epochs=2, remote=True, workers=0, show_progress=False)
+    yield out, summary, " ".join(printed.getvalue().split())  # rich wraps lines at 80 columns
     shutil.rmtree(out, ignore_errors=True)
 
 
 def test_demo_summary(demo):
-    out, _summary = demo
+    out, _summary, _ = demo
     saved = json.loads((out / "summary.json").read_text())
-    for key in (
-        "auc_stream",
-        "auc_memory",
-        "auc_cuts",
-        "events_per_s_stream",
-        "events_per_s_memory",
-        "served_requests_ok",
-    ):
-        assert key in saved
     assert saved["remote"] is True
     assert saved["served_requests_ok"] is True
     assert saved["served"]["matched"] == saved["served"]["requests"] == 3
     for key in ("auc_stream", "auc_memory"):
         assert 0.65 < saved[key] < 0.95
-    assert 0.6 < saved["auc_cuts"] < 0.85
+    # the cuts are one working point, not a curve: no AUC for them
+    assert "auc_cuts" not in saved
+    assert 0.4 < saved["cuts_signal_efficiency"] < 0.9
+    assert 0.05 < saved["cuts_background_efficiency"] < 0.35
+    for method in ("stream", "memory"):
+        eff = saved["signal_efficiency"][method]
+        # signal efficiency grows with the background efficiency allowed, and beats random guessing
+        assert 0.01 <= eff["0.01"] < eff["0.1"] < eff["cuts"] <= 1.0
+        assert eff["0.1"] > 0.2
+        ot = saved["overtraining"][method]
+        for cls in ("signal", "background"):
+            assert 0.0 <= ot[f"ks_p_{cls}"] <= 1.0
+            assert 0.0 <= ot[f"ks_d_{cls}"] <= 1.0
+    assert saved["selection"] is None
+    assert saved["n_val_signal"] + saved["n_val_background"] == saved["n_val"]
+    assert 0.15 < saved["n_val"] / saved["events_total"] < 0.25
+    assert saved["events_signal"] == saved["events_background"] == 4_000
+    assert all(v > 0 for v in saved["seconds"].values())
     assert saved["events_per_s_stream"] > 0 and saved["events_per_s_memory"] > 0
     assert (out / "stream" / "bundle" / "model.onnx").exists()
 
 
-def test_report_renders_with_images(demo):
-    out, summary = demo
+def test_printed_table_rounds_numbers_with_units(demo):
+    _, s, printed = demo
+    assert f"{s['auc_stream']:.3f}" in printed and f"{s['auc_stream']:.4f}" not in printed
+    assert re.search(r"\d+(\.\d)?[kM]? events/s", printed)
+    assert "sig. eff. at" in printed and "bkg. eff. 1%" in printed and "bkg. eff. 10%" in printed
+    assert f"{100 * s['signal_efficiency']['stream']['0.1']:.1f}%" in printed
+    assert f"signal efficiency {100 * s['cuts_signal_efficiency']:.1f}%" in printed
+    assert "a single working point" in printed
+    assert "KS p-value" in printed
+    assert re.search(r"streamed training \d+\.\d s", printed)
+    assert "3/3 query types matched" in printed
+
+
+def test_report_reads_like_a_physics_note(demo):
+    out, s, _ = demo
     page = render((out / "report.html").as_uri(), out / "report.png")
+    text = page["text"]
     assert "ttH" in page["title"]
-    assert f"{summary['auc_stream']:.4f}" in page["text"]
+    assert "after selection" not in text and "no event selection applied" in text
+    assert f"{s['auc_stream']:.3f}" in text and f"{s['auc_stream']:.4f}" not in text
+    # the efficiency table: a column per background efficiency, the cuts as a working point
+    assert "εS at εB = 1%" in text and "εS at εB = 10%" in text
+    eff = s["signal_efficiency"]["memory"]
+    assert f"{100 * eff['0.01']:.1f}%" in text and f"{100 * eff['0.1']:.1f}%" in text
+    assert (
+        f"working point: εS = {100 * s['cuts_signal_efficiency']:.1f}%, "
+        f"εB = {100 * s['cuts_background_efficiency']:.1f}%"
+    ) in text
+    # the overtraining check, with its p-values
+    assert "KS p-value, signal" in text and "KS p-value, background" in text
+    assert "Kolmogorov–Smirnov" in text
+    assert re.search(r"\d+(\.\d)?k events/s", text)
+    assert "m(bb)" in text and "125 GeV" in text
+
     alts = [i["alt"] for i in page["images"]]
-    assert alts == ["ROC curves", "Score distributions", "Loss curves", "Throughput"]
+    assert alts == FIGURES
     assert all(i["complete"] and i["w"] > 300 and i["h"] > 200 for i in page["images"])
     assert (out / "report.png").stat().st_size > 50_000
+
+
+def test_report_figures_are_valid_embedded_pngs(demo):
+    from PIL import Image
+
+    out, _, _ = demo
+    html = (out / "report.html").read_text()
+    blobs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', html)
+    assert [alt for alt, _ in blobs] == FIGURES
+    for alt, b64 in blobs:
+        data = base64.b64decode(b64)
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", alt
+        img = Image.open(io.BytesIO(data))
+        img.verify()
+        assert img.size[0] > 300 and img.size[1] > 200, alt
+    # the input-variable panel is a 2 x 2 grid: wider and taller than a single plot
+    sizes = {alt: Image.open(io.BytesIO(base64.b64decode(b))).size for alt, b in blobs}
+    assert sizes["Input variables"][0] > 1.5 * sizes["Loss curves"][0]
+    assert Image.open(out / "roc.png").size == sizes["ROC curves"]

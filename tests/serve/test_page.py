@@ -1,14 +1,24 @@
-"""The web page in a real headless browser (Debian chromium driven by Playwright)."""
+"""The web page in a real headless browser (Debian chromium driven by Playwright), on a real server.
+
+What a user of the page relies on: the model list says whether each model is
+loaded and which versions exist; unload, load and delete work from the page
+(with the token, and say so clearly without it); the raw-branch example is a
+plausible event built from the model's normalisation constants and predicts
+what the bundle predicts in process; an upload refreshes the list, clears the
+file input and leaves no stale selection.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import awkward as ak
 import pytest
 
 from mlaas4hep.serve.archive import pack_directory
 
-from .conftest import HTTP
+from .conftest import HTTP, ServerProcess, install_copy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -32,17 +42,49 @@ def browser():
         b.close()
 
 
-def test_page_lists_models_predicts_and_uploads(browser, server, tth_bundle, tmp_path):
-    page = browser.new_page()
+@pytest.fixture(scope="module")
+def page_server(tth_bundle, tmp_path_factory):
+    """A server of its own (the page changes the repository): ``tth`` version 1, with a token."""
+    repo = tmp_path_factory.mktemp("page") / "repo"
+    repo.mkdir()
+    install_copy(repo, tth_bundle.path, "tth")
+    srv = ServerProcess(repo).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def page(browser, page_server):
+    pg = browser.new_page()
     errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server.url + "/", timeout=15_000)
-    row = page.locator("tr.model-row[data-name='tth']")
-    row.wait_for(timeout=10_000)
-    text = row.inner_text()
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("dialog", lambda d: d.accept())  # the delete confirmation
+    pg.goto(page_server.url + "/", timeout=15_000)
+    pg.locator("tr.model-row[data-name='tth']").wait_for(timeout=10_000)
+    yield pg
+    pg.close()
+    assert errors == []
+
+
+def _row(page, name: str):
+    return page.locator(f"tr.model-row[data-name='{name}']")
+
+
+def _wait_state(page, name: str, text: str) -> None:
+    page.wait_for_function(
+        "([n, t]) => { const r = document.querySelector(`tr.model-row[data-name='${n}'] td.state`);"
+        " return r && r.innerText.startsWith(t); }",
+        arg=[name, text],
+        timeout=20_000,
+    )
+
+
+def test_page_lists_models_and_predicts(page, page_server, tth_bundle, tmp_path):
+    text = _row(page, "tth").inner_text()
     assert "tth" in text and "ttbar, ttH" in text and "32 features" in text and "auc=0.5" in text
     assert "MET_pt" in text  # raw inputs listed
     assert page.locator("#status").inner_text() == "1 model(s) in the repository"
+    assert "needs the token" in page.locator("#auth-mode").inner_text()
     shot = tmp_path / "page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -55,23 +97,122 @@ def test_page_lists_models_predicts_and_uploads(browser, server, tth_bundle, tmp
     p = float(tth_bundle.predictor.predict(x[None, :])[0, 0])
     result = page.locator("#try-result").inner_text()
     assert f"ttH: {p:.6f}" in result and f"ttbar: {1 - p:.6f}" in result
+    # a prediction loads the model
+    page.reload()
+    _wait_state(page, "tth", "loaded (version 1)")
 
-    # upload through the form: without a token refused, with the token installed as a new version
+
+def test_raw_example_is_a_plausible_event(page, tth_bundle):
+    page.check("input[name='mode'][value='raw']")
+    event = json.loads(page.input_value("#try-values"))
+    pre = tth_bundle.predictor.preprocessor
+    assert list(event) == pre.inputs
+    # jagged branches: a few jets, leading first, each inside the training range; nJet counts them
+    jets = event["Jet_pt"]
+    assert 1 <= len(jets) <= 6 and jets == sorted(jets, reverse=True)
+    assert event["nJet"] == len(jets)
+    for name, values in event.items():
+        if name == "nJet":
+            continue
+        lo = pre.offset[name]
+        hi = lo + 1 / pre.scale[name]
+        for v in values if isinstance(values, list) else [values]:
+            assert lo <= v <= hi, (name, v, lo, hi)
+    # flat branches sit mid-range
+    span = 1 / pre.scale["MET_pt"]
+    assert event["MET_pt"] == pytest.approx(pre.offset["MET_pt"] + 0.5 * span, abs=0.01 * span)
+
+    page.click("#try-submit")
+    page.locator("#try-result.ok").wait_for(timeout=10_000)
+    raw = {k: ak.Array([v]) for k, v in event.items()}
+    p = float(tth_bundle.predictor.predict_raw(raw)[0, 0])
+    assert f"ttH: {p:.6f}" in page.locator("#try-result").inner_text()
+
+
+def test_unload_load_and_delete_need_the_token(page, page_server, tth_bundle, tmp_path):
+    row = _row(page, "tth")
+    # without the token: refused, with a message that says why; the model stays as it was
+    row.locator("button.unload").click()
+    page.locator("#action-result.err").wait_for(timeout=10_000)
+    assert "unload tth failed" in page.locator("#action-result").inner_text()
+    assert "Bearer" in page.locator("#action-result").inner_text()
+    assert not _row(page, "tth").locator("td.state").inner_text().startswith("not loaded")
+
+    page.fill("#token", page_server.token)
+    _row(page, "tth").locator("button.unload").click()
+    _wait_state(page, "tth", "not loaded")
+    assert page.locator("#action-result").inner_text().startswith("unloaded tth")
+    # the server agrees: an unloaded model refuses requests
+    r = HTTP.get(page_server.url + "/v2/models/tth/ready")
+    assert r.status_code == 400
+
+    _row(page, "tth").locator("button.load").click()
+    _wait_state(page, "tth", "loaded")
+    assert page.locator("#action-result").inner_text() == "loaded tth"
+    assert HTTP.get(page_server.url + "/v2/models/tth/ready").status_code == 200
+
+    # a second version by upload, then delete just that version from the page
     archive = tmp_path / "tth.tar.gz"
     archive.write_bytes(pack_directory(tth_bundle.path))
-    page.set_input_files("#upload-file", str(archive))
-    page.click("#upload button")
-    page.locator("#upload-result.err").wait_for(timeout=10_000)
-    assert "needs 'Authorization: Bearer" in page.locator("#upload-result").inner_text()
-    page.fill("#upload-token", server.token)
-    page.click("#upload button")
-    page.locator("#upload-result.ok").wait_for(timeout=15_000)
-    assert page.locator("#upload-result").inner_text() == "installed tth version 2"
-    page.wait_for_function(
-        "document.querySelector(\"tr[data-name='tth']\").innerText.includes('1, 2')", timeout=10_000
+    r = HTTP.post(
+        page_server.url + "/upload",
+        content=archive.read_bytes(),
+        headers={**page_server.admin, "Content-Type": "application/gzip"},
     )
-    assert errors == []
-    page.close()
-    # leave the shared server as it was
-    r = HTTP.delete(server.url + "/delete/tth?version=2", headers=server.admin)
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
+    page.reload()
+    page.fill("#token", page_server.token)
+    assert _row(page, "tth").locator("td.versions").inner_text() == "1, 2"
+    _row(page, "tth").locator("select.delete-version").select_option("2")
+    _row(page, "tth").locator("button.delete").click()
+    page.wait_for_function(
+        "document.querySelector(\"tr[data-name='tth'] td.versions\").innerText === '1'", timeout=10_000
+    )
+    assert page.locator("#action-result").inner_text() == "deleted tth version 2"
+    assert [v["version"] for v in HTTP.get(page_server.url + "/v2/repository/index").json()] == ["1"]
+
+
+def test_upload_refreshes_the_list_and_clears_the_form(page, page_server, tth_bundle, tmp_path):
+    archive = tmp_path / "tth.tar.gz"
+    archive.write_bytes(pack_directory(tth_bundle.path))
+    # without a token: refused, the file stays chosen to retry
+    page.set_input_files("#upload-file", str(archive))
+    page.click("#upload-submit")
+    page.locator("#upload-result.err").wait_for(timeout=10_000)
+    assert "upload failed" in page.locator("#upload-result").inner_text()
+    assert "Bearer" in page.locator("#upload-result").inner_text()
+    assert page.evaluate("document.getElementById('upload-file').files.length") == 1
+
+    page.fill("#token", page_server.token)
+    page.click("#upload-submit")
+    page.wait_for_function(
+        "document.getElementById('upload-result').innerText.startsWith('installed')", timeout=15_000
+    )
+    assert page.locator("#upload-result").get_attribute("class") == "ok"
+    assert page.locator("#upload-result").inner_text() == "installed tth version 2"
+    assert page.evaluate("document.getElementById('upload-file').files.length") == 0
+    assert page.evaluate("document.getElementById('upload-file').value") == ""
+    assert _row(page, "tth").locator("td.versions").inner_text() == "1, 2"
+    assert page.input_value("#try-model") == "tth"
+
+    # delete the whole model: the list, the model selector and the result pane hold nothing stale
+    page.fill("#try-values", json.dumps(tth_bundle.x[0].tolist()))
+    page.click("#try-submit")
+    page.locator("#try-result.ok").wait_for(timeout=10_000)
+    _row(page, "tth").locator("select.delete-version").select_option("")
+    _row(page, "tth").locator("button.delete").click()
+    page.wait_for_function(
+        "document.getElementById('status').innerText === '0 model(s) in the repository'", timeout=10_000
+    )
+    assert page.locator("#action-result").inner_text() == "deleted tth version 1, 2"
+    assert _row(page, "tth").count() == 0
+    assert page.locator("#try-model option").count() == 0
+    assert page.locator("#try-result").inner_text() == ""
+    assert page.input_value("#try-values") == ""
+
+    # and upload again: the repository is as the other tests found it
+    page.set_input_files("#upload-file", str(archive))
+    page.click("#upload-submit")
+    page.locator("#upload-result.ok").wait_for(timeout=15_000)
+    assert page.locator("#upload-result").inner_text().startswith("installed tth version")
+    assert page.locator("#try-model").input_value() == "tth"

@@ -1,145 +1,224 @@
-"""The demo's plots and its self-contained HTML report (images embedded as base64 PNG)."""
+"""The demo's self-contained HTML report (figures embedded as base64 PNG), and number formatting.
+
+The page reads like a short physics note: the samples, the performance table
+(AUC, signal efficiency at fixed background efficiency, the cut-based selection
+as its one working point), the overtraining check, the key input variables, the
+training curves, the throughput, and the check of the served model. Numbers are
+rounded to what they mean (AUC to 3 digits, efficiencies in %, rates in k
+events/s, times in s); the raw values are in ``summary.json``.
+"""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt
-import numpy as np
 import yaml
 
-from ..train.metrics import roc_curve
-from ..train.plots import _style
+from . import figures
+from .physics import BACKGROUND_EFFICIENCIES
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+def rate(x: float) -> str:
+    """Events per second, rounded: ``69k events/s``, ``1.2M events/s``, ``850 events/s``."""
+    if x >= 1e6:
+        return f"{x / 1e6:.1f}M events/s"
+    if x >= 1e4:
+        return f"{x / 1e3:.0f}k events/s"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f}k events/s"
+    return f"{x:.0f} events/s"
 
 
-def roc_figure(stream, memory, cuts, path: Path | None = None) -> str:
-    with _style():
-        fig, ax = plt.subplots(figsize=(8, 7))
-        for res, label, ls in ((stream, "network, streamed", "-"), (memory, "network, in memory", "--")):
-            fpr, tpr = roc_curve(res.val_labels, res.val_scores, res.val_weights)
-            ax.plot(fpr, tpr, ls, lw=2, label=f"{label} (AUC {res.metrics['val_auc']:.4f})")
-        ax.plot([0, cuts["fpr"], 1], [0, cuts["tpr"], 1], ":", color="gray")
-        ax.plot(
-            [cuts["fpr"]],
-            [cuts["tpr"]],
-            "o",
-            color="black",
-            label=f"cuts: ≥4 jets, ≥3 b-tags (AUC {cuts['auc']:.4f})",
-        )
-        ax.plot([0, 1], [0, 1], "--", color="lightgray", lw=1)
-        ax.set_xlabel("background efficiency (tt̄)")
-        ax.set_ylabel("signal efficiency (ttH)")
-        ax.legend(loc="lower right", fontsize=14)
-        if path:
-            fig.savefig(path, dpi=90, bbox_inches="tight")
-        return _png(fig)
+def pct(x: float) -> str:
+    """An efficiency in percent, to 0.1%."""
+    return f"{100 * x:.1f}%"
 
 
-def scores_figure(stream) -> str:
-    with _style():
-        fig, ax = plt.subplots(figsize=(8, 6))
-        bins = np.linspace(0, 1, 41)
-        for cls, name in ((0, "tt̄"), (1, "ttH(bb)")):
-            sel = stream.val_labels == cls
-            ax.hist(stream.val_scores[sel], bins=bins, density=True, histtype="step", lw=2, label=name)
-        ax.set_xlabel("network score (streamed training)")
-        ax.set_ylabel("normalised events")
-        ax.legend()
-        return _png(fig)
+def secs(x: float) -> str:
+    return f"{x:.1f} s"
 
 
-def loss_figure(stream, memory) -> str:
-    with _style():
-        fig, ax = plt.subplots(figsize=(8, 6))
-        for res, label, ls in ((stream, "streamed", "-"), (memory, "in memory", "--")):
-            ep = [e["epoch"] for e in res.metrics["epochs"]]
-            ax.plot(
-                ep, [e["train_loss"] for e in res.metrics["epochs"]], ls, marker="o", label=f"train, {label}"
-            )
-            ax.plot(
-                ep,
-                [e["val_loss"] for e in res.metrics["epochs"]],
-                ls,
-                marker="s",
-                label=f"validation, {label}",
-            )
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("binary cross-entropy")
-        ax.legend(fontsize=13)
-        return _png(fig)
+def pvalue(p: float) -> str:
+    return "< 0.001" if p < 1e-3 else f"{p:.2f}" if p >= 0.01 else f"{p:.3f}"
 
 
-def throughput_figure(summary: dict[str, Any], stream, memory) -> str:
-    rows = [("specs pass", summary["events_per_s_specs"])]
-    for e in stream.metrics["epochs"]:
-        rows.append((f"stream ep {e['epoch']} ({e.get('source', '')})", e["events_per_s"]))
-    rows.append(("in memory (mean)", summary["events_per_s_memory"]))
-    with _style():
-        fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 2))
-        ax.barh([r[0] for r in rows][::-1], [r[1] for r in rows][::-1], color="#5790fc")
-        ax.set_xlabel("events / s")
-        ax.tick_params(axis="y", labelsize=12)
-        return _png(fig)
+def ks_verdict(ot: dict[str, float]) -> str:
+    """One sentence a physicist would write about the KS p-values."""
+    worst = min(ot["ks_p_signal"], ot["ks_p_background"])
+    if worst >= 0.01:
+        return "training and validation scores agree: no sign of overtraining"
+    return (
+        "the KS test distinguishes training from validation scores (p < 0.01): "
+        "compare the shapes; with this many events a tiny shift is significant"
+    )
 
 
-def write_report(path: Path, summary: dict[str, Any], stream, memory, cuts, cfg: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = {
-        "ROC curves": roc_figure(stream, memory, cuts, path.with_name("roc.png")),
-        "Score distributions": scores_figure(stream),
-        "Loss curves": loss_figure(stream, memory),
-        "Throughput": throughput_figure(summary, stream, memory),
-    }
-    s = summary
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v}</td><td>{r}</td></tr>"
-        for k, v, r in (
-            ("network, streamed from ROOT", f"{s['auc_stream']:.4f}", f"{s['events_per_s_stream']:,.0f}"),
+def performance_rows(s: dict[str, Any], short: bool = False) -> list[tuple[str, str, str, str, str]]:
+    """(method, AUC, ε_S at ε_B = 1%, ε_S at ε_B = 10%, training rate) for the table of each output."""
+    eff = s["signal_efficiency"]
+    rows = []
+    names = (
+        ("network, streamed", "network, in memory")
+        if short
+        else ("network, streamed from ROOT", "network, in memory (traditional)")
+    )
+    for key, name in zip(("stream", "memory"), names):
+        e = eff[key]
+        rows.append(
             (
-                "network, in memory (traditional)",
-                f"{s['auc_memory']:.4f}",
-                f"{s['events_per_s_memory']:,.0f}",
-            ),
-            ("cuts: ≥ 4 jets, ≥ 3 b-tags", f"{s['auc_cuts']:.4f}", "–"),
+                name,
+                f"{s[f'auc_{key}']:.3f}",
+                *(pct(e[f"{b:g}"]) for b in BACKGROUND_EFFICIENCIES),
+                rate(s[f"events_per_s_{key}"]),
+            )
         )
+    return rows
+
+
+def cuts_sentence(s: dict[str, Any]) -> str:
+    """The cut-based selection as a working point, compared with the networks at its background efficiency."""
+    eff = s["signal_efficiency"]
+    return (
+        f"a single working point, signal efficiency {pct(s['cuts_signal_efficiency'])} at background efficiency "
+        f"{pct(s['cuts_background_efficiency'])}; the networks at that background efficiency: "
+        f"{pct(eff['stream']['cuts'])} (streamed), {pct(eff['memory']['cuts'])} (in memory)"
     )
-    figs = "".join(
-        f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(t)}</figcaption></figure>'
-        for t, b64 in images.items()
+
+
+def _figure(title: str, b64: str, caption: str, css: str = "") -> str:
+    cls = f' class="{css}"' if css else ""
+    return (
+        f'<figure{cls}><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">'
+        f"<figcaption><b>{html.escape(title)}.</b> {caption}</figcaption></figure>"
     )
+
+
+def write_report(
+    path: Path,
+    summary: dict[str, Any],
+    stream,
+    memory,
+    cuts: dict[str, Any],
+    cfg: dict[str, Any],
+    physics: dict[str, Any],
+) -> Path:
+    """Write ``report.html`` (and ``roc.png`` beside it); ``physics`` holds the overtraining
+    results (``ot_stream``, ``ot_memory``) and the key inputs (``inputs_signal``, ``inputs_background``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s, ot = summary, summary["overtraining"]
+    ths = "".join(f"<th>ε<sub>S</sub> at ε<sub>B</sub> = {b:.0%}</th>" for b in BACKGROUND_EFFICIENCIES)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in performance_rows(s)
+    )
+    rows += (
+        "<tr><td>cuts: ≥ 4 jets, ≥ 3 b-tags</td><td>–</td>"
+        f'<td colspan="2" class="wp">working point: ε<sub>S</sub> = {pct(s["cuts_signal_efficiency"])}, '
+        f"ε<sub>B</sub> = {pct(s['cuts_background_efficiency'])}</td><td>–</td></tr>"
+    )
+    ks_rows = "".join(
+        f"<tr><td>{name}</td><td>{pvalue(ot[k]['ks_p_signal'])}</td><td>{pvalue(ot[k]['ks_p_background'])}</td>"
+        f"<td>{html.escape(ks_verdict(ot[k]))}</td></tr>"
+        for k, name in (("stream", "network, streamed"), ("memory", "network, in memory"))
+    )
+    t = s["seconds"]
+    selection = cfg.get("selection")
+    sel_text = (
+        f"after the selection <code>{html.escape(selection)}</code>"
+        if selection
+        else "no event selection applied"
+    )
+    figs = {
+        "ROC": _figure(
+            "ROC curves",
+            figures.roc_figure(stream, memory, cuts, path.with_name("roc.png")),
+            "Signal efficiency against background efficiency on the validation events. "
+            "The cut-based selection is a single working point (black dot), not a curve.",
+        ),
+        "overtraining": _figure(
+            "Overtraining check",
+            figures.overtraining_figure(physics["ot_stream"], "streamed network"),
+            "Network output for training events (points) and validation events (lines), "
+            "each normalised to unit area; the legend gives the Kolmogorov–Smirnov p-value per class.",
+        ),
+        "inputs": _figure(
+            "Input variables",
+            figures.inputs_figure(physics["inputs_signal"], physics["inputs_background"]),
+            "Key quantities reconstructed from the raw branches, normalised to unit area: m(bb) of the two jets "
+            "with the highest b-tag score (the H → bb peak near 125 GeV in ttH), H<sub>T</sub>, the number "
+            f"of b-tagged jets (DeepFlavB &gt; {s['btag_wp']}) and the leading jet p<sub>T</sub>. "
+            "The network sees the jets' p<sub>T</sub>, η, φ, mass and b-tag scores, not these sums.",
+            "wide",
+        ),
+        "loss": _figure(
+            "Loss curves",
+            figures.loss_figure(stream, memory),
+            "Binary cross-entropy per epoch, training and validation, for both trainings.",
+        ),
+        "throughput": _figure(
+            "Throughput",
+            figures.throughput_figure(s, stream),
+            "Events per second: the specs pass, each streamed epoch (epoch 0 decodes ROOT, later epochs "
+            "read the decoded cache), and the in-memory training.",
+        ),
+    }
     served = s["served"]
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mlaas4hep demo: ttH(bb) vs tt̄</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; line-height: 1.45; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; }}
-figure {{ display: inline-block; margin: 10px; vertical-align: top; }} img {{ max-width: 520px; }}
+th {{ background: #f4f6f8; }} td {{ font-variant-numeric: tabular-nums; }}
+figure {{ display: inline-block; margin: 10px; vertical-align: top; max-width: 520px; }}
+figure.wide {{ max-width: 1060px; }} img {{ max-width: 100%; }}
+figcaption {{ font-size: 0.9em; color: #444; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>mlaas4hep demo: ttH(→bb) vs tt̄</h1>
-<p>{s["events_total"]:,} events after selection, {s["n_features"]} features, {s["epochs"]} epochs;
-data read {"through root:// from a local XRootD server" if s["remote"] else "from local ROOT files"}.</p>
-<table><tr><th>method</th><th>validation AUC</th><th>training events/s</th></tr>{rows}</table>
-<p>Served model: {served["matched"]}/{served["requests"]} query types matched the in-process scores
-(TFaaS <code>/json</code>, v2 infer with raw branch values, <code>predict_root</code>).</p>
-<div id="figures">{figs}</div>
-<h2>Summary</h2><pre>{html.escape(json.dumps({k: v for k, v in s.items() if k != "served"}, indent=1, default=str))}</pre>
-<h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(cfg, sort_keys=False))}</pre>
+<p>Signal: ttH(→bb), {s["events_signal"]:,} events; background: tt̄+jets, {s["events_background"]:,} events
+(toy simulation in NanoAOD layout, {sel_text}). The network (MLaaS4HEP's ttH MLP, {s["n_features"]} input
+features) was trained for {s["epochs"]} epochs twice: streamed from the ROOT files
+{"through root:// from a local XRootD server" if s["remote"] else "on local disk"}, and in memory.
+All numbers below are for the {s["n_val"]:,} validation events ({s["n_val_signal"]:,} signal,
+{s["n_val_background"]:,} background), chosen by a hash of the event id and the same for every method.</p>
+
+<h2>Performance</h2>
+<table id="performance"><tr><th>method</th><th>validation AUC</th>{ths}<th>training speed</th></tr>{
+        rows
+    }</table>
+<p>Cut-based selection: {html.escape(cuts_sentence(s))}.</p>
+{figs["ROC"]}
+
+<h2>Overtraining check</h2>
+<table id="overtraining"><tr><th>method</th><th>KS p-value, signal</th><th>KS p-value, background</th>
+<th>verdict</th></tr>{ks_rows}</table>
+<p>Kolmogorov–Smirnov test of the network output on training vs validation events, per class.</p>
+{figs["overtraining"]}
+
+<h2>Input variables</h2>
+{figs["inputs"]}
+
+<h2>Training</h2>
+<p>Specs pass {secs(t["specs"])} ({rate(s["events_per_s_specs"])}). Streamed training
+{secs(t["train_stream"])} wall time ({rate(s["events_per_s_stream_epoch0"])} in epoch 0 decoding ROOT,
+{rate(s["events_per_s_stream"])} on average over the epochs); in-memory training {secs(t["train_memory"])}
+wall time ({rate(s["events_per_s_memory"])} on average). Wall times include reading, validation and
+writing the bundle.</p>
+{figs["loss"]}{figs["throughput"]}
+
+<h2>Serving</h2>
+<p>The bundle was uploaded to <code>mlaas4hep serve</code> over HTTP: {served["matched"]}/{served["requests"]}
+query types returned the in-process scores (TFaaS <code>/json</code>, v2 infer with raw branch values,
+<code>predict_root</code> on a ROOT file).</p>
+
+<details><summary>Summary (summary.json)</summary><pre>{
+        html.escape(json.dumps({k: v for k, v in s.items() if k != "served"}, indent=1, default=str))
+    }</pre></details>
+<details><summary>Configuration</summary><pre>{
+        html.escape(yaml.safe_dump(cfg, sort_keys=False))
+    }</pre></details>
 </body></html>
 """
     path.write_text(page)

@@ -98,13 +98,19 @@ def run_demo(
     from ..generate import generate
     from ..io import Dataset
     from ..train import train
-    from . import report
+    from . import physics, report
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     total = 7
-    summary: dict[str, Any] = {"events_per_file": events, "files_per_class": files, "remote": remote}
+    summary: dict[str, Any] = {
+        "events_per_file": events,
+        "files_per_class": files,
+        "events_signal": events * files,
+        "events_background": events * files,
+        "remote": remote,
+    }
     servers = []
     try:
         with step(1, total, f"generating ttH(bb) and ttbar samples: 2 x {files} files x {events:,} events"):
@@ -152,10 +158,16 @@ def run_demo(
             fix="check that port binding on 127.0.0.1 works and the 'serve' extra is installed",
         ):
             served = serve_and_query(stream.bundle_path, out, urls["ttH"][0])
-        with step(7, total, "writing summary.json and report.html"):
-            summary.update(_summary(stream, memory, cuts, served, ds))
+        with step(7, total, "overtraining check, input variables, summary.json and report.html"):
+            phys = {
+                "ot_stream": physics.overtraining(stream),
+                "ot_memory": physics.overtraining(memory),
+                "inputs_signal": physics.key_inputs(urls["ttH"], BTAG_WP),
+                "inputs_background": physics.key_inputs(urls["ttbar"], BTAG_WP),
+            }
+            summary.update(_summary(stream, memory, cuts, served, ds, phys, summary["specs_seconds"]))
             (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-            report.write_report(out / "report.html", summary, stream, memory, cuts, cfg)
+            report.write_report(out / "report.html", summary, stream, memory, cuts, cfg, phys)
     finally:
         for srv in servers:
             srv.stop()
@@ -168,19 +180,40 @@ def _mean_rate(metrics: dict[str, Any]) -> float:
     return float(np.mean(rates)) if rates else 0.0
 
 
-def _summary(stream, memory, cuts, served, ds) -> dict[str, Any]:
+def _summary(stream, memory, cuts, served, ds, phys, specs_seconds: float) -> dict[str, Any]:
+    """The numbers of ``summary.json`` (raw values; the report and the table round them)."""
+    from .physics import working_points
+
     s, m = stream.metrics, memory.metrics
+    val_y = np.asarray(stream.val_labels)
+    ks_keys = ("ks_p_signal", "ks_p_background", "ks_d_signal", "ks_d_background")
     return {
         "auc_stream": float(s["val_auc"]),
         "auc_memory": float(m["val_auc"]),
-        "auc_cuts": float(cuts["auc"]),
         "cuts_signal_efficiency": cuts["tpr"],
         "cuts_background_efficiency": cuts["fpr"],
+        # signal efficiency at background efficiency 0.01, 0.1 and at the cuts' background efficiency
+        "signal_efficiency": {
+            "stream": working_points(stream, cuts["fpr"]),
+            "memory": working_points(memory, cuts["fpr"]),
+        },
+        # Kolmogorov-Smirnov test, training vs validation scores per class
+        "overtraining": {k: {q: phys[f"ot_{k}"][q] for q in ks_keys} for k in ("stream", "memory")},
         "events_per_s_stream": _mean_rate(s),
         "events_per_s_stream_epoch0": float(s["epochs"][0]["events_per_s"]),
         "events_per_s_memory": _mean_rate(m),
+        "seconds": {
+            "specs": float(specs_seconds),
+            "train_stream": float(s["seconds"]),
+            "train_memory": float(m["seconds"]),
+        },
         "events_total": int(ds.nevents),
+        "n_val": len(val_y),
+        "n_val_signal": int((val_y == 1).sum()),
+        "n_val_background": int((val_y == 0).sum()),
         "n_features": int(ds.n_features),
+        "selection": ds.config.selection,
+        "btag_wp": BTAG_WP,
         "epochs": len(s["epochs"]),
         "served_requests_ok": served["ok"],
         "served": served,
@@ -210,8 +243,7 @@ def cut_baseline(cfg: dict[str, Any], stream) -> dict[str, Any]:
     passed = (x[:, 0] >= 4) & (x[:, 1] >= 3)
     tpr = float(passed[y == 1].mean())
     fpr = float(passed[y == 0].mean())
-    # a binary classifier's ROC is the polyline (0,0) - (fpr,tpr) - (1,1)
-    return {"tpr": tpr, "fpr": fpr, "auc": 0.5 * (1 + tpr - fpr), "n_val": int(val.sum())}
+    return {"tpr": tpr, "fpr": fpr, "n_val": int(val.sum())}
 
 
 def serve_and_query(bundle_path: Path, out: Path, root_file: str) -> dict[str, Any]:
@@ -299,25 +331,39 @@ def serve_and_query(bundle_path: Path, out: Path, root_file: str) -> dict[str, A
 
 
 def print_summary(s: dict[str, Any], out: Path) -> None:
+    """The result as a physicist reads it: performance table, cut working point, overtraining check."""
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="mlaas4hep demo: ttH(bb) vs ttbar", title_justify="left")
-    t.add_column("method")
-    t.add_column("validation AUC", justify="right")
-    t.add_column("events/s (training)", justify="right")
-    t.add_row("network, streamed from ROOT", f"{s['auc_stream']:.4f}", f"{s['events_per_s_stream']:,.0f}")
-    t.add_row(
-        "network, in memory (traditional)", f"{s['auc_memory']:.4f}", f"{s['events_per_s_memory']:,.0f}"
+    from .physics import BACKGROUND_EFFICIENCIES
+    from .report import cuts_sentence, performance_rows, pvalue, secs
+
+    t = Table(
+        title=f"mlaas4hep demo: ttH(bb) vs ttbar, {s['n_val']:,} validation events", title_justify="left"
     )
-    t.add_row(
-        f"cuts: >= 4 jets, >= 3 b-tags (eff. S {s['cuts_signal_efficiency']:.2f}, "
-        f"B {s['cuts_background_efficiency']:.2f})",
-        f"{s['auc_cuts']:.4f}",
-        "-",
-    )
+    t.add_column("method", no_wrap=True)
+    t.add_column("AUC", justify="right")
+    for b in BACKGROUND_EFFICIENCIES:
+        t.add_column(f"sig. eff. at\nbkg. eff. {b:.0%}", justify="right")
+    t.add_column("training", justify="right", no_wrap=True)
+    for row in performance_rows(s, short=True):
+        t.add_row(*row)
     c = Console()
     c.print(t)
+    c.print(f"cuts (>= 4 jets, >= 3 b-tags): {cuts_sentence(s)}")
+    ot = s["overtraining"]
+    c.print(
+        "overtraining check, KS p-value training vs validation scores: "
+        + "; ".join(
+            f"{name} signal {pvalue(ot[k]['ks_p_signal'])}, background {pvalue(ot[k]['ks_p_background'])}"
+            for k, name in (("stream", "streamed"), ("memory", "in memory"))
+        )
+    )
+    sec = s["seconds"]
+    c.print(
+        f"wall time: specs pass {secs(sec['specs'])}, streamed training {secs(sec['train_stream'])}, "
+        f"in-memory training {secs(sec['train_memory'])}"
+    )
     c.print(
         f"served: {s['served']['matched']}/{s['served']['requests']} query types matched in-process scores "
         f"(TFaaS /json, v2 raw branches, predict_root)"

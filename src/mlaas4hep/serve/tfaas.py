@@ -159,6 +159,15 @@ def model_summary(st: ServerState, info: ModelInfo) -> dict[str, Any]:
             "raw_inputs": info.raw_inputs,
             "jagged": {n: k for n, k in info.preprocessor.jagged} if info.preprocessor else {},
             "metrics": meta.get("metrics", {}),
+            # the training data's normalisation constants: the web page builds plausible raw examples from them
+            "normalization": {
+                "normalize": pre.normalize,
+                "offset": pre.offset,
+                "scale": pre.scale,
+                "pad_value": pre.pad_value,
+            }
+            if (pre := info.preprocessor)
+            else None,
         }
     )
     return params

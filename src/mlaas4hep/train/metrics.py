@@ -1,4 +1,5 @@
-"""Classifier metrics in plain NumPy: log loss, ROC curve and AUC, accuracy.
+"""Classifier metrics in plain NumPy: log loss, ROC curve and AUC, accuracy, and
+the signal efficiency at a fixed background efficiency (a working point).
 
 Kept free of scikit-learn so that a PyTorch-only installation can train. The AUC
 is the Mann-Whitney statistic with ties counted one half, weighted when event
@@ -45,6 +46,27 @@ def roc_auc(y: np.ndarray, s: np.ndarray, w: np.ndarray | None = None) -> float:
         return float("nan")
     fpr, tpr = roc_curve(y, s, w)
     return float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr))
+
+
+def signal_efficiency_at(
+    y: np.ndarray, s: np.ndarray, background_efficiency: float, w: np.ndarray | None = None
+) -> float:
+    """Signal efficiency (true-positive rate) where the background efficiency is ``background_efficiency``.
+
+    The working point a physicist quotes: "at 1% background, the network keeps
+    12% of the signal". Between two neighbouring thresholds of the ROC curve the
+    efficiency is interpolated linearly; where several thresholds share exactly
+    that background efficiency, the best signal efficiency counts.
+    """
+    fpr, tpr = roc_curve(y, s, w)
+    i = int(np.searchsorted(fpr, background_efficiency, side="right"))  # first point beyond
+    if i >= len(fpr):
+        return float(tpr[-1])
+    j = i - 1  # the last point at or below (tpr grows along the curve: the best one)
+    if fpr[j] == background_efficiency or j < 0:
+        return float(tpr[max(j, 0)])
+    t = (background_efficiency - fpr[j]) / (fpr[i] - fpr[j])
+    return float(tpr[j] + t * (tpr[i] - tpr[j]))
 
 
 def accuracy(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:

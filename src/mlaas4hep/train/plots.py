@@ -1,16 +1,22 @@
-"""Training plots as PNG, in the CMS style of mplhep.
+"""Training plots as PNG, in the CMS style of mplhep, worded as in a physics note.
 
 * ``loss.png``: training and validation loss per epoch (and validation AUC);
-* ``roc.png``: the ROC curve of the validation events, with its AUC
-  (binary classifiers; one-vs-rest per class otherwise);
-* ``scores.png``: the score distribution of each class, normalised.
+* ``roc.png``: signal efficiency against background efficiency for the
+  validation events, with the AUC (binary classifiers; one class against the
+  others for several classes);
+* ``scores.png``: the classifier output of each class, as the fraction of events per bin.
+
+For two classes, label 1 is the signal and label 0 the background; the legends
+say so: ``ttH (signal)``, ``tt̄ (background)``. Label names are typeset as
+physicists write them (:func:`display_label`: ``ttbar`` → tt̄).
 
 matplotlib runs with the non-interactive Agg backend, so this works on a batch
-node without a display.
+node without a display. The same helpers style the demo's report.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +26,12 @@ import matplotlib
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from .metrics import roc_auc, roc_curve
+
+#: Colours of the two classes in every plot: background blue, signal orange (mplhep's CMS cycle).
+BACKGROUND_COLOR, SIGNAL_COLOR = "#5790fc", "#f89c20"
 
 
 def _style():
@@ -33,6 +43,37 @@ def _style():
         return plt.style.context("default")
 
 
+def display_label(name: str) -> str:
+    """A class name as physicists typeset it in a plot: ``ttbar`` → tt̄, ``bbbar`` → bb̄.
+
+    The bar is drawn by matplotlib's mathtext (``$\\mathrm{\\bar{t}}$``): its text
+    renderer does not place Unicode combining marks over the right letter.
+    """
+    return re.sub(r"([a-zA-Z])bar\b", r"$\\mathrm{\\bar{\1}}$", str(name))
+
+
+def class_names(labels: Sequence[str]) -> tuple[str, str]:
+    """(background, signal) legend names of a binary classifier: ``tt̄ (background)``, ``ttH (signal)``."""
+    bkg = display_label(labels[0]) if len(labels) > 0 else "label 0"
+    sig = display_label(labels[1]) if len(labels) > 1 else "label 1"
+    return f"{bkg} (background)", f"{sig} (signal)"
+
+
+def tag(ax, text: str = "mlaas4hep", sub: str = "simulation") -> None:
+    """The experiment-style tag above the axes' top left corner: bold name, italic qualifier."""
+    name = ax.text(0.0, 1.01, text, transform=ax.transAxes, fontweight="bold", va="bottom", fontsize=18)
+    fig = ax.figure
+    box = name.get_window_extent(fig.canvas.get_renderer()).transformed(ax.transAxes.inverted())
+    ax.text(box.x1 + 0.02, 1.01, sub, transform=ax.transAxes, style="italic", va="bottom", fontsize=16)
+
+
+def fraction_hist(ax, values: np.ndarray, bins: np.ndarray, **kw: Any) -> None:
+    """Histogram normalised to the fraction of events per bin (sums to 1 inside the range)."""
+    values = np.asarray(values, np.float64)
+    w = np.full(len(values), 1.0 / max(len(values), 1))
+    ax.hist(values, bins=bins, weights=w, histtype="step", linewidth=2, **kw)
+
+
 def loss_curves(path: Path, history: Sequence[dict[str, Any]]) -> Path:
     """Training and validation loss per epoch; validation AUC on a second axis."""
     with _style():
@@ -41,7 +82,9 @@ def loss_curves(path: Path, history: Sequence[dict[str, Any]]) -> Path:
         ax.plot(ep, [h.get("train_loss") for h in history], "o-", label="training loss")
         ax.plot(ep, [h.get("val_loss") for h in history], "s-", label="validation loss")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
+        ax.set_ylabel("loss (cross-entropy)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        tag(ax)
         if history and history[0].get("val_auc") is not None:
             ax2 = ax.twinx()
             ax2.plot(
@@ -59,21 +102,29 @@ def loss_curves(path: Path, history: Sequence[dict[str, Any]]) -> Path:
 
 
 def roc(path: Path, y: np.ndarray, scores: np.ndarray, w: np.ndarray | None, labels: Sequence[str]) -> Path:
-    """ROC curve(s) with their AUC."""
+    """Signal efficiency against background efficiency, with the AUC."""
     with _style():
         fig, ax = plt.subplots(figsize=(8, 8))
         s = np.asarray(scores)
-        curves = (
-            [(labels[-1] if len(labels) else "1", y == 1, s.reshape(-1))]
-            if s.ndim == 1
-            else [(labels[k], y == k, s[:, k]) for k in range(s.shape[1])]
-        )
-        for name, truth, sc in curves:
-            fpr, tpr = roc_curve(truth, sc, w)
-            ax.plot(fpr, tpr, label=f"{name}: AUC = {roc_auc(truth, sc, w):.3f}")
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
+        if s.ndim == 1 or s.shape[1] == 1:
+            bkg, sig = class_names(labels)
+            fpr, tpr = roc_curve(y == 1, s.reshape(-1), w)
+            ax.plot(
+                fpr, tpr, color=SIGNAL_COLOR, lw=2, label=f"AUC = {roc_auc(y == 1, s.reshape(-1), w):.3f}"
+            )
+            ax.set_xlabel(f"background efficiency, {bkg.split(' (')[0]}")
+            ax.set_ylabel(f"signal efficiency, {sig.split(' (')[0]}")
+        else:  # one class against the others
+            for k in range(s.shape[1]):
+                name = display_label(labels[k]) if k < len(labels) else str(k)
+                fpr, tpr = roc_curve(y == k, s[:, k], w)
+                ax.plot(fpr, tpr, lw=2, label=f"{name}: AUC = {roc_auc(y == k, s[:, k], w):.3f}")
+            ax.set_xlabel("efficiency for the other classes")
+            ax.set_ylabel("efficiency for the class")
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="random guess")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        tag(ax)
         ax.legend(loc="lower right")
         fig.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(fig)
@@ -81,18 +132,28 @@ def roc(path: Path, y: np.ndarray, scores: np.ndarray, w: np.ndarray | None, lab
 
 
 def score_distributions(path: Path, y: np.ndarray, scores: np.ndarray, labels: Sequence[str]) -> Path:
-    """Normalised histograms of the classifier output, one per true class."""
+    """The classifier output of each true class, as the fraction of events per bin."""
     with _style():
         fig, ax = plt.subplots(figsize=(8, 6))
         s = np.asarray(scores)
-        s = s if s.ndim == 1 else s.max(axis=1)
+        binary = s.ndim == 1 or s.shape[1] == 1
+        s = s.reshape(-1) if binary else s.max(axis=1)
         bins = np.linspace(0, 1, 41)
-        for k in np.unique(y):
-            name = labels[int(k)] if int(k) < len(labels) else str(k)
-            ax.hist(s[y == k], bins=bins, histtype="step", density=True, linewidth=2, label=name)
-        ax.set_xlabel("classifier output" if np.asarray(scores).ndim == 1 else "highest class probability")
-        ax.set_ylabel("normalised events")
-        ax.legend()
+        if binary:
+            bkg, sig = class_names(labels)
+            fraction_hist(ax, s[y == 0], bins, color=BACKGROUND_COLOR, label=bkg)
+            fraction_hist(ax, s[y == 1], bins, color=SIGNAL_COLOR, label=sig)
+            sig_name = display_label(labels[1]) if len(labels) > 1 else "label 1"
+            ax.set_xlabel(f"classifier output (probability of {sig_name})")
+        else:
+            for k in np.unique(y):
+                name = display_label(labels[int(k)]) if int(k) < len(labels) else str(k)
+                fraction_hist(ax, s[y == k], bins, label=name)
+            ax.set_xlabel("highest class probability")
+        ax.set_ylabel(f"fraction of events / {bins[1] - bins[0]:.3g}")
+        ax.set_xlim(0, 1)
+        tag(ax)
+        ax.legend(loc="upper center")
         fig.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(fig)
     return path
