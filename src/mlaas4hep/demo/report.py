@@ -56,10 +56,10 @@ def ks_verdict(ot: dict[str, float]) -> str:
     )
 
 
-def performance_rows(s: dict[str, Any], short: bool = False) -> list[tuple[str, str, str, str, str]]:
+def performance_rows(s: dict[str, Any], short: bool = False) -> list[tuple[str, ...]]:
     """(method, AUC, ε_S at ε_B = 1%, ε_S at ε_B = 10%, training rate) for the table of each output."""
     eff = s["signal_efficiency"]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     names = (
         ("network, streamed", "network, in memory")
         if short

@@ -157,6 +157,7 @@ def run_demo(
             "serving the bundle over HTTP and querying it three ways",
             fix="check that port binding on 127.0.0.1 works and the 'serve' extra is installed",
         ):
+            assert stream.bundle_path is not None  # training finished, not interrupted
             served = serve_and_query(stream.bundle_path, out, urls["ttH"][0])
         with step(7, total, "overtraining check, input variables, summary.json and report.html"):
             phys = {
@@ -296,6 +297,7 @@ def serve_and_query(bundle_path: Path, out: Path, root_file: str) -> dict[str, A
         name = info["name"]
         local = bundle.load(bundle_path)
         tree = uproot.open(root_file)["Events"]
+        assert local.preprocessor is not None  # the demo's bundle carries its preprocessing
         raw = tree.arrays(local.preprocessor.inputs, entry_stop=200, library="ak", how=dict)
         expected = local.predict_raw(raw)
 

@@ -45,7 +45,7 @@ def roc_auc(y: np.ndarray, s: np.ndarray, w: np.ndarray | None = None) -> float:
     if len(np.unique(y)) < 2:
         return float("nan")
     fpr, tpr = roc_curve(y, s, w)
-    return float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr))
+    return float(np.trapezoid(tpr, fpr))
 
 
 def signal_efficiency_at(

@@ -79,8 +79,8 @@ def loss_curves(path: Path, history: Sequence[dict[str, Any]]) -> Path:
     with _style():
         fig, ax = plt.subplots(figsize=(8, 6))
         ep = [h["epoch"] for h in history]
-        ax.plot(ep, [h.get("train_loss") for h in history], "o-", label="training loss")
-        ax.plot(ep, [h.get("val_loss") for h in history], "s-", label="validation loss")
+        ax.plot(ep, [h.get("train_loss", np.nan) for h in history], "o-", label="training loss")
+        ax.plot(ep, [h.get("val_loss", np.nan) for h in history], "s-", label="validation loss")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss (cross-entropy)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -88,7 +88,11 @@ def loss_curves(path: Path, history: Sequence[dict[str, Any]]) -> Path:
         if history and history[0].get("val_auc") is not None:
             ax2 = ax.twinx()
             ax2.plot(
-                ep, [h.get("val_auc") for h in history], "^--", color="tab:green", label="validation AUC"
+                ep,
+                [h.get("val_auc", np.nan) for h in history],
+                "^--",
+                color="tab:green",
+                label="validation AUC",
             )
             ax2.set_ylabel("validation AUC")
             lines = ax.get_legend_handles_labels()
