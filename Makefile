@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-export PY
+export PY TORCH_INDEX
 
 .PHONY: demo test install system-deps bench clean
 

@@ -31,7 +31,7 @@ pip_step() {
       /^Collecting / { n++; line = sprintf("        %d: %s", n, $2)
                        if (tty) printf "\r\033[K%s", line; else print line; fflush() }
       /^Installing collected packages/ { if (tty) printf "\r\033[K"
-                       printf "        unpacking and installing %d packages ...\n", n; fflush() }
+                       printf "        unpacking and installing %d package%s ...\n", n, (n == 1 ? "" : "s"); fflush() }
       END { if (tty) printf "\r\033[K" }'; then
     say "        pip failed; its last lines (all of it is in $log):" >&2
     tail -n 15 "$log" | sed 's/^/          /' >&2
@@ -78,13 +78,24 @@ else
 fi
 
 # ------------------------------------------------------------------ PyTorch, then the rest
-# torch is pinned to the CPU wheel; a plain `torch` would pull a CUDA build of several GB.
+# torch is pinned to 2.13.0: where pip is configured with the CPU wheel (the project's machines),
+# that is what it gets; from plain PyPI it is the default build with about 3 GB of CUDA
+# libraries. TORCH_INDEX=https://download.pytorch.org/whl/cpu asks for the CPU build there.
 if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
-  begin "[2/3] PyTorch 2.13.0, CPU build (about 750 MB: 30 s from a local wheel, 1-2 minutes to download) ..."
-  pip_step "torch==2.13.0"
+  torch=("torch==2.13.0")
+  [ -n "${TORCH_INDEX:-}" ] && torch+=(--extra-index-url "$TORCH_INDEX")
+  build=$("$venv/bin/python" -m pip install --dry-run --no-deps --ignore-installed --quiet --report - "${torch[@]}" 2>/dev/null |
+    "$venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])' 2>/dev/null || true)
+  case "$build" in
+    *+cpu) begin "[2/3] PyTorch $build, the CPU build (750 MB installed; 30 s from a local wheel, 1-2 minutes to download) ..." ;;
+    "") begin "[2/3] PyTorch 2.13.0 (1-4 minutes) ..." ;;
+    *) begin "[2/3] PyTorch $build with its CUDA libraries (about 4 GB installed, 2-5 minutes to download) ..."
+       say "        for the CPU build alone (750 MB): make clean; make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu" ;;
+  esac
+  pip_step "${torch[@]}"
   done_step
 fi
-begin "[3/3] mlaas4hep[$extras] and its dependencies (about 150 packages, about 1 minute) ..."
+begin "[3/3] mlaas4hep[$extras] and its dependencies (about 100 packages, 1-2 minutes) ..."
 pip_step -e ".[$extras]"
 done_step
 say "mlaas4hep install: done in $((SECONDS - start)) s"
