@@ -40,6 +40,7 @@ import json
 import numbers
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
@@ -83,7 +84,7 @@ def _optional_str(v: Any) -> bool:
 
 
 #: ``name: (test, what it must be)``; the message reads "NAME must WHAT, got VALUE".
-_RULES: dict[str, tuple[Any, str]] = {
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # physics
     "tree": (lambda v: isinstance(v, str) and v != "", "be a tree name or path, such as Events"),
     "jagged": (
