@@ -62,7 +62,7 @@ if [ ! -x "$venv/bin/python" ]; then
     [ -n "$py" ] || fail "mlaas4hep needs Python >= 3.10, and none is on PATH ($(python3 --version 2>&1 || true))." \
       "Install one (Debian/Ubuntu: apt-get install python3 python3-venv; EL9: dnf install python3.11), then: make demo PY=python3.11"
   fi
-  say "mlaas4hep install: Python packages into $venv, about 1-3 minutes the first time (later runs skip it)"
+  say "mlaas4hep install: Python packages into $venv, about 2-4 minutes the first time (later runs skip it)"
   begin "[1/3] creating $venv with $(command -v "$py") (Python $("$py" -c 'import platform; print(platform.python_version())')) and updating pip ..."
   if ! "$py" -m venv "$venv" >/dev/null 2>"$venv.err"; then
     rm -rf "$venv"
