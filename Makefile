@@ -1,33 +1,37 @@
 # mlaas4hep: `make demo` runs the whole pipeline offline; `make test` runs the test suite.
-PY ?= python3
+#
+# `make demo` needs a Python >= 3.10 and nothing else: pip installs the rest into .venv,
+# without root and without system packages (.ci/install.sh; PY=python3.11 picks the Python).
+# `make test` also needs XRootD, nginx, Chromium and wrk: .ci/system-deps.sh installs them
+# with apt-get as root, or says what to install.
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+export PY TORCH_INDEX
 
 .PHONY: demo test install system-deps bench clean
 
-$(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
+$(STAMP): pyproject.toml
+	@bash .ci/install.sh $(VENV) all
+	@touch $@
 
-# torch is pinned to the CPU wheel that lies on disk; a plain `torch` would pull a CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[all,test]"
-	touch $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	@bash .ci/install.sh $(VENV) all,test
+	@touch $@
 
 install: $(STAMP)
 
 system-deps:
 	@bash .ci/system-deps.sh
 
-demo: install system-deps
+demo: $(STAMP)
 	$(BIN)/mlaas4hep demo --out demo-out
 
-test: install system-deps
+test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest -q tests
 
-bench: install
+bench: $(STAMP)
 	$(BIN)/python bench/stream.py
 
 clean:

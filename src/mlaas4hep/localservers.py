@@ -26,6 +26,31 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: program: (what needs it, Debian/Ubuntu install command, EL9 install command)
+SYSTEM_PACKAGES = {
+    "xrootd": (
+        "root:// reads need it: 'mlaas4hep demo --remote' and the tests",
+        "apt-get install xrootd-server",
+        "dnf install epel-release && dnf install xrootd-server",
+    ),
+    "nginx": ("the http:// tests need it", "apt-get install nginx-light", "dnf install nginx"),
+}
+
+
+class MissingProgram(RuntimeError):
+    """A server program from a system package is not installed; the message says how to get it.
+
+    ``make demo`` needs neither server; ``make test`` installs both
+    (``.ci/system-deps.sh``).
+    """
+
+    def __init__(self, program: str):
+        self.program = program
+        why, debian, el9 = SYSTEM_PACKAGES[program]
+        super().__init__(
+            f"{program} is not installed ({why}); as root: {debian} (Debian/Ubuntu) or {el9} (EL9)"
+        )
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -85,7 +110,7 @@ class XRootDServer(_Server):
 
     def __init__(self, root: Path):
         if shutil.which("xrootd") is None:
-            raise RuntimeError("xrootd is not installed: run 'make system-deps' (Debian's xrootd-server)")
+            raise MissingProgram("xrootd")
         self.root = Path(root).resolve()
         if os.geteuid() == 0:  # the server runs as the xrootd user: it must reach the directory
             for d in [self.root, *self.root.parents]:
@@ -136,7 +161,7 @@ class NginxServer(_Server):
     def __init__(self, root: Path):
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(nginx):
-            raise RuntimeError("nginx is not installed: run 'make system-deps' (Debian's nginx-light)")
+            raise MissingProgram("nginx")
         self.root = Path(root)
         self.port = free_port()
         self.work = public_dir("mlaas4hep-nginx-")

@@ -1,10 +1,16 @@
 """The dataset configuration: YAML, and MLaaS4HEP's files.txt / labels.txt / params.json trio."""
 
+import dataclasses
 import json
+import textwrap
+import warnings
+from pathlib import Path
 
 import pytest
+import yaml
 
 from mlaas4hep.io import ConfigError, Dataset, DatasetConfig
+from mlaas4hep.io.config import ConfigWarning, PhysicsConfig, RuntimeConfig
 
 
 def test_yaml_config(tmp_path, data_dir):
@@ -117,3 +123,237 @@ def test_config_errors(tmp_path):
         DatasetConfig.from_yaml(bad)
     with pytest.raises(ConfigError, match="jagged"):
         DatasetConfig(jagged={"Jet": -1})
+
+
+# --------------------------------------------------------------------- strict keys
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, text: str, name: str = "dataset.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).lstrip("\n"))
+    return p
+
+
+def test_a_typo_in_a_key_names_its_line_and_the_closest_key(tmp_path):
+    # `branchs:` used to be ignored: the dataset then held every branch, MC truth included
+    p = write(
+        tmp_path,
+        """
+        tree: Events
+        files:
+          - {path: "ttH_*.root", label: 1, name: ttH}
+          - {path: "ttbar_*.root", label: 0, name: ttbar}
+        # the branches the model sees
+        identifier: [run, luminosityBlock, event]
+        branchs: [MET_pt, nJet, "Jet_*"]
+        """,
+    )
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_yaml(p)
+    assert str(err.value) == f"{p}, line 7: unknown key 'branchs' (did you mean 'branches'?)"
+
+
+def test_every_unknown_key_is_listed_with_its_line(tmp_path):
+    p = write(tmp_path, "files: [a.root]\nChunk_Size: 10\nworkers: 0\nflux_capacitor: 3\n")
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_yaml(p)
+    assert str(err.value).splitlines() == [
+        f"{p}, line 2: unknown key 'Chunk_Size' (did you mean 'chunk_size'?)",
+        f"{p}, line 4: unknown key 'flux_capacitor' "
+        "(the known keys are listed in the README, 'The dataset configuration')",
+    ]
+
+
+def test_unknown_key_in_a_file_group(tmp_path):
+    p = write(
+        tmp_path,
+        """
+        files:
+          - {path: "ttH_*.root", label: 1}
+          - path: "ttbar_*.root"
+            lable: 0
+        """,
+    )
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_yaml(p)
+    assert str(err.value) == f"{p}, line 4: unknown key 'lable' in a file group (did you mean 'label'?)"
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    p = write(tmp_path, "files: [a.root]\nbranches: [MET_pt]\nseed: 1\nbranches: ['*']\n")
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_yaml(p)
+    assert str(err.value) == f"{p}, line 4: key 'branches' is given twice (first on line 2)"
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("chunk_size: abc", "chunk_size must be a positive integer, got 'abc'"),
+        ("chunk_size: 0", "chunk_size must be a positive integer, got 0"),
+        (
+            "workers: two",
+            "workers must be an integer >= 0 (0: decode in the calling process), "
+            "or null for one per core, got 'two'",
+        ),
+        ("shuffle: maybe", "shuffle must be true or false, got 'maybe'"),
+        ("timeout: -1", "timeout must be a positive number of seconds, got -1"),
+        ("executor: threads", "executor must be local, processes or dask, got 'threads'"),
+        ("jagged: {Jet: six}", "jagged must map collection names to lengths >= 0, got {'Jet': 'six'}"),
+        ("branches: {MET_pt: 1}", "branches must be a list or a comma-separated string, got {'MET_pt': 1}"),
+        ("nevts: 0", "nevts must be a positive integer, or -1 for all events, got 0"),
+    ],
+)
+def test_a_wrong_type_names_the_key_and_its_line(tmp_path, line, message):
+    p = write(tmp_path, f"tree: Events\nfiles: [a.root]\n{line}\n")
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_yaml(p)
+    assert str(err.value) == f"{p}, line 3: {message}"
+
+
+def test_files_as_a_string_or_with_bad_values(tmp_path):
+    p = write(tmp_path, "tree: Events\nfiles: data/*.root\n")
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_yaml(p)
+    assert str(err.value) == (
+        f'{p}, line 2: files must be a list of file groups, such as files: [{{path: "data/*.root", label: 1}}]; '
+        "got the string 'data/*.root'"
+    )
+    p = write(tmp_path, "files:\n  - {path: a.root, label: 1}\n  - {path: b.root, label: signal}\n")
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_yaml(p)
+    assert str(err.value) == f"{p}, line 3: a file group's label must be an integer class id, got 'signal'"
+
+
+def test_a_glob_without_match_names_its_group_line(tmp_path):
+    p = write(tmp_path, "files:\n  - {path: a.root, label: 1}\n  - {path: 'nothing_*.root', label: 0}\n")
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_yaml(p).resolve_files()
+    assert str(err.value) == f"{p}, line 3: the pattern {str(tmp_path / 'nothing_*.root')!r} matches no file"
+
+
+def test_documented_configurations_use_only_known_keys():
+    """The README's key list and the shipped examples read without error."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The dataset configuration", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = DatasetConfig.from_dict(yaml.safe_load(block))
+    assert cfg.branches == ["MET_pt", "nJet", "Jet_*"] and cfg.workers == 2
+    for name in ("dataset.yaml", "train.yaml"):
+        DatasetConfig.from_yaml(ROOT / "examples" / name)
+
+
+def test_dict_configs_are_strict_too():
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_dict({"files": ["a.root"], "selction": "nJet >= 4"})
+    assert str(err.value) == "unknown key 'selction' (did you mean 'selection'?)"
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword argument 'branchs' \(did you mean 'branches'\?\)"
+    ):
+        DatasetConfig(branchs=["x"])
+
+
+def test_training_sections_name_the_line_too(tmp_path):
+    from mlaas4hep.train.config import split_config
+
+    p = write(
+        tmp_path,
+        """
+        files: [a.root]
+        model: {path: m.py, nmae: x}
+        training:
+          epochs: 2
+          batchsize: 64
+        """,
+    )
+    with pytest.raises(ConfigError) as err:
+        split_config(p)
+    assert str(err.value) == f"{p}, line 2: unknown key 'nmae' in the model section (did you mean 'name'?)"
+    p.write_text(p.read_text().replace("{path: m.py, nmae: x}", "m.py"))
+    with pytest.raises(ConfigError) as err:
+        split_config(p)
+    assert (
+        str(err.value)
+        == f"{p}, line 5: unknown key 'batchsize' in the training section (did you mean 'batch_size'?)"
+    )
+
+
+# --------------------------------------------------------------------- params.json
+def test_params_keys_that_no_layer_uses_warn(tmp_path):
+    files = tmp_path / "files.txt"
+    files.write_text("a.root\nb.root\n")
+    params = tmp_path / "params.json"
+    every_known = {
+        "nevts": 10, "chunk_size": 5, "epochs": 2, "batch_size": 4, "shuffle": True, "branch": "Events",
+        "identifier": "run,event", "selected_branches": "MET_pt", "exclude_branches": [],
+        "redirector": "root://x", "nan": 0, "verbose": 1, "metrics": True, "training": "standard",
+        "learning_rate": 0.01, "validation_fraction": 0.3, "seed": 1,
+    }  # fmt: skip
+    params.write_text(json.dumps(every_known))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DatasetConfig.from_mlaas4hep(files, "1,0", params)
+    params.write_text(json.dumps({**every_known, "chunksize": 100, "flux": 1}))
+    with pytest.warns(ConfigWarning) as record:
+        DatasetConfig.from_mlaas4hep(files, "1,0", params)
+    assert [str(w.message) for w in record] == [
+        f"{params}: key 'chunksize' is not used by mlaas4hep and is ignored (did you mean 'chunk_size'?)",
+        f"{params}: key 'flux' is not used by mlaas4hep and is ignored",
+    ]
+
+
+def test_params_wrong_types_are_config_errors(tmp_path):
+    files = tmp_path / "files.txt"
+    files.write_text("a.root\n")
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_mlaas4hep(files, "1", {"chunk_size": "abc"})
+    assert str(err.value) == "params: chunk_size must be an integer, got 'abc'"
+    with pytest.raises(ConfigError) as err:
+        DatasetConfig.from_mlaas4hep(files, "1", {"chunk_size": -5})
+    assert str(err.value) == "params: chunk_size must be a positive integer, got -5"
+
+
+# --------------------------------------------------------------------- physics / runtime
+def test_physics_and_runtime_are_separate_parts_of_one_config(tmp_path):
+    c = DatasetConfig(files=["a.root"], branches="MET_pt,nJet", workers=0, timeout=5, chunk_size=7)
+    assert isinstance(c.physics, PhysicsConfig) and isinstance(c.runtime, RuntimeConfig)
+    assert (c.physics.branches, c.physics.chunk_size) == (["MET_pt", "nJet"], 7)
+    assert (c.runtime.workers, c.runtime.timeout, c.runtime.retry_budget) == (0, 5, 300.0)
+    assert {f.name for f in dataclasses.fields(PhysicsConfig)}.isdisjoint(
+        f.name for f in dataclasses.fields(RuntimeConfig)
+    )
+    # the flat view reads and writes the parts
+    c.workers, c.branches = 3, ["MET_pt"]
+    assert (c.runtime.workers, c.physics.branches) == (3, ["MET_pt"])
+    # a copy is independent of its original
+    d = dataclasses.replace(c, workers=0)
+    assert (c.workers, d.workers, d.branches) == (3, 0, ["MET_pt"])
+    d.seed = 9
+    assert c.seed == 42 and d != c
+    # every setting of both parts is a field and a keyword of the whole
+    flat = [f.name for f in dataclasses.fields(DatasetConfig)]
+    parts = [f.name for f in dataclasses.fields(PhysicsConfig) + dataclasses.fields(RuntimeConfig)]
+    assert flat == parts + ["extra", "base_dir", "source"]
+    assert DatasetConfig(**{k: getattr(c, k) for k in parts}) == c
+
+
+def test_cache_keys_depend_on_physics_only():
+    from mlaas4hep.io.dataset import CHUNK_FIELDS, SPECS_FIELDS
+
+    cfg = {
+        "files": [{"path": "a.root", "label": 1, "name": "s"}, {"path": "b.root", "label": 0}],
+        "branches": ["MET_pt", "Jet_*"], "jagged": {"Jet": 6}, "pad_value": 0, "chunk_size": 5000,
+        "selection": "nJet >= 4", "new_variables": {"HT": "sum(Jet_pt)"}, "workers": 0, "nevts": 1000,
+    }  # fmt: skip
+    a = DatasetConfig.from_dict(cfg)
+    # the keys the caches had before the split: existing caches stay valid
+    assert (a.digest(*SPECS_FIELDS), a.digest(*CHUNK_FIELDS)) == ("bbf8d47dab88de13", "af0a86fbde616e15")
+    assert set(CHUNK_FIELDS) <= {f.name for f in dataclasses.fields(PhysicsConfig)}
+    runtime = {"workers": 4, "executor": "processes", "cache_dir": None, "timeout": 3, "retries": 0,
+               "retry_backoff": 2.0, "retry_budget": 10, "on_error": "skip", "cache_max_gb": 1}  # fmt: skip
+    b = DatasetConfig.from_dict({**cfg, **runtime})
+    assert b.digest(*CHUNK_FIELDS) == a.digest(*CHUNK_FIELDS)
+    assert DatasetConfig.from_dict({**cfg, "jagged": {"Jet": 5}}).digest(*CHUNK_FIELDS) != a.digest(
+        *CHUNK_FIELDS
+    )

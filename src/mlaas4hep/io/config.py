@@ -1,9 +1,35 @@
-"""The dataset configuration: what to read, and how to turn it into tensors.
+"""The dataset configuration: what to read, how to turn it into tensors, and how to run.
 
 One :class:`DatasetConfig` describes a training dataset. It is read from the
 project's YAML format (see the README) or from MLaaS4HEP's trio
 ``files.txt`` + ``labels.txt`` + ``params.json``, so existing users' files keep
 working.
+
+The YAML file is one flat mapping, but its keys fall into two groups, kept as
+two objects:
+
+* :class:`PhysicsConfig` (``cfg.physics``): *what the model sees*: the files and
+  their labels, the tree, the branches, the selection, new variables, jagged
+  lengths, normalisation, weights, and the order in which events arrive
+  (``chunk_size``, ``shuffle``, ``shuffle_buffer``, ``seed``). Changing one of
+  these may change a number in the result, so they key the specs and the
+  decoded cache.
+* :class:`RuntimeConfig` (``cfg.runtime``): *how it is read*: ``workers``,
+  ``executor``, ``scheduler``, the cache's place and size, ``on_error``, the
+  ``redirector`` and the network knobs (``timeout``, ``retries``,
+  ``retry_backoff``, ``retry_budget``). Changing one of these never changes
+  the events, their order or their values (``on_error: skip`` only matters when
+  a read fails), so they are free to differ between a laptop and a cluster.
+
+``chunk_size`` sits with physics although it is also a performance knob: the
+shuffle permutes chunks, so another chunk size gives another event order, and
+hence another trained model.
+
+Every key is checked: an unknown key (``branchs``) or a wrong type
+(``chunk_size: abc``) is a :class:`~mlaas4hep.io.errors.ConfigError` naming the
+key, its line in the file and, for a typo, the closest known key::
+
+    examples/dataset.yaml, line 7: unknown key 'branchs' (did you mean 'branches'?)
 """
 
 from __future__ import annotations
@@ -11,18 +37,106 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import numbers
 import os
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
-import yaml
-
+from .configfile import ConfigSource, closest, load_yaml, unknown_key
 from .errors import ConfigError
 
 DEFAULT_REDIRECTOR = "root://cms-xrd-global.cern.ch"
 
+#: Where a reader of an unknown key finds the known ones.
+KEYS_DOC = "the README, 'The dataset configuration'"
 
+
+class InvalidSetting(ConfigError):
+    """A setting has a wrong type or value; ``key`` is its path, e.g. ``("files", 0, "label")``.
+
+    :meth:`DatasetConfig.from_yaml` turns it into a :class:`ConfigError` that
+    starts with the file and line of that key.
+    """
+
+    def __init__(self, key: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class ConfigWarning(UserWarning):
+    """A configuration key that is accepted but has no effect (MLaaS4HEP's ``params.json``)."""
+
+
+# ---------------------------------------------------------------------------- checks
+def _integer(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _optional_str(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+#: ``name: (test, what it must be)``; the message reads "NAME must WHAT, got VALUE".
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    # physics
+    "tree": (lambda v: isinstance(v, str) and v != "", "be a tree name or path, such as Events"),
+    "jagged": (
+        lambda v: isinstance(v, dict) and all(_integer(n) and n >= 0 for n in v.values()),
+        "map collection names to lengths >= 0",
+    ),
+    "pad_value": (_number, "be a number"),
+    "normalize": (lambda v: v in ("minmax", "standard", "none"), "be minmax, standard or none"),
+    "selection": (_optional_str, "be an expression such as 'nJet >= 4', or null"),
+    "new_variables": (
+        lambda v: isinstance(v, dict) and all(isinstance(e, str) for e in v.values()),
+        "map names to expressions, such as {HT: 'sum(Jet_pt)'}",
+    ),
+    "label_branch": (_optional_str, "be a branch name, or null"),
+    "weight_branch": (_optional_str, "be a branch name, or null"),
+    "label_names": (lambda v: v is None or isinstance(v, (list, tuple)), "be a list of names, or null"),
+    "nevts": (lambda v: _integer(v) and (v == -1 or v > 0), "be a positive integer, or -1 for all events"),
+    "chunk_size": (lambda v: _integer(v) and v > 0, "be a positive integer"),
+    "shuffle": (lambda v: isinstance(v, bool), "be true or false"),
+    "shuffle_buffer": (lambda v: v is None or (_integer(v) and v > 0), "be a positive integer, or null"),
+    "seed": (_integer, "be an integer"),
+    # runtime
+    "workers": (
+        lambda v: v is None or (_integer(v) and v >= 0),
+        "be an integer >= 0 (0: decode in the calling process), or null for one per core",
+    ),
+    "executor": (lambda v: v in ("local", "processes", "dask"), "be local, processes or dask"),
+    "scheduler": (_optional_str, "be a Dask scheduler address, or null"),
+    "cache_dir": (
+        lambda v: v is None or v is False or isinstance(v, (str, os.PathLike)),
+        "be a directory, or null to disable the cache",
+    ),
+    "cache_max_gb": (lambda v: _number(v) and v >= 0, "be a number of GB >= 0"),
+    "on_error": (lambda v: v in ("raise", "skip"), "be 'raise' or 'skip'"),
+    "redirector": (lambda v: isinstance(v, str) and v != "", "be a URL prefix such as " + DEFAULT_REDIRECTOR),
+    "timeout": (lambda v: _number(v) and v > 0, "be a positive number of seconds"),
+    "retries": (lambda v: _integer(v) and v >= 0, "be an integer >= 0"),
+    "retry_backoff": (lambda v: _number(v) and v >= 0, "be a number of seconds >= 0"),
+    "retry_budget": (lambda v: _number(v) and v >= 0, "be a number of seconds >= 0"),
+}
+
+
+def _check(obj: Any) -> None:
+    """Apply :data:`_RULES` to every field of a settings dataclass."""
+    for f in fields(obj):
+        rule = _RULES.get(f.name)
+        value = getattr(obj, f.name)
+        if rule is not None and not rule[0](value):
+            raise InvalidSetting((f.name,), f"{f.name} must {rule[1]}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- the two parts
 @dataclass
 class FileGroup:
     """Files that share a label (and optionally a weight and a name)."""
@@ -34,7 +148,13 @@ class FileGroup:
 
 
 @dataclass
-class DatasetConfig:
+class PhysicsConfig:
+    """What the model sees: files, labels, branches, selection, tensors, event order.
+
+    These settings key the specs pass and the decoded cache (see
+    ``SPECS_FIELDS`` and ``CHUNK_FIELDS`` in :mod:`mlaas4hep.io.dataset`).
+    """
+
     tree: str = "Events"
     files: list[FileGroup] = field(default_factory=list)
     branches: list[str] = field(default_factory=lambda: ["*"])
@@ -48,12 +168,40 @@ class DatasetConfig:
     label_branch: str | None = None
     weight_branch: str | None = None
     label_names: list[str] | None = None
-    chunk_size: int = 100_000
     nevts: int = -1
+    chunk_size: int = 100_000
     shuffle: bool = True
     shuffle_buffer: int | None = None
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        if isinstance(self.files, str):
+            raise InvalidSetting(
+                ("files",),
+                f'files must be a list of file groups, such as files: [{{path: "{self.files}", label: 1}}]; '
+                f"got the string {self.files!r}",
+            )
+        if not isinstance(self.files, (list, tuple)):
+            raise InvalidSetting(("files",), f"files must be a list of file groups, got {self.files!r}")
+        self.files = [g if isinstance(g, FileGroup) else _group(g, i) for i, g in enumerate(self.files)]
+        for name in ("branches", "exclude", "identifier"):
+            setattr(self, name, _as_list(getattr(self, name), name))
+        _check(self)
+
+
+@dataclass
+class RuntimeConfig:
+    """How the data is read: parallelism, cache, error policy and network knobs.
+
+    None of these changes the events, their order or their values, so none of
+    them enters a specs or cache key: the same cache serves ``workers: 0`` and
+    ``workers: 16``. ``retry_budget`` bounds, in seconds, the time one unit may
+    spend retrying a transient read error.
+    """
+
     workers: int | None = None
+    executor: str = "local"
+    scheduler: str | None = None
     cache_dir: str | None = "~/.cache/mlaas4hep"
     cache_max_gb: float = 20.0
     on_error: str = "raise"
@@ -62,52 +210,187 @@ class DatasetConfig:
     retries: int = 3
     retry_backoff: float = 0.5
     retry_budget: float = 300.0
-    executor: str = "local"
-    scheduler: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    base_dir: str = "."
 
     def __post_init__(self) -> None:
-        self.files = [g if isinstance(g, FileGroup) else _group(g) for g in self.files]
-        for name in ("branches", "exclude", "identifier"):
-            setattr(self, name, _as_list(getattr(self, name), name))
-        if self.normalize not in ("minmax", "standard", "none"):
-            raise ConfigError(f"normalize must be minmax, standard or none, got {self.normalize!r}")
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
-        if not isinstance(self.chunk_size, int) or self.chunk_size <= 0:
-            raise ConfigError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
-        if not isinstance(self.jagged, dict) or not all(
-            isinstance(v, int) and v >= 0 for v in self.jagged.values()
-        ):
-            raise ConfigError(f"jagged must map collection names to lengths >= 0, got {self.jagged!r}")
-        if not isinstance(self.retry_budget, (int, float)) or self.retry_budget < 0:
-            raise ConfigError(f"retry_budget must be a number of seconds >= 0, got {self.retry_budget!r}")
-        if not isinstance(self.new_variables, dict):
-            raise ConfigError("new_variables must map names to expressions")
+        _check(self)
+
+
+PHYSICS_KEYS = frozenset(f.name for f in fields(PhysicsConfig))
+RUNTIME_KEYS = frozenset(f.name for f in fields(RuntimeConfig))
+#: Keys kept in :attr:`DatasetConfig.extra`: a specs file to reuse, and the training layer's sections.
+EXTRA_KEYS = frozenset({"specs", "model", "training"})
+#: Older spellings still accepted in YAML.
+ALIASES = {"exclude_branches": "exclude"}
+YAML_KEYS = PHYSICS_KEYS | RUNTIME_KEYS | EXTRA_KEYS
+FILE_GROUP_KEYS = frozenset(f.name for f in fields(FileGroup))
+
+#: MLaaS4HEP's params.json keys, by who reads them; any other key gets a :class:`ConfigWarning`.
+PARAMS_DATASET_KEYS = frozenset(
+    {"nevts", "chunk_size", "shuffle", "branch", "identifier", "selected_branches", "exclude_branches"}
+    | {"redirector", "nan"}
+)
+PARAMS_TRAINING_KEYS = frozenset({"epochs", "batch_size", "learning_rate", "validation_fraction", "seed"})
+#: Accepted for compatibility, no effect: metrics are always computed, training is always
+#: MLaaS4HEP's "standard" (every epoch over all chunks), progress shows on terminals.
+PARAMS_COMPAT_KEYS = frozenset({"verbose", "metrics", "training"})
+PARAMS_KEYS = PARAMS_DATASET_KEYS | PARAMS_TRAINING_KEYS | PARAMS_COMPAT_KEYS
+
+
+# ---------------------------------------------------------------------------- delegation
+T = TypeVar("T")
+
+
+class _Setting(Generic[T]):
+    """An attribute of :class:`DatasetConfig` that lives in its ``physics`` or ``runtime`` part.
+
+    Reading ``cfg.workers`` returns ``cfg.runtime.workers``; assigning it
+    assigns there. Typed, so mypy sees ``cfg.workers`` as ``int | None``.
+    """
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Setting[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> T: ...
+    def __get__(self, obj: object | None, owner: type) -> Any:
+        if obj is None:
+            return self
+        return getattr(getattr(obj, self.part), self.name)
+
+    def __set__(self, obj: object, value: T) -> None:
+        setattr(getattr(obj, self.part), self.name, value)
+
+
+# ---------------------------------------------------------------------------- the whole
+@dataclass(init=False)
+class DatasetConfig:
+    """A dataset: its :class:`PhysicsConfig` and :class:`RuntimeConfig`, seen as one.
+
+    The settings live in two parts, ``cfg.physics`` and ``cfg.runtime``; the
+    whole reads, writes and builds like the flat dataclass it used to be::
+
+        cfg = DatasetConfig(files=[{"path": "ttH_*.root", "label": 1}], branches=["Jet_*"], workers=0)
+        cfg.workers                  # 0, read from cfg.runtime.workers
+        cfg.branches = ["MET_pt"]    # sets cfg.physics.branches
+        dataclasses.replace(cfg, workers=2)   # a copy with new parts; cfg is unchanged
+        cfg.physics                  # PhysicsConfig(tree='Events', files=[...], ...)
+
+    How: each setting is a dataclass field whose value is a typed descriptor
+    (``_Setting``) that forwards to ``physics`` or ``runtime``. So
+    :func:`dataclasses.fields`, :func:`dataclasses.replace`, ``==`` and
+    ``repr`` see the flat settings, and mypy types ``cfg.workers`` as
+    ``int | None`` and checks ``replace(cfg, workers=...)``. The constructor
+    takes every setting by keyword, and optionally whole ``physics=`` and
+    ``runtime=`` parts (copied; the keywords then apply on top).
+
+    * ``extra`` holds ``specs`` (a specs JSON to reuse) and the training
+      layer's ``model`` and ``training`` sections (and, from ``params.json``,
+      ``epochs`` and ``batch_size``);
+    * ``base_dir`` is where relative file paths start (the YAML file's folder);
+    * ``source`` records the file and the line of each key, for messages.
+    """
+
+    # physics
+    tree: _Setting[str] = _Setting("physics")
+    files: _Setting[list[FileGroup]] = _Setting("physics")
+    branches: _Setting[list[str]] = _Setting("physics")
+    exclude: _Setting[list[str]] = _Setting("physics")
+    identifier: _Setting[list[str]] = _Setting("physics")
+    jagged: _Setting[dict[str, int]] = _Setting("physics")
+    pad_value: _Setting[float] = _Setting("physics")
+    normalize: _Setting[str] = _Setting("physics")
+    selection: _Setting[str | None] = _Setting("physics")
+    new_variables: _Setting[dict[str, str]] = _Setting("physics")
+    label_branch: _Setting[str | None] = _Setting("physics")
+    weight_branch: _Setting[str | None] = _Setting("physics")
+    label_names: _Setting[list[str] | None] = _Setting("physics")
+    nevts: _Setting[int] = _Setting("physics")
+    chunk_size: _Setting[int] = _Setting("physics")
+    shuffle: _Setting[bool] = _Setting("physics")
+    shuffle_buffer: _Setting[int | None] = _Setting("physics")
+    seed: _Setting[int] = _Setting("physics")
+    # runtime
+    workers: _Setting[int | None] = _Setting("runtime")
+    executor: _Setting[str] = _Setting("runtime")
+    scheduler: _Setting[str | None] = _Setting("runtime")
+    cache_dir: _Setting[str | None] = _Setting("runtime")
+    cache_max_gb: _Setting[float] = _Setting("runtime")
+    on_error: _Setting[str] = _Setting("runtime")
+    redirector: _Setting[str] = _Setting("runtime")
+    timeout: _Setting[float] = _Setting("runtime")
+    retries: _Setting[int] = _Setting("runtime")
+    retry_backoff: _Setting[float] = _Setting("runtime")
+    retry_budget: _Setting[float] = _Setting("runtime")
+    # the rest
+    extra: dict[str, Any] = field(default_factory=dict)
+    base_dir: str = "."
+    source: ConfigSource = field(default_factory=ConfigSource, compare=False, repr=False)
+
+    def __init__(
+        self,
+        physics: PhysicsConfig | None = None,
+        runtime: RuntimeConfig | None = None,
+        extra: dict[str, Any] | None = None,
+        base_dir: str | os.PathLike = ".",
+        source: ConfigSource | None = None,
+        **settings: Any,
+    ) -> None:
+        for key in settings:
+            if key not in PHYSICS_KEYS and key not in RUNTIME_KEYS:
+                guess = closest(key, PHYSICS_KEYS | RUNTIME_KEYS)
+                hint = f" (did you mean {guess!r}?)" if guess else ""
+                raise TypeError(f"DatasetConfig() got an unexpected keyword argument {key!r}{hint}")
+        phys = {k: v for k, v in settings.items() if k in PHYSICS_KEYS}
+        run = {k: v for k, v in settings.items() if k in RUNTIME_KEYS}
+        self.physics: PhysicsConfig = (
+            replace(physics, **phys) if physics is not None else PhysicsConfig(**phys)
+        )
+        self.runtime: RuntimeConfig = replace(runtime, **run) if runtime is not None else RuntimeConfig(**run)
+        self.extra = dict(extra or {})
+        self.base_dir = str(base_dir)
+        self.source = source or ConfigSource()
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base_dir: str | os.PathLike = ".") -> DatasetConfig:
+    def from_dict(
+        cls, data: dict[str, Any], base_dir: str | os.PathLike = ".", source: ConfigSource | None = None
+    ) -> DatasetConfig:
+        """Build from a mapping with the YAML file's keys; any other key is a :class:`ConfigError`.
+
+        ``source`` (from :func:`~mlaas4hep.io.configfile.load_yaml`) puts the
+        file and line in front of each message.
+        """
+        src = source or ConfigSource()
         if not isinstance(data, dict):
-            raise ConfigError(f"a dataset configuration must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)} - {"extra", "base_dir"}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known}
-        if "exclude_branches" in extra:
-            kwargs["exclude"] = extra.pop("exclude_branches")
-        return cls(**kwargs, extra=extra, base_dir=str(base_dir))
+            raise src.error(f"a dataset configuration must be a mapping of keys, got {type(data).__name__}")
+        unknown = [k for k in data if k not in YAML_KEYS and k not in ALIASES]
+        if unknown:
+            lines = [src.error(unknown_key(k, YAML_KEYS, listed_in=KEYS_DOC), k).args[0] for k in unknown]
+            raise ConfigError("\n".join(lines))
+        data = dict(data)
+        for old, new in ALIASES.items():
+            if old in data:
+                if new in data:
+                    raise src.error(f"give either {old!r} or {new!r}, not both", old)
+                data[new] = data.pop(old)
+        settings = {k: v for k, v in data.items() if k not in EXTRA_KEYS}
+        extra = {k: v for k, v in data.items() if k in EXTRA_KEYS}
+        try:
+            return cls(**settings, extra=extra, base_dir=str(base_dir), source=src)
+        except InvalidSetting as err:
+            raise src.error(str(err), *err.key) from None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> DatasetConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file {str(path)!r} does not exist") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"configuration file {str(path)!r} is not valid YAML: {err}") from None
-        return cls.from_dict(data or {}, base_dir=path.parent)
+        """Read the project's YAML format (see the README); relative paths start at its folder."""
+        data, source = load_yaml(path)
+        return cls.from_dict({} if data is None else data, base_dir=Path(path).parent, source=source)
 
     @classmethod
     def from_mlaas4hep(
@@ -117,11 +400,29 @@ class DatasetConfig:
 
         ``labels`` may be a file (one label per line, ``#`` comments), a comma
         list such as ``"1,0"``, or the name of a branch that holds the label.
+
+        ``params.json`` keeps MLaaS4HEP's keys: the dataset layer reads
+        :data:`PARAMS_DATASET_KEYS`; ``epochs`` and ``batch_size`` are kept in
+        ``extra`` for the training layer, which also reads ``learning_rate``,
+        ``validation_fraction`` and ``seed``; ``verbose``, ``metrics`` and
+        ``training`` are accepted without effect. Any other key is ignored with
+        a :class:`ConfigWarning` naming it.
         """
         p = params if isinstance(params, dict) else _read_json(params)
+        where = "params" if isinstance(params, dict) else str(params)
+        for key in p:
+            if key not in PARAMS_KEYS:
+                guess = closest(key, PARAMS_KEYS)
+                hint = f" (did you mean {guess!r}?)" if guess else ""
+                warnings.warn(
+                    f"{where}: key {key!r} is not used by mlaas4hep and is ignored{hint}",
+                    ConfigWarning,
+                    stacklevel=2,
+                )
         redirector = p.get("redirector", DEFAULT_REDIRECTOR)
         paths = _lines(files)
-        label_branch, label_values = None, [None] * len(paths)
+        label_branch: str | None = None
+        label_values: list[int | None] = [None] * len(paths)
         if labels is not None:
             lab = str(labels)
             if os.path.isfile(lab):
@@ -143,23 +444,29 @@ class DatasetConfig:
             "branches": _list_or_file(selected),
             "exclude": _list_or_file(p.get("exclude_branches") or []),
             "identifier": _as_list(p.get("identifier", "run,luminosityBlock,event"), "identifier"),
-            "chunk_size": int(p.get("chunk_size", 100_000)),
-            "nevts": int(p.get("nevts", -1)),
+            "chunk_size": _param_int(p, "chunk_size", 100_000, where),
+            "nevts": _param_int(p, "nevts", -1, where),
             "shuffle": bool(p.get("shuffle", True)),
             "redirector": redirector,
             "label_branch": label_branch,
             "pad_value": 0.0 if nan is None or (isinstance(nan, float) and nan != nan) else float(nan),
-            "extra": {k: p[k] for k in ("epochs", "batch_size", "verbose", "metrics", "training") if k in p},
         }
+        extra = {k: p[k] for k in ("epochs", "batch_size", "verbose", "metrics", "training") if k in p}
         base = Path(files).parent if not isinstance(files, (list, tuple)) else Path(".")
-        return cls(**data, base_dir=str(base))
+        try:
+            return cls(**data, extra=extra, base_dir=str(base))
+        except InvalidSetting as err:
+            raise ConfigError(f"{where}: {err}") from None
 
     # ------------------------------------------------------------------ derived
     def resolve_files(self) -> list[tuple[str, FileGroup]]:
         """Expand globs and LFNs into ``(url, group)`` pairs, in a stable order."""
         out: list[tuple[str, FileGroup]] = []
-        for g in self.files:
-            out.extend((u, g) for u in self._expand(g.path))
+        for i, g in enumerate(self.files):
+            try:
+                out.extend((u, g) for u in self._expand(g.path))
+            except ConfigError as err:
+                raise self.source.error(str(err), "files", i) from None
         if not out:
             raise ConfigError("the dataset has no files: add entries under 'files:'")
         return out
@@ -200,27 +507,39 @@ class DatasetConfig:
         return [names.get(i, str(i)) for i in range(n)]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("base_dir")
-        return d
+        """Every setting in one flat mapping (the YAML keys), plus ``extra``."""
+        return {**asdict(self.physics), **asdict(self.runtime), "extra": dict(self.extra)}
 
     def digest(self, *keys: str) -> str:
-        """A stable hash of the named fields (all of them by default)."""
+        """A stable hash of the named settings (all of them by default)."""
         d = self.to_dict()
         if keys:
             d = {k: d[k] for k in keys}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _group(g: Any) -> FileGroup:
+def _group(g: Any, i: int) -> FileGroup:
     if isinstance(g, str):
         return FileGroup(path=g)
     if isinstance(g, dict) and "path" in g:
-        unknown = set(g) - {"path", "label", "weight", "name"}
-        if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)} in file entry {g!r}")
+        for key in g:
+            if key not in FILE_GROUP_KEYS:
+                raise InvalidSetting(
+                    ("files", i, key), unknown_key(key, FILE_GROUP_KEYS, section="a file group")
+                )
+        checks = {
+            "path": (isinstance(g["path"], str) and g["path"] != "", "be a file, a glob or a URL"),
+            "label": (g.get("label") is None or _integer(g.get("label")), "be an integer class id"),
+            "weight": (_number(g.get("weight", 1.0)), "be a number"),
+            "name": (_optional_str(g.get("name")), "be a name"),
+        }
+        for key, (ok, what) in checks.items():
+            if not ok:
+                raise InvalidSetting(("files", i, key), f"a file group's {key} must {what}, got {g[key]!r}")
         return FileGroup(**g)
-    raise ConfigError(f"each entry of 'files' needs a 'path' (and usually a 'label'); got {g!r}")
+    raise InvalidSetting(
+        ("files", i), f"each entry of 'files' needs a 'path' (and usually a 'label'); got {g!r}"
+    )
 
 
 def _as_list(value: Any, name: str) -> list[str]:
@@ -230,7 +549,15 @@ def _as_list(value: Any, name: str) -> list[str]:
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
-    raise ConfigError(f"{name} must be a list or a comma-separated string, got {value!r}")
+    raise InvalidSetting((name,), f"{name} must be a list or a comma-separated string, got {value!r}")
+
+
+def _param_int(p: dict[str, Any], key: str, default: int, where: str) -> int:
+    value = p.get(key, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
 
 
 def _list_or_file(value: Any) -> list[str]:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import DatasetConfig
+from ..io.configfile import ConfigSource, unknown_key
 from ..io.errors import ConfigError
 
 FRAMEWORKS = ("auto", "pytorch", "keras", "sklearn", "xgboost")
@@ -113,11 +114,21 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Mapping[str, Any], source: ConfigSource | None = None) -> TrainConfig:
+        """Build from the ``training:`` section; an unknown key is a :class:`ConfigError`.
+
+        ``source`` (the dataset configuration's) puts the file and line of the
+        key in front of the message, as for the dataset's own keys.
+        """
+        src = source or ConfigSource()
+        known = [f.name for f in fields(cls) if f.name != "model"]
+        unknown = [k for k in data if k not in known and k != "model"]
         if unknown:
-            raise ConfigError(f"unknown keys {unknown} in the training section; known keys: {sorted(known)}")
+            lines = [
+                src.error(unknown_key(k, known, "the training section"), "training", k).args[0]
+                for k in unknown
+            ]
+            raise ConfigError("\n".join(lines))
         return cls(**dict(data))
 
 
@@ -154,12 +165,14 @@ def split_config(
             if key in model:
                 section.setdefault(key, model.pop(key))
         if model:
-            raise ConfigError(f"unknown keys {sorted(model)} in the model section (path, name, version, ...)")
+            key = next(iter(model))
+            known = ["path", "name", "version", "description", "framework"]
+            raise dcfg.source.error(unknown_key(key, known, "the model section"), "model", key)
         model = path
     if model is not None:
         section.setdefault("model", str(model))
     section.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    tcfg = TrainConfig.from_dict(section)
+    tcfg = TrainConfig.from_dict(section, dcfg.source)
     if not tcfg.model:
         raise ConfigError("the configuration names no model file: add 'model: path/to/model.py'")
     path = Path(os.path.expanduser(tcfg.model))
