@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 export PY TORCH_INDEX
 
-.PHONY: demo test install system-deps bench clean
+.PHONY: demo test lint install system-deps perf-analyzer bench clean
 
 $(STAMP): pyproject.toml
 	@bash .ci/install.sh $(VENV) all
@@ -25,10 +25,20 @@ install: $(STAMP)
 system-deps:
 	@bash .ci/system-deps.sh
 
+# Triton's perf_analyzer (a real client of the gRPC and HTTP tests), into .venv/perf_analyzer
+perf-analyzer: $(TEST_STAMP)
+	@bash .ci/perf-analyzer.sh
+
+# The lint and type gates (rules chosen in pyproject.toml); `make test` runs them first
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
 demo: $(STAMP)
 	$(BIN)/mlaas4hep demo --out demo-out
 
-test: $(TEST_STAMP) system-deps
+test: $(TEST_STAMP) system-deps perf-analyzer lint
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

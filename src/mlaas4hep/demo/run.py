@@ -125,7 +125,7 @@ def run_demo(
             2,
             total,
             "starting a local XRootD server" if remote else "reading local files (use --remote for root://)",
-            fix="install Debian's xrootd-server ('make system-deps'), or run without --remote",
+            fix="install XRootD (Debian: apt-get install xrootd-server; EL9: dnf install xrootd-server), or run without --remote",
         ):
             if remote:
                 from ..localservers import XRootDServer

@@ -391,7 +391,10 @@ class Dataset:
 
     def _cache_root(self) -> Path:
         root = self.config.cache_dir
-        return Path(os.path.expanduser(root)) if root else Path(tempfile.gettempdir()) / "mlaas4hep"
+        if root:
+            return Path(os.path.expanduser(root))
+        # one folder per user: on a shared machine (lxplus) another user's would not be writable
+        return Path(tempfile.gettempdir()) / f"mlaas4hep-{os.getuid()}"
 
     @cached_property
     def cache(self) -> ChunkStore | None:
@@ -422,7 +425,8 @@ class Dataset:
         spool = None if inline or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
         budget = c.cache_max_gb * 2**30 - (cache.size() if cache else 0)
         per_event = self.n_features * 5 + 28
-        todo, write_back = [], set()
+        todo: list[tuple[Unit, ChunkStore | None, bool]] = []
+        write_back: set[Unit] = set()
         for u in units:
             if cache is not None and cache.has(u):
                 todo.append((u, cache, True))
@@ -442,7 +446,7 @@ class Dataset:
                     if out is None and not cached:
                         continue
                     chunk = out if isinstance(out, Chunk) else store.read(u)
-                    if u in write_back:
+                    if u in write_back and cache is not None:
                         cache.write(u, chunk)
                     if store is spool and spool is not None:
                         spool.remove(u)  # the memory map stays valid after the unlink: no copy
@@ -535,7 +539,7 @@ class Dataset:
             sources.RETRIES.add(retries=sum(e.get("pid") != os.getpid() for e in events))
 
     def _skip(self, url: str, unit: Unit | None, err: Exception) -> None:
-        entry = {"file": url, "error": str(err), "type": type(err).__name__}
+        entry: dict[str, Any] = {"file": url, "error": str(err), "type": type(err).__name__}
         if unit is not None:
             entry["entries"] = [unit.start, unit.stop]
         log.warning("skipped %s: %s", url if unit is None else f"{url} entries {unit.start}-{unit.stop}", err)

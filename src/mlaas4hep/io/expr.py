@@ -200,6 +200,7 @@ class Expression:
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.Call):
+            assert isinstance(node.func, ast.Name)  # checked when parsed
             return FUNCTIONS[node.func.id](*(self._eval(a, arrays) for a in node.args))
         if isinstance(node, ast.BinOp):
             return _BINOPS[type(node.op)](self._eval(node.left, arrays), self._eval(node.right, arrays))
@@ -213,9 +214,9 @@ class Expression:
             return out
         if isinstance(node, ast.Compare):
             left, out = self._eval(node.left, arrays), None
-            for op, comp in zip(node.ops, node.comparators):
+            for cmp, comp in zip(node.ops, node.comparators):
                 right = self._eval(comp, arrays)
-                term = _CMPOPS[type(op)](left, right)
+                term = _CMPOPS[type(cmp)](left, right)
                 out = term if out is None else out & term
                 left = right
             return out
@@ -265,7 +266,11 @@ def check_cost(body: ast.AST, source: str) -> None:
             if not _reads_branch(exp):
                 if isinstance(exp, ast.UnaryOp) and isinstance(exp.op, (ast.USub, ast.UAdd)):
                     exp = exp.operand
-                if not (isinstance(exp, ast.Constant) and abs(exp.value) <= MAX_EXPONENT):
+                if not (
+                    isinstance(exp, ast.Constant)
+                    and isinstance(exp.value, (int, float))
+                    and abs(exp.value) <= MAX_EXPONENT
+                ):
                     raise ConfigError(
                         f"in expression {source[:80]!r}: a constant exponent must be a number "
                         f"from -{MAX_EXPONENT} to {MAX_EXPONENT}"
