@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import bundle_schema, extras
+from . import __version__, bundle_schema, extras
 from .io.errors import Mlaas4hepError
 from .io.preprocess import Preprocessor
 from .jsonutil import jsonable
@@ -92,6 +92,7 @@ def write(
         "name": name,
         "version": int(version),
         "framework": framework,
+        "producer": f"mlaas4hep {__version__}",  # the version that wrote it
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "description": description,
         "inputs": {

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+import mlaas4hep
 from mlaas4hep import bundle
 from mlaas4hep.train import train
 from mlaas4hep.train.cli import add_train_commands
@@ -23,6 +24,7 @@ def _check_bundle(result, framework: str, native: str | None) -> None:
     assert not list(b.glob("*.pkl")) and not list(b.glob("*.pickle"))
     meta = json.loads((b / "bundle.json").read_text())
     assert meta["framework"] == framework
+    assert meta["producer"] == f"mlaas4hep {mlaas4hep.__version__}"  # the version that wrote it
     assert meta["outputs"]["labels"] == ["ttbar", "ttH"]
     assert meta["data_fingerprint"].startswith("sha256:")
     assert meta["metrics"]["onnx_parity"]["max_abs_diff"] <= meta["metrics"]["onnx_parity"]["tolerance"]
