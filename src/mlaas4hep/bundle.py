@@ -259,7 +259,22 @@ class Predictor:
 
 
 def load(path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None) -> Predictor:
-    """Load a bundle directory as a :class:`Predictor` (``spinning``: see :func:`session`)."""
+    """Load a bundle directory (``bundle.json``, ``model.onnx``, ``labels.txt``) as a :class:`Predictor`.
+
+    The bundle is validated (:mod:`mlaas4hep.bundle_schema`) before anything is
+    allocated; its preprocessing is rebuilt exactly as in training, so
+    :meth:`Predictor.predict_raw` and :meth:`Predictor.predict_root` take raw
+    branch values or ROOT files.
+
+    Args:
+        path (str or path): the bundle directory (``runs/NAME/bundle`` after training).
+        threads (None or int, default None): onnxruntime's intra-op threads
+            (None: onnxruntime's default, all cores).
+        spinning (None or bool, default None): whether idle onnxruntime threads
+            busy-wait (see :func:`session`; a server turns it off).
+
+    Raises :class:`BundleError` naming what is wrong with the bundle.
+    """
     return Predictor(path, threads, spinning)
 
 

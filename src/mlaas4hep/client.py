@@ -44,7 +44,22 @@ class ClientError(Exception):
 
 
 class Client:
-    """Talks to ``url``; ``token`` (or ``$MLAAS4HEP_TOKEN``) is sent as a bearer token."""
+    """A Python client of ``mlaas4hep serve`` (TFaaS routes, Open Inference Protocol v2,
+    the model repository and ``predict_root``), over HTTP with httpx.
+
+    It imports nothing of the server, so a client-only install needs httpx and numpy.
+
+    Args:
+        url (None or str, default None): the server's base URL; None takes
+            ``$MLAAS4HEP_URL``, else ``http://127.0.0.1:8083``.
+        token (None or str, default None): the bearer token for repository
+            operations (and everything on a ``--private`` server); None takes
+            ``$MLAAS4HEP_TOKEN``.
+        timeout (float, default 60.0): seconds per request.
+
+    Methods raise :class:`ClientError` (``status`` and the server's message) when the
+    server refuses a request. Use it as a context manager, or call :meth:`close`.
+    """
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0):
         self.url = (url or os.environ.get("MLAAS4HEP_URL") or DEFAULT_URL).rstrip("/")

@@ -110,7 +110,29 @@ class Report(list):
 
 
 class Dataset:
-    """A streamed dataset described by a :class:`DatasetConfig`."""
+    """A streamed dataset described by a :class:`DatasetConfig`: ROOT files in,
+    fixed-size tensors out, chunk by chunk, with bounded memory.
+
+    Usually made with :meth:`from_config` (a YAML path, a dict or a config) or
+    :meth:`from_mlaas4hep` (MLaaS4HEP's files.txt, labels.txt and params.json).
+    Nothing is read when it is made: the files are opened on first use
+    (:attr:`file_infos`), the specs pass runs when :attr:`specs` is first needed.
+
+    Args:
+        config (:class:`DatasetConfig`): what to read and how (see the README's keys).
+        specs (None, :class:`Specs`, str or path, default None): specs to reuse
+            instead of a specs pass; a path is loaded and checked against the
+            files' fingerprints (stale specs are recomputed, with a warning).
+            None takes ``specs:`` from the configuration, else computes them.
+        show_progress (None or bool, default None): progress bars; None shows
+            them on a terminal only.
+
+    The main entry points: :meth:`batches` (shuffled mini-batches of ``x``,
+    ``mask``, ``y``, ``weight``, ``event_id``), :meth:`chunks` (decoded units in
+    plan order), :meth:`to_numpy` (everything in memory), :meth:`jagged_chunks`
+    (awkward lists for set models), :attr:`feature_names`, :attr:`report`
+    (what ``on_error: skip`` left out, and the retries).
+    """
 
     def __init__(
         self,

@@ -28,7 +28,6 @@ import os
 from typing import Any
 
 from .. import extras
-from .app import create_app
 
 __all__ = ["create_app", "serve"]
 
@@ -96,6 +95,8 @@ def serve(
         os.environ[_ENV] = json.dumps(env)
         uvicorn.run("mlaas4hep.serve:_app_from_env", factory=True, workers=workers, **common)
         return
+    from .app import create_app
+
     app = create_app(repo_dir, **options)
     if grpc_opts is not None:
         app = _with_grpc(app, grpc_opts)
@@ -119,6 +120,8 @@ def _app_from_env() -> Any:
     """App factory of a worker process (``serve(workers=N)``)."""
     options = json.loads(os.environ[_ENV])
     grpc_opts = options.pop(_GRPC, None)
+    from .app import create_app
+
     app = create_app(options.pop("repo_dir"), **options)
     if grpc_opts is not None:
         app = _with_grpc(app, grpc_opts)
@@ -133,3 +136,13 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+
+
+def __getattr__(name: str) -> Any:
+    # ``from mlaas4hep.serve import create_app`` works, but importing the package (as the
+    # client does for its tensor and archive formats) does not import Starlette or Prometheus
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,9 +10,12 @@ answered with 500, and the server keeps running.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import orjson
-from starlette.responses import Response
+
+if TYPE_CHECKING:  # imported when a response is made: the client shares ApiError, not Starlette
+    from starlette.responses import Response
 
 
 class ApiError(Exception):
@@ -27,5 +30,7 @@ class ApiError(Exception):
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """``{"error": message}`` as ``application/json``."""
+    from starlette.responses import Response
+
     body = orjson.dumps({"error": message})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
