@@ -113,15 +113,21 @@ def _name(path: Sequence[str]) -> str:
 
 def _unwrap(form):
     """The content of an option form (nullable Parquet columns; nulls are refused on reading)."""
-    while isinstance(form, (ak.forms.IndexedOptionForm, ak.forms.UnmaskedForm, ak.forms.ByteMaskedForm)) or (
-        isinstance(form, ak.forms.BitMaskedForm)
-    ):
+    options = (
+        ak.forms.IndexedOptionForm,
+        ak.forms.UnmaskedForm,
+        ak.forms.ByteMaskedForm,
+        ak.forms.BitMaskedForm,
+    )
+    while isinstance(form, options):
         form = form.content
     return form
 
 
 def _is_number(form) -> bool:
-    return isinstance(form, ak.forms.NumpyForm) and form.inner_shape == () and "__array__" not in form.parameters
+    return (
+        isinstance(form, ak.forms.NumpyForm) and form.inner_shape == () and "__array__" not in form.parameters
+    )
 
 
 def leaves(fields: Sequence[tuple[str, Any]], typename=None) -> list[Leaf]:
@@ -159,7 +165,7 @@ def leaves(fields: Sequence[tuple[str, Any]], typename=None) -> list[Leaf]:
                 first = next((x for x in out[before:] if x.kind == "jagged"), None)
                 if first is not None and not path[-1].startswith("_"):
                     # the collection's length, from its offsets, before its members
-                    counter = Leaf(f"n{_name(path)}", first.path, "flat", "int32", counter=True)
+                    counter = Leaf(f"n{_name(path)}", first.path, "flat", "int32_t", counter=True)
                     if all(x.name != counter.name for x in out):
                         out.insert(before, counter)
             else:
@@ -325,7 +331,12 @@ class ParquetView(EventsView):
     format = "Parquet"
 
     def __init__(self, url: str, timeout: float = 30.0):
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:  # not a file's fault: never skipped by on_error: skip
+            raise ImportError(
+                f"reading the Parquet file {url!r} needs pyarrow: pip install 'mlaas4hep[parquet]'"
+            ) from None
 
         from . import sources
 
@@ -351,7 +362,9 @@ class ParquetView(EventsView):
         except sources.TRANSIENT as err:
             if handle is not None:
                 handle.close()
-            raise FileOpenError(url, f"{type(err).__name__}: {err}", transient=not sources.is_local(url)) from err
+            raise FileOpenError(
+                url, f"{type(err).__name__}: {err}", transient=not sources.is_local(url)
+            ) from err
         except Exception as err:  # not Parquet
             if handle is not None:
                 handle.close()

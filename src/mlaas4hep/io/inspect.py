@@ -22,12 +22,16 @@ def inspect_file(
     from . import formats
 
     if formats.is_parquet(url):  # one table per file: listed under the name of the file
-        v = formats.open_parquet(url, timeout)
+        table = formats.open_parquet(url, timeout)
         try:
             name = url.rstrip("/").rsplit("/", 1)[-1]
-            return {"url": url, "compression": str(v.file.compression), "trees": [formats.inspect_view(v, name, pattern)]}
+            return {
+                "url": url,
+                "compression": str(table.file.compression),
+                "trees": [formats.inspect_view(table, name, pattern)],
+            }
         finally:
-            v.close()
+            table.close()
     f = sources.open_file(url, timeout)
     try:
         kinds = ("TTree", "ROOT::RNTuple")

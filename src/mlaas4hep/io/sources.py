@@ -206,7 +206,9 @@ def open_tree(url: str, tree: str, timeout: float = 30.0):
     try:
         obj = f[tree]
     except KeyError:
-        trees = [k.split(";")[0] for k, c in f.classnames().items() if c.startswith(("TTree", "ROOT::RNTuple"))]
+        trees = [
+            k.split(";")[0] for k, c in f.classnames().items() if c.startswith(("TTree", "ROOT::RNTuple"))
+        ]
         f.close()
         raise TreeNotFoundError(url, tree, trees) from None
     except TRANSIENT as err:
