@@ -420,30 +420,43 @@ class ParquetView(EventsView):
             self._last = (key, table)
         offset = int(b[groups[0]]) if groups else 0
         table = table.slice(start - offset, stop - start)
-        return {leaf.name: self._leaf(table, leaf) for leaf in leaves}
+        tops: dict[str, tuple] = {}  # per top-level column: (values, offsets), each unpacked once
+        out = {}
+        for leaf in leaves:
+            if leaf.path[0] not in tops:
+                tops[leaf.path[0]] = self._unpack(table.column(leaf.path[0]).combine_chunks(), leaf)
+            values, offsets = tops[leaf.path[0]]
+            out[leaf.name] = self._leaf(values, offsets, leaf)
+        return out
 
-    def _leaf(self, table, leaf: Leaf):
+    def _unpack(self, arr, leaf: Leaf) -> tuple:
+        """A top-level column as (values, offsets): offsets (from 0) when it is a list, else None."""
         import pyarrow as pa
+
+        if arr.null_count:
+            raise UnsupportedBranchError(self.url, leaf.name, f"{arr.type} with null values")
+        if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+            return arr, None
+        offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+        values = arr.flatten()  # the values of this slice only
+        if values.null_count:
+            raise UnsupportedBranchError(self.url, leaf.name, f"{arr.type} with null values")
+        return values, offsets - offsets[0]
+
+    def _leaf(self, arr, offsets, leaf: Leaf):
         import pyarrow.compute as pc
 
-        arr = table.column(leaf.path[0]).combine_chunks()
-        counts = None
-        for name in (*leaf.path[1:], None):
+        if leaf.counter:
+            return np.diff(offsets).astype(np.int32)
+        for name in leaf.path[1:]:
+            arr = pc.struct_field(arr, [arr.type.get_field_index(name)])
             if arr.null_count:
                 raise UnsupportedBranchError(self.url, leaf.name, f"{arr.type} with null values")
-            if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-                counts = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-                arr = arr.flatten()
-                if arr.null_count:
-                    raise UnsupportedBranchError(self.url, leaf.name, f"{arr.type} with null values")
-            if name is not None:
-                arr = pc.struct_field(arr, [arr.type.get_field_index(name)])
-        if leaf.counter:
-            return np.asarray(counts, dtype=np.int32)
         values = arr.to_numpy(zero_copy_only=False)
-        if counts is None:
+        if offsets is None:
             return values
-        return ak.unflatten(values, counts)
+        content = ak.contents.ListOffsetArray(ak.index.Index64(offsets), ak.contents.NumpyArray(values))
+        return ak.Array(content)
 
 
 def _fsspec_options(url: str, timeout: float) -> dict[str, Any]:
