@@ -238,10 +238,15 @@ def test_rntuple_remote_equals_local(request, fmt_dir, server):
     assert remote.feature_names == local.feature_names
     assert _specs(remote) == _specs(local)
     _assert_same_batches(_batches(remote), _batches(local))
+    shown = inspect_file(srv.url(FORMATS["rntuple"]))["trees"]
+    assert shown == inspect_file(str(fmt_dir / FORMATS["rntuple"]))["trees"]
 
 
-def test_parquet_over_http_equals_local(fmt_dir, http_server):
+@pytest.mark.parametrize("server", ["xrootd", "http_server"])
+def test_parquet_over_fsspec_equals_local(request, fmt_dir, server):
+    """Parquet through fsspec: HTTP (nginx) and root:// (fsspec-xrootd)."""
+    srv = request.getfixturevalue(server)
     local = Dataset.from_config(config([fmt_dir / FORMATS["parquet"]], shuffle=False))
-    remote = Dataset.from_config(config([http_server.url(FORMATS["parquet"])], shuffle=False))
+    remote = Dataset.from_config(config([srv.url(FORMATS["parquet"])], shuffle=False))
     assert _specs(remote) == _specs(local)
     _assert_same_batches(_batches(remote), _batches(local))
