@@ -250,3 +250,28 @@ def test_parquet_over_fsspec_equals_local(request, fmt_dir, server):
     remote = Dataset.from_config(config([srv.url(FORMATS["parquet"])], shuffle=False))
     assert _specs(remote) == _specs(local)
     _assert_same_batches(_batches(remote), _batches(local))
+
+
+def test_predict_root_scores_every_format_alike(fmt_dir, xrootd, tmp_path):
+    """A bundle trained on an RNTuple scores TTree, RNTuple (local and root://) and Parquet files alike."""
+    from mlaas4hep import bundle
+
+    from ..serve.conftest import mlp_onnx
+
+    ds = Dataset.from_config(config([fmt_dir / FORMATS["rntuple"]]))
+    path = bundle.write(
+        tmp_path / "b", mlp_onnx(len(ds.feature_names)), ds.preprocessor, ["bkg", "sig"], "m", "onnx"
+    )
+    model = bundle.load(path)
+    urls = [str(fmt_dir / FORMATS[f]) for f in ("ttree", "rntuple", "parquet")]
+    urls.append(xrootd.url(FORMATS["rntuple"]))
+    scored = [list(model.predict_root(u, "Events", chunk_size=2_500)) for u in urls]
+    ref = scored[0]
+    assert sum(len(c["entry"]) for c in ref) == N
+    assert set(ref[0]) == {"entry", "run", "event", "scores"}
+    for chunks in scored[1:]:
+        assert len(chunks) == len(ref)
+        for a, b in zip(chunks, ref):
+            assert set(a) == set(b)
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
