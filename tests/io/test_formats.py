@@ -16,6 +16,8 @@ from mlaas4hep.io.reader import get_tree, read_arrays
 
 N = 6_000
 FORMATS = {"ttree": "fmt_tree.root", "rntuple": "fmt_rntuple.root", "parquet": "fmt_table.parquet"}
+#: The same events in row groups of 1,300 rows, which units of 1,000 events cannot follow exactly.
+ODD_GROUPS = "fmt_table_rg1300.parquet"
 
 
 def events(n: int = N, seed: int = 3) -> dict:
@@ -53,9 +55,10 @@ def write_all(directory, data: dict) -> None:
             t.extend({k: v[s : s + 2_500] for k, v in data.items()})
     with uproot.recreate(directory / FORMATS["rntuple"]) as f:
         f["Events"] = data
-    # row groups of 1,300 rows: units of 1,000 events straddle them
-    ak.to_parquet(ak.zip(data, depth_limit=1), directory / FORMATS["parquet"], row_group_size=1_300)
-    for name in FORMATS.values():
+    table = ak.zip(data, depth_limit=1)
+    ak.to_parquet(table, directory / FORMATS["parquet"], row_group_size=1_000)  # one per unit
+    ak.to_parquet(table, directory / ODD_GROUPS, row_group_size=1_300)
+    for name in [*FORMATS.values(), ODD_GROUPS]:
         (directory / name).chmod(0o644)
 
 
@@ -112,6 +115,27 @@ def test_same_events_same_names_specs_and_batches(fmt_dir, fmt):
     assert 0 < ds.nevents < N
     _assert_same_batches(_batches(ds), _batches(ref))
     _assert_same_batches(_batches(ds, epoch=1), _batches(ref, epoch=1))
+
+
+def test_units_follow_row_groups(fmt_dir):
+    """Units never split a row group they could hold whole; unshuffled batches equal the TTree's."""
+    cfg = {"shuffle": False}
+    odd = Dataset.from_config(config([fmt_dir / ODD_GROUPS], **cfg))
+    spans = [(u.start, u.stop) for u in odd.units()]
+    assert spans[:3] == [(0, 1_000), (1_000, 1_300), (1_300, 2_300)]
+    assert sorted(spans) == spans and spans[-1][1] == N
+    assert sum(b - a for a, b in spans) == N
+    ref = Dataset.from_config(config([fmt_dir / FORMATS["ttree"]], **cfg))
+    assert [(u.start, u.stop) for u in ref.units()][:2] == [(0, 1_000), (1_000, 2_000)]
+    a, b = _specs(odd), _specs(ref)
+    for key in ("mean", "std", "m2"):  # merged over other units: equal up to rounding
+        x = a.pop(key)
+        assert x == pytest.approx(b.pop(key), rel=1e-12)
+    assert a == b  # min, max, counts, lengths: exact
+    x, y = odd.to_numpy()
+    xr, yr = ref.to_numpy()
+    np.testing.assert_array_equal(x, xr)
+    np.testing.assert_array_equal(y, yr)
 
 
 def test_jagged_chunks_are_the_same(fmt_dir):

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -200,6 +201,8 @@ class EventsView:
     num_entries: int
     file: Any
     format: str = "?"
+    #: First entry of each row group (Parquet) or cluster (RNTuple), then the total: units follow them.
+    boundaries: list[int] | None = None
     _leaves: list[Leaf]
 
     @property
@@ -282,6 +285,11 @@ class RNTupleView(EventsView):
                 return str(getattr(form, "type", form))
 
         self._leaves = leaves(fields, typename)
+        try:  # the first entry of each cluster, then the total
+            firsts = [int(c.num_first_entry) for c in ntuple.cluster_summaries]
+            self.boundaries: list[int] | None = sorted(set(firsts)) + [self.num_entries]
+        except Exception:
+            self.boundaries = None
 
     def _read(self, leaves: list[Leaf], start: int, stop: int) -> dict[str, Any]:
         fields = list(dict.fromkeys(x.field for x in leaves))
@@ -375,7 +383,7 @@ class ParquetView(EventsView):
         self.num_entries = int(meta.num_rows)
         rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         #: First entry of each row group, and the total at the end.
-        self.boundaries = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).astype(np.int64)
+        self.boundaries = [0, *np.cumsum(rows, dtype=np.int64).tolist()]
         schema = pf.schema_arrow
         form = ak.from_arrow_schema(schema)
         fields = list(zip(form.fields, form.contents))
@@ -406,7 +414,7 @@ class ParquetView(EventsView):
         return leaf.path[0]
 
     def _read(self, leaves: list[Leaf], start: int, stop: int) -> dict[str, Any]:
-        b = self.boundaries
+        b = np.asarray(self.boundaries, dtype=np.int64)
         first = int(np.searchsorted(b, start, side="right") - 1)
         last = int(np.searchsorted(b, stop, side="left"))
         groups = list(range(max(first, 0), max(last, first + 1)))
@@ -457,6 +465,41 @@ class ParquetView(EventsView):
             return values
         content = ak.contents.ListOffsetArray(ak.index.Index64(offsets), ak.contents.NumpyArray(values))
         return ak.Array(content)
+
+
+def cuts(n: int, chunk_size: int, boundaries: Sequence[int]) -> list[tuple[int, int]]:
+    """Entry ranges of at most ``chunk_size`` over ``[0, n)`` that follow row-group ``boundaries``.
+
+    ``boundaries`` are the first entries of the row groups (Parquet) or
+    clusters (RNTuple), then the total. Small groups are merged whole into
+    one range while it stays within ``chunk_size``; a range ends at a group
+    boundary rather than reading part of the next group, unless a single group
+    is larger than ``chunk_size`` (it is then cut into pieces). So most units
+    read whole row groups, and no row group is split between two units that
+    could have held it together::
+
+        >>> cuts(10, 4, [0, 3, 6, 10])      # groups of 3, 3, 4
+        [(0, 3), (3, 6), (6, 10)]
+        >>> cuts(10, 6, [0, 3, 6, 10])
+        [(0, 6), (6, 10)]
+        >>> cuts(10, 4, [0, 10])           # one group larger than a unit
+        [(0, 4), (4, 8), (8, 10)]
+    """
+    out: list[tuple[int, int]] = []
+    start = 0
+    for a, b in itertools.pairwise(boundaries):
+        a, b = min(int(a), n), min(int(b), n)
+        if b <= a:
+            continue
+        if b - start > chunk_size and a > start:  # the next group does not fit: close at its start
+            out.append((start, a))
+            start = a
+        while b - start > chunk_size:  # a group larger than a unit: pieces
+            out.append((start, start + chunk_size))
+            start += chunk_size
+    if n > start:
+        out.append((start, n))
+    return out
 
 
 def _fsspec_options(url: str, timeout: float) -> dict[str, Any]:
