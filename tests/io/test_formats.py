@@ -299,3 +299,50 @@ def test_predict_root_scores_every_format_alike(fmt_dir, xrootd, tmp_path):
             assert set(a) == set(b)
             for k in a:
                 np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_importer_layout_keeps_branch_names(fmt_dir, tmp_path):
+    """ROOT's RNTupleImporter layout: an anonymous collection ``_collection0`` {Jet_pt, ...} plus ``nJet``."""
+    data = events()
+    jet = data.pop("Jet")
+    layout = {
+        "_collection0": ak.zip({f"Jet_{m}": jet[m] for m in jet.fields}),
+        "nJet": ak.num(jet, axis=1).to_numpy().astype(np.int32),
+        **data,
+    }
+    path = tmp_path / "imported.root"
+    with uproot.recreate(path) as f:
+        f["Events"] = layout
+    names = [b["name"] for b in inspect_file(str(path))["trees"][0]["branches"]]
+    assert sorted(names) == sorted(["Jet_pt", "Jet_eta", "Jet_btag", "Jet_jetId", "nJet", *data])
+    cfg = {"shuffle": False}
+    got = Dataset.from_config(config([path], **cfg))
+    ref = Dataset.from_config(config([fmt_dir / FORMATS["ttree"]], **cfg))
+    assert sorted(got.feature_names) == sorted(ref.feature_names)
+    x, _ = got.to_numpy()
+    xr, _ = ref.to_numpy()
+    order = [ref.feature_names.index(n) for n in got.feature_names]
+    np.testing.assert_array_equal(x, xr[:, order])
+
+
+def test_a_field_uproot_cannot_read_is_named(tmp_path, monkeypatch):
+    """A field whose form uproot cannot build is listed as unsupported, and refused when selected."""
+    from uproot.models.RNTuple import RField
+
+    with uproot.recreate(tmp_path / "f.root") as f:
+        f["Events"] = {"x": np.arange(5.0), "y": np.arange(5.0)}
+    real = RField.to_akform
+
+    def to_akform(self, *a, **kw):
+        if self.name == "y":
+            raise NotImplementedError("std::variant is not supported")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(RField, "to_akform", to_akform)
+    path = str(tmp_path / "f.root")
+    kinds = {b["name"]: (b["kind"], b["type"]) for b in inspect_file(path)["trees"][0]["branches"]}
+    assert kinds["x"] == ("flat", "double")
+    assert kinds["y"][0] == "unsupported" and "unreadable by uproot" in kinds["y"][1]
+    with pytest.raises(UnsupportedBranchError, match=r"'y'.*unreadable by uproot.*std::variant"):
+        Dataset.from_config(config([path], branches=["*"], **_plain())).schema  # noqa: B018
+    assert Dataset.from_config(config([path], branches=["x"], **_plain())).feature_names == ["x"]
