@@ -304,7 +304,8 @@ class Dataset:
                 tree=c.tree,
             )
         )
-        units = plan_units([f["entries"] for f in self.file_infos], c.chunk_size, c.nevts)
+        infos = self.file_infos
+        units = plan_units([f["entries"] for f in infos], c.chunk_size, c.nevts, _boundaries(infos))
         specs = Specs(flat=list(sch.flat), jagged=list(sch.jagged), key=self._specs_key())
         selected = [0] * len(self.urls)
         fn, ex = partial(unit_stats, reader, names), self._executor()
@@ -408,7 +409,7 @@ class Dataset:
         c = self.config
         shuffle = c.shuffle if shuffle is None else shuffle
         entries = [f["entries"] for f in self.specs.files]
-        units = plan_units(entries, c.chunk_size, c.nevts)
+        units = plan_units(entries, c.chunk_size, c.nevts, _boundaries(self.specs.files))
         return shard(plan_epoch(units, shuffle, c.seed, epoch), rank, world)
 
     def _cache_root(self) -> Path:
@@ -595,6 +596,11 @@ def _decode_task(reader: UnitReader, item: tuple) -> Chunk | int | None:
 
 def _decode_jagged_task(reader: UnitReader, unit: Unit) -> JaggedChunk:
     return reader.decode_jagged(unit)
+
+
+def _boundaries(files: list[dict[str, Any]]) -> list:
+    """Row groups (Parquet) or clusters (RNTuple) of each file, None for a TTree."""
+    return [f.get("boundaries") for f in files]
 
 
 def _empty_stats(jagged: bool):

@@ -26,15 +26,33 @@ def inspect_file(
     import fnmatch
 
     check_reachable(url, min(timeout, 10.0))
+    from . import formats
+
+    if formats.is_parquet(url):  # one table per file: listed under the name of the file
+        table = formats.open_parquet(url, timeout)
+        try:
+            name = url.rstrip("/").rsplit("/", 1)[-1]
+            return {
+                "url": url,
+                "compression": str(table.file.compression),
+                "trees": [formats.inspect_view(table, name, pattern)],
+            }
+        finally:
+            table.close()
     f = sources.open_file(url, timeout)
     try:
-        trees = [k.split(";")[0] for k, c in f.classnames(recursive=True).items() if c == "TTree"]
+        kinds = ("TTree", "ROOT::RNTuple")
+        trees = [k.split(";")[0] for k, c in f.classnames(recursive=True).items() if c in kinds]
         trees = list(dict.fromkeys(trees))
         out: dict[str, Any] = {"url": url, "compression": str(f.file.compression), "trees": []}
         for name in trees:
             if tree and name != tree:
                 continue
             t = f[name]
+            v = formats.view(t, url)
+            if v is not None:  # an RNTuple: fields mapped to branch names (see mlaas4hep.io.formats)
+                out["trees"].append(formats.inspect_view(v, name, pattern))
+                continue
             branches = []
             for k in t.keys(recursive=True):
                 b = t[k]

@@ -26,6 +26,8 @@ def file_info(url: str, tree: str, timeout: float = 30.0, patterns: Sequence[str
     t = get_tree(url, tree, timeout)
     fp = sources.fingerprint(url, t, timeout)
     fp["entries"] = int(t.num_entries)
+    if getattr(t, "boundaries", None):  # Parquet row groups, RNTuple clusters: units follow them
+        fp["boundaries"] = list(t.boundaries)
     if patterns:
         fp["types"] = schema.describe(t, list(patterns))
     return fp

@@ -133,6 +133,10 @@ def leaves(tree) -> list[str]:
 
 def describe(tree, patterns: Sequence[str]) -> dict[str, BranchType]:
     """Kind and type name of the branches of ``tree`` matching ``patterns``, from metadata only."""
+    from .formats import EventsView
+
+    if isinstance(tree, EventsView):  # an RNTuple or a Parquet file: its fields mapped to branch names
+        return tree.describe(patterns)
     return {k: (branch_kind(tree[k]), str(tree[k].typename)) for k in match(leaves(tree), list(patterns))}
 
 

@@ -24,12 +24,25 @@ import numpy as np
 from .chunk import Unit
 
 
-def plan_units(entries: list[int], chunk_size: int, nevts: int = -1) -> list[Unit]:
-    """Split each file's entries (first ``nevts`` when ``nevts >= 0``) into units."""
+def plan_units(
+    entries: list[int], chunk_size: int, nevts: int = -1, boundaries: list | None = None
+) -> list[Unit]:
+    """Split each file's entries (first ``nevts`` when ``nevts >= 0``) into units.
+
+    ``boundaries[f]``, when given and not None, lists the row groups (Parquet)
+    or clusters (RNTuple) of file ``f``: its units then follow them (see
+    :func:`mlaas4hep.io.formats.cuts`).
+    """
+    from .formats import cuts
+
     units: list[Unit] = []
     for f, n in enumerate(entries):
         n = n if nevts is None or nevts < 0 else min(n, nevts)
-        units.extend(Unit(f, s, min(s + chunk_size, n)) for s in range(0, n, chunk_size))
+        bounds = boundaries[f] if boundaries is not None and f < len(boundaries) else None
+        if bounds:
+            units.extend(Unit(f, s, e) for s, e in cuts(n, chunk_size, bounds))
+        else:
+            units.extend(Unit(f, s, min(s + chunk_size, n)) for s in range(0, n, chunk_size))
     return units
 
 

@@ -192,12 +192,23 @@ def open_file(url: str, timeout: float = 30.0) -> uproot.ReadOnlyDirectory:
 
 
 def open_tree(url: str, tree: str, timeout: float = 30.0):
-    """Open ``tree`` (a path such as ``boostedAk8/events`` is fine) in a file."""
+    """Open ``tree`` (a path such as ``boostedAk8/events`` is fine) in a file.
+
+    A TTree comes back as uproot's; an RNTuple, or a Parquet file (``tree`` is
+    then ignored), as a :class:`mlaas4hep.io.formats.EventsView` that reads
+    like one (see :mod:`mlaas4hep.io.formats`).
+    """
+    from . import formats
+
+    if formats.is_parquet(url):
+        return formats.open_parquet(url, timeout)
     f = open_file(url, timeout)
     try:
         obj = f[tree]
     except KeyError:
-        trees = [k.split(";")[0] for k, c in f.classnames().items() if c.startswith("TTree")]
+        trees = [
+            k.split(";")[0] for k, c in f.classnames().items() if c.startswith(("TTree", "ROOT::RNTuple"))
+        ]
         f.close()
         raise TreeNotFoundError(url, tree, trees) from None
     except TRANSIENT as err:
@@ -206,6 +217,9 @@ def open_tree(url: str, tree: str, timeout: float = 30.0):
     except Exception as err:
         f.close()
         raise CorruptFileError(url, f"{type(err).__name__}: {err}") from None
+    rntuple = formats.view(obj, url)
+    if rntuple is not None:
+        return rntuple
     if not isinstance(obj, uproot.behaviors.TTree.TTree):
         f.close()
         raise TreeNotFoundError(url, tree, [f"{tree} is a {type(obj).__name__}, not a TTree"])
