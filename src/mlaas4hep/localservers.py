@@ -143,8 +143,15 @@ class XRootDServer(_Server):
         user: dict[str, Any] = {}
         if os.geteuid() == 0:  # xrootd refuses to run as root
             user = {"user": "xrootd", "group": "xrootd", "extra_groups": []}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **user)
-        wait_port(self.port, self.proc, log=self.work / "log" / "test" / "xrootd.log")
+        for attempt in range(3):  # xrootd 5.5 has been seen to crash (SIGSEGV) at start on a loaded host
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **user)
+            try:
+                wait_port(self.port, self.proc, log=self.work / "log" / "test" / "xrootd.log")
+                return
+            except RuntimeError:
+                if self.proc.poll() is None or attempt == 2:
+                    raise
+                time.sleep(0.5)
 
     def kill(self) -> None:
         """End the server at once with ``SIGKILL`` (no clean shutdown); the port is free afterwards."""
