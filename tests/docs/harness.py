@@ -183,6 +183,18 @@ def _tail(text: str) -> str:
     return text if len(text) <= TAIL_CHARS else "[...]\n" + text[-TAIL_CHARS:]
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of a block's process group (it was started in a session of its own)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 @dataclass
 class DocRun:
     """Runs the blocks of one document in ``workdir``; call :meth:`close` at the end."""
@@ -249,24 +261,29 @@ class DocRun:
         )
 
     def _exec(self, block: Block, argv: list[str]) -> None:
-        try:
-            p = subprocess.run(
+        """Run ``argv``; the output goes to a file, not a pipe, so that a process the
+        block leaves behind cannot hold the harness; such processes are killed."""
+        log = self.workdir / f"_block_{block.line}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
                 argv,
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdout=out,
                 stderr=subprocess.STDOUT,
-                text=True,
-                timeout=BLOCK_TIMEOUT_S,
                 start_new_session=True,
             )
-        except subprocess.TimeoutExpired as err:
-            out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout or ""
-            self._fail(block, f"did not finish in {BLOCK_TIMEOUT_S} s", out)
-            return
-        if p.returncode != 0:
-            self._fail(block, f"exited with status {p.returncode}", p.stdout)
+            try:
+                rc = proc.wait(timeout=BLOCK_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                rc = None
+            finally:
+                _kill_group(proc)
+        if rc is None:
+            self._fail(block, f"did not finish in {BLOCK_TIMEOUT_S} s", log.read_text(errors="replace"))
+        elif rc != 0:
+            self._fail(block, f"exited with status {rc}", log.read_text(errors="replace"))
 
     def _run_shell(self, block: Block) -> None:
         self._exec(block, ["bash", "-c", BASH_PREAMBLE + self._ported(block.commands())])
@@ -353,11 +370,8 @@ class DocRun:
                 try:
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait(timeout=15)
+                    pass
+            _kill_group(proc)
             logs.append(f"--- server of {block.where} ---\n{_tail(log.read_text())}")
         self.servers.clear()
         return logs

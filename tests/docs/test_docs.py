@@ -134,3 +134,23 @@ def test_a_failing_block_fails_with_document_line_and_output(tmp_path):
         assert (tmp_path / "doc" / "ok.txt").read_text() == "fine\n"
     finally:
         run.close()
+
+
+def test_a_server_block_runs_in_the_background_until_the_document_ends(tmp_path):
+    """``mlaas4hep serve`` is started, waited for, reachable on the documented port's stand-in, and stopped."""
+    run = DocRun("t.md", tmp_path / "doc")
+    try:
+        serve = Block(
+            "t.md",
+            3,
+            "bash",
+            "echo s3cret-token-0123456789 > token.txt\nmlaas4hep serve --repo models/ --token-file token.txt   # 127.0.0.1:8083\n",
+        )
+        assert serve.is_server()
+        run.run(serve)
+        ((_, proc, _),) = run.servers
+        run.run(Block("t.md", 9, "bash", "curl -s localhost:8083/v2/health/live\nmlaas4hep client status\n"))
+    finally:
+        logs = run.close()
+    assert proc.poll() is not None, "the server outlived its document"
+    assert "t.md:3" in logs[0]
