@@ -61,7 +61,9 @@ DOCUMENTS = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "do
 
 RUN_LANGS = {"bash", "sh", "shell", "console", "python", "py"}
 PARSE_LANGS = {"json", "yaml", "yml"}
-DEFAULT_PORT = 8083
+DEFAULT_PORT = 8083  # the server's default port
+#: Ports the documents may name (the server's HTTP port, a second server's, gRPC); each runs as a free port.
+DOC_PORTS = (8083, 8084, 8001, 8002)
 BLOCK_TIMEOUT_S = 300
 SERVER_START_S = 60
 TAIL_CHARS = 6000
@@ -201,7 +203,7 @@ class DocRun:
 
     doc: str
     workdir: Path
-    port: int = field(default_factory=_free_port)
+    ports: dict[int, int] = field(default_factory=lambda: {p: _free_port() for p in DOC_PORTS})
     timings: list[tuple[str, str, float]] = field(default_factory=list)
     servers: list[tuple[Block, subprocess.Popen, Path]] = field(default_factory=list)
 
@@ -221,9 +223,12 @@ class DocRun:
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("MLAAS4HEP_TOKEN", None)
         self.env = env
+        self.timeout: float = BLOCK_TIMEOUT_S
 
     # -------------------------------------------------------------- running
-    def run(self, block: Block) -> None:
+    def run(self, block: Block, timeout: float | None = None) -> None:
+        """Run (or check) one block; ``timeout`` replaces :data:`BLOCK_TIMEOUT_S`."""
+        self.timeout = timeout or BLOCK_TIMEOUT_S
         t0 = time.perf_counter()
         if block.directive == "file":
             self._write_file(block)
@@ -247,16 +252,22 @@ class DocRun:
             return
         self.timings.append((block.where, kind, time.perf_counter() - t0))
 
+    @property
+    def port(self) -> int:
+        """The port that stands for the server's default port, 8083."""
+        return self.ports[DEFAULT_PORT]
+
     def _ported(self, code: str) -> str:
-        """The block with the documented port replaced by this run's port."""
-        code = code.replace(f":{DEFAULT_PORT}", f":{self.port}")
-        code = re.sub(rf"--port(=|\s+){DEFAULT_PORT}\b", rf"--port\g<1>{self.port}", code)
+        """The block with each documented port replaced by this run's stand-in."""
+        for doc_port, port in self.ports.items():
+            code = re.sub(rf"(?<=:){doc_port}\b", str(port), code)
+            code = re.sub(rf"(--(?:grpc-)?port(?:=|\s+)){doc_port}\b", rf"\g<1>{port}", code)
         return code
 
     def _fail(self, block: Block, what: str, output: str = "") -> None:
         raise BlockError(
             f"{block.where}: the {block.lang} block {what}\n"
-            f"--- block (port {DEFAULT_PORT} runs as {self.port}) ---\n{block.code}"
+            f"--- block (ports {self.ports} as run) ---\n{block.code}"
             + (f"--- output ---\n{_tail(output)}" if output else "")
         )
 
@@ -275,13 +286,13 @@ class DocRun:
                 start_new_session=True,
             )
             try:
-                rc = proc.wait(timeout=BLOCK_TIMEOUT_S)
+                rc = proc.wait(timeout=self.timeout)
             except subprocess.TimeoutExpired:
                 rc = None
             finally:
                 _kill_group(proc)
         if rc is None:
-            self._fail(block, f"did not finish in {BLOCK_TIMEOUT_S} s", log.read_text(errors="replace"))
+            self._fail(block, f"did not finish in {self.timeout:.0f} s", log.read_text(errors="replace"))
         elif rc != 0:
             self._fail(block, f"exited with status {rc}", log.read_text(errors="replace"))
 
@@ -297,7 +308,7 @@ class DocRun:
         code = self._ported(block.commands())
         lines = code.rstrip("\n").split("\n")
         last = lines[-1]
-        if "--port" not in " ".join(_logical_lines(code)[-1:]):
+        if not re.search(r"--port\b", " ".join(_logical_lines(code)[-1:])):
             lines[-1] = re.sub(r"(\s+#.*)?$", rf" --port {self.port}\g<1>", last, count=1)
         m = re.search(r"--port(?:=|\s+)(\d+)", "\n".join(lines))
         port = int(m.group(1)) if m else self.port

@@ -25,7 +25,23 @@ KNOWN_BUGS: dict[str, list[tuple[str, str]]] = {
             "(its positional url overwrites --url)",
         ),
     ],
+    "docs/scale.md": [
+        (
+            "--executor dask --workers 2",
+            "`mlaas4hep specs/stream --executor dask` can hang for ever at exit on a loaded machine: "
+            "the atexit hook shutdown_executors() -> DaskExecutor.shutdown() -> LocalCluster.close() "
+            "waits without a timeout after distributed logs SpecCluster._correct_state_internal TimeoutError "
+            "(src/mlaas4hep/dist/dask.py)",
+        ),
+        (
+            'Dataset.from_config("dask.yaml")',
+            "the same hang at exit of a script that used a Dask LocalCluster (src/mlaas4hep/dist/dask.py)",
+        ),
+    ],
 }
+
+#: A known-bug block that hangs is stopped after this many seconds (the others get harness.BLOCK_TIMEOUT_S).
+KNOWN_BUG_TIMEOUT_S = 120
 
 
 def _known(block: Block) -> str | None:
@@ -42,10 +58,10 @@ def test_document_runs(doc, tmp_path):
     known_failures: list[str] = []
     try:
         for block in blocks:
+            why = _known(block)
             try:
-                run.run(block)
+                run.run(block, timeout=KNOWN_BUG_TIMEOUT_S if why else None)
             except BlockError as err:
-                why = _known(block)
                 if why is None:
                     raise
                 known_failures.append(f"{block.where} ({why}):\n{err}")
@@ -130,6 +146,10 @@ def test_a_failing_block_fails_with_document_line_and_output(tmp_path):
             with pytest.raises(BlockError) as err:
                 run.run(block)
             assert f"t.md:{block.line}" in str(err.value) and text in str(err.value)
+        p, g = run.ports[8083], run.ports[8001]
+        assert run._ported("--port 8083 localhost:8083 --grpc-port=8001 h:8001 [0.8083]") == (
+            f"--port {p} localhost:{p} --grpc-port={g} h:{g} [0.8083]"
+        )
         run.run(Block("t.md", 21, "bash", "echo fine > ok.txt\n"))
         assert (tmp_path / "doc" / "ok.txt").read_text() == "fine\n"
     finally:
