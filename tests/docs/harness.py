@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -185,6 +186,12 @@ def _tail(text: str) -> str:
     return text if len(text) <= TAIL_CHARS else "[...]\n" + text[-TAIL_CHARS:]
 
 
+def _child_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL what is left of a block's process group (it was started in a session of its own)."""
     try:
@@ -204,7 +211,8 @@ class DocRun:
     doc: str
     workdir: Path
     ports: dict[int, int] = field(default_factory=lambda: {p: _free_port() for p in DOC_PORTS})
-    timings: list[tuple[str, str, float]] = field(default_factory=list)
+    #: (where, what was done, wall seconds, CPU seconds of the processes it waited for)
+    timings: list[tuple[str, str, float, float]] = field(default_factory=list)
     servers: list[tuple[Block, subprocess.Popen, Path]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -229,7 +237,7 @@ class DocRun:
     def run(self, block: Block, timeout: float | None = None) -> None:
         """Run (or check) one block; ``timeout`` replaces :data:`BLOCK_TIMEOUT_S`."""
         self.timeout = timeout or BLOCK_TIMEOUT_S
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _child_cpu()
         if block.directive == "file":
             self._write_file(block)
             kind = f"file {block.arg}"
@@ -250,7 +258,7 @@ class DocRun:
             kind = "shell"
         else:
             return
-        self.timings.append((block.where, kind, time.perf_counter() - t0))
+        self.timings.append((block.where, kind, time.perf_counter() - t0, _child_cpu() - c0))
 
     @property
     def port(self) -> int:
