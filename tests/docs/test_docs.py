@@ -170,6 +170,11 @@ def test_a_server_block_runs_in_the_background_until_the_document_ends(tmp_path)
         run.run(serve)
         ((_, proc, _),) = run.servers
         run.run(Block("t.md", 9, "bash", "curl -s localhost:8083/v2/health/live\nmlaas4hep client status\n"))
+        # an HTTP error answer fails the block, with the server's message (curl -s alone exits 0)
+        bad = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}]}'
+        with pytest.raises(BlockError) as err:
+            run.run(Block("t.md", 12, "bash", f"curl -s localhost:8083/v2/models/tth/infer -d '{bad}'\n"))
+        assert "t.md:12" in str(err.value) and "status 22" in str(err.value) and '"error"' in str(err.value)
     finally:
         logs = run.close()
     assert proc.poll() is not None, "the server outlived its document"
