@@ -53,6 +53,9 @@ DEFAULT_RETRIES = 2
 #:   turns off glibc's dynamic mmap threshold: every array of a decoded chunk is
 #:   then a fresh mmap and page faults, and decoding ran 30-40% slower;
 #: * the statistical profiler samples the decoding thread every 10 ms.
+#: Seconds that closing a client or a cluster we started may take at exit.
+CLOSE_TIMEOUT_S = 10
+
 WORKER_CONFIG = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     "distributed.worker.profile.enabled": False,
@@ -97,11 +100,13 @@ class DaskExecutor(Executor):
         return self.client.submit(_identity, value, pure=False)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # bounded: on a loaded machine LocalCluster.close() without a timeout was seen to wait
+        # for ever at exit (after distributed's "_correct_state_internal ... TimeoutError")
         try:
-            self.client.close()
+            self.client.close(timeout=CLOSE_TIMEOUT_S)
         finally:
             if self.cluster is not None:
-                self.cluster.close()
+                self.cluster.close(timeout=CLOSE_TIMEOUT_S)
 
     @property
     def nworkers(self) -> int:
