@@ -277,6 +277,8 @@ def serve_and_query(bundle_path: Path, out: Path, root_file: str) -> dict[str, A
             str(out / "token.txt"),
             "--data-dir",
             str(out / "data"),
+            # with --remote the sample file is a root:// URL on this machine's XRootD server
+            *(["--allow-remote", "127.0.0.1"] if "://" in root_file else []),
         ],
         stdout=log,
         stderr=log,
