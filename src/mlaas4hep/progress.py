@@ -29,6 +29,9 @@ class _Bar:
 
     def advance(self, n: float = 1, **fields) -> None:
         if self._p is not None:
+            task = next((t for t in self._p.tasks if t.id == self._t), None)
+            if task is not None and task.total is not None and task.completed + n > task.total:
+                fields.setdefault("total", task.completed + n)  # the total was an estimate
             self._p.update(self._t, advance=n, **fields)
 
     def update(self, **fields) -> None:
