@@ -11,7 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -100,11 +100,15 @@ class ChunkStore:
     mid-write never leaves a partial chunk that a later epoch would trust.
     Reads are memory-mapped: workers hand chunks to the trainer through the page
     cache instead of a pipe, and later epochs read them back without decoding.
+    ``chunk_type`` is the dataclass stored (its ``FIELDS`` name the files):
+    :class:`Chunk`, or the first-use pass's raw units
+    (:class:`mlaas4hep.io.firstuse.RawChunk`).
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, chunk_type: Any = Chunk):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.chunk_type = chunk_type
 
     def path(self, unit: Unit) -> Path:
         return self.root / unit.name
@@ -112,12 +116,12 @@ class ChunkStore:
     def has(self, unit: Unit) -> bool:
         return (self.path(unit) / "event_id.npy").exists()
 
-    def write(self, unit: Unit, chunk: Chunk) -> int:
+    def write(self, unit: Unit, chunk: Any) -> int:
         final = self.path(unit)
         tmp = self.root / f".tmp-{unit.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for f in Chunk.FIELDS:
+        for f in self.chunk_type.FIELDS:
             np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
         try:
             os.replace(tmp, final)
@@ -125,9 +129,10 @@ class ChunkStore:
             shutil.rmtree(tmp, ignore_errors=True)
         return chunk.nbytes
 
-    def read(self, unit: Unit) -> Chunk:
+    def read(self, unit: Unit) -> Any:
         d = self.path(unit)
-        return Chunk(*(np.load(d / f"{f}.npy", mmap_mode="r", allow_pickle=False) for f in Chunk.FIELDS))
+        fields = self.chunk_type.FIELDS
+        return self.chunk_type(*(np.load(d / f"{f}.npy", mmap_mode="r", allow_pickle=False) for f in fields))
 
     def remove(self, unit: Unit) -> None:
         shutil.rmtree(self.path(unit), ignore_errors=True)

@@ -17,6 +17,11 @@ pool of decoding workers. Epoch 0 writes the
 decoded chunks to a cache keyed by the configuration, the specs and the files'
 fingerprints; later epochs read them back memory-mapped.
 
+First use decodes every unit once: the specs pass also writes each unit's
+raw tensors (:mod:`mlaas4hep.io.firstuse`), and epoch 0 lays them out with the
+specs instead of decoding again. With every jagged length given and
+``normalize: none`` nothing depends on the specs, and epoch 0 starts at once.
+
 Remote reads that fail for a transient reason (a storage restart, a timeout)
 are retried for up to ``retry_budget`` seconds and never skipped; ``on_error:
 skip`` skips bad files only. :attr:`Dataset.report` lists what was skipped
@@ -29,6 +34,7 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from functools import cached_property, partial
 from pathlib import Path
@@ -38,13 +44,13 @@ import numpy as np
 
 from .. import progress
 from ..jsonutil import digest
+from . import firstuse, sources
 from . import schema as schema_mod
-from . import sources
 from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
 from .config import DatasetConfig
 from .errors import ConfigError, Mlaas4hepError, StaleSpecsError, skippable
 from .executor import default_workers, get_executor, ordered_map
-from .passes import decode_unit, file_info, unit_stats
+from .passes import decode_unit, file_info, finalize_unit, stats_and_raw, unit_stats
 from .preprocess import Preprocessor
 from .reader import UnitReader, get_tree
 from .shuffle import batches as cut_batches
@@ -64,6 +70,8 @@ CHUNK_FIELDS = SPECS_FIELDS + (
     "weight_branch",
     "chunk_size",
 )
+#: Fields that change what a raw unit of the first-use pass holds (not the specs' constants).
+RAW_FIELDS = SPECS_FIELDS + ("jagged", "label_branch", "weight_branch", "chunk_size")
 
 
 class Report(list):
@@ -139,9 +147,13 @@ class Dataset:
         config: DatasetConfig,
         specs: Specs | str | os.PathLike | None = None,
         show_progress: bool | None = None,
+        fused: bool = True,
     ):
         self.config = config
         self.show_progress = show_progress
+        #: Whether the specs pass keeps its decoded units for epoch 0 (False: decode twice, as before).
+        self.fused = fused
+        self._raw_tmp: str | None = None
         self._files = config.resolve_files()
         self.urls = [u for u, _ in self._files]
         self._specs_arg = specs if specs is not None else config.extra.get("specs")
@@ -309,6 +321,12 @@ class Dataset:
         specs = Specs(flat=list(sch.flat), jagged=list(sch.jagged), key=self._specs_key())
         selected = [0] * len(self.urls)
         fn, ex = partial(unit_stats, reader, names), self._executor()
+        items: Any = units
+        raw = self._raw_store(create=True)
+        if raw is not None:  # one decode for specs and epoch 0: keep each unit's raw tensors
+            given = [self._given_length(j) for j in sch.jagged]
+            fn = partial(stats_and_raw, reader, names, given)
+            items = self._raw_items(units, raw)
         with progress.bar("specs", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
             if hasattr(ex, "reduce_unit_stats"):  # Dask: a tree-reduce on the workers
                 part = ex.reduce_unit_stats(
@@ -321,8 +339,9 @@ class Dataset:
                 specs.merge_chunk(part.stats)
                 for f, n in part.selected.items():
                     selected[f] += n
-                units = []
-            for unit, result in self._map(fn, units, ex):
+                items = []
+            for item, result in self._map(fn, items, ex):
+                unit = item if isinstance(item, Unit) else item[0]
                 if result is None:
                     continue
                 partial_stats, n = result
@@ -334,19 +353,94 @@ class Dataset:
         specs.files = [dict(f, selected=s) for f, s in zip(self.file_infos, selected)]
         return specs
 
+    # ------------------------------------------------------------ first use
+    def _given_length(self, name: str) -> int | None:
+        """The configured length of a jagged branch (by name, else by collection), or None."""
+        c = self.config
+        length = c.jagged.get(name, c.jagged.get(schema_mod.collection(name)))
+        return None if length is None else int(length)
+
+    def _needs_specs(self) -> bool:
+        """Whether the tensors depend on the specs (normalisation, or a length from the data)."""
+        if isinstance(self._specs_arg, Specs) or self.config.normalize != "none":
+            return True
+        return any(self._given_length(j) is None for j in self.schema.jagged)
+
+    def _fusable(self) -> bool:
+        c = self.config
+        return self.fused and c.executor != "dask" and not c.scheduler
+
+    def _raw_store(self, create: bool = False) -> ChunkStore | None:
+        """Where the first-use pass keeps raw units (None when fusing is off, or, unless
+        ``create``, when no raw unit was kept).
+
+        Under the cache directory (``chunks/raw-<key>``, so a later run finds
+        them) when caching is on; else a temporary directory that lives as long
+        as this dataset.
+        """
+        if not self._fusable():
+            return None
+        if self.config.cache_dir:
+            path = self._cache_root() / "chunks" / self._raw_name()
+        elif self._raw_tmp is not None:
+            path = Path(self._raw_tmp)
+        elif create:
+            self._raw_tmp = tempfile.mkdtemp(prefix="mlaas4hep-raw-")
+            weakref.finalize(self, shutil.rmtree, self._raw_tmp, True)
+            path = Path(self._raw_tmp)
+        else:
+            return None
+        if not create and not path.is_dir():
+            return None
+        return firstuse.raw_store(path)
+
+    def _raw_name(self) -> str:
+        groups = [(g.label, g.weight) for _, g in self._files]
+        key = [firstuse.RAW_VERSION, self.config.digest(*RAW_FIELDS), self.file_infos, groups]
+        return "raw-" + digest(key)[:20]
+
+    def _raw_items(self, units: list[Unit], raw: ChunkStore) -> Iterator[tuple[Unit, str | None]]:
+        """``(unit, raw store root)`` while the cache budget allows, then ``(unit, None)``.
+
+        Raw units are about as large as decoded ones; the budget is
+        ``cache_max_gb`` less what the cache directory already holds. A unit's
+        width is only known once it is decoded, so each is charged an estimate:
+        the given lengths, else 16 values per jagged branch.
+        """
+        c, sch = self.config, self.schema
+        limit = c.cache_max_gb * 2**30
+        used = _dir_size(raw.root.parent) if c.cache_dir else 0
+        columns = len(sch.flat) + sum(self._given_length(j) or 16 for j in sch.jagged)
+        per_event = columns * 4 + len(sch.jagged) * 8 + 28
+        # without specs-dependent tensors the decoded cache may already hold a unit: keep no raw copy
+        cached = self.cache if not self._needs_specs() else None
+        for u in units:
+            need = (u.stop - u.start) * per_event
+            if cached is not None and cached.has(u):
+                yield (u, None)
+            elif used + need <= limit:
+                used += need
+                yield (u, str(raw.root))
+            else:
+                yield (u, None)
+
     @cached_property
     def preprocessor(self) -> Preprocessor:
         """How raw branches become ``x``: lengths, pad value and normalisation constants."""
-        c, sch, specs = self.config, self.schema, self.specs
+        c, sch = self.config, self.schema
+        specs = self.specs if self._needs_specs() else None
         jagged = []
         for name in sch.jagged:
             coll = schema_mod.collection(name)
-            length = c.jagged.get(name, c.jagged.get(coll))
+            length = self._given_length(name)
             if length is None:  # the longest list in the collection, as MLaaS4HEP's jdim
+                assert specs is not None
                 length = max([specs.max_length(j) for j in sch.jagged if schema_mod.collection(j) == coll])
             jagged.append((name, int(length)))
         offset, scale = {}, {}
         for name in sch.flat + sch.jagged:
+            if specs is None:  # normalize: none
+                break
             s = specs.stats[name]
             if c.normalize == "minmax" and s.count:
                 offset[name], span = s.min, s.max - s.min
@@ -408,8 +502,8 @@ class Dataset:
         """The units that rank ``rank`` of ``world`` reads in ``epoch``, in order."""
         c = self.config
         shuffle = c.shuffle if shuffle is None else shuffle
-        entries = [f["entries"] for f in self.specs.files]
-        units = plan_units(entries, c.chunk_size, c.nevts, _boundaries(self.specs.files))
+        files = self.specs.files if self._needs_specs() else self.file_infos  # the same entries
+        units = plan_units([f["entries"] for f in files], c.chunk_size, c.nevts, _boundaries(files))
         return shard(plan_epoch(units, shuffle, c.seed, epoch), rank, world)
 
     def _cache_root(self) -> Path:
@@ -433,7 +527,8 @@ class Dataset:
             ]
         )[:20]
         root = self._cache_root() / "chunks"
-        _evict(root, keep=key, limit=self.config.cache_max_gb * 2**30)
+        keep = {key, self._raw_name()} if self._fusable() else {key}
+        _evict(root, keep=keep, limit=self.config.cache_max_gb * 2**30)
         return ChunkStore(root / key)
 
     def chunks(
@@ -446,26 +541,32 @@ class Dataset:
         # Workers on other machines (Dask) send the arrays back; this process writes its cache.
         local_fs = getattr(ex, "shares_filesystem", True)
         spool = None if inline or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
-        budget = c.cache_max_gb * 2**30 - (cache.size() if cache else 0)
+        raw = self._raw_store()
+        raw_root = str(raw.root) if raw is not None else None
+        budget = c.cache_max_gb * 2**30 - (cache.size() if cache else 0) - (raw.size() if raw else 0)
         per_event = self.n_features * 5 + 28
-        todo: list[tuple[Unit, ChunkStore | None, bool]] = []
+        todo: list[tuple[Unit, ChunkStore | None, bool, str | None]] = []
         write_back: set[Unit] = set()
         for u in units:
+            # a raw unit kept by the first-use pass is laid out instead of decoded (its room is freed)
+            src = raw_root if raw is not None and raw.has(u) else None
+            if src is not None and raw is not None:
+                budget += _dir_size(raw.path(u))
             if cache is not None and cache.has(u):
-                todo.append((u, cache, True))
+                todo.append((u, cache, True, None))
             elif cache is not None and budget > (u.stop - u.start) * per_event:
                 budget -= (u.stop - u.start) * per_event
-                todo.append((u, cache if local_fs else None, False))
+                todo.append((u, cache if local_fs else None, False, src))
                 if not local_fs:
                     write_back.add(u)
             else:
-                todo.append((u, spool, False))
+                todo.append((u, spool, False, src))
 
         try:
             with progress.bar(
                 f"epoch {epoch}", sum(u.stop - u.start for u in units), show=self.show_progress
             ) as bar:
-                for (u, store, cached), out in self._map(partial(_decode_task, reader), todo, ex):
+                for (u, store, cached, _), out in self._map(partial(_decode_task, reader), todo, ex):
                     if out is None and not cached:
                         continue
                     chunk = out if isinstance(out, Chunk) else store.read(u)
@@ -588,10 +689,17 @@ def _file_info_task(
 
 
 def _decode_task(reader: UnitReader, item: tuple) -> Chunk | int | None:
-    unit, store, cached = item
+    """Nothing for a cached unit; a raw unit of the first-use pass laid out; else a unit decoded."""
+    unit, store, cached, raw_root = item
     if cached:
         return None
-    return decode_unit(reader, str(store.root) if store is not None else None, unit)
+    root = str(store.root) if store is not None else None
+    if raw_root is not None:
+        try:
+            return finalize_unit(reader, raw_root, root, unit)
+        except FileNotFoundError:  # another process used and removed it: decode after all
+            pass
+    return decode_unit(reader, root, unit)
 
 
 def _decode_jagged_task(reader: UnitReader, unit: Unit) -> JaggedChunk:
@@ -609,13 +717,17 @@ def _empty_stats(jagged: bool):
     return Stats(lengths=np.zeros(1, np.int64) if jagged else None)
 
 
-def _evict(root: Path, keep: str, limit: float) -> None:
+def _dir_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*.npy")) if root.exists() else 0
+
+
+def _evict(root: Path, keep: set[str], limit: float) -> None:
     """Delete the least recently used cache entries (other than ``keep``) beyond ``limit`` bytes."""
     if not root.exists():
         return
     entries = []
     for d in root.iterdir():
-        if d.is_dir() and d.name != keep:
+        if d.is_dir() and d.name not in keep:
             size = sum(p.stat().st_size for p in d.rglob("*.npy"))
             entries.append((d.stat().st_mtime, size, d))
     total = sum(e[1] for e in entries)

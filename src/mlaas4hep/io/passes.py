@@ -1,5 +1,8 @@
 """The tasks that run on workers: file information, specs of a unit, decoding a unit.
 
+The first-use tasks (:func:`stats_and_raw`, :func:`finalize_unit`) let the
+specs pass and epoch 0 share one decode (see :mod:`mlaas4hep.io.firstuse`).
+
 Each is a plain module-level function of picklable arguments, so the same code
 runs inline, in a local process pool, or on a Dask cluster.
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import schema, sources
+from . import firstuse, schema, sources
 from .chunk import Chunk, ChunkStore, Unit
 from .preprocess import Preprocessor
 from .reader import UnitReader, get_tree
@@ -49,3 +52,33 @@ def decode_unit(reader: UnitReader, root: str | None, unit: Unit) -> Chunk | int
         return chunk
     ChunkStore(root).write(unit, chunk)
     return len(chunk)
+
+
+def stats_and_raw(
+    reader: UnitReader, names: list[str], given: list[int | None], item: tuple[Unit, str | None]
+) -> tuple[dict[str, Stats], int]:
+    """The specs of one unit; when the item names a raw store, its raw tensors are written there too.
+
+    ``item`` is ``(unit, root)``: with ``root`` None (the store is full) only
+    the statistics are computed, exactly as :func:`unit_stats` does.
+    """
+    unit, root = item
+    if root is None:
+        return unit_stats(reader, names, unit)
+    stats, n, raw = firstuse.decode_raw(reader, names, given, unit)
+    firstuse.raw_store(root).write(unit, raw)
+    return stats, n
+
+
+def finalize_unit(reader: UnitReader, raw_root: str, root: str | None, unit: Unit) -> Chunk | int:
+    """Lay out a raw unit with ``reader``'s preprocessing, then drop the raw unit.
+
+    Like :func:`decode_unit`: writes the chunk to the store at ``root`` (returning
+    its size) or returns it.
+    """
+    raws = firstuse.raw_store(raw_root)
+    chunk = firstuse.finalize(raws.read(unit), reader.preprocessor)
+    if root is not None:
+        ChunkStore(root).write(unit, chunk)
+    raws.remove(unit)  # a memory map of it stays valid after the unlink
+    return len(chunk) if root is not None else chunk

@@ -1,0 +1,161 @@
+"""First use in one read: the specs pass keeps what it decodes, epoch 0 lays it out.
+
+Without this module a first run decodes every unit twice: once for the specs
+pass (statistics, multiplicities) and once more in epoch 0, because the padded
+and normalised tensors depend on the specs (normalisation constants, and the
+padding lengths of collections whose ``jagged`` length is not given).
+
+Decoding (reading the baskets, decompressing, deserialising, evaluating new
+variables and the selection, casting to float32, gathering lists) is the
+expensive part; applying the specs afterwards is a column gather and two
+vector operations. So the fused specs pass writes, next to the statistics of
+each unit, a :class:`RawChunk`: the unit's selected events as float32 columns
+(flat branches, then each jagged branch padded to the unit's own longest list,
+or to its configured length), the list multiplicities, labels, weights and
+event ids. Epoch 0 turns each raw unit into the final :class:`Chunk` with
+:func:`finalize` (on the workers, writing it into the decoded cache) instead
+of decoding the unit again.
+
+:func:`finalize` performs exactly the float32 operations of
+:meth:`Preprocessor.transform` on the same float32 values, element by element,
+so its output is bit-identical to a unit decoded after a separate specs pass:
+values, masks and (since units keep their plan order) batches.
+
+Raw units live in a :class:`~mlaas4hep.io.chunk.ChunkStore` of
+:class:`RawChunk` (``chunks/raw-<key>`` under the cache directory, or a
+temporary directory when caching is off); a unit is removed once epoch 0 has
+laid it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from .chunk import Chunk, ChunkStore, Unit
+from .preprocess import Preprocessor, _flat, pad_jagged
+from .reader import UnitReader
+from .specs import Stats, chunk_stats
+
+#: Bumped whenever the layout of a raw unit changes (it is part of the store's key).
+RAW_VERSION = 1
+
+
+@dataclass
+class RawChunk:
+    """A unit decoded but not yet laid out by the specs.
+
+    Attributes:
+        x: float32 ``(n, F_raw)``: flat features, then each jagged branch padded
+            to ``widths[j]`` columns (the values of padded slots are arbitrary).
+        counts: int64 ``(n, J)``: each event's multiplicity of each jagged branch.
+        widths: int64 ``(J,)``: the columns each jagged branch occupies in ``x``.
+        y, weight, event_id: as in :class:`~mlaas4hep.io.chunk.Chunk`.
+    """
+
+    x: np.ndarray
+    counts: np.ndarray
+    widths: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray
+    event_id: np.ndarray
+
+    FIELDS = ("x", "counts", "widths", "y", "weight", "event_id")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, f).nbytes for f in self.FIELDS)
+
+
+def raw_store(root: Any) -> ChunkStore:
+    """A store of :class:`RawChunk` at ``root``."""
+    return ChunkStore(root, RawChunk)
+
+
+def decode_raw(reader: UnitReader, names: list[str], given: list[int | None], unit: Unit):
+    """Statistics and raw tensors of one unit, from one read.
+
+    ``reader``'s preprocessor is the specs pass's (flat and jagged names, new
+    variables, selection; no lengths, no constants). ``given`` holds, for each
+    jagged branch, its configured length or None (then the unit's longest
+    list is kept). Returns ``(stats, selected events, RawChunk)``; the
+    statistics are those :func:`mlaas4hep.io.passes.unit_stats` computes.
+    """
+    pre: Preprocessor = reader.preprocessor
+    arrays = pre.add_variables(reader.read_raw(unit))
+    keep = pre.select(arrays)
+    n_all = unit.stop - unit.start
+    n = int(keep.sum()) if keep is not None else n_all
+    stats: dict[str, Stats] = chunk_stats(arrays, names, keep)
+
+    cols = [_flat(arrays[name], name)[:, None] for name in pre.flat]
+    counts, widths = [], []
+    for (name, _), length in zip(pre.jagged, given):
+        values = arrays[name]
+        c = _counts(values, n_all)
+        width = int(length) if length is not None else (int(c.max()) if len(c) else 0)
+        block, _ = pad_jagged(values, width, name)
+        cols.append(block)
+        counts.append(c)
+        widths.append(width)
+    x = np.hstack(cols) if cols else np.zeros((n_all, 0), np.float32)
+    cnt = np.stack(counts, axis=1) if counts else np.zeros((n_all, 0), np.int64)
+    if keep is not None:
+        x, cnt = x[keep], cnt[keep]
+    raw = RawChunk(x, cnt, np.asarray(widths, np.int64), *reader._targets(unit, arrays, keep))
+    return stats, n, raw
+
+
+def _counts(values: Any, n: int) -> np.ndarray:
+    if isinstance(values, np.ndarray):  # a regular (n, k) array: every list has k values
+        return np.full(n, values.shape[1] if values.ndim == 2 else 0, np.int64)
+    return np.asarray(ak.to_numpy(ak.num(values, axis=1)), dtype=np.int64)
+
+
+def finalize(raw: RawChunk, pre: Preprocessor) -> Chunk:
+    """Lay a raw unit out as ``pre`` would have decoded it: pad/clip, normalise, mask.
+
+    One gather builds every column (a slot beyond a branch's stored width reads
+    any stored column: it is padding in every event, since no list of the unit
+    is longer than the width); then ``(v - offset) * scale`` in float32 on the
+    columns that have constants, and ``pad_value`` where the mask is set.
+    """
+    n, nflat = len(raw), len(pre.flat)
+    widths = [int(w) for w in raw.widths]
+    if len(widths) != len(pre.jagged) or raw.x.shape[1] != nflat + sum(widths):
+        raise ValueError("a raw unit does not match the preprocessing (stale decoded cache?)")
+    counts = np.asarray(raw.counts)
+    src = list(range(nflat))
+    r = nflat
+    for j, ((name, length), width) in enumerate(zip(pre.jagged, widths)):
+        if length > width and n and int(counts[:, j].max()) > width:
+            raise ValueError(f"a raw unit stores {width} values of {name!r}, fewer than its lists hold")
+        src.extend(r + min(s, width - 1) if width else 0 for s in range(length))
+        r += width
+    if raw.x.shape[1]:
+        x = np.take(np.asarray(raw.x), np.asarray(src, np.intp), axis=1)
+    else:
+        x = np.zeros((n, pre.n_features), np.float32)
+    names = list(pre.flat) + [name for name, length in pre.jagged for _ in range(length)]
+    off = np.array([pre.offset.get(k, 0.0) for k in names], np.float32)
+    sc = np.array([pre.scale.get(k, 1.0) for k in names], np.float32)
+    act = np.array([pre.offset.get(k, 0.0) != 0.0 or pre.scale.get(k, 1.0) != 1.0 for k in names], bool)
+    if act.all():
+        x -= off
+        x *= sc
+    elif act.any():
+        cols = np.flatnonzero(act)
+        x[:, cols] = (x[:, cols] - off[cols]) * sc[cols]
+    mask = np.zeros((n, pre.n_features), bool)
+    col = nflat
+    for j, (_, length) in enumerate(pre.jagged):
+        np.greater_equal(np.arange(length)[None, :], counts[:, j : j + 1], out=mask[:, col : col + length])
+        col += length
+    np.copyto(x, np.float32(pre.pad_value), where=mask)
+    return Chunk(x, mask, np.asarray(raw.y), np.asarray(raw.weight), np.asarray(raw.event_id))

@@ -1,0 +1,147 @@
+"""First use in one read: the fused specs pass + epoch 0 equal today's two passes, bit for bit."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mlaas4hep.io import Dataset
+from mlaas4hep.io.reader import UnitReader
+
+from ..conftest import sample_config
+
+CONFIGS = {
+    "minmax, lengths from the specs, shuffled": dict(jagged={}, normalize="minmax"),
+    "standard, lengths given, pad -3": dict(normalize="standard", shuffle=False, pad_value=-3.0),
+    "selection and new variables": dict(
+        jagged={},
+        selection="MET_pt > 30",
+        new_variables={"ht": "sum(Jet_pt)", "jpt2": "Jet_pt * 2"},
+    ),
+}
+
+
+def epochs(ds, n=2):
+    """Every batch of epochs 0..n-1, copied out of the memory maps."""
+    return [
+        [
+            {f: np.array(getattr(b, f)) for f in ("x", "mask", "y", "weight", "event_id")}
+            for b in ds.batches(3000, e)
+        ]
+        for e in range(n)
+    ]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for ea, eb in zip(a, b):
+        assert len(ea) == len(eb)
+        for ba, bb in zip(ea, eb):
+            for f in ba:
+                assert ba[f].dtype == bb[f].dtype
+                np.testing.assert_array_equal(ba[f], bb[f], err_msg=f)  # NaN == NaN, else exact
+
+
+@pytest.fixture
+def count_decodes(monkeypatch):
+    """How many units were decoded into tensors (inline workers only: the count is in this process)."""
+    calls = []
+    real = UnitReader.decode
+
+    def decode(self, unit):
+        calls.append(unit)
+        return real(self, unit)
+
+    monkeypatch.setattr(UnitReader, "decode", decode)
+    return calls
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("cached", [True, False])
+def test_fused_first_use_equals_two_passes(data_dir, tmp_path, count_decodes, name, cached):
+    over = CONFIGS[name]
+    two = Dataset.from_config(
+        sample_config(data_dir, tmp_path / "two" if cached else None, **over),
+        fused=False,
+        specs=tmp_path / "two.json",  # without a cache directory specs go to a shared temporary one
+    )
+    ref = epochs(two)
+    ref_specs = json.dumps(two.specs.to_dict(), sort_keys=True)
+    count_decodes.clear()
+
+    cfg = sample_config(data_dir, tmp_path / "one" if cached else None, **over)
+    fused = Dataset.from_config(cfg, specs=tmp_path / "one.json")
+    specs = json.dumps(fused.specs.to_dict(), sort_keys=True)
+    first = [
+        {f: np.array(getattr(b, f)) for f in ("x", "mask", "y", "weight", "event_id")}
+        for b in fused.batches(3000, 0)
+    ]
+    assert count_decodes == []  # epoch 0 laid out the specs pass's units: no second decode
+    assert specs == ref_specs
+    assert_same([first, epochs(fused, 2)[1]], ref)
+
+
+def test_fused_with_workers_equals_two_passes(data_dir, tmp_path):
+    over = dict(jagged={}, workers=2)
+    ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 1)
+    fused = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))
+    assert_same(epochs(fused, 1), ref)
+    raw = fused._raw_store()
+    assert raw is not None and raw.size() == 0  # every raw unit was laid out into the cache
+
+
+def test_raw_units_of_a_specs_only_run_serve_the_next_run(data_dir, tmp_path, count_decodes):
+    cfg = sample_config(data_dir, tmp_path / "cache", jagged={}, selection="nJet >= 4")
+    ref = epochs(
+        Dataset.from_config(
+            sample_config(data_dir, tmp_path / "two", jagged={}, selection="nJet >= 4"), fused=False
+        )
+    )
+    first = Dataset.from_config(cfg)
+    first.specs  # noqa: B018  (e.g. `mlaas4hep specs`): the fused pass keeps its units
+    raw = first._raw_store()
+    assert raw is not None and len(list(raw.root.iterdir())) == 16  # 4 files x 4 units
+    count_decodes.clear()
+
+    second = Dataset.from_config(cfg)  # a new run: specs loaded from disk, units from the raw store
+    assert_same(epochs(second, 1), ref[:1])
+    assert count_decodes == []
+    assert raw.size() == 0 and len(list(second.cache.root.iterdir())) == 16
+
+    third = Dataset.from_config(cfg)  # later runs read the decoded cache
+    assert_same(epochs(third, 2), ref)
+    assert count_decodes == []
+
+
+def test_no_specs_pass_when_nothing_depends_on_it(data_dir, tmp_path, monkeypatch):
+    over = dict(normalize="none", jagged={"Jet": 4}, shuffle=True)
+    ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 1)
+
+    def no_specs(self):
+        raise AssertionError("the specs pass ran")
+
+    monkeypatch.setattr(Dataset, "compute_specs", no_specs)
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))
+    assert_same(epochs(ds, 1), ref)
+    assert ds.n_features == 2 + 5 * 4
+
+
+def test_the_cache_budget_holds_raw_and_decoded_units(data_dir, tmp_path):
+    limit = 2e-3  # GiB: room for a few units of 5,000 events, not 16
+    over = dict(jagged={}, shuffle=False, cache_max_gb=limit)
+    ref = epochs(Dataset.from_config(sample_config(data_dir, None, **over), fused=False), 2)
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "c", **over))
+    ds.specs  # noqa: B018
+    root = tmp_path / "c" / "chunks"
+    sizes = [sum(p.stat().st_size for p in root.rglob("*.npy"))]
+    raw = ds._raw_store()
+    assert raw is not None and 0 < len(list(raw.root.iterdir())) < 16  # some units kept, not all
+    out = []
+    for e in range(2):
+        batches = []
+        for b in ds.batches(3000, e):
+            batches.append({f: np.array(getattr(b, f)) for f in ("x", "mask", "y", "weight", "event_id")})
+            sizes.append(sum(p.stat().st_size for p in root.rglob("*.npy")))
+        out.append(batches)
+    assert_same(out, ref)
+    assert max(sizes) <= limit * 2**30
