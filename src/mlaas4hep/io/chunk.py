@@ -45,7 +45,7 @@ class Chunk:
     def nbytes(self) -> int:
         return sum(getattr(self, f).nbytes for f in self.FIELDS)
 
-    def take(self, index) -> Chunk:
+    def take(self, index: slice | np.ndarray) -> Chunk:
         """Rows ``index`` (a slice gives views; an integer array gathers, with the fast ``np.take``)."""
         if isinstance(index, slice):
             return Chunk(*(getattr(self, f)[index] for f in self.FIELDS))
@@ -76,7 +76,7 @@ class JaggedChunk:
     ``y``, ``weight`` and ``event_id`` are as in :class:`Chunk`.
     """
 
-    arrays: dict
+    arrays: dict[str, Any]  # awkward arrays (jagged) or numpy arrays (flat)
     y: np.ndarray
     weight: np.ndarray
     event_id: np.ndarray
@@ -84,7 +84,7 @@ class JaggedChunk:
     def __len__(self) -> int:
         return len(self.y)
 
-    def take(self, index) -> JaggedChunk:
+    def take(self, index: slice | np.ndarray) -> JaggedChunk:
         return JaggedChunk(
             {k: v[index] for k, v in self.arrays.items()},
             self.y[index],
@@ -105,7 +105,7 @@ class ChunkStore:
     (:class:`mlaas4hep.io.firstuse.RawChunk`).
     """
 
-    def __init__(self, root: str | os.PathLike, chunk_type: Any = Chunk):
+    def __init__(self, root: str | os.PathLike[str], chunk_type: Any = Chunk):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.chunk_type = chunk_type
@@ -127,7 +127,7 @@ class ChunkStore:
             os.replace(tmp, final)
         except OSError:  # another writer won the race: its chunk is identical
             shutil.rmtree(tmp, ignore_errors=True)
-        return chunk.nbytes
+        return int(chunk.nbytes)
 
     def read(self, unit: Unit) -> Any:
         d = self.path(unit)

@@ -337,7 +337,7 @@ class DatasetConfig:
         physics: PhysicsConfig | None = None,
         runtime: RuntimeConfig | None = None,
         extra: dict[str, Any] | None = None,
-        base_dir: str | os.PathLike = ".",
+        base_dir: str | os.PathLike[str] = ".",
         source: ConfigSource | None = None,
         **settings: Any,
     ) -> None:
@@ -359,7 +359,7 @@ class DatasetConfig:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_dict(
-        cls, data: dict[str, Any], base_dir: str | os.PathLike = ".", source: ConfigSource | None = None
+        cls, data: dict[str, Any], base_dir: str | os.PathLike[str] = ".", source: ConfigSource | None = None
     ) -> DatasetConfig:
         """Build from a mapping with the YAML file's keys; any other key is a :class:`ConfigError`.
 
@@ -387,14 +387,17 @@ class DatasetConfig:
             raise src.error(str(err), *err.key) from None
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> DatasetConfig:
+    def from_yaml(cls, path: str | os.PathLike[str]) -> DatasetConfig:
         """Read the project's YAML format (see the README); relative paths start at its folder."""
         data, source = load_yaml(path)
         return cls.from_dict({} if data is None else data, base_dir=Path(path).parent, source=source)
 
     @classmethod
     def from_mlaas4hep(
-        cls, files: str | os.PathLike, labels: str | os.PathLike | None, params: str | os.PathLike | dict
+        cls,
+        files: str | os.PathLike[str],
+        labels: str | os.PathLike[str] | None,
+        params: str | os.PathLike[str] | dict[str, Any],
     ) -> DatasetConfig:
         """Read MLaaS4HEP's ``files.txt``, ``labels.txt`` and ``params.json``.
 
@@ -451,7 +454,9 @@ class DatasetConfig:
             "label_branch": label_branch,
             "pad_value": 0.0 if nan is None or (isinstance(nan, float) and nan != nan) else float(nan),
         }
-        extra = {k: p[k] for k in ("epochs", "batch_size", "verbose", "metrics", "training") if k in p}
+        extra: dict[str, Any] = {
+            k: p[k] for k in ("epochs", "batch_size", "verbose", "metrics", "training") if k in p
+        }
         base = Path(files).parent if not isinstance(files, (list, tuple)) else Path(".")
         try:
             return cls(**data, extra=extra, base_dir=str(base))
@@ -566,7 +571,7 @@ def _list_or_file(value: Any) -> list[str]:
     return _as_list(value, "branches")
 
 
-def _lines(path: str | os.PathLike | list) -> list[str]:
+def _lines(path: str | os.PathLike[str] | list[Any] | tuple[Any, ...]) -> list[str]:
     if isinstance(path, (list, tuple)):
         return [str(p) for p in path]
     try:
@@ -576,9 +581,10 @@ def _lines(path: str | os.PathLike | list) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
-def _read_json(path: str | os.PathLike) -> dict:
+def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
+        params: dict[str, Any] = json.loads(Path(path).read_text())
+        return params
     except FileNotFoundError:
         raise ConfigError(f"params file {str(path)!r} does not exist") from None
     except json.JSONDecodeError as err:

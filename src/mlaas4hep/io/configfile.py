@@ -61,7 +61,7 @@ class ConfigSource:
         return ConfigError(f"{where}: {message}" if where else message)
 
 
-def load_yaml(path: str | os.PathLike) -> tuple[Any, ConfigSource]:
+def load_yaml(path: str | os.PathLike[str]) -> tuple[Any, ConfigSource]:
     """Parse a YAML file; return its value and a :class:`ConfigSource` with key lines.
 
     A missing file, invalid YAML and a key given twice in one mapping (PyYAML

@@ -7,7 +7,9 @@ on it without a debugger.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 class Mlaas4hepError(Exception):
@@ -16,11 +18,11 @@ class Mlaas4hepError(Exception):
     #: The retries made before the error (set by the dataset's tasks; see ``Dataset.report``).
     retry_events: list[dict[str, Any]]
 
-    def __reduce__(self):  # survive the trip back from a worker process
+    def __reduce__(self) -> tuple[Any, ...]:  # survive the trip back from a worker process
         return _rebuild, (type(self), self.args, self.__dict__)
 
 
-def _rebuild(cls, args, state):
+def _rebuild(cls: type[_E], args: tuple[Any, ...], state: dict[str, Any]) -> _E:
     err = cls.__new__(cls, *args)  # OSError subclasses need their own __new__
     err.args = args
     err.__dict__.update(state)
@@ -76,7 +78,7 @@ class TreeNotFoundError(Mlaas4hepError, KeyError):
         super().__init__(f"no tree {tree!r} in file {file!r}; trees there: {available}")
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return self.args[0]
+        return str(self.args[0])
 
 
 class BranchNotFoundError(Mlaas4hepError, KeyError):
@@ -88,7 +90,7 @@ class BranchNotFoundError(Mlaas4hepError, KeyError):
         super().__init__(msg + (f"; {hint}" if hint else ""))
 
     def __str__(self) -> str:
-        return self.args[0]
+        return str(self.args[0])
 
 
 class UnsupportedBranchError(Mlaas4hepError, TypeError):

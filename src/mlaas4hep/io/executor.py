@@ -30,23 +30,27 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Item = TypeVar("Item")
 
 
 class InlineExecutor(Executor):
     """Runs each task when its result is asked for (``workers: 0``)."""
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        f: Future = _LazyFuture(fn, args, kwargs)
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        f: Future[T] = _LazyFuture(fn, args, kwargs)
         return f
 
 
-class _LazyFuture(Future):
-    def __init__(self, fn, args, kwargs):
+class _LazyFuture(Future[T]):
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         super().__init__()
-        self._call = (fn, args, kwargs)
+        self._call: tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]] | None = (fn, args, kwargs)
 
-    def result(self, timeout=None):
+    def result(self, timeout: float | None = None) -> T:
         if self._call is not None:
             fn, args, kwargs = self._call
             self._call = None
@@ -142,7 +146,7 @@ def _guard_worker() -> None:
     threading.Thread(target=_exit_with, args=(parent,), name="mlaas4hep-parent-watch", daemon=True).start()
 
 
-def _exit_with(parent) -> None:
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
     parent.join()  # returns when the parent's end of our pipe closes: the parent is gone
     os._exit(1)
 
@@ -166,14 +170,14 @@ def get_executor(kind: str = "local", workers: int | None = None, scheduler: str
 
 
 def ordered_map(
-    executor: Executor, fn: Callable, items: Iterable, prefetch: int = 4
-) -> Iterator[tuple[Any, Future]]:
+    executor: Executor, fn: Callable[[Item], T], items: Iterable[Item], prefetch: int = 4
+) -> Iterator[tuple[Item, Future[T]]]:
     """Yield ``(item, future)`` in order, keeping at most ``prefetch`` tasks in flight.
 
     The caller calls ``future.result()``, so it decides what to do on error
     (raise, or skip and report).
     """
-    pending: deque = deque()
+    pending: deque[tuple[Item, Future[T]]] = deque()
     it = iter(items)
     for item in it:
         pending.append((item, executor.submit(fn, item)))

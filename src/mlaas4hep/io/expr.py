@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -30,8 +30,8 @@ import numpy as np
 from .errors import ConfigError
 
 
-def _reduce(fn: Callable, fill: float | None = None) -> Callable:
-    def apply(x):
+def _reduce(fn: Callable[..., Any], fill: float | None = None) -> Callable[[Any], Any]:
+    def apply(x: Any) -> Any:  # an awkward or numpy array, or a number
         if isinstance(x, ak.Array) and x.ndim > 1:
             out = fn(x, axis=-1)
             return ak.fill_none(out, fill) if fill is not None else out
@@ -40,21 +40,21 @@ def _reduce(fn: Callable, fill: float | None = None) -> Callable:
     return apply
 
 
-def _count(x):
+def _count(x: Any) -> Any:
     if isinstance(x, ak.Array) and x.ndim > 1:
         return ak.sum(x, axis=-1) if _is_bool(x) else ak.num(x, axis=-1)
     return x
 
 
-def _is_bool(x) -> bool:
+def _is_bool(x: Any) -> bool:
     return str(ak.type(x)).endswith("bool")
 
 
-def _where(cond, a, b):
+def _where(cond: Any, a: Any, b: Any) -> Any:
     return ak.where(cond, a, b) if isinstance(cond, ak.Array) else np.where(cond, a, b)
 
 
-FUNCTIONS: dict[str, Callable] = {
+FUNCTIONS: dict[str, Callable[..., Any]] = {
     "sum": _reduce(ak.sum),
     "max": _reduce(ak.max, fill=0.0),
     "min": _reduce(ak.min, fill=0.0),
@@ -80,7 +80,7 @@ FUNCTIONS: dict[str, Callable] = {
     "where": _where,
 }
 
-_BINOPS: dict[type, Callable] = {
+_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -92,7 +92,7 @@ _BINOPS: dict[type, Callable] = {
     ast.BitOr: operator.or_,
     ast.BitXor: operator.xor,
 }
-_CMPOPS: dict[type, Callable] = {
+_CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Lt: operator.lt,
     ast.LtE: operator.le,
     ast.Gt: operator.gt,
@@ -100,7 +100,7 @@ _CMPOPS: dict[type, Callable] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
 }
-_UNARY: dict[type, Callable] = {
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
     ast.USub: operator.neg,
     ast.UAdd: operator.pos,
     ast.Invert: operator.invert,
@@ -120,7 +120,7 @@ def syntax_hint(source: str) -> str:
     return "; expressions are Python: e.g. 'nJet >= 4 and MET_pt > 20'"
 
 
-def did_you_mean(name: str, candidates) -> str:
+def did_you_mean(name: str, candidates: Iterable[object]) -> str:
     """``; did you mean 'Jet_pt'?`` when a candidate is close to ``name`` (else ``""``)."""
     import difflib
 

@@ -78,7 +78,9 @@ def raw_store(root: Any) -> ChunkStore:
     return ChunkStore(root, RawChunk)
 
 
-def decode_raw(reader: UnitReader, names: list[str], given: list[int | None], unit: Unit):
+def decode_raw(
+    reader: UnitReader, names: list[str], given: list[int | None], unit: Unit
+) -> tuple[dict[str, Stats], int, RawChunk]:
     """Statistics and raw tensors of one unit, from one read.
 
     ``reader``'s preprocessor is the specs pass's (flat and jagged names, new

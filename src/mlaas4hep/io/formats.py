@@ -58,7 +58,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,7 @@ def _name(path: Sequence[str]) -> str:
     return "_".join(parts)
 
 
-def _unwrap(form):
+def _unwrap(form: Any) -> Any:  # awkward forms (awkward has no type hints)
     """The content of an option form (nullable Parquet columns; nulls are refused on reading)."""
     options = (
         ak.forms.IndexedOptionForm,
@@ -125,13 +125,15 @@ def _unwrap(form):
     return form
 
 
-def _is_number(form) -> bool:
+def _is_number(form: Any) -> bool:
     return (
         isinstance(form, ak.forms.NumpyForm) and form.inner_shape == () and "__array__" not in form.parameters
     )
 
 
-def leaves(fields: Sequence[tuple[str, Any]], typename=None) -> list[Leaf]:
+def leaves(
+    fields: Sequence[tuple[str, Any]], typename: Callable[[tuple[str, ...], Any], str] | None = None
+) -> list[Leaf]:
     """The branches of a file, from its top-level ``(name, awkward form)`` pairs.
 
     ``typename(path, form)`` gives the name of a type for messages (the
@@ -146,7 +148,7 @@ def leaves(fields: Sequence[tuple[str, Any]], typename=None) -> list[Leaf]:
         if all(x.name != leaf.name for x in out):
             out.append(leaf)
 
-    def walk(path: tuple[str, ...], form, in_list: bool) -> None:
+    def walk(path: tuple[str, ...], form: Any, in_list: bool) -> None:
         form = _unwrap(form)
         if _is_number(form):
             t = _ctype(form.primitive)
@@ -264,7 +266,7 @@ class RNTupleView(EventsView):
 
     format = "RNTuple"
 
-    def __init__(self, ntuple, url: str):
+    def __init__(self, ntuple: Any, url: str) -> None:  # an uproot RNTuple
         self._ntuple = ntuple
         self.url = url
         self.file = ntuple.file
@@ -278,7 +280,7 @@ class RNTupleView(EventsView):
             except Exception as err:  # a field type uproot does not implement
                 fields.append((f.name, err))
 
-        def typename(path, form):
+        def typename(path: tuple[str, ...], form: Any) -> str:
             try:
                 return str(ntuple[".".join(path)].typename) or str(form.type)
             except Exception:
@@ -312,7 +314,9 @@ class RNTupleView(EventsView):
 class _ParquetFile:
     """What ``tree.file`` means for a Parquet file: a content id, a size, and ``close()``."""
 
-    def __init__(self, pf, handle, num_bytes: int | None):
+    def __init__(
+        self, pf: Any, handle: Any, num_bytes: int | None
+    ) -> None:  # pyarrow ParquetFile, fsspec file
         meta = pf.metadata
         desc = [meta.num_rows, meta.num_row_groups, str(pf.schema_arrow), meta.created_by]
         desc += [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
@@ -390,13 +394,13 @@ class ParquetView(EventsView):
         # keep the Parquet type names for messages
         types = {f.name: f.type for f in schema}
 
-        def typename(path, form):
+        def typename(path: tuple[str, ...], form: Any) -> str:
             t = types.get(path[0])
             return str(t) if len(path) == 1 else f"{form.type} (in {path[0]}: {t})"
 
         self._leaves = leaves(fields, typename)
-        self._columns = [pf.schema.column(i).path for i in range(len(pf.schema))]
-        self._last: tuple[tuple, Any] | None = None
+        self._columns: list[str] = [pf.schema.column(i).path for i in range(len(pf.schema))]
+        self._last: tuple[tuple[tuple[int, ...], tuple[str, ...]], Any] | None = None
 
     def _column(self, leaf: Leaf) -> str:
         """The Parquet column path of a leaf: list wrappers (``list.item``, ``list.element``) skipped."""
@@ -428,7 +432,9 @@ class ParquetView(EventsView):
             self._last = (key, table)
         offset = int(b[groups[0]]) if groups else 0
         table = table.slice(start - offset, stop - start)
-        tops: dict[str, tuple] = {}  # per top-level column: (values, offsets), each unpacked once
+        tops: dict[
+            str, tuple[Any, np.ndarray | None]
+        ] = {}  # per top-level column: (values, offsets), each unpacked once
         out = {}
         for leaf in leaves:
             if leaf.path[0] not in tops:
@@ -437,7 +443,7 @@ class ParquetView(EventsView):
             out[leaf.name] = self._leaf(values, offsets, leaf)
         return out
 
-    def _unpack(self, arr, leaf: Leaf) -> tuple:
+    def _unpack(self, arr: Any, leaf: Leaf) -> tuple[Any, np.ndarray | None]:  # a pyarrow Array
         """A top-level column as (values, offsets): offsets (from 0) when it is a list, else None."""
         import pyarrow as pa
 
@@ -451,10 +457,11 @@ class ParquetView(EventsView):
             raise UnsupportedBranchError(self.url, leaf.name, f"{arr.type} with null values")
         return values, offsets - offsets[0]
 
-    def _leaf(self, arr, offsets, leaf: Leaf):
+    def _leaf(self, arr: Any, offsets: np.ndarray | None, leaf: Leaf) -> Any:
         import pyarrow.compute as pc
 
         if leaf.counter:
+            assert offsets is not None  # a counter belongs to a list column (see _unpack)
             return np.diff(offsets).astype(np.int32)
         for name in leaf.path[1:]:
             arr = pc.struct_field(arr, [arr.type.get_field_index(name)])
@@ -515,7 +522,7 @@ def open_parquet(url: str, timeout: float = 30.0) -> ParquetView:
     return ParquetView(url, timeout)
 
 
-def view(obj, url: str) -> EventsView | None:
+def view(obj: Any, url: str) -> EventsView | None:
     """An :class:`EventsView` of ``obj`` when it is an uproot RNTuple, else None (a TTree)."""
     import uproot
 

@@ -22,11 +22,11 @@ from .chunk import Chunk, JaggedChunk, Unit
 from .errors import CorruptFileError, FileOpenError, Mlaas4hepError
 from .preprocess import Preprocessor
 
-_OPEN: dict[tuple[str, str], tuple[Any, tuple | None]] = {}
+_OPEN: dict[tuple[str, str], tuple[Any, tuple[int, int, int] | None]] = {}  # (tree, stat)
 _MAX_OPEN = 64
 
 
-def get_tree(url: str, tree: str, timeout: float):
+def get_tree(url: str, tree: str, timeout: float) -> Any:  # uproot TTree or EventsView
     """An open tree, reused between units; a local file replaced on disk is reopened."""
     key = (url, tree)
     stat = _stat(url) if sources.is_local(url) else None
@@ -41,7 +41,7 @@ def get_tree(url: str, tree: str, timeout: float):
     return entry[0]
 
 
-def _stat(url: str) -> tuple | None:
+def _stat(url: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(sources.local_path(url))
     except OSError:
@@ -60,7 +60,7 @@ def forget(url: str, tree: str) -> None:
 
 def read_arrays(
     url: str, tree: str, branches: list[str], start: int, stop: int, timeout: float = 30.0
-) -> dict:
+) -> dict[str, Any]:
     """Read ``branches`` of entries ``[start, stop)`` once (no retry)."""
     t = get_tree(url, tree, timeout)
     missing = [b for b in branches if b not in t]
@@ -69,7 +69,10 @@ def read_arrays(
 
         raise BranchNotFoundError(url, missing[0], "the file's schema differs from the dataset's")
     try:
-        return t.arrays(branches, entry_start=start, entry_stop=stop, library="ak", how=dict)
+        arrays: dict[str, Any] = t.arrays(
+            branches, entry_start=start, entry_stop=stop, library="ak", how=dict
+        )
+        return arrays
     except Mlaas4hepError:
         forget(url, tree)
         raise
@@ -92,7 +95,7 @@ class UnitReader:
 
     urls: list[str]
     tree: str
-    preprocessing: dict
+    preprocessing: dict[str, Any]
     labels: list[int]
     weights: list[float]
     label_branch: str | None = None
@@ -103,7 +106,7 @@ class UnitReader:
     budget: float = 0.0
     _pre: Preprocessor | None = field(default=None, repr=False, compare=False)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["_pre"] = None
         return d
@@ -119,11 +122,11 @@ class UnitReader:
         extra = [b for b in (self.label_branch, self.weight_branch) if b]
         return list(dict.fromkeys(self.preprocessor.branches + extra))
 
-    def read_raw(self, unit: Unit, branches: list[str] | None = None) -> dict:
+    def read_raw(self, unit: Unit, branches: list[str] | None = None) -> dict[str, Any]:
         url = self.urls[unit.file]
         what = f"reading entries {unit.start}-{unit.stop} of {url}"
 
-        def attempt():
+        def attempt() -> dict[str, Any]:
             try:
                 return read_arrays(
                     url, self.tree, branches or self.branches, unit.start, unit.stop, self.timeout
@@ -146,7 +149,9 @@ class UnitReader:
         values, keep = self.preprocessor.normalized(arrays)
         return JaggedChunk(values, *self._targets(unit, arrays, keep))
 
-    def _targets(self, unit: Unit, arrays: dict, keep: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    def _targets(
+        self, unit: Unit, arrays: dict[str, Any], keep: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Labels, weights and event ids of the unit's selected events."""
         n_all = unit.stop - unit.start
         entries = np.arange(unit.start, unit.stop, dtype=np.int64)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import uproot
 
@@ -51,7 +52,7 @@ class Schema:
         return self.flat + self.jagged
 
 
-def branch_kind(branch) -> str | None:
+def branch_kind(branch: Any) -> str | None:  # an uproot TBranch
     """``"flat"``, ``"jagged"`` or ``None`` (not convertible to numbers)."""
     interp = branch.interpretation
     if isinstance(interp, uproot.interpretation.numerical.AsDtype):
@@ -74,7 +75,7 @@ def match(names: list[str], patterns: list[str]) -> list[str]:
 
 
 def select(
-    tree,
+    tree: Any,  # an uproot TTree
     url: str,
     branches: Sequence[str],
     exclude: Sequence[str] = (),
@@ -106,9 +107,9 @@ def select(
     return schema
 
 
-def kinds(tree, url: str, names: list[str]) -> dict[str, str]:
+def kinds(tree: Any, url: str, names: list[str]) -> dict[str, str]:
     """Classify named branches, refusing unsupported ones."""
-    out = {}
+    out: dict[str, str] = {}
     for name in names:
         try:
             b = tree[name]
@@ -124,14 +125,14 @@ def kinds(tree, url: str, names: list[str]) -> dict[str, str]:
 # ---------------------------------------------------------------- per-file checks
 #: A branch as the checks see it: its kind (``"flat"``, ``"jagged"`` or ``None``
 #: when unsupported) and its ROOT type name.
-BranchType = tuple  # (kind | None, typename)
+BranchType = tuple[str | None, str]  # (kind | None, typename)
 
 
-def leaves(tree) -> list[str]:
+def leaves(tree: Any) -> list[str]:
     return [k for k in tree.keys(recursive=True, full_paths=True) if not tree[k].branches]
 
 
-def describe(tree, patterns: Sequence[str]) -> dict[str, BranchType]:
+def describe(tree: Any, patterns: Sequence[str]) -> dict[str, BranchType]:
     """Kind and type name of the branches of ``tree`` matching ``patterns``, from metadata only."""
     from .formats import EventsView
 
@@ -140,7 +141,9 @@ def describe(tree, patterns: Sequence[str]) -> dict[str, BranchType]:
     return {k: (branch_kind(tree[k]), str(tree[k].typename)) for k in match(leaves(tree), list(patterns))}
 
 
-def _chosen(types: dict, branches, exclude, identifier) -> list[str]:
+def _chosen(
+    types: dict[str, BranchType], branches: Sequence[str], exclude: Sequence[str], identifier: Sequence[str]
+) -> list[str]:
     return [
         n for n in match(list(types), list(branches)) if not match([n], list(exclude)) and n not in identifier
     ]
@@ -161,7 +164,7 @@ def reference(
     ``extra`` branch that is missing, or an unsupported branch *in the
     reference* is a problem of the configuration, not of a file: it raises.
     """
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
     for i, (_, types) in enumerate(files):
         names = _chosen(types, branches, exclude, identifier) + [e for e in extra if e in types]
         sig = tuple((n, types[n][0] or types[n][1]) for n in dict.fromkeys(names))

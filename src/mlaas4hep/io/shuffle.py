@@ -16,7 +16,7 @@ Every event of the plan appears exactly once per epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,10 @@ from .chunk import Unit
 
 
 def plan_units(
-    entries: list[int], chunk_size: int, nevts: int = -1, boundaries: list | None = None
+    entries: list[int],
+    chunk_size: int,
+    nevts: int = -1,
+    boundaries: Sequence[Sequence[int] | None] | None = None,
 ) -> list[Unit]:
     """Split each file's entries (first ``nevts`` when ``nevts >= 0``) into units.
 
@@ -77,19 +80,19 @@ def shard(units: list[Unit], rank: int, world: int) -> list[Unit]:
     return mine
 
 
-def np_take(a, perm: np.ndarray):
+def np_take(a: Any, perm: np.ndarray) -> Any:
     """Rows ``perm`` of a NumPy array (``np.take`` is about 2x faster than ``a[perm]`` for 2-D rows)."""
     return np.take(a, perm, axis=0)
 
 
 def batches(
-    tables: Iterable[tuple],
+    tables: Iterable[tuple[Any, ...]],
     batch_size: int,
     buffer: float = 0,
     rng: np.random.Generator | None = None,
-    cat: Callable[[list], Any] = np.concatenate,
+    cat: Callable[[list[Any]], Any] = np.concatenate,
     take: Callable[[Any, np.ndarray], Any] = np_take,
-) -> Iterator[tuple]:
+) -> Iterator[tuple[Any, ...]]:
     """Cut tuples of equal-length arrays into batches of ``batch_size`` rows (the last may be smaller).
 
     Without an ``rng`` order is kept. With one, tuples are pooled until at least
@@ -107,7 +110,7 @@ def batches(
     """
     block = int(min(64, max(1, batch_size // 256)))
     keep = int(buffer // 2) if rng is not None and 2 * batch_size <= buffer < float("inf") else 0
-    pool: list[tuple] = []
+    pool: list[tuple[Any, ...]] = []
     n = 0
     for t in tables:
         if len(t[0]) == 0:
@@ -132,8 +135,14 @@ def block_permutation(rng: np.random.Generator, n: int, block: int) -> np.ndarra
 
 
 def _cut(
-    pool: list[tuple], batch_size: int, rng, cat, take, keep: int, block: int = 1
-) -> tuple[list[tuple], list[tuple], int]:
+    pool: list[tuple[Any, ...]],
+    batch_size: int,
+    rng: np.random.Generator | None,
+    cat: Callable[[list[Any]], Any],
+    take: Callable[[Any, np.ndarray], Any],
+    keep: int,
+    block: int = 1,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
     """Batches from a pool, keeping ``keep`` rows (and the remainder) back; ``keep < 0``: flush all."""
     big = pool[0] if len(pool) == 1 else tuple(cat([t[i] for t in pool]) for i in range(len(pool[0])))
     n = len(big[0])

@@ -191,7 +191,7 @@ def open_file(url: str, timeout: float = 30.0) -> uproot.ReadOnlyDirectory:
         raise CorruptFileError(url, f"{type(err).__name__}: {err}") from None
 
 
-def open_tree(url: str, tree: str, timeout: float = 30.0):
+def open_tree(url: str, tree: str, timeout: float = 30.0) -> Any:  # uproot TTree or EventsView
     """Open ``tree`` (a path such as ``boostedAk8/events`` is fine) in a file.
 
     A TTree comes back as uproot's; an RNTuple, or a Parquet file (``tree`` is
@@ -226,7 +226,7 @@ def open_tree(url: str, tree: str, timeout: float = 30.0):
     return obj
 
 
-def fingerprint(url: str, tree_obj=None, timeout: float = 30.0) -> dict[str, Any]:
+def fingerprint(url: str, tree_obj: Any = None, timeout: float = 30.0) -> dict[str, Any]:
     """Identify a file's content: URL, size, mtime (local files) and ROOT UUID."""
     fp: dict[str, Any] = {"url": url}
     if is_local(url):
@@ -269,11 +269,12 @@ MAX_BACKOFF = 10.0
 _EVENTS = threading.local()
 
 
-def retry_events() -> deque:
+def retry_events() -> deque[dict[str, Any]]:
     """This thread's log of retries since it was last drained (bounded)."""
     if not hasattr(_EVENTS, "log"):
         _EVENTS.log = deque(maxlen=1000)
-    return _EVENTS.log
+    log_: deque[dict[str, Any]] = _EVENTS.log
+    return log_
 
 
 def drain_retry_events() -> list[dict[str, Any]]:

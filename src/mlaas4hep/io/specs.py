@@ -156,7 +156,7 @@ class Specs:
             key=d.get("key", ""),
         )
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -164,7 +164,7 @@ class Specs:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Specs:
+    def load(cls, path: str | os.PathLike[str]) -> Specs:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
