@@ -114,8 +114,8 @@ def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
             if __name__ == "__main__":
                 pool = process_pool(2)
                 futures = [pool.submit(time.sleep, 60) for _ in range(2)]
-                print("ready", flush=True)
-                try:
+                try:  # "ready" inside the try: Ctrl-C may come the moment it is printed
+                    print("ready", flush=True)
                     for f in futures:
                         f.result()
                 except KeyboardInterrupt:

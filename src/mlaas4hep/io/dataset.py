@@ -35,7 +35,8 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from .preprocess import Preprocessor
 from .reader import UnitReader, get_tree
 from .shuffle import batches as cut_batches
 from .shuffle import plan_epoch, plan_units, shard
-from .specs import Specs
+from .specs import Specs, Stats
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ CHUNK_FIELDS = SPECS_FIELDS + (
 RAW_FIELDS = SPECS_FIELDS + ("jagged", "label_branch", "weight_branch", "chunk_size")
 
 
-class Report(list):
+class Report(list[dict[str, Any]]):
     """What the reads of a dataset met: the items skipped (the list itself) and the retries.
 
     Iterating gives one dict per file or entry range that ``on_error: skip``
@@ -145,7 +146,7 @@ class Dataset:
     def __init__(
         self,
         config: DatasetConfig,
-        specs: Specs | str | os.PathLike | None = None,
+        specs: Specs | str | os.PathLike[str] | None = None,
         show_progress: bool | None = None,
         fused: bool = True,
     ):
@@ -165,7 +166,9 @@ class Dataset:
 
     # ------------------------------------------------------------ constructors
     @classmethod
-    def from_config(cls, config: str | os.PathLike | dict | DatasetConfig, **kw) -> Dataset:
+    def from_config(
+        cls, config: str | os.PathLike[str] | dict[str, Any] | DatasetConfig, **kw: Any
+    ) -> Dataset:
         if isinstance(config, DatasetConfig):
             return cls(config, **kw)
         if isinstance(config, dict):
@@ -173,7 +176,7 @@ class Dataset:
         return cls(DatasetConfig.from_yaml(config), **kw)
 
     @classmethod
-    def from_mlaas4hep(cls, files, labels, params, **kw) -> Dataset:
+    def from_mlaas4hep(cls, files: Any, labels: Any, params: Any, **kw: Any) -> Dataset:
         return cls(DatasetConfig.from_mlaas4hep(files, labels, params), **kw)
 
     # ------------------------------------------------------------ structure
@@ -181,11 +184,11 @@ class Dataset:
     def workers(self) -> int:
         return default_workers() if self.config.workers is None else int(self.config.workers)
 
-    def _executor(self):
+    def _executor(self) -> Executor:
         c = self.config
         return get_executor(c.executor, c.workers, c.scheduler)
 
-    def _slots(self, executor) -> int:
+    def _slots(self, executor: Executor) -> int:
         """Tasks the executor runs at once: a Dask cluster knows its own size."""
         return getattr(executor, "nworkers", self.workers)
 
@@ -632,7 +635,9 @@ class Dataset:
         return ch.x, ch.y
 
     # ------------------------------------------------------------ errors
-    def _map(self, fn, items: list, ex=None) -> Iterator[tuple[Any, Any]]:
+    def _map(
+        self, fn: Callable[[Any], Any], items: list[Any], ex: Executor | None = None
+    ) -> Iterator[tuple[Any, Any]]:
         """``(item, fn(item))`` in order, run ahead on the executor; a failure follows ``on_error``.
 
         Items are URLs, units, or tuples starting with a unit. A skipped item
@@ -670,7 +675,7 @@ class Dataset:
         self.report.append(entry)
 
 
-def _tracked(fn, item) -> tuple[Any, list[dict[str, Any]]]:
+def _tracked(fn: Callable[[Any], Any], item: Any) -> tuple[Any, list[dict[str, Any]]]:
     """Run ``fn(item)``; return its value and the retries it made (an error carries them along)."""
     try:
         value = fn(item)
@@ -688,7 +693,7 @@ def _file_info_task(
     )
 
 
-def _decode_task(reader: UnitReader, item: tuple) -> Chunk | int | None:
+def _decode_task(reader: UnitReader, item: tuple[Any, ...]) -> Chunk | int | None:
     """Nothing for a cached unit; a raw unit of the first-use pass laid out; else a unit decoded."""
     unit, store, cached, raw_root = item
     if cached:
@@ -706,14 +711,12 @@ def _decode_jagged_task(reader: UnitReader, unit: Unit) -> JaggedChunk:
     return reader.decode_jagged(unit)
 
 
-def _boundaries(files: list[dict[str, Any]]) -> list:
+def _boundaries(files: list[dict[str, Any]]) -> list[Any]:
     """Row groups (Parquet) or clusters (RNTuple) of each file, None for a TTree."""
     return [f.get("boundaries") for f in files]
 
 
-def _empty_stats(jagged: bool):
-    from .specs import Stats
-
+def _empty_stats(jagged: bool) -> Stats:
     return Stats(lengths=np.zeros(1, np.int64) if jagged else None)
 
 
