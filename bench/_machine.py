@@ -1,8 +1,11 @@
-"""What the benchmarks say about the machine they ran on (shared by the bench scripts)."""
+"""Helpers shared by the bench scripts: what machine they ran on, and a timer."""
 
 from __future__ import annotations
 
 import platform
+import time
+from collections.abc import Callable
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -15,3 +18,10 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def timed(fn: Callable[..., int], *a: Any) -> tuple[int, float]:
+    """``fn(*a)`` (a count of events) and the seconds it took."""
+    t0 = time.perf_counter()
+    n = fn(*a)
+    return n, time.perf_counter() - t0

@@ -38,6 +38,7 @@ import uproot
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _machine import timed
 from stream import CHUNK, FLAT, JAGGED, JET, LEP
 
 from mlaas4hep.generate import COMPRESSION, write_sample
@@ -146,12 +147,6 @@ def ours(url: str) -> tuple[int, float]:
     t0, n = time.perf_counter(), 0
     for b in ds.batches(batch_size=8192):
         n += len(b.y)
-    return n, time.perf_counter() - t0
-
-
-def timed(fn, *a) -> tuple[int, float]:
-    t0 = time.perf_counter()
-    n = fn(*a)
     return n, time.perf_counter() - t0
 
 

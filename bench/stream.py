@@ -41,6 +41,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 import uproot
+from _machine import timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -193,12 +194,6 @@ def first_use(path: Path, workers: list[int], repeats: int) -> list[tuple[str, f
         rate = events[(mode, w)] / statistics.median(times[(mode, w)])
         rows.append((label, rate, rate / base))
     return rows
-
-
-def timed(fn, *a):
-    t0 = time.perf_counter()
-    n = fn(*a)
-    return n, time.perf_counter() - t0
 
 
 def main() -> None:
