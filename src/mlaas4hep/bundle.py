@@ -49,8 +49,8 @@ class BundleError(Mlaas4hepError, ValueError):
 
 
 def write(
-    path: str | os.PathLike,
-    onnx_model: bytes | str | os.PathLike,
+    path: str | os.PathLike[str],
+    onnx_model: bytes | str | os.PathLike[str],
     preprocessor: Preprocessor | None,
     labels: list[str],
     name: str,
@@ -60,7 +60,7 @@ def write(
     data_fingerprint: str = "",
     description: str = "",
     features: list[str] | None = None,
-    native: Mapping[str, str | os.PathLike] | None = None,
+    native: Mapping[str, str | os.PathLike[str]] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle directory; returns its path.
@@ -128,7 +128,7 @@ def write(
     return path
 
 
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``bundle.json`` and check it against the schema of :mod:`mlaas4hep.bundle_schema`.
 
     Raises :class:`BundleError` naming what is wrong, so a server can skip a
@@ -145,7 +145,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if len(data) > MAX_META_BYTES:
         raise BundleError(f"bundle.json of {str(path)!r} exceeds {MAX_META_BYTES} bytes")
     try:
-        meta = json.loads(data)
+        meta: dict[str, Any] = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise BundleError(f"bundle.json of {str(path)!r} is not valid JSON: {err}") from None
     bundle_schema.check(meta)
@@ -154,7 +154,9 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def session(model_path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
+def session(
+    model_path: str | os.PathLike[str], threads: int | None = None, spinning: bool | None = None
+) -> Any:  # an onnxruntime.InferenceSession
     """An onnxruntime session, on CUDA when onnxruntime has it.
 
     ``spinning=False`` stops idle intra-op threads from busy-waiting for work:
@@ -175,7 +177,9 @@ def session(model_path: str | os.PathLike, threads: int | None = None, spinning:
 class Predictor:
     """A loaded bundle: preprocessing + ONNX model."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None):
+    def __init__(
+        self, path: str | os.PathLike[str], threads: int | None = None, spinning: bool | None = None
+    ):
         self.path = Path(path)
         self.meta = read_meta(self.path)
         try:
@@ -200,7 +204,8 @@ class Predictor:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise BundleError(f"expected input of shape (n, {len(self.features)}), got {tuple(x.shape)}")
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        out: np.ndarray = self.session.run([self.output_name], {self.input_name: x})[0]
+        return out
 
     def transform(self, arrays: Mapping[str, Any]) -> np.ndarray:
         """Raw branch values (flat lists, and lists of lists for jagged ones) to features."""
@@ -258,7 +263,7 @@ class Predictor:
             yield out
 
 
-def load(path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None) -> Predictor:
+def load(path: str | os.PathLike[str], threads: int | None = None, spinning: bool | None = None) -> Predictor:
     """Load a bundle directory (``bundle.json``, ``model.onnx``, ``labels.txt``) as a :class:`Predictor`.
 
     The bundle is validated (:mod:`mlaas4hep.bundle_schema`) before anything is

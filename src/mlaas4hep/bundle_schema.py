@@ -59,7 +59,8 @@ def check_version(v: Any, what: str = "'version'") -> int:
     """A model version: an integer with 1 <= v < 2**63."""
     if not is_int(v) or not 1 <= v <= MAX_VERSION:
         raise _error(f"{what} must be an integer from 1 to 2**63-1, got {_short(v)}")
-    return v
+    version: int = v
+    return version
 
 
 def check(meta: Any) -> None:

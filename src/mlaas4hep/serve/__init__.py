@@ -33,14 +33,14 @@ __all__ = ["create_app", "serve"]
 
 
 def serve(
-    repo_dir: str | os.PathLike,
+    repo_dir: str | os.PathLike[str],
     host: str = "127.0.0.1",
     port: int = 8083,
     log_level: str = "warning",
     workers: int = 1,
     grpc_port: int | None = None,
-    tls_cert: str | os.PathLike | None = None,
-    tls_key: str | os.PathLike | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> None:
     """Run the server with uvicorn until interrupted (``options`` go to :func:`create_app`).

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -202,7 +202,7 @@ class ServerState:
             cfg = self.repo.serving(*key)
             repo = self.repo
 
-            def predict(x: np.ndarray, _key=key) -> np.ndarray:
+            def predict(x: np.ndarray, _key: tuple[str, int] = key) -> np.ndarray:
                 return repo.predictor(*_key).predict(x)
 
             b = self._batchers[key] = Batcher(
@@ -255,7 +255,8 @@ class ServerState:
 
 
 def state_of(request: Request) -> ServerState:
-    return request.app.state.server
+    state: ServerState = request.app.state.server
+    return state
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -321,13 +322,15 @@ class Instrument:
     def __init__(self, app: Any, metrics: Metrics):
         self.app, self.metrics = app, metrics
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 500
 
-        async def send_status(message: dict) -> None:
+        async def send_status(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -362,9 +365,9 @@ async def metrics_route(request: Request) -> Response:
 
 
 def create_app(
-    repo_dir: str | os.PathLike,
+    repo_dir: str | os.PathLike[str],
     token: str | None = None,
-    token_file: str | os.PathLike | None = None,
+    token_file: str | os.PathLike[str] | None = None,
     max_batch: int = 256,
     max_delay_ms: float = 2.0,
     max_loaded: int = 16,
@@ -446,7 +449,7 @@ def create_app(
 
 def _lifespan(state: ServerState) -> Callable[[Any], Any]:
     @contextlib.asynccontextmanager
-    async def lifespan(app: Any):
+    async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
         state.close()
 

@@ -25,7 +25,7 @@ from .errors import ApiError
 ENV_VAR = "MLAAS4HEP_TOKEN"
 
 
-def load_token(token: str | None = None, token_file: str | os.PathLike | None = None) -> str | None:
+def load_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None) -> str | None:
     """The configured token: explicit value, else the file, else ``$MLAAS4HEP_TOKEN``, else None."""
     if token:
         return token

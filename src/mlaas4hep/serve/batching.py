@@ -64,10 +64,10 @@ class Batcher:
         self.max_delay = max(0.0, float(max_delay_ms)) / 1000.0
         self.executor = executor
         self.observe = observe
-        self._queue: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()
+        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = deque()
         self._rows = 0
         self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._retired = False
         self._running = 0  # requests in the batch being computed
         self.batches = 0  # number of predict calls made (for tests and /status)
@@ -81,7 +81,7 @@ class Batcher:
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._worker())
-        fut = loop.create_future()
+        fut: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.append((x, fut, time.perf_counter()))
         self._rows += n
         assert self._wakeup is not None  # made with the worker task above
@@ -158,7 +158,7 @@ class Batcher:
                     fut.set_result(out[start:stop])
                 start = stop
 
-    def _take(self) -> list[tuple[np.ndarray, asyncio.Future, float]]:
+    def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray], float]]:
         """Pop whole requests up to ``max_batch`` rows (at least one request)."""
         items = [self._queue.popleft()]
         rows = items[0][0].shape[0]

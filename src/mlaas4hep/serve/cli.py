@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..terminal import CommandError, UsageError, count, format_scores, print_json, print_table
@@ -334,7 +335,7 @@ def startup_banner(args: argparse.Namespace) -> str:
 
 
 # ------------------------------------------------------------------ client
-def _client(action):
+def _client(action: Callable[[Any, argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from ..client import Client
         from .auth import load_token

@@ -61,7 +61,10 @@ class Call:
     __slots__ = ("_receive", "headers", "params")
 
     def __init__(
-        self, params: dict[str, str], headers: Mapping[str, str], receive: Callable[[], Awaitable[dict]]
+        self,
+        params: dict[str, str],
+        headers: Mapping[str, str],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
     ):
         self.params, self.headers, self._receive = params, headers, receive
 
@@ -131,7 +134,9 @@ class FastPath:
         self.app, self.state = app, state
         self._infer, self._json = infer, tfaas_json
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path == "/json":
@@ -158,9 +163,9 @@ class FastPath:
         handler: Handler,
         route: str,
         params: dict[str, str],
-        scope: dict,
-        receive: Callable,
-        send: Callable,
+        scope: dict[str, Any],
+        receive: Callable[..., Any],
+        send: Callable[..., Any],
     ) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self.state.in_flight += 1

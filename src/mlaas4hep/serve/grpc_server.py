@@ -450,13 +450,15 @@ class WithGrpc:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.app, name)
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
 
-        async def lifespan_receive() -> dict:
-            msg = await receive()
+        async def lifespan_receive() -> dict[str, Any]:
+            msg: dict[str, Any] = await receive()
             if msg["type"] == "lifespan.startup":
                 await self.grpc.start()  # a failure here fails the startup (uvicorn exits)
             elif msg["type"] == "lifespan.shutdown":

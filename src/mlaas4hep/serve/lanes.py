@@ -36,13 +36,17 @@ class _Job:
     __slots__ = ("args", "cancelled", "fn", "fut", "loop")
 
     def __init__(
-        self, fn: Callable[..., Any], args: tuple, loop: asyncio.AbstractEventLoop, fut: asyncio.Future
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        fut: asyncio.Future[Any],
     ):
         self.fn, self.args, self.loop, self.fut = fn, args, loop, fut
         self.cancelled = False
 
 
-def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if fut.done():
         return
     if error is not None:

@@ -23,6 +23,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -65,10 +66,10 @@ class Metrics:
         self._http: dict[tuple[str, str, str], int] = {}
         self._infer: dict[tuple[str, str], int] = {}
         self._latency: dict[str, list[float]] = {}  # model -> counts per bucket (+Inf last), then the sum
-        self._children: dict[tuple, object] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r.register(_RequestCollector(self))
 
-    def _child(self, metric, *labels):
+    def _child(self, metric: Any, *labels: str) -> Any:  # a labelled prometheus_client metric
         key = (id(metric), labels)
         c = self._children.get(key)
         if c is None:

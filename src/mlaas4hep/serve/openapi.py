@@ -147,7 +147,7 @@ LOAD = {
 }
 
 
-def _responses(ok: str, ok_schema: dict | None = None, *codes: int) -> dict[str, Any]:
+def _responses(ok: str, ok_schema: dict[str, Any] | None = None, *codes: int) -> dict[str, Any]:
     out: dict[str, Any] = {"200": {"description": ok}}
     if ok_schema is not None:
         out["200"]["content"] = {JSON: {"schema": ok_schema}}
@@ -169,11 +169,17 @@ _REASONS = {
 }
 
 
-def _op(summary: str, ok: str, ok_schema: dict | None = None, codes=(400, 404), **extra: Any) -> dict:
+def _op(
+    summary: str,
+    ok: str,
+    ok_schema: dict[str, Any] | None = None,
+    codes: tuple[int, ...] = (400, 404),
+    **extra: Any,
+) -> dict[str, Any]:
     return {"summary": summary, "responses": _responses(ok, ok_schema, *codes), **extra}
 
 
-def _body(schema: dict, required: bool = True) -> dict:
+def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {JSON: {"schema": schema}}}
 
 

@@ -92,7 +92,11 @@ class Repository:
     """Bundles under ``root``, with at most ``max_loaded`` onnxruntime sessions in memory."""
 
     def __init__(
-        self, root: str | os.PathLike, max_loaded: int = 16, threads: int | None = None, shared: bool = False
+        self,
+        root: str | os.PathLike[str],
+        max_loaded: int = 16,
+        threads: int | None = None,
+        shared: bool = False,
     ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -163,7 +167,9 @@ class Repository:
             self._stamps = stamps
             self.generation += 1
 
-    def _check_version_dir(self, name: str, vdir: Path, metas: dict) -> str | None:
+    def _check_version_dir(
+        self, name: str, vdir: Path, metas: dict[tuple[str, int], dict[str, Any]]
+    ) -> str | None:
         """Why the version directory ``vdir`` cannot be served (None: it can); fills ``metas``."""
         if len(vdir.name) > 19 or not 1 <= int(vdir.name) <= MAX_VERSION or vdir.name != str(int(vdir.name)):
             return "the version must be an integer from 1 to 2**63-1, written without leading zeros"

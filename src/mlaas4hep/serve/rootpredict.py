@@ -92,7 +92,7 @@ def check_url(url: Any, prefixes: tuple[str, ...], allow_remote: tuple[str, ...]
     return path
 
 
-def _int(req: dict, key: str, default: int | None) -> int | None:
+def _int(req: dict[str, Any], key: str, default: int | None) -> int | None:
     v = req.get(key, default)
     if v is None:
         return None

@@ -235,7 +235,9 @@ def _is_raw(info: ModelInfo, keys: list[str]) -> bool:
     )
 
 
-def _raw_rows(st: ServerState, info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, bool]:
+def _raw_rows(
+    st: ServerState, info: ModelInfo, keys: list[str], values: list[Any]
+) -> tuple[np.ndarray, bool]:
     """Feature rows from raw branch values (runs in the preprocessing lane), and whether
     the request was for a single event."""
     assert info.preprocessor is not None
@@ -269,7 +271,7 @@ def _raw_rows(st: ServerState, info: ModelInfo, keys: list[str], values: list) -
     return _transform(info, arrays), single
 
 
-def _rows(info: ModelInfo, keys: list[str], values: list) -> tuple[np.ndarray, bool]:
+def _rows(info: ModelInfo, keys: list[str], values: list[Any]) -> tuple[np.ndarray, bool]:
     """Feature rows from TFaaS ``keys``/``values`` (feature names in any order), and whether
     the request was for a single row."""
     order = info.column_order(keys)
