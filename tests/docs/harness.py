@@ -46,7 +46,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -55,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from mlaas4hep.localservers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The documents whose blocks are run, in a stable order.
@@ -176,12 +177,6 @@ class BlockError(AssertionError):
     """A block failed: the message names the document, the line and shows the output."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tail(text: str) -> str:
     return text if len(text) <= TAIL_CHARS else "[...]\n" + text[-TAIL_CHARS:]
 
@@ -210,7 +205,7 @@ class DocRun:
 
     doc: str
     workdir: Path
-    ports: dict[int, int] = field(default_factory=lambda: {p: _free_port() for p in DOC_PORTS})
+    ports: dict[int, int] = field(default_factory=lambda: {p: free_port() for p in DOC_PORTS})
     #: (where, what was done, wall seconds, CPU seconds of the processes it waited for)
     timings: list[tuple[str, str, float, float]] = field(default_factory=list)
     servers: list[tuple[Block, subprocess.Popen, Path]] = field(default_factory=list)

@@ -35,7 +35,6 @@ key, its line in the file and, for a typo, the closest known key::
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import numbers
 import os
@@ -45,6 +44,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
+from ..jsonutil import digest
 from .configfile import ConfigSource, closest, load_yaml, unknown_key
 from .errors import ConfigError
 
@@ -520,7 +520,7 @@ class DatasetConfig:
         d = self.to_dict()
         if keys:
             d = {k: d[k] for k in keys}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return digest(d)[:16]
 
 
 def _group(g: Any, i: int) -> FileGroup:
