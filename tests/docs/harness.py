@@ -46,6 +46,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,8 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
-from mlaas4hep.localservers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The documents whose blocks are run, in a stable order.
@@ -177,6 +176,19 @@ class BlockError(AssertionError):
     """A block failed: the message names the document, the line and shows the output."""
 
 
+def _distinct_ports(documented: tuple[int, ...]) -> dict[int, int]:
+    """A free port for each documented one, all different: the sockets stay bound until every
+    port is chosen (ports picked one at a time can come back twice, as CI once saw)."""
+    socks = [socket.socket() for _ in documented]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return {p: s.getsockname()[1] for p, s in zip(documented, socks)}
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _tail(text: str) -> str:
     return text if len(text) <= TAIL_CHARS else "[...]\n" + text[-TAIL_CHARS:]
 
@@ -205,7 +217,7 @@ class DocRun:
 
     doc: str
     workdir: Path
-    ports: dict[int, int] = field(default_factory=lambda: {p: free_port() for p in DOC_PORTS})
+    ports: dict[int, int] = field(default_factory=lambda: _distinct_ports(DOC_PORTS))
     #: (where, what was done, wall seconds, CPU seconds of the processes it waited for)
     timings: list[tuple[str, str, float, float]] = field(default_factory=list)
     servers: list[tuple[Block, subprocess.Popen, Path]] = field(default_factory=list)
