@@ -91,7 +91,7 @@ def run(args) -> list[dict]:
     import dask
     import distributed
 
-    from mlaas4hep.dist.dask import WORKER_CONFIG, dask_executor, shutdown_executors
+    from mlaas4hep.scale.dask import WORKER_CONFIG, dask_executor, shutdown_executors
 
     data = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="mlaas4hep-scale-"))
     per_file = args.events // (2 * args.files)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mlaas4hep import extras
-from mlaas4hep.io.errors import Mlaas4hepError
+from mlaas4hep.errors import Mlaas4hepError
 
 
 def test_require_names_the_extra():
@@ -16,7 +16,7 @@ def test_require_names_the_extra():
         extras.require("distributed.not_a_module", "executor 'dask'")
     msg = str(info.value)
     assert "executor 'dask' needs the Python package 'distributed'" in msg
-    assert "pip install 'mlaas4hep[dist]'" in msg
+    assert "pip install 'mlaas4hep[scale]'" in msg
     # one of ours, and still an ImportError for code that catches those
     assert isinstance(info.value, Mlaas4hepError) and isinstance(info.value, ImportError)
 

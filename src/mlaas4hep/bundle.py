@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, bundle_schema, extras
-from .io.errors import Mlaas4hepError
+from .errors import Mlaas4hepError
 from .io.preprocess import Preprocessor
 from .jsonutil import jsonable
 

@@ -110,8 +110,8 @@ def check_serving(cfg: Mapping[str, Any], what: str = "serving settings") -> Non
 
 def check_preprocessing(pre: Any, n_features: int | None = None) -> None:
     """The preprocessing description (what :meth:`Preprocessor.from_dict` reads)."""
+    from .errors import Mlaas4hepError
     from .io import expr
-    from .io.errors import Mlaas4hepError
 
     w = "'inputs.preprocessing"
     if not isinstance(pre, dict):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .io.errors import Mlaas4hepError
+from .errors import Mlaas4hepError
 
 #: top-level module → the extra of mlaas4hep that installs it
 EXTRA_OF = {
@@ -42,8 +42,8 @@ EXTRA_OF = {
     "xgboost": "train",
     "onnxmltools": "train",
     "keras": "train",
-    "dask": "dist",
-    "distributed": "dist",
+    "dask": "scale",
+    "distributed": "scale",
 }
 
 

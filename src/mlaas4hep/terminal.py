@@ -75,7 +75,7 @@ def _int_at_least(text: str, low: int) -> int:
 
 def exit_status(err: BaseException) -> int:
     """1 for a failure while running, 2 for a wrong input (see the module docstring)."""
-    from .io.errors import ConfigError
+    from .errors import ConfigError
 
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
@@ -89,7 +89,7 @@ def exit_status(err: BaseException) -> int:
 
 def error_message(err: BaseException) -> str:
     """``error: ...`` for an exception: mlaas4hep's own messages as they are, others with their type."""
-    from .io.errors import Mlaas4hepError
+    from .errors import Mlaas4hepError
 
     if isinstance(err, (Mlaas4hepError, UsageError, CommandError)):
         text = str(err)
@@ -129,7 +129,7 @@ def run(func: Callable[[Any], int | None], args: Any, debug: bool = False) -> in
 
 
 def _explained(err: BaseException) -> bool:
-    from .io.errors import Mlaas4hepError
+    from .errors import Mlaas4hepError
 
     return isinstance(err, (Mlaas4hepError, UsageError, CommandError, OSError))
 

@@ -25,7 +25,7 @@ def test_device_script_smoke(tmp_path):
     machine = (out / "machine.txt").read_text()
     assert "cores:" in machine and "torch:" in machine and "gpu:" in machine
     scale = (out / "scale.md").read_text()
-    # one row per worker count (the smoke run leaves Dask to tests/dist)
+    # one row per worker count (the smoke run leaves Dask to tests/scale)
     assert "| processes | 1 |" in scale and "| processes | 2 |" in scale, scale
     for tag in ("bs256", "bs256-amp"):
         train = (out / f"train-{tag}.md").read_text()

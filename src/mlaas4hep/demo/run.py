@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import MODELS_DIR
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 
 #: MLaaS4HEP's ttH network, in PyTorch (Dense 128 → Dropout 0.5 → Dense 64 → Dropout 0.5 → sigmoid).
 MODEL_FILE = MODELS_DIR / "tth_mlp.py"

@@ -7,30 +7,9 @@ on it without a debugger.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from ..errors import ConfigError, Mlaas4hepError, _rebuild
 
-_E = TypeVar("_E", bound=BaseException)
-
-
-class Mlaas4hepError(Exception):
-    """Base class of every error raised on purpose by mlaas4hep."""
-
-    #: The retries made before the error (set by the dataset's tasks; see ``Dataset.report``).
-    retry_events: list[dict[str, Any]]
-
-    def __reduce__(self) -> tuple[Any, ...]:  # survive the trip back from a worker process
-        return _rebuild, (type(self), self.args, self.__dict__)
-
-
-def _rebuild(cls: type[_E], args: tuple[Any, ...], state: dict[str, Any]) -> _E:
-    err = cls.__new__(cls, *args)  # OSError subclasses need their own __new__
-    err.args = args
-    err.__dict__.update(state)
-    return err
-
-
-class ConfigError(Mlaas4hepError, ValueError):
-    """The dataset configuration is invalid (a bad key, type or expression)."""
+__all__ = ["ConfigError", "Mlaas4hepError", "_rebuild"]  # the base errors, re-exported
 
 
 class FileOpenError(Mlaas4hepError, OSError):

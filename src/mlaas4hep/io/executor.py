@@ -160,7 +160,7 @@ def shutdown_pools() -> None:
 def get_executor(kind: str = "local", workers: int | None = None, scheduler: str | None = None) -> Executor:
     """``local`` (processes, or inline when ``workers == 0``), ``processes``, or ``dask``."""
     if kind == "dask" or scheduler:
-        from ..dist.dask import dask_executor
+        from ..scale.dask import dask_executor
 
         return dask_executor(scheduler, workers)
     n = default_workers() if workers is None else int(workers)

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 from ..io.preprocess import Preprocessor
 from .auth import Auth, load_token
 from .batching import Batcher

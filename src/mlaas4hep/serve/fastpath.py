@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 from .errors import ApiError
 
 log = logging.getLogger("mlaas4hep.serve")

@@ -66,7 +66,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from .. import __version__
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 from . import tritonconfig, v2
 from ._proto import grpc_service_pb2 as pb
 from ._proto import grpc_service_pb2_grpc as pb_grpc

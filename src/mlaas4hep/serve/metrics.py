@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, His
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 from ..io.sources import RETRIES
 from .errors import ApiError
 

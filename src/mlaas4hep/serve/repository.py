@@ -55,7 +55,7 @@ from typing import Any
 
 from .. import bundle, bundle_schema
 from ..bundle import BundleError, Predictor
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 from .errors import ApiError
 
 log = logging.getLogger("mlaas4hep.serve")

@@ -47,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 from . import tensors
 from .app import ModelInfo, ServerState, read_body, state_of
 from .errors import ApiError

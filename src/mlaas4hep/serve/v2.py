@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 from . import tensors, tritonconfig
 from .app import ModelInfo, ServerState, read_body, served_by_fastpath, state_of
 from .errors import ApiError

@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any
 
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 from ..terminal import error_message, exit_status, positive_int, print_json
 
 TRAIN_HELP = """\

@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..io import DatasetConfig
 from ..io.configfile import ConfigSource, unknown_key
-from ..io.errors import ConfigError
 
 FRAMEWORKS = ("auto", "pytorch", "keras", "sklearn", "xgboost")
 

@@ -7,7 +7,7 @@ a caller can catch every error that mlaas4hep raises on purpose at once.
 
 from __future__ import annotations
 
-from ..io.errors import Mlaas4hepError
+from ..errors import Mlaas4hepError
 
 
 class TrainError(Mlaas4hepError, RuntimeError):

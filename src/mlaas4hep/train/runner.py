@@ -16,7 +16,7 @@ Steps, in order, each failing early with a clear message:
 
 Under ``torchrun`` (PyTorch models), the run is data parallel: each rank reads
 its shard of every epoch, DDP synchronises the gradients and only rank 0 writes;
-see :mod:`mlaas4hep.dist.ddp` and ``docs/ddp.md``.
+see :mod:`mlaas4hep.train.ddp` and ``docs/ddp.md``.
 
 Typical use::
 
@@ -43,10 +43,9 @@ import numpy as np
 
 from .. import bundle as bundle_mod
 from .. import progress
-from ..dist import ddp
 from ..io import Dataset, DatasetConfig
 from ..jsonutil import digest, jsonable
-from . import checkpoint
+from . import checkpoint, ddp
 from .backend import Backend, make_backend
 from .config import TrainConfig, split_config
 from .data import Source, expected_n_features

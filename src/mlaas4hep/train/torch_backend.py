@@ -18,7 +18,7 @@ model file's ``loss()``, ``optimizer(params)`` and ``train_step(...)`` replace
 the respective pieces (see :mod:`.userfile`). ``amp: true`` runs forward passes
 under bfloat16 autocast.
 
-Under DDP (:mod:`mlaas4hep.dist.ddp`) the training step goes through
+Under DDP (:mod:`mlaas4hep.train.ddp`) the training step goes through
 ``train_model``, the DistributedDataParallel wrapper of ``model``; the loss is
 multiplied by ``loss_scale`` before the backward pass, and :meth:`TorchBackend.idle_step`
 keeps a rank whose shard is exhausted in step with the others.

@@ -33,8 +33,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..io import DatasetConfig
-from ..io.errors import ConfigError
 from .runner import TrainResult, train
 
 

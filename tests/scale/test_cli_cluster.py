@@ -94,7 +94,7 @@ def cli_cluster(tmp_path_factory):
         assert list(settings.values()) == [(None, False)] * 2, settings
         yield sched_file, json.loads(sched_file.read_text())["address"]
     finally:
-        from mlaas4hep.dist.dask import shutdown_executors
+        from mlaas4hep.scale.dask import shutdown_executors
 
         shutdown_executors()
         for p in reversed(procs):
@@ -155,8 +155,8 @@ def test_stream_with_scheduler_file(cli_cluster, data_dir, tmp_path):
 def test_unreachable_scheduler_is_a_clear_error():
     import dask
 
-    from mlaas4hep.dist.dask import dask_executor
-    from mlaas4hep.io.errors import ConfigError, Mlaas4hepError
+    from mlaas4hep.errors import ConfigError, Mlaas4hepError
+    from mlaas4hep.scale.dask import dask_executor
 
     with (
         dask.config.set({"distributed.comm.timeouts.connect": "2s"}),

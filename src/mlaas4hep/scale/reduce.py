@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import Mlaas4hepError
 from ..io.chunk import Unit
-from ..io.errors import Mlaas4hepError
 from ..io.passes import unit_stats
 from ..io.reader import UnitReader
 from ..io.specs import Stats
@@ -46,7 +46,7 @@ def detached(err: Mlaas4hepError) -> Mlaas4hepError:
     error. (Not ``copy.copy``: once Dask's tblib has registered the class, a
     copy keeps the traceback and the context.)
     """
-    from ..io.errors import _rebuild
+    from ..errors import _rebuild
 
     return _rebuild(type(err), err.args, dict(err.__dict__))
 

@@ -27,10 +27,10 @@ import pytest
 import yaml
 
 from mlaas4hep import MODELS_DIR
-from mlaas4hep.dist.ddp import DistEnv, detect
 from mlaas4hep.io import Dataset
 from mlaas4hep.localservers import free_port
 from mlaas4hep.train import split_config
+from mlaas4hep.train.ddp import DistEnv, detect
 
 from ..conftest import sample_config
 

@@ -37,7 +37,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from .. import extras
-from ..io.errors import ConfigError, Mlaas4hepError
+from ..errors import ConfigError, Mlaas4hepError
 from ..io.executor import default_workers
 from . import reduce as reduce_mod
 
@@ -131,7 +131,7 @@ class DaskExecutor(Executor):
         advance: Callable[[int], None] | None = None,
         split_every: int = 8,
     ):
-        """The specs pass as a tree-reduce on the workers; returns a :class:`~mlaas4hep.dist.reduce.StatsPartial`.
+        """The specs pass as a tree-reduce on the workers; returns a :class:`~mlaas4hep.scale.reduce.StatsPartial`.
 
         With ``skip`` False the first unit that fails raises its error here and
         the rest of the reduction is cancelled.
@@ -227,7 +227,7 @@ def _timed(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, str, int, floa
 
     A :class:`Mlaas4hepError` (a corrupt file...) is the unit's answer, not a
     failure of the task: it comes back as a value, so Dask does not retry it,
-    and without its chain of causes (see :func:`mlaas4hep.dist.reduce.detached`).
+    and without its chain of causes (see :func:`mlaas4hep.scale.reduce.detached`).
     Any other exception fails the task, which Dask retries.
     """
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ def new_cluster():
 
 @pytest.fixture(scope="module")
 def cluster():
-    from mlaas4hep.dist.dask import shutdown_executors
+    from mlaas4hep.scale.dask import shutdown_executors
 
     with new_cluster() as c:
         yield c

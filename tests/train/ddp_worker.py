@@ -1,4 +1,4 @@
-"""One rank of the DDP test (``tests/dist/test_ddp.py`` launches it with torchrun).
+"""One rank of the DDP test (``tests/train/test_ddp.py`` launches it with torchrun).
 
 ``python -m torch.distributed.run --nproc-per-node 2 ... ddp_worker.py CONFIG.json BASE REPORT``
 
