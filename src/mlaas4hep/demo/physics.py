@@ -44,8 +44,8 @@ def training_scores(result) -> tuple[np.ndarray, np.ndarray]:
     rows it trained on, minus the validation events); the in-memory run holds them.
     """
     scores, labels = [], []
-    for part in result.source.epoch(0):
-        scores.append(np.asarray(result.backend.predict(np.asarray(part.x))).reshape(len(part), -1)[:, -1])
+    for part in result.source.batches(0, 65_536):
+        scores.append(np.asarray(result.backend.scores(part)).reshape(len(part), -1)[:, -1])
         labels.append(np.asarray(part.y))
     return np.concatenate(scores), np.concatenate(labels)
 

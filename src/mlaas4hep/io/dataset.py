@@ -606,13 +606,20 @@ class Dataset:
         rank: int = 0,
         world: int = 1,
         shuffle: bool | None = None,
+        select: Callable[[Chunk], np.ndarray] | None = None,
     ) -> Iterator[Chunk]:
-        """Batches of an epoch: ``b.x``, ``b.mask``, ``b.y``, ``b.weight``, ``b.event_id``."""
+        """Batches of an epoch: ``b.x``, ``b.mask``, ``b.y``, ``b.weight``, ``b.event_id``.
+
+        ``select(chunk)``, when given, returns a boolean per row of each decoded
+        chunk; rows where it is False are dropped before batching (the trainer
+        holds its validation events out this way, and batches stay full).
+        """
         c = self.config
         shuffle = c.shuffle if shuffle is None else shuffle
-        tables = (
-            tuple(getattr(ch, f) for f in Chunk.FIELDS) for ch in self.chunks(epoch, rank, world, shuffle)
-        )
+        chunks = self.chunks(epoch, rank, world, shuffle)
+        if select is not None:
+            chunks = (ch.take(np.flatnonzero(select(ch))) for ch in chunks)
+        tables = (tuple(getattr(ch, f) for f in Chunk.FIELDS) for ch in chunks)
         if not shuffle:
             out = cut_batches(tables, batch_size)
         else:

@@ -4,17 +4,24 @@ The runner (:mod:`.runner`) owns the epoch loop, validation, early stopping,
 checkpoints, metrics, plots and the bundle; a backend owns only what differs
 between frameworks:
 
-* :meth:`Backend.epoch_batches` turns an epoch's training :class:`~.data.Part` s into
-  batches of the backend's type (NumPy by default);
+* :meth:`Backend.epoch_batches` hands an epoch's training batches
+  (:meth:`.data.Source.batches`, :class:`~.data.Part` s of NumPy arrays) to the
+  backend, moved where it computes (a GPU for PyTorch);
 * :meth:`Backend.train_batch` runs one optimisation step;
 * :meth:`Backend.predict` returns probabilities (``(n,)`` for a binary
-  classifier: the probability of label 1; ``(n, K)`` otherwise);
+  classifier: the probability of label 1; ``(n, K)`` otherwise) of feature
+  rows; :meth:`Backend.scores` of a :class:`~.data.Part` (what object-level
+  models need: their per-group inputs and masks);
 * :meth:`Backend.snapshot` / :meth:`Backend.restore` keep the best epoch's weights;
 * :meth:`Backend.save` / :meth:`Backend.load` write and read checkpoint files;
 * :meth:`Backend.export_onnx` and :meth:`Backend.save_native` feed the bundle.
 
 A backend whose training is not a loop over epochs (XGBoost's boosting rounds)
 sets ``epoch_based = False`` and implements :meth:`Backend.fit` instead.
+
+How many processes train together is the backend's :class:`~.strategy.Local`
+strategy (``backend.strategy``, a :class:`~.ddp.Context` under ``torchrun``);
+only the PyTorch backend accepts one with several processes.
 """
 
 from __future__ import annotations
@@ -25,10 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io.shuffle import batches as shuffled_batches
-from . import metrics
 from .config import TrainConfig
 from .data import Part, Source, prefetch
+from .strategy import Local
 from .userfile import UserModel
 
 
@@ -49,6 +55,7 @@ class Backend:
         n_classes (int): 2 for a binary classifier (one probability out), else the
             number of classes (one probability each).
         device (str, default ``"cpu"``): where the model runs (``cpu``, ``cuda``, ``cuda:N``).
+        strategy (:class:`.strategy.Local`): one process, or the DDP context under ``torchrun``.
 
     Class attributes:
         framework (str): the framework's name, written into bundles.
@@ -64,7 +71,16 @@ class Backend:
     #: An upper bound on epochs (1 for an estimator that is fitted once), or None.
     max_epochs: int | None = None
 
-    def __init__(self, um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int, device: str = "cpu"):
+    def __init__(
+        self,
+        um: UserModel,
+        cfg: TrainConfig,
+        n_features: int,
+        n_classes: int,
+        device: str = "cpu",
+        strategy: Local | None = None,
+    ):
+        self.strategy = strategy or Local()
         self.um = um
         self.model = um.model
         self.cfg = cfg
@@ -76,19 +92,19 @@ class Backend:
         self._n = 0
 
     # ------------------------------------------------------------ training
-    def epoch_batches(self, source: Source, epoch: int, buffer: float) -> Iterator[tuple]:
-        """NumPy ``(x, y, w)`` batches of an epoch, shuffled by a generator seeded by ``(seed, epoch)``.
-
-        Reading and splitting run ahead in a background thread (:func:`.data.prefetch`).
-        """
-        rng = np.random.default_rng([self.cfg.seed, epoch, 7])
-        parts = prefetch(source.epoch(epoch), depth=2)
-        return shuffled_batches(((p.x, p.y, p.w) for p in parts), self.cfg.batch_size, buffer, rng)
+    def epoch_batches(self, source: Source, epoch: int) -> Iterator[Part]:
+        """The epoch's training batches (:meth:`.data.Source.batches`), read ahead in a background thread."""
+        return prefetch(source.batches(epoch, self.cfg.batch_size), depth=4)
 
     def begin_epoch(self, epoch: int) -> None:
         self._loss_sum, self._n = 0.0, 0
 
-    def train_batch(self, batch: tuple) -> None:
+    def train_batch(self, batch: Part, loss_scale: float = 1.0) -> None:
+        """One optimisation step; the loss is multiplied by ``loss_scale`` (DDP's uneven steps)."""
+        raise NotImplementedError
+
+    def idle_step(self) -> None:
+        """A step without events that keeps this process in step with the others (DDP only)."""
         raise NotImplementedError
 
     def running_loss(self) -> float:
@@ -106,10 +122,9 @@ class Backend:
     def predict(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def evaluate(self, val: Part) -> tuple[dict[str, float], np.ndarray]:
-        """Validation metrics and probabilities."""
-        p = self.predict(val.x)
-        return metrics.summary(val.y, p, val.w), p
+    def scores(self, part: Part) -> np.ndarray:
+        """Probabilities of the rows of ``part`` (:meth:`predict` of its features by default)."""
+        return self.predict(np.asarray(part.x))
 
     # ------------------------------------------------------------ state
     def snapshot(self) -> Any:
@@ -132,12 +147,20 @@ class Backend:
         raise NotImplementedError
 
 
-def make_backend(um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int, device: str) -> Backend:
-    """The backend for the user's model's framework."""
+def make_backend(
+    um: UserModel,
+    cfg: TrainConfig,
+    n_features: int,
+    n_classes: int,
+    device: str,
+    strategy: Local | None = None,
+) -> Backend:
+    """The backend for the user's model's framework (only PyTorch takes a multi-process ``strategy``)."""
     if um.framework == "pytorch":
         from .torch_backend import TorchBackend
 
-        return TorchBackend(um, cfg, n_features, n_classes, device)
+        return TorchBackend(um, cfg, n_features, n_classes, device, strategy)
+    (strategy or Local()).require_single(um.framework, Path(um.path).name)
     if um.framework == "keras":
         from .keras_backend import KerasBackend
 

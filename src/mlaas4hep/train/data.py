@@ -1,22 +1,25 @@
-"""From the streaming layer to training batches, the same way for every framework.
+"""From the streaming layer to training batches: one path, :meth:`Dataset.batches`.
 
-:class:`Source` wraps a :class:`~mlaas4hep.io.Dataset` and yields, per epoch, the
-*training* rows of each decoded chunk as a :class:`Part` (``x``, ``y``, ``w``),
-holding the validation rows back (:mod:`.split`). The first pass of a run also
-gathers the validation rows into :attr:`Source.val`.
+:class:`Source` wraps a :class:`~mlaas4hep.io.Dataset` and gives, per epoch, the
+batches of *training* events as :class:`Part` s (``x``, ``y``, ``w``, and for
+datasets with ``inputs:`` groups the per-group ``inputs`` and ``masks``):
 
-* Streamed (the default): chunks come from :meth:`Dataset.chunks`; epoch 0
-  decodes them (and fills the decoded cache), later epochs read the cache
-  memory-mapped. Memory holds a few chunks, plus the validation set.
+* Streamed (the default): the batches are those of :meth:`Dataset.batches`
+  (the batching that ``mlaas4hep stream`` measures), with a ``select`` that
+  drops the validation events (:mod:`.split`) from each decoded chunk before
+  the shuffle buffer, so training batches stay full. Epoch 0 decodes the
+  chunks (and fills the decoded cache), later epochs read the cache
+  memory-mapped. The first pass also gathers the held-out rows into
+  :attr:`Source.val`. Memory holds the shuffle buffer, plus the validation set.
 * In memory (``in_memory=True``, the traditional path kept for comparison):
-  :meth:`Dataset.to_chunk` loads everything first and every epoch yields one
-  Part holding all training rows.
+  :meth:`Dataset.to_chunk` loads everything first; each epoch permutes all
+  training rows (:func:`mlaas4hep.io.shuffle.batches` with an unbounded buffer)
+  and cuts batches from them.
 
-:func:`mlaas4hep.io.shuffle.batches` then pools Parts into a buffer, permutes it and cuts
-batches: views of the permuted pool, so each event is copied once per epoch. It
-works on NumPy arrays and on PyTorch tensors (on the GPU, the permutation runs
-there). :func:`prefetch` runs a producer in a background thread so reading,
-splitting and host-to-device copies overlap the training step.
+Both paths seed their permutations like :meth:`Dataset.batches` (the dataset's
+``seed``, the epoch and the rank), so a resumed run continues exactly.
+:func:`prefetch` runs a producer in a background thread so reading, cutting and
+host-to-device copies overlap the training step.
 """
 
 from __future__ import annotations
@@ -24,26 +27,50 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..io import Chunk, Dataset
 from ..io.schema import collection
+from ..io.shuffle import batches as cut_batches
 from .split import validation_mask
 
 
 @dataclass
 class Part:
-    """Rows of training (or validation) events: features, labels, weights."""
+    """Rows of events: features ``x`` ``(n, F)``, labels ``y``, weights ``w``.
+
+    With ``inputs:`` groups in the dataset, ``inputs`` maps each group to its
+    array (``(n, length, features)`` for an object group, ``(n, features)`` for
+    event-level features) and ``masks`` each object group to ``(n, length)``
+    booleans, True for real objects. Arrays are NumPy arrays, or tensors once a
+    backend has moved them.
+    """
 
     x: Any
     y: Any
     w: Any
+    inputs: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def map(self, fn: Callable[[Any], Any]) -> Part:
+        """The same rows with ``fn`` applied to every array (e.g. a device transfer)."""
+        return Part(
+            fn(self.x),
+            fn(self.y),
+            fn(self.w),
+            {k: fn(v) for k, v in self.inputs.items()},
+            {k: fn(v) for k, v in self.masks.items()},
+        )
+
+    def take(self, index: Any) -> Part:
+        """Rows ``index`` (a slice, a boolean mask or integer positions)."""
+        return self.map(lambda a: a[index])
 
     @classmethod
     def concat(cls, parts: Sequence[Part], n_features: int) -> Part:
@@ -51,18 +78,33 @@ class Part:
             return cls(np.zeros((0, n_features), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
         if len(parts) == 1:
             return parts[0]
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "w")))
 
+        def cat(arrays: list[Any]) -> Any:
+            return np.concatenate(arrays)
 
-def split_chunk(chunk: Chunk, fraction: float, seed: int, need_val: bool = True) -> tuple[Part, Part | None]:
-    """Training rows and (when ``need_val``) validation rows of one chunk (copies, not views)."""
-    held = validation_mask(np.asarray(chunk.event_id), fraction, seed)
-    keep = ~held
-    train = Part(np.asarray(chunk.x)[keep], np.asarray(chunk.y)[keep], np.asarray(chunk.weight)[keep])
-    val = None
-    if need_val:
-        val = Part(np.asarray(chunk.x)[held], np.asarray(chunk.y)[held], np.asarray(chunk.weight)[held])
-    return train, val
+        first = parts[0]
+        return cls(
+            cat([p.x for p in parts]),
+            cat([p.y for p in parts]),
+            cat([p.w for p in parts]),
+            {k: cat([p.inputs[k] for p in parts]) for k in first.inputs},
+            {k: cat([p.masks[k] for p in parts]) for k in first.masks},
+        )
+
+    @classmethod
+    def of_chunk(cls, chunk: Chunk, layout: Any = None) -> Part:
+        """A chunk's rows (``layout``: the dataset's :class:`GroupLayout`, which cuts the groups)."""
+        x, mask = np.asarray(chunk.x), np.asarray(chunk.mask)
+        inputs, masks = layout.apply(x, mask) if layout is not None else ({}, {})
+        return cls(x, np.asarray(chunk.y), np.asarray(chunk.weight), dict(inputs), dict(masks))
+
+    # the arrays as one flat tuple, for mlaas4hep.io.shuffle.batches
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.x, self.y, self.w, *self.inputs.values(), *self.masks.values())
+
+    def _from_fields(self, t: Sequence[Any]) -> Part:
+        k = len(self.inputs)
+        return Part(t[0], t[1], t[2], dict(zip(self.inputs, t[3 : 3 + k])), dict(zip(self.masks, t[3 + k :])))
 
 
 def expected_n_features(ds: Dataset) -> int | None:
@@ -82,8 +124,13 @@ def expected_n_features(ds: Dataset) -> int | None:
     return total
 
 
+def group_layout(ds: Dataset) -> Any:
+    """The dataset's :class:`GroupLayout` (``inputs:`` groups), or None for flat features only."""
+    return getattr(ds.preprocessor, "groups", None)
+
+
 class Source:
-    """Training rows per epoch, and the validation rows, from a Dataset."""
+    """Training batches per epoch, and the validation rows, from a Dataset."""
 
     def __init__(
         self,
@@ -115,52 +162,70 @@ class Source:
             return "cache"
         return "stream"
 
+    def held_out(self, chunk: Chunk) -> np.ndarray:
+        """True for the rows of ``chunk`` that are validation events."""
+        return validation_mask(np.asarray(chunk.event_id), self.fraction, self.seed)
+
+    def selector(self, collect: list[Part] | None = None) -> Callable[[Chunk], np.ndarray]:
+        """The ``select`` of :meth:`Dataset.batches`: keeps training rows, appends held-out ones to ``collect``."""
+        layout = group_layout(self.ds)
+
+        def select(chunk: Chunk) -> np.ndarray:
+            held = self.held_out(chunk)
+            if collect is not None and held.any():
+                collect.append(Part.of_chunk(chunk.take(np.flatnonzero(held)), layout))
+            return ~held
+
+        return select
+
     def load(self) -> None:
         """In-memory mode: read everything now (the specs pass runs first if needed).
 
         Under DDP (``world > 1``) a rank loads only its shard of epoch 0's units,
         and keeps it for every epoch.
         """
-        if self.in_memory and self._memory is None:
-            if self.world > 1:
-                pairs = list(self.pairs(0, self.rank, self.world))
-                self._memory = Part.concat([t for t, _ in pairs], self.n_features)
-                self.val = Part.concat([v for _, v in pairs if v is not None], self.n_features)
-                return
-            train, val = split_chunk(self.ds.to_chunk(), self.fraction, self.seed)
-            self._memory, self.val = train, val
+        if not self.in_memory or self._memory is not None:
+            return
+        layout = group_layout(self.ds)
+        if self.world > 1:
+            chunks = [ch for ch in self.ds.chunks(0, self.rank, self.world) if len(ch)]
+            all_ = Chunk.concat(chunks) if chunks else Chunk.empty(self.n_features)
+        else:
+            all_ = self.ds.to_chunk()
+        held = self.held_out(all_)
+        self._memory = Part.of_chunk(all_.take(np.flatnonzero(~held)), layout)
+        self.val = Part.of_chunk(all_.take(np.flatnonzero(held)), layout)
 
-    def pairs(
-        self, epoch: int, rank: int = 0, world: int = 1, need_val: bool = True
-    ) -> Iterator[tuple[Part, Part | None]]:
-        """(training, validation) rows of each chunk that ``rank`` of ``world`` reads, in plan order."""
-        for chunk in self.ds.chunks(epoch, rank, world):
-            if len(chunk):
-                yield split_chunk(chunk, self.fraction, self.seed, need_val)
-
-    def epoch(self, epoch: int) -> Iterator[Part]:
-        """Training Parts of an epoch; the first complete pass also fills :attr:`val`."""
+    def batches(self, epoch: int, batch_size: int) -> Iterator[Part]:
+        """The training batches of an epoch; the first streamed pass also fills :attr:`val`."""
         if self.in_memory:
             self.load()
             assert self._memory is not None
-            yield self._memory
+            mem = self._memory
+            c = self.ds.config
+            rng = np.random.default_rng([c.seed, epoch, 1, self.rank]) if c.shuffle else None
+            for t in cut_batches([mem._fields()], batch_size, float("inf"), rng):
+                yield mem._from_fields(t)
             return
-        collect = self.val is None
-        vals: list[Part] = []
-        for train, val in self.pairs(epoch, self.rank, self.world, need_val=collect):
-            if collect and val is not None and len(val):
-                vals.append(val)
-            if len(train):
-                yield train
-        if collect:
-            self.val = Part.concat(vals, self.n_features)
+        collect: list[Part] | None = [] if self.val is None else None
+        batches = self.ds.batches(batch_size, epoch, self.rank, self.world, select=self.selector(collect))
+        for b in batches:
+            yield Part(b.x, b.y, b.weight, dict(getattr(b, "inputs", {})), dict(getattr(b, "masks", {})))
+        if collect is not None:
+            self.val = Part.concat(collect, self.n_features)
 
     def ensure_val(self) -> Part:
-        """The validation rows, reading an epoch's worth of chunks if no pass has gathered them."""
+        """The validation rows, reading this rank's epoch-0 chunks if no pass has gathered them."""
         if self.val is None:
-            for _ in self.epoch(0):
-                pass
-        assert self.val is not None  # set by the pass above
+            if self.in_memory:
+                self.load()
+            else:
+                collect: list[Part] = []
+                select = self.selector(collect)
+                for chunk in self.ds.chunks(0, self.rank, self.world):
+                    select(chunk)
+                self.val = Part.concat(collect, self.n_features)
+        assert self.val is not None  # set above
         return self.val
 
 

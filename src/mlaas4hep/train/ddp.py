@@ -15,7 +15,7 @@ at a handful of points:
   epoch); the validation rows are those of the shard read first, so the ranks'
   validation sets are disjoint and their union is the whole validation set;
 * **uneven batches**: the shards hold about, not exactly, the same number of
-  events. :meth:`Context.even_steps` runs the ranks in lock step: before each
+  events. :meth:`Context.steps` runs the ranks in lock step: before each
   step the ranks all-reduce their batch sizes; a rank whose data is exhausted
   takes an *idle step* (a forward pass whose loss is multiplied by zero, so it
   contributes a zero gradient to DDP's all-reduce, then the same optimizer step)
@@ -23,10 +23,10 @@ at a handful of points:
   n_total`` so that DDP's average is the mean over the events of the step,
   whatever their split between ranks. No event is dropped or repeated, and
   weights and optimizer states stay identical on every rank;
-* **gradients**: :meth:`Context.wrap` puts the model in
-  :class:`torch.nn.parallel.DistributedDataParallel` for the training step
-  (evaluation and export use the plain module);
-* **validation**: every rank predicts its share; :meth:`Context.evaluate`
+* **gradients**: the PyTorch backend trains through :meth:`Context.wrap`, the
+  model in :class:`torch.nn.parallel.DistributedDataParallel` (evaluation and
+  export use the plain module);
+* **validation**: every rank predicts its share; :meth:`Context.gather`
   all-gathers scores, labels and weights so every rank computes the same
   metrics on the whole validation set (early stopping decides alike everywhere);
 * **outputs**: only rank 0 writes the checkpoint, ``metrics.json``, the plots
@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .strategy import Local
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +182,8 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
-class Context:
-    """An initialised process group, as the training runner uses it."""
+class Context(Local):
+    """An initialised process group: the :class:`~.strategy.Local` strategy for a ``torchrun`` launch."""
 
     def __init__(self, env: DistEnv, device: str, backend: str):
         import torch
@@ -192,10 +194,6 @@ class Context:
         self.backend = backend
         #: Where collective tensors live: the GPU for NCCL, else the CPU.
         self.comm_device = torch.device(device if backend == "nccl" else "cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     def __repr__(self) -> str:
         return (
@@ -280,16 +278,16 @@ class Context:
         return tuple(out)
 
     # ------------------------------------------------------------ training hooks
-    def wrap(self, backend: Any) -> None:
-        """Train ``backend.model`` through DistributedDataParallel (PyTorch backends only).
+    def wrap(self, module: Any) -> Any:
+        """``module`` in :class:`torch.nn.parallel.DistributedDataParallel`, for the training step.
 
-        The wrapper broadcasts rank 0's initial weights; ``backend.model`` stays
-        the plain module (state dicts, evaluation and export are unchanged).
+        The wrapper broadcasts rank 0's initial weights; the backend keeps the
+        plain module for state dicts, evaluation and export.
         """
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.comm_device.index] if self.backend == "nccl" else None
-        backend.train_model = DistributedDataParallel(backend.model, device_ids=ids)
+        return DistributedDataParallel(module, device_ids=ids)
 
     def begin_epoch(self, epoch: int, seed: int) -> None:
         """Seed this rank's torch generator by (seed, epoch, rank): different dropout
@@ -298,13 +296,13 @@ class Context:
 
         torch.manual_seed(int(np.random.SeedSequence([seed, epoch, self.rank, 11]).generate_state(1)[0]))
 
-    def even_steps(self, batches: Iterable[tuple], backend: Any) -> Iterator[tuple]:
-        """Yield this rank's batches in lock step with the other ranks (see the module docstring).
+    def steps(self, batches: Iterable[Any], idle_step: Callable[[], None]) -> Iterator[tuple[Any, float]]:
+        """``(batch, loss_scale)`` in lock step with the other ranks (see the module docstring).
 
-        Before each step the ranks all-reduce their batch sizes; this sets
-        ``backend.loss_scale`` for the batch it yields, and calls
-        ``backend.idle_step()`` itself when this rank has no batch left but
-        another rank has. Ends when every rank is out of batches.
+        Before each step the ranks all-reduce their batch sizes; the loss scale
+        is ``world * n_rank / n_total``. When this rank has no batch left but
+        another rank has, ``idle_step()`` runs here instead. Ends when every
+        rank is out of batches.
         """
         import torch
         import torch.distributed as dist
@@ -316,34 +314,32 @@ class Context:
             while True:
                 batch = None if done else next(it, None)
                 done = batch is None
-                n = 0 if batch is None else len(batch[1])
+                n = 0 if batch is None else len(batch)
                 count.fill_(n)
                 dist.all_reduce(count)
                 total = int(count.item())
                 if total == 0:
                     return
                 if batch is None:
-                    backend.idle_step()
+                    idle_step()
                     continue
-                backend.loss_scale = self.world * n / total
-                yield batch
+                yield batch, self.world * n / total
         finally:
-            backend.loss_scale = 1.0
             close = getattr(it, "close", None)
             if close is not None:
                 close()
 
-    def evaluate(self, backend: Any, val: Any) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
-        """Metrics over the union of the ranks' validation rows, the same on every rank.
+    def gather(self, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Each array concatenated over the ranks (rank order), on every rank."""
+        return self.gather_arrays(*(np.asarray(a) for a in arrays))
 
-        Returns ``(metrics, scores, labels, weights)``, the arrays concatenated
-        in rank order.
-        """
-        from ..train import metrics
-
-        p = np.asarray(backend.predict(val.x))
-        p, y, w = self.gather_arrays(p, np.asarray(val.y), np.asarray(val.w))
-        return metrics.summary(y, p, w), p, y, w
+    def epoch_totals(
+        self, train_loss: float, events: int, seconds: float
+    ) -> tuple[float, int, float, list[dict[str, float]] | None]:
+        """The epoch's mean loss and events over the ranks, the slowest rank's seconds, per-rank rates."""
+        loss_sum, n_all = self.all_reduce([train_loss * events, events])
+        ranks = self.gather_rates(events, seconds)
+        return float(loss_sum / max(n_all, 1)), int(n_all), max(r["seconds"] for r in ranks), ranks
 
     def gather_rates(self, events: int, seconds: float) -> list[dict[str, float]]:
         """Per rank: ``rank``, ``events``, ``seconds``, ``events_per_s``."""
@@ -358,7 +354,7 @@ class Context:
         got = self.all_gather([-2 if epoch is None else epoch])[:, 0]
         if len(set(got.tolist())) > 1:
             seen = ", ".join(f"rank {r}: {'none' if e == -2 else int(e)}" for r, e in enumerate(got))
-            from ..train.errors import TrainError
+            from .errors import TrainError
 
             raise TrainError(
                 f"--resume: the ranks see different checkpoints ({seen}); the output directory "

@@ -23,6 +23,7 @@ import numpy as np
 from . import export
 from .backend import Backend
 from .config import TrainConfig
+from .data import Part
 from .userfile import UserModel, ensure_keras_backend
 
 ensure_keras_backend()
@@ -49,8 +50,8 @@ class KerasBackend(Backend):
     def _y(self, y: np.ndarray) -> np.ndarray:
         return y.astype(np.float32).reshape(-1, 1) if self.width == 1 else y
 
-    def train_batch(self, batch: tuple) -> None:
-        x, y, w = batch
+    def train_batch(self, batch: Part, loss_scale: float = 1.0) -> None:
+        x, y, w = batch.x, batch.y, batch.w
         out = self.model.train_on_batch(x, self._y(y), sample_weight=w, return_dict=True)
         loss = float(out.get("loss", 0.0))
         self._loss_sum += loss * len(y)

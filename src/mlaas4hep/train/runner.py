@@ -15,8 +15,10 @@ Steps, in order, each failing early with a clear message:
    ``OUT/bundle/``, ``OUT/metrics.json`` and the plots in ``OUT/plots/``.
 
 Under ``torchrun`` (PyTorch models), the run is data parallel: each rank reads
-its shard of every epoch, DDP synchronises the gradients and only rank 0 writes;
-see :mod:`mlaas4hep.train.ddp` and ``docs/ddp.md``.
+its shard of every epoch, DDP synchronises the gradients and only rank 0 writes:
+the run's :class:`.strategy.Local` strategy (a :class:`.ddp.Context` under
+``torchrun``) is asked at each of those points, so the loop below has no
+branch for it; see :mod:`mlaas4hep.train.ddp` and ``docs/ddp.md``.
 
 Typical use::
 
@@ -28,6 +30,7 @@ Typical use::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -45,11 +48,12 @@ from .. import bundle as bundle_mod
 from .. import progress
 from ..io import Dataset, DatasetConfig
 from ..jsonutil import digest, jsonable
-from . import checkpoint, ddp
+from . import checkpoint, ddp, metrics
 from .backend import Backend, make_backend
 from .config import TrainConfig, split_config
-from .data import Source, expected_n_features
+from .data import Part, Source, expected_n_features
 from .errors import TrainError
+from .strategy import Local
 from .userfile import build, load_module
 
 log = logging.getLogger(__name__)
@@ -178,15 +182,17 @@ class Run:
         self.callbacks, self.show = callbacks, show_progress
         self.ds = dataset
         self.ckpt_dir = self.out / "checkpoint"
-        self.dist: ddp.Context | None = None
-        self.main = True  # the process that writes (rank 0 under DDP)
+        #: One process, or this rank of a ``torchrun`` launch (set by :meth:`run`).
+        self.strategy: Local = Local()
 
     # ------------------------------------------------------------ setup
     def _prepare(self) -> None:
         cfg = self.cfg
         module = load_module(cfg.model)  # (2) before anything is opened
         ds = self.ds = self.ds or Dataset(self.dcfg, show_progress=self.show)
-        d = self.dist
+        if cfg.shuffle_buffer:  # the training's buffer replaces the dataset's (batching is the dataset's)
+            ds.config = dataclasses.replace(ds.config, shuffle_buffer=int(cfg.shuffle_buffer))
+        st = self.strategy
         self.labels = ds.label_names
         n_classes = len(self.labels)
         n0 = expected_n_features(ds)  # (3) metadata of the first file only
@@ -201,17 +207,11 @@ class Run:
             from .sklearn_backend import check_streaming
 
             check_streaming(um.model, cfg.accumulate, self.in_memory)
-        if um is not None:
-            self._check_distributable(um)
-        if d is not None:  # rank 0 runs (or loads) the specs pass first, the others then load it
-            d.ordered(lambda: ds.specs)
+        if um is not None and um.framework != "pytorch":  # fail before the specs pass
+            st.require_single(um.framework, Path(cfg.model).name)
+        st.ordered(lambda: ds.specs)  # under DDP rank 0 runs (or loads) the specs pass first
         self.source = Source(
-            ds,
-            cfg.validation_fraction,
-            cfg.seed,
-            in_memory=self.in_memory,
-            rank=d.rank if d else 0,
-            world=d.world if d else 1,
+            ds, cfg.validation_fraction, cfg.seed, in_memory=self.in_memory, rank=st.rank, world=st.world
         )
         if self.in_memory:
             self.source.load()
@@ -223,11 +223,8 @@ class Run:
         if um is None:
             seed_everything(cfg.seed)
             um = build(cfg.model, n_features, n_classes, cfg.framework, module)
-            self._check_distributable(um)
         self.um = um
-        self.backend = make_backend(um, cfg, n_features, n_classes, cfg.device)
-        if d is not None:
-            d.wrap(self.backend)
+        self.backend = make_backend(um, cfg, n_features, n_classes, cfg.device, st)
         self.n_features = n_features
         self.fingerprint = data_fingerprint(ds)
         ds.show_progress = False  # the epoch bars below replace the dataset's own
@@ -242,29 +239,16 @@ class Run:
             "batch_size": cfg.batch_size,
         }
 
-    def _check_distributable(self, um) -> None:
-        if self.dist is not None and um.framework != "pytorch":
-            raise TrainError(
-                f"distributed training (torchrun, WORLD_SIZE={self.dist.world}) needs a PyTorch "
-                f"model; {Path(self.cfg.model).name} is a {um.framework} model: run it in one process"
-            )
-
-    def _buffer(self) -> float:
-        if self.in_memory:
-            return float("inf")
-        return float(self.cfg.shuffle_buffer or self.dcfg.buffer)
-
     # ------------------------------------------------------------ run
     def run(self) -> TrainResult:
         t_start = time.perf_counter()
-        self.dist = ddp.init(self.cfg.device)
-        if self.dist is not None:
-            self.cfg.device = self.dist.device  # cuda:LOCAL_RANK or cpu
-            self.main = self.dist.is_main
-            if not self.main:
-                self.show = False
+        st = self.strategy = ddp.init(self.cfg.device) or Local()
+        if st.device is not None:
+            self.cfg.device = st.device  # cuda:LOCAL_RANK or cpu under DDP
+        if not st.is_main:
+            self.show = False
         self._prepare()
-        if self.main:
+        if st.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         be = self.backend
         self.history: list[dict[str, Any]] = []
@@ -291,8 +275,8 @@ class Run:
         if not self.resume:
             return 0
         state = checkpoint.read_state(self.ckpt_dir)
-        if self.dist is not None:  # every rank must load the same checkpoint
-            self.dist.check_resume(None if state is None else int(state["epoch"]))
+        # under DDP every rank must load the same checkpoint
+        self.strategy.check_resume(None if state is None else int(state["epoch"]))
         if state is None:
             log.warning("--resume: no checkpoint in %s, starting from epoch 0", self.ckpt_dir)
             return 0
@@ -340,38 +324,30 @@ class Run:
 
     def save_checkpoint(self, epoch: int) -> None:
         """Rank 0 writes; under DDP the other ranks wait for it."""
-        if self.main:
+        if self.strategy.is_main:
             checkpoint.write(self.ckpt_dir, self._state(epoch), lambda d: self.backend.save(d, self.best))
-        if self.dist is not None:
-            self.dist.barrier()
+        self.strategy.barrier()
 
-    def _batches(self, epoch: int) -> Iterable[tuple]:
-        batches = self.backend.epoch_batches(self.source, epoch, self._buffer())
-        return batches if self.dist is None else self.dist.even_steps(batches, self.backend)
-
-    def _evaluate(self, val) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
+    def _evaluate(self, val: Part) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
         """Validation metrics, probabilities, labels, weights (under DDP: of every rank's events)."""
-        if self.dist is not None:
-            return self.dist.evaluate(self.backend, val)
-        vm, scores = self.backend.evaluate(val)
-        return vm, scores, np.asarray(val.y), np.asarray(val.w)
+        p, y, w = self.strategy.gather(self.backend.scores(val), np.asarray(val.y), np.asarray(val.w))
+        return metrics.summary(y, p, w), p, y, w
 
     def _epochs(self, start: int) -> bool:
-        cfg, be, src = self.cfg, self.backend, self.source
-        d = self.dist
+        cfg, be, src, st = self.cfg, self.backend, self.source, self.strategy
         assert self.ds is not None  # opened by _prepare
-        total = self.ds.nevents * (1 - cfg.validation_fraction) / (d.world if d else 1)
+        total = self.ds.nevents * (1 - cfg.validation_fraction) / st.world
         last = cfg.epochs if be.max_epochs is None else min(cfg.epochs, be.max_epochs)
         for epoch in range(start, last):
             kind = src.kind(epoch)
             n, t0 = 0, time.perf_counter()
             be.begin_epoch(epoch)
-            if d is not None:
-                d.begin_epoch(epoch, cfg.seed)
+            st.begin_epoch(epoch, cfg.seed)
             with progress.bar(f"epoch {epoch}", total, show=self.show) as bar:
-                for i, batch in enumerate(self._batches(epoch)):
-                    be.train_batch(batch)
-                    k = len(batch[1])
+                steps = st.steps(be.epoch_batches(src, epoch), be.idle_step)
+                for i, (batch, scale) in enumerate(steps):
+                    be.train_batch(batch, scale)
+                    k = len(batch)
                     n += k
                     if i % 25 == 0:
                         bar.advance(k, info=f"loss {be.running_loss():.4f}")
@@ -379,15 +355,10 @@ class Run:
                         bar.advance(k)
                 train_loss = be.end_epoch()
                 bar.update(info=f"loss {train_loss:.4f}")
-            dt = time.perf_counter() - t0
-            ranks = None
-            if d is not None:  # totals over the ranks; per-rank events/s under "ranks"
-                loss_sum, n_all = d.all_reduce([train_loss * n, n])
-                train_loss = float(loss_sum / max(n_all, 1))
-                ranks = d.gather_rates(n, dt)
-                n, dt = int(n_all), max(r["seconds"] for r in ranks)
+            # totals over the ranks under DDP; per-rank events/s under "ranks"
+            train_loss, n, dt, ranks = st.epoch_totals(train_loss, n, time.perf_counter() - t0)
             t1 = time.perf_counter()
-            vm, _, val_y, _ = self._evaluate(src.val)
+            vm, _, val_y, _ = self._evaluate(src.ensure_val())
             rec = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -399,10 +370,10 @@ class Run:
                 "val_events": len(val_y),
                 "val_seconds": time.perf_counter() - t1,
             }
-            if ranks is not None and d is not None:
-                rec.update(world_size=d.world, ranks=ranks)
+            if ranks is not None:
+                rec.update(world_size=st.world, ranks=ranks)
             self.history.append(rec)
-            if self.main:
+            if st.is_main:
                 log.info("epoch %d: %s", epoch, _fmt(rec))
             if vm["val_loss"] < self.best_loss - cfg.min_delta:
                 self.best_loss, self.best_epoch, self.bad = vm["val_loss"], epoch, 0
@@ -411,12 +382,11 @@ class Run:
                 self.bad += 1
             if cfg.early_stopping and self.bad >= cfg.early_stopping:
                 self.stopped_early = True
-                if self.main:
+                if st.is_main:
                     log.info("early stopping: no improvement of the validation loss for %d epochs", self.bad)
             self.save_checkpoint(epoch)
-            stop = any(cb(rec) is True for cb in self.callbacks)
-            if d is not None:  # a callback stopping any rank stops them all
-                stop = d.any(stop)
+            # a callback stopping any rank stops them all
+            stop = st.any(any(cb(rec) is True for cb in self.callbacks))
             if stop and not self.stopped_early and epoch + 1 < last:
                 return True
             if self.stopped_early:
@@ -430,7 +400,8 @@ class Run:
             be.restore(self.best)
         val = self.source.ensure_val()
         vm, scores, val_y, val_w = self._evaluate(val)
-        world = self.dist.world if self.dist is not None else 1
+        st = self.strategy
+        world = st.world
         metrics: dict[str, Any] = {
             "name": cfg.bundle_name,
             "framework": be.framework,
@@ -467,23 +438,22 @@ class Run:
             interrupted,
             dataset=self.ds,
             source=self.source,
-            rank=self.dist.rank if self.dist is not None else 0,
+            rank=st.rank,
             world_size=world,
         )
         if not interrupted:
             if be.epoch_based:
                 self.finished = True
                 self.save_checkpoint(self.history[-1]["epoch"] if self.history else -1)
-            if self.main:
+            if st.is_main:
                 result.bundle_path = self._bundle(metrics, val)
                 if cfg.plots:
                     result.plots = self._plots(result)
             else:
                 result.bundle_path = self.out / "bundle"  # written by rank 0
-        if self.main:
+        if st.is_main:
             (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=jsonable))
-        if self.dist is not None:
-            self.dist.barrier()
+        st.barrier()
         return result
 
     def _bundle(self, metrics: dict[str, Any], val) -> Path:

@@ -65,15 +65,13 @@ class SklearnBackend(Backend):
 
         self.max_epochs = None if self.streaming else 1
 
-    def epoch_batches(self, source: Source, epoch: int, buffer: float) -> Iterator[tuple]:
+    def epoch_batches(self, source: Source, epoch: int) -> Iterator[Part]:
         if self.streaming:
-            return super().epoch_batches(source, epoch, buffer)
-        parts = list(source.epoch(epoch))
-        p = Part.concat(parts, self.n_features)
-        return iter([(p.x, p.y, p.w)])
+            return super().epoch_batches(source, epoch)
+        return iter([Part.concat(list(source.batches(epoch, self.cfg.batch_size)), self.n_features)])
 
-    def train_batch(self, batch: tuple) -> None:
-        x, y, w = batch
+    def train_batch(self, batch: Part, loss_scale: float = 1.0) -> None:
+        x, y, w = batch.x, batch.y, batch.w
         n = len(y)
         if self._fitted and self.streaming:
             p = self._proba(x)

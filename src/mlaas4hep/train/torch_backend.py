@@ -2,15 +2,17 @@
 
 Data path, per epoch::
 
-    Dataset.chunks ──► split train/val ──► torch.from_numpy (pinned on CUDA)   [background thread]
-        ──► .to(device, non_blocking) ──► pool ≥ shuffle buffer ──► permute on device ──► batch views
+    Dataset.batches (select: training rows) ──► torch.from_numpy (pinned on CUDA)   [background thread]
+        ──► .to(device, non_blocking) ──► train step
 
-With ``loader_workers > 0`` the chunks come instead from a
-:class:`torch.utils.data.DataLoader` over :class:`StreamingDataset`, an
-``IterableDataset`` that gives each DataLoader worker a disjoint share of the
-epoch's units (``Dataset.chunks(rank=worker, world=workers)``). By default
-(``loader_workers: 0``) decoding already runs in the dataset's own process pool
-and the DataLoader would only add a copy through shared memory.
+The batches are those of :meth:`.data.Source.batches`, the same for every
+framework and the ones ``mlaas4hep stream`` measures. With ``loader_workers >
+0`` they come instead from a :class:`torch.utils.data.DataLoader` over
+:class:`StreamingDataset`, an ``IterableDataset`` that gives each DataLoader
+worker a disjoint share of the epoch's units (``Dataset.batches(rank=worker,
+world=workers)``). By default (``loader_workers: 0``) decoding already runs in
+the dataset's own process pool and the DataLoader would only add a copy
+through shared memory.
 
 The default step is ``BCEWithLogitsLoss`` (one output) or ``CrossEntropyLoss``
 (several), weighted by the event weights, with Adam at ``learning_rate``; the
@@ -18,10 +20,15 @@ model file's ``loss()``, ``optimizer(params)`` and ``train_step(...)`` replace
 the respective pieces (see :mod:`.userfile`). ``amp: true`` runs forward passes
 under bfloat16 autocast.
 
-Under DDP (:mod:`mlaas4hep.train.ddp`) the training step goes through
-``train_model``, the DistributedDataParallel wrapper of ``model``; the loss is
-multiplied by ``loss_scale`` before the backward pass, and :meth:`TorchBackend.idle_step`
-keeps a rank whose shard is exhausted in step with the others.
+An *object-level* model (``model(input_shapes)``, see :mod:`.userfile`) is
+called as ``model(inputs, masks)`` with the batch's per-group tensors instead
+of ``model(x)``.
+
+Under DDP the backend's strategy (:class:`mlaas4hep.train.ddp.Context`) wraps
+the model for the training step (``train_model``); the runner passes each
+step's loss scale to :meth:`TorchBackend.train_batch`, and
+:meth:`TorchBackend.idle_step` keeps a rank whose shard is exhausted in step
+with the others.
 """
 
 from __future__ import annotations
@@ -30,30 +37,35 @@ import copy
 import dataclasses
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..io.shuffle import batches as shuffled_batches
 from . import checkpoint, export
 from .backend import Backend
 from .config import TrainConfig
 from .data import Part, Source, prefetch
+from .strategy import Local
 from .userfile import UserModel
 
 
 @dataclass
 class TorchBatch:
-    """What ``train_step(model, batch, ...)`` receives: tensors on the training device."""
+    """What ``train_step(model, batch, ...)`` receives: tensors on the training device.
+
+    ``inputs`` and ``masks`` hold the per-group tensors of datasets with ``inputs:`` groups.
+    """
 
     x: torch.Tensor
     y: torch.Tensor  # int64 class ids
     weight: torch.Tensor
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def __getitem__(self, key: str) -> torch.Tensor:  # batch["x"] works too
+    def __getitem__(self, key: str) -> Any:  # batch["x"] works too
         return getattr(self, key)
 
 
@@ -69,34 +81,26 @@ def resolve_device(device: str) -> torch.device:
 
 
 class StreamingDataset(torch.utils.data.IterableDataset):
-    """An epoch's ``(train, val)`` rows as tensors, sharded across DataLoader workers.
+    """An epoch's training batches, sharded across DataLoader workers.
 
     Each worker ``i`` of ``n`` reads the units that :meth:`Dataset.units` assigns
     to rank ``i`` of ``n`` (composed with the source's own rank and world), so
-    the workers together read every unit exactly once.
+    the workers together read every unit exactly once. The validation rows stay
+    in the workers; the trainer gathers them with :meth:`.data.Source.ensure_val`.
     """
 
-    def __init__(self, source: Source, epoch: int, need_val: bool):
-        self.source, self.epoch, self.need_val = source, epoch, need_val
+    def __init__(self, source: Source, epoch: int, batch_size: int):
+        self.source, self.epoch, self.batch_size = source, epoch, batch_size
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Part]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         src = self.source
         if info is not None and src.ds.workers != 0:  # a daemonic worker cannot start a process pool
             src.ds.config = dataclasses.replace(src.ds.config, workers=0)
         rank, world = src.rank * nw + wid, src.world * nw
-        for train, val in src.pairs(self.epoch, rank, world, self.need_val):
-            item = {
-                "x": torch.from_numpy(train.x),
-                "y": torch.from_numpy(train.y),
-                "w": torch.from_numpy(train.w),
-            }
-            if val is not None:
-                item.update(
-                    vx=torch.from_numpy(val.x), vy=torch.from_numpy(val.y), vw=torch.from_numpy(val.w)
-                )
-            yield item
+        for b in src.ds.batches(self.batch_size, self.epoch, rank, world, select=src.selector()):
+            yield Part(b.x, b.y, b.weight, dict(getattr(b, "inputs", {})), dict(getattr(b, "masks", {})))
 
 
 class _Probabilities(torch.nn.Module):
@@ -106,8 +110,8 @@ class _Probabilities(torch.nn.Module):
         super().__init__()
         self.model, self.logits, self.binary = model, logits, binary
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        out = self.model(*args)
         if out.ndim == 1:
             out = out.unsqueeze(1)
         if self.logits:
@@ -121,18 +125,24 @@ class TorchBackend(Backend):
     framework = "pytorch"
 
     def __init__(
-        self, um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int, device: str = "auto"
+        self,
+        um: UserModel,
+        cfg: TrainConfig,
+        n_features: int,
+        n_classes: int,
+        device: str = "auto",
+        strategy: Local | None = None,
     ):
-        super().__init__(um, cfg, n_features, n_classes, device)
+        super().__init__(um, cfg, n_features, n_classes, device, strategy)
         self.dev = resolve_device(device)
         self.device = str(self.dev)
         self.cuda = self.dev.type == "cuda"
         self.model = um.model.to(self.dev)
-        #: The module the training step calls: ``model``, or its DDP wrapper (:meth:`Context.wrap`).
-        self.train_model: torch.nn.Module = self.model
-        #: Multiplies the loss before backward (set per step under DDP; 1 otherwise).
-        self.loss_scale = 1.0
-        self._last_x: torch.Tensor | None = None
+        #: The module the training step calls: ``model``, or its DDP wrapper (``strategy.wrap``).
+        self.train_model: torch.nn.Module = self.strategy.wrap(self.model)
+        #: Object-level model: called as ``model(inputs, masks)`` (see :mod:`.userfile`).
+        self.object_level = um.input_shapes is not None
+        self._last: Part | None = None
         self.logits = um.output != "probabilities"
         hooks = um.hooks
         self.user_loss = hooks["loss"]() if "loss" in hooks else None
@@ -152,49 +162,37 @@ class TorchBackend(Backend):
         self.amp = bool(cfg.amp)
 
     # ------------------------------------------------------------ data
-    def _parts(self, source: Source, epoch: int) -> Iterator[Part]:
+    def _batches(self, source: Source, epoch: int) -> Iterator[Part]:
         if source.in_memory or self.cfg.loader_workers <= 0:
-            yield from source.epoch(epoch)
+            yield from source.batches(epoch, self.cfg.batch_size)
             return
-        collect = source.val is None
         loader = torch.utils.data.DataLoader(
-            StreamingDataset(source, epoch, collect),
+            StreamingDataset(source, epoch, self.cfg.batch_size),
             batch_size=None,
             num_workers=self.cfg.loader_workers,
             pin_memory=False,
             prefetch_factor=2,
             multiprocessing_context="forkserver",
         )
-        vals = []
-        for item in loader:
-            if collect and "vx" in item and len(item["vy"]):
-                vals.append(Part(item["vx"].numpy(), item["vy"].numpy(), item["vw"].numpy()))
-            yield Part(item["x"], item["y"], item["w"])
-        if collect:
-            source.val = Part.concat(vals, self.n_features)
+        yield from loader
+        source.ensure_val()
 
-    def _to_tensors(self, p: Part) -> tuple:
-        out = []
-        for a in (p.x, p.y, p.w):
-            t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
-            if self.cuda:
-                t = t.pin_memory()
-            out.append(t)
-        return tuple(out)
+    def _to_host_tensor(self, a: Any) -> torch.Tensor:
+        t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+        return t.pin_memory() if self.cuda else t
 
-    def epoch_batches(self, source: Source, epoch: int, buffer: float) -> Iterator[tuple]:
-        """Batches ``(x, y, w)`` on the device; reading runs ahead in a thread."""
-        host = prefetch(self._parts(source, epoch), depth=2, transform=self._to_tensors)
-        on_device = (tuple(t.to(self.dev, non_blocking=True) for t in ts) for ts in host)
-        rng = np.random.default_rng([self.cfg.seed, epoch, 7])
-        return shuffled_batches(
-            on_device,
-            self.cfg.batch_size,
-            buffer,
-            rng,
-            cat=torch.cat,
-            take=lambda a, p: a[torch.from_numpy(p).to(self.dev, non_blocking=True)],
+    def epoch_batches(self, source: Source, epoch: int) -> Iterator[Part]:
+        """The epoch's batches as tensors on the device; reading and pinning run ahead in a thread."""
+        host = prefetch(
+            self._batches(source, epoch), depth=4, transform=lambda p: p.map(self._to_host_tensor)
         )
+        return (p.map(lambda t: t.to(self.dev, non_blocking=True)) for p in host)
+
+    def _forward(self, model: torch.nn.Module, part: Part) -> torch.Tensor:
+        """The model's output for a batch of tensors: ``model(inputs, masks)`` or ``model(x)``."""
+        if self.object_level:
+            return model(part.inputs, part.masks)
+        return model(part.x)
 
     # ------------------------------------------------------------ training
     def begin_epoch(self, epoch: int) -> None:
@@ -227,18 +225,18 @@ class TorchBackend(Backend):
             per = torch.nn.functional.nll_loss(torch.log(out.clamp_min(1e-7)), y, reduction="none")
         return (per * w).sum() / w.sum().clamp_min(1e-12)
 
-    def train_batch(self, batch: tuple) -> None:
-        x, y, w = batch
+    def train_batch(self, batch: Part, loss_scale: float = 1.0) -> None:
+        x, y, w = batch.x, batch.y, batch.w
         n = len(y)
-        self._last_x = x
-        model, scale = self.train_model, self.loss_scale
+        self._last = batch
+        model, scale = self.train_model, loss_scale
         if self.train_step_fn is not None:
             kw = {
                 k: v
                 for k, v in (("optimizer", self.optimizer), ("loss_fn", self.loss))
                 if k in self._step_kwargs
             }
-            loss = self.train_step_fn(model, TorchBatch(x, y, w), **kw)
+            loss = self.train_step_fn(model, TorchBatch(x, y, w, batch.inputs, batch.masks), **kw)
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
                 self.optimizer.zero_grad(set_to_none=True)
                 (loss * scale if scale != 1.0 else loss).backward()
@@ -246,7 +244,7 @@ class TorchBackend(Backend):
             loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
         else:
             with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = model(x)
+                out = self._forward(model, batch)
             loss = self.loss(out, y, w)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * scale if scale != 1.0 else loss).backward()
@@ -263,10 +261,10 @@ class TorchBackend(Backend):
         then steps with the averaged gradients like on every other rank, so
         weights and optimizer states stay identical. No event is trained on twice.
         """
-        x = self._last_x if self._last_x is not None else torch.zeros((2, self.n_features), device=self.dev)
+        last = self._last if self._last is not None else self._zeros(2)
         self.train_model.train()
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.train_model(x)
+            out = self._forward(self.train_model, last)
         self.optimizer.zero_grad(set_to_none=True)
         (out.float().sum() * 0.0).backward()
         self.optimizer.step()
@@ -282,16 +280,39 @@ class TorchBackend(Backend):
             out = out[:, -1]
         return out
 
+    def _zeros(self, n: int) -> Part:
+        """``n`` events of zeros on the device (features, and the groups of an object-level model)."""
+        shapes = self.um.input_shapes or {}
+        return Part(
+            torch.zeros((n, self.n_features), device=self.dev),
+            torch.zeros(n, dtype=torch.int64, device=self.dev),
+            torch.ones(n, device=self.dev),
+            {g: torch.zeros((n, *s), device=self.dev) for g, s in shapes.items()},
+            {
+                g: torch.ones((n, s[0]), dtype=torch.bool, device=self.dev)
+                for g, s in shapes.items()
+                if len(s) == 2
+            },
+        )
+
     @torch.no_grad()
-    def predict(self, x: np.ndarray, batch: int = 65536) -> np.ndarray:
+    def scores(self, part: Part, batch: int = 65536) -> np.ndarray:
+        """Probabilities of the rows of ``part`` (its groups for an object-level model)."""
         self.model.eval()
         outs = []
-        for s in range(0, len(x), batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[s : s + batch], np.float32)).to(self.dev)
-            outs.append(self._probabilities(self.model(xb)).cpu().numpy())
+        for s in range(0, len(part), batch):
+            rows = part.take(slice(s, s + batch)).map(
+                lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.dev)
+            )
+            outs.append(self._probabilities(self._forward(self.model, rows)).cpu().numpy())
         if not outs:
             return np.zeros((0,) if self.binary else (0, self.n_classes), np.float32)
         return np.concatenate(outs)
+
+    def predict(self, x: np.ndarray, batch: int = 65536) -> np.ndarray:
+        """Probabilities of feature rows (flat models; an object-level model needs :meth:`scores`)."""
+        x = np.asarray(x, np.float32)
+        return self.scores(Part(x, np.zeros(len(x), np.int64), np.ones(len(x), np.float32)), batch)
 
     # ------------------------------------------------------------ state
     def snapshot(self) -> dict:

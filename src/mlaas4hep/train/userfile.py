@@ -157,6 +157,8 @@ class UserModel:
     framework: str
     hooks: dict[str, Callable] = field(default_factory=dict)
     output: str | None = None  # "logits" | "probabilities" | None (undecided)
+    #: The per-event shape of each input group, for an object-level model (``model(input_shapes)``).
+    input_shapes: dict[str, tuple[int, ...]] | None = None
 
     @property
     def name(self) -> str:

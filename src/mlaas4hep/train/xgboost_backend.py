@@ -37,7 +37,7 @@ from .userfile import UserModel
 
 
 class _Iter(xgb.DataIter):
-    """Hands the epoch-0 training Parts of a :class:`Source` to XGBoost, one chunk per call."""
+    """Hands the epoch-0 training batches of a :class:`Source` to XGBoost, a chunk's worth per call."""
 
     def __init__(self, source: Source):
         self.source = source
@@ -51,7 +51,7 @@ class _Iter(xgb.DataIter):
 
     def next(self, input_data) -> bool:
         if self._it is None:
-            self._it = iter(self.source.epoch(0))
+            self._it = self.source.batches(0, self.source.ds.config.chunk_size)
             self.passes += 1
         part = next(self._it, None)
         if part is None:
