@@ -394,4 +394,3 @@ def shutdown_executors() -> None:
             except Exception:  # already gone
                 pass
         _EXECUTORS.clear()
-
