@@ -140,7 +140,8 @@ class Backend:
         raise NotImplementedError
 
     # ------------------------------------------------------------ bundle
-    def export_onnx(self, path: Path, sample: np.ndarray) -> dict[str, Any]:
+    def export_onnx(self, path: Path, sample: Part) -> dict[str, Any]:
+        """Write ``model.onnx``; check it against the native model on ``sample`` (validation rows)."""
         raise NotImplementedError
 
     def save_native(self, directory: Path) -> dict[str, Path]:

@@ -129,6 +129,12 @@ def group_layout(ds: Dataset) -> Any:
     return getattr(ds.preprocessor, "groups", None)
 
 
+def input_shapes(ds: Dataset) -> dict[str, tuple[int, ...]]:
+    """Per-event shape of each input group (``{"jets": (10, 5), "event": (3,)}``); {} without groups."""
+    layout = group_layout(ds)
+    return dict(layout.shapes()) if layout is not None else {}
+
+
 class Source:
     """Training batches per epoch, and the validation rows, from a Dataset."""
 

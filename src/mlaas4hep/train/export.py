@@ -6,7 +6,10 @@ probability of label 1), ``(n, K)`` for K classes. What each framework needs:
 
 * PyTorch: ``torch.onnx.export`` of the model wrapped with the sigmoid/softmax
   when it emits logits (the legacy TorchScript exporter by default: a fraction of
-  a second, against seconds for the dynamo exporter, ``onnx_exporter: dynamo``);
+  a second, against seconds for the dynamo exporter, ``onnx_exporter: dynamo``).
+  An object-level model (``model(input_shapes)``) gets one named input per
+  group, float32 ``(n, *shape)``, and one per object group's mask, bool ``(n,
+  length)`` named ``<group>_mask``, in the order of :func:`onnx_inputs`;
 * Keras 3: ``model.export(format="onnx")`` (torch backend, or tf2onnx under
   TensorFlow), the activation appended when the model emits logits;
 * scikit-learn: skl2onnx, without the ZipMap, keeping the probability output;
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -36,12 +40,57 @@ INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 
 
-def torch_to_onnx(module, n_features: int, exporter: str = "legacy") -> bytes:
-    """Export a PyTorch module taking ``(n, n_features)`` with a dynamic batch dimension."""
+def onnx_inputs(input_shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...], str]]:
+    """The ONNX inputs of an object-level model: ``(name, per-event shape, "FP32" | "BOOL")``, in order.
+
+    For each group in the layout's order: the group, then (object groups, whose
+    shape is ``(length, features)``) its mask ``<group>_mask`` of shape ``(length,)``.
+    """
+    out: list[tuple[str, tuple[int, ...], str]] = []
+    for g, shape in input_shapes.items():
+        out.append((g, tuple(shape), "FP32"))
+        if len(shape) == 2:
+            out.append((f"{g}_mask", (shape[0],), "BOOL"))
+    return out
+
+
+def group_feeds(
+    input_shapes: Mapping[str, tuple[int, ...]], inputs: Mapping[str, Any], masks: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """The ONNX feeds of an object-level model from a batch's ``inputs`` and ``masks`` (NumPy)."""
+    feeds = {}
+    for name, _, kind in onnx_inputs(input_shapes):
+        if kind == "BOOL":
+            feeds[name] = np.ascontiguousarray(masks[name[: -len("_mask")]], bool)
+        else:
+            feeds[name] = np.ascontiguousarray(inputs[name], np.float32)
+    return feeds
+
+
+def torch_to_onnx(
+    module,
+    n_features: int,
+    exporter: str = "legacy",
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> bytes:
+    """Export a PyTorch module with a dynamic batch dimension.
+
+    It takes ``(n, n_features)`` float32 features, or, with ``input_shapes``,
+    the tensors of :func:`onnx_inputs`, positionally in that order
+    (:class:`mlaas4hep.train.torch_backend.GroupInputs` adapts a model to that).
+    """
     import torch
 
     module = module.eval()
-    example = torch.zeros(4, n_features)
+    if input_shapes:
+        specs = onnx_inputs(input_shapes)
+        names = [n for n, _, _ in specs]
+        examples = tuple(
+            torch.zeros((4, *shape), dtype=torch.bool if kind == "BOOL" else torch.float32)
+            for _, shape, kind in specs
+        )
+    else:
+        names, examples = [INPUT_NAME], (torch.zeros(4, n_features),)
     if exporter == "legacy":
         buf = io.BytesIO()
         try:
@@ -49,24 +98,25 @@ def torch_to_onnx(module, n_features: int, exporter: str = "legacy") -> bytes:
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     module,
-                    (example,),
+                    examples,
                     cast(Any, buf),  # a file object works; the stubs only name paths
-                    input_names=[INPUT_NAME],
+                    input_names=names,
                     output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}},
                     dynamo=False,
                 )
             return buf.getvalue()
         except Exception as err:  # the legacy exporter cannot trace everything: try dynamo
             warnings.warn(f"legacy ONNX export failed ({err}); trying the dynamo exporter", stacklevel=2)
     try:
+        batch = torch.export.Dim("batch")
         prog = torch.onnx.export(
             module,
-            (example,),
-            input_names=[INPUT_NAME],
+            examples,
+            input_names=names,
             output_names=[OUTPUT_NAME],
             dynamo=True,
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamic_shapes=tuple({0: batch} for _ in names),
             external_data=False,
             verbose=False,
         )
@@ -168,28 +218,46 @@ def probabilities_output(model, binary: bool):
 
 
 def check_parity(
-    onnx_model: bytes | str, x: np.ndarray, expected: np.ndarray, atol: float, framework: str = ""
+    onnx_model: bytes | str,
+    x: np.ndarray | Mapping[str, np.ndarray],
+    expected: np.ndarray,
+    atol: float,
+    framework: str = "",
 ) -> dict[str, Any]:
     """Compare ONNX probabilities with ``expected`` on ``x``; raise :class:`ExportError` when off.
 
-    Returns ``{"events", "max_abs_diff", "tolerance"}`` for the bundle's metrics.
+    ``x`` is the feature rows of a flat model, or the feeds of every named input
+    (:func:`group_feeds`): the ONNX model must take exactly those inputs.
+    Returns ``{"events", "max_abs_diff", "tolerance"}`` (and ``"inputs"``, the
+    names fed, for a model of several inputs) for the bundle's metrics.
     """
     import onnxruntime as ort
 
     sess = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    x = np.ascontiguousarray(x, np.float32)
-    got = sess.run(None, {name: x})[0]
+    wanted = [i.name for i in sess.get_inputs()]
+    if isinstance(x, Mapping):
+        if sorted(x) != sorted(wanted):
+            raise ExportError(
+                f"the exported {framework} ONNX model takes inputs {wanted}, the parity check fed {list(x)}"
+            )
+        feeds = dict(x)
+    else:
+        feeds = {wanted[0]: np.ascontiguousarray(x, np.float32)}
+    n = len(next(iter(feeds.values())))
+    got = sess.run(None, feeds)[0]
     exp = np.asarray(expected, np.float32)
-    exp = exp.reshape(len(x), -1)
+    exp = exp.reshape(n, -1)
     if got.shape != exp.shape:
         raise ExportError(
             f"the exported {framework} ONNX model returns shape {got.shape}, the native model {exp.shape}"
         )
-    diff = float(np.max(np.abs(got - exp))) if len(x) else 0.0
+    diff = float(np.max(np.abs(got - exp))) if n else 0.0
     if not np.isfinite(diff) or diff > atol:
         raise ExportError(
             f"ONNX export of the {framework} model disagrees with the native model: max |diff| = {diff:.3g} "
-            f"over {len(x)} validation events, tolerance {atol:g}"
+            f"over {n} validation events, tolerance {atol:g}"
         )
-    return {"events": len(x), "max_abs_diff": diff, "tolerance": float(atol)}
+    out: dict[str, Any] = {"events": n, "max_abs_diff": diff, "tolerance": float(atol)}
+    if len(feeds) > 1:
+        out["inputs"] = wanted
+    return out

@@ -90,7 +90,7 @@ class KerasBackend(Backend):
         return None
 
     # ------------------------------------------------------------ bundle
-    def export_onnx(self, path: Path, sample: np.ndarray) -> dict[str, Any]:
+    def export_onnx(self, path: Path, sample: Part) -> dict[str, Any]:
         m = self.model
         if self.logits or (self.binary and self.width == 2):
             inp = keras.Input(shape=(self.n_features,))
@@ -102,7 +102,7 @@ class KerasBackend(Backend):
             m = keras.Model(inp, out)
         onx = export.keras_to_onnx(m, path)
         tol = self.cfg.parity_tolerance or export.TOLERANCE["keras"]
-        return export.check_parity(onx, sample, self.predict(sample), tol, "Keras")
+        return export.check_parity(onx, sample.x, self.predict(sample.x), tol, "Keras")
 
     def save_native(self, directory: Path) -> dict[str, Path]:
         p = Path(directory) / "model.keras"

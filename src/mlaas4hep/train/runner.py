@@ -51,10 +51,10 @@ from ..jsonutil import digest, jsonable
 from . import checkpoint, ddp, metrics
 from .backend import Backend, make_backend
 from .config import TrainConfig, split_config
-from .data import Part, Source, expected_n_features
+from .data import Part, Source, expected_n_features, input_shapes
 from .errors import TrainError
 from .strategy import Local
-from .userfile import build, load_module
+from .userfile import build, load_module, wants_input_shapes
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,9 @@ class Run:
         n0 = expected_n_features(ds)  # (3) metadata of the first file only
         seed_everything(cfg.seed)
         um = None
+        object_level = wants_input_shapes(module)  # built once the groups' layout is known
         try:
-            um = build(cfg.model, n0, n_classes, cfg.framework, module)
+            um = None if object_level else build(cfg.model, n0, n_classes, cfg.framework, module)
         except Exception as err:
             if n0 is not None or "number of features" not in str(err):
                 raise
@@ -222,7 +223,8 @@ class Run:
             )
         if um is None:
             seed_everything(cfg.seed)
-            um = build(cfg.model, n_features, n_classes, cfg.framework, module)
+            shapes = input_shapes(ds) if object_level else None
+            um = build(cfg.model, n_features, n_classes, cfg.framework, module, shapes)
         self.um = um
         self.backend = make_backend(um, cfg, n_features, n_classes, cfg.device, st)
         self.n_features = n_features
@@ -238,6 +240,8 @@ class Run:
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
         }
+        if um.input_shapes is not None:  # object-level models: the groups' shapes too
+            self.signature["input_shapes"] = {k: list(v) for k, v in um.input_shapes.items()}
 
     # ------------------------------------------------------------ run
     def run(self) -> TrainResult:
@@ -456,11 +460,11 @@ class Run:
         st.barrier()
         return result
 
-    def _bundle(self, metrics: dict[str, Any], val) -> Path:
+    def _bundle(self, metrics: dict[str, Any], val: Part) -> Path:
         be, cfg = self.backend, self.cfg
         bdir = self.out / "bundle"
         bdir.mkdir(parents=True, exist_ok=True)
-        sample = np.asarray(val.x[:2048] if len(val) else np.zeros((4, self.n_features), np.float32))
+        sample = val.take(slice(0, 2048))  # parity on validation events, every input of the model
         metrics["onnx_parity"] = be.export_onnx(bdir / "model.onnx", sample)
         native = be.save_native(bdir)
         summary: dict[str, Any] = {

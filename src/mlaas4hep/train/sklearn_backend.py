@@ -111,11 +111,11 @@ class SklearnBackend(Backend):
     def load(self, directory: Path) -> Any:
         return None
 
-    def export_onnx(self, path: Path, sample: np.ndarray) -> dict[str, Any]:
+    def export_onnx(self, path: Path, sample: Part) -> dict[str, Any]:
         onx = export.sklearn_to_onnx(self.model, self.n_features, self.binary)
         Path(path).write_bytes(onx)
         tol = self.cfg.parity_tolerance or export.TOLERANCE["sklearn"]
-        return export.check_parity(onx, sample, self.predict(sample), tol, "scikit-learn")
+        return export.check_parity(onx, sample.x, self.predict(sample.x), tol, "scikit-learn")
 
     def save_native(self, directory: Path) -> dict[str, Path]:
         return {}

@@ -49,7 +49,7 @@ from .backend import Backend
 from .config import TrainConfig
 from .data import Part, Source, prefetch
 from .strategy import Local
-from .userfile import UserModel
+from .userfile import UserModel, example_inputs
 
 
 @dataclass
@@ -119,6 +119,28 @@ class _Probabilities(torch.nn.Module):
         if self.binary and out.shape[1] == 2:
             out = out[:, 1:2]
         return out
+
+
+class GroupInputs(torch.nn.Module):
+    """An object-level model taking its tensors positionally, in the order of :func:`.export.onnx_inputs`.
+
+    ONNX inputs are a flat, named list; ``forward(jets, jets_mask, event)``
+    rebuilds the ``inputs`` and ``masks`` dicts and calls the model with them.
+    """
+
+    def __init__(self, model: torch.nn.Module, input_shapes: dict[str, tuple[int, ...]]):
+        super().__init__()
+        self.model = model
+        self.specs = export.onnx_inputs(input_shapes)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        inputs, masks = {}, {}
+        for (name, _, kind), t in zip(self.specs, tensors):
+            if kind == "BOOL":
+                masks[name[: -len("_mask")]] = t
+            else:
+                inputs[name] = t
+        return self.model(inputs, masks)
 
 
 class TorchBackend(Backend):
@@ -282,18 +304,11 @@ class TorchBackend(Backend):
 
     def _zeros(self, n: int) -> Part:
         """``n`` events of zeros on the device (features, and the groups of an object-level model)."""
-        shapes = self.um.input_shapes or {}
-        return Part(
-            torch.zeros((n, self.n_features), device=self.dev),
-            torch.zeros(n, dtype=torch.int64, device=self.dev),
-            torch.ones(n, device=self.dev),
-            {g: torch.zeros((n, *s), device=self.dev) for g, s in shapes.items()},
-            {
-                g: torch.ones((n, s[0]), dtype=torch.bool, device=self.dev)
-                for g, s in shapes.items()
-                if len(s) == 2
-            },
+        inputs, masks = example_inputs(self.um.input_shapes or {}, n)
+        zeros = Part(
+            torch.zeros((n, self.n_features)), torch.zeros(n, dtype=torch.int64), torch.ones(n), inputs, masks
         )
+        return zeros.map(lambda t: t.to(self.dev))
 
     @torch.no_grad()
     def scores(self, part: Part, batch: int = 65536) -> np.ndarray:
@@ -328,14 +343,19 @@ class TorchBackend(Backend):
         return checkpoint.load_torch(directory, self.model, self.optimizer, self.dev)
 
     # ------------------------------------------------------------ bundle
-    def export_onnx(self, path: Path, sample: np.ndarray) -> dict[str, Any]:
-        cpu = copy.deepcopy(self.model).to("cpu").eval()
+    def export_onnx(self, path: Path, sample: Part) -> dict[str, Any]:
+        """``model.onnx`` (probabilities out), checked against :meth:`scores` on every input of ``sample``."""
+        cpu: torch.nn.Module = copy.deepcopy(self.model).to("cpu").eval()
+        shapes = self.um.input_shapes
+        if shapes is not None:
+            cpu = GroupInputs(cpu, shapes)
         onx = export.torch_to_onnx(
-            _Probabilities(cpu, self.logits, self.binary), self.n_features, self.cfg.onnx_exporter
+            _Probabilities(cpu, self.logits, self.binary), self.n_features, self.cfg.onnx_exporter, shapes
         )
         Path(path).write_bytes(onx)
         tol = self.cfg.parity_tolerance or export.TOLERANCE["pytorch"]
-        return export.check_parity(onx, sample, self.predict(sample), tol, "PyTorch")
+        feeds = export.group_feeds(shapes, sample.inputs, sample.masks) if shapes is not None else sample.x
+        return export.check_parity(onx, feeds, self.scores(sample), tol, "PyTorch")
 
     def save_native(self, directory: Path) -> dict[str, Path]:
         from safetensors.torch import save_file

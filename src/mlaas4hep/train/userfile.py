@@ -8,6 +8,21 @@ A model file is plain Python, MLaaS4HEP's convention::
     def model():                     # scikit-learn / XGBoost: no argument
         return SGDClassifier(loss="log_loss")
 
+    def model(input_shapes):         # object-level (PyTorch): the dataset's ``inputs:`` groups
+        return DeepSets(input_shapes)  # forward(inputs, masks) -> logits
+
+An *object-level* model is recognised by the name of its argument,
+``input_shapes``: a dict from each ``inputs:`` group of the dataset to its
+per-event shape, e.g. ``{"jets": (10, 5), "event": (3,)}`` (``(length,
+features)`` for an object group, ``(features,)`` for event-level features).
+Its ``forward(inputs, masks)`` receives a dict of float32 tensors ``(n,
+*shape)`` per group and a dict of boolean tensors ``(n, length)`` per object
+group, **True where the slot is padding** (what
+:class:`torch.nn.TransformerEncoder`'s ``src_key_padding_mask`` expects), and
+returns logits (or probabilities, see ``OUTPUT``) as a flat model does. The
+bundle's ONNX model then has one input per group and per mask.
+:data:`mlaas4hep.MODELS_DIR` holds two: ``tth_deepsets.py`` and ``tth_transformer.py``.
+
 Optional hooks, PyTorch only (each is looked up in the file):
 
 * ``loss()`` returns the loss module (default ``BCEWithLogitsLoss`` for one
@@ -99,10 +114,36 @@ def _user_frame(err: BaseException, path: Path) -> str:
     return ""
 
 
-def call_model(module: ModuleType, n_features: int | None) -> Any:
-    """Call the file's ``model`` with ``idim`` when it takes an argument, else without."""
+#: The argument name that makes ``model`` object-level.
+OBJECT_ARGUMENT = "input_shapes"
+
+
+def wants_input_shapes(module: ModuleType) -> bool:
+    """Whether the file's ``model`` is object-level: its first argument is named ``input_shapes``."""
+    try:
+        params = list(inspect.signature(module.model).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == OBJECT_ARGUMENT
+
+
+def call_model(
+    module: ModuleType, n_features: int | None, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> Any:
+    """Call the file's ``model`` with ``input_shapes``, ``idim`` or nothing, as its signature asks."""
     fn = module.model
     path = getattr(module, "__file__", "?")
+    if wants_input_shapes(module):
+        if not input_shapes:
+            raise ModelFileError(
+                f"model(input_shapes) in {path!r} is an object-level model: the dataset configuration "
+                f"needs input groups ('inputs:', e.g. jets: {{branches: [Jet_pt, Jet_eta], length: 10}})"
+            )
+        try:
+            return fn(dict(input_shapes))
+        except Exception as err:
+            where = _user_frame(err, Path(path))
+            raise ModelFileError(f"model() in {path!r} raised{where}: {type(err).__name__}: {err}") from err
     try:
         params = [
             p
@@ -171,15 +212,17 @@ def build(
     n_classes: int,
     framework: str = "auto",
     module: ModuleType | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> UserModel:
-    """Load the file, build the model for ``n_features`` inputs and check its shape.
+    """Load the file, build the model for ``n_features`` inputs (or ``input_shapes``) and check its shape.
 
     For PyTorch and Keras, a batch of two zero rows goes through the model: a
     model built for another number of inputs, or with a number of outputs that
     does not match ``n_classes``, fails here with a message saying both numbers.
+    An object-level model gets two events of zeros per group, all slots real.
     """
     module = module or load_module(path)
-    obj = call_model(module, n_features)
+    obj = call_model(module, n_features, input_shapes)
     try:
         detected = detect_framework(obj)
     except ModelFileError as err:
@@ -194,7 +237,15 @@ def build(
         if callable(getattr(module, h, None))
     }
     um = UserModel(module, str(path), obj, detected, hooks, getattr(module, "OUTPUT", None))
-    if detected == "pytorch" and n_features is not None:
+    if wants_input_shapes(module):
+        if detected != "pytorch":
+            raise ModelFileError(
+                f"model(input_shapes) in {str(path)!r} returned a {detected} model; object-level "
+                f"models are PyTorch modules with forward(inputs, masks)"
+            )
+        um.input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+        um.output = _check_torch(um, n_features or 0, n_classes)
+    elif detected == "pytorch" and n_features is not None:
         um.output = _check_torch(um, n_features, n_classes)
     elif detected == "keras" and n_features is not None:
         um.output = _check_keras(um, n_features, n_classes)
@@ -213,8 +264,16 @@ def _check_torch(um: UserModel, n_features: int, n_classes: int) -> str:
     m.eval()
     try:
         with torch.no_grad():
-            out = m(torch.zeros(2, n_features))
+            if um.input_shapes is not None:
+                out = m(*example_inputs(um.input_shapes, 2))
+            else:
+                out = m(torch.zeros(2, n_features))
     except Exception as err:
+        if um.input_shapes is not None:
+            raise ModelFileError(
+                f"the object-level model of {um.path!r} cannot take the dataset's groups: forward(inputs, "
+                f"masks) with shapes {_shapes_text(um.input_shapes)} failed with {type(err).__name__}: {err}"
+            ) from None
         raise ModelFileError(
             f"the model of {um.path!r} cannot take the dataset's input: a batch of shape (2, {n_features}) "
             f"failed with {type(err).__name__}: {err}. The dataset gives {n_features} features per event; "
@@ -240,6 +299,19 @@ def _check_torch(um: UserModel, n_features: int, n_classes: int) -> str:
         return declared
     last = list(m.modules())[-1]
     return "probabilities" if isinstance(last, (torch.nn.Sigmoid, torch.nn.Softmax)) else "logits"
+
+
+def example_inputs(input_shapes: dict[str, tuple[int, ...]], n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(inputs, masks)`` of ``n`` events of zeros, every object slot real (mask False)."""
+    import torch
+
+    inputs = {g: torch.zeros((n, *s)) for g, s in input_shapes.items()}
+    masks = {g: torch.zeros((n, s[0]), dtype=torch.bool) for g, s in input_shapes.items() if len(s) == 2}
+    return inputs, masks
+
+
+def _shapes_text(input_shapes: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{g} (n, {', '.join(map(str, s))})" for g, s in input_shapes.items())
 
 
 def _check_keras(um: UserModel, n_features: int, n_classes: int) -> str:

@@ -31,7 +31,7 @@ from .. import progress
 from . import export
 from .backend import Backend
 from .config import TrainConfig
-from .data import Source
+from .data import Part, Source
 from .errors import ModelFileError
 from .userfile import UserModel
 
@@ -177,11 +177,11 @@ class XGBoostBackend(Backend):
             clf.load_model(str(p))
         return clf
 
-    def export_onnx(self, path: Path, sample: np.ndarray) -> dict[str, Any]:
+    def export_onnx(self, path: Path, sample: Part) -> dict[str, Any]:
         onx = export.xgboost_to_onnx(self._classifier(), self.n_features, self.binary)
         Path(path).write_bytes(onx)
         tol = self.cfg.parity_tolerance or export.TOLERANCE["xgboost"]
-        return export.check_parity(onx, sample, self.predict(sample), tol, "XGBoost")
+        return export.check_parity(onx, sample.x, self.predict(sample.x), tol, "XGBoost")
 
     def save_native(self, directory: Path) -> dict[str, Path]:
         p = Path(directory) / "model.json"
