@@ -12,9 +12,9 @@ logit. No positional encoding: the jets are a set (the dataset sorts them by
 pt, which the attention does not rely on).
 
 An event without any real object of a group would leave attention nothing to
-attend to (NaN): the first slot of such an event is then let through; its
-features are the padding value, and the mean over "real" slots is that one
-slot's embedding, the same for every such event.
+attend to (NaN): its first slot is let through the attention, and its pooled
+vector is then zero (the mean over no object), so the score never depends on
+what the padding slots hold.
 """
 
 import torch
@@ -48,12 +48,13 @@ class SetTransformer(nn.Module):
         parts = []
         for g in self.objects:
             pad = masks[g]
-            # an event with no real object: let its first slot through (see the module docstring)
+            # an event with no real object: its first slot goes through attention (see above)
             first = pad[:, :1] & ~pad.all(dim=1, keepdim=True)
-            pad = torch.cat([first, pad[:, 1:]], dim=1)
-            h = self.encode[g](self.embed[g](inputs[g]), src_key_padding_mask=pad)
-            real = (~pad).unsqueeze(-1).to(h.dtype)
-            parts.append((h * real).sum(dim=1) / real.sum(dim=1))
+            h = self.encode[g](
+                self.embed[g](inputs[g]), src_key_padding_mask=torch.cat([first, pad[:, 1:]], 1)
+            )
+            real = (~pad).unsqueeze(-1).to(h.dtype)  # pooling: the real objects only
+            parts.append((h * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0))
         parts += [inputs[g] for g in self.flat]
         return self.head(torch.cat(parts, dim=1))
 
