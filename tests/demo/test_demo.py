@@ -63,6 +63,27 @@ def test_demo_summary(demo):
     assert (out / "stream" / "bundle" / "model.onnx").exists()
 
 
+def test_object_level_network_compared_on_the_same_events(demo):
+    _, _, printed = demo
+    saved = json.loads((demo[0] / "summary.json").read_text())
+    o = saved["objects"]
+    assert o["model"] == "tth_deepsets.py"
+    assert o["input_shapes"] == {"jets": [10, 6], "event": [4]}
+    assert o["same_validation_events"] and o["n_val"] == saved["n_val"]
+    for key in ("auc_stream", "auc_memory"):
+        assert 0.6 < o[key] < 0.99
+    assert abs(o["auc_stream"] - o["auc_memory"]) < 0.05  # streamed and in memory learn alike
+    # the comparison is reported as measured, whichever way it goes
+    assert o["auc_flat"] == saved["auc_stream"]
+    assert o["beats_flat"] == (o["auc_stream"] > saved["auc_stream"])
+    at = o["signal_efficiency_at_cuts"]
+    assert at["cuts"] == saved["cuts_signal_efficiency"]
+    assert at["flat"] == saved["signal_efficiency"]["stream"]["cuts"]
+    assert o["beats_cuts"] == (at["objects"] > at["cuts"])
+    assert (demo[0] / "objects-stream" / "bundle" / "model.onnx").exists()
+    assert f"AUC {o['auc_stream']:.3f} streamed" in printed and "jets as a set, streamed" in printed
+
+
 def test_printed_table_rounds_numbers_with_units(demo):
     _, s, printed = demo
     assert f"{s['auc_stream']:.3f}" in printed and f"{s['auc_stream']:.4f}" not in printed

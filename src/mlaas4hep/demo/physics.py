@@ -37,6 +37,12 @@ def working_points(result, cuts_background: float | None = None) -> dict[str, fl
     return out
 
 
+def mean_rate(metrics: dict[str, Any]) -> float:
+    """Training events/s averaged over the epochs of a run's ``metrics``."""
+    rates = [e["events_per_s"] for e in metrics["epochs"]]
+    return float(np.mean(rates)) if rates else 0.0
+
+
 def training_scores(result) -> tuple[np.ndarray, np.ndarray]:
     """Scores and labels of the training events, from the trained network (dropout off).
 

@@ -75,6 +75,21 @@ def performance_rows(s: dict[str, Any], short: bool = False) -> list[tuple[str, 
                 rate(s[f"events_per_s_{key}"]),
             )
         )
+    o = s.get("objects")
+    if o is not None:
+        names = ("jets as a set, streamed", "jets as a set, in memory")
+        if not short:
+            names = ("object-level (Deep Sets), streamed", "object-level (Deep Sets), in memory")
+        for key, name in zip(("stream", "memory"), names):
+            e = o["signal_efficiency"][key]
+            rows.append(
+                (
+                    name,
+                    f"{o[f'auc_{key}']:.3f}",
+                    *(pct(e[f"{b:g}"]) for b in BACKGROUND_EFFICIENCIES),
+                    rate(o[f"events_per_s_{key}"]),
+                )
+            )
     return rows
 
 
@@ -85,6 +100,18 @@ def cuts_sentence(s: dict[str, Any]) -> str:
         f"a single working point, signal efficiency {pct(s['cuts_signal_efficiency'])} at background efficiency "
         f"{pct(s['cuts_background_efficiency'])}; the networks at that background efficiency: "
         f"{pct(eff['stream']['cuts'])} (streamed), {pct(eff['memory']['cuts'])} (in memory)"
+    )
+
+
+def objects_sentence(o: dict[str, Any]) -> str:
+    """The object-level network against the flat network and the cuts, in words (``summary["objects"]``)."""
+    at = o["signal_efficiency_at_cuts"]
+    return (
+        f"object-level network ({o['model']}, the jets as a set): AUC {o['auc_stream']:.3f} streamed, "
+        f"{o['auc_memory']:.3f} in memory, against {o['auc_flat']:.3f} for the flat network "
+        f"({'higher' if o['beats_flat'] else 'not higher'}); at the cuts' background efficiency its signal "
+        f"efficiency is {pct(at['objects'])}, against {pct(at['flat'])} for the flat network and "
+        f"{pct(at['cuts'])} for the cuts ({'beats' if o['beats_cuts'] else 'does not beat'} the cuts)"
     )
 
 
@@ -189,6 +216,11 @@ All numbers below are for the {s["n_val"]:,} validation events ({s["n_val_signal
         rows
     }</table>
 <p>Cut-based selection: {html.escape(cuts_sentence(s))}.</p>
+{
+        f"<p>Object-level network: {html.escape(objects_sentence(s['objects']))}. The same validation events.</p>"
+        if "objects" in s
+        else ""
+    }
 {figs["ROC"]}
 
 <h2>Overtraining check</h2>

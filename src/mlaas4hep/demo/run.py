@@ -98,12 +98,12 @@ def run_demo(
     from ..generate import generate
     from ..io import Dataset
     from ..train import train
-    from . import physics, report
+    from . import objects, physics, report
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    total = 7
+    total = 8
     summary: dict[str, Any] = {
         "events_per_file": events,
         "files_per_class": files,
@@ -151,15 +151,18 @@ def run_demo(
             memory = train(cfg, out / "memory", in_memory=True, show_progress=show_progress)
         with step(5, total, f"cut-based selection: >= 4 jets with >= 3 b-tags (DeepFlavB > {BTAG_WP})"):
             cuts = cut_baseline(cfg, stream)
+        with step(6, total, "object-level network (Deep Sets over the jets), streamed and in memory"):
+            obj_stream, obj_memory = objects.train_objects(cfg, out, show_progress)
+            compared = objects.compare(obj_stream, obj_memory, stream, cuts)
         with step(
-            6,
+            7,
             total,
             "serving the bundle over HTTP and querying it three ways",
             fix="check that port binding on 127.0.0.1 works and the 'serve' extra is installed",
         ):
             assert stream.bundle_path is not None  # training finished, not interrupted
             served = serve_and_query(stream.bundle_path, out, urls["ttH"][0])
-        with step(7, total, "overtraining check, input variables, summary.json and report.html"):
+        with step(8, total, "overtraining check, input variables, summary.json and report.html"):
             phys = {
                 "ot_stream": physics.overtraining(stream),
                 "ot_memory": physics.overtraining(memory),
@@ -167,6 +170,7 @@ def run_demo(
                 "inputs_background": physics.key_inputs(urls["ttbar"], BTAG_WP),
             }
             summary.update(_summary(stream, memory, cuts, served, ds, phys, summary["specs_seconds"]))
+            summary["objects"] = compared
             (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
             report.write_report(out / "report.html", summary, stream, memory, cuts, cfg, phys)
     finally:
@@ -176,14 +180,9 @@ def run_demo(
     return summary
 
 
-def _mean_rate(metrics: dict[str, Any]) -> float:
-    rates = [e["events_per_s"] for e in metrics["epochs"]]
-    return float(np.mean(rates)) if rates else 0.0
-
-
 def _summary(stream, memory, cuts, served, ds, phys, specs_seconds: float) -> dict[str, Any]:
     """The numbers of ``summary.json`` (raw values; the report and the table round them)."""
-    from .physics import working_points
+    from .physics import mean_rate, working_points
 
     s, m = stream.metrics, memory.metrics
     val_y = np.asarray(stream.val_labels)
@@ -200,9 +199,9 @@ def _summary(stream, memory, cuts, served, ds, phys, specs_seconds: float) -> di
         },
         # Kolmogorov-Smirnov test, training vs validation scores per class
         "overtraining": {k: {q: phys[f"ot_{k}"][q] for q in ks_keys} for k in ("stream", "memory")},
-        "events_per_s_stream": _mean_rate(s),
+        "events_per_s_stream": mean_rate(s),
         "events_per_s_stream_epoch0": float(s["epochs"][0]["events_per_s"]),
-        "events_per_s_memory": _mean_rate(m),
+        "events_per_s_memory": mean_rate(m),
         "seconds": {
             "specs": float(specs_seconds),
             "train_stream": float(s["seconds"]),
@@ -340,7 +339,7 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
     from .physics import BACKGROUND_EFFICIENCIES
-    from .report import cuts_sentence, performance_rows, pvalue, secs
+    from .report import cuts_sentence, objects_sentence, performance_rows, pvalue, secs
 
     t = Table(
         title=f"mlaas4hep demo: ttH(bb) vs ttbar, {s['n_val']:,} validation events", title_justify="left"
@@ -355,6 +354,8 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     c = Console()
     c.print(t)
     c.print(f"cuts (>= 4 jets, >= 3 b-tags): {cuts_sentence(s)}")
+    if "objects" in s:
+        c.print(objects_sentence(s["objects"]))
     ot = s["overtraining"]
     c.print(
         "overtraining check, KS p-value training vs validation scores: "
@@ -380,7 +381,7 @@ def add_demo_command(sub) -> None:
         "demo",
         help="run the whole ttH(bb) pipeline offline and write a report",
         description="Generate ttH(bb) and ttbar samples, train MLaaS4HEP's ttH network streamed and in memory, "
-        "compare with a cut-based selection, serve the bundle over HTTP and query it, and write "
+        "compare with a cut-based selection and an object-level network (Deep Sets over the jets), serve the bundle over HTTP and query it, and write "
         "OUT/summary.json and OUT/report.html. The default size takes a few minutes on 2 cores.",
     )
     p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
