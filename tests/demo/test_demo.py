@@ -81,7 +81,7 @@ def test_object_level_network_compared_on_the_same_events(demo):
     assert at["flat"] == saved["signal_efficiency"]["stream"]["cuts"]
     assert o["beats_cuts"] == (at["objects"] > at["cuts"])
     assert (demo[0] / "objects-stream" / "bundle" / "model.onnx").exists()
-    assert f"AUC {o['auc_stream']:.3f} streamed" in printed and "jets as a set, streamed" in printed
+    assert f"AUC {o['auc_stream']:.3f} streamed" in printed and "objects, streamed" in printed
 
 
 def test_printed_table_rounds_numbers_with_units(demo):

@@ -77,7 +77,7 @@ def performance_rows(s: dict[str, Any], short: bool = False) -> list[tuple[str, 
         )
     o = s.get("objects")
     if o is not None:
-        names = ("jets as a set, streamed", "jets as a set, in memory")
+        names = ("objects, streamed", "objects, in memory")
         if not short:
             names = ("object-level (Deep Sets), streamed", "object-level (Deep Sets), in memory")
         for key, name in zip(("stream", "memory"), names):
