@@ -6,7 +6,10 @@ generated ttH / tt̄ sample:
 * ``tth``: MLaaS4HEP's ttH network (Dense 128 → Dropout → Dense 64 → Dropout → 1)
   on 32 features (MET, nJet, 5 jet variables × 6 jets);
 * ``mlp111``: the 111 → 256 → 256 → 128 → 1 MLP on 111 features (7 flat
-  branches, 8 jet variables × 10 jets, 4 muon and 4 electron variables × 3).
+  branches, 8 jet variables × 10 jets, 4 muon and 4 electron variables × 3);
+* ``tth_deepsets``, ``tth_transformer`` (``--nets``): the object-level
+  reference models on the ``inputs:`` groups jets (10 × 5, with a mask) and
+  event (MET, nJet): the batches carry per-group tensors cut from ``x``.
 
 Each is trained three ways with the same seed and batch size:
 
@@ -79,19 +82,34 @@ BRANCHES = {
         {"Jet": 10, "Muon": 3, "Electron": 3},
     ),
 }
-MODEL_FILES = {"tth": "tth_mlp.py", "mlp111": "mlp111.py"}
+MODEL_FILES = {
+    "tth": "tth_mlp.py",
+    "mlp111": "mlp111.py",
+    "tth_deepsets": "tth_deepsets.py",
+    "tth_transformer": "tth_transformer.py",
+}
+#: ``inputs:`` groups of the object-level networks, and their per-event shapes.
+GROUPS = {
+    "jets": {
+        "branches": ["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagDeepFlavB"],
+        "length": 10,
+        "sort_by": "Jet_pt",
+    },
+    "event": {"branches": ["MET_pt", "nJet"]},
+}
+SHAPES = {"jets": (10, 5), "event": (2,)}
 
 
 def config(data: Path, cache: Path, net: str, args) -> dict:
-    branches, jagged = BRANCHES[net]
+    branches, jagged = BRANCHES.get(net, ([], {}))
+    groups = {"inputs": GROUPS} if net not in BRANCHES else {"branches": branches, "jagged": jagged}
     return {
+        **groups,
         "tree": "Events",
         "files": [
             {"path": str(data / "ttH_*.root"), "label": 1, "name": "ttH"},
             {"path": str(data / "ttbar_*.root"), "label": 0, "name": "ttbar"},
         ],
-        "branches": branches,
-        "jagged": jagged,
         "chunk_size": 20_000,
         "workers": args.workers,
         "cache_dir": str(cache),
@@ -119,19 +137,23 @@ def compute_only(net: str, n_features: int, args, n_events: int) -> float:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     dev = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    model = mod.model(n_features).to(dev)
+    objects = net not in BRANCHES
+    model = (mod.model(dict(SHAPES)) if objects else mod.model(n_features)).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(n_events, n_features, device=dev)
+    jets = torch.rand(n_events, *SHAPES["jets"], device=dev)
+    event = torch.rand(n_events, *SHAPES["event"], device=dev)
+    pad = torch.rand(n_events, SHAPES["jets"][0], device=dev) > 0.6
     y = (torch.rand(n_events, device=dev) > 0.5).float()
     rates = []
     for _ in range(max(2, args.epochs)):
         perm = torch.randperm(n_events, device=dev)
-        xs, ys = x[perm], y[perm]
+        xs, ys, js, es, ps = x[perm], y[perm], jets[perm], event[perm], pad[perm]
         t = time.perf_counter()
         for s in range(0, n_events, args.batch_size):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                model(xs[s : s + args.batch_size]).reshape(-1), ys[s : s + args.batch_size]
-            )
+            b = slice(s, s + args.batch_size)
+            out = model({"jets": js[b], "event": es[b]}, {"jets": ps[b]}) if objects else model(xs[b])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out.reshape(-1), ys[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
