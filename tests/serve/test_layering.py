@@ -74,7 +74,7 @@ def _cycle(graph: dict[str, set[str]], nodes: set[str]) -> list[str] | None:
 
 def test_no_import_cycles_in_serve_and_the_bundle_contract():
     graph = imports()
-    nodes = {n for n in graph if n.startswith("mlaas4hep.serve") or n.startswith("mlaas4hep.bundle")}
+    nodes = {n for n in graph if n.startswith(("mlaas4hep.serve", "mlaas4hep.bundle"))}
     assert "mlaas4hep.serve.state" in nodes and "mlaas4hep.bundle_spec" in nodes
     assert _cycle(graph, nodes) is None, f"import cycle: {' -> '.join(_cycle(graph, nodes) or [])}"
 
