@@ -152,6 +152,19 @@ def test_stream_with_scheduler_file(cli_cluster, data_dir, tmp_path):
     assert r.stdout.count("80,000 events in") == 2, r.stdout
 
 
+def test_private_cluster_is_quiet_unless_asked(data_dir, tmp_path):
+    """``executor: dask`` without a scheduler: distributed's start/stop chatter stays out of the terminal."""
+    cfg = sample_config(data_dir, tmp_path / "cache", branches=BRANCHES, executor="dask", workers=2)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [str(BIN / "mlaas4hep"), "stream", str(tmp_path / "config.yaml"), "--epochs", "1"]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert "80,000 events in" in quiet.stdout
+    assert "distributed" not in quiet.stderr, quiet.stderr  # was ~30 INFO lines and a WARNING at exit
+    verbose = subprocess.run([cmd[0], "-v", *cmd[1:]], capture_output=True, text=True, timeout=120)
+    assert "a private LocalCluster of 2 workers, dashboard http://127.0.0.1:" in verbose.stderr
+
+
 def test_unreachable_scheduler_is_a_clear_error():
     import dask
 

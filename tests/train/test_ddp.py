@@ -1,4 +1,4 @@
-"""PyTorch DDP: 2 gloo processes on CPU, launched by torchrun on 127.0.0.1.
+"""PyTorch DDP: 2 gloo processes on CPU, launched by ``torchrun --standalone`` on this host.
 
 One launch of ``ddp_worker.py`` runs three trainings (full; interrupted after
 epoch 0; resumed) and leaves per-rank reports; the tests below read them:
@@ -28,7 +28,6 @@ import yaml
 
 from mlaas4hep import MODELS_DIR
 from mlaas4hep.io import Dataset
-from mlaas4hep.localservers import free_port
 from mlaas4hep.train import split_config
 from mlaas4hep.train.ddp import DistEnv, detect
 
@@ -44,7 +43,7 @@ LAUNCH_TIMEOUT = 150
 
 
 def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run`` on loopback, one thread per process, bounded in time."""
+    """``python -m torch.distributed.run --standalone`` (loopback), one thread per process, bounded in time."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MLAAS4HEP_DDP_TIMEOUT="60", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     cmd = [
@@ -55,10 +54,9 @@ def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.Completed
         "1",
         "--nproc-per-node",
         str(nproc),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
+        # torchrun binds the rendezvous port itself (port 0, kept open): no port picked here,
+        # released, and bound again later by a process that may lose it to another one
+        "--standalone",
         *args,
     ]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)

@@ -102,11 +102,19 @@ class DaskExecutor(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         # bounded: on a loaded machine LocalCluster.close() without a timeout was seen to wait
         # for ever at exit (after distributed's "_correct_state_internal ... TimeoutError")
+        quiet = logging.getLogger("distributed")
+        level = quiet.level
+        if self.cluster is not None and not log.isEnabledFor(logging.DEBUG):
+            # retiring our own workers is no news ("Removing worker ... lose computed tasks")
+            quiet.setLevel(logging.ERROR)
         try:
             self.client.close(timeout=CLOSE_TIMEOUT_S)
         finally:
-            if self.cluster is not None:
-                self.cluster.close(timeout=CLOSE_TIMEOUT_S)
+            try:
+                if self.cluster is not None:
+                    self.cluster.close(timeout=CLOSE_TIMEOUT_S)
+            finally:
+                quiet.setLevel(level)
 
     @property
     def nworkers(self) -> int:
@@ -267,12 +275,20 @@ def _connect(scheduler: str | None, workers: int | None, retries: int) -> DaskEx
     distributed = extras.require("distributed", "executor 'dask'")
     Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
+    _quiet_distributed()
     cluster = None
     if not scheduler:
         n = int(workers) if workers and int(workers) > 0 else default_workers()
         with dask.config.set(WORKER_CONFIG):
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.WARNING if not log.isEnabledFor(logging.DEBUG) else False,
+            )
         client = Client(cluster)
+        log.info("Dask: a private LocalCluster of %d workers, dashboard %s", n, client.dashboard_link)
     elif scheduler.startswith("gateway:") and not scheduler.startswith("gateway://"):
         client, cluster = _gateway_client(scheduler[len("gateway:") :])  # closing it leaves it running
     elif scheduler.startswith("gateway://"):
@@ -287,7 +303,21 @@ def _connect(scheduler: str | None, workers: int | None, retries: int) -> DaskEx
     else:
         client = _client(Client, scheduler, address=scheduler)
     _check_workers(client, scheduler)
+    # after distributed's own exit hook (atexit runs last-registered first), so that this
+    # process closes its clients and clusters itself, quietly and within CLOSE_TIMEOUT_S
+    atexit.unregister(shutdown_executors)
+    atexit.register(shutdown_executors)
     return DaskExecutor(client, cluster, workers, retries)
+
+
+def _quiet_distributed() -> None:
+    """Keep distributed's start/stop chatter (INFO) out of the user's terminal unless ``-vv``.
+
+    distributed sets its own loggers to INFO, and those records reach the
+    handler of the command line whatever the root level is.
+    """
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 def _client(Client, what: str, **kw):
@@ -364,6 +394,3 @@ def shutdown_executors() -> None:
             except Exception:  # already gone
                 pass
         _EXECUTORS.clear()
-
-
-atexit.register(shutdown_executors)
