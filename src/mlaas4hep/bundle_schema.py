@@ -34,6 +34,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from .errors import Mlaas4hepError
 
 MAX_VERSION = 2**63 - 1
@@ -49,6 +51,23 @@ MAX_DELAY_MS = 10_000.0
 NORMALIZE = ("minmax", "standard", "none")
 REQUIRED = ("name", "version", "framework", "created", "inputs", "outputs")
 MAX_TENSORS = 256
+#: Datatype names (those of the Open Inference Protocol) -> numpy dtype (little-endian, as its binary extension).
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+DATATYPE_NAMES = {v: k for k, v in DATATYPES.items()}
+#: What a model's input tensor may be (``inputs.tensors``).
 TENSOR_DATATYPES = ("FP32", "BOOL")
 
 

@@ -44,26 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from .bundle_schema import BundleError
+from .bundle_schema import DATATYPE_NAMES, DATATYPES, BundleError
 from .errors import Mlaas4hepError
 from .io.preprocess import Preprocessor
-
-#: Open Inference Protocol datatype name -> numpy dtype (little-endian, as its binary extension).
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-DATATYPE_NAMES = {v: k for k, v in DATATYPES.items()}
 
 
 class InputError(Mlaas4hepError, ValueError):

@@ -324,3 +324,14 @@ def test_upload_checks_tensors(gsrv, grouped, tmp_path):
     with grpcclient.InferenceServerClient(gsrv.grpc_url) as c:
         y = c.infer("good", _inputs(grpcclient, x)).as_numpy("probs")
     assert y.shape == (4, 1)
+
+
+def test_python_client_sends_named_tensors(gsrv, reference):
+    from mlaas4hep.client import Client, ClientError
+
+    x = events(6, seed=6)
+    with Client(gsrv.url) as c:
+        np.testing.assert_allclose(c.predict("grouped", x), reference(x), rtol=1e-6)
+        with pytest.raises(ClientError) as err:
+            c.predict("grouped", {"jets": x["jets"], "event": x["event"]})
+    assert err.value.status == 400 and "missing inputs ['jets_mask']" in err.value.message

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..bundle_spec import DATATYPE_NAMES, DATATYPES
+from ..bundle_schema import DATATYPE_NAMES, DATATYPES
 from .errors import ApiError
 
-#: OIP datatype name <-> numpy dtype (the bundle contract's table).
+#: OIP datatype name <-> numpy dtype (the table of :mod:`mlaas4hep.bundle_schema`).
 DTYPES = DATATYPES
 NAMES = DATATYPE_NAMES
 MAX_DIMS = 8
