@@ -243,9 +243,6 @@ def _raw_rows(
     the request was for a single event."""
     if len(values) != len(keys):
         raise ApiError(400, f"{len(keys)} keys but {len(values)} values")
-    missing = [n for n in info.raw_inputs if n not in keys]
-    if missing:
-        raise InputError(f"missing raw inputs {missing}; model {info.name!r} needs {info.raw_inputs}")
     # one event: a number per flat branch, a list per jagged one; several: a list per branch
     flat_keys = [k for k in keys if k not in info.jagged]
     first = values[0]
