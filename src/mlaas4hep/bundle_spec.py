@@ -196,23 +196,27 @@ class BundleSpec:
         A flat branch is numbers (a list or a numpy array ``[n]``, or ``[n, k]``),
         a jagged one a list per event (or an awkward array).
         """
+        self.check_raw_names(values)
+        arrays = {n: raw_array(n, v) for n, v in values.items()}
+        lengths = {n: len(a) for n, a in arrays.items()}
+        if len(set(lengths.values())) > 1:
+            raise InputError(f"raw inputs have different numbers of events: {lengths}")
+        return arrays
+
+    def check_raw_names(self, names: Collection[str]) -> None:
+        """Raw branch names: every one the preprocessing reads, and no other."""
         if self.preprocessor is None:
             raise InputError(f"model {self.name!r} has no preprocessing: send {self._takes()}")
-        unknown = [n for n in values if n not in self.raw_inputs]
+        unknown = [n for n in names if n not in self.raw_inputs]
         if unknown:
             raise InputError(
                 f"unknown inputs {unknown}: model {self.name!r} takes "
                 f"{self.input_name if len(self.inputs) == 1 else self.input_names!r} "
                 f"or the raw inputs {self.raw_inputs}"
             )
-        missing = [n for n in self.raw_inputs if n not in values]
+        missing = [n for n in self.raw_inputs if n not in names]
         if missing:
             raise InputError(f"missing raw inputs {missing}; model {self.name!r} needs {self.raw_inputs}")
-        arrays = {n: raw_array(n, v) for n, v in values.items()}
-        lengths = {n: len(a) for n, a in arrays.items()}
-        if len(set(lengths.values())) > 1:
-            raise InputError(f"raw inputs have different numbers of events: {lengths}")
-        return arrays
 
     def preprocess(self, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The model's input tensors from raw branch arrays (see :meth:`raw_arrays`)."""

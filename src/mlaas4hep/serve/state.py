@@ -149,10 +149,10 @@ class ServerState:
         """
         if not info.wants_raw(tensors):
             return info.check(tensors)
-        arrays = info.raw_arrays(tensors)
+        info.check_raw_names(tensors)
         # what the preprocessing will allocate is known before it runs: events x values per event
-        self.check_cells(max(len(a) for a in arrays.values()), info.values_per_event)
-        return await self.preprocess(info.preprocess, arrays)
+        self.check_cells(max(_events(v) for v in tensors.values()), info.values_per_event)
+        return await self.preprocess(_raw_inputs, info, tensors)
 
     def forget(self, name: str) -> None:
         """Rebuild batchers on next use (after delete, unload or new settings)."""
@@ -183,3 +183,15 @@ class ServerState:
         self.root_lane.close()
         self.infer_pool.shutdown(wait=False, cancel_futures=True)
         self.io_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _events(value: Any) -> int:
+    """Events in a raw branch as a request carries it (an array, or a list of values or of lists)."""
+    if isinstance(value, np.ndarray):
+        return int(value.shape[0]) if value.ndim else 1
+    return len(value) if isinstance(value, list) else 1
+
+
+def _raw_inputs(info: BundleSpec, tensors: dict[str, Any]) -> Inputs:
+    """Raw branches to the model's tensors: conversion and preprocessing (in the preprocessing lane)."""
+    return info.preprocess(info.raw_arrays(tensors))
