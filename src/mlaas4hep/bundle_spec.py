@@ -110,9 +110,24 @@ class BundleSpec:
         self.input_names = [t.name for t in self.inputs]
         self.input_name = self.input_names[0]
         self._by_name = {t.name: t for t in self.inputs}
+        if self.groups is not None and self.grouped:
+            self._check_groups()
         #: What one event makes the server allocate, at most (for request size limits).
         self.values_per_event = max(len(self.features), sum(t.per_event for t in self.inputs))
         self._orders: dict[tuple[str, ...], np.ndarray | None] = {}
+
+    def _check_groups(self) -> None:
+        """``inputs.tensors`` must be what the group layout makes: each group, then its mask."""
+        want: list[TensorSpec] = []
+        shapes = self.groups.shapes()
+        for g in self.groups.names:
+            want.append(TensorSpec(g, "FP32", (-1, *shapes[g])))
+            if self.groups.is_object(g):
+                want.append(TensorSpec(f"{g}_mask", "BOOL", (-1, shapes[g][0])))
+        if want != self.inputs:
+            listed = [(t.name, t.datatype, list(t.shape)) for t in self.inputs]
+            made = [(t.name, t.datatype, list(t.shape)) for t in want]
+            raise BundleError(f"bundle.json 'inputs.tensors' lists {listed} but its input groups make {made}")
 
     # ------------------------------------------------------------ named tensors
     def wants_raw(self, names: Collection[str]) -> bool:

@@ -286,7 +286,7 @@ class Repository:
             try:
                 s = BundleSpec(meta, name, version)
             except BundleError as err:
-                raise ModelBroken(f"model {name!r} has an invalid preprocessing description: {err}") from None
+                raise ModelBroken(f"model {name!r} version {version} cannot be served: {err}") from None
             self._specs[key] = s
         return s
 
