@@ -13,6 +13,9 @@ delay, expressions evaluated per event), so nothing in it is taken on trust:
   :func:`mlaas4hep.io.expr.check_cost`;
 * ``outputs.labels``: 1 to :data:`MAX_LABELS` strings; ``shape`` dimensions
   ``-1`` (dynamic) or 1 to :data:`MAX_DIM`, the last at most :data:`MAX_LABELS`;
+* ``inputs.preprocessing.groups`` (input groups): 1 to :data:`MAX_TENSORS`
+  named groups over exactly the columns the preprocessing makes, lengths 1 to
+  :data:`MAX_JAGGED`;
 * ``inputs.tensors`` (bundles whose model takes several named tensors, e.g.
   one per object group and its mask): 1 to :data:`MAX_TENSORS` objects
   ``{"name", "datatype", "shape"}`` in the model's input order, names unique,
@@ -198,6 +201,8 @@ def check_preprocessing(pre: Any, n_features: int | None = None) -> None:
         raise _error(f"{w}' makes {total} features; at most {MAX_FEATURES} are allowed")
     if n_features is not None and total != n_features:
         raise _error(f"{w}' makes {total} features but 'inputs.features' lists {n_features}")
+    if pre.get("groups") is not None:
+        check_groups(pre["groups"], total)
     if "pad_value" in pre and not is_number(pre["pad_value"]):
         raise _error(f"{w}.pad_value' must be a finite number")
     if pre.get("normalize", "none") not in NORMALIZE:
@@ -227,6 +232,30 @@ def check_preprocessing(pre: Any, n_features: int | None = None) -> None:
             expr.parse(src)
         except Mlaas4hepError as err:
             raise _error(f"{w}': {what}: {err}") from None
+
+
+def check_groups(groups: Any, width: int) -> None:
+    """``inputs.preprocessing.groups``: the input groups cut out of the flat vector, bounded.
+
+    The columns each group reads are checked when the layout is read back
+    (``io.groups.GroupLayout.from_json``).
+    """
+    w = "'inputs.preprocessing.groups'"
+    if not isinstance(groups, dict) or not isinstance(groups.get("groups"), list):
+        raise _error(f"{w} must be an object with a list 'groups'")
+    if not 1 <= len(groups["groups"]) <= MAX_TENSORS:
+        raise _error(f"{w} must list 1 to {MAX_TENSORS} groups")
+    if groups.get("width") != width:
+        raise _error(f"{w} reads {_short(groups.get('width'))} columns but the preprocessing makes {width}")
+    for g in groups["groups"]:
+        if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not 0 < len(g["name"]) <= MAX_STR:
+            raise _error(f"{w}: each group must be an object with a 'name' of 1 to {MAX_STR} characters")
+        _str_list(g.get("features"), f"{w}: the features of {g['name']!r}", MAX_FEATURES)
+        length = g.get("length")
+        if length is not None and (not is_int(length) or not 1 <= length <= MAX_JAGGED):
+            raise _error(
+                f"{w}: the length of {g['name']!r} must be from 1 to {MAX_JAGGED}, got {_short(length)}"
+            )
 
 
 def _str(v: Any, what: str) -> str:

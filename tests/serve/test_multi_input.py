@@ -148,6 +148,23 @@ def test_schema_checks_tensors(grouped, tensors, message):
         bundle_schema.check(meta)
 
 
+@pytest.mark.parametrize(
+    "groups,message",
+    [
+        ([], "must be an object"),
+        ({"width": 3, "groups": []}, "1 to 256 groups"),
+        ({"width": 5, "groups": [{"name": "g", "features": ["a"]}]}, "reads 5 columns"),
+        ({"width": 3, "groups": [{"features": ["a"]}]}, "'name'"),
+        ({"width": 3, "groups": [{"name": "g", "features": "a"}]}, "the features of 'g'"),
+        ({"width": 3, "groups": [{"name": "g", "features": ["a"], "length": 0}]}, "length of 'g'"),
+    ],
+)
+def test_schema_checks_groups(groups, message):
+    pre = {"flat": ["a"], "jagged": [["J_pt", 2]], "groups": groups}
+    with pytest.raises(bundle_schema.BundleError, match=message):
+        bundle_schema.check_preprocessing(pre, 3)
+
+
 def test_bundle_whose_tensors_differ_from_the_model_does_not_load(grouped, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(grouped, bad)
