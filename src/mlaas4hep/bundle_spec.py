@@ -256,8 +256,7 @@ class BundleSpec:
             return {self.input_name: x}
         inputs, masks = self.groups.apply(x, mask)
         named: dict[str, np.ndarray] = dict(inputs)
-        for group, m in masks.items():
-            named[group if group in self._by_name else f"{group}_mask"] = m
+        named.update({f"{group}_mask": m for group, m in masks.items()})  # the ONNX input of a group's mask
         missing = [n for n in self.input_names if n not in named]
         if missing:
             raise BundleError(f"the object groups of model {self.name!r} do not make its inputs {missing}")
