@@ -35,18 +35,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from . import tensors, tritonconfig
+from . import metadata, tensors, tritonconfig
 from .errors import ApiError
 from .fastpath import Call, Reply
 from .http import infer_reply, json_response, read_body, served_by_fastpath, state_of
-from .metadata import EXTENSIONS
-from .metadata import model_metadata as describe
 from .state import ServerState
 
 
 # ----------------------------------------------------------------- metadata
 async def server_metadata(request: Request) -> Response:
-    return json_response({"name": "mlaas4hep", "version": __version__, "extensions": EXTENSIONS})
+    return json_response({"name": "mlaas4hep", "version": __version__, "extensions": metadata.EXTENSIONS})
 
 
 async def live(request: Request) -> Response:
@@ -61,7 +59,7 @@ async def model_metadata(request: Request) -> Response:
     st = state_of(request)
     st.auth.require_read(request)
     info = st.model(request.path_params["name"], request.path_params.get("version"))
-    return json_response(describe(info, st.repo.versions(info.name)))
+    return json_response(metadata.model_metadata(info, st.repo.versions(info.name)))
 
 
 async def model_ready(request: Request) -> Response:
