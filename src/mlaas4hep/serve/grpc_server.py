@@ -28,15 +28,16 @@ The reply mirrors the request: raw bytes in ``raw_output_contents`` when the
 inputs came raw, typed ``contents`` when they came typed. A flat bundle takes
 one FP32 ``[n, F]`` feature tensor; a bundle of object groups takes every
 tensor its metadata lists (``jets`` FP32 ``[n, 10, 5]``, ``jets_mask`` BOOL
-``[n, 10]`` as ``bool_contents`` or one byte per value, ...). **Raw branches** are accepted as over HTTP, one tensor per
-branch the bundle's preprocessing reads: a flat branch as ``[n]`` (or
-``[n, 1]``), a jagged one as a float ``[n, k]`` array padded with NaN after
-each event's values (a tensor cannot be ragged; the NaNs mark the end of an
-event's list).
+``[n, 10]`` as ``bool_contents`` or one byte per value, ...). **Raw
+branches** are accepted as over HTTP, one tensor per branch the bundle's
+preprocessing reads: a flat branch as ``[n]`` (or ``[n, 1]``), a jagged one as
+a float ``[n, k]`` array padded with NaN after each event's values (a tensor
+cannot be ragged; the NaNs mark the end of an event's list).
 
 The checks of names, datatypes and shapes are the bundle's own
 (:class:`~mlaas4hep.bundle_spec.BundleSpec`, shared with HTTP); this module only
-speaks gRPC, and maps the server's errors to status codes (:data:`CODES`).
+speaks gRPC, and maps the server's errors to status codes (:data:`ERROR_CODES`,
+:data:`CODES`).
 
 **Auth.** The token goes in the ``authorization`` metadata, ``Bearer <token>``,
 as over HTTP: load and unload always need it, the rest only on a ``--private``

@@ -26,9 +26,10 @@ carries as its ``config`` message. For one of our bundles it reads, e.g.::
 
 The model's input tensors are listed in ``input``, in the model's order: the
 feature tensor ``x`` of a flat bundle; every group and its mask (``jets``
-``TYPE_FP32`` ``[10, 5]``, ``jets_mask`` ``TYPE_BOOL`` ``[10]``, ``event``...) for
-a bundle of object groups. The raw branches the bundle's preprocessing reads (``MET_pt``, ``Jet_pt``...), which the server
-also accepts instead of ``x``, are described in ``parameters.raw_inputs`` (a
+``TYPE_FP32`` ``[10, 5]``, ``jets_mask`` ``TYPE_BOOL`` ``[10]``, ``event``...)
+for a bundle of object groups. The raw branches the bundle's preprocessing
+reads (``MET_pt``, ``Jet_pt``...), which the server also accepts instead of
+the tensors, are described in ``parameters.raw_inputs`` (a
 JSON list: name, ``dims`` ``[1]`` for a flat branch or ``[-1]`` for a jagged
 one), *not* as extra entries of ``input``: Triton's clients require every
 configured input to appear in the model metadata (perf_analyzer stops with "no
