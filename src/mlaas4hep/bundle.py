@@ -231,7 +231,8 @@ class Predictor:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The ONNX model on tensors already checked by :meth:`BundleSpec.check` (the server's batcher)."""
-        out: np.ndarray = self.session.run([self.output_name], dict(inputs))[0]
+        feed = inputs if isinstance(inputs, dict) else dict(inputs)
+        out: np.ndarray = self.session.run([self.output_name], feed)[0]
         return out
 
     def transform(self, arrays: Mapping[str, Any]) -> np.ndarray:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -132,8 +132,9 @@ class BundleSpec:
     # ------------------------------------------------------------ named tensors
     def wants_raw(self, names: Collection[str]) -> bool:
         """Whether inputs called ``names`` are raw branches (True) or the model's tensors (False)."""
-        if any(n in self._by_name for n in names):
-            return False
+        for n in names:  # a plain loop: this runs for every request
+            if n in self._by_name:
+                return False
         if self.preprocessor is None:
             first = next(iter(names), "")
             raise InputError(f"unknown input {first!r}: model {self.name!r} takes {self._takes()}")
@@ -150,6 +151,38 @@ class BundleSpec:
         ``cast`` converts numeric arrays to the expected datatype (the
         in-process ``Predictor`` does); a server refuses a wrong datatype.
         """
+        if len(arrays) != len(self.inputs):
+            self._name_error(arrays)
+        for name in self.input_names:
+            if name not in arrays:
+                self._name_error(arrays)
+        out: dict[str, np.ndarray] = {}
+        events = -1
+        for t in self.inputs:
+            a = arrays[t.name]
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
+            if a.dtype != t.dtype:
+                if not (cast and a.dtype.kind in "biuf"):
+                    got = DATATYPE_NAMES.get(a.dtype, str(a.dtype))
+                    raise InputError(
+                        f"input {t.name!r} has datatype {got} but the model expects {t.datatype}"
+                    )
+                a = a.astype(t.dtype)
+            if a.ndim != len(t.shape) or a.shape[1:] != t.shape[1:]:
+                raise InputError(
+                    f"input {t.name!r} has shape {list(a.shape)} but the model expects {t.describe()}"
+                )
+            if events < 0:
+                events = a.shape[0]
+            elif a.shape[0] != events:
+                counts = {n: int(v.shape[0]) for n, v in {**out, t.name: a}.items()}
+                raise InputError(f"inputs have different numbers of events: {counts}")
+            out[t.name] = a
+        return out
+
+    def _name_error(self, arrays: Mapping[str, Any]) -> NoReturn:
+        """Raise the error that names the unknown or missing inputs."""
         unknown = [n for n in arrays if n not in self._by_name]
         if unknown:
             if len(self.inputs) == 1 and self.input_name in arrays:
@@ -159,32 +192,7 @@ class BundleSpec:
             raw = f" or the raw inputs {self.raw_inputs}" if self.raw_inputs else ""
             raise InputError(f"unknown inputs {unknown}: model {self.name!r} takes {self.input_names}{raw}")
         missing = [n for n in self.input_names if n not in arrays]
-        if missing:
-            raise InputError(f"missing inputs {missing}; model {self.name!r} takes {self.input_names}")
-        out: dict[str, np.ndarray] = {}
-        events: int | None = None
-        for t in self.inputs:
-            a = arrays[t.name]
-            if not isinstance(a, np.ndarray):
-                a = np.asarray(a)
-            if a.dtype != t.dtype:
-                if not (cast and a.dtype.kind in "biuf"):
-                    got = DATATYPE_NAMES.get(a.dtype, str(a.dtype))
-                    raise InputError(
-                        f"input {t.name!r} has datatype {got} but the model expects {t.datatype}"
-                    )
-                a = a.astype(t.dtype)
-            if a.ndim != len(t.shape) or any(d not in (-1, s) for d, s in zip(t.shape[1:], a.shape[1:])):
-                raise InputError(
-                    f"input {t.name!r} has shape {list(a.shape)} but the model expects {t.describe()}"
-                )
-            if events is None:
-                events = a.shape[0]
-            elif a.shape[0] != events:
-                counts = {n: int(v.shape[0]) for n, v in {**out, t.name: a}.items()}
-                raise InputError(f"inputs have different numbers of events: {counts}")
-            out[t.name] = a
-        return out
+        raise InputError(f"missing inputs {missing}; model {self.name!r} takes {self.input_names}")
 
     def column_order(self, keys: list[str]) -> np.ndarray | None:
         """Column permutation taking feature names ``keys`` to the model's order (None: same order)."""

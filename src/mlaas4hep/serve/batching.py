@@ -64,6 +64,10 @@ def concat(xs: list[Batch]) -> Batch:
     return {k: np.concatenate([x[k] for x in dicts], axis=0) for k in dicts[0]}
 
 
+#: A queued request: its inputs, rows, future and arrival time.
+_Item = tuple[Batch, int, asyncio.Future[np.ndarray], float]
+
+
 class Batcher:
     """Merges concurrent :meth:`infer` calls into batched calls of ``predict``."""
 
@@ -87,7 +91,7 @@ class Batcher:
         self.max_delay = max(0.0, float(max_delay_ms)) / 1000.0
         self.executor = executor
         self.observe = observe
-        self._queue: deque[tuple[Batch, asyncio.Future[np.ndarray], float]] = deque()
+        self._queue: deque[_Item] = deque()
         self._rows = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -100,38 +104,38 @@ class Batcher:
         loop = asyncio.get_running_loop()
         n = rows(x)
         if self.max_batch == 1 or n >= self.max_batch:  # nothing to merge with
-            return await self._run_alone(loop, x)
+            return await self._run_alone(loop, x, n)
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._worker())
         fut: asyncio.Future[np.ndarray] = loop.create_future()
-        self._queue.append((x, fut, time.perf_counter()))
+        self._queue.append((x, n, fut, time.perf_counter()))
         self._rows += n
         assert self._wakeup is not None  # made with the worker task above
         self._wakeup.set()
         return await fut
 
-    def _timed(self, x: Batch) -> np.ndarray:
+    def _timed(self, x: Batch, n: int) -> np.ndarray:
         t0 = time.perf_counter()
         out = self.predict(x)
-        if rows(x) <= self.inline_rows:
+        if n <= self.inline_rows:
             dt = time.perf_counter() - t0
             c = self._small_cost
             self._small_cost = dt if c is None else 0.9 * c + 0.1 * dt
         return out
 
-    async def _call(self, loop: asyncio.AbstractEventLoop, x: Batch) -> np.ndarray:
-        """One predict call: inline when it is known to be cheap, else in the executor."""
+    async def _call(self, loop: asyncio.AbstractEventLoop, x: Batch, n: int) -> np.ndarray:
+        """One predict call of ``n`` rows: inline when it is known to be cheap, else in the executor."""
         c = self._small_cost
-        if c is not None and c < self.inline_s and rows(x) <= self.inline_rows:
-            return self._timed(x)
-        return await loop.run_in_executor(self.executor, self._timed, x)
+        if c is not None and c < self.inline_s and n <= self.inline_rows:
+            return self._timed(x, n)
+        return await loop.run_in_executor(self.executor, self._timed, x, n)
 
-    async def _run_alone(self, loop: asyncio.AbstractEventLoop, x: Batch) -> np.ndarray:
-        out = await self._call(loop, x)
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, x: Batch, n: int) -> np.ndarray:
+        out = await self._call(loop, x, n)
         self.batches += 1
         if self.observe:
-            self.observe(rows(x), 0.0)
+            self.observe(n, 0.0)
         return out
 
     async def _worker(self) -> None:
@@ -145,7 +149,7 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             # give the oldest request up to max_delay to find company
-            deadline = self._queue[0][2] + self.max_delay
+            deadline = self._queue[0][3] + self.max_delay
             while self._rows < self.max_batch:
                 if self.in_flight is not None and self.in_flight() <= len(self._queue) + self._running:
                     break  # nobody else could join: the others are queued or being computed
@@ -157,14 +161,14 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except asyncio.TimeoutError:
                     break
-            items = self._take()
-            queued = time.perf_counter() - items[0][2]
+            items, n = self._take()
+            queued = time.perf_counter() - items[0][3]
             x = concat([it[0] for it in items])
             self._running = len(items)
             try:
-                out = await self._call(loop, x)
+                out = await self._call(loop, x, n)
             except Exception as err:  # hand the failure to every waiting request
-                for _, fut, _ in items:
+                for _, _, fut, _ in items:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
@@ -172,24 +176,24 @@ class Batcher:
                 self._running = 0
             self.batches += 1
             if self.observe:
-                self.observe(rows(x), queued)
+                self.observe(n, queued)
             start = 0
-            for xi, fut, _ in items:
-                stop = start + rows(xi)
+            for _, ni, fut, _ in items:
+                stop = start + ni
                 if not fut.done():  # the client may have gone away
                     fut.set_result(out[start:stop])
                 start = stop
 
-    def _take(self) -> list[tuple[Batch, asyncio.Future[np.ndarray], float]]:
-        """Pop whole requests up to ``max_batch`` rows (at least one request)."""
+    def _take(self) -> tuple[list[_Item], int]:
+        """Pop whole requests up to ``max_batch`` rows (at least one request); and their rows."""
         items = [self._queue.popleft()]
-        n = rows(items[0][0])
-        while self._queue and n + rows(self._queue[0][0]) <= self.max_batch:
+        n = items[0][1]
+        while self._queue and n + self._queue[0][1] <= self.max_batch:
             it = self._queue.popleft()
-            n += rows(it[0])
+            n += it[1]
             items.append(it)
         self._rows -= n
-        return items
+        return items, n
 
     def retire(self) -> None:
         """Finish what is queued, then stop the worker (the batcher is being replaced)."""
@@ -202,7 +206,7 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
         while self._queue:
-            _, fut, _ = self._queue.popleft()
+            _, _, fut, _ = self._queue.popleft()
             if not fut.done():
                 fut.cancel()
         self._rows = 0
