@@ -161,6 +161,21 @@ def test_longer_jagged_length_sorts_before_clipping(data_dir):
     np.testing.assert_array_equal(got["jets"][..., 1], _padded(a["Jet_pt"], order, 8, -7.0)[0])
 
 
+def test_union_without_sort_by_keeps_file_order_real_objects_first(data_dir):
+    path = str(data_dir / "ttH_0.root")
+    cfg = group_config([(path, 1)])
+    cfg["inputs"] = {"leptons": {"branches": ["Muon_pt", "Electron_pt"], "length": 1}}
+    got = collect(Dataset.from_config(cfg, show_progress=False))
+    a = uproot.open(path)["Events"].arrays(["Muon_pt", "Electron_pt"], entry_stop=NEVTS)
+    both = ak.concatenate([a["Muon_pt"], a["Electron_pt"]], axis=1)
+    pt, pad = _padded(both, ak.local_index(both, axis=1), 1, -7.0)
+    np.testing.assert_array_equal(got["leptons"][..., 0], pt)
+    np.testing.assert_array_equal(got["leptons_mask"], pad)
+    # events with a muon and an electron (clipped), and with an electron only (moved to the front)
+    mu, el = ak.num(a["Muon_pt"]).to_numpy(), ak.num(a["Electron_pt"]).to_numpy()
+    assert ((mu > 0) & (el > 0)).any() and ((mu == 0) & (el > 0)).any()
+
+
 def test_normalised_groups_keep_the_order_of_raw_values(data_dir, cache_dir):
     """minmax/standard are increasing maps, so sorting normalised values sorts the raw ones."""
     paths = [str(data_dir / n) for n, _ in FILES]

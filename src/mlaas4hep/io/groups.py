@@ -445,21 +445,30 @@ class GroupLayout:
 def _objects(x: np.ndarray, mask: np.ndarray, g: _Group) -> tuple[np.ndarray, np.ndarray]:
     """One object group of a batch: gather, sort (padding last, stable), clip."""
     assert g.length is not None
-    n, nf = len(x), g.index.shape[1]
-    length = g.length
+    n, length = len(x), g.length
     pad = np.take(mask, g.index[:, 0], axis=1)  # (n, slots)
-    if g.sort is None and len(g.collections) <= 1:  # file order, padding already last
-        cols = g.index[:length]
-        values = np.take(x, cols.ravel(), axis=1).reshape(n, len(cols), nf)
-        return values.astype(np.float32, copy=False), np.ascontiguousarray(pad[:, :length])
-    if g.sort is None:
+    single = len(g.collections) <= 1
+    if g.sort is None and single:  # file order, padding already last
+        return _leading_slots(x, pad, g)
+    if g.sort is None:  # a union in file order: real objects first
         key = pad.astype(np.float32)
     else:
         key = np.take(x, g.index[:, g.sort], axis=1).astype(np.float32, copy=True)
         if g.descending:
             np.negative(key, out=key)
         key[pad] = np.inf
+    if single and bool((key[:, 1:] >= key[:, :-1]).all()):  # already in order, as NanoAOD is by pt
+        return _leading_slots(x, pad, g)
     order = np.argsort(key, axis=1, kind="stable")[:, :length]  # (n, length)
-    cols = g.index[order]  # (n, length, features): columns of x
-    values = np.take_along_axis(x, cols.reshape(n, -1), axis=1).reshape(n, length, nf)
+    # one gather from the flat buffer: row offset + column of (object, feature)
+    cols = g.index[order] + (np.arange(n, dtype=np.int64) * x.shape[1])[:, None, None]
+    values = np.ascontiguousarray(x).ravel()[cols]  # (n, length, features)
     return values.astype(np.float32, copy=False), np.take_along_axis(pad, order, axis=1)
+
+
+def _leading_slots(x: np.ndarray, pad: np.ndarray, g: _Group) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``length`` slots of a group, as they are in ``x``."""
+    assert g.length is not None
+    cols = g.index[: g.length]
+    values = np.take(x, cols.ravel(), axis=1).reshape(len(x), g.length, cols.shape[1])
+    return values.astype(np.float32, copy=False), np.ascontiguousarray(pad[:, : g.length])
