@@ -47,10 +47,12 @@ from .. import progress
 from ..jsonutil import digest
 from . import firstuse, sources
 from . import schema as schema_mod
+from .batch import Batch
 from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
 from .config import DatasetConfig
 from .errors import ConfigError, Mlaas4hepError, StaleSpecsError, skippable
 from .executor import default_workers, get_executor, ordered_map
+from .groups import GroupError, GroupLayout, check_kinds
 from .passes import decode_unit, file_info, finalize_unit, stats_and_raw, unit_stats
 from .preprocess import Preprocessor
 from .reader import UnitReader, get_tree
@@ -61,7 +63,7 @@ from .specs import Specs, Stats
 log = logging.getLogger(__name__)
 
 #: Fields of the configuration that change what the specs pass computes.
-SPECS_FIELDS = ("tree", "branches", "exclude", "identifier", "new_variables", "selection", "nevts")
+SPECS_FIELDS = ("tree", "branches", "exclude", "identifier", "new_variables", "inputs", "selection", "nevts")
 #: Fields that change what a decoded chunk holds.
 CHUNK_FIELDS = SPECS_FIELDS + (
     "jagged",
@@ -201,7 +203,9 @@ class Dataset:
         ``on_error: skip`` is skipped (listed in :attr:`report`).
         """
         c = self.config
-        patterns = list(dict.fromkeys(list(c.branches) + self._extra_names()))
+        patterns = list(
+            dict.fromkeys(c.physics.feature_branches() + self._extra_names() + self._group_hints())
+        )
         fn = partial(_file_info_task, c.tree, c.timeout, c.retries, c.retry_backoff, c.retry_budget, patterns)
         infos = [
             info if info is not None else {"url": url, "entries": 0, "skipped": True}
@@ -220,6 +224,29 @@ class Dataset:
         names |= {b for b in (c.label_branch, c.weight_branch) if b}
         return sorted(names)
 
+    def _group_hints(self) -> list[str]:
+        """Collections of the input groups (``Jet_*``), described so that a misspelt branch gets a hint."""
+        c = self.config
+        return [f"{b.split('_', 1)[0]}_*" for g in c.inputs.values() for b in g.branches if "_" in b]
+
+    def _check_group_branches(self, url: str, types: dict[str, Any]) -> None:
+        """Every branch of an input group is in the file or a new variable (else: where, and a hint)."""
+        from .expr import did_you_mean
+
+        c = self.config
+        for name, g in c.inputs.items():
+            for i, b in enumerate(g.branches):
+                if b not in types and b not in c.new_variables:
+                    near = did_you_mean(b, [*types, *c.new_variables])
+                    raise c.source.error(
+                        f"input group {name!r}: no branch {b!r} in tree {c.tree!r} of {url!r}"
+                        f" and no new variable of that name{near}",
+                        "inputs",
+                        name,
+                        "branches",
+                        i,
+                    )
+
     def _check_schemas(self, infos: list[dict[str, Any]]) -> None:
         """Find the reference schema, then check every file against it (see :mod:`.schema`)."""
         c = self.config
@@ -227,8 +254,9 @@ class Dataset:
         if not types:
             return
         described = [(infos[i]["url"], t) for i, t in types.items()]
+        self._check_group_branches(*described[0])
         sch, ref, members = schema_mod.reference(
-            described, c.branches, c.exclude, c.identifier, self._extra_names()
+            described, c.physics.feature_branches(), c.exclude, c.identifier, self._extra_names()
         )
         where = f"as in {len(members)} of {len(described)} files, e.g. {members[0]!r}"
         for i, t in types.items():
@@ -265,6 +293,10 @@ class Dataset:
             for name in c.new_variables:
                 v = values[name]
                 (sch.jagged if getattr(v, "ndim", 1) > 1 else sch.flat).append(name)
+        try:
+            check_kinds(c.inputs, sch.flat, sch.jagged)
+        except GroupError as err:
+            raise c.source.error(str(err), "inputs", *err.key) from None
         return sch
 
     @cached_property
@@ -359,9 +391,7 @@ class Dataset:
     # ------------------------------------------------------------ first use
     def _given_length(self, name: str) -> int | None:
         """The configured length of a jagged branch (by name, else by collection), or None."""
-        c = self.config
-        length = c.jagged.get(name, c.jagged.get(schema_mod.collection(name)))
-        return None if length is None else int(length)
+        return self.config.physics.length_of(name)
 
     def _needs_specs(self) -> bool:
         """Whether the tensors depend on the specs (normalisation, or a length from the data)."""
@@ -450,7 +480,7 @@ class Dataset:
                 scale[name] = 1.0 / span if span > 0 else 1.0
             elif c.normalize == "standard" and s.count:
                 offset[name], scale[name] = s.mean, (1.0 / s.std if s.std > 0 else 1.0)
-        return Preprocessor(
+        pre = Preprocessor(
             flat=list(sch.flat),
             jagged=jagged,
             pad_value=float(c.pad_value),
@@ -461,6 +491,17 @@ class Dataset:
             selection=c.selection,
             tree=c.tree,
         )
+        if c.inputs:
+            try:
+                pre.groups = GroupLayout.build(c.inputs, pre.columns, pre.n_features)
+            except GroupError as err:
+                raise c.source.error(str(err), "inputs", *err.key) from None
+        return pre
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-event shape of each input group (``{"jets": (10, 5), "event": (3,)}``); {} without groups."""
+        groups = self.preprocessor.groups
+        return groups.shapes() if groups is not None else {}
 
     @property
     def feature_names(self) -> list[str]:
@@ -524,7 +565,7 @@ class Dataset:
         key = digest(
             [
                 self.config.digest(*CHUNK_FIELDS),
-                self.preprocessor.to_dict(),
+                {k: v for k, v in self.preprocessor.to_dict().items() if k != "groups"},  # cut per batch
                 self.file_infos,
                 [(g.label, g.weight) for _, g in self._files],
             ]
@@ -606,18 +647,33 @@ class Dataset:
         rank: int = 0,
         world: int = 1,
         shuffle: bool | None = None,
-    ) -> Iterator[Chunk]:
-        """Batches of an epoch: ``b.x``, ``b.mask``, ``b.y``, ``b.weight``, ``b.event_id``."""
+        select: Callable[[Chunk], np.ndarray] | None = None,
+    ) -> Iterator[Batch]:
+        """Batches of an epoch (:class:`~mlaas4hep.io.batch.Batch`).
+
+        Each has ``b.x``, ``b.mask``, ``b.y``, ``b.weight``, ``b.event_id``, and
+        the input groups ``b.inputs[name]`` / ``b.masks[name]`` (empty dicts
+        without ``inputs:``).
+
+        Args:
+            batch_size (int, default 1024): events per batch (the last may be smaller).
+            epoch (int, default 0): seeds the order (with ``seed``).
+            rank, world (int, default 0 and 1): this process's share of the units.
+            shuffle (None or bool, default None): None follows the configuration.
+            select (None or callable, default None): called on every decoded
+                chunk, it returns one bool per event; events where it is False are
+                dropped *before* batching, so batches stay full (e.g. to hold a
+                validation set out by ``event_id``).
+        """
         c = self.config
         shuffle = c.shuffle if shuffle is None else shuffle
-        tables = (
-            tuple(getattr(ch, f) for f in Chunk.FIELDS) for ch in self.chunks(epoch, rank, world, shuffle)
-        )
+        tables = (_rows(ch, select) for ch in self.chunks(epoch, rank, world, shuffle))
         if not shuffle:
             out = cut_batches(tables, batch_size)
         else:
             out = cut_batches(tables, batch_size, c.buffer, np.random.default_rng([c.seed, epoch, 1, rank]))
-        return (Chunk(*t) for t in out)
+        layout = self.preprocessor.groups
+        return (Batch.of(t, layout) for t in out)
 
     def to_chunk(self, epoch: int = 0) -> Chunk:
         """Everything in memory as one :class:`Chunk` (shuffled when the config says so)."""
@@ -673,6 +729,19 @@ class Dataset:
             entry["entries"] = [unit.start, unit.stop]
         log.warning("skipped %s: %s", url if unit is None else f"{url} entries {unit.start}-{unit.stop}", err)
         self.report.append(entry)
+
+
+def _rows(ch: Chunk, select: Callable[[Chunk], np.ndarray] | None) -> tuple[Any, ...]:
+    """A chunk's arrays, less the events where ``select(ch)`` is False."""
+    if select is None:
+        return tuple(getattr(ch, f) for f in Chunk.FIELDS)
+    keep = np.asarray(select(ch))
+    if keep.dtype != bool or keep.shape != (len(ch),):
+        raise ValueError(
+            f"select must return one bool per event of the chunk, shape ({len(ch)},); "
+            f"got {keep.dtype} of shape {keep.shape}"
+        )
+    return tuple(np.asarray(getattr(ch, f))[keep] for f in Chunk.FIELDS)
 
 
 def _tracked(fn: Callable[[Any], Any], item: Any) -> tuple[Any, list[dict[str, Any]]]:
