@@ -89,7 +89,7 @@ def write(
         "preprocessing": preprocessor.to_dict() if preprocessor is not None else None,
         "onnx_input": graph.input[0].name,
     }
-    if len(graph.input) > 1 or getattr(preprocessor, "groups", None) is not None:
+    if len(graph.input) > 1 or (preprocessor is not None and preprocessor.groups is not None):
         inputs["tensors"] = _graph_tensors(graph)  # several named tensors (object groups and masks)
     else:
         inputs.update(datatype="FP32", shape=[-1, len(feats)])

@@ -46,6 +46,7 @@ import numpy as np
 
 from .bundle_schema import DATATYPE_NAMES, DATATYPES, BundleError
 from .errors import Mlaas4hepError
+from .io.groups import GroupLayout
 from .io.preprocess import Preprocessor
 
 
@@ -97,8 +98,8 @@ class BundleSpec:
             self.preprocessor = Preprocessor.from_dict(pre) if pre else None
         except Mlaas4hepError as err:
             raise BundleError(f"bundle.json has an invalid preprocessing description: {err}") from None
-        #: The object groups of the preprocessing (``io.groups.GroupLayout``), if any.
-        self.groups: Any = getattr(self.preprocessor, "groups", None)
+        #: The input groups the preprocessing cuts out of its flat vector, if any.
+        self.groups: GroupLayout | None = self.preprocessor.groups if self.preprocessor else None
         self.raw_inputs: list[str] = list(self.preprocessor.inputs) if self.preprocessor else []
         self.jagged: dict[str, int] = dict(self.preprocessor.jagged) if self.preprocessor else {}
         if ins.get("tensors"):
@@ -118,6 +119,7 @@ class BundleSpec:
 
     def _check_groups(self) -> None:
         """``inputs.tensors`` must be what the group layout makes: each group, then its mask."""
+        assert self.groups is not None
         want: list[TensorSpec] = []
         shapes = self.groups.shapes()
         for g in self.groups.names:

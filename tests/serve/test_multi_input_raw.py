@@ -16,13 +16,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from mlaas4hep import bundle
+from mlaas4hep.io import groups as groups_mod
 from mlaas4hep.io.preprocess import Preprocessor
 
 from .conftest import HTTP, install_copy
 from .grpc_helpers import GrpcServerProcess
 from .test_multi_input import grouped_onnx
-
-groups_mod = pytest.importorskip("mlaas4hep.io.groups")
 
 JAGGED = ["Jet_pt", "Jet_eta", "Jet_phi"]
 
