@@ -185,6 +185,8 @@ def test_metadata_and_triton_config_list_every_input(gsrv):
         {"name": "jets_mask", "datatype": "BOOL", "shape": [-1, N_JETS]},
         {"name": "event", "datatype": "FP32", "shape": [-1, 2]},
     ]
+    (summary,) = [m for m in HTTP.get(f"{gsrv.url}/models").json() if m["name"] == "grouped"]
+    assert summary["inputs"] == meta["inputs"]
     cfg = HTTP.get(f"{gsrv.url}/v2/models/grouped/config").json()
     assert [(i["name"], i["data_type"], i["dims"]) for i in cfg["input"]] == [
         ("jets", "TYPE_FP32", [N_JETS, N_VARS]),

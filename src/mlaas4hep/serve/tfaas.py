@@ -157,6 +157,8 @@ def model_summary(st: ServerState, info: BundleSpec) -> dict[str, Any]:
             "label_names": info.labels,
             "n_features": len(info.features),
             "features": info.features,
+            # the model's input tensors: one [-1, F] for a flat bundle, each group and mask for a grouped one
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.inputs],
             "raw_inputs": info.raw_inputs,
             "jagged": dict(info.jagged),
             "metrics": meta.get("metrics", {}),
