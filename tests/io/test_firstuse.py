@@ -1,5 +1,6 @@
 """First use in one read: the fused specs pass + epoch 0 equal today's two passes, bit for bit."""
 
+import gc
 import json
 
 import numpy as np
@@ -90,17 +91,23 @@ def test_fused_with_workers_equals_two_passes(data_dir, tmp_path):
     assert raw is not None and raw.size() == 0  # every raw unit was laid out into the cache
 
 
-def test_raw_units_of_a_specs_only_run_serve_the_next_run(data_dir, tmp_path, count_decodes):
+@pytest.mark.parametrize("where", ["memory, written when the dataset goes", "disk"])
+def test_raw_units_of_a_specs_only_run_serve_the_next_run(data_dir, tmp_path, count_decodes, where):
     cfg = sample_config(data_dir, tmp_path / "cache", jagged={}, selection="nJet >= 4")
     ref = epochs(
         Dataset.from_config(
             sample_config(data_dir, tmp_path / "two", jagged={}, selection="nJet >= 4"), fused=False
         )
     )
-    first = Dataset.from_config(cfg)
+    first = Dataset.from_config(cfg, raw_memory=0 if where == "disk" else None)
     first.specs  # noqa: B018  (e.g. `mlaas4hep specs`): the fused pass keeps its units
     raw = first._raw_store()
-    assert raw is not None and len(list(raw.root.iterdir())) == 16  # 4 files x 4 units
+    assert raw is not None
+    if where != "disk":
+        assert len(first._raw_memory.units) == 16 and not list(raw.root.iterdir())  # held in memory
+        del first  # a run that stops after the specs: what it holds goes to the cache directory
+        gc.collect()
+    assert len(list(raw.root.iterdir())) == 16  # 4 files x 4 units
     count_decodes.clear()
 
     second = Dataset.from_config(cfg)  # a new run: specs loaded from disk, units from the raw store
@@ -130,7 +137,7 @@ def test_the_cache_budget_holds_raw_and_decoded_units(data_dir, tmp_path):
     limit = 2e-3  # GiB: room for a few units of 5,000 events, not 16
     over = dict(jagged={}, shuffle=False, cache_max_gb=limit)
     ref = epochs(Dataset.from_config(sample_config(data_dir, None, **over), fused=False), 2)
-    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "c", **over))
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "c", **over), raw_memory=0)
     ds.specs  # noqa: B018
     root = tmp_path / "c" / "chunks"
     sizes = [sum(p.stat().st_size for p in root.rglob("*.npy"))]
@@ -145,3 +152,21 @@ def test_the_cache_budget_holds_raw_and_decoded_units(data_dir, tmp_path):
         out.append(batches)
     assert_same(out, ref)
     assert max(sizes) <= limit * 2**30
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_raw_units_in_memory_stay_within_their_budget(data_dir, tmp_path, workers):
+    """A budget of about 5 units: those are held in memory, the others go to the store on disk."""
+    over = dict(jagged={}, normalize="standard", workers=workers)
+    ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 2)
+    probe = Dataset.from_config(sample_config(data_dir, None, **over))
+    budget = 5 * probe._raw_estimate(probe.units(0, shuffle=False)[0]) + 100
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over), raw_memory=budget)
+    ds.specs  # noqa: B018
+    held = ds._raw_memory
+    assert 0 < len(held.units) < 16
+    assert held.used == sum(r.nbytes for r in held.units.values()) <= budget
+    raw = ds._raw_store()
+    assert raw is not None and len(list(raw.root.iterdir())) == 16 - len(held.units)
+    assert_same(epochs(ds, 2), ref)
+    assert not held.units and held.used == 0 and raw.size() == 0

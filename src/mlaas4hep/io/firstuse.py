@@ -21,15 +21,22 @@ of decoding the unit again.
 so its output is bit-identical to a unit decoded after a separate specs pass:
 values, masks and (since units keep their plan order) batches.
 
-Raw units live in a :class:`~mlaas4hep.io.chunk.ChunkStore` of
-:class:`RawChunk` (``chunks/raw-<key>`` under the cache directory, or a
-temporary directory when caching is off); a unit is removed once epoch 0 has
-laid it out.
+Raw units wait for epoch 0 in memory while they fit (:class:`RawMemory`,
+a quarter of the memory available by default): the specs pass hands them to
+the calling process, and epoch 0 lays them out there, in place, without
+touching the disk. Those that do not fit go to a
+:class:`~mlaas4hep.io.chunk.ChunkStore` of :class:`RawChunk`
+(``chunks/raw-<key>`` under the cache directory, or a temporary directory
+when caching is off), laid out by the workers; a unit is removed once epoch
+0 has laid it out. Raw units still in memory when their dataset goes away
+(a run that only computed the specs) are written to the cache directory's
+store, where the next run finds them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import awkward as ak
@@ -42,6 +49,8 @@ from .specs import Stats, chunk_stats
 
 #: Bumped whenever the layout of a raw unit changes (it is part of the store's key).
 RAW_VERSION = 1
+#: Where a specs-pass task sends a unit's raw tensors back to the calling process (not to a store).
+MEMORY = "memory"
 
 
 @dataclass
@@ -76,6 +85,75 @@ class RawChunk:
 def raw_store(root: Any) -> ChunkStore:
     """A store of :class:`RawChunk` at ``root``."""
     return ChunkStore(root, RawChunk)
+
+
+@dataclass
+class RawMemory:
+    """Raw units held in this process until epoch 0 lays them out, within ``budget`` bytes.
+
+    The specs pass reserves a unit's estimated size before it is decoded
+    (:meth:`reserve`: no more than the budget is ever in flight), then keeps
+    it at its real size (:meth:`keep`), or drops it if that would exceed the
+    budget (epoch 0 then decodes that unit again). :meth:`pop` hands a unit
+    over once.
+    """
+
+    budget: int
+    units: dict[Unit, RawChunk] = field(default_factory=dict)
+    used: int = 0
+
+    def reserve(self, nbytes: int) -> bool:
+        if self.used + nbytes > self.budget:
+            return False
+        self.used += nbytes
+        return True
+
+    def release(self, nbytes: int) -> None:
+        self.used -= nbytes
+
+    def keep(self, unit: Unit, raw: RawChunk, reserved: int) -> bool:
+        """Hold ``raw`` in place of the ``reserved`` bytes; False (and dropped) past the budget."""
+        self.used += raw.nbytes - reserved
+        if self.used > self.budget:
+            self.used -= raw.nbytes
+            return False
+        self.units[unit] = raw
+        return True
+
+    def __contains__(self, unit: object) -> bool:
+        return unit in self.units
+
+    def pop(self, unit: Unit) -> RawChunk | None:
+        raw = self.units.pop(unit, None)
+        if raw is not None:
+            self.used -= raw.nbytes
+        return raw
+
+    def spill(self, root: str | None) -> None:
+        """Write the units still held to the store at ``root`` (or just drop them)."""
+        store = raw_store(root) if root is not None and self.units else None
+        for unit, raw in list(self.units.items()):
+            if store is not None:
+                try:
+                    store.write(unit, raw)
+                except OSError:  # a full disk: the next run decodes these units again
+                    store = None
+            self.pop(unit)
+
+
+def memory_budget() -> int:
+    """A quarter of the memory available now (MemAvailable; 1 GiB where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 4
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2**30
 
 
 def decode_raw(
@@ -120,13 +198,17 @@ def _counts(values: Any, n: int) -> np.ndarray:
     return np.asarray(ak.to_numpy(ak.num(values, axis=1)), dtype=np.int64)
 
 
-def finalize(raw: RawChunk, pre: Preprocessor) -> Chunk:
+def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     """Lay a raw unit out as ``pre`` would have decoded it: pad/clip, normalise, mask.
 
     One gather builds every column (a slot beyond a branch's stored width reads
     any stored column: it is padding in every event, since no list of the unit
     is longer than the width); then ``(v - offset) * scale`` in float32 on the
     columns that have constants, and ``pad_value`` where the mask is set.
+
+    When every branch is stored at its final length (the lengths are given)
+    the gather is the identity and is skipped; with ``inplace`` the raw unit's
+    own ``x`` (an array in memory, used once) becomes the chunk's ``x``.
     """
     n, nflat = len(raw), len(pre.flat)
     widths = [int(w) for w in raw.widths]
@@ -140,7 +222,12 @@ def finalize(raw: RawChunk, pre: Preprocessor) -> Chunk:
             raise ValueError(f"a raw unit stores {width} values of {name!r}, fewer than its lists hold")
         src.extend(r + min(s, width - 1) if width else 0 for s in range(length))
         r += width
-    if raw.x.shape[1]:
+    identity = raw.x.shape[1] == pre.n_features and src == list(range(pre.n_features))
+    if identity and inplace and type(raw.x) is np.ndarray and raw.x.flags.writeable:
+        x = raw.x  # not a memory map: the unit is ours to change
+    elif identity and raw.x.shape[1]:
+        x = np.array(raw.x, dtype=np.float32)
+    elif raw.x.shape[1]:
         x = np.take(np.asarray(raw.x), np.asarray(src, np.intp), axis=1)
     else:
         x = np.zeros((n, pre.n_features), np.float32)
@@ -154,10 +241,29 @@ def finalize(raw: RawChunk, pre: Preprocessor) -> Chunk:
     elif act.any():
         cols = np.flatnonzero(act)
         x[:, cols] = (x[:, cols] - off[cols]) * sc[cols]
-    mask = np.zeros((n, pre.n_features), bool)
-    col = nflat
-    for j, (_, length) in enumerate(pre.jagged):
-        np.greater_equal(np.arange(length)[None, :], counts[:, j : j + 1], out=mask[:, col : col + length])
-        col += length
+    mask = pad_mask(counts, [length for _, length in pre.jagged], nflat, pre.n_features)
     np.copyto(x, np.float32(pre.pad_value), where=mask)
     return Chunk(x, mask, np.asarray(raw.y), np.asarray(raw.weight), np.asarray(raw.event_id))
+
+
+def pad_mask(counts: np.ndarray, lengths: list[int], first: int, n_features: int) -> np.ndarray:
+    """The padding mask: slot ``s`` of jagged branch ``j`` is padding where ``s >= counts[:, j]``.
+
+    Branches of one collection share their multiplicities (every ``Jet_*``
+    has ``nJet`` values), so each run of neighbouring branches with the same
+    counts and length is filled by one comparison ``(n, 1) >= (1, k * L)``
+    rather than ``k`` narrow ones (several times faster: numpy's inner loop
+    then runs over ``k * L`` columns, not ``L``).
+    """
+    n = counts.shape[0]
+    mask = np.zeros((n, n_features), bool)
+    col, j = first, 0
+    while j < len(lengths):
+        k = j + 1
+        while k < len(lengths) and lengths[k] == lengths[j] and np.array_equal(counts[:, k], counts[:, j]):
+            k += 1
+        span = (k - j) * lengths[j]
+        slots = np.tile(np.arange(lengths[j], dtype=counts.dtype), k - j)
+        np.greater_equal(slots[None, :], counts[:, j : j + 1], out=mask[:, col : col + span])
+        col, j = col + span, k
+    return mask
