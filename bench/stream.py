@@ -160,7 +160,9 @@ def first_use_child(mode: str, path: str, workers: int, cache: str) -> int:
         "shuffle": False,
         "normalize": "minmax",
     }
-    ds = Dataset.from_config(cfg, show_progress=False, fused=mode == "fused")
+    # "fused-disk": the specs pass's raw units go to the store on disk, not to memory
+    memory = 0 if mode == "fused-disk" else None
+    ds = Dataset.from_config(cfg, show_progress=False, fused=mode != "two-pass", raw_memory=memory)
     n = 0
     for b in ds.batches(batch_size=8192, epoch=0):
         n += len(b.y)

@@ -427,6 +427,12 @@ class Dataset:
         allows, then ``(unit, raw store root)`` while the cache budget allows, then
         ``(unit, None)`` (statistics only: epoch 0 decodes that unit).
 
+        Memory is used with ``workers: 0`` only: from a worker, a raw unit would
+        cross a pipe (pickled, copied four times) and be laid out by this
+        process alone, which costs more than the store on disk, where the
+        workers lay their units out in parallel and this process maps the
+        decoded chunks.
+
         The disk budget is ``cache_max_gb`` less what the cache directory
         already holds. A unit's width is only known once it is decoded, so each
         is charged an estimate (:meth:`_raw_estimate`).
@@ -436,11 +442,12 @@ class Dataset:
         used = _dir_size(raw.root.parent) if c.cache_dir else 0
         # without specs-dependent tensors the decoded cache may already hold a unit: keep no raw copy
         cached = self.cache if not self._needs_specs() else None
+        inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
         for u in units:
             need = self._raw_estimate(u)
             if cached is not None and cached.has(u):
                 yield (u, None)
-            elif self._raw_memory.reserve(need):
+            elif inline and self._raw_memory.reserve(need):
                 yield (u, firstuse.MEMORY)
             elif used + need <= limit:
                 used += need
