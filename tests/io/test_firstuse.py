@@ -129,8 +129,10 @@ def test_no_specs_pass_when_nothing_depends_on_it(data_dir, tmp_path, monkeypatc
 
     monkeypatch.setattr(Dataset, "compute_specs", no_specs)
     ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))
-    assert_same(epochs(ds, 1), ref)
+    # what a training run asks before epoch 0 (the model's width, the progress bar's total)
     assert ds.n_features == 2 + 5 * 4
+    assert ds.nevents == sum(len(b["y"]) for b in ref[0])
+    assert_same(epochs(ds, 1), ref)
 
 
 def test_the_cache_budget_holds_raw_and_decoded_units(data_dir, tmp_path):

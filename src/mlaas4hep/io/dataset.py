@@ -383,6 +383,13 @@ class Dataset:
         length = c.jagged.get(name, c.jagged.get(schema_mod.collection(name)))
         return None if length is None else int(length)
 
+    @property
+    def needs_specs(self) -> bool:
+        """Whether the tensors depend on the specs pass: ``normalize`` is not ``none``, or a
+        jagged collection has no length in the configuration. When False, epoch 0 starts at
+        once and no step of a run (:attr:`n_features`, :attr:`nevents`) needs the pass."""
+        return self._needs_specs()
+
     def _needs_specs(self) -> bool:
         """Whether the tensors depend on the specs (normalisation, or a length from the data)."""
         if isinstance(self._specs_arg, Specs) or self.config.normalize != "none":
@@ -511,7 +518,14 @@ class Dataset:
 
     @property
     def nevents(self) -> int:
-        """Events after the selection (as counted by the specs pass)."""
+        """Events after the selection (as counted by the specs pass).
+
+        Without a selection, and with nothing depending on the specs (every
+        jagged length given, ``normalize: none``), the events are those of the
+        planned units: no specs pass runs just to count them.
+        """
+        if "specs" not in self.__dict__ and not self.config.selection and not self._needs_specs():
+            return sum(u.stop - u.start for u in self.units(0, shuffle=False))
         return int(sum(f.get("selected", 0) for f in self.specs.files))
 
     # ------------------------------------------------------------ streaming
