@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from mlaas4hep.io import Dataset
+from mlaas4hep.io import Dataset, firstuse
 from mlaas4hep.io.reader import UnitReader
 
 from ..conftest import sample_config
@@ -104,7 +104,7 @@ def test_raw_units_of_a_specs_only_run_serve_the_next_run(data_dir, tmp_path, co
     raw = first._raw_store()
     assert raw is not None
     if where != "disk":
-        assert len(first._raw_memory.units) == 16 and not list(raw.root.iterdir())  # held in memory
+        assert len(first._raw.memory.units) == 16 and not list(raw.root.iterdir())  # held in memory
         del first  # a run that stops after the specs: what it holds goes to the cache directory
         gc.collect()
     assert len(list(raw.root.iterdir())) == 16  # 4 files x 4 units
@@ -160,11 +160,11 @@ def test_raw_units_in_memory_stay_within_their_budget(data_dir, tmp_path):
     """A budget of about 5 units: those are held in memory, the others go to the store on disk."""
     over = dict(jagged={}, normalize="standard", workers=0)
     ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 2)
-    probe = Dataset.from_config(sample_config(data_dir, None, **over))
-    budget = 5 * probe._raw_estimate(probe.units(0, shuffle=False)[0]) + 100
+    per_event = firstuse.bytes_per_event(2, [None] * 5)  # MET_pt, nJet; five Jet branches
+    budget = 5 * 5_000 * per_event + 100
     ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over), raw_memory=budget)
     ds.specs  # noqa: B018
-    held = ds._raw_memory
+    held = ds._raw.memory
     assert 0 < len(held.units) < 16
     assert held.used == sum(r.nbytes for r in held.units.values()) <= budget
     raw = ds._raw_store()

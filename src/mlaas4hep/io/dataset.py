@@ -35,7 +35,6 @@ import logging
 import os
 import shutil
 import tempfile
-import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from functools import cached_property, partial
@@ -161,10 +160,9 @@ class Dataset:
         self.show_progress = show_progress
         #: Whether the specs pass keeps its decoded units for epoch 0 (False: decode twice, as before).
         self.fused = fused
-        self._raw_tmp: str | None = None
         budget = firstuse.memory_budget() if raw_memory is None else int(raw_memory)
-        self._raw_memory = firstuse.RawMemory(budget)
-        self._spill: weakref.finalize[Any, Any] | None = None
+        #: The specs pass's raw units until epoch 0 lays them out (see :mod:`.firstuse`).
+        self._raw = firstuse.RawUnits(budget)
         self._files = config.resolve_files()
         self.urls = [u for u, _ in self._files]
         self._specs_arg = specs if specs is not None else config.extra.get("specs")
@@ -337,11 +335,19 @@ class Dataset:
         ex, items = self._executor(), list[Any]()
         items.extend(units)
         raw = self._raw_store(create=True)
-        mem = self._raw_memory
+        given = [self._given_length(j) for j in sch.jagged]
+        per_event = firstuse.bytes_per_event(len(sch.flat), given)
         if raw is not None:  # one decode for specs and epoch 0: keep each unit's raw tensors
-            given = [self._given_length(j) for j in sch.jagged]
             fn = partial(stats_and_raw, reader, names, given)
-            items = list(self._raw_items(units, raw))
+            # the disk's room: cache_max_gb less what the cache directory holds
+            room = c.cache_max_gb * 2**30 - (_dir_size(raw.root.parent) if c.cache_dir else 0)
+            # memory with workers: 0 only: from a worker a raw unit would cross a pipe (pickled,
+            # copied four times) and be laid out by this process alone, which costs more than the
+            # store on disk, where the workers lay their units out in parallel
+            inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
+            # without specs-dependent tensors the decoded cache may hold a unit already
+            cached = self.cache if not self._needs_specs() else None
+            items = list(self._raw.plan(units, per_event, raw, room, inline, cached))
         with progress.bar("specs", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
             if hasattr(ex, "reduce_unit_stats"):  # Dask: a tree-reduce on the workers
                 part = ex.reduce_unit_stats(
@@ -357,20 +363,15 @@ class Dataset:
                 items = []
             for item, result in self._map(fn, items, ex):
                 unit = item if isinstance(item, Unit) else item[0]
-                held = isinstance(item, tuple) and item[1] == firstuse.MEMORY
+                self._raw.settle(item, result, per_event)
                 if result is None:
-                    if held:
-                        mem.release(self._raw_estimate(unit))
                     continue
                 partial_stats, n = result[:2]
-                if held:
-                    mem.keep(unit, result[2], self._raw_estimate(unit))
                 specs.merge_chunk(partial_stats)
                 selected[unit.file] += n
                 bar.advance(unit.stop - unit.start)
-        if mem.units and self._spill is None:  # a run that stops here leaves them to the next one
-            root = str(raw.root) if raw is not None and self.config.cache_dir else None
-            self._spill = weakref.finalize(self, mem.spill, root)
+        # a run that stops here leaves what it holds to the next one
+        self._raw.leave_to_next_run(raw.root if raw is not None and c.cache_dir else None)
         for name in names:  # branches with no value at all (an empty file) still get stats
             specs.stats.setdefault(name, _empty_stats(name in sch.jagged))
         specs.files = [dict(f, selected=s) for f, s in zip(self.file_infos, selected)]
@@ -401,73 +402,18 @@ class Dataset:
         return self.fused and c.executor != "dask" and not c.scheduler
 
     def _raw_store(self, create: bool = False) -> ChunkStore | None:
-        """Where the first-use pass keeps raw units (None when fusing is off, or, unless
-        ``create``, when no raw unit was kept).
-
-        Under the cache directory (``chunks/raw-<key>``, so a later run finds
-        them) when caching is on; else a temporary directory that lives as long
-        as this dataset.
-        """
+        """Where the first-use pass keeps raw units on disk (None when fusing is off, or,
+        unless ``create``, when none was kept): ``chunks/raw-<key>`` under the cache
+        directory, else a temporary directory."""
         if not self._fusable():
             return None
-        if self.config.cache_dir:
-            path = self._cache_root() / "chunks" / self._raw_name()
-        elif self._raw_tmp is not None:
-            path = Path(self._raw_tmp)
-        elif create:
-            self._raw_tmp = tempfile.mkdtemp(prefix="mlaas4hep-raw-")
-            weakref.finalize(self, shutil.rmtree, self._raw_tmp, True)
-            path = Path(self._raw_tmp)
-        else:
-            return None
-        if not create and not path.is_dir():
-            return None
-        return firstuse.raw_store(path)
+        root = self._cache_root() / "chunks" / self._raw_name() if self.config.cache_dir else None
+        return self._raw.store(root, create)
 
     def _raw_name(self) -> str:
         groups = [(g.label, g.weight) for _, g in self._files]
         key = [firstuse.RAW_VERSION, self.config.digest(*RAW_FIELDS), self.file_infos, groups]
         return "raw-" + digest(key)[:20]
-
-    def _raw_items(self, units: list[Unit], raw: ChunkStore) -> Iterator[tuple[Unit, str | None]]:
-        """Where each unit's raw tensors go: ``(unit, MEMORY)`` while the memory budget
-        allows, then ``(unit, raw store root)`` while the cache budget allows, then
-        ``(unit, None)`` (statistics only: epoch 0 decodes that unit).
-
-        Memory is used with ``workers: 0`` only: from a worker, a raw unit would
-        cross a pipe (pickled, copied four times) and be laid out by this
-        process alone, which costs more than the store on disk, where the
-        workers lay their units out in parallel and this process maps the
-        decoded chunks.
-
-        The disk budget is ``cache_max_gb`` less what the cache directory
-        already holds. A unit's width is only known once it is decoded, so each
-        is charged an estimate (:meth:`_raw_estimate`).
-        """
-        c = self.config
-        limit = c.cache_max_gb * 2**30
-        used = _dir_size(raw.root.parent) if c.cache_dir else 0
-        # without specs-dependent tensors the decoded cache may already hold a unit: keep no raw copy
-        cached = self.cache if not self._needs_specs() else None
-        inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
-        for u in units:
-            need = self._raw_estimate(u)
-            if cached is not None and cached.has(u):
-                yield (u, None)
-            elif inline and self._raw_memory.reserve(need):
-                yield (u, firstuse.MEMORY)
-            elif used + need <= limit:
-                used += need
-                yield (u, str(raw.root))
-            else:
-                yield (u, None)
-
-    def _raw_estimate(self, unit: Unit) -> int:
-        """Bytes of a unit's raw tensors, before it is read: its events at the given
-        lengths, else 16 values per jagged branch."""
-        sch = self.schema
-        columns = len(sch.flat) + sum(self._given_length(j) or 16 for j in sch.jagged)
-        return (unit.stop - unit.start) * (columns * 4 + len(sch.jagged) * 8 + 28)
 
     @cached_property
     def preprocessor(self) -> Preprocessor:
@@ -595,7 +541,7 @@ class Dataset:
         this process are written to the cache behind the consumer, by a thread.
         """
         c, units = self.config, self.units(epoch, rank, world, shuffle)
-        reader, cache, mem = self._reader(), self.cache, self._raw_memory
+        reader, cache, mem = self._reader(), self.cache, self._raw
         inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
         decode = [u for u in units if u not in mem and not (cache is not None and cache.has(u))]
         # only cached and in-memory units (a first use after the specs pass): no worker is needed
@@ -636,7 +582,7 @@ class Dataset:
                     if cached and cache is not None:
                         chunk = cache.read(u)
                     elif src == firstuse.MEMORY:
-                        chunk = self._lay_out(reader, u)
+                        chunk = mem.lay_out(reader, u)
                     elif out is None:  # skipped (on_error: skip)
                         continue
                     else:
@@ -652,13 +598,6 @@ class Dataset:
                 writer.close()
             if spool is not None:
                 shutil.rmtree(spool.root, ignore_errors=True)
-
-    def _lay_out(self, reader: UnitReader, unit: Unit) -> Chunk:
-        """A raw unit held in memory, laid out in place (decoded again if another pass took it)."""
-        raw = self._raw_memory.pop(unit)
-        if raw is None:
-            return reader.decode(unit)
-        return firstuse.finalize(raw, reader.preprocessor, inplace=True)
 
     def jagged_chunks(
         self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None

@@ -36,7 +36,12 @@ store, where the next run finds them.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import awkward as ak
@@ -140,6 +145,94 @@ class RawMemory:
                 except OSError:  # a full disk: the next run decodes these units again
                     store = None
             self.pop(unit)
+
+
+class RawUnits:
+    """Where the specs pass's raw units wait for epoch 0: memory first, then a store on disk.
+
+    One per :class:`~mlaas4hep.io.Dataset`. :meth:`plan` says where each
+    unit's raw tensors go, :meth:`settle` takes a specs task's result,
+    :meth:`lay_out` turns a unit held in memory into its chunk.
+    """
+
+    def __init__(self, memory_budget: int):
+        self.memory = RawMemory(memory_budget)
+        self._tmp: str | None = None
+        self._spill: weakref.finalize[Any, Any] | None = None
+
+    def store(self, root: Path | None, create: bool = False) -> ChunkStore | None:
+        """The store on disk: at ``root`` (under the cache directory, so a later run
+        finds it), else a temporary directory that lives as long as this object.
+        None, unless ``create``, when nothing was ever kept there."""
+        if root is None and self._tmp is None and create:
+            self._tmp = tempfile.mkdtemp(prefix="mlaas4hep-raw-")
+            weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        path = root if root is not None else (Path(self._tmp) if self._tmp is not None else None)
+        if path is None or (not create and not path.is_dir()):
+            return None
+        return raw_store(path)
+
+    def plan(
+        self,
+        units: list[Unit],
+        per_event: int,
+        store: ChunkStore,
+        disk_room: float,
+        in_memory: bool,
+        cached: ChunkStore | None = None,
+    ) -> Iterator[tuple[Unit, str | None]]:
+        """Where each unit's raw tensors go: ``(unit, MEMORY)`` while the memory budget
+        allows (``in_memory`` only), then ``(unit, store root)`` while ``disk_room``
+        bytes allow, then ``(unit, None)`` (statistics only: epoch 0 decodes that unit).
+
+        A unit the decoded cache ``cached`` already holds keeps no raw copy. A
+        unit's width is only known once it is decoded, so each is charged an
+        estimate, ``per_event`` bytes an event (:func:`bytes_per_event`).
+        """
+        for u in units:
+            need = (u.stop - u.start) * per_event
+            if cached is not None and cached.has(u):
+                yield (u, None)
+            elif in_memory and self.memory.reserve(need):
+                yield (u, MEMORY)
+            elif need <= disk_room:
+                disk_room -= need
+                yield (u, str(store.root))
+            else:
+                yield (u, None)
+
+    def settle(self, item: Any, result: tuple[Any, ...] | None, per_event: int) -> None:
+        """Hold the raw unit a specs task returned (or free what was reserved for a skipped one)."""
+        if not (isinstance(item, tuple) and item[1] == MEMORY):
+            return
+        unit: Unit = item[0]
+        reserved = (unit.stop - unit.start) * per_event
+        if result is None:
+            self.memory.release(reserved)
+        else:
+            self.memory.keep(unit, result[2], reserved)
+
+    def leave_to_next_run(self, root: Path | None) -> None:
+        """Write what is still held to the store at ``root`` when this object goes
+        (a run that stopped after the specs pass); just drop it with no ``root``."""
+        if self.memory.units and self._spill is None:
+            self._spill = weakref.finalize(self, self.memory.spill, str(root) if root is not None else None)
+
+    def __contains__(self, unit: object) -> bool:
+        return unit in self.memory
+
+    def lay_out(self, reader: UnitReader, unit: Unit) -> Chunk:
+        """A raw unit held in memory, laid out in place (decoded again if another pass took it)."""
+        raw = self.memory.pop(unit)
+        if raw is None:
+            return reader.decode(unit)
+        return finalize(raw, reader.preprocessor, inplace=True)
+
+
+def bytes_per_event(nflat: int, given: list[int | None]) -> int:
+    """An estimate of a raw unit's bytes per event, before it is read: the given
+    lengths, else 16 values per jagged branch; counts, label, weight, event id."""
+    return (nflat + sum(length or 16 for length in given)) * 4 + len(given) * 4 + 28
 
 
 def memory_budget() -> int:
