@@ -171,3 +171,39 @@ def test_raw_units_in_memory_stay_within_their_budget(data_dir, tmp_path):
     assert raw is not None and len(list(raw.root.iterdir())) == 16 - len(held.units)
     assert_same(epochs(ds, 2), ref)
     assert not held.units and held.used == 0 and raw.size() == 0
+
+
+def test_cache_written_behind_serves_the_next_run(data_dir, tmp_path, count_decodes, monkeypatch):
+    """Epoch 0 of a first use lays units out in memory and writes them behind; the next run reads them."""
+    over = dict(jagged={}, normalize="minmax", shuffle=True)
+    ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 2)
+    cfg = sample_config(data_dir, tmp_path / "one", **over)
+    count_decodes.clear()
+    first = Dataset.from_config(cfg)
+    assert_same(epochs(first, 1), ref[:1])
+    assert count_decodes == [] and not first._raw.memory.units  # every unit laid out from memory
+    assert len(list(first.cache.root.iterdir())) == 16  # and written (close() waited for the last)
+
+    def no_layout(*args, **kwargs):
+        raise AssertionError("a unit was laid out again")
+
+    monkeypatch.setattr(firstuse, "finalize", no_layout)
+    second = Dataset.from_config(cfg)  # a new run: specs and every chunk from the cache
+    assert_same(epochs(second, 2), ref)
+    assert count_decodes == []
+
+
+def test_a_failing_cache_write_costs_the_cache_only(tmp_path, caplog):
+    from mlaas4hep.io.chunk import Chunk, ChunkStore, Unit, WriteBehind
+
+    class FullDisk(ChunkStore):
+        def write(self, unit, chunk):
+            raise OSError(28, "No space left on device")
+
+    writer = WriteBehind(FullDisk(tmp_path))
+    chunks = [Chunk.empty(3) for _ in range(4)]
+    for i, ch in enumerate(chunks):
+        writer.put(Unit(0, i, i + 1), ch)
+    writer.close()
+    assert isinstance(writer.failed, OSError) and "writing stopped" in caplog.text
+    assert not chunks[0].x.flags.writeable  # what is written behind cannot change meanwhile
