@@ -160,16 +160,25 @@ def first_use_child(mode: str, path: str, workers: int, cache: str) -> int:
         "shuffle": False,
         "normalize": "minmax",
     }
-    ds = Dataset.from_config(cfg, show_progress=False, fused=mode == "fused")
+    # "fused-disk": the specs pass's raw units go to the store on disk, not to memory
+    extra = {"raw_memory": 0} if mode == "fused-disk" else {}
+    ds = Dataset.from_config(cfg, show_progress=False, fused=mode != "two-pass", **extra)
     n = 0
     for b in ds.batches(batch_size=8192, epoch=0):
         n += len(b.y)
     return n
 
 
-def first_use(path: Path, workers: list[int], repeats: int) -> list[tuple[str, float, float]]:
-    """Median events/s of fresh processes: plain uproot, then ours fused and two-pass per worker count."""
-    kinds = [("plain", 0)] + [(m, w) for w in workers for m in ("fused", "two-pass")]
+def first_use(
+    path: Path, workers: list[int], repeats: int, modes: list[str], before: str | None = None
+) -> list[tuple[str, float, float]]:
+    """Median events/s of fresh processes: plain uproot, then ours in each mode per worker count.
+
+    ``before`` names another source tree (e.g. ``git archive main``'s ``src``):
+    its default path runs too, as mode ``before``, in the same rotation.
+    """
+    modes = modes + (["before"] if before else [])
+    kinds = [("plain", 0)] + [(m, w) for w in workers for m in modes]
     times: dict[tuple[str, int], list[float]] = {k: [] for k in kinds}
     events: dict[tuple[str, int], int] = {}
     for _ in range(repeats):
@@ -178,8 +187,14 @@ def first_use(path: Path, workers: list[int], repeats: int) -> list[tuple[str, f
             result = Path(cache) / "result.txt"
             t0 = time.time()  # the child writes when its last batch arrived
             # (to a file: its pool's helper processes may hold a stdout pipe open after it ends)
+            env = dict(os.environ)
+            if mode == "before" and before:
+                env["PYTHONPATH"] = before
+            child = "fused" if mode == "before" else mode
             subprocess.run(
-                [sys.executable, __file__, "--child", mode, str(w), str(path), cache, str(result)], check=True
+                [sys.executable, __file__, "--child", child, str(w), str(path), cache, str(result)],
+                check=True,
+                env=env,
             )
             out = result.read_text().split()
             times[(mode, w)].append(float(out[1]) - t0)
@@ -205,6 +220,12 @@ def main() -> None:
     ap.add_argument("--no-remote", action="store_true", help="skip root:// and http://")
     ap.add_argument("--first-use", action="store_true", help="fresh processes: first use vs one plain pass")
     ap.add_argument("--first-use-workers", default="0,1,2")
+    ap.add_argument(
+        "--first-use-modes",
+        default="fused,two-pass",
+        help="fused (default path), two-pass (Dataset(fused=False)), fused-disk (raw units on disk)",
+    )
+    ap.add_argument("--before", help="another source tree whose default path runs too (mode 'before')")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -229,7 +250,13 @@ def main() -> None:
     path.chmod(0o644)
     if args.first_use:
         baseline(str(path))  # warm the page cache
-        rows_ = first_use(path, [int(w) for w in args.first_use_workers.split(",")], args.repeats)
+        rows_ = first_use(
+            path,
+            [int(w) for w in args.first_use_workers.split(",")],
+            args.repeats,
+            args.first_use_modes.split(","),
+            args.before,
+        )
         print(
             f"\n{args.events:,} events, first use (fresh process, empty cache, to the last batch of "
             f"epoch 0), median of {args.repeats}; {os.cpu_count()} cores, load average "

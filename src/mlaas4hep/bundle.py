@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__, bundle_schema, extras
-from .errors import Mlaas4hepError
+from .bundle_schema import BundleError as BundleError  # defined with the schema that raises it
+from .bundle_spec import BundleSpec
 from .io.preprocess import Preprocessor
 from .jsonutil import jsonable
 
@@ -42,10 +43,6 @@ REQUIRED = bundle_schema.REQUIRED
 MAX_META_BYTES = 16 * 2**20  # bundle.json
 #: Files a bundle may contain: ONNX, JSON, text and safe native weight formats.
 ALLOWED_SUFFIXES = (".onnx", ".json", ".txt", ".safetensors", ".keras", ".md")
-
-
-class BundleError(Mlaas4hepError, ValueError):
-    """A bundle is incomplete, inconsistent or unsafe."""
 
 
 def write(
@@ -87,6 +84,15 @@ def write(
     onnx = extras.require("onnx", "writing a model bundle")
 
     graph = onnx.load(str(path / "model.onnx")).graph
+    inputs: dict[str, Any] = {
+        "features": feats,
+        "preprocessing": preprocessor.to_dict() if preprocessor is not None else None,
+        "onnx_input": graph.input[0].name,
+    }
+    if len(graph.input) > 1 or (preprocessor is not None and preprocessor.groups is not None):
+        inputs["tensors"] = _graph_tensors(graph)  # several named tensors (object groups and masks)
+    else:
+        inputs.update(datatype="FP32", shape=[-1, len(feats)])
     meta = {
         "format": FORMAT,
         "name": name,
@@ -95,13 +101,7 @@ def write(
         "producer": f"mlaas4hep {__version__}",  # the version that wrote it
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "description": description,
-        "inputs": {
-            "features": feats,
-            "preprocessing": preprocessor.to_dict() if preprocessor is not None else None,
-            "onnx_input": graph.input[0].name,
-            "datatype": "FP32",
-            "shape": [-1, len(feats)],
-        },
+        "inputs": inputs,
         "outputs": {
             "labels": list(labels),
             "onnx_output": graph.output[0].name,
@@ -126,6 +126,20 @@ def write(
     }
     (path / "params.json").write_text(json.dumps(params, indent=1))
     return path
+
+
+def _graph_tensors(graph: Any) -> list[dict[str, Any]]:
+    """``inputs.tensors`` of bundle.json: the ONNX graph's inputs, in order (symbolic dimensions -1)."""
+    onnx = extras.require("onnx", "writing a model bundle")
+    types = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.BOOL: "BOOL"}
+    out = []
+    for i in graph.input:
+        tt = i.type.tensor_type
+        if tt.elem_type not in types:
+            raise BundleError(f"model input {i.name!r} must be float32 or bool")
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        out.append({"name": i.name, "datatype": types[tt.elem_type], "shape": [-1, *dims[1:]]})
+    return out
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -175,53 +189,67 @@ def session(
 
 
 class Predictor:
-    """A loaded bundle: preprocessing + ONNX model."""
+    """A loaded bundle: its contract (:class:`~mlaas4hep.bundle_spec.BundleSpec`) and its ONNX session.
+
+    :meth:`predict` takes the model's named input tensors (for a flat bundle,
+    also the bare ``(n, F)`` feature array), :meth:`predict_raw` raw branch
+    values, :meth:`predict_root` a ROOT file; all check their inputs through
+    the spec, so the server and a script refuse the same things for the same
+    reasons. ``spec`` lets a caller that parsed ``bundle.json`` already (the
+    server's repository) hand it over instead of reading it again.
+    """
 
     def __init__(
-        self, path: str | os.PathLike[str], threads: int | None = None, spinning: bool | None = None
+        self,
+        path: str | os.PathLike[str],
+        threads: int | None = None,
+        spinning: bool | None = None,
+        spec: BundleSpec | None = None,
     ):
         self.path = Path(path)
-        self.meta = read_meta(self.path)
+        self.spec = spec if spec is not None else BundleSpec(read_meta(self.path))
+        self.meta = self.spec.meta
+        self.preprocessor = self.spec.preprocessor
         try:
             self.session = session(self.path / "model.onnx", threads, spinning)
         except Exception as err:  # onnxruntime raises its own exception types
             raise BundleError(f"model.onnx of {str(self.path)!r} does not load: {err}") from None
-        pre = self.meta["inputs"].get("preprocessing")
-        self.preprocessor = Preprocessor.from_dict(pre) if pre else None
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_name = self.spec.input_name
         self.output_name = self.session.get_outputs()[0].name
-        n_in = self.session.get_inputs()[0].shape[-1]
-        if isinstance(n_in, int) and n_in != len(self.features):
-            raise BundleError(f"model.onnx takes {n_in} features but bundle.json lists {len(self.features)}")
+        _check_session(self.spec, self.session.get_inputs())
 
-    name = property(lambda self: self.meta["name"])
-    version = property(lambda self: int(self.meta["version"]))
-    features = property(lambda self: list(self.meta["inputs"]["features"]))
-    labels = property(lambda self: list(self.meta["outputs"]["labels"]))
+    name = property(lambda self: self.spec.name)
+    version = property(lambda self: self.spec.version)
+    features = property(lambda self: list(self.spec.features))
+    labels = property(lambda self: list(self.spec.labels))
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities for ready-made feature rows ``(n, F)``."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != len(self.features):
-            raise BundleError(f"expected input of shape (n, {len(self.features)}), got {tuple(x.shape)}")
-        out: np.ndarray = self.session.run([self.output_name], {self.input_name: x})[0]
+    def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
+        """Probabilities for the model's named input tensors (or a flat bundle's ``(n, F)`` rows)."""
+        if not isinstance(inputs, Mapping):
+            inputs = {self.spec.input_name: np.asarray(inputs)}
+        return self.run(self.spec.check(inputs, cast=True))
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The ONNX model on tensors already checked by :meth:`BundleSpec.check` (the server's batcher)."""
+        feed = inputs if isinstance(inputs, dict) else dict(inputs)
+        out: np.ndarray = self.session.run([self.output_name], feed)[0]
         return out
 
     def transform(self, arrays: Mapping[str, Any]) -> np.ndarray:
-        """Raw branch values (flat lists, and lists of lists for jagged ones) to features."""
-        if self.preprocessor is None:
+        """Raw branch values (flat lists, and lists of lists for jagged ones) to flat feature rows."""
+        pre = self.preprocessor
+        if pre is None:
             raise BundleError(f"model {self.name!r} has no preprocessing: send feature vectors")
-        missing = [b for b in self.preprocessor.inputs if b not in arrays]
-        if missing:
-            raise BundleError(
-                f"missing raw inputs {missing}; model {self.name!r} needs {self.preprocessor.inputs}"
-            )
-        x, _, _ = self.preprocessor.transform(_as_arrays(arrays), apply_selection=False)
+        x, _, _ = pre.transform(self.spec.raw_arrays(arrays), apply_selection=False)
         return x
+
+    def tensors(self, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Raw branch values to the model's named input tensors (through the object groups, if any)."""
+        return self.spec.preprocess(self.spec.raw_arrays(arrays))
 
     def predict_raw(self, arrays: Mapping[str, Any]) -> np.ndarray:
         """Probabilities for raw branch values: the bundle's preprocessing is applied."""
-        return self.predict(self.transform(arrays))
+        return self.run(self.tensors(arrays))
 
     def predict_root(
         self,
@@ -259,8 +287,27 @@ class Predictor:
             )
             out = {"entry": np.arange(s, e, dtype=np.int64)}
             out.update({i: np.asarray(arrays[i]) for i in id_names})
-            out["scores"] = self.predict(pre.transform(arrays, apply_selection=False)[0])
+            x, mask, _ = pre.transform(arrays, apply_selection=False)
+            out["scores"] = self.run(self.spec.from_features(x, mask))
             yield out
+
+
+def _check_session(spec: BundleSpec, inputs: list[Any]) -> None:
+    """model.onnx must take what bundle.json says it takes."""
+    if not spec.grouped:
+        n_in = inputs[0].shape[-1]
+        if isinstance(n_in, int) and n_in != len(spec.features):
+            raise BundleError(f"model.onnx takes {n_in} features but bundle.json lists {len(spec.features)}")
+        return
+    names = [i.name for i in inputs]
+    if names != spec.input_names:
+        raise BundleError(f"model.onnx takes the inputs {names} but bundle.json lists {spec.input_names}")
+    for i, t in zip(inputs, spec.inputs):
+        dims = [d if isinstance(d, int) else -1 for d in i.shape]
+        if len(dims) != len(t.shape) or any(d not in (-1, s) for d, s in zip(dims[1:], t.shape[1:])):
+            raise BundleError(
+                f"model.onnx input {i.name!r} has shape {dims} but bundle.json says {list(t.shape)}"
+            )
 
 
 def load(path: str | os.PathLike[str], threads: int | None = None, spinning: bool | None = None) -> Predictor:
@@ -281,17 +328,3 @@ def load(path: str | os.PathLike[str], threads: int | None = None, spinning: boo
     Raises :class:`BundleError` naming what is wrong with the bundle.
     """
     return Predictor(path, threads, spinning)
-
-
-def _as_arrays(arrays: Mapping[str, Any]) -> dict[str, Any]:
-    import awkward as ak
-
-    out = {}
-    for k, v in arrays.items():
-        if isinstance(v, (np.ndarray, ak.Array)):
-            out[k] = v
-        elif isinstance(v, (list, tuple)) and any(isinstance(e, (list, tuple)) for e in v):
-            out[k] = ak.Array(list(v))
-        else:
-            out[k] = np.asarray(v, dtype=np.float64)
-    return out

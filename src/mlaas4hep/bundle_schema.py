@@ -13,12 +13,22 @@ delay, expressions evaluated per event), so nothing in it is taken on trust:
   :func:`mlaas4hep.io.expr.check_cost`;
 * ``outputs.labels``: 1 to :data:`MAX_LABELS` strings; ``shape`` dimensions
   ``-1`` (dynamic) or 1 to :data:`MAX_DIM`, the last at most :data:`MAX_LABELS`;
+* ``inputs.preprocessing.groups`` (input groups): 1 to :data:`MAX_TENSORS`
+  named groups over exactly the columns the preprocessing makes, lengths 1 to
+  :data:`MAX_JAGGED`;
+* ``inputs.tensors`` (bundles whose model takes several named tensors, e.g.
+  one per object group and its mask): 1 to :data:`MAX_TENSORS` objects
+  ``{"name", "datatype", "shape"}`` in the model's input order, names unique,
+  ``datatype`` one of :data:`TENSOR_DATATYPES`, ``shape`` ``[-1, d1, ...]``
+  (the batch first) with at most :data:`MAX_FEATURES` values per event in all;
 * ``serving``: ``max_batch`` 1 to :data:`MAX_BATCH`, ``max_delay_ms`` 0 to
   :data:`MAX_DELAY_MS`.
 
-:func:`check` raises :class:`~mlaas4hep.bundle.BundleError` naming the field and
-the rule it breaks; the server turns that into a 400 at upload and into a
-"broken" entry (logged, listed in ``/models``, never served) at load.
+:func:`check` is the one validator of ``bundle.json``: the server calls it at
+upload and at load (through :func:`mlaas4hep.bundle.read_meta`). It raises
+:class:`BundleError` naming the field and the rule it breaks; the server turns
+that into a 400 at upload and into a "broken" entry (logged, listed in
+``/models``, never served) at load.
 """
 
 from __future__ import annotations
@@ -26,6 +36,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
+
+from .errors import Mlaas4hepError
 
 MAX_VERSION = 2**63 - 1
 MAX_FEATURES = 100_000
@@ -39,11 +53,32 @@ MAX_BATCH = 65_536
 MAX_DELAY_MS = 10_000.0
 NORMALIZE = ("minmax", "standard", "none")
 REQUIRED = ("name", "version", "framework", "created", "inputs", "outputs")
+MAX_TENSORS = 256
+#: Datatype names (those of the Open Inference Protocol) -> numpy dtype (little-endian, as its binary extension).
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+DATATYPE_NAMES = {v: k for k, v in DATATYPES.items()}
+#: What a model's input tensor may be (``inputs.tensors``).
+TENSOR_DATATYPES = ("FP32", "BOOL")
 
 
-def _error(msg: str) -> Exception:
-    from .bundle import BundleError  # bundle imports this module
+class BundleError(Mlaas4hepError, ValueError):
+    """A bundle is incomplete, inconsistent or unsafe."""
 
+
+def _error(msg: str) -> BundleError:
     return BundleError(f"bundle.json {msg}")
 
 
@@ -93,9 +128,43 @@ def check(meta: Any) -> None:
         if part.get("shape") is not None:
             _shape(part["shape"], f"'{what}.shape'", MAX_FEATURES if what == "inputs" else MAX_LABELS)
     del labels
+    if inputs.get("tensors") is not None:
+        check_tensors(inputs["tensors"])
     if inputs.get("preprocessing") is not None:
         check_preprocessing(inputs["preprocessing"], len(feats))
     check_serving(meta.get("serving") or {}, "'serving'")
+
+
+def check_tensors(tensors: Any) -> None:
+    """``inputs.tensors``: the named input tensors of a model that takes several."""
+    w = "'inputs.tensors'"
+    if not isinstance(tensors, list) or not 1 <= len(tensors) <= MAX_TENSORS:
+        raise _error(f"{w} must be a list of 1 to {MAX_TENSORS} tensors")
+    seen: set[str] = set()
+    total = 0
+    for i, t in enumerate(tensors):
+        if not isinstance(t, dict):
+            raise _error(f"{w}: tensor #{i} must be an object with name, datatype and shape")
+        name = t.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_STR:
+            raise _error(f"{w}: tensor #{i} needs a 'name' of 1 to {MAX_STR} characters")
+        if name in seen:
+            raise _error(f"{w}: tensor {name!r} appears twice")
+        seen.add(name)
+        if t.get("datatype") not in TENSOR_DATATYPES:
+            raise _error(
+                f"{w}: tensor {name!r} has datatype {_short(t.get('datatype'))}; "
+                f"allowed: {list(TENSOR_DATATYPES)}"
+            )
+        shape: Any = t.get("shape")
+        what = f"{w}: the shape of {name!r}"
+        _shape(shape, what, MAX_FEATURES)
+        if len(shape) < 2 or shape[0] != -1 or -1 in shape[1:]:
+            raise _error(f"{what} must be [-1, d1, ...]: the batch first, then fixed dimensions")
+        size = math.prod(shape[1:])
+        total += size
+        if total > MAX_FEATURES:
+            raise _error(f"{w} make more than {MAX_FEATURES} values per event")
 
 
 def check_serving(cfg: Mapping[str, Any], what: str = "serving settings") -> None:
@@ -110,7 +179,6 @@ def check_serving(cfg: Mapping[str, Any], what: str = "serving settings") -> Non
 
 def check_preprocessing(pre: Any, n_features: int | None = None) -> None:
     """The preprocessing description (what :meth:`Preprocessor.from_dict` reads)."""
-    from .errors import Mlaas4hepError
     from .io import expr
 
     w = "'inputs.preprocessing"
@@ -133,6 +201,8 @@ def check_preprocessing(pre: Any, n_features: int | None = None) -> None:
         raise _error(f"{w}' makes {total} features; at most {MAX_FEATURES} are allowed")
     if n_features is not None and total != n_features:
         raise _error(f"{w}' makes {total} features but 'inputs.features' lists {n_features}")
+    if pre.get("groups") is not None:
+        check_groups(pre["groups"], total)
     if "pad_value" in pre and not is_number(pre["pad_value"]):
         raise _error(f"{w}.pad_value' must be a finite number")
     if pre.get("normalize", "none") not in NORMALIZE:
@@ -162,6 +232,30 @@ def check_preprocessing(pre: Any, n_features: int | None = None) -> None:
             expr.parse(src)
         except Mlaas4hepError as err:
             raise _error(f"{w}': {what}: {err}") from None
+
+
+def check_groups(groups: Any, width: int) -> None:
+    """``inputs.preprocessing.groups``: the input groups cut out of the flat vector, bounded.
+
+    The columns each group reads are checked when the layout is read back
+    (``io.groups.GroupLayout.from_json``).
+    """
+    w = "'inputs.preprocessing.groups'"
+    if not isinstance(groups, dict) or not isinstance(groups.get("groups"), list):
+        raise _error(f"{w} must be an object with a list 'groups'")
+    if not 1 <= len(groups["groups"]) <= MAX_TENSORS:
+        raise _error(f"{w} must list 1 to {MAX_TENSORS} groups")
+    if groups.get("width") != width:
+        raise _error(f"{w} reads {_short(groups.get('width'))} columns but the preprocessing makes {width}")
+    for g in groups["groups"]:
+        if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not 0 < len(g["name"]) <= MAX_STR:
+            raise _error(f"{w}: each group must be an object with a 'name' of 1 to {MAX_STR} characters")
+        _str_list(g.get("features"), f"{w}: the features of {g['name']!r}", MAX_FEATURES)
+        length = g.get("length")
+        if length is not None and (not is_int(length) or not 1 <= length <= MAX_JAGGED):
+            raise _error(
+                f"{w}: the length of {g['name']!r} must be from 1 to {MAX_JAGGED}, got {_short(length)}"
+            )
 
 
 def _str(v: Any, what: str) -> str:

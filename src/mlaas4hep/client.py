@@ -8,6 +8,7 @@
     c.upload("out/bundle")                                  # a bundle directory or a .tar.gz
     c.models()                                              # [{"name": "tth", "versions": [1], ...}]
     c.predict("tth", x)                                     # float32 (n, F) -> (n, K), binary tensors
+    c.predict("jets", {"jets": j, "jets_mask": m, "event": e})  # a model of several named tensors
     c.predict("tth", raw={"MET_pt": [40.0], "Jet_pt": [[50.0, 30.0]], ...})  # raw branches
     c.predict_root("tth", "root://host//store/f.root", entry_stop=1000)     # {"entry", "event", ..., "scores"}
     c.delete("tth")
@@ -129,36 +130,37 @@ class Client:
     def predict(
         self,
         name: str,
-        x: np.ndarray | None = None,
+        x: np.ndarray | Mapping[str, np.ndarray] | None = None,
         raw: Mapping[str, Any] | None = None,
         version: int | None = None,
     ) -> np.ndarray:
-        """Probabilities ``(n, K)`` for feature rows ``x`` ``(n, F)``, or for raw branch values ``raw``."""
+        """Probabilities ``(n, K)`` for feature rows ``x`` ``(n, F)``, or for raw branch values ``raw``.
+
+        For a model that takes several tensors (object groups and their masks),
+        ``x`` is a dict of them by name, e.g. ``{"jets": (n, 10, 5) float32,
+        "jets_mask": (n, 10) bool, "event": (n, 3) float32}``.
+        """
         if (x is None) == (raw is None):
             raise ValueError("give either x (feature rows) or raw (branch values)")
         path = _model_path(name, version) + "/infer"
         if x is not None:
-            x = np.ascontiguousarray(x, dtype="<f4")
-            if x.ndim == 1:
-                x = x[None, :]
-            meta_name = self._input_name(name, version)
-            header = orjson.dumps(
-                {
-                    "inputs": [
-                        {
-                            "name": meta_name,
-                            "datatype": "FP32",
-                            "shape": list(x.shape),
-                            "parameters": {"binary_data_size": x.nbytes},
-                        }
-                    ],
-                    "parameters": {"binary_data_output": True},
-                }
-            )
+            if isinstance(x, Mapping):  # the model's named tensors (a model of object groups)
+                tensors = {k: np.asarray(v) for k, v in x.items()}
+            else:
+                rows = np.asarray(x)
+                tensors = {self._input_name(name, version): rows[None, :] if rows.ndim == 1 else rows}
+            specs, blobs = [], []
+            for k, a in tensors.items():
+                a = np.ascontiguousarray(a, dtype="?" if a.dtype == bool else "<f4")
+                datatype = "BOOL" if a.dtype == bool else "FP32"
+                params = {"binary_data_size": a.nbytes}
+                specs.append({"name": k, "datatype": datatype, "shape": list(a.shape), "parameters": params})
+                blobs.append(a.tobytes())
+            header = orjson.dumps({"inputs": specs, "parameters": {"binary_data_output": True}})
             r = self._request(
                 "POST",
                 path,
-                content=header + x.tobytes(),
+                content=b"".join([header, *blobs]),
                 headers={
                     "Inference-Header-Content-Length": str(len(header)),
                     "Content-Type": "application/octet-stream",

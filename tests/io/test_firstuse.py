@@ -1,11 +1,12 @@
 """First use in one read: the fused specs pass + epoch 0 equal today's two passes, bit for bit."""
 
+import gc
 import json
 
 import numpy as np
 import pytest
 
-from mlaas4hep.io import Dataset
+from mlaas4hep.io import Dataset, firstuse
 from mlaas4hep.io.reader import UnitReader
 
 from ..conftest import sample_config
@@ -90,17 +91,23 @@ def test_fused_with_workers_equals_two_passes(data_dir, tmp_path):
     assert raw is not None and raw.size() == 0  # every raw unit was laid out into the cache
 
 
-def test_raw_units_of_a_specs_only_run_serve_the_next_run(data_dir, tmp_path, count_decodes):
+@pytest.mark.parametrize("where", ["memory, written when the dataset goes", "disk"])
+def test_raw_units_of_a_specs_only_run_serve_the_next_run(data_dir, tmp_path, count_decodes, where):
     cfg = sample_config(data_dir, tmp_path / "cache", jagged={}, selection="nJet >= 4")
     ref = epochs(
         Dataset.from_config(
             sample_config(data_dir, tmp_path / "two", jagged={}, selection="nJet >= 4"), fused=False
         )
     )
-    first = Dataset.from_config(cfg)
+    first = Dataset.from_config(cfg, raw_memory=0 if where == "disk" else None)
     first.specs  # noqa: B018  (e.g. `mlaas4hep specs`): the fused pass keeps its units
     raw = first._raw_store()
-    assert raw is not None and len(list(raw.root.iterdir())) == 16  # 4 files x 4 units
+    assert raw is not None
+    if where != "disk":
+        assert len(first._raw.memory.units) == 16 and not list(raw.root.iterdir())  # held in memory
+        del first  # a run that stops after the specs: what it holds goes to the cache directory
+        gc.collect()
+    assert len(list(raw.root.iterdir())) == 16  # 4 files x 4 units
     count_decodes.clear()
 
     second = Dataset.from_config(cfg)  # a new run: specs loaded from disk, units from the raw store
@@ -122,15 +129,17 @@ def test_no_specs_pass_when_nothing_depends_on_it(data_dir, tmp_path, monkeypatc
 
     monkeypatch.setattr(Dataset, "compute_specs", no_specs)
     ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))
-    assert_same(epochs(ds, 1), ref)
+    # what a training run asks before epoch 0 (the model's width, the progress bar's total)
     assert ds.n_features == 2 + 5 * 4
+    assert ds.nevents == sum(len(b["y"]) for b in ref[0])
+    assert_same(epochs(ds, 1), ref)
 
 
 def test_the_cache_budget_holds_raw_and_decoded_units(data_dir, tmp_path):
     limit = 2e-3  # GiB: room for a few units of 5,000 events, not 16
     over = dict(jagged={}, shuffle=False, cache_max_gb=limit)
     ref = epochs(Dataset.from_config(sample_config(data_dir, None, **over), fused=False), 2)
-    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "c", **over))
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "c", **over), raw_memory=0)
     ds.specs  # noqa: B018
     root = tmp_path / "c" / "chunks"
     sizes = [sum(p.stat().st_size for p in root.rglob("*.npy"))]
@@ -145,3 +154,56 @@ def test_the_cache_budget_holds_raw_and_decoded_units(data_dir, tmp_path):
         out.append(batches)
     assert_same(out, ref)
     assert max(sizes) <= limit * 2**30
+
+
+def test_raw_units_in_memory_stay_within_their_budget(data_dir, tmp_path):
+    """A budget of about 5 units: those are held in memory, the others go to the store on disk."""
+    over = dict(jagged={}, normalize="standard", workers=0)
+    ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 2)
+    per_event = firstuse.bytes_per_event(2, [None] * 5)  # MET_pt, nJet; five Jet branches
+    budget = 5 * 5_000 * per_event + 100
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over), raw_memory=budget)
+    ds.specs  # noqa: B018
+    held = ds._raw.memory
+    assert 0 < len(held.units) < 16
+    assert held.used == sum(r.nbytes for r in held.units.values()) <= budget
+    raw = ds._raw_store()
+    assert raw is not None and len(list(raw.root.iterdir())) == 16 - len(held.units)
+    assert_same(epochs(ds, 2), ref)
+    assert not held.units and held.used == 0 and raw.size() == 0
+
+
+def test_cache_written_behind_serves_the_next_run(data_dir, tmp_path, count_decodes, monkeypatch):
+    """Epoch 0 of a first use lays units out in memory and writes them behind; the next run reads them."""
+    over = dict(jagged={}, normalize="minmax", shuffle=True)
+    ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 2)
+    cfg = sample_config(data_dir, tmp_path / "one", **over)
+    count_decodes.clear()
+    first = Dataset.from_config(cfg)
+    assert_same(epochs(first, 1), ref[:1])
+    assert count_decodes == [] and not first._raw.memory.units  # every unit laid out from memory
+    assert len(list(first.cache.root.iterdir())) == 16  # and written (close() waited for the last)
+
+    def no_layout(*args, **kwargs):
+        raise AssertionError("a unit was laid out again")
+
+    monkeypatch.setattr(firstuse, "finalize", no_layout)
+    second = Dataset.from_config(cfg)  # a new run: specs and every chunk from the cache
+    assert_same(epochs(second, 2), ref)
+    assert count_decodes == []
+
+
+def test_a_failing_cache_write_costs_the_cache_only(tmp_path, caplog):
+    from mlaas4hep.io.chunk import Chunk, ChunkStore, Unit, WriteBehind
+
+    class FullDisk(ChunkStore):
+        def write(self, unit, chunk):
+            raise OSError(28, "No space left on device")
+
+    writer = WriteBehind(FullDisk(tmp_path))
+    chunks = [Chunk.empty(3) for _ in range(4)]
+    for i, ch in enumerate(chunks):
+        writer.put(Unit(0, i, i + 1), ch)
+    writer.close()
+    assert isinstance(writer.failed, OSError) and "writing stopped" in caplog.text
+    assert not chunks[0].x.flags.writeable  # what is written behind cannot change meanwhile

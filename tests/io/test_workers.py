@@ -109,6 +109,7 @@ def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
     script.write_text(
         textwrap.dedent("""\
             import time
+            from concurrent.futures.process import BrokenProcessPool
             from mlaas4hep.io.executor import process_pool
 
             if __name__ == "__main__":
@@ -120,6 +121,11 @@ def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
                         f.result()
                 except KeyboardInterrupt:
                     print("interrupted", flush=True)
+                except BrokenProcessPool:  # the workers left first; our own SIGINT is on its way
+                    try:
+                        time.sleep(10)
+                    except KeyboardInterrupt:
+                        print("interrupted", flush=True)
                 for _ in range(100):  # the pool notices its workers are gone
                     if pool._broken:
                         break
@@ -160,3 +166,52 @@ def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
     text = plain(out)
     assert rc == 0 and "interrupted" in text and "again 7" in text, text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+
+
+def test_tasks_run_here_until_the_workers_are_up():
+    """The calling process runs what it needs while the workers start; the rest goes to them."""
+    from concurrent.futures import wait
+
+    from mlaas4hep.io.executor import StartingPool, get_executor, shutdown_pools
+
+    shutdown_pools()
+    ex = get_executor("local", 2)
+    assert isinstance(ex, StartingPool)  # handed out at once, its workers still importing
+    assert ex.submit(os.getpid).result() == os.getpid()  # asked for at once: ran here
+    held = [ex.submit(abs, -i) for i in range(6)]
+    wait(held, timeout=120)  # waiting does not run them here: the workers do, once up
+    assert [h.result() for h in held] == list(range(6))
+    assert ex.up
+    pool = get_executor("local", 2)
+    assert not isinstance(pool, StartingPool)  # every worker up: the pool itself
+    assert pool.submit(os.getpid).result() != os.getpid()
+
+
+def test_one_pool_per_process_for_every_pass(data_dir, tmp_path, monkeypatch):
+    """Specs pass, epochs and to_numpy share one pool, started once, and give the same arrays."""
+    import numpy as np
+
+    from mlaas4hep.io import Dataset, executor
+
+    from ..conftest import sample_config
+
+    executor.shutdown_pools()
+    started = []
+    real = executor.ProcessPoolExecutor
+
+    def counting(*args, **kwargs):
+        started.append(kwargs.get("max_workers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(executor, "ProcessPoolExecutor", counting)
+    over = dict(jagged={}, shuffle=False)
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "c", workers=2, **over))
+    ds.specs  # noqa: B018
+    e0 = [np.array(b.x) for b in ds.batches(4000, 0)]
+    e1 = [np.array(b.x) for b in ds.batches(4000, 1)]
+    x, y = ds.to_numpy()
+    assert started == [2]
+    ref = Dataset.from_config(sample_config(data_dir, tmp_path / "r", workers=0, **over), fused=False)
+    np.testing.assert_array_equal(np.concatenate(e0), ref.to_numpy()[0])
+    np.testing.assert_array_equal(np.concatenate(e1), x)
+    assert len(y) == len(x) == ds.nevents

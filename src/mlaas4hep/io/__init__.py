@@ -3,11 +3,14 @@
 * :class:`Dataset` (``dataset.py``): the user-facing API;
 * :class:`DatasetConfig` (``config.py``): the YAML / MLaaS4HEP trio contract;
 * :class:`Preprocessor` (``preprocess.py``): raw branches to ``x``/``mask``, shared with bundles;
+* :class:`GroupLayout` (``groups.py``): input groups, objects as sets ``(n, length, features)``
+  with masks, cut out of ``x``; :class:`Batch` (``batch.py``): what ``Dataset.batches`` yields;
 * :class:`Specs` (``specs.py``): the statistics of the specs pass;
 * ``sources.py``, ``reader.py``, ``passes.py``, ``executor.py``, ``shuffle.py``,
   ``chunk.py``: opening, decoding, parallelism, shuffling and the decoded cache.
 """
 
+from .batch import Batch
 from .chunk import Chunk, Unit
 from .config import DatasetConfig, FileGroup
 from .dataset import Dataset
@@ -23,10 +26,9 @@ from .errors import (
     TreeNotFoundError,
     UnsupportedBranchError,
 )
+from .groups import GroupLayout, InputGroup
 from .preprocess import Preprocessor
 from .specs import Specs
-
-Batch = Chunk
 
 __all__ = [
     "Batch",
@@ -38,6 +40,8 @@ __all__ = [
     "DatasetConfig",
     "FileGroup",
     "FileOpenError",
+    "GroupLayout",
+    "InputGroup",
     "Mlaas4hepError",
     "Preprocessor",
     "SchemaMismatchError",
@@ -50,4 +54,4 @@ __all__ = [
     "UnsupportedBranchError",
 ]
 
-from .reader import UnitReader  # noqa: E402
+from .reader import UnitReader

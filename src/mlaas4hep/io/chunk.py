@@ -7,13 +7,18 @@ decodes to: model-ready arrays plus labels, weights and event ids.
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class Unit(NamedTuple):
@@ -139,3 +144,48 @@ class ChunkStore:
 
     def size(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*.npy"))
+
+
+class WriteBehind:
+    """Writes chunks into a :class:`ChunkStore` from a background thread.
+
+    The consumer hands a chunk over with :meth:`put` and goes on at once (the
+    file writes release the GIL); at most ``depth`` chunks wait, which bounds
+    the memory they hold, and :meth:`close` waits for the last. The chunk's
+    arrays are made read-only, as chunks read back from a store are, so
+    nothing changes them while they are written. A write that fails (a full
+    disk) is logged and ends the writing: the cache is only a shortcut, and
+    later epochs decode what is missing.
+    """
+
+    def __init__(self, store: ChunkStore, depth: int = 2):
+        self.store = store
+        self._queue: queue.Queue[tuple[Unit, Any] | None] = queue.Queue(maxsize=max(1, depth))
+        self._thread: threading.Thread | None = None
+        self.failed: OSError | None = None
+
+    def put(self, unit: Unit, chunk: Any) -> None:
+        if self.failed is not None:
+            return
+        for f in chunk.FIELDS:
+            getattr(chunk, f).flags.writeable = False
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mlaas4hep-cache-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((unit, chunk))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.failed is None:
+                try:
+                    self.store.write(*item)
+                except OSError as err:
+                    self.failed = err
+                    log.warning("decoded cache %s: writing stopped (%s)", self.store.root, err)
+
+    def close(self) -> None:
+        """Wait until every chunk put is written (or dropped after a failure)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None

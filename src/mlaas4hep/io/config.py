@@ -47,6 +47,7 @@ from typing import Any, Generic, TypeVar, overload
 from ..jsonutil import digest
 from .configfile import ConfigSource, closest, load_yaml, unknown_key
 from .errors import ConfigError
+from .groups import GroupError, InputGroup, parse_inputs
 
 DEFAULT_REDIRECTOR = "root://cms-xrd-global.cern.ch"
 
@@ -165,6 +166,7 @@ class PhysicsConfig:
     normalize: str = "minmax"
     selection: str | None = None
     new_variables: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, InputGroup] = field(default_factory=dict)
     label_branch: str | None = None
     weight_branch: str | None = None
     label_names: list[str] | None = None
@@ -187,6 +189,26 @@ class PhysicsConfig:
         for name in ("branches", "exclude", "identifier"):
             setattr(self, name, _as_list(getattr(self, name), name))
         _check(self)
+        try:
+            self.inputs = parse_inputs(self.inputs)
+        except GroupError as err:
+            raise InvalidSetting(("inputs", *err.key), str(err)) from None
+
+    def length_of(self, name: str) -> int | None:
+        """The length a jagged branch is padded to in ``x``, when configured (else None: from the specs).
+
+        The largest of ``jagged:`` (by branch, else by collection) and the
+        ``length`` of every input group that holds the branch.
+        """
+        given = self.jagged.get(name, self.jagged.get(name.split("_", 1)[0]))
+        lengths = [g.length for g in self.inputs.values() if g.length is not None and name in g.branches]
+        lengths += [int(given)] if given is not None else []
+        return max(lengths) if lengths else None
+
+    def feature_branches(self) -> list[str]:
+        """Branch patterns that become features: ``branches`` and the input groups' file branches."""
+        grouped = [b for g in self.inputs.values() for b in g.branches if b not in self.new_variables]
+        return list(dict.fromkeys(list(self.branches) + grouped))
 
 
 @dataclass
@@ -219,6 +241,8 @@ PHYSICS_KEYS = frozenset(f.name for f in fields(PhysicsConfig))
 RUNTIME_KEYS = frozenset(f.name for f in fields(RuntimeConfig))
 #: Keys kept in :attr:`DatasetConfig.extra`: a specs file to reuse, and the training layer's sections.
 EXTRA_KEYS = frozenset({"specs", "model", "training"})
+#: Settings added after the cache keys were fixed: they enter :meth:`DatasetConfig.digest` only when set.
+LATER_KEYS = ("inputs",)
 #: Older spellings still accepted in YAML.
 ALIASES = {"exclude_branches": "exclude"}
 YAML_KEYS = PHYSICS_KEYS | RUNTIME_KEYS | EXTRA_KEYS
@@ -307,6 +331,7 @@ class DatasetConfig:
     normalize: _Setting[str] = _Setting("physics")
     selection: _Setting[str | None] = _Setting("physics")
     new_variables: _Setting[dict[str, str]] = _Setting("physics")
+    inputs: _Setting[dict[str, InputGroup]] = _Setting("physics")
     label_branch: _Setting[str | None] = _Setting("physics")
     weight_branch: _Setting[str | None] = _Setting("physics")
     label_names: _Setting[list[str] | None] = _Setting("physics")
@@ -347,6 +372,8 @@ class DatasetConfig:
                 hint = f" (did you mean {guess!r}?)" if guess else ""
                 raise TypeError(f"DatasetConfig() got an unexpected keyword argument {key!r}{hint}")
         phys = {k: v for k, v in settings.items() if k in PHYSICS_KEYS}
+        if phys.get("inputs") and "branches" not in phys and physics is None:
+            phys["branches"] = []  # with input groups, the flat features are only those listed
         run = {k: v for k, v in settings.items() if k in RUNTIME_KEYS}
         self.physics: PhysicsConfig = (
             replace(physics, **phys) if physics is not None else PhysicsConfig(**phys)
@@ -520,6 +547,11 @@ class DatasetConfig:
         d = self.to_dict()
         if keys:
             d = {k: d[k] for k in keys}
+        for k in LATER_KEYS:  # unset, they leave the keys of existing caches as they were
+            if not d.get(k):
+                d.pop(k, None)
+        if d.get("inputs"):  # only what changes x: the groups' branches and lengths (sorting is per batch)
+            d["inputs"] = sorted({(b, g["length"] or 0) for g in d["inputs"].values() for b in g["branches"]})
         return digest(d)[:16]
 
 

@@ -17,9 +17,10 @@ pool of decoding workers. Epoch 0 writes the
 decoded chunks to a cache keyed by the configuration, the specs and the files'
 fingerprints; later epochs read them back memory-mapped.
 
-First use decodes every unit once: the specs pass also writes each unit's
-raw tensors (:mod:`mlaas4hep.io.firstuse`), and epoch 0 lays them out with the
-specs instead of decoding again. With every jagged length given and
+First use decodes every unit once: the specs pass also keeps each unit's
+raw tensors (in memory while they fit, see :mod:`mlaas4hep.io.firstuse`),
+and epoch 0 lays them out with the specs instead of decoding again, writing
+the decoded cache behind it from a thread. With every jagged length given and
 ``normalize: none`` nothing depends on the specs, and epoch 0 starts at once.
 
 Remote reads that fail for a transient reason (a storage restart, a timeout)
@@ -34,7 +35,6 @@ import logging
 import os
 import shutil
 import tempfile
-import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from functools import cached_property, partial
@@ -47,10 +47,12 @@ from .. import progress
 from ..jsonutil import digest
 from . import firstuse, sources
 from . import schema as schema_mod
-from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
+from .batch import Batch
+from .chunk import Chunk, ChunkStore, JaggedChunk, Unit, WriteBehind
 from .config import DatasetConfig
 from .errors import ConfigError, Mlaas4hepError, StaleSpecsError, skippable
-from .executor import default_workers, get_executor, ordered_map
+from .executor import InlineExecutor, default_workers, get_executor, ordered_map
+from .groups import GroupError, GroupLayout, check_kinds
 from .passes import decode_unit, file_info, finalize_unit, stats_and_raw, unit_stats
 from .preprocess import Preprocessor
 from .reader import UnitReader, get_tree
@@ -61,7 +63,7 @@ from .specs import Specs, Stats
 log = logging.getLogger(__name__)
 
 #: Fields of the configuration that change what the specs pass computes.
-SPECS_FIELDS = ("tree", "branches", "exclude", "identifier", "new_variables", "selection", "nevts")
+SPECS_FIELDS = ("tree", "branches", "exclude", "identifier", "new_variables", "inputs", "selection", "nevts")
 #: Fields that change what a decoded chunk holds.
 CHUNK_FIELDS = SPECS_FIELDS + (
     "jagged",
@@ -135,6 +137,11 @@ class Dataset:
             None takes ``specs:`` from the configuration, else computes them.
         show_progress (None or bool, default None): progress bars; None shows
             them on a terminal only.
+        fused (bool, default True): the specs pass keeps its decoded units for
+            epoch 0 (False: epoch 0 decodes every unit again, as before).
+        raw_memory (None or int, default None): bytes of raw units the specs
+            pass may hold in memory for epoch 0 (beyond them, units go to a
+            store on disk); None: a quarter of the memory available.
 
     The main entry points: :meth:`batches` (shuffled mini-batches of ``x``,
     ``mask``, ``y``, ``weight``, ``event_id``), :meth:`chunks` (decoded units in
@@ -149,12 +156,15 @@ class Dataset:
         specs: Specs | str | os.PathLike[str] | None = None,
         show_progress: bool | None = None,
         fused: bool = True,
+        raw_memory: int | None = None,
     ):
         self.config = config
         self.show_progress = show_progress
         #: Whether the specs pass keeps its decoded units for epoch 0 (False: decode twice, as before).
         self.fused = fused
-        self._raw_tmp: str | None = None
+        budget = firstuse.memory_budget() if raw_memory is None else int(raw_memory)
+        #: The specs pass's raw units until epoch 0 lays them out (see :mod:`.firstuse`).
+        self._raw = firstuse.RawUnits(budget)
         self._files = config.resolve_files()
         self.urls = [u for u, _ in self._files]
         self._specs_arg = specs if specs is not None else config.extra.get("specs")
@@ -201,7 +211,9 @@ class Dataset:
         ``on_error: skip`` is skipped (listed in :attr:`report`).
         """
         c = self.config
-        patterns = list(dict.fromkeys(list(c.branches) + self._extra_names()))
+        patterns = list(
+            dict.fromkeys(c.physics.feature_branches() + self._extra_names() + self._group_hints())
+        )
         fn = partial(_file_info_task, c.tree, c.timeout, c.retries, c.retry_backoff, c.retry_budget, patterns)
         infos = [
             info if info is not None else {"url": url, "entries": 0, "skipped": True}
@@ -220,6 +232,29 @@ class Dataset:
         names |= {b for b in (c.label_branch, c.weight_branch) if b}
         return sorted(names)
 
+    def _group_hints(self) -> list[str]:
+        """Collections of the input groups (``Jet_*``), described so that a misspelt branch gets a hint."""
+        c = self.config
+        return [f"{b.split('_', 1)[0]}_*" for g in c.inputs.values() for b in g.branches if "_" in b]
+
+    def _check_group_branches(self, url: str, types: dict[str, Any]) -> None:
+        """Every branch of an input group is in the file or a new variable (else: where, and a hint)."""
+        from .expr import did_you_mean
+
+        c = self.config
+        for name, g in c.inputs.items():
+            for i, b in enumerate(g.branches):
+                if b not in types and b not in c.new_variables:
+                    near = did_you_mean(b, [*types, *c.new_variables])
+                    raise c.source.error(
+                        f"input group {name!r}: no branch {b!r} in tree {c.tree!r} of {url!r}"
+                        f" and no new variable of that name{near}",
+                        "inputs",
+                        name,
+                        "branches",
+                        i,
+                    )
+
     def _check_schemas(self, infos: list[dict[str, Any]]) -> None:
         """Find the reference schema, then check every file against it (see :mod:`.schema`)."""
         c = self.config
@@ -227,8 +262,9 @@ class Dataset:
         if not types:
             return
         described = [(infos[i]["url"], t) for i, t in types.items()]
+        self._check_group_branches(*described[0])
         sch, ref, members = schema_mod.reference(
-            described, c.branches, c.exclude, c.identifier, self._extra_names()
+            described, c.physics.feature_branches(), c.exclude, c.identifier, self._extra_names()
         )
         where = f"as in {len(members)} of {len(described)} files, e.g. {members[0]!r}"
         for i, t in types.items():
@@ -265,6 +301,10 @@ class Dataset:
             for name in c.new_variables:
                 v = values[name]
                 (sch.jagged if getattr(v, "ndim", 1) > 1 else sch.flat).append(name)
+        try:
+            check_kinds(c.inputs, sch.flat, sch.jagged)
+        except GroupError as err:
+            raise c.source.error(str(err), "inputs", *err.key) from None
         return sch
 
     @cached_property
@@ -323,13 +363,23 @@ class Dataset:
         units = plan_units([f["entries"] for f in infos], c.chunk_size, c.nevts, _boundaries(infos))
         specs = Specs(flat=list(sch.flat), jagged=list(sch.jagged), key=self._specs_key())
         selected = [0] * len(self.urls)
-        fn, ex = partial(unit_stats, reader, names), self._executor()
-        items: Any = units
+        fn: Callable[[Any], tuple[Any, ...]] = partial(unit_stats, reader, names)
+        ex, items = self._executor(), list[Any]()
+        items.extend(units)
         raw = self._raw_store(create=True)
+        given = [self._given_length(j) for j in sch.jagged]
+        per_event = firstuse.bytes_per_event(len(sch.flat), given)
         if raw is not None:  # one decode for specs and epoch 0: keep each unit's raw tensors
-            given = [self._given_length(j) for j in sch.jagged]
             fn = partial(stats_and_raw, reader, names, given)
-            items = self._raw_items(units, raw)
+            # the disk's room: cache_max_gb less what the cache directory holds
+            room = c.cache_max_gb * 2**30 - (_dir_size(raw.root.parent) if c.cache_dir else 0)
+            # memory with workers: 0 only: from a worker a raw unit would cross a pipe (pickled,
+            # copied four times) and be laid out by this process alone, which costs more than the
+            # store on disk, where the workers lay their units out in parallel
+            inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
+            # without specs-dependent tensors the decoded cache may hold a unit already
+            cached = self.cache if not self._needs_specs() else None
+            items = list(self._raw.plan(units, per_event, raw, room, inline, cached))
         with progress.bar("specs", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
             if hasattr(ex, "reduce_unit_stats"):  # Dask: a tree-reduce on the workers
                 part = ex.reduce_unit_stats(
@@ -345,12 +395,15 @@ class Dataset:
                 items = []
             for item, result in self._map(fn, items, ex):
                 unit = item if isinstance(item, Unit) else item[0]
+                self._raw.settle(item, result, per_event)
                 if result is None:
                     continue
-                partial_stats, n = result
+                partial_stats, n = result[:2]
                 specs.merge_chunk(partial_stats)
                 selected[unit.file] += n
                 bar.advance(unit.stop - unit.start)
+        # a run that stops here leaves what it holds to the next one
+        self._raw.leave_to_next_run(raw.root if raw is not None and c.cache_dir else None)
         for name in names:  # branches with no value at all (an empty file) still get stats
             specs.stats.setdefault(name, _empty_stats(name in sch.jagged))
         specs.files = [dict(f, selected=s) for f, s in zip(self.file_infos, selected)]
@@ -359,9 +412,14 @@ class Dataset:
     # ------------------------------------------------------------ first use
     def _given_length(self, name: str) -> int | None:
         """The configured length of a jagged branch (by name, else by collection), or None."""
-        c = self.config
-        length = c.jagged.get(name, c.jagged.get(schema_mod.collection(name)))
-        return None if length is None else int(length)
+        return self.config.physics.length_of(name)
+
+    @property
+    def needs_specs(self) -> bool:
+        """Whether the tensors depend on the specs pass: ``normalize`` is not ``none``, or a
+        jagged collection has no length in the configuration. When False, epoch 0 starts at
+        once and no step of a run (:attr:`n_features`, :attr:`nevents`) needs the pass."""
+        return self._needs_specs()
 
     def _needs_specs(self) -> bool:
         """Whether the tensors depend on the specs (normalisation, or a length from the data)."""
@@ -374,58 +432,18 @@ class Dataset:
         return self.fused and c.executor != "dask" and not c.scheduler
 
     def _raw_store(self, create: bool = False) -> ChunkStore | None:
-        """Where the first-use pass keeps raw units (None when fusing is off, or, unless
-        ``create``, when no raw unit was kept).
-
-        Under the cache directory (``chunks/raw-<key>``, so a later run finds
-        them) when caching is on; else a temporary directory that lives as long
-        as this dataset.
-        """
+        """Where the first-use pass keeps raw units on disk (None when fusing is off, or,
+        unless ``create``, when none was kept): ``chunks/raw-<key>`` under the cache
+        directory, else a temporary directory."""
         if not self._fusable():
             return None
-        if self.config.cache_dir:
-            path = self._cache_root() / "chunks" / self._raw_name()
-        elif self._raw_tmp is not None:
-            path = Path(self._raw_tmp)
-        elif create:
-            self._raw_tmp = tempfile.mkdtemp(prefix="mlaas4hep-raw-")
-            weakref.finalize(self, shutil.rmtree, self._raw_tmp, True)
-            path = Path(self._raw_tmp)
-        else:
-            return None
-        if not create and not path.is_dir():
-            return None
-        return firstuse.raw_store(path)
+        root = self._cache_root() / "chunks" / self._raw_name() if self.config.cache_dir else None
+        return self._raw.store(root, create)
 
     def _raw_name(self) -> str:
         groups = [(g.label, g.weight) for _, g in self._files]
         key = [firstuse.RAW_VERSION, self.config.digest(*RAW_FIELDS), self.file_infos, groups]
         return "raw-" + digest(key)[:20]
-
-    def _raw_items(self, units: list[Unit], raw: ChunkStore) -> Iterator[tuple[Unit, str | None]]:
-        """``(unit, raw store root)`` while the cache budget allows, then ``(unit, None)``.
-
-        Raw units are about as large as decoded ones; the budget is
-        ``cache_max_gb`` less what the cache directory already holds. A unit's
-        width is only known once it is decoded, so each is charged an estimate:
-        the given lengths, else 16 values per jagged branch.
-        """
-        c, sch = self.config, self.schema
-        limit = c.cache_max_gb * 2**30
-        used = _dir_size(raw.root.parent) if c.cache_dir else 0
-        columns = len(sch.flat) + sum(self._given_length(j) or 16 for j in sch.jagged)
-        per_event = columns * 4 + len(sch.jagged) * 8 + 28
-        # without specs-dependent tensors the decoded cache may already hold a unit: keep no raw copy
-        cached = self.cache if not self._needs_specs() else None
-        for u in units:
-            need = (u.stop - u.start) * per_event
-            if cached is not None and cached.has(u):
-                yield (u, None)
-            elif used + need <= limit:
-                used += need
-                yield (u, str(raw.root))
-            else:
-                yield (u, None)
 
     @cached_property
     def preprocessor(self) -> Preprocessor:
@@ -450,7 +468,7 @@ class Dataset:
                 scale[name] = 1.0 / span if span > 0 else 1.0
             elif c.normalize == "standard" and s.count:
                 offset[name], scale[name] = s.mean, (1.0 / s.std if s.std > 0 else 1.0)
-        return Preprocessor(
+        pre = Preprocessor(
             flat=list(sch.flat),
             jagged=jagged,
             pad_value=float(c.pad_value),
@@ -461,6 +479,17 @@ class Dataset:
             selection=c.selection,
             tree=c.tree,
         )
+        if c.inputs:
+            try:
+                pre.groups = GroupLayout.build(c.inputs, pre.columns, pre.n_features)
+            except GroupError as err:
+                raise c.source.error(str(err), "inputs", *err.key) from None
+        return pre
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-event shape of each input group (``{"jets": (10, 5), "event": (3,)}``); {} without groups."""
+        groups = self.preprocessor.groups
+        return groups.shapes() if groups is not None else {}
 
     @property
     def feature_names(self) -> list[str]:
@@ -476,7 +505,14 @@ class Dataset:
 
     @property
     def nevents(self) -> int:
-        """Events after the selection (as counted by the specs pass)."""
+        """Events after the selection (as counted by the specs pass).
+
+        Without a selection, and with nothing depending on the specs (every
+        jagged length given, ``normalize: none``), the events are those of the
+        planned units: no specs pass runs just to count them.
+        """
+        if "specs" not in self.__dict__ and not self.config.selection and not self._needs_specs():
+            return sum(u.stop - u.start for u in self.units(0, shuffle=False))
         return int(sum(f.get("selected", 0) for f in self.specs.files))
 
     # ------------------------------------------------------------ streaming
@@ -524,7 +560,7 @@ class Dataset:
         key = digest(
             [
                 self.config.digest(*CHUNK_FIELDS),
-                self.preprocessor.to_dict(),
+                {k: v for k, v in self.preprocessor.to_dict().items() if k != "groups"},  # cut per batch
                 self.file_infos,
                 [(g.label, g.weight) for _, g in self._files],
             ]
@@ -537,49 +573,70 @@ class Dataset:
     def chunks(
         self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None
     ) -> Iterator[Chunk]:
-        """Decoded chunks of an epoch, in plan order, decoded ahead by the workers."""
+        """Decoded chunks of an epoch, in plan order, decoded ahead by the workers.
+
+        Units the decoded cache holds are read back; raw units the specs pass
+        holds in memory are laid out here (no worker needed); the others are
+        decoded by the workers (which write the cache, or a spool the chunk is
+        read back from), or in this process with ``workers: 0``. Chunks made in
+        this process are written to the cache behind the consumer, by a thread.
+        """
         c, units = self.config, self.units(epoch, rank, world, shuffle)
-        reader, cache, ex = self._reader(), self.cache, self._executor()
+        reader, cache, mem = self._reader(), self.cache, self._raw
         inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
+        decode = [u for u in units if u not in mem and not (cache is not None and cache.has(u))]
+        # only cached and in-memory units (a first use after the specs pass): no worker is needed
+        ex: Executor = self._executor() if decode and not inline else InlineExecutor()
         # Workers on other machines (Dask) send the arrays back; this process writes its cache.
         local_fs = getattr(ex, "shares_filesystem", True)
-        spool = None if inline or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
+        here = inline or not decode  # every chunk is made in this process
+        spool = None if here or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
         raw = self._raw_store()
         raw_root = str(raw.root) if raw is not None else None
         budget = c.cache_max_gb * 2**30 - (cache.size() if cache else 0) - (raw.size() if raw else 0)
         per_event = self.n_features * 5 + 28
         todo: list[tuple[Unit, ChunkStore | None, bool, str | None]] = []
-        write_back: set[Unit] = set()
+        behind: set[Unit] = set()  # units whose chunk this process writes to the cache
         for u in units:
             # a raw unit kept by the first-use pass is laid out instead of decoded (its room is freed)
-            src = raw_root if raw is not None and raw.has(u) else None
-            if src is not None and raw is not None:
+            src = firstuse.MEMORY if u in mem else None
+            if src is None and raw is not None and raw.has(u):
+                src = raw_root
                 budget += _dir_size(raw.path(u))
             if cache is not None and cache.has(u):
                 todo.append((u, cache, True, None))
             elif cache is not None and budget > (u.stop - u.start) * per_event:
                 budget -= (u.stop - u.start) * per_event
-                todo.append((u, cache if local_fs else None, False, src))
-                if not local_fs:
-                    write_back.add(u)
+                made_here = here or src == firstuse.MEMORY or not local_fs
+                todo.append((u, None if made_here else cache, False, src))
+                if made_here:
+                    behind.add(u)
             else:
-                todo.append((u, spool, False, src))
+                todo.append((u, None if here or src == firstuse.MEMORY else spool, False, src))
 
+        writer = WriteBehind(cache) if cache is not None and behind else None
         try:
             with progress.bar(
                 f"epoch {epoch}", sum(u.stop - u.start for u in units), show=self.show_progress
             ) as bar:
-                for (u, store, cached, _), out in self._map(partial(_decode_task, reader), todo, ex):
-                    if out is None and not cached:
+                for (u, store, cached, src), out in self._map(partial(_decode_task, reader), todo, ex):
+                    if cached and cache is not None:
+                        chunk = cache.read(u)
+                    elif src == firstuse.MEMORY:
+                        chunk = mem.lay_out(reader, u)
+                    elif out is None:  # skipped (on_error: skip)
                         continue
-                    chunk = out if isinstance(out, Chunk) else store.read(u)
-                    if u in write_back and cache is not None:
-                        cache.write(u, chunk)
+                    else:
+                        chunk = out if isinstance(out, Chunk) else store.read(u)
+                    if writer is not None and u in behind:
+                        writer.put(u, chunk)
                     if store is spool and spool is not None:
                         spool.remove(u)  # the memory map stays valid after the unlink: no copy
                     bar.advance(u.stop - u.start)
                     yield chunk
         finally:
+            if writer is not None:
+                writer.close()
             if spool is not None:
                 shutil.rmtree(spool.root, ignore_errors=True)
 
@@ -607,24 +664,32 @@ class Dataset:
         world: int = 1,
         shuffle: bool | None = None,
         select: Callable[[Chunk], np.ndarray] | None = None,
-    ) -> Iterator[Chunk]:
-        """Batches of an epoch: ``b.x``, ``b.mask``, ``b.y``, ``b.weight``, ``b.event_id``.
+    ) -> Iterator[Batch]:
+        """Batches of an epoch (:class:`~mlaas4hep.io.batch.Batch`).
 
-        ``select(chunk)``, when given, returns a boolean per row of each decoded
-        chunk; rows where it is False are dropped before batching (the trainer
-        holds its validation events out this way, and batches stay full).
+        Each has ``b.x``, ``b.mask``, ``b.y``, ``b.weight``, ``b.event_id``, and
+        the input groups ``b.inputs[name]`` / ``b.masks[name]`` (empty dicts
+        without ``inputs:``).
+
+        Args:
+            batch_size (int, default 1024): events per batch (the last may be smaller).
+            epoch (int, default 0): seeds the order (with ``seed``).
+            rank, world (int, default 0 and 1): this process's share of the units.
+            shuffle (None or bool, default None): None follows the configuration.
+            select (None or callable, default None): called on every decoded
+                chunk, it returns one bool per event; events where it is False are
+                dropped *before* batching, so batches stay full (e.g. to hold a
+                validation set out by ``event_id``).
         """
         c = self.config
         shuffle = c.shuffle if shuffle is None else shuffle
-        chunks = self.chunks(epoch, rank, world, shuffle)
-        if select is not None:
-            chunks = (ch.take(np.flatnonzero(select(ch))) for ch in chunks)
-        tables = (tuple(getattr(ch, f) for f in Chunk.FIELDS) for ch in chunks)
+        tables = (_rows(ch, select) for ch in self.chunks(epoch, rank, world, shuffle))
         if not shuffle:
             out = cut_batches(tables, batch_size)
         else:
             out = cut_batches(tables, batch_size, c.buffer, np.random.default_rng([c.seed, epoch, 1, rank]))
-        return (Chunk(*t) for t in out)
+        layout = self.preprocessor.groups
+        return (Batch.of(t, layout) for t in out)
 
     def to_chunk(self, epoch: int = 0) -> Chunk:
         """Everything in memory as one :class:`Chunk` (shuffled when the config says so)."""
@@ -682,6 +747,19 @@ class Dataset:
         self.report.append(entry)
 
 
+def _rows(ch: Chunk, select: Callable[[Chunk], np.ndarray] | None) -> tuple[Any, ...]:
+    """A chunk's arrays, less the events where ``select(ch)`` is False."""
+    if select is None:
+        return tuple(getattr(ch, f) for f in Chunk.FIELDS)
+    keep = np.asarray(select(ch))
+    if keep.dtype != bool or keep.shape != (len(ch),):
+        raise ValueError(
+            f"select must return one bool per event of the chunk, shape ({len(ch)},); "
+            f"got {keep.dtype} of shape {keep.shape}"
+        )
+    return tuple(np.asarray(getattr(ch, f))[keep] for f in Chunk.FIELDS)
+
+
 def _tracked(fn: Callable[[Any], Any], item: Any) -> tuple[Any, list[dict[str, Any]]]:
     """Run ``fn(item)``; return its value and the retries it made (an error carries them along)."""
     try:
@@ -701,9 +779,10 @@ def _file_info_task(
 
 
 def _decode_task(reader: UnitReader, item: tuple[Any, ...]) -> Chunk | int | None:
-    """Nothing for a cached unit; a raw unit of the first-use pass laid out; else a unit decoded."""
+    """Nothing for a cached unit or one held in memory (the caller lays it out); a raw unit
+    of the first-use pass's store laid out; else a unit decoded."""
     unit, store, cached, raw_root = item
-    if cached:
+    if cached or raw_root == firstuse.MEMORY:
         return None
     root = str(store.root) if store is not None else None
     if raw_root is not None:

@@ -17,10 +17,19 @@ Worker processes need no ceremony from the caller:
 * Ctrl-C on a terminal (SIGINT to every process of the command) ends the
   workers silently; the parent alone reports the interruption, and a pool
   broken that way is replaced on next use.
+
+A pool is started once per process and number of workers, and every pass
+(file information, specs, each epoch, ``to_numpy``) reuses it. Its start
+does not hold the first pass up: :func:`get_executor` hands out the pool
+while its workers are still importing uproot and awkward (a second or two),
+and a task whose result is asked for before any worker is up runs in the
+calling process (:class:`StartingPool`); the tasks still waiting go to the
+workers once they are up.
 """
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
 import signal
@@ -62,6 +71,7 @@ class _LazyFuture(Future[T]):
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+_WARM: dict[int, list[Future[None]]] = {}  # one warm-up task per worker of each pool
 
 
 def default_workers() -> int:
@@ -78,14 +88,21 @@ _MARKER_ENV = "MLAAS4HEP_UNGUARDED_MARKER"
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
-    """A shared pool of ``workers`` processes (``forkserver``: safe with threads).
+    """A shared pool of ``workers`` processes (``forkserver``: safe with threads), every worker up.
 
     Pools are kept for the life of the program, so later epochs reuse warm
-    workers that still hold their files open. All workers are started at once.
+    workers that still hold their files open.
     """
+    pool = _launch(workers)
+    _wait_up(workers)
+    return pool
+
+
+def _launch(workers: int) -> ProcessPoolExecutor:
+    """The pool of ``workers`` processes, started (not waited for) if there is none yet."""
     if _starting_as_worker():
         # We are a worker importing the user's script, which asks for workers again at
-        # its top level. Leave quietly; the parent explains (see _start).
+        # its top level. Leave quietly; the parent explains (see _wait_up).
         marker = os.environ.get(_MARKER_ENV)
         if marker:
             with open(marker, "w") as f:
@@ -93,9 +110,37 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
         raise SystemExit(1)
     pool = _POOLS.get(workers)
     if pool is None or getattr(pool, "_broken", False):  # e.g. its workers were interrupted
-        pool = _start(workers)
+        _refuse_unguarded_main()
+        ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+        os.environ[_MARKER_ENV] = _marker()  # inherited by the forkserver and the workers
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_guard_worker)
+        # start every worker now (each imports uproot and awkward once, about a second),
+        # rather than one by one inside the first pass
+        _WARM[workers] = [pool.submit(_warm_up) for _ in range(workers)]
         _POOLS[workers] = pool
     return pool
+
+
+def _marker() -> str:
+    return os.path.join(tempfile.gettempdir(), f"mlaas4hep-unguarded-{os.getpid()}")
+
+
+def _wait_up(workers: int) -> None:
+    """Wait until every worker of the pool is up; a short message if the script is unguarded."""
+    try:
+        for f in _WARM.get(workers, []):
+            f.result()
+    except BaseException:
+        pool = _POOLS.pop(workers, None)
+        _WARM.pop(workers, None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        marker = _marker()
+        if os.path.exists(marker):
+            os.unlink(marker)
+            # a message, not a traceback: nothing the caller could catch would help
+            raise SystemExit(UNGUARDED_MESSAGE) from None
+        raise
 
 
 def _starting_as_worker() -> bool:
@@ -103,24 +148,50 @@ def _starting_as_worker() -> bool:
     return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
-def _start(workers: int) -> ProcessPoolExecutor:
-    ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-    marker = os.path.join(tempfile.gettempdir(), f"mlaas4hep-unguarded-{os.getpid()}")
-    os.environ[_MARKER_ENV] = marker  # inherited by the forkserver and the workers
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_guard_worker)
+def _refuse_unguarded_main() -> None:
+    """Stop before any worker starts when the call comes from unguarded top-level code of the script.
+
+    Workers re-run the main script's top level, so a pool started from there
+    cannot start. The worker-side marker (see :func:`_launch`) catches this
+    too, but only once a worker has tried; this check reads the script
+    (its syntax tree) and answers at once, before the calling process goes on
+    without workers.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not os.path.exists(path):
+        return  # an interactive session, a notebook, python -c: nothing is re-run
+    frame = sys._getframe(1)
+    while frame is not None and not (
+        frame.f_globals.get("__name__") == "__main__" and frame.f_code.co_name == "<module>"
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return
     try:
-        # start every worker now (each imports uproot and awkward once, about a second),
-        # rather than one by one inside the first pass
-        for f in [pool.submit(_warm_up) for _ in range(workers)]:
-            f.result()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        if os.path.exists(marker):
-            os.unlink(marker)
-            # a message, not a traceback: nothing the caller could catch would help
-            raise SystemExit(UNGUARDED_MESSAGE) from None
-        raise
-    return pool
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return
+    line = frame.f_lineno
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.If)
+            and _is_main_guard(node.test)
+            and node.lineno <= line <= (node.end_lineno or node.lineno)
+        ):
+            return
+    raise SystemExit(UNGUARDED_MESSAGE)
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either way round)."""
+    if not isinstance(test, ast.Compare) or len(test.comparators) != 1:
+        return False
+    sides = [test.left, test.comparators[0]]
+    return any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides) and any(
+        isinstance(x, ast.Constant) and x.value == "__main__" for x in sides
+    )
 
 
 def _warm_up() -> None:
@@ -155,6 +226,112 @@ def shutdown_pools() -> None:
     for pool in _POOLS.values():
         pool.shutdown(cancel_futures=True)
     _POOLS.clear()
+    _WARM.clear()
+
+
+class StartingPool(Executor):
+    """The pool of ``workers`` processes while they start: what cannot wait runs here.
+
+    :meth:`submit` hands a task to the pool once every worker is up. Before
+    that it returns a future that holds the task: asked for its result while
+    no worker is up, it runs the task in the calling process; the tasks still
+    held when the workers are up go to them. So the calling process decodes
+    the first units while the workers import their libraries, and no task
+    waits for a worker that is not there yet.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool = _launch(workers)
+        self._lock = threading.Lock()
+        self._held: deque[_Held[Any]] = deque()
+        self._warm = list(_WARM.get(workers, []))
+        for f in self._warm:
+            f.add_done_callback(self._on_warm)
+
+    @property
+    def up(self) -> bool:
+        return all(f.done() for f in self._warm)
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        with self._lock:
+            if not self.up:
+                held: _Held[T] = _Held(self, fn, args, kwargs)
+                self._held.append(held)
+                return held
+        self._check()
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def _check(self) -> None:
+        """Raise (a short message for an unguarded script) if a worker failed to start."""
+        if any(f.done() and f.exception() is not None for f in self._warm):
+            _wait_up(self.workers)
+
+    def _on_warm(self, _: Future[None]) -> None:
+        with self._lock:
+            if not self.up:
+                return
+            held, self._held = list(self._held), deque()
+        # from a thread of our own: this callback runs in the pool's manager thread,
+        # which must not block on the pool it manages
+        threading.Thread(target=_dispatch, args=(held,), name="mlaas4hep-pool-up", daemon=True).start()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """The pool is shared by the whole program: see :func:`shutdown_pools`."""
+
+
+def _dispatch(held: list[_Held[Any]]) -> None:
+    for h in held:
+        h.dispatch()
+
+
+class _Held(Future[T]):
+    """A task of a :class:`StartingPool`, run here or sent to the workers, whichever comes first."""
+
+    def __init__(
+        self, owner: StartingPool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ):
+        super().__init__()
+        self._owner = owner
+        self._call: tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]] | None = (fn, args, kwargs)
+
+    def _claim(self) -> tuple[Callable[..., T], tuple[Any, ...], dict[str, Any]] | None:
+        with self._owner._lock:
+            call, self._call = self._call, None
+            return call
+
+    def dispatch(self) -> None:
+        """Send the task to the workers (now up), unless the caller already ran it."""
+        call = self._claim()
+        if call is None:
+            return
+        fn, args, kwargs = call
+        try:
+            self._owner._check()
+            inner = self._owner._pool.submit(fn, *args, **kwargs)
+        except BaseException as err:
+            self.set_exception(err)
+            return
+        inner.add_done_callback(self._copy)
+
+    def _copy(self, inner: Future[T]) -> None:
+        err = inner.exception() if not inner.cancelled() else None
+        if inner.cancelled():
+            self.cancel()
+        elif err is not None:
+            self.set_exception(err)
+        else:
+            self.set_result(inner.result())
+
+    def result(self, timeout: float | None = None) -> T:
+        call = self._claim()
+        if call is not None:  # no worker is up yet: run it here
+            fn, args, kwargs = call
+            try:
+                self.set_result(fn(*args, **kwargs))
+            except BaseException as err:
+                self.set_exception(err)
+        return super().result(timeout)
 
 
 def get_executor(kind: str = "local", workers: int | None = None, scheduler: str | None = None) -> Executor:
@@ -166,7 +343,10 @@ def get_executor(kind: str = "local", workers: int | None = None, scheduler: str
     n = default_workers() if workers is None else int(workers)
     if n <= 0:
         return InlineExecutor()
-    return process_pool(n)
+    pool = _launch(n)
+    if all(f.done() and f.exception() is None for f in _WARM.get(n, [])):
+        return pool
+    return StartingPool(n)
 
 
 def ordered_map(

@@ -10,10 +10,21 @@ Allowed: branch names, numbers, ``+ - * / // % **``, comparisons (chained too),
 ``all``, ``mean``) act on the innermost (jagged) axis, so ``sum(Jet_pt)`` is the
 scalar HT of each event and ``any(Jet_btagDeepFlavB > 0.3)`` a per-event flag.
 
+Per-object variables (a list per event, for input groups) come from
+element-wise arithmetic on jagged branches, with two helpers: ``leading(x)``,
+the first object's value in each event (0 for an event without objects; in
+file order, which NanoAOD sorts by pt), broadcast against a collection, and
+``deltaphi(a, b)``, ``a - b`` wrapped to [-π, π).
+
 Examples::
 
     selection: "nJet >= 4 and MET_pt > 20"
     new_variables: {HT: "sum(Jet_pt)", nBtag: "count(Jet_btagDeepFlavB > 0.2783)"}
+    new_variables:
+      Jet_logpt: "log(Jet_pt)"
+      Jet_deta: "Jet_eta - leading(Jet_eta)"              # Δη to the leading jet
+      Jet_dphi: "deltaphi(Jet_phi, leading(Jet_phi))"     # Δφ to the leading jet, in [-π, π)
+      Muon_dphi_met: "deltaphi(Muon_phi, MET_phi)"
 """
 
 from __future__ import annotations
@@ -50,6 +61,18 @@ def _is_bool(x: Any) -> bool:
     return str(ak.type(x)).endswith("bool")
 
 
+def _leading(x: Any) -> Any:
+    """The first element of each event's list (0 for an empty list); a flat value as it is."""
+    if isinstance(x, ak.Array) and x.ndim > 1:
+        return ak.fill_none(ak.firsts(x, axis=-1), 0.0)
+    return x
+
+
+def _deltaphi(a: Any, b: Any) -> Any:
+    """``a - b`` wrapped to [-π, π)."""
+    return (a - b + np.pi) % (2 * np.pi) - np.pi
+
+
 def _where(cond: Any, a: Any, b: Any) -> Any:
     return ak.where(cond, a, b) if isinstance(cond, ak.Array) else np.where(cond, a, b)
 
@@ -78,6 +101,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "minimum": np.minimum,
     "maximum": np.maximum,
     "where": _where,
+    "leading": _leading,
+    "deltaphi": _deltaphi,
 }
 
 _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {

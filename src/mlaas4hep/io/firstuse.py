@@ -21,15 +21,27 @@ of decoding the unit again.
 so its output is bit-identical to a unit decoded after a separate specs pass:
 values, masks and (since units keep their plan order) batches.
 
-Raw units live in a :class:`~mlaas4hep.io.chunk.ChunkStore` of
-:class:`RawChunk` (``chunks/raw-<key>`` under the cache directory, or a
-temporary directory when caching is off); a unit is removed once epoch 0 has
-laid it out.
+Raw units wait for epoch 0 in memory while they fit (:class:`RawMemory`,
+a quarter of the memory available by default): the specs pass hands them to
+the calling process, and epoch 0 lays them out there, in place, without
+touching the disk. Those that do not fit go to a
+:class:`~mlaas4hep.io.chunk.ChunkStore` of :class:`RawChunk`
+(``chunks/raw-<key>`` under the cache directory, or a temporary directory
+when caching is off), laid out by the workers; a unit is removed once epoch
+0 has laid it out. Raw units still in memory when their dataset goes away
+(a run that only computed the specs) are written to the cache directory's
+store, where the next run finds them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import awkward as ak
@@ -41,7 +53,9 @@ from .reader import UnitReader
 from .specs import Stats, chunk_stats
 
 #: Bumped whenever the layout of a raw unit changes (it is part of the store's key).
-RAW_VERSION = 1
+RAW_VERSION = 2
+#: Where a specs-pass task sends a unit's raw tensors back to the calling process (not to a store).
+MEMORY = "memory"
 
 
 @dataclass
@@ -51,7 +65,8 @@ class RawChunk:
     Attributes:
         x: float32 ``(n, F_raw)``: flat features, then each jagged branch padded
             to ``widths[j]`` columns (the values of padded slots are arbitrary).
-        counts: int64 ``(n, J)``: each event's multiplicity of each jagged branch.
+        counts: int32 ``(J, n)``: each event's multiplicity of each jagged branch
+            (one contiguous row per branch).
         widths: int64 ``(J,)``: the columns each jagged branch occupies in ``x``.
         y, weight, event_id: as in :class:`~mlaas4hep.io.chunk.Chunk`.
     """
@@ -78,6 +93,163 @@ def raw_store(root: Any) -> ChunkStore:
     return ChunkStore(root, RawChunk)
 
 
+@dataclass
+class RawMemory:
+    """Raw units held in this process until epoch 0 lays them out, within ``budget`` bytes.
+
+    The specs pass reserves a unit's estimated size before it is decoded
+    (:meth:`reserve`: no more than the budget is ever in flight), then keeps
+    it at its real size (:meth:`keep`), or drops it if that would exceed the
+    budget (epoch 0 then decodes that unit again). :meth:`pop` hands a unit
+    over once.
+    """
+
+    budget: int
+    units: dict[Unit, RawChunk] = field(default_factory=dict)
+    used: int = 0
+
+    def reserve(self, nbytes: int) -> bool:
+        if self.used + nbytes > self.budget:
+            return False
+        self.used += nbytes
+        return True
+
+    def release(self, nbytes: int) -> None:
+        self.used -= nbytes
+
+    def keep(self, unit: Unit, raw: RawChunk, reserved: int) -> bool:
+        """Hold ``raw`` in place of the ``reserved`` bytes; False (and dropped) past the budget."""
+        self.used += raw.nbytes - reserved
+        if self.used > self.budget:
+            self.used -= raw.nbytes
+            return False
+        self.units[unit] = raw
+        return True
+
+    def __contains__(self, unit: object) -> bool:
+        return unit in self.units
+
+    def pop(self, unit: Unit) -> RawChunk | None:
+        raw = self.units.pop(unit, None)
+        if raw is not None:
+            self.used -= raw.nbytes
+        return raw
+
+    def spill(self, root: str | None) -> None:
+        """Write the units still held to the store at ``root`` (or just drop them)."""
+        store = raw_store(root) if root is not None and self.units else None
+        for unit, raw in list(self.units.items()):
+            if store is not None:
+                try:
+                    store.write(unit, raw)
+                except OSError:  # a full disk: the next run decodes these units again
+                    store = None
+            self.pop(unit)
+
+
+class RawUnits:
+    """Where the specs pass's raw units wait for epoch 0: memory first, then a store on disk.
+
+    One per :class:`~mlaas4hep.io.Dataset`. :meth:`plan` says where each
+    unit's raw tensors go, :meth:`settle` takes a specs task's result,
+    :meth:`lay_out` turns a unit held in memory into its chunk.
+    """
+
+    def __init__(self, memory_budget: int):
+        self.memory = RawMemory(memory_budget)
+        self._tmp: str | None = None
+        self._spill: weakref.finalize[Any, Any] | None = None
+
+    def store(self, root: Path | None, create: bool = False) -> ChunkStore | None:
+        """The store on disk: at ``root`` (under the cache directory, so a later run
+        finds it), else a temporary directory that lives as long as this object.
+        None, unless ``create``, when nothing was ever kept there."""
+        if root is None and self._tmp is None and create:
+            self._tmp = tempfile.mkdtemp(prefix="mlaas4hep-raw-")
+            weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        path = root if root is not None else (Path(self._tmp) if self._tmp is not None else None)
+        if path is None or (not create and not path.is_dir()):
+            return None
+        return raw_store(path)
+
+    def plan(
+        self,
+        units: list[Unit],
+        per_event: int,
+        store: ChunkStore,
+        disk_room: float,
+        in_memory: bool,
+        cached: ChunkStore | None = None,
+    ) -> Iterator[tuple[Unit, str | None]]:
+        """Where each unit's raw tensors go: ``(unit, MEMORY)`` while the memory budget
+        allows (``in_memory`` only), then ``(unit, store root)`` while ``disk_room``
+        bytes allow, then ``(unit, None)`` (statistics only: epoch 0 decodes that unit).
+
+        A unit the decoded cache ``cached`` already holds keeps no raw copy. A
+        unit's width is only known once it is decoded, so each is charged an
+        estimate, ``per_event`` bytes an event (:func:`bytes_per_event`).
+        """
+        for u in units:
+            need = (u.stop - u.start) * per_event
+            if cached is not None and cached.has(u):
+                yield (u, None)
+            elif in_memory and self.memory.reserve(need):
+                yield (u, MEMORY)
+            elif need <= disk_room:
+                disk_room -= need
+                yield (u, str(store.root))
+            else:
+                yield (u, None)
+
+    def settle(self, item: Any, result: tuple[Any, ...] | None, per_event: int) -> None:
+        """Hold the raw unit a specs task returned (or free what was reserved for a skipped one)."""
+        if not (isinstance(item, tuple) and item[1] == MEMORY):
+            return
+        unit: Unit = item[0]
+        reserved = (unit.stop - unit.start) * per_event
+        if result is None:
+            self.memory.release(reserved)
+        else:
+            self.memory.keep(unit, result[2], reserved)
+
+    def leave_to_next_run(self, root: Path | None) -> None:
+        """Write what is still held to the store at ``root`` when this object goes
+        (a run that stopped after the specs pass); just drop it with no ``root``."""
+        if self.memory.units and self._spill is None:
+            self._spill = weakref.finalize(self, self.memory.spill, str(root) if root is not None else None)
+
+    def __contains__(self, unit: object) -> bool:
+        return unit in self.memory
+
+    def lay_out(self, reader: UnitReader, unit: Unit) -> Chunk:
+        """A raw unit held in memory, laid out in place (decoded again if another pass took it)."""
+        raw = self.memory.pop(unit)
+        if raw is None:
+            return reader.decode(unit)
+        return finalize(raw, reader.preprocessor, inplace=True)
+
+
+def bytes_per_event(nflat: int, given: list[int | None]) -> int:
+    """An estimate of a raw unit's bytes per event, before it is read: the given
+    lengths, else 16 values per jagged branch; counts, label, weight, event id."""
+    return (nflat + sum(length or 16 for length in given)) * 4 + len(given) * 4 + 28
+
+
+def memory_budget() -> int:
+    """A quarter of the memory available now (MemAvailable; 1 GiB where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 4
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2**30
+
+
 def decode_raw(
     reader: UnitReader, names: list[str], given: list[int | None], unit: Unit
 ) -> tuple[dict[str, Stats], int, RawChunk]:
@@ -97,7 +269,8 @@ def decode_raw(
     stats: dict[str, Stats] = chunk_stats(arrays, names, keep)
 
     cols = [_flat(arrays[name], name)[:, None] for name in pre.flat]
-    counts, widths = [], []
+    counts: list[np.ndarray] = []
+    widths: list[int] = []
     for (name, _), length in zip(pre.jagged, given):
         values = arrays[name]
         c = _counts(values, n_all)
@@ -106,12 +279,36 @@ def decode_raw(
         cols.append(block)
         counts.append(c)
         widths.append(width)
-    x = np.hstack(cols) if cols else np.zeros((n_all, 0), np.float32)
-    cnt = np.stack(counts, axis=1) if counts else np.zeros((n_all, 0), np.int64)
+    x = _hstack(cols, n_all)
+    cnt = np.stack(counts).astype(np.int32) if counts else np.zeros((0, n_all), np.int32)
     if keep is not None:
-        x, cnt = x[keep], cnt[keep]
+        x, cnt = x[keep], cnt[:, keep]
     raw = RawChunk(x, cnt, np.asarray(widths, np.int64), *reader._targets(unit, arrays, keep))
     return stats, n, raw
+
+
+#: Rows handled at once when columns are assembled or laid out: about 1 MiB, so
+#: the several passes over a block of rows find it in the CPU cache.
+BLOCK_BYTES = 2**20
+
+
+def _rows(n: int, width: int) -> range:
+    step = max(1, BLOCK_BYTES // max(1, 4 * width))
+    return range(0, n, step)
+
+
+def _hstack(cols: list[np.ndarray], n: int) -> np.ndarray:
+    """``np.hstack`` of float32 ``(n, k)`` blocks, a block of rows at a time (twice as fast:
+    each narrow column written is one strided pass over ``x`` otherwise)."""
+    width = sum(c.shape[1] for c in cols)
+    x = np.empty((n, width), np.float32)
+    rows = _rows(n, width)
+    for r in rows:
+        xs, col = x[r : r + rows.step], 0
+        for c in cols:
+            xs[:, col : col + c.shape[1]] = c[r : r + rows.step]
+            col += c.shape[1]
+    return x
 
 
 def _counts(values: Any, n: int) -> np.ndarray:
@@ -120,13 +317,17 @@ def _counts(values: Any, n: int) -> np.ndarray:
     return np.asarray(ak.to_numpy(ak.num(values, axis=1)), dtype=np.int64)
 
 
-def finalize(raw: RawChunk, pre: Preprocessor) -> Chunk:
+def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     """Lay a raw unit out as ``pre`` would have decoded it: pad/clip, normalise, mask.
 
     One gather builds every column (a slot beyond a branch's stored width reads
     any stored column: it is padding in every event, since no list of the unit
     is longer than the width); then ``(v - offset) * scale`` in float32 on the
     columns that have constants, and ``pad_value`` where the mask is set.
+
+    When every branch is stored at its final length (the lengths are given)
+    the gather is the identity and is skipped; with ``inplace`` the raw unit's
+    own ``x`` (an array in memory, used once) becomes the chunk's ``x``.
     """
     n, nflat = len(raw), len(pre.flat)
     widths = [int(w) for w in raw.widths]
@@ -136,11 +337,16 @@ def finalize(raw: RawChunk, pre: Preprocessor) -> Chunk:
     src = list(range(nflat))
     r = nflat
     for j, ((name, length), width) in enumerate(zip(pre.jagged, widths)):
-        if length > width and n and int(counts[:, j].max()) > width:
+        if length > width and n and int(counts[j].max()) > width:
             raise ValueError(f"a raw unit stores {width} values of {name!r}, fewer than its lists hold")
         src.extend(r + min(s, width - 1) if width else 0 for s in range(length))
         r += width
-    if raw.x.shape[1]:
+    identity = raw.x.shape[1] == pre.n_features and src == list(range(pre.n_features))
+    if identity and inplace and type(raw.x) is np.ndarray and raw.x.flags.writeable:
+        x = raw.x  # not a memory map: the unit is ours to change
+    elif identity and raw.x.shape[1]:
+        x = np.array(raw.x, dtype=np.float32)
+    elif raw.x.shape[1]:
         x = np.take(np.asarray(raw.x), np.asarray(src, np.intp), axis=1)
     else:
         x = np.zeros((n, pre.n_features), np.float32)
@@ -148,16 +354,43 @@ def finalize(raw: RawChunk, pre: Preprocessor) -> Chunk:
     off = np.array([pre.offset.get(k, 0.0) for k in names], np.float32)
     sc = np.array([pre.scale.get(k, 1.0) for k in names], np.float32)
     act = np.array([pre.offset.get(k, 0.0) != 0.0 or pre.scale.get(k, 1.0) != 1.0 for k in names], bool)
-    if act.all():
-        x -= off
-        x *= sc
-    elif act.any():
-        cols = np.flatnonzero(act)
-        x[:, cols] = (x[:, cols] - off[cols]) * sc[cols]
+    cols = np.flatnonzero(act) if act.any() and not act.all() else None
+    runs = _runs(counts, [length for _, length in pre.jagged], nflat)
     mask = np.zeros((n, pre.n_features), bool)
-    col = nflat
-    for j, (_, length) in enumerate(pre.jagged):
-        np.greater_equal(np.arange(length)[None, :], counts[:, j : j + 1], out=mask[:, col : col + length])
-        col += length
-    np.copyto(x, np.float32(pre.pad_value), where=mask)
+    pad = np.float32(pre.pad_value)
+    rows = _rows(n, pre.n_features)
+    for r in rows:  # normalise, mask and pad a block of rows while it is in the CPU cache
+        xs, ms = x[r : r + rows.step], mask[r : r + rows.step]
+        if cols is None and act.all():
+            xs -= off
+            xs *= sc
+        elif cols is not None:
+            xs[:, cols] = (xs[:, cols] - off[cols]) * sc[cols]
+        for j, col, slots in runs:
+            np.greater_equal(
+                slots[None, :], counts[j, r : r + rows.step, None], out=ms[:, col : col + len(slots)]
+            )
+        np.copyto(xs, pad, where=ms)
     return Chunk(x, mask, np.asarray(raw.y), np.asarray(raw.weight), np.asarray(raw.event_id))
+
+
+def _runs(counts: np.ndarray, lengths: list[int], first: int) -> list[tuple[int, int, np.ndarray]]:
+    """How to fill the padding mask: ``(j, first column, slots)`` per run of neighbouring
+    jagged branches with the same counts and length.
+
+    Slot ``s`` of jagged branch ``j`` is padding where ``s >= counts[j]``.
+    Branches of one collection share their multiplicities (every ``Jet_*``
+    has ``nJet`` values), so each run is filled by one comparison
+    ``(n, 1) >= (1, k * L)`` rather than ``k`` narrow ones (several times
+    faster: numpy's inner loop then runs over ``k * L`` columns, not ``L``).
+    """
+    out = []
+    col, j = first, 0
+    while j < len(lengths):
+        k = j + 1
+        while k < len(lengths) and lengths[k] == lengths[j] and np.array_equal(counts[k], counts[j]):
+            k += 1
+        slots = np.tile(np.arange(lengths[j], dtype=counts.dtype), k - j)
+        out.append((j, col, slots))
+        col, j = col + len(slots), k
+    return out

@@ -56,18 +56,22 @@ def decode_unit(reader: UnitReader, root: str | None, unit: Unit) -> Chunk | int
 
 def stats_and_raw(
     reader: UnitReader, names: list[str], given: list[int | None], item: tuple[Unit, str | None]
-) -> tuple[dict[str, Stats], int]:
-    """The specs of one unit; when the item names a raw store, its raw tensors are written there too.
+) -> tuple[dict[str, Stats], int, firstuse.RawChunk | None]:
+    """The specs of one unit, and where the item says so its raw tensors.
 
-    ``item`` is ``(unit, root)``: with ``root`` None (the store is full) only
-    the statistics are computed, exactly as :func:`unit_stats` does.
+    ``item`` is ``(unit, where)``: ``where`` :data:`~mlaas4hep.io.firstuse.MEMORY`
+    returns the raw unit (to be held by the calling process), a path writes it
+    to the raw store there, None (no room left) computes only the statistics,
+    exactly as :func:`unit_stats` does.
     """
-    unit, root = item
-    if root is None:
-        return unit_stats(reader, names, unit)
+    unit, where = item
+    if where is None:
+        return (*unit_stats(reader, names, unit), None)
     stats, n, raw = firstuse.decode_raw(reader, names, given, unit)
-    firstuse.raw_store(root).write(unit, raw)
-    return stats, n
+    if where == firstuse.MEMORY:
+        return stats, n, raw
+    firstuse.raw_store(where).write(unit, raw)
+    return stats, n, None
 
 
 def finalize_unit(reader: UnitReader, raw_root: str, root: str | None, unit: Unit) -> Chunk | int:

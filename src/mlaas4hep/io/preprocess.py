@@ -26,6 +26,7 @@ import numpy as np
 
 from . import expr
 from .errors import ConfigError
+from .groups import GroupLayout
 
 
 @dataclass
@@ -50,10 +51,15 @@ class Preprocessor:
             :meth:`select` evaluates it.
         tree (str, default ``"Events"``): the tree the branches come from
             (used by ``predict_root``).
+        groups (None or :class:`~mlaas4hep.io.groups.GroupLayout`, default None):
+            the input groups cut out of ``x`` (``groups.apply(x, mask)``), for
+            models that take objects as sets.
 
     Attributes:
         n_features (int): the number of columns of ``x``.
         inputs (list of str): the branches that must be read from a file.
+        columns (dict of str → (int, int)): each feature's first column in
+            ``x`` and its number of slots (0 for a flat feature).
     """
 
     flat: list[str]
@@ -65,6 +71,7 @@ class Preprocessor:
     new_variables: dict[str, str] = field(default_factory=dict)
     selection: str | None = None
     tree: str = "Events"
+    groups: GroupLayout | None = None
 
     def __post_init__(self) -> None:
         self.jagged = [(str(n), int(length)) for n, length in self.jagged]
@@ -78,6 +85,9 @@ class Preprocessor:
             self._columns.append((n, col, length))
             col += length
         self.n_features = col
+        self.columns: dict[str, tuple[int, int]] = {n: (c, length) for n, c, length in self._columns}
+        if self.groups is not None and self.groups.width != col:
+            raise ConfigError(f"the input groups read {self.groups.width} columns, but x has {col}")
         self._new = [(name, expr.parse(src)) for name, src in self.new_variables.items()]
         self._sel = expr.parse(self.selection) if self.selection else None
         needed = [n for n in names if n not in self.new_variables]
@@ -96,7 +106,7 @@ class Preprocessor:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "tree": self.tree,
             "branches": list(self.branches),
             "flat": list(self.flat),
@@ -108,6 +118,9 @@ class Preprocessor:
             "new_variables": dict(self.new_variables),
             "selection": self.selection,
         }
+        if self.groups is not None:
+            d["groups"] = self.groups.to_json()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessor:
@@ -122,6 +135,7 @@ class Preprocessor:
                 new_variables=dict(d.get("new_variables") or {}),
                 selection=d.get("selection"),
                 tree=d.get("tree", "Events"),
+                groups=GroupLayout.from_json(d["groups"]) if d.get("groups") else None,
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"invalid preprocessing description: {err!r}") from None

@@ -22,10 +22,12 @@ thread, and ``inline_us=0`` never inlines). Rows of a request are never split
 across batches, and a request larger than ``max_batch`` runs alone.
 ``max_batch=1`` turns batching off: each request is its own call.
 
-Usage::
+A request is a model's named input tensors (:data:`Inputs`, every tensor with
+the request's events first), or a single array; a batch concatenates each
+tensor along the events. Usage::
 
     b = Batcher(predict, max_batch=256, max_delay_ms=2, executor=pool)
-    scores = await b.infer(x)       # x: float32 (n, F); returns (n, K)
+    scores = await b.infer({"x": x})  # x: float32 (n, F); returns (n, K)
 """
 
 from __future__ import annotations
@@ -39,6 +41,31 @@ from concurrent.futures import Executor
 import numpy as np
 
 Observer = Callable[[int, float], None]  # (rows in the batch, seconds the oldest request queued)
+#: A model's named input tensors, each with the events first.
+Inputs = dict[str, np.ndarray]
+Batch = Inputs | np.ndarray
+
+
+def rows(x: Batch) -> int:
+    """Events in a request: the first dimension of its (first) tensor."""
+    if isinstance(x, np.ndarray):
+        return int(x.shape[0])
+    return int(next(iter(x.values())).shape[0])
+
+
+def concat(xs: list[Batch]) -> Batch:
+    """Requests stacked along the events (per tensor)."""
+    if len(xs) == 1:
+        return xs[0]
+    arrays = [x for x in xs if isinstance(x, np.ndarray)]
+    if arrays:
+        return np.concatenate(arrays, axis=0)
+    dicts = [x for x in xs if isinstance(x, dict)]
+    return {k: np.concatenate([x[k] for x in dicts], axis=0) for k in dicts[0]}
+
+
+#: A queued request: its inputs, rows, future and arrival time.
+_Item = tuple[Batch, int, asyncio.Future[np.ndarray], float]
 
 
 class Batcher:
@@ -46,7 +73,7 @@ class Batcher:
 
     def __init__(
         self,
-        predict: Callable[[np.ndarray], np.ndarray],
+        predict: Callable[[Batch], np.ndarray],
         max_batch: int = 256,
         max_delay_ms: float = 2.0,
         executor: Executor | None = None,
@@ -64,7 +91,7 @@ class Batcher:
         self.max_delay = max(0.0, float(max_delay_ms)) / 1000.0
         self.executor = executor
         self.observe = observe
-        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = deque()
+        self._queue: deque[_Item] = deque()
         self._rows = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -72,43 +99,43 @@ class Batcher:
         self._running = 0  # requests in the batch being computed
         self.batches = 0  # number of predict calls made (for tests and /status)
 
-    async def infer(self, x: np.ndarray) -> np.ndarray:
+    async def infer(self, x: Batch) -> np.ndarray:
         """Scores for ``x``, computed in some batch together with other requests."""
         loop = asyncio.get_running_loop()
-        n = x.shape[0]
+        n = rows(x)
         if self.max_batch == 1 or n >= self.max_batch:  # nothing to merge with
-            return await self._run_alone(loop, x)
+            return await self._run_alone(loop, x, n)
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._worker())
         fut: asyncio.Future[np.ndarray] = loop.create_future()
-        self._queue.append((x, fut, time.perf_counter()))
+        self._queue.append((x, n, fut, time.perf_counter()))
         self._rows += n
         assert self._wakeup is not None  # made with the worker task above
         self._wakeup.set()
         return await fut
 
-    def _timed(self, x: np.ndarray) -> np.ndarray:
+    def _timed(self, x: Batch, n: int) -> np.ndarray:
         t0 = time.perf_counter()
         out = self.predict(x)
-        if x.shape[0] <= self.inline_rows:
+        if n <= self.inline_rows:
             dt = time.perf_counter() - t0
             c = self._small_cost
             self._small_cost = dt if c is None else 0.9 * c + 0.1 * dt
         return out
 
-    async def _call(self, loop: asyncio.AbstractEventLoop, x: np.ndarray) -> np.ndarray:
-        """One predict call: inline when it is known to be cheap, else in the executor."""
+    async def _call(self, loop: asyncio.AbstractEventLoop, x: Batch, n: int) -> np.ndarray:
+        """One predict call of ``n`` rows: inline when it is known to be cheap, else in the executor."""
         c = self._small_cost
-        if c is not None and c < self.inline_s and x.shape[0] <= self.inline_rows:
-            return self._timed(x)
-        return await loop.run_in_executor(self.executor, self._timed, x)
+        if c is not None and c < self.inline_s and n <= self.inline_rows:
+            return self._timed(x, n)
+        return await loop.run_in_executor(self.executor, self._timed, x, n)
 
-    async def _run_alone(self, loop: asyncio.AbstractEventLoop, x: np.ndarray) -> np.ndarray:
-        out = await self._call(loop, x)
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, x: Batch, n: int) -> np.ndarray:
+        out = await self._call(loop, x, n)
         self.batches += 1
         if self.observe:
-            self.observe(x.shape[0], 0.0)
+            self.observe(n, 0.0)
         return out
 
     async def _worker(self) -> None:
@@ -122,7 +149,7 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             # give the oldest request up to max_delay to find company
-            deadline = self._queue[0][2] + self.max_delay
+            deadline = self._queue[0][3] + self.max_delay
             while self._rows < self.max_batch:
                 if self.in_flight is not None and self.in_flight() <= len(self._queue) + self._running:
                     break  # nobody else could join: the others are queued or being computed
@@ -134,15 +161,14 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except asyncio.TimeoutError:
                     break
-            items = self._take()
-            queued = time.perf_counter() - items[0][2]
-            xs = [it[0] for it in items]
-            x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+            items, n = self._take()
+            queued = time.perf_counter() - items[0][3]
+            x = concat([it[0] for it in items])
             self._running = len(items)
             try:
-                out = await self._call(loop, x)
+                out = await self._call(loop, x, n)
             except Exception as err:  # hand the failure to every waiting request
-                for _, fut, _ in items:
+                for _, _, fut, _ in items:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
@@ -150,24 +176,24 @@ class Batcher:
                 self._running = 0
             self.batches += 1
             if self.observe:
-                self.observe(x.shape[0], queued)
+                self.observe(n, queued)
             start = 0
-            for xi, fut, _ in items:
-                stop = start + xi.shape[0]
+            for _, ni, fut, _ in items:
+                stop = start + ni
                 if not fut.done():  # the client may have gone away
                     fut.set_result(out[start:stop])
                 start = stop
 
-    def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray], float]]:
-        """Pop whole requests up to ``max_batch`` rows (at least one request)."""
+    def _take(self) -> tuple[list[_Item], int]:
+        """Pop whole requests up to ``max_batch`` rows (at least one request); and their rows."""
         items = [self._queue.popleft()]
-        rows = items[0][0].shape[0]
-        while self._queue and rows + self._queue[0][0].shape[0] <= self.max_batch:
+        n = items[0][1]
+        while self._queue and n + self._queue[0][1] <= self.max_batch:
             it = self._queue.popleft()
-            rows += it[0].shape[0]
+            n += it[1]
             items.append(it)
-        self._rows -= rows
-        return items
+        self._rows -= n
+        return items, n
 
     def retire(self) -> None:
         """Finish what is queued, then stop the worker (the batcher is being replaced)."""
@@ -180,7 +206,7 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
         while self._queue:
-            _, fut, _ = self._queue.popleft()
+            _, _, fut, _ = self._queue.popleft()
             if not fut.done():
                 fut.cancel()
         self._rows = 0

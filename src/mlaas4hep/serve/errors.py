@@ -1,10 +1,20 @@
 """Errors the server reports to clients, and how they become HTTP responses.
 
-Every failure that a client can cause ends up as an :class:`ApiError` (or a
-:class:`~mlaas4hep.io.Mlaas4hepError`, which the app maps to 400), and is
-answered as ``{"error": "message"}`` with a 4xx status, the shape the Open
-Inference Protocol prescribes. Anything else is a bug of ours: it is logged and
-answered with 500, and the server keeps running.
+Two kinds:
+
+* **domain errors** (:class:`ServeError` and its subclasses), raised by the
+  protocol-neutral parts (the repository, the serving state): *what* went
+  wrong, e.g. :class:`ModelNotFound` or :class:`VersionConflict`. Each front
+  end maps them to its own codes: :data:`HTTP_STATUS` here for the HTTP APIs,
+  ``grpc_server.CODES`` for gRPC (``NOT_FOUND``, ``ALREADY_EXISTS``...);
+* :class:`ApiError`: a refusal that is already an HTTP answer (a body too
+  large, a malformed protocol message, a missing token), with its status.
+
+Everything else a client can cause is a :class:`~mlaas4hep.errors.Mlaas4hepError`
+(bad inputs, an unreadable ROOT file: 400). Every error is answered as
+``{"error": "message"}``, the shape the Open Inference Protocol prescribes.
+Anything else is a bug of ours: logged, answered with 500, and the server
+keeps running.
 """
 
 from __future__ import annotations
@@ -14,8 +24,49 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from ..errors import Mlaas4hepError
+
 if TYPE_CHECKING:  # imported when a response is made: the client shares ApiError, not Starlette
     from starlette.responses import Response
+
+
+class ServeError(Mlaas4hepError):
+    """A request the server refuses for what it asks of the repository."""
+
+
+class InvalidRequest(ServeError, ValueError):
+    """A malformed model name or version, an unknown serving setting, a file a bundle may not hold."""
+
+
+class ModelNotFound(ServeError, LookupError):
+    """No such model, or no such version of it."""
+
+
+class VersionConflict(ServeError):
+    """The version exists already (or was installed concurrently), or no version number is left."""
+
+
+class BundleInvalid(ServeError, ValueError):
+    """An uploaded bundle is incomplete, inconsistent or unsafe."""
+
+
+class ModelUnloaded(ServeError):
+    """The model was unloaded (repository extension): it refuses inference until loaded again."""
+
+
+class ModelBroken(ServeError):
+    """A version on disk cannot be served: its bundle.json or model.onnx does not load."""
+
+
+#: Domain error -> HTTP status (a subclass of :class:`Mlaas4hepError` not listed: 400).
+HTTP_STATUS: dict[type[Exception], int] = {
+    InvalidRequest: 400,
+    ModelNotFound: 404,
+    VersionConflict: 409,
+    BundleInvalid: 400,
+    ModelUnloaded: 400,
+    ModelBroken: 503,
+}
 
 
 class ApiError(Exception):
@@ -26,6 +77,16 @@ class ApiError(Exception):
         self.status = int(status)
         self.message = str(message)
         self.headers = headers or {}
+
+
+def http_status(err: Exception) -> int:
+    """The HTTP status of an :class:`ApiError` or a library error (400 unless listed in :data:`HTTP_STATUS`)."""
+    if isinstance(err, ApiError):
+        return err.status
+    for cls in type(err).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 400
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:

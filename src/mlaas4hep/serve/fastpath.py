@@ -29,7 +29,7 @@ import orjson
 from starlette.responses import Response
 
 from ..errors import Mlaas4hepError
-from .errors import ApiError
+from .errors import ApiError, http_status
 
 log = logging.getLogger("mlaas4hep.serve")
 _JSON = b"application/json"
@@ -177,7 +177,7 @@ class FastPath:
                 return
             reply = _error(err.status, err.message, err.headers)
         except Mlaas4hepError as err:
-            reply = _error(400, str(err) or type(err).__name__)
+            reply = _error(http_status(err), str(err) or type(err).__name__)
         except Exception as err:  # a bug of ours: log it, answer 500, keep serving
             log.exception("internal error on POST %s", scope["path"], exc_info=err)
             reply = _error(500, f"internal server error: {type(err).__name__}")

@@ -3,7 +3,7 @@
 HEP applications that call inference servers (CMSSW's SONIC, coffea's
 ``triton_wrapper`` with ``triton+grpc://host:port/model/version``) speak
 Triton's gRPC service. This module serves it next to the HTTP API, in the same
-asyncio event loop, over the same :class:`~mlaas4hep.serve.app.ServerState`:
+asyncio event loop, over the same :class:`~mlaas4hep.serve.state.ServerState`:
 the same repository, the same bearer token, the same dynamic batcher (a gRPC
 request and an HTTP request for one model can share one onnxruntime call).
 
@@ -12,7 +12,7 @@ RPCs served (the others answer ``UNIMPLEMENTED``):
 =========================  =================================================================
 ``ServerLive/Ready``       probes
 ``ServerMetadata``         name, version, extensions
-``ModelMetadata``          input ``x`` FP32 ``[-1, F]``, output FP32 ``[-1, K]`` (as over HTTP)
+``ModelMetadata``          every input tensor, the output FP32 ``[-1, K]`` (as over HTTP)
 ``ModelReady``             false when unloaded or unknown (as Triton)
 ``ModelConfig``            Triton's model configuration (:mod:`.tritonconfig`)
 ``ModelInfer``             tensors as typed ``contents`` or as ``raw_input_contents``
@@ -25,12 +25,19 @@ RPCs served (the others answer ``UNIMPLEMENTED``):
 ``int_contents`` for INT8/16/32, ...) or as little-endian bytes in
 ``raw_input_contents`` (one entry per input, what ``tritonclient.grpc`` sends).
 The reply mirrors the request: raw bytes in ``raw_output_contents`` when the
-inputs came raw, typed ``contents`` when they came typed. The feature tensor
-is FP32 ``[n, F]``. **Raw branches** are accepted as over HTTP, one tensor per
-branch the bundle's preprocessing reads: a flat branch as ``[n]`` (or
-``[n, 1]``), a jagged one as a float ``[n, k]`` array padded with NaN after
-each event's values (a tensor cannot be ragged; the NaNs mark the end of an
-event's list).
+inputs came raw, typed ``contents`` when they came typed. A flat bundle takes
+one FP32 ``[n, F]`` feature tensor; a bundle of object groups takes every
+tensor its metadata lists (``jets`` FP32 ``[n, 10, 5]``, ``jets_mask`` BOOL
+``[n, 10]`` as ``bool_contents`` or one byte per value, ...). **Raw
+branches** are accepted as over HTTP, one tensor per branch the bundle's
+preprocessing reads: a flat branch as ``[n]`` (or ``[n, 1]``), a jagged one as
+a float ``[n, k]`` array padded with NaN after each event's values (a tensor
+cannot be ragged; the NaNs mark the end of an event's list).
+
+The checks of names, datatypes and shapes are the bundle's own
+(:class:`~mlaas4hep.bundle_spec.BundleSpec`, shared with HTTP); this module only
+speaks gRPC, and maps the server's errors to status codes (:data:`ERROR_CODES`,
+:data:`CODES`).
 
 **Auth.** The token goes in the ``authorization`` metadata, ``Bearer <token>``,
 as over HTTP: load and unload always need it, the rest only on a ``--private``
@@ -66,17 +73,36 @@ import numpy as np
 from google.protobuf import json_format
 
 from .. import __version__
+from ..bundle_spec import BundleSpec
 from ..errors import Mlaas4hepError
-from . import tritonconfig, v2
+from . import tritonconfig
 from ._proto import grpc_service_pb2 as pb
 from ._proto import grpc_service_pb2_grpc as pb_grpc
 from ._proto import model_config_pb2 as mc
-from .app import ModelInfo, ServerState
-from .errors import ApiError
-from .tensors import DTYPES, MAX_DIMS, InferRequest, InputTensor
+from .errors import (
+    ApiError,
+    BundleInvalid,
+    InvalidRequest,
+    ModelBroken,
+    ModelNotFound,
+    ModelUnloaded,
+    VersionConflict,
+)
+from .metadata import EXTENSIONS, model_metadata
+from .state import ServerState
+from .tensors import DTYPES, MAX_DIMS
 
 log = logging.getLogger("mlaas4hep.serve")
 
+#: The server's domain errors -> gRPC status codes (another library error: ``INVALID_ARGUMENT``).
+ERROR_CODES: dict[type[Exception], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    VersionConflict: grpc.StatusCode.ALREADY_EXISTS,
+    BundleInvalid: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelUnloaded: grpc.StatusCode.UNAVAILABLE,
+    ModelBroken: grpc.StatusCode.UNAVAILABLE,
+}
 #: HTTP status of an :class:`ApiError` -> gRPC status code.
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -116,7 +142,7 @@ def _rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         except ApiError as err:
             code, msg = CODES.get(err.status, grpc.StatusCode.INTERNAL), err.message
         except Mlaas4hepError as err:
-            code, msg = grpc.StatusCode.INVALID_ARGUMENT, str(err) or type(err).__name__
+            code, msg = error_code(err), str(err) or type(err).__name__
         except Exception as err:  # a bug of ours: log it, tell the client, keep serving
             if isinstance(err, grpc.aio.AbortError):
                 raise
@@ -125,6 +151,14 @@ def _rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         await context.abort(code, msg)
 
     return rpc
+
+
+def error_code(err: Exception) -> grpc.StatusCode:
+    """The gRPC status of a library error: :data:`ERROR_CODES`, else ``INVALID_ARGUMENT``."""
+    for cls in type(err).__mro__:
+        if cls in ERROR_CODES:
+            return ERROR_CODES[cls]
+    return grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _authorization(context: Context) -> str | None:
@@ -152,12 +186,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ServerMetadata(self, request: Any, context: Context) -> Any:
-        return pb.ServerMetadataResponse(name="mlaas4hep", version=__version__, extensions=v2.EXTENSIONS)
+        return pb.ServerMetadataResponse(name="mlaas4hep", version=__version__, extensions=EXTENSIONS)
 
     @_rpc
     async def ModelMetadata(self, request: Any, context: Context) -> Any:
         self._read(context)
-        meta = v2.model_metadata_dict(self.st, self.st.model(request.name, request.version or None))
+        info = self.st.model(request.name, request.version or None)
+        meta = model_metadata(info, self.st.repo.versions(info.name))
         T = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"],
@@ -172,10 +207,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self._read(context)
         try:
             info = self.st.model(request.name, request.version or None)
-        except ApiError as err:
-            if err.status in (400, 404):  # Triton: an unknown model is simply not ready
-                return pb.ModelReadyResponse(ready=False)
-            raise
+        except (ModelNotFound, InvalidRequest):  # Triton: an unknown model is simply not ready
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.st.repo.is_ready(info.name))
 
     @_rpc
@@ -198,10 +231,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 info = st.model(request.model_name, request.model_version or None)
                 obs.model = info.name
                 if not st.repo.is_ready(info.name):
-                    raise ApiError(503, f"model {info.name!r} is unloaded: load it first")
-                req, raw = decode_inputs(request, info)
-                x = await v2.features(st, info, req)
-                y = await st.infer(info, x)
+                    raise ModelUnloaded(f"model {info.name!r} is unloaded: load it first")
+                tensors, raw = decode_inputs(request, info)
+                y = await st.infer(info, await st.inputs(info, tensors))
                 return encode_outputs(request, info, y, raw)
         finally:
             st.in_flight -= 1
@@ -250,8 +282,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 # ------------------------------------------------------------------ tensors
-def decode_inputs(request: Any, info: ModelInfo) -> tuple[InferRequest, bool]:
-    """The request's inputs as an :class:`InferRequest`, and whether they came as raw bytes."""
+def decode_inputs(request: Any, info: BundleSpec) -> tuple[dict[str, Any], bool]:
+    """The request's named input tensors, and whether they came as raw bytes.
+
+    Only the protocol is checked here (datatypes, sizes, duplicates); what the
+    model takes is checked by :meth:`ServerState.inputs`, as over HTTP.
+    """
     if not request.inputs:
         raise ApiError(400, "the request has no inputs")
     raw = len(request.raw_input_contents) > 0
@@ -261,19 +297,19 @@ def decode_inputs(request: Any, info: ModelInfo) -> tuple[InferRequest, bool]:
             f"raw_input_contents holds {len(request.raw_input_contents)} tensors "
             f"for {len(request.inputs)} inputs",
         )
-    tensors = []
+    tensors: dict[str, Any] = {}
     for i, t in enumerate(request.inputs):
+        if t.name in tensors:
+            raise ApiError(400, f"input {t.name!r} appears twice")
         shape = _shape(t)
         data = _raw_tensor(t, shape, request.raw_input_contents[i]) if raw else _typed_tensor(t, shape)
-        if t.name != info.input_name and t.name in info.raw_inputs:
-            jagged = info.preprocessor is not None and any(n == t.name for n, _ in info.preprocessor.jagged)
-            data = _raw_branch(t.name, data, jagged)
-        tensors.append(InputTensor(t.name, t.datatype, shape, data, binary=raw))
-    outputs = [o.name for o in request.outputs] or None
-    for name in outputs or ():
-        if name != info.output_name:
-            raise ApiError(400, f"unknown output {name!r}; model {info.name!r} has [{info.output_name!r}]")
-    return InferRequest(request.id or None, tensors, outputs), raw
+        if t.name not in info.input_names and t.name in info.raw_inputs:
+            data = _raw_branch(t.name, data, t.name in info.jagged)
+        tensors[t.name] = data
+    for o in request.outputs:
+        if o.name != info.output_name:
+            raise ApiError(400, f"unknown output {o.name!r}; model {info.name!r} has [{info.output_name!r}]")
+    return tensors, raw
 
 
 def _shape(t: Any) -> list[int]:
@@ -310,7 +346,7 @@ def _typed_tensor(t: Any, shape: list[int]) -> np.ndarray:
 
 
 def _raw_branch(name: str, data: np.ndarray, jagged: bool) -> Any:
-    """A raw branch as :func:`.v2.features` takes it: flat ``[n]``; jagged: NaN-padded ``[n, k]`` -> lists."""
+    """A raw branch as the spec takes it: flat ``[n]``; jagged: NaN-padded ``[n, k]`` -> lists per event."""
     if not jagged:
         return data.reshape(-1) if data.ndim == 2 and data.shape[1] == 1 else data
     if data.ndim != 2 or data.dtype.kind != "f":
@@ -320,7 +356,7 @@ def _raw_branch(name: str, data: np.ndarray, jagged: bool) -> Any:
     return [row[ok].tolist() for row, ok in zip(data, valid)]
 
 
-def encode_outputs(request: Any, info: ModelInfo, y: np.ndarray, raw: bool) -> Any:
+def encode_outputs(request: Any, info: BundleSpec, y: np.ndarray, raw: bool) -> Any:
     """The reply: ``raw_output_contents`` when the inputs came raw, typed ``fp32_contents`` otherwise."""
     y = np.ascontiguousarray(y, dtype=np.float32)
     reply = pb.ModelInferResponse(model_name=info.name, model_version=str(info.version), id=request.id)

@@ -55,8 +55,16 @@ from typing import Any
 
 from .. import bundle, bundle_schema
 from ..bundle import BundleError, Predictor
+from ..bundle_spec import BundleSpec
 from ..errors import Mlaas4hepError
-from .errors import ApiError
+from .errors import (
+    BundleInvalid,
+    InvalidRequest,
+    ModelBroken,
+    ModelNotFound,
+    ModelUnloaded,
+    VersionConflict,
+)
 
 log = logging.getLogger("mlaas4hep.serve")
 MAX_VERSION = bundle_schema.MAX_VERSION
@@ -68,7 +76,7 @@ SERVING_KEYS = {"max_batch": int, "max_delay_ms": float}
 def check_name(name: str) -> str:
     """A model name: letters, digits, ``_ . -``; no path separators."""
     if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
-        raise ApiError(400, f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (at most 100)")
+        raise InvalidRequest(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (at most 100)")
     return name
 
 
@@ -78,13 +86,13 @@ def parse_version(version: Any) -> int | None:
         return None
     msg = f"invalid model version {str(version)[:40]!r}: versions are integers from 1 to 2**63-1"
     if isinstance(version, bool) or not isinstance(version, (int, str)):
-        raise ApiError(400, msg)
+        raise InvalidRequest(msg)
     text = str(version).strip()
     if not text.lstrip("+").isdigit() or len(text) > 20:
-        raise ApiError(400, msg)
+        raise InvalidRequest(msg)
     v = int(text)
     if not 1 <= v <= MAX_VERSION:
-        raise ApiError(400, msg)
+        raise InvalidRequest(msg)
     return v
 
 
@@ -110,6 +118,7 @@ class Repository:
         self._loaded: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._meta: dict[tuple[str, int], dict[str, Any]] = {}
+        self._specs: dict[tuple[str, int], BundleSpec] = {}  # valid while its .meta is the cached meta
         self._meta_sig: dict[tuple[str, int], tuple[tuple[int, int, int], dict[str, Any]]] = {}
         #: Version directories that are not served, with the reason: ``{"name", "version", "error"}``.
         self.broken: list[dict[str, Any]] = []
@@ -160,6 +169,7 @@ class Repository:
         with self._lock:
             self._index, self._unloaded = index, unloaded & set(index)
             self._meta = {k: m for k, m in metas.items() if k in stamps}
+            self._specs = {k: sp for k, sp in self._specs.items() if self._meta.get(k) is sp.meta}
             self._meta_sig = {k: v for k, v in self._meta_sig.items() if k in metas}
             self.broken = broken
             for key in [k for k in self._loaded if stamps.get(k) != self._stamps.get(k) or k[0] in unloaded]:
@@ -242,14 +252,14 @@ class Repository:
         self.sync()
         versions = self._index.get(name)
         if not versions:
-            raise ApiError(404, f"unknown model {name!r}")
+            raise ModelNotFound(f"unknown model {name!r}")
         if version is None:
             return name, versions[-1]
         v = parse_version(version)
         if v is None:
             return name, versions[-1]
         if v not in versions:
-            raise ApiError(404, f"model {name!r} has no version {v} (versions: {versions})")
+            raise ModelNotFound(f"model {name!r} has no version {v} (versions: {versions})")
         return name, v
 
     def path(self, name: str, version: int) -> Path:
@@ -263,9 +273,22 @@ class Repository:
             try:
                 m = bundle.read_meta(self.path(name, version))
             except BundleError as err:
-                raise ApiError(503, f"model {name!r} version {version} is broken on disk: {err}") from None
+                raise ModelBroken(f"model {name!r} version {version} is broken on disk: {err}") from None
             self._meta[key] = m
         return m
+
+    def spec(self, name: str, version: int) -> BundleSpec:
+        """The parsed contract of a version (:class:`~mlaas4hep.bundle_spec.BundleSpec`), built once."""
+        key = (name, version)
+        meta = self.meta(name, version)
+        s = self._specs.get(key)
+        if s is None or s.meta is not meta:
+            try:
+                s = BundleSpec(meta, name, version)
+            except BundleError as err:
+                raise ModelBroken(f"model {name!r} version {version} cannot be served: {err}") from None
+            self._specs[key] = s
+        return s
 
     def serving(self, name: str, version: int) -> dict[str, Any]:
         """Per-model settings: ``bundle.json``'s ``serving``, overridden by ``DIR/{name}/serving.json``."""
@@ -288,12 +311,12 @@ class Repository:
         clean: dict[str, Any] = {}
         for k, v in settings.items():
             if k not in SERVING_KEYS:
-                raise ApiError(400, f"unknown serving setting {k!r} (known: {sorted(SERVING_KEYS)})")
+                raise InvalidRequest(f"unknown serving setting {k!r} (known: {sorted(SERVING_KEYS)})")
             clean[k] = v
         try:
             bundle_schema.check_serving(clean)
         except BundleError as err:
-            raise ApiError(400, str(err).removeprefix("bundle.json ")) from None
+            raise InvalidRequest(str(err).removeprefix("bundle.json ")) from None
         clean = {k: SERVING_KEYS[k](v) for k, v in clean.items()}
         _atomic_write(self.root / name / "serving.json", json.dumps(clean).encode())
         self._changed()
@@ -311,8 +334,8 @@ class Repository:
         key = (name, version)
         with self._lock:
             if name in self._unloaded:
-                raise ApiError(
-                    400, f"model {name!r} is unloaded: POST /v2/repository/models/{name}/load first"
+                raise ModelUnloaded(
+                    f"model {name!r} is unloaded: POST /v2/repository/models/{name}/load first"
                 )
             p = self._loaded.get(key)
             if p is not None:
@@ -324,9 +347,10 @@ class Repository:
                 p = self._loaded.get(key)
             if p is None:
                 try:
-                    p = bundle.load(self.path(name, version), threads=self.threads, spinning=False)
+                    spec = self.spec(name, version)
+                    p = Predictor(self.path(name, version), self.threads, False, spec)
                 except (BundleError, Mlaas4hepError) as err:
-                    raise ApiError(503, f"model {name!r} version {version} does not load: {err}") from None
+                    raise ModelBroken(f"model {name!r} version {version} does not load: {err}") from None
                 self._remember(key, p)
         return p
 
@@ -396,9 +420,9 @@ class Repository:
                 or fname in (".", "..")
                 or not fname.endswith(bundle.ALLOWED_SUFFIXES)
             ):
-                raise ApiError(400, f"file {fname!r} may not be part of a bundle")
+                raise BundleInvalid(f"file {fname!r} may not be part of a bundle")
         if "model.onnx" not in files:
-            raise ApiError(400, f"the bundle has no model.onnx (files: {sorted(files)})")
+            raise BundleInvalid(f"the bundle has no model.onnx (files: {sorted(files)})")
         want = parse_version(version)
         with staged(self._staging, "upload-") as stage:
             return self._install_staged(stage, files, name, want)
@@ -412,15 +436,14 @@ class Repository:
             _tfaas_bundle(stage, name)
         meta = _read_json(stage / "bundle.json", "bundle.json")
         if not isinstance(meta, dict):
-            raise ApiError(400, "bundle.json must hold an object")
+            raise BundleInvalid("bundle.json must hold an object")
         name = check_name(name if name else str(meta.get("name", "")))
         meta["name"] = name
-        _check_meta(meta)
         (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
         try:  # the slow part (onnxruntime builds the session), outside the lock
-            predictor = bundle.load(stage, threads=self.threads, spinning=False)
+            predictor = Predictor(stage, self.threads, False)
         except (BundleError, Mlaas4hepError) as err:
-            raise ApiError(400, f"invalid bundle: {err}") from None
+            raise BundleInvalid(f"invalid bundle: {err}") from None
         with self._lock:
             self.sync()
             existing = self.versions(name)
@@ -429,22 +452,23 @@ class Repository:
                 want = int(mine) if isinstance(mine, int) and mine >= 1 and mine not in existing else None
                 want = want or (existing[-1] + 1 if existing else 1)
                 if want > MAX_VERSION:
-                    raise ApiError(409, f"model {name!r} has no version number left: give one")
+                    raise VersionConflict(f"model {name!r} has no version number left: give one")
             elif want in existing:
-                raise ApiError(409, f"model {name!r} already has version {want}: delete it first")
+                raise VersionConflict(f"model {name!r} already has version {want}: delete it first")
             meta["version"] = want
-            predictor.meta["version"] = want
+            predictor.meta["version"] = predictor.spec.version = want
             (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
             target = self.path(name, want)
             target.parent.mkdir(exist_ok=True)
             try:
                 os.rename(stage, target)  # atomic: the version appears whole or not at all
             except OSError:  # another process installed the same version meanwhile
-                raise ApiError(409, f"model {name!r} version {want} was installed concurrently") from None
+                raise VersionConflict(f"model {name!r} version {want} was installed concurrently") from None
             self._index[name] = sorted(existing + [want])
             self._stamps[(name, want)] = target.stat().st_ino
             predictor.path = target
-            self._meta.pop((name, want), None)
+            self._meta[(name, want)] = predictor.meta  # what was written: parsed once, with the predictor
+            self._specs[(name, want)] = predictor.spec
             if name in self._unloaded:
                 self._unloaded.discard(name)
                 self._save_state()
@@ -459,7 +483,7 @@ class Repository:
         with staged(self._staging, "delete-") as trash, self._lock:
             versions = self.versions(name)
             if v is not None and v not in versions:
-                raise ApiError(404, f"model {name!r} has no version {v}")
+                raise ModelNotFound(f"model {name!r} has no version {v}")
             gone = [v] if v is not None else versions
             src = self.path(name, v) if v is not None else self.root / name
             os.rename(src, trash / "x")  # disappears atomically, then removed at leisure
@@ -471,6 +495,7 @@ class Repository:
             for g in gone:
                 self._loaded.pop((name, g), None)
                 self._meta.pop((name, g), None)
+                self._specs.pop((name, g), None)
                 self._stamps.pop((name, g), None)
             if not self.versions(name):
                 if name in self._unloaded:
@@ -485,15 +510,7 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise ApiError(400, f"{what} is not valid JSON: {err}") from None
-
-
-def _check_meta(meta: dict[str, Any]) -> None:
-    """The schema of :mod:`mlaas4hep.bundle_schema`, as a 400 for the uploader."""
-    try:
-        bundle_schema.check(meta)
-    except BundleError as err:
-        raise ApiError(400, f"invalid bundle: {err}") from None
+        raise BundleInvalid(f"{what} is not valid JSON: {err}") from None
 
 
 def _tfaas_bundle(stage: Path, name: str | None) -> None:
@@ -502,10 +519,10 @@ def _tfaas_bundle(stage: Path, name: str | None) -> None:
 
     params = _read_json(stage / "params.json", "params.json") if (stage / "params.json").is_file() else {}
     if not isinstance(params, dict):
-        raise ApiError(400, "params.json must hold an object")
+        raise BundleInvalid("params.json must hold an object")
     labels_file = stage / str(params.get("labels") or "labels.txt")
     if labels_file.parent != stage or not labels_file.is_file():
-        raise ApiError(400, "a TFaaS upload needs labels (labels.txt) along with the model")
+        raise BundleInvalid("a TFaaS upload needs labels (labels.txt) along with the model")
     labels = [ln.strip() for ln in labels_file.read_text(errors="replace").splitlines()]
     labels = [ln for ln in labels if ln and not ln.startswith("#")]
     try:
@@ -513,10 +530,10 @@ def _tfaas_bundle(stage: Path, name: str | None) -> None:
         dims = graph.input[0].type.tensor_type.shape.dim
         n = dims[-1].dim_value if dims else 0
     except Exception as err:  # onnx raises DecodeError and friends
-        raise ApiError(400, f"model.onnx is not a valid ONNX model: {err}") from None
+        raise BundleInvalid(f"model.onnx is not a valid ONNX model: {err}") from None
     if not n:
-        raise ApiError(
-            400, "model.onnx must have a fixed number of input features (its last input dimension)"
+        raise BundleInvalid(
+            "model.onnx must have a fixed number of input features (its last input dimension)"
         )
     bundle.write(
         stage,

@@ -47,12 +47,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..bundle_spec import BundleSpec
 from ..errors import Mlaas4hepError
 from . import tensors
-from .app import ModelInfo, ServerState, read_body, state_of
 from .errors import ApiError
+from .http import infer_reply, read_body, state_of
+from .state import ServerState
 from .tensors import InferRequest
-from .v2 import infer_response
 
 MAX_ENTRIES = 20_000_000
 FORMATS = ("json", "binary", "root")
@@ -141,12 +142,12 @@ async def predict_root(request: Request) -> Response:
         outputs=None,
         binary_default=fmt == "binary",
     )
-    return infer_response(info, oreq, results)
+    return infer_reply(info.name, info.version, oreq, results).response()
 
 
 def _score(
     st: ServerState,
-    info: ModelInfo,
+    info: BundleSpec,
     url: str,
     tree: str | None,
     start: int,
@@ -159,7 +160,7 @@ def _score(
     n = 0
     # each remote open/read gives up after the time left (at most the io layer's 30 s)
     io_timeout = max(1.0, min(30.0, deadline - time.monotonic()))
-    chunk = min(chunk, 1_000_000, max(1, st.max_cells // max(1, len(info.features))))
+    chunk = min(chunk, 1_000_000, max(1, st.max_cells // max(1, info.values_per_event)))
     try:
         for part in predictor.predict_root(url, tree, start, stop, chunk_size=chunk, timeout=io_timeout):
             if time.monotonic() > deadline:  # the caller has been answered: stop reading
@@ -183,7 +184,7 @@ def _score(
     return out
 
 
-def _friend_file(results: dict[str, np.ndarray], info: ModelInfo, tree: str) -> bytes:
+def _friend_file(results: dict[str, np.ndarray], info: BundleSpec, tree: str) -> bytes:
     import uproot
 
     scores = results["scores"]

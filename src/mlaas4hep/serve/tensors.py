@@ -29,24 +29,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..bundle_schema import DATATYPE_NAMES, DATATYPES
 from .errors import ApiError
 
-#: OIP datatype name -> numpy dtype (little-endian, as the binary extension requires).
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-NAMES = {v: k for k, v in DTYPES.items()}
+#: OIP datatype name <-> numpy dtype (the table of :mod:`mlaas4hep.bundle_schema`).
+DTYPES = DATATYPES
+NAMES = DATATYPE_NAMES
 MAX_DIMS = 8
 _JSON_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 

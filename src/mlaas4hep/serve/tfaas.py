@@ -30,12 +30,13 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from .. import __version__
+from ..bundle_spec import BundleSpec, InputError
+from ..errors import Mlaas4hepError
 from . import archive, tensors
-from .app import ModelInfo, ServerState, read_body, served_by_fastpath, state_of
 from .errors import ApiError
 from .fastpath import Call, Reply
-from .tensors import InputTensor
-from .v2 import _raw_array, _transform, json_response
+from .http import json_response, read_body, served_by_fastpath, state_of
+from .state import ServerState
 
 
 async def upload(request: Request) -> Response:
@@ -135,7 +136,7 @@ async def _read_limited(f: UploadFile, limit: int) -> bytes:
     return data
 
 
-def model_summary(st: ServerState, info: ModelInfo) -> dict[str, Any]:
+def model_summary(st: ServerState, info: BundleSpec) -> dict[str, Any]:
     """What ``/models`` and the web page show of a model."""
     meta = info.meta
     params = {
@@ -156,8 +157,10 @@ def model_summary(st: ServerState, info: ModelInfo) -> dict[str, Any]:
             "label_names": info.labels,
             "n_features": len(info.features),
             "features": info.features,
+            # the model's input tensors: one [-1, F] for a flat bundle, each group and mask for a grouped one
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.inputs],
             "raw_inputs": info.raw_inputs,
-            "jagged": {n: k for n, k in info.preprocessor.jagged} if info.preprocessor else {},
+            "jagged": dict(info.jagged),
             "metrics": meta.get("metrics", {}),
             # the training data's normalisation constants: the web page builds plausible raw examples from them
             "normalization": {
@@ -180,8 +183,8 @@ async def models(request: Request) -> Response:
     for name in st.repo.names():
         try:
             out.append(model_summary(st, st.model(name)))
-        except ApiError as err:  # a broken or concurrently deleted model does not hide the others
-            out.append({"name": name, "error": err.message})
+        except Mlaas4hepError as err:  # a broken or concurrently deleted model does not hide the others
+            out.append({"name": name, "error": str(err)})
     for b in st.repo.broken:  # versions on disk that are not served, and why
         out.append({"name": b["name"], "version": b["version"], "broken": True, "error": b["error"]})
     return json_response(out)
@@ -225,7 +228,7 @@ async def predict_json(st: ServerState, call: Call) -> Reply:
         return Reply(body)
 
 
-def _is_raw(info: ModelInfo, keys: list[str]) -> bool:
+def _is_raw(info: BundleSpec, keys: list[str]) -> bool:
     """Whether TFaaS ``keys`` name raw branches (to preprocess) rather than features."""
     return (
         info.preprocessor is not None
@@ -236,44 +239,39 @@ def _is_raw(info: ModelInfo, keys: list[str]) -> bool:
 
 
 def _raw_rows(
-    st: ServerState, info: ModelInfo, keys: list[str], values: list[Any]
-) -> tuple[np.ndarray, bool]:
-    """Feature rows from raw branch values (runs in the preprocessing lane), and whether
+    st: ServerState, info: BundleSpec, keys: list[str], values: list[Any]
+) -> tuple[dict[str, np.ndarray], bool]:
+    """The model's tensors from raw branch values (runs in the preprocessing lane), and whether
     the request was for a single event."""
-    assert info.preprocessor is not None
     if len(values) != len(keys):
         raise ApiError(400, f"{len(keys)} keys but {len(values)} values")
-    missing = [n for n in info.raw_inputs if n not in keys]
-    if missing:
-        raise ApiError(400, f"missing raw inputs {missing}; model {info.name!r} needs {info.raw_inputs}")
     # one event: a number per flat branch, a list per jagged one; several: a list per branch
-    jagged = {n for n, _ in info.preprocessor.jagged}
-    flat_keys = [k for k in keys if k not in jagged]
+    flat_keys = [k for k in keys if k not in info.jagged]
     first = values[0]
     single = (
         any(not isinstance(values[keys.index(k)], list) for k in flat_keys)
         if flat_keys
         else (not isinstance(first, list) or not first or not isinstance(first[0], list))
     )
-    arrays = {}
+    given: dict[str, Any] = {}
     for k, v in zip(keys, values):
         v = [v] if single else v
         if not isinstance(v, list):
             raise ApiError(400, f"raw input {k!r}: expected a list of values, one per event")
-        ragged = bool(v) and isinstance(v[0], list)
-        t = tensors._decode_input(
-            0, {"name": k, "datatype": "FP64", "shape": [len(v)], "data": v}, b"", 0, ragged
-        )
-        arrays[k] = _raw_array(InputTensor(t.name, t.datatype, t.shape, t.data))
-    if len({len(a) for a in arrays.values()}) != 1:
-        raise ApiError(400, "raw inputs have different numbers of events")
-    st.check_cells(len(next(iter(arrays.values()))), len(info.features))
-    return _transform(info, arrays), single
+        given[k] = v
+    arrays = info.raw_arrays(given)
+    st.check_cells(len(next(iter(arrays.values()))), info.values_per_event)
+    return info.preprocess(arrays), single
 
 
-def _rows(info: ModelInfo, keys: list[str], values: list[Any]) -> tuple[np.ndarray, bool]:
-    """Feature rows from TFaaS ``keys``/``values`` (feature names in any order), and whether
+def _rows(info: BundleSpec, keys: list[str], values: list[Any]) -> tuple[dict[str, np.ndarray], bool]:
+    """The feature tensor from TFaaS ``keys``/``values`` (feature names in any order), and whether
     the request was for a single row."""
+    if info.grouped:
+        raise InputError(
+            f"model {info.name!r} takes the tensors {info.input_names}, not feature rows: send its "
+            f"raw inputs {info.raw_inputs} as keys, or use /v2/models/{info.name}/infer"
+        )
     order = info.column_order(keys)
     try:
         x = np.asarray(values)
@@ -289,7 +287,7 @@ def _rows(info: ModelInfo, keys: list[str], values: list[Any]) -> tuple[np.ndarr
         raise ApiError(
             400, f"'values' must hold {len(keys)} numbers per row (one per key), got shape {list(x.shape)}"
         )
-    return (x if order is None else x[:, order]), single
+    return info.check({info.input_name: x if order is None else x[:, order]}), single
 
 
 async def status(request: Request) -> Response:

@@ -24,9 +24,12 @@ carries as its ``config`` message. For one of our bundles it reads, e.g.::
      "parameters": {"raw_inputs": {"string_value": "[{\"name\": \"MET_pt\", \"dims\": [1], ...}]"}, ...},
      ...}
 
-The feature tensor ``x`` is the one input listed. The raw branches the
-bundle's preprocessing reads (``MET_pt``, ``Jet_pt``...), which the server
-also accepts instead of ``x``, are described in ``parameters.raw_inputs`` (a
+The model's input tensors are listed in ``input``, in the model's order: the
+feature tensor ``x`` of a flat bundle; every group and its mask (``jets``
+``TYPE_FP32`` ``[10, 5]``, ``jets_mask`` ``TYPE_BOOL`` ``[10]``, ``event``...)
+for a bundle of object groups. The raw branches the bundle's preprocessing
+reads (``MET_pt``, ``Jet_pt``...), which the server also accepts instead of
+the tensors, are described in ``parameters.raw_inputs`` (a
 JSON list: name, ``dims`` ``[1]`` for a flat branch or ``[-1]`` for a jagged
 one), *not* as extra entries of ``input``: Triton's clients require every
 configured input to appear in the model metadata (perf_analyzer stops with "no
@@ -50,30 +53,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
+
+from ..bundle_spec import BundleSpec
 
 #: ``max_batch_size`` advertised when dynamic batching is off (``max_batch`` 1).
 UNBATCHED_ROWS = 1024
 
 
-class ServedModel(Protocol):
-    """What the configuration needs of a model (``serve.app.ModelInfo`` has it)."""
-
-    name: str
-    version: int
-    input_name: str
-    output_name: str
-    features: list[str]
-    labels: list[str]
-    n_outputs: int
-    raw_inputs: list[str]
-    preprocessor: Any
-
-
-def model_config(info: ServedModel, max_batch: int, max_delay_s: float) -> dict[str, Any]:
+def model_config(info: BundleSpec, max_batch: int, max_delay_s: float) -> dict[str, Any]:
     """Triton's model configuration of ``info`` served by a batcher of ``max_batch`` rows and ``max_delay_s``."""
     batching = max_batch > 1
-    jagged = {name for name, _ in info.preprocessor.jagged} if info.preprocessor is not None else set()
+    jagged = set(info.jagged)
     raw = [
         {"name": n, "data_type": "TYPE_FP32", "dims": [-1] if n in jagged else [1], "jagged": n in jagged}
         for n in info.raw_inputs
@@ -86,11 +77,12 @@ def model_config(info: ServedModel, max_batch: int, max_delay_s: float) -> dict[
         "max_batch_size": int(max_batch) if batching else UNBATCHED_ROWS,
         "input": [
             {
-                "name": info.input_name,
-                "data_type": "TYPE_FP32",
+                "name": t.name,
+                "data_type": f"TYPE_{t.datatype}",
                 "format": "FORMAT_NONE",
-                "dims": [len(info.features)],
+                "dims": list(t.shape[1:]),
             }
+            for t in info.inputs
         ],
         "output": [{"name": info.output_name, "data_type": "TYPE_FP32", "dims": [int(info.n_outputs)]}],
         "instance_group": [{"name": f"{info.name}_0", "kind": "KIND_CPU", "count": 1}],

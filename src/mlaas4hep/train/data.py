@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import Chunk, Dataset
-from ..io.schema import collection
+from ..io import Batch, Chunk, Dataset, GroupLayout
 from ..io.shuffle import batches as cut_batches
 from .split import validation_mask
 
@@ -92,11 +91,16 @@ class Part:
         )
 
     @classmethod
-    def of_chunk(cls, chunk: Chunk, layout: Any = None) -> Part:
-        """A chunk's rows (``layout``: the dataset's :class:`GroupLayout`, which cuts the groups)."""
+    def of_chunk(cls, chunk: Chunk, layout: GroupLayout | None = None) -> Part:
+        """A chunk's rows (``layout``: the dataset's :class:`~mlaas4hep.io.groups.GroupLayout`, which cuts the groups)."""
         x, mask = np.asarray(chunk.x), np.asarray(chunk.mask)
         inputs, masks = layout.apply(x, mask) if layout is not None else ({}, {})
         return cls(x, np.asarray(chunk.y), np.asarray(chunk.weight), dict(inputs), dict(masks))
+
+    @classmethod
+    def of_batch(cls, b: Batch) -> Part:
+        """The rows of a :meth:`Dataset.batches` batch, its groups included."""
+        return cls(b.x, b.y, b.weight, dict(b.inputs), dict(b.masks))
 
     # the arrays as one flat tuple, for mlaas4hep.io.shuffle.batches
     def _fields(self) -> tuple[Any, ...]:
@@ -108,31 +112,21 @@ class Part:
 
 
 def expected_n_features(ds: Dataset) -> int | None:
-    """The number of features, from the branch list and ``jagged`` lengths alone.
+    """The number of features, from the branch list and the configured lengths alone.
 
-    Needs only the first file's metadata (no event is read). ``None`` when a
-    jagged collection has no length in the configuration: then only the specs
+    Needs only the first file's metadata (no event is read). A jagged branch's
+    length is the largest of ``jagged:`` and the ``length`` of the input groups
+    holding it. ``None`` when a jagged branch has none: then only the specs
     pass (MLaaS4HEP's ``jdim``) can tell.
     """
-    c, sch = ds.config, ds.schema
+    sch = ds.schema
     total = len(sch.flat)
     for name in sch.jagged:
-        length = c.jagged.get(name, c.jagged.get(collection(name)))
+        length = ds.config.physics.length_of(name)
         if length is None:
             return None
         total += int(length)
     return total
-
-
-def group_layout(ds: Dataset) -> Any:
-    """The dataset's :class:`GroupLayout` (``inputs:`` groups), or None for flat features only."""
-    return getattr(ds.preprocessor, "groups", None)
-
-
-def input_shapes(ds: Dataset) -> dict[str, tuple[int, ...]]:
-    """Per-event shape of each input group (``{"jets": (10, 5), "event": (3,)}``); {} without groups."""
-    layout = group_layout(ds)
-    return dict(layout.shapes()) if layout is not None else {}
 
 
 class Source:
@@ -174,7 +168,7 @@ class Source:
 
     def selector(self, collect: list[Part] | None = None) -> Callable[[Chunk], np.ndarray]:
         """The ``select`` of :meth:`Dataset.batches`: keeps training rows, appends held-out ones to ``collect``."""
-        layout = group_layout(self.ds)
+        layout = self.ds.preprocessor.groups
 
         def select(chunk: Chunk) -> np.ndarray:
             held = self.held_out(chunk)
@@ -192,7 +186,7 @@ class Source:
         """
         if not self.in_memory or self._memory is not None:
             return
-        layout = group_layout(self.ds)
+        layout = self.ds.preprocessor.groups
         if self.world > 1:
             chunks = [ch for ch in self.ds.chunks(0, self.rank, self.world) if len(ch)]
             all_ = Chunk.concat(chunks) if chunks else Chunk.empty(self.n_features)
@@ -216,7 +210,7 @@ class Source:
         collect: list[Part] | None = [] if self.val is None else None
         batches = self.ds.batches(batch_size, epoch, self.rank, self.world, select=self.selector(collect))
         for b in batches:
-            yield Part(b.x, b.y, b.weight, dict(getattr(b, "inputs", {})), dict(getattr(b, "masks", {})))
+            yield Part.of_batch(b)
         if collect is not None:
             self.val = Part.concat(collect, self.n_features)
 

@@ -51,7 +51,7 @@ from ..jsonutil import digest, jsonable
 from . import checkpoint, ddp, metrics
 from .backend import Backend, make_backend
 from .config import TrainConfig, split_config
-from .data import Part, Source, expected_n_features, input_shapes
+from .data import Part, Source, expected_n_features
 from .errors import TrainError
 from .strategy import Local
 from .userfile import build, load_module, wants_input_shapes
@@ -223,7 +223,7 @@ class Run:
             )
         if um is None:
             seed_everything(cfg.seed)
-            shapes = input_shapes(ds) if object_level else None
+            shapes = ds.input_shapes() if object_level else None
             um = build(cfg.model, n_features, n_classes, cfg.framework, module, shapes)
         self.um = um
         self.backend = make_backend(um, cfg, n_features, n_classes, cfg.device, st)

@@ -100,7 +100,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             src.ds.config = dataclasses.replace(src.ds.config, workers=0)
         rank, world = src.rank * nw + wid, src.world * nw
         for b in src.ds.batches(self.batch_size, self.epoch, rank, world, select=src.selector()):
-            yield Part(b.x, b.y, b.weight, dict(getattr(b, "inputs", {})), dict(getattr(b, "masks", {})))
+            yield Part.of_batch(b)
 
 
 class _Probabilities(torch.nn.Module):
