@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from mlaas4hep.train import export  # noqa: E402
-from mlaas4hep.train.torch_backend import GroupInputs, _Probabilities  # noqa: E402
+from mlaas4hep.train.torch_backend import GroupInputs, Probabilities  # noqa: E402
 
 SHAPES = {"jets": (10, 5), "event": (2,)}
 REFERENCE = ["tth_deepsets.py", "tth_transformer.py"]
@@ -70,7 +70,7 @@ def test_reference_models_ignore_padding_and_jet_order(name):
 def test_onnx_has_one_input_per_group_and_mask(name):
     um = build(MODELS_DIR / name, 0, 2, input_shapes=SHAPES)
     m = um.model.eval()
-    onx = export.torch_to_onnx(_Probabilities(GroupInputs(m, SHAPES), True, True), 0, "legacy", SHAPES)
+    onx = export.torch_to_onnx(Probabilities(GroupInputs(m, SHAPES), True, True), 0, "legacy", SHAPES)
     graph = onnx.load_from_string(onx).graph
     got = [
         (i.name, i.type.tensor_type.elem_type, [d.dim_value or -1 for d in i.type.tensor_type.shape.dim])

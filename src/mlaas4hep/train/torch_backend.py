@@ -103,7 +103,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             yield Part.of_batch(b)
 
 
-class _Probabilities(torch.nn.Module):
+class Probabilities(torch.nn.Module):
     """The user's model followed by what turns its output into probabilities (for export)."""
 
     def __init__(self, model: torch.nn.Module, logits: bool, binary: bool):
@@ -350,7 +350,7 @@ class TorchBackend(Backend):
         if shapes is not None:
             cpu = GroupInputs(cpu, shapes)
         onx = export.torch_to_onnx(
-            _Probabilities(cpu, self.logits, self.binary), self.n_features, self.cfg.onnx_exporter, shapes
+            Probabilities(cpu, self.logits, self.binary), self.n_features, self.cfg.onnx_exporter, shapes
         )
         Path(path).write_bytes(onx)
         tol = self.cfg.parity_tolerance or export.TOLERANCE["pytorch"]
