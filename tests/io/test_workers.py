@@ -109,7 +109,6 @@ def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
     script.write_text(
         textwrap.dedent("""\
             import time
-            from concurrent.futures.process import BrokenProcessPool
             from mlaas4hep.io.executor import process_pool
 
             if __name__ == "__main__":
@@ -121,11 +120,6 @@ def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
                         f.result()
                 except KeyboardInterrupt:
                     print("interrupted", flush=True)
-                except BrokenProcessPool:  # the workers left first; our own SIGINT is on its way
-                    try:
-                        time.sleep(10)
-                    except KeyboardInterrupt:
-                        print("interrupted", flush=True)
                 for _ in range(100):  # the pool notices its workers are gone
                     if pool._broken:
                         break
