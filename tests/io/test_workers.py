@@ -135,6 +135,9 @@ def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
         stderr=slave,
         env=terminal_env(),
         start_new_session=True,
+        # as a terminal gives it: a pytest started in the background (`cmd &` in a script)
+        # ignores SIGINT, and its children would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     os.close(slave)
     out, sent, deadline = b"", False, time.monotonic() + 120
