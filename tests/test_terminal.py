@@ -149,31 +149,3 @@ def test_every_command_fails_with_a_message_not_a_traceback(tmp_path):
         # a bar drawn before the failure is erased from the screen (it stays in the byte stream)
         message = [ln for ln in text.splitlines() if "━" not in ln]
         assert 1 <= len(message) <= 2 and message[0].startswith(start), (args, text)
-
-
-BROKEN_POOL = """\
-import os, signal, sys, threading
-from concurrent.futures.process import BrokenProcessPool
-from mlaas4hep.terminal import run
-
-def command(args):
-    if sys.argv[1] == "ctrl-c":  # the SIGINT that broke the workers reaches us a little later
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
-    raise BrokenProcessPool("A process in the process pool was terminated abruptly")
-
-sys.exit(run(command, None))
-"""
-
-
-@pytest.mark.parametrize("cause", ["ctrl-c", "crash"])
-def test_a_pool_broken_by_ctrl_c_is_an_interrupt(tmp_path, cause):
-    """Ctrl-C can reach the workers first: the pool breaks, then our own SIGINT arrives."""
-    import sys
-
-    script = tmp_path / "broken.py"
-    script.write_text(BROKEN_POOL)
-    r = subprocess.run([sys.executable, str(script), cause], capture_output=True, text=True, timeout=60)
-    if cause == "ctrl-c":
-        assert (r.returncode, r.stderr) == (130, "interrupted\n")
-    else:  # a worker that really died is an error, after the short wait
-        assert r.returncode == 1 and "BrokenProcessPool: A process in the process pool" in r.stderr

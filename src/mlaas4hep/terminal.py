@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -121,33 +120,12 @@ def run(func: Callable[[Any], int | None], args: Any, debug: bool = False) -> in
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
         return EXIT_OK
     except Exception as err:  # SystemExit (a message of its own) passes through
-        if _broken_by_ctrl_c(err):
-            print("interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
         if debug:
             traceback.print_exc()
         print(error_message(err), file=sys.stderr)
         if not debug and exit_status(err) == EXIT_FAILURE and not _explained(err):
             print("(run `mlaas4hep --debug ...` for the traceback)", file=sys.stderr)
         return exit_status(err)
-
-
-def _broken_by_ctrl_c(err: BaseException, wait: float = 1.0) -> bool:
-    """Whether a broken worker pool was Ctrl-C reaching the workers before this process.
-
-    Ctrl-C sends SIGINT to every process of the command; workers leave at once,
-    and under load the pool can report them gone before this process runs its
-    own handler. That SIGINT is then on its way: wait for it briefly.
-    """
-    from concurrent.futures.process import BrokenProcessPool
-
-    if not isinstance(err, BrokenProcessPool):
-        return False
-    try:
-        time.sleep(wait)
-    except KeyboardInterrupt:
-        return True
-    return False
 
 
 def _explained(err: BaseException) -> bool:

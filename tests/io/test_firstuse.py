@@ -207,3 +207,18 @@ def test_a_failing_cache_write_costs_the_cache_only(tmp_path, caplog):
     writer.close()
     assert isinstance(writer.failed, OSError) and "writing stopped" in caplog.text
     assert not chunks[0].x.flags.writeable  # what is written behind cannot change meanwhile
+
+
+def test_a_dataset_sent_to_another_process_leaves_its_raw_units_behind(data_dir, tmp_path):
+    """A spawned DataLoader worker gets a pickled dataset: without the raw units, which it decodes."""
+    import pickle
+
+    over = dict(jagged={}, shuffle=False)
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))
+    ds.specs  # noqa: B018
+    assert len(ds._raw.memory.units) == 16
+    copy = pickle.loads(pickle.dumps(ds))
+    assert not copy._raw.memory.units and copy._raw.memory.used == 0
+    ref = epochs(Dataset.from_config(sample_config(data_dir, None, **over), fused=False), 1)
+    assert_same(epochs(copy, 1), ref)
+    assert len(ds._raw.memory.units) == 16  # the original still holds its own

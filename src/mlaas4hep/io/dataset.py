@@ -364,8 +364,8 @@ class Dataset:
         specs = Specs(flat=list(sch.flat), jagged=list(sch.jagged), key=self._specs_key())
         selected = [0] * len(self.urls)
         fn: Callable[[Any], tuple[Any, ...]] = partial(unit_stats, reader, names)
-        ex, items = self._executor(), list[Any]()
-        items.extend(units)
+        ex = self._executor()
+        items: list[Any] = list(units)
         raw = self._raw_store(create=True)
         given = [self._given_length(j) for j in sch.jagged]
         per_event = firstuse.bytes_per_event(len(sch.flat), given)

@@ -160,6 +160,12 @@ class RawUnits:
         self._tmp: str | None = None
         self._spill: weakref.finalize[Any, Any] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy sent to another process (a spawned DataLoader worker) holds no raw unit:
+        they belong to this process, which may lay them out or leave them to the next run;
+        the copy decodes its units."""
+        return {"memory": RawMemory(self.memory.budget), "_tmp": self._tmp, "_spill": None}
+
     def store(self, root: Path | None, create: bool = False) -> ChunkStore | None:
         """The store on disk: at ``root`` (under the cache directory, so a later run
         finds it), else a temporary directory that lives as long as this object.

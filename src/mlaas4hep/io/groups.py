@@ -128,9 +128,11 @@ class InputGroup:
 def parse_group(name: Any, value: Any) -> InputGroup:
     """Check one ``inputs:`` entry and build its :class:`InputGroup`; a mistake is a :class:`GroupError`."""
     if not isinstance(name, str) or not name.isidentifier():
-        raise GroupError((), f"input group names must be identifiers such as 'jets', got {name!r}")
+        raise GroupError((name,), f"input group names must be identifiers such as 'jets', got {name!r}")
     if name.endswith("_mask"):
-        raise GroupError((), f"input group {name!r}: names ending in '_mask' are kept for the groups' masks")
+        raise GroupError(
+            (name,), f"input group {name!r}: names ending in '_mask' are kept for the groups' masks"
+        )
     if not isinstance(value, Mapping):
         raise GroupError(
             (name,), f"input group {name!r} must be a mapping such as {{branches: [Jet_pt], length: 10}}"
