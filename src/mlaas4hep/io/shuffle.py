@@ -287,16 +287,29 @@ class _Pool:
         return tuple(out)
 
     def _views(self, names: np.ndarray) -> Iterator[tuple[Any, ...]]:
-        """Rows ``names`` as one permuted copy of the concatenated tables, cut into batches (views)."""
+        """Rows ``names`` cut into batches, views of one permuted copy of the concatenated tables.
+
+        The rows held back are permuted with them and become the pool's only table,
+        so every other table is released before the first batch (as much memory as
+        two copies of a pool).
+        """
         serials = sorted(self.tables)
         lengths = np.array([len(self.tables[s][0]) for s in serials], np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        perm = offsets[(names >> ROW_BITS) - serials[0]] + (names & _ROW_MASK)
+        every = np.concatenate([names, self.rest])
+        perm = offsets[(every >> ROW_BITS) - serials[0]] + (every & _ROW_MASK)
         width = len(self.tables[serials[0]])
         if len(serials) == 1:
             big = self.tables[serials[0]]
         else:
             big = tuple(self.cat([self.tables[s][i] for s in serials]) for i in range(width))
-        big = tuple(self.take(a, perm) for a in big)
-        for s in range(0, len(names), self.batch_size):
-            yield tuple(a[s : s + self.batch_size] for a in big)
+        permuted = tuple(self.take(a, perm) for a in big)
+        del big
+        stop, self.tables = len(names), {}
+        if len(self.rest):
+            self.tables[self.serial] = tuple(a[stop:] for a in permuted)
+            self.rest = (self.serial << ROW_BITS) + np.arange(len(self.rest))
+            self.serial += 1
+        self.first_new = self.serial
+        for s in range(0, stop, self.batch_size):
+            yield tuple(a[s : min(s + self.batch_size, stop)] for a in permuted)
