@@ -9,8 +9,8 @@ reproducible whatever the number of workers:
    units therefore holds every file in the share it has in the dataset, which
    is MLaaS4HEP's proportional mixing, without its per-event Python loop.
 2. :func:`batches` pools decoded chunks into a buffer of at least
-   ``buffer`` events and sends them out in random order, holding a random half
-   of the newest events back for the next pool. Each batch is gathered straight
+   ``buffer`` events and sends them out in random order, holding ``buffer / 2``
+   events drawn from the newest chunks back for the next pool. Each batch is gathered straight
    from the pooled chunks (one copy per event, into small arrays), never from a
    pool-sized concatenation: making that costs more than the copy.
 

@@ -12,10 +12,10 @@ gathers the validation rows into :attr:`Source.val`.
   :meth:`Dataset.to_chunk` loads everything first and every epoch yields one
   Part holding all training rows.
 
-:func:`mlaas4hep.io.shuffle.batches` then pools Parts into a buffer, permutes it and cuts
-batches: views of the permuted pool, so each event is copied once per epoch. It
-works on NumPy arrays and on PyTorch tensors (on the GPU, the permutation runs
-there). :func:`prefetch` runs a producer in a background thread so reading,
+:func:`mlaas4hep.io.shuffle.batches` then pools Parts into a buffer and draws batches
+from it in random order: NumPy batches are gathered from the Parts (one copy per
+event), tensor batches are views of one permuted copy of the pool (on the GPU, the
+permutation runs there). :func:`prefetch` runs a producer in a background thread so reading,
 splitting and host-to-device copies overlap the training step.
 """
 
