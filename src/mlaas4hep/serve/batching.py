@@ -40,7 +40,9 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-Observer = Callable[[int, float], None]  # (rows in the batch, seconds the oldest request queued)
+Observer = Callable[
+    [int, float, float], None
+]  # (rows in the batch, seconds its oldest request queued, seconds of the call)
 #: A model's named input tensors, each with the events first.
 Inputs = dict[str, np.ndarray]
 Batch = Inputs | np.ndarray
@@ -132,10 +134,11 @@ class Batcher:
         return await loop.run_in_executor(self.executor, self._timed, x, n)
 
     async def _run_alone(self, loop: asyncio.AbstractEventLoop, x: Batch, n: int) -> np.ndarray:
+        t0 = time.perf_counter()
         out = await self._call(loop, x, n)
         self.batches += 1
         if self.observe:
-            self.observe(n, 0.0)
+            self.observe(n, 0.0, time.perf_counter() - t0)
         return out
 
     async def _worker(self) -> None:
@@ -165,6 +168,7 @@ class Batcher:
             queued = time.perf_counter() - items[0][3]
             x = concat([it[0] for it in items])
             self._running = len(items)
+            t0 = time.perf_counter()
             try:
                 out = await self._call(loop, x, n)
             except Exception as err:  # hand the failure to every waiting request
@@ -176,7 +180,7 @@ class Batcher:
                 self._running = 0
             self.batches += 1
             if self.observe:
-                self.observe(n, queued)
+                self.observe(n, queued, time.perf_counter() - t0)
             start = 0
             for _, ni, fut, _ in items:
                 stop = start + ni
