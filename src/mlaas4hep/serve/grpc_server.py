@@ -66,7 +66,6 @@ import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -377,56 +376,6 @@ def encode_outputs(request: Any, info: BundleSpec, y: np.ndarray, raw: bool) -> 
 
 
 # ------------------------------------------------------------------ server
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str):
-        self.code, self.details = code, details
-
-
-class _LoopContext:
-    """What the servicer's coroutines use of a context, for a thread-pool call run on the loop."""
-
-    __slots__ = ("ctx",)
-
-    def __init__(self, ctx: Any):
-        self.ctx = ctx
-
-    def invocation_metadata(self) -> Any:
-        return self.ctx.invocation_metadata()
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise _Abort(code, details)
-
-
-class _ThreadBridge:
-    """Sync handlers for the thread-pool server: each runs its RPC's coroutine on the event loop and waits."""
-
-    def __init__(self, service: InferenceService, loop: asyncio.AbstractEventLoop):
-        self.service, self.loop = service, loop
-        self.pending: set[Any] = set()
-
-    def cancel_all(self) -> None:
-        for fut in list(self.pending):
-            fut.cancel()
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.service, name)
-        loop, pending = self.loop, self.pending
-
-        def call(request: Any, context: Any) -> Any:
-            fut = asyncio.run_coroutine_threadsafe(method(request, _LoopContext(context)), loop)
-            pending.add(fut)
-            try:
-                return fut.result()
-            except _Abort as err:
-                context.abort(err.code, err.details)
-            except futures.CancelledError:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            finally:
-                pending.discard(fut)
-
-        return call
-
-
 #: ``grpc.aio`` servers (listeners) on the port, in one process; see :class:`GrpcServer`.
 LISTENERS = 4
 
@@ -464,8 +413,6 @@ class GrpcServer:
         self.reuse_port = reuse_port
         self.listeners = max(1, int(listeners))
         self.servers: list[grpc.aio.Server] = []
-        self.threads = int(os.environ.get("MLAAS4HEP_GRPC_THREADS") or 0)
-        self.tserver: grpc.Server | None = None
 
     @property
     def server(self) -> grpc.aio.Server | None:
@@ -501,53 +448,13 @@ class GrpcServer:
         self.port = bound
         return server
 
-    def _add_threaded(self, address: str, options: list[tuple[str, Any]]) -> grpc.Server:
-        """One thread-pool ``grpc.server`` whose handlers run the servicer's coroutines on this loop."""
-        self.pool = futures.ThreadPoolExecutor(self.threads, thread_name_prefix="mlaas4hep-grpc")
-        server = grpc.server(self.pool, options=options)
-        bridge = _ThreadBridge(self.service, asyncio.get_running_loop())
-        self.bridge = bridge
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(bridge, server)
-        try:
-            if self.tls is not None:
-                creds = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
-                bound = server.add_secure_port(address, creds)
-            else:
-                bound = server.add_insecure_port(address)
-        except RuntimeError as err:
-            raise RuntimeError(f"gRPC cannot listen on {address}: {err}") from None
-        if not bound:
-            raise RuntimeError(f"gRPC cannot listen on {address}")
-        self.port = bound
-        return server
-
     async def start(self) -> None:
-        if self.threads:
-            options0: list[tuple[str, Any]] = [
-                ("grpc.max_receive_message_length", int(self.state.max_body)),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
-            ]
-            self.service = InferenceService(self.state)
-            self.tserver = self._add_threaded(f"{self.host}:{self.port}", options0)
-            self.tserver.start()
-            log.info(
-                "gRPC listening on %s:%d%s (%d threads)",
-                self.host,
-                self.port,
-                " (TLS)" if self.tls else "",
-                self.threads,
-            )
-            return
         shared = self.reuse_port or self.listeners > 1
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", int(self.state.max_body)),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 1 if shared else 0),
         ]
-        for kv in filter(None, (os.environ.get("MLAAS4HEP_GRPC_XOPTS") or "").split(",")):  # EXPERIMENT
-            k, v = kv.split("=", 1)
-            options.append((k, int(v) if v.lstrip("-").isdigit() else v))
         if shared and not self.reuse_port and self.port != 0:
             self._check_free()
         self.service = InferenceService(self.state)
@@ -569,12 +476,6 @@ class GrpcServer:
         )
 
     async def stop(self, grace: float = 1.0) -> None:
-        tserver, self.tserver = self.tserver, None
-        if tserver is not None:
-            done = tserver.stop(grace)
-            await asyncio.get_running_loop().run_in_executor(None, done.wait, grace + 1.0)
-            self.bridge.cancel_all()
-            self.pool.shutdown(wait=False, cancel_futures=True)
         servers, self.servers = self.servers, []
         if servers:
             await asyncio.gather(*(s.stop(grace) for s in servers))
