@@ -40,9 +40,9 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-Observer = Callable[
-    [int, float, float], None
-]  # (rows in the batch, seconds its oldest request queued, seconds of the call)
+#: Told of each predict call: rows, seconds its oldest request queued, seconds of the call,
+#: requests in it, and their queue seconds summed.
+Observer = Callable[[int, float, float, int, float], None]
 #: A model's named input tensors, each with the events first.
 Inputs = dict[str, np.ndarray]
 Batch = Inputs | np.ndarray
@@ -138,7 +138,7 @@ class Batcher:
         out = await self._call(loop, x, n)
         self.batches += 1
         if self.observe:
-            self.observe(n, 0.0, time.perf_counter() - t0)
+            self.observe(n, 0.0, time.perf_counter() - t0, 1, 0.0)
         return out
 
     async def _worker(self) -> None:
@@ -165,7 +165,8 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             items, n = self._take()
-            queued = time.perf_counter() - items[0][3]
+            now = time.perf_counter()
+            queued = now - items[0][3]
             x = concat([it[0] for it in items])
             self._running = len(items)
             t0 = time.perf_counter()
@@ -180,7 +181,8 @@ class Batcher:
                 self._running = 0
             self.batches += 1
             if self.observe:
-                self.observe(n, queued, time.perf_counter() - t0)
+                waited = len(items) * now - sum(it[3] for it in items)
+                self.observe(n, queued, time.perf_counter() - t0, len(items), waited)
             start = 0
             for _, ni, fut, _ in items:
                 stop = start + ni

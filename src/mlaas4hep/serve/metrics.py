@@ -44,8 +44,8 @@ class ModelCounts:
 
     Successes (count and time) live in the latency histogram; here the rest:
     failed requests and their time, the wall-clock time of the last request,
-    and per batch (onnxruntime call) its rows, the wait of its oldest request
-    in the batcher and the time of the call.
+    onnxruntime calls and their rows, and per request that reached one its wait
+    in the batcher and the time of its call (Triton counts these per request).
     """
 
     last_ms: int = 0
@@ -53,8 +53,9 @@ class ModelCounts:
     fail_s: float = 0.0
     batches: int = 0
     rows: int = 0
-    queue_s: float = 0.0
-    compute_s: float = 0.0
+    requests: int = 0  # requests that reached a predict call
+    queue_s: float = 0.0  # their waits in the batcher, summed
+    compute_s: float = 0.0  # per request, the time of its predict call, summed
 
 
 @dataclass
@@ -147,18 +148,19 @@ class Metrics:
         finally:
             self.inference(obs.model, obs.status, time.perf_counter() - t0)
 
-    def batch_observer(self, model: str) -> Callable[[int, float, float], None]:
-        """A callback for :class:`~mlaas4hep.serve.batching.Batcher`: rows, queue and compute seconds."""
+    def batch_observer(self, model: str) -> Callable[[int, float, float, int, float], None]:
+        """A callback for :class:`~mlaas4hep.serve.batching.Batcher` (its ``Observer``)."""
         batch, queue = self._child(self.batch, model), self._child(self.queue, model)
         c = self.model_counts(model)
 
-        def observe(rows: int, queued: float, compute: float) -> None:
+        def observe(rows: int, queued: float, compute: float, requests: int, waited: float) -> None:
             batch.observe(rows)
             queue.observe(queued)
             c.batches += 1
             c.rows += rows
-            c.queue_s += queued
-            c.compute_s += compute
+            c.requests += requests
+            c.queue_s += waited
+            c.compute_s += compute * requests
 
         return observe
 

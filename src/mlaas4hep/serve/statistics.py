@@ -1,8 +1,8 @@
 """Triton's model statistics: ``GET /v2/models[/{name}[/versions/{v}]]/stats`` and gRPC ``ModelStatistics``.
 
 Clients ask for them to report what the server did: Triton's ``perf_analyzer``
-reads them before and after each measurement (and logs a failure when a
-server has none), dashboards poll them. They are built from what
+reads them before and after each measurement when the server lists the
+``statistics`` extension (its "Server:" lines), dashboards poll them. They are built from what
 :class:`~mlaas4hep.serve.metrics.Metrics` counts anyway, as Triton's JSON
 (the gRPC reply is the same dict parsed into ``ModelStatisticsResponse``)::
 
@@ -17,12 +17,13 @@ What each number means here (durations in nanoseconds):
 * ``execution_count``: onnxruntime calls (a batch of the dynamic batcher is one);
 * ``success`` / ``fail``: inference requests answered / refused, and their time
   in the server (a refused request's time is how long it took to refuse it);
-* ``queue``: per onnxruntime call, how long its oldest request waited in the
-  batcher (``count`` is the number of calls, not of requests);
-* ``compute_infer``: the onnxruntime calls, ``count`` and time (from handing the
-  batch over to having its scores, the executor hop included);
-* ``compute_input``, ``compute_output``, ``cache_hit``, ``cache_miss``, and
-  ``batch_stats``: zero or empty (not measured separately; no response cache).
+* ``queue``: per request that reached onnxruntime, its wait in the dynamic batcher;
+* ``compute_infer``: per such request, the time of the onnxruntime call that
+  computed it (from handing the batch over to having its scores, the executor
+  hop included): a call for 20 requests counts its time 20 times, as in Triton;
+* ``compute_input``, ``compute_output``: the same count, 0 ns (their work is
+  inside ``compute_infer``; perf_analyzer wants the three counts equal);
+* ``cache_hit``, ``cache_miss``, ``batch_stats``: zero or empty (no response cache).
 
 Counts are per model name, over all its versions (the server counts by name);
 they are reported under the version asked for, or the newest. ``last_inference``
@@ -57,10 +58,10 @@ def model_statistics(st: ServerState, name: str, version: Any = None) -> dict[st
         "inference_stats": {
             "success": _duration(ok, ok_s),
             "fail": _duration(c.fail, c.fail_s),
-            "queue": _duration(c.batches, c.queue_s),
-            "compute_input": zero,
-            "compute_infer": _duration(c.batches, c.compute_s),
-            "compute_output": zero,
+            "queue": _duration(c.requests, c.queue_s),
+            "compute_input": _duration(c.requests, 0.0),
+            "compute_infer": _duration(c.requests, c.compute_s),
+            "compute_output": _duration(c.requests, 0.0),
             "cache_hit": zero,
             "cache_miss": zero,
         },
