@@ -90,3 +90,6 @@ def test_perf_analyzer_without_shape(srv, protocol):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=PA_ENV)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Throughput:" in r.stdout and "error" not in r.stdout.lower()
+    # the server lists the statistics extension, so perf_analyzer reads and reports its statistics
+    server = r.stdout.split("Server:", 1)[1]
+    assert "Inference count:" in server and "compute infer" in server

@@ -215,4 +215,51 @@ def test_upload_refreshes_the_list_and_clears_the_form(page, page_server, tth_bu
     page.click("#upload-submit")
     page.locator("#upload-result.ok").wait_for(timeout=15_000)
     assert page.locator("#upload-result").inner_text().startswith("installed tth version")
-    assert page.locator("#try-model").input_value() == "tth"
+    # the result shows before the page has listed the models again and selected the new one
+    page.wait_for_function("document.getElementById('try-model').value === 'tth'", timeout=10_000)
+
+
+@pytest.fixture(scope="module")
+def grouped_page(browser, tmp_path_factory):
+    """A page on a server of a grouped bundle with preprocessing (jets and event groups; raw branches)."""
+    from mlaas4hep import bundle
+
+    from .test_multi_input import grouped_onnx
+    from .test_multi_input_raw import preprocessor
+
+    path = tmp_path_factory.mktemp("grouped-page") / "bundle"
+    bundle.write(path, grouped_onnx(), preprocessor(), ["bkg", "sig"], name="rawgrouped", framework="onnx")
+    repo = path.parent / "repo"
+    repo.mkdir()
+    install_copy(repo, path, "rawgrouped")
+    srv = ServerProcess(repo).start()
+    pg = browser.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(srv.url + "/", timeout=15_000)
+    _row(pg, "rawgrouped").wait_for(timeout=10_000)
+    yield pg, bundle.load(path)
+    pg.close()
+    srv.stop()
+    assert errors == []
+
+
+def test_grouped_model_gets_a_raw_branch_example_that_predicts(grouped_page):
+    page, predictor = grouped_page
+    # the row names the model's tensors, not a feature count
+    assert "jets [-1, 4, 3], jets_mask [-1, 4], event [-1, 2]" in _row(page, "rawgrouped").inner_text()
+    # no flat feature row is offered (the server refuses one with 400): the raw mode is chosen
+    assert page.is_disabled("input[name='mode'][value='features']")
+    assert page.is_checked("input[name='mode'][value='raw']")
+    event = json.loads(page.input_value("#try-values"))
+    assert list(event) == predictor.preprocessor.inputs
+    assert 1 <= len(event["Jet_pt"]) <= 4 and event["Jet_pt"] == sorted(event["Jet_pt"], reverse=True)
+    # standard normalisation: a flat branch sits at its mean
+    assert event["MET_pt"] == pytest.approx(40.0, abs=0.5) and event["HT"] == pytest.approx(200.0, abs=2)
+
+    page.click("#try-submit")
+    page.locator("#try-result.ok").wait_for(timeout=10_000)
+    raw = {k: [v] for k, v in event.items()}
+    p = float(predictor.predict_raw(raw)[0, 0])
+    result = page.locator("#try-result").inner_text()
+    assert f"sig: {p:.6f}" in result and f"bkg: {1 - p:.6f}" in result

@@ -40,7 +40,9 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-Observer = Callable[[int, float], None]  # (rows in the batch, seconds the oldest request queued)
+#: Told of each predict call: rows, seconds its oldest request queued, seconds of the call,
+#: requests in it, and their queue seconds summed.
+Observer = Callable[[int, float, float, int, float], None]
 #: A model's named input tensors, each with the events first.
 Inputs = dict[str, np.ndarray]
 Batch = Inputs | np.ndarray
@@ -132,10 +134,11 @@ class Batcher:
         return await loop.run_in_executor(self.executor, self._timed, x, n)
 
     async def _run_alone(self, loop: asyncio.AbstractEventLoop, x: Batch, n: int) -> np.ndarray:
+        t0 = time.perf_counter()
         out = await self._call(loop, x, n)
         self.batches += 1
         if self.observe:
-            self.observe(n, 0.0)
+            self.observe(n, 0.0, time.perf_counter() - t0, 1, 0.0)
         return out
 
     async def _worker(self) -> None:
@@ -162,9 +165,11 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             items, n = self._take()
-            queued = time.perf_counter() - items[0][3]
+            now = time.perf_counter()
+            queued = now - items[0][3]
             x = concat([it[0] for it in items])
             self._running = len(items)
+            t0 = time.perf_counter()
             try:
                 out = await self._call(loop, x, n)
             except Exception as err:  # hand the failure to every waiting request
@@ -176,7 +181,8 @@ class Batcher:
                 self._running = 0
             self.batches += 1
             if self.observe:
-                self.observe(n, queued)
+                waited = len(items) * now - sum(it[3] for it in items)
+                self.observe(n, queued, time.perf_counter() - t0, len(items), waited)
             start = 0
             for _, ni, fut, _ in items:
                 stop = start + ni

@@ -15,6 +15,7 @@ RPCs served (the others answer ``UNIMPLEMENTED``):
 ``ModelMetadata``          every input tensor, the output FP32 ``[-1, K]`` (as over HTTP)
 ``ModelReady``             false when unloaded or unknown (as Triton)
 ``ModelConfig``            Triton's model configuration (:mod:`.tritonconfig`)
+``ModelStatistics``        Triton's model statistics (:mod:`.statistics`); no name: every model
 ``ModelInfer``             tensors as typed ``contents`` or as ``raw_input_contents``
 ``RepositoryIndex``        every version and its state
 ``RepositoryModelLoad``    (token) load; parameter ``config``: JSON serving settings, ours or Triton's
@@ -75,7 +76,7 @@ from google.protobuf import json_format
 from .. import __version__
 from ..bundle_spec import BundleSpec
 from ..errors import Mlaas4hepError
-from . import tritonconfig
+from . import statistics, tritonconfig
 from ._proto import grpc_service_pb2 as pb
 from ._proto import grpc_service_pb2_grpc as pb_grpc
 from ._proto import model_config_pb2 as mc
@@ -218,6 +219,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         b = self.st.batcher(info)
         cfg = tritonconfig.model_config(info, b.max_batch, b.max_delay)
         return pb.ModelConfigResponse(config=json_format.ParseDict(cfg, mc.ModelConfig()))
+
+    @_rpc
+    async def ModelStatistics(self, request: Any, context: Context) -> Any:
+        self._read(context)
+        stats = statistics.statistics(self.st, request.name or None, request.version or None)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     # ------------------------------------------------------------ inference
     @_rpc

@@ -15,7 +15,7 @@ from typing import Any
 from ..bundle_spec import BundleSpec
 
 #: The protocol extensions this server speaks (``GET /v2``, gRPC ``ServerMetadata``).
-EXTENSIONS = ["binary_tensor_data", "model_repository", "raw_inputs", "predict_root"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "raw_inputs", "predict_root"]
 
 
 def model_metadata(info: BundleSpec, versions: list[int]) -> dict[str, Any]:

@@ -39,6 +39,26 @@ QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 
 
 @dataclass
+class ModelCounts:
+    """What Triton's model statistics report for one model (:mod:`.statistics`), kept as plain numbers.
+
+    Successes (count and time) live in the latency histogram; here the rest:
+    failed requests and their time, the wall-clock time of the last request,
+    onnxruntime calls and their rows, and per request that reached one its wait
+    in the batcher and the time of its call (Triton counts these per request).
+    """
+
+    last_ms: int = 0
+    fail: int = 0
+    fail_s: float = 0.0
+    batches: int = 0
+    rows: int = 0
+    requests: int = 0  # requests that reached a predict call
+    queue_s: float = 0.0  # their waits in the batcher, summed
+    compute_s: float = 0.0  # per request, the time of its predict call, summed
+
+
+@dataclass
 class Observation:
     model: str = "_unknown"
     status: int = 500
@@ -66,6 +86,7 @@ class Metrics:
         self._http: dict[tuple[str, str, str], int] = {}
         self._infer: dict[tuple[str, str], int] = {}
         self._latency: dict[str, list[float]] = {}  # model -> counts per bucket (+Inf last), then the sum
+        self.counts: dict[str, ModelCounts] = {}  # model -> Triton's statistics
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r.register(_RequestCollector(self))
 
@@ -80,6 +101,17 @@ class Metrics:
         key = (route, method, str(status))
         self._http[key] = self._http.get(key, 0) + 1
 
+    def model_counts(self, model: str) -> ModelCounts:
+        c = self.counts.get(model)
+        if c is None:
+            c = self.counts[model] = ModelCounts()
+        return c
+
+    def latency(self, model: str) -> tuple[int, float]:
+        """Successful inference requests of ``model`` and their summed latency in seconds."""
+        h = self._latency.get(model)
+        return (0, 0.0) if h is None else (int(sum(h[:-1])), h[-1])
+
     def inference(self, model: str, status: int, seconds: float) -> None:
         key = (model, str(status))
         self._infer[key] = self._infer.get(key, 0) + 1
@@ -89,6 +121,12 @@ class Metrics:
                 h = self._latency[model] = [0.0] * (len(LATENCY_BUCKETS) + 2)
             h[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             h[-1] += seconds
+            c = self.counts.get(model) or self.model_counts(model)
+        else:
+            c = self.model_counts(model)
+            c.fail += 1
+            c.fail_s += seconds
+        c.last_ms = int(time.time() * 1000)
 
     @contextmanager
     def observe(self) -> Iterator[Observation]:
@@ -110,13 +148,19 @@ class Metrics:
         finally:
             self.inference(obs.model, obs.status, time.perf_counter() - t0)
 
-    def batch_observer(self, model: str) -> Callable[[int, float], None]:
-        """A callback for :class:`~mlaas4hep.serve.batching.Batcher`."""
+    def batch_observer(self, model: str) -> Callable[[int, float, float, int, float], None]:
+        """A callback for :class:`~mlaas4hep.serve.batching.Batcher` (its ``Observer``)."""
         batch, queue = self._child(self.batch, model), self._child(self.queue, model)
+        c = self.model_counts(model)
 
-        def observe(rows: int, queued: float) -> None:
+        def observe(rows: int, queued: float, compute: float, requests: int, waited: float) -> None:
             batch.observe(rows)
             queue.observe(queued)
+            c.batches += 1
+            c.rows += rows
+            c.requests += requests
+            c.queue_s += waited
+            c.compute_s += compute * requests
 
         return observe
 

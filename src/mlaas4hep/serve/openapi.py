@@ -285,6 +285,9 @@ def document() -> dict[str, Any]:
             )
         },
     }
+    paths["/v2/models/stats"] = {
+        "get": _op("Triton's model statistics of every model", "stats", {"type": "object"})
+    }
     for base, params in (
         ("/v2/models/{name}", [NAME]),
         ("/v2/models/{name}/versions/{version}", [NAME, VERSION]),
@@ -300,6 +303,14 @@ def document() -> dict[str, Any]:
         }
         paths[base + "/config"] = {
             "get": _op("a Triton-style model configuration", "config", {"type": "object"}, parameters=params)
+        }
+        paths[base + "/stats"] = {
+            "get": _op(
+                "Triton's model statistics (counts and durations)",
+                "stats",
+                {"type": "object"},
+                parameters=params,
+            )
         }
         paths[base + "/infer"] = {
             "post": _op(

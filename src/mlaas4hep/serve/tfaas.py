@@ -159,6 +159,8 @@ def model_summary(st: ServerState, info: BundleSpec) -> dict[str, Any]:
             "features": info.features,
             # the model's input tensors: one [-1, F] for a flat bundle, each group and mask for a grouped one
             "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.inputs],
+            # a grouped bundle takes named tensors or raw branches, never a flat feature row
+            "grouped": info.grouped,
             "raw_inputs": info.raw_inputs,
             "jagged": dict(info.jagged),
             "metrics": meta.get("metrics", {}),

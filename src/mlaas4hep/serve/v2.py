@@ -6,6 +6,7 @@
 ``GET  /v2/models/{name}[/versions/{v}]``              model metadata (inputs, outputs, labels)
 ``GET  /v2/models/{name}[/versions/{v}]/ready``        200 when ready, 400 when unloaded
 ``GET  /v2/models/{name}[/versions/{v}]/config``       Triton's model configuration (:mod:`.tritonconfig`)
+``GET  /v2/models[/{name}[/versions/{v}]]/stats``      Triton's model statistics (:mod:`.statistics`)
 ``POST /v2/models/{name}[/versions/{v}]/infer``        inference, JSON or binary tensors
 ``POST /v2/repository/index``                          every model version and its state
 ``POST /v2/repository/models/{name}/load|unload``      (token) load / unload a model
@@ -35,7 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from . import metadata, tensors, tritonconfig
+from . import metadata, statistics, tensors, tritonconfig
 from .errors import ApiError
 from .fastpath import Call, Reply
 from .http import infer_reply, json_response, read_body, served_by_fastpath, state_of
@@ -78,6 +79,14 @@ async def model_config(request: Request) -> Response:
     info = st.model(request.path_params["name"], request.path_params.get("version"))
     b = st.batcher(info)
     return json_response(tritonconfig.model_config(info, b.max_batch, b.max_delay))
+
+
+async def model_stats(request: Request) -> Response:
+    """Triton's statistics of one model, or of every model (``/v2/models/stats``)."""
+    st = state_of(request)
+    st.auth.require_read(request)
+    name = request.path_params.get("name")
+    return json_response(statistics.statistics(st, name, request.path_params.get("version")))
 
 
 # ----------------------------------------------------------------- infer
@@ -143,12 +152,14 @@ def routes() -> list[Route]:
         Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
         Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
+        Route("/v2/models/stats", model_stats, methods=["GET"]),  # before /v2/models/{name}
     ]
     for base in (m, mv):
         out += [
             Route(base, model_metadata, methods=["GET"]),
             Route(base + "/ready", model_ready, methods=["GET"]),
             Route(base + "/config", model_config, methods=["GET"]),
+            Route(base + "/stats", model_stats, methods=["GET"]),
             Route(base + "/infer", served_by_fastpath, methods=["POST"]),
         ]
     return out
