@@ -151,6 +151,12 @@ def test_predict_root_from_the_command_line(server, tth_bundle, capsys):
     assert header.startswith("entry,") and header.endswith(",ttbar,ttH")
     assert _cli([*base, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["scores"]) == 5
+    # by name, as the help says ("under the server's --data-dir"); a file outside: no token hint
+    assert _cli([*base[:5], "ttH_0.root", "--stop", "5"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5
+    assert _cli([*base[:5], "/etc/hostname"]) == 1
+    err = capsys.readouterr().err
+    assert "outside its data directories" in err and "token" not in err, err
 
 
 def test_client_errors_are_one_line(tmp_path):

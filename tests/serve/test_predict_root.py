@@ -65,6 +65,17 @@ def test_predict_root_friend_tree(server, tth_bundle):
     np.testing.assert_allclose(friend["score"], expected[:, 0], rtol=0, atol=1e-6)
 
 
+def test_a_name_relative_to_the_data_directory(server, tth_bundle):
+    """``client predict-root MODEL ttH_0.root``: the path is taken under --data-dir, as its help says."""
+    path = sorted(tth_bundle.data_dir.glob("*.root"))[0]
+    post = lambda body: HTTP.post(server.url + "/v2/models/tth/predict_root", json=body)  # noqa: E731
+    by_name = post({"url": path.name, "entry_stop": 50})
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json() == post({"url": str(path), "entry_stop": 50}).json()
+    r = post({"url": f"../{tth_bundle.data_dir.name}/../x.root"})  # a way out stays closed
+    assert r.status_code == 403 and "outside its data directories" in r.json()["error"]
+
+
 def test_predict_root_refusals(server, tth_bundle, tmp_path):
     post = lambda body: HTTP.post(server.url + "/v2/models/tth/predict_root", json=body)  # noqa: E731
     r = post({"url": "/etc/passwd"})

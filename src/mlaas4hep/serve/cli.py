@@ -367,7 +367,8 @@ def _client_error(err: Exception, url: str, cl: Any = None) -> Exception:
     if isinstance(err, httpx.UnsupportedProtocol):
         return UsageError(f"{url} is not an http:// or https:// URL")
     if isinstance(err, ClientError):
-        hint = " (give the token: --token-file F or $MLAAS4HEP_TOKEN)" if err.status in (401, 403) else ""
+        needs_token = err.status == 401 or (err.status == 403 and "token" in err.message)
+        hint = " (give the token: --token-file F or $MLAAS4HEP_TOKEN)" if needs_token else ""
         if err.status == 404 and "unknown model" in err.message and cl is not None:
             hint = _model_hint(cl, err.message)
         return CommandError(f"the server answered {err.status}: {err.message}{hint}")

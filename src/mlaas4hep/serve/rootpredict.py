@@ -81,9 +81,7 @@ def check_url(url: Any, prefixes: tuple[str, ...], allow_remote: tuple[str, ...]
                 403, "this server reads remote files only from the hosts it was started with (--allow-remote)"
             )
         return url
-    path = os.path.realpath(url[len("file://") :] if url.startswith("file://") else url)
-    if not any(path.startswith(p) for p in prefixes if "://" not in p):
-        raise ApiError(403, "this server does not open local files outside its data directories (--data-dir)")
+    path = _local_path(url[len("file://") :] if url.startswith("file://") else url, prefixes)
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -91,6 +89,19 @@ def check_url(url: Any, prefixes: tuple[str, ...], allow_remote: tuple[str, ...]
     if not stat.S_ISREG(mode):
         raise ApiError(400, f"{url[:200]!r} is not a regular file")
     return path
+
+
+def _local_path(raw: str, prefixes: tuple[str, ...]) -> str:
+    """A local file inside a data directory: a relative path is taken under each ``--data-dir``
+    (then under the server's working directory); links are resolved before the check."""
+    dirs = [p for p in prefixes if "://" not in p]
+    candidates = [os.path.realpath(raw)]
+    if not os.path.isabs(raw):
+        candidates = [os.path.realpath(os.path.join(d, raw)) for d in dirs] + candidates
+    inside = [c for c in candidates if any(c.startswith(d) for d in dirs)]
+    if not inside:
+        raise ApiError(403, "this server does not open local files outside its data directories (--data-dir)")
+    return next((c for c in inside if os.path.exists(c)), inside[0])
 
 
 def _int(req: dict[str, Any], key: str, default: int | None) -> int | None:

@@ -210,7 +210,8 @@ class Run:
             check_streaming(um.model, cfg.accumulate, self.in_memory)
         if um is not None and um.framework != "pytorch":  # fail before the specs pass
             st.require_single(um.framework, Path(cfg.model).name)
-        st.ordered(lambda: ds.specs)  # under DDP rank 0 runs (or loads) the specs pass first
+        if ds.needs_specs:  # under DDP rank 0 runs (or loads) the specs pass first
+            st.ordered(lambda: ds.specs)
         self.source = Source(
             ds, cfg.validation_fraction, cfg.seed, in_memory=self.in_memory, rank=st.rank, world=st.world
         )
@@ -340,7 +341,11 @@ class Run:
     def _epochs(self, start: int) -> bool:
         cfg, be, src, st = self.cfg, self.backend, self.source, self.strategy
         assert self.ds is not None  # opened by _prepare
-        total = self.ds.nevents * (1 - cfg.validation_fraction) / st.world
+        ds = self.ds
+        # the progress bar's total: no specs pass only to count the selected events
+        counted = ds.needs_specs or not ds.config.selection
+        events = ds.nevents if counted else sum(f["entries"] for f in ds.file_infos)
+        total = events * (1 - cfg.validation_fraction) / st.world
         last = cfg.epochs if be.max_epochs is None else min(cfg.epochs, be.max_epochs)
         for epoch in range(start, last):
             kind = src.kind(epoch)
