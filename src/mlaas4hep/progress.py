@@ -64,10 +64,16 @@ def _rate_column(unit: str):
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
-        """The rate: rich's recent-window estimate, else completed / elapsed (never ``None``)."""
+        """The rate: rich's recent-window estimate, else completed / elapsed (never ``None``).
+
+        In the first second the window may hold two updates microseconds apart (a
+        cached unit arrives at once), which gave rates such as 189,128,872 events/s:
+        the average since the start is shown until then.
+        """
 
         def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
+            settled = task.elapsed is not None and task.elapsed >= 1.0
+            speed = task.finished_speed or (task.speed if settled else None)
             if speed is None and task.elapsed and task.completed:
                 speed = task.completed / task.elapsed
             return Text(format_rate(speed, unit), style="progress.data.speed")
