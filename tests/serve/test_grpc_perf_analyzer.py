@@ -27,8 +27,11 @@ from pathlib import Path
 
 import pytest
 
+from mlaas4hep import bundle
+
 from .conftest import install_copy
 from .grpc_helpers import GrpcServerProcess
+from .test_multi_input import FEATURES, grouped_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,16 +69,23 @@ def srv(tth_bundle, tmp_path_factory):
     repo = tmp_path_factory.mktemp("pa") / "repo"
     repo.mkdir()
     install_copy(repo, tth_bundle.path, "tth")
+    # a model of three tensors (jets, a BOOL jets_mask, event), as object-level models are
+    grouped = repo.parent / "grouped"
+    bundle.write(
+        grouped, grouped_onnx(), None, ["bkg", "sig"], name="grouped", framework="onnx", features=FEATURES
+    )
+    install_copy(repo, grouped, "grouped")
     s = GrpcServerProcess(repo).start()
     yield s
     s.stop()
 
 
+@pytest.mark.parametrize("model", ["tth", "grouped"])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_perf_analyzer_without_shape(srv, protocol):
+def test_perf_analyzer_without_shape(srv, protocol, model):
     url = srv.url.removeprefix("http://") if protocol == "http" else srv.grpc_url
     assert PA is not None
-    cmd = [PA, "-m", "tth", "-u", url, "-i", protocol, "-b", "4", "--concurrency-range", "4"]
+    cmd = [PA, "-m", model, "-u", url, "-i", protocol, "-b", "4", "--concurrency-range", "4"]
     # a short, lenient measurement: this checks that it runs, not how fast (the machine is shared)
     cmd += [
         "--measurement-mode",
