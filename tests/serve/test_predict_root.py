@@ -67,7 +67,7 @@ def test_predict_root_friend_tree(server, tth_bundle):
 
 def test_a_name_relative_to_the_data_directory(server, tth_bundle):
     """``client predict-root MODEL ttH_0.root``: the path is taken under --data-dir, as its help says."""
-    path = sorted(tth_bundle.data_dir.glob("*.root"))[0]
+    path = tth_bundle.data_dir / "ttH_0.root"
     post = lambda body: HTTP.post(server.url + "/v2/models/tth/predict_root", json=body)  # noqa: E731
     by_name = post({"url": path.name, "entry_stop": 50})
     assert by_name.status_code == 200, by_name.text
