@@ -190,20 +190,14 @@ def _check_union(name: str, group: InputGroup) -> None:
             )
     first = cols[0]
     for c in cols[1:]:
-        for f in by[first]:
-            if f not in by[c]:
-                raise GroupError(
-                    (name, "branches"),
-                    f"input group {name!r} merges {' and '.join(cols)}, so each needs the same features: "
-                    f"collection {c!r} has no {c + '_' + f!r} (as {first + '_' + f!r} of {first!r})",
-                )
-        for f in by[c]:
-            if f not in by[first]:
-                raise GroupError(
-                    (name, "branches"),
-                    f"input group {name!r} merges {' and '.join(cols)}, so each needs the same features: "
-                    f"collection {first!r} has no {first + '_' + f!r} (as {c + '_' + f!r} of {c!r})",
-                )
+        for have, lack in ((first, c), (c, first)):  # the same features both ways
+            for f in by[have]:
+                if f not in by[lack]:
+                    raise GroupError(
+                        (name, "branches"),
+                        f"input group {name!r} merges {' and '.join(cols)}, so each needs the same features: "
+                        f"collection {lack!r} has no {lack + '_' + f!r} (as {have + '_' + f!r} of {have!r})",
+                    )
 
 
 def _check_sort(name: str, group: InputGroup) -> None:
