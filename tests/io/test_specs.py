@@ -28,6 +28,43 @@ def test_stats_merge_equals_whole():
     assert (merged.min, merged.max) == (v.min(), v.max())
 
 
+def _reference(values):
+    """Statistics as a reader would compute them by hand: non-finite values counted, left out."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    return int((~ok).sum()), v[ok]
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+def test_stats_count_and_leave_out_non_finite_values(bad):
+    v = np.random.default_rng(1).normal(5, 3, 1000).astype(np.float32)
+    if bad is not None:
+        v[[3, 500, 999]] = bad
+    s = Stats.of(v)
+    nans, good = _reference(v)
+    assert (s.nans, s.count) == (nans, good.size)
+    assert (s.min, s.max) == (good.min(), good.max())
+    assert s.mean == good.mean() and s.std == pytest.approx(good.std(), rel=1e-12)
+    only_bad = Stats.of(np.full(4, np.nan))
+    assert (only_bad.nans, only_bad.count, only_bad.min, only_bad.max) == (4, 0, float("inf"), float("-inf"))
+
+
+def test_stats_of_jagged_lists_sliced_and_not_contiguous():
+    import awkward as ak
+
+    whole = ak.Array([[1.0, 2.0], [], [3.0, np.nan, 5.0], [6.0], [7.0, 8.0]])
+    sliced = whole[2:]  # offsets that do not start at 0
+    listarray = whole[[4, 0, 2]]  # a ListArray: lists anywhere in the content
+    for arr, flat, multiplicities in (
+        (sliced, [3.0, 5.0, 6.0, 7.0, 8.0], [0, 1, 1, 1]),
+        (listarray, [7.0, 8.0, 1.0, 2.0, 3.0, 5.0], [0, 0, 2, 1]),
+    ):
+        s = Stats.of(arr)
+        assert (s.nans, s.count, s.min, s.max) == (1, len(flat), min(flat), max(flat))
+        assert s.mean == pytest.approx(np.mean(flat), rel=1e-15)
+        assert s.lengths.tolist() == multiplicities
+
+
 def test_parallel_specs_equal_inline(data_dir, tmp_path):
     a = Dataset.from_config(sample_config(data_dir, workers=0)).compute_specs().to_dict()
     b = Dataset.from_config(sample_config(data_dir, workers=2)).compute_specs().to_dict()

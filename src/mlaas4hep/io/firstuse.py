@@ -48,7 +48,7 @@ import awkward as ak
 import numpy as np
 
 from .chunk import Chunk, ChunkStore, Unit
-from .preprocess import Preprocessor, _flat, pad_jagged
+from .preprocess import PadPlans, Preprocessor, _flat, list_parts, pad_jagged
 from .reader import UnitReader
 from .specs import Stats, chunk_stats
 
@@ -277,11 +277,12 @@ def decode_raw(
     cols = [_flat(arrays[name], name)[:, None] for name in pre.flat]
     counts: list[np.ndarray] = []
     widths: list[int] = []
+    plans = PadPlans()  # a collection's branches share their gather indices
     for (name, _), length in zip(pre.jagged, given):
         values = arrays[name]
         c = _counts(values, n_all)
         width = int(length) if length is not None else (int(c.max()) if len(c) else 0)
-        block, _ = pad_jagged(values, width, name)
+        block, _ = pad_jagged(values, width, name, plans)
         cols.append(block)
         counts.append(c)
         widths.append(width)
@@ -320,6 +321,9 @@ def _hstack(cols: list[np.ndarray], n: int) -> np.ndarray:
 def _counts(values: Any, n: int) -> np.ndarray:
     if isinstance(values, np.ndarray):  # a regular (n, k) array: every list has k values
         return np.full(n, values.shape[1] if values.ndim == 2 else 0, np.int64)
+    parts = list_parts(values) if isinstance(values, ak.Array) and values.ndim == 2 else None
+    if parts is not None:
+        return np.asarray(parts[1] - parts[0], dtype=np.int64)
     return np.asarray(ak.to_numpy(ak.num(values, axis=1)), dtype=np.int64)
 
 

@@ -180,6 +180,7 @@ class Preprocessor:
         n = _length(arrays, self.flat + [j for j, _ in self.jagged])
         x = np.empty((n, self.n_features), dtype=np.float32)
         mask = np.zeros((n, self.n_features), dtype=bool)
+        plans = PadPlans()  # a collection's branches share their gather indices
         for name, col, length in self._columns:
             try:
                 values = arrays[name]
@@ -192,7 +193,7 @@ class Preprocessor:
                     raise ConfigError(f"input {name!r} has {v.shape[0]} events, expected {n}")
                 x[:, col] = (v - off) * sc if (off != 0.0 or sc != 1.0) else v
             else:
-                block, pad = pad_jagged(values, length, name)
+                block, pad = pad_jagged(values, length, name, plans)
                 if block.shape[0] != n:
                     raise ConfigError(f"input {name!r} has {block.shape[0]} events, expected {n}")
                 if off != 0.0 or sc != 1.0:
@@ -225,11 +226,51 @@ def _flat(values: Any, name: str) -> np.ndarray:
     return v.astype(np.float32, copy=False)
 
 
-def pad_jagged(values: Any, length: int, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+class PadPlans:
+    """Gather indices and pad masks of padded lists, shared by the branches of a collection.
+
+    ``Jet_pt``, ``Jet_eta``, ... of one chunk have equal list offsets, so the
+    ``(n, length)`` gather indices and pad mask that :func:`pad_jagged` builds
+    for the first serve the others: a branch whose offsets equal the last
+    plan's (compared value by value, so differing collections never share)
+    skips building them. One per chunk; the pad masks handed out are shared
+    and must not be modified.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[np.ndarray, np.ndarray, int, int, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def plan(
+        self, starts: np.ndarray, stops: np.ndarray, length: int, size: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(counts, pad, idx)`` of lists ``starts``/``stops`` of a content of ``size`` values."""
+        last = self._last
+        if (
+            last is not None
+            and last[2] == length
+            and last[3] == size
+            and np.array_equal(last[0], starts)
+            and np.array_equal(last[1], stops)
+        ):
+            return last[4], last[5], last[6]
+        counts = (stops - starts).astype(np.int64)
+        slots = np.arange(length, dtype=np.int64)
+        pad = slots[None, :] >= counts[:, None]
+        idx = starts.astype(np.int64)[:, None] + slots[None, :]
+        np.minimum(idx, max(size - 1, 0), out=idx)
+        self._last = (starts, stops, length, size, counts, pad, idx)
+        return counts, pad, idx
+
+
+def pad_jagged(
+    values: Any, length: int, name: str = "", plans: PadPlans | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Pad or clip a jagged array to ``length``: returns float32 ``(n, length)`` and the pad mask.
 
     Works on the list offsets directly (one vectorised gather), which is several
     times faster than ``ak.pad_none`` + ``ak.fill_none`` + ``ak.to_numpy``.
+    ``plans`` (a :class:`PadPlans`) lets the branches of one collection share
+    their gather indices and pad mask (then the mask must not be modified).
     """
     if not isinstance(values, ak.Array):
         values = ak.Array(values) if not isinstance(values, np.ndarray) or values.dtype == object else values
@@ -245,28 +286,31 @@ def pad_jagged(values: Any, length: int, name: str = "") -> tuple[np.ndarray, np
         return out, pad
     if values.ndim != 2:
         raise ConfigError(f"input {name!r} must be a list of numbers per event, got type {values.type}")
-    layout = values.layout
-    starts: np.ndarray | None = None
-    stops: np.ndarray | None = None
-    content = None
-    if isinstance(layout, ak.contents.ListOffsetArray):
-        offsets = np.asarray(layout.offsets)
-        starts, stops = offsets[:-1], offsets[1:]
-        content = layout.content
-    elif isinstance(layout, ak.contents.ListArray):
-        starts, stops, content = np.asarray(layout.starts), np.asarray(layout.stops), layout.content
-    if starts is not None and stops is not None and isinstance(content, ak.contents.NumpyArray):
-        data = np.asarray(content.data).astype(np.float32, copy=False)
-        counts = (stops - starts).astype(np.int64)
-        slots = np.arange(length, dtype=np.int64)
-        pad = slots[None, :] >= counts[:, None]
+    parts = list_parts(values)
+    if parts is not None:
+        starts, stops, data = parts
+        _, pad, idx = (plans or PadPlans()).plan(starts, stops, length, data.size)
         if data.size == 0:
-            return np.zeros((len(counts), length), dtype=np.float32), pad
-        idx = starts.astype(np.int64)[:, None] + slots[None, :]
-        np.minimum(idx, data.size - 1, out=idx)
-        return data[idx], pad
+            return np.zeros((len(starts), length), dtype=np.float32), pad
+        return data[idx].astype(np.float32, copy=False), pad
     # exotic layouts (option types, indexed arrays): the generic awkward path
     padded = ak.pad_none(values, length, clip=True, axis=1)
     pad = ak.to_numpy(ak.is_none(padded, axis=1))
     out = ak.to_numpy(ak.fill_none(padded, 0.0)).astype(np.float32)
     return out, np.asarray(pad, dtype=bool)
+
+
+def list_parts(values: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(starts, stops, content)`` numpy views of a list-of-numbers array, or None
+    for other layouts (option types, indexed arrays)."""
+    layout = values.layout
+    if isinstance(layout, ak.contents.ListOffsetArray):
+        offsets = np.asarray(layout.offsets)
+        starts, stops, content = offsets[:-1], offsets[1:], layout.content
+    elif isinstance(layout, ak.contents.ListArray):
+        starts, stops, content = np.asarray(layout.starts), np.asarray(layout.stops), layout.content
+    else:
+        return None
+    if not isinstance(content, ak.contents.NumpyArray):
+        return None
+    return starts, stops, np.asarray(content.data)

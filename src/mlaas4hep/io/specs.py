@@ -28,6 +28,8 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from .preprocess import list_parts
+
 
 @dataclass
 class Stats:
@@ -46,20 +48,33 @@ class Stats:
         jagged = isinstance(values, ak.Array) and values.ndim > 1
         lengths = None
         if jagged:
-            lengths = np.bincount(ak.to_numpy(ak.num(values, axis=1)).astype(np.int64))
-            values = ak.to_numpy(ak.flatten(values, axis=None))
+            parts = list_parts(values) if values.ndim == 2 else None
+            if parts is not None and isinstance(values.layout, ak.contents.ListOffsetArray):
+                starts, stops, content = parts  # contiguous lists: the content is the values
+                lengths = np.bincount((stops - starts).astype(np.int64))
+                values = content[starts[0] : stops[-1]] if len(starts) else content[:0]
+            else:
+                lengths = np.bincount(ak.to_numpy(ak.num(values, axis=1)).astype(np.int64))
+                values = ak.to_numpy(ak.flatten(values, axis=None))
         elif isinstance(values, ak.Array):
             values = ak.to_numpy(values)
         v = np.asarray(values, dtype=np.float64)
-        finite = np.isfinite(v)
-        nans = int(v.size - finite.sum())
-        if nans:
+        s = cls(lengths=lengths)
+        if not v.size:
+            return s
+        lo, hi = v.min(), v.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN or inf somewhere: counted, left out
+            finite = np.isfinite(v)
+            s.nans = int(v.size - finite.sum())
             v = v[finite]
-        s = cls(nans=nans, lengths=lengths)
-        if v.size:
-            s.count, s.mean = int(v.size), float(v.mean())
-            s.m2 = float(((v - s.mean) ** 2).sum())
-            s.min, s.max = float(v.min()), float(v.max())
+            if not v.size:
+                return s
+            lo, hi = v.min(), v.max()
+        s.count, s.mean = int(v.size), float(v.mean())
+        d = v - s.mean
+        np.square(d, out=d)
+        s.m2 = float(d.sum())
+        s.min, s.max = float(lo), float(hi)
         return s
 
     def merge(self, other: Stats) -> Stats:
