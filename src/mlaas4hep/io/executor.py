@@ -39,6 +39,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -112,13 +113,39 @@ def _launch(workers: int) -> ProcessPoolExecutor:
     if pool is None or getattr(pool, "_broken", False):  # e.g. its workers were interrupted
         _refuse_unguarded_main()
         ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+        if os.name == "posix":
+            # the fork server imports uproot and awkward once (about a second of CPU); each
+            # worker forked from it starts with them imported instead of importing them again
+            ctx.set_forkserver_preload(["__main__", __name__.rpartition(".")[0] + ".reader"])
         os.environ[_MARKER_ENV] = _marker()  # inherited by the forkserver and the workers
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_guard_worker)
-        # start every worker now (each imports uproot and awkward once, about a second),
-        # rather than one by one inside the first pass
-        _WARM[workers] = [pool.submit(_warm_up) for _ in range(workers)]
+        # start every worker now rather than one by one inside the first pass, from a thread:
+        # starting a process waits for the fork server's imports, the caller need not
+        warm: list[Future[None]] = [Future() for _ in range(workers)]
+        threading.Thread(target=_start, args=(pool, warm), name="mlaas4hep-pool-start", daemon=True).start()
+        _WARM[workers] = warm
         _POOLS[workers] = pool
     return pool
+
+
+def _start(pool: ProcessPoolExecutor, warm: list[Future[None]]) -> None:
+    """Start the workers of ``pool``: ``warm[i]`` is done once a worker has run its warm-up task."""
+    for f in warm:
+        try:
+            pool.submit(_warm_up).add_done_callback(partial(_settle, f))
+        except BaseException as err:  # the program is ending, or the pool broke
+            f.set_exception(err)
+
+
+def _settle(outer: Future[T], inner: Future[T]) -> None:
+    """Give ``outer`` the outcome of ``inner``."""
+    if inner.cancelled():
+        outer.cancel()
+        outer.set_running_or_notify_cancel()
+    elif inner.exception() is not None:
+        outer.set_exception(inner.exception())
+    else:
+        outer.set_result(inner.result())
 
 
 def _marker() -> str:
@@ -312,16 +339,7 @@ class _Held(Future[T]):
         except BaseException as err:
             self.set_exception(err)
             return
-        inner.add_done_callback(self._copy)
-
-    def _copy(self, inner: Future[T]) -> None:
-        err = inner.exception() if not inner.cancelled() else None
-        if inner.cancelled():
-            self.cancel()
-        elif err is not None:
-            self.set_exception(err)
-        else:
-            self.set_result(inner.result())
+        inner.add_done_callback(partial(_settle, self))
 
     def result(self, timeout: float | None = None) -> T:
         call = self._claim()
