@@ -125,7 +125,7 @@ class PhysicsConfig:
     """What the model sees: files, labels, branches, selection, tensors, event order.
 
     These settings key the specs pass and the decoded cache (see
-    ``SPECS_FIELDS`` and ``CHUNK_FIELDS`` in :mod:`mlaas4hep.io.dataset`).
+    ``SPECS_FIELDS`` and ``CHUNK_FIELDS`` in :mod:`mlaas4hep.io.cache`).
     """
 
     tree: str = "Events"
