@@ -30,215 +30,50 @@ Every key is checked: an unknown key (``branchs``) or a wrong type
 key, its line in the file and, for a typo, the closest known key::
 
     examples/dataset.yaml, line 7: unknown key 'branchs' (did you mean 'branches'?)
+
+The two parts and the rules their values are checked against are in
+:mod:`mlaas4hep.io.settings`; the reading of MLaaS4HEP's trio in
+:mod:`mlaas4hep.io.trio`. This module joins them into one object.
 """
 
 from __future__ import annotations
 
 import glob
-import json
-import numbers
 import os
-import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
 from ..jsonutil import digest
 from .configfile import ConfigSource, closest, load_yaml, unknown_key
 from .errors import ConfigError
-from .groups import GroupError, InputGroup, parse_inputs
+from .groups import InputGroup
+from .settings import (
+    DEFAULT_REDIRECTOR,
+    PHYSICS_KEYS,
+    RUNTIME_KEYS,
+    FileGroup,
+    InvalidSetting,
+    PhysicsConfig,
+    RuntimeConfig,
+)
+from .trio import ConfigWarning, read_trio
 
-DEFAULT_REDIRECTOR = "root://cms-xrd-global.cern.ch"
+#: The configuration, and the names of its parts still imported from here (they live in
+#: :mod:`.settings` and :mod:`.trio`).
+__all__ = [
+    "DEFAULT_REDIRECTOR",
+    "ConfigWarning",
+    "DatasetConfig",
+    "FileGroup",
+    "InvalidSetting",
+    "PhysicsConfig",
+    "RuntimeConfig",
+]
 
 #: Where a reader of an unknown key finds the known ones.
 KEYS_DOC = "the README, 'The dataset configuration'"
 
-
-class InvalidSetting(ConfigError):
-    """A setting has a wrong type or value; ``key`` is its path, e.g. ``("files", 0, "label")``.
-
-    :meth:`DatasetConfig.from_yaml` turns it into a :class:`ConfigError` that
-    starts with the file and line of that key.
-    """
-
-    def __init__(self, key: tuple[str | int, ...], message: str):
-        super().__init__(message)
-        self.key = key
-
-
-class ConfigWarning(UserWarning):
-    """A configuration key that is accepted but has no effect (MLaaS4HEP's ``params.json``)."""
-
-
-# ---------------------------------------------------------------------------- checks
-def _integer(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _optional_str(v: Any) -> bool:
-    return v is None or isinstance(v, str)
-
-
-#: ``name: (test, what it must be)``; the message reads "NAME must WHAT, got VALUE".
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    # physics
-    "tree": (lambda v: isinstance(v, str) and v != "", "be a tree name or path, such as Events"),
-    "jagged": (
-        lambda v: isinstance(v, dict) and all(_integer(n) and n >= 0 for n in v.values()),
-        "map collection names to lengths >= 0",
-    ),
-    "pad_value": (_number, "be a number"),
-    "normalize": (lambda v: v in ("minmax", "standard", "none"), "be minmax, standard or none"),
-    "selection": (_optional_str, "be an expression such as 'nJet >= 4', or null"),
-    "new_variables": (
-        lambda v: isinstance(v, dict) and all(isinstance(e, str) for e in v.values()),
-        "map names to expressions, such as {HT: 'sum(Jet_pt)'}",
-    ),
-    "label_branch": (_optional_str, "be a branch name, or null"),
-    "weight_branch": (_optional_str, "be a branch name, or null"),
-    "label_names": (lambda v: v is None or isinstance(v, (list, tuple)), "be a list of names, or null"),
-    "nevts": (lambda v: _integer(v) and (v == -1 or v > 0), "be a positive integer, or -1 for all events"),
-    "chunk_size": (lambda v: _integer(v) and v > 0, "be a positive integer"),
-    "shuffle": (lambda v: isinstance(v, bool), "be true or false"),
-    "shuffle_buffer": (lambda v: v is None or (_integer(v) and v > 0), "be a positive integer, or null"),
-    "seed": (_integer, "be an integer"),
-    # runtime
-    "workers": (
-        lambda v: v is None or (_integer(v) and v >= 0),
-        "be an integer >= 0 (0: decode in the calling process), or null for one per core",
-    ),
-    "executor": (lambda v: v in ("local", "processes", "dask"), "be local, processes or dask"),
-    "scheduler": (_optional_str, "be a Dask scheduler address, or null"),
-    "cache_dir": (
-        lambda v: v is None or v is False or isinstance(v, (str, os.PathLike)),
-        "be a directory, or null to disable the cache",
-    ),
-    "cache_max_gb": (lambda v: _number(v) and v >= 0, "be a number of GB >= 0"),
-    "on_error": (lambda v: v in ("raise", "skip"), "be 'raise' or 'skip'"),
-    "redirector": (lambda v: isinstance(v, str) and v != "", "be a URL prefix such as " + DEFAULT_REDIRECTOR),
-    "timeout": (lambda v: _number(v) and v > 0, "be a positive number of seconds"),
-    "retries": (lambda v: _integer(v) and v >= 0, "be an integer >= 0"),
-    "retry_backoff": (lambda v: _number(v) and v >= 0, "be a number of seconds >= 0"),
-    "retry_budget": (lambda v: _number(v) and v >= 0, "be a number of seconds >= 0"),
-}
-
-
-def _check(obj: Any) -> None:
-    """Apply :data:`_RULES` to every field of a settings dataclass."""
-    for f in fields(obj):
-        rule = _RULES.get(f.name)
-        value = getattr(obj, f.name)
-        if rule is not None and not rule[0](value):
-            raise InvalidSetting((f.name,), f"{f.name} must {rule[1]}, got {value!r}")
-
-
-# ---------------------------------------------------------------------------- the two parts
-@dataclass
-class FileGroup:
-    """Files that share a label (and optionally a weight and a name)."""
-
-    path: str
-    label: int | None = None
-    weight: float = 1.0
-    name: str | None = None
-
-
-@dataclass
-class PhysicsConfig:
-    """What the model sees: files, labels, branches, selection, tensors, event order.
-
-    These settings key the specs pass and the decoded cache (see
-    ``SPECS_FIELDS`` and ``CHUNK_FIELDS`` in :mod:`mlaas4hep.io.dataset`).
-    """
-
-    tree: str = "Events"
-    files: list[FileGroup] = field(default_factory=list)
-    branches: list[str] = field(default_factory=lambda: ["*"])
-    exclude: list[str] = field(default_factory=list)
-    identifier: list[str] = field(default_factory=lambda: ["run", "luminosityBlock", "event"])
-    jagged: dict[str, int] = field(default_factory=dict)
-    pad_value: float = 0.0
-    normalize: str = "minmax"
-    selection: str | None = None
-    new_variables: dict[str, str] = field(default_factory=dict)
-    inputs: dict[str, InputGroup] = field(default_factory=dict)
-    label_branch: str | None = None
-    weight_branch: str | None = None
-    label_names: list[str] | None = None
-    nevts: int = -1
-    chunk_size: int = 100_000
-    shuffle: bool = True
-    shuffle_buffer: int | None = None
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        if isinstance(self.files, str):
-            raise InvalidSetting(
-                ("files",),
-                f'files must be a list of file groups, such as files: [{{path: "{self.files}", label: 1}}]; '
-                f"got the string {self.files!r}",
-            )
-        if not isinstance(self.files, (list, tuple)):
-            raise InvalidSetting(("files",), f"files must be a list of file groups, got {self.files!r}")
-        self.files = [g if isinstance(g, FileGroup) else _group(g, i) for i, g in enumerate(self.files)]
-        for name in ("branches", "exclude", "identifier"):
-            setattr(self, name, _as_list(getattr(self, name), name))
-        _check(self)
-        try:
-            self.inputs = parse_inputs(self.inputs)
-        except GroupError as err:
-            raise InvalidSetting(("inputs", *err.key), str(err)) from None
-
-    def length_of(self, name: str) -> int | None:
-        """The length a jagged branch is padded to in ``x``, when configured (else None: from the specs).
-
-        The largest of ``jagged:`` (by branch, else by collection) and the
-        ``length`` of every input group that holds the branch.
-        """
-        given = self.jagged.get(name, self.jagged.get(name.split("_", 1)[0]))
-        lengths = [g.length for g in self.inputs.values() if g.length is not None and name in g.branches]
-        lengths += [int(given)] if given is not None else []
-        return max(lengths) if lengths else None
-
-    def feature_branches(self) -> list[str]:
-        """Branch patterns that become features: ``branches`` and the input groups' file branches."""
-        grouped = [b for g in self.inputs.values() for b in g.branches if b not in self.new_variables]
-        return list(dict.fromkeys(list(self.branches) + grouped))
-
-
-@dataclass
-class RuntimeConfig:
-    """How the data is read: parallelism, cache, error policy and network knobs.
-
-    None of these changes the events, their order or their values, so none of
-    them enters a specs or cache key: the same cache serves ``workers: 0`` and
-    ``workers: 16``. ``retry_budget`` bounds, in seconds, the time one unit may
-    spend retrying a transient read error.
-    """
-
-    workers: int | None = None
-    executor: str = "local"
-    scheduler: str | None = None
-    cache_dir: str | None = "~/.cache/mlaas4hep"
-    cache_max_gb: float = 20.0
-    on_error: str = "raise"
-    redirector: str = DEFAULT_REDIRECTOR
-    timeout: float = 30.0
-    retries: int = 3
-    retry_backoff: float = 0.5
-    retry_budget: float = 300.0
-
-    def __post_init__(self) -> None:
-        _check(self)
-
-
-PHYSICS_KEYS = frozenset(f.name for f in fields(PhysicsConfig))
-RUNTIME_KEYS = frozenset(f.name for f in fields(RuntimeConfig))
 #: Keys kept in :attr:`DatasetConfig.extra`: a specs file to reuse, and the training layer's sections.
 EXTRA_KEYS = frozenset({"specs", "model", "training"})
 #: Settings added after the cache keys were fixed: they enter :meth:`DatasetConfig.digest` only when set.
@@ -246,18 +81,6 @@ LATER_KEYS = ("inputs",)
 #: Older spellings still accepted in YAML.
 ALIASES = {"exclude_branches": "exclude"}
 YAML_KEYS = PHYSICS_KEYS | RUNTIME_KEYS | EXTRA_KEYS
-FILE_GROUP_KEYS = frozenset(f.name for f in fields(FileGroup))
-
-#: MLaaS4HEP's params.json keys, by who reads them; any other key gets a :class:`ConfigWarning`.
-PARAMS_DATASET_KEYS = frozenset(
-    {"nevts", "chunk_size", "shuffle", "branch", "identifier", "selected_branches", "exclude_branches"}
-    | {"redirector", "nan"}
-)
-PARAMS_TRAINING_KEYS = frozenset({"epochs", "batch_size", "learning_rate", "validation_fraction", "seed"})
-#: Accepted for compatibility, no effect: metrics are always computed, training is always
-#: MLaaS4HEP's "standard" (every epoch over all chunks), progress shows on terminals.
-PARAMS_COMPAT_KEYS = frozenset({"verbose", "metrics", "training"})
-PARAMS_KEYS = PARAMS_DATASET_KEYS | PARAMS_TRAINING_KEYS | PARAMS_COMPAT_KEYS
 
 
 # ---------------------------------------------------------------------------- delegation
@@ -432,61 +255,15 @@ class DatasetConfig:
         list such as ``"1,0"``, or the name of a branch that holds the label.
 
         ``params.json`` keeps MLaaS4HEP's keys: the dataset layer reads
-        :data:`PARAMS_DATASET_KEYS`; ``epochs`` and ``batch_size`` are kept in
+        :data:`~mlaas4hep.io.trio.PARAMS_DATASET_KEYS`; ``epochs`` and ``batch_size`` are kept in
         ``extra`` for the training layer, which also reads ``learning_rate``,
         ``validation_fraction`` and ``seed``; ``verbose``, ``metrics`` and
         ``training`` are accepted without effect. Any other key is ignored with
         a :class:`ConfigWarning` naming it.
         """
-        p = params if isinstance(params, dict) else _read_json(params)
-        where = "params" if isinstance(params, dict) else str(params)
-        for key in p:
-            if key not in PARAMS_KEYS:
-                guess = closest(key, PARAMS_KEYS)
-                hint = f" (did you mean {guess!r}?)" if guess else ""
-                warnings.warn(
-                    f"{where}: key {key!r} is not used by mlaas4hep and is ignored{hint}",
-                    ConfigWarning,
-                    stacklevel=2,
-                )
-        redirector = p.get("redirector", DEFAULT_REDIRECTOR)
-        paths = _lines(files)
-        label_branch: str | None = None
-        label_values: list[int | None] = [None] * len(paths)
-        if labels is not None:
-            lab = str(labels)
-            if os.path.isfile(lab):
-                label_values = [int(float(x)) for x in _lines(lab)]
-            elif "," in lab or lab.strip().lstrip("-").isdigit():
-                label_values = [int(x) for x in lab.split(",") if x.strip()]
-            else:
-                label_branch = lab
-            if label_branch is None and len(label_values) != len(paths):
-                raise ConfigError(
-                    f"{len(paths)} files in {str(files)!r} but {len(label_values)} labels in {lab!r}"
-                )
-        groups = [FileGroup(path=f, label=lv) for f, lv in zip(paths, label_values)]
-        selected = p.get("selected_branches") or ["*"]
-        nan = p.get("nan", 0.0)
-        data: dict[str, Any] = {
-            "tree": p.get("branch", "Events"),
-            "files": groups,
-            "branches": _list_or_file(selected),
-            "exclude": _list_or_file(p.get("exclude_branches") or []),
-            "identifier": _as_list(p.get("identifier", "run,luminosityBlock,event"), "identifier"),
-            "chunk_size": _param_int(p, "chunk_size", 100_000, where),
-            "nevts": _param_int(p, "nevts", -1, where),
-            "shuffle": bool(p.get("shuffle", True)),
-            "redirector": redirector,
-            "label_branch": label_branch,
-            "pad_value": 0.0 if nan is None or (isinstance(nan, float) and nan != nan) else float(nan),
-        }
-        extra: dict[str, Any] = {
-            k: p[k] for k in ("epochs", "batch_size", "verbose", "metrics", "training") if k in p
-        }
-        base = Path(files).parent if not isinstance(files, (list, tuple)) else Path(".")
+        data, extra, base, where = read_trio(files, labels, params)
         try:
-            return cls(**data, extra=extra, base_dir=str(base))
+            return cls(**data, extra=extra, base_dir=base)
         except InvalidSetting as err:
             raise ConfigError(f"{where}: {err}") from None
 
@@ -553,71 +330,3 @@ class DatasetConfig:
         if d.get("inputs"):  # only what changes x: the groups' branches and lengths (sorting is per batch)
             d["inputs"] = sorted({(b, g["length"] or 0) for g in d["inputs"].values() for b in g["branches"]})
         return digest(d)[:16]
-
-
-def _group(g: Any, i: int) -> FileGroup:
-    if isinstance(g, str):
-        return FileGroup(path=g)
-    if isinstance(g, dict) and "path" in g:
-        for key in g:
-            if key not in FILE_GROUP_KEYS:
-                raise InvalidSetting(
-                    ("files", i, key), unknown_key(key, FILE_GROUP_KEYS, section="a file group")
-                )
-        checks = {
-            "path": (isinstance(g["path"], str) and g["path"] != "", "be a file, a glob or a URL"),
-            "label": (g.get("label") is None or _integer(g.get("label")), "be an integer class id"),
-            "weight": (_number(g.get("weight", 1.0)), "be a number"),
-            "name": (_optional_str(g.get("name")), "be a name"),
-        }
-        for key, (ok, what) in checks.items():
-            if not ok:
-                raise InvalidSetting(("files", i, key), f"a file group's {key} must {what}, got {g[key]!r}")
-        return FileGroup(**g)
-    raise InvalidSetting(
-        ("files", i), f"each entry of 'files' needs a 'path' (and usually a 'label'); got {g!r}"
-    )
-
-
-def _as_list(value: Any, name: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    raise InvalidSetting((name,), f"{name} must be a list or a comma-separated string, got {value!r}")
-
-
-def _param_int(p: dict[str, Any], key: str, default: int, where: str) -> int:
-    value = p.get(key, default)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
-
-
-def _list_or_file(value: Any) -> list[str]:
-    if isinstance(value, str) and os.path.isfile(value):
-        return _lines(value)
-    return _as_list(value, "branches")
-
-
-def _lines(path: str | os.PathLike[str] | list[Any] | tuple[Any, ...]) -> list[str]:
-    if isinstance(path, (list, tuple)):
-        return [str(p) for p in path]
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"file {str(path)!r} does not exist") from None
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-
-
-def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        params: dict[str, Any] = json.loads(Path(path).read_text())
-        return params
-    except FileNotFoundError:
-        raise ConfigError(f"params file {str(path)!r} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"params file {str(path)!r} is not valid JSON: {err}") from None

@@ -27,6 +27,12 @@ Remote reads that fail for a transient reason (a storage restart, a timeout)
 are retried for up to ``retry_budget`` seconds and never skipped; ``on_error:
 skip`` skips bad files only. :attr:`Dataset.report` lists what was skipped
 and counts the retries.
+
+The class joins parts that each have a module: the files and their schema
+checks (:mod:`.catalog`), the Preprocessor made from the specs
+(:mod:`.tensors`), the cache's keys and folders (:mod:`.cache`), where each
+unit's chunk comes from in an epoch (:mod:`.epoch`), the tasks the workers run
+(:mod:`.passes`) and the :class:`~mlaas4hep.io.report.Report`.
 """
 
 from __future__ import annotations
@@ -44,80 +50,30 @@ from typing import Any
 import numpy as np
 
 from .. import progress
-from ..jsonutil import digest
-from . import firstuse, sources
+from . import cache as cache_mod
+from . import catalog, firstuse, sources
 from . import schema as schema_mod
 from .batch import Batch
+from .cache import CHUNK_FIELDS, SPECS_FIELDS
 from .chunk import Chunk, ChunkStore, JaggedChunk, Unit, WriteBehind
 from .config import DatasetConfig
+from .epoch import chunk_of, event_bytes, plan_sources
 from .errors import ConfigError, Mlaas4hepError, StaleSpecsError, skippable
 from .executor import InlineExecutor, default_workers, get_executor, ordered_map
-from .groups import GroupError, GroupLayout, check_kinds
-from .passes import decode_unit, file_info, finalize_unit, stats_and_raw, unit_stats
+from .groups import GroupError, check_kinds
+from .passes import decode_jagged_unit, decode_or_lay_out, stats_and_raw, tracked, unit_stats
 from .preprocess import Preprocessor
-from .reader import UnitReader, get_tree
+from .reader import UnitReader
+from .report import Report
 from .shuffle import batches as cut_batches
 from .shuffle import plan_epoch, plan_units, shard
 from .specs import Specs, Stats
+from .tensors import build_preprocessor
+
+#: The dataset, and the names that moved to :mod:`.cache` and :mod:`.report` but are still imported from here.
+__all__ = ["CHUNK_FIELDS", "SPECS_FIELDS", "Dataset", "Report"]
 
 log = logging.getLogger(__name__)
-
-#: Fields of the configuration that change what the specs pass computes.
-SPECS_FIELDS = ("tree", "branches", "exclude", "identifier", "new_variables", "inputs", "selection", "nevts")
-#: Fields that change what a decoded chunk holds.
-CHUNK_FIELDS = SPECS_FIELDS + (
-    "jagged",
-    "pad_value",
-    "normalize",
-    "label_branch",
-    "weight_branch",
-    "chunk_size",
-)
-#: Fields that change what a raw unit of the first-use pass holds (not the specs' constants).
-RAW_FIELDS = SPECS_FIELDS + ("jagged", "label_branch", "weight_branch", "chunk_size")
-
-
-class Report(list[dict[str, Any]]):
-    """What the reads of a dataset met: the items skipped (the list itself) and the retries.
-
-    Iterating gives one dict per file or entry range that ``on_error: skip``
-    left out (``file``, ``error``, ``type``, and ``entries`` for a range), so
-    ``not ds.report`` means nothing was skipped. ``retries`` counts the retries
-    of transient errors in every pass and every worker, ``retry_wait`` the
-    seconds they waited, and ``retried`` holds the last of them (file, what,
-    attempt, error, wait)::
-
-        >>> ds.report.retries, len(ds.report)
-        (7, 0)
-        >>> ds.report.summary()
-        {'skipped': 0, 'retries': 7, 'retry_wait_s': 6.1, 'files_retried': ['root://...']}
-    """
-
-    MAX_RETRIED = 1000
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.retries = 0
-        #: Seconds spent waiting between attempts (summed over workers: they wait in parallel).
-        self.retry_wait = 0.0
-        self.retried: list[dict[str, Any]] = []
-
-    @property
-    def skipped(self) -> list[dict[str, Any]]:
-        return list(self)
-
-    def add_retries(self, events: list[dict[str, Any]]) -> None:
-        self.retries += len(events)
-        self.retry_wait += sum(e.get("wait", 0.0) for e in events)
-        self.retried = (self.retried + list(events))[-self.MAX_RETRIED :]
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "skipped": len(self),
-            "retries": self.retries,
-            "retry_wait_s": round(self.retry_wait, 3),
-            "files_retried": sorted({e["file"] for e in self.retried}),
-        }
 
 
 class Dataset:
@@ -211,72 +167,16 @@ class Dataset:
         ``on_error: skip`` is skipped (listed in :attr:`report`).
         """
         c = self.config
-        patterns = list(
-            dict.fromkeys(c.physics.feature_branches() + self._extra_names() + self._group_hints())
+        patterns = catalog.branch_patterns(c)
+        fn = partial(
+            catalog.file_info_task, c.tree, c.timeout, c.retries, c.retry_backoff, c.retry_budget, patterns
         )
-        fn = partial(_file_info_task, c.tree, c.timeout, c.retries, c.retry_backoff, c.retry_budget, patterns)
         infos = [
             info if info is not None else {"url": url, "entries": 0, "skipped": True}
             for url, info in self._map(fn, self.urls)
         ]
-        self._check_schemas(infos)
+        self._selected, self.reference_files = catalog.reference_schema(c, infos, self._skip)
         return infos
-
-    def _extra_names(self) -> list[str]:
-        """Branches read for expressions, labels and weights (not features by themselves)."""
-        c = self.config
-        exprs = list(c.new_variables.values()) + ([c.selection] if c.selection else [])
-        from .expr import parse
-
-        names = {n for e in exprs for n in parse(e).names if n not in c.new_variables}
-        names |= {b for b in (c.label_branch, c.weight_branch) if b}
-        return sorted(names)
-
-    def _group_hints(self) -> list[str]:
-        """Collections of the input groups (``Jet_*``), described so that a misspelt branch gets a hint."""
-        c = self.config
-        return [f"{b.split('_', 1)[0]}_*" for g in c.inputs.values() for b in g.branches if "_" in b]
-
-    def _check_group_branches(self, url: str, types: dict[str, Any]) -> None:
-        """Every branch of an input group is in the file or a new variable (else: where, and a hint)."""
-        from .expr import did_you_mean
-
-        c = self.config
-        for name, g in c.inputs.items():
-            for i, b in enumerate(g.branches):
-                if b not in types and b not in c.new_variables:
-                    near = did_you_mean(b, [*types, *c.new_variables])
-                    raise c.source.error(
-                        f"input group {name!r}: no branch {b!r} in tree {c.tree!r} of {url!r}"
-                        f" and no new variable of that name{near}",
-                        "inputs",
-                        name,
-                        "branches",
-                        i,
-                    )
-
-    def _check_schemas(self, infos: list[dict[str, Any]]) -> None:
-        """Find the reference schema, then check every file against it (see :mod:`.schema`)."""
-        c = self.config
-        types = {i: f.pop("types") for i, f in enumerate(infos) if "types" in f}
-        if not types:
-            return
-        described = [(infos[i]["url"], t) for i, t in types.items()]
-        self._check_group_branches(*described[0])
-        sch, ref, members = schema_mod.reference(
-            described, c.physics.feature_branches(), c.exclude, c.identifier, self._extra_names()
-        )
-        where = f"as in {len(members)} of {len(described)} files, e.g. {members[0]!r}"
-        for i, t in types.items():
-            url = infos[i]["url"]
-            try:
-                schema_mod.check(url, t, ref, where)
-            except Mlaas4hepError as err:
-                if c.on_error == "raise":
-                    raise
-                self._skip(url, None, err)
-                infos[i] = {"url": url, "entries": 0, "skipped": True}
-        self._selected, self.reference_files = sch, members
 
     @cached_property
     def schema(self) -> schema_mod.Schema:
@@ -287,20 +187,7 @@ class Dataset:
             raise Mlaas4hepError(f"no readable file in the dataset; skipped: {list(self.report)}")
         sch = schema_mod.Schema(list(self._selected.flat), list(self._selected.jagged))
         if c.new_variables:
-            url, names = self.reference_files[0], self._extra_names()
-            probe = sources.with_retries(
-                lambda: get_tree(url, c.tree, c.timeout).arrays(names, entry_stop=64, library="ak", how=dict),
-                f"reading entries 0-64 of {url}",
-                c.retries,
-                c.retry_backoff,
-                url,
-                c.retry_budget,
-            )
-            pre = Preprocessor(flat=[], jagged=[], new_variables=c.new_variables)
-            values = pre.add_variables(probe)
-            for name in c.new_variables:
-                v = values[name]
-                (sch.jagged if getattr(v, "ndim", 1) > 1 else sch.flat).append(name)
+            catalog.add_new_variables(c, sch, self.reference_files[0])
         try:
             check_kinds(c.inputs, sch.flat, sch.jagged)
         except GroupError as err:
@@ -327,24 +214,15 @@ class Dataset:
         return specs
 
     def _specs_key(self) -> str:
-        return self.config.digest(*SPECS_FIELDS) + digest(self.urls)[:8]
+        return cache_mod.specs_key(self.config, self.urls)
 
     def _specs_path(self) -> Path:
         if self._specs_arg is not None and not isinstance(self._specs_arg, Specs):
             return Path(self._specs_arg).expanduser()
-        return self._cache_root() / "specs" / f"{self._specs_key()}-{digest(self.file_infos)[:12]}.json"
+        return cache_mod.specs_path(self._cache_root(), self._specs_key(), self.file_infos)
 
     def _check_specs(self, specs: Specs) -> None:
-        if specs.key != self._specs_key():
-            raise StaleSpecsError("the configuration or the file list changed")
-        now = {f["url"]: f for f in self.file_infos}
-        for f in specs.files:
-            cur = now.get(f["url"])
-            if cur is None:
-                raise StaleSpecsError(f"file {f['url']} is no longer in the dataset")
-            for k in ("size", "mtime", "uuid", "entries"):
-                if f.get(k) != cur.get(k):
-                    raise StaleSpecsError(f"file {f['url']} changed ({k}: {f.get(k)} -> {cur.get(k)})")
+        cache_mod.check_specs(specs, self._specs_key(), self.file_infos)
 
     def compute_specs(self) -> Specs:
         """Run the specs pass over all units in parallel."""
@@ -360,7 +238,7 @@ class Dataset:
             )
         )
         infos = self.file_infos
-        units = plan_units([f["entries"] for f in infos], c.chunk_size, c.nevts, _boundaries(infos))
+        units = plan_units([f["entries"] for f in infos], c.chunk_size, c.nevts, catalog.boundaries(infos))
         specs = Specs(flat=list(sch.flat), jagged=list(sch.jagged), key=self._specs_key())
         selected = [0] * len(self.urls)
         fn: Callable[[Any], tuple[Any, ...]] = partial(unit_stats, reader, names)
@@ -372,7 +250,7 @@ class Dataset:
         if raw is not None:  # one decode for specs and epoch 0: keep each unit's raw tensors
             fn = partial(stats_and_raw, reader, names, given)
             # the disk's room: cache_max_gb less what the cache directory holds
-            room = c.cache_max_gb * 2**30 - (_dir_size(raw.root.parent) if c.cache_dir else 0)
+            room = c.cache_max_gb * 2**30 - (cache_mod.dir_size(raw.root.parent) if c.cache_dir else 0)
             # memory with workers: 0 only: from a worker a raw unit would cross a pipe (pickled,
             # copied four times) and be laid out by this process alone, which costs more than the
             # store on disk, where the workers lay their units out in parallel
@@ -441,50 +319,14 @@ class Dataset:
         return self._raw.store(root, create)
 
     def _raw_name(self) -> str:
-        groups = [(g.label, g.weight) for _, g in self._files]
-        key = [firstuse.RAW_VERSION, self.config.digest(*RAW_FIELDS), self.file_infos, groups]
-        return "raw-" + digest(key)[:20]
+        return cache_mod.raw_name(self.config, self.file_infos, [g for _, g in self._files])
 
     @cached_property
     def preprocessor(self) -> Preprocessor:
         """How raw branches become ``x``: lengths, pad value and normalisation constants."""
-        c, sch = self.config, self.schema
+        sch = self.schema
         specs = self.specs if self._needs_specs() else None
-        jagged = []
-        for name in sch.jagged:
-            coll = schema_mod.collection(name)
-            length = self._given_length(name)
-            if length is None:  # the longest list in the collection, as MLaaS4HEP's jdim
-                assert specs is not None
-                length = max([specs.max_length(j) for j in sch.jagged if schema_mod.collection(j) == coll])
-            jagged.append((name, int(length)))
-        offset, scale = {}, {}
-        for name in sch.flat + sch.jagged:
-            if specs is None:  # normalize: none
-                break
-            s = specs.stats[name]
-            if c.normalize == "minmax" and s.count:
-                offset[name], span = s.min, s.max - s.min
-                scale[name] = 1.0 / span if span > 0 else 1.0
-            elif c.normalize == "standard" and s.count:
-                offset[name], scale[name] = s.mean, (1.0 / s.std if s.std > 0 else 1.0)
-        pre = Preprocessor(
-            flat=list(sch.flat),
-            jagged=jagged,
-            pad_value=float(c.pad_value),
-            normalize=c.normalize,
-            offset=offset,
-            scale=scale,
-            new_variables=dict(c.new_variables),
-            selection=c.selection,
-            tree=c.tree,
-        )
-        if c.inputs:
-            try:
-                pre.groups = GroupLayout.build(c.inputs, pre.columns, pre.n_features)
-            except GroupError as err:
-                raise c.source.error(str(err), "inputs", *err.key) from None
-        return pre
+        return build_preprocessor(self.config, sch, specs)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-event shape of each input group (``{"jets": (10, 5), "event": (3,)}``); {} without groups."""
@@ -542,32 +384,23 @@ class Dataset:
         c = self.config
         shuffle = c.shuffle if shuffle is None else shuffle
         files = self.specs.files if self._needs_specs() else self.file_infos  # the same entries
-        units = plan_units([f["entries"] for f in files], c.chunk_size, c.nevts, _boundaries(files))
+        units = plan_units([f["entries"] for f in files], c.chunk_size, c.nevts, catalog.boundaries(files))
         return shard(plan_epoch(units, shuffle, c.seed, epoch), rank, world)
 
     def _cache_root(self) -> Path:
-        root = self.config.cache_dir
-        if root:
-            return Path(os.path.expanduser(root))
-        # one folder per user: on a shared machine (lxplus) another user's would not be writable
-        return Path(tempfile.gettempdir()) / f"mlaas4hep-{os.getuid()}"
+        return cache_mod.cache_root(self.config.cache_dir)
 
     @cached_property
     def cache(self) -> ChunkStore | None:
         """The decoded cache for this configuration, specs and files (None when disabled)."""
         if not self.config.cache_dir:
             return None
-        key = digest(
-            [
-                self.config.digest(*CHUNK_FIELDS),
-                {k: v for k, v in self.preprocessor.to_dict().items() if k != "groups"},  # cut per batch
-                self.file_infos,
-                [(g.label, g.weight) for _, g in self._files],
-            ]
-        )[:20]
+        key = cache_mod.chunk_key(
+            self.config, self.preprocessor, self.file_infos, [g for _, g in self._files]
+        )
         root = self._cache_root() / "chunks"
         keep = {key, self._raw_name()} if self._fusable() else {key}
-        _evict(root, keep=keep, limit=self.config.cache_max_gb * 2**30)
+        cache_mod.evict(root, keep=keep, limit=self.config.cache_max_gb * 2**30)
         return ChunkStore(root / key)
 
     def chunks(
@@ -591,43 +424,27 @@ class Dataset:
         local_fs = getattr(ex, "shares_filesystem", True)
         here = inline or not decode  # every chunk is made in this process
         spool = None if here or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
-        raw = self._raw_store()
-        raw_root = str(raw.root) if raw is not None else None
-        budget = c.cache_max_gb * 2**30 - (cache.size() if cache else 0) - (raw.size() if raw else 0)
-        per_event = self.n_features * 5 + 28
-        todo: list[tuple[Unit, ChunkStore | None, bool, str | None]] = []
-        behind: set[Unit] = set()  # units whose chunk this process writes to the cache
-        for u in units:
-            # a raw unit kept by the first-use pass is laid out instead of decoded (its room is freed)
-            src = firstuse.MEMORY if u in mem else None
-            if src is None and raw is not None and raw.has(u):
-                src = raw_root
-                budget += _dir_size(raw.path(u))
-            if cache is not None and cache.has(u):
-                todo.append((u, cache, True, None))
-            elif cache is not None and budget > (u.stop - u.start) * per_event:
-                budget -= (u.stop - u.start) * per_event
-                made_here = here or src == firstuse.MEMORY or not local_fs
-                todo.append((u, None if made_here else cache, False, src))
-                if made_here:
-                    behind.add(u)
-            else:
-                todo.append((u, None if here or src == firstuse.MEMORY else spool, False, src))
-
+        todo, behind = plan_sources(
+            units,
+            cache,
+            mem,
+            self._raw_store(),
+            spool,
+            here=here,
+            local_fs=local_fs,
+            limit=c.cache_max_gb * 2**30,
+            per_event=event_bytes(self.n_features),
+        )
         writer = WriteBehind(cache) if cache is not None and behind else None
         try:
             with progress.bar(
                 f"epoch {epoch}", sum(u.stop - u.start for u in units), show=self.show_progress
             ) as bar:
-                for (u, store, cached, src), out in self._map(partial(_decode_task, reader), todo, ex):
-                    if cached and cache is not None:
-                        chunk = cache.read(u)
-                    elif src == firstuse.MEMORY:
-                        chunk = mem.lay_out(reader, u)
-                    elif out is None:  # skipped (on_error: skip)
+                for task, out in self._map(partial(decode_or_lay_out, reader), todo, ex):
+                    u, store = task[0], task[1]
+                    chunk = chunk_of(task, out, cache, mem, reader)
+                    if chunk is None:  # skipped (on_error: skip)
                         continue
-                    else:
-                        chunk = out if isinstance(out, Chunk) else store.read(u)
                     if writer is not None and u in behind:
                         writer.put(u, chunk)
                     if store is spool and spool is not None:
@@ -651,7 +468,7 @@ class Dataset:
         c = self.config
         shuffle = c.shuffle if shuffle is None else shuffle
         rng = np.random.default_rng([c.seed, epoch, 3, rank])
-        fn = partial(_decode_jagged_task, self._reader())
+        fn = partial(decode_jagged_unit, self._reader())
         for _, ch in self._map(fn, self.units(epoch, rank, world, shuffle)):
             if ch is not None:
                 yield ch.take(rng.permutation(len(ch))) if shuffle else ch
@@ -716,8 +533,8 @@ class Dataset:
         yields ``(item, None)`` and is listed in :attr:`report`.
         """
         ex = ex or self._executor()
-        tracked = partial(_tracked, fn)
-        for item, fut in ordered_map(ex, tracked, items, prefetch=2 * max(1, self._slots(ex)) + 1):
+        task = partial(tracked, fn)
+        for item, fut in ordered_map(ex, task, items, prefetch=2 * max(1, self._slots(ex)) + 1):
             try:
                 value, retried = fut.result()
                 self._note_retries(retried)
@@ -760,68 +577,5 @@ def _rows(ch: Chunk, select: Callable[[Chunk], np.ndarray] | None) -> tuple[Any,
     return tuple(np.asarray(getattr(ch, f))[keep] for f in Chunk.FIELDS)
 
 
-def _tracked(fn: Callable[[Any], Any], item: Any) -> tuple[Any, list[dict[str, Any]]]:
-    """Run ``fn(item)``; return its value and the retries it made (an error carries them along)."""
-    try:
-        value = fn(item)
-    except Mlaas4hepError as err:
-        err.retry_events = sources.drain_retry_events()
-        raise
-    return value, sources.drain_retry_events()
-
-
-def _file_info_task(
-    tree: str, timeout: float, retries: int, backoff: float, budget: float, patterns: list[str], url: str
-) -> dict[str, Any]:
-    return sources.with_retries(
-        lambda: file_info(url, tree, timeout, patterns), f"opening {url}", retries, backoff, url, budget
-    )
-
-
-def _decode_task(reader: UnitReader, item: tuple[Any, ...]) -> Chunk | int | None:
-    """Nothing for a cached unit or one held in memory (the caller lays it out); a raw unit
-    of the first-use pass's store laid out; else a unit decoded."""
-    unit, store, cached, raw_root = item
-    if cached or raw_root == firstuse.MEMORY:
-        return None
-    root = str(store.root) if store is not None else None
-    if raw_root is not None:
-        try:
-            return finalize_unit(reader, raw_root, root, unit)
-        except FileNotFoundError:  # another process used and removed it: decode after all
-            pass
-    return decode_unit(reader, root, unit)
-
-
-def _decode_jagged_task(reader: UnitReader, unit: Unit) -> JaggedChunk:
-    return reader.decode_jagged(unit)
-
-
-def _boundaries(files: list[dict[str, Any]]) -> list[Any]:
-    """Row groups (Parquet) or clusters (RNTuple) of each file, None for a TTree."""
-    return [f.get("boundaries") for f in files]
-
-
 def _empty_stats(jagged: bool) -> Stats:
     return Stats(lengths=np.zeros(1, np.int64) if jagged else None)
-
-
-def _dir_size(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*.npy")) if root.exists() else 0
-
-
-def _evict(root: Path, keep: set[str], limit: float) -> None:
-    """Delete the least recently used cache entries (other than ``keep``) beyond ``limit`` bytes."""
-    if not root.exists():
-        return
-    entries = []
-    for d in root.iterdir():
-        if d.is_dir() and d.name not in keep:
-            size = sum(p.stat().st_size for p in d.rglob("*.npy"))
-            entries.append((d.stat().st_mtime, size, d))
-    total = sum(e[1] for e in entries)
-    for _, size, d in sorted(entries):
-        if total <= limit:
-            break
-        shutil.rmtree(d, ignore_errors=True)
-        total -= size

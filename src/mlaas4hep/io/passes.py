@@ -1,5 +1,8 @@
 """The tasks that run on workers: file information, specs of a unit, decoding a unit.
 
+Every task runs wrapped in :func:`tracked`, which sends the retries it made back
+with its value (or its error), for the dataset's report.
+
 The first-use tasks (:func:`stats_and_raw`, :func:`finalize_unit`) let the
 specs pass and epoch 0 share one decode (see :mod:`mlaas4hep.io.firstuse`).
 
@@ -9,11 +12,12 @@ runs inline, in a local process pool, or on a Dask cluster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import firstuse, schema, sources
-from .chunk import Chunk, ChunkStore, Unit
+from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
+from .errors import Mlaas4hepError
 from .preprocess import Preprocessor
 from .reader import UnitReader, get_tree
 from .specs import Stats, chunk_stats
@@ -86,3 +90,36 @@ def finalize_unit(reader: UnitReader, raw_root: str, root: str | None, unit: Uni
         ChunkStore(root).write(unit, chunk)
     raws.remove(unit)  # a memory map of it stays valid after the unlink
     return len(chunk) if root is not None else chunk
+
+
+def decode_or_lay_out(reader: UnitReader, item: tuple[Any, ...]) -> Chunk | int | None:
+    """The task of one unit of an epoch; ``item`` is ``(unit, store, cached, raw_root)``.
+
+    Nothing for a cached unit or one held in memory (the caller lays it out); a raw unit
+    of the first-use pass's store laid out; else a unit decoded.
+    """
+    unit, store, cached, raw_root = item
+    if cached or raw_root == firstuse.MEMORY:
+        return None
+    root = str(store.root) if store is not None else None
+    if raw_root is not None:
+        try:
+            return finalize_unit(reader, raw_root, root, unit)
+        except FileNotFoundError:  # another process used and removed it: decode after all
+            pass
+    return decode_unit(reader, root, unit)
+
+
+def decode_jagged_unit(reader: UnitReader, unit: Unit) -> JaggedChunk:
+    """One unit with its jagged features kept as awkward lists (see ``Dataset.jagged_chunks``)."""
+    return reader.decode_jagged(unit)
+
+
+def tracked(fn: Callable[[Any], Any], item: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """Run ``fn(item)``; return its value and the retries it made (an error carries them along)."""
+    try:
+        value = fn(item)
+    except Mlaas4hepError as err:
+        err.retry_events = sources.drain_retry_events()
+        raise
+    return value, sources.drain_retry_events()
