@@ -92,16 +92,6 @@ def test_object_model_on_a_flat_dataset_says_what_is_missing(make_config, tmp_pa
         train(make_config("tth_deepsets.py"), tmp_path / "o", show_progress=False)
 
 
-def test_keras_object_model_is_refused(tmp_path):
-    pytest.importorskip("keras")
-    f = tmp_path / "m.py"
-    f.write_text(
-        "import keras\ndef model(input_shapes):\n    return keras.Sequential([keras.layers.Dense(1)])\n"
-    )
-    with pytest.raises(ModelFileError, match="PyTorch modules"):
-        build(f, 0, 2, input_shapes=SHAPES)
-
-
 @pytest.fixture
 def groups_config(make_config):
     """A train configuration with ``inputs:`` (jets as a set, event features), 5k events per file."""

@@ -11,7 +11,8 @@ probability of label 1), ``(n, K)`` for K classes. What each framework needs:
   group, float32 ``(n, *shape)``, and one per object group's mask, bool ``(n,
   length)`` named ``<group>_mask``, in the order of :func:`onnx_inputs`;
 * Keras 3: ``model.export(format="onnx")`` (torch backend, or tf2onnx under
-  TensorFlow), the activation appended when the model emits logits;
+  TensorFlow), the activation appended when the model emits logits; an
+  object-level model gets the inputs of :func:`onnx_inputs` as PyTorch's does;
 * scikit-learn: skl2onnx, without the ZipMap, keeping the probability output;
 * XGBoost: onnxmltools' converter, likewise.
 
@@ -52,6 +53,14 @@ def onnx_inputs(input_shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, 
         if len(shape) == 2:
             out.append((f"{g}_mask", (shape[0],), "BOOL"))
     return out
+
+
+def zero_feeds(input_shapes: Mapping[str, tuple[int, ...]], n: int) -> dict[str, np.ndarray]:
+    """``n`` events of zeros for each input of :func:`onnx_inputs` (every object slot real)."""
+    return {
+        name: np.zeros((n, *shape), bool if kind == "BOOL" else np.float32)
+        for name, shape, kind in onnx_inputs(input_shapes)
+    }
 
 
 def group_feeds(

@@ -11,6 +11,12 @@ streaming, validation, early stopping, checkpoints and progress behave as for
 PyTorch. Checkpoints are ``model.keras`` (weights and optimizer state) and the
 best weights; the native model in the bundle is ``model.keras``; ONNX comes from
 ``model.export(format="onnx")``.
+
+An *object-level* model (``model(input_shapes)``, see :mod:`.userfile`) has one
+named input per group and per mask; each batch's ``inputs`` and ``masks`` are
+fed as a dict by those names (a mask as the dtype its input declares). Its ONNX
+model takes the inputs of :func:`.export.onnx_inputs`, in that order, the masks
+BOOL (cast in the graph for a model that takes float masks).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from . import export
 from .backend import Backend
 from .config import TrainConfig
 from .data import Part
-from .userfile import UserModel, ensure_keras_backend
+from .userfile import UserModel, ensure_keras_backend, keras_input_dtypes
 
 ensure_keras_backend()
 import keras  # noqa: E402
@@ -37,6 +43,8 @@ class KerasBackend(Backend):
         super().__init__(um, cfg, n_features, n_classes, "cpu")
         self.device = f"keras/{keras.backend.backend()}"
         self.logits = um.output == "logits"
+        #: The groups' shapes of an object-level model, fed by name (see :mod:`.userfile`).
+        self.shapes = um.input_shapes
         self.width = (
             int(np.prod(self.model.output_shape[1:])) if getattr(self.model, "output_shape", None) else 1
         )
@@ -50,20 +58,33 @@ class KerasBackend(Backend):
     def _y(self, y: np.ndarray) -> np.ndarray:
         return y.astype(np.float32).reshape(-1, 1) if self.width == 1 else y
 
+    def _feeds(self, part: Part) -> Any:
+        """The model's input: the feature rows, or a dict of the groups and masks by input name."""
+        if self.shapes is None:
+            return np.asarray(part.x, np.float32)
+        dtypes = keras_input_dtypes(self.model)
+        feeds = export.group_feeds(self.shapes, part.inputs, part.masks)
+        return {k: v.astype(dtypes[k], copy=False) for k, v in feeds.items()}
+
     def train_batch(self, batch: Part, loss_scale: float = 1.0) -> None:
-        x, y, w = batch.x, batch.y, batch.w
-        out = self.model.train_on_batch(x, self._y(y), sample_weight=w, return_dict=True)
+        y, w = batch.y, batch.w
+        out = self.model.train_on_batch(self._feeds(batch), self._y(y), sample_weight=w, return_dict=True)
         loss = float(out.get("loss", 0.0))
         self._loss_sum += loss * len(y)
         self._n += len(y)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        if len(x) == 0:
+        return self._predict(np.asarray(x, np.float32), len(x))
+
+    def scores(self, part: Part) -> np.ndarray:
+        """Probabilities of the rows of ``part`` (its groups for an object-level model)."""
+        return self._predict(self._feeds(part), len(part))
+
+    def _predict(self, feeds: Any, n: int) -> np.ndarray:
+        if n == 0:
             return np.zeros((0,) if self.binary else (0, self.n_classes), np.float32)
-        raw = np.asarray(
-            self.model.predict(np.asarray(x, np.float32), batch_size=16384, verbose=0), np.float32
-        )
-        p: np.ndarray = raw.reshape(len(x), -1)
+        raw = np.asarray(self.model.predict(feeds, batch_size=16384, verbose=0), np.float32)
+        p: np.ndarray = raw.reshape(n, -1)
         if self.logits:
             p = 1 / (1 + np.exp(-p)) if p.shape[1] == 1 else _softmax(p)
         return p[:, -1] if self.binary else p
@@ -91,18 +112,41 @@ class KerasBackend(Backend):
 
     # ------------------------------------------------------------ bundle
     def export_onnx(self, path: Path, sample: Part) -> dict[str, Any]:
+        """``model.onnx`` (probabilities out), checked against :meth:`scores` on every input of ``sample``."""
         m = self.model
-        if self.logits or (self.binary and self.width == 2):
+        if self.shapes is not None:
+            m = self._probabilities(*self._group_inputs(), export.zero_feeds(self.shapes, 2))
+        elif self.logits or (self.binary and self.width == 2):
             inp = keras.Input(shape=(self.n_features,))
-            out = m(inp)
-            if self.logits:
-                out = keras.layers.Activation("sigmoid" if self.width == 1 else "softmax")(out)
-            if self.binary and self.width == 2:
-                out = keras.layers.Lambda(lambda t: t[:, 1:2])(out)
-            m = keras.Model(inp, out)
+            m = self._probabilities(inp, m(inp), np.zeros((2, self.n_features), np.float32))
         onx = export.keras_to_onnx(m, path)
         tol = self.cfg.parity_tolerance or export.TOLERANCE["keras"]
-        return export.check_parity(onx, sample.x, self.predict(sample.x), tol, "Keras")
+        shapes = self.shapes
+        feeds = export.group_feeds(shapes, sample.inputs, sample.masks) if shapes is not None else sample.x
+        return export.check_parity(onx, feeds, self.scores(sample), tol, "Keras")
+
+    def _group_inputs(self) -> tuple[list[Any], Any]:
+        """The ONNX inputs of :func:`.export.onnx_inputs` (masks bool) and the model's output on them."""
+        dtypes = keras_input_dtypes(self.model)
+        inputs, named = [], {}
+        for name, shape, kind in export.onnx_inputs(self.shapes or {}):
+            t = keras.Input(shape=shape, name=name, dtype="bool" if kind == "BOOL" else "float32")
+            inputs.append(t)
+            named[name] = t if dtypes[name] == t.dtype else keras.ops.cast(t, dtypes[name])
+        return inputs, self.model(named)
+
+    def _probabilities(self, inputs: Any, out: Any, example: Any) -> Any:
+        """A model of ``inputs`` whose output ``out`` is turned into the bundle's probabilities.
+
+        It is called once on ``example``: Keras exports only models that have been called.
+        """
+        if self.logits:
+            out = keras.layers.Activation("sigmoid" if self.width == 1 else "softmax")(out)
+        if self.binary and self.width == 2:
+            out = keras.layers.Lambda(lambda t: t[:, 1:2])(out)
+        m = keras.Model(inputs, out)
+        m(example)
+        return m
 
     def save_native(self, directory: Path) -> dict[str, Path]:
         p = Path(directory) / "model.keras"

@@ -8,8 +8,8 @@ A model file is plain Python, MLaaS4HEP's convention::
     def model():                     # scikit-learn / XGBoost: no argument
         return SGDClassifier(loss="log_loss")
 
-    def model(input_shapes):         # object-level (PyTorch): the dataset's ``inputs:`` groups
-        return DeepSets(input_shapes)  # forward(inputs, masks) -> logits
+    def model(input_shapes):         # object-level: the dataset's ``inputs:`` groups
+        return DeepSets(input_shapes)  # PyTorch: forward(inputs, masks) -> logits
 
 An *object-level* model is recognised by the name of its argument,
 ``input_shapes``: a dict from each ``inputs:`` group of the dataset to its
@@ -19,9 +19,17 @@ Its ``forward(inputs, masks)`` receives a dict of float32 tensors ``(n,
 *shape)`` per group and a dict of boolean tensors ``(n, length)`` per object
 group, **True where the slot is padding** (what
 :class:`torch.nn.TransformerEncoder`'s ``src_key_padding_mask`` expects), and
-returns logits (or probabilities, see ``OUTPUT``) as a flat model does. The
-bundle's ONNX model then has one input per group and per mask.
-:data:`mlaas4hep.MODELS_DIR` holds two: ``tth_deepsets.py`` and ``tth_transformer.py``.
+returns logits (or probabilities, see ``OUTPUT``) as a flat model does.
+
+An object-level *Keras* model is a ``keras.Model`` with one named
+``keras.Input`` per group (``name="jets"``, ``shape=(10, 5)``) and one per
+object group's mask (``name="jets_mask"``, ``shape=(10,)``, ``dtype="bool"``,
+or float with 1.0 on padding): the names of :func:`.export.onnx_inputs`, in any
+order, since Keras is fed a dict by name.
+
+The bundle's ONNX model then has one input per group and per mask.
+:data:`mlaas4hep.MODELS_DIR` holds three: ``tth_deepsets.py``,
+``tth_transformer.py`` (PyTorch) and ``keras_deepsets.py``.
 
 Optional hooks, PyTorch only (each is looked up in the file):
 
@@ -53,6 +61,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import ModelFileError
+from .export import onnx_inputs, zero_feeds
 
 
 def ensure_keras_backend() -> None:
@@ -238,13 +247,15 @@ def build(
     }
     um = UserModel(module, str(path), obj, detected, hooks, getattr(module, "OUTPUT", None))
     if wants_input_shapes(module):
-        if detected != "pytorch":
+        if detected not in ("pytorch", "keras"):
             raise ModelFileError(
                 f"model(input_shapes) in {str(path)!r} returned a {detected} model; object-level "
-                f"models are PyTorch modules with forward(inputs, masks)"
+                f"models are PyTorch modules with forward(inputs, masks) or Keras models with one "
+                f"named input per group and mask"
             )
         um.input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
-        um.output = _check_torch(um, n_features or 0, n_classes)
+        check = _check_torch if detected == "pytorch" else _check_keras
+        um.output = check(um, n_features or 0, n_classes)
     elif detected == "pytorch" and n_features is not None:
         um.output = _check_torch(um, n_features, n_classes)
     elif detected == "keras" and n_features is not None:
@@ -318,24 +329,28 @@ def _check_keras(um: UserModel, n_features: int, n_classes: int) -> str:
     import numpy as np
 
     m = um.model
-    shape = None
-    try:
-        shape = m.input_shape
-    except (AttributeError, ValueError):
-        pass
-    if shape is not None and isinstance(shape, tuple) and shape[-1] not in (None, n_features):
-        raise ModelFileError(
-            f"the Keras model of {um.path!r} takes inputs of shape {shape} but the dataset gives "
-            f"{n_features} features per event; build Input((idim,)) from model(idim)'s argument"
-        )
+    x: Any
+    if um.input_shapes is not None:
+        x, what = keras_example(um), f"the dataset's groups {_shapes_text(um.input_shapes)}"
+    else:
+        shape = None
+        try:
+            shape = m.input_shape
+        except (AttributeError, ValueError):
+            pass
+        if shape is not None and isinstance(shape, tuple) and shape[-1] not in (None, n_features):
+            raise ModelFileError(
+                f"the Keras model of {um.path!r} takes inputs of shape {shape} but the dataset gives "
+                f"{n_features} features per event; build Input((idim,)) from model(idim)'s argument"
+            )
+        x, what = np.zeros((2, n_features), np.float32), f"a batch of shape (2, {n_features})"
     try:
         import keras
 
-        out = keras.ops.convert_to_numpy(m(np.zeros((2, n_features), np.float32), training=False))
+        out = keras.ops.convert_to_numpy(m(x, training=False))
     except Exception as err:
         raise ModelFileError(
-            f"the Keras model of {um.path!r} cannot take a batch of shape (2, {n_features}): "
-            f"{type(err).__name__}: {err}"
+            f"the Keras model of {um.path!r} cannot take {what}: {type(err).__name__}: {err}"
         ) from None
     k = 1 if out.ndim == 1 else out.shape[-1]
     ok = (k in (1, 2)) if n_classes <= 2 else (k == n_classes)
@@ -349,3 +364,38 @@ def _check_keras(um: UserModel, n_features: int, n_classes: int) -> str:
     act = getattr(m.layers[-1], "activation", None) if getattr(m, "layers", None) else None
     name = getattr(act, "__name__", "")
     return "probabilities" if name in ("sigmoid", "softmax") else "logits"
+
+
+def keras_input_dtypes(model: Any) -> dict[str, str]:
+    """The dtype of each named input of a Keras model (empty when it declares none)."""
+    try:
+        return {t.name: str(t.dtype) for t in model.inputs}
+    except (AttributeError, TypeError, ValueError):  # a subclassed model not built from keras.Input
+        return {}
+
+
+def keras_example(um: UserModel) -> dict[str, Any]:
+    """Two events of zeros per input of an object-level Keras model, once its inputs are checked.
+
+    The model must name one input per group and per object group's mask, as
+    :func:`.export.onnx_inputs` does, with the groups' shapes; a mask may be
+    bool or float (1.0 on padding).
+    """
+    assert um.input_shapes is not None
+    specs = onnx_inputs(um.input_shapes)
+    want = [name for name, _, _ in specs]
+    dtypes = keras_input_dtypes(um.model)
+    if sorted(dtypes) != sorted(want):
+        raise ModelFileError(
+            f"the object-level Keras model of {um.path!r} takes the inputs {list(dtypes)}; it needs one "
+            f"keras.Input per group and per object group's mask, named {want} (groups "
+            f"{_shapes_text(um.input_shapes)}; masks (n, length), bool, True on padding)"
+        )
+    for inp in um.model.inputs:
+        shape = next(s for name, s, _ in specs if name == inp.name)
+        if tuple(inp.shape[1:]) != shape:
+            raise ModelFileError(
+                f"the object-level Keras model of {um.path!r} declares input {inp.name!r} of shape "
+                f"{tuple(inp.shape)}; the dataset gives (n, {', '.join(map(str, shape))})"
+            )
+    return {name: a.astype(dtypes[name]) for name, a in zero_feeds(um.input_shapes, 2).items()}
