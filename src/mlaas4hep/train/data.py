@@ -44,7 +44,8 @@ class Part:
     With ``inputs:`` groups in the dataset, ``inputs`` maps each group to its
     array (``(n, length, features)`` for an object group, ``(n, features)`` for
     event-level features) and ``masks`` each object group to ``(n, length)``
-    booleans, True for real objects. Arrays are NumPy arrays, or tensors once a
+    booleans, True on padding (as :attr:`mlaas4hep.io.Batch.masks` and
+    PyTorch's ``key_padding_mask``). Arrays are NumPy arrays, or tensors once a
     backend has moved them.
     """
 
