@@ -287,7 +287,9 @@ def decode_raw(
         counts.append(c)
         widths.append(width)
     x = _hstack(cols, n_all)
-    cnt = np.stack(counts).astype(np.int32) if counts else np.zeros((0, n_all), np.int32)
+    cnt = np.empty((len(counts), n_all), np.int32)
+    for j, c in enumerate(counts):
+        cnt[j] = c
     if keep is not None:
         x, cnt = x[keep], cnt[:, keep]
     raw = RawChunk(x, cnt, np.asarray(widths, np.int64), *reader._targets(unit, arrays, keep))
