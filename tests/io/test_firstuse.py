@@ -82,13 +82,37 @@ def test_fused_first_use_equals_two_passes(data_dir, tmp_path, count_decodes, na
     assert_same([first, epochs(fused, 2)[1]], ref)
 
 
-def test_fused_with_workers_equals_two_passes(data_dir, tmp_path):
-    over = dict(jagged={}, workers=2)
-    ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 1)
+@pytest.mark.parametrize(
+    "jagged",
+    [{}, {"Jet": 6}],
+    ids=["lengths from the specs: laid out anew", "lengths given: laid out in place, moved into the cache"],
+)
+def test_fused_with_workers_equals_two_passes(data_dir, tmp_path, jagged):
+    over = dict(jagged=jagged, workers=2, normalize="standard")
+    ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 2)
     fused = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))
-    assert_same(epochs(fused, 1), ref)
-    raw = fused._raw_store()
+    first = epochs(fused, 1)
+    raw, cache = fused._raw_store(), fused.cache
     assert raw is not None and raw.size() == 0  # every raw unit was laid out into the cache
+    assert cache is not None and all(cache.has(u) for u in fused.units(0))
+    assert_same(first + epochs(fused, 2)[1:], ref)  # epoch 1 from the cache
+
+
+def test_a_raw_unit_interrupted_while_laid_out_is_decoded_again(data_dir, tmp_path):
+    """The x file leaves the raw store before it changes: a unit without it is decoded anew."""
+    from mlaas4hep.io.firstuse import lay_out_into
+
+    over = dict(workers=0, normalize="minmax")
+    ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "ref", **over), fused=False), 1)
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over), raw_memory=0)
+    _ = ds.specs  # raw units on disk (no memory budget)
+    raw, cache = ds._raw_store(), ds.cache
+    assert raw is not None and cache is not None
+    units = ds.units(0)
+    assert lay_out_into(raw, cache, units[0], ds.preprocessor) == units[0].stop - units[0].start
+    assert cache.has(units[0]) and not raw.has(units[0])
+    (raw.path(units[1]) / "x.npy").unlink()  # as if a run stopped after the move
+    assert_same(epochs(ds, 1), ref)
 
 
 @pytest.mark.parametrize("where", ["memory, written when the dataset goes", "disk"])

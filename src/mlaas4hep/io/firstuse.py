@@ -339,7 +339,7 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
 
     When every branch is stored at its final length (the lengths are given)
     the gather is the identity and is skipped; with ``inplace`` the raw unit's
-    own ``x`` (an array in memory, used once) becomes the chunk's ``x``.
+    own ``x`` (used once, if writeable) becomes the chunk's ``x``.
     """
     n, nflat = len(raw), len(pre.flat)
     widths = [int(w) for w in raw.widths]
@@ -354,8 +354,8 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
         src.extend(r + min(s, width - 1) if width else 0 for s in range(length))
         r += width
     identity = raw.x.shape[1] == pre.n_features and src == list(range(pre.n_features))
-    if identity and inplace and type(raw.x) is np.ndarray and raw.x.flags.writeable:
-        x = raw.x  # not a memory map: the unit is ours to change
+    if identity and inplace and raw.x.flags.writeable:
+        x = raw.x  # the unit is ours to change (in memory, or a file moved out of the store)
     elif identity and raw.x.shape[1]:
         x = np.array(raw.x, dtype=np.float32)
     elif raw.x.shape[1]:
@@ -384,6 +384,54 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
             )
         np.copyto(xs, pad, where=ms)
     return Chunk(x, mask, np.asarray(raw.y), np.asarray(raw.weight), np.asarray(raw.event_id))
+
+
+def lay_out_into(raws: ChunkStore, store: ChunkStore, unit: Unit, pre: Preprocessor) -> int:
+    """Lay the raw unit of ``raws`` out into the decoded cache ``store``; its events.
+
+    Where the raw unit is stored at its final width (the lengths are given),
+    its ``x`` file moves into the chunk's directory (a rename) and is laid out
+    there in place: nothing is copied, and only the mask, labels, weights and
+    event ids are written. The file leaves the raw store before it changes,
+    so an interrupted run never leaves a raw unit half laid out (the next run
+    decodes that unit again). Otherwise (other widths, or another
+    filesystem) the unit is read, laid out and written as a new chunk. The
+    raw unit is removed either way.
+    """
+    src = raws.path(unit)
+    widths = np.load(src / "widths.npy", allow_pickle=False)
+    if [int(w) for w in widths] != [length for _, length in pre.jagged]:
+        return _copy_into(raws, store, unit, pre)
+    tmp = store.root / f".tmp-{unit.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        os.replace(src / "x.npy", tmp / "x.npy")
+    except OSError:  # another filesystem (or the unit is gone: the caller decodes it)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (src / "x.npy").exists():
+            raise FileNotFoundError(src / "x.npy") from None
+        return _copy_into(raws, store, unit, pre)
+    x = np.load(tmp / "x.npy", mmap_mode="r+", allow_pickle=False)
+    rest = {f: np.load(src / f"{f}.npy", allow_pickle=False) for f in RawChunk.FIELDS if f != "x"}
+    chunk = finalize(RawChunk(x, **rest), pre, inplace=True)
+    for f in Chunk.FIELDS[1:]:
+        np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+    n = len(chunk)
+    del x, chunk
+    try:
+        os.replace(tmp, store.path(unit))
+    except OSError:  # another writer won the race: its chunk is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    raws.remove(unit)
+    return n
+
+
+def _copy_into(raws: ChunkStore, store: ChunkStore, unit: Unit, pre: Preprocessor) -> int:
+    chunk = finalize(raws.read(unit), pre)
+    store.write(unit, chunk)
+    raws.remove(unit)  # a memory map of it stays valid after the unlink
+    return len(chunk)
 
 
 def _runs(counts: np.ndarray, lengths: list[int], first: int) -> list[tuple[int, int, np.ndarray]]:

@@ -85,11 +85,11 @@ def finalize_unit(reader: UnitReader, raw_root: str, root: str | None, unit: Uni
     its size) or returns it.
     """
     raws = firstuse.raw_store(raw_root)
-    chunk = firstuse.finalize(raws.read(unit), reader.preprocessor)
     if root is not None:
-        ChunkStore(root).write(unit, chunk)
+        return firstuse.lay_out_into(raws, ChunkStore(root), unit, reader.preprocessor)
+    chunk = firstuse.finalize(raws.read(unit), reader.preprocessor)
     raws.remove(unit)  # a memory map of it stays valid after the unlink
-    return len(chunk) if root is not None else chunk
+    return chunk
 
 
 def decode_or_lay_out(reader: UnitReader, item: tuple[Any, ...]) -> Chunk | int | None:
