@@ -1,7 +1,8 @@
 """Input groups (objects as sets with masks): our batches against plain uproot and weaver-core.
 
     python bench/groups.py [--events 200000] [--workers 0,1,2] [--loaders ours,uproot,weaver]
-                           [--batch-size 1024] [--repeats 1] [--data DIR] [--write bench/RESULTS-groups.md]
+                           [--batch-size 1024] [--repeats 1] [--warmup 1] [--data DIR]
+                           [--write bench/RESULTS-groups.md]
 
 Generates (or reuses) two NanoAOD-like files of --events events, one per class
 (``ttH_0.root``, label 1; ``ttbar_0.root``, label 0), then delivers the same
@@ -403,6 +404,13 @@ def main() -> None:
     ap.add_argument("--loaders", default="ours,uproot,weaver")
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=1, help="rounds of runs; the best and the median are kept")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="discarded runs of each loader (0 workers) before the rounds: the first run of a series was "
+        "its slowest",
+    )
     ap.add_argument("--weaver-fetch-steps", default="0.01", help="weaver's fetch_step values to try")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "mlaas4hep-bench-groups"))
     ap.add_argument("--write", default=None, help="write the table to this Markdown file")
@@ -428,6 +436,9 @@ def main() -> None:
         for loader in loaders:
             steps = args.weaver_fetch_steps.split(",") if loader == "weaver" else ["0"]
             runs += [(loader, w, s) for s in steps]
+    for loader in [x for x in loaders if x != "weaver"] * args.warmup:  # discarded
+        cmd = [sys.executable, __file__, "--one", loader, "0", "0", "--files", *files]
+        subprocess.run(cmd + ["--batch-size", str(args.batch_size)], capture_output=True, text=True)
     load_before = os.getloadavg()
     best: dict[tuple[str, int, str], dict[str, Any]] = {}
     rounds: dict[tuple[str, int, str], list[dict[str, Any] | None]] = {k: [] for k in runs}
