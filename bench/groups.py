@@ -1,7 +1,8 @@
 """Input groups (objects as sets with masks): our batches against plain uproot and weaver-core.
 
     python bench/groups.py [--events 200000] [--workers 0,1,2] [--loaders ours,uproot,weaver]
-                           [--batch-size 1024] [--repeats 1] [--data DIR] [--write bench/RESULTS-groups.md]
+                           [--batch-size 1024] [--repeats 1] [--warmup 1] [--data DIR]
+                           [--write bench/RESULTS-groups.md]
 
 Generates (or reuses) two NanoAOD-like files of --events events, one per class
 (``ttH_0.root``, label 1; ``ttbar_0.root``, label 0), then delivers the same
@@ -34,6 +35,9 @@ Loaders:
   environment with ``pip install --no-deps --target /tmp/weaver-pkgs
   weaver-core==0.5.3`` and it is found there (or set ``WEAVER_PATH``).
 
+The package is imported from this tree's ``src`` (or from ``MLAAS4HEP_SRC``), not
+from wherever the environment's mlaas4hep is installed.
+
 For each run: events/s and the class mix of its batches (the minority class's
 share per batch: mean and minimum over batches; 0 means a batch of one class).
 Not a test.
@@ -54,7 +58,10 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+#: the mlaas4hep sources measured: this tree's ``src`` unless ``MLAAS4HEP_SRC`` names another
+#: (e.g. an exported commit), for its runs and their subprocesses alike
+SRC = Path(os.environ.get("MLAAS4HEP_SRC", ROOT / "src"))
+sys.path.insert(0, str(SRC))
 WEAVER_PATH = os.environ.get("WEAVER_PATH", "/tmp/weaver-pkgs")
 INSTALL = "pip install --no-deps --target /tmp/weaver-pkgs weaver-core==0.5.3"
 
@@ -349,19 +356,42 @@ def sample(data: Path, events: int) -> list[str]:
     return [str(f) for f in files]
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], rounds: dict[tuple[str, int, str], list[dict[str, Any]]]) -> str:
+    """Best and median events/s of each run, and its ratios to plain uproot and to weaver-core.
+
+    ``rounds`` holds every round's result of each run (None where a run failed). The median ratio
+    to uproot is the median over rounds of the ratio within the round (the two ran minutes apart at
+    most); the median ratio to weaver-core divides the medians, by weaver-core's configuration
+    with the best median.
+    """
     base = {r["workers"]: r["rate"] for r in rows if r["loader"] == "uproot"}
+    by_run = {(r["loader"], r["workers"]): rounds[k] for k, r in zip(rounds, rows)}
+    uproot_rounds = {w: v for (name, w), v in by_run.items() if name == "uproot"}
+
+    def med(v: list[dict[str, Any] | None]) -> float:
+        return float(np.median([r["rate"] for r in v if r is not None]))
+
     weaver_best = max((r["rate"] for r in rows if r["loader"].startswith("weaver")), default=None)
+    weaver_med = max((med(v) for (n, _), v in by_run.items() if n.startswith("weaver")), default=None)
     lines = [
-        "| loader | workers | events/s | vs uproot (same workers) | vs weaver-core best | "
-        "minority share per batch, mean / min | one-class batches |",
-        "|---|---:|---:|---:|---:|---|---:|",
+        "| loader | workers | events/s best | events/s median | vs uproot (same workers) best / median "
+        "| vs weaver-core best / median | minority share per batch, mean / min | one-class batches |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
-        vs_u = f"{r['rate'] / base[r['workers']]:.2f}x" if r["workers"] in base else "-"
-        vs_w = f"{r['rate'] / weaver_best:.1f}x" if weaver_best else "-"
+        v = by_run[(r["loader"], r["workers"])]
+        vs_u = "-"
+        if r["workers"] in base:
+            u = uproot_rounds[r["workers"]]
+            per = [a["rate"] / b["rate"] for a, b in zip(v, u) if a is not None and b is not None]
+            vs_u = f"{r['rate'] / base[r['workers']]:.2f}x / {float(np.median(per)):.2f}x"
+        vs_w = (
+            f"{r['rate'] / weaver_best:.1f}x / {med(v) / weaver_med:.1f}x"
+            if weaver_best and weaver_med
+            else "-"
+        )
         lines.append(
-            f"| {r['loader']} | {r['workers']} | {r['rate']:,.0f} | {vs_u} | {vs_w} | "
+            f"| {r['loader']} | {r['workers']} | {r['rate']:,.0f} | {med(v):,.0f} | {vs_u} | {vs_w} | "
             f"{r['minority_mean']:.3f} / {r['minority_min']:.3f} | {100 * r['pure']:.0f}% |"
         )
     return "\n".join(lines)
@@ -373,7 +403,14 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--loaders", default="ours,uproot,weaver")
     ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--repeats", type=int, default=1, help="rounds of runs; the best of each is kept")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of runs; the best and the median are kept")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="discarded runs of each loader (0 workers) before the rounds: the first run of a series was "
+        "its slowest",
+    )
     ap.add_argument("--weaver-fetch-steps", default="0.01", help="weaver's fetch_step values to try")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "mlaas4hep-bench-groups"))
     ap.add_argument("--write", default=None, help="write the table to this Markdown file")
@@ -399,8 +436,13 @@ def main() -> None:
         for loader in loaders:
             steps = args.weaver_fetch_steps.split(",") if loader == "weaver" else ["0"]
             runs += [(loader, w, s) for s in steps]
+    for loader in [x for x in loaders if x != "weaver"] * args.warmup:  # discarded
+        cmd = [sys.executable, __file__, "--one", loader, "0", "0", "--files", *files]
+        subprocess.run(cmd + ["--batch-size", str(args.batch_size)], capture_output=True, text=True)
     load_before = os.getloadavg()
     best: dict[tuple[str, int, str], dict[str, Any]] = {}
+    rounds: dict[tuple[str, int, str], list[dict[str, Any] | None]] = {k: [] for k in runs}
+    loads = [load_before[0]]
     for rep in range(args.repeats):  # rounds over every run, so that a busy spell hits them alike
         for loader, w, step in runs:
             cmd = [sys.executable, __file__, "--one", loader, str(w), step, "--files", *files]
@@ -409,6 +451,7 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(f"{loader} workers={w} failed:\n{proc.stderr[-3000:]}")
+                rounds[(loader, w, step)].append(None)
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["rate"] = r["events"] / r["seconds"]
@@ -422,9 +465,13 @@ def main() -> None:
                 flush=True,
             )
             key = (loader, w, step)
+            rounds[key].append(r)
             if key not in best or r["rate"] > best[key]["rate"]:
                 best[key] = r
+        loads.append(os.getloadavg()[0])
+        print(f"load average after round {rep + 1}: {loads[-1]:.2f}", flush=True)
     rows = [best[k] for k in runs if k in best]
+    rounds = {k: rounds[k] for k in runs if k in best}
     split = ""
     if "ours" in loaders:
         cmd = [sys.executable, __file__, "--one", "split", "0", "0", "--files", *files]
@@ -438,8 +485,11 @@ def main() -> None:
                 f"({100 * c['apply'] / total:.0f}% of {total:.2f} s)"
             )
     load_after = os.getloadavg()
-    text = table(rows)
-    load = f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after ({os.cpu_count()} cores)"
+    text = table(rows, rounds)
+    load = (
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after ({os.cpu_count()} cores); "
+        f"after each round: {', '.join(f'{x:.2f}' for x in loads[1:])}"
+    )
     print()
     print(text)
     print(split)

@@ -22,15 +22,19 @@ Each is trained three ways with the same seed and batch size:
 
 The figure of merit is events/s of the training pass (reading included,
 validation excluded), over epochs ≥ 1 (epoch 0 for streaming). Runs are
-repeated and interleaved (``--repeat``). On a shared machine other tenants only
+repeated and interleaved (``--repeat``; streamed and in memory take turns at
+going first, each with its own cold cache). On a shared machine other tenants only
 ever slow an epoch down, so the table gives the *best* epoch of each kind (the
-uncontended figure, used for the ratio) and the median next to it.
+uncontended figure, used for the ratio) and the median next to it; ``--append``
+adds the median over repeats of the per-repeat ratio (median cached epoch /
+median in-memory epoch of the same repeat) and the median seconds per epoch.
 
 Usage::
 
     python bench/train.py [--events 60000] [--epochs 4] [--batch-size 1024] [--repeat 2] [--device auto]
+                          [--nets tth,tth_transformer] [--workers 0] [--append "TITLE"]
 
-Writes ``bench/RESULTS-train.md``.
+Writes ``bench/RESULTS-train.md`` (with ``--append``: adds a section to it).
 """
 
 from __future__ import annotations
@@ -174,11 +178,29 @@ def main() -> int:
     ap.add_argument("--data", default=None, help="where to generate the sample (default: a temporary dir)")
     ap.add_argument("--nets", default="tth,mlp111")
     ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (training.amp)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: torch's own; 1 keeps a shared machine's other load from "
+        "stalling the threads of one step on each other)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-train.md"))
+    ap.add_argument(
+        "--append",
+        default=None,
+        metavar="TITLE",
+        help="append a section TITLE (per-repeat ratios, epoch times, loads) to --out instead of rewriting it",
+    )
     args = ap.parse_args()
 
     from mlaas4hep.generate import generate
     from mlaas4hep.train import train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="mlaas4hep-bench-train-"))
     data = Path(args.data) if args.data else work / "data"
@@ -188,27 +210,47 @@ def main() -> int:
         print(f"generated 2 x {args.events} events in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
     rows = []
+    loads = [os.getloadavg()[0]]
     for net in args.nets.split(","):
-        res = {"stream": [], "cache": [], "memory": [], "auc_s": [], "auc_m": []}
+        res = {"stream": [], "cache": [], "memory": [], "auc_s": [], "auc_m": [], "ratio_rep": []}
+        res["cache_s"], res["memory_s"] = [], []
         nf = None
         for rep in range(args.repeat):
-            cache = work / f"cache-{net}-{rep}"
-            r = train(config(data, cache, net, args), work / f"out-{net}-s{rep}", show_progress=False)
+            # alternate which path goes first (ABBA...), each with its own cold cache, so that
+            # neither always follows the other; epoch 0 of the streamed run always decodes
+            order = ("stream", "memory") if rep % 2 == 0 else ("memory", "stream")
+            runs = {}
+            for kind in order:
+                cache = work / f"cache-{net}-{rep}-{kind}"
+                runs[kind] = train(
+                    config(data, cache, net, args),
+                    work / f"out-{net}-{kind}{rep}",
+                    in_memory=kind == "memory",
+                    show_progress=False,
+                )
+                shutil.rmtree(cache, ignore_errors=True)
+                loads.append(os.getloadavg()[0])
+            r, m = runs["stream"], runs["memory"]
             nf = r.metrics["n_features"]
             res["stream"].append(r.history[0]["events_per_s"])
-            res["cache"] += [h["events_per_s"] for h in r.history[1:]]
+            cached = [h["events_per_s"] for h in r.history[1:]]
+            memory = [h["events_per_s"] for h in m.history[1:]]
+            res["cache"] += cached
+            res["memory"] += memory
+            res["cache_s"] += [h["seconds"] for h in r.history[1:]]
+            res["memory_s"] += [h["seconds"] for h in m.history[1:]]
+            res["ratio_rep"].append(statistics.median(cached) / statistics.median(memory))
             res["auc_s"].append(r.metrics["val_auc"])
-            m = train(
-                config(data, cache, net, args),
-                work / f"out-{net}-m{rep}",
-                in_memory=True,
-                show_progress=False,
-            )
-            res["memory"] += [h["events_per_s"] for h in m.history[1:]]
             res["auc_m"].append(m.metrics["val_auc"])
-            shutil.rmtree(cache, ignore_errors=True)
             n_train = r.metrics["n_train"]
             device = r.metrics["device"]
+            print(
+                f"{net} repeat {rep + 1} ({' then '.join(order)}): cached epochs "
+                f"{', '.join(f'{x:,.0f}' for x in cached)} ev/s; in memory "
+                f"{', '.join(f'{x:,.0f}' for x in memory)} ev/s; ratio of medians "
+                f"{res['ratio_rep'][-1]:.2f}; load average {loads[-1]:.2f}",
+                flush=True,
+            )
         ceiling = compute_only(net, nf, args, n_train)
         row = {
             "net": net,
@@ -221,6 +263,10 @@ def main() -> int:
             "stream_med": statistics.median(res["stream"]),
             "cache_med": statistics.median(res["cache"]),
             "memory_med": statistics.median(res["memory"]),
+            "cache_s": statistics.median(res["cache_s"]),
+            "memory_s": statistics.median(res["memory_s"]),
+            "ratio_reps": res["ratio_rep"],
+            "ratio_med": statistics.median(res["ratio_rep"]),
             "compute": ceiling,
             "auc_s": statistics.median(res["auc_s"]),
             "auc_m": statistics.median(res["auc_m"]),
@@ -228,10 +274,16 @@ def main() -> int:
         row["ratio"] = row["cache"] / row["memory"]
         rows.append(row)
         print(_line(row), flush=True)
+    args.loads = loads
 
     text = report(rows, args)
-    Path(args.out).write_text(text)
+    if args.append:
+        with open(args.out, "a") as f:
+            f.write("\n" + section(rows, args))
+    else:
+        Path(args.out).write_text(text)
     print(text)
+    print(section(rows, args))
     return 0
 
 
@@ -283,6 +335,37 @@ def report(rows: list[dict], args) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def section(rows: list[dict], args) -> str:
+    """A Markdown section: per network, best and median cached / in-memory epochs and their ratios."""
+    loads = getattr(args, "loads", [])
+    cmd = " ".join(["python bench/train.py", *sys.argv[1:]])
+    lines = [
+        f"## {args.append or 'Cached epochs vs in memory'}",
+        "",
+        f"`{cmd}`",
+        "",
+        f"Machine: {len(os.sched_getaffinity(0))} cores ({cpu_model()}), shared with other sessions. "
+        f"2 × {args.events:,} events, batch {args.batch_size}, {args.epochs} epochs (epochs 1..{args.epochs - 1} "
+        f"counted: the first epoch and the specs pass excluded), {args.repeat} repeats of streamed (cold cache) "
+        f"and in memory, alternating which runs first, each in the same process with the same seeds and data; "
+        f"decoding workers: {args.workers if args.workers is not None else 'all cores'}; torch threads: "
+        f"{args.threads or 'default'}. Load average (1 min) "
+        f"before and after each run: {', '.join(f'{x:.2f}' for x in loads)}.",
+        "",
+        "| network | cached epoch (ev/s) best / median | in memory (ev/s) best / median "
+        "| cached / in memory: best / best | median of the per-repeat ratios (of median epochs) "
+        "| per-repeat ratios | s per epoch, median: cached / in memory |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['net']} | {r['cache']:,.0f} / {r['cache_med']:,.0f} | {r['memory']:,.0f} / {r['memory_med']:,.0f} "
+            f"| {r['ratio']:.2f} | {r['ratio_med']:.2f} | {', '.join(f'{x:.2f}' for x in r['ratio_reps'])} "
+            f"| {r['cache_s']:.2f} / {r['memory_s']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
