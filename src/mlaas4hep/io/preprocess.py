@@ -196,9 +196,10 @@ class Preprocessor:
                 block, pad = pad_jagged(values, length, name, plans)
                 if block.shape[0] != n:
                     raise ConfigError(f"input {name!r} has {block.shape[0]} events, expected {n}")
-                if off != 0.0 or sc != 1.0:
-                    block = (block - np.float32(off)) * np.float32(sc)
-                block[pad] = self.pad_value
+                if off != 0.0 or sc != 1.0:  # in place: the padded block is a new array
+                    block -= np.float32(off)
+                    block *= np.float32(sc)
+                np.copyto(block, np.float32(self.pad_value), where=pad)
                 x[:, col : col + length] = block
                 mask[:, col : col + length] = pad
         if keep is not None:
