@@ -267,7 +267,7 @@ class Predictor:
         file has, and ``scores``. The selection is not applied: every entry gets
         a score.
         """
-        from .io import reader, sources
+        from .io import reader, sources, urls
 
         pre = self.preprocessor
         if pre is None:
@@ -282,7 +282,7 @@ class Predictor:
             arrays = sources.with_retries(
                 functools.partial(reader.read_arrays, url, tree, pre.inputs + id_names, s, e, timeout),
                 f"reading entries {s}-{e} of {url}",
-                0 if sources.is_local(url) else 3,
+                0 if urls.is_local(url) else 3,
                 url=url,
             )
             out = {"entry": np.arange(s, e, dtype=np.int64)}

@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from tests.serve.test_layering import _cycle, imports
 
-#: A known pair, imported lazily both ways: ``sources.open_tree`` opens Parquet and RNTuple
-#: through ``formats``, whose Parquet reader asks ``sources`` whether a URL is local.
-KNOWN = {("mlaas4hep.io.sources", "mlaas4hep.io.formats")}
-
-
 def _io_graph() -> tuple[dict[str, set[str]], set[str]]:
     graph = {n: set(deps) for n, deps in imports().items()}
-    for a, b in KNOWN:
-        graph[a].discard(b)
     return graph, {n for n in graph if n.startswith("mlaas4hep.io.")}
 
 

@@ -65,6 +65,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from . import urls
 from .errors import BranchNotFoundError, CorruptFileError, FileOpenError, UnsupportedBranchError
 
 #: File name endings read as Parquet.
@@ -350,13 +351,11 @@ class ParquetView(EventsView):
                 f"reading the Parquet file {url!r} needs pyarrow: pip install 'mlaas4hep[parquet]'"
             ) from None
 
-        from . import sources
-
         self.url = url
         handle = None
         try:
-            if sources.is_local(url):
-                path = sources.local_path(url)
+            if urls.is_local(url):
+                path = urls.local_path(url)
                 if not os.path.exists(path):
                     raise FileOpenError(url, "no such file")
                 pf = pq.ParquetFile(path, memory_map=True)
@@ -371,11 +370,11 @@ class ParquetView(EventsView):
             raise
         except FileNotFoundError as err:
             raise FileOpenError(url, f"no such file ({err})") from None
-        except sources.TRANSIENT as err:
+        except urls.transient_errors() as err:
             if handle is not None:
                 handle.close()
             raise FileOpenError(
-                url, f"{type(err).__name__}: {err}", transient=not sources.is_local(url)
+                url, f"{type(err).__name__}: {err}", transient=not urls.is_local(url)
             ) from err
         except Exception as err:  # not Parquet
             if handle is not None:

@@ -6,7 +6,7 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import sources
+from . import sources, urls
 from .errors import FileOpenError
 from .schema import branch_kind
 
@@ -99,7 +99,7 @@ def suggest_branches(url: str, name: str) -> str:
     """``; did you mean 'Jet_pt'?`` from the branches of a local file's trees (``""`` if none is close)."""
     from .expr import did_you_mean
 
-    if not sources.is_local(url):
+    if not urls.is_local(url):
         return ""
     try:
         f = sources.open_file(url)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import sources
+from . import sources, urls
 from .chunk import Chunk, JaggedChunk, Unit
 from .errors import CorruptFileError, FileOpenError, Mlaas4hepError
 from .preprocess import Preprocessor
@@ -29,7 +29,7 @@ _MAX_OPEN = 64
 def get_tree(url: str, tree: str, timeout: float) -> Any:  # uproot TTree or EventsView
     """An open tree, reused between units; a local file replaced on disk is reopened."""
     key = (url, tree)
-    stat = _stat(url) if sources.is_local(url) else None
+    stat = _stat(url) if urls.is_local(url) else None
     entry = _OPEN.get(key)
     if entry is not None and entry[1] != stat:
         forget(url, tree)
@@ -43,7 +43,7 @@ def get_tree(url: str, tree: str, timeout: float) -> Any:  # uproot TTree or Eve
 
 def _stat(url: str) -> tuple[int, int, int] | None:
     try:
-        st = os.stat(sources.local_path(url))
+        st = os.stat(urls.local_path(url))
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -76,12 +76,12 @@ def read_arrays(
     except Mlaas4hepError:
         forget(url, tree)
         raise
-    except sources.TRANSIENT as err:
+    except urls.transient_errors() as err:
         forget(url, tree)
-        if sources.is_local(url):  # a local file that cannot be read as described is truncated
+        if urls.is_local(url):  # a local file that cannot be read as described is truncated
             raise CorruptFileError(url, f"entries {start}-{stop}: {err}") from None
         # the server or the network failed (retried), or the server answered that the file is gone
-        transient = sources.is_transient(err)
+        transient = urls.is_transient(err)
         reason = f"entries {start}-{stop}: {type(err).__name__}: {err}"
         raise FileOpenError(url, reason, transient=transient) from (err if transient else None)
     except Exception as err:  # decompression or deserialisation failure

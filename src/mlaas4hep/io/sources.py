@@ -43,62 +43,19 @@ import uproot
 from .errors import (
     CorruptFileError,
     FileOpenError,
-    Mlaas4hepError,
     ServerUnavailableError,
     TreeNotFoundError,
 )
+from .urls import is_local, is_transient, is_xrootd, local_path, transient_errors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    import http.client
-
-    errs: list[type[BaseException]] = [OSError, TimeoutError, ConnectionError, http.client.HTTPException]
-    try:  # fsspec's HTTP filesystem raises aiohttp's errors, which are not OSErrors
-        import aiohttp
-
-        errs.append(aiohttp.ClientError)
-    except ImportError:
-        pass
-    try:
-        from fsspec.exceptions import FSTimeoutError
-
-        errs.append(FSTimeoutError)
-    except ImportError:
-        pass
-    return tuple(errs)
-
-
-#: Errors worth retrying: the network or a server hiccupped.
-TRANSIENT = _transient_errors()
-
-
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def local_path(url: str) -> str:
-    return url[len("file://") :] if url.startswith("file://") else url
-
-
-def is_xrootd(url: str) -> bool:
-    return url.startswith(("root://", "roots://"))
-
-
-def is_transient(err: BaseException) -> bool:
-    """Whether ``err`` says the network or the server failed (worth retrying), not the file.
-
-    A missing file (``FileNotFoundError``: the server answered) and anything
-    mlaas4hep already classified as a bad file are not transient; neither is a
-    :class:`ServerUnavailableError` (its retries are already spent).
-    """
-    if isinstance(err, ServerUnavailableError):
-        return False
-    if isinstance(err, Mlaas4hepError):
-        return bool(getattr(err, "transient", False))
-    return isinstance(err, TRANSIENT) and not isinstance(err, FileNotFoundError)
+def __getattr__(name: str) -> Any:
+    if name == "TRANSIENT":  # the tuple of errors worth retrying, built on first use
+        return transient_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- XRootD client settings
@@ -185,7 +142,7 @@ def open_file(url: str, timeout: float = 30.0) -> uproot.ReadOnlyDirectory:
         return uproot.open(path, **open_options(url, timeout))
     except FileNotFoundError as err:
         raise FileOpenError(url, f"no such file ({err})") from None
-    except TRANSIENT as err:
+    except transient_errors() as err:
         raise FileOpenError(url, f"{type(err).__name__}: {err}", transient=not is_local(url)) from err
     except Exception as err:  # uproot raises ValueError etc. for non-ROOT content
         raise CorruptFileError(url, f"{type(err).__name__}: {err}") from None
@@ -211,7 +168,7 @@ def open_tree(url: str, tree: str, timeout: float = 30.0) -> Any:  # uproot TTre
         ]
         f.close()
         raise TreeNotFoundError(url, tree, trees) from None
-    except TRANSIENT as err:
+    except transient_errors() as err:
         f.close()
         raise FileOpenError(url, f"{type(err).__name__}: {err}", transient=is_transient(err)) from err
     except Exception as err:
