@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tests.serve.test_layering import _cycle, imports
 
+
 def _io_graph() -> tuple[dict[str, set[str]], set[str]]:
     graph = {n: set(deps) for n, deps in imports().items()}
     return graph, {n for n in graph if n.startswith("mlaas4hep.io.")}
