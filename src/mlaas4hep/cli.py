@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -319,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    # OpenMP threads (PyTorch's CPU operators) that spin while they wait made training 1.6-7x
+    # slower on a small or shared machine (bench/threads.py); sleeping ones cost little elsewhere.
+    # Read once, when PyTorch loads: a value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return run(args.func, args, debug=args.debug)
 
 

@@ -169,15 +169,31 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_cli_train(make_config, tmp_path, capsys):
+    import torch
+
     cfg = make_config("tth_mlp.py", epochs=5, plots=False)
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert (
-        _cli(["train", str(path), "--out", str(tmp_path / "o"), "--epochs", "1", "--no-progress", "-q"]) == 0
-    )
+    before = torch.get_num_threads()
+    try:
+        args = ["train", str(path), "--out", str(tmp_path / "o"), "--epochs", "1", "--threads", "1"]
+        assert _cli([*args, "--no-progress", "-q"]) == 0
+        assert torch.get_num_threads() == 1  # training.threads reached PyTorch
+    finally:
+        torch.set_num_threads(before)
     assert "val AUC" in capsys.readouterr().out
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["epochs_trained"] == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "two", True])
+def test_training_threads_must_be_a_positive_integer(bad):
+    from mlaas4hep.io.errors import ConfigError
+    from mlaas4hep.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"training\.threads must be a positive integer"):
+        TrainConfig(model="m.py", threads=bad)
+    assert TrainConfig(model="m.py", threads=3).threads == 3
 
 
 def test_cli_reports_bad_model(tmp_path, make_config, capsys):

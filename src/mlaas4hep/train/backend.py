@@ -38,6 +38,14 @@ from .strategy import Local
 from .userfile import UserModel
 
 
+def use_torch_threads(threads: int | None) -> None:
+    """Set PyTorch's CPU threads (``training.threads``); None leaves its default."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 class Backend:
     """One machine-learning framework behind the trainer's single loop.
 

@@ -89,6 +89,13 @@ def add_train_commands(subparsers: Any) -> None:
         "-o", "--out", default=None, metavar="DIR", help="output directory (default: runs/<model name>)"
     )
     p.add_argument("--epochs", type=positive_int, default=None, help="override training.epochs")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="override training.threads: PyTorch's CPU threads (default: one per core; "
+        "on a small or shared machine 1 is often faster)",
+    )
     _common(p)
     p.set_defaults(func=run_train)
 
@@ -193,6 +200,7 @@ def run_train(args) -> int:
             epochs=args.epochs,
             resume=args.resume,
             show_progress=False if args.no_progress else None,
+            overrides={"threads": args.threads} if args.threads is not None else None,
         )
     except Mlaas4hepError as err:
         return _failed(err, args)

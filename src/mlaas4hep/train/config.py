@@ -55,6 +55,10 @@ class TrainConfig:
     * ``framework``: ``auto`` detects it from what ``model()`` returns;
     * ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (PyTorch only);
     * ``amp``: mixed precision (bfloat16 autocast) for PyTorch;
+    * ``threads``: CPU threads of PyTorch's operators (PyTorch, and Keras on its
+      torch backend); ``None`` leaves PyTorch's default, one per core. On small or
+      shared machines fewer are often faster (``bench/RESULTS-train.md``: on a
+      2-core VM one thread trained 2-3x faster than two);
     * ``loader_workers``: DataLoader worker processes for PyTorch (``0``: decoding
       parallelism comes from the dataset's own ``workers`` pool, the default);
     * ``accumulate``: let a scikit-learn estimator without ``partial_fit`` be
@@ -78,6 +82,7 @@ class TrainConfig:
     framework: str = "auto"
     device: str = "auto"
     amp: bool = False
+    threads: int | None = None
     loader_workers: int = 0
     accumulate: bool = False
     name: str | None = None
@@ -100,6 +105,12 @@ class TrainConfig:
         if not 0.0 < float(self.validation_fraction) < 1.0:
             raise ConfigError(
                 f"training.validation_fraction must be strictly between 0 and 1, got {self.validation_fraction!r}"
+            )
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ConfigError(
+                f"training.threads must be a positive integer (or absent), got {self.threads!r}"
             )
         if self.early_stopping in (False, 0):
             self.early_stopping = None

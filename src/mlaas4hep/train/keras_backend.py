@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import export
-from .backend import Backend
+from .backend import Backend, use_torch_threads
 from .config import TrainConfig
 from .data import Part
 from .userfile import UserModel, ensure_keras_backend, keras_input_dtypes
@@ -42,6 +42,8 @@ class KerasBackend(Backend):
     def __init__(self, um: UserModel, cfg: TrainConfig, n_features: int, n_classes: int):
         super().__init__(um, cfg, n_features, n_classes, "cpu")
         self.device = f"keras/{keras.backend.backend()}"
+        if keras.backend.backend() == "torch":
+            use_torch_threads(cfg.threads)
         self.logits = um.output == "logits"
         #: The groups' shapes of an object-level model, fed by name (see :mod:`.userfile`).
         self.shapes = um.input_shapes

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, export
-from .backend import Backend
+from .backend import Backend, use_torch_threads
 from .config import TrainConfig
 from .data import Part, Source, prefetch
 from .strategy import Local
@@ -156,6 +156,7 @@ class TorchBackend(Backend):
         strategy: Local | None = None,
     ):
         super().__init__(um, cfg, n_features, n_classes, device, strategy)
+        use_torch_threads(cfg.threads)
         self.dev = resolve_device(device)
         self.device = str(self.dev)
         self.cuda = self.dev.type == "cuda"
