@@ -272,3 +272,22 @@ def test_preproc_mapping():
     )
     assert out["new_variables"] == {"logpt": "log(Jet_pt)"}
     assert out["selection"] == "all(logpt > 3) & (nJet >= 4) & (nJet < 12) & any(Jet_pt > 100)"
+
+
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_the_command_lets_openmp_threads_sleep_unless_told_otherwise(data_dir, given):
+    """`mlaas4hep` sets OMP_WAIT_POLICY=PASSIVE before PyTorch loads; a value the user set wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = (
+        "import os, sys; from mlaas4hep.cli import main; "
+        f"rc = main(['inspect', {str(data_dir / 'ttH_0.root')!r}]); "
+        "print('policy', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules, rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines()[-1] == f"policy {given or 'PASSIVE'} False 0", out.stderr
