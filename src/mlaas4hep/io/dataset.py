@@ -61,13 +61,15 @@ from .epoch import chunk_of, event_bytes, plan_sources
 from .errors import ConfigError, Mlaas4hepError, StaleSpecsError, skippable
 from .executor import InlineExecutor, default_workers, get_executor, ordered_map
 from .groups import GroupError, check_kinds
-from .passes import decode_jagged_unit, decode_or_lay_out, stats_and_raw, tracked, unit_stats
+from .passes import decode_jagged_unit, decode_or_lay_out, tracked
 from .preprocess import Preprocessor
 from .reader import UnitReader
 from .report import Report
 from .shuffle import batches as cut_batches
 from .shuffle import plan_epoch, plan_units, shard
-from .specs import Specs, Stats
+from .specs import Specs
+from .specspass import _empty_stats as _empty_stats
+from .specspass import run_specs_pass
 from .tensors import build_preprocessor
 
 #: The dataset, and the names that moved to :mod:`.cache` and :mod:`.report` but are still imported from here.
@@ -225,67 +227,8 @@ class Dataset:
         cache_mod.check_specs(specs, self._specs_key(), self.file_infos)
 
     def compute_specs(self) -> Specs:
-        """Run the specs pass over all units in parallel."""
-        c, sch = self.config, self.schema
-        names = sch.flat + sch.jagged
-        reader = self._reader(
-            Preprocessor(
-                flat=sch.flat,
-                jagged=[(j, 0) for j in sch.jagged],
-                new_variables=c.new_variables,
-                selection=c.selection,
-                tree=c.tree,
-            )
-        )
-        infos = self.file_infos
-        units = plan_units([f["entries"] for f in infos], c.chunk_size, c.nevts, catalog.boundaries(infos))
-        specs = Specs(flat=list(sch.flat), jagged=list(sch.jagged), key=self._specs_key())
-        selected = [0] * len(self.urls)
-        fn: Callable[[Any], tuple[Any, ...]] = partial(unit_stats, reader, names)
-        ex = self._executor()
-        items: list[Any] = list(units)
-        raw = self._raw_store(create=True)
-        given = [self._given_length(j) for j in sch.jagged]
-        per_event = firstuse.bytes_per_event(len(sch.flat), given)
-        if raw is not None:  # one decode for specs and epoch 0: keep each unit's raw tensors
-            fn = partial(stats_and_raw, reader, names, given)
-            # the disk's room: cache_max_gb less what the cache directory holds
-            room = c.cache_max_gb * 2**30 - (cache_mod.dir_size(raw.root.parent) if c.cache_dir else 0)
-            # memory with workers: 0 only: from a worker a raw unit would cross a pipe (pickled,
-            # copied four times) and be laid out by this process alone, which costs more than the
-            # store on disk, where the workers lay their units out in parallel
-            inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
-            # without specs-dependent tensors the decoded cache may hold a unit already
-            cached = self.cache if not self._needs_specs() else None
-            items = list(self._raw.plan(units, per_event, raw, room, inline, cached))
-        with progress.bar("specs", sum(u.stop - u.start for u in units), show=self.show_progress) as bar:
-            if hasattr(ex, "reduce_unit_stats"):  # Dask: a tree-reduce on the workers
-                part = ex.reduce_unit_stats(
-                    reader, names, units, skip=c.on_error == "skip", advance=bar.advance
-                )
-                for unit, err in part.errors:
-                    if not skippable(err):  # a server that stayed down: never skipped
-                        raise err
-                    self._skip(self.urls[unit.file], unit, err)
-                specs.merge_chunk(part.stats)
-                for f, n in part.selected.items():
-                    selected[f] += n
-                items = []
-            for item, result in self._map(fn, items, ex):
-                unit = item if isinstance(item, Unit) else item[0]
-                self._raw.settle(item, result, per_event)
-                if result is None:
-                    continue
-                partial_stats, n = result[:2]
-                specs.merge_chunk(partial_stats)
-                selected[unit.file] += n
-                bar.advance(unit.stop - unit.start)
-        # a run that stops here leaves what it holds to the next one
-        self._raw.leave_to_next_run(raw.root if raw is not None and c.cache_dir else None)
-        for name in names:  # branches with no value at all (an empty file) still get stats
-            specs.stats.setdefault(name, _empty_stats(name in sch.jagged))
-        specs.files = [dict(f, selected=s) for f, s in zip(self.file_infos, selected)]
-        return specs
+        """Run the specs pass over all units in parallel (see :mod:`.specspass`)."""
+        return run_specs_pass(self)
 
     # ------------------------------------------------------------ first use
     def _given_length(self, name: str) -> int | None:
@@ -575,7 +518,3 @@ def _rows(ch: Chunk, select: Callable[[Chunk], np.ndarray] | None) -> tuple[Any,
             f"got {keep.dtype} of shape {keep.shape}"
         )
     return tuple(np.asarray(getattr(ch, f))[keep] for f in Chunk.FIELDS)
-
-
-def _empty_stats(jagged: bool) -> Stats:
-    return Stats(lengths=np.zeros(1, np.int64) if jagged else None)
