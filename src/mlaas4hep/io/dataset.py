@@ -29,18 +29,17 @@ skip`` skips bad files only. :attr:`Dataset.report` lists what was skipped
 and counts the retries.
 
 The class joins parts that each have a module: the files and their schema
-checks (:mod:`.catalog`), the Preprocessor made from the specs
-(:mod:`.tensors`), the cache's keys and folders (:mod:`.cache`), where each
-unit's chunk comes from in an epoch (:mod:`.epoch`), the tasks the workers run
-(:mod:`.passes`) and the :class:`~mlaas4hep.io.report.Report`.
+checks (:mod:`.catalog`), the specs pass (:mod:`.specspass`), the
+Preprocessor made from the specs (:mod:`.tensors`), the cache's keys and
+folders (:mod:`.cache`), an epoch's chunks and where each comes from
+(:mod:`.epoch`), the tasks the workers run (:mod:`.passes`) and the
+:class:`~mlaas4hep.io.report.Report`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from functools import cached_property, partial
@@ -49,26 +48,24 @@ from typing import Any
 
 import numpy as np
 
-from .. import progress
 from . import cache as cache_mod
 from . import catalog, firstuse, sources
 from . import schema as schema_mod
 from .batch import Batch
 from .cache import CHUNK_FIELDS, SPECS_FIELDS
-from .chunk import Chunk, ChunkStore, JaggedChunk, Unit, WriteBehind
+from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
 from .config import DatasetConfig
-from .epoch import chunk_of, event_bytes, plan_sources
+from .epoch import epoch_chunks
 from .errors import ConfigError, Mlaas4hepError, StaleSpecsError, skippable
-from .executor import InlineExecutor, default_workers, get_executor, ordered_map
+from .executor import default_workers, get_executor, ordered_map
 from .groups import GroupError, check_kinds
-from .passes import decode_jagged_unit, decode_or_lay_out, tracked
+from .passes import decode_jagged_unit, tracked
 from .preprocess import Preprocessor
 from .reader import UnitReader
 from .report import Report
 from .shuffle import batches as cut_batches
 from .shuffle import plan_epoch, plan_units, shard
 from .specs import Specs
-from .specspass import _empty_stats as _empty_stats
 from .specspass import run_specs_pass
 from .tensors import build_preprocessor
 
@@ -357,48 +354,7 @@ class Dataset:
         read back from), or in this process with ``workers: 0``. Chunks made in
         this process are written to the cache behind the consumer, by a thread.
         """
-        c, units = self.config, self.units(epoch, rank, world, shuffle)
-        reader, cache, mem = self._reader(), self.cache, self._raw
-        inline = self.workers <= 0 and c.executor == "local" and not c.scheduler
-        decode = [u for u in units if u not in mem and not (cache is not None and cache.has(u))]
-        # only cached and in-memory units (a first use after the specs pass): no worker is needed
-        ex: Executor = self._executor() if decode and not inline else InlineExecutor()
-        # Workers on other machines (Dask) send the arrays back; this process writes its cache.
-        local_fs = getattr(ex, "shares_filesystem", True)
-        here = inline or not decode  # every chunk is made in this process
-        spool = None if here or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
-        todo, behind = plan_sources(
-            units,
-            cache,
-            mem,
-            self._raw_store(),
-            spool,
-            here=here,
-            local_fs=local_fs,
-            limit=c.cache_max_gb * 2**30,
-            per_event=event_bytes(self.n_features),
-        )
-        writer = WriteBehind(cache) if cache is not None and behind else None
-        try:
-            with progress.bar(
-                f"epoch {epoch}", sum(u.stop - u.start for u in units), show=self.show_progress
-            ) as bar:
-                for task, out in self._map(partial(decode_or_lay_out, reader), todo, ex):
-                    u, store = task[0], task[1]
-                    chunk = chunk_of(task, out, cache, mem, reader)
-                    if chunk is None:  # skipped (on_error: skip)
-                        continue
-                    if writer is not None and u in behind:
-                        writer.put(u, chunk)
-                    if store is spool and spool is not None:
-                        spool.remove(u)  # the memory map stays valid after the unlink: no copy
-                    bar.advance(u.stop - u.start)
-                    yield chunk
-        finally:
-            if writer is not None:
-                writer.close()
-            if spool is not None:
-                shutil.rmtree(spool.root, ignore_errors=True)
+        return epoch_chunks(self, epoch, rank, world, shuffle)
 
     def jagged_chunks(
         self, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None

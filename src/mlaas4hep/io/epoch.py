@@ -15,19 +15,31 @@ process, behind the consumer (:class:`~mlaas4hep.io.chunk.WriteBehind`). Beyond
 the room, a worker writes its chunk to a temporary spool the calling process
 reads it back from (memory-mapped, no copy).
 
-:func:`plan_sources` makes one task per unit, ``(unit, store, cached,
-raw_root)``, for :func:`~mlaas4hep.io.passes.decode_or_lay_out`;
-:func:`chunk_of` turns a task and its result into the chunk.
+:func:`epoch_chunks` (what :meth:`mlaas4hep.io.dataset.Dataset.chunks` runs)
+asks :func:`plan_sources` for one task per unit, ``(unit, store, cached,
+raw_root)``, runs them with :func:`~mlaas4hep.io.passes.decode_or_lay_out`, and
+turns each task and its result into the chunk with :func:`chunk_of`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+from .. import progress
 from . import firstuse
 from .cache import dir_size
-from .chunk import Chunk, ChunkStore, Unit
+from .chunk import Chunk, ChunkStore, Unit, WriteBehind
+from .executor import InlineExecutor
+from .passes import decode_or_lay_out
 from .reader import UnitReader
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
 
 #: One unit's task: the unit, the store the worker writes it to (None: returned, or made
 #: here), whether the decoded cache holds it, and where its raw unit is (None: decode it).
@@ -97,3 +109,51 @@ def chunk_of(
     assert store is not None  # the worker wrote the chunk there
     chunk = store.read(u)
     return chunk
+
+
+def epoch_chunks(
+    ds: Dataset, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None
+) -> Iterator[Chunk]:
+    """The decoded chunks of ``ds``'s epoch, in plan order, made ahead by its workers."""
+    c, units = ds.config, ds.units(epoch, rank, world, shuffle)
+    reader, cache, mem = ds._reader(), ds.cache, ds._raw
+    inline = ds.workers <= 0 and c.executor == "local" and not c.scheduler
+    decode = [u for u in units if u not in mem and not (cache is not None and cache.has(u))]
+    # only cached and in-memory units (a first use after the specs pass): no worker is needed
+    ex: Executor = ds._executor() if decode and not inline else InlineExecutor()
+    # Workers on other machines (Dask) send the arrays back; this process writes its cache.
+    local_fs = getattr(ex, "shares_filesystem", True)
+    here = inline or not decode  # every chunk is made in this process
+    spool = None if here or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
+    todo, behind = plan_sources(
+        units,
+        cache,
+        mem,
+        ds._raw_store(),
+        spool,
+        here=here,
+        local_fs=local_fs,
+        limit=c.cache_max_gb * 2**30,
+        per_event=event_bytes(ds.n_features),
+    )
+    writer = WriteBehind(cache) if cache is not None and behind else None
+    try:
+        with progress.bar(
+            f"epoch {epoch}", sum(u.stop - u.start for u in units), show=ds.show_progress
+        ) as bar:
+            for task, out in ds._map(partial(decode_or_lay_out, reader), todo, ex):
+                u, store = task[0], task[1]
+                chunk = chunk_of(task, out, cache, mem, reader)
+                if chunk is None:  # skipped (on_error: skip)
+                    continue
+                if writer is not None and u in behind:
+                    writer.put(u, chunk)
+                if store is spool and spool is not None:
+                    spool.remove(u)  # the memory map stays valid after the unlink: no copy
+                bar.advance(u.stop - u.start)
+                yield chunk
+    finally:
+        if writer is not None:
+            writer.close()
+        if spool is not None:
+            shutil.rmtree(spool.root, ignore_errors=True)
