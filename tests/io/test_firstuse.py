@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mlaas4hep.io import Dataset, firstuse
+from mlaas4hep.io.chunk import dir_size
 from mlaas4hep.io.reader import UnitReader
 
 from ..conftest import sample_config
@@ -159,6 +160,25 @@ def test_no_specs_pass_when_nothing_depends_on_it(data_dir, tmp_path, monkeypatc
     assert_same(epochs(ds, 1), ref)
 
 
+def test_cache_size_leaves_out_files_that_move_while_counted(tmp_path, monkeypatch):
+    """A write-behind thread or another run renames files while the cache is measured."""
+    import pathlib
+
+    for name in ("a", "b"):
+        (tmp_path / "u" / name).mkdir(parents=True)
+        np.save(tmp_path / "u" / name / "x.npy", np.zeros(100, np.float32))
+    real = pathlib.Path.stat
+
+    def stat(self, **kw):
+        if self.parent.name == "b":  # renamed away after the listing
+            raise FileNotFoundError(self)
+        return real(self, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    assert dir_size(tmp_path) == real(tmp_path / "u" / "a" / "x.npy").st_size
+    assert dir_size(tmp_path / "missing") == 0
+
+
 def test_the_cache_budget_holds_raw_and_decoded_units(data_dir, tmp_path):
     limit = 2e-3  # GiB: room for a few units of 5,000 events, not 16
     over = dict(jagged={}, shuffle=False, cache_max_gb=limit)
@@ -166,7 +186,7 @@ def test_the_cache_budget_holds_raw_and_decoded_units(data_dir, tmp_path):
     ds = Dataset.from_config(sample_config(data_dir, tmp_path / "c", **over), raw_memory=0)
     ds.specs  # noqa: B018
     root = tmp_path / "c" / "chunks"
-    sizes = [sum(p.stat().st_size for p in root.rglob("*.npy"))]
+    sizes = [dir_size(root)]
     raw = ds._raw_store()
     assert raw is not None and 0 < len(list(raw.root.iterdir())) < 16  # some units kept, not all
     out = []
@@ -174,7 +194,7 @@ def test_the_cache_budget_holds_raw_and_decoded_units(data_dir, tmp_path):
         batches = []
         for b in ds.batches(3000, e):
             batches.append({f: np.array(getattr(b, f)) for f in ("x", "mask", "y", "weight", "event_id")})
-            sizes.append(sum(p.stat().st_size for p in root.rglob("*.npy")))
+            sizes.append(dir_size(root))  # while the cache is written behind
         out.append(batches)
     assert_same(out, ref)
     assert max(sizes) <= limit * 2**30

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..jsonutil import digest
 from . import firstuse
+from .chunk import dir_size
 from .config import DatasetConfig, FileGroup
 from .errors import StaleSpecsError
 from .preprocess import Preprocessor
@@ -102,11 +103,6 @@ def raw_name(config: DatasetConfig, file_infos: list[dict[str, Any]], groups: li
     return "raw-" + digest(key)[:20]
 
 
-def dir_size(root: Path) -> int:
-    """Bytes of the arrays (``*.npy``) below ``root``; 0 when it does not exist."""
-    return sum(p.stat().st_size for p in root.rglob("*.npy")) if root.exists() else 0
-
-
 def evict(root: Path, keep: set[str], limit: float) -> None:
     """Delete the least recently used cache entries (other than ``keep``) beyond ``limit`` bytes."""
     if not root.exists():
@@ -114,7 +110,10 @@ def evict(root: Path, keep: set[str], limit: float) -> None:
     entries = []
     for d in root.iterdir():
         if d.is_dir() and d.name not in keep:
-            entries.append((d.stat().st_mtime, dir_size(d), d))
+            try:
+                entries.append((d.stat().st_mtime, dir_size(d), d))
+            except FileNotFoundError:  # removed meanwhile by another run sharing the cache
+                pass
     total = sum(e[1] for e in entries)
     for _, size, d in sorted(entries):
         if total <= limit:

@@ -98,6 +98,22 @@ class JaggedChunk:
         )
 
 
+def dir_size(root: Path) -> int:
+    """Bytes of the arrays (``*.npy``) below ``root``; 0 when it does not exist.
+
+    Other writers may work below ``root`` meanwhile (a write-behind thread,
+    another process sharing the cache): a file renamed or removed while it is
+    counted is left out, never an error.
+    """
+    total = 0
+    for p in root.rglob("*.npy"):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
 class ChunkStore:
     """A directory of decoded chunks, one sub-directory of ``.npy`` files per unit.
 
@@ -143,7 +159,7 @@ class ChunkStore:
         shutil.rmtree(self.path(unit), ignore_errors=True)
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*.npy"))
+        return dir_size(self.root)
 
 
 class WriteBehind:

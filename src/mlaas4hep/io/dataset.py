@@ -149,6 +149,12 @@ class Dataset:
     def workers(self) -> int:
         return default_workers() if self.config.workers is None else int(self.config.workers)
 
+    @property
+    def inline(self) -> bool:
+        """Whether units are decoded in this process (``workers: 0``, no Dask)."""
+        c = self.config
+        return self.workers <= 0 and c.executor == "local" and not c.scheduler
+
     def _executor(self) -> Executor:
         c = self.config
         return get_executor(c.executor, c.workers, c.scheduler)

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import progress
 from . import firstuse
-from .cache import dir_size
-from .chunk import Chunk, ChunkStore, Unit, WriteBehind
+from .chunk import Chunk, ChunkStore, Unit, WriteBehind, dir_size
 from .executor import InlineExecutor
 from .passes import decode_or_lay_out
 from .reader import UnitReader
@@ -117,13 +116,12 @@ def epoch_chunks(
     """The decoded chunks of ``ds``'s epoch, in plan order, made ahead by its workers."""
     c, units = ds.config, ds.units(epoch, rank, world, shuffle)
     reader, cache, mem = ds._reader(), ds.cache, ds._raw
-    inline = ds.workers <= 0 and c.executor == "local" and not c.scheduler
     decode = [u for u in units if u not in mem and not (cache is not None and cache.has(u))]
     # only cached and in-memory units (a first use after the specs pass): no worker is needed
-    ex: Executor = ds._executor() if decode and not inline else InlineExecutor()
+    ex: Executor = ds._executor() if decode and not ds.inline else InlineExecutor()
     # Workers on other machines (Dask) send the arrays back; this process writes its cache.
     local_fs = getattr(ex, "shares_filesystem", True)
-    here = inline or not decode  # every chunk is made in this process
+    here = ds.inline or not decode  # every chunk is made in this process
     spool = None if here or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
     todo, behind = plan_sources(
         units,

@@ -239,28 +239,27 @@ class PadPlans:
     """
 
     def __init__(self) -> None:
-        self._last: tuple[np.ndarray, np.ndarray, int, int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._key: tuple[np.ndarray, np.ndarray, int, int] | None = None
+        self._plan: tuple[np.ndarray, np.ndarray] = (np.zeros((0, 0), bool), np.zeros((0, 0), np.int64))
 
     def plan(
         self, starts: np.ndarray, stops: np.ndarray, length: int, size: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(counts, pad, idx)`` of lists ``starts``/``stops`` of a content of ``size`` values."""
-        last = self._last
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(pad, idx)`` of lists ``starts``/``stops`` of a content of ``size`` values."""
+        key = self._key
         if (
-            last is not None
-            and last[2] == length
-            and last[3] == size
-            and np.array_equal(last[0], starts)
-            and np.array_equal(last[1], stops)
+            key is not None
+            and key[2:] == (length, size)
+            and np.array_equal(key[0], starts)
+            and np.array_equal(key[1], stops)
         ):
-            return last[4], last[5], last[6]
-        counts = (stops - starts).astype(np.int64)
+            return self._plan
         slots = np.arange(length, dtype=np.int64)
-        pad = slots[None, :] >= counts[:, None]
+        pad = slots[None, :] >= (stops - starts).astype(np.int64)[:, None]
         idx = starts.astype(np.int64)[:, None] + slots[None, :]
         np.minimum(idx, max(size - 1, 0), out=idx)
-        self._last = (starts, stops, length, size, counts, pad, idx)
-        return counts, pad, idx
+        self._key, self._plan = (starts, stops, length, size), (pad, idx)
+        return pad, idx
 
 
 def pad_jagged(
@@ -290,7 +289,7 @@ def pad_jagged(
     parts = list_parts(values)
     if parts is not None:
         starts, stops, data = parts
-        _, pad, idx = (plans or PadPlans()).plan(starts, stops, length, data.size)
+        pad, idx = (plans or PadPlans()).plan(starts, stops, length, data.size)
         if data.size == 0:
             return np.zeros((len(starts), length), dtype=np.float32), pad
         return data[idx].astype(np.float32, copy=False), pad

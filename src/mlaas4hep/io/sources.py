@@ -52,12 +52,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def __getattr__(name: str) -> Any:
-    if name == "TRANSIENT":  # the tuple of errors worth retrying, built on first use
-        return transient_errors()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # ---------------------------------------------------------------- XRootD client settings
 _XRD_APPLIED: dict[str, int] = {}
 _XRD_OWN = "MLAAS4HEP_XRD_SET"  # names we set (inherited by worker processes)

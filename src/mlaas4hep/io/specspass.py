@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import progress
-from . import cache as cache_mod
 from . import catalog, firstuse
-from .chunk import Unit
+from .chunk import Unit, dir_size
 from .errors import skippable
 from .passes import stats_and_raw, unit_stats
 from .preprocess import Preprocessor
@@ -58,14 +57,13 @@ def run_specs_pass(ds: Dataset) -> Specs:
     if raw is not None:  # one decode for specs and epoch 0: keep each unit's raw tensors
         fn = partial(stats_and_raw, reader, names, given)
         # the disk's room: cache_max_gb less what the cache directory holds
-        room = c.cache_max_gb * 2**30 - (cache_mod.dir_size(raw.root.parent) if c.cache_dir else 0)
+        room = c.cache_max_gb * 2**30 - (dir_size(raw.root.parent) if c.cache_dir else 0)
         # memory with workers: 0 only: from a worker a raw unit would cross a pipe (pickled,
         # copied four times) and be laid out by this process alone, which costs more than the
         # store on disk, where the workers lay their units out in parallel
-        inline = ds.workers <= 0 and c.executor == "local" and not c.scheduler
-        # without specs-dependent tensors the decoded cache may hold a unit already
+        # (without specs-dependent tensors the decoded cache may hold a unit already)
         cached = ds.cache if not ds._needs_specs() else None
-        items = list(ds._raw.plan(units, per_event, raw, room, inline, cached))
+        items = list(ds._raw.plan(units, per_event, raw, room, ds.inline, cached))
     with progress.bar("specs", sum(u.stop - u.start for u in units), show=ds.show_progress) as bar:
         if hasattr(ex, "reduce_unit_stats"):  # Dask: a tree-reduce on the workers
             part = ex.reduce_unit_stats(reader, names, units, skip=c.on_error == "skip", advance=bar.advance)

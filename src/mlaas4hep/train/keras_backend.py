@@ -47,6 +47,8 @@ class KerasBackend(Backend):
         self.logits = um.output == "logits"
         #: The groups' shapes of an object-level model, fed by name (see :mod:`.userfile`).
         self.shapes = um.input_shapes
+        #: The dtype each named input of the model declares (its masks may be bool or float).
+        self.dtypes = keras_input_dtypes(self.model)
         self.width = (
             int(np.prod(self.model.output_shape[1:])) if getattr(self.model, "output_shape", None) else 1
         )
@@ -64,9 +66,8 @@ class KerasBackend(Backend):
         """The model's input: the feature rows, or a dict of the groups and masks by input name."""
         if self.shapes is None:
             return np.asarray(part.x, np.float32)
-        dtypes = keras_input_dtypes(self.model)
         feeds = export.group_feeds(self.shapes, part.inputs, part.masks)
-        return {k: v.astype(dtypes[k], copy=False) for k, v in feeds.items()}
+        return {k: v.astype(self.dtypes[k], copy=False) for k, v in feeds.items()}
 
     def train_batch(self, batch: Part, loss_scale: float = 1.0) -> None:
         y, w = batch.y, batch.w
@@ -129,12 +130,11 @@ class KerasBackend(Backend):
 
     def _group_inputs(self) -> tuple[list[Any], Any]:
         """The ONNX inputs of :func:`.export.onnx_inputs` (masks bool) and the model's output on them."""
-        dtypes = keras_input_dtypes(self.model)
         inputs, named = [], {}
         for name, shape, kind in export.onnx_inputs(self.shapes or {}):
             t = keras.Input(shape=shape, name=name, dtype="bool" if kind == "BOOL" else "float32")
             inputs.append(t)
-            named[name] = t if dtypes[name] == t.dtype else keras.ops.cast(t, dtypes[name])
+            named[name] = t if self.dtypes[name] == t.dtype else keras.ops.cast(t, self.dtypes[name])
         return inputs, self.model(named)
 
     def _probabilities(self, inputs: Any, out: Any, example: Any) -> Any:
