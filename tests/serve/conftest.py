@@ -178,6 +178,15 @@ def install_copy(repo: Path, src: Path, name: str, version: int = 1) -> None:
     shutil.copytree(src, dst)
 
 
+def repo_of(tmp_path_factory, prefix: str, **bundles: Path) -> Path:
+    """A new repository holding a copy of each bundle directory under its name (version 1)."""
+    repo = tmp_path_factory.mktemp(prefix) / "repo"
+    repo.mkdir()
+    for name, src in bundles.items():
+        install_copy(repo, src, name)
+    return repo
+
+
 @pytest.fixture(scope="session")
 def server(tth_bundle, tmp_path_factory, data_dir) -> ServerProcess:
     """A server with model ``tth`` (version 1) installed, local reads allowed under ``data_dir``,

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from .conftest import HTTP, TOKEN, install_copy
+from .conftest import HTTP, TOKEN, install_copy, repo_of
 from .grpc_helpers import GrpcServerProcess, self_signed
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -27,11 +27,9 @@ ADMIN = {"authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def gsrv(tth_bundle, tmp_path_factory):
     """A server with ``tth`` and a spare copy ``spare`` (for load/unload), gRPC on, no TLS."""
-    repo = tmp_path_factory.mktemp("grpc") / "repo"
-    repo.mkdir()
-    install_copy(repo, tth_bundle.path, "tth")
-    install_copy(repo, tth_bundle.path, "spare")
-    srv = GrpcServerProcess(repo).start()
+    srv = GrpcServerProcess(
+        repo_of(tmp_path_factory, "grpc", tth=tth_bundle.path, spare=tth_bundle.path)
+    ).start()
     yield srv
     srv.stop()
 

@@ -26,7 +26,7 @@ from mlaas4hep import bundle, bundle_schema
 from mlaas4hep.bundle_spec import BundleSpec, InputError
 from mlaas4hep.serve.archive import pack_directory
 
-from .conftest import HTTP, install_copy
+from .conftest import HTTP, repo_of
 from .grpc_helpers import GrpcServerProcess
 
 N_JETS, N_VARS = 4, 3
@@ -98,10 +98,7 @@ def reference(grouped):
 
 @pytest.fixture(scope="module")
 def gsrv(grouped, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("grouped-srv") / "repo"
-    repo.mkdir()
-    install_copy(repo, grouped, "grouped")
-    srv = GrpcServerProcess(repo).start()
+    srv = GrpcServerProcess(repo_of(tmp_path_factory, "grouped-srv", grouped=grouped)).start()
     yield srv
     srv.stop()
 

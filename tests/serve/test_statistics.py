@@ -15,17 +15,15 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from .conftest import HTTP, install_copy
+from .conftest import HTTP, repo_of
 from .grpc_helpers import GrpcServerProcess
 
 
 @pytest.fixture(scope="module")
 def ssrv(tth_bundle, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("stats") / "repo"
-    repo.mkdir()
-    install_copy(repo, tth_bundle.path, "tth")
-    install_copy(repo, tth_bundle.path, "idle")
-    srv = GrpcServerProcess(repo).start()
+    srv = GrpcServerProcess(
+        repo_of(tmp_path_factory, "stats", tth=tth_bundle.path, idle=tth_bundle.path)
+    ).start()
     yield srv
     srv.stop()
 
