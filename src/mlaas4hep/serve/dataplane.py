@@ -13,7 +13,7 @@ the count of requests in flight, and the metrics.
 What goes wrong is a domain error of :mod:`.errors`; this module knows no
 protocol, status code or framework::
 
-    plane = DataPlane(Repository("models/"), Auth(token), ServeConfig(repo="models/"))
+    plane = DataPlane(Repository("models/"), Auth(token), ServeConfig(repo="models/"), Metrics(outcome))
     result = await plane.infer(InferRequest("tth", inputs={"x": x}), credentials="Bearer s3cret")
     result.outputs["probs"]          # float32 [n, 1]
 """
@@ -89,18 +89,16 @@ class RootScores:
 class DataPlane:
     """The protocol-neutral server: repository, auth, batchers, lanes, limits and metrics.
 
-    ``config`` holds the limits and batching defaults; ``metrics`` defaults to a fresh :class:`~mlaas4hep.serve.metrics.Metrics`.
+    ``config`` holds the limits and batching defaults; ``metrics`` counts what it does.
     All methods that may block (disk, onnxruntime, remote files) run off the
     event loop; the others are cheap and synchronous.
     """
 
-    def __init__(
-        self, repo: Repository, auth: Auth, config: ServeConfig | None = None, metrics: Metrics | None = None
-    ):
+    def __init__(self, repo: Repository, auth: Auth, config: ServeConfig, metrics: Metrics):
         self.repo, self.auth = repo, auth
-        self.config = config = config or ServeConfig()
+        self.config = config
         self.allow_remote = tuple(h.lower() for h in config.allow_remote)
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self.started = time.time()
         self.in_flight = 0  # inference requests being handled, all models (the batchers read it)
         self.infer_pool = ThreadPoolExecutor(

@@ -62,16 +62,12 @@ class Observation:
     status: int = 500
 
 
-def _default_status(err: BaseException | None) -> int:
-    return 200 if err is None else 400
-
-
 class Metrics:
     """The server's metrics. ``status_of(error or None)`` gives the ``status`` label of an
     inference request's outcome (the app passes the HTTP table's, so gRPC and HTTP requests
     are counted alike)."""
 
-    def __init__(self, status_of: Callable[[BaseException | None], int] = _default_status) -> None:
+    def __init__(self, status_of: Callable[[BaseException | None], int]) -> None:
         self.status_of = status_of
         self.registry = CollectorRegistry()
         r = self.registry
