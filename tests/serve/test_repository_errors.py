@@ -7,8 +7,8 @@ import pytest
 
 from mlaas4hep.bundle_archive import pack_directory, read_archive
 from mlaas4hep.serve import errors
-from mlaas4hep.serve.http import http_status
 from mlaas4hep.serve.grpc_server import error_code
+from mlaas4hep.serve.http import http_status
 from mlaas4hep.serve.repository import Repository
 
 from .conftest import install_copy
