@@ -172,7 +172,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
                 raise ValueError("expected a number")
             return float(value)
         return str(value)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a value")
         reason = str(err) if "expected" in str(err) or "needed" in str(err) else f"expected {what}"
         raise ConfigError(f"{source}: {name} = {value!r}: {reason}") from None
