@@ -67,6 +67,12 @@ class ServeConfig:
         None, "onnxruntime intra-op threads per session (default: all cores)", int, "N"
     )
     infer_threads: int = _opt(2, "onnxruntime calls running at once", int, "N")
+    infer_timeout: float = _opt(
+        10.0,
+        "seconds one onnxruntime call may run; then it is cut off and the model marked unhealthy",
+        float,
+        "S",
+    )
     max_body_mb: float = _opt(64.0, "largest inference request, MB", float, "MB")
     max_upload_mb: float = _opt(512.0, "largest bundle upload, MB", float, "MB")
     max_cells: int = _opt(2**25, "events x features one request may make the server allocate", int, "N")

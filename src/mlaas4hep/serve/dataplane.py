@@ -36,10 +36,11 @@ from . import metadata, rootscore, statistics, tritonconfig
 from .auth import Auth
 from .batching import Batch, Batcher, Inputs
 from .config import ServeConfig
-from .errors import InvalidRequest, ModelUnloaded, TimedOut, TooLarge
+from .errors import InvalidRequest, ModelUnhealthy, ModelUnloaded, TimedOut, TooLarge
 from .lanes import Lane
 from .metrics import Metrics
 from .repository import Repository
+from .watchdog import Watchdog
 
 T = TypeVar("T")
 
@@ -101,9 +102,11 @@ class DataPlane:
         self.metrics = metrics
         self.started = time.time()
         self.in_flight = 0  # inference requests being handled, all models (the batchers read it)
-        self.infer_pool = ThreadPoolExecutor(
-            max(1, config.infer_threads), thread_name_prefix="mlaas4hep-infer"
-        )
+        # each model has threads of its own (infer_threads of them), so a model that hangs cannot
+        # take the others' threads; the watchdog cuts its calls off after their time limit
+        self._pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
+        self.watchdog = Watchdog(self._cut)
+        self.unhealthy: dict[tuple[str, int], str] = {}  # model versions cut off, and why
         self.io_pool = ThreadPoolExecutor(4, thread_name_prefix="mlaas4hep-io")  # repository, uploads
         # request work that may be slow gets lanes of its own (see .lanes): preprocessing of raw
         # inputs, and predict_root, whose remote reads may hang until the io layer's timeouts
@@ -144,17 +147,25 @@ class DataPlane:
         b = self._batchers.get(key)
         if b is None:
             cfg = self.repo.serving(*key)
-            repo = self.repo
+            repo, watchdog = self.repo, self.watchdog
+            timeout = float(cfg.get("timeout_s", self.config.infer_timeout))
+            what = f"model {info.name!r} version {info.version}"
 
             def predict(x: Batch, _key: tuple[str, int] = key) -> np.ndarray:
                 assert isinstance(x, dict)  # the server batches named tensors
-                return repo.predictor(*_key).run(x)
+                predictor = repo.predictor(*_key)
+                return watchdog.run(lambda ro: predictor.run(x, ro), _key, timeout, what)
 
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = ThreadPoolExecutor(
+                    max(1, self.config.infer_threads), thread_name_prefix=f"mlaas4hep-infer-{info.name}"
+                )
             b = self._batchers[key] = Batcher(
                 predict,
                 max_batch=cfg.get("max_batch", self.config.max_batch),
                 max_delay_ms=cfg.get("max_delay_ms", self.config.max_delay_ms),
-                executor=self.infer_pool,
+                executor=pool,
                 observe=self.metrics.batch_observer(info.name),
                 in_flight=lambda: self.in_flight,
             )
@@ -168,8 +179,18 @@ class DataPlane:
             b.retire()
         self._batchers.clear()
 
+    def _cut(self, key: Any, seconds: float) -> None:
+        """The watchdog cut a call of ``key`` off: that version is unhealthy until loaded again."""
+        self.unhealthy[key] = f"a call ran longer than {seconds:g} s and was cut off; load the model again"
+
+    def _check_healthy(self, info: BundleSpec) -> None:
+        reason = self.unhealthy.get((info.name, info.version))
+        if reason is not None:
+            raise ModelUnhealthy(f"model {info.name!r} version {info.version} is unhealthy: {reason}")
+
     def _changed(self) -> None:
         """Rebuild batchers on next use (after an upload, delete, load, unload or new settings)."""
+        self.unhealthy.clear()  # a model loaded again (or replaced) gets a new chance
         self._prune()
         self.metrics.loaded.set(len(self.repo.loaded()))
 
@@ -185,6 +206,7 @@ class DataPlane:
                     raise ModelUnloaded(
                         f"model {info.name!r} is unloaded: load it through the repository API"
                     )
+                self._check_healthy(info)
                 if request.outputs is not None:
                     for out in request.outputs:
                         if out != info.output_name:
@@ -264,7 +286,7 @@ class DataPlane:
     def model_ready(self, name: str, version: Any = None, credentials: str | None = None) -> bool:
         """Whether the model can be called now; :class:`ModelNotFound` when it does not exist."""
         info = self.spec(name, version, credentials)
-        return self.repo.is_ready(info.name)
+        return self.repo.is_ready(info.name) and (info.name, info.version) not in self.unhealthy
 
     def model_config(self, name: str, version: Any = None, credentials: str | None = None) -> dict[str, Any]:
         """Triton's model configuration (:mod:`.tritonconfig`): what Triton clients read to batch."""
@@ -313,7 +335,13 @@ class DataPlane:
         """Every version and its state (``READY``, ``UNAVAILABLE`` with a reason)."""
         self.auth.require_read_header(credentials)
         await self.blocking(self.repo.rescan)
-        return [m for m in self.repo.index() if not ready_only or m["state"] == "READY"]
+        index = self.repo.index()
+        cut = {(n, str(v)): reason for (n, v), reason in self.unhealthy.items()}
+        for m in index:
+            reason = cut.get((m["name"], str(m["version"])))
+            if reason is not None and m["state"] == "READY":
+                m.update(state="UNAVAILABLE", reason=reason)
+        return [m for m in index if not ready_only or m["state"] == "READY"]
 
     async def load(
         self, name: str, config: Mapping[str, Any] | None = None, credentials: str | None = None
@@ -375,9 +403,11 @@ class DataPlane:
     def close(self) -> None:
         for b in self._batchers.values():
             b.close()
+        self.watchdog.close()
         self.pre_lane.close()
         self.root_lane.close()
-        self.infer_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         self.io_pool.shutdown(wait=False, cancel_futures=True)
 
 
