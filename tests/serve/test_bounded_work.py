@@ -166,3 +166,54 @@ def test_a_ten_kilobyte_model_name_gets_not_found_over_grpc(tmp_path):
             raise AssertionError("no error")
     finally:
         srv.stop()
+
+
+def test_headers_are_bounded_in_count_and_size(tmp_path):
+    """10,000 headers, a 1 MB header, a header streamed forever: 431 at once, and the server goes on."""
+    import socket
+
+    repo = tmp_path / "repo"
+    install_copy(repo, _bundle(tmp_path, "mlp", mlp_onnx(N_FEATURES)), "mlp")
+    srv = ServerProcess(repo).start()
+
+    def raw(head: bytes, chunks: int = 0) -> bytes:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            try:
+                s.sendall(head)
+                for _ in range(chunks):  # a header value that never ends
+                    s.sendall(b"x" * 65536)
+            except OSError:  # the server closed the connection: what it said was sent before
+                pass
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    try:
+
+        def fields(n: int) -> bytes:
+            return b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n" + b"".join(
+                b"X-%d: y\r\n" % i for i in range(n)
+            )
+
+        big = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 1_000_000 + b"\r\n\r\n"
+        endless = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Endless: "
+        for head, chunks, why in (
+            (fields(150) + b"\r\n", 0, b"more than 100 header fields"),
+            (fields(10_000) + b"\r\n", 0, b"send fewer or smaller headers"),
+            (big, 0, b"headers exceed 65536 bytes"),
+            (endless, 16, b"headers exceed 65536 bytes"),
+        ):
+            out = raw(head, chunks)
+            assert out.startswith(b"HTTP/1.1 431 "), out[:200]
+            assert why in out, out[-300:]
+        # within the limits, requests (with their bodies) go through as before
+        ok = raw(
+            b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n"
+            + b"X-A: b\r\n" * 90
+            + b"Connection: close\r\n\r\n"
+        )
+        assert ok.startswith(b"HTTP/1.1 200 "), ok[:200]
+        assert _infer(srv.url, "mlp", rows=20_000).status_code == 200  # a 1.6 MB body in one request
+    finally:
+        srv.stop()
