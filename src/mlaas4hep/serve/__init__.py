@@ -118,6 +118,10 @@ def _app(config: ServeConfig, shared: bool) -> Any:
         from .metricsport import with_metrics_port
 
         app = with_metrics_port(app, config.host, config.metrics_port)
+    if config.drain_seconds > 0:
+        from .drain import with_drain
+
+        app = with_drain(app, config.drain_seconds)
     return app
 
 

@@ -89,6 +89,16 @@ class ServeConfig:
     tls_cert: str | None = _opt(None, "TLS certificate (PEM): HTTPS, and TLS on gRPC", metavar="PEM")
     tls_key: str | None = _opt(None, "private key of --tls-cert (PEM)", metavar="PEM")
     grpc_listeners: int = _opt(4, "gRPC servers sharing the gRPC port in each process", int, "N")
+    drain_seconds: float = _opt(
+        0.0, "on SIGTERM: not ready at once, still serving this long, then stop (0: stop at once)", float, "S"
+    )
+    saturation_queue_ms: float | None = _opt(
+        None,
+        "while the recent queue time per execution exceeds this, the repository index answers "
+        "UNAVAILABLE (503) so SONIC picks another server; inference goes on",
+        float,
+        "MS",
+    )
     log_level: str = _opt("warning", "server log level: debug, info, warning, error")
 
     # ------------------------------------------------------------ derived

@@ -36,7 +36,7 @@ from . import metadata, rootscore, statistics, tritonconfig
 from .auth import Auth
 from .batching import Batch, Batcher, Inputs
 from .config import ServeConfig
-from .errors import InvalidRequest, ModelUnhealthy, ModelUnloaded, TimedOut, TooLarge
+from .errors import InvalidRequest, ModelUnhealthy, ModelUnloaded, Saturated, TimedOut, TooLarge
 from .lanes import Lane
 from .metrics import Metrics
 from .repository import Repository
@@ -102,6 +102,7 @@ class DataPlane:
         self.metrics = metrics
         self.started = time.time()
         self.in_flight = 0  # inference requests being handled, all models (the batchers read it)
+        self.draining = False  # SIGTERM received (see .drain): not ready, still serving
         # each model has threads of its own (infer_threads of them), so a model that hangs cannot
         # take the others' threads; the watchdog cuts its calls off after their time limit
         self._pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
@@ -166,7 +167,7 @@ class DataPlane:
                 max_batch=cfg.get("max_batch", self.config.max_batch),
                 max_delay_ms=cfg.get("max_delay_ms", self.config.max_delay_ms),
                 executor=pool,
-                observe=self.metrics.batch_observer(info.name),
+                observe=self.metrics.batch_observer(info.name, str(info.version)),
                 in_flight=lambda: self.in_flight,
             )
         return b
@@ -201,7 +202,7 @@ class DataPlane:
         try:
             with self.metrics.observe() as obs:
                 info = self.spec(request.model, request.version, credentials)
-                obs.model = info.name
+                obs.model, obs.version = info.name, str(info.version)
                 if not self.repo.is_ready(info.name):
                     raise ModelUnloaded(
                         f"model {info.name!r} is unloaded: load it through the repository API"
@@ -214,7 +215,12 @@ class DataPlane:
                                 f"unknown output {out!r}; model {info.name!r} has [{info.output_name!r}]"
                             )
                 inputs = await self.inputs(info, request.inputs)
-                y = await self.batcher(info).infer(inputs)
+                pending, key = self.metrics.triton.pending, (info.name, str(info.version))
+                pending[key] = pending.get(key, 0) + 1
+                try:
+                    y = await self.batcher(info).infer(inputs)
+                finally:
+                    pending[key] -= 1
                 return InferResult(info, {info.output_name: y}, request.id)
         finally:
             self.in_flight -= 1
@@ -272,7 +278,8 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return True
+        """False once draining (SIGTERM), so balancers stop sending work here."""
+        return not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "mlaas4hep", "version": __version__, "extensions": metadata.EXTENSIONS}
@@ -332,8 +339,22 @@ class DataPlane:
     async def repository_index(
         self, credentials: str | None = None, ready_only: bool = False
     ) -> list[dict[str, Any]]:
-        """Every version and its state (``READY``, ``UNAVAILABLE`` with a reason)."""
+        """Every version and its state (``READY``, ``UNAVAILABLE`` with a reason).
+
+        :class:`Saturated` while the recent queue time per execution exceeds
+        ``saturation_queue_ms``: CMSSW's SONIC calls this at start-up and picks
+        another server when it fails (as SuperSONIC's rate limiter makes it fail).
+        """
         self.auth.require_read_header(credentials)
+        limit = self.config.saturation_queue_ms
+        if limit is not None:
+            recent = self.metrics.triton.queue_ms_per_exec()
+            if recent > limit:
+                raise Saturated(
+                    f"this server is saturated: {recent:.1f} ms of queue per execution recently "
+                    f"(limit {limit:g} ms); use another server",
+                    retry_after=5,
+                )
         await self.blocking(self.repo.rescan)
         index = self.repo.index()
         cut = {(n, str(v)): reason for (n, v), reason in self.unhealthy.items()}

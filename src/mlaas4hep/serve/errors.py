@@ -23,7 +23,8 @@ Overloaded             too much work queued: retry later                    429 
 ModelFailed            the model's computation failed on these inputs       400     INVALID_ARGUMENT
 ModelUnloaded          unloaded through the repository API                  400     UNAVAILABLE
 ModelUnhealthy         a call ran past ``infer_timeout`` and was cut off    503     UNAVAILABLE
-Unavailable            cannot serve now (broken on disk, shutting down)     503     UNAVAILABLE
+Unavailable            cannot serve now (broken on disk, shutting down,     503     UNAVAILABLE
+                       saturated: ``--saturation-queue-ms``)
 TimedOut               no result within the time limit                      503     DEADLINE_EXCEEDED
 ClientGone             the client went away: nobody to answer               499     CANCELLED
 =====================  ===================================================  ======  ===================
@@ -110,6 +111,10 @@ class ModelBroken(Unavailable):
 
 class ModelUnhealthy(Unavailable):
     """A call of the model ran past its time limit and was cut off: it is not served until loaded again."""
+
+
+class Saturated(Unavailable):
+    """Requests wait too long in this server's queues: clients that can should use another server."""
 
 
 class ShuttingDown(Unavailable):
