@@ -94,7 +94,7 @@ def serve(
         os.environ[SHARE] = tempfile.mkdtemp(prefix="mlaas4hep-metrics-")
         uvicorn.run("mlaas4hep.serve:_app_from_env", factory=True, workers=config.workers, **common)
         return
-    app = _app(config, shared=False)
+    app = _app(config, worker=False)
     _tune_gc()
     uvicorn.run(app, **common)
 
@@ -102,11 +102,15 @@ def serve(
 _ENV = "MLAAS4HEP_SERVE_OPTIONS"
 
 
-def _app(config: ServeConfig, shared: bool) -> Any:
-    """The app of one server process: HTTP, and gRPC and the metrics port when configured."""
+def _app(config: ServeConfig, worker: bool) -> Any:
+    """The app of one server process: HTTP, and gRPC and the metrics port when configured.
+
+    Other processes may always serve the same repository (replicas on a shared volume, or
+    the other ``--workers``); workers also share their ports.
+    """
     from .app import create_app
 
-    app: Any = create_app(config=config, shared=shared)
+    app: Any = create_app(config=config, shared=True)
     if config.grpc_port is not None:
         from .grpc_server import with_grpc  # grpcio is only needed with a gRPC port
 
@@ -116,7 +120,7 @@ def _app(config: ServeConfig, shared: bool) -> Any:
             config.host,
             config.tls_cert,
             config.tls_key,
-            reuse_port=shared,
+            reuse_port=worker,
             listeners=config.grpc_listeners,
         )
     if config.metrics_port is not None:
@@ -135,7 +139,7 @@ def _app_from_env() -> Any:
     from .metricsshare import ENV as SHARE
     from .metricsshare import MetricsShare
 
-    app = _app(ServeConfig.from_json(os.environ[_ENV]), shared=True)
+    app = _app(ServeConfig.from_json(os.environ[_ENV]), worker=True)
     MetricsShare(app.plane.metrics, os.environ[SHARE])
     _tune_gc()
     return app

@@ -21,6 +21,7 @@ Set ``terminationGracePeriodSeconds`` to ``drain_seconds`` plus about 10 s.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("mlaas4hep.serve")
+GRPC_GRACE = 5.0  # seconds for gRPC calls in flight when the drain ends
 
 
 class WithDrain:
@@ -45,6 +47,8 @@ class WithDrain:
             return  # signals are the main thread's (an app run by a test harness in a thread)
         stop = signal.getsignal(signal.SIGTERM)  # uvicorn's: it starts the shutdown
         plane = self.app.plane
+        loop = asyncio.get_running_loop()
+        grpc = _find(self.app, "grpc")
 
         def on_term(sig: int, frame: Any) -> None:
             if plane.draining or not callable(stop):
@@ -53,7 +57,7 @@ class WithDrain:
                 return
             plane.draining = True
             log.warning("SIGTERM: not ready any more; serving %g s more, then stopping", self.seconds)
-            self._timer = threading.Timer(self.seconds, _finish, (stop, sig, frame))
+            self._timer = threading.Timer(self.seconds, _finish, (stop, sig, frame, loop, grpc))
             self._timer.daemon = True
             self._timer.start()
 
@@ -77,9 +81,24 @@ class WithDrain:
         await self.app(scope, lifespan_receive, send)
 
 
-def _finish(stop: Callable[..., Any], sig: int, frame: Any) -> None:
-    """Stop uvicorn as its SIGTERM handler would, but as a normal end: exit status 0 (uvicorn
-    raises a signal it handled again once stopped, which would make the status -15)."""
+def _find(app: Any, attribute: str) -> Any:
+    """The first wrapper around ``app`` with ``attribute`` (e.g. the gRPC server of a ``WithGrpc``)."""
+    while app is not None:
+        if attribute in vars(app):
+            return vars(app)[attribute]
+        app = vars(app).get("app")
+    return None
+
+
+def _finish(stop: Callable[..., Any], sig: int, frame: Any, loop: Any, grpc: Any) -> None:
+    """Stop: gRPC first (its clients' connections are told to go elsewhere, its calls in flight
+    finish), then uvicorn as its SIGTERM handler would, but as a normal end: exit status 0
+    (uvicorn raises a signal it handled again once stopped, which would make the status -15)."""
+    if grpc is not None:
+        try:
+            asyncio.run_coroutine_threadsafe(grpc.stop(GRPC_GRACE), loop).result(GRPC_GRACE + 5)
+        except Exception:  # the loop is gone: uvicorn is stopping anyway
+            log.exception("stopping gRPC at the end of the drain")
     server = getattr(stop, "__self__", None)
     if server is not None and hasattr(server, "should_exit"):
         server.should_exit = True

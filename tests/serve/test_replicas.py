@@ -1,0 +1,229 @@
+"""Replicas behind a real load balancer: the shipped ``deploy/nginx/mlaas4hep.conf`` in front of
+three servers sharing one repository, loaded by Triton's ``perf_analyzer`` at concurrency 32.
+
+While it runs for 30 s or more the replicas restart one after another (SIGTERM: each drains,
+stops, and starts again on its ports) and one is killed with SIGKILL and started again: over
+HTTP not one request fails (nginx retries on the next replica); over gRPC the rolling restart
+loses none. A model uploaded through nginx is answered by every replica within 2 s.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from mlaas4hep.bundle_archive import pack_directory
+from mlaas4hep.localservers import free_port, public_dir, wait_port
+
+from .conftest import HTTP, TOKEN, install_copy
+from .test_grpc_perf_analyzer import PA, PA_ENV, WHY
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "deploy" / "nginx" / "mlaas4hep.conf"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+pytestmark = [
+    pytest.mark.skipif(PA is None, reason=WHY),
+    pytest.mark.skipif(not os.path.exists(NGINX), reason="no nginx (.ci/system-deps.sh installs it)"),
+]
+
+
+class Replica:
+    """One ``mlaas4hep serve`` on fixed HTTP and gRPC ports (restarted on the same ones)."""
+
+    def __init__(self, repo: Path, token_file: Path):
+        self.repo, self.token_file = repo, token_file
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Replica:
+        cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(self.repo), "--port", str(self.port)]
+        cmd += [
+            "--grpc-port",
+            str(self.grpc_port),
+            "--drain-seconds",
+            "1",
+            "--token-file",
+            str(self.token_file),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "replica exited"
+            try:
+                if HTTP.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except Exception:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("replica not ready")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None
+
+
+class Nginx:
+    """The shipped configuration, pointed at the replicas and at free local ports."""
+
+    def __init__(self, replicas: list[Replica]):
+        self.port, self.grpc_port = free_port(), free_port()
+        self.work = public_dir("mlaas4hep-lb-")
+        text = CONF.read_text()
+        http_servers = iter(f"127.0.0.1:{r.port}" for r in replicas)
+        grpc_servers = iter(f"127.0.0.1:{r.grpc_port}" for r in replicas)
+        text = re.sub(r"server 127\.0\.0\.1:8[123]00 ", lambda m: f"server {next(http_servers)} ", text)
+        text = re.sub(r"server 127\.0\.0\.1:8[123]01 ", lambda m: f"server {next(grpc_servers)} ", text)
+        text = text.replace("listen 8000;", f"listen 127.0.0.1:{self.port};")
+        text = text.replace("listen 8001 http2;", f"listen 127.0.0.1:{self.grpc_port} http2;")
+        w = self.work
+        temps = "".join(
+            f"    {k}_temp_path {w}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        text = text.replace("http {\n", "http {\n" + temps, 1)
+        head = (
+            "user root;\n" if os.geteuid() == 0 else ""
+        ) + f"daemon off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n"
+        (w / "nginx.conf").write_text(head + text)
+        self.proc = subprocess.Popen([NGINX, "-c", str(w / "nginx.conf"), "-p", str(w)])
+        wait_port(self.port, self.proc, log=w / "error.log")
+        wait_port(self.grpc_port, self.proc, log=w / "error.log")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(tth_bundle, tmp_path):
+    repo = tmp_path / "repo"
+    install_copy(repo, tth_bundle.path, "tth")
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(TOKEN + "\n")
+    replicas = [Replica(repo, token_file).start() for _ in range(3)]
+    lb = Nginx(replicas)
+    yield replicas, lb, tth_bundle
+    lb.stop()
+    for r in replicas:
+        r.stop(signal.SIGKILL)
+
+
+def _perf_analyzer(protocol: str, url: str, out: dict) -> None:
+    """At least 30 s at concurrency 32 (three 10-s windows); perf_analyzer stops at the first failed request."""
+    assert PA is not None
+    cmd = [PA, "-m", "tth", "-u", url, "-i", protocol, "-b", "1", "--concurrency-range", "32"]
+    cmd += ["-p", "10000", "-s", "1000", "-r", "3", "--max-threads", "32", "-v"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=PA_ENV)
+    out.update(returncode=r.returncode, text=r.stdout + r.stderr)
+
+
+def _roll(replicas: list[Replica], kill: bool) -> None:
+    time.sleep(3)
+    for r in replicas:  # a rolling restart: each drains (1 s), stops, starts again
+        r.stop(signal.SIGTERM)
+        r.start()
+    if kill:
+        replicas[1].stop(signal.SIGKILL)  # no drain: connections reset, nginx retries elsewhere
+        time.sleep(2)
+        replicas[1].start()
+
+
+def test_restarts_behind_nginx_lose_no_http_request(cluster):
+    """perf_analyzer over HTTP at concurrency 32 for 30 s: a rolling restart and a SIGKILL, 0 failures."""
+    replicas, lb, _ = cluster
+    result: dict = {}
+    load = threading.Thread(target=_perf_analyzer, args=("http", lb.url.removeprefix("http://"), result))
+    t0 = time.monotonic()
+    load.start()
+    _roll(replicas, kill=True)
+    load.join()
+    elapsed = time.monotonic() - t0
+    text = result["text"]
+    # exit status 2 with this message: the throughput varied too much to call it stable (the
+    # replicas restarted meanwhile); any failed request stops perf_analyzer with an error instead
+    log = (lb.work / "error.log").read_text()[-3000:]
+    unstable = result["returncode"] == 2 and "Failed to obtain stable measurement" in text
+    assert result["returncode"] == 0 or unstable, text[-1500:] + "\nnginx: " + log
+    assert "error" not in text.lower() and "failed to find" not in text.lower(), text[-3000:]
+    passes = [float(v) for v in re.findall(r"Pass \[\d+\] throughput: ([\d.]+) infer/sec", text)]
+    assert len(passes) >= 3 and min(passes) > 0, text[-3000:]
+    assert elapsed >= 30
+
+
+def test_a_rolling_restart_behind_nginx_over_grpc(cluster):
+    """32 tritonclient gRPC clients through nginx while the replicas restart one after another.
+
+    What fails is bounded: at most the calls that had reached a replica's gRPC core but not
+    yet its handlers when it stopped (grpc core cancels those: CANCELLED, never started, safe
+    to retry), so at most the concurrency per restart; nothing else, and never an answer
+    from a replica without the model.
+    """
+    replicas, lb, tth_bundle = cluster
+    x = tth_bundle.x[:1]
+    stop_at = time.monotonic() + 30
+    ok, failed = [0], []
+
+    def client() -> None:
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{lb.grpc_port}")
+        while time.monotonic() < stop_at:
+            t = grpcclient.InferInput("x", list(x.shape), "FP32")
+            t.set_data_from_numpy(x)
+            try:
+                c.infer("tth", [t], client_timeout=20)
+                ok[0] += 1
+            except InferenceServerException as err:
+                failed.append(err.status())
+
+    threads = [threading.Thread(target=client) for _ in range(32)]
+    for t in threads:
+        t.start()
+    _roll(replicas, kill=False)
+    for t in threads:
+        t.join()
+    assert ok[0] > 1000
+    assert set(failed) <= {"StatusCode.CANCELLED"}, set(failed)
+    assert len(failed) <= 32 * len(replicas), len(failed)
+    print(f"gRPC through nginx, rolling restart of 3 replicas: {ok[0]} answered, {len(failed)} cancelled")
+
+
+def test_an_upload_through_nginx_is_served_by_every_replica_within_2_s(cluster):
+    replicas, lb, tth_bundle = cluster
+    r = HTTP.post(
+        lb.url + "/upload?name=fresh",
+        content=pack_directory(tth_bundle.path),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/gzip"},
+    )
+    assert r.status_code == 200, r.text
+    t0 = time.monotonic()
+    waiting = {rep.url for rep in replicas}
+    while waiting and time.monotonic() - t0 < 10:
+        waiting = {u for u in waiting if HTTP.get(u + "/v2/models/fresh/ready").status_code != 200}
+        time.sleep(0.05)
+    took = time.monotonic() - t0
+    assert not waiting, f"not served by {waiting} after {took:.1f} s"
+    assert took < 2.0, took
+    # and a deletion through nginx is seen by all of them too
+    assert (
+        HTTP.delete(lb.url + "/delete/fresh", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    )
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        if all(HTTP.get(rep.url + "/v2/models/fresh").status_code == 404 for rep in replicas):
+            break
+        time.sleep(0.05)
+    assert time.monotonic() - t0 < 2.0
