@@ -109,8 +109,9 @@ class Nginx:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-@pytest.fixture
-def cluster(tth_bundle, tmp_path):
+@pytest.fixture(scope="module")
+def cluster(tth_bundle, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("replicas")
     repo = tmp_path / "repo"
     install_copy(repo, tth_bundle.path, "tth")
     token_file = tmp_path / "token.txt"
@@ -126,7 +127,7 @@ def cluster(tth_bundle, tmp_path):
 def _perf_analyzer(protocol: str, url: str, out: dict) -> None:
     """At least 30 s at concurrency 32 (three 10-s windows); perf_analyzer stops at the first failed request."""
     assert PA is not None
-    cmd = [PA, "-m", "tth", "-u", url, "-i", protocol, "-b", "1", "--concurrency-range", "32"]
+    cmd = [PA, "-m", "tth", "-x", "1", "-u", url, "-i", protocol, "-b", "1", "--concurrency-range", "32"]
     cmd += ["-p", "10000", "-s", "1000", "-r", "3", "--max-threads", "32", "-v"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=PA_ENV)
     out.update(returncode=r.returncode, text=r.stdout + r.stderr)
@@ -143,37 +144,18 @@ def _roll(replicas: list[Replica], kill: bool) -> None:
         replicas[1].start()
 
 
-def test_restarts_behind_nginx_lose_no_http_request(cluster):
-    """perf_analyzer over HTTP at concurrency 32 for 30 s: a rolling restart and a SIGKILL, 0 failures."""
-    replicas, lb, _ = cluster
-    result: dict = {}
-    load = threading.Thread(target=_perf_analyzer, args=("http", lb.url.removeprefix("http://"), result))
-    t0 = time.monotonic()
-    load.start()
-    _roll(replicas, kill=True)
-    load.join()
-    elapsed = time.monotonic() - t0
-    text = result["text"]
-    # exit status 2 with this message: the throughput varied too much to call it stable (the
-    # replicas restarted meanwhile); any failed request stops perf_analyzer with an error instead
-    log = (lb.work / "error.log").read_text()[-3000:]
-    unstable = result["returncode"] == 2 and "Failed to obtain stable measurement" in text
-    assert result["returncode"] == 0 or unstable, text[-1500:] + "\nnginx: " + log
-    assert "error" not in text.lower() and "failed to find" not in text.lower(), text[-3000:]
-    passes = [float(v) for v in re.findall(r"Pass \[\d+\] throughput: ([\d.]+) infer/sec", text)]
-    assert len(passes) >= 3 and min(passes) > 0, text[-3000:]
-    assert elapsed >= 30
+def test_restarts_behind_nginx(cluster):
+    """For 30 s, perf_analyzer over HTTP at concurrency 32 and 16 tritonclient gRPC clients,
+    through nginx, while the replicas restart one after another and one is killed (SIGKILL).
 
-
-def test_a_rolling_restart_behind_nginx_over_grpc(cluster):
-    """32 tritonclient gRPC clients through nginx while the replicas restart one after another.
-
-    What fails is bounded: at most the calls that had reached a replica's gRPC core but not
-    yet its handlers when it stopped (grpc core cancels those: CANCELLED, never started, safe
-    to retry), so at most the concurrency per restart; nothing else, and never an answer
-    from a replica without the model.
+    HTTP: not one request fails (nginx retries it on the next replica). gRPC: what fails is
+    bounded by the calls that had reached a stopping replica's gRPC core but not yet its
+    handlers (grpc core cancels those: CANCELLED, never started, safe to retry) and the calls
+    in flight on the killed one; nothing else, and never an answer without the model.
     """
     replicas, lb, tth_bundle = cluster
+    result: dict = {}
+    load = threading.Thread(target=_perf_analyzer, args=("http", lb.url.removeprefix("http://"), result))
     x = tth_bundle.x[:1]
     stop_at = time.monotonic() + 30
     ok, failed = [0], []
@@ -189,16 +171,30 @@ def test_a_rolling_restart_behind_nginx_over_grpc(cluster):
             except InferenceServerException as err:
                 failed.append(err.status())
 
-    threads = [threading.Thread(target=client) for _ in range(32)]
-    for t in threads:
+    clients = [threading.Thread(target=client) for _ in range(16)]
+    t0 = time.monotonic()
+    load.start()
+    for t in clients:
         t.start()
-    _roll(replicas, kill=False)
-    for t in threads:
+    _roll(replicas, kill=True)
+    load.join()
+    for t in clients:
         t.join()
-    assert ok[0] > 1000
-    assert set(failed) <= {"StatusCode.CANCELLED"}, set(failed)
-    assert len(failed) <= 32 * len(replicas), len(failed)
-    print(f"gRPC through nginx, rolling restart of 3 replicas: {ok[0]} answered, {len(failed)} cancelled")
+    elapsed = time.monotonic() - t0
+    text = result["text"]
+    # exit status 2 with this message: the throughput varied too much to call it stable (the
+    # replicas restarted meanwhile); any failed request stops perf_analyzer with an error instead
+    log = (lb.work / "error.log").read_text()[-3000:]
+    unstable = result["returncode"] == 2 and "Failed to obtain stable measurement" in text
+    assert result["returncode"] == 0 or unstable, text[-1500:] + "\nnginx: " + log
+    assert "error" not in text.lower() and "failed to find" not in text.lower(), text[-3000:]
+    passes = [float(v) for v in re.findall(r"Pass \[\d+\] throughput: ([\d.]+) infer/sec", text)]
+    assert len(passes) >= 3 and min(passes) > 0, text[-3000:]
+    assert elapsed >= 30
+    assert ok[0] > 500
+    assert set(failed) <= {"StatusCode.CANCELLED", "StatusCode.UNAVAILABLE"}, set(failed)
+    assert len(failed) <= 16 * (len(replicas) + 1), len(failed)
+    print(f"through nginx: HTTP passes {passes} infer/s; gRPC {ok[0]} answered, {len(failed)} failed")
 
 
 def test_an_upload_through_nginx_is_served_by_every_replica_within_2_s(cluster):

@@ -28,10 +28,6 @@ MAX_HEADERS = 100
 LINGER_SECONDS = 1.0
 
 
-class _HeadTooLarge(Exception):
-    pass
-
-
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing heads beyond :data:`MAX_HEADER_BYTES` or :data:`MAX_HEADERS`."""
 
@@ -67,7 +63,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_fields += 1
         if self._head_fields > MAX_HEADERS:
             self._head_error = f"the request has more than {MAX_HEADERS} header fields"
-            raise _HeadTooLarge(self._head_error)  # stops the parser
+            raise ValueError(self._head_error)  # stops the parser; answered in send_400_response
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
