@@ -22,7 +22,7 @@ from mlaas4hep import bundle
 from .conftest import HTTP, RAW_EVENTS
 from .oracle import ATOL, Oracle, OracleError
 from .test_multi_input import grouped_onnx
-from .test_multi_input_raw import preprocessor
+from .test_multi_input_raw import preprocessor, raw_events
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,21 @@ def test_what_the_oracle_cannot_recompute_is_refused(tth_bundle, tmp_path):
         _altered(tth_bundle.path, tmp_path / "b", reorder)
     with pytest.raises(OracleError, match=r"raw inputs lack \['nJet'\]"):
         tth_bundle.oracle.score_raw({k: v for k, v in tth_bundle.raw.items() if k != "nJet"})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda p: p["offset"].update(Jet_pt=p["offset"]["Jet_pt"] + 10.0), id="offset-Jet_pt"),
+        pytest.param(lambda p: p["groups"]["groups"][0].update(sort_order="ascending"), id="sort_order"),
+        pytest.param(lambda p: p["groups"]["groups"][0].update(sort_by=None), id="unsorted"),
+        pytest.param(lambda p: p["scale"].update(HT=p["scale"]["HT"] * 2), id="scale-HT"),
+    ],
+)
+def test_a_wrong_group_preprocessing_moves_the_grouped_scores(rawgrouped, tmp_path, change):
+    """The grouped model sees the jets' values, their order and the mask, so test_multi_input_raw
+    (the server against this oracle) fails when any of them is wrong."""
+    raw = raw_events(40)
+    right = Oracle(rawgrouped).score_raw(raw)
+    wrong = _altered(rawgrouped, tmp_path, change).score_raw(raw)
+    assert np.abs(wrong - right).max() > 100 * ATOL
