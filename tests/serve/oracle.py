@@ -131,7 +131,7 @@ class Oracle:
 
     def flat_vector(self, raw: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """``(x, mask)``: float32 ``(n, F)`` in ``inputs.features`` order, and True on padded slots."""
-        pad_value = float(self.preprocessing["pad_value"]) if self.preprocessing else 0.0
+        pad_value = float((self.preprocessing or {}).get("pad_value", 0.0))
         blocks, masks = [], []
         for b in self.flat:
             v = self.normalise(b, _flat(raw[b], b))
@@ -155,7 +155,7 @@ class Oracle:
     def _grouped(self, raw: Mapping[str, Any]) -> dict[str, np.ndarray]:
         pre = self.preprocessing
         assert pre is not None
-        pad_value = float(pre["pad_value"])
+        pad_value = float(pre.get("pad_value", 0.0))
         lengths = dict(self.jagged)
         out: dict[str, np.ndarray] = {}
         for g in pre["groups"]["groups"]:
@@ -195,10 +195,8 @@ class Oracle:
             sign = -1.0 if g.get("sort_order", "descending") == "descending" else 1.0
             for i in range(n):
                 objects = [row for events in per_collection for row in events[i]]
-                if sort is not None:
-                    objects = sorted(
-                        objects, key=lambda row: sign * float(row[sort])
-                    )  # stable: ties in file order
+                if sort is not None:  # a stable sort: ties keep the file order
+                    objects = sorted(objects, key=lambda row: sign * float(row[sort]))
                 objects = objects[:length]
                 if objects:
                     values[i, : len(objects)] = np.stack(objects)
