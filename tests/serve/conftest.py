@@ -2,7 +2,9 @@
 
 ``tth_bundle`` trains nothing: it builds the preprocessing from the generated
 ttH/ttbar sample (the real specs pass) and a small MLP whose weights are drawn
-from a fixed seed, written as ONNX with ``onnx.helper``. ``server`` runs
+from a fixed seed, written as ONNX with ``onnx.helper``. Its expected scores come
+from :class:`~.oracle.Oracle` (onnxruntime on ``model.onnx`` and the preprocessing
+of ``bundle.json`` recomputed with NumPy), never from the server's own ``Predictor``. ``server`` runs
 ``python -m mlaas4hep.serve`` in a subprocess on 127.0.0.1 with a free port.
 """
 
@@ -26,6 +28,7 @@ from mlaas4hep.io import Dataset
 from mlaas4hep.localservers import free_port
 
 from ..conftest import sample_config
+from .oracle import Oracle
 
 TOKEN = "test-token-0123456789"
 #: One shared client: a new httpx.Client per request (httpx.get) costs tens of ms for its SSL context.
@@ -73,16 +76,14 @@ def mlp_onnx(n_in: int, hidden: int = 32, seed: int = 3, n_out: int = 1) -> byte
 @dataclass
 class BundleInfo:
     path: Path
-    predictor: bundle.Predictor
+    oracle: Oracle  # the expected scores, from the bundle's files alone
     x: np.ndarray  # feature rows of the sample
-    raw: dict  # raw branch values of RAW_EVENTS events of ttH_0.root (lists; jagged as lists of lists)
+    raw: dict  # raw branch values of RAW_EVENTS events of ttH_0.root, read by uproot (jagged as lists of lists)
     data_dir: Path
 
 
 @pytest.fixture(scope="session")
 def tth_bundle(data_dir, tmp_path_factory) -> BundleInfo:
-    import uproot
-
     work = tmp_path_factory.mktemp("bundle")
     ds = Dataset.from_config(sample_config(data_dir, work / "cache", workers=0))
     pre = ds.preprocessor
@@ -97,10 +98,9 @@ def tth_bundle(data_dir, tmp_path_factory) -> BundleInfo:
         description="test MLP on ttH vs ttbar",
     )
     x, _ = ds.to_numpy()
-    with uproot.open(data_dir / "ttH_0.root") as f:
-        arrays = f["Events"].arrays(pre.inputs, entry_stop=RAW_EVENTS, library="ak", how=dict)
-    raw = {k: v.to_list() for k, v in arrays.items()}
-    return BundleInfo(path, bundle.load(path), x[:20_000].astype(np.float32), raw, data_dir)
+    oracle = Oracle(path)
+    raw = {k: v.to_list() for k, v in oracle.read_root(data_dir / "ttH_0.root", 0, RAW_EVENTS).items()}
+    return BundleInfo(path, oracle, x[:20_000].astype(np.float32), raw, data_dir)
 
 
 class ServerProcess:

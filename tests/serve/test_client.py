@@ -16,6 +16,7 @@ from mlaas4hep.localservers import free_port
 
 from ..terminal import cli, on_pty, terminal_env
 from .conftest import HTTP, ServerProcess
+from .oracle import ATOL
 
 
 def _cli(argv: list[str]) -> int:
@@ -31,15 +32,13 @@ def test_python_client_roundtrip(tmp_path, tth_bundle):
             assert c.upload(tth_bundle.path, name="m1")["version"] == 2
             assert [m["name"] for m in c.models()] == ["m1"]
             x = tth_bundle.x[:1000]
-            np.testing.assert_allclose(c.predict("m1", x), tth_bundle.predictor.predict(x), rtol=0, atol=1e-6)
-            np.testing.assert_allclose(c.predict("m1", x[0]), tth_bundle.predictor.predict(x[:1]), atol=1e-6)
+            np.testing.assert_allclose(c.predict("m1", x), tth_bundle.oracle.score(x), rtol=0, atol=ATOL)
+            np.testing.assert_allclose(c.predict("m1", x[0]), tth_bundle.oracle.score(x[:1]), atol=ATOL)
             np.testing.assert_allclose(
-                c.predict("m1", x[:5], version=1), tth_bundle.predictor.predict(x[:5]), atol=1e-6
+                c.predict("m1", x[:5], version=1), tth_bundle.oracle.score(x[:5]), atol=ATOL
             )
             raw = {k: v[:50] for k, v in tth_bundle.raw.items()}
-            np.testing.assert_allclose(
-                c.predict("m1", raw=raw), tth_bundle.predictor.predict_raw(raw), atol=1e-6
-            )
+            np.testing.assert_allclose(c.predict("m1", raw=raw), tth_bundle.oracle.score_raw(raw), atol=ATOL)
             assert c.metadata("m1")["versions"] == ["1", "2"]
             c.load("m1", {"max_batch": 8, "max_delay_ms": 0.5})
             assert json.loads((tmp_path / "repo" / "m1" / "serving.json").read_text()) == {
@@ -48,7 +47,7 @@ def test_python_client_roundtrip(tmp_path, tth_bundle):
             }
             cfg = HTTP.get(srv.url + "/v2/models/m1/config").json()["dynamic_batching"]
             assert cfg == {"preferred_batch_size": [8], "max_queue_delay_microseconds": 500}
-            np.testing.assert_allclose(c.predict("m1", x[:3]), tth_bundle.predictor.predict(x[:3]), atol=1e-6)
+            np.testing.assert_allclose(c.predict("m1", x[:3]), tth_bundle.oracle.score(x[:3]), atol=ATOL)
             assert c.delete("m1", version=1)["deleted_versions"] == [1]
             with pytest.raises(ClientError) as err:
                 c.predict("m1", x[:, :3])
@@ -80,11 +79,11 @@ def test_cli_client_commands(tmp_path, tth_bundle, capsys, monkeypatch):
         assert _cli(base + ["models", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)[0]["name"] == "cli"
         x = tth_bundle.x[3]
-        p = float(tth_bundle.predictor.predict(x[None])[0, 0])
+        p = float(tth_bundle.oracle.score(x[None])[0, 0])
         values = ",".join(repr(float(v)) for v in x)
         assert _cli(base + ["--json", "predict", "cli", "--values", values]) == 0
         got = json.loads(capsys.readouterr().out)
-        assert got[0][0] == pytest.approx(p, abs=1e-6)
+        assert got[0][0] == pytest.approx(p, abs=ATOL)
         # for people: each class with its label, the likeliest first
         assert _cli(base + ["predict", "cli", "--values", values]) == 0
         out = capsys.readouterr().out
@@ -139,7 +138,7 @@ def test_predict_root_from_the_command_line(server, tth_bundle, capsys):
     base = ["client", "--url", server.url, "predict-root", "tth", f, "--stop", "5"]
     assert _cli(base) == 0
     lines = capsys.readouterr().out.splitlines()
-    expected = tth_bundle.predictor.predict_raw({k: v[:5] for k, v in tth_bundle.raw.items()})[:, -1]
+    expected = tth_bundle.oracle.score_raw({k: v[:5] for k, v in tth_bundle.raw.items()})[:, -1]
     assert len(lines) == 5
     for i, (line, p) in enumerate(zip(lines, expected)):
         assert line.startswith(f"entry {i}  ")

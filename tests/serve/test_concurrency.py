@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from .conftest import HTTP
+from .oracle import ATOL
 
 PER_CLIENT = 16
 
@@ -27,8 +28,8 @@ def _batch_stats(url: str) -> tuple[float, float]:
 
 def test_64_concurrent_clients(server, tth_bundle):
     x = tth_bundle.x[: 64 * PER_CLIENT]
-    expected = tth_bundle.predictor.predict(x)
-    keys = tth_bundle.predictor.features
+    expected = tth_bundle.oracle.score(x)
+    keys = tth_bundle.oracle.features
     count0, rows0 = _batch_stats(server.url)
 
     async def client(i: int, http: aiohttp.ClientSession) -> list[tuple[int, np.float32]]:
@@ -62,7 +63,7 @@ def test_64_concurrent_clients(server, tth_bundle):
     got = np.empty(len(x), np.float32)
     for k, p in results:
         got[k] = p
-    np.testing.assert_allclose(got, expected[:, 0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, expected[:, 0], rtol=0, atol=ATOL)
     count1, rows1 = _batch_stats(server.url)
     assert rows1 - rows0 == 64 * PER_CLIENT
     assert count1 - count0 < 64 * PER_CLIENT, "concurrent requests were never merged into one batch"

@@ -211,7 +211,7 @@ def test_bad_tfaas_json(server, body, status, message):
 
 
 def test_tfaas_json_wrong_row_length(server, tth_bundle):
-    keys = tth_bundle.predictor.features
+    keys = tth_bundle.oracle.features
     r = HTTP.post(server.url + "/json", json={"model": "tth", "keys": keys, "values": [0.1] * 31})
     assert r.status_code == 400 and "must hold 32 numbers per row" in r.json()["error"]
     r = HTTP.post(server.url + "/json", json={"model": "tth", "keys": keys, "values": ["a"] * 32})

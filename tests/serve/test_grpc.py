@@ -1,7 +1,8 @@
 """Triton's gRPC service with real clients: tritonclient.grpc, its generated stub, coffea's triton_wrapper.
 
 The server runs as ``python -m mlaas4hep.serve --grpc-port N`` (a subprocess);
-every score is compared with the bundle evaluated in this process by onnxruntime.
+every score is compared with the oracle's (:mod:`.oracle`: onnxruntime on the bundle's
+``model.onnx``, the preprocessing of its ``bundle.json`` recomputed with NumPy).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from .conftest import HTTP, TOKEN, install_copy, repo_of
 from .grpc_helpers import GrpcServerProcess, self_signed
+from .oracle import ATOL, float32_lists
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpc = pytest.importorskip("grpc")
@@ -46,7 +48,7 @@ def _code(err: InferenceServerException) -> str:
 
 
 def test_health_metadata_and_config(client, gsrv, tth_bundle):
-    F = len(tth_bundle.predictor.features)
+    F = len(tth_bundle.oracle.features)
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_server_metadata(as_json=True)
     assert meta["name"] == "mlaas4hep" and "model_repository" in meta["extensions"]
@@ -66,7 +68,7 @@ def test_health_metadata_and_config(client, gsrv, tth_bundle):
     # raw branches are described in parameters, not as inputs (perf_analyzer and coffea need input == metadata)
     assert [i["name"] for i in cfg["input"]] == ["x"]
     raw = {r["name"]: r for r in json.loads(cfg["parameters"]["raw_inputs"]["string_value"])}
-    assert list(raw) == tth_bundle.predictor.preprocessor.inputs
+    assert list(raw) == tth_bundle.oracle.raw_inputs
     assert raw["Jet_pt"]["dims"] == [-1] and raw["Jet_pt"]["jagged"] and raw["MET_pt"]["dims"] == [1]
     assert json.loads(cfg["parameters"]["labels"]["string_value"]) == ["ttbar", "ttH"]
     # the same configuration over HTTP, as Triton writes it (numbers as numbers)
@@ -86,13 +88,13 @@ def test_infer_raw_contents_equals_onnxruntime(client, tth_bundle):
     res = client.infer("tth", [inp], outputs=[grpcclient.InferRequestedOutput("probs")], request_id="r1")
     got = res.as_numpy("probs")
     assert got.shape == (1000, 1) and res.get_response().id == "r1"
-    np.testing.assert_allclose(got, tth_bundle.predictor.predict(x), atol=1e-6)
+    np.testing.assert_allclose(got, tth_bundle.oracle.score(x), atol=ATOL)
     one = grpcclient.InferInput("x", [1, x.shape[1]], "FP32")
     one.set_data_from_numpy(x[:1])
     np.testing.assert_allclose(
         client.infer("tth", [one], model_version="1").as_numpy("probs"),
-        tth_bundle.predictor.predict(x[:1]),
-        atol=1e-6,
+        tth_bundle.oracle.score(x[:1]),
+        atol=ATOL,
     )
 
 
@@ -109,17 +111,16 @@ def test_infer_typed_contents(gsrv, tth_bundle):
     out = reply.outputs[0]
     assert (out.name, out.datatype, list(out.shape)) == ("probs", "FP32", [7, 1])
     got = np.array(out.contents.fp32_contents, dtype=np.float32).reshape(7, 1)
-    np.testing.assert_allclose(got, tth_bundle.predictor.predict(x), atol=1e-6)
+    np.testing.assert_allclose(got, tth_bundle.oracle.score(x), atol=ATOL)
 
 
 def test_infer_raw_branches(client, tth_bundle):
     """Raw branch values over gRPC: flat ones [n], jagged ones [n, k] padded with NaN."""
-    pre = tth_bundle.predictor.preprocessor
-    jagged = {n for n, _ in pre.jagged}
+    jagged = {n for n, _ in tth_bundle.oracle.jagged}
     n = 50
     raw = {k: v[:n] for k, v in tth_bundle.raw.items()}
     inputs = []
-    for name in pre.inputs:
+    for name in tth_bundle.oracle.raw_inputs:
         if name in jagged:
             k = max(1, max(len(e) for e in raw[name]))
             arr = np.full((n, k), np.nan, dtype=np.float32)
@@ -131,7 +132,8 @@ def test_infer_raw_branches(client, tth_bundle):
         t.set_data_from_numpy(arr)
         inputs.append(t)
     got = client.infer("tth", inputs).as_numpy("probs")
-    np.testing.assert_allclose(got, tth_bundle.predictor.predict_raw(raw), atol=1e-5)
+    # the oracle gets what was sent: the values rounded to float32
+    np.testing.assert_allclose(got, tth_bundle.oracle.score_raw(float32_lists(raw)), rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize(
@@ -234,8 +236,8 @@ def test_repository_load_unload_and_auth(gsrv, client, tth_bundle):
     assert got["dynamic_batching"] == {"preferred_batch_size": [64], "max_queue_delay_microseconds": "500"}
     np.testing.assert_allclose(
         client.infer("spare", [inp]).as_numpy("probs"),
-        tth_bundle.predictor.predict(tth_bundle.x[:1]),
-        atol=1e-6,
+        tth_bundle.oracle.score(tth_bundle.x[:1]),
+        atol=ATOL,
     )
     with pytest.raises(InferenceServerException) as err:
         client.load_model("spare", config='{"max_batch_size": -3}', headers=ADMIN)
@@ -265,7 +267,7 @@ def test_private_server_and_tls(tth_bundle, tmp_path):
             c.get_model_metadata("tth")
         assert _code(err.value) == "StatusCode.UNAUTHENTICATED"
         got = c.infer("tth", [inp], headers=ADMIN).as_numpy("probs")
-        np.testing.assert_allclose(got, tth_bundle.predictor.predict(x), atol=1e-6)
+        np.testing.assert_allclose(got, tth_bundle.oracle.score(x), atol=ATOL)
         c.close()
         plain = grpcclient.InferenceServerClient(srv.grpc_url)  # no TLS: the handshake fails
         with pytest.raises(InferenceServerException):
@@ -286,8 +288,8 @@ def test_private_server_and_tls(tth_bundle, tmp_path):
         assert r.status_code == 200
         np.testing.assert_allclose(
             np.array(r.json()["outputs"][0]["data"]).reshape(-1, 1),
-            tth_bundle.predictor.predict(x),
-            atol=1e-6,
+            tth_bundle.oracle.score(x),
+            atol=ATOL,
         )
     finally:
         srv.stop()
@@ -313,7 +315,7 @@ def test_workers_share_the_grpc_port_and_unbatched_config(tth_bundle, tmp_path):
             inp = grpcclient.InferInput("x", list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
             np.testing.assert_allclose(
-                c.infer("tth", [inp]).as_numpy("probs"), tth_bundle.predictor.predict(x), atol=1e-6
+                c.infer("tth", [inp]).as_numpy("probs"), tth_bundle.oracle.score(x), atol=ATOL
             )
             cfg = c.get_model_config("tth", as_json=True)["config"]
             assert cfg["max_batch_size"] == 1024 and "dynamic_batching" not in cfg

@@ -12,15 +12,19 @@ import awkward as ak
 import numpy as np
 import pytest
 
+from mlaas4hep.io import Preprocessor
+
 from .conftest import install_copy
 from .grpc_helpers import GrpcServerProcess, self_signed
+from .oracle import ATOL
 
 pytest.importorskip("tritonclient.grpc")
 triton_wrapper = pytest.importorskip("coffea.ml_tools.triton_wrapper").triton_wrapper
 
 
 class TthWrapper(triton_wrapper):
-    """What an analysis writes: turn awkward events into the model's feature tensor."""
+    """What an analysis writes: turn awkward events into the model's feature tensor (with the
+    bundle's preprocessing, read back by mlaas4hep; the expected scores come from the oracle)."""
 
     def __init__(self, url, preprocessor, **kw):
         super().__init__(url, **kw)
@@ -51,18 +55,26 @@ def served(request, tth_bundle, tmp_path_factory):
 
 def test_coffea_numpy(served, tth_bundle):
     srv, args = served
-    w = TthWrapper(f"triton+grpc://{srv.grpc_url}/tth/1", tth_bundle.predictor.preprocessor, client_args=args)
+    w = TthWrapper(
+        f"triton+grpc://{srv.grpc_url}/tth/1",
+        Preprocessor.from_dict(tth_bundle.oracle.preprocessing),
+        client_args=args,
+    )
     assert w.batch_size == 256  # from dynamic_batching.preferred_batch_size
     x = tth_bundle.x[:1000]  # 3 full batches and a padded one
     got = w(["probs"], {"x": x})["probs"]
     assert got.shape == (1000, 1)
-    np.testing.assert_allclose(got, tth_bundle.predictor.predict(x), atol=1e-6)
+    np.testing.assert_allclose(got, tth_bundle.oracle.score(x), atol=ATOL)
 
 
 def test_coffea_awkward(served, tth_bundle):
     srv, args = served
-    w = TthWrapper(f"triton+grpc://{srv.grpc_url}/tth/1", tth_bundle.predictor.preprocessor, client_args=args)
+    w = TthWrapper(
+        f"triton+grpc://{srv.grpc_url}/tth/1",
+        Preprocessor.from_dict(tth_bundle.oracle.preprocessing),
+        client_args=args,
+    )
     events = ak.Array(tth_bundle.raw)  # NanoAOD-like events: flat and jagged branches
     got = w(events)["probs"]
     assert len(got) == len(events)
-    np.testing.assert_allclose(ak.to_numpy(got), tth_bundle.predictor.predict_raw(tth_bundle.raw), atol=1e-6)
+    np.testing.assert_allclose(ak.to_numpy(got), tth_bundle.oracle.score_raw(tth_bundle.raw), atol=ATOL)

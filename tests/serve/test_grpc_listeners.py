@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from .conftest import install_copy
+from .oracle import ATOL
 
 grpc = pytest.importorskip("grpc")
 from mlaas4hep.serve import create_app  # noqa: E402
@@ -48,7 +49,7 @@ def test_listeners_share_one_port_and_all_answer(app, tth_bundle):
             assert srv.server is None
 
     for y in asyncio.run(main()):
-        np.testing.assert_allclose(y, tth_bundle.predictor.predict(x), atol=1e-6)
+        np.testing.assert_allclose(y, tth_bundle.oracle.score(x), atol=ATOL)
 
 
 @pytest.mark.parametrize("listeners", [1, 4])

@@ -1,8 +1,9 @@
 """Models that take several named tensors (object groups and their masks), served for real.
 
 The model is made here with ``onnx.helper``: inputs ``jets`` FP32 ``[n, 4, 3]``,
-``jets_mask`` BOOL ``[n, 4]`` and ``event`` FP32 ``[n, 2]``, output
-``sigmoid(sum(jets * mask) + sum(event))``. A real server (HTTP and gRPC) serves
+``jets_mask`` BOOL ``[n, 4]`` (True on padding) and ``event`` FP32 ``[n, 2]``, output
+``sigmoid(sum(jets * ~mask * W) + sum(event))``, ``W`` a fixed weight per slot and
+feature (so the order of the jets, their values and the mask all change the score). A real server (HTTP and gRPC) serves
 it; Triton's own clients call it with every input, typed and binary, and the
 scores must equal onnxruntime's on the same tensors.
 """
@@ -34,7 +35,10 @@ NAMES = ["jets", "jets_mask", "event"]
 
 
 def grouped_onnx(names: tuple[str, str, str] = ("jets", "jets_mask", "event")) -> bytes:
-    """sigmoid(sum(jets * mask) + sum(event)), three named inputs, one (n, 1) output."""
+    """sigmoid(sum(jets * ~mask * W) + sum(event)), three named inputs, one (n, 1) output.
+
+    ``W[j, v] = (1, -0.5, 0.25)[v] / (j + 1)``: each real jet counts, the leading ones most.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -42,11 +46,15 @@ def grouped_onnx(names: tuple[str, str, str] = ("jets", "jets_mask", "event")) -
     axes12 = numpy_helper.from_array(np.array([1, 2], np.int64), "axes12")
     axes1 = numpy_helper.from_array(np.array([1], np.int64), "axes1")
     axes2 = numpy_helper.from_array(np.array([2], np.int64), "axes2")
+    w = np.array([1.0, -0.5, 0.25], np.float32)[None, :] / np.arange(1, N_JETS + 1, dtype=np.float32)[:, None]
+    weights = numpy_helper.from_array(w.astype(np.float32), "w")
     nodes = [
-        helper.make_node("Cast", [mask], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Not", [mask], ["real"]),
+        helper.make_node("Cast", ["real"], ["m"], to=TensorProto.FLOAT),
         helper.make_node("Unsqueeze", ["m", "axes2"], ["m3"]),
         helper.make_node("Mul", [jets, "m3"], ["jm"]),
-        helper.make_node("ReduceSum", ["jm", "axes12"], ["sj"], keepdims=0),
+        helper.make_node("Mul", ["jm", "w"], ["jw"]),
+        helper.make_node("ReduceSum", ["jw", "axes12"], ["sj"], keepdims=0),
         helper.make_node("ReduceSum", [event, "axes1"], ["se"], keepdims=0),
         helper.make_node("Add", ["sj", "se"], ["s"]),
         helper.make_node("Unsqueeze", ["s", "axes1"], ["z"]),
@@ -61,7 +69,7 @@ def grouped_onnx(names: tuple[str, str, str] = ("jets", "jets_mask", "event")) -
             helper.make_tensor_value_info(event, TensorProto.FLOAT, ["n", 2]),
         ],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 1])],
-        [axes12, axes1, axes2],
+        [axes12, axes1, axes2, weights],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

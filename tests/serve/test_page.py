@@ -4,13 +4,14 @@ What a user of the page relies on: the model list says whether each model is
 loaded and which versions exist; unload, load and delete work from the page
 (with the token, and say so clearly without it); the raw-branch example is a
 plausible event built from the model's normalisation constants and predicts
-what the bundle predicts in process; an upload refreshes the list, clears the
+what the oracle (:mod:`.oracle`) computes from the bundle's files; an upload refreshes the list, clears the
 file input and leaves no stale selection.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import awkward as ak
@@ -19,6 +20,7 @@ import pytest
 from mlaas4hep.bundle_archive import pack_directory
 
 from .conftest import HTTP, ServerProcess, install_copy
+from .oracle import ATOL, Oracle
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -66,6 +68,17 @@ def page(browser, page_server):
     assert errors == []
 
 
+#: The page shows probabilities with 6 decimals (half a unit: 5e-7), the oracle agrees within ATOL.
+SHOWN = 5e-7 + ATOL
+
+
+def _shown(result: str, label: str) -> float:
+    """The probability the page shows for ``label`` (``"ttH: 0.123456"``)."""
+    m = re.search(rf"\b{label}: ([0-9.]+)", result)
+    assert m, f"no {label!r} in {result!r}"
+    return float(m.group(1))
+
+
 def _row(page, name: str):
     return page.locator(f"tr.model-row[data-name='{name}']")
 
@@ -94,9 +107,11 @@ def test_page_lists_models_and_predicts(page, page_server, tth_bundle, tmp_path)
     page.fill("#try-values", "[" + ",".join(repr(float(v)) for v in x) + "]")
     page.click("#try-submit")
     page.locator("#try-result.ok").wait_for(timeout=10_000)
-    p = float(tth_bundle.predictor.predict(x[None, :])[0, 0])
+    p = float(tth_bundle.oracle.score(x[None, :])[0, 0])
     result = page.locator("#try-result").inner_text()
-    assert f"ttH: {p:.6f}" in result and f"ttbar: {1 - p:.6f}" in result
+    assert _shown(result, "ttH") == pytest.approx(p, abs=SHOWN) and _shown(result, "ttbar") == pytest.approx(
+        1 - p, abs=SHOWN
+    )
     # a prediction loads the model
     page.reload()
     _wait_state(page, "tth", "loaded (version 1)")
@@ -105,8 +120,8 @@ def test_page_lists_models_and_predicts(page, page_server, tth_bundle, tmp_path)
 def test_raw_example_is_a_plausible_event(page, tth_bundle):
     page.check("input[name='mode'][value='raw']")
     event = json.loads(page.input_value("#try-values"))
-    pre = tth_bundle.predictor.preprocessor
-    assert list(event) == pre.inputs
+    pre = tth_bundle.oracle.preprocessing
+    assert list(event) == tth_bundle.oracle.raw_inputs
     # jagged branches: a few jets, leading first, each inside the training range; nJet counts them
     jets = event["Jet_pt"]
     assert 1 <= len(jets) <= 6 and jets == sorted(jets, reverse=True)
@@ -114,19 +129,19 @@ def test_raw_example_is_a_plausible_event(page, tth_bundle):
     for name, values in event.items():
         if name == "nJet":
             continue
-        lo = pre.offset[name]
-        hi = lo + 1 / pre.scale[name]
+        lo = pre["offset"][name]
+        hi = lo + 1 / pre["scale"][name]
         for v in values if isinstance(values, list) else [values]:
             assert lo <= v <= hi, (name, v, lo, hi)
     # flat branches sit mid-range
-    span = 1 / pre.scale["MET_pt"]
-    assert event["MET_pt"] == pytest.approx(pre.offset["MET_pt"] + 0.5 * span, abs=0.01 * span)
+    span = 1 / pre["scale"]["MET_pt"]
+    assert event["MET_pt"] == pytest.approx(pre["offset"]["MET_pt"] + 0.5 * span, abs=0.01 * span)
 
     page.click("#try-submit")
     page.locator("#try-result.ok").wait_for(timeout=10_000)
     raw = {k: ak.Array([v]) for k, v in event.items()}
-    p = float(tth_bundle.predictor.predict_raw(raw)[0, 0])
-    assert f"ttH: {p:.6f}" in page.locator("#try-result").inner_text()
+    p = float(tth_bundle.oracle.score_raw(raw)[0, 0])
+    assert _shown(page.locator("#try-result").inner_text(), "ttH") == pytest.approx(p, abs=SHOWN)
 
 
 def test_unload_load_and_delete_need_the_token(page, page_server, tth_bundle, tmp_path):
@@ -238,21 +253,21 @@ def grouped_page(browser, tmp_path_factory):
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.goto(srv.url + "/", timeout=15_000)
     _row(pg, "rawgrouped").wait_for(timeout=10_000)
-    yield pg, bundle.load(path)
+    yield pg, Oracle(path)
     pg.close()
     srv.stop()
     assert errors == []
 
 
 def test_grouped_model_gets_a_raw_branch_example_that_predicts(grouped_page):
-    page, predictor = grouped_page
+    page, oracle = grouped_page
     # the row names the model's tensors, not a feature count
     assert "jets [-1, 4, 3], jets_mask [-1, 4], event [-1, 2]" in _row(page, "rawgrouped").inner_text()
     # no flat feature row is offered (the server refuses one with 400): the raw mode is chosen
     assert page.is_disabled("input[name='mode'][value='features']")
     assert page.is_checked("input[name='mode'][value='raw']")
     event = json.loads(page.input_value("#try-values"))
-    assert list(event) == predictor.preprocessor.inputs
+    assert list(event) == oracle.raw_inputs
     assert 1 <= len(event["Jet_pt"]) <= 4 and event["Jet_pt"] == sorted(event["Jet_pt"], reverse=True)
     # standard normalisation: a flat branch sits at its mean
     assert event["MET_pt"] == pytest.approx(40.0, abs=0.5) and event["HT"] == pytest.approx(200.0, abs=2)
@@ -260,6 +275,7 @@ def test_grouped_model_gets_a_raw_branch_example_that_predicts(grouped_page):
     page.click("#try-submit")
     page.locator("#try-result.ok").wait_for(timeout=10_000)
     raw = {k: [v] for k, v in event.items()}
-    p = float(predictor.predict_raw(raw)[0, 0])
+    p = float(oracle.score_raw(raw)[0, 0])
     result = page.locator("#try-result").inner_text()
-    assert f"sig: {p:.6f}" in result and f"bkg: {1 - p:.6f}" in result
+    assert _shown(result, "sig") == pytest.approx(p, abs=SHOWN)
+    assert _shown(result, "bkg") == pytest.approx(1 - p, abs=SHOWN)

@@ -14,17 +14,18 @@ from .conftest import HTTP
 
 
 def _reference(tth_bundle, path, start, stop):
+    """The oracle's scores of entries [start, stop) of a ROOT file (read here by uproot), and their ids."""
     with uproot.open(path) as f:
         t = f["Events"]
         arrays = t.arrays(
-            tth_bundle.predictor.preprocessor.inputs,
+            tth_bundle.oracle.raw_inputs,
             entry_start=start,
             entry_stop=stop,
             library="ak",
             how=dict,
         )
         ids = t.arrays(["run", "luminosityBlock", "event"], entry_start=start, entry_stop=stop, library="np")
-    return tth_bundle.predictor.predict(tth_bundle.predictor.transform(arrays)), ids
+    return tth_bundle.oracle.score_raw(arrays), ids
 
 
 @pytest.mark.parametrize("where", ["local", "http"])

@@ -6,28 +6,30 @@ import json
 import shutil
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from mlaas4hep.bundle_archive import pack_directory
 
 from .conftest import HTTP, HTTP_NEW, ServerProcess, mlp_onnx
 from .helpers import bundle_members, targz
+from .oracle import ATOL
 
 
 def test_json_one_row(server, tth_bundle):
     """TFaaS /json: keys and values of one row; the answer is the class probabilities in label order."""
     x = tth_bundle.x[0]
-    keys = tth_bundle.predictor.features
+    keys = tth_bundle.oracle.features
     r = HTTP.post(
         server.url + "/json", content=json.dumps({"keys": keys, "values": x.tolist(), "model": "tth"})
     )
     assert r.status_code == 200, r.text
-    p = tth_bundle.predictor.predict(x[None, :])[0, 0]
-    assert r.json() == pytest.approx([1 - p, p], abs=1e-6)
+    p = tth_bundle.oracle.score(x[None, :])[0, 0]
+    assert r.json() == pytest.approx([1 - p, p], abs=ATOL)
 
 
 def test_json_keys_in_any_order_and_many_rows(server, tth_bundle):
-    keys = tth_bundle.predictor.features
+    keys = tth_bundle.oracle.features
     perm = np.random.default_rng(0).permutation(len(keys))
     x = tth_bundle.x[:5]
     r = HTTP.post(
@@ -35,8 +37,8 @@ def test_json_keys_in_any_order_and_many_rows(server, tth_bundle):
         json={"keys": [keys[i] for i in perm], "values": x[:, perm].tolist(), "model": "tth"},
     )
     assert r.status_code == 200, r.text
-    p = tth_bundle.predictor.predict(x)[:, 0]
-    np.testing.assert_allclose(np.array(r.json()), np.stack([1 - p, p], axis=1), atol=1e-6)
+    p = tth_bundle.oracle.score(x)[:, 0]
+    np.testing.assert_allclose(np.array(r.json()), np.stack([1 - p, p], axis=1), atol=ATOL)
 
 
 def test_json_raw_branches(server, tth_bundle):
@@ -46,8 +48,8 @@ def test_json_raw_branches(server, tth_bundle):
         server.url + "/json", json={"keys": list(raw), "values": list(raw.values()), "model": "tth"}
     )
     assert r.status_code == 200, r.text
-    p = tth_bundle.predictor.predict_raw({k: [v] for k, v in raw.items()})[0, 0]
-    assert r.json() == pytest.approx([1 - p, p], abs=1e-6)
+    p = tth_bundle.oracle.score_raw({k: [v] for k, v in raw.items()})[0, 0]
+    assert r.json() == pytest.approx([1 - p, p], abs=ATOL)
 
 
 def test_models_and_status(server, tth_bundle):
@@ -63,7 +65,7 @@ def test_models_and_status(server, tth_bundle):
 def test_metrics(server, tth_bundle):
     HTTP.post(
         server.url + "/json",
-        json={"keys": tth_bundle.predictor.features, "values": tth_bundle.x[0].tolist(), "model": "tth"},
+        json={"keys": tth_bundle.oracle.features, "values": tth_bundle.x[0].tolist(), "model": "tth"},
     )
     text = HTTP.get(server.url + "/metrics").text
     assert 'mlaas4hep_inference_requests_total{model="tth",status="200"}' in text
@@ -138,15 +140,17 @@ def test_uploads_versions_delete_and_persistence(tmp_path, tth_bundle):
         assert models["other"]["versions"] == [1, 2]
         assert models["tfaas"]["label_names"] == ["bkg", "sig"]
         assert models["tfaas"]["description"] == "old-style upload"
-        expected = tth_bundle.predictor.predict(x)
-        np.testing.assert_allclose(_predict(srv.url, "other", x), expected, atol=1e-6)
+        expected = tth_bundle.oracle.score(x)
+        np.testing.assert_allclose(_predict(srv.url, "other", x), expected, atol=ATOL)
         tfaas_ref = _predict(srv.url, "tfaas", x)
+        own = ort.InferenceSession(onnx2, providers=["CPUExecutionProvider"]).run(["probs"], {"x": x})[0]
+        np.testing.assert_allclose(tfaas_ref, own, rtol=0, atol=ATOL)  # the uploaded model, run here
         assert not np.allclose(tfaas_ref, expected)
         r = HTTP.post(
             srv.url + "/json",
             json={"model": "tfaas", "keys": [f"x{i}" for i in range(32)], "values": x[0].tolist()},
         )
-        assert r.json() == pytest.approx([1 - tfaas_ref[0, 0], tfaas_ref[0, 0]], abs=1e-6)
+        assert r.json() == pytest.approx([1 - tfaas_ref[0, 0], tfaas_ref[0, 0]], abs=ATOL)
 
         # delete one version, then a whole model
         r = HTTP.delete(srv.url + "/delete/other?version=1", headers=srv.admin)
@@ -162,8 +166,8 @@ def test_uploads_versions_delete_and_persistence(tmp_path, tth_bundle):
     try:
         models = {m["name"]: m for m in HTTP.get(srv.url + "/models").json()}
         assert set(models) == {"other", "tfaas"} and models["other"]["versions"] == [2]
-        np.testing.assert_allclose(_predict(srv.url, "other", x), tth_bundle.predictor.predict(x), atol=1e-6)
-        np.testing.assert_allclose(_predict(srv.url, "tfaas", x), tfaas_ref, atol=1e-6)
+        np.testing.assert_allclose(_predict(srv.url, "other", x), tth_bundle.oracle.score(x), atol=ATOL)
+        np.testing.assert_allclose(_predict(srv.url, "tfaas", x), tfaas_ref, atol=ATOL)
         assert HTTP.post(srv.url + "/v2/models/tth/infer", json={}).status_code == 404
         assert not list((repo / ".staging").iterdir())
     finally:

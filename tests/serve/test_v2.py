@@ -9,6 +9,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from .conftest import HTTP, RAW_EVENTS
+from .oracle import ATOL
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,11 @@ def test_health_and_server_metadata(tc):
 def test_model_metadata(tc, tth_bundle):
     meta = tc.get_model_metadata("tth")
     assert meta["name"] == "tth" and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
-    F = len(tth_bundle.predictor.features)
+    F = len(tth_bundle.oracle.features)
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, F]}]
     assert meta["outputs"] == [{"name": "probs", "datatype": "FP32", "shape": [-1, 1]}]
     assert meta["parameters"]["labels"] == ["ttbar", "ttH"]
-    assert meta["parameters"]["raw_inputs"] == tth_bundle.predictor.preprocessor.inputs
+    assert meta["parameters"]["raw_inputs"] == tth_bundle.oracle.raw_inputs
     assert tc.get_model_metadata("tth", "1")["name"] == "tth"
     assert tc.is_model_ready("tth") and tc.is_model_ready("tth", "1")
     assert not tc.is_model_ready("tth", "7") and not tc.is_model_ready("nope")
@@ -49,14 +50,14 @@ def test_model_metadata(tc, tth_bundle):
 @pytest.mark.parametrize("binary_out", [True, False])
 def test_tritonclient_infer_equals_onnxruntime(tc, tth_bundle, binary_in, binary_out):
     x = tth_bundle.x[:300]
-    expected = tth_bundle.predictor.predict(x)
+    expected = tth_bundle.oracle.score(x)
     inp = triton.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary_in)
     out = triton.InferRequestedOutput("probs", binary_data=binary_out)
     res = tc.infer("tth", [inp], outputs=[out], request_id="req-7")
     got = res.as_numpy("probs")
     assert got.dtype == np.float32 and got.shape == (300, 1)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
     assert res.get_response()["id"] == "req-7"
     assert res.get_response()["model_version"] == "1"
 
@@ -66,9 +67,9 @@ def test_tritonclient_default_outputs_and_compression(tc, tth_bundle):
     inp = triton.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     res = tc.infer("tth", [inp], model_version="1", request_compression_algorithm="gzip")
-    np.testing.assert_allclose(res.as_numpy("probs"), tth_bundle.predictor.predict(x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(res.as_numpy("probs"), tth_bundle.oracle.score(x), rtol=0, atol=ATOL)
     res = tc.infer("tth", [inp], request_compression_algorithm="deflate")
-    np.testing.assert_allclose(res.as_numpy("probs"), tth_bundle.predictor.predict(x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(res.as_numpy("probs"), tth_bundle.oracle.score(x), rtol=0, atol=ATOL)
 
 
 def test_tritonclient_errors(tc, tth_bundle):
@@ -83,7 +84,7 @@ def test_tritonclient_errors(tc, tth_bundle):
 
 def test_json_infer_nested_and_flat_data(server, tth_bundle):
     x = tth_bundle.x[:3]
-    expected = tth_bundle.predictor.predict(x)
+    expected = tth_bundle.oracle.score(x)
     for data in (x.tolist(), x.ravel().tolist()):
         r = HTTP.post(
             server.url + "/v2/models/tth/infer",
@@ -93,7 +94,7 @@ def test_json_infer_nested_and_flat_data(server, tth_bundle):
         body = r.json()
         assert body["model_name"] == "tth" and body["outputs"][0]["shape"] == [3, 1]
         np.testing.assert_allclose(
-            np.array(body["outputs"][0]["data"]).reshape(3, 1), expected, rtol=0, atol=1e-6
+            np.array(body["outputs"][0]["data"]).reshape(3, 1), expected, rtol=0, atol=ATOL
         )
 
 
@@ -123,7 +124,7 @@ def test_binary_request_by_hand(server, tth_bundle):
     meta = orjson.loads(r.content[:n])
     assert meta["outputs"][0]["parameters"]["binary_data_size"] == 200
     got = np.frombuffer(r.content[n:], dtype="<f4").reshape(50, 1)
-    np.testing.assert_allclose(got, tth_bundle.predictor.predict(x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, tth_bundle.oracle.score(x), rtol=0, atol=ATOL)
 
 
 def test_raw_inputs_json(server, tth_bundle):
@@ -133,7 +134,7 @@ def test_raw_inputs_json(server, tth_bundle):
     r = HTTP.post(server.url + "/v2/models/tth/infer", json={"inputs": inputs})
     assert r.status_code == 200, r.text
     got = np.array(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(-1, 1)
-    np.testing.assert_allclose(got, tth_bundle.predictor.predict_raw(raw), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, tth_bundle.oracle.score_raw(raw), rtol=0, atol=ATOL)
     # every raw input is needed
     missing = [i for i in inputs if i["name"] != "MET_pt"]
     r = HTTP.post(server.url + "/v2/models/tth/infer", json={"inputs": missing})
