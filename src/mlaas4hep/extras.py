@@ -42,6 +42,7 @@ EXTRA_OF = {
     "xgboost": "train",
     "onnxmltools": "train",
     "keras": "train",
+    "pyarrow": "parquet",
     "dask": "scale",
     "distributed": "scale",
 }
