@@ -25,14 +25,19 @@ from ..conftest import sample_config
 from ..serve.conftest import mlp_onnx
 
 
-def reference_scores(bundle_dir: Path, url: str | Path, tree: str = "Events") -> np.ndarray:
-    """The bundle's scores for every entry of ``url``, recomputed from ``bundle.json`` and ``model.onnx``."""
+def reference_scores(bundle_dir: Path, events: str | Path | uproot.TTree) -> np.ndarray:
+    """The bundle's scores for every entry of ``events`` (a file's ``Events`` tree, or the tree),
+    recomputed from ``bundle.json`` and ``model.onnx``."""
     import onnxruntime as ort
+
+    if not isinstance(events, uproot.TTree):
+        with uproot.open(events) as f:
+            return reference_scores(bundle_dir, f["Events"])
 
     meta = json.loads((Path(bundle_dir) / "bundle.json").read_text())
     pre = meta["inputs"]["preprocessing"]
     names = list(pre["flat"]) + [b for b, _ in pre["jagged"]]
-    arrays = uproot.open(url)[tree].arrays(names, library="ak")
+    arrays = events.arrays(names, library="ak")
     off, sc = pre["offset"], pre["scale"]
     cols = []
     for b in pre["flat"]:

@@ -68,7 +68,8 @@ def add_predict_command(subparsers: Any) -> None:
         type=positive_int,
         default=100_000,
         metavar="N",
-        help="entries scored at a time, per worker (default 100000): bounds the memory",
+        help="entries scored at a time, per worker (default 100000): bounds the memory; "
+        "chunks smaller than the file's baskets decompress them more than once",
     )
     p.add_argument(
         "--workers", type=count, default=None, help="worker processes (default: one per core; 0 = this process)"

@@ -30,6 +30,7 @@ from ..io import executor as executor_mod
 from ..io import reader, urls
 from ..io.chunk import Unit
 from ..io.errors import BranchNotFoundError
+from ..io.shuffle import plan_units
 from .writers import SUFFIXES, open_writer, score_columns
 
 DEFAULT_CHUNK = 100_000
@@ -52,6 +53,7 @@ class _Plan:
     out: Path
     entries: int
     ids: list[str]
+    boundaries: list[int] | None = None  # clusters (TTree), row groups (Parquet), clusters (RNTuple)
 
 
 def bundle_dir(path: str | os.PathLike[str]) -> Path:
@@ -134,7 +136,22 @@ def _plan_file(
     if ids_given and len(present) < len(ids):
         absent = [i for i in ids if i not in t]
         raise BranchNotFoundError(url, absent[0], "it was asked for as an event identifier")
-    return _Plan(url, out, int(t.num_entries), present)
+    return _Plan(url, out, int(t.num_entries), present, _boundaries(t, spec.preprocessor.inputs + present))
+
+
+def _boundaries(t: Any, branches: list[str]) -> list[int] | None:
+    """Where a file's baskets of ``branches`` all begin (a TTree's clusters), or its row groups.
+
+    Chunks then end on these entries where they can (:func:`mlaas4hep.io.formats.cuts`),
+    so no basket is decompressed for two chunks that could have shared it.
+    """
+    bounds = getattr(t, "boundaries", None)
+    if bounds:
+        return list(bounds)
+    try:
+        return [int(e) for e in t.common_entry_offsets(filter_name=branches)]
+    except Exception:  # not a TTree of uproot's, or baskets it cannot list
+        return None
 
 
 @dataclass
@@ -149,6 +166,8 @@ class ScoreTask:
     threads: int | None = None
 
     def __call__(self, unit: Unit) -> dict[str, np.ndarray]:
+        for url in self.urls[: unit.file]:  # files are scored in order: close those done
+            reader.forget(url, self.tree)
         predictor = _predictor(self.bundle, self.threads)
         parts = predictor.predict_root(
             self.urls[unit.file],
@@ -245,11 +264,7 @@ def predict(
     columns = score_columns(spec.labels, spec.n_outputs)
     n_workers = executor_mod.default_workers() if workers is None else int(workers)
     task = ScoreTask(str(path.resolve()), inputs, tree, [p.ids for p in plans], timeout, 1 if n_workers else None)
-    units = [
-        Unit(i, s, min(s + chunk_size, p.entries))
-        for i, p in enumerate(plans)
-        for s in range(0, p.entries, chunk_size)
-    ]
+    units = plan_units([p.entries for p in plans], chunk_size, -1, [p.boundaries for p in plans])
     for p in plans:
         p.out.parent.mkdir(parents=True, exist_ok=True)
     from .. import progress
@@ -299,6 +314,7 @@ def _write_file(
             done += unit.stop - unit.start
             bar.advance(unit.stop - unit.start, info=Path(urls.local_path(plan.url)).name)
         writer.close()
+        reader.forget(plan.url, tree)  # its memory map and uproot's array cache (100 MB a file)
     except BaseException:
         writer.abort()
         raise
