@@ -146,6 +146,18 @@ def _graph_tensors(graph: Any) -> list[dict[str, Any]]:
     return out
 
 
+def resolve_dir(path: str | os.PathLike[str]) -> Path:
+    """A bundle directory: ``path`` itself, or the ``bundle/`` of a training run's directory."""
+    p = Path(path)
+    if not (p / "bundle.json").exists() and (p / "bundle" / "bundle.json").exists():
+        return p / "bundle"
+    if not p.exists():
+        raise BundleError(f"no bundle at {str(p)!r}: give a bundle directory (runs/NAME/bundle)")
+    if not p.is_dir():
+        raise BundleError(f"{str(p)!r} is a file, not a bundle directory (runs/NAME/bundle)")
+    return p
+
+
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``bundle.json`` and check it against the schema of :mod:`mlaas4hep.bundle_schema`.
 

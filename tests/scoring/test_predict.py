@@ -155,7 +155,7 @@ def test_ids_asked_for_must_exist(trained_bundle, data_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["{data}/ttH_0.root", "{data}/ttbar_0.root", "-o", "{tmp}/o"], "is a file, not a bundle: the bundle"),
+        (["{data}/ttH_0.root", "{data}/ttbar_0.root", "-o", "{tmp}/o"], "is a file, not a bundle directory (runs/NAME/bundle)"),
         (["{tmp}", "{data}/ttH_0.root", "-o", "{tmp}/o"], "has no bundle.json"),
         (["{bundle}", "{data}/nothing_*.root", "-o", "{tmp}/o"], "no file matches '{data}/nothing_*.root'"),
         (["{bundle}", "{data}/ttH_0.rot", "-o", "{tmp}/o"], "no such file: '{data}/ttH_0.rot'"),

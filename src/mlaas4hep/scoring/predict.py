@@ -56,20 +56,6 @@ class _Plan:
     boundaries: list[int] | None = None  # clusters (TTree), row groups (Parquet), clusters (RNTuple)
 
 
-def bundle_dir(path: str | os.PathLike[str]) -> Path:
-    """A bundle directory: ``path`` itself, or the ``bundle/`` of a training run's directory."""
-    p = Path(path)
-    if not (p / "bundle.json").exists() and (p / "bundle" / "bundle.json").exists():
-        return p / "bundle"
-    if not p.exists():
-        raise bundle_mod.BundleError(f"no bundle at {str(p)!r}: give a bundle directory (runs/NAME/bundle)")
-    if not p.is_dir():
-        raise bundle_mod.BundleError(
-            f"{str(p)!r} is a file, not a bundle: the bundle directory (runs/NAME/bundle) comes first"
-        )
-    return p
-
-
 def expand(files: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Local globs expanded (sorted), URLs kept; each file once, in the order given."""
     out: list[str] = []
@@ -248,7 +234,7 @@ def predict(
         raise ConfigError(f"the friend tree name must be a plain name such as 'scores', got {name!r}")
     if int(chunk_size) < 1:
         raise ConfigError(f"chunk_size must be 1 or more, got {chunk_size}")
-    path = bundle_dir(bundle)
+    path = bundle_mod.resolve_dir(bundle)
     spec = BundleSpec(bundle_mod.read_meta(path))
     if spec.preprocessor is None:
         raise bundle_mod.BundleError(
