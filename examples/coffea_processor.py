@@ -27,6 +27,7 @@ worker); ``--dask`` builds dask-awkward NanoEvents instead (needs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.files:
         files.setdefault(Path(f).stem.rpartition("_")[0] or Path(f).stem, []).append(f)
     proc = ScoreProcessor(local, server)
-    with warnings.catch_warnings():
+    # coffea's progress bars go to standard error, the table below to standard output
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore", RuntimeWarning)  # NanoAODSchema: cross-references the sample lacks
         out = run_dask(files, proc) if args.dask else run_chunks(files, proc, args.workers, args.chunk_size)
 

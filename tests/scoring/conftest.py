@@ -25,15 +25,8 @@ from ..conftest import sample_config
 from ..serve.conftest import mlp_onnx
 
 
-def reference_scores(bundle_dir: Path, events: str | Path | uproot.TTree) -> np.ndarray:
-    """The bundle's scores for every entry of ``events`` (a file's ``Events`` tree, or the tree),
-    recomputed from ``bundle.json`` and ``model.onnx``."""
-    import onnxruntime as ort
-
-    if not isinstance(events, uproot.TTree):
-        with uproot.open(events) as f:
-            return reference_scores(bundle_dir, f["Events"])
-
+def reference_features(bundle_dir: Path, events: uproot.TTree) -> np.ndarray:
+    """The model's ``(n, F)`` input for every entry of ``events``, from ``bundle.json``'s description."""
     meta = json.loads((Path(bundle_dir) / "bundle.json").read_text())
     pre = meta["inputs"]["preprocessing"]
     names = list(pre["flat"]) + [b for b, _ in pre["jagged"]]
@@ -49,9 +42,22 @@ def reference_scores(bundle_dir: Path, events: str | Path | uproot.TTree) -> np.
         v = (v - np.float32(off.get(b, 0.0))) * np.float32(sc.get(b, 1.0))
         v[np.isnan(padded)] = np.float32(pre["pad_value"])
         cols.append(v)
-    x = np.hstack(cols).astype(np.float32) if len(arrays) else np.zeros((0, len(meta["inputs"]["features"])))
+    if not len(arrays):
+        return np.zeros((0, len(meta["inputs"]["features"])), np.float32)
+    return np.hstack(cols).astype(np.float32)
+
+
+def reference_scores(bundle_dir: Path, events: str | Path | uproot.TTree) -> np.ndarray:
+    """The bundle's scores for every entry of ``events`` (a file's ``Events`` tree, or the tree):
+    ``model.onnx`` in a fresh onnxruntime session on :func:`reference_features`."""
+    import onnxruntime as ort
+
+    if not isinstance(events, uproot.TTree):
+        with uproot.open(events) as f:
+            return reference_scores(bundle_dir, f["Events"])
+    x = reference_features(bundle_dir, events)
     sess = ort.InferenceSession(str(Path(bundle_dir) / "model.onnx"), providers=["CPUExecutionProvider"])
-    out: np.ndarray = sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+    out: np.ndarray = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     return out
 
 
