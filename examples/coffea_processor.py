@@ -97,7 +97,9 @@ def run_dask(files: dict[str, list[str]], proc: ScoreProcessor) -> dict:
 
     lazy = {}
     for name, fs in files.items():
-        events = NanoEventsFactory.from_root({f: "Events" for f in fs}, schemaclass=NanoAODSchema, mode="dask")
+        events = NanoEventsFactory.from_root(
+            {f: "Events" for f in fs}, schemaclass=NanoAODSchema, mode="dask"
+        )
         lazy[name] = proc.scores(events.events())
     (scores,) = dask.compute(lazy)
     return {name: summary(*pair) for name, pair in scores.items()}
@@ -105,7 +107,9 @@ def run_dask(files: dict[str, list[str]], proc: ScoreProcessor) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("files", nargs="+", help="NanoAOD files; the dataset of each is its name up to the last '_'")
+    p.add_argument(
+        "files", nargs="+", help="NanoAOD files; the dataset of each is its name up to the last '_'"
+    )
     p.add_argument("--bundle", required=True, help="the bundle directory (runs/tth/bundle)")
     p.add_argument("--server", required=True, help="the server's gRPC address, HOST:PORT")
     p.add_argument("--model", default="tth", help="the model's name on the server (default tth)")
@@ -133,11 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         centers = h.axes["score"].centers
         means = [np.average(centers, weights=h[w, :].values()) for w in ("in process", "server")]
         worst = max(worst, float(res["max_diff"]))
-        print(f"{name:<10} {int(res['events']):>8} {means[0]:>16.4f} {means[1]:>15.4f} {float(res['max_diff']):>11.2e}")
+        print(
+            f"{name:<10} {int(res['events']):>8} {means[0]:>16.4f} {means[1]:>15.4f} {float(res['max_diff']):>11.2e}"
+        )
     if worst > TOLERANCE:
         print(f"in-process and server scores differ by up to {worst:.2e} (> {TOLERANCE:g})", file=sys.stderr)
         return 1
-    print(f"in-process and server scores agree for every event (max |difference| {worst:.1e} <= {TOLERANCE:g})")
+    print(
+        f"in-process and server scores agree for every event (max |difference| {worst:.1e} <= {TOLERANCE:g})"
+    )
     return 0
 
 

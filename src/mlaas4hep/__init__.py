@@ -14,6 +14,10 @@ whole files as ROOT friend trees or Parquet, without a server.
 """
 
 from pathlib import Path as _Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .scoring import predict as predict
 
 __version__ = "0.1.0"
 
@@ -22,7 +26,7 @@ __version__ = "0.1.0"
 MODELS_DIR = _Path(__file__).with_name("models")
 
 
-def __getattr__(name: str):  # noqa: ANN202 (module __getattr__)
+def __getattr__(name: str) -> Any:
     """``mlaas4hep.predict``, imported on first use (``import mlaas4hep`` stays light)."""
     if name == "predict":
         from .scoring import predict

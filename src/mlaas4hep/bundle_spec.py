@@ -50,7 +50,6 @@ from .errors import Mlaas4hepError
 from .io.groups import GroupLayout
 from .io.preprocess import Preprocessor
 
-
 #: NanoAOD's event identifier branches: what a bundle written without ``identifier`` assumes.
 DEFAULT_IDENTIFIER = ("run", "luminosityBlock", "event")
 

@@ -52,10 +52,15 @@ from . import bundle as bundle_mod
 from . import extras
 from .bundle_spec import BundleSpec, InputError
 
-_helper = extras.require("coffea.ml_tools.helper", "the coffea wrapper (mlaas4hep.coffea)")
+try:
+    from coffea.ml_tools.helper import nonserializable_attribute, numpy_call_wrapper
+except ImportError as err:
+    raise extras.MissingDependencyError(
+        f"the coffea wrapper (mlaas4hep.coffea) needs coffea, which is not installed: {extras.install_hint('coffea')}"
+    ) from err
 
 
-class BundleWrapper(_helper.nonserializable_attribute, _helper.numpy_call_wrapper):  # type: ignore[misc]
+class BundleWrapper(nonserializable_attribute, numpy_call_wrapper):
     """A model bundle applied to (dask-)awkward events, preprocessing included.
 
     Args:
@@ -70,7 +75,7 @@ class BundleWrapper(_helper.nonserializable_attribute, _helper.numpy_call_wrappe
     """
 
     def __init__(self, bundle: str | os.PathLike[str], threads: int | None = 1):
-        _helper.nonserializable_attribute.__init__(self, ["predictor"])
+        nonserializable_attribute.__init__(self, ["predictor"])
         self.bundle = str(bundle_mod.resolve_dir(bundle))
         self.threads = threads
         self.meta = bundle_mod.read_meta(self.bundle)
@@ -226,7 +231,9 @@ def _collection_name(array: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _lookup(branch: str, named: Mapping[str, Any], collections: Mapping[str, Any], records: list[Any], lib: Any) -> Any:
+def _lookup(
+    branch: str, named: Mapping[str, Any], collections: Mapping[str, Any], records: list[Any], lib: Any
+) -> Any:
     """``branch`` from keyword arrays, collections (``Jet`` for ``Jet_pt``) or event records; None if nowhere."""
     if branch in named:
         return named[branch]

@@ -43,6 +43,7 @@ EXTRA_OF = {
     "onnxmltools": "train",
     "keras": "train",
     "pyarrow": "parquet",
+    "coffea": "coffea",
     "dask": "scale",
     "distributed": "scale",
 }

@@ -100,10 +100,18 @@ def test_errors(trained_bundle, data_dir, tmp_path):
         "model 'sklearn_sgd' reads the branch 'MET_pt', which is not in what was given: "
         "pass the events, or events.MET (or MET=...), or MET_pt=..."
     )
-    with pytest.raises(bundle.BundleError, match="has no bundle.json"):
+    with pytest.raises(bundle.BundleError, match=r"has no bundle\.json"):
         BundleWrapper(tmp_path)
     features = json.loads((trained_bundle / "bundle.json").read_text())["inputs"]["features"]
-    flat = bundle.write(tmp_path / "flat", trained_bundle / "model.onnx", None, ["ttbar", "ttH"], "flat", "onnx", features=features)
+    flat = bundle.write(
+        tmp_path / "flat",
+        trained_bundle / "model.onnx",
+        None,
+        ["ttbar", "ttH"],
+        "flat",
+        "onnx",
+        features=features,
+    )
     with pytest.raises(bundle.BundleError, match="has no preprocessing, so it cannot take events"):
         BundleWrapper(flat)
 
@@ -138,7 +146,18 @@ def test_example_against_the_server(trained_bundle, data_dir, tmp_path):
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert res.returncode == 0, res.stdout + res.stderr
         lines = res.stdout.splitlines()
-        assert lines[0].split() == ["dataset", "events", "mean", "in", "process", "mean", "on", "server", "max", "|diff|"]
+        assert lines[0].split() == [
+            "dataset",
+            "events",
+            "mean",
+            "in",
+            "process",
+            "mean",
+            "on",
+            "server",
+            "max",
+            "|diff|",
+        ]
         assert [ln.split()[:2] for ln in lines[1:3]] == [["ttH", "3000"], ["ttbar", "3000"]]
         assert lines[-1].startswith("in-process and server scores agree for every event")
         stats = HTTP.get(f"{srv.url}/v2/models/tth/stats").json()["model_stats"][0]

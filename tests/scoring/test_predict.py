@@ -58,13 +58,17 @@ def test_friend_trees_of_a_trained_bundle(trained_bundle, data_dir, tmp_path, ca
         with uproot.open(p) as f:
             assert f["scores"]["score"].num_baskets == 7  # written chunk by chunk: ceil(20000 / 3000)
             prov = json.loads(str(f["mlaas4hep"]))
-        assert prov["model"] == meta["name"] and prov["input"] == str(i) and prov["labels"] == ["ttbar", "ttH"]
-        assert 0 < got["score"].min() and got["score"].max() < 1
+        assert (
+            prov["model"] == meta["name"] and prov["input"] == str(i) and prov["labels"] == ["ttbar", "ttH"]
+        )
+        assert got["score"].min() > 0 and got["score"].max() < 1
     # the signal file scores higher than the background on average (a trained model, not noise)
     with uproot.open(paths[0]) as s, uproot.open(paths[1]) as b:
         assert s["scores/score"].array(library="np").mean() > b["scores/score"].array(library="np").mean()
     # the run directory works as the bundle too, and a rerun refuses to overwrite
-    assert main(["predict", str(trained_bundle.parent), str(inputs[0]), "-o", str(out), "--workers", "0"]) == 2
+    assert (
+        main(["predict", str(trained_bundle.parent), str(inputs[0]), "-o", str(out), "--workers", "0"]) == 2
+    )
     assert capsys.readouterr().err.strip() == (
         f"error: '{paths[0]}' exists; add --overwrite (overwrite=True) to replace it"
     )
@@ -117,7 +121,9 @@ def test_real_nanoaod(nano_bundle, data_dir, tmp_path):
     """CMSSW-written NanoAOD: 40 events each, and a file with none (an empty friend tree)."""
     names = ["nano_dy.root", "nano_dimuon.root", "nano_dy_empty.root"]
     # workers=0: each worker would open the 1,500-branch trees again (seconds each on a shared machine)
-    outs = mlaas4hep.predict(nano_bundle, [str(data_dir / n) for n in names], tmp_path, chunk_size=16, workers=0)
+    outs = mlaas4hep.predict(
+        nano_bundle, [str(data_dir / n) for n in names], tmp_path, chunk_size=16, workers=0
+    )
     assert [o.entries for o in outs] == [40, 40, 0]
     for o, n in zip(outs, names):
         _check_friend(o.path, data_dir / n, nano_bundle)
@@ -129,7 +135,9 @@ def test_missing_branch_names_file_and_branches(trained_bundle, data_dir, tmp_pa
     """Every file is checked before anything is written; the message names the file and the branches."""
     bad = tmp_path / "no_btag.root"
     with uproot.open(data_dir / "ttH_0.root") as f:
-        arrays = f["Events"].arrays(["run", "event", "MET_pt", "nJet", "Jet_pt"], entry_stop=100, library="np")
+        arrays = f["Events"].arrays(
+            ["run", "event", "MET_pt", "nJet", "Jet_pt"], entry_stop=100, library="np"
+        )
     with uproot.recreate(bad) as f:
         f["Events"] = {"run": arrays["run"], "event": arrays["event"], "MET_pt": arrays["MET_pt"]}
     out = tmp_path / "out"
@@ -155,7 +163,10 @@ def test_ids_asked_for_must_exist(trained_bundle, data_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["{data}/ttH_0.root", "{data}/ttbar_0.root", "-o", "{tmp}/o"], "is a file, not a bundle directory (runs/NAME/bundle)"),
+        (
+            ["{data}/ttH_0.root", "{data}/ttbar_0.root", "-o", "{tmp}/o"],
+            "is a file, not a bundle directory (runs/NAME/bundle)",
+        ),
         (["{tmp}", "{data}/ttH_0.root", "-o", "{tmp}/o"], "has no bundle.json"),
         (["{bundle}", "{data}/nothing_*.root", "-o", "{tmp}/o"], "no file matches '{data}/nothing_*.root'"),
         (["{bundle}", "{data}/ttH_0.rot", "-o", "{tmp}/o"], "no such file: '{data}/ttH_0.rot'"),
@@ -179,5 +190,11 @@ def test_help_explains_itself(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = capsys.readouterr().out
-    for phrase in ("friend tree", "AddFriend", "--format {root,parquet}", "--chunk-size N, --step N", "--workers"):
+    for phrase in (
+        "friend tree",
+        "AddFriend",
+        "--format {root,parquet}",
+        "--chunk-size N, --step N",
+        "--workers",
+    ):
         assert phrase in text

@@ -44,7 +44,9 @@ def add_predict_command(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bundle", help="bundle directory (runs/NAME/bundle, or the run directory runs/NAME)")
-    p.add_argument("files", nargs="+", metavar="FILE", help="ROOT files: paths, globs, root:// or http(s):// URLs")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="ROOT files: paths, globs, root:// or http(s):// URLs"
+    )
     p.add_argument(
         "-o",
         "--out",
@@ -53,7 +55,10 @@ def add_predict_command(subparsers: Any) -> None:
         help="output directory (created); with one input file, a file name ending in .root or .parquet",
     )
     p.add_argument(
-        "--format", choices=["root", "parquet"], default="root", help="output format (default root: friend trees)"
+        "--format",
+        choices=["root", "parquet"],
+        default="root",
+        help="output format (default root: friend trees)",
     )
     p.add_argument("--tree", help="input tree (default: the bundle's, e.g. Events)")
     p.add_argument(
@@ -72,7 +77,10 @@ def add_predict_command(subparsers: Any) -> None:
         "chunks smaller than the file's baskets decompress them more than once",
     )
     p.add_argument(
-        "--workers", type=count, default=None, help="worker processes (default: one per core; 0 = this process)"
+        "--workers",
+        type=count,
+        default=None,
+        help="worker processes (default: one per core; 0 = this process)",
     )
     p.add_argument(
         "--ids",
@@ -108,7 +116,13 @@ def run_predict(args: argparse.Namespace) -> int:
         print_json(
             {
                 "outputs": [
-                    {"input": o.input, "output": str(o.path), "entries": o.entries, "ids": o.ids, "scores": o.scores}
+                    {
+                        "input": o.input,
+                        "output": str(o.path),
+                        "entries": o.entries,
+                        "ids": o.ids,
+                        "scores": o.scores,
+                    }
                     for o in outs
                 ],
                 "entries": n,

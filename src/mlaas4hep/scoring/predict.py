@@ -249,7 +249,9 @@ def predict(
     _check_outputs(plans, overwrite)
     columns = score_columns(spec.labels, spec.n_outputs)
     n_workers = executor_mod.default_workers() if workers is None else int(workers)
-    task = ScoreTask(str(path.resolve()), inputs, tree, [p.ids for p in plans], timeout, 1 if n_workers else None)
+    task = ScoreTask(
+        str(path.resolve()), inputs, tree, [p.ids for p in plans], timeout, 1 if n_workers else None
+    )
     units = plan_units([p.entries for p in plans], chunk_size, -1, [p.boundaries for p in plans])
     for p in plans:
         p.out.parent.mkdir(parents=True, exist_ok=True)
