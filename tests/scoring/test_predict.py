@@ -169,7 +169,7 @@ def test_ids_asked_for_must_exist(trained_bundle, data_dir, tmp_path, capsys):
         ),
         (["{tmp}", "{data}/ttH_0.root", "-o", "{tmp}/o"], "has no bundle.json"),
         (["{bundle}", "{data}/nothing_*.root", "-o", "{tmp}/o"], "no file matches '{data}/nothing_*.root'"),
-        (["{bundle}", "{data}/ttH_0.rot", "-o", "{tmp}/o"], "no such file: '{data}/ttH_0.rot'"),
+        (["{bundle}", "{data}/ttH_0.rot", "-o", "{tmp}/o"], "no such file: '{data}/ttH_0.rot'; did you mean 'ttH_0.root'?"),
         (["{bundle}", "{data}/ttH_0.root", "--tree", "Evnts", "-o", "{tmp}/o"], "no tree 'Evnts' in file"),
         (
             ["{bundle}", "{data}/ttH_0.root", "{data}/ttH_1.root", "-o", "{tmp}/o.root"],

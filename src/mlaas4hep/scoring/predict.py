@@ -72,11 +72,22 @@ def expand(files: Sequence[str | os.PathLike[str]]) -> list[str]:
             if os.path.isdir(path):
                 raise ConfigError(f"{f!r} is a directory: give its files, e.g. '{f.rstrip('/')}/*.root'")
             if not os.path.exists(path):
-                raise ConfigError(f"no such file: {f!r}")
+                raise ConfigError(f"no such file: {f!r}" + _near(path))
         out.append(f)
     if not out:
         raise ConfigError("no input files given")
     return list(dict.fromkeys(out))
+
+
+def _near(path: str) -> str:
+    """``; did you mean 'ttH_0.root'?`` from the names of the files beside a missing one."""
+    from ..io.expr import did_you_mean
+
+    try:
+        names = os.listdir(os.path.dirname(path) or ".")
+    except OSError:
+        return ""
+    return did_you_mean(os.path.basename(path), names)
 
 
 def output_paths(inputs: list[str], out: str | os.PathLike[str], fmt: str, name: str) -> list[Path]:
