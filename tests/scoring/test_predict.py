@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import awkward as ak
 import numpy as np
 import pytest
 import uproot
@@ -169,7 +170,10 @@ def test_ids_asked_for_must_exist(trained_bundle, data_dir, tmp_path, capsys):
         ),
         (["{tmp}", "{data}/ttH_0.root", "-o", "{tmp}/o"], "has no bundle.json"),
         (["{bundle}", "{data}/nothing_*.root", "-o", "{tmp}/o"], "no file matches '{data}/nothing_*.root'"),
-        (["{bundle}", "{data}/ttH_0.rot", "-o", "{tmp}/o"], "no such file: '{data}/ttH_0.rot'; did you mean 'ttH_0.root'?"),
+        (
+            ["{bundle}", "{data}/ttH_0.rot", "-o", "{tmp}/o"],
+            "no such file: '{data}/ttH_0.rot'; did you mean 'ttH_0.root'",
+        ),
         (["{bundle}", "{data}/ttH_0.root", "--tree", "Evnts", "-o", "{tmp}/o"], "no tree 'Evnts' in file"),
         (
             ["{bundle}", "{data}/ttH_0.root", "{data}/ttH_1.root", "-o", "{tmp}/o.root"],
@@ -198,3 +202,48 @@ def test_help_explains_itself(capsys):
         "--workers",
     ):
         assert phrase in text
+
+
+def test_a_branch_of_another_type_names_the_file(trained_bundle, data_dir, tmp_path, capsys):
+    """MET_pt jagged where the model was trained on a flat one: the error says which file and entries."""
+    odd = tmp_path / "odd.root"
+    with uproot.open(data_dir / "ttH_0.root") as f:
+        arrays = f["Events"].arrays(entry_stop=50)
+    jets = ak.zip({k[4:]: arrays[k] for k in arrays.fields if k.startswith("Jet_")})
+    with uproot.recreate(odd) as f:  # Jet written back as nJet and Jet_*; MET_pt is jagged now
+        f["Events"] = {
+            "run": arrays["run"],
+            "event": arrays["event"],
+            "Jet": jets,
+            "MET_pt": arrays["Jet_pt"],
+        }
+    assert main(["predict", str(trained_bundle), str(odd), "-o", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot score entries 0-50 of '{odd}': "
+        "input 'MET_pt' is jagged but the model expects one value per event"
+    )
+    assert not list((tmp_path / "o").glob("*"))  # the part file is gone
+
+
+def test_a_short_run_ends_without_worker_tracebacks(trained_bundle, data_dir, tmp_path):
+    """Scoring done before the worker processes are up must not leave them failing to start after the
+    command ended (multiprocessing printed a FileNotFoundError traceback per worker)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlaas4hep.cli",
+        "predict",
+        str(trained_bundle),
+        str(data_dir / "ttH_0.root"),
+    ]
+    cmd += ["-o", str(tmp_path), "--workers", "2", "--chunk-size", "20000"]
+    env = {**os.environ, "PYTHONPATH": os.path.join(root, "src")}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [str(tmp_path / "ttH_0_scores.root")]
+    assert "Traceback" not in res.stderr and "Error" not in res.stderr, res.stderr

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import __version__
 from .. import bundle as bundle_mod
-from ..bundle_spec import BundleSpec
+from ..bundle_spec import BundleSpec, InputError
 from ..errors import ConfigError
 from ..io import executor as executor_mod
 from ..io import reader, urls
@@ -166,8 +166,9 @@ class ScoreTask:
         for url in self.urls[: unit.file]:  # files are scored in order: close those done
             reader.forget(url, self.tree)
         predictor = _predictor(self.bundle, self.threads)
+        url = self.urls[unit.file]
         parts = predictor.predict_root(
-            self.urls[unit.file],
+            url,
             self.tree,
             unit.start,
             unit.stop,
@@ -175,7 +176,10 @@ class ScoreTask:
             timeout=self.timeout,
             ids=tuple(self.ids[unit.file]),
         )
-        return next(iter(parts))
+        try:
+            return next(iter(parts))
+        except (ConfigError, InputError) as err:  # the preprocessing refused the file's values
+            raise ConfigError(f"cannot score entries {unit.start}-{unit.stop} of {url!r}: {err}") from None
 
 
 _PREDICTORS: dict[tuple[str, int | None], bundle_mod.Predictor] = {}
