@@ -247,3 +247,33 @@ def test_a_short_run_ends_without_worker_tracebacks(trained_bundle, data_dir, tm
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [str(tmp_path / "ttH_0_scores.root")]
     assert "Traceback" not in res.stderr and "Error" not in res.stderr, res.stderr
+
+
+def test_json_output(trained_bundle, data_dir, tmp_path, capsys):
+    src = str(data_dir / "ttbar_0.root")
+    assert main(["predict", str(trained_bundle), src, "-o", str(tmp_path), "--workers", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["outputs"] == [
+        {
+            "input": src,
+            "output": str(tmp_path / "ttbar_0_scores.root"),
+            "entries": 20_000,
+            "ids": IDS,
+            "scores": ["score"],
+        }
+    ]
+    assert out["entries"] == 20_000
+
+
+def test_bundle_identifier_is_checked(trained_bundle, tmp_path):
+    import shutil
+
+    from mlaas4hep import bundle
+
+    b = shutil.copytree(trained_bundle, tmp_path / "b")
+    meta = json.loads((b / "bundle.json").read_text())
+    meta["identifier"] = "run,event"
+    (b / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(bundle.BundleError) as err:
+        mlaas4hep.predict(b, [], tmp_path)
+    assert str(err.value) == "bundle.json 'identifier' must be a list of at most 64 strings"
