@@ -26,7 +26,7 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,14 @@ def write(
     features: list[str] | None = None,
     native: Mapping[str, str | os.PathLike[str]] | None = None,
     extra: Mapping[str, Any] | None = None,
+    identifier: Sequence[str] | None = None,
 ) -> Path:
     """Write a bundle directory; returns its path.
 
     ``features`` defaults to the preprocessor's feature names; without a
-    preprocessor the model takes ready-made feature vectors.
+    preprocessor the model takes ready-made feature vectors. ``identifier``
+    names the dataset's event identifier branches (``run``, ``luminosityBlock``,
+    ``event``), which ``mlaas4hep predict`` writes next to the scores.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,7 @@ def write(
         "metrics": dict(metrics or {}),
         "data_fingerprint": data_fingerprint,
         "native": sorted((native or {}).keys()),
+        **({"identifier": list(identifier)} if identifier is not None else {}),
         **dict(extra or {}),
     }
     (path / "bundle.json").write_text(json.dumps(meta, indent=1, default=jsonable))
@@ -140,6 +144,18 @@ def _graph_tensors(graph: Any) -> list[dict[str, Any]]:
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
         out.append({"name": i.name, "datatype": types[tt.elem_type], "shape": [-1, *dims[1:]]})
     return out
+
+
+def resolve_dir(path: str | os.PathLike[str]) -> Path:
+    """A bundle directory: ``path`` itself, or the ``bundle/`` of a training run's directory."""
+    p = Path(path)
+    if not (p / "bundle.json").exists() and (p / "bundle" / "bundle.json").exists():
+        return p / "bundle"
+    if not p.exists():
+        raise BundleError(f"no bundle at {str(p)!r}: give a bundle directory (runs/NAME/bundle)")
+    if not p.is_dir():
+        raise BundleError(f"{str(p)!r} is a file, not a bundle directory (runs/NAME/bundle)")
+    return p
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

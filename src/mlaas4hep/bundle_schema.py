@@ -21,6 +21,8 @@ delay, expressions evaluated per event), so nothing in it is taken on trust:
   ``{"name", "datatype", "shape"}`` in the model's input order, names unique,
   ``datatype`` one of :data:`TENSOR_DATATYPES`, ``shape`` ``[-1, d1, ...]``
   (the batch first) with at most :data:`MAX_FEATURES` values per event in all;
+* ``identifier`` (the dataset's event identifier branches): at most
+  :data:`MAX_IDENTIFIERS` strings;
 * ``serving``: ``max_batch`` 1 to :data:`MAX_BATCH`, ``max_delay_ms`` 0 to
   :data:`MAX_DELAY_MS`.
 
@@ -54,6 +56,7 @@ MAX_DELAY_MS = 10_000.0
 NORMALIZE = ("minmax", "standard", "none")
 REQUIRED = ("name", "version", "framework", "created", "inputs", "outputs")
 MAX_TENSORS = 256
+MAX_IDENTIFIERS = 64  # event identifier branches (run, luminosityBlock, event)
 #: Datatype names (those of the Open Inference Protocol) -> numpy dtype (little-endian, as its binary extension).
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("?"),
@@ -139,6 +142,8 @@ def check(meta: Any) -> None:
     if inputs.get("preprocessing") is not None:
         check_preprocessing(inputs["preprocessing"], len(feats))
     check_serving(meta.get("serving") or {}, "'serving'")
+    if meta.get("identifier") is not None:
+        _str_list(meta["identifier"], "'identifier'", MAX_IDENTIFIERS, empty_ok=True)
 
 
 def check_tensors(tensors: Any) -> None:

@@ -50,6 +50,9 @@ from .errors import Mlaas4hepError
 from .io.groups import GroupLayout
 from .io.preprocess import Preprocessor
 
+#: NanoAOD's event identifier branches: what a bundle written without ``identifier`` assumes.
+DEFAULT_IDENTIFIER = ("run", "luminosityBlock", "event")
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -90,6 +93,8 @@ class BundleSpec:
         shape = outs.get("shape") or [-1, 1 if len(self.labels) <= 2 else len(self.labels)]
         self.n_outputs = int(shape[-1]) if isinstance(shape[-1], int) and shape[-1] > 0 else 1
         self.output_name = str(outs.get("onnx_output") or "output")
+        #: The event identifier branches of the training dataset (older bundles: NanoAOD's).
+        self.identifier: list[str] = list(meta.get("identifier") or DEFAULT_IDENTIFIER)
         pre = ins.get("preprocessing")
         try:
             self.preprocessor = Preprocessor.from_dict(pre) if pre else None

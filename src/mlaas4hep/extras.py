@@ -42,6 +42,8 @@ EXTRA_OF = {
     "xgboost": "train",
     "onnxmltools": "train",
     "keras": "train",
+    "pyarrow": "parquet",
+    "coffea": "coffea",
     "dask": "scale",
     "distributed": "scale",
 }

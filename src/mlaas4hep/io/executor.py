@@ -125,7 +125,25 @@ def _launch(workers: int) -> ProcessPoolExecutor:
         threading.Thread(target=_start, args=(pool, warm), name="mlaas4hep-pool-start", daemon=True).start()
         _WARM[workers] = warm
         _POOLS[workers] = pool
+        threading._register_atexit(_let_workers_start)  # type: ignore[attr-defined]
     return pool
+
+
+def _let_workers_start() -> None:
+    """At exit, wait (a bounded time) for workers still starting.
+
+    A command that ends before its pool is up (a small job done by the calling
+    process, see :class:`StartingPool`) would otherwise leave the fork server
+    starting workers whose parent is gone: each printed a ``FileNotFoundError``
+    traceback from ``multiprocessing`` after the command's own output. This runs
+    before ``concurrent.futures`` shuts its pools down at exit.
+    """
+    for warm in list(_WARM.values()):
+        for f in warm:
+            try:
+                f.result(timeout=10)
+            except BaseException:
+                pass
 
 
 def _start(pool: ProcessPoolExecutor, warm: list[Future[None]]) -> None:

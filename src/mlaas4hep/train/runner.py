@@ -499,6 +499,7 @@ class Run:
             data_fingerprint=self.fingerprint,
             description=cfg.description or f"{be.framework} model from {Path(cfg.model).name}",
             native={k: str(v) for k, v in native.items()},
+            identifier=self.ds.config.identifier,
             extra={
                 "training": {
                     k: getattr(cfg, k)
