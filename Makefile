@@ -10,7 +10,16 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 export PY TORCH_INDEX
 
-.PHONY: demo test lint install system-deps perf-analyzer bench clean
+.PHONY: demo test lint install system-deps perf-analyzer bench image clean
+
+# The server's container image (Containerfile): podman, or docker where podman is missing.
+# BASE=... picks the base image; ENGINE, IMAGE and IMAGE_ARGS (extra build options) may be set,
+# e.g. make image ENGINE="podman --runtime /usr/sbin/runc" IMAGE_ARGS="--network host".
+# podman builds in Docker's format, which keeps the HEALTHCHECK (OCI's drops it).
+ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/mlaas4hep/__init__.py)
+IMAGE ?= mlaas4hep-serve:$(VERSION)
+IMAGE_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@bash .ci/install.sh $(VENV) all
@@ -43,6 +52,11 @@ test: $(TEST_STAMP) system-deps perf-analyzer lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/stream.py
+
+image:
+	@test -n "$(ENGINE)" || { echo "make image needs podman or docker (apt-get install podman)" >&2; exit 1; }
+	$(ENGINE) build -f Containerfile -t $(IMAGE) $(if $(findstring podman,$(ENGINE)),--format docker) \
+	  $(if $(BASE),--build-arg BASE=$(BASE)) $(IMAGE_ARGS) .
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,165 @@
+"""The server's container image (Containerfile), built with ``make image`` and run with podman.
+
+No image registry is reachable here, so the base is a Debian made offline (tests/deploy/podman.py)
+in place of the official slim Python image, passed as ``BASE``. The running container is used as a
+facility would: a bundle is uploaded with the token from its environment, then queried over HTTP
+and gRPC (tritonclient) from outside the container, on the ports given in its environment.
+Cold (no base image, no build cache) this takes about 3 minutes; warm, about 15 s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlaas4hep.client import Client
+from mlaas4hep.localservers import free_port
+
+from .podman import Podman, host_pip_volumes, podman_or_skip, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "localhost/mlaas4hep-serve:test"
+TOKEN = "image-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def pm(tmp_path_factory) -> Podman:
+    return podman_or_skip(tmp_path_factory.mktemp("podman"))
+
+
+@pytest.fixture(scope="module")
+def image(pm, tmp_path_factory) -> str:
+    """``make image`` on the offline Debian base; pip in the build uses the host's pip settings."""
+    args = ["--network", "host", *host_pip_volumes(tmp_path_factory.mktemp("pip"))]
+    r = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(ROOT),
+            "image",
+            f"ENGINE={pm.engine}",
+            f"IMAGE={IMAGE}",
+            "BASE=localhost/mlaas4hep-base:bookworm",
+            f"IMAGE_ARGS={' '.join(args)}",
+        ],
+        env=pm.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, f"make image failed:\n{(r.stdout + r.stderr)[-4000:]}"
+    return IMAGE
+
+
+class Container:
+    """``podman run -d`` of the image with free ports on the host's network; removed by :meth:`remove`."""
+
+    def __init__(self, pm: Podman, image: str, *args: str, env: dict[str, str] | None = None):
+        self.pm, self.name = pm, f"mlaas4hep-test-{uuid.uuid4().hex[:8]}"
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            "MLAAS4HEP_TOKEN": TOKEN,
+            "MLAAS4HEP_HOST": "127.0.0.1",
+            "MLAAS4HEP_PORT": str(self.port),  # the health check reads it
+            "MLAAS4HEP_GRPC_PORT": str(self.grpc_port),
+            **(env or {}),
+        }
+        flags = [f"--env={k}={v}" for k, v in env.items()]
+        # the server on main before ServeConfig reads no MLAAS4HEP_* but the token: the options too
+        cli = ["--repo", "/models", "--host", "127.0.0.1", "--port", str(self.port)]
+        cli += ["--grpc-port", str(self.grpc_port), *args]
+        pm("run", "-d", "--name", self.name, "--network", "host", *flags, image, *cli)
+        wait_ready(f"{self.url}/v2/health/ready", self.name, pm)
+
+    def remove(self) -> None:
+        self.pm("rm", "-f", "-t", "0", self.name, check=False)
+
+
+@pytest.fixture(scope="module")
+def container(pm, image):
+    c = Container(pm, image)
+    yield c
+    c.remove()
+
+
+def test_image_config(pm, image):
+    """What a facility reads from the image: user, ports, volume, entrypoint, health check, environment."""
+    inspected = json.loads(pm("image", "inspect", "--format", "json", image).stdout)[0]
+    c = inspected["Config"]
+    assert c["User"] == "10001:10001"
+    assert sorted(c["ExposedPorts"]) == ["8000/tcp", "8001/tcp", "8002/tcp"]
+    assert list(c["Volumes"]) == ["/models"]
+    assert c["Entrypoint"] == ["mlaas4hep", "serve"]
+    assert "/v2/health/ready" in " ".join(inspected["Healthcheck"]["Test"])
+    env = dict(e.split("=", 1) for e in c["Env"])
+    assert {k: env[k] for k in env if k.startswith("MLAAS4HEP_")} == {
+        "MLAAS4HEP_HOST": "0.0.0.0",
+        "MLAAS4HEP_PORT": "8000",
+        "MLAAS4HEP_GRPC_PORT": "8001",
+        "MLAAS4HEP_METRICS_PORT": "8002",
+        "MLAAS4HEP_REPO": "/models",
+    }
+    # the serve extra only: onnxruntime and grpc, no PyTorch
+    probe = "import importlib.util as u; print([m for m in ('onnxruntime', 'grpc', 'torch') if u.find_spec(m)])"
+    r = pm("run", "--rm", "--network", "host", "--entrypoint", "python3", image, "-c", probe)
+    assert r.stdout.strip() == "['onnxruntime', 'grpc']"
+
+
+def test_upload_and_infer_over_http_and_grpc(pm, container, tth_bundle):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    x = tth_bundle.x[:500]
+    want = tth_bundle.predictor.predict(x)
+    with Client(container.url, token=TOKEN) as client:
+        assert client.upload(tth_bundle.path) == {"name": "tth", "version": 1, "status": "installed"}
+        np.testing.assert_allclose(client.predict("tth", x), want, atol=1e-6)
+    # the bundle is in the container's /models, written by the server's (non-root) user
+    ls = pm("exec", container.name, "stat", "-c", "%u %n", "/models/tth/1/bundle.json").stdout.split()
+    assert ls == ["10001", "/models/tth/1/bundle.json"]
+
+    h = httpclient.InferenceServerClient(f"127.0.0.1:{container.port}")
+    inp = httpclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    np.testing.assert_allclose(h.infer("tth", [inp]).as_numpy("probs"), want, atol=1e-6)
+
+    g = grpcclient.InferenceServerClient(f"127.0.0.1:{container.grpc_port}")
+    assert g.is_server_ready() and g.is_model_ready("tth")
+    assert [m.name for m in g.get_model_repository_index().models] == ["tth"]
+    ginp = grpcclient.InferInput("x", list(x.shape), "FP32")
+    ginp.set_data_from_numpy(x)
+    np.testing.assert_allclose(g.infer("tth", [ginp]).as_numpy("probs"), want, atol=1e-6)
+    g.close()
+
+
+def test_runs_as_non_root(pm, container):
+    assert pm("exec", container.name, "id", "-u").stdout.strip() == "10001"
+    top = pm("top", container.name, "user", "args").stdout.splitlines()
+    assert len(top) == 2 and top[1].split()[0] == "mlaas4hep" and "mlaas4hep serve" in top[1]
+
+
+def test_health_check(pm, container):
+    """The image's HEALTHCHECK (Python, no curl) passes on a ready server."""
+    r = pm("healthcheck", "run", container.name, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_sigterm_stops_promptly(pm, image):
+    """``podman stop`` (SIGTERM to PID 1, as Kubernetes sends) ends the server with status 0, not a SIGKILL."""
+    c = Container(pm, image)
+    try:
+        t0 = time.monotonic()
+        pm("stop", "-t", "30", c.name)
+        took = time.monotonic() - t0
+        code = pm("inspect", "--format", "{{.State.ExitCode}}", c.name).stdout.strip()
+        assert code == "0" and took < 15, (code, took)
+    finally:
+        c.remove()
