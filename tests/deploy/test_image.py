@@ -108,7 +108,9 @@ def test_image_config(pm, image):
         "MLAAS4HEP_REPO": "/models",
     }
     # the serve extra only: onnxruntime and grpc, no PyTorch
-    probe = "import importlib.util as u; print([m for m in ('onnxruntime', 'grpc', 'torch') if u.find_spec(m)])"
+    probe = (
+        "import importlib.util as u; print([m for m in ('onnxruntime', 'grpc', 'torch') if u.find_spec(m)])"
+    )
     r = pm("run", "--rm", "--network", "host", "--entrypoint", "python3", image, "-c", probe)
     assert r.stdout.strip() == "['onnxruntime', 'grpc']"
 
