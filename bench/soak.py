@@ -346,7 +346,7 @@ def main() -> None:
     ap.add_argument("--fuzz-examples", type=int, default=40)
     ap.add_argument("--out", help="write the Markdown table here")
     a = ap.parse_args()
-    from mlaas4hep.serve.archive import pack_directory
+    from mlaas4hep.bundle_archive import pack_directory
     from tests.serve.fuzzing import fuzz
 
     work = Path(tempfile.mkdtemp(prefix="mlaas4hep-soak-"))

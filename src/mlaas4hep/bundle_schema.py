@@ -77,6 +77,12 @@ TENSOR_DATATYPES = ("FP32", "BOOL")
 class BundleError(Mlaas4hepError, ValueError):
     """A bundle is incomplete, inconsistent or unsafe."""
 
+    exit_status = 2  # a mistake in what the user wrote
+
+
+class InputError(Mlaas4hepError, ValueError):
+    """Inputs that do not fit a model: unknown or missing names, wrong datatype, shape or values."""
+
 
 def _error(msg: str) -> BundleError:
     return BundleError(f"bundle.json {msg}")

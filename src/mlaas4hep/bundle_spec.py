@@ -45,13 +45,10 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .bundle_schema import DATATYPE_NAMES, DATATYPES, BundleError
+from .bundle_schema import InputError as InputError  # defined with the bundle's other errors
 from .errors import Mlaas4hepError
 from .io.groups import GroupLayout
 from .io.preprocess import Preprocessor
-
-
-class InputError(Mlaas4hepError, ValueError):
-    """Inputs that do not fit a model: unknown or missing names, wrong datatype, shape or values."""
 
 
 @dataclass(frozen=True)

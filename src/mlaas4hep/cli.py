@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module, fn in (
         ("train.cli", "add_train_commands"),
         ("serve.cli", "add_serve_commands"),
+        ("clientcli", "add_client_commands"),
         ("demo", "add_demo_command"),
     ):
         try:

@@ -30,8 +30,8 @@ import httpx
 import numpy as np
 import orjson
 
-from .serve.archive import pack_directory
-from .serve.tensors import DTYPES
+from .bundle_archive import pack_directory
+from .bundle_schema import DATATYPES as DTYPES
 
 DEFAULT_URL = "http://127.0.0.1:8083"
 

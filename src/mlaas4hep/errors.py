@@ -16,7 +16,14 @@ _E = TypeVar("_E", bound=BaseException)
 
 
 class Mlaas4hepError(Exception):
-    """Base class of every error raised on purpose by mlaas4hep."""
+    """Base class of every error raised on purpose by mlaas4hep.
+
+    ``exit_status`` is what the command line exits with when it stops on the
+    error: 1, a failure while running (a file, a server); 2, a mistake in what
+    the user wrote (a configuration, a model file, a branch name).
+    """
+
+    exit_status: int = 1
 
     #: The retries made before the error (set by the dataset's tasks; see ``Dataset.report``).
     retry_events: list[dict[str, Any]]
@@ -34,3 +41,5 @@ def _rebuild(cls: type[_E], args: tuple[Any, ...], state: dict[str, Any]) -> _E:
 
 class ConfigError(Mlaas4hepError, ValueError):
     """A configuration is invalid (a bad key, type or expression)."""
+
+    exit_status = 2

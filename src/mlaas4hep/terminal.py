@@ -75,16 +75,12 @@ def _int_at_least(text: str, low: int) -> int:
 
 def exit_status(err: BaseException) -> int:
     """1 for a failure while running, 2 for a wrong input (see the module docstring)."""
-    from .errors import ConfigError
-
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    if isinstance(err, (UsageError, ConfigError)):
+    if isinstance(err, UsageError):
         return EXIT_USAGE
-    if type(err).__name__ in ("ModelFileError", "BundleError", "BranchNotFoundError", "TreeNotFoundError"):
-        # errors in what the user wrote: a model file, a bundle, a branch or tree name
-        return EXIT_USAGE
-    return EXIT_FAILURE
+    status: int = getattr(err, "exit_status", EXIT_FAILURE)  # mlaas4hep's errors say which
+    return status
 
 
 def error_message(err: BaseException) -> str:
@@ -93,7 +89,9 @@ def error_message(err: BaseException) -> str:
 
     if isinstance(err, (Mlaas4hepError, UsageError, CommandError)):
         text = str(err)
-        if type(err).__name__ == "BranchNotFoundError" and "did you mean" not in text:
+        from .io.errors import BranchNotFoundError
+
+        if isinstance(err, BranchNotFoundError) and "did you mean" not in text:
             from .io.inspect import suggest_branches
 
             text += suggest_branches(getattr(err, "file", ""), getattr(err, "branch", ""))

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from mlaas4hep.bundle import BundleError
-from mlaas4hep.serve.archive import pack_directory, read_archive
+from mlaas4hep.bundle_archive import pack_directory, read_archive
 
 from .conftest import HTTP, ServerProcess
 from .helpers import bundle_members, targz

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import httpx
 
-from mlaas4hep.serve.archive import pack_directory
+from mlaas4hep.bundle_archive import pack_directory
 
 from .conftest import HTTP, ServerProcess, install_copy
 

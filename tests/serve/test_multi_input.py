@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from mlaas4hep import bundle, bundle_schema
 from mlaas4hep.bundle_spec import BundleSpec, InputError
-from mlaas4hep.serve.archive import pack_directory
+from mlaas4hep.bundle_archive import pack_directory
 
 from .conftest import HTTP, repo_of
 from .grpc_helpers import GrpcServerProcess

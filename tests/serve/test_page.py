@@ -16,7 +16,7 @@ import shutil
 import awkward as ak
 import pytest
 
-from mlaas4hep.serve.archive import pack_directory
+from mlaas4hep.bundle_archive import pack_directory
 
 from .conftest import HTTP, ServerProcess, install_copy
 

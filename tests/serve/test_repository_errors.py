@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from mlaas4hep.serve import errors
-from mlaas4hep.serve.archive import pack_directory, read_archive
+from mlaas4hep.bundle_archive import pack_directory, read_archive
 from mlaas4hep.serve.grpc_server import error_code
 from mlaas4hep.serve.repository import Repository
 

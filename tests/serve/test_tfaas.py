@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mlaas4hep.serve.archive import pack_directory
+from mlaas4hep.bundle_archive import pack_directory
 
 from .conftest import HTTP, HTTP_NEW, ServerProcess, mlp_onnx
 from .helpers import bundle_members, targz

@@ -46,14 +46,13 @@ from typing import Any, Generic, TypeVar, overload
 
 from ..jsonutil import digest
 from .configfile import ConfigSource, closest, load_yaml, unknown_key
-from .errors import ConfigError
+from .errors import ConfigError, InvalidSetting
 from .groups import InputGroup
 from .settings import (
     DEFAULT_REDIRECTOR,
     PHYSICS_KEYS,
     RUNTIME_KEYS,
     FileGroup,
-    InvalidSetting,
     PhysicsConfig,
     RuntimeConfig,
 )

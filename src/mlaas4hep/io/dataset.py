@@ -56,9 +56,9 @@ from .cache import CHUNK_FIELDS, SPECS_FIELDS
 from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
 from .config import DatasetConfig
 from .epoch import epoch_chunks
-from .errors import ConfigError, Mlaas4hepError, StaleSpecsError, skippable
+from .errors import ConfigError, GroupError, Mlaas4hepError, StaleSpecsError, skippable
 from .executor import default_workers, get_executor, ordered_map
-from .groups import GroupError, check_kinds
+from .groups import check_kinds
 from .passes import decode_jagged_unit, tracked
 from .preprocess import Preprocessor
 from .reader import UnitReader

@@ -52,6 +52,8 @@ class CorruptFileError(FileOpenError):
 class TreeNotFoundError(Mlaas4hepError, KeyError):
     """The requested tree does not exist in a file."""
 
+    exit_status = 2  # a mistake in what the user wrote
+
     def __init__(self, file: str, tree: str, available: list[str]):
         self.file, self.tree, self.available = file, tree, available
         super().__init__(f"no tree {tree!r} in file {file!r}; trees there: {available}")
@@ -62,6 +64,8 @@ class TreeNotFoundError(Mlaas4hepError, KeyError):
 
 class BranchNotFoundError(Mlaas4hepError, KeyError):
     """A requested branch (or pattern) matches nothing in a file."""
+
+    exit_status = 2  # a mistake in what the user wrote
 
     def __init__(self, file: str, branch: str, hint: str = ""):
         self.file, self.branch = file, branch
@@ -124,3 +128,27 @@ def skippable(err: BaseException) -> bool:
 
 class StaleSpecsError(Mlaas4hepError):
     """Specs on disk were computed for other files or another configuration."""
+
+
+class InvalidSetting(ConfigError):
+    """A setting has a wrong type or value; ``key`` is its path, e.g. ``("files", 0, "label")``.
+
+    :meth:`DatasetConfig.from_yaml` turns it into a :class:`ConfigError` that
+    starts with the file and line of that key.
+    """
+
+    def __init__(self, key: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class GroupError(ConfigError):
+    """A group is declared wrongly; ``key`` is where, from the group's name down.
+
+    The configuration turns it into a message that starts with the file and
+    line of that key.
+    """
+
+    def __init__(self, key: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.key = key

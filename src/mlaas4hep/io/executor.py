@@ -352,12 +352,32 @@ class _Held(Future[T]):
         return super().result(timeout)
 
 
-def get_executor(kind: str = "local", workers: int | None = None, scheduler: str | None = None) -> Executor:
-    """``local`` (processes, or inline when ``workers == 0``), ``processes``, or ``dask``."""
-    if kind == "dask" or scheduler:
-        from ..scale.dask import dask_executor
+#: Where executors of other packages register: an entry point ``NAME = "module:function"``,
+#: ``function(scheduler, workers)`` returning the executor (mlaas4hep's ``dask`` is one, in
+#: :mod:`mlaas4hep.scale.dask`; the streaming layer never imports the layer above it).
+EXECUTOR_ENTRY_POINTS = "mlaas4hep.executors"
 
-        return dask_executor(scheduler, workers)
+
+def registered_executor(kind: str) -> Callable[[str | None, int | None], Executor]:
+    """The factory registered for executor ``kind`` (a :class:`~mlaas4hep.errors.ConfigError` if none)."""
+    from importlib.metadata import entry_points
+
+    from ..errors import ConfigError
+
+    found = {ep.name: ep for ep in entry_points(group=EXECUTOR_ENTRY_POINTS)}
+    if kind not in found:
+        known = ", ".join(["local", "processes", *sorted(found)])
+        raise ConfigError(f"unknown executor {kind!r} (known here: {known})")
+    factory: Callable[[str | None, int | None], Executor] = found[kind].load()
+    return factory
+
+
+def get_executor(kind: str = "local", workers: int | None = None, scheduler: str | None = None) -> Executor:
+    """``local`` (processes, or inline when ``workers == 0``), ``processes``, or a registered one (``dask``)."""
+    if scheduler and kind in ("local", "processes"):
+        kind = "dask"  # a scheduler address means a Dask cluster
+    if kind not in ("local", "processes"):
+        return registered_executor(kind)(scheduler, workers)
     n = default_workers() if workers is None else int(workers)
     if n <= 0:
         return InlineExecutor()

@@ -38,25 +38,13 @@ from typing import Any
 import numpy as np
 
 from .configfile import closest
-from .errors import ConfigError
+from .errors import ConfigError, GroupError
 
 #: The keys of one group in the YAML.
 GROUP_KEYS = frozenset({"branches", "length", "sort_by", "sort_order"})
 SORT_ORDERS = ("descending", "ascending")
 #: Version of :meth:`GroupLayout.to_json`'s format.
 LAYOUT_VERSION = 1
-
-
-class GroupError(ConfigError):
-    """A group is declared wrongly; ``key`` is where, from the group's name down.
-
-    The configuration turns it into a message that starts with the file and
-    line of that key.
-    """
-
-    def __init__(self, key: tuple[str | int, ...], message: str):
-        super().__init__(message)
-        self.key = key
 
 
 def collection(name: str) -> str:

@@ -25,22 +25,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .configfile import unknown_key
-from .errors import ConfigError
-from .groups import GroupError, InputGroup, parse_inputs
+from .errors import GroupError, InvalidSetting
+from .groups import InputGroup, parse_inputs
 
 DEFAULT_REDIRECTOR = "root://cms-xrd-global.cern.ch"
-
-
-class InvalidSetting(ConfigError):
-    """A setting has a wrong type or value; ``key`` is its path, e.g. ``("files", 0, "label")``.
-
-    :meth:`DatasetConfig.from_yaml` turns it into a :class:`ConfigError` that
-    starts with the file and line of that key.
-    """
-
-    def __init__(self, key: tuple[str | int, ...], message: str):
-        super().__init__(message)
-        self.key = key
 
 
 # ---------------------------------------------------------------------------- checks

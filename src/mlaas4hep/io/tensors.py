@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from . import schema as schema_mod
 from .config import DatasetConfig
-from .groups import GroupError, GroupLayout
+from .errors import GroupError
+from .groups import GroupLayout
 from .preprocess import Preprocessor
 from .specs import Specs
 

@@ -23,27 +23,23 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import os
 from typing import Any
 
 from .. import extras
+from ..errors import ConfigError
+from .config import ServeConfig
 
-__all__ = ["create_app", "serve"]
+__all__ = ["ServeConfig", "create_app", "serve"]
 
 
 def serve(
-    repo_dir: str | os.PathLike[str],
-    host: str = "127.0.0.1",
-    port: int = 8083,
-    log_level: str = "warning",
-    workers: int = 1,
-    grpc_port: int | None = None,
-    tls_cert: str | os.PathLike[str] | None = None,
-    tls_key: str | os.PathLike[str] | None = None,
-    **options: Any,
+    repo_dir: str | os.PathLike[str] | None = None, config: ServeConfig | None = None, **options: Any
 ) -> None:
-    """Run the server with uvicorn until interrupted (``options`` go to :func:`create_app`).
+    """Run the server with uvicorn until interrupted.
+
+    ``config`` (a :class:`~mlaas4hep.serve.config.ServeConfig`), or its options
+    by name (``serve("models/", port=8083, token_file="token.txt")``).
 
     Uses uvloop and httptools when installed (about twice the requests per
     second of the pure-Python loop and parser). ``workers`` > 1 starts that
@@ -56,16 +52,24 @@ def serve(
     ``grpc_port`` also serves Triton's gRPC service (:mod:`.grpc_server`) on
     ``host:grpc_port``, in the same event loop and over the same models (each
     worker listens on it too). ``tls_cert``/``tls_key`` (PEM files) turn on TLS
-    for HTTP and gRPC alike.
+    for HTTP and gRPC alike. ``metrics_port`` serves ``/metrics`` on a port of its own.
     """
     uvicorn = extras.require("uvicorn", "mlaas4hep serve")
-
+    if config is None:
+        config = ServeConfig(repo=str(repo_dir or ""), **options)
+    elif options or repo_dir is not None:
+        config = config.replace(**options, **({"repo": str(repo_dir)} if repo_dir is not None else {}))
+    config = config.check()
+    if config.metrics_port is not None and config.workers > 1:
+        raise ConfigError(
+            "--metrics-port serves the metrics of one process: with --workers N, scrape /metrics on --port"
+        )
     common: dict[str, Any] = dict(
-        host=host,
-        port=port,
+        host=config.host,
+        port=config.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        log_level=log_level,
+        log_level=config.log_level,
         access_log=False,
         lifespan="on",
         backlog=4096,
@@ -76,55 +80,47 @@ def serve(
         # (a predict_root waiting on a dead storage server must not hold the shutdown)
         timeout_graceful_shutdown=5,
     )
-    if (tls_cert is None) != (tls_key is None):
-        raise ValueError("TLS needs both tls_cert and tls_key")
-    if tls_cert is not None:
-        common.update(ssl_certfile=str(tls_cert), ssl_keyfile=str(tls_key))
-    grpc_opts = None
-    if grpc_port is not None:
-        grpc_opts = {
-            "port": int(grpc_port),
-            "host": host,
-            "tls_cert": None if tls_cert is None else str(tls_cert),
-            "tls_key": None if tls_key is None else str(tls_key),
-        }
-    if workers > 1:
-        env = {"repo_dir": str(repo_dir), **options, "shared": True}
-        if grpc_opts is not None:
-            env[_GRPC] = {**grpc_opts, "reuse_port": True}
-        os.environ[_ENV] = json.dumps(env)
-        uvicorn.run("mlaas4hep.serve:_app_from_env", factory=True, workers=workers, **common)
+    if config.tls_cert is not None:
+        common.update(ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key)
+    if config.workers > 1:
+        os.environ[_ENV] = config.to_json()
+        uvicorn.run("mlaas4hep.serve:_app_from_env", factory=True, workers=config.workers, **common)
         return
-    from .app import create_app
-
-    app = create_app(repo_dir, **options)
-    if grpc_opts is not None:
-        app = _with_grpc(app, grpc_opts)
+    app = _app(config, shared=False)
     _tune_gc()
     uvicorn.run(app, **common)
-
-
-_GRPC = "_grpc"
-
-
-def _with_grpc(app: Any, opts: dict[str, Any]) -> Any:
-    from .grpc_server import with_grpc  # grpcio is only needed with a gRPC port
-
-    return with_grpc(app, **opts)
 
 
 _ENV = "MLAAS4HEP_SERVE_OPTIONS"
 
 
-def _app_from_env() -> Any:
-    """App factory of a worker process (``serve(workers=N)``)."""
-    options = json.loads(os.environ[_ENV])
-    grpc_opts = options.pop(_GRPC, None)
+def _app(config: ServeConfig, shared: bool) -> Any:
+    """The app of one server process: HTTP, and gRPC and the metrics port when configured."""
     from .app import create_app
 
-    app = create_app(options.pop("repo_dir"), **options)
-    if grpc_opts is not None:
-        app = _with_grpc(app, grpc_opts)
+    app: Any = create_app(config=config, shared=shared)
+    if config.grpc_port is not None:
+        from .grpc_server import with_grpc  # grpcio is only needed with a gRPC port
+
+        app = with_grpc(
+            app,
+            config.grpc_port,
+            config.host,
+            config.tls_cert,
+            config.tls_key,
+            reuse_port=shared,
+            listeners=config.grpc_listeners,
+        )
+    if config.metrics_port is not None:
+        from .metricsport import with_metrics_port
+
+        app = with_metrics_port(app, config.host, config.metrics_port)
+    return app
+
+
+def _app_from_env() -> Any:
+    """App factory of a worker process (``serve(workers=N)``)."""
+    app = _app(ServeConfig.from_json(os.environ[_ENV]), shared=True)
     _tune_gc()
     return app
 

@@ -1,25 +1,23 @@
-"""The ASGI application: assembles the routes over one shared state, maps errors, serves the web page.
+"""The ASGI application: assembles the routes over one data plane, maps errors, serves the web page.
 
 :func:`create_app` builds a Starlette app (FastAPI's core, without the
 per-request validation layer, which costs more than our whole hot path) that
-serves three APIs over one :class:`~mlaas4hep.serve.repository.Repository`:
+serves three APIs over one :class:`~mlaas4hep.serve.dataplane.DataPlane`:
 
 * the TFaaS API (:mod:`~mlaas4hep.serve.tfaas`): ``/upload``, ``/models``,
   ``/delete/{model}``, ``/json``, ``/status``;
 * the Open Inference Protocol v2 (:mod:`~mlaas4hep.serve.v2`) with the binary
-  tensor and repository extensions, plus ``predict_root``;
+  tensor and repository extensions, plus ``predict_root`` (:mod:`.rootpredict`);
 * ``/`` (a web page), ``/metrics`` (Prometheus).
 
-This module only assembles: the state the routes share is
-:class:`~mlaas4hep.serve.state.ServerState`, their HTTP helpers are in
-:mod:`.http`, and no route module imports this one.
+This module only assembles: the routes' handlers take the data plane and a
+:class:`~mlaas4hep.serve.http.Call`, and no route module imports this one.
 
-Every error reaches the client as ``{"error": "..."}``: :class:`ApiError` with
-its status, a domain error of :mod:`.errors` with the status of
-:data:`~.errors.HTTP_STATUS` (unknown model 404, version conflict 409...),
-another :class:`~mlaas4hep.errors.Mlaas4hepError` (bad raw inputs, unreadable
-ROOT file, ...) as 400, an unknown route as 404, anything else as 500 (a bug:
-logged, and the server goes on).
+Every error reaches the client as ``{"error": "..."}``: a domain error of
+:mod:`.errors` or another :class:`~mlaas4hep.errors.Mlaas4hepError` with the
+status of :data:`~mlaas4hep.serve.http.HTTP_STATUS` (unknown model 404,
+version conflict 409, bad input 400...), an unknown route as 404, anything
+else as 500 (a bug: logged, and the server goes on).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -43,24 +40,19 @@ from starlette.routing import Route
 from ..errors import Mlaas4hepError
 from . import openapi, rootpredict, tfaas, v2
 from .auth import Auth, load_token
-from .errors import ApiError, error_response, http_status
+from .config import ServeConfig
+from .dataplane import DataPlane
 from .fastpath import FastPath
-from .http import state_of
+from .http import error_reply, http_status, plane_of, reply_for
 from .metrics import Metrics
 from .repository import Repository
-from .state import MAX_BODY, MAX_CELLS, MAX_UPLOAD, PRE_TIMEOUT, ROOT_TIMEOUT, ServerState
 
 log = logging.getLogger("mlaas4hep.serve")
 
 
 # ----------------------------------------------------------------- errors
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, exc.headers)
-
-
 async def _library_error(request: Request, exc: Exception) -> Response:
-    return error_response(http_status(exc), str(exc) or type(exc).__name__)
+    return reply_for(exc).response()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -69,12 +61,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         404: f"no route {request.url.path!r}",
         405: f"method {request.method} not allowed on {request.url.path!r}",
     }
-    return error_response(exc.status_code, msg.get(exc.status_code, str(exc.detail)), exc.headers)
+    return error_reply(exc.status_code, msg.get(exc.status_code, str(exc.detail)), exc.headers).response()
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, f"internal server error: {type(exc).__name__}")
+    return error_reply(500, f"internal server error: {type(exc).__name__}").response()
 
 
 class Instrument:
@@ -118,69 +110,40 @@ async def openapi_route(request: Request) -> Response:
 
 
 async def metrics_route(request: Request) -> Response:
-    st = state_of(request)
-    st.auth.require_read(request)
-    st.metrics.loaded.set(len(st.repo.loaded()))
-    data, ctype = st.metrics.exposition()
+    plane = plane_of(request)
+    plane.check_read(request.headers.get("authorization"))
+    data, ctype = plane.metrics_exposition()
     return Response(data, media_type=ctype)
 
 
 def create_app(
-    repo_dir: str | os.PathLike[str],
+    repo_dir: str | os.PathLike[str] | None = None,
     token: str | None = None,
-    token_file: str | os.PathLike[str] | None = None,
-    max_batch: int = 256,
-    max_delay_ms: float = 2.0,
-    max_loaded: int = 16,
-    threads: int | None = None,
-    infer_threads: int = 2,
-    private: bool = False,
-    allow_anonymous_admin: bool = False,
-    max_body: int = MAX_BODY,
-    max_upload: int = MAX_UPLOAD,
-    root_prefixes: tuple[str, ...] | list[str] = ("root://", "http://", "https://"),
-    allow_remote: tuple[str, ...] | list[str] = (),
-    max_cells: int = MAX_CELLS,
-    pre_timeout: float = PRE_TIMEOUT,
-    root_timeout: float = ROOT_TIMEOUT,
+    config: ServeConfig | None = None,
     shared: bool = False,
+    **options: Any,
 ) -> FastPath:
     """Build the server app (an ASGI callable) over the repository in ``repo_dir``.
 
     The result is a :class:`~mlaas4hep.serve.fastpath.FastPath` in front of a
-    Starlette app (``.app``); ``.state`` is the :class:`ServerState`.
+    Starlette app (``.app``); ``.plane`` is the :class:`DataPlane`.
 
-    ``token`` (or ``token_file``, or ``$MLAAS4HEP_TOKEN``) protects upload,
-    delete, load and unload; ``private`` protects reads and inference too.
-    ``max_batch``/``max_delay_ms`` are the dynamic batcher defaults (a model's
-    ``serving.json`` overrides them; ``max_batch=1`` disables batching).
-    ``threads`` is onnxruntime's intra-op threads per session (default: all
-    cores), ``infer_threads`` how many onnxruntime calls may run at once.
-    ``root_prefixes`` lists what ``predict_root`` may open: URL schemes and
-    local directories (local paths are refused unless a directory is listed);
-    remote URLs are refused too unless their host is in ``allow_remote``
-    (``"*"``: any host), so by default no client can make the server connect
-    anywhere. ``root_timeout`` bounds one ``predict_root`` request (seconds).
-    ``max_cells`` bounds events x features of one request's preprocessing, and
-    ``pre_timeout`` its time (it runs off the event loop).
-    ``shared`` says that other processes serve the same ``repo_dir`` (workers).
+    ``config`` (a :class:`~mlaas4hep.serve.config.ServeConfig`) holds every
+    option; ``options`` are the same by name, for a config made here
+    (``create_app("models/", max_batch=64, data_dir=["/data"])``). ``token``
+    (else the config's ``token_file``, else ``$MLAAS4HEP_TOKEN``) protects
+    upload, delete, load and unload; ``private`` protects reads and inference
+    too. ``shared`` says that other processes serve the same ``repo_dir`` (workers).
     """
-    repo = Repository(repo_dir, max_loaded=max_loaded, threads=threads, shared=shared)
-    auth = Auth(load_token(token, token_file), private=private, allow_anonymous_admin=allow_anonymous_admin)
-    state = ServerState(
-        repo,
-        auth,
-        max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
-        max_body=max_body,
-        max_upload=max_upload,
-        infer_threads=infer_threads,
-        root_prefixes=tuple(_prefix(p) for p in root_prefixes),
-        allow_remote=tuple(allow_remote),
-        max_cells=max_cells,
-        pre_timeout=pre_timeout,
-        root_timeout=root_timeout,
+    if config is None:
+        config = ServeConfig(repo=str(repo_dir or ""), **options).check()
+    elif options or repo_dir is not None:
+        config = config.replace(**options, **({"repo": str(repo_dir)} if repo_dir is not None else {}))
+    repo = Repository(config.repo, max_loaded=config.max_loaded, threads=config.threads, shared=shared)
+    auth = Auth(
+        load_token(token, config.token_file), private=config.private, allow_anonymous_admin=config.no_auth
     )
+    plane = DataPlane(repo, auth, config, Metrics(http_status))
     routes = [
         Route("/", index_page, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
@@ -191,31 +154,24 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Instrument, metrics=state.metrics)],
+        middleware=[Middleware(Instrument, metrics=plane.metrics)],
         exception_handlers={
-            ApiError: _api_error,
             Mlaas4hepError: _library_error,
             HTTPException: _http_error,
             Exception: _internal_error,
         },
-        lifespan=_lifespan(state),
+        lifespan=_lifespan(plane),
     )
-    app.state.server = state
+    app.state.plane = plane
     app.state.page = _page()
     app.state.openapi = orjson.dumps(openapi.document())
-    return FastPath(app, state, v2.infer, tfaas.predict_json)
+    return FastPath(app, plane, v2.infer, tfaas.predict_json)
 
 
-def _lifespan(state: ServerState) -> Callable[[Any], Any]:
+def _lifespan(plane: DataPlane) -> Callable[[Any], Any]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
-        state.close()
+        plane.close()
 
     return lifespan
-
-
-def _prefix(p: str) -> str:
-    if "://" in p:
-        return p
-    return str(Path(p).resolve()).rstrip("/") + "/"

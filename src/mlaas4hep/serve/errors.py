@@ -1,41 +1,81 @@
-"""Errors the server reports to clients, and how they become HTTP responses.
+"""What the server refuses, and why: its domain errors, in one place.
 
-Two kinds:
+Every part below the protocol adapters (the data plane, the repository, the
+batcher, the lanes, auth, the tensor codec) raises only these: *what* went
+wrong, never *how* a protocol says it. Each front end maps them once: the HTTP
+adapters with :data:`mlaas4hep.serve.http.HTTP_STATUS` (``{"error": ...}``
+with a 4xx), the gRPC service with ``grpc_server.GRPC_CODES``. A subclass is
+answered as its nearest listed base class.
 
-* **domain errors** (:class:`ServeError` and its subclasses), raised by the
-  protocol-neutral parts (the repository, the serving state): *what* went
-  wrong, e.g. :class:`ModelNotFound` or :class:`VersionConflict`. Each front
-  end maps them to its own codes: :data:`HTTP_STATUS` here for the HTTP APIs,
-  ``grpc_server.CODES`` for gRPC (``NOT_FOUND``, ``ALREADY_EXISTS``...);
-* :class:`ApiError`: a refusal that is already an HTTP answer (a body too
-  large, a malformed protocol message, a missing token), with its status.
+=====================  ===================================================  ======  ===================
+error                  meaning                                              HTTP    gRPC
+=====================  ===================================================  ======  ===================
+InvalidRequest         a malformed request or input                         400     INVALID_ARGUMENT
+Unsupported            a content encoding or format the server cannot read  415     INVALID_ARGUMENT
+BundleInvalid          an uploaded bundle is incomplete or unsafe           400     INVALID_ARGUMENT
+Unauthenticated        no or a wrong bearer token                           401     UNAUTHENTICATED
+Forbidden              not allowed here (no token configured, a path)       403     PERMISSION_DENIED
+ReadOnlyRepository     the repository cannot be changed                     403     FAILED_PRECONDITION
+ModelNotFound          no such model or version                             404     NOT_FOUND
+VersionConflict        the version exists, or was installed concurrently    409     ALREADY_EXISTS
+TooLarge               a body, file or request beyond the server's limits   413     RESOURCE_EXHAUSTED
+Overloaded             too much work queued: retry later                    429     RESOURCE_EXHAUSTED
+ModelUnloaded          unloaded through the repository API                  400     UNAVAILABLE
+Unavailable            cannot serve now (broken on disk, shutting down)     503     UNAVAILABLE
+TimedOut               no result within the time limit                      503     DEADLINE_EXCEEDED
+ClientGone             the client went away: nobody to answer               499     CANCELLED
+=====================  ===================================================  ======  ===================
 
-Everything else a client can cause is a :class:`~mlaas4hep.errors.Mlaas4hepError`
-(bad inputs, an unreadable ROOT file: 400). Every error is answered as
-``{"error": "message"}``, the shape the Open Inference Protocol prescribes.
-Anything else is a bug of ours: logged, answered with 500, and the server
-keeps running.
+Another :class:`~mlaas4hep.errors.Mlaas4hepError` (a bad raw input, an
+unreadable ROOT file) is a client's mistake too: 400, ``INVALID_ARGUMENT``.
+Anything else is a bug of ours: logged, answered with 500 / ``INTERNAL``, and
+the server keeps running. ``retry_after`` (seconds) becomes HTTP's
+``Retry-After``; an :class:`Unauthenticated`'s ``challenge`` its
+``WWW-Authenticate``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-import orjson
-
 from ..errors import Mlaas4hepError
-
-if TYPE_CHECKING:  # imported when a response is made: the client shares ApiError, not Starlette
-    from starlette.responses import Response
 
 
 class ServeError(Mlaas4hepError):
-    """A request the server refuses for what it asks of the repository."""
+    """A request the server refuses. ``retry_after``: seconds after which trying again may work."""
+
+    retry_after: float | None = None
+
+    def __init__(self, message: str = "", retry_after: float | None = None):
+        super().__init__(message)
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class InvalidRequest(ServeError, ValueError):
-    """A malformed model name or version, an unknown serving setting, a file a bundle may not hold."""
+    """A malformed request: JSON, tensor, name, version, serving setting, or a file a bundle may not hold."""
+
+
+class Unsupported(InvalidRequest):
+    """A content encoding or format the server does not read."""
+
+
+class BundleInvalid(ServeError, ValueError):
+    """An uploaded bundle is incomplete, inconsistent, unsafe, or fails its smoke test."""
+
+
+class Unauthenticated(ServeError):
+    """A bearer token is needed and missing or wrong; ``challenge`` says which (HTTP's WWW-Authenticate)."""
+
+    def __init__(self, message: str, challenge: str = "Bearer"):
+        super().__init__(message)
+        self.challenge = challenge
+
+
+class Forbidden(ServeError):
+    """The operation is not allowed on this server (no token configured, a path outside its data)."""
+
+
+class ReadOnlyRepository(Forbidden):
+    """The repository is read-only (a CVMFS, ConfigMap or read-only volume): it cannot change."""
 
 
 class ModelNotFound(ServeError, LookupError):
@@ -46,52 +86,35 @@ class VersionConflict(ServeError):
     """The version exists already (or was installed concurrently), or no version number is left."""
 
 
-class BundleInvalid(ServeError, ValueError):
-    """An uploaded bundle is incomplete, inconsistent or unsafe."""
+class TooLarge(ServeError):
+    """A request, upload or output beyond the server's limits."""
 
 
-class ModelUnloaded(ServeError):
+class Overloaded(ServeError):
+    """Too many requests of one kind at once: try again later."""
+
+
+class Unavailable(ServeError):
+    """The server or the model cannot answer now."""
+
+
+class ModelUnloaded(Unavailable):
     """The model was unloaded (repository extension): it refuses inference until loaded again."""
 
 
-class ModelBroken(ServeError):
+class ModelBroken(Unavailable):
     """A version on disk cannot be served: its bundle.json or model.onnx does not load."""
 
 
-#: Domain error -> HTTP status (a subclass of :class:`Mlaas4hepError` not listed: 400).
-HTTP_STATUS: dict[type[Exception], int] = {
-    InvalidRequest: 400,
-    ModelNotFound: 404,
-    VersionConflict: 409,
-    BundleInvalid: 400,
-    ModelUnloaded: 400,
-    ModelBroken: 503,
-}
+class ShuttingDown(Unavailable):
+    """The server is stopping."""
+
+    retry_after = 5.0
 
 
-class ApiError(Exception):
-    """A request the server refuses: ``status`` is the HTTP code, ``message`` what went wrong."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = int(status)
-        self.message = str(message)
-        self.headers = headers or {}
+class TimedOut(ServeError):
+    """The work did not finish within its time limit."""
 
 
-def http_status(err: Exception) -> int:
-    """The HTTP status of an :class:`ApiError` or a library error (400 unless listed in :data:`HTTP_STATUS`)."""
-    if isinstance(err, ApiError):
-        return err.status
-    for cls in type(err).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 400
-
-
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    """``{"error": message}`` as ``application/json``."""
-    from starlette.responses import Response
-
-    body = orjson.dumps({"error": message})
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+class ClientGone(ServeError):
+    """The client disconnected before its answer: nobody to answer."""

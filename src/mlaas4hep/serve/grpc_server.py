@@ -3,7 +3,7 @@
 HEP applications that call inference servers (CMSSW's SONIC, coffea's
 ``triton_wrapper`` with ``triton+grpc://host:port/model/version``) speak
 Triton's gRPC service. This module serves it next to the HTTP API, in the same
-asyncio event loop, over the same :class:`~mlaas4hep.serve.state.ServerState`:
+asyncio event loop, over the same :class:`~mlaas4hep.serve.dataplane.DataPlane`:
 the same repository, the same bearer token, the same dynamic batcher (a gRPC
 request and an HTTP request for one model can share one onnxruntime call).
 
@@ -35,10 +35,10 @@ preprocessing reads: a flat branch as ``[n]`` (or ``[n, 1]``), a jagged one as
 a float ``[n, k]`` array padded with NaN after each event's values (a tensor
 cannot be ragged; the NaNs mark the end of an event's list).
 
-The checks of names, datatypes and shapes are the bundle's own
-(:class:`~mlaas4hep.bundle_spec.BundleSpec`, shared with HTTP); this module only
-speaks gRPC, and maps the server's errors to status codes (:data:`ERROR_CODES`,
-:data:`CODES`).
+Each RPC decodes its message into the data plane's terms, calls it, and
+encodes the answer: the checks of the token, the model and its inputs are the
+data plane's, as over HTTP. This module only speaks gRPC, and maps the
+server's domain errors to status codes once (:data:`GRPC_CODES`).
 
 **Auth.** The token goes in the ``authorization`` metadata, ``Bearer <token>``,
 as over HTTP: load and unload always need it, the rest only on a ``--private``
@@ -73,48 +73,37 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from .. import __version__
-from ..bundle_spec import BundleSpec
 from ..errors import Mlaas4hepError
-from . import statistics, tritonconfig
+from . import errors
 from ._proto import grpc_service_pb2 as pb
 from ._proto import grpc_service_pb2_grpc as pb_grpc
 from ._proto import model_config_pb2 as mc
-from .errors import (
-    ApiError,
-    BundleInvalid,
-    InvalidRequest,
-    ModelBroken,
-    ModelNotFound,
-    ModelUnloaded,
-    VersionConflict,
-)
-from .metadata import EXTENSIONS, model_metadata
-from .state import ServerState
+from .dataplane import DataPlane, InferRequest, InferResult
+from .errors import InvalidRequest, ModelNotFound
 from .tensors import DTYPES, MAX_DIMS
 
 log = logging.getLogger("mlaas4hep.serve")
+Code = grpc.StatusCode
 
-#: The server's domain errors -> gRPC status codes (another library error: ``INVALID_ARGUMENT``).
-ERROR_CODES: dict[type[Exception], grpc.StatusCode] = {
-    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    VersionConflict: grpc.StatusCode.ALREADY_EXISTS,
-    BundleInvalid: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelUnloaded: grpc.StatusCode.UNAVAILABLE,
-    ModelBroken: grpc.StatusCode.UNAVAILABLE,
+#: The server's domain errors -> gRPC status codes; the nearest listed base class decides.
+GRPC_CODES: dict[type[Exception], grpc.StatusCode] = {
+    errors.InvalidRequest: Code.INVALID_ARGUMENT,
+    errors.BundleInvalid: Code.INVALID_ARGUMENT,
+    errors.Unauthenticated: Code.UNAUTHENTICATED,
+    errors.Forbidden: Code.PERMISSION_DENIED,
+    errors.ReadOnlyRepository: Code.FAILED_PRECONDITION,
+    errors.ModelNotFound: Code.NOT_FOUND,
+    errors.VersionConflict: Code.ALREADY_EXISTS,
+    errors.TooLarge: Code.RESOURCE_EXHAUSTED,
+    errors.Overloaded: Code.RESOURCE_EXHAUSTED,
+    errors.Unavailable: Code.UNAVAILABLE,
+    errors.TimedOut: Code.DEADLINE_EXCEEDED,
+    errors.ClientGone: Code.CANCELLED,
+    Mlaas4hepError: Code.INVALID_ARGUMENT,
 }
-#: HTTP status of an :class:`ApiError` -> gRPC status code.
-CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ALREADY_EXISTS,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
+#: Longest error message sent back: gRPC carries it in a header (trailing metadata), whose
+#: size is limited (8 kB by default); a request naming a 10 kB model must still get its NOT_FOUND.
+MAX_MESSAGE = 1024
 #: datatype -> the typed ``InferTensorContents`` field that carries it (FP16 travels raw only).
 CONTENTS = {
     "BOOL": "bool_contents",
@@ -133,6 +122,19 @@ CONTENTS = {
 Context = Any  # grpc.aio.ServicerContext (a generic class that mypy cannot take as an alias)
 
 
+def error_code(err: BaseException) -> grpc.StatusCode:
+    """The gRPC status of an error: :data:`GRPC_CODES`, ``INTERNAL`` for a bug."""
+    for cls in type(err).__mro__:
+        code = GRPC_CODES.get(cls)
+        if code is not None:
+            return code
+    return Code.INTERNAL
+
+
+def _message(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 20] + " ... (shortened)"
+
+
 def _rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Turn the exceptions of an RPC into gRPC status codes (never a crash, never a hang)."""
 
@@ -140,200 +142,161 @@ def _rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def rpc(self: InferenceService, request: Any, context: Context) -> Any:
         try:
             return await fn(self, request, context)
-        except ApiError as err:
-            code, msg = CODES.get(err.status, grpc.StatusCode.INTERNAL), err.message
         except Mlaas4hepError as err:
             code, msg = error_code(err), str(err) or type(err).__name__
+        except RecursionError:  # a message nested deeper than a parser goes: the client's doing
+            code, msg = Code.INVALID_ARGUMENT, "the request is nested too deeply"
         except Exception as err:  # a bug of ours: log it, tell the client, keep serving
             if isinstance(err, grpc.aio.AbortError):
                 raise
             log.exception("internal error in gRPC %s", fn.__name__)
-            code, msg = grpc.StatusCode.INTERNAL, f"internal server error: {type(err).__name__}"
-        await context.abort(code, msg)
+            code, msg = Code.INTERNAL, f"internal server error: {type(err).__name__}"
+        await context.abort(code, _message(msg))
 
     return rpc
 
 
-def error_code(err: Exception) -> grpc.StatusCode:
-    """The gRPC status of a library error: :data:`ERROR_CODES`, else ``INVALID_ARGUMENT``."""
-    for cls in type(err).__mro__:
-        if cls in ERROR_CODES:
-            return ERROR_CODES[cls]
-    return grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _authorization(context: Context) -> str | None:
+def _credentials(context: Context) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key.lower() == "authorization":
             return value if isinstance(value, str) else value.decode("latin-1")
     return None
 
 
+def _tensor_metadata(tensors: list[dict[str, Any]]) -> list[Any]:
+    T = pb.ModelMetadataResponse.TensorMetadata
+    return [T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in tensors]
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    """The servicer: each RPC is a thin adapter over :class:`ServerState`."""
+    """The servicer: each RPC is decode -> :class:`DataPlane` -> encode."""
 
-    def __init__(self, state: ServerState):
-        self.st = state
-
-    def _read(self, context: Context) -> None:
-        self.st.auth.require_read_header(_authorization(context))
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
 
     # ------------------------------------------------------------ health and metadata
     async def ServerLive(self, request: Any, context: Context) -> Any:
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self.plane.live())
 
     async def ServerReady(self, request: Any, context: Context) -> Any:
-        return pb.ServerReadyResponse(ready=True)
+        return pb.ServerReadyResponse(ready=self.plane.ready())
 
     @_rpc
     async def ServerMetadata(self, request: Any, context: Context) -> Any:
-        return pb.ServerMetadataResponse(name="mlaas4hep", version=__version__, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
 
     @_rpc
     async def ModelMetadata(self, request: Any, context: Context) -> Any:
-        self._read(context)
-        info = self.st.model(request.name, request.version or None)
-        meta = model_metadata(info, self.st.repo.versions(info.name))
-        T = pb.ModelMetadataResponse.TensorMetadata
+        meta = self.plane.model_metadata(request.name, request.version or None, _credentials(context))
         return pb.ModelMetadataResponse(
             name=meta["name"],
             versions=meta["versions"],
             platform=meta["platform"],
-            inputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]],
-            outputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]],
+            inputs=_tensor_metadata(meta["inputs"]),
+            outputs=_tensor_metadata(meta["outputs"]),
         )
 
     @_rpc
     async def ModelReady(self, request: Any, context: Context) -> Any:
-        self._read(context)
         try:
-            info = self.st.model(request.name, request.version or None)
+            ready = self.plane.model_ready(request.name, request.version or None, _credentials(context))
         except (ModelNotFound, InvalidRequest):  # Triton: an unknown model is simply not ready
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.st.repo.is_ready(info.name))
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
 
     @_rpc
     async def ModelConfig(self, request: Any, context: Context) -> Any:
-        self._read(context)
-        info = self.st.model(request.name, request.version or None)
-        b = self.st.batcher(info)
-        cfg = tritonconfig.model_config(info, b.max_batch, b.max_delay)
+        cfg = self.plane.model_config(request.name, request.version or None, _credentials(context))
         return pb.ModelConfigResponse(config=json_format.ParseDict(cfg, mc.ModelConfig()))
 
     @_rpc
     async def ModelStatistics(self, request: Any, context: Context) -> Any:
-        self._read(context)
-        stats = statistics.statistics(self.st, request.name or None, request.version or None)
+        stats = self.plane.statistics(request.name or None, request.version or None, _credentials(context))
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     # ------------------------------------------------------------ inference
     @_rpc
     async def ModelInfer(self, request: Any, context: Context) -> Any:
-        st = self.st
-        st.in_flight += 1  # the batcher waits for company only while other requests are being handled
-        try:
-            with st.metrics.observe() as obs:
-                if st.auth.private:  # reading the metadata costs a few µs per call: only when needed
-                    st.auth.require_read_header(_authorization(context))
-                info = st.model(request.model_name, request.model_version or None)
-                obs.model = info.name
-                if not st.repo.is_ready(info.name):
-                    raise ModelUnloaded(f"model {info.name!r} is unloaded: load it first")
-                tensors, raw = decode_inputs(request, info)
-                y = await st.infer(info, await st.inputs(info, tensors))
-                return encode_outputs(request, info, y, raw)
-        finally:
-            st.in_flight -= 1
+        # reading the metadata costs a few µs per call: only when the server checks it
+        credentials = _credentials(context) if self.plane.auth.private else None
+        req, raw = decode_request(request)
+        return encode_result(await self.plane.infer(req, credentials), raw)
 
     # ------------------------------------------------------------ repository extension
     @_rpc
     async def RepositoryIndex(self, request: Any, context: Context) -> Any:
-        self._read(context)
-        await self.st.blocking(self.st.repo.rescan)
+        index = await self.plane.repository_index(_credentials(context), ready_only=request.ready)
         M = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
             models=[
-                M(name=m["name"], version=m["version"], state=m["state"], reason=m["reason"])
-                for m in self.st.repo.index()
-                if not request.ready or m["state"] == "READY"
+                M(name=m["name"], version=m["version"], state=m["state"], reason=m["reason"]) for m in index
             ]
         )
 
     @_rpc
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
-        st = self.st
-        st.auth.require_admin_header(_authorization(context))
-        name = request.model_name
+        credentials = _credentials(context)
+        self.plane.check_admin(credentials)
+        cfg = None
         if "config" in request.parameters:
             p = request.parameters["config"]
             text = p.string_param if p.WhichOneof("parameter_choice") == "string_param" else p.bytes_param
             try:
                 cfg = json.loads(text)
             except (ValueError, UnicodeDecodeError) as err:
-                raise ApiError(400, f"parameter 'config' is not valid JSON: {err}") from None
+                raise InvalidRequest(f"parameter 'config' is not valid JSON: {err}") from None
             if not isinstance(cfg, dict):
-                raise ApiError(400, "parameter 'config' must be a JSON object")
-            await st.blocking(st.repo.rescan)
-            st.repo.set_serving(name, tritonconfig.serving_settings(cfg))
-        await st.blocking(st.repo.load, name)
-        st.forget(name)
+                raise InvalidRequest("parameter 'config' must be a JSON object")
+        await self.plane.load(request.model_name, cfg, credentials)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
-        st = self.st
-        st.auth.require_admin_header(_authorization(context))
-        await st.blocking(st.repo.unload, request.model_name)
-        st.forget(request.model_name)
+        await self.plane.unload(request.model_name, _credentials(context))
         return pb.RepositoryModelUnloadResponse()
 
 
 # ------------------------------------------------------------------ tensors
-def decode_inputs(request: Any, info: BundleSpec) -> tuple[dict[str, Any], bool]:
-    """The request's named input tensors, and whether they came as raw bytes.
+def decode_request(request: Any) -> tuple[InferRequest, bool]:
+    """The data plane's request from a ``ModelInferRequest``, and whether its tensors came as raw bytes.
 
     Only the protocol is checked here (datatypes, sizes, duplicates); what the
-    model takes is checked by :meth:`ServerState.inputs`, as over HTTP.
+    model takes is checked by the data plane, as over HTTP.
     """
     if not request.inputs:
-        raise ApiError(400, "the request has no inputs")
+        raise InvalidRequest("the request has no inputs")
     raw = len(request.raw_input_contents) > 0
     if raw and len(request.raw_input_contents) != len(request.inputs):
-        raise ApiError(
-            400,
+        raise InvalidRequest(
             f"raw_input_contents holds {len(request.raw_input_contents)} tensors "
             f"for {len(request.inputs)} inputs",
         )
     tensors: dict[str, Any] = {}
     for i, t in enumerate(request.inputs):
         if t.name in tensors:
-            raise ApiError(400, f"input {t.name!r} appears twice")
+            raise InvalidRequest(f"input {t.name!r} appears twice")
         shape = _shape(t)
-        data = _raw_tensor(t, shape, request.raw_input_contents[i]) if raw else _typed_tensor(t, shape)
-        if t.name not in info.input_names and t.name in info.raw_inputs:
-            data = _raw_branch(t.name, data, t.name in info.jagged)
-        tensors[t.name] = data
-    for o in request.outputs:
-        if o.name != info.output_name:
-            raise ApiError(400, f"unknown output {o.name!r}; model {info.name!r} has [{info.output_name!r}]")
-    return tensors, raw
+        tensors[t.name] = (
+            _raw_tensor(t, shape, request.raw_input_contents[i]) if raw else _typed_tensor(t, shape)
+        )
+    outputs = [o.name for o in request.outputs] or None
+    return InferRequest(request.model_name, tensors, request.model_version or None, outputs, request.id), raw
 
 
 def _shape(t: Any) -> list[int]:
     shape = [int(d) for d in t.shape]
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-        raise ApiError(400, f"input {t.name!r} has an invalid shape {shape}")
+        raise InvalidRequest(f"input {t.name!r} has an invalid shape {shape}")
     return shape
 
 
 def _raw_tensor(t: Any, shape: list[int], blob: bytes) -> np.ndarray:
     dtype = DTYPES.get(t.datatype)
     if dtype is None:
-        raise ApiError(400, f"input {t.name!r}: unsupported datatype {t.datatype!r}")
+        raise InvalidRequest(f"input {t.name!r}: unsupported datatype {t.datatype!r}")
     count = math.prod(shape)
     if len(blob) != count * dtype.itemsize:
-        raise ApiError(
-            400,
+        raise InvalidRequest(
             f"input {t.name!r}: {len(blob)} bytes for shape {shape} of {t.datatype} ({count * dtype.itemsize})",
         )
     return np.frombuffer(blob, dtype=dtype).reshape(shape)
@@ -342,36 +305,28 @@ def _raw_tensor(t: Any, shape: list[int], blob: bytes) -> np.ndarray:
 def _typed_tensor(t: Any, shape: list[int]) -> np.ndarray:
     field = CONTENTS.get(t.datatype)
     if field is None:
-        raise ApiError(
-            400, f"input {t.name!r}: datatype {t.datatype!r} has no typed contents; send raw_input_contents"
+        raise InvalidRequest(
+            f"input {t.name!r}: datatype {t.datatype!r} has no typed contents; send raw_input_contents"
         )
     values = getattr(t.contents, field)
     count = math.prod(shape)
     if len(values) != count:
-        raise ApiError(400, f"input {t.name!r}: {len(values)} values in {field} for shape {shape}")
+        raise InvalidRequest(f"input {t.name!r}: {len(values)} values in {field} for shape {shape}")
     return np.array(values, dtype=DTYPES[t.datatype]).reshape(shape)
 
 
-def _raw_branch(name: str, data: np.ndarray, jagged: bool) -> Any:
-    """A raw branch as the spec takes it: flat ``[n]``; jagged: NaN-padded ``[n, k]`` -> lists per event."""
-    if not jagged:
-        return data.reshape(-1) if data.ndim == 2 and data.shape[1] == 1 else data
-    if data.ndim != 2 or data.dtype.kind != "f":
-        raise ApiError(400, f"jagged raw input {name!r} must be a float [n, k] tensor padded with NaN")
-    # one list per event, as the HTTP JSON form carries it (the raw-branch path is not the hot one)
-    valid = ~np.isnan(data)
-    return [row[ok].tolist() for row, ok in zip(data, valid)]
-
-
-def encode_outputs(request: Any, info: BundleSpec, y: np.ndarray, raw: bool) -> Any:
+def encode_result(result: InferResult, raw: bool) -> Any:
     """The reply: ``raw_output_contents`` when the inputs came raw, typed ``fp32_contents`` otherwise."""
-    y = np.ascontiguousarray(y, dtype=np.float32)
-    reply = pb.ModelInferResponse(model_name=info.name, model_version=str(info.version), id=request.id)
-    out = reply.outputs.add(name=info.output_name, datatype="FP32", shape=list(y.shape))
-    if raw:
-        reply.raw_output_contents.append(y.tobytes())
-    else:
-        out.contents.fp32_contents.extend(y.ravel().tolist())
+    reply = pb.ModelInferResponse(
+        model_name=result.model, model_version=str(result.version), id=result.id or ""
+    )
+    for name, y in result.outputs.items():
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        out = reply.outputs.add(name=name, datatype="FP32", shape=list(y.shape))
+        if raw:
+            reply.raw_output_contents.append(y.tobytes())
+        else:
+            out.contents.fp32_contents.extend(y.ravel().tolist())
     return reply
 
 
@@ -398,7 +353,7 @@ class GrpcServer:
 
     def __init__(
         self,
-        state: ServerState,
+        plane: DataPlane,
         port: int,
         host: str = "127.0.0.1",
         tls_cert: str | Path | None = None,
@@ -408,7 +363,7 @@ class GrpcServer:
     ):
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
-        self.state, self.port, self.host = state, int(port), host
+        self.plane, self.port, self.host = plane, int(port), host
         self.tls = (Path(tls_cert).read_bytes(), Path(tls_key).read_bytes()) if tls_cert and tls_key else None
         self.reuse_port = reuse_port
         self.listeners = max(1, int(listeners))
@@ -451,13 +406,13 @@ class GrpcServer:
     async def start(self) -> None:
         shared = self.reuse_port or self.listeners > 1
         options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", int(self.state.max_body)),
+            ("grpc.max_receive_message_length", int(self.plane.config.max_body)),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 1 if shared else 0),
         ]
         if shared and not self.reuse_port and self.port != 0:
             self._check_free()
-        self.service = InferenceService(self.state)
+        self.service = InferenceService(self.plane)
         try:
             for _ in range(self.listeners):
                 # the first one picks the port when asked for port 0; the others join it
@@ -526,4 +481,4 @@ def with_grpc(
     """
     if listeners is None:
         listeners = int(os.environ.get("MLAAS4HEP_GRPC_LISTENERS") or LISTENERS)
-    return WithGrpc(app, GrpcServer(app.state, port, host, tls_cert, tls_key, reuse_port, listeners))
+    return WithGrpc(app, GrpcServer(app.plane, port, host, tls_cert, tls_key, reuse_port, listeners))

@@ -1,81 +1,228 @@
-"""What the HTTP routes share: the state of a request, bodies with limits, JSON and OIP replies.
+"""What the HTTP front ends share: requests and replies, bodies with limits, and the one error table.
 
-The route modules (:mod:`.tfaas`, :mod:`.v2`, :mod:`.rootpredict`) import this
-and :mod:`.state`, never :mod:`.app` (which imports them to assemble the app),
-nor each other.
+The HTTP adapters (:mod:`.v2`, :mod:`.tfaas`, :mod:`.rootpredict`, the fast
+path :mod:`.fastpath`, the app :mod:`.app`) import this; it imports none of
+them. A request reaches a handler as a :class:`Call` (path parameters, headers,
+a body to read with a limit), whether it came through Starlette or straight
+from ASGI, and leaves as a :class:`Reply`.
+
+:data:`HTTP_STATUS` maps the server's domain errors (:mod:`.errors`) to HTTP
+statuses, once for every HTTP route; :func:`error_reply` makes the
+``{"error": "..."}`` answer, with ``Retry-After`` and ``WWW-Authenticate``
+where the error says so.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import tensors
-from .errors import ApiError
-from .fastpath import Reply, decompress
-from .state import ServerState
-from .tensors import InferRequest
+from ..errors import Mlaas4hepError
+from . import errors, tensors
+from .dataplane import DataPlane, InferResult
+from .tensors import OutputPrefs
 
-_JSON = "application/json"
-
-
-def state_of(request: Request) -> ServerState:
-    state: ServerState = request.app.state.server
-    return state
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (also once decompressed)."""
-    cl = request.headers.get("content-length")
-    if cl is not None:
-        try:
-            n = int(cl)
-        except ValueError:
-            raise ApiError(400, "invalid Content-Length") from None
-        if n > limit:
-            raise ApiError(413, f"the request body of {n} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"the request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    enc = request.headers.get("content-encoding")
-    if enc and enc != "identity":
-        body = decompress(body, enc.strip().lower(), limit)
-    return body
+#: Domain error -> HTTP status; the nearest listed base class decides (another Mlaas4hepError: 400).
+HTTP_STATUS: dict[type[Exception], int] = {
+    errors.InvalidRequest: 400,
+    errors.Unsupported: 415,
+    errors.BundleInvalid: 400,
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.ModelNotFound: 404,
+    errors.VersionConflict: 409,
+    errors.TooLarge: 413,
+    errors.Overloaded: 429,
+    errors.ModelUnloaded: 400,
+    errors.Unavailable: 503,
+    errors.TimedOut: 503,
+    errors.ClientGone: 499,
+    Mlaas4hepError: 400,
+}
 
 
-async def served_by_fastpath(request: Request) -> Response:
-    """Placeholder endpoint of the routes :class:`~mlaas4hep.serve.fastpath.FastPath` serves.
+def http_status(err: BaseException | None) -> int:
+    """The HTTP status of an outcome: 200 for none, the table's for an error, 500 for a bug."""
+    if err is None:
+        return 200
+    for cls in type(err).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
-    It keeps them in the router so that another method on them gets 405.
-    """
-    raise ApiError(500, "this route is served by the fast path")
+
+def error_headers(err: BaseException) -> dict[str, str]:
+    headers = {}
+    retry = getattr(err, "retry_after", None)
+    if retry is not None:
+        headers["Retry-After"] = str(max(1, round(retry)))
+    if isinstance(err, errors.Unauthenticated):
+        headers["WWW-Authenticate"] = err.challenge
+    return headers
+
+
+class Reply:
+    """A response body with its content type, extra headers and status."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        status: int = 200,
+    ):
+        self.body, self.content_type, self.headers, self.status = body, content_type, headers or {}, status
+
+    def response(self) -> Response:
+        return Response(
+            self.body, status_code=self.status, media_type=self.content_type, headers=self.headers
+        )
+
+
+def error_reply(status: int, message: str, headers: Mapping[str, str] | None = None) -> Reply:
+    """``{"error": message}`` as ``application/json``."""
+    return Reply(orjson.dumps({"error": message}), "application/json", dict(headers or {}), status)
+
+
+def reply_for(err: Exception) -> Reply:
+    """The answer to a domain or library error (not to a bug: see :mod:`.app`)."""
+    return error_reply(http_status(err), str(err) or type(err).__name__, error_headers(err))
+
+
+def json_reply(obj: Any, status: int = 200) -> Reply:
+    body, _ = tensors.encode_response(obj, [])
+    return Reply(body, status=status)
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
-    body, _ = tensors.encode_response(obj, [])
-    return Response(body, status_code=status, media_type=_JSON)
+    return json_reply(obj, status).response()
 
 
-def infer_reply(name: str, version: int, req: InferRequest, results: dict[str, np.ndarray]) -> Reply:
-    """The OIP reply to an infer request for model ``name``/``version``: requested outputs, JSON or binary."""
-    names = list(results) if req.outputs is None else req.outputs
+class Call:
+    """One request as the handlers see it: path parameters, query, headers and a body to read."""
+
+    __slots__ = ("_receive", "headers", "params", "query")
+
+    def __init__(
+        self,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        receive: Callable[[], Awaitable[Any]],
+        query: Mapping[str, str] | None = None,
+    ):
+        self.params, self.headers, self._receive = params, headers, receive
+        self.query = query or {}
+
+    @classmethod
+    def of(cls, request: Request) -> Call:
+        """A Starlette request as a :class:`Call`."""
+        return cls(request.path_params, request.headers, request.receive, request.query_params)
+
+    @property
+    def credentials(self) -> str | None:
+        """The ``Authorization`` header, which the data plane checks."""
+        return self.headers.get("authorization")
+
+    async def read_body(self, limit: int) -> bytes | bytearray:
+        """The whole body; :class:`TooLarge` past ``limit`` bytes (on Content-Length first, then while reading)."""
+        cl = self.headers.get("content-length")
+        if cl is not None:
+            if not cl.isdigit():
+                raise errors.InvalidRequest("invalid Content-Length")
+            if int(cl) > limit:
+                raise errors.TooLarge(f"the request body of {cl} bytes exceeds the limit of {limit} bytes")
+        # A large body of announced length is gathered into one preallocated buffer
+        # (one copy; numpy then views it), a small or chunked one as a list of parts.
+        buf = bytearray(int(cl)) if cl is not None and int(cl) > 65536 else None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await self._receive()
+            if msg["type"] == "http.disconnect":
+                raise errors.ClientGone("the client went away")
+            chunk = msg.get("body", b"")
+            if chunk:
+                end = size + len(chunk)
+                if end > limit:
+                    raise errors.TooLarge(f"the request body exceeds the limit of {limit} bytes")
+                if buf is not None and end <= len(buf):
+                    buf[size:end] = chunk
+                else:
+                    if buf is not None:  # more than announced: fall back to parts
+                        chunks, buf = [bytes(buf[:size])], None
+                    chunks.append(chunk)
+                size = end
+            if not msg.get("more_body", False):
+                break
+        if buf is not None:
+            body: bytes | bytearray = buf if size == len(buf) else buf[:size]
+        else:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        enc = self.headers.get("content-encoding")
+        if enc and enc != "identity":
+            body = decompress(body, enc.strip().lower(), limit)
+        return body
+
+
+def decompress(body: bytes | bytearray, enc: str, limit: int) -> bytes:
+    """gzip/deflate request bodies (tritonclient can send them), bounded by ``limit``."""
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(enc)
+    if wbits is None:
+        raise errors.Unsupported(f"unsupported Content-Encoding {enc!r} (use gzip or deflate)")
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as err:
+        raise errors.InvalidRequest(f"the {enc} body is corrupt: {err}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise errors.TooLarge(f"the decompressed body exceeds the limit of {limit} bytes")
+    return out
+
+
+def plane_of(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.plane
+    return plane
+
+
+#: A handler: the data plane and one call in, a reply out.
+Handler = Callable[[DataPlane, Call], Awaitable[Reply]]
+
+
+def route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A Starlette endpoint running ``handler`` (errors go to the app's handlers)."""
+
+    async def endpoint(request: Request) -> Response:
+        reply = await handler(plane_of(request), Call.of(request))
+        return reply.response()
+
+    endpoint.__name__ = getattr(handler, "__name__", "endpoint")
+    return endpoint
+
+
+def infer_reply(result: InferResult, prefs: OutputPrefs) -> Reply:
+    """The OIP reply to an infer request: the outputs asked for, JSON or binary."""
+    return tensors_reply(result.model, result.version, result.id, result.outputs, prefs)
+
+
+def tensors_reply(
+    name: str, version: int, rid: str | None, results: Mapping[str, np.ndarray], prefs: OutputPrefs
+) -> Reply:
+    """An OIP reply holding ``results`` (every one of them unless ``prefs`` names some)."""
     header: dict[str, Any] = {"model_name": name, "model_version": str(version)}
-    if req.id is not None:
-        header["id"] = req.id
+    if rid is not None:
+        header["id"] = rid
     outs, blobs = [], []
-    for out in names:
-        if out not in results:
-            raise ApiError(400, f"unknown output {out!r}; model {name!r} has {list(results)}")
-        t, raw = tensors.output_tensor(out, results[out], req.wants_binary(out))
+    for out in prefs.outputs if prefs.outputs is not None else list(results):
+        t, raw = tensors.output_tensor(out, results[out], prefs.wants_binary(out))
         outs.append(t)
         if raw is not None:
             blobs.append(raw)

@@ -10,7 +10,7 @@ may be slow runs in a :class:`Lane`, one per kind of work (preprocessing,
   another (the repository's thread pool and onnxruntime's are separate);
 * admission control: at most ``threads + backlog`` jobs are accepted at once,
   counting jobs still running after their caller gave up on them; beyond that
-  a request is refused at once with 429 and ``Retry-After`` (so a flood of
+  a request is refused at once (:class:`Overloaded`, to retry later) (so a flood of
   requests to an unreachable host cannot queue without bound);
 * a time limit per job: the caller gets an answer when it expires, whatever
   the thread is doing (a thread cannot be killed; its slot stays taken until
@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .errors import ApiError
+from .errors import Overloaded, ShuttingDown
 
 T = TypeVar("T")
 
@@ -67,7 +67,7 @@ class Lane:
         threads: int,
         backlog: int,
         timeout: float,
-        on_timeout: Callable[[float], ApiError],
+        on_timeout: Callable[[float], Exception],
     ):
         self.name, self.threads, self.backlog, self.timeout = name, max(1, threads), max(0, backlog), timeout
         self._on_timeout = on_timeout
@@ -87,13 +87,12 @@ class Lane:
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """``fn(*args)`` in a thread of the lane; its result, its exception, or the lane's refusal."""
         if self._closed:
-            raise ApiError(503, "the server is shutting down", {"Retry-After": "5"})
+            raise ShuttingDown("the server is shutting down")
         with self._lock:
             if self._accepted >= self.threads + self.backlog:
-                raise ApiError(
-                    429,
+                raise Overloaded(
                     f"too many {self.name} requests at once ({self._accepted} in progress): retry later",
-                    {"Retry-After": "1"},
+                    retry_after=1,
                 )
             self._accepted += 1
         loop = asyncio.get_running_loop()
@@ -131,13 +130,13 @@ class Lane:
                     self._accepted -= 1
 
     def close(self) -> None:
-        """Refuse new jobs, answer every waiting caller with 503, let the threads go."""
+        """Refuse new jobs, answer every waiting caller with :class:`ShuttingDown`, let the threads go."""
         self._closed = True
         for job in list(self._waiting):
             job.cancelled = True
             if not job.loop.is_closed():
                 job.loop.call_soon_threadsafe(
-                    _settle, job.fut, None, ApiError(503, "the server is shutting down", {"Retry-After": "5"})
+                    _settle, job.fut, None, ShuttingDown("the server is shutting down")
                 )
         for _ in range(self.threads):
             self._jobs.put(None)

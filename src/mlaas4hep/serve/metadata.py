@@ -40,3 +40,45 @@ def model_metadata(info: BundleSpec, versions: list[int]) -> dict[str, Any]:
             "metrics": meta.get("metrics", {}),
         },
     }
+
+
+def model_summary(info: BundleSpec, versions: list[int], ready: bool) -> dict[str, Any]:
+    """What TFaaS's ``/models`` and the web page show of a model: its params.json, and more."""
+    meta = info.meta
+    params = {
+        "name": info.name,
+        "model": "model.onnx",
+        "labels": "labels.txt",
+        "input_node": info.input_name,
+        "output_node": info.output_name,
+        "description": meta.get("description", ""),
+        "timestamp": meta.get("created"),
+    }
+    params.update(
+        {
+            "version": info.version,
+            "versions": versions,
+            "ready": ready,
+            "framework": meta.get("framework"),
+            "label_names": info.labels,
+            "n_features": len(info.features),
+            "features": info.features,
+            # the model's input tensors: one [-1, F] for a flat bundle, each group and mask for a grouped one
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.inputs],
+            # a grouped bundle takes named tensors or raw branches, never a flat feature row
+            "grouped": info.grouped,
+            "raw_inputs": info.raw_inputs,
+            "jagged": dict(info.jagged),
+            "metrics": meta.get("metrics", {}),
+            # the training data's normalisation constants: the web page builds plausible raw examples from them
+            "normalization": {
+                "normalize": pre.normalize,
+                "offset": pre.offset,
+                "scale": pre.scale,
+                "pad_value": pre.pad_value,
+            }
+            if (pre := info.preprocessor)
+            else None,
+        }
+    )
+    return params

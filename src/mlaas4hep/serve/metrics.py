@@ -29,9 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, His
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from ..errors import Mlaas4hepError
 from ..io.sources import RETRIES
-from .errors import ApiError
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
@@ -64,8 +62,17 @@ class Observation:
     status: int = 500
 
 
+def _default_status(err: BaseException | None) -> int:
+    return 200 if err is None else 400
+
+
 class Metrics:
-    def __init__(self) -> None:
+    """The server's metrics. ``status_of(error or None)`` gives the ``status`` label of an
+    inference request's outcome (the app passes the HTTP table's, so gRPC and HTTP requests
+    are counted alike)."""
+
+    def __init__(self, status_of: Callable[[BaseException | None], int] = _default_status) -> None:
+        self.status_of = status_of
         self.registry = CollectorRegistry()
         r = self.registry
         self.batch = Histogram(
@@ -132,18 +139,15 @@ class Metrics:
     def observe(self) -> Iterator[Observation]:
         """Time one inference request and count it by model and status.
 
-        The caller sets ``obs.model`` once it knows the model; a normal exit counts
-        as 200, an :class:`ApiError` as its status, any other mlaas4hep error as 400.
+        The caller sets ``obs.model`` once it knows the model; the outcome's status
+        is :attr:`status_of` of the error raised, or of none.
         """
         obs, t0 = Observation(), time.perf_counter()
         try:
             yield obs
-            obs.status = 200
-        except ApiError as err:
-            obs.status = err.status
-            raise
-        except Mlaas4hepError:
-            obs.status = 400
+            obs.status = self.status_of(None)
+        except BaseException as err:
+            obs.status = self.status_of(err)
             raise
         finally:
             self.inference(obs.model, obs.status, time.perf_counter() - t0)

@@ -35,17 +35,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .state import ServerState
+from ..bundle_spec import BundleSpec
+from .metrics import Metrics
 
 
 def _duration(count: int, seconds: float) -> dict[str, int]:
     return {"count": int(count), "ns": int(seconds * 1e9)}
 
 
-def model_statistics(st: ServerState, name: str, version: Any = None) -> dict[str, Any]:
-    """One model's entry of ``model_stats`` (``version``: as the other routes take it; None = newest)."""
-    info = st.model(name, version)
-    m = st.metrics
+def model_statistics(m: Metrics, info: BundleSpec) -> dict[str, Any]:
+    """One model's entry of ``model_stats``, reported under the version ``info`` resolved to."""
     c = m.model_counts(info.name)
     ok, ok_s = m.latency(info.name)
     zero = _duration(0, 0.0)
@@ -69,7 +68,6 @@ def model_statistics(st: ServerState, name: str, version: Any = None) -> dict[st
     }
 
 
-def statistics(st: ServerState, name: str | None = None, version: Any = None) -> dict[str, Any]:
-    """Triton's statistics reply: the named model, or (no name) every model of the repository."""
-    names = [name] if name else st.repo.names()
-    return {"model_stats": [model_statistics(st, n, version if name else None) for n in names]}
+def statistics(m: Metrics, specs: list[BundleSpec]) -> dict[str, Any]:
+    """Triton's statistics reply for the models of ``specs`` (the data plane resolves them)."""
+    return {"model_stats": [model_statistics(m, info) for info in specs]}

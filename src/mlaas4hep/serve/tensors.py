@@ -17,8 +17,9 @@ flat (row-major) or nested list. Responses mirror this: outputs asked for with
 as raw bytes after the JSON header, the others go as JSON ``data`` (encoded by
 orjson straight from the numpy buffer).
 
-Everything here raises :class:`~mlaas4hep.serve.errors.ApiError` (400) with a
-precise message when a request is malformed.
+Decoding makes the data plane's :class:`~mlaas4hep.serve.dataplane.InferRequest` (and the
+:class:`OutputPrefs` of the reply); a malformed request raises
+:class:`~mlaas4hep.serve.errors.InvalidRequest` with a precise message.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 import orjson
 
 from ..bundle_schema import DATATYPE_NAMES, DATATYPES
-from .errors import ApiError
+from .dataplane import InferRequest
+from .errors import InvalidRequest
 
 #: OIP datatype name <-> numpy dtype (the table of :mod:`mlaas4hep.bundle_schema`).
 DTYPES = DATATYPES
@@ -50,16 +52,13 @@ class InputTensor:
     binary: bool = False
 
 
-@dataclass
-class InferRequest:
-    """A decoded ``/infer`` request."""
+@dataclass(slots=True)
+class OutputPrefs:
+    """What the reply to an infer request holds: the outputs asked for, and which go binary."""
 
-    id: str | None
-    inputs: list[InputTensor]
-    outputs: list[str] | None  # None: every output
+    outputs: list[str] | None = None  # None: every output
     binary_outputs: set[str] = field(default_factory=set)
     binary_default: bool = False
-    parameters: dict[str, Any] = field(default_factory=dict)
 
     def wants_binary(self, name: str) -> bool:
         return name in self.binary_outputs or self.binary_default
@@ -72,9 +71,11 @@ def header_length(value: str | None, body_size: int) -> int | None:
     try:
         n = int(value)
     except ValueError:
-        raise ApiError(400, f"Inference-Header-Content-Length must be an integer, got {value!r}") from None
+        raise InvalidRequest(f"Inference-Header-Content-Length must be an integer, got {value!r}") from None
     if n < 0 or n > body_size:
-        raise ApiError(400, f"Inference-Header-Content-Length {n} does not fit the body of {body_size} bytes")
+        raise InvalidRequest(
+            f"Inference-Header-Content-Length {n} does not fit the body of {body_size} bytes"
+        )
     return n
 
 
@@ -82,65 +83,69 @@ def parse_json(data: bytes | bytearray | memoryview, what: str = "request body")
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as err:
-        raise ApiError(400, f"malformed JSON in the {what}: {err}") from None
+        raise InvalidRequest(f"malformed JSON in the {what}: {err}") from None
 
 
-def decode_request(body: bytes | bytearray, hlen: int | None, ragged_ok: bool = False) -> InferRequest:
-    """Decode an infer request (JSON, or JSON header + binary tensors)."""
+def decode_request(
+    body: bytes | bytearray, hlen: int | None, model: str, version: Any = None, ragged_ok: bool = False
+) -> tuple[InferRequest, OutputPrefs]:
+    """Decode an infer request for ``model`` (JSON, or JSON header + binary tensors).
+
+    ``ragged_ok``: inputs may be lists of lists (the raw jagged branches of a model that preprocesses).
+    """
     header = parse_json(memoryview(body)[:hlen] if hlen is not None else body)
     if not isinstance(header, dict):
-        raise ApiError(400, "the request must be a JSON object with 'inputs'")
+        raise InvalidRequest("the request must be a JSON object with 'inputs'")
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise ApiError(400, "'inputs' must be a non-empty list of tensors")
+        raise InvalidRequest("'inputs' must be a non-empty list of tensors")
     offset = hlen if hlen is not None else len(body)
-    inputs: list[InputTensor] = []
-    seen: set[str] = set()
+    inputs: dict[str, Any] = {}
     for i, spec in enumerate(raw_inputs):
         t = _decode_input(i, spec, body, offset, ragged_ok)
-        if t.name in seen:
-            raise ApiError(400, f"input {t.name!r} appears twice")
-        seen.add(t.name)
+        if t.name in inputs:
+            raise InvalidRequest(f"input {t.name!r} appears twice")
         if t.binary:
             offset += t.data.nbytes
-        inputs.append(t)
+        inputs[t.name] = t.data
     if offset != len(body):
-        raise ApiError(
-            400, f"the body holds {len(body) - offset} bytes that no input claims (check binary_data_size)"
+        raise InvalidRequest(
+            f"the body holds {len(body) - offset} bytes that no input claims (check binary_data_size)"
         )
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
-        raise ApiError(400, "'parameters' must be an object")
+        raise InvalidRequest("'parameters' must be an object")
     outputs, binary = None, set()
     if "outputs" in header:
         if not isinstance(header["outputs"], list):
-            raise ApiError(400, "'outputs' must be a list of {\"name\": ...}")
+            raise InvalidRequest("'outputs' must be a list of {\"name\": ...}")
         outputs = []
         for o in header["outputs"]:
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-                raise ApiError(400, "each requested output must be an object with a 'name'")
+                raise InvalidRequest("each requested output must be an object with a 'name'")
             outputs.append(o["name"])
             op = o.get("parameters") or {}
             if not isinstance(op, dict):
-                raise ApiError(400, f"parameters of output {o['name']!r} must be an object")
+                raise InvalidRequest(f"parameters of output {o['name']!r} must be an object")
             if op.get("binary_data") is True:
                 binary.add(o["name"])
     rid = header.get("id")
     if rid is not None and not isinstance(rid, str):
-        raise ApiError(400, "'id' must be a string")
-    return InferRequest(rid, inputs, outputs, binary, params.get("binary_data_output") is True, params)
+        raise InvalidRequest("'id' must be a string")
+    prefs = OutputPrefs(outputs, binary, params.get("binary_data_output") is True)
+    return InferRequest(model, inputs, version, outputs, rid), prefs
 
 
 def _decode_input(i: int, spec: Any, body: bytes | bytearray, offset: int, ragged_ok: bool) -> InputTensor:
     if not isinstance(spec, dict):
-        raise ApiError(400, f"input #{i} must be an object with name, shape, datatype and data")
+        raise InvalidRequest(f"input #{i} must be an object with name, shape, datatype and data")
     name = spec.get("name")
     if not isinstance(name, str) or not name:
-        raise ApiError(400, f"input #{i} has no 'name'")
+        raise InvalidRequest(f"input #{i} has no 'name'")
     datatype = spec.get("datatype")
     if not isinstance(datatype, str) or datatype not in DTYPES:
-        raise ApiError(
-            400, f"input {name!r}: unsupported datatype {datatype!r} (supported: {', '.join(DTYPES)})"
+        raise InvalidRequest(
+            f"input {name!r}: unsupported datatype {datatype!r} (supported: {', '.join(DTYPES)})"
         )
     shape = spec.get("shape")
     if (
@@ -148,8 +153,8 @@ def _decode_input(i: int, spec: Any, body: bytes | bytearray, offset: int, ragge
         or not 1 <= len(shape) <= MAX_DIMS
         or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
     ):
-        raise ApiError(
-            400, f"input {name!r}: 'shape' must be a list of 1 to {MAX_DIMS} non-negative integers"
+        raise InvalidRequest(
+            f"input {name!r}: 'shape' must be a list of 1 to {MAX_DIMS} non-negative integers"
         )
     count = 1
     for d in shape:
@@ -157,32 +162,31 @@ def _decode_input(i: int, spec: Any, body: bytes | bytearray, offset: int, ragge
     dtype = DTYPES[datatype]
     params = spec.get("parameters") or {}
     if not isinstance(params, dict):
-        raise ApiError(400, f"input {name!r}: 'parameters' must be an object")
+        raise InvalidRequest(f"input {name!r}: 'parameters' must be an object")
     size = params.get("binary_data_size")
     if size is not None:
         if "data" in spec:
-            raise ApiError(400, f"input {name!r} has both 'data' and binary_data_size")
+            raise InvalidRequest(f"input {name!r} has both 'data' and binary_data_size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ApiError(400, f"input {name!r}: binary_data_size must be a non-negative integer")
+            raise InvalidRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
         if size != count * dtype.itemsize:
-            raise ApiError(
-                400,
+            raise InvalidRequest(
                 f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} "
                 f"({count * dtype.itemsize} bytes)",
             )
         if offset + size > len(body):
-            raise ApiError(400, f"input {name!r}: the body ends before its {size} binary bytes")
+            raise InvalidRequest(f"input {name!r}: the body ends before its {size} binary bytes")
         arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
         return InputTensor(name, datatype, shape, arr, binary=True)
     if "data" not in spec:
-        raise ApiError(400, f"input {name!r} has no 'data' (nor binary_data_size)")
+        raise InvalidRequest(f"input {name!r} has no 'data' (nor binary_data_size)")
     data = spec["data"]
     if not isinstance(data, list):
-        raise ApiError(400, f"input {name!r}: 'data' must be a list")
+        raise InvalidRequest(f"input {name!r}: 'data' must be a list")
     if ragged_ok and len(shape) == 1 and data and isinstance(data[0], list):
         if len(data) != shape[0]:
-            raise ApiError(
-                400, f"input {name!r}: 'data' holds {len(data)} events but the shape says {shape[0]}"
+            raise InvalidRequest(
+                f"input {name!r}: 'data' holds {len(data)} events but the shape says {shape[0]}"
             )
         return InputTensor(name, datatype, shape, data)
     try:
@@ -191,11 +195,13 @@ def _decode_input(i: int, spec: Any, body: bytes | bytearray, offset: int, ragge
             raise ValueError("it holds values that are not numbers")
         arr = arr.astype(dtype, copy=False)
     except (ValueError, TypeError, OverflowError) as err:
-        raise ApiError(
-            400, f"input {name!r}: 'data' is not a list of {datatype} numbers of shape {shape}: {err}"
+        raise InvalidRequest(
+            f"input {name!r}: 'data' is not a list of {datatype} numbers of shape {shape}: {err}"
         ) from None
     if arr.size != count:
-        raise ApiError(400, f"input {name!r}: 'data' holds {arr.size} values but shape {shape} needs {count}")
+        raise InvalidRequest(
+            f"input {name!r}: 'data' holds {arr.size} values but shape {shape} needs {count}"
+        )
     return InputTensor(name, datatype, shape, arr.reshape(shape))
 
 

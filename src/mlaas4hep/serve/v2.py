@@ -24,142 +24,125 @@ bundle, splits the result into its tensors), so clients never re-implement
 them. The output is ``FP32`` ``[n, K]``: the probability of label 1 for a
 binary classifier (K=1), else one column per label.
 
-The checks of names, datatypes and shapes are the bundle's own
-(:class:`~mlaas4hep.bundle_spec.BundleSpec`), shared with gRPC and the
-in-process ``Predictor``; this module only speaks the HTTP protocol.
+Each route decodes its request, calls the :class:`~mlaas4hep.serve.dataplane.DataPlane`
+(which checks the token, the model and the inputs, as for gRPC), and encodes
+its answer; this module only speaks the HTTP protocol.
 """
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import __version__
-from . import metadata, statistics, tensors, tritonconfig
-from .errors import ApiError
-from .fastpath import Call, Reply
-from .http import infer_reply, json_response, read_body, served_by_fastpath, state_of
-from .state import ServerState
+from . import tensors
+from .dataplane import DataPlane
+from .errors import InvalidRequest, ModelUnloaded
+from .http import Call, Reply, infer_reply, json_reply, route
 
 
-# ----------------------------------------------------------------- metadata
-async def server_metadata(request: Request) -> Response:
-    return json_response({"name": "mlaas4hep", "version": __version__, "extensions": metadata.EXTENSIONS})
+# ----------------------------------------------------------------- health and metadata
+async def server_metadata(plane: DataPlane, call: Call) -> Reply:
+    return json_reply(plane.server_metadata())
 
 
-async def live(request: Request) -> Response:
-    return json_response({"live": True})
+async def live(plane: DataPlane, call: Call) -> Reply:
+    return json_reply({"live": plane.live()})
 
 
-async def ready(request: Request) -> Response:
-    return json_response({"ready": True})
+async def ready(plane: DataPlane, call: Call) -> Reply:
+    ok = plane.ready()
+    return json_reply({"ready": ok}, 200 if ok else 503)
 
 
-async def model_metadata(request: Request) -> Response:
-    st = state_of(request)
-    st.auth.require_read(request)
-    info = st.model(request.path_params["name"], request.path_params.get("version"))
-    return json_response(metadata.model_metadata(info, st.repo.versions(info.name)))
+def _model(call: Call) -> tuple[str, str | None]:
+    return call.params["name"], call.params.get("version")
 
 
-async def model_ready(request: Request) -> Response:
-    st = state_of(request)
-    st.auth.require_read(request)
-    info = st.model(request.path_params["name"], request.path_params.get("version"))
-    if not st.repo.is_ready(info.name):
-        raise ApiError(400, f"model {info.name!r} is unloaded")
-    return json_response({"name": info.name, "version": str(info.version), "ready": True})
+async def model_metadata(plane: DataPlane, call: Call) -> Reply:
+    return json_reply(plane.model_metadata(*_model(call), call.credentials))
 
 
-async def model_config(request: Request) -> Response:
+async def model_ready(plane: DataPlane, call: Call) -> Reply:
+    name, version = _model(call)
+    info = plane.spec(name, version, call.credentials)
+    if not plane.model_ready(info.name, info.version, call.credentials):
+        raise ModelUnloaded(f"model {info.name!r} is unloaded")
+    return json_reply({"name": info.name, "version": str(info.version), "ready": True})
+
+
+async def model_config(plane: DataPlane, call: Call) -> Reply:
     """Triton's model configuration (see :mod:`.tritonconfig`): what Triton clients read to batch."""
-    st = state_of(request)
-    st.auth.require_read(request)
-    info = st.model(request.path_params["name"], request.path_params.get("version"))
-    b = st.batcher(info)
-    return json_response(tritonconfig.model_config(info, b.max_batch, b.max_delay))
+    return json_reply(plane.model_config(*_model(call), call.credentials))
 
 
-async def model_stats(request: Request) -> Response:
+async def model_stats(plane: DataPlane, call: Call) -> Reply:
     """Triton's statistics of one model, or of every model (``/v2/models/stats``)."""
-    st = state_of(request)
-    st.auth.require_read(request)
-    name = request.path_params.get("name")
-    return json_response(statistics.statistics(st, name, request.path_params.get("version")))
+    return json_reply(plane.statistics(call.params.get("name"), call.params.get("version"), call.credentials))
 
 
 # ----------------------------------------------------------------- infer
-async def infer(st: ServerState, call: Call) -> Reply:
-    """``POST /v2/models/{name}[/versions/{v}]/infer`` (served by :mod:`.fastpath`)."""
-    with st.metrics.observe() as obs:
-        st.auth.require_read_header(call.headers.get("authorization"))
-        info = st.model(call.params["name"], call.params.get("version"))
-        obs.model = info.name
-        body = await call.read_body(st.max_body)
-        hlen = tensors.header_length(call.headers.get("inference-header-content-length"), len(body))
-        req = tensors.decode_request(body, hlen, ragged_ok=info.preprocessor is not None)
-        inputs = await st.inputs(info, {t.name: t.data for t in req.inputs})
-        y = await st.infer(info, inputs)
-        return infer_reply(info.name, info.version, req, {info.output_name: y})
+async def infer(plane: DataPlane, call: Call) -> Reply:
+    """``POST /v2/models/{name}[/versions/{v}]/infer`` (also served by :mod:`.fastpath`)."""
+    name, version = _model(call)
+    info = plane.spec(name, version, call.credentials)  # refuse before reading a body in vain
+    body = await call.read_body(plane.config.max_body)
+    hlen = tensors.header_length(call.headers.get("inference-header-content-length"), len(body))
+    req, prefs = tensors.decode_request(
+        body, hlen, info.name, info.version, ragged_ok=info.preprocessor is not None
+    )
+    return infer_reply(await plane.infer(req, call.credentials), prefs)
 
 
 # ----------------------------------------------------------------- repository extension
-async def repository_index(request: Request) -> Response:
-    st = state_of(request)
-    st.auth.require_read(request)
-    await st.blocking(st.repo.rescan)
-    return json_response(st.repo.index())
+async def repository_index(plane: DataPlane, call: Call) -> Reply:
+    body = await call.read_body(1024 * 1024)
+    ready_only = False
+    if body.strip():
+        req = tensors.parse_json(body)
+        ready_only = isinstance(req, dict) and req.get("ready") is True
+    return json_reply(await plane.repository_index(call.credentials, ready_only))
 
 
-async def repository_load(request: Request) -> Response:
-    st = state_of(request)
-    st.auth.require_admin(request)
-    name = request.path_params["name"]
-    body = await read_body(request, 1024 * 1024)
+async def repository_load(plane: DataPlane, call: Call) -> Reply:
+    plane.check_admin(call.credentials)
+    name = call.params["name"]
+    body = await call.read_body(1024 * 1024)
+    cfg = None
     if body.strip():
         req = tensors.parse_json(body)
         params = req.get("parameters") if isinstance(req, dict) else None
         cfg = (params or {}).get("config") if isinstance(params, dict) else None
-        if cfg is not None:
-            if isinstance(cfg, str):
-                cfg = tensors.parse_json(cfg.encode(), "parameters.config")
-            if not isinstance(cfg, dict):
-                raise ApiError(400, "parameters.config must be a JSON object of serving settings")
-            await st.blocking(st.repo.rescan)
-            st.repo.set_serving(name, cfg)
-    await st.blocking(st.repo.load, name)
-    st.forget(name)
-    return json_response({"name": name, "state": "READY"})
+        if isinstance(cfg, str):
+            cfg = tensors.parse_json(cfg.encode(), "parameters.config")
+        if cfg is not None and not isinstance(cfg, dict):
+            raise InvalidRequest("parameters.config must be a JSON object of serving settings")
+    await plane.load(name, cfg, call.credentials)
+    return json_reply({"name": name, "state": "READY"})
 
 
-async def repository_unload(request: Request) -> Response:
-    st = state_of(request)
-    st.auth.require_admin(request)
-    name = request.path_params["name"]
-    await st.blocking(st.repo.unload, name)
-    st.forget(name)
-    return json_response({"name": name, "state": "UNAVAILABLE"})
+async def repository_unload(plane: DataPlane, call: Call) -> Reply:
+    name = call.params["name"]
+    await plane.unload(name, call.credentials)
+    return json_reply({"name": name, "state": "UNAVAILABLE"})
 
 
 def routes() -> list[Route]:
     m = "/v2/models/{name}"
     mv = "/v2/models/{name}/versions/{version}"
     out = [
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
-        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
-        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
-        Route("/v2/models/stats", model_stats, methods=["GET"]),  # before /v2/models/{name}
+        Route("/v2", route(server_metadata), methods=["GET"]),
+        Route("/v2/health/live", route(live), methods=["GET"]),
+        Route("/v2/health/ready", route(ready), methods=["GET"]),
+        Route("/v2/repository/index", route(repository_index), methods=["POST", "GET"]),
+        Route("/v2/repository/models/{name}/load", route(repository_load), methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", route(repository_unload), methods=["POST"]),
+        Route("/v2/models/stats", route(model_stats), methods=["GET"]),  # before /v2/models/{name}
     ]
     for base in (m, mv):
         out += [
-            Route(base, model_metadata, methods=["GET"]),
-            Route(base + "/ready", model_ready, methods=["GET"]),
-            Route(base + "/config", model_config, methods=["GET"]),
-            Route(base + "/stats", model_stats, methods=["GET"]),
-            Route(base + "/infer", served_by_fastpath, methods=["POST"]),
+            Route(base, route(model_metadata), methods=["GET"]),
+            Route(base + "/ready", route(model_ready), methods=["GET"]),
+            Route(base + "/config", route(model_config), methods=["GET"]),
+            Route(base + "/stats", route(model_stats), methods=["GET"]),
+            Route(base + "/infer", route(infer), methods=["POST"]),
         ]
     return out

@@ -18,6 +18,8 @@ class ModelFileError(TrainError):
     """The user's model file cannot be used: a syntax error, no ``model`` function,
     an object of an unknown framework, or a model that does not fit the data's shape."""
 
+    exit_status = 2  # a mistake in what the user wrote
+
 
 class ExportError(TrainError):
     """The ONNX export failed, or the exported model disagrees with the native one."""

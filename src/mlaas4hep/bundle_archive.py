@@ -24,7 +24,7 @@ import io
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from ..bundle import ALLOWED_SUFFIXES, BundleError
+from .bundle import ALLOWED_SUFFIXES, BundleError
 
 #: Default limits: what one bundle may hold.
 MAX_MEMBERS = 64
