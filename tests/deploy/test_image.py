@@ -63,20 +63,19 @@ class Container:
 
     def __init__(self, pm: Podman, image: str, *args: str, env: dict[str, str] | None = None):
         self.pm, self.name = pm, f"mlaas4hep-test-{uuid.uuid4().hex[:8]}"
-        self.port, self.grpc_port = free_port(), free_port()
+        self.port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # configured as a platform does it: the environment (the image's /models stays the repository)
         env = {
             "MLAAS4HEP_TOKEN": TOKEN,
             "MLAAS4HEP_HOST": "127.0.0.1",
-            "MLAAS4HEP_PORT": str(self.port),  # the health check reads it
+            "MLAAS4HEP_PORT": str(self.port),
             "MLAAS4HEP_GRPC_PORT": str(self.grpc_port),
+            "MLAAS4HEP_METRICS_PORT": str(self.metrics_port),
             **(env or {}),
         }
         flags = [f"--env={k}={v}" for k, v in env.items()]
-        # the server on main before ServeConfig reads no MLAAS4HEP_* but the token: the options too
-        cli = ["--repo", "/models", "--host", "127.0.0.1", "--port", str(self.port)]
-        cli += ["--grpc-port", str(self.grpc_port), *args]
-        pm("run", "-d", "--name", self.name, "--network", "host", *flags, image, *cli)
+        pm("run", "-d", "--name", self.name, "--network", "host", *flags, image, *args)
         wait_ready(f"{self.url}/v2/health/ready", self.name, pm)
 
     def remove(self) -> None:
@@ -140,6 +139,12 @@ def test_upload_and_infer_over_http_and_grpc(pm, container, tth_bundle):
     ginp.set_data_from_numpy(x)
     np.testing.assert_allclose(g.infer("tth", [ginp]).as_numpy("probs"), want, atol=1e-6)
     g.close()
+
+    # Triton's metrics on the metrics port (8002 in the image), where Prometheus scrapes them
+    import httpx
+
+    metrics = httpx.get(f"http://127.0.0.1:{container.metrics_port}/metrics", timeout=10).text
+    assert "mlaas4hep_" in metrics
 
 
 def test_runs_as_non_root(pm, container):
