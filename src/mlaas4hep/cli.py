@@ -296,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve.cli", "add_serve_commands"),
         ("clientcli", "add_client_commands"),
         ("demo", "add_demo_command"),
+        ("capacity", "add_capacity_command"),
     ):
         try:
             mod = __import__(f"mlaas4hep.{module}", fromlist=[fn])
