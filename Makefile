@@ -2,7 +2,8 @@
 #
 # `make demo` needs a Python >= 3.10 and nothing else: pip installs the rest into .venv,
 # without root and without system packages (.ci/install.sh; PY=python3.11 picks the Python).
-# `make test` also needs XRootD, nginx, Chromium and wrk: .ci/system-deps.sh installs them
+# `make test` also needs XRootD, nginx, Chromium, wrk and podman (with runc and mmdebstrap, for the
+# container image): .ci/system-deps.sh installs them
 # with apt-get as root, or says what to install.
 VENV := .venv
 BIN := $(VENV)/bin
