@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,14 +112,14 @@ def host_pip_volumes(workdir: Path) -> list[str]:
     return [*volumes, "--volume", f"{pip_conf}:/etc/pip.conf:ro"]
 
 
-def wait_ready(url: str, container: str, pm: Podman, timeout: float = 60) -> None:
+def wait_ready(url: str, container: str, pm: Podman, timeout: float = 60, verify: Any = True) -> None:
     """Until ``url`` answers 200, or fail with the container's log."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             pass

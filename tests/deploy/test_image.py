@@ -4,12 +4,14 @@ No image registry is reachable here, so the base is a Debian made offline (tests
 in place of the official slim Python image, passed as ``BASE``. The running container is used as a
 facility would: a bundle is uploaded with the token from its environment, then queried over HTTP
 and gRPC (tritonclient) from outside the container, on the ports given in its environment.
-Cold (no base image, no build cache) this takes about 3 minutes; warm, about 15 s.
+Cold (no base image, no build cache: mmdebstrap, then pip in the build) it took 7.4 minutes on the
+shared 2-core machine at a load average near 12; warm (cached base and layers), 23-52 s.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import time
 import uuid
@@ -61,10 +63,18 @@ def image(pm, tmp_path_factory) -> str:
 class Container:
     """``podman run -d`` of the image with free ports on the host's network; removed by :meth:`remove`."""
 
-    def __init__(self, pm: Podman, image: str, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        pm: Podman,
+        image: str,
+        *args: str,
+        env: dict[str, str | None] | None = None,
+        run: tuple[str, ...] = (),
+        tls: Path | None = None,
+    ):
         self.pm, self.name = pm, f"mlaas4hep-test-{uuid.uuid4().hex[:8]}"
         self.port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         # configured as a platform does it: the environment (the image's /models stays the repository)
         env = {
             "MLAAS4HEP_TOKEN": TOKEN,
@@ -74,9 +84,10 @@ class Container:
             "MLAAS4HEP_METRICS_PORT": str(self.metrics_port),
             **(env or {}),
         }
-        flags = [f"--env={k}={v}" for k, v in env.items()]
-        pm("run", "-d", "--name", self.name, "--network", "host", *flags, image, *args)
-        wait_ready(f"{self.url}/v2/health/ready", self.name, pm)
+        flags = [f"--env={k}={v}" for k, v in env.items() if v is not None]
+        pm("run", "-d", "--name", self.name, "--network", "host", *run, *flags, image, *args)
+        self.verify = ssl.create_default_context(cafile=str(tls)) if tls else True
+        wait_ready(f"{self.url}/v2/health/ready", self.name, pm, verify=self.verify)
 
     def remove(self) -> None:
         self.pm("rm", "-f", "-t", "0", self.name, check=False)
@@ -170,3 +181,84 @@ def test_sigterm_stops_promptly(pm, image):
         assert code == "0" and took < 15, (code, took)
     finally:
         c.remove()
+
+
+def test_kubernetes_configuration_runs_in_the_image(pm, image, tth_bundle, tmp_path):
+    """deploy/k8s/ as a pod would run it: serve.yaml from the ConfigMap, the token and TLS files of
+    the Secrets at the mounted paths, `--config` as the Deployment's args, a read-only root file
+    system with /tmp in memory. The ports come from the environment (it wins over the file)."""
+    import tritonclient.grpc as grpcclient
+    import yaml
+
+    from ..serve.grpc_helpers import self_signed
+    from .test_manifests import PENDING, one, serve_options
+
+    dep = one("k8s/deployment.yaml", "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    serve = yaml.safe_load(one("k8s/configmap.yaml", "ConfigMap")["data"]["serve.yaml"])
+    known = serve_options()
+    # options of issue 21 that the server on this branch does not have yet stay out
+    missing = {"--" + k.replace("_", "-") for k in serve} - set(known)
+    assert missing <= PENDING, missing
+    serve = {k: v for k, v in serve.items() if "--" + k.replace("_", "-") in known}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    config, token, tls = tmp_path / "config", tmp_path / "token", tmp_path / "tls"
+    for d in (config, token, tls):
+        d.mkdir()
+    (config / "serve.yaml").write_text(yaml.safe_dump(serve))
+    (token / "token").write_text(TOKEN + "\n")
+    cert, key = self_signed(tls)
+    cert.rename(tls / "tls.crt")
+    key.rename(tls / "tls.key")
+    for f in (*config.iterdir(), *token.iterdir(), *tls.iterdir()):
+        f.chmod(0o444)
+    volumes = [
+        f"--volume={d}:{mounts[n]}:ro" for n, d in (("config", config), ("token", token), ("tls", tls))
+    ]
+    ct = Container(
+        pm,
+        image,
+        *c["args"],
+        env={
+            "MLAAS4HEP_TOKEN": None,  # the token comes from the Secret's file only
+            # until the replica issue (21): --metrics-port with --workers N is refused (one process's metrics)
+            **({"MLAAS4HEP_METRICS_PORT": ""} if "--drain-seconds" not in known else {}),
+        },
+        run=("--read-only", f"--tmpfs={mounts['tmp']}", "--user=10001:10001", *volumes),
+        tls=tls / "tls.crt",
+    )
+    try:
+        x = tth_bundle.x[:100]
+        import httpx
+
+        with httpx.Client(base_url=ct.url, verify=ct.verify, timeout=30) as h:
+            up = h.post(
+                "/upload",
+                content=bundle_bytes(tth_bundle.path),
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/gzip"},
+            )
+            assert up.status_code == 200, up.text
+            assert (
+                h.post("/upload", content=b"x", headers={"Content-Type": "application/gzip"}).status_code
+                == 401
+            )
+        g = grpcclient.InferenceServerClient(
+            f"127.0.0.1:{ct.grpc_port}", ssl=True, root_certificates=str(tls / "tls.crt")
+        )
+        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        np.testing.assert_allclose(
+            g.infer("tth", [inp]).as_numpy("probs"), tth_bundle.predictor.predict(x), atol=1e-6
+        )
+        g.close()
+        # workers: 2 from serve.yaml: the entrypoint's process and its two workers
+        top = pm("top", ct.name, "user", "args").stdout.splitlines()[1:]
+        assert len(top) >= 3 and all(line.split()[0] == "mlaas4hep" for line in top), top
+    finally:
+        ct.remove()
+
+
+def bundle_bytes(path: Path) -> bytes:
+    from mlaas4hep.client import pack_directory
+
+    return pack_directory(path)
