@@ -229,10 +229,13 @@ class Predictor:
             inputs = {self.spec.input_name: np.asarray(inputs)}
         return self.run(self.spec.check(inputs, cast=True))
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The ONNX model on tensors already checked by :meth:`BundleSpec.check` (the server's batcher)."""
+    def run(self, inputs: Mapping[str, np.ndarray], run_options: Any = None) -> np.ndarray:
+        """The ONNX model on tensors already checked by :meth:`BundleSpec.check` (the server's batcher).
+
+        ``run_options``: onnxruntime's ``RunOptions`` (the server sets ``terminate`` on a call past its time).
+        """
         feed = inputs if isinstance(inputs, dict) else dict(inputs)
-        out: np.ndarray = self.session.run([self.output_name], feed)[0]
+        out: np.ndarray = self.session.run([self.output_name], feed, run_options)[0]
         return out
 
     def transform(self, arrays: Mapping[str, Any]) -> np.ndarray:

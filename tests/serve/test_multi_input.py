@@ -23,8 +23,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from mlaas4hep import bundle, bundle_schema
-from mlaas4hep.bundle_spec import BundleSpec, InputError
 from mlaas4hep.bundle_archive import pack_directory
+from mlaas4hep.bundle_spec import BundleSpec, InputError
 
 from .conftest import HTTP, repo_of
 from .grpc_helpers import GrpcServerProcess

@@ -5,9 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from mlaas4hep.serve import errors
 from mlaas4hep.bundle_archive import pack_directory, read_archive
+from mlaas4hep.serve import errors
 from mlaas4hep.serve.grpc_server import error_code
+from mlaas4hep.serve.http import http_status
 from mlaas4hep.serve.repository import Repository
 
 from .conftest import install_copy
@@ -42,16 +43,16 @@ def test_repository_raises_domain_errors(repo, tth_bundle):
     for call, cls, status, code in cases:
         with pytest.raises(cls) as err:
             call()
-        assert errors.http_status(err.value) == status and error_code(err.value) == code, cls
+        assert http_status(err.value) == status and error_code(err.value) == code, cls
     repo.unload("tth")
     with pytest.raises(errors.ModelUnloaded) as err:
         repo.predictor("tth", 1)
-    assert errors.http_status(err.value) == 400 and error_code(err.value) == grpc.StatusCode.UNAVAILABLE
+    assert http_status(err.value) == 400 and error_code(err.value) == grpc.StatusCode.UNAVAILABLE
 
 
 def test_a_broken_version_on_disk_is_unavailable(repo, tmp_path):
     (tmp_path / "repo" / "tth" / "1" / "model.onnx").write_bytes(b"not onnx")
     with pytest.raises(errors.ModelBroken) as err:
         repo.predictor("tth", 1)
-    assert errors.http_status(err.value) == 503 and error_code(err.value) == grpc.StatusCode.UNAVAILABLE
+    assert http_status(err.value) == 503 and error_code(err.value) == grpc.StatusCode.UNAVAILABLE
     assert "does not load" in str(err.value)

@@ -46,7 +46,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from ..jsonutil import digest
 from .configfile import ConfigSource, closest, load_yaml, unknown_key
-from .errors import ConfigError, InvalidSetting
+from .errors import ConfigError, ConfigWarning, InvalidSetting
 from .groups import InputGroup
 from .settings import (
     DEFAULT_REDIRECTOR,
@@ -56,7 +56,7 @@ from .settings import (
     PhysicsConfig,
     RuntimeConfig,
 )
-from .trio import ConfigWarning, read_trio
+from .trio import read_trio
 
 #: The configuration, and the names of its parts still imported from here (they live in
 #: :mod:`.settings` and :mod:`.trio`).

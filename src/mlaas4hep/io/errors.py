@@ -152,3 +152,7 @@ class GroupError(ConfigError):
     def __init__(self, key: tuple[str | int, ...], message: str):
         super().__init__(message)
         self.key = key
+
+
+class ConfigWarning(UserWarning):
+    """A configuration key that is accepted but has no effect (MLaaS4HEP's ``params.json``)."""

@@ -23,13 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .configfile import closest
-from .errors import ConfigError
+from .errors import ConfigError, ConfigWarning
 from .settings import DEFAULT_REDIRECTOR, FileGroup, as_list
-
-
-class ConfigWarning(UserWarning):
-    """A configuration key that is accepted but has no effect (MLaaS4HEP's ``params.json``)."""
-
 
 #: MLaaS4HEP's params.json keys, by who reads them; any other key gets a :class:`ConfigWarning`.
 PARAMS_DATASET_KEYS = frozenset(

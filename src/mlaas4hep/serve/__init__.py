@@ -68,7 +68,10 @@ def serve(
         host=config.host,
         port=config.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        # httptools with limits on the request head (see .httpproto); h11 has its own
+        http="mlaas4hep.serve.httpproto:LimitedHttpToolsProtocol"
+        if importlib.util.find_spec("httptools")
+        else "h11",
         log_level=config.log_level,
         access_log=False,
         lifespan="on",
@@ -115,6 +118,10 @@ def _app(config: ServeConfig, shared: bool) -> Any:
         from .metricsport import with_metrics_port
 
         app = with_metrics_port(app, config.host, config.metrics_port)
+    if config.drain_seconds > 0:
+        from .drain import with_drain
+
+        app = with_drain(app, config.drain_seconds)
     return app
 
 

@@ -67,6 +67,12 @@ class ServeConfig:
         None, "onnxruntime intra-op threads per session (default: all cores)", int, "N"
     )
     infer_threads: int = _opt(2, "onnxruntime calls running at once", int, "N")
+    infer_timeout: float = _opt(
+        10.0,
+        "seconds one onnxruntime call may run; then it is cut off and the model marked unhealthy",
+        float,
+        "S",
+    )
     max_body_mb: float = _opt(64.0, "largest inference request, MB", float, "MB")
     max_upload_mb: float = _opt(512.0, "largest bundle upload, MB", float, "MB")
     max_cells: int = _opt(2**25, "events x features one request may make the server allocate", int, "N")
@@ -83,6 +89,16 @@ class ServeConfig:
     tls_cert: str | None = _opt(None, "TLS certificate (PEM): HTTPS, and TLS on gRPC", metavar="PEM")
     tls_key: str | None = _opt(None, "private key of --tls-cert (PEM)", metavar="PEM")
     grpc_listeners: int = _opt(4, "gRPC servers sharing the gRPC port in each process", int, "N")
+    drain_seconds: float = _opt(
+        0.0, "on SIGTERM: not ready at once, still serving this long, then stop (0: stop at once)", float, "S"
+    )
+    saturation_queue_ms: float | None = _opt(
+        None,
+        "while the recent queue time per execution exceeds this, the repository index answers "
+        "UNAVAILABLE (503) so SONIC picks another server; inference goes on",
+        float,
+        "MS",
+    )
     log_level: str = _opt("warning", "server log level: debug, info, warning, error")
 
     # ------------------------------------------------------------ derived
@@ -172,7 +188,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
                 raise ValueError("expected a number")
             return float(value)
         return str(value)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a value")
         reason = str(err) if "expected" in str(err) or "needed" in str(err) else f"expected {what}"
         raise ConfigError(f"{source}: {name} = {value!r}: {reason}") from None

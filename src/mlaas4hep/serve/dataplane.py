@@ -13,7 +13,7 @@ the count of requests in flight, and the metrics.
 What goes wrong is a domain error of :mod:`.errors`; this module knows no
 protocol, status code or framework::
 
-    plane = DataPlane(Repository("models/"), Auth(token), ServeConfig(repo="models/"))
+    plane = DataPlane(Repository("models/"), Auth(token), ServeConfig(repo="models/"), Metrics(outcome))
     result = await plane.infer(InferRequest("tth", inputs={"x": x}), credentials="Bearer s3cret")
     result.outputs["probs"]          # float32 [n, 1]
 """
@@ -36,10 +36,11 @@ from . import metadata, rootscore, statistics, tritonconfig
 from .auth import Auth
 from .batching import Batch, Batcher, Inputs
 from .config import ServeConfig
-from .errors import InvalidRequest, ModelUnloaded, TimedOut, TooLarge
+from .errors import InvalidRequest, ModelUnhealthy, ModelUnloaded, Saturated, TimedOut, TooLarge
 from .lanes import Lane
 from .metrics import Metrics
 from .repository import Repository
+from .watchdog import Watchdog
 
 T = TypeVar("T")
 
@@ -89,23 +90,24 @@ class RootScores:
 class DataPlane:
     """The protocol-neutral server: repository, auth, batchers, lanes, limits and metrics.
 
-    ``config`` holds the limits and batching defaults; ``metrics`` defaults to a fresh :class:`~mlaas4hep.serve.metrics.Metrics`.
+    ``config`` holds the limits and batching defaults; ``metrics`` counts what it does.
     All methods that may block (disk, onnxruntime, remote files) run off the
     event loop; the others are cheap and synchronous.
     """
 
-    def __init__(
-        self, repo: Repository, auth: Auth, config: ServeConfig | None = None, metrics: Metrics | None = None
-    ):
+    def __init__(self, repo: Repository, auth: Auth, config: ServeConfig, metrics: Metrics):
         self.repo, self.auth = repo, auth
-        self.config = config = config or ServeConfig()
+        self.config = config
         self.allow_remote = tuple(h.lower() for h in config.allow_remote)
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self.started = time.time()
         self.in_flight = 0  # inference requests being handled, all models (the batchers read it)
-        self.infer_pool = ThreadPoolExecutor(
-            max(1, config.infer_threads), thread_name_prefix="mlaas4hep-infer"
-        )
+        self.draining = False  # SIGTERM received (see .drain): not ready, still serving
+        # each model has threads of its own (infer_threads of them), so a model that hangs cannot
+        # take the others' threads; the watchdog cuts its calls off after their time limit
+        self._pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
+        self.watchdog = Watchdog(self._cut)
+        self.unhealthy: dict[tuple[str, int], str] = {}  # model versions cut off, and why
         self.io_pool = ThreadPoolExecutor(4, thread_name_prefix="mlaas4hep-io")  # repository, uploads
         # request work that may be slow gets lanes of its own (see .lanes): preprocessing of raw
         # inputs, and predict_root, whose remote reads may hang until the io layer's timeouts
@@ -146,18 +148,26 @@ class DataPlane:
         b = self._batchers.get(key)
         if b is None:
             cfg = self.repo.serving(*key)
-            repo = self.repo
+            repo, watchdog = self.repo, self.watchdog
+            timeout = float(cfg.get("timeout_s", self.config.infer_timeout))
+            what = f"model {info.name!r} version {info.version}"
 
             def predict(x: Batch, _key: tuple[str, int] = key) -> np.ndarray:
                 assert isinstance(x, dict)  # the server batches named tensors
-                return repo.predictor(*_key).run(x)
+                predictor = repo.predictor(*_key)
+                return watchdog.run(lambda ro: predictor.run(x, ro), _key, timeout, what)
 
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = ThreadPoolExecutor(
+                    max(1, self.config.infer_threads), thread_name_prefix=f"mlaas4hep-infer-{info.name}"
+                )
             b = self._batchers[key] = Batcher(
                 predict,
                 max_batch=cfg.get("max_batch", self.config.max_batch),
                 max_delay_ms=cfg.get("max_delay_ms", self.config.max_delay_ms),
-                executor=self.infer_pool,
-                observe=self.metrics.batch_observer(info.name),
+                executor=pool,
+                observe=self.metrics.batch_observer(info.name, str(info.version)),
                 in_flight=lambda: self.in_flight,
             )
         return b
@@ -170,8 +180,18 @@ class DataPlane:
             b.retire()
         self._batchers.clear()
 
+    def _cut(self, key: Any, seconds: float) -> None:
+        """The watchdog cut a call of ``key`` off: that version is unhealthy until loaded again."""
+        self.unhealthy[key] = f"a call ran longer than {seconds:g} s and was cut off; load the model again"
+
+    def _check_healthy(self, info: BundleSpec) -> None:
+        reason = self.unhealthy.get((info.name, info.version))
+        if reason is not None:
+            raise ModelUnhealthy(f"model {info.name!r} version {info.version} is unhealthy: {reason}")
+
     def _changed(self) -> None:
         """Rebuild batchers on next use (after an upload, delete, load, unload or new settings)."""
+        self.unhealthy.clear()  # a model loaded again (or replaced) gets a new chance
         self._prune()
         self.metrics.loaded.set(len(self.repo.loaded()))
 
@@ -182,11 +202,12 @@ class DataPlane:
         try:
             with self.metrics.observe() as obs:
                 info = self.spec(request.model, request.version, credentials)
-                obs.model = info.name
+                obs.model, obs.version = info.name, str(info.version)
                 if not self.repo.is_ready(info.name):
                     raise ModelUnloaded(
                         f"model {info.name!r} is unloaded: load it through the repository API"
                     )
+                self._check_healthy(info)
                 if request.outputs is not None:
                     for out in request.outputs:
                         if out != info.output_name:
@@ -194,7 +215,12 @@ class DataPlane:
                                 f"unknown output {out!r}; model {info.name!r} has [{info.output_name!r}]"
                             )
                 inputs = await self.inputs(info, request.inputs)
-                y = await self.batcher(info).infer(inputs)
+                pending, key = self.metrics.triton.pending, (info.name, str(info.version))
+                pending[key] = pending.get(key, 0) + 1
+                try:
+                    y = await self.batcher(info).infer(inputs)
+                finally:
+                    pending[key] -= 1
                 return InferResult(info, {info.output_name: y}, request.id)
         finally:
             self.in_flight -= 1
@@ -252,7 +278,8 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return True
+        """False once draining (SIGTERM), so balancers stop sending work here."""
+        return not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "mlaas4hep", "version": __version__, "extensions": metadata.EXTENSIONS}
@@ -266,7 +293,7 @@ class DataPlane:
     def model_ready(self, name: str, version: Any = None, credentials: str | None = None) -> bool:
         """Whether the model can be called now; :class:`ModelNotFound` when it does not exist."""
         info = self.spec(name, version, credentials)
-        return self.repo.is_ready(info.name)
+        return self.repo.is_ready(info.name) and (info.name, info.version) not in self.unhealthy
 
     def model_config(self, name: str, version: Any = None, credentials: str | None = None) -> dict[str, Any]:
         """Triton's model configuration (:mod:`.tritonconfig`): what Triton clients read to batch."""
@@ -312,10 +339,30 @@ class DataPlane:
     async def repository_index(
         self, credentials: str | None = None, ready_only: bool = False
     ) -> list[dict[str, Any]]:
-        """Every version and its state (``READY``, ``UNAVAILABLE`` with a reason)."""
+        """Every version and its state (``READY``, ``UNAVAILABLE`` with a reason).
+
+        :class:`Saturated` while the recent queue time per execution exceeds
+        ``saturation_queue_ms``: CMSSW's SONIC calls this at start-up and picks
+        another server when it fails (as SuperSONIC's rate limiter makes it fail).
+        """
         self.auth.require_read_header(credentials)
+        limit = self.config.saturation_queue_ms
+        if limit is not None:
+            recent = self.metrics.triton.queue_ms_per_exec()
+            if recent > limit:
+                raise Saturated(
+                    f"this server is saturated: {recent:.1f} ms of queue per execution recently "
+                    f"(limit {limit:g} ms); use another server",
+                    retry_after=5,
+                )
         await self.blocking(self.repo.rescan)
-        return [m for m in self.repo.index() if not ready_only or m["state"] == "READY"]
+        index = self.repo.index()
+        cut = {(n, str(v)): reason for (n, v), reason in self.unhealthy.items()}
+        for m in index:
+            reason = cut.get((m["name"], str(m["version"])))
+            if reason is not None and m["state"] == "READY":
+                m.update(state="UNAVAILABLE", reason=reason)
+        return [m for m in index if not ready_only or m["state"] == "READY"]
 
     async def load(
         self, name: str, config: Mapping[str, Any] | None = None, credentials: str | None = None
@@ -377,9 +424,11 @@ class DataPlane:
     def close(self) -> None:
         for b in self._batchers.values():
             b.close()
+        self.watchdog.close()
         self.pre_lane.close()
         self.root_lane.close()
-        self.infer_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         self.io_pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -20,8 +20,11 @@ ModelNotFound          no such model or version                             404 
 VersionConflict        the version exists, or was installed concurrently    409     ALREADY_EXISTS
 TooLarge               a body, file or request beyond the server's limits   413     RESOURCE_EXHAUSTED
 Overloaded             too much work queued: retry later                    429     RESOURCE_EXHAUSTED
+ModelFailed            the model's computation failed on these inputs       400     INVALID_ARGUMENT
 ModelUnloaded          unloaded through the repository API                  400     UNAVAILABLE
-Unavailable            cannot serve now (broken on disk, shutting down)     503     UNAVAILABLE
+ModelUnhealthy         a call ran past ``infer_timeout`` and was cut off    503     UNAVAILABLE
+Unavailable            cannot serve now (broken on disk, shutting down,     503     UNAVAILABLE
+                       saturated: ``--saturation-queue-ms``)
 TimedOut               no result within the time limit                      503     DEADLINE_EXCEEDED
 ClientGone             the client went away: nobody to answer               499     CANCELLED
 =====================  ===================================================  ======  ===================
@@ -106,6 +109,14 @@ class ModelBroken(Unavailable):
     """A version on disk cannot be served: its bundle.json or model.onnx does not load."""
 
 
+class ModelUnhealthy(Unavailable):
+    """A call of the model ran past its time limit and was cut off: it is not served until loaded again."""
+
+
+class Saturated(Unavailable):
+    """Requests wait too long in this server's queues: clients that can should use another server."""
+
+
 class ShuttingDown(Unavailable):
     """The server is stopping."""
 
@@ -114,6 +125,10 @@ class ShuttingDown(Unavailable):
 
 class TimedOut(ServeError):
     """The work did not finish within its time limit."""
+
+
+class ModelFailed(InvalidRequest):
+    """The model's own computation failed on the request's inputs (onnxruntime's error, not ours)."""
 
 
 class ClientGone(ServeError):

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 
 from ..io.sources import RETRIES
+from .tritonmetrics import TritonCounts
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
@@ -59,11 +60,8 @@ class ModelCounts:
 @dataclass
 class Observation:
     model: str = "_unknown"
+    version: str = ""
     status: int = 500
-
-
-def _default_status(err: BaseException | None) -> int:
-    return 200 if err is None else 400
 
 
 class Metrics:
@@ -71,7 +69,7 @@ class Metrics:
     inference request's outcome (the app passes the HTTP table's, so gRPC and HTTP requests
     are counted alike)."""
 
-    def __init__(self, status_of: Callable[[BaseException | None], int] = _default_status) -> None:
+    def __init__(self, status_of: Callable[[BaseException | None], int]) -> None:
         self.status_of = status_of
         self.registry = CollectorRegistry()
         r = self.registry
@@ -95,6 +93,7 @@ class Metrics:
         self._latency: dict[str, list[float]] = {}  # model -> counts per bucket (+Inf last), then the sum
         self.counts: dict[str, ModelCounts] = {}  # model -> Triton's statistics
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self.triton = TritonCounts()  # Triton's names, per model version (see .tritonmetrics)
         r.register(_RequestCollector(self))
 
     def _child(self, metric: Any, *labels: str) -> Any:  # a labelled prometheus_client metric
@@ -150,16 +149,21 @@ class Metrics:
             obs.status = self.status_of(err)
             raise
         finally:
-            self.inference(obs.model, obs.status, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            self.inference(obs.model, obs.status, seconds)
+            if obs.version:  # the request reached a model version: Triton counts it
+                self.triton.request((obs.model, obs.version), obs.status < 400, seconds)
 
-    def batch_observer(self, model: str) -> Callable[[int, float, float, int, float], None]:
+    def batch_observer(self, model: str, version: str) -> Callable[[int, float, float, int, float], None]:
         """A callback for :class:`~mlaas4hep.serve.batching.Batcher` (its ``Observer``)."""
         batch, queue = self._child(self.batch, model), self._child(self.queue, model)
         c = self.model_counts(model)
+        key, triton = (model, version), self.triton
 
         def observe(rows: int, queued: float, compute: float, requests: int, waited: float) -> None:
             batch.observe(rows)
             queue.observe(queued)
+            triton.executed(key, rows, requests, waited, compute)
             c.batches += 1
             c.rows += rows
             c.requests += requests
@@ -179,6 +183,7 @@ class _RequestCollector:
         self.m = m
 
     def collect(self) -> Iterator[Metric]:
+        yield from self.m.triton.collect()
         http = CounterMetricFamily(
             "mlaas4hep_http_requests", "HTTP requests", labels=["route", "method", "status"]
         )

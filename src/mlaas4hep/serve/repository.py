@@ -70,7 +70,7 @@ log = logging.getLogger("mlaas4hep.serve")
 MAX_VERSION = bundle_schema.MAX_VERSION
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 #: Keys of ``serving.json`` (and of the ``serving`` object of ``bundle.json``).
-SERVING_KEYS = {"max_batch": int, "max_delay_ms": float}
+SERVING_KEYS = {"max_batch": int, "max_delay_ms": float, "timeout_s": float}
 
 
 def check_name(name: str) -> str:

@@ -1,0 +1,219 @@
+"""No model can hang the server: a call past its time limit is cut off, the model marked unhealthy.
+
+The attack of issue 24: a bundle whose ONNX holds a ``Loop`` of 2**62 iterations. Before,
+two such requests froze every other model for as long as the server ran, while the health
+probes said all was well. Here a real server with ``--infer-timeout 3`` serves that model
+next to a normal one; the loops are cut, the other model answers meanwhile, and every
+interface (HTTP, gRPC, the repository index) says the looping model is not ready until an
+operator loads it again. A model whose computation fails on its inputs answers 400, not 500.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from mlaas4hep import bundle
+from mlaas4hep.io.preprocess import Preprocessor
+from mlaas4hep.localservers import free_port
+
+from .conftest import HTTP, ServerProcess, install_copy, mlp_onnx
+
+N_FEATURES = 4
+
+
+def _looping_onnx(trips: int = 2**62) -> bytes:
+    """x [n, F] -> a Loop adding 1 to x ``trips`` times -> mean over F -> sigmoid [n, 1]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["x_in", "one"], ["x_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_in", TensorProto.FLOAT, ["n", N_FEATURES]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, ["n", N_FEATURES]),
+        ],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Loop", ["trips", "cond", "x"], ["looped"], body=body),
+            helper.make_node("ReduceMean", ["looped"], ["m"], axes=[1], keepdims=1),
+            helper.make_node("Sigmoid", ["m"], ["probs"]),
+        ],
+        "loop",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", N_FEATURES])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 1])],
+        [
+            helper.make_tensor("trips", TensorProto.INT64, [], [trips]),
+            helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _bundle(tmp_path, name: str, onnx_bytes: bytes):
+    pre = Preprocessor(flat=[f"f{i}" for i in range(N_FEATURES)], jagged=[], normalize="none")
+    return bundle.write(tmp_path / name, onnx_bytes, pre, ["b", "s"], name=name, framework="onnx")
+
+
+def _infer(url: str, model: str, rows: int = 1):
+    x = np.full((rows, N_FEATURES), 0.5, np.float32)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    return HTTP.post(f"{url}/v2/models/{model}/infer", json=body, timeout=60)
+
+
+def test_a_looping_model_is_cut_off_and_the_others_keep_answering(tmp_path):
+    repo = tmp_path / "repo"
+    install_copy(repo, _bundle(tmp_path, "loop", _looping_onnx()), "loop")
+    install_copy(repo, _bundle(tmp_path, "mlp", mlp_onnx(N_FEATURES)), "mlp")
+    grpc_port = free_port()
+    srv = ServerProcess(repo, "--infer-timeout", "3", "--grpc-port", str(grpc_port)).start()
+    try:
+        with cf.ThreadPoolExecutor(3) as pool:
+            loops = [pool.submit(_infer, srv.url, "loop", rows) for rows in (1, 300)]
+            time.sleep(0.5)  # both loops are running
+            t0 = time.monotonic()
+            other = _infer(srv.url, "mlp")
+            answered_other = time.monotonic()
+            results = [f.result() for f in loops]
+            answered_loops = time.monotonic()
+        # the other model answered while the looping calls still ran (they end when cut, at 3 s)
+        assert other.status_code == 200, other.text
+        assert answered_other < answered_loops and answered_other - t0 < answered_loops - answered_other
+        assert HTTP.get(srv.url + "/v2/health/live").status_code == 200
+        for r in results:
+            assert r.status_code == 503, r.text
+            assert r.json()["error"].startswith("model 'loop' version 1 ran longer than 3 s and was cut off")
+        # every interface says the looping model is not ready; the other one is
+        assert HTTP.get(srv.url + "/v2/models/loop/ready").status_code != 200
+        assert HTTP.get(srv.url + "/v2/models/mlp/ready").status_code == 200
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert client.is_model_ready("loop") is False and client.is_model_ready("mlp") is True
+        index = {m["name"]: m for m in HTTP.post(srv.url + "/v2/repository/index").json()}
+        assert index["loop"]["state"] == "UNAVAILABLE" and "cut off" in index["loop"]["reason"]
+        assert index["mlp"]["state"] == "READY"
+        # refused at once until loaded again, instead of starting another endless call
+        r = _infer(srv.url, "loop")
+        assert r.status_code == 503 and "is unhealthy" in r.json()["error"]
+        assert HTTP.post(srv.url + "/v2/repository/models/loop/load", headers=srv.admin).status_code == 200
+        assert HTTP.get(srv.url + "/v2/models/loop/ready").status_code == 200
+        assert _infer(srv.url, "mlp").status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_a_model_failing_on_its_inputs_answers_400_not_500(tmp_path):
+    """A ``Reshape`` to a shape that no input fits: onnxruntime fails at run time on every request."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["r"]),
+            helper.make_node("ReduceMean", ["r"], ["m"], axes=[1], keepdims=1),
+            helper.make_node("Sigmoid", ["m"], ["probs"]),
+        ],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", N_FEATURES])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 7])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    repo = tmp_path / "repo"
+    install_copy(repo, _bundle(tmp_path, "bad", model.SerializeToString()), "bad")
+    srv = ServerProcess(repo).start()
+    try:
+        r = _infer(srv.url, "bad")
+        assert r.status_code == 400, r.text
+        assert r.json()["error"].startswith("model 'bad' version 1 failed on these inputs: ")
+        assert "/" not in r.json()["error"].split("failed on these inputs:")[0]
+    finally:
+        srv.stop()
+
+
+def test_a_ten_kilobyte_model_name_gets_not_found_over_grpc(tmp_path):
+    """The name echoed in the error is shortened: gRPC's trailing metadata has a size limit."""
+    import grpc
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    grpc_port = free_port()
+    srv = ServerProcess(repo, "--grpc-port", str(grpc_port)).start()
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            client.get_model_metadata("m" * 10_000)
+        except Exception as err:  # tritonclient's InferenceServerException
+            assert err.status() == str(grpc.StatusCode.NOT_FOUND), err
+            assert len(err.message()) <= 1024 and err.message().endswith("(shortened)")
+        else:
+            raise AssertionError("no error")
+    finally:
+        srv.stop()
+
+
+def test_headers_are_bounded_in_count_and_size(tmp_path):
+    """10,000 headers, a 1 MB header, a header streamed forever: 431 at once, and the server goes on."""
+    import socket
+
+    repo = tmp_path / "repo"
+    install_copy(repo, _bundle(tmp_path, "mlp", mlp_onnx(N_FEATURES)), "mlp")
+    srv = ServerProcess(repo).start()
+
+    def raw(head: bytes, chunks: int = 0) -> bytes:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            try:
+                s.sendall(head)
+                for _ in range(chunks):  # a header value that never ends
+                    s.sendall(b"x" * 65536)
+            except OSError:  # the server closed the connection: what it said was sent before
+                pass
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    try:
+
+        def fields(n: int) -> bytes:
+            return b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n" + b"".join(
+                b"X-%d: y\r\n" % i for i in range(n)
+            )
+
+        big = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 1_000_000 + b"\r\n\r\n"
+        endless = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Endless: "
+        for head, chunks, why in (
+            (fields(150) + b"\r\n", 0, b"more than 100 header fields"),
+            (fields(10_000) + b"\r\n", 0, b"send fewer or smaller headers"),
+            (big, 0, b"headers exceed 65536 bytes"),
+            (endless, 16, b"headers exceed 65536 bytes"),
+        ):
+            out = raw(head, chunks)
+            assert out.startswith(b"HTTP/1.1 431 "), out[:200]
+            assert why in out, out[-300:]
+        # within the limits, requests (with their bodies) go through as before
+        ok = raw(
+            b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n"
+            + b"X-A: b\r\n" * 90
+            + b"Connection: close\r\n\r\n"
+        )
+        assert ok.startswith(b"HTTP/1.1 200 "), ok[:200]
+        assert _infer(srv.url, "mlp", rows=20_000).status_code == 200  # a 1.6 MB body in one request
+    finally:
+        srv.stop()

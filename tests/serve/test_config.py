@@ -1,0 +1,164 @@
+"""The server's configuration (:mod:`mlaas4hep.serve.config`): one home for every option, three sources.
+
+The sources are checked as a container platform uses them: a YAML file, ``MLAAS4HEP_*``
+environment variables, the command line; a real ``mlaas4hep serve`` configured only by
+its environment answers on the port the environment named, and reports where each
+setting came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlaas4hep.errors import ConfigError
+from mlaas4hep.localservers import free_port
+from mlaas4hep.serve import config as cfg
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "serve.md"
+
+
+def test_sources_in_order_file_then_environment_then_command_line(tmp_path):
+    f = tmp_path / "serve.yaml"
+    f.write_text("repo: models/\nport: 8000\nmax_batch: 512\ndata_dir: [data, more]\nprivate: true\n")
+    env = {"MLAAS4HEP_PORT": "8100", "MLAAS4HEP_MAX_DELAY_MS": "0.5", "MLAAS4HEP_URL": "http://x"}
+    c, sources = cfg.load({"max_batch": "64"}, f, env)
+    assert (c.repo, c.port, c.max_batch, c.max_delay_ms, c.data_dir, c.private) == (
+        "models/",
+        8100,
+        64,
+        0.5,
+        ("data", "more"),
+        True,
+    )
+    assert sources == {
+        "repo": "serve.yaml",
+        "port": "MLAAS4HEP_PORT",
+        "max_batch": "--max-batch",
+        "data_dir": "serve.yaml",
+        "private": "serve.yaml",
+        "max_delay_ms": "MLAAS4HEP_MAX_DELAY_MS",
+    }
+    assert cfg.changed(c, sources) == (
+        "repo=models/ (serve.yaml), port=8100 (MLAAS4HEP_PORT), private=True (serve.yaml), "
+        "max_batch=64 (--max-batch), max_delay_ms=0.5 (MLAAS4HEP_MAX_DELAY_MS), data_dir=data,more (serve.yaml)"
+    )
+    # the config file may itself come from the environment
+    c2, _ = cfg.load(
+        {}, None, {"MLAAS4HEP_CONFIG": str(f), "MLAAS4HEP_WORKERS": "2", "MLAAS4HEP_NO_AUTH": "yes"}
+    )
+    assert (c2.port, c2.workers, c2.no_auth) == (8000, 2, True)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("repo: m\nprot: 8000\n", {}, "serve.yaml: unknown option 'prot' (did you mean 'port'?)"),
+        ("repo: m\nport: [1]\n", {}, "serve.yaml: port = [1]: expected a whole number"),
+        ("repo: m\nport: 80\n  bad: indent\n", {}, "serve.yaml: not valid YAML (line 3, column"),
+        ("repo: m\n", {"MLAAS4HEP_PORT": "http"}, "MLAAS4HEP_PORT: port = 'http': expected a whole number"),
+        (
+            "repo: m\n",
+            {"MLAAS4HEP_PRIVATE": "maybe"},
+            "MLAAS4HEP_PRIVATE: private = 'maybe': expected true or false",
+        ),
+        ("repo: m\n", {"MLAAS4HEP_PORT": "70000"}, "port 70000 is not a port number (0-65535)"),
+        (
+            "port: 80\n",
+            {},
+            "the server needs a model repository: --repo DIR, $MLAAS4HEP_REPO or 'repo:' in --config",
+        ),
+    ],
+)
+def test_a_wrong_option_names_its_source(tmp_path, text, env, message):
+    f = tmp_path / "serve.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        cfg.load({}, f, env)
+    assert str(err.value).startswith(message), str(err.value)
+    assert err.value.exit_status == 2
+
+
+def test_the_documented_table_is_the_configuration():
+    text = DOCS.read_text()
+    assert cfg.options_table() in text, "docs/serve.md: paste mlaas4hep.serve.config.options_table() there"
+    for name in cfg.FIELDS:  # and --help says the variable of each option
+        assert cfg.env_name(name) in cfg.options_table()
+
+
+def test_a_config_survives_the_trip_to_worker_processes():
+    c = cfg.ServeConfig(repo="m", data_dir=("a", "b"), allow_remote=("eos.cern.ch",), grpc_port=8001)
+    assert cfg.ServeConfig.from_json(c.to_json()) == c
+
+
+def _serve(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlaas4hep"), "serve", *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 60) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready in {seconds} s")
+
+
+def test_a_server_configured_by_its_environment_alone(tmp_path):
+    """As a container runs it: no options, MLAAS4HEP_* variables, Triton's metrics port."""
+    port, mport = free_port(), free_port()
+    (tmp_path / "serve.yaml").write_text("max_batch: 128\n")
+    env = {
+        "MLAAS4HEP_REPO": str(tmp_path / "models"),
+        "MLAAS4HEP_PORT": str(port),
+        "MLAAS4HEP_METRICS_PORT": str(mport),
+        "MLAAS4HEP_CONFIG": str(tmp_path / "serve.yaml"),
+        "MLAAS4HEP_NO_AUTH": "1",
+    }
+    proc = _serve([], env, tmp_path)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", proc)
+        metrics = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).text
+        assert "mlaas4hep_models_loaded" in metrics
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    banner = out.split("\n")
+    assert banner[0] == f"mlaas4hep serve: http://127.0.0.1:{port}  (stop with Ctrl-C)", out
+    assert f"  metrics:      http://127.0.0.1:{mport}/metrics (no token)" in banner
+    settings = next(line for line in banner if line.startswith("  settings:"))
+    assert f"port={port} (MLAAS4HEP_PORT)" in settings and "max_batch=128 (serve.yaml)" in settings
+    assert "no_auth=True (MLAAS4HEP_NO_AUTH)" in settings
+
+
+def test_a_typo_on_the_command_line_or_in_the_environment_stops_the_server_with_one_line(tmp_path):
+    proc = _serve(["--repo", "m", "--port", "eighty"], {}, tmp_path)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 2 and out.strip() == "error: --port: port = 'eighty': expected a whole number"
+    proc = _serve([], {"MLAAS4HEP_REPO": "m", "MLAAS4HEP_MAX_BATCH": "0"}, tmp_path)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 2 and out.strip() == "error: max_batch must be at least 1, not 0"
+    proc = _serve(["--help"], {}, tmp_path)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0 and re.search(r"--grpc-port N\s+also serve Triton's gRPC API", out)
+    assert "$MLAAS4HEP_GRPC_PORT" in out and "--config FILE" in out

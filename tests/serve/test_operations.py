@@ -1,0 +1,139 @@
+"""What a facility's operators rely on: Triton's metric names, the saturation signal, drain on SIGTERM.
+
+Each is checked on a real server, through the clients facilities use: Prometheus text as
+KEDA and Grafana read it, tritonclient over gRPC (CMSSW's SONIC calls RepositoryIndex at
+start-up and skips a server that fails it), and SIGTERM as Kubernetes sends it.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from mlaas4hep.localservers import free_port
+
+from .conftest import HTTP, ServerProcess, install_copy
+
+
+def _metrics(url: str) -> dict[tuple[str, str], float]:
+    """``{(name, labels): value}`` of a Prometheus text exposition."""
+    out = {}
+    for line in HTTP.get(url + "/metrics").text.splitlines():
+        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
+        if m:
+            out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def _infer_http(url: str, x: np.ndarray) -> httpx.Response:
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    return HTTP.post(url + "/v2/models/tth/infer", json=body)
+
+
+def _infer_grpc(client: grpcclient.InferenceServerClient, x: np.ndarray):
+    t = grpcclient.InferInput("x", list(x.shape), "FP32")
+    t.set_data_from_numpy(x)
+    return client.infer("tth", [t])
+
+
+@pytest.fixture
+def ops_server(tth_bundle, tmp_path):
+    repo = tmp_path / "repo"
+    install_copy(repo, tth_bundle.path, "tth")
+    grpc_port = free_port()
+    srv = ServerProcess(repo, "--grpc-port", str(grpc_port), "--saturation-queue-ms", "0.000001").start()
+    srv.grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    yield srv
+    srv.stop()
+
+
+def test_triton_metric_names_labels_and_values(ops_server, tth_bundle):
+    srv, x = ops_server, tth_bundle.x
+    for rows in (1, 5, 20):
+        assert _infer_http(srv.url, x[:rows]).status_code == 200
+        _infer_grpc(srv.grpc, x[:rows])
+    assert _infer_http(srv.url, x[:3, :5]).status_code == 400  # a wrong shape reaches the model: a failure
+    m = _metrics(srv.url)
+    lab = '{model="tth",version="1"}'
+    assert m[("nv_inference_request_success", lab)] == 6
+    assert m[("nv_inference_request_failure", lab)] == 1
+    assert m[("nv_inference_count", lab)] == 2 * (1 + 5 + 20)
+    stats = HTTP.get(srv.url + "/v2/models/tth/stats").json()["model_stats"][0]
+    assert m[("nv_inference_exec_count", lab)] == stats["execution_count"] >= 1
+    assert m[("nv_inference_queue_duration_us", lab)] == pytest.approx(
+        stats["inference_stats"]["queue"]["ns"] / 1000, rel=1e-6, abs=1
+    )
+    assert m[("nv_inference_compute_infer_duration_us", lab)] > 0
+    assert m[("nv_inference_request_duration_us", lab)] >= m[("nv_inference_compute_infer_duration_us", lab)]
+    assert m[("nv_inference_compute_input_duration_us", lab)] == 0
+    assert m[("nv_inference_pending_request_count", lab)] == 0
+    # SuperSONIC's KEDA query over two scrapes: milliseconds of queue per execution, finite and >= 0
+    before = m
+    for _ in range(5):
+        _infer_grpc(srv.grpc, x[:2])
+    after = _metrics(srv.url)
+    dq = after[("nv_inference_queue_duration_us", lab)] - before[("nv_inference_queue_duration_us", lab)]
+    de = after[("nv_inference_exec_count", lab)] - before[("nv_inference_exec_count", lab)]
+    assert de >= 1 and 0 <= dq / (de * 1000 + 0.001) < 1000
+
+
+def test_a_saturated_server_fails_the_repository_index_and_keeps_inferring(ops_server, tth_bundle):
+    srv = ops_server
+    # idle: not saturated; SONIC's start-up calls succeed
+    assert HTTP.post(srv.url + "/v2/repository/index").status_code == 200
+    assert [m.name for m in srv.grpc.get_model_repository_index().models] == ["tth"]
+    for _ in range(3):  # any wait in the queue is above this server's (tiny) limit
+        _infer_grpc(srv.grpc, tth_bundle.x[:4])
+    r = HTTP.post(srv.url + "/v2/repository/index")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert r.json()["error"].startswith("this server is saturated: ")
+    with pytest.raises(InferenceServerException) as err:
+        srv.grpc.get_model_repository_index()
+    assert err.value.status() == "StatusCode.UNAVAILABLE"
+    # inference goes on, and so do readiness and the model's metadata
+    assert _infer_http(srv.url, tth_bundle.x[:2]).status_code == 200
+    assert srv.grpc.is_server_ready() and srv.grpc.is_model_ready("tth")
+
+
+def test_drain_on_sigterm(tth_bundle, tmp_path):
+    repo = tmp_path / "repo"
+    install_copy(repo, tth_bundle.path, "tth")
+    grpc_port = free_port()
+    srv = ServerProcess(repo, "--grpc-port", str(grpc_port), "--drain-seconds", "4").start()
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    kept = httpx.Client(timeout=10)  # a connection opened before the SIGTERM
+    try:
+        assert kept.get(srv.url + "/v2/health/ready").status_code == 200
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while kept.get(srv.url + "/v2/health/ready").status_code == 200:  # turns at once
+            assert time.monotonic() < deadline, "still ready after SIGTERM"
+            time.sleep(0.05)
+        r = kept.get(srv.url + "/v2/health/ready")
+        assert r.status_code == 503 and r.json() == {"ready": False}
+        assert kept.get(srv.url + "/v2/health/live").status_code == 200
+        assert grpc.is_server_ready() is False and grpc.is_server_live() is True
+        # still answering, on the open connection, on new ones, and over gRPC
+        x = tth_bundle.x[:3]
+        body = {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [3, x.shape[1]], "data": x.ravel().tolist()}
+            ]
+        }
+        assert kept.post(srv.url + "/v2/models/tth/infer", json=body).status_code == 200
+        assert httpx.post(srv.url + "/v2/models/tth/infer", json=body, timeout=10).status_code == 200
+        out = _infer_grpc(grpc, x)
+        assert out.as_numpy(out.get_response().outputs[0].name).shape == (3, 1)
+        assert srv.proc.poll() is None
+        assert srv.proc.wait(timeout=30) == 0  # then it stops by itself, with status 0
+    finally:
+        kept.close()
+        srv.stop()
