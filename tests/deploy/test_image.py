@@ -221,8 +221,9 @@ def test_kubernetes_configuration_runs_in_the_image(pm, image, tth_bundle, tmp_p
         *c["args"],
         env={
             "MLAAS4HEP_TOKEN": None,  # the token comes from the Secret's file only
-            # until the replica issue (21): --metrics-port with --workers N is refused (one process's metrics)
-            **({"MLAAS4HEP_METRICS_PORT": ""} if "--drain-seconds" not in known else {}),
+            # the server refuses --metrics-port with --workers N while its metrics are one process's
+            # (until issue 21's metrics of every worker): /metrics stays on the HTTP port
+            "MLAAS4HEP_METRICS_PORT": "",
         },
         run=("--read-only", f"--tmpfs={mounts['tmp']}", "--user=10001:10001", *volumes),
         tls=tls / "tls.crt",
