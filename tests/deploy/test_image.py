@@ -263,3 +263,31 @@ def bundle_bytes(path: Path) -> bytes:
     from mlaas4hep.client import pack_directory
 
     return pack_directory(path)
+
+
+def test_sigterm_drains_as_kubernetes_expects(pm, image):
+    """With MLAAS4HEP_DRAIN_SECONDS, SIGTERM (what the kubelet sends after preStop) turns readiness
+    false at once while liveness stays true and inference goes on, then the server exits 0."""
+    import httpx
+
+    from .test_manifests import serve_options
+
+    if "--drain-seconds" not in serve_options():
+        pytest.skip("the server has no --drain-seconds yet (issue 21)")
+    c = Container(pm, image, env={"MLAAS4HEP_DRAIN_SECONDS": "4"})
+    try:
+        with httpx.Client(base_url=c.url, timeout=5) as h:
+            assert h.get("/v2/health/ready").status_code == 200
+            t0 = time.monotonic()
+            pm("kill", "--signal", "TERM", c.name)
+            deadline = t0 + 3
+            while h.get("/v2/health/ready").status_code != 503:
+                assert time.monotonic() < deadline, "still ready 3 s after SIGTERM"
+                time.sleep(0.05)
+            assert h.get("/v2/health/live").status_code == 200
+            assert h.get("/v2").json()["name"] == "mlaas4hep"  # still answering while draining
+        code = pm("wait", c.name, timeout=30).stdout.strip()
+        took = time.monotonic() - t0
+        assert code == "0" and 3.5 < took < 15, (code, took)
+    finally:
+        c.remove()
