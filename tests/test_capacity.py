@@ -122,6 +122,11 @@ def test_budget_below_one_call_is_refused():
         (["--events", "1e9", "--hours", "1", "--infer-rate", "5"], "give a training workload"),
         (["--events", "lots", "--hours", "1"], "argument --events: not a number: 'lots'"),
         (["--infer-rate", "-5"], "argument --infer-rate: must be a positive number, not -5"),
+        (
+            ["--infer-rate", "1e5", "--hours", "3"],
+            "--hours is a training option: give --events, or leave --hours out",
+        ),
+        (["--events", "1e9", "--hours", "3", "--latency-ms", "5"], "--latency-ms is an inference option"),
     ],
 )
 def test_usage_errors(args, message):

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .terminal import UsageError, positive_int, print_json
+from .terminal import UsageError, count, positive_int, print_json
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def training(
         later_s = events * (epochs - 1) / (gpus * train)
         if later_s >= budget:
             raise CapacityError(
-                f"{gpus} GPU(s) need {later_s / 3600:.1f} h for epochs 1-{epochs - 1} alone "
+                f"{_n(gpus, 'GPU')} need {later_s / 3600:.1f} h for epochs 1-{epochs - 1} alone "
                 f"at {train:,.0f} events/s each: more GPUs or more hours"
             )
         # the cores decode epoch 0 while the GPUs train on it, in what the later epochs leave
@@ -299,6 +299,10 @@ def inference(
     }
 
 
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _si(x: float, unit: str) -> str:
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= factor:
@@ -311,9 +315,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     w = plan["workload"]
     lines = []
     if "epochs" in w:
-        device = f"{w['gpus']} GPU(s) train, the cores decode" if w["gpus"] else "CPU only"
+        device = f"{_n(w['gpus'], 'GPU')} train, the cores decode" if w["gpus"] else "CPU only"
         lines += [
-            f"training: {w['events']:,.0f} events x {w['epochs']} epochs in {w['hours']:g} h "
+            f"training: {w['events']:,.0f} events x {_n(w['epochs'], 'epoch')} in {w['hours']:g} h "
             f"({w['compression'].upper()}, {device})",
             f"  cores:      {plan['cores']} ({plan['core_hours']:,.1f} core-hours"
             + (f", {plan['gpu_hours']:,.2f} GPU-hours)" if w["gpus"] else ")"),
@@ -327,8 +331,8 @@ def format_plan(plan: dict[str, Any]) -> str:
     else:
         lat = f", {w['latency_ms']:g} ms budget" if w["latency_ms"] is not None else ""
         lines += [
-            f"inference: {w['events_per_s']:,.0f} events/s x {w['inferences_per_event']} rows, "
-            f"{w['rows_per_request']} rows per {w['protocol']} request{lat}",
+            f"inference: {w['events_per_s']:,.0f} events/s x {_n(w['inferences_per_event'], 'row')}, "
+            f"{_n(w['rows_per_request'], 'row')} per {w['protocol']} request{lat}",
             f"  load:       {plan['requests_per_s']:,.0f} requests/s, {plan['rows_per_s']:,.0f} rows/s "
             f"= {plan['busy_cores']:,.1f} busy cores",
             f"  cores:      {plan['cores']} at {plan['utilization']:.0%} utilization ({plan['utilization_why']})",
@@ -362,6 +366,36 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             "mlaas4hep capacity: give a training workload (--events N --epochs E --hours H) "
             "or an inference load (--infer-rate R [--inferences-per-event k] [--latency-ms L])"
         )
+    training_only = ("epochs", "hours", "compression", "gpus", "decode_rate", "train_rate")
+    inference_only = (
+        "inferences_per_event",
+        "latency_ms",
+        "rows_per_request",
+        "protocol",
+        "outputs",
+        "row_rate",
+    )
+    wrong, kind = (
+        (inference_only, "an inference") if args.events is not None else (training_only, "a training")
+    )
+    given = [n for n in wrong if getattr(args, n) is not None]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        needs = "--infer-rate" if kind == "an inference" else "--events"
+        raise UsageError(
+            f"mlaas4hep capacity: {option} is {kind} option: give {needs}, or leave {option} out"
+        )
+    defaults = {
+        "epochs": 1,
+        "compression": "zlib",
+        "gpus": 0,
+        "inferences_per_event": 1,
+        "protocol": "grpc",
+        "outputs": 1,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.events is not None:
         if args.hours is None:
             raise UsageError("mlaas4hep capacity: --events needs --hours (the time budget of the training)")
@@ -410,21 +444,20 @@ def add_capacity_command(sub: Any) -> None:
     )
     t = p.add_argument_group("training")
     t.add_argument("--events", type=_number, metavar="N", help="events to train on (e.g. 1e9)")
-    t.add_argument("--epochs", type=positive_int, default=1, metavar="E", help="passes over them (default 1)")
+    t.add_argument("--epochs", type=positive_int, metavar="E", help="passes over them (default 1)")
     t.add_argument("--hours", type=_number, metavar="H", help="time budget of the whole training")
     t.add_argument(
         "--compression",
         choices=["zlib", "lz4", "zstd"],
-        default="zlib",
         help="the files' compression (default zlib, as CMS NanoAOD)",
     )
-    t.add_argument("--gpus", type=int, default=0, metavar="G", help="GPUs that train (default 0: CPUs train)")
+    t.add_argument("--gpus", type=count, metavar="G", help="GPUs that train (default 0: CPUs train)")
     t.add_argument("--decode-rate", type=_number, metavar="EV/S", help="your decode rate per core")
     t.add_argument("--train-rate", type=_number, metavar="EV/S", help="your training rate per core (per GPU)")
     i = p.add_argument_group("inference")
     i.add_argument("--infer-rate", type=_number, metavar="R", help="events per second to serve")
     i.add_argument(
-        "--inferences-per-event", type=positive_int, default=1, metavar="K", help="rows per event (default 1)"
+        "--inferences-per-event", type=positive_int, metavar="K", help="rows per event (default 1)"
     )
     i.add_argument("--latency-ms", type=_number, metavar="L", help="latency budget per request")
     i.add_argument(
@@ -433,8 +466,8 @@ def add_capacity_command(sub: Any) -> None:
         metavar="N",
         help="rows per call (default: one call per event)",
     )
-    i.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="default grpc (SONIC's)")
-    i.add_argument("--outputs", type=positive_int, default=1, help="model outputs per row (default 1)")
+    i.add_argument("--protocol", choices=["grpc", "http"], help="default grpc (SONIC's)")
+    i.add_argument("--outputs", type=positive_int, help="model outputs per row (default 1)")
     i.add_argument("--row-rate", type=_number, metavar="ROWS/S", help="your batched rows/s per core")
     p.add_argument("--features", type=positive_int, default=111, help="input features per row (default 111)")
     p.add_argument(
