@@ -252,6 +252,9 @@ def test_kubernetes_configuration_runs_in_the_image(pm, image, tth_bundle, tmp_p
             g.infer("tth", [inp]).as_numpy("probs"), tth_bundle.predictor.predict(x), atol=1e-6
         )
         g.close()
+        # the image's health check finds the server behind TLS too
+        hc = pm("healthcheck", "run", ct.name, check=False)
+        assert hc.returncode == 0, hc.stdout + hc.stderr
         # workers: 2 from serve.yaml: the entrypoint's process and its two workers
         top = pm("top", ct.name, "user", "args").stdout.splitlines()[1:]
         assert len(top) >= 3 and all(line.split()[0] == "mlaas4hep" for line in top), top
@@ -286,6 +289,7 @@ def test_sigterm_drains_as_kubernetes_expects(pm, image):
                 time.sleep(0.05)
             assert h.get("/v2/health/live").status_code == 200
             assert h.get("/v2").json()["name"] == "mlaas4hep"  # still answering while draining
+            assert pm("healthcheck", "run", c.name, check=False).returncode != 0  # the image's check agrees
         code = pm("wait", c.name, timeout=30).stdout.strip()
         took = time.monotonic() - t0
         assert code == "0" and 3.5 < took < 15, (code, took)
