@@ -219,12 +219,7 @@ def test_kubernetes_configuration_runs_in_the_image(pm, image, tth_bundle, tmp_p
         pm,
         image,
         *c["args"],
-        env={
-            "MLAAS4HEP_TOKEN": None,  # the token comes from the Secret's file only
-            # the server refuses --metrics-port with --workers N while its metrics are one process's
-            # (until issue 21's metrics of every worker): /metrics stays on the HTTP port
-            "MLAAS4HEP_METRICS_PORT": "",
-        },
+        env={"MLAAS4HEP_TOKEN": None},  # the token comes from the Secret's file only
         run=("--read-only", f"--tmpfs={mounts['tmp']}", "--user=10001:10001", *volumes),
         tls=tls / "tls.crt",
     )
@@ -255,9 +250,11 @@ def test_kubernetes_configuration_runs_in_the_image(pm, image, tth_bundle, tmp_p
         # the image's health check finds the server behind TLS too
         hc = pm("healthcheck", "run", ct.name, check=False)
         assert hc.returncode == 0, hc.stdout + hc.stderr
-        # workers: 2 from serve.yaml: the entrypoint's process and its two workers
+        # Triton's metrics port: plain HTTP (as Triton's) while HTTP and gRPC have TLS
+        metrics = httpx.get(f"http://127.0.0.1:{ct.metrics_port}/metrics", timeout=10)
+        assert 'model="tth"' in metrics.text
         top = pm("top", ct.name, "user", "args").stdout.splitlines()[1:]
-        assert len(top) >= 3 and all(line.split()[0] == "mlaas4hep" for line in top), top
+        assert top and all(line.split()[0] == "mlaas4hep" for line in top), top
     finally:
         ct.remove()
 
