@@ -137,3 +137,40 @@ def test_drain_on_sigterm(tth_bundle, tmp_path):
     finally:
         kept.close()
         srv.stop()
+
+
+def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
+    """``--workers 2``: requests spread over both processes; any scrape counts all of them."""
+    from .conftest import HTTP_NEW
+
+    repo = tmp_path / "repo"
+    install_copy(repo, tth_bundle.path, "tth")
+    srv = ServerProcess(repo, "--workers", "2").start()
+    try:
+        x = tth_bundle.x[:2]
+        body = {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
+        }
+        pids = set()
+        for _ in range(40):  # a new connection each: the kernel spreads them over the workers
+            r = HTTP_NEW.post(srv.url + "/v2/models/tth/infer", json=body)
+            assert r.status_code == 200
+        for _ in range(20):
+            pids.add(HTTP_NEW.get(srv.url + "/status").json().get("pid"))
+        time.sleep(1.5)  # every worker has published its numbers since
+        lab = '{model="tth",version="1"}'
+        seen = set()
+        for _ in range(10):
+            text = HTTP_NEW.get(srv.url + "/metrics").text
+            m = {
+                ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1])
+                for ln in text.splitlines()
+                if ln and ln[0] != "#"
+            }
+            seen.add(m['mlaas4hep_inference_requests_total{model="tth",status="200"}'])
+            assert m[f"nv_inference_request_success{lab}"] == 40
+            assert m[f"nv_inference_count{lab}"] == 80
+        assert seen == {40.0}
+        assert len(pids - {None}) == 2, "both workers answered"
+    finally:
+        srv.stop()

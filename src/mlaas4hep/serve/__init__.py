@@ -86,7 +86,12 @@ def serve(
     if config.tls_cert is not None:
         common.update(ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key)
     if config.workers > 1:
+        import tempfile
+
+        from .metricsshare import ENV as SHARE
+
         os.environ[_ENV] = config.to_json()
+        os.environ[SHARE] = tempfile.mkdtemp(prefix="mlaas4hep-metrics-")
         uvicorn.run("mlaas4hep.serve:_app_from_env", factory=True, workers=config.workers, **common)
         return
     app = _app(config, shared=False)
@@ -126,8 +131,12 @@ def _app(config: ServeConfig, shared: bool) -> Any:
 
 
 def _app_from_env() -> Any:
-    """App factory of a worker process (``serve(workers=N)``)."""
+    """App factory of a worker process (``serve(workers=N)``): its metrics are shared with the others'."""
+    from .metricsshare import ENV as SHARE
+    from .metricsshare import MetricsShare
+
     app = _app(ServeConfig.from_json(os.environ[_ENV]), shared=True)
+    MetricsShare(app.plane.metrics, os.environ[SHARE])
     _tune_gc()
     return app
 

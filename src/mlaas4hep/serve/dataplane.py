@@ -21,6 +21,7 @@ protocol, status code or framework::
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -193,7 +194,7 @@ class DataPlane:
         """Rebuild batchers on next use (after an upload, delete, load, unload or new settings)."""
         self.unhealthy.clear()  # a model loaded again (or replaced) gets a new chance
         self._prune()
-        self.metrics.loaded.set(len(self.repo.loaded()))
+        self.metrics.loaded = len(self.repo.loaded())
 
     # ------------------------------------------------------------ inference
     async def infer(self, request: InferRequest, credentials: str | None = None) -> InferResult:
@@ -333,6 +334,7 @@ class DataPlane:
             "models": self.repo.names(),
             "loaded": [f"{n}/{v}" for n, v in self.repo.loaded()],
             "auth": self.auth.enabled,
+            "pid": os.getpid(),  # which process answered (with --workers N)
         }
 
     # ------------------------------------------------------------ repository
@@ -413,7 +415,7 @@ class DataPlane:
 
     def metrics_exposition(self) -> tuple[bytes, str]:
         """The Prometheus text of this process's metrics, and its content type."""
-        self.metrics.loaded.set(len(self.repo.loaded()))
+        self.metrics.loaded = len(self.repo.loaded())
         return self.metrics.exposition()
 
     # ------------------------------------------------------------ plumbing

@@ -7,13 +7,16 @@
 * ``mlaas4hep_batch_size_rows{model}``: rows per onnxruntime call (histogram);
 * ``mlaas4hep_queue_seconds{model}``: how long the oldest request of a batch
   waited in the dynamic batcher (histogram);
-* ``mlaas4hep_models_loaded``: sessions in memory.
+* ``mlaas4hep_models_loaded``: sessions in memory;
+* Triton's ``nv_inference_*`` per model and version (:mod:`.tritonmetrics`).
 
-Each app has its own registry (tests run several servers in one process).
-The per-request series are plain Python numbers updated on the event-loop
-thread (no lock: a few hundred nanoseconds per request) and turned into
-Prometheus families only when ``/metrics`` is scraped; the per-batch ones are
-ordinary ``prometheus_client`` metrics.
+Each app has its own :class:`Metrics` (tests run several servers in one
+process). Every series is a plain Python number updated on the event-loop
+thread (no lock: a few hundred nanoseconds per request), turned into
+Prometheus families only when ``/metrics`` is scraped. So the whole state is a
+small JSON-able :meth:`Metrics.snapshot`: with ``--workers N`` each process
+publishes its snapshot every second (:mod:`.metricsshare`) and the process
+that answers a scrape adds up all of them, so one scrape reports every worker.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from ..io.sources import RETRIES
@@ -64,48 +67,39 @@ class Observation:
     status: int = 500
 
 
+def _observe(hists: dict[str, list[float]], key: str, buckets: tuple[float, ...], value: float) -> None:
+    """Count ``value`` in the histogram ``hists[key]``: counts per bucket (+Inf last), then the sum."""
+    h = hists.get(key)
+    if h is None:
+        h = hists[key] = [0.0] * (len(buckets) + 2)
+    h[bisect_left(buckets, value)] += 1
+    h[-1] += value
+
+
 class Metrics:
     """The server's metrics. ``status_of(error or None)`` gives the ``status`` label of an
     inference request's outcome (the app passes the HTTP table's, so gRPC and HTTP requests
-    are counted alike)."""
+    are counted alike). ``peers()``, when set, gives the snapshots of the other worker
+    processes, added to this one's at every scrape."""
 
     def __init__(self, status_of: Callable[[BaseException | None], int]) -> None:
         self.status_of = status_of
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.batch = Histogram(
-            "mlaas4hep_batch_size_rows",
-            "Rows per onnxruntime call",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.queue = Histogram(
-            "mlaas4hep_queue_seconds",
-            "Wait of the oldest request of a batch",
-            ["model"],
-            buckets=QUEUE_BUCKETS,
-            registry=r,
-        )
-        self.loaded = Gauge("mlaas4hep_models_loaded", "onnxruntime sessions in memory", registry=r)
-        self._http: dict[tuple[str, str, str], int] = {}
-        self._infer: dict[tuple[str, str], int] = {}
-        self._latency: dict[str, list[float]] = {}  # model -> counts per bucket (+Inf last), then the sum
+        self.http: dict[tuple[str, str, str], int] = {}
+        self.infer: dict[tuple[str, str], int] = {}
+        self.latency: dict[str, list[float]] = {}  # model -> counts per bucket (+Inf last), then the sum
+        self.batch: dict[str, list[float]] = {}
+        self.queue: dict[str, list[float]] = {}
         self.counts: dict[str, ModelCounts] = {}  # model -> Triton's statistics
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.triton = TritonCounts()  # Triton's names, per model version (see .tritonmetrics)
-        r.register(_RequestCollector(self))
-
-    def _child(self, metric: Any, *labels: str) -> Any:  # a labelled prometheus_client metric
-        key = (id(metric), labels)
-        c = self._children.get(key)
-        if c is None:
-            c = self._children[key] = metric.labels(*labels)
-        return c
+        self.loaded = 0  # sessions in memory
+        self.retries = (0, 0)  # of another process (this one's are read from the io layer)
+        self.peers: Callable[[], list[dict[str, Any]]] | None = None
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(self))
 
     def http_request(self, route: str, method: str, status: int) -> None:
         key = (route, method, str(status))
-        self._http[key] = self._http.get(key, 0) + 1
+        self.http[key] = self.http.get(key, 0) + 1
 
     def model_counts(self, model: str) -> ModelCounts:
         c = self.counts.get(model)
@@ -113,23 +107,18 @@ class Metrics:
             c = self.counts[model] = ModelCounts()
         return c
 
-    def latency(self, model: str) -> tuple[int, float]:
+    def latency_of(self, model: str) -> tuple[int, float]:
         """Successful inference requests of ``model`` and their summed latency in seconds."""
-        h = self._latency.get(model)
+        h = self.latency.get(model)
         return (0, 0.0) if h is None else (int(sum(h[:-1])), h[-1])
 
     def inference(self, model: str, status: int, seconds: float) -> None:
         key = (model, str(status))
-        self._infer[key] = self._infer.get(key, 0) + 1
+        self.infer[key] = self.infer.get(key, 0) + 1
+        c = self.counts.get(model) or self.model_counts(model)
         if status < 400:
-            h = self._latency.get(model)
-            if h is None:
-                h = self._latency[model] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-            h[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            h[-1] += seconds
-            c = self.counts.get(model) or self.model_counts(model)
+            _observe(self.latency, model, LATENCY_BUCKETS, seconds)
         else:
-            c = self.model_counts(model)
             c.fail += 1
             c.fail_s += seconds
         c.last_ms = int(time.time() * 1000)
@@ -156,13 +145,12 @@ class Metrics:
 
     def batch_observer(self, model: str, version: str) -> Callable[[int, float, float, int, float], None]:
         """A callback for :class:`~mlaas4hep.serve.batching.Batcher` (its ``Observer``)."""
-        batch, queue = self._child(self.batch, model), self._child(self.queue, model)
         c = self.model_counts(model)
-        key, triton = (model, version), self.triton
+        key, triton, batch, queue = (model, version), self.triton, self.batch, self.queue
 
         def observe(rows: int, queued: float, compute: float, requests: int, waited: float) -> None:
-            batch.observe(rows)
-            queue.observe(queued)
+            _observe(batch, model, BATCH_BUCKETS, rows)
+            _observe(queue, model, QUEUE_BUCKETS, queued)
             triton.executed(key, rows, requests, waited, compute)
             c.batches += 1
             c.rows += rows
@@ -172,46 +160,105 @@ class Metrics:
 
         return observe
 
+    # ------------------------------------------------------------ snapshots (several processes)
+    def snapshot(self) -> dict[str, Any]:
+        """Every number, JSON-able (lists of [key parts..., value])."""
+        return {
+            "http": [[*k, n] for k, n in list(self.http.items())],
+            "infer": [[*k, n] for k, n in list(self.infer.items())],
+            "latency": dict(self.latency),
+            "batch": dict(self.batch),
+            "queue": dict(self.queue),
+            "counts": {m: asdict(c) for m, c in list(self.counts.items())},
+            "triton": [[*k, asdict(c)] for k, c in list(self.triton.versions.items())],
+            "pending": [[*k, n] for k, n in list(self.triton.pending.items())],
+            "loaded": self.loaded,
+            "retries": [RETRIES.total, RETRIES.gave_up],
+        }
+
+    def absorb(self, snap: dict[str, Any]) -> None:
+        """Add another process's :meth:`snapshot` into this one (a merged view for a scrape)."""
+        for *k, n in snap["http"]:
+            self.http[tuple(k)] = self.http.get(tuple(k), 0) + n
+        for *k, n in snap["infer"]:
+            self.infer[tuple(k)] = self.infer.get(tuple(k), 0) + n
+        for name in ("latency", "batch", "queue"):
+            mine: dict[str, list[float]] = getattr(self, name)
+            for model, h in snap[name].items():
+                mine[model] = [a + b for a, b in zip(mine[model], h)] if model in mine else list(h)
+        for model, c in snap["counts"].items():
+            mc = self.model_counts(model)
+            for f in fields(ModelCounts):
+                mine_v, theirs = getattr(mc, f.name), c[f.name]
+                setattr(mc, f.name, max(mine_v, theirs) if f.name == "last_ms" else mine_v + theirs)
+        for model, version, c in snap["triton"]:
+            vc = self.triton.of((model, version))
+            for k, v in c.items():
+                setattr(vc, k, getattr(vc, k) + v)
+        for model, version, n in snap["pending"]:
+            self.triton.pending[(model, version)] = self.triton.pending.get((model, version), 0) + n
+        self.loaded += snap["loaded"]
+        self.retries = (self.retries[0] + snap["retries"][0], self.retries[1] + snap["retries"][1])
+
     def exposition(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The Prometheus text of this process, plus its peers' when it has some."""
+        if self.peers is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = Metrics(self.status_of)
+        merged.absorb(self.snapshot())
+        merged.retries = (merged.retries[0] - RETRIES.total, merged.retries[1] - RETRIES.gave_up)
+        for snap in self.peers():
+            merged.absorb(snap)
+        return generate_latest(merged.registry), CONTENT_TYPE_LATEST
 
 
-class _RequestCollector:
-    """Exports the per-request counts of :class:`Metrics` at scrape time."""
+def _histogram(name: str, doc: str, hists: dict[str, list[float]], buckets: tuple[float, ...]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=["model"])
+    for model, h in list(hists.items()):
+        cum, out = 0.0, []
+        for le, hits in zip((*buckets, float("inf")), h[:-1]):
+            cum += hits
+            out.append((floatToGoString(le), cum))
+        family.add_metric([model], out, sum_value=h[-1])
+    return family
+
+
+class _Collector:
+    """Exports the numbers of :class:`Metrics` at scrape time."""
 
     def __init__(self, m: Metrics):
         self.m = m
 
     def collect(self) -> Iterator[Metric]:
-        yield from self.m.triton.collect()
+        m = self.m
+        yield from m.triton.collect()
         http = CounterMetricFamily(
             "mlaas4hep_http_requests", "HTTP requests", labels=["route", "method", "status"]
         )
-        for key, n in list(self.m._http.items()):
+        for key, n in list(m.http.items()):
             http.add_metric(list(key), n)
         yield http
         # remote reads of predict_root that met a transient fault (storage restarting)
+        retries, gave_up = RETRIES.total + m.retries[0], RETRIES.gave_up + m.retries[1]
         yield CounterMetricFamily(
-            "mlaas4hep_io_retries", "Remote reads retried after a transient fault", value=RETRIES.total
+            "mlaas4hep_io_retries", "Remote reads retried after a transient fault", value=retries
         )
         yield CounterMetricFamily(
             "mlaas4hep_io_retry_budget_exhausted",
             "Remote reads given up after their retry budget",
-            value=RETRIES.gave_up,
+            value=gave_up,
         )
         infer = CounterMetricFamily(
             "mlaas4hep_inference_requests", "Inference requests", labels=["model", "status"]
         )
-        for ikey, count in list(self.m._infer.items()):
+        for ikey, count in list(m.infer.items()):
             infer.add_metric(list(ikey), count)
         yield infer
-        lat = HistogramMetricFamily(
-            "mlaas4hep_request_latency_seconds", "Inference latency in the server", labels=["model"]
+        yield _histogram(
+            "mlaas4hep_request_latency_seconds", "Inference latency in the server", m.latency, LATENCY_BUCKETS
         )
-        for model, h in list(self.m._latency.items()):
-            cum, buckets = 0.0, []
-            for le, hits in zip((*LATENCY_BUCKETS, float("inf")), h[:-1]):
-                cum += hits
-                buckets.append((floatToGoString(le), cum))
-            lat.add_metric([model], buckets, sum_value=h[-1])
-        yield lat
+        yield _histogram("mlaas4hep_batch_size_rows", "Rows per onnxruntime call", m.batch, BATCH_BUCKETS)
+        yield _histogram(
+            "mlaas4hep_queue_seconds", "Wait of the oldest request of a batch", m.queue, QUEUE_BUCKETS
+        )
+        yield GaugeMetricFamily("mlaas4hep_models_loaded", "onnxruntime sessions in memory", value=m.loaded)

@@ -46,7 +46,7 @@ def _duration(count: int, seconds: float) -> dict[str, int]:
 def model_statistics(m: Metrics, info: BundleSpec) -> dict[str, Any]:
     """One model's entry of ``model_stats``, reported under the version ``info`` resolved to."""
     c = m.model_counts(info.name)
-    ok, ok_s = m.latency(info.name)
+    ok, ok_s = m.latency_of(info.name)
     zero = _duration(0, 0.0)
     return {
         "name": info.name,
