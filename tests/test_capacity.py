@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mlaas4hep.capacity import FIGURES, CapacityError, inference, training
+from mlaas4hep.capacity import FIGURES, inference, training
 from mlaas4hep.cli import main
+from mlaas4hep.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "capacity.md"
@@ -110,7 +111,7 @@ def test_budget_below_one_call_is_refused():
         "error: a 0.1 ms budget is below the 0.61 ms that one grpc call takes with no load at all "
         "(p50, one client): more servers cannot meet it"
     )
-    with pytest.raises(CapacityError, match=r"need 5\.3 h for epochs 1-99 alone"):
+    with pytest.raises(ConfigError, match=r"need 5\.3 h for epochs 1-99 alone"):
         training(1e9, 100, 1, gpus=1)
 
 

@@ -148,10 +148,6 @@ UTILIZATION = 0.7  # of each core, with the latency budget at or above the measu
 UTILIZATION_TIGHT = 0.5  # below it: more headroom against queueing
 
 
-class CapacityError(ConfigError):
-    """A workload that cannot be planned (a budget below what any number of servers reaches): exit 2."""
-
-
 def _used(*names: str, **overrides: float | None) -> dict[str, dict[str, Any]]:
     """The figures a plan used, as JSON, with the user's overrides marked as such."""
     out = {}
@@ -176,7 +172,7 @@ def training(
 ) -> dict[str, Any]:
     """The cores, nodes, network and cache disk that train on ``events`` for ``epochs`` in ``hours``."""
     if events <= 0 or epochs < 1 or hours <= 0 or gpus < 0 or cores_per_node < 1:
-        raise CapacityError("events, epochs, hours and cores per node must be positive, gpus >= 0")
+        raise ConfigError("events, epochs, hours and cores per node must be positive, gpus >= 0")
     dec_name, bytes_name = f"decode_{compression}", f"bytes_{compression}"
     train_name = "train_gpu" if gpus else "train_cpu"
     decode = decode_rate or FIGURES[dec_name].value
@@ -194,7 +190,7 @@ def training(
         gpu_s = events * epochs / (gpus * train)
         later_s = events * (epochs - 1) / (gpus * train)
         if later_s >= budget:
-            raise CapacityError(
+            raise ConfigError(
                 f"{_n(gpus, 'GPU')} need {later_s / 3600:.1f} h for epochs 1-{epochs - 1} alone "
                 f"at {train:,.0f} events/s each: more GPUs or more hours"
             )
@@ -249,7 +245,7 @@ def inference(
 ) -> dict[str, Any]:
     """The cores, replicas and network that serve ``rate`` events/s of ``per_event`` rows each."""
     if rate <= 0 or per_event < 1 or cores_per_node < 1 or (rows_per_request or 1) < 1:
-        raise CapacityError("the rate, inferences per event and cores per node must be positive")
+        raise ConfigError("the rate, inferences per event and cores per node must be positive")
     per_request = rows_per_request or per_event
     rows_s = rate * per_event
     requests_s = rows_s / per_request
@@ -260,7 +256,7 @@ def inference(
     utilization, note = UTILIZATION, "budget at or above the measured p99 at saturation"
     if latency_ms is not None:
         if latency_ms < p50:
-            raise CapacityError(
+            raise ConfigError(
                 f"a {latency_ms:g} ms budget is below the {p50:g} ms that one {protocol} call takes "
                 "with no load at all (p50, one client): more servers cannot meet it"
             )
