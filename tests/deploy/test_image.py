@@ -87,7 +87,11 @@ class Container:
         flags = [f"--env={k}={v}" for k, v in env.items() if v is not None]
         pm("run", "-d", "--name", self.name, "--network", "host", *run, *flags, image, *args)
         self.verify = ssl.create_default_context(cafile=str(tls)) if tls else True
-        wait_ready(f"{self.url}/v2/health/ready", self.name, pm, verify=self.verify)
+        try:
+            wait_ready(f"{self.url}/v2/health/ready", self.name, pm, verify=self.verify)
+        except BaseException:
+            self.remove()  # a server that did not start leaves no container behind
+            raise
 
     def remove(self) -> None:
         self.pm("rm", "-f", "-t", "0", self.name, check=False)
