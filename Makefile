@@ -2,7 +2,8 @@
 #
 # `make demo` needs a Python >= 3.10 and nothing else: pip installs the rest into .venv,
 # without root and without system packages (.ci/install.sh; PY=python3.11 picks the Python).
-# `make test` also needs XRootD, nginx, Chromium and wrk: .ci/system-deps.sh installs them
+# `make test` also needs XRootD, nginx, Chromium, wrk and podman (with runc and mmdebstrap, for the
+# container image): .ci/system-deps.sh installs them
 # with apt-get as root, or says what to install.
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,16 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 export PY TORCH_INDEX
 
-.PHONY: demo test lint install system-deps perf-analyzer bench clean
+.PHONY: demo test lint install system-deps perf-analyzer bench image clean
+
+# The server's container image (Containerfile): podman, or docker where podman is missing.
+# BASE=... picks the base image; ENGINE, IMAGE and IMAGE_ARGS (extra build options) may be set,
+# e.g. make image ENGINE="podman --runtime /usr/sbin/runc" IMAGE_ARGS="--network host".
+# podman builds in Docker's format, which keeps the HEALTHCHECK (OCI's drops it).
+ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/mlaas4hep/__init__.py)
+IMAGE ?= mlaas4hep-serve:$(VERSION)
+IMAGE_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@bash .ci/install.sh $(VENV) all
@@ -43,6 +53,11 @@ test: $(TEST_STAMP) system-deps perf-analyzer lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/stream.py
+
+image:
+	@test -n "$(ENGINE)" || { echo "make image needs podman or docker (apt-get install podman)" >&2; exit 1; }
+	$(ENGINE) build -f Containerfile -t $(IMAGE) $(if $(findstring podman,$(ENGINE)),--format docker) \
+	  $(if $(BASE),--build-arg BASE=$(BASE)) $(IMAGE_ARGS) .
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

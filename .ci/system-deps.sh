@@ -4,6 +4,7 @@
 #   nginx     HTTP Range and multi-range reads for the http:// tests
 #   chromium  the browser tests of the web page
 #   wrk       the load generator of bench/serve.py (optional: no test needs it)
+#   podman, runc, mmdebstrap   build and run the server's container image offline (tests/deploy)
 # Missing ones are installed with apt-get, as root or through sudo that needs no password.
 # Otherwise (no root, no apt-get) it says what to install, with Debian's and EL9's package
 # names, and stops: it never prompts.
@@ -25,6 +26,9 @@ need() { # PROGRAM "DEBIAN PACKAGES" "EL9 PACKAGES"
 need xrootd "xrootd-server xrootd-client" "xrootd-server xrootd-client"
 need nginx "nginx-light" "nginx"
 need chromium "chromium" "chromium"
+need podman "podman" "podman"
+need runc "runc" "runc"
+need mmdebstrap "mmdebstrap" "mmdebstrap"
 has wrk || optional+=(wrk)
 [ ${#missing[@]} -eq 0 ] && [ ${#optional[@]} -eq 0 ] && exit 0
 

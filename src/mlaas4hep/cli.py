@@ -298,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("clientcli", "add_client_commands"),
         ("scoring.cli", "add_predict_command"),
         ("demo", "add_demo_command"),
+        ("capacity", "add_capacity_command"),
     ):
         try:
             mod = __import__(f"mlaas4hep.{module}", fromlist=[fn])
