@@ -140,12 +140,14 @@ def test_drain_on_sigterm(tth_bundle, tmp_path):
 
 
 def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
-    """``--workers 2``: requests spread over both processes; any scrape counts all of them."""
+    """``--workers 2``: requests spread over both processes; any scrape counts all of them, and
+    so does the metrics port (Triton's 8002), which the supervisor process serves."""
     from .conftest import HTTP_NEW
 
     repo = tmp_path / "repo"
     install_copy(repo, tth_bundle.path, "tth")
-    srv = ServerProcess(repo, "--workers", "2").start()
+    mport = free_port()
+    srv = ServerProcess(repo, "--workers", "2", "--metrics-port", str(mport)).start()
     try:
         x = tth_bundle.x[:2]
         body = {
@@ -171,6 +173,9 @@ def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
             assert m[f"nv_inference_request_success{lab}"] == 40
             assert m[f"nv_inference_count{lab}"] == 80
         assert seen == {40.0}
+        # Triton's metrics port, served by the supervisor: every worker's numbers, added up
+        text = HTTP.get(f"http://127.0.0.1:{mport}/metrics").text
+        assert f"nv_inference_request_success{lab} 40.0" in text and f"nv_inference_count{lab} 80.0" in text
         assert len(pids - {None}) == 2, "both workers answered"
     finally:
         srv.stop()

@@ -27,7 +27,6 @@ import os
 from typing import Any
 
 from .. import extras
-from ..errors import ConfigError
 from .config import ServeConfig
 
 __all__ = ["ServeConfig", "create_app", "serve"]
@@ -60,10 +59,6 @@ def serve(
     elif options or repo_dir is not None:
         config = config.replace(**options, **({"repo": str(repo_dir)} if repo_dir is not None else {}))
     config = config.check()
-    if config.metrics_port is not None and config.workers > 1:
-        raise ConfigError(
-            "--metrics-port serves the metrics of one process: with --workers N, scrape /metrics on --port"
-        )
     common: dict[str, Any] = dict(
         host=config.host,
         port=config.port,
@@ -91,7 +86,11 @@ def serve(
         from .metricsshare import ENV as SHARE
 
         os.environ[_ENV] = config.to_json()
-        os.environ[SHARE] = tempfile.mkdtemp(prefix="mlaas4hep-metrics-")
+        os.environ[SHARE] = share = tempfile.mkdtemp(prefix="mlaas4hep-metrics-")
+        if config.metrics_port is not None:  # the supervisor serves every worker's metrics, added up
+            from .metricsshare import serve_all
+
+            serve_all(share, config.host, config.metrics_port)
         uvicorn.run("mlaas4hep.serve:_app_from_env", factory=True, workers=config.workers, **common)
         return
     app = _app(config, worker=False)
@@ -123,7 +122,7 @@ def _app(config: ServeConfig, worker: bool) -> Any:
             reuse_port=worker,
             listeners=config.grpc_listeners,
         )
-    if config.metrics_port is not None:
+    if config.metrics_port is not None and not worker:
         from .metricsport import with_metrics_port
 
         app = with_metrics_port(app, config.host, config.metrics_port)

@@ -141,7 +141,8 @@ def startup_banner(config: Any, sources: dict[str, str] | None = None) -> str:
     if config.grpc_port:
         lines.append(f"  gRPC:         {host}:{config.grpc_port} (Triton's API)")
     if config.metrics_port:
-        lines.append(f"  metrics:      {scheme}://{host}:{config.metrics_port}/metrics (no token)")
+        # prometheus_client's own server, plain HTTP (as Triton's metrics port)
+        lines.append(f"  metrics:      http://{host}:{config.metrics_port}/metrics (no token)")
     if config.workers > 1:
         lines.append(f"  workers:      {config.workers} processes")
     settings = changed(config, sources or {})

@@ -17,9 +17,13 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.core import Metric
+
+from ..io.sources import RETRIES
 from .metrics import Metrics
 
 ENV = "MLAAS4HEP_METRICS_SHARE"  # the directory, passed by the parent to its workers
@@ -72,3 +76,39 @@ class MetricsShare:
     def close(self) -> None:
         self._stop.set()
         (self.dir / f"{self.pid}.json").unlink(missing_ok=True)
+
+
+def all_snapshots(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The snapshots of every worker still running."""
+    out = []
+    for f in Path(directory).glob("*.json"):
+        if not f.stem.isdigit() or not _alive(int(f.stem)):
+            continue
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+class _AllWorkers:
+    """A collector of every worker's metrics, added up (for the supervisor's metrics port)."""
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        self.dir = directory
+
+    def collect(self) -> Iterator[Metric]:
+        merged = Metrics(lambda err: 200)
+        merged.retries = (-RETRIES.total, -RETRIES.gave_up)  # only the workers' count
+        for snap in all_snapshots(self.dir):
+            merged.absorb(snap)
+        yield from merged.registry.collect()
+
+
+def serve_all(directory: str | os.PathLike[str], host: str, port: int) -> None:
+    """``--metrics-port`` with ``--workers N``: the supervisor serves every worker's metrics there."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    registry.register(_AllWorkers(directory))
+    start_http_server(port, host, registry=registry)
