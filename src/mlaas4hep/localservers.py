@@ -1,10 +1,15 @@
-"""Local data servers on 127.0.0.1: XRootD (Debian ``xrootd-server``) and nginx (HTTP Range).
+"""Local servers on 127.0.0.1: XRootD (Debian ``xrootd-server``), nginx (HTTP Range), and a small
+cluster of ``mlaas4hep serve`` replicas behind nginx as a load balancer.
 
 Both serve one directory read-only. The tests, the benchmarks and
 ``mlaas4hep demo --remote`` use them to read through real ``root://`` and
 ``http://`` protocol stacks on one machine. They run as subprocesses (XRootD as
 the ``xrootd`` user when we are root: it refuses to run as root); start-up
 waits are bounded.
+
+:class:`Replica` is one ``mlaas4hep serve`` on fixed ports (restarted on the same ones), and
+:class:`LoadBalancer` runs the shipped ``deploy/nginx/mlaas4hep.conf`` pointed at replicas:
+the replica tests and ``bench/replicas.py`` use them.
 
 For fault tests, :meth:`XRootDServer.kill` ends the server abruptly
 (``SIGKILL``, as a crash or an OOM kill would) and :meth:`XRootDServer.start`
@@ -192,3 +197,86 @@ class NginxServer(_Server):
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
+
+
+class Replica:
+    """One ``mlaas4hep serve`` of ``repo`` on fixed HTTP and gRPC ports (``args``: more options)."""
+
+    def __init__(self, repo: Path, *args: str):
+        self.repo, self.args = Path(repo), list(args)
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> Replica:
+        """Start (again, on the same ports); return once ``/v2/health/ready`` answers 200."""
+        import sys
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(self.repo), "--port", str(self.port)]
+        cmd += ["--grpc-port", str(self.grpc_port), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlaas4hep serve exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"mlaas4hep serve not ready in {timeout} s")
+
+    def stop(self, sig: int = 15) -> None:
+        """Send ``sig`` (default SIGTERM: the server drains if told to) and wait for the end."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(60)
+        self.proc = None
+
+
+class LoadBalancer(_Server):
+    """nginx running ``conf`` (``deploy/nginx/mlaas4hep.conf``) in front of ``replicas``.
+
+    The configuration's three HTTP and three gRPC ``server`` lines become the replicas' ports
+    (fewer replicas: the lines left over are dropped), and it listens on free local ports.
+    """
+
+    def __init__(self, conf: Path, replicas: list[Replica]):
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.path.exists(nginx):
+            raise MissingProgram("nginx")
+        self.port, self.grpc_port = free_port(), free_port()
+        self.work = w = public_dir("mlaas4hep-lb-")
+        text = Path(conf).read_text()
+        for kind, ports in (("00", [r.port for r in replicas]), ("01", [r.grpc_port for r in replicas])):
+            text = _point(text, kind, ports)
+        text = text.replace("listen 8000;", f"listen 127.0.0.1:{self.port};")
+        text = text.replace("listen 8001 http2;", f"listen 127.0.0.1:{self.grpc_port} http2;")
+        temps = "".join(
+            f"    {k}_temp_path {w}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        text = text.replace("http {\n", "http {\n" + temps, 1)
+        head = (
+            "user root;\n" if os.geteuid() == 0 else ""
+        ) + f"daemon off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n"
+        (w / "nginx.conf").write_text(head + text)
+        self.proc = subprocess.Popen([nginx, "-c", str(w / "nginx.conf"), "-p", str(w)])
+        wait_port(self.port, self.proc, log=w / "error.log")
+        wait_port(self.grpc_port, self.proc, log=w / "error.log")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
+def _point(conf: str, kind: str, ports: list[int]) -> str:
+    """``conf`` with its ``server 127.0.0.1:8N{kind}`` lines pointed at ``ports`` (extra lines dropped)."""
+    import re
+
+    left = iter(ports)
+
+    def one(m: re.Match[str]) -> str:
+        port = next(left, None)
+        return "" if port is None else m.group(0).replace(m.group(0).split()[1], f"127.0.0.1:{port}")
+
+    return re.sub(rf" *server 127\.0\.0\.1:8[123]{kind} [^\n]*\n", one, conf)

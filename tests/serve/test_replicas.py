@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from mlaas4hep.bundle_archive import pack_directory
-from mlaas4hep.localservers import free_port, public_dir, wait_port
+from mlaas4hep.localservers import LoadBalancer, Replica
 
 from .conftest import HTTP, TOKEN, install_copy
 from .test_grpc_perf_analyzer import PA, PA_ENV, WHY
@@ -38,77 +37,6 @@ pytestmark = [
 ]
 
 
-class Replica:
-    """One ``mlaas4hep serve`` on fixed HTTP and gRPC ports (restarted on the same ones)."""
-
-    def __init__(self, repo: Path, token_file: Path):
-        self.repo, self.token_file = repo, token_file
-        self.port, self.grpc_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Replica:
-        cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(self.repo), "--port", str(self.port)]
-        cmd += [
-            "--grpc-port",
-            str(self.grpc_port),
-            "--drain-seconds",
-            "1",
-            "--token-file",
-            str(self.token_file),
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "replica exited"
-            try:
-                if HTTP.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except Exception:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("replica not ready")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
-        self.proc = None
-
-
-class Nginx:
-    """The shipped configuration, pointed at the replicas and at free local ports."""
-
-    def __init__(self, replicas: list[Replica]):
-        self.port, self.grpc_port = free_port(), free_port()
-        self.work = public_dir("mlaas4hep-lb-")
-        text = CONF.read_text()
-        http_servers = iter(f"127.0.0.1:{r.port}" for r in replicas)
-        grpc_servers = iter(f"127.0.0.1:{r.grpc_port}" for r in replicas)
-        text = re.sub(r"server 127\.0\.0\.1:8[123]00 ", lambda m: f"server {next(http_servers)} ", text)
-        text = re.sub(r"server 127\.0\.0\.1:8[123]01 ", lambda m: f"server {next(grpc_servers)} ", text)
-        text = text.replace("listen 8000;", f"listen 127.0.0.1:{self.port};")
-        text = text.replace("listen 8001 http2;", f"listen 127.0.0.1:{self.grpc_port} http2;")
-        w = self.work
-        temps = "".join(
-            f"    {k}_temp_path {w}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        text = text.replace("http {\n", "http {\n" + temps, 1)
-        head = (
-            "user root;\n" if os.geteuid() == 0 else ""
-        ) + f"daemon off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n"
-        (w / "nginx.conf").write_text(head + text)
-        self.proc = subprocess.Popen([NGINX, "-c", str(w / "nginx.conf"), "-p", str(w)])
-        wait_port(self.port, self.proc, log=w / "error.log")
-        wait_port(self.grpc_port, self.proc, log=w / "error.log")
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def cluster(tth_bundle, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("replicas")
@@ -116,8 +44,10 @@ def cluster(tth_bundle, tmp_path_factory):
     install_copy(repo, tth_bundle.path, "tth")
     token_file = tmp_path / "token.txt"
     token_file.write_text(TOKEN + "\n")
-    replicas = [Replica(repo, token_file).start() for _ in range(3)]
-    lb = Nginx(replicas)
+    replicas = [
+        Replica(repo, "--token-file", str(token_file), "--drain-seconds", "1").start() for _ in range(3)
+    ]
+    lb = LoadBalancer(CONF, replicas)
     yield replicas, lb, tth_bundle
     lb.stop()
     for r in replicas:
