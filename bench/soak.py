@@ -45,7 +45,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlaas4hep.localservers import free_port  # noqa: E402  (after the path set-up)
+import soak_ops  # noqa: E402  (after the path set-up)
+
+from mlaas4hep.localservers import free_port  # noqa: E402
 
 TOKEN = "soak-token-0123456789"
 
@@ -78,6 +80,8 @@ class Server:
         cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(self.repo), "--port", str(self.port)]
         cmd += ["--token-file", str(self.repo.parent / "token.txt"), "--data-dir", str(self.data)]
         cmd += ["--allow-remote", "127.0.0.1", "--root-timeout", "10", "--max-upload-mb", "8"]
+        self.grpc_port = free_port()
+        cmd += ["--grpc-port", str(self.grpc_port), "--infer-timeout", "2"]
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env)
         for _ in range(300):
@@ -319,7 +323,11 @@ def markdown(r: dict) -> str:
         ("wrong status (valid not 200, hostile not 4xx)", str(r["soak"]["unexpected"])),
         ("transport errors (soak)", str(r["soak"]["transport errors"])),
         ("faults injected / survived", f"{len(r['faults'])} / {sum(ok for _, ok in r['faults'])}"),
-        ("server RSS at start / end of soak", f"{r['rss_start']:.0f} MB / {r['rss_end']:.0f} MB"),
+        (
+            "server RSS at start / peak / end of soak",
+            f"{r['rss_start']:.0f} / {r['rss_peak']:.0f} / {r['rss_end']:.0f} MB",
+        ),
+        *((f"  {k}", f"{v:,}") for k, v in sorted(r["ops"].items())),
         (
             "fuzzing (schemathesis)",
             f"{r['fuzz']['requests']:,} requests, {r['fuzz']['examples']} examples/operation",
@@ -346,8 +354,11 @@ def main() -> None:
     ap.add_argument("--fuzz-examples", type=int, default=40)
     ap.add_argument("--out", help="write the Markdown table here")
     a = ap.parse_args()
+    from mlaas4hep import bundle
     from mlaas4hep.bundle_archive import pack_directory
+    from mlaas4hep.io.preprocess import Preprocessor
     from tests.serve.fuzzing import fuzz
+    from tests.serve.test_bounded_work import looping_onnx
 
     work = Path(tempfile.mkdtemp(prefix="mlaas4hep-soak-"))
     try:
@@ -363,6 +374,9 @@ def main() -> None:
         repo = work / "repo"
         (repo / "m").mkdir(parents=True)
         shutil.copytree(good, repo / "m" / "1")
+        # a model that loops forever, put on disk (an upload would be smoke-tested and refused)
+        loop_pre = Preprocessor(flat=[f"f{i}" for i in range(4)], jagged=[], normalize="none")
+        bundle.write(repo / "loop" / "1", looping_onnx(), loop_pre, ["b", "s"], name="loop", framework="onnx")
         srv = Server(repo, data, work / "server.log").start()
         tarpit = Tarpit()
         mix = requests_mix(data, good, pack_directory(good), pack_directory(bad))
@@ -374,9 +388,27 @@ def main() -> None:
         stop = threading.Event()
         injector = threading.Thread(target=inject_faults, args=(srv, good, tarpit, stop, faults))
         injector.start()
+        # issue 24: gRPC clients, an operator churning a model, the looping model and huge heads
+        ops: Counter = Counter()
+        deadline = time.monotonic() + a.seconds
+        grpc_url = f"127.0.0.1:{srv.grpc_port}"
+        rss = soak_ops.RssWatch(srv.proc.pid, TOKEN)
+        extra = soak_ops.grpc_clients(grpc_url, 4, deadline, ops)
+        extra.append(
+            threading.Thread(
+                target=soak_ops.churn, args=(srv.url, grpc_url, TOKEN, pack_directory(good), deadline, ops)
+            )
+        )
+        extra.append(
+            threading.Thread(target=soak_ops.hostile_faults, args=(srv.url, srv.port, deadline, ops, rss))
+        )
+        for t in extra[-2:]:
+            t.start()
         asyncio.run(soak(srv, mix, a.clients, a.seconds, stats))
         stop.set()
         injector.join()
+        for t in extra:
+            t.join()
         rss_end = srv.rss_mb()
         faults.append(kill_mid_upload(srv, pack_directory(good) * 200))
         fz = fuzz(srv.url, TOKEN, "m", examples=a.fuzz_examples, seed=None)
@@ -389,7 +421,9 @@ def main() -> None:
             "soak": {"requests": 0, "5xx": 0, "unexpected": 0, "transport errors": 0, **stats},
             "faults": faults,
             "rss_start": rss_start,
+            "rss_peak": max(rss.peak, rss_end),
             "rss_end": rss_end,
+            "ops": dict(ops),
             "fuzz": {
                 "requests": fz.requests,
                 "5xx": fz.five_xx,

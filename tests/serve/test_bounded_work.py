@@ -25,7 +25,7 @@ from .conftest import HTTP, ServerProcess, install_copy, mlp_onnx
 N_FEATURES = 4
 
 
-def _looping_onnx(trips: int = 2**62) -> bytes:
+def looping_onnx(trips: int = 2**62) -> bytes:
     """x [n, F] -> a Loop adding 1 to x ``trips`` times -> mean over F -> sigmoid [n, 1]."""
     import onnx
     from onnx import TensorProto, helper
@@ -80,7 +80,7 @@ def _infer(url: str, model: str, rows: int = 1):
 
 def test_a_looping_model_is_cut_off_and_the_others_keep_answering(tmp_path):
     repo = tmp_path / "repo"
-    install_copy(repo, _bundle(tmp_path, "loop", _looping_onnx()), "loop")
+    install_copy(repo, _bundle(tmp_path, "loop", looping_onnx()), "loop")
     install_copy(repo, _bundle(tmp_path, "mlp", mlp_onnx(N_FEATURES)), "mlp")
     grpc_port = free_port()
     srv = ServerProcess(repo, "--infer-timeout", "3", "--grpc-port", str(grpc_port)).start()
