@@ -21,14 +21,16 @@ VersionConflict        the version exists, or was installed concurrently    409 
 TooLarge               a body, file or request beyond the server's limits   413     RESOURCE_EXHAUSTED
 Overloaded             too much work queued: retry later                    429     RESOURCE_EXHAUSTED
 ModelFailed            the model's computation failed on these inputs       400     INVALID_ARGUMENT
+ModelTimedOut          the model ran past ``infer_timeout``: cut off        400     DEADLINE_EXCEEDED
 ModelUnloaded          unloaded through the repository API                  400     UNAVAILABLE
-ModelUnhealthy         a call ran past ``infer_timeout`` and was cut off    503     UNAVAILABLE
+ModelUnhealthy         cut off before: not served until loaded again        400     UNAVAILABLE
 Unavailable            cannot serve now (broken on disk, shutting down,     503     UNAVAILABLE
                        saturated: ``--saturation-queue-ms``)
 TimedOut               no result within the time limit                      503     DEADLINE_EXCEEDED
 ClientGone             the client went away: nobody to answer               499     CANCELLED
 =====================  ===================================================  ======  ===================
 
+What an uploaded model does (fail, loop) is answered as a client error, never a 5xx.
 Another :class:`~mlaas4hep.errors.Mlaas4hepError` (a bad raw input, an
 unreadable ROOT file) is a client's mistake too: 400, ``INVALID_ARGUMENT``.
 Anything else is a bug of ours: logged, answered with 500 / ``INTERNAL``, and
@@ -129,6 +131,10 @@ class TimedOut(ServeError):
 
 class ModelFailed(InvalidRequest):
     """The model's own computation failed on the request's inputs (onnxruntime's error, not ours)."""
+
+
+class ModelTimedOut(ModelFailed):
+    """The model's computation ran past its time limit and was cut off (a loop that never ends)."""
 
 
 class ClientGone(ServeError):

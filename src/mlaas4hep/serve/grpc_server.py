@@ -97,6 +97,7 @@ GRPC_CODES: dict[type[Exception], grpc.StatusCode] = {
     errors.TooLarge: Code.RESOURCE_EXHAUSTED,
     errors.Overloaded: Code.RESOURCE_EXHAUSTED,
     errors.Unavailable: Code.UNAVAILABLE,
+    errors.ModelTimedOut: Code.DEADLINE_EXCEEDED,
     errors.TimedOut: Code.DEADLINE_EXCEEDED,
     errors.ClientGone: Code.CANCELLED,
     Mlaas4hepError: Code.INVALID_ARGUMENT,

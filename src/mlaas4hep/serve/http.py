@@ -40,6 +40,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     errors.TooLarge: 413,
     errors.Overloaded: 429,
     errors.ModelUnloaded: 400,
+    errors.ModelUnhealthy: 400,
     errors.Unavailable: 503,
     errors.TimedOut: 503,
     errors.ClientGone: 499,

@@ -5,7 +5,7 @@ trip count from the input: once running, such a call never returns by itself.
 :class:`Watchdog` runs each call with its own onnxruntime ``RunOptions``, and
 one daemon thread sets ``terminate`` on every call past its deadline;
 onnxruntime then stops between two kernels (also inside a ``Loop``) and the
-call raises. The caller gets :class:`~mlaas4hep.serve.errors.TimedOut`, and
+call raises. The caller gets :class:`~mlaas4hep.serve.errors.ModelTimedOut`, and
 ``on_cut(key)`` is told, so the data plane marks that model unhealthy.
 
 A call that fails by itself (onnxruntime's own error on these inputs) becomes
@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from ..errors import Mlaas4hepError
-from .errors import ModelFailed, TimedOut
+from .errors import ModelFailed, ModelTimedOut
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ class Watchdog:
             raise
         except Exception as err:
             if ro.terminate:
-                raise TimedOut(
+                raise ModelTimedOut(
                     f"{what} ran longer than {timeout:g} s and was cut off; it is marked unhealthy "
                     "until it is loaded again (its serving.json 'timeout_s' or --infer-timeout sets the limit)"
                 ) from None
