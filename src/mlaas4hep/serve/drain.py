@@ -28,21 +28,21 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .lifespan import WithLifespan
+
 log = logging.getLogger("mlaas4hep.serve")
 GRPC_GRACE = 5.0  # seconds for gRPC calls in flight when the drain ends
 
 
-class WithDrain:
+class WithDrain(WithLifespan):
     """ASGI wrapper: installs the draining SIGTERM handler when the app starts."""
 
     def __init__(self, app: Any, seconds: float):
-        self.app, self.seconds = app, float(seconds)
+        super().__init__(app)
+        self.seconds = float(seconds)
         self._timer: threading.Timer | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    def _install(self) -> None:
+    async def startup(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signals are the main thread's (an app run by a test harness in a thread)
         stop = signal.getsignal(signal.SIGTERM)  # uvicorn's: it starts the shutdown
@@ -63,22 +63,9 @@ class WithDrain:
 
         signal.signal(signal.SIGTERM, on_term)
 
-    async def __call__(
-        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
-    ) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def lifespan_receive() -> dict[str, Any]:
-            msg: dict[str, Any] = await receive()
-            if msg["type"] == "lifespan.startup":
-                self._install()
-            elif msg["type"] == "lifespan.shutdown" and self._timer is not None:
-                self._timer.cancel()
-            return msg
-
-        await self.app(scope, lifespan_receive, send)
+    async def shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _find(app: Any, attribute: str) -> Any:

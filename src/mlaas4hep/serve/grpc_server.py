@@ -80,6 +80,7 @@ from ._proto import grpc_service_pb2_grpc as pb_grpc
 from ._proto import model_config_pb2 as mc
 from .dataplane import DataPlane, InferRequest, InferResult
 from .errors import InvalidRequest, ModelNotFound
+from .lifespan import WithLifespan
 from .tensors import DTYPES, MAX_DIMS
 
 log = logging.getLogger("mlaas4hep.serve")
@@ -437,34 +438,18 @@ class GrpcServer:
             await asyncio.gather(*(s.stop(grace) for s in servers))
 
 
-class WithGrpc:
-    """ASGI wrapper: runs a :class:`GrpcServer` for the wrapped app's lifespan, in the same event loop.
-
-    Everything else (``.state``, ``.app``, every HTTP request) is the wrapped app's.
-    """
+class WithGrpc(WithLifespan):
+    """ASGI wrapper: runs a :class:`GrpcServer` for the wrapped app's lifespan, in the same event loop."""
 
     def __init__(self, app: Any, grpc_server: GrpcServer):
-        self.app, self.grpc = app, grpc_server
+        super().__init__(app)
+        self.grpc = grpc_server
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
+    async def startup(self) -> None:
+        await self.grpc.start()  # a failure here fails the startup (uvicorn exits)
 
-    async def __call__(
-        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
-    ) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def lifespan_receive() -> dict[str, Any]:
-            msg: dict[str, Any] = await receive()
-            if msg["type"] == "lifespan.startup":
-                await self.grpc.start()  # a failure here fails the startup (uvicorn exits)
-            elif msg["type"] == "lifespan.shutdown":
-                await self.grpc.stop()
-            return msg
-
-        await self.app(scope, lifespan_receive, send)
+    async def shutdown(self) -> None:
+        await self.grpc.stop()
 
 
 def with_grpc(

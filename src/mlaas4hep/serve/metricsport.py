@@ -10,21 +10,20 @@ only the scraper reaches it, or leave it off.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+from .lifespan import WithLifespan
 
-class WithMetricsPort:
+
+class WithMetricsPort(WithLifespan):
     """ASGI wrapper: serves the wrapped app's metrics on ``host:port`` for the app's lifespan."""
 
     def __init__(self, app: Any, host: str, port: int):
-        self.app, self.host, self.port = app, host, int(port)
+        super().__init__(app)
+        self.host, self.port = host, int(port)
         self._server: Any = None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    def start(self) -> None:
+    async def startup(self) -> None:
         from prometheus_client import start_http_server
 
         try:
@@ -35,28 +34,11 @@ class WithMetricsPort:
             raise RuntimeError(f"metrics cannot listen on {self.host}:{self.port}: {err.strerror}") from None
         self.port = self._server.server_port
 
-    def stop(self) -> None:
+    async def shutdown(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    async def __call__(
-        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
-    ) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def lifespan_receive() -> dict[str, Any]:
-            msg: dict[str, Any] = await receive()
-            if msg["type"] == "lifespan.startup":
-                self.start()  # a failure here fails the startup (uvicorn exits)
-            elif msg["type"] == "lifespan.shutdown":
-                self.stop()
-            return msg
-
-        await self.app(scope, lifespan_receive, send)
 
 
 def with_metrics_port(app: Any, host: str, port: int) -> WithMetricsPort:
