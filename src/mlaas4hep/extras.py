@@ -42,6 +42,9 @@ EXTRA_OF = {
     "xgboost": "train",
     "onnxmltools": "train",
     "keras": "train",
+    "mlflow": "tracking",
+    "tensorboard": "tracking",
+    "optuna": "scan",
     "dask": "scale",
     "distributed": "scale",
 }
