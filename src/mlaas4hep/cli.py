@@ -38,6 +38,7 @@ typical session:
   mlaas4hep specs config.yaml -o specs.json          # the specs pass
   mlaas4hep stream config.yaml --epochs 2            # read throughput, per epoch
   mlaas4hep train train.yaml --out run1              # train and export a bundle
+  mlaas4hep scan train.yaml --trials 20              # hyperparameter scan (Optuna)
   mlaas4hep serve --repo models                      # serve bundles over HTTP
 
 progress bars show on a terminal only (MLAAS4HEP_PROGRESS=0/1 forces them off/on).
@@ -293,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module, fn in (
         ("train.cli", "add_train_commands"),
+        ("train.scan", "add_scan_command"),
         ("serve.cli", "add_serve_commands"),
         ("demo", "add_demo_command"),
     ):

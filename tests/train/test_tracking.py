@@ -57,7 +57,9 @@ def test_mlflow_run_holds_config_epochs_plots_and_bundle(make_config, tmp_path):
     art = tmp_path / "artifacts"
     client.download_artifacts(run.info.run_id, "", str(art))
     assert sorted(p.name for p in (art / "plots").iterdir()) == ["loss.png", "roc.png", "scores.png"]
-    assert sorted(p.name for p in (art / "bundle").iterdir()) == sorted(p.name for p in r.bundle_path.iterdir())
+    assert sorted(p.name for p in (art / "bundle").iterdir()) == sorted(
+        p.name for p in r.bundle_path.iterdir()
+    )
     assert (art / "bundle" / "model.onnx").read_bytes() == (r.bundle_path / "model.onnx").read_bytes()
     assert json.loads((art / "metrics.json").read_text())["val_auc"] == saved["val_auc"]
     assert yaml.safe_load((art / "config.yaml").read_text())["training"]["learning_rate"] == 0.003
@@ -66,7 +68,9 @@ def test_mlflow_run_holds_config_epochs_plots_and_bundle(make_config, tmp_path):
     from mlaas4hep import bundle
 
     x = np.random.default_rng(0).random((5, r.metrics["n_features"]), dtype=np.float32)
-    np.testing.assert_array_equal(bundle.load(art / "bundle").predict(x), bundle.load(r.bundle_path).predict(x))
+    np.testing.assert_array_equal(
+        bundle.load(art / "bundle").predict(x), bundle.load(r.bundle_path).predict(x)
+    )
 
 
 def test_mlflow_resume_continues_the_same_run(make_config, tmp_path):
@@ -118,9 +122,11 @@ def test_tensorboard_events_hold_the_epochs_and_plots(make_config, tmp_path):
 def test_tracking_typo_is_a_config_error_before_any_read(make_config, tmp_path):
     cfg = make_config("tth_mlp.py")
     cfg["tracking"] = {"backend": "mlflow", "experimnt": "x"}
-    with pytest.raises(ConfigError, match=r"unknown key 'experimnt' in the tracking section \(did you mean 'experiment'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'experimnt' in the tracking section \(did you mean 'experiment'\?\)"
+    ):
         train(cfg, tmp_path / "o", show_progress=False)
     cfg["tracking"] = "wandb"
-    with pytest.raises(ConfigError, match="tracking.backend must be mlflow or tensorboard, got 'wandb'"):
+    with pytest.raises(ConfigError, match=r"tracking\.backend must be mlflow or tensorboard, got 'wandb'"):
         train(cfg, tmp_path / "o", show_progress=False)
     assert not (tmp_path / "o").exists()

@@ -91,6 +91,7 @@ class TrackingConfig:
             raise error(
                 f"tracking.backend must be mlflow or tensorboard, got {value.get('backend')!r}", "backend"
             )
+
         def text(key: str) -> str | None:
             return None if value.get(key) is None else str(value[key])
 
