@@ -551,7 +551,7 @@ class Run:
         except ImportError as err:  # matplotlib / mplhep missing: plots are optional
             log.warning("plots skipped: %s", err)
             return []
-        return write_all(
+        paths = write_all(
             self.out / "plots",
             result.history,
             result.val_labels,
@@ -559,6 +559,17 @@ class Run:
             result.val_weights,
             self.labels,
         )
+        return paths + self._report(result)
+
+    def _report(self, result: TrainResult) -> list[Path]:
+        """``OUT/report.html`` (:mod:`.report`); a failure there costs the report, not the run."""
+        try:
+            from .report import write_report
+
+            return write_report(result, self.out)
+        except Exception as err:  # the bundle is written: never lose a trained model to a figure
+            log.warning("report.html skipped: %s: %s", type(err).__name__, err)
+            return []
 
 
 def _fmt(rec: dict[str, Any]) -> str:
