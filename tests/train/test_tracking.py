@@ -56,7 +56,13 @@ def test_mlflow_run_holds_config_epochs_plots_and_bundle(make_config, tmp_path):
 
     art = tmp_path / "artifacts"
     client.download_artifacts(run.info.run_id, "", str(art))
-    assert sorted(p.name for p in (art / "plots").iterdir()) == ["loss.png", "roc.png", "scores.png"]
+    assert sorted(p.name for p in (art / "plots").iterdir()) == sorted(
+        p.name for p in (out / "plots").iterdir()
+    )
+    assert {"loss.png", "roc.png", "roc_rejection.png", "overtraining.png"} <= {
+        p.name for p in (art / "plots").iterdir()
+    }
+    assert (art / "report.html").read_text() == (out / "report.html").read_text()
     assert sorted(p.name for p in (art / "bundle").iterdir()) == sorted(
         p.name for p in r.bundle_path.iterdir()
     )
@@ -113,7 +119,8 @@ def test_tensorboard_events_hold_the_epochs_and_plots(make_config, tmp_path):
         # TensorBoard stores scalars as float32
         assert [s.value for s in scalars] == pytest.approx([e[key] for e in saved["epochs"]], rel=1e-6)
     assert ev.Scalars("final_val_auc")[0].value == pytest.approx(saved["val_auc"], rel=1e-6)
-    assert sorted(tags["images"]) == ["plots/loss", "plots/roc", "plots/scores"]
+    assert sorted(tags["images"]) == sorted(f"plots/{p.stem}" for p in (out / "plots").glob("*.png"))
+    assert "plots/roc_rejection" in tags["images"]
     roc = ev.Images("plots/roc")[0]
     assert roc.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and roc.width > 300
     assert "config.yaml/text_summary" in tags["tensors"]

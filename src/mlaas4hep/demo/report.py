@@ -247,7 +247,11 @@ statistical, from the bootstrap of ε<sub>S</sub>.</p>
             "Every method on the same validation events. Left: signal efficiency against background "
             "efficiency. Right: background rejection 1/ε<sub>B</sub> on a log scale against the signal "
             "efficiency, where the working points of an analysis are read. "
-            "The cut-based selection is a single working point (black dot), not a curve.",
+            "The cut-based selection is a single working point (black dot), not a curve. Curves: "
+            + "; ".join(
+                f"{html.escape(label)} (AUC {res.metrics['val_auc']:.3f})" for label, res, _ in models
+            )
+            + ".",
             "wide",
         ),
         "overtraining": _figure(

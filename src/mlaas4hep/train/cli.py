@@ -36,7 +36,9 @@ with two more sections:
   tracking: mlflow              # or tensorboard; or {backend, uri, experiment, run_name}
 
 Writes OUT/bundle/ (model.onnx, bundle.json, labels.txt, native weights),
-OUT/metrics.json, OUT/plots/*.png and OUT/checkpoint/ (for --resume).
+OUT/metrics.json, OUT/plots/*.png, OUT/report.html (AUC and efficiencies with
+bootstrap uncertainties, ROC with log-scale rejection, KS overtraining check,
+inputs per class) and OUT/checkpoint/ (for --resume).
 With tracking, the run is also logged to MLflow (mlflow.db and mlruns/ next to
 OUT, or the tracking URI) or TensorBoard (tensorboard/<run> next to OUT).
 Progress bars show on a terminal only; --no-progress turns them off there too.

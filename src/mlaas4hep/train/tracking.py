@@ -19,8 +19,8 @@ What is logged, for both backends, under the names of ``metrics.json``:
 * per epoch (step = epoch): ``train_loss``, ``val_loss``, ``val_auc`` (or
   ``val_accuracy``) and ``events_per_s``;
 * at the end: ``best_epoch`` and the final ``final_val_loss``, ``final_val_auc``
-  (the restored best epoch's), the plots (PNG), and in MLflow ``metrics.json``
-  and the bundle directory as artifacts (``bundle/``: ``mlflow artifacts
+  (the restored best epoch's), the plots (PNG), and in MLflow ``metrics.json``,
+  ``report.html`` and the bundle directory as artifacts (``bundle/``: ``mlflow artifacts
   download`` gives back a servable bundle).
 
 MLflow's run ends ``FINISHED``, ``KILLED`` (an interrupted run, continued by
@@ -237,8 +237,8 @@ class MLflowTracker(Tracker):
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, v, now, 0) for k, v in _final_values(metrics).items()]
         )
-        for p in plots:
-            self.client.log_artifact(self.run_id, str(p), "plots")
+        for p in plots:  # the PNGs under plots/, report.html next to metrics.json
+            self.client.log_artifact(self.run_id, str(p), "plots" if p.suffix == ".png" else None)
         if (out / "metrics.json").exists():
             self.client.log_artifact(self.run_id, str(out / "metrics.json"))
         if bundle is not None:
@@ -281,7 +281,7 @@ class TensorBoardTracker(Tracker):
         final = _final_values(metrics)
         for k, v in final.items():
             self.writer.add_scalar(k, v, 0)
-        for p in plots:
+        for p in (p for p in plots if p.suffix == ".png"):
             with Image.open(p) as img:
                 rgb = np.asarray(img.convert("RGB"))
             self.writer.add_image(f"plots/{p.stem}", rgb, 0, dataformats="HWC")
