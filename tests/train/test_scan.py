@@ -80,6 +80,9 @@ def test_parallel_scan_reads_the_data_once_and_keeps_the_best(scan_config, tmp_p
     assert trials[0]["sources"] == ["stream"]  # ... and decodes the ROOT files into the cache,
     assert [t["sources"] for t in trials[1:]] == [["cache"], ["cache"]]  # which the others read
     assert r.best is not None and r.best.number == saved["best"]
+    # a second scan into the same directory would mix the trials: refused
+    with pytest.raises(ConfigError, match="already holds a scan"):
+        scan(cfg, out, trials=1)
     # two trials at a time share the cores: half of PyTorch's threads each
     for t in trials:
         saved = json.loads((out / "trials" / f"{t['number']:03d}" / "metrics.json").read_text())

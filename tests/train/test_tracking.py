@@ -39,6 +39,10 @@ def test_mlflow_run_holds_config_epochs_plots_and_bundle(make_config, tmp_path):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.run_name == "lr3" and run.info.status == "FINISHED"
     assert json.loads((out / "tracking.json").read_text())["run_id"] == run.info.run_id
+    assert (
+        r.tracking
+        == f"MLflow run {run.info.run_id} (lr3) in experiment 'tth-test' at sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    )
 
     params = run.data.params
     assert params["training.learning_rate"] == "0.003"
@@ -134,6 +138,9 @@ def test_tracking_typo_is_a_config_error_before_any_read(make_config, tmp_path):
     ):
         train(cfg, tmp_path / "o", show_progress=False)
     cfg["tracking"] = "wandb"
-    with pytest.raises(ConfigError, match=r"tracking\.backend must be mlflow or tensorboard, got 'wandb'"):
+    with pytest.raises(ConfigError, match=r"tracking\.backend must be mlflow or tensorboard, got 'wandb'$"):
+        train(cfg, tmp_path / "o", show_progress=False)
+    cfg["tracking"] = "mlfow"
+    with pytest.raises(ConfigError, match=r"got 'mlfow' \(did you mean 'mlflow'\?\)"):
         train(cfg, tmp_path / "o", show_progress=False)
     assert not (tmp_path / "o").exists()

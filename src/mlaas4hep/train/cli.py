@@ -190,6 +190,8 @@ def _report(result, as_json: bool = False) -> int:
         f"{m['framework']}: {score}, val loss {m['val_loss']:.4f}, {m['epochs_trained']} epochs; "
         f"bundle {result.bundle_path}; metrics {result.out_dir / 'metrics.json'}"
     )
+    if getattr(result, "tracking", ""):
+        print(f"logged to {result.tracking}")
     last = m["epochs"][-1] if m.get("epochs") else {}
     if last.get("ranks"):  # DDP: the last epoch's throughput, in total and per rank
         per = ", ".join(f"{r['events_per_s']:,.0f}" for r in last["ranks"])

@@ -99,6 +99,8 @@ class TrainResult:
     source: Source | None = field(default=None, repr=False)
     rank: int = 0
     world_size: int = 1
+    #: where the run was logged (``tracking:``), in words; "" without tracking
+    tracking: str = ""
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -172,6 +174,7 @@ def train(
         raise
     if run.tracker is not None:
         run.tracker.finish(result.metrics, result.plots, result.bundle_path, run.out)
+        result.tracking = run.tracker.where
     return result
 
 

@@ -163,6 +163,10 @@ def scan(
     if trials < 1 or parallel < 1:
         raise ConfigError(f"--trials and --parallel must be positive, got {trials} and {parallel}")
     out_dir = Path(out) if out is not None else Path("runs") / f"scan-{tcfg.bundle_name}"
+    if (out_dir / "trials").exists():
+        raise ConfigError(
+            f"{out_dir} already holds a scan (trials/); give another output directory (-o) or remove it"
+        )
     (out_dir / "trials").mkdir(parents=True, exist_ok=True)
     fixed: dict[str, Any] = {} if epochs is None else {"epochs": int(epochs)}
     parallel = min(parallel, trials)

@@ -45,7 +45,7 @@ import yaml
 from .. import extras
 from ..errors import ConfigError
 from ..io import DatasetConfig
-from ..io.configfile import unknown_key
+from ..io.configfile import closest, unknown_key
 from ..jsonutil import jsonable
 from .config import TrainConfig
 from .errors import TrainError
@@ -88,8 +88,11 @@ class TrackingConfig:
                 raise error(unknown_key(k, KEYS, "the tracking section"), str(k))
         backend = str(value.get("backend", "")).lower()
         if backend not in BACKENDS:
+            guess = closest(backend, BACKENDS)
+            hint = f" (did you mean {guess!r}?)" if guess else ""
             raise error(
-                f"tracking.backend must be mlflow or tensorboard, got {value.get('backend')!r}", "backend"
+                f"tracking.backend must be mlflow or tensorboard, got {value.get('backend')!r}{hint}",
+                "backend",
             )
 
         def text(key: str) -> str | None:
