@@ -176,6 +176,7 @@ def test_uncertainties_yields_and_the_object_models_overtraining_check(demo):
     cuts = y["cuts"]
     assert cuts["S"] == pytest.approx(XSEC_PB["ttH"] * lumi_pb * saved["cuts_signal_efficiency"])
     assert cuts["B"] == pytest.approx(XSEC_PB["ttbar"] * lumi_pb * saved["cuts_background_efficiency"])
+    assert "Deep Sets streamed signal" in demo[2]  # the printed overtraining check has it too
     ot = saved["overtraining"]["objects"]
     for cls in ("signal", "background"):
         assert 0.0 <= ot[f"ks_p_{cls}"] <= 1.0 and 0.0 < ot[f"ks_d_{cls}"] < 1.0
@@ -188,7 +189,7 @@ def test_report_has_every_model_uncertainties_and_yields(demo):
     # the Deep Sets network is on the ROC figure, with the flat network and the cuts
     caption = re.search(r"<b>ROC curves\.</b>(.*?)</figcaption>", page, re.S).group(1)
     assert f"Deep Sets, streamed (AUC {s['objects']['auc_stream']:.3f})" in caption
-    assert f"network, streamed (AUC {s['auc_stream']:.3f})" in caption
+    assert f"flat network, streamed (AUC {s['auc_stream']:.3f})" in caption
     assert "background rejection 1/ε" in caption and "log scale" in caption
     # AUC and efficiencies with their uncertainties
     u = s["uncertainty"]["stream"]

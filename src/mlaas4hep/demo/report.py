@@ -211,7 +211,8 @@ def write_report(
     )
     y = s.get("yields") or {}
     yield_rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in yields_rows(s)
+        "<tr>" + "".join(f"<td>{html.escape(c).replace('ε_B', 'ε<sub>B</sub>')}</td>" for c in r) + "</tr>"
+        for r in yields_rows(s)
     )
     yields_html = (
         f"""<h2>Expected yields</h2>

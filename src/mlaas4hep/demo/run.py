@@ -395,7 +395,12 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
         "overtraining check, KS p-value training vs validation scores: "
         + "; ".join(
             f"{name} signal {pvalue(ot[k]['ks_p_signal'])}, background {pvalue(ot[k]['ks_p_background'])}"
-            for k, name in (("stream", "streamed"), ("memory", "in memory"))
+            for k, name in (
+                ("stream", "streamed"),
+                ("memory", "in memory"),
+                ("objects", "Deep Sets streamed"),
+            )
+            if k in ot
         )
     )
     sec = s["seconds"]
