@@ -228,8 +228,8 @@ statistical, from the bootstrap of ε<sub>S</sub>.</p>
     models = [
         (label, res, ls)
         for label, res, ls in (
-            ("network, streamed", stream, "-"),
-            ("network, in memory", memory, "--"),
+            ("flat network, streamed", stream, "-"),
+            ("flat network, in memory", memory, "--"),
             ("Deep Sets, streamed", objects[0] if objects else None, "-"),
             ("Deep Sets, in memory", objects[1] if objects else None, "--"),
         )

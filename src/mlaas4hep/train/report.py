@@ -34,6 +34,7 @@ from .plots import roc_comparison
 
 log = logging.getLogger(__name__)
 
+FRAMEWORK_NAMES = {"pytorch": "PyTorch", "keras": "Keras", "sklearn": "scikit-learn", "xgboost": "XGBoost"}
 #: Training events scored again for the overtraining check.
 KS_EVENTS = 200_000
 
@@ -167,7 +168,7 @@ def _page(
 <html lang="en"><head><meta charset="utf-8"><title>{name}: {html.escape(labels[1])} vs {html.escape(labels[0])}</title>
 <style>{STYLE}</style></head><body>
 <h1>{name}: {html.escape(labels[1])} (signal) vs {html.escape(labels[0])} (background)</h1>
-<p>{html.escape(str(m.get("framework")))} model from <code>{html.escape(Path(str(m.get("model_file"))).name)}</code>,
+<p>{html.escape(FRAMEWORK_NAMES.get(str(m.get("framework")), str(m.get("framework"))))} model from <code>{html.escape(Path(str(m.get("model_file"))).name)}</code>,
 {m.get("n_features")} input features, {m.get("epochs_trained")} epochs (best: epoch {m.get("best_epoch")}),
 {m.get("n_train") or 0:,} training events per epoch. All numbers are for the {len(y):,} validation events
 ({int((y == 1).sum()):,} signal, {int((y == 0).sum()):,} background), held out by a hash of the event id;
