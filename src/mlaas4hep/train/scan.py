@@ -163,7 +163,7 @@ def scan(
     if trials < 1 or parallel < 1:
         raise ConfigError(f"--trials and --parallel must be positive, got {trials} and {parallel}")
     out_dir = Path(out) if out is not None else Path("runs") / f"scan-{tcfg.bundle_name}"
-    if (out_dir / "trials").exists():
+    if (out_dir / "trials").is_dir() and any((out_dir / "trials").iterdir()):
         raise ConfigError(
             f"{out_dir} already holds a scan (trials/); give another output directory (-o) or remove it"
         )
