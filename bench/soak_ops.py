@@ -108,7 +108,9 @@ def _raw_head(port: int, head: bytes) -> bytes:
 
 def hostile_faults(url: str, port: int, deadline: float, stats: Counter, rss: Any) -> None:
     """The faults of issue 24, one after another until ``deadline``."""
-    one = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5] * 4}]}  # the loop model's
+    one = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5] * 4}]
+    }  # the loop model's
     big = np.random.default_rng(0).random((1_090_000, 14), dtype=np.float32)  # 61 MB of float32
     with httpx.Client(base_url=url, timeout=120) as c:
         while time.monotonic() < deadline:

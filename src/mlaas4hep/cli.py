@@ -39,6 +39,7 @@ typical session:
   mlaas4hep stream config.yaml --epochs 2            # read throughput, per epoch
   mlaas4hep train train.yaml --out run1              # train and export a bundle
   mlaas4hep predict run1/bundle data/*.root -o out   # scores as ROOT friend trees
+  mlaas4hep scan train.yaml --trials 20              # hyperparameter scan (Optuna)
   mlaas4hep serve --repo models                      # serve bundles over HTTP
 
 progress bars show on a terminal only (MLAAS4HEP_PROGRESS=0/1 forces them off/on).
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module, fn in (
         ("train.cli", "add_train_commands"),
+        ("train.scan", "add_scan_command"),
         ("serve.cli", "add_serve_commands"),
         ("clientcli", "add_client_commands"),
         ("scoring.cli", "add_predict_command"),

@@ -44,6 +44,9 @@ EXTRA_OF = {
     "keras": "train",
     "pyarrow": "parquet",
     "coffea": "coffea",
+    "mlflow": "tracking",
+    "tensorboard": "tracking",
+    "optuna": "scan",
     "dask": "scale",
     "distributed": "scale",
 }

@@ -20,7 +20,14 @@ from mlaas4hep.localservers import public_dir
 
 from ..browser import render
 
-FIGURES = ["ROC curves", "Overtraining check", "Input variables", "Loss curves", "Throughput"]
+FIGURES = [
+    "ROC curves",
+    "Overtraining check",
+    "Overtraining check, object-level network",
+    "Input variables",
+    "Loss curves",
+    "Throughput",
+]
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +148,61 @@ def test_report_figures_are_valid_embedded_pngs(demo):
     sizes = {alt: Image.open(io.BytesIO(base64.b64decode(b))).size for alt, b in blobs}
     assert sizes["Input variables"][0] > 1.5 * sizes["Loss curves"][0]
     assert Image.open(out / "roc.png").size == sizes["ROC curves"]
+
+
+def test_uncertainties_yields_and_the_object_models_overtraining_check(demo):
+    """Issue 23, item 8: bootstrap uncertainties, weighted yields with S/√B, the object model's KS check."""
+    from mlaas4hep.demo.physics import LUMINOSITY_FB, XSEC_PB
+
+    saved = json.loads((demo[0] / "summary.json").read_text())
+    unc = saved["uncertainty"]
+    assert set(unc) == {"stream", "memory", "objects_stream", "objects_memory"}
+    for u in unc.values():
+        assert 0.001 < u["auc"] < 0.05
+        assert 0.0 < u["0.01"] < 0.1 and 0.0 < u["0.1"] < 0.1
+    y = saved["yields"]
+    assert y["luminosity_fb"] == LUMINOSITY_FB == 138.0 and y["xsec_pb"] == XSEC_PB
+    lumi_pb = 1000 * LUMINOSITY_FB
+    for key, eff in (
+        ("stream", saved["signal_efficiency"]["stream"]),
+        ("objects_stream", saved["objects"]["signal_efficiency"]["stream"]),
+    ):
+        for b in ("0.01", "0.1"):
+            r = y[key][b]
+            assert r["S"] == pytest.approx(XSEC_PB["ttH"] * lumi_pb * eff[b])
+            assert r["B"] == pytest.approx(XSEC_PB["ttbar"] * lumi_pb * float(b))
+            assert r["S_over_sqrt_B"] == pytest.approx(r["S"] / r["B"] ** 0.5)
+            assert r["S_unc"] == pytest.approx(XSEC_PB["ttH"] * lumi_pb * unc[key][b])
+    cuts = y["cuts"]
+    assert cuts["S"] == pytest.approx(XSEC_PB["ttH"] * lumi_pb * saved["cuts_signal_efficiency"])
+    assert cuts["B"] == pytest.approx(XSEC_PB["ttbar"] * lumi_pb * saved["cuts_background_efficiency"])
+    assert "Deep Sets streamed signal" in demo[2]  # the printed overtraining check has it too
+    ot = saved["overtraining"]["objects"]
+    for cls in ("signal", "background"):
+        assert 0.0 <= ot[f"ks_p_{cls}"] <= 1.0 and 0.0 < ot[f"ks_d_{cls}"] < 1.0
+
+
+def test_report_has_every_model_uncertainties_and_yields(demo):
+    out, s, _ = demo
+    page = (out / "report.html").read_text()
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    # the Deep Sets network is on the ROC figure, with the flat network and the cuts
+    caption = re.search(r"<b>ROC curves\.</b>(.*?)</figcaption>", page, re.S).group(1)
+    assert f"Deep Sets, streamed (AUC {s['objects']['auc_stream']:.3f})" in caption
+    assert f"flat network, streamed (AUC {s['auc_stream']:.3f})" in caption
+    assert "background rejection 1/ε" in caption and "log scale" in caption
+    # AUC and efficiencies with their uncertainties
+    u = s["uncertainty"]["stream"]
+    assert f"{s['auc_stream']:.3f} ± {u['auc']:.3f}" in text
+    eff = s["signal_efficiency"]["stream"]["0.1"]
+    assert f"{100 * eff:.1f}% ± {100 * u['0.1']:.1f}%" in text
+    # expected yields and S/√B
+    assert "Expected yields" in text and "S/√B" in text and "138 fb" in text
+    r = s["yields"]["stream"]["0.1"]
+    assert f"{r['S_over_sqrt_B']:.2f} ± {r['S_over_sqrt_B_unc']:.2f}" in text
+    # the object model's overtraining check, and no doubled phrase
+    assert "object-level (Deep Sets), streamed" in re.search(
+        r'<table id="overtraining">(.*?)</table>', page, re.S
+    ).group(1)
+    assert "Object-level network: object-level network" not in text
+    assert "Object-level network (tth_deepsets.py" in text

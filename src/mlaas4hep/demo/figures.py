@@ -1,6 +1,7 @@
 """The demo's figures, as base64 PNG strings for the self-contained report.
 
-Same style and wording as the training plots (:mod:`mlaas4hep.train.plots`):
+The ROC comparison and the overtraining check are the training report's
+(:mod:`mlaas4hep.train.plots`, :mod:`mlaas4hep.train.figures`). Same style and wording as the training plots:
 mplhep's CMS style, signal in orange, background in blue, efficiencies named as
 physicists name them, units on the axes.
 """
@@ -19,8 +20,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from ..train import figures as train_figures
 from ..train.metrics import roc_curve
-from ..train.plots import BACKGROUND_COLOR, SIGNAL_COLOR, _style, display_label, fraction_hist, tag
+from ..train.plots import (
+    BACKGROUND_COLOR,
+    SIGNAL_COLOR,
+    _style,
+    display_label,
+    fraction_hist,
+    roc_comparison,
+    tag,
+)
 from .physics import INPUT_AXES
 
 TTBAR = display_label("ttbar")  # mathtext: matplotlib misplaces a Unicode combining macron
@@ -36,63 +46,27 @@ def _png(fig, path: Path | None = None) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def roc_figure(stream, memory, cuts: dict[str, Any], path: Path | None = None) -> str:
-    """Signal vs background efficiency of both networks; the cuts are one working point."""
-    with _style():
-        fig, ax = plt.subplots(figsize=(8, 7))
-        for res, label, ls in ((stream, "network, streamed", "-"), (memory, "network, in memory", "--")):
-            fpr, tpr = roc_curve(res.val_labels, res.val_scores, res.val_weights)
-            ax.plot(fpr, tpr, ls, lw=2, label=f"{label} (AUC {res.metrics['val_auc']:.3f})")
-        ax.plot(
-            [cuts["fpr"]],
-            [cuts["tpr"]],
-            "o",
-            color="black",
-            ms=9,
-            label=f"cuts: ≥4 jets, ≥3 b-tags\n(ε$_S$ {cuts['tpr']:.0%}, ε$_B$ {cuts['fpr']:.0%})",
-        )
-        ax.plot([0, 1], [0, 1], ":", color="lightgray", lw=1)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel(f"background efficiency ε$_B$ ({TTBAR})")
-        ax.set_ylabel("signal efficiency ε$_S$ (ttH)")
-        tag(ax)
-        ax.legend(loc="lower right", fontsize=14)
-        return _png(fig, path)
+def roc_figure(models: list[tuple[str, Any, str]], cuts: dict[str, Any], path: Path) -> str:
+    """Every network of the demo on one figure, ε_S against ε_B and the background rejection
+    1/ε_B on a log scale; the cuts are one working point. ``models``: (legend, result, line style)."""
+    curves, styles = [], []
+    for label, res, ls in models:
+        fpr, tpr = roc_curve(res.val_labels == 1, np.asarray(res.val_scores).reshape(-1), res.val_weights)
+        curves.append((f"{label} (AUC {res.metrics['val_auc']:.3f})", fpr, tpr))
+        styles.append(ls)
+    point = (
+        f"cuts: ≥4 jets, ≥3 b-tags (ε$_S$ {cuts['tpr']:.0%}, ε$_B$ {cuts['fpr']:.0%})",
+        cuts["fpr"],
+        cuts["tpr"],
+    )
+    roc_comparison(path, curves, ["ttbar", "ttH"], points=[point], styles=styles)
+    return base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def overtraining_figure(ot: dict[str, Any], title: str) -> str:
+def overtraining_figure(ot: dict[str, Any], title: str, path: Path) -> str:
     """Training (points) vs validation (lines) score distributions per class, with KS p-values."""
-    bins = np.linspace(0, 1, 26)
-    centres, width = 0.5 * (bins[1:] + bins[:-1]), bins[1] - bins[0]
-    with _style():
-        fig, ax = plt.subplots(figsize=(8, 6.5))
-        (ts, ty), (vs, vy) = ot["train"], ot["val"]
-        for cls, name, color, key in (
-            (0, BACKGROUND, BACKGROUND_COLOR, "background"),
-            (1, SIGNAL, SIGNAL_COLOR, "signal"),
-        ):
-            fraction_hist(ax, vs[vy == cls], bins, color=color, label=f"{name}, validation")
-            t = ts[ty == cls]
-            counts, _ = np.histogram(t, bins=bins)
-            n = max(len(t), 1)
-            ax.errorbar(
-                centres,
-                counts / n,
-                yerr=np.sqrt(counts) / n,
-                xerr=width / 2,
-                fmt="o",
-                ms=4,
-                color=color,
-                label=f"{name}, training (KS p = {ot[f'ks_p_{key}']:.2g})",
-            )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.35)
-        ax.set_xlabel(f"output of the {title}")
-        ax.set_ylabel(f"fraction of events / {width:.2g}")
-        tag(ax)
-        ax.legend(loc="upper center", fontsize=12)
-        return _png(fig)
+    train_figures.overtraining_figure(ot, title, ["ttbar", "ttH"], path)
+    return base64.b64encode(Path(path).read_bytes()).decode()
 
 
 def inputs_figure(sig: dict[str, np.ndarray], bkg: dict[str, np.ndarray]) -> str:

@@ -3,12 +3,11 @@
 * :func:`working_points`: a network's signal efficiency at background
   efficiencies of 1% and 10%, and at the cut-based selection's background
   efficiency (the fair comparison with the cuts, which are a single point).
-* :func:`overtraining`: the network's scores on its *training* events against
-  its *validation* events, per class. A network that learnt its training sample
-  by heart scores it more confidently than unseen events; the two-sample
-  Kolmogorov–Smirnov test quantifies the difference. A small p-value (say
-  < 0.01) flags overtraining; with hundreds of thousands of events the test is
-  very sensitive, so look at the plot as well.
+* :func:`overtraining` and :func:`performance` (from :mod:`mlaas4hep.train.evaluation`):
+  the KS check of training vs validation scores, and the AUC and efficiencies
+  with bootstrap uncertainties;
+* :func:`expected_yields`: S, B and S/√B at 138 fb⁻¹ at each working point,
+  from the cross sections :data:`XSEC_PB`.
 * :func:`key_inputs`: reconstructed quantities from the raw ROOT branches, for
   signal and background: the invariant mass of the two jets with the highest
   b-tag score (m(bb), the Higgs peak near 125 GeV in ttH), HT (the scalar sum of
@@ -22,10 +21,29 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from ..train.evaluation import BACKGROUND_EFFICIENCIES, overtraining, performance, training_scores, yields
 from ..train.metrics import signal_efficiency_at
 
-#: Background efficiencies at which the signal efficiency is quoted.
-BACKGROUND_EFFICIENCIES = (0.01, 0.10)
+__all__ = [
+    "BACKGROUND_EFFICIENCIES",
+    "LUMINOSITY_FB",
+    "XSEC_PB",
+    "bb_mass",
+    "expected_yields",
+    "key_inputs",
+    "mean_rate",
+    "overtraining",
+    "performance",
+    "training_scores",
+    "working_points",
+]
+
+#: Cross sections at 13 TeV (pb), for the expected yields: ttH with H → bb (σ(ttH) = 0.5071 pb,
+#: BR(H → bb) = 0.5824, LHC Higgs WG) and tt̄ (833.9 pb, NNLO+NNLL). The toy samples carry no
+#: trigger or preselection, so the yields are those of the full processes.
+XSEC_PB = {"ttH": 0.5071 * 0.5824, "ttbar": 833.9}
+#: The integrated luminosity of the yields: CMS Run 2, 138 fb⁻¹.
+LUMINOSITY_FB = 138.0
 
 
 def working_points(result, cuts_background: float | None = None) -> dict[str, float]:
@@ -37,38 +55,24 @@ def working_points(result, cuts_background: float | None = None) -> dict[str, fl
     return out
 
 
+def expected_yields(perf: dict[str, Any], cuts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """S, B and S/√B at :data:`LUMINOSITY_FB` for each working point of ``perf``
+    (:func:`~mlaas4hep.train.evaluation.performance`: ε_B fixed, ε_S with its
+    bootstrap uncertainty) and, given ``cuts``, for the cut-based selection."""
+    xs, xb = XSEC_PB["ttH"], XSEC_PB["ttbar"]
+    out = {
+        k: yields(perf["eff"][k], float(k), xs, xb, LUMINOSITY_FB, eff_s_unc=perf["eff_unc"][k])
+        for k in perf["eff"]
+    }
+    if cuts is not None:
+        out["cuts"] = yields(cuts["tpr"], cuts["fpr"], xs, xb, LUMINOSITY_FB)
+    return out
+
+
 def mean_rate(metrics: dict[str, Any]) -> float:
     """Training events/s averaged over the epochs of a run's ``metrics``."""
     rates = [e["events_per_s"] for e in metrics["epochs"]]
     return float(np.mean(rates)) if rates else 0.0
-
-
-def training_scores(result) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and labels of the training events, from the trained network (dropout off).
-
-    The streamed run reads its training rows back from the decoded cache (the
-    rows it trained on, minus the validation events); the in-memory run holds them.
-    """
-    scores, labels = [], []
-    for part in result.source.batches(0, 65_536):
-        scores.append(np.asarray(result.backend.scores(part)).reshape(len(part), -1)[:, -1])
-        labels.append(np.asarray(part.y))
-    return np.concatenate(scores), np.concatenate(labels)
-
-
-def overtraining(result) -> dict[str, Any]:
-    """KS p-values of training vs validation scores, per class, and the scores for the plot."""
-    from scipy.stats import ks_2samp
-
-    train_s, train_y = training_scores(result)
-    val_s, val_y = np.asarray(result.val_scores).reshape(-1), np.asarray(result.val_labels)
-    out: dict[str, Any] = {"train": (train_s, train_y), "val": (val_s, val_y)}
-    for cls, name in ((1, "signal"), (0, "background")):
-        a, b = train_s[train_y == cls], val_s[val_y == cls]
-        test = ks_2samp(a, b) if len(a) and len(b) else None
-        out[f"ks_p_{name}"] = float(test.pvalue) if test is not None else float("nan")
-        out[f"ks_d_{name}"] = float(test.statistic) if test is not None else float("nan")
-    return out
 
 
 def bb_mass(pt, eta, phi, mass, btag) -> np.ndarray:

@@ -17,8 +17,11 @@ from typing import Any
 
 import yaml
 
+from ..train.evaluation import ks_verdict
 from . import figures
 from .physics import BACKGROUND_EFFICIENCIES
+
+__all__ = ["ks_verdict", "pct", "performance_rows", "pvalue", "rate", "write_report"]
 
 
 def rate(x: float) -> str:
@@ -45,52 +48,97 @@ def pvalue(p: float) -> str:
     return "< 0.001" if p < 1e-3 else f"{p:.2f}" if p >= 0.01 else f"{p:.3f}"
 
 
-def ks_verdict(ot: dict[str, float]) -> str:
-    """One sentence a physicist would write about the KS p-values."""
-    worst = min(ot["ks_p_signal"], ot["ks_p_background"])
-    if worst >= 0.01:
-        return "training and validation scores agree: no sign of overtraining"
-    return (
-        "the KS test distinguishes training from validation scores (p < 0.01): "
-        "compare the shapes; with this many events a tiny shift is significant"
-    )
+def _unc(s: dict[str, Any], key: str) -> dict[str, float]:
+    return (s.get("uncertainty") or {}).get(key, {})
+
+
+def _auc(value: float, unc: float | None) -> str:
+    return f"{value:.3f} ± {unc:.3f}" if unc is not None else f"{value:.3f}"
+
+
+def _eff(value: float, unc: float | None) -> str:
+    return f"{pct(value)} ± {pct(unc)}" if unc is not None else pct(value)
 
 
 def performance_rows(s: dict[str, Any], short: bool = False) -> list[tuple[str, ...]]:
-    """(method, AUC, ε_S at ε_B = 1%, ε_S at ε_B = 10%, training rate) for the table of each output."""
-    eff = s["signal_efficiency"]
+    """(method, AUC, ε_S at ε_B = 1%, ε_S at ε_B = 10%, training rate) for the table of each output,
+    with the bootstrap uncertainties of ``summary["uncertainty"]`` when there (not in the ``short``
+    table printed on the terminal)."""
     rows: list[tuple[str, ...]] = []
     names = (
         ("network, streamed", "network, in memory")
         if short
         else ("network, streamed from ROOT", "network, in memory (traditional)")
     )
-    for key, name in zip(("stream", "memory"), names):
-        e = eff[key]
-        rows.append(
-            (
-                name,
-                f"{s[f'auc_{key}']:.3f}",
-                *(pct(e[f"{b:g}"]) for b in BACKGROUND_EFFICIENCIES),
-                rate(s[f"events_per_s_{key}"]),
-            )
-        )
+    methods = [
+        (key, name, s[f"auc_{key}"], s["signal_efficiency"][key], s[f"events_per_s_{key}"], key)
+        for key, name in zip(("stream", "memory"), names)
+    ]
     o = s.get("objects")
     if o is not None:
         names = ("objects, streamed", "objects, in memory")
         if not short:
             names = ("object-level (Deep Sets), streamed", "object-level (Deep Sets), in memory")
-        for key, name in zip(("stream", "memory"), names):
-            e = o["signal_efficiency"][key]
-            rows.append(
-                (
-                    name,
-                    f"{o[f'auc_{key}']:.3f}",
-                    *(pct(e[f"{b:g}"]) for b in BACKGROUND_EFFICIENCIES),
-                    rate(o[f"events_per_s_{key}"]),
-                )
+        methods += [
+            (
+                key,
+                name,
+                o[f"auc_{key}"],
+                o["signal_efficiency"][key],
+                o[f"events_per_s_{key}"],
+                f"objects_{key}",
             )
+            for key, name in zip(("stream", "memory"), names)
+        ]
+    for _key, name, auc, e, speed, ukey in methods:
+        u = {} if short else _unc(s, ukey)  # the terminal's table stays narrow: ± in the report
+        rows.append(
+            (
+                name,
+                _auc(auc, u.get("auc")),
+                *(_eff(e[f"{b:g}"], u.get(f"{b:g}")) for b in BACKGROUND_EFFICIENCIES),
+                rate(speed),
+            )
+        )
     return rows
+
+
+def yields_rows(s: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(method, working point, S, B, S/√B) at the summary's luminosity, for the yields table."""
+    y = s.get("yields")
+    if not y:
+        return []
+    names = {
+        "stream": "network, streamed",
+        "memory": "network, in memory",
+        "objects_stream": "object-level, streamed",
+        "objects_memory": "object-level, in memory",
+    }
+    rows: list[tuple[str, ...]] = []
+    for key, name in names.items():
+        for b in BACKGROUND_EFFICIENCIES:
+            r = y.get(key, {}).get(f"{b:g}")
+            if r is not None:
+                rows.append((name, f"ε_B = {b:.0%}", *_yield_cells(r)))
+    if "cuts" in y:
+        rows.append(
+            (
+                "cuts: ≥ 4 jets, ≥ 3 b-tags",
+                f"ε_B = {pct(s['cuts_background_efficiency'])}",
+                *_yield_cells(y["cuts"]),
+            )
+        )
+    return rows
+
+
+def _yield_cells(r: dict[str, float]) -> tuple[str, str, str]:
+    s_txt = f"{r['S']:,.0f} ± {r['S_unc']:,.0f}" if r.get("S_unc") else f"{r['S']:,.0f}"
+    z_txt = (
+        f"{r['S_over_sqrt_B']:.2f} ± {r['S_over_sqrt_B_unc']:.2f}"
+        if r.get("S_over_sqrt_B_unc")
+        else f"{r['S_over_sqrt_B']:.2f}"
+    )
+    return s_txt, f"{r['B']:,.0f}", z_txt
 
 
 def cuts_sentence(s: dict[str, Any]) -> str:
@@ -115,6 +163,10 @@ def objects_sentence(o: dict[str, Any]) -> str:
     )
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _figure(title: str, b64: str, caption: str, css: str = "") -> str:
     cls = f' class="{css}"' if css else ""
     return (
@@ -131,9 +183,11 @@ def write_report(
     cuts: dict[str, Any],
     cfg: dict[str, Any],
     physics: dict[str, Any],
+    objects: tuple[Any, Any] | None = None,
 ) -> Path:
     """Write ``report.html`` (and ``roc.png`` beside it); ``physics`` holds the overtraining
-    results (``ot_stream``, ``ot_memory``) and the key inputs (``inputs_signal``, ``inputs_background``)."""
+    results (``ot_stream``, ``ot_memory``, ``ot_objects``) and the key inputs (``inputs_signal``,
+    ``inputs_background``); ``objects`` the object-level network's results (streamed, in memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     s, ot = summary, summary["overtraining"]
     ths = "".join(f"<th>ε<sub>S</sub> at ε<sub>B</sub> = {b:.0%}</th>" for b in BACKGROUND_EFFICIENCIES)
@@ -148,8 +202,39 @@ def write_report(
     ks_rows = "".join(
         f"<tr><td>{name}</td><td>{pvalue(ot[k]['ks_p_signal'])}</td><td>{pvalue(ot[k]['ks_p_background'])}</td>"
         f"<td>{html.escape(ks_verdict(ot[k]))}</td></tr>"
-        for k, name in (("stream", "network, streamed"), ("memory", "network, in memory"))
+        for k, name in (
+            ("stream", "network, streamed"),
+            ("memory", "network, in memory"),
+            ("objects", "object-level (Deep Sets), streamed"),
+        )
+        if k in ot
     )
+    y = s.get("yields") or {}
+    yield_rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c).replace('ε_B', 'ε<sub>B</sub>')}</td>" for c in r) + "</tr>"
+        for r in yields_rows(s)
+    )
+    yields_html = (
+        f"""<h2>Expected yields</h2>
+<p>Events expected at {y["luminosity_fb"]:g} fb<sup>−1</sup> of 13 TeV collisions at each working point:
+S = σ<sub>ttH(bb)</sub> L ε<sub>S</sub> (σ = {y["xsec_pb"]["ttH"]:.3f} pb) and B = σ<sub>tt̄</sub> L ε<sub>B</sub>
+(σ = {y["xsec_pb"]["ttbar"]:.1f} pb), with the event weights of the validation sample; the uncertainties are
+statistical, from the bootstrap of ε<sub>S</sub>.</p>
+<table id="yields"><tr><th>method</th><th>working point</th><th>S (signal)</th><th>B (background)</th>
+<th>S/√B</th></tr>{yield_rows}</table>"""
+        if y
+        else ""
+    )
+    models = [
+        (label, res, ls)
+        for label, res, ls in (
+            ("flat network, streamed", stream, "-"),
+            ("flat network, in memory", memory, "--"),
+            ("Deep Sets, streamed", objects[0] if objects else None, "-"),
+            ("Deep Sets, in memory", objects[1] if objects else None, "--"),
+        )
+        if res is not None
+    ]
     t = s["seconds"]
     selection = cfg.get("selection")
     sel_text = (
@@ -160,16 +245,34 @@ def write_report(
     figs = {
         "ROC": _figure(
             "ROC curves",
-            figures.roc_figure(stream, memory, cuts, path.with_name("roc.png")),
-            "Signal efficiency against background efficiency on the validation events. "
-            "The cut-based selection is a single working point (black dot), not a curve.",
+            figures.roc_figure(models, cuts, path.with_name("roc.png")),
+            "Every method on the same validation events. Left: signal efficiency against background "
+            "efficiency. Right: background rejection 1/ε<sub>B</sub> on a log scale against the signal "
+            "efficiency, where the working points of an analysis are read. "
+            "The cut-based selection is a single working point (black dot), not a curve. Curves: "
+            + "; ".join(
+                f"{html.escape(label)} (AUC {res.metrics['val_auc']:.3f})" for label, res, _ in models
+            )
+            + ".",
+            "wide",
         ),
         "overtraining": _figure(
             "Overtraining check",
-            figures.overtraining_figure(physics["ot_stream"], "streamed network"),
+            figures.overtraining_figure(
+                physics["ot_stream"], "streamed network", path.with_name("overtraining.png")
+            ),
             "Network output for training events (points) and validation events (lines), "
             "each normalised to unit area; the legend gives the Kolmogorov–Smirnov p-value per class.",
         ),
+        "overtraining_objects": _figure(
+            "Overtraining check, object-level network",
+            figures.overtraining_figure(
+                physics["ot_objects"], "object-level network", path.with_name("overtraining_objects.png")
+            ),
+            "The same check for the Deep Sets network, streamed.",
+        )
+        if "ot_objects" in physics
+        else "",
         "inputs": _figure(
             "Input variables",
             figures.inputs_figure(physics["inputs_signal"], physics["inputs_background"]),
@@ -212,22 +315,24 @@ All numbers below are for the {s["n_val"]:,} validation events ({s["n_val_signal
 {s["n_val_background"]:,} background), chosen by a hash of the event id and the same for every method.</p>
 
 <h2>Performance</h2>
+<p>Uncertainties: the standard deviation over 100 bootstrap resamples of the validation events.</p>
 <table id="performance"><tr><th>method</th><th>validation AUC</th>{ths}<th>training speed</th></tr>{
         rows
     }</table>
 <p>Cut-based selection: {html.escape(cuts_sentence(s))}.</p>
 {
-        f"<p>Object-level network: {html.escape(objects_sentence(s['objects']))}. The same validation events.</p>"
+        f"<p>{html.escape(_capital(objects_sentence(s['objects'])))}. The same validation events.</p>"
         if "objects" in s
         else ""
     }
 {figs["ROC"]}
+{yields_html}
 
 <h2>Overtraining check</h2>
 <table id="overtraining"><tr><th>method</th><th>KS p-value, signal</th><th>KS p-value, background</th>
 <th>verdict</th></tr>{ks_rows}</table>
 <p>Kolmogorov–Smirnov test of the network output on training vs validation events, per class.</p>
-{figs["overtraining"]}
+{figs["overtraining"]}{figs["overtraining_objects"]}
 
 <h2>Input variables</h2>
 {figs["inputs"]}

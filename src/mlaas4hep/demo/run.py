@@ -166,13 +166,26 @@ def run_demo(
             phys = {
                 "ot_stream": physics.overtraining(stream),
                 "ot_memory": physics.overtraining(memory),
+                "ot_objects": physics.overtraining(obj_stream),
                 "inputs_signal": physics.key_inputs(urls["ttH"], BTAG_WP),
                 "inputs_background": physics.key_inputs(urls["ttbar"], BTAG_WP),
             }
             summary.update(_summary(stream, memory, cuts, served, ds, phys, summary["specs_seconds"]))
             summary["objects"] = compared
+            extra = _uncertainties_and_yields(stream, memory, obj_stream, obj_memory, cuts, phys)
+            summary["overtraining"]["objects"] = extra.pop("overtraining_objects")
+            summary.update(extra)
             (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-            report.write_report(out / "report.html", summary, stream, memory, cuts, cfg, phys)
+            report.write_report(
+                out / "report.html",
+                summary,
+                stream,
+                memory,
+                cuts,
+                cfg,
+                phys,
+                objects=(obj_stream, obj_memory),
+            )
     finally:
         for srv in servers:
             srv.stop()
@@ -218,6 +231,27 @@ def _summary(stream, memory, cuts, served, ds, phys, specs_seconds: float) -> di
         "served_requests_ok": served["ok"],
         "served": served,
         "bundle": str(stream.bundle_path),
+    }
+
+
+def _uncertainties_and_yields(stream, memory, obj_stream, obj_memory, cuts, phys) -> dict[str, Any]:
+    """Bootstrap uncertainties of the AUCs and efficiencies, the object model's KS check,
+    and the expected yields (S, B, S/√B at 138 fb⁻¹) of every method (``summary.json``)."""
+    from . import physics
+
+    runs = {"stream": stream, "memory": memory, "objects_stream": obj_stream, "objects_memory": obj_memory}
+    perf = {k: physics.performance(r.val_labels, r.val_scores, r.val_weights) for k, r in runs.items()}
+    ks_keys = ("ks_p_signal", "ks_p_background", "ks_d_signal", "ks_d_background")
+    return {
+        # the standard deviation over bootstrap resamples of the validation events
+        "uncertainty": {k: {"auc": p["auc_unc"], **p["eff_unc"]} for k, p in perf.items()},
+        "overtraining_objects": {q: phys["ot_objects"][q] for q in ks_keys},
+        "yields": {
+            "luminosity_fb": physics.LUMINOSITY_FB,
+            "xsec_pb": dict(physics.XSEC_PB),
+            **{k: physics.expected_yields(p) for k, p in perf.items()},
+            "cuts": physics.expected_yields(perf["stream"], cuts)["cuts"],
+        },
     }
 
 
@@ -361,7 +395,12 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
         "overtraining check, KS p-value training vs validation scores: "
         + "; ".join(
             f"{name} signal {pvalue(ot[k]['ks_p_signal'])}, background {pvalue(ot[k]['ks_p_background'])}"
-            for k, name in (("stream", "streamed"), ("memory", "in memory"))
+            for k, name in (
+                ("stream", "streamed"),
+                ("memory", "in memory"),
+                ("objects", "Deep Sets streamed"),
+            )
+            if k in ot
         )
     )
     sec = s["seconds"]

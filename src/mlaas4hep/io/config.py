@@ -73,8 +73,9 @@ __all__ = [
 #: Where a reader of an unknown key finds the known ones.
 KEYS_DOC = "the README, 'The dataset configuration'"
 
-#: Keys kept in :attr:`DatasetConfig.extra`: a specs file to reuse, and the training layer's sections.
-EXTRA_KEYS = frozenset({"specs", "model", "training"})
+#: Keys kept in :attr:`DatasetConfig.extra`: a specs file to reuse, and the training layer's sections
+#: (``tracking``: MLflow / TensorBoard, ``scan``: the search space of ``mlaas4hep scan``).
+EXTRA_KEYS = frozenset({"specs", "model", "training", "tracking", "scan"})
 #: Settings added after the cache keys were fixed: they enter :meth:`DatasetConfig.digest` only when set.
 LATER_KEYS = ("inputs",)
 #: Older spellings still accepted in YAML.

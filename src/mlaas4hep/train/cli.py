@@ -33,8 +33,14 @@ with two more sections:
     seed: 42
     framework: auto
 
+  tracking: mlflow              # or tensorboard; or {backend, uri, experiment, run_name}
+
 Writes OUT/bundle/ (model.onnx, bundle.json, labels.txt, native weights),
-OUT/metrics.json, OUT/plots/*.png and OUT/checkpoint/ (for --resume).
+OUT/metrics.json, OUT/plots/*.png, OUT/report.html (AUC and efficiencies with
+bootstrap uncertainties, ROC with log-scale rejection, KS overtraining check,
+inputs per class) and OUT/checkpoint/ (for --resume).
+With tracking, the run is also logged to MLflow (mlflow.db and mlruns/ next to
+OUT, or the tracking URI) or TensorBoard (tensorboard/<run> next to OUT).
 Progress bars show on a terminal only; --no-progress turns them off there too.
 """
 
@@ -95,6 +101,12 @@ def add_train_commands(subparsers: Any) -> None:
         default=None,
         help="override training.threads: PyTorch's CPU threads (default: one per core; "
         "on a small or shared machine 1 is often faster)",
+    )
+    p.add_argument(
+        "--tracking",
+        choices=["mlflow", "tensorboard", "none"],
+        default=None,
+        help="log the run to MLflow or TensorBoard (default: the config's 'tracking:' key)",
     )
     _common(p)
     p.set_defaults(func=run_train)
@@ -178,6 +190,8 @@ def _report(result, as_json: bool = False) -> int:
         f"{m['framework']}: {score}, val loss {m['val_loss']:.4f}, {m['epochs_trained']} epochs; "
         f"bundle {result.bundle_path}; metrics {result.out_dir / 'metrics.json'}"
     )
+    if getattr(result, "tracking", ""):
+        print(f"logged to {result.tracking}")
     last = m["epochs"][-1] if m.get("epochs") else {}
     if last.get("ranks"):  # DDP: the last epoch's throughput, in total and per rank
         per = ", ".join(f"{r['events_per_s']:,.0f}" for r in last["ranks"])
@@ -201,6 +215,7 @@ def run_train(args) -> int:
             resume=args.resume,
             show_progress=False if args.no_progress else None,
             overrides={"threads": args.threads} if args.threads is not None else None,
+            tracking=getattr(args, "tracking", None),
         )
     except Mlaas4hepError as err:
         return _failed(err, args)

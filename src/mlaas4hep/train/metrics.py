@@ -59,6 +59,11 @@ def signal_efficiency_at(
     that background efficiency, the best signal efficiency counts.
     """
     fpr, tpr = roc_curve(y, s, w)
+    return efficiency_on_curve(fpr, tpr, background_efficiency)
+
+
+def efficiency_on_curve(fpr: np.ndarray, tpr: np.ndarray, background_efficiency: float) -> float:
+    """:func:`signal_efficiency_at` on a ROC curve already computed (``roc_curve``'s output)."""
     i = int(np.searchsorted(fpr, background_efficiency, side="right"))  # first point beyond
     if i >= len(fpr):
         return float(tpr[-1])

@@ -175,3 +175,55 @@ def write_all(directory: Path, history, y, scores, w, labels) -> list[Path]:
         out.append(roc(directory / "roc.png", y, scores, w, labels))
         out.append(score_distributions(directory / "scores.png", y, scores, labels))
     return out
+
+
+def roc_comparison(
+    path: Path,
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    labels: Sequence[str],
+    points: Sequence[tuple[str, float, float]] = (),
+    styles: Sequence[str] | None = None,
+) -> Path:
+    """Several classifiers on one figure, as a physics note shows them.
+
+    Left: signal efficiency ε_S against background efficiency ε_B. Right: the
+    background rejection 1/ε_B on a log scale against ε_S, where the working
+    points of an analysis (ε_B of 1% or less) can be read. ``curves`` are
+    ``(legend, fpr, tpr)`` (the legend carries the AUC); ``points`` are single
+    working points ``(legend, ε_B, ε_S)`` such as a cut-based selection.
+    """
+    bkg, sig = (n.split(" (")[0] for n in class_names(labels))
+    with _style():
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(16, 7.5))
+        cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", [None])
+        for i, (name, fpr, tpr) in enumerate(curves):
+            fpr, tpr = np.asarray(fpr, np.float64), np.asarray(tpr, np.float64)
+            ls = styles[i] if styles is not None and i < len(styles) else "-"
+            color = cycle[i % len(cycle)]
+            ax.plot(fpr, tpr, ls, lw=2, color=color, label=name)
+            keep = fpr > 0
+            ax2.plot(tpr[keep], 1.0 / fpr[keep], ls, lw=2, color=color, label=name)
+        for name, fpr_pt, tpr_pt in points:
+            ax.plot([fpr_pt], [tpr_pt], "o", color="black", ms=9, label=name)
+            if fpr_pt > 0:
+                ax2.plot([tpr_pt], [1.0 / fpr_pt], "o", color="black", ms=9, label=name)
+        ax.plot([0, 1], [0, 1], ":", color="grey", lw=1, label="random guess")
+        grid = np.linspace(0.01, 1, 100)
+        ax2.plot(grid, 1 / grid, ":", color="grey", lw=1, label="random guess")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"background efficiency ε$_B$ ({bkg})")
+        ax.set_ylabel(f"signal efficiency ε$_S$ ({sig})")
+        ax2.set_yscale("log")
+        ax2.set_xlim(0, 1)
+        ax2.set_xlabel(f"signal efficiency ε$_S$ ({sig})")
+        ax2.set_ylabel(f"background rejection 1/ε$_B$ ({bkg})")
+        for a in (ax, ax2):
+            tag(a)
+        fontsize = 14 if len(curves) <= 6 else 10
+        ax.legend(loc="lower right", fontsize=fontsize)
+        ax2.legend(loc="upper right", fontsize=fontsize)
+        fig.tight_layout()
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+    return Path(path)

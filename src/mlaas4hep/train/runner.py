@@ -48,7 +48,7 @@ from .. import bundle as bundle_mod
 from .. import progress
 from ..io import Dataset, DatasetConfig
 from ..jsonutil import digest, jsonable
-from . import checkpoint, ddp, metrics
+from . import checkpoint, ddp, metrics, tracking
 from .backend import Backend, make_backend
 from .config import TrainConfig, split_config
 from .data import Part, Source, expected_n_features
@@ -99,6 +99,8 @@ class TrainResult:
     source: Source | None = field(default=None, repr=False)
     rank: int = 0
     world_size: int = 1
+    #: where the run was logged (``tracking:``), in words; "" without tracking
+    tracking: str = ""
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -143,6 +145,7 @@ def train(
     show_progress: bool | None = None,
     dataset: Dataset | None = None,
     overrides: Mapping[str, Any] | None = None,
+    tracking: Any = None,
 ) -> TrainResult:
     """Train the model of a train configuration; see the module docstring.
 
@@ -152,6 +155,8 @@ def train(
     as do the keys of ``overrides`` (any ``training:`` key). ``resume``
     continues from ``OUT/checkpoint`` when there is one. ``dataset`` passes a
     ready :class:`Dataset` (its configuration must be ``config``'s).
+    ``tracking`` (``"mlflow"``, ``"tensorboard"`` or a mapping) replaces the
+    configuration's ``tracking:`` key (:mod:`.tracking`).
     """
     over = dict(overrides or {})
     if epochs is not None:
@@ -159,7 +164,18 @@ def train(
     if device is not None:
         over["device"] = device
     dcfg, tcfg = split_config(dataset.config if dataset is not None and config is None else config, over)
-    return Run(dcfg, tcfg, out, in_memory, resume, list(callbacks), show_progress, dataset).run()
+    run = Run(dcfg, tcfg, out, in_memory, resume, list(callbacks), show_progress, dataset)
+    run.tracking = tracking
+    try:
+        result = run.run()
+    except BaseException as err:  # the tracked run ends FAILED (KILLED on Ctrl-C)
+        if run.tracker is not None:
+            run.tracker.fail(interrupted=isinstance(err, KeyboardInterrupt))
+        raise
+    if run.tracker is not None:
+        run.tracker.finish(result.metrics, result.plots, result.bundle_path, run.out)
+        result.tracking = run.tracker.where
+    return result
 
 
 class Run:
@@ -184,6 +200,10 @@ class Run:
         self.ckpt_dir = self.out / "checkpoint"
         #: One process, or this rank of a ``torchrun`` launch (set by :meth:`run`).
         self.strategy: Local = Local()
+        #: ``train(tracking=...)``: replaces the configuration's ``tracking:`` key.
+        self.tracking: Any = None
+        self.tracker: tracking.Tracker | None = None  # MLflow or TensorBoard, once prepared
+        tracking.TrackingConfig.parse(dcfg.extra.get("tracking"), dcfg)  # a typo fails before any read
 
     # ------------------------------------------------------------ setup
     def _prepare(self) -> None:
@@ -266,6 +286,7 @@ class Run:
             False,
         )
         start = self._maybe_resume()
+        self.tracker = self._tracker()
         interrupted = False
         if be.epoch_based:
             if not self.finished:
@@ -275,6 +296,25 @@ class Run:
             interrupted = bool(getattr(be, "interrupted", False))
         result = self._finish(interrupted, time.perf_counter() - t_start)
         return result
+
+    def _tracker(self) -> tracking.Tracker | None:
+        """MLflow or TensorBoard (rank 0 only), logging each epoch as a callback."""
+        if not self.strategy.is_main:
+            return None
+        tracker = tracking.start(
+            self.dcfg,
+            self.cfg,
+            self.out,
+            framework=self.backend.framework,
+            n_features=self.n_features,
+            resume=self.resume,
+            override=self.tracking,
+        )
+        if tracker is not None:
+            if tracker.continued:  # the epochs before --resume are in the run already
+                tracker.logged.update(int(h["epoch"]) for h in self.history)
+            self.callbacks.append(tracker)
+        return tracker
 
     def _maybe_resume(self) -> int:
         if not self.resume:
@@ -515,7 +555,7 @@ class Run:
         except ImportError as err:  # matplotlib / mplhep missing: plots are optional
             log.warning("plots skipped: %s", err)
             return []
-        return write_all(
+        paths = write_all(
             self.out / "plots",
             result.history,
             result.val_labels,
@@ -523,6 +563,17 @@ class Run:
             result.val_weights,
             self.labels,
         )
+        return paths + self._report(result)
+
+    def _report(self, result: TrainResult) -> list[Path]:
+        """``OUT/report.html`` (:mod:`.report`); a failure there costs the report, not the run."""
+        try:
+            from .report import write_report
+
+            return write_report(result, self.out)
+        except Exception as err:  # the bundle is written: never lose a trained model to a figure
+            log.warning("report.html skipped: %s: %s", type(err).__name__, err)
+            return []
 
 
 def _fmt(rec: dict[str, Any]) -> str:

@@ -1,0 +1,70 @@
+"""The report's numbers on inputs whose answer is known: bootstrap uncertainties, yields, separation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlaas4hep.train.evaluation import performance, yields
+from mlaas4hep.train.figures import separation
+from mlaas4hep.train.metrics import roc_auc, signal_efficiency_at
+
+
+def _gaussians(n: int, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n), np.zeros(n)]
+    s = np.r_[rng.normal(1, 1, n), rng.normal(0, 1, n)]
+    return y, s
+
+
+def test_bootstrap_auc_uncertainty_matches_hanley_mcneil():
+    """Signal N(1, 1) vs background N(0, 1), 2000 events each: the bootstrap standard deviation of
+    the AUC agrees with Hanley & McNeil's formula (Radiology 143 (1982) 29)."""
+    n = 2000
+    y, s = _gaussians(n)
+    p = performance(y, s, n=200)
+    a = roc_auc(y == 1, s)
+    assert p["auc"] == a  # the central value is the AUC of the validation events
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    hanley = np.sqrt((a * (1 - a) + (n - 1) * (q1 - a * a) + (n - 1) * (q2 - a * a)) / (n * n))
+    assert p["auc_unc"] == pytest.approx(hanley, rel=0.25)
+    assert p["bootstrap"] == 200
+
+
+def test_bootstrap_efficiency_uncertainty_is_about_binomial():
+    n = 5000
+    y, s = _gaussians(n, seed=4)
+    p = performance(y, s, n=200)
+    for b in (0.01, 0.1):
+        eff = p["eff"][f"{b:g}"]
+        assert eff == signal_efficiency_at(y == 1, s, b)
+        binomial = np.sqrt(eff * (1 - eff) / n)
+        # the cut's own uncertainty (the background quantile) adds to the binomial one
+        assert binomial * 0.8 < p["eff_unc"][f"{b:g}"] < binomial * 3
+
+
+def test_weighted_performance_uses_the_weights():
+    y = np.array([1, 1, 0, 0] * 50)
+    s = np.array([0.9, 0.5, 0.95, 0.1] * 50)
+    w = np.array([1.0, 1.0, 3.0, 1.0] * 50)
+    p = performance(y, s, w, n=20)
+    assert p["auc"] == pytest.approx(roc_auc(y == 1, s, w))
+    assert p["auc"] != pytest.approx(roc_auc(y == 1, s))
+
+
+def test_yields_and_significance():
+    r = yields(0.1, 0.01, 0.3, 800.0, 138.0, eff_s_unc=0.01)
+    assert r["S"] == pytest.approx(0.3 * 138_000 * 0.1)  # σ [pb] × L [pb⁻¹] × ε
+    assert r["B"] == pytest.approx(800.0 * 138_000 * 0.01)
+    assert r["S_over_sqrt_B"] == pytest.approx(r["S"] / np.sqrt(r["B"]))
+    assert r["S_unc"] == pytest.approx(0.3 * 138_000 * 0.01)
+    assert r["S_over_sqrt_B_unc"] == pytest.approx(r["S_over_sqrt_B"] * 0.1)  # 10% on S, none on B
+
+
+def test_separation_is_the_ks_distance():
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0, 1, 3000), rng.normal(0.3, 1.2, 2000)
+    assert separation(a, b) == pytest.approx(ks_2samp(a, b).statistic, abs=1e-12)
+    assert separation(a, a) == 0.0
