@@ -9,20 +9,12 @@ import time
 import httpx
 import pytest
 
-from mlaas4hep import bundle
 from mlaas4hep.serve.archive import pack_directory
 
-from .conftest import ServerProcess, mlp_onnx
+from .conftest import ServerProcess
+from .store_helpers import small_bundle
 
 CYCLE_SECONDS = 8.0
-
-
-def small_bundle(path, name: str = "m", n_in: int = 4, seed: int = 3):
-    """A tiny flat bundle (an MLP on ``n_in`` features), quick to upload and to load."""
-    return bundle.write(
-        path, mlp_onnx(n_in, hidden=8, seed=seed), None, ["b", "s"], name=name, framework="onnx",
-        features=[f"f{i}" for i in range(n_in)],
-    )
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
