@@ -169,7 +169,9 @@ def test_one_spelling_per_version_on_every_protocol(tmp_path):
                 ready = stub.ModelReady(service_pb2.ModelReadyRequest(name="m", version=spelling), timeout=30)
                 assert not ready.ready, spelling  # Triton: what does not resolve is not ready
                 with pytest.raises(grpc.RpcError) as err:
-                    stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="m", version=spelling), timeout=30)
+                    stub.ModelMetadata(
+                        service_pb2.ModelMetadataRequest(name="m", version=spelling), timeout=30
+                    )
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, spelling
                 assert "invalid model version" in err.value.details()
         assert HTTP.get(srv.url + "/v2/models/m").json()["versions"] == ["1"]

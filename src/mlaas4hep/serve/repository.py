@@ -112,9 +112,10 @@ def parse_version(version: Any) -> int | None:
         if not (version.isascii() and VERSION_RE.fullmatch(version)):
             raise InvalidRequest(msg)
         version = int(version)
-    if not 1 <= version <= MAX_VERSION:
+    v = int(version)
+    if not 1 <= v <= MAX_VERSION:
         raise InvalidRequest(msg)
-    return version
+    return v
 
 
 def _is_version_dir(name: str) -> bool:
@@ -533,8 +534,9 @@ class Repository:
             }
             if want is None:
                 mine = meta.get("version")
-                ok = isinstance(mine, int) and not isinstance(mine, bool) and 1 <= mine <= MAX_VERSION
-                want = mine if ok and mine not in taken else (max(taken) + 1 if taken else 1)
+                if isinstance(mine, int) and not isinstance(mine, bool) and 1 <= mine <= MAX_VERSION:
+                    want = mine if mine not in taken else None
+                want = want or (max(taken) + 1 if taken else 1)
                 if want > MAX_VERSION:
                     raise VersionConflict(f"model {name!r} has no version number left: give one")
             elif want in existing:
