@@ -140,6 +140,12 @@ def test_a_read_only_repository_serves_and_refuses_every_change(tmp_path, files)
         assert str(err.value).startswith(f"the repository 'repo' is read-only: cannot {what}")
         assert errors.http_status(err.value) == 403
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == before  # nothing written
+    Repository(tmp_path / "publisher").install(files, "m", 2)  # a new release where it is published
+    shutil.copytree(tmp_path / "publisher" / "m" / "2", tmp_path / "repo" / "m" / "2")
+    t = time.monotonic()
+    while repo.resolve("m") != ("m", 2):
+        assert time.monotonic() - t < 2.5, "a read-only repository's new version is served within 2 s"
+        time.sleep(0.05)
 
 
 def test_a_read_only_mount_is_detected(tmp_path, files):

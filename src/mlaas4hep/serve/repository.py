@@ -55,6 +55,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,6 +85,8 @@ SERVING_KEYS = {"max_batch": int, "max_delay_ms": float, "timeout_s": float}
 #: Seconds an upload's smoke test may run before it is cut off and the upload refused.
 SMOKE_SECONDS = 10.0
 STATE = ".state.json"
+#: Seconds between rescans of a read-only directory (its publisher does not tell us of changes).
+READ_ONLY_RESCAN_S = 2.0
 
 
 def check_name(name: str) -> str:
@@ -146,6 +149,8 @@ class Repository:
         self.single = (self.root / "bundle.json").is_file()
         self.store = Store(self.root, True if self.single else read_only)
         self.read_only = self.store.read_only
+        if self.single:
+            self.store.why = "it holds one bundle, KServe's layout, served as it is"
         self.max_loaded = max(1, int(max_loaded))
         self.threads = threads
         self.shared = shared
@@ -162,6 +167,7 @@ class Repository:
         self._index: dict[str, list[int]] = {}
         self._stamps: dict[tuple[str, int], int] = {}
         self.generation = 0  # bumped on every change seen by this process
+        self._scanned = 0.0  # when the directory was last scanned (time.monotonic)
         if self.read_only:
             self.rescan()
             return
@@ -230,6 +236,7 @@ class Repository:
             self._stamps = stamps
             self.generation += 1
         self.store.gen_seen = seen
+        self._scanned = time.monotonic()
 
     def _scan_single(
         self,
@@ -288,8 +295,15 @@ class Repository:
         atomic_write(self.root / STATE, json.dumps({"unloaded": sorted(unloaded)}).encode())
 
     def sync(self) -> None:
-        """Rescan if another process changed the repository (one ``stat`` of ``.generation``)."""
-        if self.store.changed_elsewhere():
+        """Rescan if another process changed the repository (one ``stat`` of ``.generation``).
+
+        A read-only directory changes where it is published (a CVMFS release),
+        where nobody rewrites ``.generation``: it is rescanned every
+        :data:`READ_ONLY_RESCAN_S` seconds instead.
+        """
+        if self.store.changed_elsewhere() or (
+            self.read_only and not self.single and time.monotonic() - self._scanned > READ_ONLY_RESCAN_S
+        ):
             self.rescan()
 
     def stamp(self, name: str, version: int) -> int:

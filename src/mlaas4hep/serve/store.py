@@ -66,6 +66,8 @@ class Store:
         self._held = threading.local()  # depth of this thread's transaction (read or write)
         self.read_only = self._detect_read_only() if read_only is None else bool(read_only)
         self.gen_seen: tuple[int, int] | None = None
+        #: Why changes are refused, in the words of :meth:`refuse`.
+        self.why = "it is served as it is; change it where it is published"
         if not self.read_only:
             self.staging.mkdir(exist_ok=True)
 
@@ -85,8 +87,7 @@ class Store:
         """Raise :class:`ReadOnlyRepository` when the repository cannot be changed."""
         if self.read_only:
             raise ReadOnlyRepository(
-                f"the repository {self.root.name!r} is read-only: cannot {what} "
-                "(it is served as it is; change it where it is published)"
+                f"the repository {self.root.name!r} is read-only: cannot {what} ({self.why})"
             )
 
     # ------------------------------------------------------------ locking
