@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlaas4hep import bundle
-from mlaas4hep.serve.archive import pack_directory, read_archive
+from mlaas4hep.bundle_archive import pack_directory, read_archive
 
 from .conftest import mlp_onnx
 

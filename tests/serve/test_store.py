@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mlaas4hep.serve import errors
+from mlaas4hep.serve.http import http_status
 from mlaas4hep.serve.repository import Repository, parse_version
 
 from .store_helpers import bundle_files, endless_loop, huge_constant_of_shape, small_bundle
@@ -138,7 +139,7 @@ def test_a_read_only_repository_serves_and_refuses_every_change(tmp_path, files)
         with pytest.raises(errors.ReadOnlyRepository) as err:
             call()
         assert str(err.value).startswith(f"the repository 'repo' is read-only: cannot {what}")
-        assert errors.http_status(err.value) == 403
+        assert http_status(err.value) == 403
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == before  # nothing written
     Repository(tmp_path / "publisher").install(files, "m", 2)  # a new release where it is published
     shutil.copytree(tmp_path / "publisher" / "m" / "2", tmp_path / "repo" / "m" / "2")
@@ -203,7 +204,7 @@ def test_a_half_written_state_file_is_ignored_and_leftovers_are_repaired(tmp_pat
 CRASH = r"""
 import os, signal, sys
 from mlaas4hep.serve import repository, store
-from mlaas4hep.serve.archive import pack_directory, read_archive
+from mlaas4hep.bundle_archive import pack_directory, read_archive
 
 point, root, src = sys.argv[1], sys.argv[2], sys.argv[3]
 

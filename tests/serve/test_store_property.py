@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 
 from mlaas4hep import bundle
+from mlaas4hep.bundle_archive import pack_directory
 from mlaas4hep.serve import errors
-from mlaas4hep.serve.archive import pack_directory
 from mlaas4hep.serve.repository import Repository
 
 from .conftest import ServerProcess

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from mlaas4hep.serve.archive import pack_directory
+from mlaas4hep.bundle_archive import pack_directory
 
 from .conftest import ServerProcess
 from .store_helpers import small_bundle

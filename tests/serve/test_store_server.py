@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mlaas4hep.serve.archive import pack_directory
+from mlaas4hep.bundle_archive import pack_directory
 
 from .conftest import HTTP, ServerProcess
 from .grpc_helpers import GrpcServerProcess
