@@ -113,24 +113,36 @@ class Store:
 
     @contextlib.contextmanager
     def _locked(self, mode: int | None) -> Iterator[None]:
+        """This thread's transaction: the file lock in ``mode`` (None: none), then the process's lock.
+
+        The file lock is taken first, holding nothing: a writer that waits for
+        another process's transaction never keeps this process's readers (the
+        event loop, checking ``.generation``) waiting too.
+        """
         depth = getattr(self._held, "depth", 0)
-        with self._thread_lock:
-            if depth or mode is None:  # nested in this thread's transaction, or nothing to lock
-                self._held.depth = depth + 1
-                try:
-                    yield
-                finally:
-                    self._held.depth = depth
-                return
-            fd = os.open(self._lock_file, os.O_CREAT | os.O_RDWR, 0o644)
+        if depth:  # nested in this thread's transaction, which holds the locks already
+            self._held.depth = depth + 1
             try:
-                fcntl.flock(fd, mode)
+                yield
+            finally:
+                self._held.depth = depth
+            return
+        fd = None
+        if mode is not None:
+            fd = os.open(self._lock_file, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            if fd is not None:
+                fcntl.flock(
+                    fd, mode
+                )  # one writer at a time, across threads (one open file each) and processes
+            with self._thread_lock:
                 self._held.depth = 1
                 try:
                     yield
                 finally:
                     self._held.depth = 0
-            finally:
+        finally:
+            if fd is not None:
                 os.close(fd)  # releases the flock
 
     # ------------------------------------------------------------ generation
