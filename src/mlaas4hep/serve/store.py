@@ -131,10 +131,9 @@ class Store:
         if mode is not None:
             fd = os.open(self._lock_file, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            if fd is not None:
-                fcntl.flock(
-                    fd, mode
-                )  # one writer at a time, across threads (one open file each) and processes
+            if fd is not None and mode is not None:
+                # one writer at a time, across threads (one open file each) and processes
+                fcntl.flock(fd, mode)
             with self._thread_lock:
                 self._held.depth = 1
                 try:
