@@ -39,7 +39,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from concurrent.futures import wait as futures_wait
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
@@ -74,22 +73,6 @@ class _LazyFuture(Future[T]):
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 _WARM: dict[int, list[Future[None]]] = {}  # one warm-up task per worker of each pool
-#: At exit, how long to let workers that are still starting finish starting.
-START_GRACE_S = 30.0
-
-
-def _let_starts_finish() -> None:
-    """At exit (an error early in a run), wait until the workers still starting are up.
-
-    Otherwise one is forked while the interpreter frees the pool's semaphores,
-    and it dies printing a traceback after the one-line error of the command.
-    """
-    for warm in list(_WARM.values()):
-        futures_wait(warm, timeout=START_GRACE_S)
-
-
-# threading's exit hooks run before concurrent.futures' own (registered earlier) shuts the pools down
-getattr(threading, "_register_atexit", lambda f: None)(_let_starts_finish)
 
 
 def default_workers() -> int:

@@ -182,8 +182,9 @@ class Repository:
     def rescan(self) -> None:
         """Re-read the directory (the in-memory index serves every request in between).
 
-        The scan holds the repository's lock shared, so it sees no change half
-        made. Every version directory's ``bundle.json`` is checked against the
+        The scan sees every change whole (each is one ``rename``, see
+        :mod:`.store`), and one that overlaps another process's change is
+        repeated at the next request. Every version directory's ``bundle.json`` is checked against the
         schema (once per change of the file): a bad entry is never served, it
         is logged and listed in :attr:`broken` with the reason, and the others
         are served.
