@@ -20,7 +20,7 @@ CYCLE_SECONDS = 8.0
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_upload_then_delete_previous_under_index_requests_keeps_the_new_version(tmp_path, workers):
     data = pack_directory(small_bundle(tmp_path / "b"))
-    srv = ServerProcess(tmp_path / "repo", "--workers", workers).start()
+    srv = ServerProcess(tmp_path / "repo", "--workers", workers).start(timeout=90)
     stop = threading.Event()
     index_errors: list[str] = []
 

@@ -34,7 +34,7 @@ def _leaks(text: str, *dirs) -> bool:
 def test_churn_answers_no_5xx_and_no_server_path(tmp_path):
     data = pack_directory(small_bundle(tmp_path / "b"))
     repo = tmp_path / "repo"
-    srv = GrpcServerProcess(repo, "--workers", "2").start()
+    srv = GrpcServerProcess(repo, "--workers", "2").start(timeout=90)
     stop = threading.Event()
     seen: dict[str, int] = {}
     bad: list[str] = []
