@@ -324,7 +324,7 @@ class Repository:
         self.sync()
         versions = self._index.get(name)
         if not versions:
-            raise ModelNotFound(f"unknown model {str(name)[:200]!r}")
+            raise ModelNotFound(f"unknown model {name!r}")
         v = parse_version(version)
         if v is None:
             return name, versions[-1]
