@@ -107,3 +107,16 @@ def test_bad_config_values():
         from mlaas4hep.io.expr import Expression
 
         Expression("open('/etc/passwd')")
+
+
+def test_skip_reports_a_skipped_range_once_over_epochs(data_dir, tmp_path):
+    """Each epoch meets the bad range again: the report lists it once (issue 24, point 8)."""
+    cut = tmp_path / "truncated.root"
+    cut.write_bytes((data_dir / "ttbar_0.root").read_bytes()[:200_000])
+    cfg = sample_config(data_dir, shuffle=False, on_error="skip")
+    cfg["files"] = [{"path": str(data_dir / "ttH_0.root"), "label": 1}, {"path": str(cut), "label": 0}]
+    ds = Dataset.from_config(cfg)
+    once = [sum(len(c) for c in ds.chunks(epoch=e)) for e in range(3)]
+    assert once[0] == once[1] == once[2] >= 20_000
+    ranges = [(r["file"], tuple(r.get("entries", ()))) for r in ds.report]
+    assert ranges and len(ranges) == len(set(ranges)), ranges

@@ -430,7 +430,8 @@ def test_hostile_archives_over_http(tmp_path, tth_bundle):
             r = HTTP.post(url, content=data, headers=srv.admin)
             assert r.status_code == 400, (case, r.text)
             assert message in r.json()["error"], (case, r.json())
-        assert sorted(p.name for p in repo.iterdir()) == [".staging"]
+        # only the store's own files: its lock, its generation, an empty staging folder
+        assert sorted(p.name for p in repo.iterdir()) == [".generation", ".lock", ".staging"]
         assert not list((repo / ".staging").iterdir())
         assert not (tmp_path / "evil.json").exists()
         assert srv.alive()

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..jsonutil import digest
 from . import firstuse
-from .chunk import dir_size
+from .chunk import clean_stale, dir_size
 from .config import DatasetConfig, FileGroup
 from .errors import StaleSpecsError
 from .preprocess import Preprocessor
@@ -104,11 +104,14 @@ def raw_name(config: DatasetConfig, file_infos: list[dict[str, Any]], groups: li
 
 
 def evict(root: Path, keep: set[str], limit: float) -> None:
-    """Delete the least recently used cache entries (other than ``keep``) beyond ``limit`` bytes."""
+    """Delete the least recently used cache entries (other than ``keep``) beyond ``limit`` bytes,
+    and the temporary folders of writers that died (:func:`~mlaas4hep.io.chunk.clean_stale`)."""
     if not root.exists():
         return
     entries = []
     for d in root.iterdir():
+        if d.is_dir():
+            clean_stale(d)  # what writers that died (a kill, a full disk) left behind
         if d.is_dir() and d.name not in keep:
             try:
                 entries.append((d.stat().st_mtime, dir_size(d), d))

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .errors import cache_write_error
+
 log = logging.getLogger(__name__)
 
 
@@ -114,6 +116,47 @@ def dir_size(root: Path) -> int:
     return total
 
 
+def temp_dir(root: Path, unit: Unit) -> Path:
+    """Where this process writes ``unit``'s chunk before renaming it into ``root`` (emptied first).
+
+    Named ``.tmp-<unit>-<pid>``: :func:`clean_stale` removes those whose process is gone.
+    """
+    tmp = root / f".tmp-{unit.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def clean_stale(root: Path) -> list[str]:
+    """Remove the temporary chunk folders (:func:`temp_dir`) of processes that died; their names.
+
+    A process killed mid-write (or one that met a full disk before this
+    version) leaves its ``.tmp-*-<pid>`` folder behind; one whose process is
+    alive is being written and is kept.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(root.glob(".tmp-*-*"))
+    except OSError:
+        return removed
+    for d in entries:
+        pid = d.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d.name)
+    return sorted(removed)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
 class ChunkStore:
     """A directory of decoded chunks, one sub-directory of ``.npy`` files per unit.
 
@@ -138,12 +181,21 @@ class ChunkStore:
         return (self.path(unit) / "event_id.npy").exists()
 
     def write(self, unit: Unit, chunk: Any) -> int:
+        """Store ``chunk`` as ``unit``'s; its size in bytes.
+
+        Raises :class:`~mlaas4hep.io.errors.CacheWriteError` naming this store's
+        directory when it cannot be written (a full disk), after removing the
+        partial files.
+        """
         final = self.path(unit)
-        tmp = self.root / f".tmp-{unit.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for f in self.chunk_type.FIELDS:
-            np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+        tmp = temp_dir(self.root, unit)
+        try:
+            tmp.mkdir(parents=True)
+            for f in self.chunk_type.FIELDS:
+                np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise cache_write_error(self.root, err) from None
         try:
             os.replace(tmp, final)
         except OSError:  # another writer won the race: its chunk is identical
@@ -197,7 +249,7 @@ class WriteBehind:
                     self.store.write(*item)
                 except OSError as err:
                     self.failed = err
-                    log.warning("decoded cache %s: writing stopped (%s)", self.store.root, err)
+                    log.warning("%s; writing stopped (later epochs decode what is missing)", err)
 
     def close(self) -> None:
         """Wait until every chunk put is written (or dropped after a failure)."""

@@ -465,8 +465,9 @@ class Dataset:
         entry: dict[str, Any] = {"file": url, "error": str(err), "type": type(err).__name__}
         if unit is not None:
             entry["entries"] = [unit.start, unit.stop]
-        log.warning("skipped %s: %s", url if unit is None else f"{url} entries {unit.start}-{unit.stop}", err)
-        self.report.append(entry)
+        if self.report.add_skip(entry):  # each epoch meets it again: said and listed once
+            where = url if unit is None else f"{url} entries {unit.start}-{unit.stop}"
+            log.warning("skipped %s: %s", where, err)
 
 
 def _rows(ch: Chunk, select: Callable[[Chunk], np.ndarray] | None) -> tuple[Any, ...]:

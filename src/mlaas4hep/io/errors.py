@@ -7,6 +7,8 @@ on it without a debugger.
 
 from __future__ import annotations
 
+import errno
+
 from ..errors import ConfigError, Mlaas4hepError, _rebuild
 
 __all__ = ["ConfigError", "Mlaas4hepError", "_rebuild"]  # the base errors, re-exported
@@ -117,13 +119,39 @@ def _kind(typename: str) -> str:
     return "jagged" if typename.endswith("[]") else "flat"
 
 
+class CacheWriteError(Mlaas4hepError, OSError):
+    """The decoded cache could not be written: its disk is full, or it is not writable.
+
+    Never skipped by ``on_error: skip``: the files are good, the cache's disk is not.
+    """
+
+
+def cache_write_error(where: object, err: OSError) -> CacheWriteError:
+    """A :class:`CacheWriteError` for ``err``, met writing below the cache directory ``where``.
+
+    numpy reports a short write (a full disk) as ``OSError: N requested and M
+    written``, with no errno: that says "full" too.
+    """
+    detail = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) or " requested and " in str(err):
+        return CacheWriteError(
+            f"the disk holding the decoded cache {where} is full ({detail}): free space there, "
+            "or set cache_dir to a folder on a larger disk, or lower cache_max_gb"
+        )
+    return CacheWriteError(f"cannot write the decoded cache {where}: {detail} (set cache_dir elsewhere)")
+
+
 def skippable(err: BaseException) -> bool:
     """Whether ``on_error: skip`` may skip the file or range that raised ``err``.
 
     Bad files are skippable (corrupt, missing, another schema); a server that is
     down is not: the events are there, and skipping would lose them.
     """
-    return isinstance(err, Mlaas4hepError) and not getattr(err, "transient", False)
+    return (
+        isinstance(err, Mlaas4hepError)
+        and not getattr(err, "transient", False)
+        and not isinstance(err, CacheWriteError)
+    )
 
 
 class StaleSpecsError(Mlaas4hepError):

@@ -47,7 +47,8 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from .chunk import Chunk, ChunkStore, Unit
+from .chunk import Chunk, ChunkStore, Unit, temp_dir
+from .errors import cache_write_error
 from .preprocess import PadPlans, Preprocessor, _flat, list_parts, pad_jagged
 from .reader import UnitReader
 from .specs import Stats, chunk_stats
@@ -402,9 +403,11 @@ def lay_out_into(raws: ChunkStore, store: ChunkStore, unit: Unit, pre: Preproces
     widths = np.load(src / "widths.npy", allow_pickle=False)
     if [int(w) for w in widths] != [length for _, length in pre.jagged]:
         return _copy_into(raws, store, unit, pre)
-    tmp = store.root / f".tmp-{unit.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir(store.root, unit)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        raise cache_write_error(store.root, err) from None
     try:
         os.replace(src / "x.npy", tmp / "x.npy")
     except OSError:  # another filesystem (or the unit is gone: the caller decodes it)
@@ -415,8 +418,14 @@ def lay_out_into(raws: ChunkStore, store: ChunkStore, unit: Unit, pre: Preproces
     x = np.load(tmp / "x.npy", mmap_mode="r+", allow_pickle=False)
     rest = {f: np.load(src / f"{f}.npy", allow_pickle=False) for f in RawChunk.FIELDS if f != "x"}
     chunk = finalize(RawChunk(x, **rest), pre, inplace=True)
-    for f in Chunk.FIELDS[1:]:
-        np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+    try:
+        for f in Chunk.FIELDS[1:]:
+            np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+    except OSError as err:  # a full disk: the raw unit is gone with it, the next run decodes it again
+        del x, chunk
+        shutil.rmtree(tmp, ignore_errors=True)
+        raws.remove(unit)
+        raise cache_write_error(store.root, err) from None
     n = len(chunk)
     del x, chunk
     try:

@@ -40,6 +40,16 @@ class Report(list[dict[str, Any]]):
         #: Seconds spent waiting between attempts (summed over workers: they wait in parallel).
         self.retry_wait = 0.0
         self.retried: list[dict[str, Any]] = []
+        self._seen: set[tuple[str, tuple[int, ...]]] = set()
+
+    def add_skip(self, entry: dict[str, Any]) -> bool:
+        """List a skipped file or range, once however many passes and epochs meet it; True if new."""
+        key = (str(entry.get("file")), tuple(entry.get("entries") or ()))
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self.append(entry)
+        return True
 
     @property
     def skipped(self) -> list[dict[str, Any]]:

@@ -6,50 +6,58 @@ Layout (persistent across restarts)::
       {name}/
         {version}/          one bundle directory (model.onnx, bundle.json, ...)
         serving.json        optional per-model settings (max_batch, max_delay_ms)
-      .staging/             uploads being unpacked and checked (never visible)
+      .state.json           which models are unloaded
+      .generation           rewritten by every change (other processes watch it)
+      .lock                 the writers' lock
+      .staging/             uploads being checked, versions being deleted (never visible)
 
 Versions are positive integers; "latest" (the default everywhere) is the
-largest. An install is atomic: files are written into ``.staging``, the bundle
-is loaded with onnxruntime and its ``bundle.json`` checked, and only then is the
-directory renamed into place (one ``rename`` on the same file system). A crash
-mid-upload leaves at most a stale staging folder, which the next start removes
-(a staging folder is live while its process holds a ``flock`` on its ``.lock``
-file: see :func:`staged`).
+largest. The directory is a small transactional store (:mod:`.store`): every
+change holds an exclusive lock shared by all processes and replicas on the
+directory, becomes visible with one ``rename``, and ends by rewriting
+``.generation``; a crash leaves leftovers that the next start removes. An
+upload is unpacked into ``.staging``, loaded with onnxruntime, its
+``bundle.json`` checked and the model run once on example rows (a *smoke
+test*, cut off after ``smoke_seconds``) before it is renamed into place. A
+deleted version is renamed to a tombstone in ``.staging`` first, so it is gone
+at once, whole.
 
 What is on disk is checked too: a version directory whose name is not a
 version (1 <= v < 2**63) or whose ``bundle.json`` breaks the schema
 (:mod:`mlaas4hep.bundle_schema`) is never served; it is logged and listed in
 :attr:`Repository.broken`, which ``/models`` and the repository index report.
+Messages name models, versions and files, never the server's directories.
 
 Loaded :class:`~mlaas4hep.bundle.Predictor` objects sit in an LRU cache of
 ``max_loaded`` entries; an evicted model is reloaded on its next request.
 A model can be *unloaded* explicitly (the repository extension of the Open
-Inference Protocol): it stays on disk but refuses inference until loaded again
-(the set of unloaded models is kept in ``DIR/.state.json``).
+Inference Protocol): it stays on disk but refuses inference until loaded again.
 
-Several server processes may share one directory (``--workers``, ``shared=True``):
-every change rewrites ``DIR/.generation``, and each process compares that file's
-identity (one ``stat``) before answering, rescanning when another process changed the
-repository. Each version directory is identified by its inode, so a version
-deleted and uploaded again is never served from a stale cache.
+Several server processes may share one directory (``--workers``, replicas on a
+shared volume): each compares ``.generation``'s identity (one ``stat``) before
+answering and rescans when another process changed the repository. Each
+version directory is identified by its inode, so a version deleted and uploaded
+again is never served from a stale cache.
+
+A **read-only** directory (CVMFS, a ConfigMap, a ``:ro`` mount: detected, or
+``read_only=True``) is served as it is, and every change is refused with
+:class:`~mlaas4hep.serve.errors.ReadOnlyRepository`. A directory that holds one
+bundle itself (``bundle.json`` at its top, as KServe's storage initializer
+leaves ``/mnt/models``) is served, read-only, as that one model.
 
 All methods are blocking (disk, onnxruntime): the app calls them from a thread.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import re
-import shutil
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +73,20 @@ from .errors import (
     ModelUnloaded,
     VersionConflict,
 )
+from .store import Store, atomic_write, staged
 
 log = logging.getLogger("mlaas4hep.serve")
 MAX_VERSION = bundle_schema.MAX_VERSION
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: A version as written in a URL, a JSON field or a gRPC message: canonical decimal, no sign, no padding.
+VERSION_RE = re.compile(r"[1-9][0-9]{0,18}")
 #: Keys of ``serving.json`` (and of the ``serving`` object of ``bundle.json``).
 SERVING_KEYS = {"max_batch": int, "max_delay_ms": float, "timeout_s": float}
+#: Seconds an upload's smoke test may run before it is cut off and the upload refused.
+SMOKE_SECONDS = 10.0
+STATE = ".state.json"
+#: Seconds between rescans of a read-only directory (its publisher does not tell us of changes).
+READ_ONLY_RESCAN_S = 2.0
 
 
 def check_name(name: str) -> str:
@@ -81,40 +97,65 @@ def check_name(name: str) -> str:
 
 
 def parse_version(version: Any) -> int | None:
-    """``None``/``""``/``"latest"`` mean the latest version; otherwise an integer 1 <= v < 2**63."""
+    """``None``/``""``/``"latest"`` mean the latest version; otherwise an integer 1 <= v < 2**63.
+
+    A string must be the version's canonical decimal form (``"1"``, never
+    ``" 1"``, ``"+1"``, ``"01"`` or a full-width ``"１"``): one version has one
+    name, in a URL, a JSON body or a gRPC message alike.
+    """
     if version is None or version == "" or version == "latest":
         return None
-    msg = f"invalid model version {str(version)[:40]!r}: versions are integers from 1 to 2**63-1"
+    msg = (
+        f"invalid model version {str(version)[:40]!r}: versions are integers from 1 to 2**63-1, "
+        "written in decimal digits without sign, spaces or leading zeros"
+    )
     if isinstance(version, bool) or not isinstance(version, (int, str)):
         raise InvalidRequest(msg)
-    text = str(version).strip()
-    if not text.lstrip("+").isdigit() or len(text) > 20:
-        raise InvalidRequest(msg)
-    v = int(text)
+    if isinstance(version, str):
+        if not (version.isascii() and VERSION_RE.fullmatch(version)):
+            raise InvalidRequest(msg)
+        version = int(version)
+    v = int(version)
     if not 1 <= v <= MAX_VERSION:
         raise InvalidRequest(msg)
     return v
 
 
+def _is_version_dir(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
+
 class Repository:
-    """Bundles under ``root``, with at most ``max_loaded`` onnxruntime sessions in memory."""
+    """Bundles under ``root``, with at most ``max_loaded`` onnxruntime sessions in memory.
+
+    ``read_only`` (None: detected) serves the directory as it is and refuses
+    every change; ``smoke_seconds`` bounds the run of an upload on its example
+    rows. ``shared`` is accepted for compatibility: every repository watches
+    ``.generation`` (one ``stat`` per request), so the processes and replicas
+    that share a directory agree.
+    """
 
     def __init__(
         self,
         root: str | os.PathLike[str],
         max_loaded: int = 16,
         threads: int | None = None,
-        shared: bool = False,
+        shared: bool = True,
+        read_only: bool | None = None,
+        smoke_seconds: float = SMOKE_SECONDS,
     ):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        #: A directory holding one bundle itself (KServe's /mnt/models): served, read-only, as one model.
+        self.single = (self.root / "bundle.json").is_file()
+        self.store = Store(self.root, True if self.single else read_only)
+        self.read_only = self.store.read_only
+        if self.single:
+            self.store.why = "it holds one bundle, KServe's layout, served as it is"
         self.max_loaded = max(1, int(max_loaded))
         self.threads = threads
-        self.shared = shared  # other processes serve the same directory: check .generation per request
-        self._staging = self.root / ".staging"
-        self._staging.mkdir(exist_ok=True)
-        clean_staging(self._staging)  # leftovers of a crash
-        self._lock = threading.RLock()
+        self.shared = shared
+        self.smoke_seconds = float(smoke_seconds)
+        self._lock = threading.RLock()  # the in-memory caches below
         self._loaded: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._meta: dict[tuple[str, int], dict[str, Any]] = {}
@@ -125,47 +166,66 @@ class Repository:
         self._unloaded: set[str] = set()
         self._index: dict[str, list[int]] = {}
         self._stamps: dict[tuple[str, int], int] = {}
-        self._gen_file = self.root / ".generation"
-        self._gen_seen: tuple[int, int] | None = None
         self.generation = 0  # bumped on every change seen by this process
-        self.rescan()
+        self._scanned = 0.0  # when the directory was last scanned (time.monotonic)
+        if self.read_only:
+            self.rescan()
+            return
+        with self.store.write("repair the repository"):
+            removed = self.store.repair()  # leftovers of a crash: staging, tombstones, half-written files
+            if removed:
+                log.warning("repository %s: removed what an interrupted change left: %s", self.root, removed)
+            self.store.bump()  # whatever a crashed writer made visible, every process rescans once
+            self._scan()
 
     # ------------------------------------------------------------ inventory
     def rescan(self) -> None:
         """Re-read the directory (the in-memory index serves every request in between).
 
-        Every version directory's ``bundle.json`` is checked against the schema
-        (once per change of the file): a bad entry is never served, it is logged
-        and listed in :attr:`broken` with the reason, and the others are served.
+        The scan sees every change whole (each is one ``rename``, see
+        :mod:`.store`), and one that overlaps another process's change is
+        repeated at the next request. Every version directory's ``bundle.json`` is checked against the
+        schema (once per change of the file): a bad entry is never served, it
+        is logged and listed in :attr:`broken` with the reason, and the others
+        are served.
         """
-        self._gen_seen = self._gen_signature()
+        with self.store.read():
+            self._scan()
+
+    def _scan(self) -> None:
+        """:meth:`rescan`, inside a transaction of :attr:`store`."""
+        seen = self.store.signature()
         index: dict[str, list[int]] = {}
         stamps: dict[tuple[str, int], int] = {}
         metas: dict[tuple[str, int], dict[str, Any]] = {}
         broken: list[dict[str, Any]] = []
-        for d in sorted(self.root.iterdir()):
-            if not (d.is_dir() and NAME_RE.match(d.name)):
+        if self.single:
+            self._scan_single(index, stamps, metas, broken)
+        for name in [] if self.single else _listdir(self.root):
+            if not NAME_RE.match(name):
                 continue
             vs = []
-            for v in sorted(d.iterdir()):
-                if not (v.name.isascii() and v.name.isdigit()):
+            for vname in _listdir(self.root / name):
+                if not _is_version_dir(vname):
                     continue
-                reason = self._check_version_dir(d.name, v, metas)
+                vdir = self.root / name / vname
+                reason = self._check_version_dir(name, vdir, metas)
+                key = (name, int(vname))
                 if reason is None:
-                    key = (d.name, int(v.name))
+                    try:
+                        stamps[key] = vdir.stat().st_ino
+                    except OSError:  # removed meanwhile (by a process that does not lock)
+                        metas.pop(key, None)
+                        continue
                     vs.append(key[1])
-                    stamps[key] = v.stat().st_ino
                     continue
-                entry = {"name": d.name, "version": v.name, "error": reason}
+                entry = {"name": name, "version": vname, "error": reason}
                 broken.append(entry)
                 if entry not in self.broken:  # log each problem once, not at every rescan
-                    log.warning("skipping %s: %s", v, reason)
+                    log.warning("skipping %s/%s: %s", name, vname, reason)
             if vs:
-                index[d.name] = sorted(vs)
-        try:
-            unloaded = set(json.loads((self.root / ".state.json").read_text()).get("unloaded", []))
-        except (OSError, ValueError, AttributeError, TypeError):
-            unloaded = set()
+                index[name] = sorted(vs)
+        unloaded = self._read_state()
         with self._lock:
             self._index, self._unloaded = index, unloaded & set(index)
             self._meta = {k: m for k, m in metas.items() if k in stamps}
@@ -176,6 +236,28 @@ class Repository:
                 del self._loaded[key]
             self._stamps = stamps
             self.generation += 1
+        self.store.gen_seen = seen
+        self._scanned = time.monotonic()
+
+    def _scan_single(
+        self,
+        index: dict[str, list[int]],
+        stamps: dict[tuple[str, int], int],
+        metas: dict[tuple[str, int], dict[str, Any]],
+        broken: list[dict[str, Any]],
+    ) -> None:
+        """The one bundle of a KServe-style directory: named and versioned by its ``bundle.json``."""
+        try:
+            meta = bundle.read_meta(self.root, "bundle.json")
+            name = check_name(str(meta.get("name", "")))
+            v = meta.get("version", 1)
+            version = v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_VERSION else 1
+            stamps[(name, version)] = self.root.stat().st_ino
+        except (BundleError, InvalidRequest, OSError) as err:
+            broken.append({"name": self.root.name, "version": "1", "error": str(err)})
+            return
+        index[name] = [version]
+        metas[(name, version)] = meta
 
     def _check_version_dir(
         self, name: str, vdir: Path, metas: dict[tuple[str, int], dict[str, Any]]
@@ -195,45 +277,35 @@ class Repository:
             meta = cached[1]
         else:
             try:
-                meta = bundle.read_meta(vdir)
+                meta = bundle.read_meta(vdir, f"{name}/{vdir.name}")
             except BundleError as err:
                 return str(err)
             self._meta_sig[key] = (sig, meta)
         metas[key] = meta
         return None
 
-    def _gen_signature(self) -> tuple[int, int] | None:
+    def _read_state(self) -> set[str]:
+        """The unloaded models of ``.state.json`` (a missing or half-written file: none)."""
         try:
-            st = os.stat(self._gen_file)
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_mtime_ns
+            unloaded = json.loads((self.root / STATE).read_text()).get("unloaded", [])
+            return {u for u in unloaded if isinstance(u, str)}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return set()
+
+    def _write_state(self, unloaded: set[str]) -> None:
+        atomic_write(self.root / STATE, json.dumps({"unloaded": sorted(unloaded)}).encode())
 
     def sync(self) -> None:
-        """Rescan if another process changed the repository (one ``stat``; only when ``shared``)."""
-        if self.shared and self._gen_signature() != self._gen_seen:
-            self.rescan()
+        """Rescan if another process changed the repository (one ``stat`` of ``.generation``).
 
-    def _changed(self) -> None:
-        """Tell the other processes (and bump this one's generation).
-
-        The file's modification time is set explicitly and strictly increases:
-        file-system timestamps are coarse and inodes get reused, so two quick
-        changes could otherwise leave the same (inode, mtime) signature.
+        A read-only directory changes where it is published (a CVMFS release),
+        where nobody rewrites ``.generation``: it is rescanned every
+        :data:`READ_ONLY_RESCAN_S` seconds instead.
         """
-        old = self._gen_signature()
-        t = time.time_ns()
-        if old is not None and t <= old[1]:
-            t = old[1] + 1
-        tmp = self._gen_file.with_name(f".generation.{os.getpid()}.tmp")
-        tmp.write_bytes(uuid.uuid4().hex.encode())
-        os.utime(tmp, ns=(t, t))
-        os.replace(tmp, self._gen_file)
-        self._gen_seen = self._gen_signature()
-        self.generation += 1
-
-    def _save_state(self) -> None:
-        _atomic_write(self.root / ".state.json", json.dumps({"unloaded": sorted(self._unloaded)}).encode())
+        if self.store.changed_elsewhere() or (
+            self.read_only and not self.single and time.monotonic() - self._scanned > READ_ONLY_RESCAN_S
+        ):
+            self.rescan()
 
     def stamp(self, name: str, version: int) -> int:
         """Identity of a version's directory (changes when it is replaced)."""
@@ -253,8 +325,6 @@ class Repository:
         versions = self._index.get(name)
         if not versions:
             raise ModelNotFound(f"unknown model {name!r}")
-        if version is None:
-            return name, versions[-1]
         v = parse_version(version)
         if v is None:
             return name, versions[-1]
@@ -263,16 +333,20 @@ class Repository:
         return name, v
 
     def path(self, name: str, version: int) -> Path:
-        return self.root / name / str(version)
+        return self.root if self.single else self.root / name / str(version)
 
     def meta(self, name: str, version: int) -> dict[str, Any]:
         """``bundle.json`` of a version (cached)."""
         key = (name, version)
         m = self._meta.get(key)
         if m is None:
+            if version not in self._index.get(name, ()):  # deleted since it was resolved
+                raise ModelNotFound(f"model {name!r} has no version {version}")
             try:
-                m = bundle.read_meta(self.path(name, version))
+                m = bundle.read_meta(self.path(name, version), f"{name}/{version}")
             except BundleError as err:
+                if not self.path(name, version).is_dir():
+                    raise ModelNotFound(f"model {name!r} has no version {version}") from None
                 raise ModelBroken(f"model {name!r} version {version} is broken on disk: {err}") from None
             self._meta[key] = m
         return m
@@ -294,7 +368,7 @@ class Repository:
         """Per-model settings: ``bundle.json``'s ``serving``, overridden by ``DIR/{name}/serving.json``."""
         out = dict(self.meta(name, version).get("serving") or {})
         f = self.root / name / "serving.json"
-        if f.is_file():
+        if not self.single and f.is_file():
             try:
                 extra = json.loads(f.read_text())
                 if not isinstance(extra, dict):
@@ -307,6 +381,7 @@ class Repository:
 
     def set_serving(self, name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and store per-model settings in ``serving.json``."""
+        self.store.refuse(f"change the settings of model {name!r}")
         self.resolve(name)
         clean: dict[str, Any] = {}
         for k, v in settings.items():
@@ -318,8 +393,12 @@ class Repository:
         except BundleError as err:
             raise InvalidRequest(str(err).removeprefix("bundle.json ")) from None
         clean = {k: SERVING_KEYS[k](v) for k, v in clean.items()}
-        _atomic_write(self.root / name / "serving.json", json.dumps(clean).encode())
-        self._changed()
+        with self.store.write(f"change the settings of model {name!r}"):
+            self._scan()
+            self.resolve(name)  # still there
+            atomic_write(self.root / name / "serving.json", json.dumps(clean).encode())
+            self.store.bump()
+            self._scan()
         return clean
 
     # ------------------------------------------------------------ sessions
@@ -346,16 +425,21 @@ class Repository:
             with self._lock:
                 p = self._loaded.get(key)
             if p is None:
+                stamp = self.stamp(name, version)
                 try:
                     spec = self.spec(name, version)
-                    p = Predictor(self.path(name, version), self.threads, False, spec)
+                    p = Predictor(self.path(name, version), self.threads, False, spec, f"{name}/{version}")
                 except (BundleError, Mlaas4hepError) as err:
+                    if isinstance(err, ModelNotFound) or not self.path(name, version).is_dir():
+                        raise ModelNotFound(f"model {name!r} has no version {version}") from None
                     raise ModelBroken(f"model {name!r} version {version} does not load: {err}") from None
-                self._remember(key, p)
+                self._remember(key, p, stamp)
         return p
 
-    def _remember(self, key: tuple[str, int], p: Predictor) -> None:
+    def _remember(self, key: tuple[str, int], p: Predictor, stamp: int) -> None:
         with self._lock:
+            if self._stamps.get(key) != stamp:  # deleted or replaced while it loaded: do not keep it
+                return
             self._loaded[key] = p
             self._loaded.move_to_end(key)
             while len(self._loaded) > self.max_loaded:
@@ -367,36 +451,45 @@ class Repository:
 
     def load(self, name: str) -> None:
         """Mark a model ready and load its latest version."""
+        self.store.refuse(f"load model {name!r}")
         self.rescan()
-        name, v = self.resolve(name)
-        with self._lock:
-            if name in self._unloaded:
-                self._unloaded.discard(name)
-                self._save_state()
-                self._changed()
+        self.resolve(name)
+        with self.store.write(f"load model {name!r}"):
+            self._scan()
+            name, v = self.resolve(name)
+            unloaded = self._read_state()
+            if name in unloaded:
+                self._write_state(unloaded - {name})
+                self.store.bump()
+                self._scan()
         self.predictor(name, v)
 
     def unload(self, name: str) -> None:
         """Free a model's sessions; it refuses inference until loaded again."""
+        self.store.refuse(f"unload model {name!r}")
         self.resolve(name)
-        with self._lock:
-            self._unloaded.add(name)
-            for key in [k for k in self._loaded if k[0] == name]:
-                del self._loaded[key]
-            self._save_state()
-            self._changed()
+        with self.store.write(f"unload model {name!r}"):
+            self._scan()
+            self.resolve(name)
+            unloaded = self._read_state()
+            self._write_state(unloaded | {name})
+            self.store.bump()
+            self._scan()  # drops the sessions of an unloaded model
 
     def index(self) -> list[dict[str, Any]]:
         """The repository extension's index: every version with its state."""
+        self.sync()
+        with self._lock:  # one consistent snapshot
+            index, unloaded, broken = dict(self._index), set(self._unloaded), list(self.broken)
         out = []
-        for name in self.names():
-            for v in self.versions(name):
-                if name in self._unloaded:
+        for name in sorted(index):
+            for v in index[name]:
+                if name in unloaded:
                     state, reason = "UNAVAILABLE", "unloaded"
                 else:
                     state, reason = "READY", "" if self.is_loaded(name, v) else "loads on first request"
                 out.append({"name": name, "version": str(v), "state": state, "reason": reason})
-        for b in self.broken:  # on disk but not served: say why
+        for b in broken:  # on disk but not served: say why
             out.append(
                 {"name": b["name"], "version": b["version"], "state": "UNAVAILABLE", "reason": b["error"]}
             )
@@ -411,8 +504,11 @@ class Repository:
         ``name``/``version`` override those of ``bundle.json``. Without a
         version, the bundle's own is used if free, else the latest plus one.
         A TFaaS-style upload (``model.onnx`` + ``params.json`` + ``labels.txt``,
-        no ``bundle.json``) gets a ``bundle.json`` written for it.
+        no ``bundle.json``) gets a ``bundle.json`` written for it. The bundle is
+        loaded and run once on example rows (:meth:`Predictor.smoke_test
+        <mlaas4hep.bundle.Predictor.smoke_test>`) before it is installed.
         """
+        self.store.refuse("install a model")
         for fname in files:
             if (
                 "/" in fname
@@ -420,11 +516,11 @@ class Repository:
                 or fname in (".", "..")
                 or not fname.endswith(bundle.ALLOWED_SUFFIXES)
             ):
-                raise BundleInvalid(f"file {fname!r} may not be part of a bundle")
+                raise BundleInvalid(f"file {fname[:200]!r} may not be part of a bundle")
         if "model.onnx" not in files:
             raise BundleInvalid(f"the bundle has no model.onnx (files: {sorted(files)})")
         want = parse_version(version)
-        with staged(self._staging, "upload-") as stage:
+        with staged(self.store.staging, "upload-") as stage:
             return self._install_staged(stage, files, name, want)
 
     def _install_staged(
@@ -440,70 +536,87 @@ class Repository:
         name = check_name(name if name else str(meta.get("name", "")))
         meta["name"] = name
         (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
-        try:  # the slow part (onnxruntime builds the session), outside the lock
-            predictor = Predictor(stage, self.threads, False)
+        try:  # the slow part (onnxruntime builds the session and runs it once), outside the lock
+            predictor = Predictor(stage, self.threads, False, label="the upload")
+            predictor.smoke_test(self.smoke_seconds)
         except (BundleError, Mlaas4hepError) as err:
             raise BundleInvalid(f"invalid bundle: {err}") from None
-        with self._lock:
-            self.sync()
+        with self.store.write("install a model"):
+            self._scan()
             existing = self.versions(name)
+            taken = set(existing) | {
+                int(b["version"]) for b in self.broken if b["name"] == name and _is_version_dir(b["version"])
+            }
             if want is None:
                 mine = meta.get("version")
-                want = int(mine) if isinstance(mine, int) and mine >= 1 and mine not in existing else None
-                want = want or (existing[-1] + 1 if existing else 1)
+                if isinstance(mine, int) and not isinstance(mine, bool) and 1 <= mine <= MAX_VERSION:
+                    want = mine if mine not in taken else None
+                want = want or (max(taken) + 1 if taken else 1)
                 if want > MAX_VERSION:
                     raise VersionConflict(f"model {name!r} has no version number left: give one")
             elif want in existing:
                 raise VersionConflict(f"model {name!r} already has version {want}: delete it first")
+            target = self.path(name, want)
+            if target.exists():  # a broken version directory holds the number
+                raise VersionConflict(f"model {name!r} version {want} is taken by a broken directory")
             meta["version"] = want
             predictor.meta["version"] = predictor.spec.version = want
             (stage / "bundle.json").write_text(json.dumps(meta, indent=1))
-            target = self.path(name, want)
             target.parent.mkdir(exist_ok=True)
-            try:
-                os.rename(stage, target)  # atomic: the version appears whole or not at all
-            except OSError:  # another process installed the same version meanwhile
-                raise VersionConflict(f"model {name!r} version {want} was installed concurrently") from None
-            self._index[name] = sorted(existing + [want])
-            self._stamps[(name, want)] = target.stat().st_ino
-            predictor.path = target
-            self._meta[(name, want)] = predictor.meta  # what was written: parsed once, with the predictor
-            self._specs[(name, want)] = predictor.spec
-            if name in self._unloaded:
-                self._unloaded.discard(name)
-                self._save_state()
-            self._remember((name, want), predictor)
-            self._changed()
+            os.rename(stage, target)  # atomic: the version appears whole or not at all
+            unloaded = self._read_state()
+            if name in unloaded:
+                self._write_state(unloaded - {name})
+            self.store.bump()
+            self._scan()
+            predictor.path, predictor.label = target, f"{name}/{want}"
+            with self._lock:
+                key = (name, want)
+                self._meta[key] = predictor.meta  # what was written: parsed once, with the predictor
+                self._specs[key] = predictor.spec
+                self._remember(key, predictor, self.stamp(name, want))
         return name, want
 
     def delete(self, name: str, version: Any = None) -> list[int]:
-        """Remove one version, or every version when ``version`` is None; returns those removed."""
-        name, _ = self.resolve(name)
+        """Remove one version, or every version when ``version`` is None; returns those removed.
+
+        The version (or the model) is renamed to a tombstone in ``.staging``
+        within the transaction, so every process sees it gone at once and whole,
+        and its files are removed after.
+        """
+        self.store.refuse(f"delete model {name!r}")
         v = parse_version(version)
-        with staged(self._staging, "delete-") as trash, self._lock:
+        self.resolve(name, v)
+        with staged(self.store.staging, "delete-") as trash, self.store.write(f"delete model {name!r}"):
+            self._scan()
             versions = self.versions(name)
+            if not versions:
+                raise ModelNotFound(f"unknown model {name!r}")
             if v is not None and v not in versions:
                 raise ModelNotFound(f"model {name!r} has no version {v}")
-            gone = [v] if v is not None else versions
-            src = self.path(name, v) if v is not None else self.root / name
-            os.rename(src, trash / "x")  # disappears atomically, then removed at leisure
-            left = [x for x in versions if x not in gone]
-            if left:
-                self._index[name] = left
+            if v is None:
+                gone = versions
+                os.rename(self.root / name, trash / "model")
             else:
-                self._index.pop(name, None)
-            for g in gone:
-                self._loaded.pop((name, g), None)
-                self._meta.pop((name, g), None)
-                self._specs.pop((name, g), None)
-                self._stamps.pop((name, g), None)
-            if not self.versions(name):
-                if name in self._unloaded:
-                    self._unloaded.discard(name)
-                    self._save_state()
-                shutil.rmtree(self.root / name, ignore_errors=True)
-            self._changed()
+                gone = [v]
+                os.rename(self.path(name, v), trash / "version")
+                if not any(_is_version_dir(n) for n in _listdir(self.root / name)):
+                    os.rename(self.root / name, trash / "model")  # its last version: the model goes
+            if not (self.root / name).exists():
+                unloaded = self._read_state()
+                if name in unloaded:
+                    self._write_state(unloaded - {name})
+            self.store.bump()
+            self._scan()
         return gone
+
+
+def _listdir(path: Path) -> list[str]:
+    """Sorted entry names of ``path``; none when it is gone or not a directory."""
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -545,66 +658,3 @@ def _tfaas_bundle(stage: Path, name: str | None) -> None:
         features=[f"x{i}" for i in range(n)],
         description=str(params.get("description", "")),
     )
-
-
-@contextlib.contextmanager
-def staged(staging: Path, prefix: str) -> Iterator[Path]:
-    """A fresh directory ``staging/{prefix}{uuid}``, removed on exit.
-
-    While it exists, this process holds an exclusive :func:`fcntl.flock` on the
-    sibling file ``{name}.lock``. The kernel releases that lock when the process
-    dies, however it dies, so :func:`clean_staging` can tell a crashed upload
-    from a live one (of another worker) by trying the lock: process ids cannot
-    tell them apart in a container, where PID 1 is always alive.
-    """
-    while True:
-        work = staging / f"{prefix}{uuid.uuid4().hex}"
-        lock = work.with_name(work.name + ".lock")
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:  # a cleaner may have taken and removed the file before we locked it: then start again
-            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        work.mkdir()
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        lock.unlink(missing_ok=True)
-        os.close(fd)
-
-
-def clean_staging(staging: Path) -> None:
-    """Remove what crashed processes left in ``.staging``; keep the work of live ones (see :func:`staged`)."""
-    for lock in sorted(staging.glob("*.lock")):
-        try:
-            fd = os.open(lock, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its process is alive
-            os.close(fd)
-            continue
-        _remove(lock.with_name(lock.name[: -len(".lock")]))
-        lock.unlink(missing_ok=True)
-        os.close(fd)
-    for d in staging.iterdir():  # no lock beside it: a crash before locking, or an older server's leftover
-        if not d.name.endswith(".lock") and not d.with_name(d.name + ".lock").exists():
-            _remove(d)
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
-    else:
-        p.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
