@@ -453,7 +453,19 @@ def run_pa(pa: tuple[str, dict], protocol: str, url: str, conns: int, seconds: f
     When it does not reach a stable measurement (the machine is shared), the
     mean of its passes is taken and the latencies are left out.
     """
-    cmd = [pa[0], "-m", "mlp", "-u", url, "-i", protocol, "-b", "1", "--concurrency-range", str(conns)]
+    cmd = [
+        pa[0],
+        "-m",
+        os.environ.get("PA_MODEL", "mlp"),
+        "-u",
+        url,
+        "-i",
+        protocol,
+        "-b",
+        "1",
+        "--concurrency-range",
+        str(conns),
+    ]
     cmd += ["--measurement-interval", str(int(seconds * 1000)), "-s", "30", "-r", "6", "-v"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=pa[1], timeout=600).stdout
 

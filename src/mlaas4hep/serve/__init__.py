@@ -109,7 +109,7 @@ def _app(config: ServeConfig, worker: bool) -> Any:
     """
     from .app import create_app
 
-    app: Any = create_app(config=config, shared=True)
+    app: Any = create_app(config=config)
     if config.grpc_port is not None:
         from .grpc_server import with_grpc  # grpcio is only needed with a gRPC port
 

@@ -120,7 +120,6 @@ def create_app(
     repo_dir: str | os.PathLike[str] | None = None,
     token: str | None = None,
     config: ServeConfig | None = None,
-    shared: bool = False,
     **options: Any,
 ) -> FastPath:
     """Build the server app (an ASGI callable) over the repository in ``repo_dir``.
@@ -133,13 +132,20 @@ def create_app(
     (``create_app("models/", max_batch=64, data_dir=["/data"])``). ``token``
     (else the config's ``token_file``, else ``$MLAAS4HEP_TOKEN``) protects
     upload, delete, load and unload; ``private`` protects reads and inference
-    too. ``shared`` says that other processes serve the same ``repo_dir`` (workers).
+    too. Other processes (workers, replicas) may serve the same directory: the
+    repository sees their changes (see :mod:`.repository`).
     """
     if config is None:
         config = ServeConfig(repo=str(repo_dir or ""), **options).check()
     elif options or repo_dir is not None:
         config = config.replace(**options, **({"repo": str(repo_dir)} if repo_dir is not None else {}))
-    repo = Repository(config.repo, max_loaded=config.max_loaded, threads=config.threads, shared=shared)
+    repo = Repository(
+        config.repo,
+        max_loaded=config.max_loaded,
+        threads=config.threads,
+        read_only=True if config.read_only else None,  # None: detected
+        smoke_seconds=config.smoke_seconds,
+    )
     auth = Auth(
         load_token(token, config.token_file), private=config.private, allow_anonymous_admin=config.no_auth
     )

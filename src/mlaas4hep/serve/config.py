@@ -46,6 +46,9 @@ class ServeConfig:
     """Every option of the server (see the module docstring for where they come from)."""
 
     repo: str = _opt("", "model repository directory (created if missing)", metavar="DIR")
+    read_only: bool = _opt(
+        False, "serve the repository as it is and refuse changes (detected when it cannot be written)", bool
+    )
     host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for all)")
     port: int = _opt(8083, "HTTP port (8083 as TFaaS; Triton's is 8000)", int, "N")
     grpc_port: int | None = _opt(
@@ -67,6 +70,9 @@ class ServeConfig:
         None, "onnxruntime intra-op threads per session (default: all cores)", int, "N"
     )
     infer_threads: int = _opt(2, "onnxruntime calls running at once", int, "N")
+    smoke_seconds: float = _opt(
+        10.0, "an upload is run once on example rows, for at most this long", float, "S"
+    )
     infer_timeout: float = _opt(
         10.0,
         "seconds one onnxruntime call may run; then it is cut off and the model marked unhealthy",

@@ -21,9 +21,10 @@ protocol, status code or framework::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -197,34 +198,46 @@ class DataPlane:
         self.metrics.loaded = len(self.repo.loaded())
 
     # ------------------------------------------------------------ inference
-    async def infer(self, request: InferRequest, credentials: str | None = None) -> InferResult:
-        """Score ``request``: auth, model, readiness, input checks or preprocessing, the batcher, metrics."""
-        self.in_flight += 1  # the batcher waits for company only while other requests are being handled
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count a request as in flight from its arrival (before its body is read and decoded):
+        each model's batcher waits for company only while other requests are being handled."""
+        self.in_flight += 1
         try:
-            with self.metrics.observe() as obs:
-                info = self.spec(request.model, request.version, credentials)
-                obs.model, obs.version = info.name, str(info.version)
-                if not self.repo.is_ready(info.name):
-                    raise ModelUnloaded(
-                        f"model {info.name!r} is unloaded: load it through the repository API"
-                    )
-                self._check_healthy(info)
-                if request.outputs is not None:
-                    for out in request.outputs:
-                        if out != info.output_name:
-                            raise InvalidRequest(
-                                f"unknown output {out!r}; model {info.name!r} has [{info.output_name!r}]"
-                            )
-                inputs = await self.inputs(info, request.inputs)
-                pending, key = self.metrics.triton.pending, (info.name, str(info.version))
-                pending[key] = pending.get(key, 0) + 1
-                try:
-                    y = await self.batcher(info).infer(inputs)
-                finally:
-                    pending[key] -= 1
-                return InferResult(info, {info.output_name: y}, request.id)
+            yield
         finally:
             self.in_flight -= 1
+
+    async def infer(
+        self, request: InferRequest, credentials: str | None = None, spec: BundleSpec | None = None
+    ) -> InferResult:
+        """Score ``request``: auth, model, readiness, input checks or preprocessing, the batcher, metrics.
+
+        ``spec``: the model as :meth:`spec` resolved it for the same credentials (an adapter that
+        needed it to decode), so that it is not resolved twice.
+        """
+        with self.metrics.observe() as obs:
+            if spec is None or spec.name != request.model:
+                spec = self.spec(request.model, request.version, credentials)
+            info = spec
+            obs.model, obs.version = info.name, str(info.version)
+            if not self.repo.is_ready(info.name):
+                raise ModelUnloaded(f"model {info.name!r} is unloaded: load it through the repository API")
+            self._check_healthy(info)
+            if request.outputs is not None:
+                for out in request.outputs:
+                    if out != info.output_name:
+                        raise InvalidRequest(
+                            f"unknown output {out!r}; model {info.name!r} has [{info.output_name!r}]"
+                        )
+            inputs = await self.inputs(info, request.inputs)
+            pending, key = self.metrics.triton.pending, (info.name, str(info.version))
+            pending[key] = pending.get(key, 0) + 1
+            try:
+                y = await self.batcher(info).infer(inputs)
+            finally:
+                pending[key] -= 1
+            return InferResult(info, {info.output_name: y}, request.id)
 
     async def inputs(self, info: BundleSpec, tensors: dict[str, Any]) -> Inputs:
         """The model's checked input tensors from a request's named tensors.

@@ -79,7 +79,8 @@ class FastPath:
     ) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            reply = await handler(self.plane, Call(params, headers, receive))
+            with self.plane.admitted():  # counted from its arrival, for the batchers
+                reply = await handler(self.plane, Call(params, headers, receive))
         except ClientGone:  # nobody to answer
             self.plane.metrics.http_request(route, "POST", 499)
             return

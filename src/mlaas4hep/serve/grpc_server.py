@@ -221,8 +221,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Context) -> Any:
         # reading the metadata costs a few µs per call: only when the server checks it
         credentials = _credentials(context) if self.plane.auth.private else None
-        req, raw = decode_request(request)
-        return encode_result(await self.plane.infer(req, credentials), raw)
+        with self.plane.admitted():  # counted from its arrival, for the batchers
+            req, raw = decode_request(request)
+            return encode_result(await self.plane.infer(req, credentials), raw)
 
     # ------------------------------------------------------------ repository extension
     @_rpc

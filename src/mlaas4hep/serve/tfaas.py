@@ -165,7 +165,7 @@ async def predict_json(plane: DataPlane, call: Call) -> Reply:
     if not isinstance(values, list) or not values:
         raise InvalidRequest("'values' must be a non-empty list")
     inputs, single = _raw(info, keys, values) if _is_raw(info, keys) else _rows(info, keys, values)
-    result = await plane.infer(InferRequest(info.name, inputs, info.version), call.credentials)
+    result = await plane.infer(InferRequest(info.name, inputs, info.version), call.credentials, info)
     y = np.asarray(result.outputs[info.output_name])
     probs = np.concatenate([1.0 - y, y], axis=1) if (y.shape[1] == 1 and len(info.labels) == 2) else y
     if single and probs.shape[0] == 1:

@@ -89,7 +89,7 @@ async def infer(plane: DataPlane, call: Call) -> Reply:
     req, prefs = tensors.decode_request(
         body, hlen, info.name, info.version, ragged_ok=info.preprocessor is not None
     )
-    return infer_reply(await plane.infer(req, call.credentials), prefs)
+    return infer_reply(await plane.infer(req, call.credentials, info), prefs)
 
 
 # ----------------------------------------------------------------- repository extension
