@@ -171,8 +171,14 @@ class Client:
             if not isinstance(raw, Mapping) and getattr(raw, "fields", None):  # an awkward record array
                 raw = {f: raw[f] for f in raw.fields}
             inputs = []
-            for k, v in raw.items():  # type: ignore[union-attr]
-                v = v.tolist() if isinstance(v, np.ndarray) else v.to_list() if hasattr(v, "to_list") else list(v)
+            for k, v in raw.items():
+                v = (
+                    v.tolist()
+                    if isinstance(v, np.ndarray)
+                    else v.to_list()
+                    if hasattr(v, "to_list")
+                    else list(v)
+                )
                 inputs.append({"name": k, "datatype": "FP64", "shape": [len(v)], "data": v})
             r = self._request(
                 "POST",

@@ -69,7 +69,7 @@ def _words(line: str) -> list[str] | None:
         return None
     out = []
     for w in words[1:]:
-        if w in ENDS or w.startswith("#") or w.startswith(">") or w.startswith("|"):
+        if w in ENDS or w.startswith(("#", ">", "|")):
             break
         out.append(w)
     return out
@@ -106,7 +106,11 @@ def _number(word: str) -> bool:
 
 def _short_flags(parser: argparse.ArgumentParser, option: str) -> bool:
     """``-vv``: a repeated short flag."""
-    return len(option) > 2 and option[1] != "-" and all(f"-{c}" in parser._option_string_actions for c in option[1:])
+    return (
+        len(option) > 2
+        and option[1] != "-"
+        and all(f"-{c}" in parser._option_string_actions for c in option[1:])
+    )
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser] | None:

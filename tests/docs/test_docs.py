@@ -197,7 +197,7 @@ def test_the_option_check_finds_what_argparse_refuses(tmp_path):
             """)
     )
     found = commands(doc, "doc.md")
-    assert [w for _, w in found][0] == ["stream", "c.yaml", "--epochs", "2", "--scheduler", "tcp://x:8786"]
+    assert found[0][1] == ["stream", "c.yaml", "--epochs", "2", "--scheduler", "tcp://x:8786"]
     parser = build_parser()
     bad = {where: unknown_options(parser, words) for where, words in found}
     assert bad == {

@@ -78,8 +78,8 @@ def test_common_uses_the_branches_every_file_has(caplog):
         ds = Dataset.from_config(config(branches_policy="common"))
         x, y = ds.to_numpy()
     dy, dimuon = (uproot.open(f)["Events"] for f in (DY, DIMUON))
-    jets = [k for k in dy.keys() if k.startswith("Jet_") and k not in MC_ONLY]
-    assert [k for k in dimuon.keys() if k.startswith("Jet_")] == jets  # what both files have
+    jets = [b.name for b in dy.branches if b.name.startswith("Jet_") and b.name not in MC_ONLY]
+    assert [b.name for b in dimuon.branches if b.name.startswith("Jet_")] == jets  # what both files have
     assert ds.schema.jagged == jets and ds.schema.flat == ["MET_pt"]
     assert ds.report.dropped_branches == {name: [DIMUON] for name in MC_ONLY}
     assert ds.report.summary()["dropped_branches"] == MC_ONLY
@@ -136,12 +136,18 @@ def test_a_jagged_key_that_matches_nothing_is_an_error(tmp_path):
 
 
 def test_a_jagged_key_may_name_a_branch():
-    ds = Dataset.from_config(config(files=[{"path": DY, "label": 1}], branches=["Jet_pt", "Jet_eta"], jagged={"Jet_pt": 2, "Jet": 3}))
+    ds = Dataset.from_config(
+        config(
+            files=[{"path": DY, "label": 1}], branches=["Jet_pt", "Jet_eta"], jagged={"Jet_pt": 2, "Jet": 3}
+        )
+    )
     assert ds.n_features == 5
 
 
 def test_a_pattern_that_matches_nothing_counts_every_branch(tmp_path):
-    code, _, err = cli(tmp_path, "stream", config(files=[{"path": DY, "label": 1}], branches=["Jte_*", "MET_pt"]))
+    code, _, err = cli(
+        tmp_path, "stream", config(files=[{"path": DY, "label": 1}], branches=["Jte_*", "MET_pt"])
+    )
     assert code == 2
     assert err == (
         f"error: no branch matching 'Jte_*' in tree of file {DY!r}; 1,499 branches there; "

@@ -65,7 +65,7 @@ def cli(cwd, *args, timeout=180):
 
 
 def test_an_out_that_holds_a_run_is_refused_unless_overwrite(small):
-    code, out, err = cli(small, "train", "train.yaml", "-o", "first", "--threads", "1")
+    code, _, err = cli(small, "train", "train.yaml", "-o", "first", "--threads", "1")
     assert code == 0, err
     lines = err.splitlines()
     # one line per epoch by default (no -v), with the validation loss and AUC
@@ -74,14 +74,16 @@ def test_an_out_that_holds_a_run_is_refused_unless_overwrite(small):
         ("1", "cache"),
     ], err
     state = (small / "first" / "checkpoint" / "state.json").read_text()
-    code, out, err = cli(small, "train", "train.yaml", "-o", "first", "--threads", "1")
+    code, _, err = cli(small, "train", "train.yaml", "-o", "first", "--threads", "1")
     assert code == 2
     assert err == (
         "error: 'first' already holds a training run (bundle, checkpoint, metrics.json): give --overwrite "
         "to replace it, --resume to continue it, or another --out\n"
     )
     assert (small / "first" / "checkpoint" / "state.json").read_text() == state  # untouched
-    code, out, err = cli(small, "train", "train.yaml", "-o", "first", "--threads", "1", "--overwrite", "--epochs", "1")
+    code, _, err = cli(
+        small, "train", "train.yaml", "-o", "first", "--threads", "1", "--overwrite", "--epochs", "1"
+    )
     assert code == 0, err
     assert json.loads((small / "first" / "metrics.json").read_text())["epochs_trained"] == 1
 
@@ -138,7 +140,10 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_to_resume(small):
     code, _, err = cli(small, "train", "train.yaml", "-o", "stopped", "--resume", "--epochs", str(epoch + 2))
     assert code == 0, err
     assert [ln.split(":")[0] for ln in err.splitlines() if ln.startswith("epoch ")] == [f"epoch {epoch + 1}"]
-    assert err.splitlines()[0] == f"resuming from stopped/checkpoint: epochs {epoch + 1}-{epoch + 1} of {epoch + 2}"
+    assert (
+        err.splitlines()[0]
+        == f"resuming from stopped/checkpoint: epochs {epoch + 1}-{epoch + 1} of {epoch + 2}"
+    )
 
 
 def test_train_takes_the_dataset_options_of_the_docs(small):

@@ -9,7 +9,8 @@ The YAML file is one flat mapping, but its keys fall into two groups, kept as
 two objects:
 
 * :class:`PhysicsConfig` (``cfg.physics``): *what the model sees*: the files and
-  their labels, the tree, the branches, the selection, new variables, jagged
+  their labels, the tree, the branches (and ``branches_policy``, for files whose
+  branches differ), the selection, new variables, jagged
   lengths, normalisation, weights, and the order in which events arrive
   (``chunk_size``, ``shuffle``, ``shuffle_buffer``, ``seed``). Changing one of
   these may change a number in the result, so they key the specs and the

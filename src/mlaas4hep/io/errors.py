@@ -135,13 +135,13 @@ class SchemaDifferencesError(ConfigError):
             else:
                 other.append(f"{name} is {getattr(err, 'typename', '?')!r}")
         groups: dict[str, list[str]] = {}  # files with the same differences are named together
-        for file, (missing, other) in by_file.items():
-            what = ([f"no {', '.join(missing)}"] if missing else []) + other
-            groups.setdefault(" and ".join(what), []).append(file)
+        for file, (lacks, others) in by_file.items():
+            said = ([f"no {', '.join(lacks)}"] if lacks else []) + others
+            groups.setdefault(" and ".join(said), []).append(file)
         parts = []
-        for what, files in groups.items():
-            more = f" and {len(files) - 2} more" if len(files) > 2 else ""
-            parts.append(f"{', '.join(repr(f) for f in files[:2])}{more}: {what}")
+        for said_, urls in groups.items():
+            more = f" and {len(urls) - 2} more" if len(urls) > 2 else ""
+            parts.append(f"{', '.join(repr(f) for f in urls[:2])}{more}: {said_}")
         self.files = list(by_file)
         super().__init__(
             f"{len(by_file)} of {n_files} files differ from the dataset's schema"

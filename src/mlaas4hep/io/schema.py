@@ -257,7 +257,9 @@ def common(
     return kept, dropped
 
 
-def differences(url: str, types: dict[str, BranchType], ref: dict[str, BranchType], where: str = "") -> list[Mlaas4hepError]:
+def differences(
+    url: str, types: dict[str, BranchType], ref: dict[str, BranchType], where: str = ""
+) -> list[Mlaas4hepError]:
     """Every way the file at ``url`` (with ``types``) does not fit the reference ``ref``: one error each."""
     found: list[Mlaas4hepError] = []
     for name in ref:

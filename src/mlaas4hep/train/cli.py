@@ -63,7 +63,9 @@ def device_name(text: str) -> str:
     """argparse type: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
     if text in ("cpu", "cuda", "auto") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
-    raise argparse.ArgumentTypeError(f"{text!r} is not a device: give cpu, cuda, cuda:N (e.g. cuda:1) or auto")
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a device: give cpu, cuda, cuda:N (e.g. cuda:1) or auto"
+    )
 
 
 def _interrupted(err: TrainInterrupted, args, command: str) -> int:
@@ -198,7 +200,9 @@ def add_train_commands(subparsers: Any) -> None:
 def _setup(args) -> None:
     """The training's messages on standard error: one line per epoch (loss, validation loss and AUC,
     events/s), resuming, early stopping; only warnings with ``-q`` or ``--json``; ``-v`` adds the rest."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     log = logging.getLogger("mlaas4hep.train")
     level = logging.WARNING if args.quiet or args.json else logging.INFO
     log.setLevel(min(level, logging.getLogger().getEffectiveLevel()))
@@ -318,7 +322,8 @@ def run_workflow(args) -> int:
         return _failed(err, args)
     except TrainInterrupted as err:
         words = ["mlaas4hep workflow"] + [
-            f"--{k}={shlex.quote(str(getattr(args, k)))}" for k in ("files", "labels", "model", "params")
+            f"--{k}={shlex.quote(str(getattr(args, k)))}"
+            for k in ("files", "labels", "model", "params")
             if getattr(args, k) is not None
         ]
         return _interrupted(err, args, " ".join(words))

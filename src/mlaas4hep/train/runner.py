@@ -415,7 +415,11 @@ class Run:
         else:  # a finished run given more epochs goes on
             self.finished = False
             log.info(
-                "resuming from %s: epochs %d-%d of %d", self.ckpt_dir, start, self.cfg.epochs - 1, self.cfg.epochs
+                "resuming from %s: epochs %d-%d of %d",
+                self.ckpt_dir,
+                start,
+                self.cfg.epochs - 1,
+                self.cfg.epochs,
             )
         return start
 
@@ -643,7 +647,12 @@ class Run:
 
 def format_epoch(rec: dict[str, Any]) -> str:
     """``train loss 0.5123, val loss 0.4987, val AUC 0.8012, 52,311 events/s (cache)``: one epoch's line."""
-    names = {"train_loss": "train loss", "val_loss": "val loss", "val_auc": "val AUC", "val_accuracy": "val accuracy"}
+    names = {
+        "train_loss": "train loss",
+        "val_loss": "val loss",
+        "val_auc": "val AUC",
+        "val_accuracy": "val accuracy",
+    }
     parts = [f"{label} {rec[k]:.4f}" for k, label in names.items() if rec.get(k) is not None]
     if "events_per_s" in rec:
         parts.append(f"{rec['events_per_s']:,.0f} events/s ({rec.get('source', '')})")

@@ -37,7 +37,7 @@ import copy
 import dataclasses
 import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,7 @@ def call_optimizer(hook: Any, params: Any, learning_rate: float, path: str) -> A
     to ``**kwargs`` as ``learning_rate``); a hook with only ``params`` (files
     written before) still works, with a warning that it chose its own rate.
     """
+    sig: Mapping[str, inspect.Parameter]
     try:
         sig = inspect.signature(hook).parameters
     except (TypeError, ValueError):
