@@ -163,6 +163,7 @@ def cmd_specs(args) -> int:
                 "jagged": len(specs.jagged),
                 "seconds": round(dt, 3),
                 "skipped": [str(r) for r in ds.report],
+                **_dropped(ds),
             }
         )
         return 0
@@ -173,6 +174,12 @@ def cmd_specs(args) -> int:
     for r in ds.report:
         print(f"skipped: {r}", file=sys.stderr)
     return 0
+
+
+def _dropped(ds) -> dict[str, list[str]]:
+    """``branches_policy: common``: the branches left out, for the JSON output (nothing when none)."""
+    dropped = ds.report.dropped_branches
+    return {"dropped_branches": list(dropped)} if dropped else {}
 
 
 def cmd_stream(args) -> int:
@@ -215,6 +222,7 @@ def cmd_stream(args) -> int:
                 "features": ds.n_features,
                 "epochs": epochs,
                 "skipped": [str(r) for r in ds.report],
+                **_dropped(ds),
             }
         )
         return 0

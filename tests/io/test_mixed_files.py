@@ -6,6 +6,7 @@ that ``nano_dimuon.root`` (data) lacks, as NanoAOD versions differ in their
 a branch pattern is told at once.
 """
 
+import json
 import logging
 import subprocess
 import sys
@@ -101,6 +102,20 @@ def test_common_on_the_command_line_warns_once(tmp_path):
     assert code == 0, err
     assert out.splitlines()[0] == f"2 files, 80 events, {1 + 4 * 33} features, labels ['0', '1']"
     assert err.count("branches_policy: common: 3 selected branches left out") == 1
+
+
+def test_common_lists_the_dropped_branches_in_the_json_output(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(branches_policy="common")))
+    r = subprocess.run(
+        [sys.executable, "-m", "mlaas4hep.cli", "stream", "c.yaml", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["dropped_branches"] == MC_ONLY and out["epochs"][0]["events"] == 80
 
 
 def test_common_is_part_of_the_specs_key():
