@@ -10,6 +10,8 @@ import argparse
 import logging
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import Mlaas4hepError
@@ -197,21 +199,28 @@ def add_train_commands(subparsers: Any) -> None:
     w.set_defaults(func=run_workflow)
 
 
-def _setup(args) -> None:
-    """The training's messages on standard error: one line per epoch (loss, validation loss and AUC,
-    events/s), resuming, early stopping; only warnings with ``-q`` or ``--json``; ``-v`` adds the rest."""
+@contextmanager
+def _messages(args) -> Iterator[None]:
+    """The training's messages on standard error while the command runs: one line per epoch (loss,
+    validation loss and AUC, events/s), resuming, early stopping; only warnings with ``-q`` or
+    ``--json``; ``-v`` adds the rest. The logger is left as it was found afterwards."""
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     log = logging.getLogger("mlaas4hep.train")
+    before = log.level, log.propagate
     level = logging.WARNING if args.quiet or args.json else logging.INFO
     log.setLevel(min(level, logging.getLogger().getEffectiveLevel()))
-    for old in [h for h in log.handlers if isinstance(h.formatter, _TrainFormatter)]:
-        log.removeHandler(old)  # an earlier command of this process (its stderr may be gone)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_TrainFormatter())
     log.addHandler(handler)
     log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(before[0])
+        log.propagate = before[1]
 
 
 class _TrainFormatter(logging.Formatter):
@@ -271,23 +280,23 @@ def _report(result, as_json: bool = False) -> int:
 
 
 def run_train(args) -> int:
-    _setup(args)
     from .runner import train
 
     try:
-        result = train(
-            args.config,
-            args.out,
-            in_memory=args.in_memory,
-            device=args.device,
-            epochs=args.epochs,
-            resume=args.resume,
-            show_progress=False if args.no_progress else None,
-            overrides={"threads": args.threads} if args.threads is not None else None,
-            tracking=getattr(args, "tracking", None),
-            dataset_overrides={k: getattr(args, k) for k in ("workers", "executor", "scheduler")},
-            overwrite=args.overwrite,
-        )
+        with _messages(args):
+            result = train(
+                args.config,
+                args.out,
+                in_memory=args.in_memory,
+                device=args.device,
+                epochs=args.epochs,
+                resume=args.resume,
+                show_progress=False if args.no_progress else None,
+                overrides={"threads": args.threads} if args.threads is not None else None,
+                tracking=getattr(args, "tracking", None),
+                dataset_overrides={k: getattr(args, k) for k in ("workers", "executor", "scheduler")},
+                overwrite=args.overwrite,
+            )
     except Mlaas4hepError as err:
         return _failed(err, args)
     except TrainInterrupted as err:
@@ -296,28 +305,28 @@ def run_train(args) -> int:
 
 
 def run_workflow(args) -> int:
-    _setup(args)
     from .workflow import workflow
 
     try:
-        result = workflow(
-            args.files,
-            args.labels,
-            args.model,
-            args.params,
-            args.specs,
-            args.preproc,
-            args.fout,
-            in_memory=args.in_memory,
-            device=args.device,
-            resume=args.resume,
-            cache_dir=args.cache_dir,
-            show_progress=False if args.no_progress else None,
-            workers=args.workers,
-            executor=args.executor,
-            scheduler=args.scheduler,
-            overwrite=args.overwrite,
-        )
+        with _messages(args):
+            result = workflow(
+                args.files,
+                args.labels,
+                args.model,
+                args.params,
+                args.specs,
+                args.preproc,
+                args.fout,
+                in_memory=args.in_memory,
+                device=args.device,
+                resume=args.resume,
+                cache_dir=args.cache_dir,
+                show_progress=False if args.no_progress else None,
+                workers=args.workers,
+                executor=args.executor,
+                scheduler=args.scheduler,
+                overwrite=args.overwrite,
+            )
     except Mlaas4hepError as err:
         return _failed(err, args)
     except TrainInterrupted as err:
