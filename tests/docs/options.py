@@ -63,8 +63,10 @@ def _words(line: str) -> list[str] | None:
         words = words[1:]
     if words[:3] in (["python", "-m", "mlaas4hep.serve"], ["python3", "-m", "mlaas4hep.serve"]):
         words = ["mlaas4hep", "serve", *words[3:]]
-    if words[:3] in (["python", "-m", "mlaas4hep.cli"], ["python3", "-m", "mlaas4hep.cli"]):
-        words = ["mlaas4hep", *words[3:]]
+    for i in range(len(words) - 1):  # python -m mlaas4hep.cli ..., torchrun ... -m mlaas4hep.cli ...
+        if words[i : i + 2] == ["-m", "mlaas4hep.cli"]:
+            words = ["mlaas4hep", *words[i + 2 :]]
+            break
     if not words or words[0] != "mlaas4hep":
         return None
     out = []
