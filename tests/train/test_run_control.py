@@ -44,7 +44,7 @@ def small(tmp_path_factory):
         "jagged": {"Jet": 4},
         "chunk_size": 1000,
         "workers": 0,
-        "cache_dir": "cache",
+        "cache_dir": str(d / "cache"),
         "model": str(MODELS_DIR / "tth_mlp.py"),
         "training": {"epochs": 2, "batch_size": 256, "early_stopping": 0, "seed": 1, "plots": False},
     }
