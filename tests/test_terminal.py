@@ -6,6 +6,7 @@ pipe write no control characters at all.
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -70,6 +71,37 @@ def test_train_on_a_terminal(small, tmp_path):
     assert rc == 0, text
     assert bar_lines(text, "epoch 0"), text
     assert "val AUC" in text and (tmp_path / "run" / "bundle").is_dir()
+
+
+def test_train_bars_end_complete_and_each_epoch_prints_its_line(small, tmp_path):
+    """The bar's total is an estimate (events less those held out): it ends complete (N/N, green),
+    and each epoch's validation loss and AUC are printed without -v."""
+    pytest.importorskip("torch")
+    rc, text = on_pty(cli("train", "train.yaml", "-o", str(tmp_path / "run"), "--epochs", "2"), cwd=small)
+    assert rc == 0, text
+    for epoch in (0, 1):
+        done, total = re.search(r"(\d[\d,]*)/(\d[\d,]*)", bar_lines(text, f"epoch {epoch}")[-1]).groups()
+        assert done == total, text
+        line = [ln for ln in text.splitlines() if ln.startswith(f"epoch {epoch}: ")]
+        assert len(line) == 1 and re.match(
+            rf"epoch {epoch}: train loss [\d.]+, val loss [\d.]+, val AUC [\d.]+, val accuracy [\d.]+, "
+            rf"[\d,]+ events/s \((stream|cache)\)$",
+            line[0],
+        ), text
+
+
+def test_stream_says_when_an_epoch_comes_from_the_cache(small):
+    rc, text = on_pty(cli("stream", "dataset.yaml", "--epochs", "2"), cwd=small)
+    assert rc == 0, text
+    rc, again = on_pty(cli("stream", "dataset.yaml"), cwd=small)
+    assert rc == 0, again
+    (line,) = [ln for ln in again.splitlines() if ln.startswith("epoch 0: ")]
+    assert line.endswith(
+        "(label-1 fraction 0.500), read from the decoded cache, not the files (--no-cache decodes them)"
+    ), again
+    rc, fresh = on_pty(cli("stream", "dataset.yaml", "--no-cache"), cwd=small)
+    (line,) = [ln for ln in fresh.splitlines() if ln.startswith("epoch 0: ")]
+    assert line.endswith("(label-1 fraction 0.500)"), fresh
 
 
 def test_workflow_on_a_terminal(small, tmp_path):

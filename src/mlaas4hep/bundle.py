@@ -301,21 +301,39 @@ class Predictor:
                 f"{list(shape)}: one row per input row was expected"
             )
 
-    def transform(self, arrays: Mapping[str, Any]) -> np.ndarray:
+    def transform(self, arrays: Mapping[str, Any] | Any) -> np.ndarray:
         """Raw branch values (flat lists, and lists of lists for jagged ones) to flat feature rows."""
         pre = self.preprocessor
         if pre is None:
             raise BundleError(f"model {self.name!r} has no preprocessing: send feature vectors")
-        x, _, _ = pre.transform(self.spec.raw_arrays(arrays), apply_selection=False)
+        x, _, _ = pre.transform(self.spec.raw_arrays(self._fields(arrays)), apply_selection=False)
         return x
 
-    def tensors(self, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def tensors(self, arrays: Mapping[str, Any] | Any) -> dict[str, np.ndarray]:
         """Raw branch values to the model's named input tensors (through the object groups, if any)."""
-        return self.spec.preprocess(self.spec.raw_arrays(arrays))
+        return self.spec.preprocess(self.spec.raw_arrays(self._fields(arrays)))
 
-    def predict_raw(self, arrays: Mapping[str, Any]) -> np.ndarray:
-        """Probabilities for raw branch values: the bundle's preprocessing is applied."""
+    def predict_raw(self, arrays: Mapping[str, Any] | Any) -> np.ndarray:
+        """Probabilities for raw branch values: the bundle's preprocessing is applied.
+
+        ``arrays`` maps branch names to values (lists, numpy or awkward arrays),
+        or is an awkward record array such as ``tree.arrays(...)`` returns: its
+        fields that the model reads are used, the others ignored.
+        """
         return self.run(self.tensors(arrays))
+
+    def _fields(self, arrays: Mapping[str, Any] | Any) -> Mapping[str, Any]:
+        """An awkward record array as a mapping of the fields the preprocessing reads."""
+        if isinstance(arrays, Mapping):
+            return arrays
+        fields = getattr(arrays, "fields", None)
+        if not fields:
+            raise BundleError(
+                f"raw inputs must be a mapping of branch names to values or an awkward record array, "
+                f"got {type(arrays).__name__}"
+            )
+        wanted = set(self.spec.raw_inputs)
+        return {f: arrays[f] for f in fields if f in wanted}
 
     def predict_root(
         self,

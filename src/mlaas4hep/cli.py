@@ -163,6 +163,7 @@ def cmd_specs(args) -> int:
                 "jagged": len(specs.jagged),
                 "seconds": round(dt, 3),
                 "skipped": [str(r) for r in ds.report],
+                **_dropped(ds),
             }
         )
         return 0
@@ -173,6 +174,12 @@ def cmd_specs(args) -> int:
     for r in ds.report:
         print(f"skipped: {r}", file=sys.stderr)
     return 0
+
+
+def _dropped(ds) -> dict[str, list[str]]:
+    """``branches_policy: common``: the branches left out, for the JSON output (nothing when none)."""
+    dropped = ds.report.dropped_branches
+    return {"dropped_branches": list(dropped)} if dropped else {}
 
 
 def cmd_stream(args) -> int:
@@ -186,17 +193,27 @@ def cmd_stream(args) -> int:
     )
     epochs = []
     for epoch in range(args.epochs):
+        cache = ds.cache
+        cached = cache is not None and all(cache.has(u) for u in ds.units(epoch))
         t0, n, pos = time.perf_counter(), 0, 0
         for b in ds.batches(batch_size=args.batch_size, epoch=epoch):
             n += len(b.y)
             pos += int(np.sum(b.y == 1))
         dt = time.perf_counter() - t0
+        source = "cache" if cached else "stream"
         epochs.append(
-            {"epoch": epoch, "events": n, "seconds": round(dt, 3), "label1_fraction": pos / max(n, 1)}
+            {
+                "epoch": epoch,
+                "events": n,
+                "seconds": round(dt, 3),
+                "label1_fraction": pos / max(n, 1),
+                "source": source,
+            }
         )
         say(
             f"epoch {epoch}: {n:,} events in {dt:.2f}s = {format_rate(n / max(dt, 1e-9))} "
             f"(label-1 fraction {pos / max(n, 1):.3f})"
+            + (", read from the decoded cache, not the files (--no-cache decodes them)" if cached else "")
         )
     if args.json:
         print_json(
@@ -205,6 +222,7 @@ def cmd_stream(args) -> int:
                 "features": ds.n_features,
                 "epochs": epochs,
                 "skipped": [str(r) for r in ds.report],
+                **_dropped(ds),
             }
         )
         return 0

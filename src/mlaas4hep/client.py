@@ -10,7 +10,7 @@
     c.predict("tth", x)                                     # float32 (n, F) -> (n, K), binary tensors
     c.predict("jets", {"jets": j, "jets_mask": m, "event": e})  # a model of several named tensors
     c.predict("tth", raw={"MET_pt": [40.0], "Jet_pt": [[50.0, 30.0]], ...})  # raw branches
-    c.predict_root("tth", "root://host//store/f.root", entry_stop=1000)     # {"entry", "event", ..., "scores"}
+    c.predict_root("tth", "root://host//store/f.root", entry_stop=1000)     # {"entry", "event", ..., "score"}
     c.delete("tth")
 
 Feature rows travel as binary tensors of the Open Inference Protocol (no JSON
@@ -131,10 +131,11 @@ class Client:
         self,
         name: str,
         x: np.ndarray | Mapping[str, np.ndarray] | None = None,
-        raw: Mapping[str, Any] | None = None,
+        raw: Mapping[str, Any] | Any = None,
         version: int | None = None,
     ) -> np.ndarray:
-        """Probabilities ``(n, K)`` for feature rows ``x`` ``(n, F)``, or for raw branch values ``raw``.
+        """Probabilities ``(n, K)`` for feature rows ``x`` ``(n, F)``, or for raw branch values ``raw``
+        (a mapping of branch names to values, or an awkward record array such as ``tree.arrays([...])``).
 
         For a model that takes several tensors (object groups and their masks),
         ``x`` is a dict of them by name, e.g. ``{"jets": (n, 10, 5) float32,
@@ -167,9 +168,17 @@ class Client:
                 },
             )
         else:
+            if not isinstance(raw, Mapping) and getattr(raw, "fields", None):  # an awkward record array
+                raw = {f: raw[f] for f in raw.fields}
             inputs = []
-            for k, v in raw.items():  # type: ignore[union-attr]
-                v = v.tolist() if isinstance(v, np.ndarray) else list(v)
+            for k, v in raw.items():
+                v = (
+                    v.tolist()
+                    if isinstance(v, np.ndarray)
+                    else v.to_list()
+                    if hasattr(v, "to_list")
+                    else list(v)
+                )
                 inputs.append({"name": k, "datatype": "FP64", "shape": [len(v)], "data": v})
             r = self._request(
                 "POST",
@@ -194,14 +203,31 @@ class Client:
         entry_stop: int | None = None,
         version: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Scores of every entry of a ROOT file the *server* reads: ``entry``, ids, ``scores``."""
+        """Scores of every entry of a ROOT file the *server* reads, named as in its friend tree.
+
+        The keys are those of the friend tree that ``format: root`` (and
+        :meth:`predict_root_file`) writes: ``entry``, the ids the file has
+        (``run``, ``luminosityBlock``, ``event``), and ``score`` (one output)
+        or ``score_<label>`` per class; ``scores`` (``[n, K]``, the server's
+        tensor) is kept for code that reads it.
+        """
         body = {"url": url, "entry_start": entry_start, "format": "binary"}
         if tree:
             body["tree"] = tree
         if entry_stop is not None:
             body["entry_stop"] = entry_stop
         r = self._request("POST", _model_path(name, version) + "/predict_root", json=body)
-        return decode_outputs(r)
+        out = decode_outputs(r)
+        scores = out.pop("scores")
+        labels = self.labels(name, version) if scores.ndim == 2 and scores.shape[1] > 1 else []
+        return {**out, **friend_branches(scores, labels), "scores": scores}
+
+    def labels(self, name: str, version: int | None = None) -> list[str]:
+        """The class names of a model (label 0 first), or [] when the server does not list them."""
+        for m in self.models():
+            if m["name"] == name and (version is None or int(version) in m.get("versions", [])):
+                return [str(x) for x in m.get("label_names") or []]
+        return []
 
     def predict_root_file(self, name: str, url: str, out: str | os.PathLike, **kw: Any) -> Path:
         """Like :meth:`predict_root`, writing the server's friend-tree ROOT file to ``out``."""
@@ -223,6 +249,17 @@ class Client:
 
     def _output_name(self, name: str, version: int | None) -> str:
         return self._names(name, version)[1]
+
+
+def friend_branches(scores: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
+    """The score branches of ``predict_root``'s friend tree: ``score`` for one output, else
+    ``score_<label>`` per class (characters other than letters and digits become ``_``)."""
+    scores = np.asarray(scores).reshape(len(scores), -1)
+    if scores.shape[1] == 1:
+        return {"score": scores[:, 0]}
+    names = labels if len(labels) == scores.shape[1] else [f"class{i}" for i in range(scores.shape[1])]
+    safe = ["".join(c if c.isalnum() else "_" for c in str(n)) for n in names]
+    return {f"score_{n}": scores[:, i] for i, n in enumerate(safe)}
 
 
 def _model_path(name: str, version: int | None) -> str:

@@ -270,6 +270,7 @@ def _predict(cl: Any, a: argparse.Namespace) -> Any:
 
 
 def _predict_root(cl: Any, a: argparse.Namespace) -> Any:
+    """Scores per entry: the classes in label order (as in --csv, --json and the friend tree)."""
     if a.out:
         path = cl.predict_root_file(
             a.name, a.file, a.out, tree=a.tree, entry_start=a.start, entry_stop=a.stop, version=a.version
@@ -279,11 +280,11 @@ def _predict_root(cl: Any, a: argparse.Namespace) -> Any:
         print(f"wrote the scores of {a.file} to {path}")
         return None
     res = cl.predict_root(a.name, a.file, a.tree, a.start, a.stop, version=a.version)
+    if a.json:  # the friend tree's branches (entry, ids, score...), and "scores" as before
+        return res
     scores = res.pop("scores")
-    if a.json:
-        return {**res, "scores": scores}
+    cols = [k for k in res if k != "score" and not k.startswith("score_")]  # entry and the ids
     probs, labels = _class_probabilities(scores, _labels(cl, a.name, a.version))
-    cols = list(res)
     if a.csv:
         print(",".join(cols + labels))
         for i in range(len(probs)):
@@ -291,5 +292,5 @@ def _predict_root(cl: Any, a: argparse.Namespace) -> Any:
         return None
     for i in range(len(probs)):
         ids = "  ".join(f"{c} {res[c][i]}" for c in cols)
-        print(f"{ids}  {format_scores(labels, probs[i], likeliest_first=False)}")
+        print(f"{ids}  " + "  ".join(f"{name} {float(p):.4g}" for name, p in zip(labels, probs[i])))
     return None

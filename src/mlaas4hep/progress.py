@@ -9,6 +9,9 @@
             ...
             bar.advance(len(chunk))
 
+A bar that ends without an error ends complete: its total, when it was an
+estimate, becomes the count reached.
+
 A bar draws on standard error, and only when standard error is a terminal:
 piped or redirected output, log files and CI jobs (``$CI`` set, or
 ``TERM=dumb``) get no control characters at all. ``$MLAAS4HEP_PROGRESS=1``
@@ -107,3 +110,8 @@ def bar(
         except BaseException:
             p.remove_task(task)  # an error message follows: no half-drawn bar above it
             raise
+        done = next(t for t in p.tasks if t.id == task)
+        if done.total is None or done.completed < done.total:
+            # the total was an estimate (the events of an epoch less those held out for validation):
+            # the work is done, so the bar ends complete (green, 303/303), not red at 303/310
+            p.update(task, total=done.completed)

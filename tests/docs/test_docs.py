@@ -158,3 +158,64 @@ def test_a_server_block_runs_in_the_background_until_the_document_ends(tmp_path)
         logs = run.close()
     assert proc.poll() is not None, "the server outlived its document"
     assert "t.md:3" in logs[0]
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS)
+def test_every_documented_option_exists(doc):
+    """Every option of every `mlaas4hep` command a document shows (run or not) is one the parser has."""
+    from mlaas4hep.cli import build_parser
+
+    from .options import commands, unknown_options
+
+    parser = build_parser()
+    found = commands(ROOT / doc, doc)
+    bad = [f"{where}: {opt}" for where, words in found for opt in unknown_options(parser, words)]
+    assert not bad, "options the command line does not have:\n" + "\n".join(bad)
+
+
+def test_the_option_check_finds_what_argparse_refuses(tmp_path):
+    from mlaas4hep.cli import build_parser
+
+    from .options import commands, unknown_options
+
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        textwrap.dedent("""\
+            Run `mlaas4hep train c.yaml --shceduler tcp://x:8786` or:
+
+            <!-- doc-test: syntax-only (a cluster) -->
+            ```bash
+            MLAAS4HEP_PROGRESS=0 mlaas4hep stream c.yaml --epochs 2 \\
+                --scheduler tcp://x:8786 | tail -1
+            mlaas4hep -vv client --url http://h:8083 predict-root tth f.root --stop 5 --csv
+            mlaas4hep client predict tth --valeus 1,2
+            ```
+
+            ```
+            mlaas4hep train CONFIG [--out DIR] [--device cpu|cuda|auto] [--epoch N]
+            ```
+            """)
+    )
+    found = commands(doc, "doc.md")
+    assert found[0][1] == ["stream", "c.yaml", "--epochs", "2", "--scheduler", "tcp://x:8786"]
+    parser = build_parser()
+    bad = {where: unknown_options(parser, words) for where, words in found}
+    assert bad == {
+        "doc.md:4 (+1)": [],
+        "doc.md:4 (+2)": [],
+        "doc.md:4 (+3)": ["--valeus (mlaas4hep client predict)"],
+        "doc.md:11 (+1)": ["--epoch (mlaas4hep train)"],
+        "doc.md:1": ["--shceduler (mlaas4hep train)"],
+    }
+
+
+def test_the_readme_demo_transcript_has_the_demos_steps():
+    """The README shows what `mlaas4hep demo` prints: its steps, all of them, in order."""
+    from mlaas4hep.demo.run import STEPS
+
+    from .options import step_pattern, transcript_steps
+
+    shown = transcript_steps((ROOT / "README.md").read_text())
+    assert [(n, total) for n, total, _ in shown] == [(i, len(STEPS)) for i in range(1, len(STEPS) + 1)]
+    for (n, _, title), template in zip(shown, STEPS):
+        assert step_pattern(template).match(title), f"README step {n}: {title!r} is not {template!r}"

@@ -111,7 +111,7 @@ def test_stale_specs_are_recomputed(data_dir, tmp_path, caplog):
 def test_specs_for_another_configuration_are_not_reused(data_dir, tmp_path, caplog):
     path = tmp_path / "specs.json"
     _ = Dataset.from_config(sample_config(data_dir, None, specs=str(path))).specs
-    other = sample_config(data_dir, None, specs=str(path), branches=["MET_pt"])
+    other = sample_config(data_dir, None, specs=str(path), branches=["MET_pt"], jagged={})
     with caplog.at_level("WARNING"):
         s = Dataset.from_config(other).specs
     assert "configuration" in caplog.text

@@ -52,6 +52,28 @@ def test_unguarded_script_stops_at_once_with_a_short_message(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_a_script_on_standard_input_reads_with_workers(tmp_path):
+    """``python - < job.py``: workers start (nothing of the script is re-run), no traceback at exit."""
+    generate(tmp_path / "d", events=1000, files=1, seed=2, show_progress=False)
+    script = textwrap.dedent(f"""\
+        from mlaas4hep.io import Dataset
+
+        ds = Dataset.from_config({{
+            "files": [{{"path": "{tmp_path}/d/ttH_*.root", "label": 1}},
+                      {{"path": "{tmp_path}/d/ttbar_*.root", "label": 0}}],
+            "branches": ["MET_pt"], "workers": 2, "executor": "processes", "cache_dir": None,
+        }})
+        for epoch in range(2):
+            n = sum(len(b.y) for b in ds.batches(batch_size=256, epoch=epoch))
+            print("epoch", epoch, n)
+        """)
+    for argv in ([sys.executable, "-"], [sys.executable]):
+        r = subprocess.run(
+            argv, input=script, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120
+        )
+        assert (r.returncode, r.stdout, r.stderr) == (0, "epoch 0 2000\nepoch 1 2000\n", "")
+
+
 def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

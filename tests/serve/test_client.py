@@ -158,6 +158,46 @@ def test_predict_root_from_the_command_line(server, tth_bundle, capsys):
     assert "outside its data directories" in err and "token" not in err, err
 
 
+def test_predict_raw_takes_an_awkward_record_array(server, tth_bundle):
+    """``tree.arrays([...])`` as it comes: in process (extra fields ignored) and through the client."""
+    import uproot
+
+    from mlaas4hep import bundle
+
+    pred = bundle.load(tth_bundle.path)
+    with uproot.open(tth_bundle.data_dir / "ttH_0.root") as f:
+        records = f["Events"].arrays([*pred.preprocessor.inputs, "event"], entry_stop=50)
+    expected = tth_bundle.oracle.score_raw({k: v[:50] for k, v in tth_bundle.raw.items()})
+    np.testing.assert_allclose(pred.predict_raw(records), expected, atol=ATOL)
+    only = records[pred.preprocessor.inputs]
+    np.testing.assert_allclose(Client(server.url).predict("tth", raw=only), expected, atol=ATOL)
+
+
+def test_predict_root_orders_and_names_as_its_friend_tree(server, tth_bundle, capsys, tmp_path):
+    """The rows list the classes in the --csv header's order; --json has the friend tree's branches."""
+    import uproot
+
+    f = str(tth_bundle.data_dir / "ttH_0.root")
+    base = ["client", "--url", server.url, "predict-root", "tth", f, "--stop", "5"]
+    assert _cli([*base, "--csv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split(",")
+    assert header == ["entry", "run", "luminosityBlock", "event", "ttbar", "ttH"]
+    assert _cli(base) == 0
+    for line in capsys.readouterr().out.splitlines():
+        assert re.findall(r"\b(ttH|ttbar) [\d.e-]+", line) == header[-2:], line
+    assert _cli([*base, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert _cli([*base, "--out", str(tmp_path / "friend.root")]) == 0
+    capsys.readouterr()
+    friend = uproot.open(tmp_path / "friend.root")["scores"]
+    assert list(friend.keys()) == ["entry", "run", "luminosityBlock", "event", "score"]
+    assert list(got) == [*friend.keys(), "scores"]  # "scores", the old name, stays for its readers
+    np.testing.assert_allclose(got["score"], friend["score"].array(library="np"), rtol=1e-6)
+    assert got["scores"] == [[s] for s in got["score"]]
+    res = Client(server.url).predict_root("tth", f, entry_stop=5)
+    np.testing.assert_array_equal(res["score"], res["scores"][:, 0])
+
+
 def test_client_errors_are_one_line(tmp_path):
     """Server down, a typo in --values: one line each, exit 1 and 2, no traceback (unless --debug)."""
     url = f"http://127.0.0.1:{free_port()}"

@@ -97,6 +97,8 @@ def groups_config(make_config):
     """A train configuration with ``inputs:`` (jets as a set, event features), 5k events per file."""
 
     def make(model: str, **training) -> dict:
+        if "deepsets" in model:  # the rate tth_deepsets.py was tuned at
+            training.setdefault("learning_rate", 2e-3)
         cfg = make_config(model, nevts=5_000, **training)
         del cfg["branches"], cfg["jagged"]
         cfg["inputs"] = {

@@ -42,6 +42,7 @@ def objects_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "event": {"branches": list(EVENT_FEATURES)},
     }
     out["model"] = {"path": str(MODEL_FILE), "name": "tth-deepsets"}
+    out["training"] = {**out["training"], "learning_rate": 2e-3}  # the rate the network was tuned at
     return out
 
 

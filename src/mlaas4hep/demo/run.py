@@ -41,6 +41,22 @@ class DemoError(Mlaas4hepError):
     """A demo step failed; the message names the step and the fix."""
 
 
+#: The demo's steps, in order: each prints ``[n/N] TITLE ...`` (the README's transcript shows
+#: them, and its test checks it against this list). ``{files}``, ``{events}`` and ``{wp}`` are
+#: filled in; with ``--remote`` step 2 is :data:`REMOTE_STEP` instead.
+STEPS = [
+    "generating ttH(bb) and ttbar samples: 2 x {files} files x {events} events",
+    "reading local files (use --remote for root://)",
+    "specs pass, then training the ttH network streamed from ROOT",
+    "training the same network in memory (the traditional method)",
+    "cut-based selection: >= 4 jets with >= 3 b-tags (DeepFlavB > {wp})",
+    "object-level network (Deep Sets over the jets), streamed and in memory",
+    "serving the bundle over HTTP and querying it three ways",
+    "overtraining check, input variables, summary.json and report.html",
+]
+REMOTE_STEP = "starting a local XRootD server"
+
+
 @contextmanager
 def step(n: int, total: int, title: str, fix: str = "") -> Iterator[None]:
     print(f"[{n}/{total}] {title} ...", flush=True)
@@ -103,7 +119,7 @@ def run_demo(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    total = 8
+    total = len(STEPS)
     summary: dict[str, Any] = {
         "events_per_file": events,
         "files_per_class": files,
@@ -113,7 +129,7 @@ def run_demo(
     }
     servers = []
     try:
-        with step(1, total, f"generating ttH(bb) and ttbar samples: 2 x {files} files x {events:,} events"):
+        with step(1, total, STEPS[0].format(files=files, events=f"{events:,}")):
             if data.exists():
                 shutil.rmtree(data)
             generate(data, events=events, files=files, seed=2026, show_progress=show_progress)
@@ -124,7 +140,7 @@ def run_demo(
         with step(
             2,
             total,
-            "starting a local XRootD server" if remote else "reading local files (use --remote for root://)",
+            REMOTE_STEP if remote else STEPS[1],
             fix="install XRootD (Debian: apt-get install xrootd-server; EL9: dnf install xrootd-server), or run without --remote",
         ):
             if remote:
@@ -138,7 +154,7 @@ def run_demo(
         cfg = demo_config(file_list, out, epochs, workers)
         shutil.rmtree(out / "cache", ignore_errors=True)
 
-        with step(3, total, "specs pass, then training the ttH network streamed from ROOT"):
+        with step(3, total, STEPS[2]):
             ds = Dataset.from_config(
                 {k: v for k, v in cfg.items() if k not in ("model", "training")}, show_progress=show_progress
             )
@@ -147,22 +163,22 @@ def run_demo(
             summary["specs_seconds"] = time.perf_counter() - t0
             summary["events_per_s_specs"] = specs.nevents / max(summary["specs_seconds"], 1e-9)
             stream = train(cfg, out / "stream", show_progress=show_progress)
-        with step(4, total, "training the same network in memory (the traditional method)"):
+        with step(4, total, STEPS[3]):
             memory = train(cfg, out / "memory", in_memory=True, show_progress=show_progress)
-        with step(5, total, f"cut-based selection: >= 4 jets with >= 3 b-tags (DeepFlavB > {BTAG_WP})"):
+        with step(5, total, STEPS[4].format(wp=BTAG_WP)):
             cuts = cut_baseline(cfg, stream)
-        with step(6, total, "object-level network (Deep Sets over the jets), streamed and in memory"):
+        with step(6, total, STEPS[5]):
             obj_stream, obj_memory = objects.train_objects(cfg, out, show_progress)
             compared = objects.compare(obj_stream, obj_memory, stream, cuts)
         with step(
             7,
             total,
-            "serving the bundle over HTTP and querying it three ways",
+            STEPS[6],
             fix="check that port binding on 127.0.0.1 works and the 'serve' extra is installed",
         ):
             assert stream.bundle_path is not None  # training finished, not interrupted
             served = serve_and_query(stream.bundle_path, out, urls["ttH"][0])
-        with step(8, total, "overtraining check, input variables, summary.json and report.html"):
+        with step(8, total, STEPS[7]):
             phys = {
                 "ot_stream": physics.overtraining(stream),
                 "ot_memory": physics.overtraining(memory),

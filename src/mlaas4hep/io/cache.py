@@ -33,7 +33,17 @@ from .preprocess import Preprocessor
 from .specs import Specs
 
 #: Fields of the configuration that change what the specs pass computes.
-SPECS_FIELDS = ("tree", "branches", "exclude", "identifier", "new_variables", "inputs", "selection", "nevts")
+SPECS_FIELDS = (
+    "tree",
+    "branches",
+    "exclude",
+    "identifier",
+    "new_variables",
+    "inputs",
+    "selection",
+    "nevts",
+    "branches_policy",
+)
 #: Fields that change what a decoded chunk holds.
 CHUNK_FIELDS = SPECS_FIELDS + (
     "jagged",

@@ -16,6 +16,7 @@ file (:func:`add_new_variables`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,11 +24,14 @@ from . import schema as schema_mod
 from . import sources
 from .chunk import Unit
 from .config import DatasetConfig
-from .errors import Mlaas4hepError
+from .configfile import closest
+from .errors import BranchNotFoundError, Mlaas4hepError, SchemaDifferencesError
 from .expr import did_you_mean, parse
 from .passes import file_info
 from .preprocess import Preprocessor
 from .reader import get_tree
+
+log = logging.getLogger(__name__)
 
 #: How a skipped file is recorded: ``skip(url, unit, error)`` (no unit for a whole file).
 Skip = Callable[[str, Unit | None, Exception], None]
@@ -80,34 +84,93 @@ def check_group_branches(config: DatasetConfig, url: str, types: dict[str, Any])
 
 def reference_schema(
     config: DatasetConfig, infos: list[dict[str, Any]], skip: Skip
-) -> tuple[schema_mod.Schema | None, list[str]]:
+) -> tuple[schema_mod.Schema | None, list[str], dict[str, list[str]]]:
     """Find the reference schema, then check every file against it (see :mod:`.schema`).
 
-    Takes the branch types out of ``infos``; a file that does not fit raises,
-    or with ``on_error: skip`` is passed to ``skip`` and its entry in ``infos``
-    becomes a skipped one. Returns the selected schema and the files that
-    define it (None and [] when no file was described).
+    Takes the branch types out of ``infos``. With ``branches_policy: strict``
+    a file that does not fit raises (every difference of every file in one
+    :class:`~.errors.SchemaDifferencesError` when there are several), or with
+    ``on_error: skip`` is passed to ``skip`` and its entry in ``infos``
+    becomes a skipped one; with ``common`` the branches that not every file
+    has are left out of the selection. Returns the selected schema, the files
+    that define it (None and [] when no file was described) and the dropped
+    branches, each with the files that lack it.
     """
     c = config
     types = {i: f.pop("types") for i, f in enumerate(infos) if "types" in f}
+    counts = {i: f.pop("nbranches", None) for i, f in enumerate(infos)}
     if not types:
-        return None, []
+        return None, [], {}
     described = [(infos[i]["url"], t) for i, t in types.items()]
     check_group_branches(c, *described[0])
-    sch, ref, members = schema_mod.reference(
-        described, c.physics.feature_branches(), c.exclude, c.identifier, extra_names(c)
-    )
+    first = {infos[i]["url"]: counts[i] for i in types}
+    try:
+        sch, ref, members, dropped = schema_mod.reference(
+            described,
+            c.physics.feature_branches(),
+            c.exclude,
+            c.identifier,
+            extra_names(c),
+            policy=c.branches_policy,
+        )
+    except BranchNotFoundError as err:  # the count of all the file's branches, not of those described
+        if "branches there" not in str(err) or first.get(err.file) is None:
+            raise
+        raise BranchNotFoundError(
+            err.file, err.branch, schema_mod.not_there(err.branch, [], first[err.file])
+        ) from None
+    if dropped:
+        log.warning("%s", dropped_message(dropped, len(described)))
     where = f"as in {len(members)} of {len(described)} files, e.g. {members[0]!r}"
+    found: list[Mlaas4hepError] = []
     for i, t in types.items():
         url = infos[i]["url"]
-        try:
-            schema_mod.check(url, t, ref, where)
-        except Mlaas4hepError as err:
-            if c.on_error == "raise":
-                raise
-            skip(url, None, err)
-            infos[i] = {"url": url, "entries": 0, "skipped": True}
-    return sch, members
+        errors = schema_mod.differences(url, t, ref, where)
+        if not errors:
+            continue
+        if c.on_error == "raise":
+            found += errors
+            continue
+        skip(url, None, errors[0])
+        infos[i] = {"url": url, "entries": 0, "skipped": True}
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        raise SchemaDifferencesError(found, len(described), where)
+    return sch, members, dropped
+
+
+def dropped_message(dropped: dict[str, list[str]], n_files: int) -> str:
+    """``branches_policy: common: 3 branches left out, not in every file: Jet_a (1 of 2 files lack it) ...``"""
+    parts = [f"{name} ({len(files)} of {n_files} files lack it)" for name, files in dropped.items()]
+    return (
+        f"branches_policy: common: {len(dropped)} selected branches left out, "
+        f"as not every file has them: {', '.join(parts)}"
+    )
+
+
+def check_jagged_keys(config: DatasetConfig, sch: schema_mod.Schema) -> None:
+    """Every key of ``jagged:`` names a jagged branch of the selection, or its collection.
+
+    A key that does neither pads nothing: ``jagged: {Jets: 6}`` would leave
+    ``Jet_*`` at the specs' lengths, silently. It is a configuration error,
+    with the closest collection or branch.
+    """
+    c = config
+    collections = list(dict.fromkeys(schema_mod.collection(j) for j in sch.jagged))
+    known = [*collections, *sch.jagged]
+    for key in c.jagged:
+        if key in known:
+            continue
+        guess = closest(str(key), known)
+        hint = (
+            f" (did you mean {guess!r}?)"
+            if guess
+            else f"; the selection's jagged collections: {', '.join(collections) or 'none'}"
+        )
+        raise c.source.error(
+            f"jagged: {key!r} matches no jagged collection or branch of the selection{hint}", "jagged", key
+        )
 
 
 def add_new_variables(config: DatasetConfig, sch: schema_mod.Schema, url: str) -> None:

@@ -9,7 +9,8 @@ The YAML file is one flat mapping, but its keys fall into two groups, kept as
 two objects:
 
 * :class:`PhysicsConfig` (``cfg.physics``): *what the model sees*: the files and
-  their labels, the tree, the branches, the selection, new variables, jagged
+  their labels, the tree, the branches (and ``branches_policy``, for files whose
+  branches differ), the selection, new variables, jagged
   lengths, normalisation, weights, and the order in which events arrive
   (``chunk_size``, ``shuffle``, ``shuffle_buffer``, ``seed``). Changing one of
   these may change a number in the result, so they key the specs and the
@@ -76,8 +77,9 @@ KEYS_DOC = "the README, 'The dataset configuration'"
 #: Keys kept in :attr:`DatasetConfig.extra`: a specs file to reuse, and the training layer's sections
 #: (``tracking``: MLflow / TensorBoard, ``scan``: the search space of ``mlaas4hep scan``).
 EXTRA_KEYS = frozenset({"specs", "model", "training", "tracking", "scan"})
-#: Settings added after the cache keys were fixed: they enter :meth:`DatasetConfig.digest` only when set.
-LATER_KEYS = ("inputs",)
+#: Settings added after the cache keys were fixed, with their default: they enter
+#: :meth:`DatasetConfig.digest` only when set to something else.
+LATER_KEYS: dict[str, Any] = {"inputs": {}, "branches_policy": "strict"}
 #: Older spellings still accepted in YAML.
 ALIASES = {"exclude_branches": "exclude"}
 YAML_KEYS = PHYSICS_KEYS | RUNTIME_KEYS | EXTRA_KEYS
@@ -148,6 +150,7 @@ class DatasetConfig:
     files: _Setting[list[FileGroup]] = _Setting("physics")
     branches: _Setting[list[str]] = _Setting("physics")
     exclude: _Setting[list[str]] = _Setting("physics")
+    branches_policy: _Setting[str] = _Setting("physics")
     identifier: _Setting[list[str]] = _Setting("physics")
     jagged: _Setting[dict[str, int]] = _Setting("physics")
     pad_value: _Setting[float] = _Setting("physics")
@@ -324,8 +327,8 @@ class DatasetConfig:
         d = self.to_dict()
         if keys:
             d = {k: d[k] for k in keys}
-        for k in LATER_KEYS:  # unset, they leave the keys of existing caches as they were
-            if not d.get(k):
+        for k, default in LATER_KEYS.items():  # unset, they leave the keys of existing caches as they were
+            if not d.get(k) or d.get(k) == default:
                 d.pop(k, None)
         if d.get("inputs"):  # only what changes x: the groups' branches and lengths (sorting is per batch)
             d["inputs"] = sorted({(b, g["length"] or 0) for g in d["inputs"].values() for b in g["branches"]})

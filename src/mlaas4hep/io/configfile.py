@@ -78,11 +78,26 @@ def load_yaml(path: str | os.PathLike[str]) -> tuple[Any, ConfigSource]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"configuration file {name!r} is not valid YAML: {err}") from None
+        raise ConfigError(yaml_error(name, err)) from None
     source = ConfigSource(name)
     if node is not None:
         _record(node, (), source)
     return data, source
+
+
+def yaml_error(name: str, err: yaml.YAMLError) -> str:
+    """One line for invalid YAML: ``FILE, line 4, column 9: not valid YAML: mapping values are not allowed here``.
+
+    PyYAML's own message spreads the problem, its context and their places
+    over several lines; the place of the problem comes first here.
+    """
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    where = f"{name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else name
+    ctx = getattr(err, "context_mark", None)
+    also = f" ({context}, line {ctx.line + 1})" if context and ctx is not None and mark is not None else ""
+    return f"{where}: not valid YAML: {problem}{also}"
 
 
 def _record(node: yaml.Node, path: KeyPath, source: ConfigSource) -> None:

@@ -180,7 +180,9 @@ class Dataset:
             info if info is not None else {"url": url, "entries": 0, "skipped": True}
             for url, info in self._map(fn, self.urls)
         ]
-        self._selected, self.reference_files = catalog.reference_schema(c, infos, self._skip)
+        self._selected, self.reference_files, self.report.dropped_branches = catalog.reference_schema(
+            c, infos, self._skip
+        )
         return infos
 
     @cached_property
@@ -193,6 +195,7 @@ class Dataset:
         sch = schema_mod.Schema(list(self._selected.flat), list(self._selected.jagged))
         if c.new_variables:
             catalog.add_new_variables(c, sch, self.reference_files[0])
+        catalog.check_jagged_keys(c, sch)
         try:
             check_kinds(c.inputs, sch.flat, sch.jagged)
         except GroupError as err:

@@ -115,6 +115,44 @@ class SchemaMismatchError(Mlaas4hepError, TypeError):
         )
 
 
+class SchemaDifferencesError(ConfigError):
+    """The dataset's files differ in more than one selected branch (``branches_policy: strict``).
+
+    Every difference of every file is in the one message, grouped by what the
+    files lack, so one run shows them all. ``errors`` holds one error per
+    difference (:class:`BranchNotFoundError`, :class:`UnsupportedBranchError`
+    or :class:`SchemaMismatchError`).
+    """
+
+    def __init__(self, errors: list[Mlaas4hepError], n_files: int, reference: str = ""):
+        self.errors = errors
+        by_file: dict[str, tuple[list[str], list[str]]] = {}
+        for err in errors:
+            missing, other = by_file.setdefault(getattr(err, "file", "?"), ([], []))
+            name = getattr(err, "branch", "?")
+            if isinstance(err, BranchNotFoundError):
+                missing.append(name)
+            else:
+                other.append(f"{name} is {getattr(err, 'typename', '?')!r}")
+        groups: dict[str, list[str]] = {}  # files with the same differences are named together
+        for file, (lacks, others) in by_file.items():
+            said = ([f"no {', '.join(lacks)}"] if lacks else []) + others
+            groups.setdefault(" and ".join(said), []).append(file)
+        parts = []
+        for said_, urls in groups.items():
+            more = f" and {len(urls) - 2} more" if len(urls) > 2 else ""
+            parts.append(f"{', '.join(repr(f) for f in urls[:2])}{more}: {said_}")
+        self.files = list(by_file)
+        super().__init__(
+            f"{len(by_file)} of {n_files} files differ from the dataset's schema"
+            + (f" ({reference})" if reference else "")
+            + " in "
+            + f"{len(errors)} branches: "
+            + "; ".join(parts)
+            + "\nset 'branches_policy: common' to use the branches every file has, or exclude these"
+        )
+
+
 def _kind(typename: str) -> str:
     return "jagged" if typename.endswith("[]") else "flat"
 

@@ -10,7 +10,8 @@ Worker processes need no ceremony from the caller:
 * a script that starts workers without ``if __name__ == "__main__":`` (each
   worker re-runs the script's top level while it starts) stops at once with a
   short message saying to add the guard or set ``workers: 0``, instead of a
-  hundred lines of tracebacks from every worker;
+  hundred lines of tracebacks from every worker; a script read from standard
+  input (``python - < job.py``) needs no guard: nothing is re-run;
 * workers exit when their parent dies, even by ``kill -9``: they watch the
   parent's pipe from a thread, and on Linux the kernel also sends them SIGTERM
   (``PR_SET_PDEATHSIG``) when the process that forked them goes;
@@ -112,6 +113,7 @@ def _launch(workers: int) -> ProcessPoolExecutor:
     pool = _POOLS.get(workers)
     if pool is None or getattr(pool, "_broken", False):  # e.g. its workers were interrupted
         _refuse_unguarded_main()
+        _forget_unreadable_main()
         ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
         if os.name == "posix":
             # the fork server imports uproot and awkward once (about a second of CPU); each
@@ -227,6 +229,20 @@ def _refuse_unguarded_main() -> None:
         ):
             return
     raise SystemExit(UNGUARDED_MESSAGE)
+
+
+def _forget_unreadable_main() -> None:
+    """A script read from standard input (``python - < job.py``): let workers start as under ``python -c``.
+
+    Its ``__main__.__file__`` is ``'<stdin>'``, which every new worker would try
+    to run as a file, dying with ``FileNotFoundError`` (the pool then broke with
+    ``BrokenProcessPool``). Workers need nothing of the script, so the name of a
+    file that does not exist is dropped from ``__main__``, as under ``python -c``.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and path.startswith("<") and path.endswith(">") and not os.path.exists(path):
+        del main.__file__  # type: ignore[union-attr]
 
 
 def _is_main_guard(test: ast.expr) -> bool:

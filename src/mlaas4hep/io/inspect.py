@@ -110,6 +110,8 @@ def suggest_branches(url: str, name: str) -> str:
         for k, c in f.classnames(recursive=True).items():
             if c == "TTree":
                 keys += f[k].keys(recursive=True)
+        if "*" in name:  # a wildcard: the collections' patterns (Jte_* -> Jet_*)
+            keys = [f"{k.split('_', 1)[0]}_*" for k in keys if "_" in k]
         return did_you_mean(name, dict.fromkeys(keys))
     except Exception:
         return ""

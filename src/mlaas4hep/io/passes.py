@@ -18,6 +18,7 @@ from typing import Any
 from . import firstuse, schema, sources
 from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
 from .errors import Mlaas4hepError
+from .formats import EventsView
 from .preprocess import Preprocessor
 from .reader import UnitReader, get_tree
 from .specs import Stats, chunk_stats
@@ -28,7 +29,8 @@ def file_info(url: str, tree: str, timeout: float = 30.0, patterns: Sequence[str
 
     ``types`` maps each branch matching ``patterns`` to its kind and type name
     (:func:`mlaas4hep.io.schema.describe`): what the per-file schema check
-    needs, read from the file's metadata, not its data.
+    needs, read from the file's metadata, not its data; ``nbranches`` counts
+    all the tree's branches (for the message of a pattern that matches none).
     """
     t = get_tree(url, tree, timeout)
     fp = sources.fingerprint(url, t, timeout)
@@ -37,6 +39,7 @@ def file_info(url: str, tree: str, timeout: float = 30.0, patterns: Sequence[str
         fp["boundaries"] = list(t.boundaries)
     if patterns:
         fp["types"] = schema.describe(t, list(patterns))
+        fp["nbranches"] = len(t.keys()) if isinstance(t, EventsView) else len(schema.leaves(t))
     return fp
 
 

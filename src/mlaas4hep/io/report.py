@@ -41,6 +41,8 @@ class Report(list[dict[str, Any]]):
         self.retry_wait = 0.0
         self.retried: list[dict[str, Any]] = []
         self._seen: set[tuple[str, tuple[int, ...]]] = set()
+        #: ``branches_policy: common``: each selected branch left out, with the files that lack it.
+        self.dropped_branches: dict[str, list[str]] = {}
 
     def add_skip(self, entry: dict[str, Any]) -> bool:
         """List a skipped file or range, once however many passes and epochs meet it; True if new."""
@@ -61,9 +63,12 @@ class Report(list[dict[str, Any]]):
         self.retried = (self.retried + list(events))[-self.MAX_RETRIED :]
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "skipped": len(self),
             "retries": self.retries,
             "retry_wait_s": round(self.retry_wait, 3),
             "files_retried": sorted({e["file"] for e in self.retried}),
         }
+        if self.dropped_branches:
+            out["dropped_branches"] = list(self.dropped_branches)
+        return out

@@ -26,6 +26,14 @@ read), against one *reference schema* before anything is read from it:
   into a skipped file. Branches that only some files have, beyond the
   reference's, are ignored; numeric types may differ (``float`` in one file,
   ``double`` in another): all become float32.
+
+Files of several NanoAOD versions differ in dozens of branches of one
+collection. ``branches_policy`` says what to do (:data:`POLICIES`):
+
+* ``strict`` (the default): every difference of every file is listed in one
+  error (:func:`differences` per file), not one branch per run;
+* ``common``: the selection keeps the branches that every file has, of the
+  same kind (:func:`common`); the others are dropped, and listed once.
 """
 
 from __future__ import annotations
@@ -37,7 +45,10 @@ from typing import Any
 
 import uproot
 
-from .errors import BranchNotFoundError, SchemaMismatchError, UnsupportedBranchError
+from .errors import BranchNotFoundError, Mlaas4hepError, SchemaMismatchError, UnsupportedBranchError
+
+#: The values of ``branches_policy``: what to do when the files' branches differ.
+POLICIES = ("strict", "common")
 
 
 @dataclass
@@ -155,14 +166,17 @@ def reference(
     exclude: Sequence[str] = (),
     identifier: Sequence[str] = (),
     extra: Sequence[str] = (),
-) -> tuple[Schema, dict[str, BranchType], list[str]]:
+    policy: str = "strict",
+) -> tuple[Schema, dict[str, BranchType], list[str], dict[str, list[str]]]:
     """The dataset's reference schema, from the described ``(url, types)`` of its files.
 
     Returns the selected branches (a :class:`Schema`), the reference type of
-    every branch to check (the selection and ``extra``), and the files that
-    have exactly the reference's kinds. A pattern that matches nothing, an
-    ``extra`` branch that is missing, or an unsupported branch *in the
-    reference* is a problem of the configuration, not of a file: it raises.
+    every branch to check (the selection and ``extra``), the files that
+    have exactly the reference's kinds, and the branches dropped by ``policy``
+    ``"common"`` (each with the files that lack it; ``{}`` when strict). A
+    pattern that matches nothing, an ``extra`` branch that is missing, or an
+    unsupported branch *in the reference* is a problem of the configuration,
+    not of a file: it raises.
     """
     groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
     for i, (_, types) in enumerate(files):
@@ -182,16 +196,18 @@ def reference(
     keys = list(types)
     for pattern in branches:
         if not match(keys, [pattern]):
-            close = fnmatch.filter(keys, f"*{pattern.strip('*')}*")[:5]
-            raise BranchNotFoundError(
-                url, pattern, f"similar: {close}" if close else f"{len(keys)} branches there"
-            )
+            raise BranchNotFoundError(url, pattern, not_there(pattern, keys))
     for name in extra:
         if name not in types:
             raise BranchNotFoundError(url, name, "it is used in an expression")
     ref = {n: types[n] for n, _ in sig}
+    chosen = _chosen(types, branches, exclude, identifier)
+    dropped: dict[str, list[str]] = {}
+    if policy == "common":
+        chosen, dropped = common(files, types, branches, exclude, identifier)
+        ref = {n: t for n, t in ref.items() if n not in dropped or n in extra}
     schema = Schema()
-    for name in _chosen(types, branches, exclude, identifier):
+    for name in chosen:
         kind, typename = types[name]
         if kind is None:
             raise UnsupportedBranchError(url, name, typename)
@@ -199,7 +215,59 @@ def reference(
     for name in extra:
         if types[name][0] is None:
             raise UnsupportedBranchError(url, name, types[name][1])
-    return schema, ref, [files[i][0] for i in members]
+    return schema, ref, [files[i][0] for i in members], dropped
+
+
+def not_there(pattern: str, names: Sequence[str], n_branches: int | None = None) -> str:
+    """The hint for a pattern that matches no branch: similar names, else how many branches there are.
+
+    ``names`` are the branches described (those matching the selection's
+    patterns), ``n_branches`` the tree's number of branches when known.
+    """
+    close = fnmatch.filter(list(names), f"*{pattern.strip('*')}*")[:5]
+    if close:
+        return f"similar: {close}"
+    n = len(names) if n_branches is None else n_branches
+    return f"{n:,} branches there"
+
+
+def common(
+    files: list[tuple[str, dict[str, BranchType]]],
+    ref: dict[str, BranchType],
+    branches: Sequence[str],
+    exclude: Sequence[str] = (),
+    identifier: Sequence[str] = (),
+) -> tuple[list[str], dict[str, list[str]]]:
+    """``branches_policy: common``: the selected branches that every file has.
+
+    ``ref`` is the reference file's types. A branch stays when every file
+    selects it, as numbers, of the reference's kind (flat or jagged). Returns
+    the branches kept (in the reference's order) and the dropped ones, in the
+    order met, each with the files that lack it or hold it otherwise.
+    """
+    chosen = {url: set(_chosen(types, branches, exclude, identifier)) for url, types in files}
+    union = list(dict.fromkeys(n for url, types in files for n in types if n in chosen[url]))
+    dropped: dict[str, list[str]] = {}
+    for n in union:
+        kind = ref[n][0] if n in ref else None  # not in the reference: the reference lacks it
+        lacking = [url for url, types in files if n not in chosen[url] or types[n][0] != kind]
+        if lacking:
+            dropped[n] = lacking
+    kept = [n for n in _chosen(ref, branches, exclude, identifier) if n not in dropped]
+    return kept, dropped
+
+
+def differences(
+    url: str, types: dict[str, BranchType], ref: dict[str, BranchType], where: str = ""
+) -> list[Mlaas4hepError]:
+    """Every way the file at ``url`` (with ``types``) does not fit the reference ``ref``: one error each."""
+    found: list[Mlaas4hepError] = []
+    for name in ref:
+        try:
+            check(url, types, {name: ref[name]}, where)
+        except Mlaas4hepError as err:
+            found.append(err)
+    return found
 
 
 def check(url: str, types: dict[str, BranchType], ref: dict[str, BranchType], where: str = "") -> None:

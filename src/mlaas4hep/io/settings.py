@@ -27,6 +27,7 @@ from typing import Any
 from .configfile import unknown_key
 from .errors import GroupError, InvalidSetting
 from .groups import InputGroup, parse_inputs
+from .schema import POLICIES
 
 DEFAULT_REDIRECTOR = "root://cms-xrd-global.cern.ch"
 
@@ -51,6 +52,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "jagged": (
         lambda v: isinstance(v, dict) and all(_integer(n) and n >= 0 for n in v.values()),
         "map collection names to lengths >= 0",
+    ),
+    "branches_policy": (
+        lambda v: v in POLICIES,
+        "be strict (every file has every selected branch) or common (the branches all files share)",
     ),
     "pad_value": (_number, "be a number"),
     "normalize": (lambda v: v in ("minmax", "standard", "none"), "be minmax, standard or none"),
@@ -120,6 +125,7 @@ class PhysicsConfig:
     files: list[FileGroup] = field(default_factory=list)
     branches: list[str] = field(default_factory=lambda: ["*"])
     exclude: list[str] = field(default_factory=list)
+    branches_policy: str = "strict"
     identifier: list[str] = field(default_factory=lambda: ["run", "luminosityBlock", "event"])
     jagged: dict[str, int] = field(default_factory=dict)
     pad_value: float = 0.0

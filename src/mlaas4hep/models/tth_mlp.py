@@ -23,5 +23,5 @@ def model(idim):
     )
 
 
-def optimizer(params):
-    return torch.optim.Adam(params, lr=1e-3)
+def optimizer(params, learning_rate):  # training.learning_rate
+    return torch.optim.Adam(params, lr=learning_rate)

@@ -63,5 +63,5 @@ def model(input_shapes):
     return SetTransformer(input_shapes)
 
 
-def optimizer(params):
-    return torch.optim.Adam(params, lr=1e-3)
+def optimizer(params, learning_rate):  # training.learning_rate
+    return torch.optim.Adam(params, lr=learning_rate)

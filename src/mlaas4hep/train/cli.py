@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import Mlaas4hepError
-from ..terminal import error_message, exit_status, positive_int, print_json
+from ..terminal import EXIT_INTERRUPTED, count, error_message, exit_status, positive_int, print_json
+from .errors import TrainInterrupted
 
 TRAIN_HELP = """\
 Train the model of CONFIG on streamed ROOT data and write a bundle.
@@ -57,6 +61,36 @@ returning a scikit-learn or XGBoost classifier.
 """
 
 
+def device_name(text: str) -> str:
+    """argparse type: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+    if text in ("cpu", "cuda", "auto") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a device: give cpu, cuda, cuda:N (e.g. cuda:1) or auto"
+    )
+
+
+def _interrupted(err: TrainInterrupted, args, command: str) -> int:
+    """Ctrl-C: where the last checkpoint is, and the command that continues from it."""
+    if getattr(args, "debug", False):
+        raise err
+    out = err.out
+    if err.checkpoint is None:
+        print(
+            f"interrupted before the first epoch ended: no checkpoint to resume from in {str(out)!r}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    again = f"{command} -o {shlex.quote(str(out))} --resume"
+    if getattr(args, "epochs", None):
+        again += f" --epochs {args.epochs}"
+    print(
+        f"interrupted: the checkpoint of epoch {err.epoch} is in {err.checkpoint}\ncontinue with: {again}",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume",
@@ -70,9 +104,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--device",
-        choices=["cpu", "cuda", "auto"],
+        type=device_name,
         default=None,
+        metavar="{cpu,cuda,cuda:N,auto}",
         help="PyTorch device (default: the config's, else auto = CUDA when available)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in OUT (bundle, checkpoint, metrics); without it, training refuses",
+    )
+    g = p.add_argument_group("parallelism (override the dataset configuration)")
+    g.add_argument(
+        "--workers", type=count, help="decoding processes (0 = in this process; default: the config's)"
+    )
+    g.add_argument(
+        "--executor",
+        choices=["local", "processes", "dask"],
+        help="where decoding runs (default: the config's, else local)",
+    )
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (implies --executor dask)",
     )
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bars (they show on a terminal only)"
@@ -145,12 +199,36 @@ def add_train_commands(subparsers: Any) -> None:
     w.set_defaults(func=run_workflow)
 
 
-def _setup(args) -> None:
+@contextmanager
+def _messages(args) -> Iterator[None]:
+    """The training's messages on standard error while the command runs: one line per epoch (loss,
+    validation loss and AUC, events/s), resuming, early stopping; only warnings with ``-q`` or
+    ``--json``; ``-v`` adds the rest. The logger is left as it was found afterwards."""
     logging.basicConfig(
-        level=logging.WARNING if args.quiet or args.json else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    log = logging.getLogger("mlaas4hep.train")
+    before = log.level, log.propagate
+    level = logging.WARNING if args.quiet or args.json else logging.INFO
+    log.setLevel(min(level, logging.getLogger().getEffectiveLevel()))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_TrainFormatter())
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(before[0])
+        log.propagate = before[1]
+
+
+class _TrainFormatter(logging.Formatter):
+    """Information as it is (``epoch 0: train loss ...``); warnings and errors with their level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {text}"
 
 
 def _failed(err: Mlaas4hepError, args) -> int:
@@ -202,45 +280,60 @@ def _report(result, as_json: bool = False) -> int:
 
 
 def run_train(args) -> int:
-    _setup(args)
     from .runner import train
 
     try:
-        result = train(
-            args.config,
-            args.out,
-            in_memory=args.in_memory,
-            device=args.device,
-            epochs=args.epochs,
-            resume=args.resume,
-            show_progress=False if args.no_progress else None,
-            overrides={"threads": args.threads} if args.threads is not None else None,
-            tracking=getattr(args, "tracking", None),
-        )
+        with _messages(args):
+            result = train(
+                args.config,
+                args.out,
+                in_memory=args.in_memory,
+                device=args.device,
+                epochs=args.epochs,
+                resume=args.resume,
+                show_progress=False if args.no_progress else None,
+                overrides={"threads": args.threads} if args.threads is not None else None,
+                tracking=getattr(args, "tracking", None),
+                dataset_overrides={k: getattr(args, k) for k in ("workers", "executor", "scheduler")},
+                overwrite=args.overwrite,
+            )
     except Mlaas4hepError as err:
         return _failed(err, args)
+    except TrainInterrupted as err:
+        return _interrupted(err, args, f"mlaas4hep train {shlex.quote(args.config)}")
     return _report(result, args.json)
 
 
 def run_workflow(args) -> int:
-    _setup(args)
     from .workflow import workflow
 
     try:
-        result = workflow(
-            args.files,
-            args.labels,
-            args.model,
-            args.params,
-            args.specs,
-            args.preproc,
-            args.fout,
-            in_memory=args.in_memory,
-            device=args.device,
-            resume=args.resume,
-            cache_dir=args.cache_dir,
-            show_progress=False if args.no_progress else None,
-        )
+        with _messages(args):
+            result = workflow(
+                args.files,
+                args.labels,
+                args.model,
+                args.params,
+                args.specs,
+                args.preproc,
+                args.fout,
+                in_memory=args.in_memory,
+                device=args.device,
+                resume=args.resume,
+                cache_dir=args.cache_dir,
+                show_progress=False if args.no_progress else None,
+                workers=args.workers,
+                executor=args.executor,
+                scheduler=args.scheduler,
+                overwrite=args.overwrite,
+            )
     except Mlaas4hepError as err:
         return _failed(err, args)
+    except TrainInterrupted as err:
+        words = ["mlaas4hep workflow"] + [
+            f"--{k}={shlex.quote(str(getattr(args, k)))}"
+            for k in ("files", "labels", "model", "params")
+            if getattr(args, k) is not None
+        ]
+        return _interrupted(err, args, " ".join(words))
     return _report(result, args.json)

@@ -45,7 +45,8 @@ class TrainConfig:
     """How to train: every key of the ``training:`` section, with its default.
 
     * ``epochs``, ``batch_size``, ``learning_rate``: the usual meaning
-      (``learning_rate`` is used by the default optimizer only);
+      (``learning_rate`` goes to the default optimizer, or to the model file's
+      ``optimizer(params, learning_rate)``);
     * ``validation_fraction``: share of events held out, chosen by a hash of the
       event id (:mod:`mlaas4hep.train.split`);
     * ``early_stopping``: patience in epochs on the validation loss (``0``/``None``
@@ -53,7 +54,7 @@ class TrainConfig:
       epoch's weights are restored at the end;
     * ``seed``: seeds the model initialisation, dropout and batch order;
     * ``framework``: ``auto`` detects it from what ``model()`` returns;
-    * ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (PyTorch only);
+    * ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (PyTorch only);
     * ``amp``: mixed precision (bfloat16 autocast) for PyTorch;
     * ``threads``: CPU threads of PyTorch's operators (PyTorch, and Keras on its
       torch backend); ``None`` leaves PyTorch's default, one per core. On small or

@@ -152,7 +152,7 @@ def init(device: str = "auto", environ: Mapping[str, str] | None = None) -> Cont
         pg_backend, dev = "nccl", f"cuda:{env.local_rank}"
     else:
         if str(device).startswith("cuda"):
-            raise RuntimeError("device 'cuda' was asked for but PyTorch sees no CUDA device")
+            raise RuntimeError(f"device {str(device)!r} was asked for but PyTorch sees no CUDA device")
         pg_backend, dev = "gloo", "cpu"
     kw: dict[str, Any] = {}
     if pg_backend == "nccl":

@@ -7,7 +7,9 @@ a caller can catch every error that mlaas4hep raises on purpose at once.
 
 from __future__ import annotations
 
-from ..errors import Mlaas4hepError
+from pathlib import Path
+
+from ..errors import ConfigError, Mlaas4hepError
 
 
 class TrainError(Mlaas4hepError, RuntimeError):
@@ -23,3 +25,21 @@ class ModelFileError(TrainError):
 
 class ExportError(TrainError):
     """The ONNX export failed, or the exported model disagrees with the native one."""
+
+
+class OutputExistsError(ConfigError):
+    """``--out`` already holds a run (a bundle, a checkpoint or metrics) and neither
+    ``--overwrite`` nor ``--resume`` was given: nothing is replaced silently."""
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: where its last checkpoint is, so the caller can say how to go on.
+
+    ``checkpoint`` is the checkpoint directory when one exists (``None`` before
+    the first epoch ended), ``epoch`` the last epoch it holds, ``out`` the run's
+    output directory.
+    """
+
+    def __init__(self, out: Path, checkpoint: Path | None, epoch: int | None):
+        super().__init__()
+        self.out, self.checkpoint, self.epoch = out, checkpoint, epoch

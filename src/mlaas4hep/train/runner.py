@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -52,7 +53,7 @@ from . import checkpoint, ddp, metrics, tracking
 from .backend import Backend, make_backend
 from .config import TrainConfig, split_config
 from .data import Part, Source, expected_n_features
-from .errors import TrainError
+from .errors import OutputExistsError, TrainError, TrainInterrupted
 from .strategy import Local
 from .userfile import build, load_module, wants_input_shapes
 
@@ -146,15 +147,21 @@ def train(
     dataset: Dataset | None = None,
     overrides: Mapping[str, Any] | None = None,
     tracking: Any = None,
+    dataset_overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = True,
 ) -> TrainResult:
     """Train the model of a train configuration; see the module docstring.
 
     ``config`` is a YAML path, a dict or a :class:`DatasetConfig` (whose
     ``extra`` holds ``model`` and ``training``). ``out`` defaults to
     ``runs/<model name>``. ``device`` and ``epochs`` override the configuration,
-    as do the keys of ``overrides`` (any ``training:`` key). ``resume``
-    continues from ``OUT/checkpoint`` when there is one. ``dataset`` passes a
-    ready :class:`Dataset` (its configuration must be ``config``'s).
+    as do the keys of ``overrides`` (any ``training:`` key) and of
+    ``dataset_overrides`` (dataset keys: ``workers``, ``executor``,
+    ``scheduler``...; a scheduler implies the Dask executor). ``resume``
+    continues from ``OUT/checkpoint`` when there is one. ``overwrite=False``
+    refuses an ``out`` that already holds a run (the command line's default);
+    otherwise its bundle, checkpoint and metrics are replaced. ``dataset``
+    passes a ready :class:`Dataset` (its configuration must be ``config``'s).
     ``tracking`` (``"mlflow"``, ``"tensorboard"`` or a mapping) replaces the
     configuration's ``tracking:`` key (:mod:`.tracking`).
     """
@@ -164,7 +171,13 @@ def train(
     if device is not None:
         over["device"] = device
     dcfg, tcfg = split_config(dataset.config if dataset is not None and config is None else config, over)
+    for key, value in (dataset_overrides or {}).items():
+        if value is not None:
+            setattr(dcfg, key, value)
+    if dcfg.scheduler:
+        dcfg.executor = "dask"
     run = Run(dcfg, tcfg, out, in_memory, resume, list(callbacks), show_progress, dataset)
+    run.overwrite = overwrite
     run.tracking = tracking
     try:
         result = run.run()
@@ -176,6 +189,10 @@ def train(
         run.tracker.finish(result.metrics, result.plots, result.bundle_path, run.out)
         result.tracking = run.tracker.where
     return result
+
+
+#: What a run writes into its output directory (what ``overwrite`` replaces).
+OUTPUTS = ("bundle", "checkpoint", "metrics.json", "plots", "report.html")
 
 
 class Run:
@@ -198,6 +215,8 @@ class Run:
         self.callbacks, self.show = callbacks, show_progress
         self.ds = dataset
         self.ckpt_dir = self.out / "checkpoint"
+        #: Whether an ``out`` that holds a run may be replaced (else :class:`.errors.OutputExistsError`).
+        self.overwrite = True
         #: One process, or this rank of a ``torchrun`` launch (set by :meth:`run`).
         self.strategy: Local = Local()
         #: ``train(tracking=...)``: replaces the configuration's ``tracking:`` key.
@@ -266,8 +285,34 @@ class Run:
 
     # ------------------------------------------------------------ run
     def run(self) -> TrainResult:
+        """The run; Ctrl-C raises :class:`.errors.TrainInterrupted`, naming the last checkpoint."""
+        try:
+            return self._run()
+        except KeyboardInterrupt as err:
+            if isinstance(err, TrainInterrupted):
+                raise
+            state = checkpoint.read_state(self.ckpt_dir) if self.strategy.is_main else None
+            ckpt = self.ckpt_dir if state is not None else None
+            raise TrainInterrupted(self.out, ckpt, None if state is None else int(state["epoch"])) from None
+
+    def _check_out(self) -> None:
+        """Refuse to replace a run in ``out`` unless asked to; clear the old one when replacing it."""
+        found = [name for name in OUTPUTS if (self.out / name).exists()]
+        if self.resume or not found:
+            return
+        if not self.overwrite:
+            raise OutputExistsError(
+                f"{str(self.out)!r} already holds a training run ({', '.join(found)}): give --overwrite to "
+                f"replace it, --resume to continue it, or another --out"
+            )
+        if self.strategy.is_main:  # no stale checkpoint for a later --resume, no stale native weights
+            for name in ("bundle", "checkpoint", "checkpoint.tmp", "checkpoint.old"):
+                shutil.rmtree(self.out / name, ignore_errors=True)
+
+    def _run(self) -> TrainResult:
         t_start = time.perf_counter()
         st = self.strategy = ddp.init(self.cfg.device) or Local()
+        self._check_out()
         if st.device is not None:
             self.cfg.device = st.device  # cuda:LOCAL_RANK or cpu under DDP
         if not st.is_main:
@@ -346,12 +391,36 @@ class Run:
         self.best_loss = state["best_loss"] if state["best_loss"] is not None else float("inf")
         self.best_epoch, self.bad = state["best_epoch"], state["bad_epochs"]
         self.stopped_early, self.finished = state["stopped_early"], state.get("finished", False)
+        start = int(state["epoch"]) + 1
         if self.stopped_early:
             self.finished = True
-        start = int(state["epoch"]) + 1
-        if start >= self.cfg.epochs:
+            log.warning(
+                "--resume: nothing to train: the run in %s stopped early after epoch %d (no improvement of "
+                "the validation loss for %d epochs); the bundle is written from its best epoch, %d",
+                self.out,
+                start - 1,
+                self.bad,
+                self.best_epoch,
+            )
+        elif start >= self.cfg.epochs:
             self.finished = True
-        log.info("resuming from %s at epoch %d", self.ckpt_dir, start)
+            log.warning(
+                "--resume: nothing to train: the checkpoint in %s holds epochs 0-%d and training.epochs "
+                "is %d; give --epochs %d or more to train more",
+                self.ckpt_dir,
+                start - 1,
+                self.cfg.epochs,
+                start + 1,
+            )
+        else:  # a finished run given more epochs goes on
+            self.finished = False
+            log.info(
+                "resuming from %s: epochs %d-%d of %d",
+                self.ckpt_dir,
+                start,
+                self.cfg.epochs - 1,
+                self.cfg.epochs,
+            )
         return start
 
     def _state(self, epoch: int) -> dict[str, Any]:
@@ -423,7 +492,7 @@ class Run:
                 rec.update(world_size=st.world, ranks=ranks)
             self.history.append(rec)
             if st.is_main:
-                log.info("epoch %d: %s", epoch, _fmt(rec))
+                log.info("epoch %d: %s", epoch, format_epoch(rec))
             if vm["val_loss"] < self.best_loss - cfg.min_delta:
                 self.best_loss, self.best_epoch, self.bad = vm["val_loss"], epoch, 0
                 self.best = be.snapshot()
@@ -576,9 +645,15 @@ class Run:
             return []
 
 
-def _fmt(rec: dict[str, Any]) -> str:
-    keys = ("train_loss", "val_loss", "val_auc", "val_accuracy")
-    parts = [f"{k} {rec[k]:.4f}" for k in keys if k in rec and rec[k] is not None]
+def format_epoch(rec: dict[str, Any]) -> str:
+    """``train loss 0.5123, val loss 0.4987, val AUC 0.8012, 52,311 events/s (cache)``: one epoch's line."""
+    names = {
+        "train_loss": "train loss",
+        "val_loss": "val loss",
+        "val_auc": "val AUC",
+        "val_accuracy": "val accuracy",
+    }
+    parts = [f"{label} {rec[k]:.4f}" for k, label in names.items() if rec.get(k) is not None]
     if "events_per_s" in rec:
         parts.append(f"{rec['events_per_s']:,.0f} events/s ({rec.get('source', '')})")
     if rec.get("ranks"):

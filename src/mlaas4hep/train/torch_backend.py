@@ -36,7 +36,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ from .config import TrainConfig
 from .data import Part, Source, prefetch
 from .strategy import Local
 from .userfile import UserModel, example_inputs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,14 +73,46 @@ class TorchBatch:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU."""
+    """``auto`` is CUDA when available, else CPU; ``cuda:N`` must exist."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        from .errors import TrainError
+    from .errors import TrainError
 
-        raise TrainError("device 'cuda' was asked for but PyTorch sees no CUDA device")
-    return torch.device(device)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"device {device!r} was asked for but PyTorch sees no CUDA device")
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise TrainError(
+            f"device {device!r} was asked for but PyTorch sees {n} CUDA device{'s' if n != 1 else ''} "
+            f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})"
+        )
+    return dev
+
+
+def call_optimizer(hook: Any, params: Any, learning_rate: float, path: str) -> Any:
+    """The model file's ``optimizer(params[, learning_rate])``, given ``training.learning_rate``.
+
+    The learning rate goes to a parameter named ``learning_rate`` or ``lr`` (or
+    to ``**kwargs`` as ``learning_rate``); a hook with only ``params`` (files
+    written before) still works, with a warning that it chose its own rate.
+    """
+    sig: Mapping[str, inspect.Parameter]
+    try:
+        sig = inspect.signature(hook).parameters
+    except (TypeError, ValueError):
+        sig = {}
+    if "learning_rate" in sig or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
+        return hook(params, learning_rate=learning_rate)
+    if "lr" in sig:
+        return hook(params, lr=learning_rate)
+    log.warning(
+        "training.learning_rate (%g) is not passed to optimizer(params) in %s: give the function a "
+        "learning_rate argument to receive it",
+        learning_rate,
+        path,
+    )
+    return hook(params)
 
 
 class StreamingDataset(torch.utils.data.IterableDataset):
@@ -171,7 +206,7 @@ class TorchBackend(Backend):
         self.user_loss = hooks["loss"]() if "loss" in hooks else None
         params = self.model.parameters()
         self.optimizer = (
-            hooks["optimizer"](params)
+            call_optimizer(hooks["optimizer"], params, cfg.learning_rate, um.path)
             if "optimizer" in hooks
             else torch.optim.Adam(params, lr=cfg.learning_rate)
         )

@@ -35,7 +35,9 @@ Optional hooks, PyTorch only (each is looked up in the file):
 
 * ``loss()`` returns the loss module (default ``BCEWithLogitsLoss`` for one
   output, ``CrossEntropyLoss`` for several);
-* ``optimizer(params)`` returns the optimizer (default Adam at ``learning_rate``);
+* ``optimizer(params, learning_rate)`` returns the optimizer (default Adam at
+  ``learning_rate``); it receives ``training.learning_rate`` (a parameter named
+  ``learning_rate`` or ``lr``; ``optimizer(params)`` alone still works, with a warning);
 * ``train_step(model, batch[, optimizer, loss_fn])`` computes one step. If it
   returns a tensor that requires grad, the trainer back-propagates and steps; if it
   returns a number or a detached tensor it has done the step itself.

@@ -87,8 +87,15 @@ def workflow(
     cache_dir: str | None = None,
     workers: int | None = None,
     show_progress: bool | None = None,
+    executor: str | None = None,
+    scheduler: str | None = None,
+    overwrite: bool = True,
 ) -> TrainResult:
-    """Run MLaaS4HEP's workflow: read the trio, train, write the bundle into ``fout``."""
+    """Run MLaaS4HEP's workflow: read the trio, train, write the bundle into ``fout``.
+
+    ``workers``, ``executor`` and ``scheduler`` set how the data is read (a
+    scheduler implies Dask); ``overwrite=False`` refuses a ``fout`` that holds a run.
+    """
     dcfg = DatasetConfig.from_mlaas4hep(files, labels, params)
     p = params if isinstance(params, dict) else json.loads(Path(params).read_text())
     if preproc is not None:
@@ -107,8 +114,6 @@ def workflow(
         dcfg.extra["specs"] = str(specs)
     if cache_dir is not None:
         dcfg.cache_dir = str(cache_dir)
-    if workers is not None:
-        dcfg.workers = int(workers)
     dcfg.extra["model"] = str(Path(model).expanduser().resolve())
     training = {k: p[k] for k in ("learning_rate", "validation_fraction", "seed") if k in p}
     out = Path(fout) if fout else Path("mlaas4hep-out") / Path(model).stem
@@ -120,4 +125,6 @@ def workflow(
         resume=resume,
         overrides=training,
         show_progress=show_progress,
+        dataset_overrides={"workers": workers, "executor": executor, "scheduler": scheduler},
+        overwrite=overwrite,
     )
