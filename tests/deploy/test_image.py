@@ -134,7 +134,7 @@ def test_upload_and_infer_over_http_and_grpc(pm, container, tth_bundle):
     import tritonclient.http as httpclient
 
     x = tth_bundle.x[:500]
-    want = tth_bundle.predictor.predict(x)
+    want = tth_bundle.oracle.score(x)
     with Client(container.url, token=TOKEN) as client:
         assert client.upload(tth_bundle.path) == {"name": "tth", "version": 1, "status": "installed"}
         np.testing.assert_allclose(client.predict("tth", x), want, atol=1e-6)
@@ -248,7 +248,7 @@ def test_kubernetes_configuration_runs_in_the_image(pm, image, tth_bundle, tmp_p
         inp = grpcclient.InferInput("x", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         np.testing.assert_allclose(
-            g.infer("tth", [inp]).as_numpy("probs"), tth_bundle.predictor.predict(x), atol=1e-6
+            g.infer("tth", [inp]).as_numpy("probs"), tth_bundle.oracle.score(x), atol=1e-6
         )
         g.close()
         # the image's health check finds the server behind TLS too
