@@ -88,13 +88,16 @@ def test_system_deps_without_root_says_what_to_install_and_stops(with_apt):
         (bin_dir / prog).symlink_to(shutil.which(prog) or f"/usr/bin/{prog}")
     script = tmp_path / "system-deps.sh"
     shutil.copy(ROOT / ".ci" / "system-deps.sh", script)
-    # xrootd and chromium are never in /usr/sbin, nginx usually is (the script looks there too)
-    missing = ["xrootd", "nginx", "chromium"]
-    deb, rpm = ["xrootd-server", "xrootd-client", "nginx-light", "chromium"], ["xrootd-server", "xrootd-client", "nginx", "chromium"]  # fmt: skip
-    if any(os.access(f"{d}/nginx", os.X_OK) for d in ("/usr/sbin", "/sbin")):
-        missing.remove("nginx")
-        deb.remove("nginx-light")
-        rpm.remove("nginx")
+    # xrootd, chromium, podman and mmdebstrap are never in /usr/sbin; nginx and runc often are
+    # (the script looks there too, so those count as present when they are)
+    missing = ["xrootd", "nginx", "chromium", "podman", "runc", "mmdebstrap"]
+    deb = ["xrootd-server", "xrootd-client", "nginx-light", "chromium", "podman", "runc", "mmdebstrap"]
+    rpm = ["xrootd-server", "xrootd-client", "nginx", "chromium", "podman", "runc", "mmdebstrap"]
+    for prog, d, r in (("nginx", "nginx-light", "nginx"), ("runc", "runc", "runc")):
+        if any(os.access(f"{sbin}/{prog}", os.X_OK) for sbin in ("/usr/sbin", "/sbin")):
+            missing.remove(prog)
+            deb.remove(d)
+            rpm.remove(r)
     cmd = as_unprivileged([str(bin_dir / "env"), "-i", f"PATH={bin_dir}", str(bin_dir / "bash"), str(script)])
     try:
         res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
