@@ -71,6 +71,7 @@ def test_sources_in_order_file_then_environment_then_command_line(tmp_path):
             "MLAAS4HEP_PRIVATE: private = 'maybe': expected true or false",
         ),
         ("repo: m\n", {"MLAAS4HEP_PORT": "70000"}, "port 70000 is not a port number (0-65535)"),
+        ("repo: m\nport: 8000\nmetrics_port: 8000\n", {}, "port and metrics_port are both 8000: each needs"),
         (
             "port: 80\n",
             {},

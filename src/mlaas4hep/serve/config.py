@@ -147,6 +147,11 @@ class ServeConfig:
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 65535:
                 raise ConfigError(f"{name} {v} is not a port number (0-65535)")
+        ports = [(n, getattr(self, n)) for n in ("port", "grpc_port", "metrics_port") if getattr(self, n)]
+        for i, (a, pa) in enumerate(ports):
+            for b, pb in ports[i + 1 :]:
+                if pa == pb:
+                    raise ConfigError(f"{a} and {b} are both {pa}: each needs a port of its own")
         for name in ("workers", "max_batch", "max_loaded", "infer_threads", "root_threads", "grpc_listeners"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
