@@ -7,9 +7,12 @@ start-up and skips a server that fails it), and SIGTERM as Kubernetes sends it.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -139,6 +142,19 @@ def test_drain_on_sigterm(tth_bundle, tmp_path):
         srv.stop()
 
 
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(kv.decode().split("=", 1) for kv in raw if b"=" in kv)
+
+
+def _served(snapshot: Path) -> bool:
+    """Whether one worker's published metrics count an inference (``{"infer": [[model, ..., n]]}``)."""
+    try:
+        return any(row[-1] > 0 for row in json.loads(snapshot.read_text())["infer"])
+    except (OSError, ValueError):
+        return False
+
+
 def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
     """``--workers 2``: requests spread over both processes; any scrape counts all of them, and
     so does the metrics port (Triton's 8002), which the supervisor process serves."""
@@ -153,12 +169,28 @@ def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
         body = {
             "inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
         }
-        pids = set()
-        for _ in range(40):  # a new connection each: the kernel spreads them over the workers
-            r = HTTP_NEW.post(srv.url + "/v2/models/tth/infer", json=body)
-            assert r.status_code == 200
-        for _ in range(20):
-            pids.add(HTTP_NEW.get(srv.url + "/status").json().get("pid"))
+        pids: set[int] = set()
+        for _ in range(100):  # which process accepts is up to the kernel: ask until both have answered
+            pids.add(HTTP_NEW.get(srv.url + "/status").json()["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, "both workers answered /status"
+        share = Path(_environ(min(pids))["MLAAS4HEP_METRICS_SHARE"])
+        sent = 0
+        with ThreadPoolExecutor(8) as pool:  # concurrent connections keep both workers busy
+            for _ in range(60):
+                codes = list(
+                    pool.map(
+                        lambda _: HTTP_NEW.post(srv.url + "/v2/models/tth/infer", json=body).status_code,
+                        range(8),
+                    )
+                )
+                assert codes == [200] * 8
+                sent += 8
+                time.sleep(1.1)  # each worker publishes its own numbers every second
+                if sent >= 40 and all(_served(share / f"{pid}.json") for pid in pids):
+                    break
+        assert all(_served(share / f"{pid}.json") for pid in pids), "both workers served inferences"
         time.sleep(1.5)  # every worker has published its numbers since
         lab = '{model="tth",version="1"}'
         seen = set()
@@ -170,12 +202,12 @@ def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
                 if ln and ln[0] != "#"
             }
             seen.add(m['mlaas4hep_inference_requests_total{model="tth",status="200"}'])
-            assert m[f"nv_inference_request_success{lab}"] == 40
-            assert m[f"nv_inference_count{lab}"] == 80
-        assert seen == {40.0}
+            assert m[f"nv_inference_request_success{lab}"] == sent
+            assert m[f"nv_inference_count{lab}"] == 2 * sent
+        assert seen == {float(sent)}
         # Triton's metrics port, served by the supervisor: every worker's numbers, added up
         text = HTTP.get(f"http://127.0.0.1:{mport}/metrics").text
-        assert f"nv_inference_request_success{lab} 40.0" in text and f"nv_inference_count{lab} 80.0" in text
-        assert len(pids - {None}) == 2, "both workers answered"
+        assert f"nv_inference_request_success{lab} {float(sent)}" in text
+        assert f"nv_inference_count{lab} {float(2 * sent)}" in text
     finally:
         srv.stop()
