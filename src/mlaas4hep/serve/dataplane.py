@@ -21,10 +21,9 @@ protocol, status code or framework::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -87,6 +86,21 @@ class RootScores:
 
     spec: BundleSpec
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class _Admitted:
+    """:meth:`DataPlane.admitted`'s context manager (a plain class: it is entered on every request)."""
+
+    __slots__ = ("plane",)
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    def __enter__(self) -> None:
+        self.plane.in_flight += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self.plane.in_flight -= 1
 
 
 class DataPlane:
@@ -198,15 +212,11 @@ class DataPlane:
         self.metrics.loaded = len(self.repo.loaded())
 
     # ------------------------------------------------------------ inference
-    @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admitted(self) -> _Admitted:
         """Count a request as in flight from its arrival (before its body is read and decoded):
-        each model's batcher waits for company only while other requests are being handled."""
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+        each model's batcher waits for company only while other requests are being handled
+        (``with plane.admitted(): ...``)."""
+        return _Admitted(self)
 
     async def infer(
         self, request: InferRequest, credentials: str | None = None, spec: BundleSpec | None = None

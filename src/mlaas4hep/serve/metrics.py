@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -60,11 +59,31 @@ class ModelCounts:
     compute_s: float = 0.0  # per request, the time of its predict call, summed
 
 
-@dataclass
 class Observation:
-    model: str = "_unknown"
-    version: str = ""
-    status: int = 500
+    """One inference request being timed: a context manager that counts it when it ends.
+
+    The caller sets ``model`` (and ``version``) once it knows them; the
+    outcome's status is ``metrics.status_of`` of the error raised, or of none.
+    A plain class rather than a generator: it is entered on every request.
+    """
+
+    __slots__ = ("metrics", "model", "status", "t0", "version")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.model, self.version, self.status = "_unknown", "", 500
+
+    def __enter__(self) -> Observation:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> None:
+        seconds = time.perf_counter() - self.t0
+        m = self.metrics
+        self.status = m.status_of(err)
+        m.inference(self.model, self.status, seconds)
+        if self.version:  # the request reached a model version: Triton counts it
+            m.triton.request((self.model, self.version), self.status < 400, seconds)
 
 
 def _observe(hists: dict[str, list[float]], key: str, buckets: tuple[float, ...], value: float) -> None:
@@ -123,25 +142,9 @@ class Metrics:
             c.fail_s += seconds
         c.last_ms = int(time.time() * 1000)
 
-    @contextmanager
-    def observe(self) -> Iterator[Observation]:
-        """Time one inference request and count it by model and status.
-
-        The caller sets ``obs.model`` once it knows the model; the outcome's status
-        is :attr:`status_of` of the error raised, or of none.
-        """
-        obs, t0 = Observation(), time.perf_counter()
-        try:
-            yield obs
-            obs.status = self.status_of(None)
-        except BaseException as err:
-            obs.status = self.status_of(err)
-            raise
-        finally:
-            seconds = time.perf_counter() - t0
-            self.inference(obs.model, obs.status, seconds)
-            if obs.version:  # the request reached a model version: Triton counts it
-                self.triton.request((obs.model, obs.version), obs.status < 400, seconds)
+    def observe(self) -> Observation:
+        """Time one inference request and count it by model and status (``with metrics.observe() as obs``)."""
+        return Observation(self)
 
     def batch_observer(self, model: str, version: str) -> Callable[[int, float, float, int, float], None]:
         """A callback for :class:`~mlaas4hep.serve.batching.Batcher` (its ``Observer``)."""

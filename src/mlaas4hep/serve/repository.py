@@ -87,6 +87,7 @@ SMOKE_SECONDS = 10.0
 STATE = ".state.json"
 #: Seconds between rescans of a read-only directory (its publisher does not tell us of changes).
 READ_ONLY_RESCAN_S = 2.0
+SYNC_INTERVAL_S = 0.001  # at most one ``stat`` of ``.generation`` per millisecond (one per request at 1k/s)
 
 
 def check_name(name: str) -> str:
@@ -168,6 +169,7 @@ class Repository:
         self._stamps: dict[tuple[str, int], int] = {}
         self.generation = 0  # bumped on every change seen by this process
         self._scanned = 0.0  # when the directory was last scanned (time.monotonic)
+        self._synced = float("-inf")  # when .generation was last looked at (time.monotonic)
         if self.read_only:
             self.rescan()
             return
@@ -296,14 +298,19 @@ class Repository:
         atomic_write(self.root / STATE, json.dumps({"unloaded": sorted(unloaded)}).encode())
 
     def sync(self) -> None:
-        """Rescan if another process changed the repository (one ``stat`` of ``.generation``).
+        """Rescan if another process changed the repository (one ``stat`` of ``.generation``,
+        at most every :data:`SYNC_INTERVAL_S`).
 
         A read-only directory changes where it is published (a CVMFS release),
         where nobody rewrites ``.generation``: it is rescanned every
         :data:`READ_ONLY_RESCAN_S` seconds instead.
         """
+        now = time.monotonic()
+        if now - self._synced < SYNC_INTERVAL_S:
+            return
+        self._synced = now
         if self.store.changed_elsewhere() or (
-            self.read_only and not self.single and time.monotonic() - self._scanned > READ_ONLY_RESCAN_S
+            self.read_only and not self.single and now - self._scanned > READ_ONLY_RESCAN_S
         ):
             self.rescan()
 

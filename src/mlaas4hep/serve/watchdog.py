@@ -2,7 +2,7 @@
 
 An uploaded ONNX graph may hold a ``Loop`` of 2**62 iterations, or take its
 trip count from the input: once running, such a call never returns by itself.
-:class:`Watchdog` runs each call with its own onnxruntime ``RunOptions``, and
+:class:`Watchdog` runs each call with its thread's onnxruntime ``RunOptions``, and
 one daemon thread sets ``terminate`` on every call past its deadline;
 onnxruntime then stops between two kernels (also inside a ``Loop``) and the
 call raises. The caller gets :class:`~mlaas4hep.serve.errors.ModelTimedOut`, and
@@ -38,15 +38,18 @@ class Watchdog:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def run(self, fn: Callable[[Any], T], key: Hashable, timeout: float, what: str) -> T:
         """``fn(run_options)`` with a time limit (blocking: called in an inference thread).
 
         ``what`` names the model in the errors (``model 'tth' version 2``).
         """
-        import onnxruntime as ort
+        ro = getattr(self._local, "ro", None)
+        if ro is None or ro.terminate:  # a RunOptions per thread, new after a cut
+            import onnxruntime as ort
 
-        ro = ort.RunOptions()
+            ro = self._local.ro = ort.RunOptions()
         call = next(self._ids)
         self._calls[call] = (time.monotonic() + timeout, ro, key, timeout)
         if self._thread is None:
