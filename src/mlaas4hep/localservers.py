@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -215,7 +217,11 @@ class Replica:
 
         cmd = [sys.executable, "-m", "mlaas4hep.serve", "--repo", str(self.repo), "--port", str(self.port)]
         cmd += ["--grpc-port", str(self.grpc_port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -242,17 +248,23 @@ class LoadBalancer(_Server):
 
     The configuration's three HTTP and three gRPC ``server`` lines become the replicas' ports
     (fewer replicas: the lines left over are dropped), and it listens on free local ports.
+
+    ``follow_readiness``: do what Kubernetes' endpoints controller does for a Service (and
+    Envoy's or an ingress's view of it): poll every replica's ``/v2/health/ready`` every
+    0.1 s and, on the same answer twice, reload nginx with the replicas that are not ready
+    marked ``down`` (a replica too busy to answer in time keeps its place). A replica
+    that drains (SIGTERM with ``--drain-seconds``) then stops getting new requests while it
+    still answers the ones already sent to it.
     """
 
-    def __init__(self, conf: Path, replicas: list[Replica]):
+    def __init__(self, conf: Path, replicas: list[Replica], follow_readiness: bool = False):
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(nginx):
             raise MissingProgram("nginx")
+        self.replicas = replicas
         self.port, self.grpc_port = free_port(), free_port()
         self.work = w = public_dir("mlaas4hep-lb-")
         text = Path(conf).read_text()
-        for kind, ports in (("00", [r.port for r in replicas]), ("01", [r.grpc_port for r in replicas])):
-            text = _point(text, kind, ports)
         text = text.replace("listen 8000;", f"listen 127.0.0.1:{self.port};")
         text = text.replace("listen 8001 http2;", f"listen 127.0.0.1:{self.grpc_port} http2;")
         temps = "".join(
@@ -262,21 +274,74 @@ class LoadBalancer(_Server):
         head = (
             "user root;\n" if os.geteuid() == 0 else ""
         ) + f"daemon off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n"
-        (w / "nginx.conf").write_text(head + text)
+        self._template = head + text
+        self.down: frozenset[int] = frozenset()
+        self._write()
         self.proc = subprocess.Popen([nginx, "-c", str(w / "nginx.conf"), "-p", str(w)])
         wait_port(self.port, self.proc, log=w / "error.log")
         wait_port(self.grpc_port, self.proc, log=w / "error.log")
         self.url = f"http://127.0.0.1:{self.port}"
+        self.reloads = 0
+        self._stop = threading.Event()
+        if follow_readiness:
+            threading.Thread(target=self._follow, name="lb-follow-readiness", daemon=True).start()
+
+    def _write(self) -> None:
+        text = self._template
+        for kind, ports in (
+            ("00", [r.port for r in self.replicas]),
+            ("01", [r.grpc_port for r in self.replicas]),
+        ):
+            text = _point(text, kind, ports, self.down)
+        (self.work / "nginx.conf").write_text(text)
+
+    def _follow(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        def ready(r: Replica) -> bool | None:
+            """True, False (503 while draining, refused while stopped), None (no answer in time: busy)."""
+            try:
+                with urllib.request.urlopen(r.url + "/v2/health/ready", timeout=1) as answer:
+                    return bool(answer.status == 200)
+            except urllib.error.HTTPError:
+                return False
+            except ConnectionRefusedError:
+                return False
+            except OSError as err:
+                return False if isinstance(getattr(err, "reason", None), ConnectionRefusedError) else None
+
+        seen: list[bool | None] = [None] * len(self.replicas)
+        while not self._stop.wait(0.1):
+            down = set(self.down)
+            for i, r in enumerate(self.replicas):
+                now = ready(r)
+                if now is not None and now == seen[i]:  # the same answer twice: act on it
+                    (down.discard if now else down.add)(i)
+                seen[i] = now
+            if frozenset(down) != self.down and self.proc.poll() is None:
+                self.down = frozenset(down)
+                self._write()
+                self.proc.send_signal(signal.SIGHUP)  # nginx reloads: old workers finish their requests
+                self.reloads += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        super().stop()
 
 
-def _point(conf: str, kind: str, ports: list[int]) -> str:
-    """``conf`` with its ``server 127.0.0.1:8N{kind}`` lines pointed at ``ports`` (extra lines dropped)."""
+def _point(conf: str, kind: str, ports: list[int], down: frozenset[int] = frozenset()) -> str:
+    """``conf`` with its ``server 127.0.0.1:8N{kind}`` lines pointed at ``ports`` (extra lines
+    dropped), those of the replicas in ``down`` marked ``down``."""
     import re
 
-    left = iter(ports)
+    left = iter(enumerate(ports))
 
     def one(m: re.Match[str]) -> str:
-        port = next(left, None)
-        return "" if port is None else m.group(0).replace(m.group(0).split()[1], f"127.0.0.1:{port}")
+        i, port = next(left, (None, None))
+        if port is None:
+            return ""
+        line = m.group(0).replace(m.group(0).split()[1], f"127.0.0.1:{port}")
+        return line.replace(";", " down;", 1) if i in down else line
 
     return re.sub(rf" *server 127\.0\.0\.1:8[123]{kind} [^\n]*\n", one, conf)
