@@ -38,16 +38,13 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError, Mlaas4hepError
 from ..io.config import DatasetConfig
 from ..terminal import error_message, exit_status
+from .errors import PathRefused
 
 log = logging.getLogger("mlaas4hep.train")
 
 #: MLaaS4HEP's folder: the files besides the model file (any other ``.py``).
 FOLDER_FILES = ("files.txt", "labels.txt", "params.json")
 PROGRESS_KEYS = ("epoch", "events", "events_per_s", "train_loss", "val_loss", "val_auc", "val_accuracy")
-
-
-class PathRefused(ConfigError):
-    """A dataset file outside what the server may read."""
 
 
 def _write(path: Path, obj: Any) -> None:

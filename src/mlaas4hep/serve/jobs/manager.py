@@ -295,6 +295,7 @@ class JobManager:
         meta = json.loads(files["bundle.json"])
         meta["trained_by"] = {"user": record["user"], "job": record["id"]}
         files["bundle.json"] = json.dumps(meta, indent=1).encode()
+        (path / "bundle.json").write_bytes(files["bundle.json"])  # what GET /jobs/{id}/bundle gives
         return self.repo.install(files, record["name"])
 
     def _recover(self) -> None:
