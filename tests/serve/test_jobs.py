@@ -76,7 +76,7 @@ def test_a_bad_configuration_fails_with_the_configuration_error(client, data_dir
     done = client.wait(client.submit(cfg, sgd_model())["id"], timeout=60, poll=0.3)
     assert done["state"] == "failed"
     # the user's file name, the line, and no directory of the server
-    assert done["error"].startswith("config.yaml, line ")
+    assert done["error"].startswith("train.yaml, line ")
     assert done["error"].endswith("unknown key 'branchez' (did you mean 'branches'?)")
     assert done["model"] is None
 

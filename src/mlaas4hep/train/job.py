@@ -148,7 +148,10 @@ def run(job: Path) -> int:
         )
     except Mlaas4hepError as err:
         # the user's file names, not the server's directories
-        message = error_message(err).removeprefix("error: ").splitlines()[0].replace(f"{job / 'input'}/", "")
+        message = error_message(err).removeprefix("error: ").splitlines()[0]
+        for stored, given in spec.get("names", {}).items():
+            message = message.replace(str(job / "input" / stored), given)
+        message = message.replace(f"{job / 'input'}/", "")
         print(f"error: {message}", file=sys.stderr, flush=True)
         _write(job / "result.json", {"state": "failed", "error": message, "exit_status": exit_status(err)})
         return exit_status(err)

@@ -129,6 +129,11 @@ class JobManager:
             "data_dirs": [str(Path(d).resolve()) for d in c.data_dir],
             "allow_remote": [h.lower() for h in c.allow_remote],
             "no_remote": c.no_remote,
+            # the user's own file names, for the messages
+            "names": {
+                "config.yaml": Path(str(sub.extra.get("config_filename") or "config.yaml")).name,
+                "model.py": Path(str(sub.extra.get("model_filename") or "model.py")).name,
+            },
         }
         self.store.create(record, spec, sub.files)
         log.info("job %s (%s) queued by %s", job_id, name, user.name)

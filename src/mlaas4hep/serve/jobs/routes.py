@@ -104,6 +104,7 @@ async def _submission(request: Request, limit: int) -> Submission:
             text = await _read(config, MAX_TEXT, "config") if isinstance(config, UploadFile) else config.encode()
             files = {"config.yaml": text, "model.py": await _read(model, limit, "model file")}
             extra["model_filename"] = model.filename or "model.py"
+            extra["config_filename"] = config.filename if isinstance(config, UploadFile) else "config.yaml"
             kind = "config"
         else:
             raise InvalidRequest(
