@@ -49,6 +49,8 @@ from .store import FINAL, JobStore, now
 log = logging.getLogger("mlaas4hep.serve")
 TICK_S = 0.25
 DEVICES = ("cpu", "cuda", "auto")
+#: The memory of a job that asks for none, GB (at most --jobs-max-memory-gb).
+DEFAULT_MEMORY_GB = 4.0
 
 
 @dataclass
@@ -89,7 +91,7 @@ class JobManager:
         c = self.config
         if not 1 <= sub.cpus <= c.jobs_max_cpus:
             raise InvalidRequest(f"cpus must be from 1 to {c.jobs_max_cpus} on this server, not {sub.cpus}")
-        memory = sub.memory_gb if sub.memory_gb is not None else min(4.0, c.jobs_max_memory_gb)
+        memory = sub.memory_gb if sub.memory_gb is not None else min(DEFAULT_MEMORY_GB, c.jobs_max_memory_gb)
         if not 0 < memory <= c.jobs_max_memory_gb:
             raise InvalidRequest(f"memory must be at most {c.jobs_max_memory_gb:g} GB on this server, not {memory:g}")
         limit = sub.time_limit if sub.time_limit is not None else c.jobs_time_limit
