@@ -27,12 +27,16 @@ def add_job_commands(sub: Sub, client: Wrap) -> None:
     s = sub("submit", "submit a training job (a config and a model file, or MLaaS4HEP's folder)")
     s.add_argument("config", nargs="?", help="training configuration (YAML)")
     s.add_argument("--model", metavar="FILE", help="the Python model file of the configuration")
-    s.add_argument("--folder", metavar="DIR", help="MLaaS4HEP's folder: model file, files.txt, labels.txt, params.json")
+    s.add_argument(
+        "--folder", metavar="DIR", help="MLaaS4HEP's folder: model file, files.txt, labels.txt, params.json"
+    )
     s.add_argument("--name", help="name of the model it installs (default: the model file's)")
     s.add_argument("--cpus", type=positive_int, help="cores (default 1)")
     s.add_argument("--memory", type=float, metavar="GB", help="memory in GB (default: the server's, 4)")
     s.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
-    s.add_argument("--time-limit", type=float, metavar="S", help="seconds it may run (default: the server's limit)")
+    s.add_argument(
+        "--time-limit", type=float, metavar="S", help="seconds it may run (default: the server's limit)"
+    )
     s.add_argument("--follow", action="store_true", help="then show its progress until it ends")
     s.set_defaults(func=client(_submit))
     sub("jobs", "list your training jobs, newest first").set_defaults(func=client(_jobs))
@@ -125,7 +129,9 @@ def _line(j: dict[str, Any]) -> str:
     parts = [j["state"]]
     p = j.get("progress")
     if p and j["state"] == "running":
-        parts.append(f"epoch {p.get('epoch')}, {p.get('events', 0):,} events at {p.get('events_per_s', 0):,.0f} events/s")
+        parts.append(
+            f"epoch {p.get('epoch')}, {p.get('events', 0):,} events at {p.get('events_per_s', 0):,.0f} events/s"
+        )
         if _metric(p):
             parts.append(_metric(p))
     if j.get("model"):

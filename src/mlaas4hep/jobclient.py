@@ -124,7 +124,11 @@ class JobsMixin:
         """Download the trained bundle (``.tar.gz``) to ``out`` (default: the server's file name, here)."""
         r = self._request("GET", f"/jobs/{job_id}/bundle")
         disposition = r.headers.get("content-disposition", "")
-        default = disposition.split("filename=")[-1].strip('"') if "filename=" in disposition else f"{job_id}.tar.gz"
+        default = (
+            disposition.split("filename=")[-1].strip('"')
+            if "filename=" in disposition
+            else f"{job_id}.tar.gz"
+        )
         path = Path(out) if out is not None else Path(Path(default).name)
         if path.is_dir():
             path = path / Path(default).name

@@ -325,10 +325,18 @@ def test_the_training_job_template_runs_the_job_process_on_the_shared_repository
     assert mounts["models"] == serve["repo"]
     assert Path(job_dir).parent == Path(serve["repo"]) / ".jobs"
     dep = one("k8s/deployment.yaml", "Deployment")["spec"]["template"]["spec"]
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in dep["volumes"] if "persistentVolumeClaim" in v}
-    assert {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}["models"] == claims["models"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in dep["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}[
+        "models"
+    ] == claims["models"]
     assert job["spec"]["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"
     assert job["spec"]["activeDeadlineSeconds"] == DEFAULTS.jobs_time_limit
     assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"]
     limits = c["resources"]["limits"]
-    assert limits["memory"] == f"{DEFAULT_MEMORY_GB:g}Gi" and limits["cpu"] == "1"  # a job that asks for nothing
+    assert (
+        limits["memory"] == f"{DEFAULT_MEMORY_GB:g}Gi" and limits["cpu"] == "1"
+    )  # a job that asks for nothing

@@ -47,7 +47,14 @@ def train_config(data_dir: Path, path: Path, **training: Any) -> Path:
     cfg = sample_config(data_dir, None, nevts=NEVTS, chunk_size=1000, branches=BRANCHES, jagged={"Jet": 4})
     cfg.pop("cache_dir")
     cfg["model"] = "model.py"  # replaced by the uploaded model file
-    cfg["training"] = {"epochs": 2, "batch_size": 512, "early_stopping": 0, "seed": 3, "plots": False, **training}
+    cfg["training"] = {
+        "epochs": 2,
+        "batch_size": 512,
+        "early_stopping": 0,
+        "seed": 3,
+        "plots": False,
+        **training,
+    }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -92,7 +99,7 @@ class Issuer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 issuer.requests += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -109,7 +116,13 @@ class Issuer:
 
     def token(self, user: str, expires_in: float = 600, key: Any = None, **claims: Any) -> str:
         now = int(time.time())
-        payload = {"iss": ISSUER, "sub": f"id-{user}", "preferred_username": user, "iat": now, "exp": now + int(expires_in)}
+        payload = {
+            "iss": ISSUER,
+            "sub": f"id-{user}",
+            "preferred_username": user,
+            "iat": now,
+            "exp": now + int(expires_in),
+        }
         payload.update(claims)
         pem = (key or self.key).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

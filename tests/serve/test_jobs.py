@@ -145,13 +145,21 @@ def test_the_command_line_submits_a_folder_and_follows_it(jobs_server, data_dir,
     (folder / "sgd.py").write_text(sgd_model().read_text())
     env = {**os.environ, "MLAAS4HEP_URL": jobs_server.url, "MLAAS4HEP_TOKEN": TOKEN}
     cli = [sys.executable, "-m", "mlaas4hep.cli", "client"]
-    r = subprocess.run([*cli, "submit", "--folder", str(folder), "--follow"], env=env, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [*cli, "submit", "--folder", str(folder), "--follow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     job_id = lines[0].split()[1]
     assert lines[0] == f"job {job_id} (sgd): queued"
     assert lines[-1] == "succeeded: model sgd version 1 is served"
-    r = subprocess.run([*cli, "fetch", job_id, "-o", str(tmp_path / "b.tar.gz")], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [*cli, "fetch", job_id, "-o", str(tmp_path / "b.tar.gz")], env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0 and r.stdout == f"wrote {tmp_path / 'b.tar.gz'}\n"
     with tarfile.open(tmp_path / "b.tar.gz") as tar:
         assert {"bundle.json", "model.onnx"} <= set(tar.getnames())

@@ -26,11 +26,17 @@ def cluster():
 def test_a_job_runs_on_the_dask_cluster_and_is_served(cluster, data_dir, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    srv = ServerProcess(repo, "--jobs", "--data-dir", str(data_dir), "--jobs-scheduler", cluster.scheduler_address)
+    srv = ServerProcess(
+        repo, "--jobs", "--data-dir", str(data_dir), "--jobs-scheduler", cluster.scheduler_address
+    )
     srv.start()
     try:
         with Client(srv.url, token=TOKEN) as c:
-            job = c.wait(c.submit(train_config(data_dir, tmp_path / "t.yaml"), sgd_model(), name="on-dask")["id"], 120, 0.3)
+            job = c.wait(
+                c.submit(train_config(data_dir, tmp_path / "t.yaml"), sgd_model(), name="on-dask")["id"],
+                120,
+                0.3,
+            )
             assert job["state"] == "succeeded", job
             assert job["engine"] == f"the Dask cluster at {cluster.scheduler_address}"
             assert job["model"] == {"name": "on-dask", "version": 1}

@@ -85,7 +85,9 @@ def test_users_see_and_cancel_only_their_own_jobs(issuer, oidc_server, data_dir,
 
 def test_the_model_records_who_trained_it(issuer, oidc_server, data_dir, tmp_path):
     carol = Client(oidc_server.url, token=issuer.token("carol", aud="mlaas"))
-    job = carol.wait(carol.submit(train_config(data_dir, tmp_path / "t.yaml"), sgd_model(), name="carols")["id"], 120, 0.3)
+    job = carol.wait(
+        carol.submit(train_config(data_dir, tmp_path / "t.yaml"), sgd_model(), name="carols")["id"], 120, 0.3
+    )
     assert job["state"] == "succeeded" and job["model"] == {"name": "carols", "version": 1}
     meta = HTTP.get(oidc_server.url + "/v2/models/carols").json()
     assert meta["name"] == "carols"
@@ -98,7 +100,10 @@ def test_a_caller_without_a_valid_token_is_refused(issuer, oidc_server):
     url = oidc_server.url + "/jobs"
     other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cases = [
-        ({}, "jobs need 'Authorization: Bearer <token>' (the server's token or an access token of its issuer)"),
+        (
+            {},
+            "jobs need 'Authorization: Bearer <token>' (the server's token or an access token of its issuer)",
+        ),
         ({"Authorization": "Bearer nope"}, "invalid token"),
         (
             {"Authorization": f"Bearer {issuer.token('eve', aud='mlaas', expires_in=-60)}"},
@@ -108,7 +113,10 @@ def test_a_caller_without_a_valid_token_is_refused(issuer, oidc_server):
             {"Authorization": f"Bearer {issuer.token('eve', aud='mlaas', key=other_key)}"},
             "invalid access token: Signature verification failed",
         ),
-        ({"Authorization": f"Bearer {issuer.token('eve', aud='other')}"}, "invalid access token: Audience doesn't match"),
+        (
+            {"Authorization": f"Bearer {issuer.token('eve', aud='other')}"},
+            "invalid access token: Audience doesn't match",
+        ),
         (
             {"Authorization": f"Bearer {issuer.token('eve', aud='mlaas', iss='https://evil.test')}"},
             "invalid access token: Invalid issuer",

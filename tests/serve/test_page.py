@@ -305,7 +305,9 @@ def test_page_lists_the_jobs_of_the_token_holder(browser, page_server, data_dir,
             job = c.wait(c.submit(cfg, sgd_model(), name="typo")["id"], 60, 0.3)
         pg.goto(srv.url + "/", timeout=15_000)
         pg.locator("#jobs-status").wait_for(timeout=10_000)
-        pg.wait_for_function("() => document.querySelector('#jobs-status').innerText.startsWith('enter your token')")
+        pg.wait_for_function(
+            "() => document.querySelector('#jobs-status').innerText.startsWith('enter your token')"
+        )
         assert pg.locator("#jobs-status").inner_text() == (
             "enter your token to see your jobs (jobs need 'Authorization: Bearer <token>' (a token))"
         )

@@ -106,13 +106,17 @@ class ServeConfig:
         "MS",
     )
     jobs: bool = _opt(
-        False, "accept training jobs (POST /jobs): each runs in a process of its own, never in the server", bool
+        False,
+        "accept training jobs (POST /jobs): each runs in a process of its own, never in the server",
+        bool,
     )
     jobs_dir: str | None = _opt(
         None, "jobs: where their state, inputs, logs and outputs live (default REPO/.jobs)", metavar="DIR"
     )
     jobs_scheduler: str | None = _opt(
-        None, "jobs: run them on this Dask scheduler (tcp://HOST:PORT) instead of local processes", metavar="ADDR"
+        None,
+        "jobs: run them on this Dask scheduler (tcp://HOST:PORT) instead of local processes",
+        metavar="ADDR",
     )
     jobs_running: int = _opt(2, "jobs: how many run at once (the others wait in the queue)", int, "N")
     jobs_per_user: int = _opt(1, "jobs: how many of one user's run at once", int, "N")
@@ -128,9 +132,13 @@ class ServeConfig:
         None, "jobs: also accept OIDC/JWT access tokens of this issuer (its 'iss')", metavar="URL"
     )
     oidc_jwks_url: str | None = _opt(
-        None, "jobs: the issuer's keys (JWKS; default: from ISSUER/.well-known/openid-configuration)", metavar="URL"
+        None,
+        "jobs: the issuer's keys (JWKS; default: from ISSUER/.well-known/openid-configuration)",
+        metavar="URL",
     )
-    oidc_audience: str | None = _opt(None, "jobs: the audience ('aud') access tokens must name", metavar="AUD")
+    oidc_audience: str | None = _opt(
+        None, "jobs: the audience ('aud') access tokens must name", metavar="AUD"
+    )
     oidc_user_claim: str = _opt(
         "preferred_username", "jobs: the claim naming the user (else 'sub')", metavar="CLAIM"
     )

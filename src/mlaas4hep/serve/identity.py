@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from .. import extras
 from ..tokens import load_token
 from .config import ServeConfig
 from .errors import Unauthenticated
@@ -55,6 +56,8 @@ class Identity:
         self.claim = config.oidc_user_claim
         self._jwks_url = config.oidc_jwks_url
         self._jwks: Any = None
+        if self.oidc:  # at start, not at the first request: PyJWT comes with the serve extra
+            extras.require("jwt", "--oidc-issuer")
 
     @property
     def oidc(self) -> bool:
@@ -69,7 +72,7 @@ class Identity:
                 assert self.issuer
                 discovery = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
                 try:
-                    with urllib.request.urlopen(discovery, timeout=10) as r:  # noqa: S310 (an https URL we were given)
+                    with urllib.request.urlopen(discovery, timeout=10) as r:
                         url = json.loads(r.read())["jwks_uri"]
                 except (OSError, ValueError, KeyError) as err:
                     raise Unauthenticated(
@@ -113,7 +116,8 @@ class Identity:
             ) from None
         except jwt.PyJWKClientError as err:
             raise Unauthenticated(
-                f"cannot check the access token against the issuer's keys: {err}", 'Bearer error="invalid_token"'
+                f"cannot check the access token against the issuer's keys: {err}",
+                'Bearer error="invalid_token"',
             ) from None
         except jwt.InvalidTokenError as err:
             raise Unauthenticated(f"invalid access token: {err}", 'Bearer error="invalid_token"') from None

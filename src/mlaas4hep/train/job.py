@@ -65,7 +65,9 @@ def _remote_ok(url: str, hosts: list[str], no_remote: bool) -> None:
 def _local_ok(path: str, dirs: list[str], shown: str | None = None) -> None:
     real = os.path.realpath(path)
     if not any((real + "/").startswith(d) for d in dirs):
-        raise PathRefused(f"the dataset file {(shown or path)[:200]!r} is outside this server's data directories (--data-dir)")
+        raise PathRefused(
+            f"the dataset file {(shown or path)[:200]!r} is outside this server's data directories (--data-dir)"
+        )
 
 
 def check_paths(dcfg: DatasetConfig, data_dirs: list[str], hosts: list[str], no_remote: bool) -> int:
@@ -106,7 +108,9 @@ def _dataset(job: Path, spec: dict[str, Any]) -> DatasetConfig:
                 f"it has {sorted(p.name for p in inp.iterdir())}"
             )
         labels = inp / "labels.txt"
-        dcfg = DatasetConfig.from_mlaas4hep(inp / "files.txt", labels if labels.exists() else None, inp / "params.json")
+        dcfg = DatasetConfig.from_mlaas4hep(
+            inp / "files.txt", labels if labels.exists() else None, inp / "params.json"
+        )
         model = models[0]
     else:
         dcfg = DatasetConfig.from_yaml(inp / "config.yaml")
@@ -132,7 +136,9 @@ def run(job: Path) -> int:
 
     try:
         dcfg = _dataset(job, spec)
-        n = check_paths(dcfg, spec.get("data_dirs", []), spec.get("allow_remote", []), spec.get("no_remote", False))
+        n = check_paths(
+            dcfg, spec.get("data_dirs", []), spec.get("allow_remote", []), spec.get("no_remote", False)
+        )
         print(f"job {spec.get('id', job.name)}: {n} input files; training", flush=True)
         overrides = {"threads": int(spec["cpus"])} if spec.get("cpus") else None
         if spec.get("cpus") and int(spec["cpus"]) <= 1:
@@ -161,7 +167,9 @@ def run(job: Path) -> int:
         _write(job / "result.json", {"state": "failed", "error": message, "exit_status": 1})
         return 1
     m = result.metrics
-    final = {k: m[k] for k in ("framework", "val_auc", "val_accuracy", "val_loss", "epochs_trained") if k in m}
+    final = {
+        k: m[k] for k in ("framework", "val_auc", "val_accuracy", "val_loss", "epochs_trained") if k in m
+    }
     _write(job / "result.json", {"state": "succeeded", "metrics": final})
     print(f"job {spec.get('id', job.name)}: succeeded: {json.dumps(final, default=float)}", flush=True)
     return 0

@@ -93,10 +93,14 @@ class JobManager:
             raise InvalidRequest(f"cpus must be from 1 to {c.jobs_max_cpus} on this server, not {sub.cpus}")
         memory = sub.memory_gb if sub.memory_gb is not None else min(DEFAULT_MEMORY_GB, c.jobs_max_memory_gb)
         if not 0 < memory <= c.jobs_max_memory_gb:
-            raise InvalidRequest(f"memory must be at most {c.jobs_max_memory_gb:g} GB on this server, not {memory:g}")
+            raise InvalidRequest(
+                f"memory must be at most {c.jobs_max_memory_gb:g} GB on this server, not {memory:g}"
+            )
         limit = sub.time_limit if sub.time_limit is not None else c.jobs_time_limit
         if not 0 < limit <= c.jobs_time_limit:
-            raise InvalidRequest(f"time_limit must be at most {c.jobs_time_limit:g} s on this server, not {limit:g}")
+            raise InvalidRequest(
+                f"time_limit must be at most {c.jobs_time_limit:g} s on this server, not {limit:g}"
+            )
         device = sub.device or "cpu"
         if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise InvalidRequest(f"device must be cpu, cuda, cuda:N or auto, not {device[:40]!r}")
@@ -232,9 +236,14 @@ class JobManager:
             if r["state"] != "queued":
                 continue
             if self.store.cancel_asked(r["id"]):
-                self.store.update(r["id"], state="cancelled", finished=now(), error="cancelled before it started")
+                self.store.update(
+                    r["id"], state="cancelled", finished=now(), error="cancelled before it started"
+                )
                 continue
-            if len(self._running) >= self.config.jobs_running or users[r["user"]] >= self.config.jobs_per_user:
+            if (
+                len(self._running) >= self.config.jobs_running
+                or users[r["user"]] >= self.config.jobs_per_user
+            ):
                 continue
             self._start(r)
             users[r["user"]] += 1

@@ -96,12 +96,16 @@ async def _submission(request: Request, limit: int) -> Submission:
         if isinstance(folder, UploadFile):
             data = await _read(folder, limit, "folder")
             try:
-                files = archive.read_archive(data, max_member=limit, max_total=limit, suffixes=(".py", ".txt", ".json"))
+                files = archive.read_archive(
+                    data, max_member=limit, max_total=limit, suffixes=(".py", ".txt", ".json")
+                )
             except BundleError as err:
                 raise InvalidRequest(f"the folder: {err}") from None
             kind = "folder"
         elif config is not None and isinstance(model, UploadFile):
-            text = await _read(config, MAX_TEXT, "config") if isinstance(config, UploadFile) else config.encode()
+            text = (
+                await _read(config, MAX_TEXT, "config") if isinstance(config, UploadFile) else config.encode()
+            )
             files = {"config.yaml": text, "model.py": await _read(model, limit, "model file")}
             extra["model_filename"] = model.filename or "model.py"
             extra["config_filename"] = config.filename if isinstance(config, UploadFile) else "config.yaml"
@@ -134,7 +138,9 @@ async def list_jobs(request: Request) -> Response:
 
 async def get_job(request: Request) -> Response:
     user = await _user(request)
-    return json_response(await plane_of(request).blocking(_jobs(request).get, user, request.path_params["id"]))
+    return json_response(
+        await plane_of(request).blocking(_jobs(request).get, user, request.path_params["id"])
+    )
 
 
 async def cancel_job(request: Request) -> Response:

@@ -30,6 +30,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from ... import extras
+
 #: Seconds between looks at the job's process, its cancel file and the clock.
 POLL_S = 0.2
 #: Seconds a job has to end after SIGTERM before it is killed.
@@ -127,14 +129,19 @@ class DaskRunner:
     """Each job a task of the Dask cluster at ``address`` (its process on a worker)."""
 
     def __init__(self, address: str):
-        from distributed import Client
+        Client = extras.require("distributed", "--jobs-scheduler").Client
 
         self.name = f"the Dask cluster at {address}"
         self.client = Client(address, timeout=10, set_as_default=False)
 
     def start(self, job_dir: Path, time_limit: float, cpus: int) -> Any:
         return self.client.submit(
-            supervise, str(job_dir), time_limit, _job_env(cpus), pure=False, key=f"mlaas4hep-job-{job_dir.name}"
+            supervise,
+            str(job_dir),
+            time_limit,
+            _job_env(cpus),
+            pure=False,
+            key=f"mlaas4hep-job-{job_dir.name}",
         )
 
     def close(self) -> None:
