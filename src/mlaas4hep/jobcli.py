@@ -108,19 +108,25 @@ def _jobs(cl: Any, a: argparse.Namespace) -> Any:
     for j in jobs:
         p = j.get("progress") or {}
         model = j.get("model")
-        rows.append(
-            [
-                j["id"],
-                j["name"],
-                j["user"],
-                j["state"],
-                p.get("epoch"),
-                _metric(p) or None,
-                j["created"],
-                f"{model['name']} v{model['version']}" if model else (j.get("error") or None),
-            ]
+        progress = f"epoch {p['epoch']}" + (f", {_metric(p)}" if _metric(p) else "") if p else None
+        error = j.get("error") or ""
+        outcome = (
+            f"{model['name']} v{model['version']}"
+            if model
+            else (error[:60] + ("…" if len(error) > 60 else ""))
         )
-    print_table(rows, ["id", "name", "user", "state", "epoch", "validation", "created", "model / error"])
+        rows.append([j["id"], j["name"], j["user"], j["state"], progress, outcome or None])
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("id", "name", "user", "state"):  # never cut: the id is what the other commands take
+        table.add_column(col, no_wrap=True)
+    table.add_column("progress")
+    table.add_column("model / error")
+    for r in rows:
+        table.add_row(*("-" if v is None else str(v) for v in r))
+    Console().print(table)
     return None
 
 
@@ -167,19 +173,29 @@ def _follow(cl: Any, job_id: str, as_json: bool) -> Any:
 
     live = enabled() and not as_json
     last = ""
-    while True:
-        j = cl.job(job_id)
-        line = _line(j)
-        if line != last and j["state"] in ("queued", "running", "succeeded"):
-            if live:
-                sys.stderr.write("\r\x1b[2K" + line[:200])
-                sys.stderr.flush()
-            elif not as_json:
-                print(line, flush=True)
-            last = line
-        if j["state"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(1.0)
+    try:
+        while True:
+            j = cl.job(job_id)
+            line = _line(j)
+            if line != last and j["state"] in ("queued", "running", "succeeded"):
+                if live:
+                    sys.stderr.write("\r\x1b[2K" + line[:200])
+                    sys.stderr.flush()
+                elif not as_json:
+                    print(line, flush=True)
+                last = line
+            if j["state"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        if live:
+            sys.stderr.write("\n")
+        print(
+            f"the job goes on: follow it again with `mlaas4hep client job {job_id} --follow`, "
+            f"or cancel it with `mlaas4hep client cancel {job_id}`",
+            file=sys.stderr,
+        )
+        raise
     if live:
         sys.stderr.write("\n")
     if as_json:

@@ -194,3 +194,21 @@ def test_a_restart_reports_the_job_it_interrupted(data_dir, tmp_path):
         assert job_pids(job_dir) == []
     finally:
         srv.stop()
+
+
+def test_openapi_lists_the_jobs_routes(jobs_server):
+    """/openapi.json of a server with --jobs lists exactly the routes the jobs API adds."""
+    doc = HTTP.get(jobs_server.url + "/openapi.json").json()
+    jobs = {(p, m) for p, ops in doc["paths"].items() if p.startswith("/jobs") for m in ops}
+    assert jobs == {
+        ("/jobs", "post"),
+        ("/jobs", "get"),
+        ("/jobs/{id}", "get"),
+        ("/jobs/{id}", "delete"),
+        ("/jobs/{id}/logs", "get"),
+        ("/jobs/{id}/bundle", "get"),
+    }
+    assert "202" in doc["paths"]["/jobs"]["post"]["responses"]
+    assert doc["paths"]["/jobs/{id}"]["delete"]["responses"]["403"]["content"]["application/json"]["schema"][
+        "required"
+    ] == ["error"]

@@ -309,7 +309,7 @@ def test_page_lists_the_jobs_of_the_token_holder(browser, page_server, data_dir,
             "() => document.querySelector('#jobs-status').innerText.startsWith('enter your token')"
         )
         assert pg.locator("#jobs-status").inner_text() == (
-            "enter your token to see your jobs (jobs need 'Authorization: Bearer <token>' (a token))"
+            "enter your token to see your jobs (jobs need 'Authorization: Bearer <token>')"
         )
         pg.fill("#token", TOKEN)
         pg.dispatch_event("#token", "change")

@@ -184,7 +184,7 @@ def create_app(
     if jobs is not None:
         app.state.jobs, app.state.identity = jobs, Identity(config, token)
     app.state.page = _page()
-    app.state.openapi = orjson.dumps(openapi.document())
+    app.state.openapi = orjson.dumps(openapi.document(jobs=jobs is not None))
     return FastPath(app, plane, v2.infer, tfaas.predict_json)
 
 

@@ -89,8 +89,8 @@ class Identity:
         if scheme.lower() != "bearer" or not given:
             if self.anonymous:
                 return User("anonymous", operator=True)
-            what = "the server's token or an access token of its issuer" if self.oidc else "a token"
-            raise Unauthenticated(f"jobs need 'Authorization: Bearer <token>' ({what})")
+            what = " (the server's token or an access token of its issuer)" if self.oidc else ""
+            raise Unauthenticated(f"jobs need 'Authorization: Bearer <token>'{what}")
         if self._token is not None and hmac.compare_digest(given.encode(), self._token):
             return User(OPERATOR, operator=True)
         if not self.oidc or given.count(".") != 2:

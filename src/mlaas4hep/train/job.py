@@ -112,6 +112,9 @@ def _dataset(job: Path, spec: dict[str, Any]) -> DatasetConfig:
             inp / "files.txt", labels if labels.exists() else None, inp / "params.json"
         )
         model = models[0]
+        # MLaaS4HEP's workflow writes no plots nor report: neither does its folder (the bundle is the point)
+        training = dcfg.extra.get("training")
+        dcfg.extra["training"] = {**(training if isinstance(training, dict) else {}), "plots": False}
     else:
         dcfg = DatasetConfig.from_yaml(inp / "config.yaml")
         model = inp / "model.py"
