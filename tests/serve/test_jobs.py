@@ -212,3 +212,14 @@ def test_openapi_lists_the_jobs_routes(jobs_server):
     assert doc["paths"]["/jobs/{id}"]["delete"]["responses"]["403"]["content"]["application/json"]["schema"][
         "required"
     ] == ["error"]
+
+
+def test_a_job_gets_the_memory_it_asked_for_and_no_more(client, data_dir, tmp_path):
+    """The memory asked for is the job process's address-space limit: past it, allocations fail there."""
+    hungry = tmp_path / "hungry.py"
+    hungry.write_text(sgd_model().read_text() + "\nHOARD = bytearray(3 * 2**30)  # 3 GB at import\n")
+    done = client.wait(
+        client.submit(train_config(data_dir, tmp_path / "t.yaml"), hungry, memory=1.5)["id"], 60, 0.3
+    )
+    assert done["state"] == "failed" and "MemoryError" in done["error"], done["error"]
+    assert done["resources"]["memory_gb"] == 1.5

@@ -200,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
     job = Path(argv[0])
-    limit_memory(json.loads((job / "spec.json").read_text()).get("memory_gb"))
+    spec = json.loads((job / "spec.json").read_text())
+    # CUDA reserves far more address space than it uses: a GPU job's memory is its engine's to limit
+    if not str(spec.get("device") or "cpu").startswith(("cuda", "auto")):
+        limit_memory(spec.get("memory_gb"))
     return run(job)
 
 
