@@ -99,9 +99,14 @@ def test_cancel_ends_the_job_and_every_process_of_it(client, jobs_server, data_d
     wait_for(lambda: client.job(job["id"])["state"] == "running" and job_pids(job_dir), 30, "running")
     pid = int((job_dir / "pid").read_text())
     assert pid in job_pids(job_dir)
+    # the log streams while the job runs: its first line arrives before the job ends
+    lines = client.logs(job["id"], follow=True)
+    first = wait_for(lambda: (job_dir / "log.txt").stat().st_size > 0, 30, "a log line") and next(lines)
+    assert first == f"job {job['id']}: 4 input files; training"
     done = client.cancel(job["id"])
     assert done["state"] == "cancelled" and done["error"] == "cancelled while running"
     assert job_pids(job_dir) == [] and not os.path.exists(f"/proc/{pid}")
+    assert list(lines) == []  # the stream ended with the job
     # cancelling again changes nothing; a job that does not exist is a 404 JSON error
     assert client.cancel(job["id"])["state"] == "cancelled"
     with pytest.raises(ClientError) as err:
