@@ -38,8 +38,12 @@ def read_archive(
     max_members: int = MAX_MEMBERS,
     max_member: int = MAX_MEMBER_BYTES,
     max_total: int = MAX_TOTAL_BYTES,
+    suffixes: tuple[str, ...] = ALLOWED_SUFFIXES,
 ) -> dict[str, bytes]:
     """Check an archive and return its files as ``{file name: content}``.
+
+    ``suffixes``: the file types it may hold (a bundle's by default; a training
+    job's folder also holds its model file, ``.py``).
 
     Raises :class:`~mlaas4hep.bundle.BundleError` with the reason when the
     archive is unreadable or breaks one of the rules above.
@@ -78,10 +82,10 @@ def read_archive(
                             "the archive must hold one bundle: files at its root or in one folder"
                         )
                 fname = parts[-1]
-                if not fname.endswith(ALLOWED_SUFFIXES):
+                if not fname.endswith(suffixes):
                     raise BundleError(
                         f"archive member {member.name!r} has a type a bundle may not hold "
-                        f"(allowed: {', '.join(ALLOWED_SUFFIXES)})"
+                        f"(allowed: {', '.join(suffixes)})"
                     )
                 if fname in files:
                     raise BundleError(f"archive member {fname!r} appears twice")

@@ -12,6 +12,7 @@
     c.predict("tth", raw={"MET_pt": [40.0], "Jet_pt": [[50.0, 30.0]], ...})  # raw branches
     c.predict_root("tth", "root://host//store/f.root", entry_stop=1000)     # {"entry", "event", ..., "score"}
     c.delete("tth")
+    job = c.wait(c.submit("train.yaml", model="my_model.py")["id"])   # training jobs (serve --jobs)
 
 Feature rows travel as binary tensors of the Open Inference Protocol (no JSON
 parsing of numbers on either side); raw branches go as JSON because jagged
@@ -32,6 +33,7 @@ import orjson
 
 from .bundle_archive import pack_directory
 from .bundle_schema import DATATYPES as DTYPES
+from .jobclient import JobsMixin
 
 DEFAULT_URL = "http://127.0.0.1:8083"
 
@@ -44,9 +46,10 @@ class ClientError(Exception):
         self.status, self.message = status, message
 
 
-class Client:
+class Client(JobsMixin):
     """A Python client of ``mlaas4hep serve`` (TFaaS routes, Open Inference Protocol v2,
-    the model repository and ``predict_root``), over HTTP with httpx.
+    the model repository, ``predict_root``, and training jobs: :mod:`mlaas4hep.jobclient`),
+    over HTTP with httpx.
 
     It imports nothing of the server, so a client-only install needs httpx and numpy.
 
@@ -81,12 +84,15 @@ class Client:
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         r = self._http.request(method, path, **kw)
         if r.status_code >= 400:
-            try:
-                msg = r.json().get("error", r.text)
-            except ValueError:
-                msg = r.text
-            raise ClientError(r.status_code, msg)
+            self._raise(r)
         return r
+
+    def _raise(self, r: httpx.Response) -> None:
+        try:
+            msg = r.json().get("error", r.text)
+        except ValueError:
+            msg = r.text
+        raise ClientError(r.status_code, msg)
 
     # ------------------------------------------------------------ repository
     def upload(

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from .jobcli import add_job_commands
 from .terminal import CommandError, UsageError, count, format_scores, print_json, print_table
 
 CLIENT_HELP = """\
@@ -28,6 +29,8 @@ examples:
   mlaas4hep client predict tth --input rows.json             ([[...], ...] or {"MET_pt": [...], "Jet_pt": [[...]]})
   mlaas4hep client predict-root tth root://host//store/f.root --stop 1000 --out scores.root
   mlaas4hep client --token-file token.txt delete tth
+  mlaas4hep client submit train.yaml --model my_model.py --follow   (a server with --jobs)
+  mlaas4hep client jobs
 """
 
 
@@ -40,7 +43,7 @@ def add_client_commands(subparsers: Any) -> None:
     """Register ``client`` on an :mod:`argparse` subparsers object."""
     c = subparsers.add_parser(
         "client",
-        help="talk to a server: upload, models, delete, predict, predict-root",
+        help="talk to a server: upload, models, delete, predict, predict-root, submit, jobs",
         description=CLIENT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -101,6 +104,7 @@ def add_client_arguments(c: argparse.ArgumentParser) -> None:
     rt.add_argument("--csv", action="store_true", help="print CSV: entry, event ids, one column per label")
     rt.add_argument("--version", type=int, help="model version (default: the latest)")
     rt.set_defaults(func=_client(_predict_root))
+    add_job_commands(sub, _client)
 
 
 # ------------------------------------------------------------------ client

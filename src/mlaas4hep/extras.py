@@ -34,6 +34,7 @@ EXTRA_OF = {
     "prometheus_client": "serve",
     "grpc": "serve",
     "google": "serve",
+    "jwt": "serve",
     "matplotlib": "train",
     "mplhep": "train",
     "scipy": "train",

@@ -307,3 +307,36 @@ def test_yamllint_catches_a_broken_copy(tmp_path):
     assert r.returncode != 0
     assert "(indentation)" in r.stdout or "syntax error" in r.stdout
     assert "(trailing-spaces)" in r.stdout or "syntax error" in r.stdout
+
+
+def test_the_training_job_template_runs_the_job_process_on_the_shared_repository():
+    """deploy/k8s/job-template.yaml: the jobs engine's command, on a job directory of the repository
+    volume the servers share (where `serve --jobs` keeps REPO/.jobs), never retried, with a deadline."""
+    from mlaas4hep.serve.config import DEFAULTS
+    from mlaas4hep.serve.jobs.manager import DEFAULT_MEMORY_GB
+
+    job = one("k8s/job-template.yaml", "Job")
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["python", "-m", "mlaas4hep.train.job"]
+    (job_dir,) = c["args"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    serve = yaml.safe_load(one("k8s/configmap.yaml", "ConfigMap")["data"]["serve.yaml"])
+    assert mounts["models"] == serve["repo"]
+    assert Path(job_dir).parent == Path(serve["repo"]) / ".jobs"
+    dep = one("k8s/deployment.yaml", "Deployment")["spec"]["template"]["spec"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in dep["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}[
+        "models"
+    ] == claims["models"]
+    assert job["spec"]["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"
+    assert job["spec"]["activeDeadlineSeconds"] == DEFAULTS.jobs_time_limit
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"]
+    limits = c["resources"]["limits"]
+    assert (
+        limits["memory"] == f"{DEFAULT_MEMORY_GB:g}Gi" and limits["cpu"] == "1"
+    )  # a job that asks for nothing

@@ -183,7 +183,14 @@ def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_the_client_and_its_command_line_import_nothing_of_the_server():
     graph = imports()
-    for name in ("mlaas4hep.client", "mlaas4hep.clientcli", "mlaas4hep.bundle_archive", "mlaas4hep.tokens"):
+    for name in (
+        "mlaas4hep.client",
+        "mlaas4hep.clientcli",
+        "mlaas4hep.jobclient",
+        "mlaas4hep.jobcli",
+        "mlaas4hep.bundle_archive",
+        "mlaas4hep.tokens",
+    ):
         reached = {m for m in _reach(graph, name) if m.startswith("mlaas4hep.serve")}
         assert not reached, (name, reached)
 
@@ -242,3 +249,11 @@ def test_exit_statuses_are_the_errors_own():
     for cls in (ConfigError, BundleError, BranchNotFoundError, TreeNotFoundError, ModelFileError):
         assert cls.exit_status == 2 and exit_status(cls.__new__(cls)) == 2, cls
     assert exit_status(FileOpenError("f.root", "gone")) == 1 and Mlaas4hepError.exit_status == 1
+
+
+def test_the_server_never_imports_the_training_layer_nor_a_model_file():
+    """A job's model file is user code: only its own process (mlaas4hep.train.job) imports it."""
+    graph = imports()
+    for name in [n for n in graph if n.startswith("mlaas4hep.serve")]:
+        reached = {m for m in _reach(graph, name) if m.startswith(("mlaas4hep.train", "mlaas4hep.models"))}
+        assert not reached, (name, reached)

@@ -19,7 +19,7 @@ import pytest
 
 from mlaas4hep.bundle_archive import pack_directory
 
-from .conftest import HTTP, ServerProcess, install_copy
+from .conftest import HTTP, TOKEN, ServerProcess, install_copy
 from .oracle import ATOL, Oracle
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -279,3 +279,45 @@ def test_grouped_model_gets_a_raw_branch_example_that_predicts(grouped_page):
     result = page.locator("#try-result").inner_text()
     assert _shown(result, "sig") == pytest.approx(p, abs=SHOWN)
     assert _shown(result, "bkg") == pytest.approx(1 - p, abs=SHOWN)
+
+
+def test_page_lists_the_jobs_of_the_token_holder(browser, page_server, data_dir, tmp_path):
+    """With --jobs the page lists the jobs with their state (after the token is given); without, no section."""
+    from mlaas4hep.client import Client
+
+    from .jobs_helpers import sgd_model, train_config
+
+    pg = browser.new_page()
+    try:
+        pg.goto(page_server.url + "/", timeout=15_000)
+        pg.locator("tr.model-row[data-name='tth']").wait_for(timeout=10_000)
+        assert pg.locator("#jobs-section").is_hidden()
+    finally:
+        pg.close()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    srv = ServerProcess(repo, "--jobs", "--data-dir", str(data_dir)).start()
+    pg = browser.new_page()
+    try:
+        cfg = train_config(data_dir, tmp_path / "train.yaml")
+        cfg.write_text(cfg.read_text().replace("branches:", "branchez:"))
+        with Client(srv.url, token=TOKEN) as c:
+            job = c.wait(c.submit(cfg, sgd_model(), name="typo")["id"], 60, 0.3)
+        pg.goto(srv.url + "/", timeout=15_000)
+        pg.locator("#jobs-status").wait_for(timeout=10_000)
+        pg.wait_for_function(
+            "() => document.querySelector('#jobs-status').innerText.startsWith('enter your token')"
+        )
+        assert pg.locator("#jobs-status").inner_text() == (
+            "enter your token to see your jobs (jobs need 'Authorization: Bearer <token>')"
+        )
+        pg.fill("#token", TOKEN)
+        pg.dispatch_event("#token", "change")
+        row = pg.locator(f"tr.job-row[data-id='{job['id']}']")
+        row.wait_for(timeout=10_000)
+        cells = row.locator("td").all_inner_texts()
+        assert cells[:4] == [job["id"], "typo", "admin", "failed"]
+        assert cells[5] == job["error"] and cells[5].startswith("train.yaml, line ")
+    finally:
+        pg.close()
+        srv.stop()

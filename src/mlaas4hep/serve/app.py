@@ -8,7 +8,8 @@ serves three APIs over one :class:`~mlaas4hep.serve.dataplane.DataPlane`:
   ``/delete/{model}``, ``/json``, ``/status``;
 * the Open Inference Protocol v2 (:mod:`~mlaas4hep.serve.v2`) with the binary
   tensor and repository extensions, plus ``predict_root`` (:mod:`.rootpredict`);
-* ``/`` (a web page), ``/metrics`` (Prometheus).
+* ``/`` (a web page), ``/metrics`` (Prometheus);
+* with ``--jobs``, the training jobs API (:mod:`.jobs`): ``/jobs``...
 
 This module only assembles: the routes' handlers take the data plane and a
 :class:`~mlaas4hep.serve.http.Call`, and no route module imports this one.
@@ -27,7 +28,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -46,6 +47,9 @@ from .fastpath import FastPath
 from .http import error_reply, http_status, plane_of, reply_for
 from .metrics import Metrics
 from .repository import Repository
+
+if TYPE_CHECKING:
+    from .jobs.manager import JobManager
 
 log = logging.getLogger("mlaas4hep.serve")
 
@@ -158,6 +162,14 @@ def create_app(
         *v2.routes(),
         *rootpredict.routes(),
     ]
+    jobs = None
+    if config.jobs:
+        from .identity import Identity
+        from .jobs.manager import JobManager
+        from .jobs.routes import routes as job_routes
+
+        jobs = JobManager(config, repo)
+        routes += job_routes()
     app = Starlette(
         routes=routes,
         middleware=[Middleware(Instrument, metrics=plane.metrics)],
@@ -166,18 +178,24 @@ def create_app(
             HTTPException: _http_error,
             Exception: _internal_error,
         },
-        lifespan=_lifespan(plane),
+        lifespan=_lifespan(plane, jobs),
     )
     app.state.plane = plane
+    if jobs is not None:
+        app.state.jobs, app.state.identity = jobs, Identity(config, token)
     app.state.page = _page()
-    app.state.openapi = orjson.dumps(openapi.document())
+    app.state.openapi = orjson.dumps(openapi.document(jobs=jobs is not None))
     return FastPath(app, plane, v2.infer, tfaas.predict_json)
 
 
-def _lifespan(plane: DataPlane) -> Callable[[Any], Any]:
+def _lifespan(plane: DataPlane, jobs: JobManager | None = None) -> Callable[[Any], Any]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        if jobs is not None:
+            jobs.start()
         yield
+        if jobs is not None:
+            await jobs.stop()
         plane.close()
 
     return lifespan

@@ -143,6 +143,19 @@ def startup_banner(config: Any, sources: dict[str, str] | None = None) -> str:
     if config.metrics_port:
         # prometheus_client's own server, plain HTTP (as Triton's metrics port)
         lines.append(f"  metrics:      http://{host}:{config.metrics_port}/metrics (no token)")
+    if config.jobs:
+        engine = (
+            f"the Dask cluster at {config.jobs_scheduler}" if config.jobs_scheduler else "local processes"
+        )
+        who = (
+            f"; also access tokens of {config.oidc_issuer or config.oidc_jwks_url}"
+            if (config.oidc_issuer or config.oidc_jwks_url)
+            else ""
+        )
+        lines.append(
+            f"  jobs:         POST /jobs, run as {engine}, {config.jobs_running} at once "
+            f"({config.jobs_per_user} per user); state in {config.jobs_path.resolve()}{who}"
+        )
     if config.workers > 1:
         lines.append(f"  workers:      {config.workers} processes")
     settings = changed(config, sources or {})

@@ -105,6 +105,43 @@ class ServeConfig:
         float,
         "MS",
     )
+    jobs: bool = _opt(
+        False,
+        "accept training jobs (POST /jobs): each runs in a process of its own, never in the server",
+        bool,
+    )
+    jobs_dir: str | None = _opt(
+        None, "jobs: where their state, inputs, logs and outputs live (default REPO/.jobs)", metavar="DIR"
+    )
+    jobs_scheduler: str | None = _opt(
+        None,
+        "jobs: run them on this Dask scheduler (tcp://HOST:PORT) instead of local processes",
+        metavar="ADDR",
+    )
+    jobs_running: int = _opt(2, "jobs: how many run at once (the others wait in the queue)", int, "N")
+    jobs_per_user: int = _opt(1, "jobs: how many of one user's run at once", int, "N")
+    jobs_queued_per_user: int = _opt(10, "jobs: how many of one user's may wait in the queue", int, "N")
+    jobs_time_limit: float = _opt(
+        3600.0, "jobs: seconds one may run (and the most it may ask for); then it is stopped", float, "S"
+    )
+    jobs_max_cpus: int = _opt(4, "jobs: the most cores one may ask for (default 1)", int, "N")
+    jobs_max_memory_gb: float = _opt(
+        8.0, "jobs: the most memory one may ask for, GB (its address-space limit; default 4)", float, "GB"
+    )
+    oidc_issuer: str | None = _opt(
+        None, "jobs: also accept OIDC/JWT access tokens of this issuer (its 'iss')", metavar="URL"
+    )
+    oidc_jwks_url: str | None = _opt(
+        None,
+        "jobs: the issuer's keys (JWKS; default: from ISSUER/.well-known/openid-configuration)",
+        metavar="URL",
+    )
+    oidc_audience: str | None = _opt(
+        None, "jobs: the audience ('aud') access tokens must name", metavar="AUD"
+    )
+    oidc_user_claim: str = _opt(
+        "preferred_username", "jobs: the claim naming the user (else 'sub')", metavar="CLAIM"
+    )
     log_level: str = _opt("warning", "server log level: debug, info, warning, error")
 
     # ------------------------------------------------------------ derived
@@ -121,6 +158,11 @@ class ServeConfig:
         """What predict_root may open: the data directories (resolved), then the remote schemes."""
         dirs = tuple(str(Path(d).resolve()).rstrip("/") + "/" for d in self.data_dir)
         return dirs + (() if self.no_remote else ("root://", "http://", "https://"))
+
+    @property
+    def jobs_path(self) -> Path:
+        """The jobs directory: ``--jobs-dir``, else ``REPO/.jobs`` (the repository lists no dot names)."""
+        return Path(self.jobs_dir) if self.jobs_dir else Path(self.repo) / ".jobs"
 
     def replace(self, **changes: Any) -> ServeConfig:
         return dataclasses.replace(self, **changes)
@@ -152,9 +194,26 @@ class ServeConfig:
             for b, pb in ports[i + 1 :]:
                 if pa == pb:
                     raise ConfigError(f"{a} and {b} are both {pa}: each needs a port of its own")
-        for name in ("workers", "max_batch", "max_loaded", "infer_threads", "root_threads", "grpc_listeners"):
+        for name in (
+            "workers",
+            "max_batch",
+            "max_loaded",
+            "infer_threads",
+            "root_threads",
+            "grpc_listeners",
+            "jobs_running",
+            "jobs_per_user",
+            "jobs_queued_per_user",
+            "jobs_max_cpus",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.jobs_time_limit <= 0 or self.jobs_max_memory_gb <= 0:
+            raise ConfigError("jobs_time_limit and jobs_max_memory_gb must be positive")
+        if self.jobs_scheduler and "://" not in self.jobs_scheduler:
+            raise ConfigError(
+                f"jobs_scheduler {self.jobs_scheduler!r} is not a Dask scheduler address (tcp://HOST:PORT)"
+            )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
         return self

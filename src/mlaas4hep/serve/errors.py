@@ -17,6 +17,7 @@ Unauthenticated        no or a wrong bearer token                           401 
 Forbidden              not allowed here (no token configured, a path)       403     PERMISSION_DENIED
 ReadOnlyRepository     the repository cannot be changed                     403     FAILED_PRECONDITION
 ModelNotFound          no such model or version                             404     NOT_FOUND
+JobNotFound            no such training job (``--jobs``)                    404     NOT_FOUND
 VersionConflict        the version exists, or was installed concurrently    409     ALREADY_EXISTS
 TooLarge               a body, file or request beyond the server's limits   413     RESOURCE_EXHAUSTED
 Overloaded             too much work queued: retry later                    429     RESOURCE_EXHAUSTED
@@ -85,6 +86,10 @@ class ReadOnlyRepository(Forbidden):
 
 class ModelNotFound(ServeError, LookupError):
     """No such model, or no such version of it."""
+
+
+class JobNotFound(ServeError, LookupError):
+    """No training job of this id (the jobs API, :mod:`.jobs`)."""
 
 
 class VersionConflict(ServeError):

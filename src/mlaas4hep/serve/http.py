@@ -36,6 +36,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     errors.Unauthenticated: 401,
     errors.Forbidden: 403,
     errors.ModelNotFound: 404,
+    errors.JobNotFound: 404,
     errors.VersionConflict: 409,
     errors.TooLarge: 413,
     errors.Overloaded: 429,

@@ -183,8 +183,81 @@ def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {JSON: {"schema": schema}}}
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI document (a fresh dict each call)."""
+JOB = {
+    "type": "object",
+    "required": ["id", "name", "user", "state"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "user": {"type": "string"},
+        "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+        "progress": {"type": "object", "nullable": True},
+        "error": {"type": "string", "nullable": True},
+        "model": {"type": "object", "nullable": True},
+    },
+}
+
+
+def jobs_paths() -> dict[str, Any]:
+    """The routes of the jobs API (``serve --jobs``, :mod:`.jobs.routes`)."""
+    user: list[dict[str, list[str]]] = [{"bearer": []}]
+    job_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    form = {
+        "type": "object",
+        "properties": {
+            "config": {"type": "string", "format": "binary"},
+            "model": {"type": "string", "format": "binary"},
+            "folder": {"type": "string", "format": "binary"},
+            "name": {"type": "string"},
+            "cpus": {"type": "integer"},
+            "memory": {"type": "number"},
+            "device": {"type": "string"},
+            "time_limit": {"type": "number"},
+        },
+    }
+    own = (401, 403, 404)
+    submit = _op(
+        "submit a training: 'config' + 'model', or 'folder' (.tar.gz); answered at once, queued",
+        "the job",
+        JOB,
+        (400, 401, 413, 429),
+        security=user,
+        requestBody={"required": True, "content": {"multipart/form-data": {"schema": form}}},
+    )
+    submit["responses"] = {"202": submit["responses"].pop("200"), **submit["responses"]}
+    return {
+        "/jobs": {
+            "post": submit,
+            "get": _op("the caller's jobs, newest first", "jobs", {"type": "object"}, (401,), security=user),
+        },
+        "/jobs/{id}": {
+            "get": _op(
+                "one job: state, progress, error, model",
+                "the job",
+                JOB,
+                own,
+                security=user,
+                parameters=job_id,
+            ),
+            "delete": _op(
+                "cancel a job (its processes end)", "the job", JOB, own, security=user, parameters=job_id
+            ),
+        },
+        "/jobs/{id}/logs": {
+            "get": _op(
+                "the job's log, streamed while it runs", "text", None, own, security=user, parameters=job_id
+            )
+        },
+        "/jobs/{id}/bundle": {
+            "get": _op(
+                "the trained bundle (.tar.gz)", "bundle", None, (400, *own), security=user, parameters=job_id
+            )
+        },
+    }
+
+
+def document(jobs: bool = False) -> dict[str, Any]:
+    """The OpenAPI document (a fresh dict each call); ``jobs``: with the jobs API."""
     admin: list[dict[str, list[str]]] = [{"bearer": []}]
     paths: dict[str, Any] = {
         "/upload": {
@@ -333,6 +406,8 @@ def document() -> dict[str, Any]:
                 requestBody=_body(PREDICT_ROOT),
             )
         }
+    if jobs:
+        paths.update(jobs_paths())
     return {
         "openapi": "3.0.3",
         "info": {

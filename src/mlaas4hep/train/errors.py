@@ -43,3 +43,7 @@ class TrainInterrupted(KeyboardInterrupt):
     def __init__(self, out: Path, checkpoint: Path | None, epoch: int | None):
         super().__init__()
         self.out, self.checkpoint, self.epoch = out, checkpoint, epoch
+
+
+class PathRefused(ConfigError):
+    """A training job's dataset names a file the server may not read (:mod:`.job`: ``--data-dir``, ``--allow-remote``)."""
