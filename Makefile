@@ -49,7 +49,7 @@ demo: $(STAMP)
 	$(BIN)/mlaas4hep demo --out demo-out
 
 test: $(TEST_STAMP) system-deps perf-analyzer lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/stream.py
