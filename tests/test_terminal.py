@@ -170,7 +170,21 @@ def _typos(tmp_path) -> list[tuple[list[str], int, str]]:
             "mlaas4hep demo: error: argument --events: invalid int value: 'abc'",
         ),
         (["stream", "--epoch", "2"], 2, "mlaas4hep stream: error: "),
-        (["trian", "x.yaml"], 2, "mlaas4hep: error: argument COMMAND: invalid choice: 'trian'"),
+        (
+            ["trian", "x.yaml"],
+            2,
+            "mlaas4hep: error: argument COMMAND: invalid choice: 'trian' (did you mean 'train'?)",
+        ),
+        (
+            ["client", "sumbit", "x.yaml"],
+            2,
+            "mlaas4hep client: error: argument COMMAND: invalid choice: 'sumbit' (did you mean 'submit'?)",
+        ),
+        (
+            ["xyzzy"],
+            2,
+            "mlaas4hep: error: argument COMMAND: invalid choice: 'xyzzy' (choose from 'generate', ",
+        ),
     ]
 
 

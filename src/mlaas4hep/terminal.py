@@ -50,7 +50,20 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a usage error on one line that points to ``--help``."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_with_guess(message)} (see: {self.prog} --help)\n")
+
+
+def _with_guess(message: str) -> str:
+    """argparse's "invalid choice: 'sumbit' (choose from ...)" with "did you mean 'submit'?" in front."""
+    import difflib
+    import re
+
+    m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+    if m is None:
+        return message
+    choices = re.findall(r"'([^']*)'", m.group(2))
+    close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.6)
+    return f"{message[: m.start(2) - len('(choose from ')]}(did you mean {close[0]!r}?)" if close else message
 
 
 def positive_int(text: str) -> int:
