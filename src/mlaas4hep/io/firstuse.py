@@ -275,19 +275,30 @@ def decode_raw(
     n = int(keep.sum()) if keep is not None else n_all
     stats: dict[str, Stats] = chunk_stats(arrays, names, keep)
 
-    cols = [_flat(arrays[name], name)[:, None] for name in pre.flat]
-    counts: list[np.ndarray] = []
-    widths: list[int] = []
-    plans = PadPlans()  # a collection's branches share their gather indices
-    for (name, _), length in zip(pre.jagged, given):
+    counts = [_counts(arrays[name], n_all) for name, _ in pre.jagged]
+    widths = [
+        int(length) if length is not None else (int(c.max()) if len(c) else 0)
+        for c, length in zip(counts, given)
+    ]
+    x = np.zeros((n_all, len(pre.flat) + sum(widths)), np.float32)  # padded slots stay 0 (arbitrary)
+    for i, name in enumerate(pre.flat):
+        x[:, i] = _flat(arrays[name], name)
+    col = len(pre.flat)
+    plans = PadPlans()  # a collection's branches share their gather indices (exotic layouts)
+    scatters = ScatterPlans()  # ... and their scatter indices
+    for (name, _), width in zip(pre.jagged, widths):
         values = arrays[name]
-        c = _counts(values, n_all)
-        width = int(length) if length is not None else (int(c.max()) if len(c) else 0)
-        block, _ = pad_jagged(values, width, name, plans)
-        cols.append(block)
-        counts.append(c)
-        widths.append(width)
-    x = _hstack(cols, n_all)
+        parts = list_parts(values) if isinstance(values, ak.Array) and values.ndim == 2 else None
+        if parts is None:  # a regular numpy array, an exotic layout, or an error to report
+            block, _ = pad_jagged(values, width, name, plans)
+            x[:, col : col + width] = block
+        elif width and len(parts[0]):
+            starts, stops, data = parts
+            src, dst = scatters.plan(starts, stops, width, x.shape[1])
+            # every value of the lists (clipped to the width) straight to its slot of x
+            first = int(starts[0])
+            x.reshape(-1)[col:][dst] = data[src] if src is not None else data[first : first + len(dst)]
+        col += width
     cnt = np.empty((len(counts), n_all), np.int32)
     for j, c in enumerate(counts):
         cnt[j] = c
@@ -295,6 +306,52 @@ def decode_raw(
         x, cnt = x[keep], cnt[:, keep]
     raw = RawChunk(x, cnt, np.asarray(widths, np.int64), *reader._targets(unit, arrays, keep))
     return stats, n, raw
+
+
+class ScatterPlans:
+    """Where each value of a jagged branch goes in a row-major ``(n, F)`` array, shared by the
+    branches of a collection (equal list offsets, compared value by value, as :class:`PadPlans`).
+
+    :meth:`plan` returns ``(src, dst)``: value ``src[k]`` of the content goes to flat
+    position ``dst[k]`` (``event * F + slot``, for the branch's first column at 0),
+    slots at or beyond the width left out (clipped). ``src`` is None when the values
+    kept are one run of the content from ``starts[0]`` (no list is clipped and the
+    lists follow each other): the content is then written without a gather.
+    Scattering the values (as many as the lists hold) costs less than gathering the
+    ``(n, width)`` padded block and copying it into ``x``.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[np.ndarray, np.ndarray, int, int] | None = None
+        self._plan: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0, np.int64))
+
+    def plan(
+        self, starts: np.ndarray, stops: np.ndarray, width: int, row: int
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        key = self._key
+        if (
+            key is not None
+            and key[2:] == (width, row)
+            and np.array_equal(key[0], starts)
+            and np.array_equal(key[1], stops)
+        ):
+            return self._plan
+        starts64, stops64 = starts.astype(np.int64), stops.astype(np.int64)
+        counts = stops64 - starts64
+        kept = np.minimum(counts, width)
+        first = np.cumsum(kept) - kept  # where each event's values start among those kept
+        # value k of event e (k from first[e]) goes to e * row + (k - first[e])
+        shift = np.repeat(np.arange(len(kept), dtype=np.int64) * row - first, kept)
+        dst = np.arange(len(shift), dtype=np.int64)
+        dst += shift
+        contiguous = len(starts64) == 0 or bool(np.array_equal(starts64[1:], stops64[:-1]))
+        if contiguous and bool((kept == counts).all()):
+            src = None
+        else:  # value k of event e is content[starts[e] + k - first[e]]
+            src = np.arange(len(shift), dtype=np.int64)
+            src += np.repeat(starts64 - first, kept)
+        self._key, self._plan = (starts, stops, width, row), (src, dst)
+        return src, dst
 
 
 #: Rows handled at once when columns are assembled or laid out: about 1 MiB, so
@@ -333,36 +390,42 @@ def _counts(values: Any, n: int) -> np.ndarray:
 def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     """Lay a raw unit out as ``pre`` would have decoded it: pad/clip, normalise, mask.
 
-    One gather builds every column (a slot beyond a branch's stored width reads
-    any stored column: it is padding in every event, since no list of the unit
-    is longer than the width); then ``(v - offset) * scale`` in float32 on the
-    columns that have constants, and ``pad_value`` where the mask is set.
+    Each jagged branch's stored columns are copied to its place in ``x`` (the
+    first ``min(width, length)`` of them: clipping), and its slots beyond the
+    stored width are padding in every event (no list of the unit is longer
+    than the width); then ``(v - offset) * scale`` in float32 on the columns
+    that have constants, and ``pad_value`` where the mask is set. All of it
+    runs a block of rows at a time (:data:`BLOCK_BYTES`), so the copy, the
+    normalisation and the mask of a block find it in the CPU cache.
 
     When every branch is stored at its final length (the lengths are given)
-    the gather is the identity and is skipped; with ``inplace`` the raw unit's
-    own ``x`` (used once, if writeable) becomes the chunk's ``x``.
+    nothing is copied; with ``inplace`` the raw unit's own ``x`` (used once,
+    if writeable) becomes the chunk's ``x``.
     """
     n, nflat = len(raw), len(pre.flat)
     widths = [int(w) for w in raw.widths]
     if len(widths) != len(pre.jagged) or raw.x.shape[1] != nflat + sum(widths):
         raise ValueError("a raw unit does not match the preprocessing (stale decoded cache?)")
     counts = np.asarray(raw.counts)
-    src = list(range(nflat))
-    r = nflat
+    # (raw column, x column, how many) of every run of columns copied; the other columns are padding
+    copies = [(0, 0, nflat)] if nflat else []
+    r, col = nflat, nflat
     for j, ((name, length), width) in enumerate(zip(pre.jagged, widths)):
         if length > width and n and int(counts[j].max()) > width:
             raise ValueError(f"a raw unit stores {width} values of {name!r}, fewer than its lists hold")
-        src.extend(r + min(s, width - 1) if width else 0 for s in range(length))
-        r += width
-    identity = raw.x.shape[1] == pre.n_features and src == list(range(pre.n_features))
+        if min(width, length):
+            copies.append((r, col, min(width, length)))
+        r, col = r + width, col + length
+    copies = _merged(copies)
+    identity = raw.x.shape[1] == pre.n_features and copies in ([(0, 0, pre.n_features)], [])
+    src = np.asarray(raw.x)
     if identity and inplace and raw.x.flags.writeable:
-        x = raw.x  # the unit is ours to change (in memory, or a file moved out of the store)
-    elif identity and raw.x.shape[1]:
+        x, copies = raw.x, []  # the unit is ours to change (in memory, or a file moved out of the store)
+    elif identity:
         x = np.array(raw.x, dtype=np.float32)
-    elif raw.x.shape[1]:
-        x = np.take(np.asarray(raw.x), np.asarray(src, np.intp), axis=1)
+        copies = []
     else:
-        x = np.zeros((n, pre.n_features), np.float32)
+        x = np.empty((n, pre.n_features), np.float32)
     names = list(pre.flat) + [name for name, length in pre.jagged for _ in range(length)]
     off = np.array([pre.offset.get(k, 0.0) for k in names], np.float32)
     sc = np.array([pre.scale.get(k, 1.0) for k in names], np.float32)
@@ -372,19 +435,34 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     mask = np.zeros((n, pre.n_features), bool)
     pad = np.float32(pre.pad_value)
     rows = _rows(n, pre.n_features)
-    for r in rows:  # normalise, mask and pad a block of rows while it is in the CPU cache
+    for r in rows:  # lay out, normalise, mask and pad a block of rows while it is in the CPU cache
         xs, ms = x[r : r + rows.step], mask[r : r + rows.step]
+        if copies:
+            xs[...] = pad  # slots beyond a branch's stored width: padding in every event
+            for a, b, k in copies:
+                xs[:, b : b + k] = src[r : r + rows.step, a : a + k]
         if cols is None and act.all():
             xs -= off
             xs *= sc
         elif cols is not None:
             xs[:, cols] = (xs[:, cols] - off[cols]) * sc[cols]
-        for j, col, slots in runs:
+        for j, c, slots in runs:
             np.greater_equal(
-                slots[None, :], counts[j, r : r + rows.step, None], out=ms[:, col : col + len(slots)]
+                slots[None, :], counts[j, r : r + rows.step, None], out=ms[:, c : c + len(slots)]
             )
         np.copyto(xs, pad, where=ms)
     return Chunk(x, mask, np.asarray(raw.y), np.asarray(raw.weight), np.asarray(raw.event_id))
+
+
+def _merged(copies: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Runs of copied columns with neighbouring ones joined (``(raw column, x column, how many)``)."""
+    out: list[tuple[int, int, int]] = []
+    for a, b, k in copies:
+        if out and out[-1][0] + out[-1][2] == a and out[-1][1] + out[-1][2] == b:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + k)
+        else:
+            out.append((a, b, k))
+    return out
 
 
 def lay_out_into(raws: ChunkStore, store: ChunkStore, unit: Unit, pre: Preprocessor) -> int:
