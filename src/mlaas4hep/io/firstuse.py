@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import awkward as ak
 import numpy as np
@@ -57,6 +57,15 @@ from .specs import Stats, chunk_stats
 RAW_VERSION = 2
 #: Where a specs-pass task sends a unit's raw tensors back to the calling process (not to a store).
 MEMORY = "memory"
+
+
+class HereOr(NamedTuple):
+    """Where a specs-pass task with workers keeps a unit's raw tensors: in memory when the
+    task runs in process ``pid`` (the calling process, while its workers start), else in
+    the store at ``root`` (on a worker: a raw unit would cross a pipe otherwise)."""
+
+    pid: int
+    root: str
 
 
 @dataclass
@@ -187,10 +196,13 @@ class RawUnits:
         disk_room: float,
         in_memory: bool,
         cached: ChunkStore | None = None,
-    ) -> Iterator[tuple[Unit, str | None]]:
+    ) -> Iterator[tuple[Unit, Any]]:
         """Where each unit's raw tensors go: ``(unit, MEMORY)`` while the memory budget
-        allows (``in_memory`` only), then ``(unit, store root)`` while ``disk_room``
-        bytes allow, then ``(unit, None)`` (statistics only: epoch 0 decodes that unit).
+        allows (``in_memory``: every task runs in this process), then ``(unit, store
+        root)`` while ``disk_room`` bytes allow, then ``(unit, None)`` (statistics only:
+        epoch 0 decodes that unit). With workers (not ``in_memory``) a unit within both
+        budgets gets ``(unit, HereOr(this process, store root))``: memory if this process
+        runs the task (while the workers start), else the store.
 
         A unit the decoded cache ``cached`` already holds keeps no raw copy. A
         unit's width is only known once it is decoded, so each is charged an
@@ -204,17 +216,19 @@ class RawUnits:
                 yield (u, MEMORY)
             elif need <= disk_room:
                 disk_room -= need
-                yield (u, str(store.root))
+                here = not in_memory and self.memory.reserve(need)
+                yield (u, HereOr(os.getpid(), str(store.root)) if here else str(store.root))
             else:
                 yield (u, None)
 
     def settle(self, item: Any, result: tuple[Any, ...] | None, per_event: int) -> None:
-        """Hold the raw unit a specs task returned (or free what was reserved for a skipped one)."""
-        if not (isinstance(item, tuple) and item[1] == MEMORY):
+        """Hold the raw unit a specs task returned (or free what was reserved for one that
+        was skipped, or written to the store by a worker)."""
+        if not (isinstance(item, tuple) and (item[1] == MEMORY or isinstance(item[1], HereOr))):
             return
         unit: Unit = item[0]
         reserved = (unit.stop - unit.start) * per_event
-        if result is None:
+        if result is None or result[2] is None:
             self.memory.release(reserved)
         else:
             self.memory.keep(unit, result[2], reserved)
