@@ -202,6 +202,33 @@ def first_use_child(
     return n
 
 
+def tree_cpu() -> float:
+    """CPU seconds (user + system) of this process, its threads and every process below it,
+    alive or reaped (a worker pool's fork server and workers are not this process's children
+    to wait for, so ``os.times`` in the parent would miss them)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parent[int(d)] = int(fields[1])
+        cpu[int(d)] = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
+    me, total = os.getpid(), 0.0
+    for pid in cpu:
+        p = pid
+        while p not in (0, 1, me) and p in parent:
+            p = parent[p]
+        if p == me:
+            total += cpu[pid]
+    return total
+
+
 def first_use(
     path: Path,
     workers: list[int],
@@ -216,7 +243,8 @@ def first_use(
 
     ``before`` names another source tree (e.g. ``git archive main``'s ``src``):
     its default path runs too, as mode ``before``, in the same rotation.
-    CPU is the median user + system time of the child and its workers.
+    CPU is the median user + system time of the child, its threads and its workers, until
+    its last batch (:func:`tree_cpu`).
     """
     modes = modes + (["before"] if before else [])
     configs = configs or ["given-ordered"]
@@ -240,19 +268,12 @@ def first_use(
                 "--child-branches",
                 branches,
             ]
-            before_cpu = os.times()
             t0 = time.time()  # the child writes when its last batch arrived
             # (to a file: its pool's helper processes may hold a stdout pipe open after it ends)
             subprocess.run(argv, check=True, env=env)
-            after_cpu = os.times()
             out = result.read_text().split()
             times[kind].append(float(out[1]) - t0)
-            cpus[kind].append(
-                after_cpu.children_user
-                + after_cpu.children_system
-                - before_cpu.children_user
-                - before_cpu.children_system
-            )
+            cpus[kind].append(float(out[2]))
             events[kind] = int(out[0])
             shutil.rmtree(cache, ignore_errors=True)
     rows: list[tuple[str, float, float, float]] = []
@@ -436,7 +457,8 @@ def main() -> None:
     if args.child:
         mode, w, path_, cache_, result = args.child
         n = first_use_child(mode, path_, int(w), cache_, args.child_config, args.child_branches)
-        Path(result).write_text(f"{n} {time.time()}")  # the run ends at the last batch
+        end = time.time()  # the run ends at the last batch
+        Path(result).write_text(f"{n} {end} {tree_cpu()}")
         shutdown_pools()
         return
 
