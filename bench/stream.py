@@ -2,6 +2,8 @@
 
     python bench/stream.py [--events 1000000] [--workers N] [--compression zlib] [--data DIR]
     python bench/stream.py --first-use [--events 600000] [--first-use-workers 0,1,2] [--repeats 2]
+        [--first-use-configs specs-shuffled,given-ordered] [--first-use-branches five]
+    python bench/stream.py --peers [--events 2000000] [--peer-workers 0,1,2] [--epochs 3]
 
 Generates (or reuses) one NanoAOD-like file of --events events, then measures,
 on the same file and branches, in one run:
@@ -22,12 +24,21 @@ cache directory (so the specs pass runs), against one plain ``uproot.iterate``
 + pad pass in a fresh process. Ours runs with 0, 1 and 2 workers, fused (one
 decode per unit, the default) and, for comparison, the two-pass path
 (``Dataset(fused=False)``). Runs of each kind alternate, ``--repeats`` times;
-the table gives the median.
+the table gives the median. ``--first-use-configs`` picks the configurations
+(jagged lengths given or from the specs pass; shuffled or not), and the CPU
+column is that of the child's whole process tree, workers included.
+
+``--peers`` runs ROOT's own loader (``ROOT.Experimental.ML.RDataLoader``, ROOT
+6.40 from ``pip install root==0.1a12``) against ours, on the file rewritten by
+ROOT (its clusters, its compression), the same columns (``Jet`` padded to 6),
+batch size 1024 and shuffling, ``--epochs`` epochs of one fresh process each
+(epoch 0 of ours is a first use: empty cache), kinds alternating.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -447,6 +458,11 @@ def main() -> None:
     ap.add_argument("--child-config", default="given-ordered", help=argparse.SUPPRESS)
     ap.add_argument("--child-branches", default="all", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    unknown = [c for c in args.first_use_configs.split(",") if c not in CONFIGS]
+    if unknown:  # before a file is generated
+        ap.error(f"unknown --first-use-configs {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    if args.peers and importlib.util.find_spec("ROOT") is None:
+        ap.error("--peers needs ROOT's Python package: pip install root==0.1a12")
     if args.peer_child:
         kind, w, path_, epochs_, cache_, result = args.peer_child
         out = peer_child(kind, int(w), path_, int(epochs_), cache_)
@@ -492,9 +508,6 @@ def main() -> None:
     if args.first_use:
         branches = ",".join(FIVE) if args.first_use_branches == "five" else args.first_use_branches
         configs = args.first_use_configs.split(",")
-        unknown = [c for c in configs if c not in CONFIGS]
-        if unknown:
-            ap.error(f"unknown --first-use-configs {unknown}; known: {', '.join(CONFIGS)}")
         baseline(str(path), branch_list(branches))  # warm the page cache
         load0 = os.getloadavg()[0]
         rows_ = first_use(

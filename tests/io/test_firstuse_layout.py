@@ -17,6 +17,7 @@ from mlaas4hep.io import Dataset, firstuse
 from mlaas4hep.io.chunk import Chunk, ChunkStore, Unit, WriteBehind, wait_for_writers
 from mlaas4hep.io.passes import stats_and_raw
 from mlaas4hep.io.preprocess import PadPlans, pad_jagged
+from mlaas4hep.io.scatter import ScatterPlans
 
 from ..conftest import sample_config
 
@@ -83,7 +84,7 @@ def test_scatter_plans_place_every_value_as_padding_does(width):
     want, pad = pad_jagged(lists, width, "J", PadPlans())
     row = width + 2  # the branch sits among other columns
     x = np.zeros((len(starts), row), np.float32)
-    src, dst = firstuse.ScatterPlans().plan(starts, stops, width, row)
+    src, dst = ScatterPlans().plan(starts, stops, width, row)
     assert src is not None  # not contiguous: the values are gathered first
     x.reshape(-1)[1:][dst] = content[src] if src is not None else content[: len(dst)]
     got = x[:, 1 : 1 + width]

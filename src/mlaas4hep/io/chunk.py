@@ -108,11 +108,13 @@ def dir_size(root: Path) -> int:
     counted is left out, never an error.
     """
     total = 0
-    for p in root.rglob("*.npy"):
-        try:
-            total += p.stat().st_size
-        except FileNotFoundError:
-            pass
+    for folder, _, files in os.walk(root):  # a folder renamed or removed meanwhile is skipped
+        for name in files:
+            if name.endswith(".npy"):
+                try:
+                    total += (Path(folder) / name).stat().st_size
+                except FileNotFoundError:
+                    pass
     return total
 
 
