@@ -2,6 +2,8 @@
 
     python bench/stream.py [--events 1000000] [--workers N] [--compression zlib] [--data DIR]
     python bench/stream.py --first-use [--events 600000] [--first-use-workers 0,1,2] [--repeats 2]
+        [--first-use-configs specs-shuffled,given-ordered] [--first-use-branches five]
+    python bench/stream.py --peers [--events 2000000] [--peer-workers 0,1,2] [--epochs 3]
 
 Generates (or reuses) one NanoAOD-like file of --events events, then measures,
 on the same file and branches, in one run:
@@ -22,12 +24,22 @@ cache directory (so the specs pass runs), against one plain ``uproot.iterate``
 + pad pass in a fresh process. Ours runs with 0, 1 and 2 workers, fused (one
 decode per unit, the default) and, for comparison, the two-pass path
 (``Dataset(fused=False)``). Runs of each kind alternate, ``--repeats`` times;
-the table gives the median.
+the table gives the median. ``--first-use-configs`` picks the configurations
+(jagged lengths given or from the specs pass; shuffled or not), and the CPU
+column is that of the child's whole process tree, workers included.
+
+``--peers`` runs ROOT's own loader (``ROOT.Experimental.ML.RDataLoader``, ROOT
+6.40 from ``pip install root==0.1a12``) against ours, on the file rewritten by
+ROOT (its clusters, its compression), the same columns (``Jet`` padded to 6),
+batch size 1024 and shuffling, ``--epochs`` epochs of one fresh process each
+(epoch 0 of ours is a first use: empty cache), kinds alternating.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -36,7 +48,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -90,11 +104,15 @@ JAGGED = {"Jet": 6, "Muon": 2, "Electron": 2}
 CHUNK = 100_000
 
 
-def baseline(path: str) -> int:
+def baseline(path: str, names: list[str] | None = None) -> int:
+    names = FLAT + JET + LEP if names is None else names
+    flat = [b for b in names if b.split("_")[0] not in JAGGED]
     n = 0
-    for arr in uproot.iterate(f"{path}:Events", FLAT + JET + LEP, step_size=CHUNK, library="ak"):
-        cols = [ak.to_numpy(arr[b]).astype(np.float32)[:, None] for b in FLAT]
-        for b in JET + LEP:
+    for arr in uproot.iterate(f"{path}:Events", names, step_size=CHUNK, library="ak"):
+        cols = [ak.to_numpy(arr[b]).astype(np.float32)[:, None] for b in flat]
+        for b in names:
+            if b in flat:
+                continue
             length = JAGGED[b.split("_")[0]]
             cols.append(
                 ak.to_numpy(ak.fill_none(ak.pad_none(arr[b], length, clip=True), 0.0)).astype(np.float32)
@@ -145,21 +163,47 @@ def specs_rate(url: str, workers: int) -> float:
     return s.nevents / (time.perf_counter() - t0)
 
 
-def first_use_child(mode: str, path: str, workers: int, cache: str) -> int:
-    """One first use (or one plain pass) in this fresh process; returns the events."""
+#: The branches of a first-use configuration: ``--first-use-branches`` names them (or ``all``).
+FIVE = ["MET_pt", "PV_npvs", "Jet_pt", "Jet_eta", "Jet_phi"]
+
+#: First-use configurations: whether the jagged lengths are given and whether epoch 0 is shuffled.
+CONFIGS = {
+    "specs-shuffled": (False, True),
+    "given-shuffled": (True, True),
+    "specs-ordered": (False, False),
+    "given-ordered": (True, False),
+}
+
+
+def branch_list(spec: str) -> list[str]:
+    return FLAT + JET + LEP if spec == "all" else spec.split(",")
+
+
+def first_use_child(
+    mode: str, path: str, workers: int, cache: str, config: str = "given-ordered", branches: str = "all"
+) -> int:
+    """One first use (or one plain pass) in this fresh process; returns the events.
+
+    ``config`` (a key of :data:`CONFIGS`) says whether the jagged lengths are
+    given (else they come from the specs pass) and whether epoch 0 is shuffled;
+    the plain pass pads to the given lengths either way.
+    """
+    names = branch_list(branches)
     if mode == "plain":
-        return baseline(path)
+        return baseline(path, names)
+    given, shuffle = CONFIGS[config]
     cfg = {
         "tree": "Events",
         "files": [{"path": path, "label": 1}],
-        "branches": FLAT + JET + LEP,
-        "jagged": JAGGED,
+        "branches": names,
         "chunk_size": CHUNK,
         "workers": workers,
         "cache_dir": cache,
-        "shuffle": False,
+        "shuffle": shuffle,
         "normalize": "minmax",
     }
+    if given:
+        cfg["jagged"] = {k: v for k, v in JAGGED.items() if any(b.startswith(k + "_") for b in names)}
     # "fused-disk": the specs pass's raw units go to the store on disk, not to memory
     extra = {"raw_memory": 0} if mode == "fused-disk" else {}
     ds = Dataset.from_config(cfg, show_progress=False, fused=mode != "two-pass", **extra)
@@ -169,46 +213,211 @@ def first_use_child(mode: str, path: str, workers: int, cache: str) -> int:
     return n
 
 
+def tree_cpu() -> float:
+    """CPU seconds (user + system) of this process, its threads and every process below it,
+    alive or reaped (a worker pool's fork server and workers are not this process's children
+    to wait for, so ``os.times`` in the parent would miss them)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parent[int(d)] = int(fields[1])
+        cpu[int(d)] = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
+    me, total = os.getpid(), 0.0
+    for pid in cpu:
+        p = pid
+        while p not in (0, 1, me) and p in parent:
+            p = parent[p]
+        if p == me:
+            total += cpu[pid]
+    return total
+
+
 def first_use(
-    path: Path, workers: list[int], repeats: int, modes: list[str], before: str | None = None
-) -> list[tuple[str, float, float]]:
-    """Median events/s of fresh processes: plain uproot, then ours in each mode per worker count.
+    path: Path,
+    workers: list[int],
+    repeats: int,
+    modes: list[str],
+    before: str | None = None,
+    configs: list[str] | None = None,
+    branches: str = "all",
+) -> list[tuple[str, float, float, float]]:
+    """Median events/s of fresh processes: plain uproot, then ours per configuration, mode and
+    worker count, all alternating within each repeat; rows ``(label, events/s, x plain, CPU s)``.
 
     ``before`` names another source tree (e.g. ``git archive main``'s ``src``):
     its default path runs too, as mode ``before``, in the same rotation.
+    CPU is the median user + system time of the child, its threads and its workers, until
+    its last batch (:func:`tree_cpu`).
     """
     modes = modes + (["before"] if before else [])
-    kinds = [("plain", 0)] + [(m, w) for w in workers for m in modes]
-    times: dict[tuple[str, int], list[float]] = {k: [] for k in kinds}
-    events: dict[tuple[str, int], int] = {}
+    configs = configs or ["given-ordered"]
+    kinds = [("plain", "-", 0)] + [(m, c, w) for c in configs for w in workers for m in modes]
+    times: dict[tuple[str, str, int], list[float]] = {k: [] for k in kinds}
+    cpus: dict[tuple[str, str, int], list[float]] = {k: [] for k in kinds}
+    events: dict[tuple[str, str, int], int] = {}
     for _ in range(repeats):
-        for mode, w in kinds:
+        for kind in kinds:
+            mode, config, w = kind
             cache = tempfile.mkdtemp(prefix="mlaas4hep-bench-first-")
             result = Path(cache) / "result.txt"
-            t0 = time.time()  # the child writes when its last batch arrived
-            # (to a file: its pool's helper processes may hold a stdout pipe open after it ends)
             env = dict(os.environ)
             if mode == "before" and before:
                 env["PYTHONPATH"] = before
             child = "fused" if mode == "before" else mode
-            subprocess.run(
-                [sys.executable, __file__, "--child", child, str(w), str(path), cache, str(result)],
-                check=True,
-                env=env,
-            )
+            argv = [sys.executable, __file__, "--child", child, str(w), str(path), cache, str(result)]
+            argv += [
+                "--child-config",
+                config if config != "-" else "given-ordered",
+                "--child-branches",
+                branches,
+            ]
+            t0 = time.time()  # the child writes when its last batch arrived
+            # (to a file: its pool's helper processes may hold a stdout pipe open after it ends)
+            subprocess.run(argv, check=True, env=env)
             out = result.read_text().split()
-            times[(mode, w)].append(float(out[1]) - t0)
-            events[(mode, w)] = int(out[0])
+            times[kind].append(float(out[1]) - t0)
+            cpus[kind].append(float(out[2]))
+            events[kind] = int(out[0])
             shutil.rmtree(cache, ignore_errors=True)
-    rows: list[tuple[str, float, float]] = []
-    base = events[("plain", 0)] / statistics.median(times[("plain", 0)])
-    for mode, w in kinds:
+    rows: list[tuple[str, float, float, float]] = []
+    base = events[kinds[0]] / statistics.median(times[kinds[0]])
+    for kind in kinds:
+        mode, config, w = kind
         label = "plain uproot.iterate + pad, fresh process (baseline)"
         if mode != "plain":
-            label = f"first use, {mode}, {w} worker{'s' if w != 1 else ''}"
-        rate = events[(mode, w)] / statistics.median(times[(mode, w)])
-        rows.append((label, rate, rate / base))
+            label = f"first use, {config}, {mode}, {w} worker{'s' if w != 1 else ''}"
+        rate = events[kind] / statistics.median(times[kind])
+        rows.append((label, rate, rate / base, statistics.median(cpus[kind])))
     return rows
+
+
+#: The peers' run (issue 25): these columns, Jet padded to 6, batch 1024, shuffled.
+PEER_COLUMNS = ["MET_pt", "Jet_pt", "Jet_eta", "Jet_phi"]
+PEER_LENGTH = 6
+PEER_BATCH = 1024
+
+
+def root_rewrite(src: Path, dst: Path) -> None:
+    """Rewrite an uproot-made file with ROOT (``RDataFrame.Snapshot``, ROOT's default clusters and
+    compression) in a child process, so that both readers meet the clusters ROOT itself writes."""
+    code = (
+        "import ROOT, sys; ROOT.RDataFrame('Events', sys.argv[1]).Snapshot('Events', sys.argv[2] + '.part', "
+        f"{['run', 'luminosityBlock', 'event', 'nJet', *PEER_COLUMNS]!r})"
+    )
+    subprocess.run([sys.executable, "-c", code, str(src), str(dst)], check=True)
+    os.replace(str(dst) + ".part", dst)
+
+
+def peer_child(kind: str, workers: int, path: str, epochs: int, cache: str) -> dict[str, object]:
+    """One peer run in this fresh process: ROOT's RDataLoader or ours, ``epochs`` epochs.
+
+    Returns the set-up time (after the imports, until the loader exists) and,
+    per epoch, ``(events, seconds, wait for the first batch)``. Batches are not
+    kept (ROOT's NumPy batches are views into memory it reuses).
+    """
+    t0 = time.perf_counter()
+    out: dict[str, object] = {"epochs": []}
+    jets = [c for c in PEER_COLUMNS if c.startswith("Jet_")]
+    if kind == "root":
+        import ROOT
+
+        out["import"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rdf = ROOT.RDataFrame("Events", path)
+        loader = ROOT.Experimental.ML.RDataLoader(
+            rdf,
+            batch_size=PEER_BATCH,
+            batches_in_memory=10,
+            columns=PEER_COLUMNS,
+            max_vec_sizes=dict.fromkeys(jets, PEER_LENGTH),
+            shuffle=True,
+            drop_remainder=False,
+            set_seed=1,
+        )
+        out["setup"] = time.perf_counter() - t0
+
+        def epoch_batches(e: int) -> Iterator[int]:
+            for b in loader.as_numpy():
+                yield len(b)
+
+    else:
+        out["import"] = 0.0
+        cfg = {
+            "tree": "Events",
+            "files": [{"path": path, "label": 1}],
+            "branches": PEER_COLUMNS,
+            "jagged": {"Jet": PEER_LENGTH},
+            "chunk_size": CHUNK,
+            "workers": workers,
+            "cache_dir": cache,
+            "shuffle": True,
+            "normalize": "none",
+        }
+        ds = Dataset.from_config(cfg, show_progress=False)
+        out["setup"] = time.perf_counter() - t0
+
+        def epoch_batches(e: int) -> Iterator[int]:
+            for b in ds.batches(batch_size=PEER_BATCH, epoch=e):
+                yield len(b.y)
+
+    for e in range(epochs):
+        t, n, first = time.perf_counter(), 0, None
+        for k in epoch_batches(e):
+            if first is None:
+                first = time.perf_counter() - t
+            n += k
+        out["epochs"].append((n, time.perf_counter() - t, first or 0.0))  # type: ignore[union-attr]
+    return out
+
+
+def peers(path: Path, workers: list[int], epochs: int, repeats: int) -> list[dict[str, object]]:
+    """ROOT's RDataLoader and ours (each worker count) in fresh processes, alternating, ``repeats`` times."""
+    kinds = [("root", 0)] + [("ours", w) for w in workers]
+    runs: list[dict[str, object]] = []
+    for r in range(repeats):
+        for kind, w in kinds:
+            cache = tempfile.mkdtemp(prefix="mlaas4hep-bench-peers-")
+            result = Path(cache) / "result.json"
+            load = os.getloadavg()[0]
+            t0 = time.time()
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--peer-child",
+                    kind,
+                    str(w),
+                    str(path),
+                    str(epochs),
+                    cache,
+                    str(result),
+                ],
+                check=True,
+            )
+            out = json.loads(result.read_text())
+            out.update(kind=kind, workers=w, repeat=r, load=load, total=out["end"] - t0)
+            runs.append(out)
+            shutil.rmtree(cache, ignore_errors=True)
+            print(peer_line(out), file=sys.stderr)
+    return runs
+
+
+def peer_line(run: dict[str, Any]) -> str:
+    name = "ROOT RDataLoader" if run["kind"] == "root" else f"mlaas4hep, workers: {run['workers']}"
+    eps = " ".join(
+        f"e{i} {n / s / 1e3:,.0f}k ev/s (first batch {f:.2f} s)" for i, (n, s, f) in enumerate(run["epochs"])
+    )
+    return (
+        f"{name:<24} total {run['total']:5.1f} s, set-up {run['setup']:.1f} s; {eps}; load {run['load']:.1f}"
+    )
 
 
 def main() -> None:
@@ -227,12 +436,45 @@ def main() -> None:
     )
     ap.add_argument("--before", help="another source tree whose default path runs too (mode 'before')")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--first-use-configs",
+        default="given-ordered",
+        help=f"comma list of {', '.join(CONFIGS)} (lengths given or from the specs; shuffled or not)",
+    )
+    ap.add_argument(
+        "--first-use-branches",
+        default="all",
+        help="comma list of branches (all: the 31 of the other runs; 'five': " + ",".join(FIVE) + ")",
+    )
+    ap.add_argument(
+        "--peers",
+        action="store_true",
+        help="ROOT's RDataLoader against ours on a file rewritten by ROOT (needs: pip install root)",
+    )
+    ap.add_argument("--peer-workers", default="0,1,2", help="our worker counts in --peers")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of each --peers run")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--peer-child", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--child-config", default="given-ordered", help=argparse.SUPPRESS)
+    ap.add_argument("--child-branches", default="all", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    unknown = [c for c in args.first_use_configs.split(",") if c not in CONFIGS]
+    if unknown:  # before a file is generated
+        ap.error(f"unknown --first-use-configs {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    if args.peers and importlib.util.find_spec("ROOT") is None:
+        ap.error("--peers needs ROOT's Python package: pip install root==0.1a12")
+    if args.peer_child:
+        kind, w, path_, epochs_, cache_, result = args.peer_child
+        out = peer_child(kind, int(w), path_, int(epochs_), cache_)
+        out["end"] = time.time()
+        Path(result).write_text(json.dumps(out))
+        shutdown_pools()
+        return
     if args.child:
         mode, w, path_, cache_, result = args.child
-        n = first_use_child(mode, path_, int(w), cache_)
-        Path(result).write_text(f"{n} {time.time()}")  # the run ends at the last batch
+        n = first_use_child(mode, path_, int(w), cache_, args.child_config, args.child_branches)
+        end = time.time()  # the run ends at the last batch
+        Path(result).write_text(f"{n} {end} {tree_cpu()}")
         shutdown_pools()
         return
 
@@ -248,24 +490,44 @@ def main() -> None:
             file=sys.stderr,
         )
     path.chmod(0o644)
+    if args.peers:
+        rewritten = data / f"root_{args.events}.root"
+        if not rewritten.exists():
+            t0 = time.perf_counter()
+            root_rewrite(path, rewritten)
+            print(f"rewrote {rewritten} with ROOT in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        runs = peers(rewritten, [int(w) for w in args.peer_workers.split(",")], args.epochs, args.repeats)
+        print(
+            f"\n{args.events:,} events rewritten by ROOT, columns {', '.join(PEER_COLUMNS)} (Jet padded to "
+            f"{PEER_LENGTH}), batch {PEER_BATCH}, shuffled, {args.epochs} epochs, one fresh process each; "
+            f"{os.cpu_count()} cores\n"
+        )
+        for run in runs:
+            print(peer_line(run))
+        return
     if args.first_use:
-        baseline(str(path))  # warm the page cache
+        branches = ",".join(FIVE) if args.first_use_branches == "five" else args.first_use_branches
+        configs = args.first_use_configs.split(",")
+        baseline(str(path), branch_list(branches))  # warm the page cache
+        load0 = os.getloadavg()[0]
         rows_ = first_use(
             path,
             [int(w) for w in args.first_use_workers.split(",")],
             args.repeats,
             args.first_use_modes.split(","),
             args.before,
+            configs,
+            branches,
         )
         print(
-            f"\n{args.events:,} events, first use (fresh process, empty cache, to the last batch of "
-            f"epoch 0), median of {args.repeats}; {os.cpu_count()} cores, load average "
-            f"{os.getloadavg()[0]:.1f}\n"
+            f"\n{args.events:,} events, {len(branch_list(branches))} branches, first use (fresh process, "
+            f"empty cache, to the last batch of epoch 0), median of {args.repeats}; {os.cpu_count()} cores, "
+            f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}\n"
         )
-        print(f"| {'run':<56} | {'events/s':>10} | {'x plain':>8} |")
-        print(f"|{'-' * 58}|{'-' * 12}|{'-' * 10}|")
-        for name, rate, ratio in rows_:
-            print(f"| {name:<56} | {rate:>10,.0f} | {ratio:>8.2f} |")
+        print(f"| {'run':<60} | {'events/s':>10} | {'x plain':>8} | {'CPU s':>6} |")
+        print(f"|{'-' * 62}|{'-' * 12}|{'-' * 10}|{'-' * 8}|")
+        for name, rate, ratio, cpu in rows_:
+            print(f"| {name:<60} | {rate:>10,.0f} | {ratio:>8.2f} | {cpu:>6.2f} |")
         if not args.data:
             shutil.rmtree(data, ignore_errors=True)
         return

@@ -108,11 +108,13 @@ def dir_size(root: Path) -> int:
     counted is left out, never an error.
     """
     total = 0
-    for p in root.rglob("*.npy"):
-        try:
-            total += p.stat().st_size
-        except FileNotFoundError:
-            pass
+    for folder, _, files in os.walk(root):  # a folder renamed or removed meanwhile is skipped
+        for name in files:
+            if name.endswith(".npy"):
+                try:
+                    total += (Path(folder) / name).stat().st_size
+                except FileNotFoundError:
+                    pass
     return total
 
 
@@ -219,27 +221,33 @@ class WriteBehind:
 
     The consumer hands a chunk over with :meth:`put` and goes on at once (the
     file writes release the GIL); at most ``depth`` chunks wait, which bounds
-    the memory they hold, and :meth:`close` waits for the last. The chunk's
-    arrays are made read-only, as chunks read back from a store are, so
-    nothing changes them while they are written. A write that fails (a full
-    disk) is logged and ends the writing: the cache is only a shortcut, and
-    later epochs decode what is missing.
+    the memory they hold. :meth:`finish` says no more chunks come and returns
+    at once: the last writes go on behind the consumer (an epoch's last
+    batches need not wait for them), and :func:`wait_for_writers` (called
+    before the next epoch is planned, and at exit) waits for them. :meth:`close`
+    is both. The chunk's arrays are made read-only, as chunks read back from a
+    store are, so nothing changes them while they are written. A write that
+    fails (a full disk) is logged and ends the writing: the cache is only a
+    shortcut, and later epochs decode what is missing.
     """
 
     def __init__(self, store: ChunkStore, depth: int = 2):
         self.store = store
-        self._queue: queue.Queue[tuple[Unit, Any] | None] = queue.Queue(maxsize=max(1, depth))
+        self._queue: queue.Queue[tuple[Unit, Any] | None] = queue.Queue()
+        self._room = threading.Semaphore(max(1, depth))  # chunks that may wait
         self._thread: threading.Thread | None = None
+        self._finished = False
         self.failed: OSError | None = None
 
     def put(self, unit: Unit, chunk: Any) -> None:
-        if self.failed is not None:
+        if self.failed is not None or self._finished:
             return
         for f in chunk.FIELDS:
             getattr(chunk, f).flags.writeable = False
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mlaas4hep-cache-writer", daemon=True)
             self._thread.start()
+        self._room.acquire()
         self._queue.put((unit, chunk))
 
     def _run(self) -> None:
@@ -250,10 +258,39 @@ class WriteBehind:
                 except OSError as err:
                     self.failed = err
                     log.warning("%s; writing stopped (later epochs decode what is missing)", err)
+            del item  # the chunk's memory goes as soon as it is written
+            self._room.release()
+
+    def finish(self) -> None:
+        """No more chunks: the writes still queued go on; :func:`wait_for_writers` waits for them."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._thread is not None:
+            self._queue.put(None)
+            with _WRITERS_LOCK:
+                _WRITERS.append(self)
 
     def close(self) -> None:
         """Wait until every chunk put is written (or dropped after a failure)."""
+        self.finish()
         if self._thread is not None:
-            self._queue.put(None)
             self._thread.join()
             self._thread = None
+
+
+#: Writers finished but maybe still writing (see :meth:`WriteBehind.finish`).
+_WRITERS: list[WriteBehind] = []
+_WRITERS_LOCK = threading.Lock()
+
+
+def wait_for_writers() -> None:
+    """Wait until every finished :class:`WriteBehind` of this process has written its last chunk."""
+    with _WRITERS_LOCK:
+        writers, _WRITERS[:] = list(_WRITERS), []
+    for w in writers:
+        w.close()
+
+
+# before the interpreter stops its threads: a run that ends after its last batch keeps its cache
+threading._register_atexit(wait_for_writers)  # type: ignore[attr-defined]

@@ -53,7 +53,7 @@ from . import catalog, firstuse, sources
 from . import schema as schema_mod
 from .batch import Batch
 from .cache import CHUNK_FIELDS, SPECS_FIELDS
-from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
+from .chunk import Chunk, ChunkStore, JaggedChunk, Unit, wait_for_writers
 from .config import DatasetConfig
 from .epoch import epoch_chunks
 from .errors import ConfigError, GroupError, Mlaas4hepError, StaleSpecsError, skippable
@@ -419,6 +419,7 @@ class Dataset:
     def to_chunk(self, epoch: int = 0) -> Chunk:
         """Everything in memory as one :class:`Chunk` (shuffled when the config says so)."""
         chunks = list(self.chunks(epoch))
+        wait_for_writers()  # everything is here: so is the decoded cache
         if not chunks:
             return Chunk.empty(self.n_features)
         all_ = Chunk.concat([Chunk(*(np.asarray(getattr(ch, f)) for f in Chunk.FIELDS)) for ch in chunks])

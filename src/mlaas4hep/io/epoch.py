@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import progress
 from . import firstuse
-from .chunk import Chunk, ChunkStore, Unit, WriteBehind, dir_size
+from .chunk import Chunk, ChunkStore, Unit, WriteBehind, dir_size, wait_for_writers
 from .executor import InlineExecutor
 from .passes import decode_or_lay_out
 from .reader import UnitReader
@@ -114,6 +114,7 @@ def epoch_chunks(
     ds: Dataset, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool | None = None
 ) -> Iterator[Chunk]:
     """The decoded chunks of ``ds``'s epoch, in plan order, made ahead by its workers."""
+    wait_for_writers()  # the cache writes of the epoch before (this plan reads what they wrote)
     c, units = ds.config, ds.units(epoch, rank, world, shuffle)
     reader, cache, mem = ds._reader(), ds.cache, ds._raw
     decode = [u for u in units if u not in mem and not (cache is not None and cache.has(u))]
@@ -134,7 +135,10 @@ def epoch_chunks(
         limit=c.cache_max_gb * 2**30,
         per_event=event_bytes(ds.n_features),
     )
-    writer = WriteBehind(cache) if cache is not None and behind else None
+    # a shuffled epoch holds a buffer's chunks anyway: as many may wait for the writer at no cost
+    shuffled = c.shuffle if shuffle is None else shuffle
+    depth = 2 + (c.buffer // max(1, c.chunk_size) if shuffled else 0)
+    writer = WriteBehind(cache, depth) if cache is not None and behind else None
     try:
         with progress.bar(
             f"epoch {epoch}", sum(u.stop - u.start for u in units), show=ds.show_progress
@@ -152,6 +156,6 @@ def epoch_chunks(
                 yield chunk
     finally:
         if writer is not None:
-            writer.close()
+            writer.finish()  # the last writes go on behind the epoch's last batches
         if spool is not None:
             shutil.rmtree(spool.root, ignore_errors=True)

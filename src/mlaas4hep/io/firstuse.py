@@ -21,10 +21,18 @@ of decoding the unit again.
 so its output is bit-identical to a unit decoded after a separate specs pass:
 values, masks and (since units keep their plan order) batches.
 
+The raw unit is made by scattering each value of a jagged branch straight
+to its slot (:class:`~mlaas4hep.io.scatter.ScatterPlans`), not by padding each branch and then
+assembling the columns; :func:`finalize` copies runs of columns to the
+final widths a block of rows at a time. Both allocate their arrays with
+small pages (:func:`~mlaas4hep.io.scatter.small_pages`).
+
 Raw units wait for epoch 0 in memory while they fit (:class:`RawMemory`,
 a quarter of the memory available by default): the specs pass hands them to
 the calling process, and epoch 0 lays them out there, in place, without
-touching the disk. Those that do not fit go to a
+touching the disk. With workers, the units the calling process decodes
+itself while its workers start stay in memory too (:class:`HereOr`); those
+the workers decode, and those that do not fit, go to a
 :class:`~mlaas4hep.io.chunk.ChunkStore` of :class:`RawChunk`
 (``chunks/raw-<key>`` under the cache directory, or a temporary directory
 when caching is off), laid out by the workers; a unit is removed once epoch
@@ -42,7 +50,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import awkward as ak
 import numpy as np
@@ -51,12 +59,22 @@ from .chunk import Chunk, ChunkStore, Unit, temp_dir
 from .errors import cache_write_error
 from .preprocess import PadPlans, Preprocessor, _flat, list_parts, pad_jagged
 from .reader import UnitReader
+from .scatter import ScatterPlans, small_pages
 from .specs import Stats, chunk_stats
 
 #: Bumped whenever the layout of a raw unit changes (it is part of the store's key).
 RAW_VERSION = 2
 #: Where a specs-pass task sends a unit's raw tensors back to the calling process (not to a store).
 MEMORY = "memory"
+
+
+class HereOr(NamedTuple):
+    """Where a specs-pass task with workers keeps a unit's raw tensors: in memory when the
+    task runs in process ``pid`` (the calling process, while its workers start), else in
+    the store at ``root`` (on a worker: a raw unit would cross a pipe otherwise)."""
+
+    pid: int
+    root: str
 
 
 @dataclass
@@ -187,10 +205,13 @@ class RawUnits:
         disk_room: float,
         in_memory: bool,
         cached: ChunkStore | None = None,
-    ) -> Iterator[tuple[Unit, str | None]]:
+    ) -> Iterator[tuple[Unit, Any]]:
         """Where each unit's raw tensors go: ``(unit, MEMORY)`` while the memory budget
-        allows (``in_memory`` only), then ``(unit, store root)`` while ``disk_room``
-        bytes allow, then ``(unit, None)`` (statistics only: epoch 0 decodes that unit).
+        allows (``in_memory``: every task runs in this process), then ``(unit, store
+        root)`` while ``disk_room`` bytes allow, then ``(unit, None)`` (statistics only:
+        epoch 0 decodes that unit). With workers (not ``in_memory``) a unit within both
+        budgets gets ``(unit, HereOr(this process, store root))``: memory if this process
+        runs the task (while the workers start), else the store.
 
         A unit the decoded cache ``cached`` already holds keeps no raw copy. A
         unit's width is only known once it is decoded, so each is charged an
@@ -204,17 +225,19 @@ class RawUnits:
                 yield (u, MEMORY)
             elif need <= disk_room:
                 disk_room -= need
-                yield (u, str(store.root))
+                here = not in_memory and self.memory.reserve(need)
+                yield (u, HereOr(os.getpid(), str(store.root)) if here else str(store.root))
             else:
                 yield (u, None)
 
     def settle(self, item: Any, result: tuple[Any, ...] | None, per_event: int) -> None:
-        """Hold the raw unit a specs task returned (or free what was reserved for a skipped one)."""
-        if not (isinstance(item, tuple) and item[1] == MEMORY):
+        """Hold the raw unit a specs task returned (or free what was reserved for one that
+        was skipped, or written to the store by a worker)."""
+        if not (isinstance(item, tuple) and (item[1] == MEMORY or isinstance(item[1], HereOr))):
             return
         unit: Unit = item[0]
         reserved = (unit.stop - unit.start) * per_event
-        if result is None:
+        if result is None or result[2] is None:
             self.memory.release(reserved)
         else:
             self.memory.keep(unit, result[2], reserved)
@@ -275,19 +298,31 @@ def decode_raw(
     n = int(keep.sum()) if keep is not None else n_all
     stats: dict[str, Stats] = chunk_stats(arrays, names, keep)
 
-    cols = [_flat(arrays[name], name)[:, None] for name in pre.flat]
-    counts: list[np.ndarray] = []
-    widths: list[int] = []
-    plans = PadPlans()  # a collection's branches share their gather indices
-    for (name, _), length in zip(pre.jagged, given):
+    counts = [_counts(arrays[name], n_all) for name, _ in pre.jagged]
+    widths = [
+        int(length) if length is not None else (int(c.max()) if len(c) else 0)
+        for c, length in zip(counts, given)
+    ]
+    with small_pages():
+        x = np.zeros((n_all, len(pre.flat) + sum(widths)), np.float32)  # padded slots stay 0 (arbitrary)
+    for i, name in enumerate(pre.flat):
+        x[:, i] = _flat(arrays[name], name)
+    col = len(pre.flat)
+    plans = PadPlans()  # a collection's branches share their gather indices (exotic layouts)
+    scatters = ScatterPlans()  # ... and their scatter indices
+    for (name, _), width in zip(pre.jagged, widths):
         values = arrays[name]
-        c = _counts(values, n_all)
-        width = int(length) if length is not None else (int(c.max()) if len(c) else 0)
-        block, _ = pad_jagged(values, width, name, plans)
-        cols.append(block)
-        counts.append(c)
-        widths.append(width)
-    x = _hstack(cols, n_all)
+        parts = list_parts(values) if isinstance(values, ak.Array) and values.ndim == 2 else None
+        if parts is None:  # a regular numpy array, an exotic layout, or an error to report
+            block, _ = pad_jagged(values, width, name, plans)
+            x[:, col : col + width] = block
+        elif width and len(parts[0]):
+            starts, stops, data = parts
+            src, dst = scatters.plan(starts, stops, width, x.shape[1])
+            # every value of the lists (clipped to the width) straight to its slot of x
+            first = int(starts[0])
+            x.reshape(-1)[col:][dst] = data[src] if src is not None else data[first : first + len(dst)]
+        col += width
     cnt = np.empty((len(counts), n_all), np.int32)
     for j, c in enumerate(counts):
         cnt[j] = c
@@ -333,58 +368,82 @@ def _counts(values: Any, n: int) -> np.ndarray:
 def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     """Lay a raw unit out as ``pre`` would have decoded it: pad/clip, normalise, mask.
 
-    One gather builds every column (a slot beyond a branch's stored width reads
-    any stored column: it is padding in every event, since no list of the unit
-    is longer than the width); then ``(v - offset) * scale`` in float32 on the
-    columns that have constants, and ``pad_value`` where the mask is set.
+    Each jagged branch's stored columns are copied to its place in ``x`` (the
+    first ``min(width, length)`` of them: clipping), and its slots beyond the
+    stored width are padding in every event (no list of the unit is longer
+    than the width); then ``(v - offset) * scale`` in float32 on the columns
+    that have constants, and ``pad_value`` where the mask is set. All of it
+    runs a block of rows at a time (:data:`BLOCK_BYTES`), so the copy, the
+    normalisation and the mask of a block find it in the CPU cache.
 
     When every branch is stored at its final length (the lengths are given)
-    the gather is the identity and is skipped; with ``inplace`` the raw unit's
-    own ``x`` (used once, if writeable) becomes the chunk's ``x``.
+    nothing is copied; with ``inplace`` the raw unit's own ``x`` (used once,
+    if writeable) becomes the chunk's ``x``.
     """
     n, nflat = len(raw), len(pre.flat)
     widths = [int(w) for w in raw.widths]
     if len(widths) != len(pre.jagged) or raw.x.shape[1] != nflat + sum(widths):
         raise ValueError("a raw unit does not match the preprocessing (stale decoded cache?)")
     counts = np.asarray(raw.counts)
-    src = list(range(nflat))
-    r = nflat
+    # (raw column, x column, how many) of every run of columns copied; the other columns are padding
+    copies = [(0, 0, nflat)] if nflat else []
+    r, col = nflat, nflat
     for j, ((name, length), width) in enumerate(zip(pre.jagged, widths)):
         if length > width and n and int(counts[j].max()) > width:
             raise ValueError(f"a raw unit stores {width} values of {name!r}, fewer than its lists hold")
-        src.extend(r + min(s, width - 1) if width else 0 for s in range(length))
-        r += width
-    identity = raw.x.shape[1] == pre.n_features and src == list(range(pre.n_features))
+        if min(width, length):
+            copies.append((r, col, min(width, length)))
+        r, col = r + width, col + length
+    copies = _merged(copies)
+    identity = raw.x.shape[1] == pre.n_features and copies in ([(0, 0, pre.n_features)], [])
+    src = np.asarray(raw.x)
     if identity and inplace and raw.x.flags.writeable:
-        x = raw.x  # the unit is ours to change (in memory, or a file moved out of the store)
-    elif identity and raw.x.shape[1]:
-        x = np.array(raw.x, dtype=np.float32)
-    elif raw.x.shape[1]:
-        x = np.take(np.asarray(raw.x), np.asarray(src, np.intp), axis=1)
+        x, copies = raw.x, []  # the unit is ours to change (in memory, or a file moved out of the store)
+    elif identity:
+        with small_pages():
+            x = np.array(raw.x, dtype=np.float32)
+        copies = []
     else:
-        x = np.zeros((n, pre.n_features), np.float32)
+        with small_pages():
+            x = np.empty((n, pre.n_features), np.float32)
     names = list(pre.flat) + [name for name, length in pre.jagged for _ in range(length)]
     off = np.array([pre.offset.get(k, 0.0) for k in names], np.float32)
     sc = np.array([pre.scale.get(k, 1.0) for k in names], np.float32)
     act = np.array([pre.offset.get(k, 0.0) != 0.0 or pre.scale.get(k, 1.0) != 1.0 for k in names], bool)
     cols = np.flatnonzero(act) if act.any() and not act.all() else None
     runs = _runs(counts, [length for _, length in pre.jagged], nflat)
-    mask = np.zeros((n, pre.n_features), bool)
+    with small_pages():
+        mask = np.zeros((n, pre.n_features), bool)
     pad = np.float32(pre.pad_value)
     rows = _rows(n, pre.n_features)
-    for r in rows:  # normalise, mask and pad a block of rows while it is in the CPU cache
+    for r in rows:  # lay out, normalise, mask and pad a block of rows while it is in the CPU cache
         xs, ms = x[r : r + rows.step], mask[r : r + rows.step]
+        if copies:
+            xs[...] = pad  # slots beyond a branch's stored width: padding in every event
+            for a, b, k in copies:
+                xs[:, b : b + k] = src[r : r + rows.step, a : a + k]
         if cols is None and act.all():
             xs -= off
             xs *= sc
         elif cols is not None:
             xs[:, cols] = (xs[:, cols] - off[cols]) * sc[cols]
-        for j, col, slots in runs:
+        for j, c, slots in runs:
             np.greater_equal(
-                slots[None, :], counts[j, r : r + rows.step, None], out=ms[:, col : col + len(slots)]
+                slots[None, :], counts[j, r : r + rows.step, None], out=ms[:, c : c + len(slots)]
             )
         np.copyto(xs, pad, where=ms)
     return Chunk(x, mask, np.asarray(raw.y), np.asarray(raw.weight), np.asarray(raw.event_id))
+
+
+def _merged(copies: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Runs of copied columns with neighbouring ones joined (``(raw column, x column, how many)``)."""
+    out: list[tuple[int, int, int]] = []
+    for a, b, k in copies:
+        if out and out[-1][0] + out[-1][2] == a and out[-1][1] + out[-1][2] == b:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + k)
+        else:
+            out.append((a, b, k))
+    return out
 
 
 def lay_out_into(raws: ChunkStore, store: ChunkStore, unit: Unit, pre: Preprocessor) -> int:

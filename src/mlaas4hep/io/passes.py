@@ -12,6 +12,7 @@ runs inline, in a local process pool, or on a Dask cluster.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,19 +63,24 @@ def decode_unit(reader: UnitReader, root: str | None, unit: Unit) -> Chunk | int
 
 
 def stats_and_raw(
-    reader: UnitReader, names: list[str], given: list[int | None], item: tuple[Unit, str | None]
+    reader: UnitReader, names: list[str], given: list[int | None], item: tuple[Unit, Any]
 ) -> tuple[dict[str, Stats], int, firstuse.RawChunk | None]:
     """The specs of one unit, and where the item says so its raw tensors.
 
     ``item`` is ``(unit, where)``: ``where`` :data:`~mlaas4hep.io.firstuse.MEMORY`
     returns the raw unit (to be held by the calling process), a path writes it
-    to the raw store there, None (no room left) computes only the statistics,
-    exactly as :func:`unit_stats` does.
+    to the raw store there, a :class:`~mlaas4hep.io.firstuse.HereOr` does the
+    first in the process it names and the second elsewhere, None (no room
+    left) computes only the statistics, exactly as :func:`unit_stats` does.
     """
     unit, where = item
     if where is None:
         return (*unit_stats(reader, names, unit), None)
     stats, n, raw = firstuse.decode_raw(reader, names, given, unit)
+    if isinstance(where, firstuse.HereOr):
+        if where.pid == os.getpid():  # the calling process ran it (its workers were starting)
+            return stats, n, raw
+        where = where.root
     if where == firstuse.MEMORY:
         return stats, n, raw
     firstuse.raw_store(where).write(unit, raw)

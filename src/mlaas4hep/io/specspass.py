@@ -58,9 +58,10 @@ def run_specs_pass(ds: Dataset) -> Specs:
         fn = partial(stats_and_raw, reader, names, given)
         # the disk's room: cache_max_gb less what the cache directory holds
         room = c.cache_max_gb * 2**30 - (dir_size(raw.root.parent) if c.cache_dir else 0)
-        # memory with workers: 0 only: from a worker a raw unit would cross a pipe (pickled,
-        # copied four times) and be laid out by this process alone, which costs more than the
-        # store on disk, where the workers lay their units out in parallel
+        # memory for what this process decodes: with workers, the units it runs while they
+        # start (HereOr); from a worker a raw unit would cross a pipe (pickled, copied four
+        # times) and be laid out by this process alone, which costs more than the store on
+        # disk, where the workers lay their units out in parallel
         # (without specs-dependent tensors the decoded cache may hold a unit already)
         cached = ds.cache if not ds._needs_specs() else None
         items = list(ds._raw.plan(units, per_event, raw, room, ds.inline, cached))
