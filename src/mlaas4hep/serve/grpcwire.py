@@ -29,9 +29,10 @@ gRPC clients do without TLS; TLS stays with grpcio):
   for a ``WINDOW_UPDATE``; the connection's window is topped up as it is
   used) and never sends more than the client's windows allow;
 * unary calls only (every RPC of the service but ``ModelStreamInfer``, which
-  answers ``UNIMPLEMENTED``, as under grpcio), no compression (a compressed
-  message gets ``UNIMPLEMENTED``); the message limit is the server's body
-  limit (``RESOURCE_EXHAUSTED``), as grpcio's ``max_receive_message_length``.
+  answers ``UNIMPLEMENTED``, as under grpcio); requests compressed with gzip or
+  deflate are read, replies go uncompressed; the message limit is the
+  server's body limit (``RESOURCE_EXHAUSTED``), as grpcio's
+  ``max_receive_message_length``, decompressed size included.
 
 A reply's three frames leave in one ``write``. ``grpc-timeout`` is not
 enforced (the data plane has its own time limits).
@@ -43,6 +44,7 @@ import asyncio
 import logging
 import socket
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -186,6 +188,7 @@ class WireProtocol(asyncio.Protocol):
         self.blocked: dict[int, list[Any]] = {}  # stream -> [data left, trailers]: waiting for window
         self.transport: asyncio.Transport | None = None
         self.closing = False
+        self.out: list[bytes] = []  # replies written together once the loop's ready callbacks ran
 
     # ------------------------------------------------------------ connection
     def connection_made(self, transport: Any) -> None:
@@ -213,7 +216,8 @@ class WireProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.closing:
             self.closing = True
-            self.transport.write(frame(GOAWAY, 0, 0, _HEAD.pack(self.last_stream) + _HEAD.pack(0)))
+            out, self.out = self.out, []  # replies already made go first
+            self.transport.write(b"".join([*out, frame(GOAWAY, 0, 0, _HEAD.pack(self.last_stream) + _HEAD.pack(0))]))
             self.transport.close()
 
     def _fail(self, code: int, why: str) -> None:
@@ -388,15 +392,17 @@ class WireProtocol(asyncio.Protocol):
                 body = s.body[0] if len(s.body) == 1 else b"".join(s.body)
                 if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
                     code, message = grpc.StatusCode.INTERNAL.value[0], "the request is not one gRPC message"
-                elif body[0]:
-                    code, message = grpc.StatusCode.UNIMPLEMENTED.value[0], "compressed messages are not served"
                 else:
                     cls, fn = method
+                    data = body[5:]
+                    if body[0]:
+                        data, code, message = self._inflate(s, data)
                     try:
-                        request = cls.FromString(body[5:])
+                        request = cls.FromString(data) if code == 0 else None
                     except Exception:  # noqa: BLE001 (protobuf's DecodeError and friends)
-                        request = None
-                        code, message = grpc.StatusCode.INTERNAL.value[0], "Failed to parse request"
+                        request = None  # grpcio answers UNKNOWN here (and logs an error): the client's doing
+                        code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                        message = f"the request is not a valid {cls.DESCRIPTOR.full_name}"
                     if request is not None:
                         out = await fn(request, Context(s.headers))
                         reply = out.SerializeToString()
@@ -409,7 +415,35 @@ class WireProtocol(asyncio.Protocol):
             code, message = grpc.StatusCode.INTERNAL.value[0], f"internal server error: {type(err).__name__}"
         self._reply(sid, code, message, reply)
 
+    def _inflate(self, s: _Stream, data: bytes) -> tuple[bytes, int, str]:
+        """A compressed message's bytes (gzip or deflate, as ``grpc-encoding`` says), within the limit."""
+        enc = next((v for k, v in s.headers if k == "grpc-encoding"), "identity")
+        if enc not in ("gzip", "deflate"):
+            return b"", grpc.StatusCode.UNIMPLEMENTED.value[0], f"grpc-encoding {enc!r} is not served"
+        z = zlib.decompressobj(zlib.MAX_WBITS | 16 if enc == "gzip" else zlib.MAX_WBITS)
+        try:
+            out = z.decompress(data, self.max_message + 1)
+        except zlib.error as err:
+            return b"", grpc.StatusCode.INTERNAL.value[0], f"cannot decompress the message: {err}"
+        if len(out) > self.max_message:
+            msg = f"Received message larger than max (more than {self.max_message} bytes decompressed)"
+            return b"", grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], msg
+        return out, 0, ""
+
     # ------------------------------------------------------------ frames out
+    def _send(self, data: bytes) -> None:
+        """Queue ``data``: the replies finished in one turn of the loop leave in one write."""
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self._write)
+        self.out.append(data)
+
+    def _write(self) -> None:
+        out, self.out = self.out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.closing and not self.streams and self.transport is not None:
+            self.transport.close()
+
     def _reply(self, sid: int, code: int, message: str, reply: bytes) -> None:
         s = self.streams.get(sid)
         if s is None or self.transport is None or self.transport.is_closing():
@@ -418,7 +452,7 @@ class WireProtocol(asyncio.Protocol):
         tail = frame(HEADERS, END_HEADERS | END_STREAM, sid, OK_TRAILERS if code == 0 else trailers(code, message))
         if code != 0:  # trailers-only: one HEADERS frame
             block = REPLY_HEADERS + (OK_TRAILERS if code == 0 else trailers(code, message))
-            self.transport.write(frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
+            self._send(frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
             self._done(sid)
             return
         data = len(reply).to_bytes(5, "big") + reply
@@ -426,10 +460,10 @@ class WireProtocol(asyncio.Protocol):
         if len(data) <= min(self.send_window, s.window, self.max_frame) and sid not in self.blocked:
             self.send_window -= len(data)
             s.window -= len(data)
-            self.transport.write(head + frame(DATA, 0, sid, data) + tail)
+            self._send(head + frame(DATA, 0, sid, data) + tail)
             self._done(sid)
             return
-        self.transport.write(head)
+        self._send(head)
         self.blocked[sid] = [memoryview(data), tail]
         self._flush()
 
@@ -456,14 +490,12 @@ class WireProtocol(asyncio.Protocol):
             else:
                 self.blocked[sid][0] = data
             if out:
-                self.transport.write(bytes(out))
+                self._send(bytes(out))
             if not data:
                 self._done(sid)
 
     def _done(self, sid: int) -> None:
         self.streams.pop(sid, None)
-        if self.closing and not self.streams and self.transport is not None:
-            self.transport.close()
 
 
 class WireServer:
