@@ -103,7 +103,9 @@ class Triton:
         for name, delay in (("mlp", 2000), ("mlp_nodelay", 0)):
             (repo / name / "1").mkdir(parents=True)
             (repo / name / "1" / "model.onnx").write_bytes(model)
-            (repo / name / "config.pbtxt").write_text(TRITON_CONFIG.format(name=name, n=SIZES[0], delay=delay))
+            (repo / name / "config.pbtxt").write_text(
+                TRITON_CONFIG.format(name=name, n=SIZES[0], delay=delay)
+            )
         self.http_port, self.grpc_port = free_port(), free_port()
         self.log = work / "triton.log"
         self._log = open(self.log, "wb")  # noqa: SIM115 (closed in stop())
@@ -118,7 +120,10 @@ class Triton:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tritonserver exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=1).status_code
+                    == 200
+                ):
                     return
             except httpx.TransportError:
                 pass
@@ -141,7 +146,9 @@ class Triton:
         self._log.close()
 
 
-def run_pa(pa: tuple[str, dict], protocol: str, url: str, model: str, rows: int, conns: int, seconds: float) -> dict:
+def run_pa(
+    pa: tuple[str, dict], protocol: str, url: str, model: str, rows: int, conns: int, seconds: float
+) -> dict:
     """perf_analyzer: ``conns`` synchronous clients sending ``rows``-row requests; rates are rows/s.
 
     When it finds no stable window (the machine is shared) the mean of its
@@ -200,18 +207,34 @@ def main() -> None:
         sys.exit("peers.py: perf_analyzer not found (bench/peers.sh installs it; or set PERF_ANALYZER)")
 
     work = Path(tempfile.mkdtemp(prefix="mlaas4hep-peers-"))
-    bundle = make_bundle(work)
+    make_bundle(work)
     model = mlp_onnx()
     servers: list[dict[str, Any]] = []
     started: list[Any] = []
     try:
         for label, extra in ours:
             grpc_port = free_port()
-            srv = Server(work / "repo", "--max-batch", "1024", "--max-delay-ms", "2", "--grpc-port", str(grpc_port), *extra)
+            srv = Server(
+                work / "repo",
+                "--max-batch",
+                "1024",
+                "--max-delay-ms",
+                "2",
+                "--grpc-port",
+                str(grpc_port),
+                *extra,
+            )
             started.append(srv)
             servers.append(
-                dict(name=label, kind="pa", http=srv.url.removeprefix("http://"), grpc=f"127.0.0.1:{grpc_port}",
-                     model="mlp", pid=srv.proc.pid, args=" ".join(extra))
+                dict(
+                    name=label,
+                    kind="pa",
+                    http=srv.url.removeprefix("http://"),
+                    grpc=f"127.0.0.1:{grpc_port}",
+                    model="mlp",
+                    pid=srv.proc.pid,
+                    args=" ".join(extra),
+                )
             )
         tr = Triton(args.tritonserver, args.triton_backends, model, work)
         started.append(tr)
@@ -220,15 +243,28 @@ def main() -> None:
             if model_name == "mlp_nodelay" and args.no_triton_nodelay:
                 continue
             servers.append(
-                dict(name=f"{tname} ({label})", kind="pa", http=f"127.0.0.1:{tr.http_port}",
-                     grpc=f"127.0.0.1:{tr.grpc_port}", model=model_name, pid=tr.proc.pid, triton=True)
+                dict(
+                    name=f"{tname} ({label})",
+                    kind="pa",
+                    http=f"127.0.0.1:{tr.http_port}",
+                    grpc=f"127.0.0.1:{tr.grpc_port}",
+                    model=model_name,
+                    pid=tr.proc.pid,
+                    triton=True,
+                )
             )
         if args.mlserver and not args.no_mlserver:
             ml = MLServer(args.mlserver, model, work)
             started.append(ml)
             servers.append(
-                dict(name=f"MLServer {ml.version()}", kind="own", http=ml.url + "/v2/models/mlp/infer",
-                     grpc=f"127.0.0.1:{ml.grpc_port}", model="mlp", pid=ml.proc.pid)
+                dict(
+                    name=f"MLServer {ml.version()}",
+                    kind="own",
+                    http=ml.url + "/v2/models/mlp/infer",
+                    grpc=f"127.0.0.1:{ml.grpc_port}",
+                    model="mlp",
+                    pid=ml.proc.pid,
+                )
             )
         time.sleep(2.0)  # gRPC listeners of worker processes
         rows: list[dict[str, Any]] = []
@@ -269,7 +305,13 @@ def measure(s: dict, protocol: str, n: int, conns: int, seconds: float, pa: tupl
         import orjson
 
         x = np.random.default_rng(2).random((n, SIZES[0]), dtype=np.float32)
-        body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]})
+        body = orjson.dumps(
+            {
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+                ]
+            }
+        )
         h = run_aiohttp(s["http"], body, {"Content-Type": "application/json"}, conns, 3 * seconds, work)
         r = {"rows_per_s": h["req_per_s"] * n, "p50_ms": h["p50_ms"], "p99_ms": h["p99_ms"], "stable": True}
     else:
@@ -310,7 +352,9 @@ def table(rows: list[dict], points: list[str], servers: list[dict], args: argpar
                     load=[r["loadavg"] for r in rs],
                     runs=[r["rows_per_s"] for r in rs],
                     # cores busy over the call / rows per second: CPU per row (warm-up windows included)
-                    cpu=med([r["cpu_s"] / r["wall_s"] / r["rows_per_s"] * 1e6 for r in rs if r["rows_per_s"]]),
+                    cpu=med(
+                        [r["cpu_s"] / r["wall_s"] / r["rows_per_s"] * 1e6 for r in rs if r["rows_per_s"]]
+                    ),
                 )
         tri = [a for k, a in agg.items() if k.startswith("Triton")]
         best = max(tri, key=lambda a: a["thr"] or 0.0) if tri else None
@@ -332,7 +376,11 @@ def table(rows: list[dict], points: list[str], servers: list[dict], args: argpar
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, {os.cpu_count()} cores "
         f"(shared), Python {platform.python_version()}; {args.rounds} rounds, servers alternating, "
         f"perf_analyzer windows of {args.duration:g} s. Ours: "
-        + "; ".join(f"{s['name']}: `--max-batch 1024 --max-delay-ms 2 {s.get('args', '')}`".replace(" `", "`") for s in servers if not s.get("triton") and s["kind"] == "pa")
+        + "; ".join(
+            f"{s['name']}: `--max-batch 1024 --max-delay-ms 2 {s.get('args', '')}`".replace(" `", "`")
+            for s in servers
+            if not s.get("triton") and s["kind"] == "pa"
+        )
         + ". Triton: onnxruntime backend built against the same onnxruntime, 1 CPU instance, max batch 1024. "
         "MLServer: bench/mlserver/ with its own load generators (grpc.aio, aiohttp JSON). "
         "Rows/s is the median over rounds (each round's figure in brackets); ratio is to the faster Triton "

@@ -97,7 +97,10 @@ def test_replies_are_grpcio_s_bytes(app, tth_bundle):
         assert wire[k][0] in ("NOT_FOUND", "INVALID_ARGUMENT") and wire[k] == grpcio[k], k
     # grpcio answers UNKNOWN (and logs a traceback); the wire front end names the problem
     assert grpcio["not a message"][0] == "UNKNOWN"
-    assert wire["not a message"] == ("INVALID_ARGUMENT", "the request is not a valid inference.ModelInferRequest")
+    assert wire["not a message"] == (
+        "INVALID_ARGUMENT",
+        "the request is not a valid inference.ModelInferRequest",
+    )
     assert wire["unknown model"][1] == grpcio["unknown model"][1] != ""
     r = pb.ModelInferResponse.FromString(wire["300 raw rows"][1])
     assert r.id == "r1" and r.model_name == "tth"
@@ -114,7 +117,9 @@ def test_many_concurrent_calls_on_one_connection(app, tth_bundle):
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
                 stub = pb_grpc.GRPCInferenceServiceStub(ch)
-                replies = await asyncio.gather(*(stub.ModelInfer(_raw(x[i : i + 1]), timeout=30) for i in range(64)))
+                replies = await asyncio.gather(
+                    *(stub.ModelInfer(_raw(x[i : i + 1]), timeout=30) for i in range(64))
+                )
         finally:
             await srv.stop(0)
         return [np.frombuffer(r.raw_output_contents[0], np.float32) for r in replies]
@@ -147,7 +152,10 @@ def test_compressed_requests(app, tth_bundle):
     req = _raw(x).SerializeToString()
 
     async def body(port: int) -> list:
-        return [await _call(port, INFER, req, compression=c) for c in (grpc.Compression.Gzip, grpc.Compression.Deflate)]
+        return [
+            await _call(port, INFER, req, compression=c)
+            for c in (grpc.Compression.Gzip, grpc.Compression.Deflate)
+        ]
 
     wire, grpcio = asyncio.run(_both(app, body))
     assert wire == grpcio and all(code == "OK" for code, _ in wire)

@@ -50,13 +50,16 @@ from typing import Any
 
 import grpc
 import hpack
+from google.protobuf.message import DecodeError
 
 from ._proto import grpc_service_pb2 as pb
 
 log = logging.getLogger("mlaas4hep.serve")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    range(10)
+)
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
 #: our receive windows: a stream's is as large as HTTP/2 allows, the connection's is topped up
@@ -217,7 +220,9 @@ class WireProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closing:
             self.closing = True
             out, self.out = self.out, []  # replies already made go first
-            self.transport.write(b"".join([*out, frame(GOAWAY, 0, 0, _HEAD.pack(self.last_stream) + _HEAD.pack(0))]))
+            self.transport.write(
+                b"".join([*out, frame(GOAWAY, 0, 0, _HEAD.pack(self.last_stream) + _HEAD.pack(0))])
+            )
             self.transport.close()
 
     def _fail(self, code: int, why: str) -> None:
@@ -399,7 +404,7 @@ class WireProtocol(asyncio.Protocol):
                         data, code, message = self._inflate(s, data)
                     try:
                         request = cls.FromString(data) if code == 0 else None
-                    except Exception:  # noqa: BLE001 (protobuf's DecodeError and friends)
+                    except (DecodeError, RecursionError):
                         request = None  # grpcio answers UNKNOWN here (and logs an error): the client's doing
                         code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
                         message = f"the request is not a valid {cls.DESCRIPTOR.full_name}"
@@ -449,7 +454,9 @@ class WireProtocol(asyncio.Protocol):
         if s is None or self.transport is None or self.transport.is_closing():
             self.streams.pop(sid, None)
             return
-        tail = frame(HEADERS, END_HEADERS | END_STREAM, sid, OK_TRAILERS if code == 0 else trailers(code, message))
+        tail = frame(
+            HEADERS, END_HEADERS | END_STREAM, sid, OK_TRAILERS if code == 0 else trailers(code, message)
+        )
         if code != 0:  # trailers-only: one HEADERS frame
             block = REPLY_HEADERS + (OK_TRAILERS if code == 0 else trailers(code, message))
             self._send(frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
