@@ -377,14 +377,20 @@ def table(rows: list[dict], points: list[str], servers: list[dict], args: argpar
         f"(shared), Python {platform.python_version()}; {args.rounds} rounds, servers alternating, "
         f"perf_analyzer windows of {args.duration:g} s. Ours: "
         + "; ".join(
-            f"{s['name']}: `--max-batch 1024 --max-delay-ms 2 {s.get('args', '')}`".replace(" `", "`")
+            f"{s['name']} (`--max-batch 1024 --max-delay-ms 2{' ' + s['args'] if s.get('args') else ''}`)"
             for s in servers
             if not s.get("triton") and s["kind"] == "pa"
         )
-        + ". Triton: onnxruntime backend built against the same onnxruntime, 1 CPU instance, max batch 1024. "
-        "MLServer: bench/mlserver/ with its own load generators (grpc.aio, aiohttp JSON). "
-        "Rows/s is the median over rounds (each round's figure in brackets); ratio is to the faster Triton "
-        "configuration of that point.",
+        + ". Triton: onnxruntime backend built against the same onnxruntime, 1 CPU instance, max batch 1024, "
+        "one model with a 2 ms queue delay and one without. "
+        + (
+            "MLServer: bench/mlserver/ with its own load generators (grpc.aio, aiohttp JSON). "
+            if any(s["kind"] == "own" for s in servers)
+            else ""
+        )
+        + "Rows/s is the median over rounds (each round's figure in brackets); the ratio is to the faster "
+        "Triton configuration of that point; CPU µs/row is the server's CPU time (all its processes) per row; "
+        "– : perf_analyzer found no stable window (its passes' mean is taken, no latencies).",
         "",
     ]
     return "\n".join(head + lines + ["", END])

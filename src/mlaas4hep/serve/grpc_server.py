@@ -449,7 +449,13 @@ class GrpcServer:
         )
 
     async def _start_wire(self) -> None:
-        from .grpcwire import WireServer
+        try:
+            from .grpcwire import WireServer
+        except ImportError as err:  # hpack: in the serve extra
+            raise RuntimeError(
+                f"the wire gRPC front end needs {err.name}: pip install 'mlaas4hep[serve]' "
+                "(or serve gRPC with --grpc-frontend grpcio)"
+            ) from None
 
         wire = WireServer(self.service, self.plane.config.max_body)
         try:
