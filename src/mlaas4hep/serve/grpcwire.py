@@ -120,7 +120,7 @@ def trailers(code: int, message: str = "") -> bytes:
 OK_TRAILERS = trailers(0)
 
 
-class Abort(grpc.aio.AbortError):
+class Abort(grpc.aio.AbortError):  # type: ignore[misc]  # grpcio has no type hints
     """Raised by :meth:`Context.abort`: ends the call with ``code`` and ``details``."""
 
     def __init__(self, code: grpc.StatusCode, details: str):
