@@ -120,27 +120,25 @@ def trailers(code: int, message: str = "") -> bytes:
 OK_TRAILERS = trailers(0)
 
 
-class Abort(grpc.aio.AbortError):  # type: ignore[misc]  # grpcio has no type hints
-    """Raised by :meth:`Context.abort`: ends the call with ``code`` and ``details``."""
-
-    def __init__(self, code: grpc.StatusCode, details: str):
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
 class Context:
-    """What the servicer uses of ``grpc.aio.ServicerContext``: the metadata and ``abort``."""
+    """What the servicer uses of ``grpc.aio.ServicerContext``: the metadata and ``abort``.
 
-    __slots__ = ("_headers",)
+    ``abort`` raises grpcio's own ``AbortError`` (the servicer lets it through) and keeps
+    the status here for the reply.
+    """
+
+    __slots__ = ("_headers", "code", "details")
 
     def __init__(self, headers: list[tuple[str, str]]):
         self._headers = headers
+        self.code, self.details = grpc.StatusCode.UNKNOWN, ""
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple((k, v) for k, v in self._headers if not k.startswith(":"))
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        raise Abort(code, details)
+        self.code, self.details = code, details
+        raise grpc.aio.AbortError(details)
 
 
 class _Stream:
@@ -409,10 +407,13 @@ class WireProtocol(asyncio.Protocol):
                         code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
                         message = f"the request is not a valid {cls.DESCRIPTOR.full_name}"
                     if request is not None:
-                        out = await fn(request, Context(s.headers))
-                        reply = out.SerializeToString()
-        except Abort as err:
-            code, message = err.code.value[0], err.details
+                        ctx = Context(s.headers)
+                        try:
+                            out = await fn(request, ctx)
+                        except grpc.aio.AbortError:
+                            code, message = ctx.code.value[0], ctx.details
+                        else:
+                            reply = out.SerializeToString()
         except asyncio.CancelledError:
             return
         except Exception as err:  # a bug of ours: log it, tell the client, keep serving
