@@ -438,8 +438,15 @@ class WireProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------ frames out
     def _send(self, data: bytes) -> None:
-        """Queue ``data``: the replies finished in one turn of the loop leave in one write."""
+        """Write ``data`` now when it is the connection's only call, else with the others of this turn.
+
+        Replies finished in one turn of the loop then leave in one write (one system call),
+        and a lone call's reply does not wait a turn.
+        """
         if not self.out:
+            if len(self.streams) <= 1 and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
+                return
             asyncio.get_running_loop().call_soon(self._write)
         self.out.append(data)
 
@@ -504,6 +511,8 @@ class WireProtocol(asyncio.Protocol):
 
     def _done(self, sid: int) -> None:
         self.streams.pop(sid, None)
+        if self.closing and not self.streams and not self.out and self.transport is not None:
+            self.transport.close()  # the client said GOAWAY: its last call is answered
 
 
 class WireServer:
