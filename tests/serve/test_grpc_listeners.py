@@ -1,4 +1,4 @@
-"""The gRPC front end's listeners: several ``grpc.aio`` servers on one port (SO_REUSEPORT), in process."""
+"""The grpcio front end's listeners: several ``grpc.aio`` servers on one port (SO_REUSEPORT), in process."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_listeners_share_one_port_and_all_answer(app, tth_bundle):
     req.raw_input_contents.append(x.tobytes())
 
     async def main() -> list[np.ndarray]:
-        srv = GrpcServer(app.state, 0, listeners=3)
+        srv = GrpcServer(app.state, 0, listeners=3, frontend="grpcio")
         await srv.start()
         try:
             assert srv.port > 0 and len(srv.servers) == 3
@@ -52,13 +52,13 @@ def test_listeners_share_one_port_and_all_answer(app, tth_bundle):
         np.testing.assert_allclose(y, tth_bundle.oracle.score(x), atol=ATOL)
 
 
-@pytest.mark.parametrize("listeners", [1, 4])
-def test_port_in_use_is_an_error(app, listeners):
+@pytest.mark.parametrize(("frontend", "listeners"), [("grpcio", 1), ("grpcio", 4), ("wire", 1)])
+def test_port_in_use_is_an_error(app, frontend, listeners):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        srv = GrpcServer(app.state, port, listeners=listeners)
-        with pytest.raises(RuntimeError, match="cannot listen"):
+        srv = GrpcServer(app.state, port, listeners=listeners, frontend=frontend)
+        with pytest.raises(RuntimeError, match=f"gRPC cannot listen on 127.0.0.1:{port}"):
             asyncio.run(srv.start())
-        assert srv.servers == []
+        assert srv.servers == [] and srv.wire is None

@@ -121,6 +121,7 @@ def _app(config: ServeConfig, worker: bool) -> Any:
             config.tls_key,
             reuse_port=worker,
             listeners=config.grpc_listeners,
+            frontend=config.grpc_frontend,
         )
     if config.metrics_port is not None and not worker:
         from .metricsport import with_metrics_port

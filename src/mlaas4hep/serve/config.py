@@ -95,6 +95,9 @@ class ServeConfig:
     tls_cert: str | None = _opt(None, "TLS certificate (PEM): HTTPS, and TLS on gRPC", metavar="PEM")
     tls_key: str | None = _opt(None, "private key of --tls-cert (PEM)", metavar="PEM")
     grpc_listeners: int = _opt(4, "gRPC servers sharing the gRPC port in each process", int, "N")
+    grpc_frontend: str = _opt(
+        "wire", "who speaks gRPC without TLS: wire (HTTP/2 on the event loop) or grpcio", metavar="NAME"
+    )
     drain_seconds: float = _opt(
         0.0, "on SIGTERM: not ready at once, still serving this long, then stop (0: stop at once)", float, "S"
     )
@@ -214,6 +217,8 @@ class ServeConfig:
             raise ConfigError(
                 f"jobs_scheduler {self.jobs_scheduler!r} is not a Dask scheduler address (tcp://HOST:PORT)"
             )
+        if self.grpc_frontend not in ("wire", "grpcio"):
+            raise ConfigError(f"grpc_frontend must be wire or grpcio, not {self.grpc_frontend!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
         return self

@@ -336,6 +336,9 @@ def encode_result(result: InferResult, raw: bool) -> Any:
 # ------------------------------------------------------------------ server
 #: ``grpc.aio`` servers (listeners) on the port, in one process; see :class:`GrpcServer`.
 LISTENERS = 4
+#: Who speaks gRPC without TLS: ``"wire"`` (:mod:`.grpcwire`, on the event loop) or ``"grpcio"``.
+FRONTENDS = ("wire", "grpcio")
+FRONTEND = "wire"
 
 
 class GrpcServer:
@@ -352,6 +355,11 @@ class GrpcServer:
     several calls per wake-up. Before binding, the port is checked with a plain
     socket, so a port in use is still an error (unless ``reuse_port``: with
     ``--workers`` every worker process listens on it).
+
+    **Front end.** ``frontend="wire"`` (the default without TLS) serves the
+    calls with :class:`~mlaas4hep.serve.grpcwire.WireServer` instead: HTTP/2
+    spoken on the event loop, one listener, a fraction of grpcio's CPU per
+    call, the same servicer. With TLS, grpcio serves.
     """
 
     def __init__(
@@ -363,14 +371,19 @@ class GrpcServer:
         tls_key: str | Path | None = None,
         reuse_port: bool = False,
         listeners: int = LISTENERS,
+        frontend: str = FRONTEND,
     ):
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
+        if frontend not in FRONTENDS:
+            raise ValueError(f"gRPC front end {frontend!r}: expected one of {', '.join(FRONTENDS)}")
         self.plane, self.port, self.host = plane, int(port), host
         self.tls = (Path(tls_cert).read_bytes(), Path(tls_key).read_bytes()) if tls_cert and tls_key else None
         self.reuse_port = reuse_port
         self.listeners = max(1, int(listeners))
         self.servers: list[grpc.aio.Server] = []
+        self.wire: Any = None  # the grpcwire.WireServer when it serves
+        self.frontend = "grpcio" if self.tls is not None else frontend
 
     @property
     def server(self) -> grpc.aio.Server | None:
@@ -416,6 +429,8 @@ class GrpcServer:
         if shared and not self.reuse_port and self.port != 0:
             self._check_free()
         self.service = InferenceService(self.plane)
+        if self.frontend == "wire":
+            return await self._start_wire()
         try:
             for _ in range(self.listeners):
                 # the first one picks the port when asked for port 0; the others join it
@@ -433,7 +448,27 @@ class GrpcServer:
             len(self.servers),
         )
 
+    async def _start_wire(self) -> None:
+        try:
+            from .grpcwire import WireServer
+        except ImportError as err:  # hpack: in the serve extra
+            raise RuntimeError(
+                f"the wire gRPC front end needs {err.name}: pip install 'mlaas4hep[serve]' "
+                "(or serve gRPC with --grpc-frontend grpcio)"
+            ) from None
+
+        wire = WireServer(self.service, self.plane.config.max_body)
+        try:
+            self.port = await wire.start(self.host, self.port, self.reuse_port)
+        except OSError as err:
+            raise RuntimeError(f"gRPC cannot listen on {self.host}:{self.port}: {err.strerror}") from None
+        self.wire = wire
+        log.info("gRPC listening on %s:%d (wire front end)", self.host, self.port)
+
     async def stop(self, grace: float = 1.0) -> None:
+        wire, self.wire = self.wire, None
+        if wire is not None:
+            await wire.stop(grace)
         servers, self.servers = self.servers, []
         if servers:
             await asyncio.gather(*(s.stop(grace) for s in servers))
@@ -461,11 +496,16 @@ def with_grpc(
     tls_key: str | Path | None = None,
     reuse_port: bool = False,
     listeners: int | None = None,
+    frontend: str | None = None,
 ) -> WithGrpc:
     """``app`` (from :func:`~mlaas4hep.serve.create_app`) serving gRPC on ``host:port`` too.
 
-    ``listeners``: see :class:`GrpcServer`; default ``$MLAAS4HEP_GRPC_LISTENERS`` or :data:`LISTENERS`.
+    ``listeners``, ``frontend``: see :class:`GrpcServer`; defaults ``$MLAAS4HEP_GRPC_LISTENERS``
+    or :data:`LISTENERS`, ``$MLAAS4HEP_GRPC_FRONTEND`` or :data:`FRONTEND`.
     """
     if listeners is None:
         listeners = int(os.environ.get("MLAAS4HEP_GRPC_LISTENERS") or LISTENERS)
-    return WithGrpc(app, GrpcServer(app.plane, port, host, tls_cert, tls_key, reuse_port, listeners))
+    if frontend is None:
+        frontend = os.environ.get("MLAAS4HEP_GRPC_FRONTEND") or FRONTEND
+    server = GrpcServer(app.plane, port, host, tls_cert, tls_key, reuse_port, listeners, frontend)
+    return WithGrpc(app, server)
