@@ -96,7 +96,9 @@ class ServeConfig:
     tls_key: str | None = _opt(None, "private key of --tls-cert (PEM)", metavar="PEM")
     grpc_listeners: int = _opt(4, "gRPC servers sharing the gRPC port in each process", int, "N")
     grpc_frontend: str = _opt(
-        "wire", "who speaks gRPC without TLS: wire (HTTP/2 on the event loop) or grpcio", metavar="NAME"
+        "grpcio",
+        "who speaks gRPC without TLS: grpcio, or wire (HTTP/2 on the event loop; experimental)",
+        metavar="NAME",
     )
     drain_seconds: float = _opt(
         0.0, "on SIGTERM: not ready at once, still serving this long, then stop (0: stop at once)", float, "S"
