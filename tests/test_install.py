@@ -67,7 +67,7 @@ def test_make_demo_runs_pip_and_the_demo_only(tmp_path):
 def test_make_test_installs_the_system_packages(tmp_path):
     lines = make_n(fresh_copy(tmp_path), "test")
     assert "bash .ci/system-deps.sh" in lines
-    assert lines[-1] == ".venv/bin/python -m pytest -q tests"
+    assert lines[-1] == ".venv/bin/python -m pytest -q --durations=30 tests"
 
 
 def as_unprivileged(cmd: list[str]) -> list[str]:

@@ -224,3 +224,53 @@ def test_headers_are_bounded_in_count_and_size(tmp_path):
         assert _infer(srv.url, "mlp", rows=20_000).status_code == 200  # a 1.6 MB body in one request
     finally:
         srv.stop()
+
+
+def test_a_response_leaves_in_one_write():
+    """uvicorn writes a response's head and body in two calls; a server killed between them left
+    nginx with a head it had passed on and could not retry ("partial file" at the client). The
+    protocol's transport joins them: one write per response, and a lone head still leaves."""
+    import asyncio
+
+    from mlaas4hep.serve.httpproto import OneWrite
+
+    class Recording:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def run() -> list[list[bytes]]:
+        loop = asyncio.get_running_loop()
+        out = []
+        for parts in (
+            [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"{}"],  # head + body: one write
+            [b"HTTP/1.1 204 No Content\r\n\r\n"],  # a head alone leaves at the next turn
+            [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"2\r\n{}\r\n", b"0\r\n\r\n"],
+        ):
+            rec = Recording()
+            t = OneWrite(rec, loop)
+            for p in parts:
+                t.write(p)
+            await asyncio.sleep(0)
+            out.append(rec.writes)
+        rec = Recording()
+        t = OneWrite(rec, loop)
+        t.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n")
+        t.close()  # closing writes what is held first
+        out.append([*rec.writes, b"closed" if rec.closed else b"open"])
+        return out
+
+    one, alone, chunked, closing = asyncio.run(run())
+    assert one == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    assert alone == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+    assert chunked == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n", b"0\r\n\r\n"]
+    assert closing == [b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n", b"closed"]

@@ -14,6 +14,11 @@ Past either, the connection is answered ``431 Request Header Fields Too Large``
 with a JSON error and closed (a second later, dropping what still arrives, so the
 client can read the answer); nothing is dispatched. ``serve`` passes it to
 uvicorn as its ``http`` protocol.
+
+It also writes a response's head together with its body (:class:`OneWrite`):
+uvicorn writes them in two calls, so a server killed between the two segments
+left a load balancer holding a head without its body, which it had already
+passed on and could no longer retry elsewhere ("partial file" at the client).
 """
 
 from __future__ import annotations
@@ -28,6 +33,46 @@ MAX_HEADERS = 100
 LINGER_SECONDS = 1.0
 
 
+class OneWrite:
+    """A transport whose response heads wait for what follows them in the same turn of the loop.
+
+    A write that is a response head (``HTTP/1.1 ...`` ending in a blank line) is held;
+    the next write (the body, in the same turn of the loop) joins it, or the loop's
+    next turn writes it alone (a response without a body). Everything else passes.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._transport, self._loop = transport, loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing heads beyond :data:`MAX_HEADER_BYTES` or :data:`MAX_HEADERS`."""
 
@@ -38,6 +83,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = False
         self._refused = False
         self._head_error = ""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(OneWrite(transport, self.loop))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
