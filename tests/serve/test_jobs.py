@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -228,3 +229,35 @@ def test_a_job_gets_the_memory_it_asked_for_and_no_more(client, data_dir, tmp_pa
     )
     assert done["state"] == "failed" and "MemoryError" in done["error"], done["error"]
     assert done["resources"]["memory_gb"] == 1.5
+
+
+def test_a_chunked_submission_past_the_upload_limit_is_refused_while_it_arrives(data_dir, tmp_path):
+    # No Content-Length to refuse it on: the server must answer once the limit is
+    # passed, not wait for (and spool to disk) the rest of the body.
+    (tmp_path / "repo").mkdir()
+    srv = ServerProcess(tmp_path / "repo", "--jobs", "--data-dir", str(data_dir), "--max-upload-mb", "1")
+    srv.start()
+    try:
+        host, port = srv.url.split("//")[1].split(":")
+        part = (
+            b'--B\r\nContent-Disposition: form-data; name="model"; filename="m.py"\r\n\r\n' + b"#" * 3 * 2**20
+        )
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(
+                b"POST /jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                + f"Authorization: {srv.admin['Authorization']}\r\n".encode()
+                + b"Content-Type: multipart/form-data; boundary=B\r\n\r\n"
+                + f"{len(part):x}\r\n".encode()
+                + part
+                + b"\r\n"
+            )  # and nothing more: the body is not finished
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                chunk = s.recv(65536)
+                assert chunk, answer
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert answer.endswith(b'{"error":"the submission exceeds the limit of 1048576 bytes"}')
+        assert HTTP.get(srv.url + "/v2/health/ready").status_code == 200
+    finally:
+        srv.stop()

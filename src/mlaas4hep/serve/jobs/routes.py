@@ -42,6 +42,8 @@ from .store import FINAL
 
 #: Largest config, params or list file of a job (the model file and folder have the upload limit).
 MAX_TEXT = 4 * 2**20
+#: What a form may hold beyond its largest file: boundaries, part headers, the small fields.
+FORM_SLACK = 2**20
 
 
 def _jobs(request: Request) -> JobManager:
@@ -69,6 +71,25 @@ async def _read(f: UploadFile, limit: int, what: str) -> bytes:
     return data
 
 
+def _bounded(receive: Any, limit: int) -> Any:
+    """``receive`` that raises :class:`TooLarge` once more than ``limit`` body bytes arrived.
+
+    Content-Length is checked before reading; this catches a chunked body, or one
+    longer than announced, before the form parser spools it to disk.
+    """
+    seen = 0
+
+    async def bounded() -> Any:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise TooLarge(f"the submission exceeds the limit of {limit - FORM_SLACK} bytes")
+        return message
+
+    return bounded
+
+
 def _number(form: Any, key: str, kind: type, default: Any) -> Any:
     value = form.get(key)
     if value is None or value == "":
@@ -84,10 +105,13 @@ async def _submission(request: Request, limit: int) -> Submission:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequest("POST /jobs takes a multipart form: 'config' and 'model', or 'folder'")
     cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit + 2**20:
+    if cl is not None and cl.isdigit() and int(cl) > limit + FORM_SLACK:
         raise TooLarge(f"the submission of {cl} bytes exceeds the limit of {limit} bytes")
+    request = Request(request.scope, _bounded(request.receive, limit + FORM_SLACK))
     try:
         form = await request.form(max_files=4, max_fields=16)
+    except TooLarge:
+        raise
     except Exception as err:  # starlette's MultiPartException
         raise InvalidRequest(f"malformed multipart form: {getattr(err, 'detail', err)}") from None
     try:
