@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -259,5 +260,30 @@ def test_a_chunked_submission_past_the_upload_limit_is_refused_while_it_arrives(
         assert answer.startswith(b"HTTP/1.1 413 ")
         assert answer.endswith(b'{"error":"the submission exceeds the limit of 1048576 bytes"}')
         assert HTTP.get(srv.url + "/v2/health/ready").status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_finished_jobs_past_the_retention_are_removed_and_others_kept(data_dir, tmp_path):
+    repo = tmp_path / "repo"
+    jobs = repo / ".jobs"
+    base = {"name": "m", "user": "admin", "kind": "config", "started": None, "error": None, "model": None}
+    for job_id, state, finished in (
+        ("20200101-000000-00000001", "succeeded", "2020-01-01T00:00:00Z"),  # years ago: removed
+        ("20200101-000000-00000002", "failed", "2020-01-01T00:00:00Z"),  # removed
+        ("20200101-000000-00000003", "succeeded", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+    ):
+        (jobs / job_id).mkdir(parents=True)
+        record = {**base, "id": job_id, "state": state, "created": finished, "finished": finished}
+        (jobs / job_id / "job.json").write_text(json.dumps(record))
+        (jobs / job_id / "log.txt").write_text("the log\n")
+    srv = ServerProcess(repo, "--jobs", "--data-dir", str(data_dir), "--jobs-keep-days", "7").start()
+    try:
+        wait_for(lambda: not (jobs / "20200101-000000-00000001").exists(), 10, "the old job removed")
+        with Client(srv.url, token=TOKEN) as c:
+            assert [j["id"] for j in c.jobs()] == ["20200101-000000-00000003"]
+        assert sorted(p.name for p in jobs.iterdir() if not p.name.startswith(".")) == [
+            "20200101-000000-00000003"
+        ]
     finally:
         srv.stop()

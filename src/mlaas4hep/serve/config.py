@@ -129,6 +129,9 @@ class ServeConfig:
     jobs_time_limit: float = _opt(
         3600.0, "jobs: seconds one may run (and the most it may ask for); then it is stopped", float, "S"
     )
+    jobs_keep_days: float = _opt(
+        30.0, "jobs: days a finished job (record, log, bundle) is kept; 0 keeps them for ever", float, "DAYS"
+    )
     jobs_max_cpus: int = _opt(4, "jobs: the most cores one may ask for (default 1)", int, "N")
     jobs_max_memory_gb: float = _opt(
         8.0, "jobs: the most memory one may ask for, GB (its address-space limit; default 4)", float, "GB"
@@ -213,6 +216,8 @@ class ServeConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.jobs_keep_days < 0:
+            raise ConfigError("jobs_keep_days must be 0 (keep for ever) or positive")
         if self.jobs_time_limit <= 0 or self.jobs_max_memory_gb <= 0:
             raise ConfigError("jobs_time_limit and jobs_max_memory_gb must be positive")
         if self.jobs_scheduler and "://" not in self.jobs_scheduler:

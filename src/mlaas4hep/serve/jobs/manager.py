@@ -44,7 +44,7 @@ from ..errors import Forbidden, InvalidRequest, Overloaded
 from ..identity import User
 from ..repository import Repository, check_name
 from .runner import Handle, Runner, runner_for
-from .store import FINAL, JobStore, now
+from .store import FINAL, JobStore, age_s, now
 
 log = logging.getLogger("mlaas4hep.serve")
 TICK_S = 0.25
@@ -232,7 +232,14 @@ class JobManager:
                 del self._running[job_id]
                 self._finish(job_id, handle)
         users = Counter(user for _, user in self._running.values())
+        keep_s = self.config.jobs_keep_days * 86400
         for r in self.store.all():
+            if keep_s and r["state"] in FINAL and age_s(r.get("finished") or r["created"]) > keep_s:
+                self.store.remove(r["id"])
+                log.info(
+                    "job %s removed: finished more than %g days ago", r["id"], self.config.jobs_keep_days
+                )
+                continue
             if r["state"] != "queued":
                 continue
             if self.store.cancel_asked(r["id"]):

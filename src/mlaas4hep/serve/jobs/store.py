@@ -24,6 +24,7 @@ states (:mod:`.manager`).
 
 from __future__ import annotations
 
+import calendar
 import fcntl
 import json
 import os
@@ -43,6 +44,11 @@ FINAL = frozenset({"succeeded", "failed", "cancelled"})
 def now() -> str:
     """An ISO 8601 UTC timestamp, to the second."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def age_s(timestamp: str) -> float:
+    """Seconds since a timestamp written by :func:`now`."""
+    return time.time() - calendar.timegm(time.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def _atomic(path: Path, obj: Any) -> None:
@@ -138,6 +144,15 @@ class JobStore:
 
     def bundle_dir(self, job_id: str) -> Path:
         return self.dir(job_id) / "out" / "bundle"
+
+    def remove(self, job_id: str) -> None:
+        """Remove a job whole: renamed out of the listing first, so no reader sees half of it."""
+        trash = self.root / f".removed-{job_id}-{os.getpid()}"
+        try:
+            os.rename(self.dir(job_id), trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
 
     def remove_work(self, job_id: str) -> None:
         """Free what a finished job no longer needs (its decoded cache, checkpoint)."""
