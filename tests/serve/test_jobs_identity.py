@@ -6,6 +6,9 @@ here, its public half served as a JWKS on 127.0.0.1, tokens signed with it.
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -93,6 +96,33 @@ def test_the_model_records_who_trained_it(issuer, oidc_server, data_dir, tmp_pat
     assert meta["name"] == "carols"
     installed = oidc_server.repo / "carols" / "1" / "bundle.json"
     assert '"trained_by": {\n  "user": "carol",' in installed.read_text()
+    # the model is carol's: dave's job may not add a version to it, carol's and the operator's may
+    dave = Client(oidc_server.url, token=issuer.token("dave", aud="mlaas"))
+    with pytest.raises(ClientError) as err:
+        dave.submit(train_config(data_dir, tmp_path / "d.yaml"), sgd_model(), name="carols")
+    assert (err.value.status, err.value.message) == (
+        403,
+        "model 'carols' belongs to user carol: give the job another name",
+    )
+    again = carol.wait(
+        carol.submit(train_config(data_dir, tmp_path / "t.yaml"), sgd_model(), name="carols")["id"], 120, 0.3
+    )
+    assert again["model"] == {"name": "carols", "version": 2}
+    # a model the operator uploaded (not trained by a job) belongs to the operator
+    plain = tmp_path / "plain"
+    shutil.copytree(installed.parent, plain)
+    meta = json.loads((plain / "bundle.json").read_text())
+    del meta["trained_by"]
+    (plain / "bundle.json").write_text(json.dumps(meta))
+    with Client(oidc_server.url, token=TOKEN) as admin:
+        admin.upload(plain, name="operators")
+    with pytest.raises(ClientError) as err:
+        carol.submit(train_config(data_dir, tmp_path / "t.yaml"), sgd_model(), name="operators")
+    assert (err.value.status, err.value.message) == (
+        403,
+        "model 'operators' belongs to the operator: give the job another name",
+    )
+    dave.close()
     carol.close()
 
 

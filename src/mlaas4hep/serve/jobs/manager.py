@@ -105,6 +105,7 @@ class JobManager:
         if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise InvalidRequest(f"device must be cpu, cuda, cuda:N or auto, not {device[:40]!r}")
         name = check_name(sub.name or _default_name(sub))
+        self._check_owner(user, name)
         waiting = sum(1 for r in self.store.all() if r["user"] == user.name and r["state"] == "queued")
         if waiting >= c.jobs_queued_per_user:
             raise Overloaded(
@@ -117,6 +118,7 @@ class JobManager:
             "id": job_id,
             "name": name,
             "user": user.name,
+            "operator": user.operator,
             "kind": sub.kind,
             "state": "queued",
             "created": now(),
@@ -312,7 +314,18 @@ class JobManager:
         self.store.remove_work(job_id)
         log.info("job %s succeeded: model %s version %d", job_id, name, version)
 
+    def _check_owner(self, user: User, name: str) -> None:
+        """A user's job may add versions only to a new model or to one the same user trained."""
+        if user.operator or name not in self.repo.names():
+            return
+        newest = self.repo.versions(name)[-1]
+        owner = self.repo.meta(name, newest).get("trained_by", {}).get("user")
+        if owner != user.name:
+            whose = f"user {owner}" if owner else "the operator"
+            raise Forbidden(f"model {name!r} belongs to {whose}: give the job another name")
+
     def _install(self, record: dict[str, Any]) -> tuple[str, int]:
+        self._check_owner(User(record["user"], bool(record.get("operator"))), record["name"])
         path = self.store.bundle_dir(record["id"])
         files = {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
         meta = json.loads(files["bundle.json"])
