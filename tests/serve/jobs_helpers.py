@@ -31,15 +31,14 @@ NEVTS = 2000
 BRANCHES = ["MET_pt", "nJet", "Jet_pt", "Jet_eta"]
 
 #: A model file whose import takes a minute: the job runs (its process lives) without using the CPU.
-SLOW_MODEL = """\
-import time
-time.sleep(120)
+SGD_MODEL_BODY = """\
 from sklearn.linear_model import SGDClassifier
 
 
 def model():
     return SGDClassifier(loss="log_loss")
 """
+SLOW_MODEL = "import time\ntime.sleep(120)\n" + SGD_MODEL_BODY
 
 
 def train_config(data_dir: Path, path: Path, **training: Any) -> Path:

@@ -24,7 +24,7 @@ import pytest
 from mlaas4hep.client import Client, ClientError
 
 from .conftest import HTTP, TOKEN, ServerProcess
-from .jobs_helpers import SLOW_MODEL, job_pids, sgd_model, train_config, wait_for
+from .jobs_helpers import SGD_MODEL_BODY, SLOW_MODEL, job_pids, sgd_model, train_config, wait_for
 from .oracle import Oracle
 
 
@@ -177,28 +177,41 @@ def test_the_command_line_submits_a_folder_and_follows_it(jobs_server, data_dir,
     assert (r.returncode, r.stderr) == (1, "error: the server answered 404: no job 'nope'\n")
 
 
-def test_a_restart_reports_the_job_it_interrupted(data_dir, tmp_path):
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_restart_queues_the_job_it_interrupted_again_and_it_succeeds(how, data_dir, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     srv = ServerProcess(repo, "--jobs", "--data-dir", str(data_dir)).start()
     try:
-        model = tmp_path / "slow.py"
-        model.write_text(SLOW_MODEL)
+        mark = tmp_path / "started-once"
+        model = tmp_path / "slow-once.py"  # hangs on its first start only
+        model.write_text(
+            f"import os, time\nif not os.path.exists({str(mark)!r}):\n"
+            f"    open({str(mark)!r}, 'w').close()\n    time.sleep(120)\n" + SGD_MODEL_BODY
+        )
         with Client(srv.url, token=TOKEN) as c:
             job = c.submit(train_config(data_dir, tmp_path / "train.yaml"), model)
             job_dir = repo / ".jobs" / job["id"]
-            wait_for(lambda: c.job(job["id"])["state"] == "running" and job_pids(job_dir), 30, "running")
-        srv.proc.send_signal(signal.SIGKILL)  # the server dies; the job's process (its own session) lives
-        srv.proc.wait(10)
+            wait_for(lambda: mark.exists() and job_pids(job_dir), 30, "running")
         pids = job_pids(job_dir)
-        assert pids
+        if how == "killed":  # the server dies; the job's process (its own session) lives
+            srv.proc.send_signal(signal.SIGKILL)
+            srv.proc.wait(10)
+            assert job_pids(job_dir) == pids
+        else:  # a clean stop (a rolling restart) ends the job's process and queues it
+            srv.stop()
+            assert job_pids(job_dir) == []
+            assert json.loads((job_dir / "job.json").read_text())["state"] == "queued"
         srv.start()
         with Client(srv.url, token=TOKEN) as c:
-            done = wait_for(lambda: (j := c.job(job["id"]))["state"] != "running" and j, 10, "reported")
-        assert done["state"] == "failed"
-        assert done["error"].startswith("the server stopped while the job was running (started 20")
-        assert done["error"].endswith("): submit it again")
-        assert job_pids(job_dir) == []
+            done = c.wait(job["id"], 120, 0.3)
+        assert (done["state"], done["starts"], done["model"]) == (
+            "succeeded",
+            2,
+            {"name": "slow-once", "version": 1},
+        )
+        assert done["interrupted"].startswith("the server stopped while the job was running")
+        assert not any(p in job_pids(job_dir) for p in pids)  # the first run's process was ended
     finally:
         srv.stop()
 

@@ -154,6 +154,7 @@ def run(job: Path) -> int:
             show_progress=False,
             overrides=overrides,
             overwrite=True,
+            resume=True,  # a job its server interrupted continues from its last epoch's checkpoint
         )
     except Mlaas4hepError as err:
         # the user's file names, not the server's directories

@@ -15,9 +15,12 @@ wrong is a domain error of :mod:`mlaas4hep.serve.errors`.
   (a new version), with ``trained_by`` (user and job) in its ``bundle.json``:
   every server process and replica on the repository serves it at once;
 * a server started again finds the jobs that were running when it stopped:
-  their process is ended (if it survived) and they are reported ``failed``,
-  with that reason. Queued jobs stay queued. A server that stops cleanly ends
-  its running jobs the same way.
+  their process is ended (if it survived) and they are queued again, to
+  continue from their last checkpoint (the epoch they reached), at most
+  :data:`MAX_STARTS` starts in all; then, or with a Dask scheduler (whose task
+  may still run elsewhere), they are reported ``failed`` with that reason.
+  Queued jobs stay queued. A server that stops cleanly (a rolling restart)
+  ends its running jobs the same way and queues them again.
 
 Users see and cancel their own jobs; the operator (the server's token) all.
 """
@@ -49,6 +52,8 @@ from .store import FINAL, JobStore, age_s, now
 log = logging.getLogger("mlaas4hep.serve")
 TICK_S = 0.25
 DEVICES = ("cpu", "cuda", "auto")
+#: How many times a job is started before a server stopping under it fails it.
+MAX_STARTS = 3
 #: The memory of a job that asks for none, GB (at most --jobs-max-memory-gb).
 DEFAULT_MEMORY_GB = 4.0
 
@@ -209,6 +214,7 @@ class JobManager:
         self._ticker.shutdown(wait=False)
 
     def _shutdown(self) -> None:
+        cancelled = {job_id for job_id in self._running if self.store.cancel_asked(job_id)}
         for job_id in list(self._running):
             self.store.ask_cancel(job_id)
         deadline = time.monotonic() + 8
@@ -216,7 +222,12 @@ class JobManager:
             for job_id, (handle, _) in list(self._running.items()):
                 if handle.done():
                     del self._running[job_id]
-                    self._fail(job_id, "the server stopped while the job was running: submit it again")
+                    if job_id in cancelled:  # by its user, just before
+                        self._finish(job_id, handle)
+                    else:
+                        self._interrupted(
+                            self.store.get(job_id), "the server stopped while the job was running"
+                        )
             time.sleep(0.05)
         if self._runner is not None:
             self._runner.close()
@@ -265,7 +276,8 @@ class JobManager:
             self._fail(r["id"], f"cannot start the job on {self.config.jobs_scheduler}: {err}")
             return
         self._running[r["id"]] = (handle, r["user"])
-        self.store.update(r["id"], state="running", started=now(), engine=self.runner.name)
+        starts = int(r.get("starts", 0)) + 1
+        self.store.update(r["id"], state="running", started=now(), engine=self.runner.name, starts=starts)
         log.info("job %s started on %s", r["id"], self.runner.name)
 
     def _fail(self, job_id: str, error: str, **more: Any) -> None:
@@ -335,17 +347,30 @@ class JobManager:
         return self.repo.install(files, record["name"])
 
     def _recover(self) -> None:
-        """Jobs left running by a server that stopped: end what survived, report them failed."""
+        """Jobs left running by a server that stopped: end what survived, queue them again."""
         for r in self.store.all():
             if r["state"] != "running" or r["id"] in self._running:
                 continue
+            if self.store.cancel_asked(r["id"]):  # by its user: it was ending anyway
+                _end_leftover(self.store.dir(r["id"]))
+                self.store.update(r["id"], state="cancelled", finished=now(), error="cancelled while running")
+                self.store.remove_work(r["id"])
+                continue
             self.store.ask_cancel(r["id"])  # a Dask task still running ends its process on seeing it
             _end_leftover(self.store.dir(r["id"]))
-            self._fail(
-                r["id"],
-                f"the server stopped while the job was running (started {r['started']}): submit it again",
-            )
+            self._interrupted(r, f"the server stopped while the job was running (started {r['started']})")
+
+    def _interrupted(self, r: dict[str, Any], why: str) -> None:
+        """Queue a job its server interrupted again (it resumes from its checkpoint), or fail it."""
+        starts = int(r.get("starts", 1))
+        if self.config.jobs_scheduler or starts >= MAX_STARTS:
+            reason = "" if self.config.jobs_scheduler else f", {starts} times"
+            self._fail(r["id"], f"{why}{reason}: submit it again")
             log.warning("job %s was running when the server stopped: reported failed", r["id"])
+            return
+        self.store.requeue(r["id"])
+        self.store.update(r["id"], state="queued", started=None, interrupted=why)
+        log.warning("job %s was running when the server stopped: queued again", r["id"])
 
 
 def _default_name(sub: Submission) -> str:

@@ -126,6 +126,11 @@ class JobStore:
     def ask_cancel(self, job_id: str) -> None:
         (self.dir(job_id) / "cancel").touch()
 
+    def requeue(self, job_id: str) -> None:
+        """Clear what an interrupted run left (its cancel request, pid, result); keep its checkpoint."""
+        for name in ("cancel", "pid", "result.json"):
+            (self.dir(job_id) / name).unlink(missing_ok=True)
+
     def cancel_asked(self, job_id: str) -> bool:
         return (self.dir(job_id) / "cancel").exists()
 
