@@ -101,8 +101,9 @@ def score(
     url, timeout = q.url, deadline - time.monotonic()
     parts: list[dict[str, np.ndarray]] = []
     n = 0
-    # each remote open/read gives up after the time left (at most the io layer's 30 s)
-    io_timeout = max(1.0, min(30.0, deadline - time.monotonic()))
+    # each remote open/read gives up a second after the time left (at most the io layer's 30 s):
+    # by then the caller has had its answer from the lane's time limit, never this read's error
+    io_timeout = max(1.0, min(30.0, deadline - time.monotonic() + 1.0))
     chunk = min(q.chunk_size, 1_000_000, max(1, max_cells // max(1, info.values_per_event)))
     try:
         for part in predictor.predict_root(

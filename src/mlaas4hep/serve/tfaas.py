@@ -27,11 +27,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Message
 
 from .. import bundle_archive as archive
 from ..bundle_spec import BundleSpec, InputError
-from . import tensors
+from . import forms, tensors
 from .dataplane import DataPlane, InferRequest
 from .errors import InvalidRequest, TooLarge
 from .http import Call, Reply, json_reply, json_response, plane_of, route
@@ -67,11 +66,8 @@ def _unpacker(data: bytes, limit: int) -> Any:
 
 
 async def _form_files(request: Request, limit: int) -> tuple[Any, str | None]:
-    cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit:
-        raise TooLarge(f"the upload of {cl} bytes exceeds the limit of {limit} bytes")
     try:  # the limit is enforced on the stream itself: nothing past it is read, spooled or parsed
-        form = await _limited(request, limit + _FORM_OVERHEAD).form(max_files=8, max_fields=16)
+        form = await forms.limited(request, limit).form(max_files=8, max_fields=16)
     except TooLarge:
         raise
     except Exception as err:  # starlette's MultiPartException, HTTPException
@@ -81,15 +77,15 @@ async def _form_files(request: Request, limit: int) -> tuple[Any, str | None]:
         name = name if isinstance(name, str) and name else None
         upload = form.get("bundle")
         if isinstance(upload, UploadFile):
-            return _unpacker(await _read_limited(upload, limit), limit), name
+            return _unpacker(await forms.read_file(upload, limit), limit), name
         model = form.get("model")
         if not isinstance(model, UploadFile):
             raise InvalidRequest("the form needs a file field 'bundle' (a .tar.gz) or 'model' (an ONNX file)")
-        files = {"model.onnx": await _read_limited(model, limit)}
+        files = {"model.onnx": await forms.read_file(model, limit)}
         for field, fname in (("params", "params.json"), ("labels", "labels.txt")):
             value = form.get(field)
             if isinstance(value, UploadFile):
-                files[fname] = await _read_limited(value, 1024 * 1024)
+                files[fname] = await forms.read_file(value, 1024 * 1024)
             elif isinstance(value, str) and value:
                 files[fname] = value.encode()
         if "params.json" in files:
@@ -101,37 +97,6 @@ async def _form_files(request: Request, limit: int) -> tuple[Any, str | None]:
         return files, name
     finally:
         await form.close()
-
-
-_FORM_OVERHEAD = 2**20  # form fields and part headers beside the files
-
-
-def _limited(request: Request, limit: int) -> Request:
-    """The same request, its body stream cut with :class:`TooLarge` once more than ``limit`` bytes have arrived.
-
-    A multipart body may come without Content-Length (chunked): without this
-    the form parser would spool the whole of it to disk before the size of
-    its files could be checked.
-    """
-    received = 0
-    receive = request.receive
-
-    async def counted() -> Message:
-        nonlocal received
-        msg = await receive()
-        received += len(msg.get("body", b""))
-        if received > limit:
-            raise TooLarge(f"the upload exceeds the limit of {limit} bytes")
-        return msg
-
-    return Request(request.scope, counted)
-
-
-async def _read_limited(f: UploadFile, limit: int) -> bytes:
-    data = await f.read(limit + 1)
-    if len(data) > limit:
-        raise TooLarge(f"the file {f.filename!r} exceeds the limit of {limit} bytes")
-    return data
 
 
 async def models(plane: DataPlane, call: Call) -> Reply:

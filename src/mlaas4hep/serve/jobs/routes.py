@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from ... import bundle_archive as archive
 from ...bundle import BundleError
+from .. import forms
 from ..errors import InvalidRequest, TooLarge
 from ..http import json_response, plane_of
 from ..identity import Identity, User
@@ -42,8 +43,6 @@ from .store import FINAL
 
 #: Largest config, params or list file of a job (the model file and folder have the upload limit).
 MAX_TEXT = 4 * 2**20
-#: What a form may hold beyond its largest file: boundaries, part headers, the small fields.
-FORM_SLACK = 2**20
 
 
 def _jobs(request: Request) -> JobManager:
@@ -64,32 +63,6 @@ async def submit(request: Request) -> Response:
     return json_response(record, status=202)
 
 
-async def _read(f: UploadFile, limit: int, what: str) -> bytes:
-    data = await f.read(limit + 1)
-    if len(data) > limit:
-        raise TooLarge(f"the {what} {f.filename!r} exceeds the limit of {limit} bytes")
-    return data
-
-
-def _bounded(receive: Any, limit: int) -> Any:
-    """``receive`` that raises :class:`TooLarge` once more than ``limit`` body bytes arrived.
-
-    Content-Length is checked before reading; this catches a chunked body, or one
-    longer than announced, before the form parser spools it to disk.
-    """
-    seen = 0
-
-    async def bounded() -> Any:
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise TooLarge(f"the submission exceeds the limit of {limit - FORM_SLACK} bytes")
-        return message
-
-    return bounded
-
-
 def _number(form: Any, key: str, kind: type, default: Any) -> Any:
     value = form.get(key)
     if value is None or value == "":
@@ -104,10 +77,7 @@ def _number(form: Any, key: str, kind: type, default: Any) -> Any:
 async def _submission(request: Request, limit: int) -> Submission:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequest("POST /jobs takes a multipart form: 'config' and 'model', or 'folder'")
-    cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit + FORM_SLACK:
-        raise TooLarge(f"the submission of {cl} bytes exceeds the limit of {limit} bytes")
-    request = Request(request.scope, _bounded(request.receive, limit + FORM_SLACK))
+    request = forms.limited(request, limit, "submission")
     try:
         form = await request.form(max_files=4, max_fields=16)
     except TooLarge:
@@ -118,7 +88,7 @@ async def _submission(request: Request, limit: int) -> Submission:
         folder, config, model = form.get("folder"), form.get("config"), form.get("model")
         extra: dict[str, Any] = {}
         if isinstance(folder, UploadFile):
-            data = await _read(folder, limit, "folder")
+            data = await forms.read_file(folder, limit, "folder")
             try:
                 files = archive.read_archive(
                     data, max_member=limit, max_total=limit, suffixes=(".py", ".txt", ".json")
@@ -128,9 +98,11 @@ async def _submission(request: Request, limit: int) -> Submission:
             kind = "folder"
         elif config is not None and isinstance(model, UploadFile):
             text = (
-                await _read(config, MAX_TEXT, "config") if isinstance(config, UploadFile) else config.encode()
+                await forms.read_file(config, MAX_TEXT, "config")
+                if isinstance(config, UploadFile)
+                else config.encode()
             )
-            files = {"config.yaml": text, "model.py": await _read(model, limit, "model file")}
+            files = {"config.yaml": text, "model.py": await forms.read_file(model, limit, "model file")}
             extra["model_filename"] = model.filename or "model.py"
             extra["config_filename"] = config.filename if isinstance(config, UploadFile) else "config.yaml"
             kind = "config"
