@@ -181,6 +181,11 @@ def _typos(tmp_path) -> list[tuple[list[str], int, str]]:
             "mlaas4hep client: error: argument COMMAND: invalid choice: 'sumbit' (did you mean 'submit'?)",
         ),
         (
+            ["serve", "--repo", "m", "--max-bach", "4"],
+            2,
+            "mlaas4hep: error: unrecognized arguments: --max-bach 4; did you mean --max-batch? (see: ",
+        ),
+        (
             ["xyzzy"],
             2,
             "mlaas4hep: error: argument COMMAND: invalid choice: 'xyzzy' (choose from 'generate', ",

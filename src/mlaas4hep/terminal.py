@@ -50,20 +50,43 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a usage error on one line that points to ``--help``."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {_with_guess(message)} (see: {self.prog} --help)\n")
+        message = _with_guess(message, _options(self))
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
-def _with_guess(message: str) -> str:
-    """argparse's "invalid choice: 'sumbit' (choose from ...)" with "did you mean 'submit'?" in front."""
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--option`` of ``parser`` and of its subcommands."""
+    out: list[str] = []
+    for action in parser._actions:
+        out += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _options(sub)
+    return out
+
+
+def _with_guess(message: str, options: list[str]) -> str:
+    """argparse's "invalid choice: 'sumbit' (choose from ...)" with "did you mean 'submit'?" in front,
+    and "unrecognized arguments: --jobs-kep-days" with "did you mean --jobs-keep-days?" after."""
     import difflib
     import re
 
     m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
-    if m is None:
-        return message
-    choices = re.findall(r"'([^']*)'", m.group(2))
-    close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.6)
-    return f"{message[: m.start(2) - len('(choose from ')]}(did you mean {close[0]!r}?)" if close else message
+    if m is not None:
+        choices = re.findall(r"'([^']*)'", m.group(2))
+        close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.6)
+        return (
+            f"{message[: m.start(2) - len('(choose from ')]}(did you mean {close[0]!r}?)"
+            if close
+            else message
+        )
+    m = re.match(r"unrecognized arguments: (.*)$", message)
+    if m is not None:
+        unknown = next((a.split("=")[0] for a in m.group(1).split() if a.startswith("--")), None)
+        close = difflib.get_close_matches(unknown, sorted(set(options)), n=1, cutoff=0.75) if unknown else []
+        if close:
+            return f"{message}; did you mean {close[0]}?"
+    return message
 
 
 def positive_int(text: str) -> int:
