@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -176,27 +175,48 @@ class BlockError(AssertionError):
     """A block failed: the message names the document, the line and shows the output."""
 
 
-def _distinct_ports(documented: tuple[int, ...]) -> dict[int, int]:
-    """A free port for each documented one, all different: the sockets stay bound until every
-    port is chosen (ports picked one at a time can come back twice, as CI once saw)."""
-    socks = [socket.socket() for _ in documented]
+def _distinct_ports(documented: tuple[int, ...], runs: int = 1) -> list[dict[int, int]]:
+    """For each of ``runs`` documents, a free port for each documented one, all different: the
+    sockets stay bound until every port is chosen (ports picked one at a time can come back
+    twice, as CI once saw), so documents that run at the same time never share a port."""
+    socks = [socket.socket() for _ in range(len(documented) * runs)]
     try:
         for s in socks:
             s.bind(("127.0.0.1", 0))
-        return {p: s.getsockname()[1] for p, s in zip(documented, socks)}
+        ports = [s.getsockname()[1] for s in socks]
+        n = len(documented)
+        return [dict(zip(documented, ports[i * n : (i + 1) * n])) for i in range(runs)]
     finally:
         for s in socks:
             s.close()
+
+
+def port_sets(runs: int) -> list[dict[int, int]]:
+    """The ports of ``runs`` documents that run at the same time (see :class:`DocRun`'s ``ports``)."""
+    return _distinct_ports(DOC_PORTS, runs)
 
 
 def _tail(text: str) -> str:
     return text if len(text) <= TAIL_CHARS else "[...]\n" + text[-TAIL_CHARS:]
 
 
-def _child_cpu() -> float:
-    """CPU seconds (user + system) of this process's waited-for children so far."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, float]:
+    """Wait for ``proc`` at most ``timeout`` seconds: its exit status (None if it is still
+    running) and the CPU seconds (user + system) of it and the children it waited for.
+
+    ``os.wait4`` reports the CPU of this one process, where ``getrusage(RUSAGE_CHILDREN)``
+    would add that of every document running at the same time in other threads."""
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() >= deadline:
+            return None, 0.0
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -217,7 +237,7 @@ class DocRun:
 
     doc: str
     workdir: Path
-    ports: dict[int, int] = field(default_factory=lambda: _distinct_ports(DOC_PORTS))
+    ports: dict[int, int] = field(default_factory=lambda: port_sets(1)[0])
     #: (where, what was done, wall seconds, CPU seconds of the processes it waited for)
     timings: list[tuple[str, str, float, float]] = field(default_factory=list)
     servers: list[tuple[Block, subprocess.Popen, Path]] = field(default_factory=list)
@@ -239,12 +259,14 @@ class DocRun:
         env.pop("MLAAS4HEP_TOKEN", None)
         self.env = env
         self.timeout: float = BLOCK_TIMEOUT_S
+        self._cpu = 0.0  # CPU seconds of the block that runs now
 
     # -------------------------------------------------------------- running
     def run(self, block: Block, timeout: float | None = None) -> None:
         """Run (or check) one block; ``timeout`` replaces :data:`BLOCK_TIMEOUT_S`."""
         self.timeout = timeout or BLOCK_TIMEOUT_S
-        t0, c0 = time.perf_counter(), _child_cpu()
+        t0 = time.perf_counter()
+        self._cpu = 0.0
         if block.directive == "file":
             self._write_file(block)
             kind = f"file {block.arg}"
@@ -265,7 +287,7 @@ class DocRun:
             kind = "shell"
         else:
             return
-        self.timings.append((block.where, kind, time.perf_counter() - t0, _child_cpu() - c0))
+        self.timings.append((block.where, kind, time.perf_counter() - t0, self._cpu))
 
     @property
     def port(self) -> int:
@@ -301,9 +323,7 @@ class DocRun:
                 start_new_session=True,
             )
             try:
-                rc = proc.wait(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                rc = None
+                rc, self._cpu = _wait(proc, self.timeout)
             finally:
                 _kill_group(proc)
         if rc is None:
