@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
+from mlaas4hep import MODELS_DIR
 from mlaas4hep.generate import generate
 from mlaas4hep.localservers import NginxServer, XRootDServer, public_dir
 
@@ -16,6 +18,10 @@ NANO_FILES = ["nano_dy.root", "nano_dimuon.root", "nano_dy_empty.root"]
 
 #: Events per generated file in the shared sample (2 files per class).
 SAMPLE_EVENTS = 20_000
+#: Events per generated file in the small sample (1 file per class).
+SMALL_EVENTS = 3000
+#: The ``training:`` of the small sample's ``train.yaml``; a module's ``SMALL_TRAINING`` dict updates it.
+SMALL_TRAINING = {"epochs": 1, "batch_size": 256, "early_stopping": 0, "seed": 1}
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +56,39 @@ def http_server(data_dir) -> NginxServer:
     srv = NginxServer(data_dir)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """``ttH_0.root`` (label 1) and ``ttbar_0.root`` (label 0), 3000 events each, generated once."""
+    d = tmp_path_factory.mktemp("small-data")
+    generate(d, events=SMALL_EVENTS, files=1, seed=5, show_progress=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def small(small_data, tmp_path_factory, request) -> Path:
+    """A directory of the module's own: ``data/`` (a copy of :func:`small_data`), ``dataset.yaml``
+    over it (relative paths, a decoded cache in ``cache/``) and ``train.yaml`` (the dataset, the
+    reference network, :data:`SMALL_TRAINING` updated by the module's own ``SMALL_TRAINING``)."""
+    d = tmp_path_factory.mktemp("small")
+    shutil.copytree(small_data, d / "data")
+    cfg = {
+        "files": [
+            {"path": "data/ttH_*.root", "label": 1, "name": "ttH"},
+            {"path": "data/ttbar_*.root", "label": 0, "name": "ttbar"},
+        ],
+        "branches": ["MET_pt", "nJet", "Jet_pt", "Jet_btagDeepFlavB"],
+        "jagged": {"Jet": 4},
+        "chunk_size": 1000,
+        "workers": 0,
+        "cache_dir": str(d / "cache"),
+    }
+    (d / "dataset.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["model"] = str(MODELS_DIR / "tth_mlp.py")
+    cfg["training"] = {**SMALL_TRAINING, **getattr(request.module, "SMALL_TRAINING", {})}
+    (d / "train.yaml").write_text(yaml.safe_dump(cfg))
+    return d
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@
 of a fresh pty (120 x 40), reads everything it writes, and returns its exit
 status and its screen output with colours and cursor movements removed
 (carriage returns become new lines, so every redraw of a bar is one line).
+``in_background(argv)`` does the same in a thread, for a long command that can run while
+other tests do (``.result()`` waits for it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import termios
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -90,3 +93,14 @@ def bar_lines(text: str, description: str) -> list[str]:
     return [
         ln for ln in text.splitlines() if ln.lstrip().startswith(description) and BAR_WITH_RATE.search(ln)
     ]
+
+
+def in_background(
+    argv: list[str], cwd: str | os.PathLike | None = None, timeout: float = 300, **env: str
+) -> Future:
+    """:func:`on_pty` in a thread of its own: a future of its ``(exit status, text)``."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pty")
+    try:
+        return pool.submit(on_pty, argv, cwd, timeout, **env)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with the command

@@ -8,40 +8,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import yaml
 
 from mlaas4hep import MODELS_DIR
-from mlaas4hep.generate import generate
 from mlaas4hep.localservers import free_port
 
-from .terminal import bar_lines, cli, on_pty, terminal_env
-
-EVENTS = 3000
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """A directory with 1 + 1 small generated files and a dataset YAML over them."""
-    d = tmp_path_factory.mktemp("pty")
-    generate(d / "data", events=EVENTS, files=1, seed=11, show_progress=False)
-    cfg = {
-        "files": [
-            {"path": "data/ttH_*.root", "label": 1, "name": "ttH"},
-            {"path": "data/ttbar_*.root", "label": 0, "name": "ttbar"},
-        ],
-        "branches": ["MET_pt", "nJet", "Jet_pt", "Jet_btagDeepFlavB"],
-        "jagged": {"Jet": 4},
-        "chunk_size": 1000,
-        "workers": 0,
-        "cache_dir": str(d / "cache"),
-    }
-    (d / "dataset.yaml").write_text(yaml.safe_dump(cfg))
-    cfg["model"] = str(MODELS_DIR / "tth_mlp.py")
-    cfg["training"] = {"epochs": 1, "batch_size": 256, "early_stopping": 0, "seed": 1}
-    (d / "train.yaml").write_text(yaml.safe_dump(cfg))
-    return d
+from .terminal import bar_lines, cli, in_background, on_pty, terminal_env
 
 
 def test_generate_shows_a_bar_with_its_rate(tmp_path):
@@ -141,10 +115,20 @@ def test_ci_gets_no_bar_even_on_a_terminal(tmp_path):
     assert rc == 0 and "━" not in text and "wrote 2 files" in text
 
 
-@pytest.mark.slow
-def test_demo_on_a_terminal(tmp_path):
+@pytest.fixture(scope="module", autouse=True)
+def demo_on_a_terminal(request, tmp_path_factory):
+    """The demo (about half a minute) starts with this module, when its test is selected, and
+    runs on its own pty while the module's other tests run; its test waits for it."""
+    if not any(item.name == "test_demo_on_a_terminal" for item in request.session.items):
+        return None
+    tmp_path = tmp_path_factory.mktemp("pty-demo")
     argv = cli("demo", "--out", str(tmp_path / "demo"), "--events", "3000", "--files", "1", "--epochs", "1")
-    rc, text = on_pty([*argv, "--workers", "0"], cwd=tmp_path, timeout=600)
+    return in_background([*argv, "--workers", "0"], cwd=tmp_path, timeout=600)
+
+
+@pytest.mark.slow
+def test_demo_on_a_terminal(demo_on_a_terminal):
+    rc, text = demo_on_a_terminal.result()
     assert rc == 0, text[-3000:]
     assert bar_lines(text, "generate") and bar_lines(text, "epoch 0"), text[-3000:]
     assert "served: 3/3 query types matched" in text
@@ -194,8 +178,14 @@ def _typos(tmp_path) -> list[tuple[list[str], int, str]]:
 
 
 def test_every_command_fails_with_a_message_not_a_traceback(tmp_path):
-    for args, status, start in _typos(tmp_path):
-        rc, text = on_pty(cli(*args), cwd=tmp_path, timeout=120)
+    typos = _typos(tmp_path)
+    with ThreadPoolExecutor(
+        max_workers=2
+    ) as pool:  # each is mostly a Python start-up: two cores, two at a time
+        runs = list(
+            pool.map(lambda args: on_pty(cli(*args), cwd=tmp_path, timeout=120), [t[0] for t in typos])
+        )
+    for (args, status, start), (rc, text) in zip(typos, runs):
         assert (rc, "Traceback" in text) == (status, False), (args, text)
         # a bar drawn before the failure is erased from the screen (it stays in the byte stream)
         message = [ln for ln in text.splitlines() if "━" not in ln]

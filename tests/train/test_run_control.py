@@ -17,39 +17,17 @@ import pytest
 import yaml
 
 from mlaas4hep import MODELS_DIR
-from mlaas4hep.generate import generate
 from mlaas4hep.train import train
 
 pytest.importorskip("torch")
 
-EVENTS = 3000
+#: The small sample's train.yaml (tests/conftest.py): two epochs, no plots.
+SMALL_TRAINING = {"epochs": 2, "plots": False}
 #: One epoch's line: train loss, validation loss and AUC, the rate and where the events came from.
 EPOCH_LINE = re.compile(
     r"^epoch (\d+): train loss \d\.\d{4}, val loss \d\.\d{4}, val AUC \d\.\d{4}, val accuracy \d\.\d{4}, "
     r"[\d,]+ events/s \((stream|cache)\)$"
 )
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """1 + 1 small generated files and a train configuration over them (relative paths)."""
-    d = tmp_path_factory.mktemp("runs")
-    generate(d / "data", events=EVENTS, files=1, seed=5, show_progress=False)
-    cfg = {
-        "files": [
-            {"path": "data/ttH_*.root", "label": 1, "name": "ttH"},
-            {"path": "data/ttbar_*.root", "label": 0, "name": "ttbar"},
-        ],
-        "branches": ["MET_pt", "nJet", "Jet_pt", "Jet_btagDeepFlavB"],
-        "jagged": {"Jet": 4},
-        "chunk_size": 1000,
-        "workers": 0,
-        "cache_dir": str(d / "cache"),
-        "model": str(MODELS_DIR / "tth_mlp.py"),
-        "training": {"epochs": 2, "batch_size": 256, "early_stopping": 0, "seed": 1, "plots": False},
-    }
-    (d / "train.yaml").write_text(yaml.safe_dump(cfg))
-    return d
 
 
 def cli(cwd, *args, timeout=180):
