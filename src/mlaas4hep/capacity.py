@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .terminal import UsageError, count, positive_int, print_json
+from .terminal import UsageError, count, json_or, positive_int
 
 
 @dataclass(frozen=True)
@@ -418,11 +418,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             cores_per_node=args.cores_per_node,
             row_rate=args.row_rate,
         )
-    if args.json:
-        print_json(plan)
-    else:
-        print(format_plan(plan))
-    return 0
+    return json_or(args.json, plan, lambda: print(format_plan(plan)))
 
 
 def add_capacity_command(sub: Any) -> None:

@@ -19,9 +19,9 @@ from .terminal import (
     EXIT_USAGE,
     ArgumentParser,
     UsageError,
-    count,
+    add_executor_options,
+    json_or,
     positive_int,
-    print_json,
     run,
 )
 
@@ -44,25 +44,6 @@ typical session:
 
 progress bars show on a terminal only (MLAAS4HEP_PROGRESS=0/1 forces them off/on).
 """
-
-
-def _add_executor(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("parallelism")
-    g.add_argument(
-        "--workers",
-        type=count,
-        help="decoding processes (0 = in this process; default: the config's, else all cores)",
-    )
-    g.add_argument(
-        "--executor",
-        choices=["local", "processes", "dask"],
-        help="where decoding runs (default: the config's, else local)",
-    )
-    g.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (implies --executor dask)",
-    )
 
 
 def _add_json(p: argparse.ArgumentParser, what: str) -> None:
@@ -92,16 +73,16 @@ def cmd_generate(args) -> int:
     )
     dt = time.perf_counter() - t0
     n = len(paths) * args.events
-    if args.json:
-        print_json({"files": [str(p) for p in paths], "events": n, "seconds": round(dt, 3)})
-        return 0
-    for p in paths:
-        print(p)
-    print(
-        f"wrote {len(paths)} files, {n:,} events in {dt:.1f}s ({format_rate(n / max(dt, 1e-9))})",
-        file=sys.stderr,
-    )
-    return 0
+
+    def show() -> None:
+        for p in paths:
+            print(p)
+        print(
+            f"wrote {len(paths)} files, {n:,} events in {dt:.1f}s ({format_rate(n / max(dt, 1e-9))})",
+            file=sys.stderr,
+        )
+
+    return json_or(args.json, {"files": [str(p) for p in paths], "events": n, "seconds": round(dt, 3)}, show)
 
 
 def cmd_inspect(args) -> int:
@@ -110,9 +91,10 @@ def cmd_inspect(args) -> int:
     info = inspect_file(args.file, tree=args.tree, pattern=args.filter)
     if args.filter and info["trees"] and not any(t["branches"] for t in info["trees"]):
         raise UsageError(_no_match(args, info))
-    if args.json:
-        print_json(info)
-        return 0
+    return json_or(args.json, info, lambda: _print_inspect(info))
+
+
+def _print_inspect(info: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -130,7 +112,6 @@ def cmd_inspect(args) -> int:
         for b in t["branches"]:
             table.add_row(b["name"], b["type"], b["kind"])
         console.print(table)
-    return 0
 
 
 def _no_match(args, info) -> str:
@@ -153,27 +134,30 @@ def cmd_specs(args) -> int:
     dt = time.perf_counter() - t0
     specs.save(args.output)
     n = sum(f["entries"] for f in specs.files)
-    if args.json:
-        print_json(
-            {
-                "output": str(args.output),
-                "files": len(specs.files),
-                "events": n,
-                "flat": len(specs.flat),
-                "jagged": len(specs.jagged),
-                "seconds": round(dt, 3),
-                "skipped": [str(r) for r in ds.report],
-                **_dropped(ds),
-            }
+    summary = {
+        "output": str(args.output),
+        "files": len(specs.files),
+        "events": n,
+        "flat": len(specs.flat),
+        "jagged": len(specs.jagged),
+        "seconds": round(dt, 3),
+        "skipped": [str(r) for r in ds.report],
+        **_dropped(ds),
+    }
+
+    def show() -> None:
+        print(
+            f"specs of {len(specs.files)} files, {n:,} events, {len(specs.flat)} flat + {len(specs.jagged)} "
+            f"jagged branches in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} events/s) -> {args.output}"
         )
-        return 0
-    print(
-        f"specs of {len(specs.files)} files, {n:,} events, {len(specs.flat)} flat + {len(specs.jagged)} jagged "
-        f"branches in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} events/s) -> {args.output}"
-    )
+        _print_skipped(ds)
+
+    return json_or(args.json, summary, show)
+
+
+def _print_skipped(ds) -> None:
     for r in ds.report:
         print(f"skipped: {r}", file=sys.stderr)
-    return 0
 
 
 def _dropped(ds) -> dict[str, list[str]]:
@@ -215,20 +199,14 @@ def cmd_stream(args) -> int:
             f"(label-1 fraction {pos / max(n, 1):.3f})"
             + (", read from the decoded cache, not the files (--no-cache decodes them)" if cached else "")
         )
-    if args.json:
-        print_json(
-            {
-                "files": len(ds.urls),
-                "features": ds.n_features,
-                "epochs": epochs,
-                "skipped": [str(r) for r in ds.report],
-                **_dropped(ds),
-            }
-        )
-        return 0
-    for r in ds.report:
-        print(f"skipped: {r}", file=sys.stderr)
-    return 0
+    summary = {
+        "files": len(ds.urls),
+        "features": ds.n_features,
+        "epochs": epochs,
+        "skipped": [str(r) for r in ds.report],
+        **_dropped(ds),
+    }
+    return json_or(args.json, summary, lambda: _print_skipped(ds))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the specs JSON (default specs.json)",
     )
     _add_json(p, "print a summary as JSON")
-    _add_executor(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_specs)
 
     p = sub.add_parser(
@@ -308,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--specs", metavar="FILE", help="specs JSON to use (recomputed if stale)")
     p.add_argument("--no-cache", action="store_true", help="do not use the decoded cache")
     _add_json(p, "print the throughput per epoch as JSON")
-    _add_executor(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_stream)
 
     for module, fn in (

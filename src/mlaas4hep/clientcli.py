@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .jobcli import add_job_commands
-from .terminal import CommandError, UsageError, count, format_scores, print_json, print_table
+from .terminal import CommandError, UsageError, count, format_scores, json_or, print_table
 
 CLIENT_HELP = """\
 Talk to an mlaas4hep (or TFaaS-compatible) server: upload bundles, list and
@@ -115,12 +115,9 @@ def _client(action: Callable[[Any, argparse.Namespace], Any]) -> Callable[[argpa
 
         with Client(args.url, token=load_token(None, args.token_file)) as cl:
             try:
-                result = action(cl, args)
+                return int(action(cl, args) or 0)
             except Exception as err:
                 raise _client_error(err, cl.url, cl) from err
-        if result is not None:
-            print_json(result)
-        return 0
 
     return run
 
@@ -179,28 +176,30 @@ def _numbers(text: str) -> list[float]:
 
 def _upload(cl: Any, a: argparse.Namespace) -> Any:
     r = cl.upload(a.bundle, a.name, a.version)
-    if a.json:
-        return r
-    print(f"installed {r['name']} version {r['version']}")
-    return None
+    return json_or(a.json, r, lambda: print(f"installed {r['name']} version {r['version']}"))
 
 
 def _delete(cl: Any, a: argparse.Namespace) -> Any:
     r = cl.delete(a.name, a.version)
-    if a.json:
-        return r
     versions = r.get("deleted_versions", [])
-    print(f"deleted {a.name} version{'s' if len(versions) != 1 else ''} {', '.join(map(str, versions))}")
-    return None
+    return json_or(
+        a.json,
+        r,
+        lambda: print(
+            f"deleted {a.name} version{'s' if len(versions) != 1 else ''} {', '.join(map(str, versions))}"
+        ),
+    )
 
 
 def _models(cl: Any, a: argparse.Namespace) -> Any:
     models = cl.models()
-    if a.json:
-        return models
+    return json_or(a.json, models, lambda: _print_models(models))
+
+
+def _print_models(models: list[dict[str, Any]]) -> None:
     if not models:
         print("no models (install one with: mlaas4hep client upload BUNDLE)")
-        return None
+        return
     rows = []
     for m in models:
         auc = (m.get("metrics") or {}).get("val_auc", (m.get("metrics") or {}).get("auc"))
@@ -217,16 +216,12 @@ def _models(cl: Any, a: argparse.Namespace) -> Any:
         )
     cols = ["model", "versions", "framework", "labels", "features", "AUC", "ready"]
     print_table(rows, cols, right=["features", "AUC"])
-    return None
 
 
 def _status(cl: Any, a: argparse.Namespace) -> Any:
     st = cl.status()
-    if a.json:
-        return st
     rows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in st.items()]
-    print_table(rows, ["", cl.url])
-    return None
+    return json_or(a.json, st, lambda: print_table(rows, ["", cl.url]))
 
 
 def _labels(cl: Any, name: str, version: int | None) -> list[str]:
@@ -262,15 +257,16 @@ def _predict(cl: Any, a: argparse.Namespace) -> Any:
             scores = cl.predict(a.name, np.asarray(data, dtype=np.float32), version=a.version)
     else:
         raise UsageError("predict needs --values X,Y,... (one row) or --input FILE (JSON)")
-    if a.json:
-        return scores.tolist()
+    return json_or(a.json, scores.tolist, lambda: _print_scores(cl, a, scores))
+
+
+def _print_scores(cl: Any, a: argparse.Namespace, scores: Any) -> None:
     probs, labels = _class_probabilities(scores, _labels(cl, a.name, a.version))
     if len(probs) == 1:
         print(format_scores(labels, probs[0]))
     else:
         for i, row in enumerate(probs):
             print(f"{i}: {format_scores(labels, row, likeliest_first=False)}")
-    return None
 
 
 def _predict_root(cl: Any, a: argparse.Namespace) -> Any:
@@ -279,13 +275,15 @@ def _predict_root(cl: Any, a: argparse.Namespace) -> Any:
         path = cl.predict_root_file(
             a.name, a.file, a.out, tree=a.tree, entry_start=a.start, entry_stop=a.stop, version=a.version
         )
-        if a.json:
-            return {"written": str(path)}
-        print(f"wrote the scores of {a.file} to {path}")
-        return None
+        return json_or(
+            a.json, {"written": str(path)}, lambda: print(f"wrote the scores of {a.file} to {path}")
+        )
     res = cl.predict_root(a.name, a.file, a.tree, a.start, a.stop, version=a.version)
-    if a.json:  # the friend tree's branches (entry, ids, score...), and "scores" as before
-        return res
+    # JSON: the friend tree's branches (entry, ids, score...), and "scores" as before
+    return json_or(a.json, res, lambda: _print_entry_scores(cl, a, res))
+
+
+def _print_entry_scores(cl: Any, a: argparse.Namespace, res: dict[str, Any]) -> None:
     scores = res.pop("scores")
     cols = [k for k in res if k != "score" and not k.startswith("score_")]  # entry and the ids
     probs, labels = _class_probabilities(scores, _labels(cl, a.name, a.version))
@@ -293,8 +291,7 @@ def _predict_root(cl: Any, a: argparse.Namespace) -> Any:
         print(",".join(cols + labels))
         for i in range(len(probs)):
             print(",".join([str(res[c][i]) for c in cols] + [f"{p:.6g}" for p in probs[i]]))
-        return None
+        return
     for i in range(len(probs)):
         ids = "  ".join(f"{c} {res[c][i]}" for c in cols)
         print(f"{ids}  " + "  ".join(f"{name} {float(p):.4g}" for name, p in zip(labels, probs[i])))
-    return None

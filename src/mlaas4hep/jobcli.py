@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .terminal import CommandError, UsageError, positive_int, print_table
+from .terminal import CommandError, UsageError, json_or, positive_int, print_json, print_table
 
 Sub = Callable[[str, str], argparse.ArgumentParser]
 Wrap = Callable[[Callable[[Any, argparse.Namespace], Any]], Callable[[argparse.Namespace], int]]
@@ -78,13 +78,13 @@ def _submit(cl: Any, a: argparse.Namespace) -> Any:
         device=a.device,
         time_limit=a.time_limit,
     )
-    if a.json and not a.follow:
-        return job
-    print(f"job {job['id']} ({job['name']}): {job['state']}")
+    said = f"job {job['id']} ({job['name']}): {job['state']}"
     if a.follow:
+        print(said)
         return _follow(cl, job["id"], a.json)
-    print(f"follow it with: mlaas4hep client job {job['id']} --follow")
-    return None
+    return json_or(
+        a.json, job, lambda: print(f"{said}\nfollow it with: mlaas4hep client job {job['id']} --follow")
+    )
 
 
 def _metric(p: dict[str, Any] | None) -> str:
@@ -99,11 +99,13 @@ def _metric(p: dict[str, Any] | None) -> str:
 
 def _jobs(cl: Any, a: argparse.Namespace) -> Any:
     jobs = cl.jobs()
-    if a.json:
-        return jobs
+    return json_or(a.json, jobs, lambda: _print_jobs(jobs))
+
+
+def _print_jobs(jobs: list[dict[str, Any]]) -> None:
     if not jobs:
         print("no jobs (submit one with: mlaas4hep client submit CONFIG --model FILE)")
-        return None
+        return
     rows = []
     for j in jobs:
         p = j.get("progress") or {}
@@ -127,7 +129,6 @@ def _jobs(cl: Any, a: argparse.Namespace) -> Any:
     for r in rows:
         table.add_row(*("-" if v is None else str(v) for v in r))
     Console().print(table)
-    return None
 
 
 def _line(j: dict[str, Any]) -> str:
@@ -151,8 +152,10 @@ def _job(cl: Any, a: argparse.Namespace) -> Any:
     if a.follow:
         return _follow(cl, a.id, a.json)
     j = cl.job(a.id)
-    if a.json:
-        return j
+    return json_or(a.json, j, lambda: _print_job(j))
+
+
+def _print_job(j: dict[str, Any]) -> None:
     res = j.get("resources") or {}
     rows = [
         ["state", _line(j)],
@@ -164,7 +167,6 @@ def _job(cl: Any, a: argparse.Namespace) -> Any:
         ["resources", ", ".join(f"{k} {v}" for k, v in res.items())],
     ]
     print_table(rows, ["job", j["id"]])
-    return None
 
 
 def _follow(cl: Any, job_id: str, as_json: bool) -> Any:
@@ -199,8 +201,6 @@ def _follow(cl: Any, job_id: str, as_json: bool) -> Any:
     if live:
         sys.stderr.write("\n")
     if as_json:
-        from .terminal import print_json
-
         print_json(j)
     if j["state"] != "succeeded":
         raise CommandError(f"job {job_id} {j['state']}" + (f": {j['error']}" if j.get("error") else ""))
@@ -215,15 +215,9 @@ def _logs(cl: Any, a: argparse.Namespace) -> Any:
 
 def _cancel(cl: Any, a: argparse.Namespace) -> Any:
     j = cl.cancel(a.id)
-    if a.json:
-        return j
-    print(f"job {j['id']}: {_line(j)}")
-    return None
+    return json_or(a.json, j, lambda: print(f"job {j['id']}: {_line(j)}"))
 
 
 def _fetch(cl: Any, a: argparse.Namespace) -> Any:
     path = cl.fetch(a.id, a.out)
-    if a.json:
-        return {"bundle": str(path)}
-    print(f"wrote {path}")
-    return None
+    return json_or(a.json, {"bundle": str(path)}, lambda: print(f"wrote {path}"))

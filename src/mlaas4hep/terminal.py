@@ -10,7 +10,9 @@ Exit statuses (the same for every command)::
 An error prints one or two lines, ``error: what is wrong ... what to do``, on
 standard error; ``mlaas4hep --debug COMMAND`` prints the traceback as well.
 :func:`run` applies this to a subcommand's ``func(args)``; :class:`ArgumentParser`
-makes argparse's usage errors one line too.
+makes argparse's usage errors one line too; :func:`report_error` is for a command
+that catches an error itself. :func:`json_or` prints a command's answer, for a person
+or as JSON (``--json``); :func:`add_executor_options` declares where decoding runs.
 """
 
 from __future__ import annotations
@@ -109,6 +111,28 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
+def add_executor_options(
+    p: argparse.ArgumentParser, title: str = "parallelism", workers: str = "the config's, else all cores"
+) -> None:
+    """``--workers``, ``--executor`` and ``--scheduler`` (where decoding runs), in a group
+    ``title``; ``workers`` says what ``--workers`` defaults to. The options override the
+    dataset configuration's ``workers``, ``executor`` and ``scheduler``."""
+    g = p.add_argument_group(title)
+    g.add_argument(
+        "--workers", type=count, help=f"decoding processes (0 = in this process; default: {workers})"
+    )
+    g.add_argument(
+        "--executor",
+        choices=["local", "processes", "dask"],
+        help="where decoding runs (default: the config's, else local)",
+    )
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (implies --executor dask)",
+    )
+
+
 def exit_status(err: BaseException) -> int:
     """1 for a failure while running, 2 for a wrong input (see the module docstring)."""
     if isinstance(err, KeyboardInterrupt):
@@ -162,6 +186,16 @@ def run(func: Callable[[Any], int | None], args: Any, debug: bool = False) -> in
         return exit_status(err)
 
 
+def report_error(err: BaseException, args: Any) -> int:
+    """For a command that catches an error itself (to say more, or to go on): with ``--debug``
+    the error goes on to :func:`run` (the traceback); otherwise its message, as :func:`run`
+    prints it, and its exit status."""
+    if getattr(args, "debug", False):
+        raise err
+    print(error_message(err), file=sys.stderr)
+    return exit_status(err)
+
+
 def _explained(err: BaseException) -> bool:
     from .errors import Mlaas4hepError
 
@@ -172,6 +206,22 @@ def _explained(err: BaseException) -> bool:
 def print_json(obj: Any) -> None:
     """Machine output: JSON on standard output (numpy arrays become lists)."""
     print(json.dumps(obj, indent=1, default=_plain))
+
+
+def json_or(as_json: bool, data: Any, show: Callable[[], object]) -> int:
+    """A command's answer: with ``--json``, ``data`` as JSON on standard output (a callable
+    is called for it first, so that only machine output builds it); otherwise ``show()``
+    prints it for a person. Returns the exit status, 0.
+
+    ::
+
+        return json_or(args.json, plan, lambda: print(format_plan(plan)))
+    """
+    if as_json:
+        print_json(data() if callable(data) else data)
+    else:
+        show()
+    return EXIT_OK
 
 
 def _plain(obj: Any) -> Any:

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from ..terminal import count, positive_int, print_json
+from ..terminal import count, json_or, positive_int
 
 HELP = """\
 Score every entry of ROOT files with a trained bundle, in this process and its
@@ -112,24 +112,18 @@ def run_predict(args: argparse.Namespace) -> int:
     )
     dt = time.perf_counter() - t0
     n = sum(o.entries for o in outs)
-    if args.json:
-        print_json(
-            {
-                "outputs": [
-                    {
-                        "input": o.input,
-                        "output": str(o.path),
-                        "entries": o.entries,
-                        "ids": o.ids,
-                        "scores": o.scores,
-                    }
-                    for o in outs
-                ],
-                "entries": n,
-                "seconds": round(dt, 3),
-            }
-        )
-        return 0
+    summary = {
+        "outputs": [
+            {"input": o.input, "output": str(o.path), "entries": o.entries, "ids": o.ids, "scores": o.scores}
+            for o in outs
+        ],
+        "entries": n,
+        "seconds": round(dt, 3),
+    }
+    return json_or(args.json, summary, lambda: _print_outputs(outs, n, dt))
+
+
+def _print_outputs(outs: list, n: int, dt: float) -> None:
     for o in outs:
         print(o.path)
     cols = ", ".join(["entry", *outs[0].ids, *outs[0].scores]) if outs else ""
@@ -138,4 +132,3 @@ def run_predict(args: argparse.Namespace) -> int:
         f"({n / max(dt, 1e-9):,.0f} entries/s); columns: {cols}",
         file=sys.stderr,
     )
-    return 0

@@ -15,7 +15,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import Mlaas4hepError
-from ..terminal import EXIT_INTERRUPTED, count, error_message, exit_status, positive_int, print_json
+from ..terminal import (
+    EXIT_INTERRUPTED,
+    add_executor_options,
+    json_or,
+    positive_int,
+    report_error,
+)
 from .errors import TrainInterrupted
 
 TRAIN_HELP = """\
@@ -114,20 +120,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace the run already in OUT (bundle, checkpoint, metrics); without it, training refuses",
     )
-    g = p.add_argument_group("parallelism (override the dataset configuration)")
-    g.add_argument(
-        "--workers", type=count, help="decoding processes (0 = in this process; default: the config's)"
-    )
-    g.add_argument(
-        "--executor",
-        choices=["local", "processes", "dask"],
-        help="where decoding runs (default: the config's, else local)",
-    )
-    g.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (implies --executor dask)",
-    )
+    add_executor_options(p, "parallelism (override the dataset configuration)", workers="the config's")
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bars (they show on a terminal only)"
     )
@@ -231,38 +224,27 @@ class _TrainFormatter(logging.Formatter):
         return text if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {text}"
 
 
-def _failed(err: Mlaas4hepError, args) -> int:
-    """The same message and exit status as every other command (see :mod:`mlaas4hep.terminal`)."""
-    if getattr(args, "debug", False):
-        raise err
-    print(error_message(err), file=sys.stderr)
-    return exit_status(err)
-
-
 def _report(result, as_json: bool = False) -> int:
     if result.rank != 0:  # under torchrun, rank 0 reports for all
         return 0
     m = result.metrics
-    if as_json:
-        print_json(
-            {
-                "interrupted": bool(result.interrupted),
-                "bundle": str(result.bundle_path),
-                "out": str(result.out_dir),
-                **{
-                    k: m[k]
-                    for k in ("framework", "val_auc", "val_accuracy", "val_loss", "epochs_trained")
-                    if k in m
-                },
-            }
-        )
-        return 0
+    summary = {
+        "interrupted": bool(result.interrupted),
+        "bundle": str(result.bundle_path),
+        "out": str(result.out_dir),
+        **{k: m[k] for k in ("framework", "val_auc", "val_accuracy", "val_loss", "epochs_trained") if k in m},
+    }
+    return json_or(as_json, summary, lambda: _print_report(result))
+
+
+def _print_report(result) -> None:
+    m = result.metrics
     if result.interrupted:
         print(
             f"interrupted after epoch {m['epochs'][-1]['epoch'] if m['epochs'] else '-'}; "
             f"continue with --resume (checkpoint in {result.out_dir / 'checkpoint'})"
         )
-        return 0
+        return
     score = f"val AUC {m['val_auc']:.4f}" if "val_auc" in m else f"val accuracy {m['val_accuracy']:.4f}"
     print(
         f"{m['framework']}: {score}, val loss {m['val_loss']:.4f}, {m['epochs_trained']} epochs; "
@@ -276,7 +258,6 @@ def _report(result, as_json: bool = False) -> int:
         print(
             f"DDP, {len(last['ranks'])} ranks: {last['events_per_s']:,.0f} events/s in total; per rank {per}"
         )
-    return 0
 
 
 def run_train(args) -> int:
@@ -298,7 +279,7 @@ def run_train(args) -> int:
                 overwrite=args.overwrite,
             )
     except Mlaas4hepError as err:
-        return _failed(err, args)
+        return report_error(err, args)
     except TrainInterrupted as err:
         return _interrupted(err, args, f"mlaas4hep train {shlex.quote(args.config)}")
     return _report(result, args.json)
@@ -328,7 +309,7 @@ def run_workflow(args) -> int:
                 overwrite=args.overwrite,
             )
     except Mlaas4hepError as err:
-        return _failed(err, args)
+        return report_error(err, args)
     except TrainInterrupted as err:
         words = ["mlaas4hep workflow"] + [
             f"--{k}={shlex.quote(str(getattr(args, k)))}"

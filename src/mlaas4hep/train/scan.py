@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -361,7 +360,7 @@ def add_scan_command(subparsers: Any) -> None:
 def run_scan(args: Any) -> int:
     from rich.console import Console
 
-    from ..terminal import error_message, exit_status, print_json
+    from ..terminal import json_or, report_error
 
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(message)s")
     console = Console(stderr=True)
@@ -384,14 +383,12 @@ def run_scan(args: Any) -> int:
             on_trial=progress,
         )
     except Mlaas4hepError as err:
-        if getattr(args, "debug", False):
-            raise
-        print(error_message(err), file=sys.stderr)
-        return exit_status(err)
-    if args.json:
-        print_json(json.loads(json.dumps(result.to_dict(), default=jsonable)))
-    else:
-        print_table(result)
+        return report_error(err, args)
+    json_or(
+        args.json,
+        lambda: json.loads(json.dumps(result.to_dict(), default=jsonable)),
+        lambda: print_table(result),
+    )
     return 0 if result.best is not None else 1
 
 
