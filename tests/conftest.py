@@ -91,6 +91,23 @@ def small(small_data, tmp_path_factory, request) -> Path:
     return d
 
 
+@pytest.fixture(scope="session", autouse=True)
+def doc_pool(request, tmp_path_factory):
+    """The documents that tests/docs runs, started on one lane with the session's first test
+    (they are independent of every other test: see tests/docs/pool.py); None when no
+    document test is selected."""
+    from .docs.pool import DocPool, selected_documents
+
+    docs = selected_documents(request.session.items)
+    if not docs:
+        yield None
+        return
+    pool = DocPool(docs, tmp_path_factory.mktemp("docs"))
+    pool.open_lanes(1)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"

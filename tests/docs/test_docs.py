@@ -1,10 +1,9 @@
 """The documentation is executable: every shell and Python block of README.md and docs/*.md runs.
 
 One test per document (its blocks run in order, in a directory of their own; see
-:mod:`tests.docs.harness` for the rules and the ``doc-test`` directives). The documents are
-independent of each other (own directory, ``$HOME`` and ports), so the selected ones run
-:data:`LANES` at a time, the longest first, from the first document test on; each test
-waits for its own document and reports it as before.
+:mod:`tests.docs.harness` for the rules and the ``doc-test`` directives). The documents run
+in the background, from the session's first test on (:mod:`tests.docs.pool`); each test
+waits for its own document and reports it as if it had run it.
 """
 
 from __future__ import annotations
@@ -12,102 +11,22 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-from .harness import DOCUMENTS, ROOT, Block, BlockError, DocRun, extract, port_sets
+from .harness import DOCUMENTS, ROOT, Block, BlockError, DocRun, extract
+from .pool import DocPool
 
-#: Blocks that fail today only because of a bug in src/ that another branch fixes:
-#: document -> [(text that identifies the block, why)]. A listed block that fails
-#: makes its document xfail (the rest of the document still runs); one that passes
-#: changes nothing. Remove an entry once its fix is merged.
-KNOWN_BUGS: dict[str, list[tuple[str, str]]] = {}
-
-#: A known-bug block that hangs is stopped after this many seconds (the others get harness.BLOCK_TIMEOUT_S).
-KNOWN_BUG_TIMEOUT_S = 180
-
-
-def _known(block: Block) -> str | None:
-    for text, why in KNOWN_BUGS.get(block.doc, []):
-        if text in block.code:
-            return why
-    return None
-
-
-#: Documents that run at the same time. Most of a document's time is Python processes starting
-#: (torch, uproot, matplotlib imports), one core each, and servers waited for: two lanes keep
-#: both of CI's cores busy.
+#: Documents that run at the same time once the document tests are reached (one lane runs
+#: them before): two keep both of CI's cores busy.
 LANES = max(1, min(2, os.cpu_count() or 1))
-
-#: The longest documents start first (CI's durations), so that no lane is left with one at the end.
-LONGEST_FIRST = [
-    "docs/train.md",
-    "docs/predict.md",
-    "docs/jobs.md",
-    "docs/serve.md",
-    "docs/ddp.md",
-    "docs/scale.md",
-]
-
-
-@dataclass
-class DocResult:
-    """What running one document gave: the first unexpected failure, the known-bug failures."""
-
-    error: str | None = None
-    known_failures: list[str] = field(default_factory=list)
-    timings: list[tuple[str, str, float, float]] = field(default_factory=list)
-
-
-def run_document(doc: str, workdir: Path, ports: dict[int, int], stop: threading.Event) -> DocResult:
-    """Run one document's blocks in order; stops between blocks once ``stop`` is set."""
-    blocks = extract(ROOT / doc, name=doc)
-    run = DocRun(doc, workdir, ports=ports)
-    result = DocResult(timings=run.timings)
-    try:
-        for block in blocks:
-            if stop.is_set():
-                result.error = f"{doc}: not run to its end (the test session stopped)"
-                break
-            why = _known(block)
-            try:
-                run.run(block, timeout=KNOWN_BUG_TIMEOUT_S if why else None)
-            except BlockError as err:
-                if why is None:
-                    raise
-                result.known_failures.append(f"{block.where} ({why}):\n{err}")
-    except BlockError as err:
-        logs = run.close()
-        result.error = str(err) + ("\n" + "\n".join(logs) if logs else "")
-    finally:
-        run.close()
-    return result
 
 
 @pytest.fixture(scope="module")
-def document_runs(request, tmp_path_factory):
-    """The selected documents, submitted to :data:`LANES` threads: document -> its future result."""
-    params = [
-        item.callspec.params["doc"]
-        for item in request.session.items
-        if getattr(item, "originalname", None) == "test_document_runs" and hasattr(item, "callspec")
-    ]
-    docs = sorted(
-        set(params), key=lambda d: LONGEST_FIRST.index(d) if d in LONGEST_FIRST else len(LONGEST_FIRST)
-    )
-    stop = threading.Event()
-    pool = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="doc")
-    futures: dict[str, Future[DocResult]] = {}
-    for doc, ports in zip(docs, port_sets(len(docs))):
-        workdir = tmp_path_factory.mktemp("doc-" + doc.replace("/", "-").replace(".", "-"))
-        futures[doc] = pool.submit(run_document, doc, workdir / "doc", ports, stop)
-    yield futures
-    stop.set()  # an interrupted session: the running documents end after their current block
-    pool.shutdown(wait=True, cancel_futures=True)
+def document_runs(doc_pool: DocPool):
+    """Each selected document's future result, on :data:`LANES` lanes from now on."""
+    doc_pool.open_lanes(LANES)
+    return doc_pool.results
 
 
 @pytest.mark.parametrize("doc", DOCUMENTS)
