@@ -48,6 +48,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -200,9 +201,12 @@ def _tail(text: str) -> str:
     return text if len(text) <= TAIL_CHARS else "[...]\n" + text[-TAIL_CHARS:]
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, float]:
-    """Wait for ``proc`` at most ``timeout`` seconds: its exit status (None if it is still
-    running) and the CPU seconds (user + system) of it and the children it waited for.
+def _wait(
+    proc: subprocess.Popen, timeout: float, stop: threading.Event | None = None
+) -> tuple[int | None, float]:
+    """Wait for ``proc`` at most ``timeout`` seconds, or until ``stop`` is set: its exit status
+    (None if it is still running) and the CPU seconds (user + system) of it and the children
+    it waited for.
 
     ``os.wait4`` reports the CPU of this one process, where ``getrusage(RUSAGE_CHILDREN)``
     would add that of every document running at the same time in other threads."""
@@ -213,7 +217,7 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, float]:
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             return proc.returncode, usage.ru_utime + usage.ru_stime
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
             return None, 0.0
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
@@ -241,6 +245,8 @@ class DocRun:
     #: (where, what was done, wall seconds, CPU seconds of the processes it waited for)
     timings: list[tuple[str, str, float, float]] = field(default_factory=list)
     servers: list[tuple[Block, subprocess.Popen, Path]] = field(default_factory=list)
+    #: Once set (the test session ends), the running block is stopped.
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -323,10 +329,12 @@ class DocRun:
                 start_new_session=True,
             )
             try:
-                rc, self._cpu = _wait(proc, self.timeout)
+                rc, self._cpu = _wait(proc, self.timeout, self.stop)
             finally:
                 _kill_group(proc)
-        if rc is None:
+        if rc is None and self.stop.is_set():
+            self._fail(block, "was stopped: the test session ended", log.read_text(errors="replace"))
+        elif rc is None:
             self._fail(block, f"did not finish in {self.timeout:.0f} s", log.read_text(errors="replace"))
         elif rc != 0:
             self._fail(block, f"exited with status {rc}", log.read_text(errors="replace"))
@@ -360,7 +368,7 @@ class DocRun:
         self.servers.append((block, proc, log))
         url = f"http://127.0.0.1:{port}/v2/health/ready"
         deadline = time.monotonic() + SERVER_START_S
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stop.is_set():
             if proc.poll() is not None:
                 self._fail(block, f"(a server) exited with status {proc.returncode}", log.read_text())
             try:

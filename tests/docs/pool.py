@@ -58,9 +58,9 @@ class DocResult:
 
 
 def run_document(doc: str, workdir: Path, ports: dict[int, int], stop: threading.Event) -> DocResult:
-    """Run one document's blocks in order; stops between blocks once ``stop`` is set."""
+    """Run one document's blocks in order, until ``stop`` is set (which stops the running block too)."""
     blocks = extract(ROOT / doc, name=doc)
-    run = DocRun(doc, workdir, ports=ports)
+    run = DocRun(doc, workdir, ports=ports, stop=stop)
     result = DocResult(timings=run.timings)
     try:
         for block in blocks:
@@ -122,7 +122,7 @@ class DocPool:
                 future.set_exception(err)
 
     def close(self) -> None:
-        """Stop: the running documents end after their current block; the others never start."""
+        """Stop: the running blocks are stopped, the documents not started never start."""
         self.stop.set()
         for future in self.results.values():
             future.cancel()
