@@ -114,8 +114,8 @@ def read_all(s: socket.socket, timeout: float = 10.0) -> bytes:
 
 
 def send_until_closed(s: socket.socket, chunks, seconds: float = 10.0) -> int:
-    """Send ``chunks`` while the server reads them; the bytes sent (stops when blocked for 1 s)."""
-    s.settimeout(1.0)
+    """Send ``chunks`` while the server reads them; the bytes sent (stops when blocked for 3 s)."""
+    s.settimeout(3.0)
     sent, deadline = 0, time.monotonic() + seconds
     try:
         for chunk in chunks:
@@ -305,7 +305,10 @@ def test_ping_and_settings_floods_are_cut_off(server, tth_bundle, kind):
 
 
 def test_a_client_that_does_not_read_is_not_buffered_for(server, tth_bundle):
-    """PINGs (a call every 900 to look busy) from a client that never reads their answers."""
+    """PINGs (a call every 900 to look busy) from a client that never reads their answers.
+
+    The old front end read them all and kept every answer: RSS grew with what the client sent.
+    """
     enc = hpack.Encoder()
     s = connect(server)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -315,18 +318,14 @@ def test_a_client_that_does_not_read_is_not_buffered_for(server, tth_bundle):
     pings = frame(PING, 0, 0, b"abcdefgh") * 900
 
     def chunks():
-        for i in range(2000):  # 30 MB of PINGs, 30 MB of answers
-            yield (
-                pings
-                + frame(HEADERS, END_HEADERS, 2 * i + 1, block)
-                + frame(DATA, END_STREAM, 2 * i + 1, live)
-            )
+        for i in range(4000):  # 60 MB of PINGs, 60 MB of answers
+            yield pings + frame(HEADERS, END_HEADERS, 2 * i + 1, block) + frame(DATA, END_STREAM, 2 * i + 1, live)
 
-    sent = send_until_closed(s, chunks(), seconds=8)
+    sent = send_until_closed(s, chunks(), seconds=12)
     grown = rss(server) - before
     still_serves(server, tth_bundle)  # while that connection is stuck
     s.close()
-    assert sent < 15 * MB  # the server stopped reading it
+    assert sent < 20 * MB  # the server stopped reading it (what it sent fills the kernel's buffers)
     assert grown < RSS_SLACK
 
 
