@@ -319,7 +319,11 @@ def test_a_client_that_does_not_read_is_not_buffered_for(server, tth_bundle):
 
     def chunks():
         for i in range(4000):  # 60 MB of PINGs, 60 MB of answers
-            yield pings + frame(HEADERS, END_HEADERS, 2 * i + 1, block) + frame(DATA, END_STREAM, 2 * i + 1, live)
+            yield (
+                pings
+                + frame(HEADERS, END_HEADERS, 2 * i + 1, block)
+                + frame(DATA, END_STREAM, 2 * i + 1, live)
+            )
 
     sent = send_until_closed(s, chunks(), seconds=12)
     grown = rss(server) - before

@@ -138,6 +138,7 @@ class WireProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closing = False
         self.failed = False  # told GOAWAY with an error: what it sends now is dropped
+        self.draining = False  # told GOAWAY as the server stops: its calls finish, new ones are refused
         self.out: list[bytes] = []  # replies written together once the loop's ready callbacks ran
         self.timer: asyncio.TimerHandle | None = None
 
@@ -183,13 +184,20 @@ class WireProtocol(asyncio.Protocol):
         if not self.preface:
             self._fail(NO_ERROR, f"no HTTP/2 preface in {self.limits.preface_timeout:g} s")
 
+    def drain(self) -> None:
+        """The server stops: GOAWAY now, so the client sends its next calls elsewhere; these finish."""
+        if self.transport is not None and not self.closing and not self.draining:
+            self.draining = True
+            self._send(frame(GOAWAY, 0, 0, HEAD.pack(self.last_stream) + HEAD.pack(NO_ERROR)))
+
     def close(self) -> None:
         if self.transport is not None and not self.closing:
             self.closing = True
             out, self.out = self.out, []  # replies already made go first
-            self.transport.write(
-                b"".join([*out, frame(GOAWAY, 0, 0, HEAD.pack(self.last_stream) + HEAD.pack(0))])
-            )
+            if not self.draining:
+                out.append(frame(GOAWAY, 0, 0, HEAD.pack(self.last_stream) + HEAD.pack(NO_ERROR)))
+            if out and not self.failed:
+                self.transport.write(b"".join(out))
             self.transport.close()
 
     def _fail(self, code: int, why: str) -> None:
@@ -399,6 +407,9 @@ class WireProtocol(asyncio.Protocol):
                 s = self.streams.get(sid)
                 if s is not None and s.task is None and flags & END_STREAM:
                     self._dispatch(sid, s)
+            return
+        if self.draining:  # after our GOAWAY: a call the client may send again elsewhere
+            self._put(frame(RST_STREAM, 0, sid, HEAD.pack(REFUSED_STREAM)))
             return
         self.last_stream = sid
         self.control = 0
@@ -690,6 +701,8 @@ class WireServer:
         servers, self.servers = self.servers, []
         for server in servers:
             server.close()
+        for c in list(self.conns):
+            c.drain()
         deadline = asyncio.get_running_loop().time() + grace
         while any(c.streams for c in self.conns) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
