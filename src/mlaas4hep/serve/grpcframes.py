@@ -1,21 +1,13 @@
-"""gRPC over HTTP/2 as bytes, for the wire front end (:mod:`.grpcwire`): frames, header blocks, RPCs.
+"""gRPC over HTTP/2 as bytes, for the wire front end (:mod:`.grpcwire`): frames and header blocks.
 
 The replies' header blocks are constant bytes: literals without indexing, so
 whatever the client's HPACK decoder table holds they mean the same, and no
-encoder state is kept. :class:`Context` is what the servicer uses of
-``grpc.aio.ServicerContext``; :class:`Methods` maps a ``:path`` to the
-servicer's coroutine.
+encoder state is kept.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from typing import Any
-
-import grpc
-
-from ._proto import grpc_service_pb2 as pb
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
@@ -30,8 +22,6 @@ HEAD = struct.Struct(">I")
 #: ``:status: 200`` (static table index 8), ``content-type: application/grpc`` as a literal
 #: without indexing (name: static index 31): constant bytes, whatever the client's table holds
 REPLY_HEADERS = b"\x88\x0f\x10\x10application/grpc"
-
-SERVICE = "/inference.GRPCInferenceService/"
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -75,41 +65,3 @@ def trailers(code: int, message: str = "") -> bytes:
 
 
 OK_TRAILERS = trailers(0)
-
-
-class Context:
-    """What the servicer uses of ``grpc.aio.ServicerContext``: the metadata and ``abort``.
-
-    ``abort`` raises grpcio's own ``AbortError`` (the servicer lets it through) and keeps
-    the status here for the reply.
-    """
-
-    __slots__ = ("_headers", "code", "details")
-
-    def __init__(self, headers: list[tuple[str, str]]):
-        self._headers = headers
-        self.code, self.details = grpc.StatusCode.UNKNOWN, ""
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return tuple((k, v) for k, v in self._headers if not k.startswith(":"))
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        self.code, self.details = code, details
-        raise grpc.aio.AbortError(details)
-
-
-class Methods:
-    """``:path`` -> (request message class, the servicer's coroutine) for the service's unary RPCs."""
-
-    def __init__(self, service: Any):
-        self.table: dict[str, tuple[Any, Callable[..., Any]]] = {}
-        desc = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-        base = type(service).__mro__
-        for m in desc.methods:
-            if m.client_streaming or m.server_streaming:
-                continue
-            # only what the servicer itself overrides: the generated base answers UNIMPLEMENTED
-            owner = next((c for c in base if m.name in c.__dict__), None)
-            if owner is None or owner.__module__.endswith("_pb2_grpc"):
-                continue
-            self.table[SERVICE + m.name] = (getattr(pb, m.input_type.name), getattr(service, m.name))

@@ -46,13 +46,12 @@ import asyncio
 import logging
 import socket
 import struct
-import zlib
 from typing import Any
 
 import grpc
 import hpack
-from google.protobuf.message import DecodeError
 
+from .grpccall import Methods, unary
 from .grpcframes import (
     ACK,
     CONTINUATION,
@@ -72,8 +71,6 @@ from .grpcframes import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
-    Context,
-    Methods,
     frame,
     trailers,
 )
@@ -89,7 +86,6 @@ from .h2limits import (
     REFUSED_STREAM,
     STREAM_WINDOW,
     Limits,
-    parse_timeout,
 )
 
 log = logging.getLogger("mlaas4hep.serve")
@@ -524,70 +520,17 @@ class WireProtocol(asyncio.Protocol):
         s.task = asyncio.get_running_loop().create_task(self._call(sid, s))
 
     async def _call(self, sid: int, s: _Stream) -> None:
-        code, message, reply = 0, "", b""
+        body = s.body[0] if len(s.body) == 1 else b"".join(s.body)
+        s.body = []
         try:
-            path = timeout = ""
-            for k, v in s.headers:
-                if k == ":path":
-                    path = v
-                elif k == "grpc-timeout":
-                    timeout = v
-            method = self.methods.table.get(path)
-            if method is None:
-                code, message = grpc.StatusCode.UNIMPLEMENTED.value[0], f"Method not found: {path}"
-            else:
-                body = s.body[0] if len(s.body) == 1 else b"".join(s.body)
-                s.body = []
-                if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
-                    code, message = grpc.StatusCode.INTERNAL.value[0], "the request is not one gRPC message"
-                else:
-                    cls, fn = method
-                    data = body[5:]
-                    if body[0]:
-                        data, code, message = self._inflate(s, data)
-                    try:
-                        request = cls.FromString(data) if code == 0 else None
-                    except (DecodeError, RecursionError):
-                        request = None  # grpcio answers UNKNOWN here (and logs an error): the client's doing
-                        code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                        message = f"the request is not a valid {cls.DESCRIPTOR.full_name}"
-                    del body, data
-                    if request is not None:
-                        ctx = Context(s.headers)
-                        seconds = parse_timeout(timeout) if timeout else None
-                        try:
-                            if seconds is None:
-                                out = await fn(request, ctx)
-                            else:
-                                async with asyncio.timeout(seconds):
-                                    out = await fn(request, ctx)
-                        except grpc.aio.AbortError:
-                            code, message = ctx.code.value[0], ctx.details
-                        except TimeoutError:
-                            code, message = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded"
-                        else:
-                            reply = out.SerializeToString()
+            code, message, reply = await unary(self.methods, s.headers, body, self.max_message)
         except asyncio.CancelledError:
             return
         except Exception as err:  # a bug of ours: log it, tell the client, keep serving
             log.exception("internal error in gRPC call %s", sid, exc_info=err)
             code, message = grpc.StatusCode.INTERNAL.value[0], f"internal server error: {type(err).__name__}"
+            reply = b""
         self._reply(sid, code, message, reply)
-
-    def _inflate(self, s: _Stream, data: bytes) -> tuple[bytes, int, str]:
-        """A compressed message's bytes (gzip or deflate, as ``grpc-encoding`` says), within the limit."""
-        enc = next((v for k, v in s.headers if k == "grpc-encoding"), "identity")
-        if enc not in ("gzip", "deflate"):
-            return b"", grpc.StatusCode.UNIMPLEMENTED.value[0], f"grpc-encoding {enc!r} is not served"
-        z = zlib.decompressobj(zlib.MAX_WBITS | 16 if enc == "gzip" else zlib.MAX_WBITS)
-        try:
-            out = z.decompress(data, self.max_message + 1)
-        except zlib.error as err:
-            return b"", grpc.StatusCode.INTERNAL.value[0], f"cannot decompress the message: {err}"
-        if len(out) > self.max_message:
-            msg = f"Received message larger than max (more than {self.max_message} bytes decompressed)"
-            return b"", grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], msg
-        return out, 0, ""
 
     # ------------------------------------------------------------ frames out
     def _send(self, data: bytes) -> None:
