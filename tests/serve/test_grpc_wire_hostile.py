@@ -304,6 +304,25 @@ def test_ping_and_settings_floods_are_cut_off(server, tth_bundle, kind):
     assert code == ENHANCE_YOUR_CALM and len(acks) <= 1001
 
 
+def test_keepalive_pings_over_time_are_no_flood(server):
+    """An idle channel's keep-alive PINGs add up over hours: only a burst within a second counts."""
+    s = connect(server)
+    for burst in range(2):
+        s.sendall(frame(PING, 0, 0, b"keepaliv") * 600)
+        time.sleep(1.2 if burst == 0 else 0)
+    s.sendall(frame(PING, 0, 0, b"lastping"))
+    s.settimeout(10)
+    data = b""
+    while b"lastping" not in data:
+        chunk = s.recv(1 << 16)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    s.close()
+    frames = frames_of(data[: _complete(data)])
+    assert not any(isinstance(f, hyperframe.GoAwayFrame) for f in frames)
+    assert sum(isinstance(f, hyperframe.PingFrame) for f in frames) == 1201
+
+
 def test_a_client_that_does_not_read_is_not_buffered_for(server, tth_bundle):
     """PINGs (a call every 900 to look busy) from a client that never reads their answers.
 

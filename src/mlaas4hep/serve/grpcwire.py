@@ -46,6 +46,7 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 from typing import Any
 
 import grpc
@@ -125,7 +126,8 @@ class WireProtocol(asyncio.Protocol):
         self.budget = limits.budget(max_message)  # grants beyond the streams' first windows
         self.waiting: dict[int, int] = {}  # stream -> the grant it waits for
         self.resets = limits.resets  # calls the client may still cancel beyond those answered
-        self.control = 0  # PING/SETTINGS/empty DATA frames since the last new stream
+        self.control = 0  # PING/SETTINGS/empty DATA frames since the last new stream (within a second)
+        self.control_since = 0.0
         # what the client lets us send
         self.send_window = 65535
         self.stream_window = 65535
@@ -305,7 +307,14 @@ class WireProtocol(asyncio.Protocol):
         # PRIORITY, PUSH_PROMISE (never from a client) and unknown frames: ignored
 
     def _flood(self, what: str) -> bool:
-        """Count a frame that costs us work but opens no call; False (and GOAWAY) past the limit."""
+        """Count a frame that costs us work but opens no call; False (and GOAWAY) past the limit.
+
+        The count starts again with every new call and every second: an idle client's
+        keep-alive PINGs are no flood.
+        """
+        now = time.monotonic()
+        if now - self.control_since > 1.0:
+            self.control, self.control_since = 0, now
         self.control += 1
         if self.control > self.limits.control:
             self._calm(

@@ -27,8 +27,8 @@ Envoy and grpc-go bound theirs:
 * **floods** — a client that cancels (or makes the server reset or refuse)
   :attr:`Limits.resets` more calls than it let finish (CVE-2023-44487, "rapid
   reset"), or sends :attr:`Limits.control`
-  ``PING``, ``SETTINGS`` or empty ``DATA`` frames without opening a call in
-  between, is told ``GOAWAY ENHANCE_YOUR_CALM``;
+  ``PING``, ``SETTINGS`` or empty ``DATA`` frames within a second without
+  opening a call in between, is told ``GOAWAY ENHANCE_YOUR_CALM``;
 * **idle** — a connection that has not sent the HTTP/2 preface within
   :attr:`Limits.preface_timeout` seconds is closed.
 
