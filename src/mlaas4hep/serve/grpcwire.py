@@ -460,7 +460,7 @@ class WireProtocol(asyncio.Protocol):
 
     def _prefix(self, sid: int, s: _Stream) -> bool:
         """The message's length is known: refuse it, or grant its stream the window it needs."""
-        head = b"".join(s.body)[:5]
+        head = s.body[0] if len(s.body[0]) >= 5 else b"".join(s.body)[:5]
         length = int.from_bytes(head[1:5], "big")
         if length > self.max_message:
             code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
