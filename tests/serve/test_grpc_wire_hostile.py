@@ -352,6 +352,55 @@ def test_a_client_that_does_not_read_is_not_buffered_for(server, tth_bundle):
     assert grown < RSS_SLACK
 
 
+def test_compressed_calls_count_what_they_decompress(server, tth_bundle):
+    """100 gzip calls of 1 kB, each a 1 MB request once decompressed, sent at once: the
+    connection's budget (twice the message limit) holds two; the others are told to retry."""
+    import gzip
+
+    enc = hpack.Encoder()
+    k = tth_bundle.x.shape[1]
+    rows = (2**20 - 4096) // (4 * k)
+    req = pb.ModelInferRequest(model_name="tth")
+    req.inputs.add(name="x", datatype="FP32", shape=[rows, k])
+    req.raw_input_contents.append(bytes(4 * k * rows))
+    raw = req.SerializeToString()
+    packed = gzip.compress(raw)
+    assert len(raw) <= 2**20 and len(packed) < 4096
+    body = b"\x01" + struct.pack(">I", len(packed)) + packed
+    block = request_headers(enc, extra=(("grpc-encoding", "gzip"),))
+    s = connect(server)
+    before = rss(server)
+    s.sendall(
+        b"".join(
+            frame(HEADERS, END_HEADERS, 2 * i + 1, block) + frame(DATA, END_STREAM, 2 * i + 1, body)
+            for i in range(100)
+        )
+    )
+    s.settimeout(30)
+    dec, data, status, message = hpack.Decoder(), b"", {}, {}
+    while len(status) < 100:
+        chunk = s.recv(1 << 16)
+        assert chunk, "the server closed the connection"
+        data += chunk
+        end = _complete(data)
+        for f in frames_of(data[:end]):
+            if isinstance(f, hyperframe.HeadersFrame):
+                h = dict(dec.decode(f.data))
+                if "grpc-status" in h:
+                    status[f.stream_id] = int(h["grpc-status"])
+                    message[f.stream_id] = h.get("grpc-message", "")
+        data = data[end:]
+    grown = rss(server) - before
+    s.close()
+    exhausted = [sid for sid, code in status.items() if code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]]
+    assert len(exhausted) >= 50 and grpc.StatusCode.OK.value[0] in status.values()
+    assert message[exhausted[0]].startswith(
+        "the connection's calls in flight hold too many bytes to decompress"
+    )
+    assert grown < RSS_SLACK
+    still_serves(server, tth_bundle)
+
+
 def test_grpc_timeout_is_a_deadline(server, tth_bundle):
     """A call's ``grpc-timeout`` (1 ns: over before the model answers) ends it with DEADLINE_EXCEEDED."""
     enc = hpack.Encoder()

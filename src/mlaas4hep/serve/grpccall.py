@@ -64,9 +64,17 @@ class Methods:
 
 
 async def unary(
-    methods: Methods, headers: list[tuple[str, str]], body: bytes, max_message: int
+    methods: Methods,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    max_message: int,
+    hold: Callable[[int], bool] | None = None,
 ) -> tuple[int, str, bytes]:
-    """(gRPC status code, message, serialised reply) of the call ``headers`` + ``body`` (prefix included)."""
+    """(gRPC status code, message, serialised reply) of the call ``headers`` + ``body`` (prefix included).
+
+    ``hold(n)``: may the call keep a decompressed message of ``n`` bytes while it runs (a few
+    bytes of gzip can become the whole message limit, so the connection counts them too)?
+    """
     path = timeout = ""
     for k, v in headers:
         if k == ":path":
@@ -84,6 +92,11 @@ async def unary(
         data, code, message = _inflate(headers, data, max_message)
         if code:
             return code, message, b""
+        if hold is not None and not hold(len(data)):
+            msg = (
+                f"the connection's calls in flight hold too many bytes to decompress {len(data)} more; retry"
+            )
+            return grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], msg, b""
     del body
     try:
         request = cls.FromString(data)

@@ -95,16 +95,24 @@ log = logging.getLogger("mlaas4hep.serve")
 class _Stream:
     """One call: its headers, the request bytes so far, and what flow control let it send."""
 
-    __slots__ = ("body", "extra", "headers", "need", "received", "size", "task", "window")
+    __slots__ = ("body", "conn", "extra", "headers", "need", "received", "size", "task", "window")
 
-    def __init__(self, headers: list[tuple[str, str]], window: int):
-        self.headers, self.window = headers, window  # window: what we may still send on it
+    def __init__(self, conn: WireProtocol, headers: list[tuple[str, str]], window: int):
+        self.conn, self.headers, self.window = conn, headers, window  # window: what we may still send on it
         self.body: list[bytes] = []
         self.size = 0  # body bytes (padding stripped)
         self.received = 0  # DATA bytes as flow control counts them (padding included)
         self.need = STREAM_WINDOW  # what it may send: the first window, or its message once granted
         self.extra = 0  # the part of ``need`` taken from the connection's budget
         self.task: asyncio.Task[None] | None = None
+
+    def hold(self, n: int) -> bool:
+        """Take ``n`` bytes (a decompressed message) from the connection's budget until the call ends."""
+        if n > self.conn.budget:
+            return False
+        self.conn.budget -= n
+        self.extra += n
+        return True
 
 
 class WireProtocol(asyncio.Protocol):
@@ -424,7 +432,7 @@ class WireProtocol(asyncio.Protocol):
             if self.resets < 0:
                 self._calm("too many streams refused")
             return
-        s = _Stream(headers, self.stream_window)
+        s = _Stream(self, headers, self.stream_window)
         self.streams[sid] = s
         if flags & END_STREAM:
             self._dispatch(sid, s)
@@ -532,7 +540,7 @@ class WireProtocol(asyncio.Protocol):
         body = s.body[0] if len(s.body) == 1 else b"".join(s.body)
         s.body = []
         try:
-            code, message, reply = await unary(self.methods, s.headers, body, self.max_message)
+            code, message, reply = await unary(self.methods, s.headers, body, self.max_message, s.hold)
         except asyncio.CancelledError:
             return
         except Exception as err:  # a bug of ours: log it, tell the client, keep serving

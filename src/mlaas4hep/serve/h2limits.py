@@ -14,7 +14,10 @@ Envoy and grpc-go bound theirs:
   is refilled only as calls finish, so a connection never holds more request
   bytes than that (partial bodies and the messages the servicer still works
   on). A message longer than the limit is refused at its prefix
-  (``RESOURCE_EXHAUSTED``), before its bytes are sent;
+  (``RESOURCE_EXHAUSTED``), before its bytes are sent; a compressed message
+  takes its decompressed size from the budget while its call runs (a call
+  that does not fit is answered ``RESOURCE_EXHAUSTED``: a few kB of gzip
+  can be a whole message);
 * **streams** — :attr:`Limits.max_streams` at once (``SETTINGS_MAX_CONCURRENT_STREAMS``;
   more: ``RST_STREAM REFUSED_STREAM``);
 * **headers** — a header block (``HEADERS`` and its ``CONTINUATION`` frames) of
