@@ -209,7 +209,7 @@ class WireProtocol(asyncio.Protocol):
     def _fail(self, code: int, why: str) -> None:
         log.debug("gRPC connection closed: %s", why)
         t = self.transport
-        if t is not None and not self.failed:
+        if t is not None and not self.failed and not t.is_closing():
             # GOAWAY, then a lingering close (as nginx's): our side ends once GOAWAY is sent, and what
             # the client still sends is read and dropped until it closes too, so its kernel does not
             # discard the GOAWAY on a reset. After CLOSE_GRACE seconds, the connection is dropped.
