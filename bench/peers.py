@@ -197,7 +197,7 @@ def main() -> None:
     if bad:
         ap.error(f"unknown point(s) {', '.join(bad)}: choose from {', '.join(POINTS)}")
     ours: list[tuple[str, list[str]]] = []
-    for spec in args.ours or ["mlaas4hep (grpcio)=", "mlaas4hep (wire)=--grpc-frontend wire"]:
+    for spec in args.ours or ["mlaas4hep (wire)=", "mlaas4hep (grpcio)=--grpc-frontend grpcio"]:
         label, sep, extra = spec.partition("=")
         if not sep or not label:
             ap.error(f"--ours wants LABEL=ARGS, got {spec!r}")

@@ -228,3 +228,55 @@ def test_stop_closes_idle_connections(app):
         kinds.append(data[3])
         data = data[9 + int.from_bytes(data[:3], "big") :]
     assert kinds == [4, 8, 4, 7]  # SETTINGS, WINDOW_UPDATE, the ACK of the client's SETTINGS, GOAWAY
+
+
+def test_stop_says_goaway_first_and_finishes_calls_in_flight(app, tth_bundle):
+    """Stopping (SIGTERM's drain): GOAWAY at once; a call already open still gets its scores,
+    a call opened after the GOAWAY is refused (REFUSED_STREAM: the client may send it elsewhere)."""
+    import hpack
+
+    x = np.ascontiguousarray(tth_bundle.x[:2], dtype=np.float32)
+    msg = _raw(x).SerializeToString()
+    body = b"\x00" + len(msg).to_bytes(4, "big") + msg
+    enc = hpack.Encoder()
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", INFER), (":authority", "x")]
+
+    def frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + struct.pack(">I", sid) + payload
+
+    async def main() -> list[tuple[int, int, int, bytes]]:
+        srv = GrpcServer(app.state, 0, frontend="wire")
+        await srv.start()
+        r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+        w.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
+        w.write(frame(1, 0x4, 1, enc.encode(headers)) + frame(0, 0, 1, body[:10]))  # stream 1: half sent
+        await w.drain()
+        await asyncio.sleep(0.2)
+        stopping = asyncio.create_task(srv.stop(5))
+        frames, data = [], b""
+        while not any(k == 7 for k, *_ in frames):  # until the GOAWAY
+            data += await asyncio.wait_for(r.read(65536), 10)
+            while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+                n = int.from_bytes(data[:3], "big")
+                frames.append((data[3], data[4], int.from_bytes(data[5:9], "big"), data[9 : 9 + n]))
+                data = data[9 + n :]
+        w.write(frame(0, 0x1, 1, body[10:]) + frame(1, 0x5, 3, enc.encode(headers)))  # the rest; a new call
+        await w.drain()
+        data += await asyncio.wait_for(r.read(), 10)  # until the server closes
+        await stopping
+        while len(data) >= 9:
+            n = int.from_bytes(data[:3], "big")
+            frames.append((data[3], data[4], int.from_bytes(data[5:9], "big"), data[9 : 9 + n]))
+            data = data[9 + n :]
+        w.close()
+        return frames
+
+    frames = asyncio.run(main())
+    goaway = next(f for f in frames if f[0] == 7)
+    assert struct.unpack(">II", goaway[3][:8]) == (1, 0)  # last stream 1, NO_ERROR
+    assert [(k, sid) for k, _, sid, _ in frames if sid == 3] == [(3, 3)]  # RST_STREAM
+    assert struct.unpack(">I", next(p for k, _, sid, p in frames if sid == 3)) == (7,)  # REFUSED_STREAM
+    reply = b"".join(p for k, _, sid, p in frames if k == 0 and sid == 1)
+    r = pb.ModelInferResponse.FromString(reply[5:])
+    y = np.frombuffer(r.raw_output_contents[0], np.float32).reshape(2, -1)
+    np.testing.assert_allclose(y, tth_bundle.oracle.score(x), atol=ATOL)

@@ -94,10 +94,12 @@ class ServeConfig:
     root_threads: int = _opt(2, "predict_root: files read at once", int, "N")
     tls_cert: str | None = _opt(None, "TLS certificate (PEM): HTTPS, and TLS on gRPC", metavar="PEM")
     tls_key: str | None = _opt(None, "private key of --tls-cert (PEM)", metavar="PEM")
-    grpc_listeners: int = _opt(4, "gRPC servers sharing the gRPC port in each process", int, "N")
+    grpc_listeners: int = _opt(
+        4, "--grpc-frontend grpcio: servers sharing the gRPC port in each process", int, "N"
+    )
     grpc_frontend: str = _opt(
-        "grpcio",
-        "who speaks gRPC without TLS: grpcio, or wire (HTTP/2 on the event loop; experimental)",
+        "wire",
+        "who speaks gRPC without TLS: wire (HTTP/2 on the event loop, bounded per connection) or grpcio",
         metavar="NAME",
     )
     drain_seconds: float = _opt(

@@ -25,17 +25,19 @@ gRPC clients do without TLS; TLS stays with grpcio):
   headers on every call, after the first as one-byte references to its
   dynamic table: such a block changes no table, so its decoding is cached by
   its bytes;
-* flow control: the server opens large windows once (a request never waits
-  for a ``WINDOW_UPDATE``; the connection's window is topped up as it is
-  used) and never sends more than the client's windows allow;
+* flow control both ways: the server never sends more than the client's
+  windows allow, and bounds what a client may send, how many calls it may
+  run at once, its headers, the replies it leaves unread and its floods of
+  control frames (:mod:`.h2limits`: a connection holds at most about twice
+  the message limit of request bytes);
 * unary calls only (every RPC of the service but ``ModelStreamInfer``, which
   answers ``UNIMPLEMENTED``, as under grpcio); requests compressed with gzip or
   deflate are read, replies go uncompressed; the message limit is the
   server's body limit (``RESOURCE_EXHAUSTED``), as grpcio's
-  ``max_receive_message_length``, decompressed size included.
+  ``max_receive_message_length``, decompressed size included; a call's
+  ``grpc-timeout`` bounds the servicer's work (``DEADLINE_EXCEEDED``).
 
-A reply's three frames leave in one ``write``. ``grpc-timeout`` is not
-enforced (the data plane has its own time limits).
+A reply's three frames leave in one ``write``.
 """
 
 from __future__ import annotations
@@ -44,144 +46,96 @@ import asyncio
 import logging
 import socket
 import struct
-import zlib
-from collections.abc import Callable
+import time
 from typing import Any
 
 import grpc
 import hpack
-from google.protobuf.message import DecodeError
 
-from ._proto import grpc_service_pb2 as pb
+from .grpccall import Methods, unary
+from .grpcframes import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEAD,
+    HEADERS,
+    MAX_FRAME,
+    OK_TRAILERS,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    REPLY_HEADERS,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+    trailers,
+)
+from .h2limits import (
+    CLOSE_GRACE,
+    COMPRESSION_ERROR,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    MAX_WINDOW,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    STREAM_WINDOW,
+    Limits,
+)
 
 log = logging.getLogger("mlaas4hep.serve")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
-    range(10)
-)
-END_STREAM = ACK = 0x1
-END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
-#: our receive windows: a stream's is as large as HTTP/2 allows, the connection's is topped up
-WINDOW = (1 << 31) - 1
-#: frames larger than this are a protocol error (we announce it in our SETTINGS)
-MAX_FRAME = 1 << 20
-MAX_STREAMS = 1024
-PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR = 1, 3, 6, 7, 9
-
-_HEAD = struct.Struct(">I")
-#: ``:status: 200`` (static table index 8), ``content-type: application/grpc`` as a literal
-#: without indexing (name: static index 31): constant bytes, whatever the client's table holds
-REPLY_HEADERS = b"\x88\x0f\x10\x10application/grpc"
-
-SERVICE = "/inference.GRPCInferenceService/"
-
-
-def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    """One HTTP/2 frame."""
-    n = len(payload)
-    return bytes((n >> 16, (n >> 8) & 0xFF, n & 0xFF, kind, flags)) + _HEAD.pack(stream) + payload
-
-
-def _int(value: int, prefix: int, first: int = 0) -> bytes:
-    """An HPACK integer with a ``prefix``-bit prefix (RFC 7541 §5.1); ``first``: the prefix's high bits."""
-    top = (1 << prefix) - 1
-    if value < top:
-        return bytes((first | value,))
-    out, value = bytearray((first | top,)), value - top
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """A header as a literal without indexing, new name (constant bytes, no table state)."""
-    return b"\x00" + _int(len(name), 7) + name + _int(len(value), 7) + value
-
-
-def _percent(text: str) -> bytes:
-    """``grpc-message``'s percent-encoding of UTF-8 (gRPC over HTTP/2)."""
-    out = bytearray()
-    for b in text.encode("utf-8"):
-        out += b"%%%02X" % b if b < 0x20 or b > 0x7E or b == 0x25 else bytes((b,))
-    return bytes(out)
-
-
-def trailers(code: int, message: str = "") -> bytes:
-    """The header block of a call's end: ``grpc-status`` and, for an error, ``grpc-message``."""
-    block = _literal(b"grpc-status", str(code).encode())
-    if message:
-        block += _literal(b"grpc-message", _percent(message))
-    return block
-
-
-OK_TRAILERS = trailers(0)
-
-
-class Context:
-    """What the servicer uses of ``grpc.aio.ServicerContext``: the metadata and ``abort``.
-
-    ``abort`` raises grpcio's own ``AbortError`` (the servicer lets it through) and keeps
-    the status here for the reply.
-    """
-
-    __slots__ = ("_headers", "code", "details")
-
-    def __init__(self, headers: list[tuple[str, str]]):
-        self._headers = headers
-        self.code, self.details = grpc.StatusCode.UNKNOWN, ""
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return tuple((k, v) for k, v in self._headers if not k.startswith(":"))
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        self.code, self.details = code, details
-        raise grpc.aio.AbortError(details)
-
 
 class _Stream:
-    __slots__ = ("body", "headers", "size", "task", "window")
+    """One call: its headers, the request bytes so far, and what flow control let it send."""
 
-    def __init__(self, headers: list[tuple[str, str]], window: int):
-        self.headers, self.window = headers, window
+    __slots__ = ("body", "conn", "extra", "headers", "need", "received", "size", "task", "window")
+
+    def __init__(self, conn: WireProtocol, headers: list[tuple[str, str]], window: int):
+        self.conn, self.headers, self.window = conn, headers, window  # window: what we may still send on it
         self.body: list[bytes] = []
-        self.size = 0
+        self.size = 0  # body bytes (padding stripped)
+        self.received = 0  # DATA bytes as flow control counts them (padding included)
+        self.need = STREAM_WINDOW  # what it may send: the first window, or its message once granted
+        self.extra = 0  # the part of ``need`` taken from the connection's budget
         self.task: asyncio.Task[None] | None = None
 
-
-class Methods:
-    """``:path`` -> (request message class, the servicer's coroutine) for the service's unary RPCs."""
-
-    def __init__(self, service: Any):
-        self.table: dict[str, tuple[Any, Callable[..., Any]]] = {}
-        desc = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-        base = type(service).__mro__
-        for m in desc.methods:
-            if m.client_streaming or m.server_streaming:
-                continue
-            # only what the servicer itself overrides: the generated base answers UNIMPLEMENTED
-            owner = next((c for c in base if m.name in c.__dict__), None)
-            if owner is None or owner.__module__.endswith("_pb2_grpc"):
-                continue
-            self.table[SERVICE + m.name] = (getattr(pb, m.input_type.name), getattr(service, m.name))
+    def hold(self, n: int) -> bool:
+        """Take ``n`` bytes (a decompressed message) from the connection's budget until the call ends."""
+        if n > self.conn.budget:
+            return False
+        self.conn.budget -= n
+        self.extra += n
+        return True
 
 
 class WireProtocol(asyncio.Protocol):
-    """One HTTP/2 connection carrying unary gRPC calls to :class:`Methods`."""
+    """One HTTP/2 connection carrying unary gRPC calls to :class:`Methods`, within ``limits``."""
 
-    def __init__(self, methods: Methods, max_message: int, conns: set[WireProtocol]):
-        self.methods, self.max_message, self.conns = methods, max_message, conns
+    def __init__(self, methods: Methods, max_message: int, conns: set[WireProtocol], limits: Limits):
+        self.methods, self.max_message, self.conns, self.limits = methods, max_message, conns, limits
         self.buf = bytearray()
         self.preface = False
         self.streams: dict[int, _Stream] = {}
-        self.decoder = hpack.Decoder()
-        self.decoder.max_allowed_table_size = 65536
+        self.decoder = hpack.Decoder(max_header_list_size=limits.max_header_list)
+        self.decoder.max_allowed_table_size = limits.header_table
         self.header_cache: dict[bytes, list[tuple[str, str]]] = {}
         self.pending: tuple[int, int, bytearray] | None = None  # a HEADERS awaiting CONTINUATION
         self.last_stream = 0
-        self.consumed = 0  # received DATA bytes not yet returned to the connection's window
+        # what the client may send: the connection's window, refilled as calls finish
+        self.recv_window, self.refund_at = limits.connection_window(max_message)
+        self.refund = 0  # bytes of finished calls not yet returned to the client
+        self.budget = limits.budget(max_message)  # grants beyond the streams' first windows
+        self.waiting: dict[int, int] = {}  # stream -> the grant it waits for
+        self.resets = limits.resets  # calls the client may still cancel beyond those answered
+        self.control = 0  # PING/SETTINGS/empty DATA frames since the last new stream (within a second)
+        self.control_since = 0.0
         # what the client lets us send
         self.send_window = 65535
         self.stream_window = 65535
@@ -189,7 +143,10 @@ class WireProtocol(asyncio.Protocol):
         self.blocked: dict[int, list[Any]] = {}  # stream -> [data left, trailers]: waiting for window
         self.transport: asyncio.Transport | None = None
         self.closing = False
+        self.failed = False  # told GOAWAY with an error: what it sends now is dropped
+        self.draining = False  # told GOAWAY as the server stops: its calls finish, new ones are refused
         self.out: list[bytes] = []  # replies written together once the loop's ready callbacks ran
+        self.timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ connection
     def connection_made(self, transport: Any) -> None:
@@ -201,37 +158,83 @@ class WireProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        settings = struct.pack(">HIHIHI", 0x3, MAX_STREAMS, 0x4, WINDOW, 0x5, MAX_FRAME)
+        transport.set_write_buffer_limits(high=self.limits.write_high)
+        self.timer = asyncio.get_running_loop().call_later(self.limits.preface_timeout, self._no_preface)
+        settings = struct.pack(
+            ">HIHIHI", 0x3, self.limits.max_streams, 0x5, MAX_FRAME, 0x6, self.limits.max_header_list
+        )
         transport.write(
-            frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, _HEAD.pack(WINDOW - 65535))
+            frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, HEAD.pack(self.recv_window - 65535))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conns.discard(self)
         self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
         for s in self.streams.values():
             if s.task is not None:
                 s.task.cancel()
         self.streams.clear()
 
+    def pause_writing(self) -> None:
+        """The client does not read what we write: stop reading its requests until it does."""
+        if self.transport is not None and not self.failed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _no_preface(self) -> None:
+        if not self.preface:
+            self._fail(NO_ERROR, f"no HTTP/2 preface in {self.limits.preface_timeout:g} s")
+
+    def drain(self) -> None:
+        """The server stops: GOAWAY now, so the client sends its next calls elsewhere; these finish."""
+        if self.transport is not None and not self.closing and not self.draining:
+            self.draining = True
+            self._send(frame(GOAWAY, 0, 0, HEAD.pack(self.last_stream) + HEAD.pack(NO_ERROR)))
+
     def close(self) -> None:
         if self.transport is not None and not self.closing:
             self.closing = True
             out, self.out = self.out, []  # replies already made go first
-            self.transport.write(
-                b"".join([*out, frame(GOAWAY, 0, 0, _HEAD.pack(self.last_stream) + _HEAD.pack(0))])
-            )
+            if not self.draining:
+                out.append(frame(GOAWAY, 0, 0, HEAD.pack(self.last_stream) + HEAD.pack(NO_ERROR)))
+            if out and not self.failed:
+                self.transport.write(b"".join(out))
             self.transport.close()
 
     def _fail(self, code: int, why: str) -> None:
         log.debug("gRPC connection closed: %s", why)
-        if self.transport is not None and not self.closing:
-            self.closing = True
-            self.transport.write(frame(GOAWAY, 0, 0, _HEAD.pack(self.last_stream) + _HEAD.pack(code)))
-            self.transport.close()
+        t = self.transport
+        if t is not None and not self.failed and not t.is_closing():
+            # GOAWAY, then a lingering close (as nginx's): our side ends once GOAWAY is sent, and what
+            # the client still sends is read and dropped until it closes too, so its kernel does not
+            # discard the GOAWAY on a reset. After CLOSE_GRACE seconds, the connection is dropped.
+            self.closing = self.failed = True
+            self.buf.clear()
+            for sid, s in list(self.streams.items()):
+                self._drop(sid, s)
+            self.out.clear()
+            t.write(frame(GOAWAY, 0, 0, HEAD.pack(self.last_stream) + HEAD.pack(code) + why.encode()[:256]))
+            t.write_eof()
+            t.resume_reading()
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, t.abort)
+
+    def _put(self, data: bytes) -> None:
+        """Write ``data`` now (unless the connection failed: nothing follows its GOAWAY)."""
+        if not self.failed and self.transport is not None:
+            self.transport.write(data)
+
+    def _calm(self, why: str) -> None:
+        self._fail(ENHANCE_YOUR_CALM, why)
 
     # ------------------------------------------------------------ frames in
     def data_received(self, data: bytes) -> None:
+        if self.failed:
+            return
         buf = self.buf
         buf += data
         if not self.preface:
@@ -243,6 +246,8 @@ class WireProtocol(asyncio.Protocol):
                 return self._fail(PROTOCOL_ERROR, "not HTTP/2 (a gRPC client, or HTTP/1 on the gRPC port?)")
             del buf[: len(PREFACE)]
             self.preface = True
+            if self.timer is not None:
+                self.timer.cancel()
         pos, end = 0, len(buf)
         while end - pos >= 9 and not self.closing:
             n = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
@@ -251,14 +256,12 @@ class WireProtocol(asyncio.Protocol):
             if end - pos < 9 + n:
                 break
             kind, flags = buf[pos + 3], buf[pos + 4]
-            sid = _HEAD.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
+            sid = HEAD.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
             payload = bytes(buf[pos + 9 : pos + 9 + n])
             pos += 9 + n
             self._frame(kind, flags, sid, payload)
-        del buf[:pos]
-        if self.consumed > WINDOW // 2 and self.transport is not None and not self.closing:
-            self.transport.write(frame(WINDOW_UPDATE, 0, 0, _HEAD.pack(self.consumed)))
-            self.consumed = 0
+        if not self.failed:
+            del buf[:pos]
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self.pending is not None and kind != CONTINUATION:
@@ -271,52 +274,102 @@ class WireProtocol(asyncio.Protocol):
             if self.pending is None or self.pending[0] != sid:
                 return self._fail(PROTOCOL_ERROR, "an unexpected CONTINUATION")
             self.pending[2].extend(payload)
+            if len(self.pending[2]) > self.limits.max_header_block:
+                return self._calm(f"a header block over {self.limits.max_header_block} bytes")
             if flags & END_HEADERS:
                 psid, pflags, block = self.pending
                 self.pending = None
                 self._open(psid, pflags, bytes(block))
         elif kind == SETTINGS:
-            if not flags & ACK:
+            if sid != 0:
+                return self._fail(PROTOCOL_ERROR, "SETTINGS on a stream")
+            if flags & ACK:
+                if payload:
+                    return self._fail(FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload")
+            elif len(payload) % 6:
+                return self._fail(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
+            elif self._flood("SETTINGS"):
                 self._settings(payload)
         elif kind == PING:
-            if not flags & ACK and self.transport is not None:
-                self.transport.write(frame(PING, ACK, 0, payload))
+            if sid != 0 or len(payload) != 8:
+                return self._fail(FRAME_SIZE_ERROR if sid == 0 else PROTOCOL_ERROR, "a bad PING")
+            if not flags & ACK and self._flood("PING"):
+                self._put(frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
-            inc = _HEAD.unpack_from(payload)[0] & 0x7FFFFFFF if len(payload) == 4 else 0
-            if sid == 0:
-                self.send_window += inc
-            elif sid in self.streams:
-                self.streams[sid].window += inc
-            if self.blocked:
-                self._flush()
+            self._window_update(sid, payload)
         elif kind == RST_STREAM:
-            s = self.streams.pop(sid, None)
-            self.blocked.pop(sid, None)
-            if s is not None and s.task is not None:
-                s.task.cancel()
+            if sid == 0 or len(payload) != 4:
+                return self._fail(PROTOCOL_ERROR if sid == 0 else FRAME_SIZE_ERROR, "a bad RST_STREAM")
+            if sid > self.last_stream:
+                return self._fail(PROTOCOL_ERROR, f"RST_STREAM of idle stream {sid}")
+            s = self.streams.get(sid)
+            if s is not None:
+                self._drop(sid, s)
+                self.resets -= 1
+                if self.resets < 0:
+                    self._calm("too many calls cancelled (rapid reset)")
         elif kind == GOAWAY:
             self.closing = True
             if not self.streams and self.transport is not None:
                 self.transport.close()
         # PRIORITY, PUSH_PROMISE (never from a client) and unknown frames: ignored
 
+    def _flood(self, what: str) -> bool:
+        """Count a frame that costs us work but opens no call; False (and GOAWAY) past the limit.
+
+        The count starts again with every new call and every second: an idle client's
+        keep-alive PINGs are no flood.
+        """
+        now = time.monotonic()
+        if now - self.control_since > 1.0:
+            self.control, self.control_since = 0, now
+        self.control += 1
+        if self.control > self.limits.control:
+            self._calm(
+                f"more than {self.limits.control} {what}/SETTINGS/PING/empty DATA frames without a call"
+            )
+            return False
+        return True
+
+    def _window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            return self._fail(FRAME_SIZE_ERROR, "a WINDOW_UPDATE not of 4 bytes")
+        inc = HEAD.unpack_from(payload)[0] & 0x7FFFFFFF
+        if sid == 0:
+            if inc == 0 or self.send_window + inc > MAX_WINDOW:
+                return self._fail(PROTOCOL_ERROR if inc == 0 else FLOW_CONTROL_ERROR, "a bad WINDOW_UPDATE")
+            self.send_window += inc
+        elif sid > self.last_stream:
+            return self._fail(PROTOCOL_ERROR, f"WINDOW_UPDATE of idle stream {sid}")
+        elif sid in self.streams:
+            s = self.streams[sid]
+            if inc == 0 or s.window + inc > MAX_WINDOW:
+                self._reset(sid, PROTOCOL_ERROR if inc == 0 else FLOW_CONTROL_ERROR)
+                return
+            s.window += inc
+        if self.blocked:
+            self._flush()
+
     def _settings(self, payload: bytes) -> None:
-        for i in range(0, len(payload) - 5, 6):
+        for i in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HI", payload, i)
             if key == 0x4:
-                if value > WINDOW:
+                if value > MAX_WINDOW:
                     return self._fail(FLOW_CONTROL_ERROR, "initial window too large")
                 delta, self.stream_window = value - self.stream_window, value
                 for s in self.streams.values():
                     s.window += delta
             elif key == 0x5:
-                self.max_frame = max(16384, min(value, MAX_FRAME))
-        if self.transport is not None:
-            self.transport.write(frame(SETTINGS, ACK, 0))
+                if not 16384 <= value <= 16777215:
+                    return self._fail(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")
+                self.max_frame = min(value, MAX_FRAME)
+        self._put(frame(SETTINGS, ACK, 0))
         if self.blocked:
             self._flush()
 
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            return self._fail(PROTOCOL_ERROR, "HEADERS on stream 0")
         i, end = 0, len(payload)
         if flags & PADDED:
             if not payload:
@@ -326,115 +379,175 @@ class WireProtocol(asyncio.Protocol):
             i += 5
         if i > end:
             return self._fail(PROTOCOL_ERROR, "bad padding")
-        if sid in self.streams:  # trailers from a client: gRPC clients send none on unary calls
-            return
+        if end - i > self.limits.max_header_block:
+            return self._calm(f"a header block over {self.limits.max_header_block} bytes")
         if flags & END_HEADERS:
             self._open(sid, flags, payload[i:end])
         else:
             self.pending = (sid, flags, bytearray(payload[i:end]))
 
-    def _open(self, sid: int, flags: int, block: bytes) -> None:
-        if sid % 2 == 0 or sid <= self.last_stream:
-            return self._fail(PROTOCOL_ERROR, f"stream {sid} opened out of order")
-        self.last_stream = sid
+    def _decode(self, block: bytes) -> list[tuple[str, str]] | None:
         headers = self.header_cache.get(block)
-        if headers is None:
-            try:
-                headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
-            except hpack.HPACKError as err:
-                return self._fail(COMPRESSION_ERROR, f"header block: {err}")
-            # a block of indexed fields only (every byte's top bit set, 1-byte indices) left the
-            # table as it was: its next occurrence decodes to the same headers
-            if all(b & 0x80 and b != 0xFF for b in block):
-                if len(self.header_cache) > 64:
-                    self.header_cache.clear()
-                self.header_cache[block] = headers
-            else:
-                self.header_cache.clear()  # the table moved: cached blocks may now mean other headers
-        if self.closing:
+        if headers is not None:
+            return headers
+        try:
+            headers = [(str(k), str(v)) for k, v in self.decoder.decode(block)]
+        except hpack.OversizedHeaderListError:
+            self._calm(f"a header list over {self.limits.max_header_list} bytes")
+            return None
+        except hpack.HPACKError as err:
+            self._fail(COMPRESSION_ERROR, f"header block: {err}")
+            return None
+        # a block of indexed fields only (every byte's top bit set, 1-byte indices) left the
+        # table as it was: its next occurrence decodes to the same headers
+        if all(b & 0x80 and b != 0xFF for b in block):
+            if len(self.header_cache) > 64:
+                self.header_cache.clear()
+            self.header_cache[block] = headers
+        else:
+            self.header_cache.clear()  # the table moved: cached blocks may now mean other headers
+        return headers
+
+    def _open(self, sid: int, flags: int, block: bytes) -> None:
+        trailing = sid in self.streams
+        if not trailing and (sid % 2 == 0 or sid <= self.last_stream):
+            return self._fail(PROTOCOL_ERROR, f"stream {sid} opened out of order")
+        headers = self._decode(block)  # always: the block may change the HPACK table
+        if headers is None or self.closing:
             return
-        if len(self.streams) >= MAX_STREAMS:
-            if self.transport is not None:
-                self.transport.write(frame(RST_STREAM, 0, sid, _HEAD.pack(REFUSED_STREAM)))
+        if trailing:  # trailers from a client (gRPC clients send none on unary calls): ignored
+            if self._flood("trailing HEADERS"):
+                s = self.streams.get(sid)
+                if s is not None and s.task is None and flags & END_STREAM:
+                    self._dispatch(sid, s)
             return
-        s = _Stream(headers, self.stream_window)
+        if self.draining:  # after our GOAWAY: a call the client may send again elsewhere
+            self._put(frame(RST_STREAM, 0, sid, HEAD.pack(REFUSED_STREAM)))
+            return
+        self.last_stream = sid
+        self.control = 0
+        if len(self.streams) >= self.limits.max_streams:
+            self._put(frame(RST_STREAM, 0, sid, HEAD.pack(REFUSED_STREAM)))
+            self.resets -= 1  # a refused stream cost a decoding: counted as a cancelled call
+            if self.resets < 0:
+                self._calm("too many streams refused")
+            return
+        s = _Stream(self, headers, self.stream_window)
         self.streams[sid] = s
         if flags & END_STREAM:
             self._dispatch(sid, s)
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
-        self.consumed += len(payload)
+        n = len(payload)
+        if sid == 0 or sid > self.last_stream:
+            return self._fail(PROTOCOL_ERROR, f"DATA on {'stream 0' if sid == 0 else f'idle stream {sid}'}")
+        if n > self.recv_window:
+            return self._fail(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
+        self.recv_window -= n
+        if n == 0 and not flags & END_STREAM and not self._flood("empty DATA"):
+            return
         s = self.streams.get(sid)
         if s is None or s.task is not None:
-            return  # a cancelled or finished stream: only the window counts
+            self._refund(n)  # a cancelled or finished stream: only the window counts
+            return
+        s.received += n
+        if s.received > s.need:
+            self._refund(n)
+            return self._reset(sid, FLOW_CONTROL_ERROR)
         if flags & PADDED:
-            if not payload or payload[0] >= len(payload):
+            if not payload or payload[0] >= n:
                 return self._fail(PROTOCOL_ERROR, "bad padding")
-            payload = payload[1 : len(payload) - payload[0]]
+            payload = payload[1 : n - payload[0]]
+        before = s.size
         s.size += len(payload)
-        if s.size <= self.max_message + 5:
-            s.body.append(payload)
+        s.body.append(payload)
+        if before < 5 <= s.size and not self._prefix(sid, s):
+            return
         if flags & END_STREAM:
             self._dispatch(sid, s)
 
+    def _prefix(self, sid: int, s: _Stream) -> bool:
+        """The message's length is known: refuse it, or grant its stream the window it needs."""
+        head = s.body[0] if len(s.body[0]) >= 5 else b"".join(s.body)[:5]
+        length = int.from_bytes(head[1:5], "big")
+        if length > self.max_message:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            self._reply(sid, code, f"Received message larger than max ({length} vs. {self.max_message})", b"")
+            if self.transport is not None:  # stop sending: the answer is given (gRPC over HTTP/2)
+                self._send(frame(RST_STREAM, 0, sid, HEAD.pack(NO_ERROR)))
+            return False
+        extra = (length + 5 - s.size) - (s.need - s.received)  # what the rest needs beyond its window
+        if extra > 0:
+            if self.budget >= extra:
+                self._grant(sid, s, extra)
+            else:
+                self.waiting[sid] = extra
+        return True
+
+    def _grant(self, sid: int, s: _Stream, extra: int) -> None:
+        self.budget -= extra
+        s.extra += extra
+        s.need += extra
+        self._put(frame(WINDOW_UPDATE, 0, sid, HEAD.pack(extra)))
+
+    def _refund(self, n: int) -> None:
+        """Return ``n`` bytes to the connection's window (in one ``WINDOW_UPDATE`` per ``refund_at``)."""
+        self.refund += n
+        if self.refund >= self.refund_at and not self.closing:
+            self.recv_window += self.refund
+            self._send(frame(WINDOW_UPDATE, 0, 0, HEAD.pack(self.refund)))
+            self.refund = 0
+
+    def _reset(self, sid: int, code: int) -> None:
+        """A stream error: RST_STREAM; it counts as a cancelled call (a client that makes many is cut off)."""
+        s = self.streams.get(sid)
+        if s is not None:
+            self._drop(sid, s)
+        self._put(frame(RST_STREAM, 0, sid, HEAD.pack(code)))
+        self.resets -= 1
+        if self.resets < 0:
+            self._calm("too many streams reset")
+
+    def _drop(self, sid: int, s: _Stream) -> None:
+        """Forget stream ``sid``: cancel its call, give its bytes and its grant back."""
+        if s.task is not None and not s.task.done():
+            s.task.cancel()
+        self.blocked.pop(sid, None)
+        self._release(sid, s)
+
+    def _release(self, sid: int, s: _Stream) -> None:
+        if self.streams.pop(sid, None) is None:
+            return
+        self.waiting.pop(sid, None)
+        if s.received:
+            self._refund(s.received)
+            s.received = 0
+        if s.extra:
+            self.budget += s.extra
+            s.extra = 0
+            for wsid, extra in list(self.waiting.items()):  # in the order they asked
+                if extra > self.budget:
+                    break
+                del self.waiting[wsid]
+                self._grant(wsid, self.streams[wsid], extra)
+
     # ------------------------------------------------------------ calls
     def _dispatch(self, sid: int, s: _Stream) -> None:
+        self.waiting.pop(sid, None)
         s.task = asyncio.get_running_loop().create_task(self._call(sid, s))
 
     async def _call(self, sid: int, s: _Stream) -> None:
-        code, message, reply = 0, "", b""
+        body = s.body[0] if len(s.body) == 1 else b"".join(s.body)
+        s.body = []
         try:
-            path = next((v for k, v in s.headers if k == ":path"), "")
-            method = self.methods.table.get(path)
-            if method is None:
-                code, message = grpc.StatusCode.UNIMPLEMENTED.value[0], f"Method not found: {path}"
-            elif s.size > self.max_message + 5:
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-                message = f"Received message larger than max ({s.size - 5} vs. {self.max_message})"
-            else:
-                body = s.body[0] if len(s.body) == 1 else b"".join(s.body)
-                if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
-                    code, message = grpc.StatusCode.INTERNAL.value[0], "the request is not one gRPC message"
-                else:
-                    cls, fn = method
-                    data = body[5:]
-                    if body[0]:
-                        data, code, message = self._inflate(s, data)
-                    try:
-                        request = cls.FromString(data) if code == 0 else None
-                    except (DecodeError, RecursionError):
-                        request = None  # grpcio answers UNKNOWN here (and logs an error): the client's doing
-                        code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                        message = f"the request is not a valid {cls.DESCRIPTOR.full_name}"
-                    if request is not None:
-                        ctx = Context(s.headers)
-                        try:
-                            out = await fn(request, ctx)
-                        except grpc.aio.AbortError:
-                            code, message = ctx.code.value[0], ctx.details
-                        else:
-                            reply = out.SerializeToString()
+            code, message, reply = await unary(self.methods, s.headers, body, self.max_message, s.hold)
         except asyncio.CancelledError:
             return
         except Exception as err:  # a bug of ours: log it, tell the client, keep serving
             log.exception("internal error in gRPC call %s", sid, exc_info=err)
             code, message = grpc.StatusCode.INTERNAL.value[0], f"internal server error: {type(err).__name__}"
+            reply = b""
         self._reply(sid, code, message, reply)
-
-    def _inflate(self, s: _Stream, data: bytes) -> tuple[bytes, int, str]:
-        """A compressed message's bytes (gzip or deflate, as ``grpc-encoding`` says), within the limit."""
-        enc = next((v for k, v in s.headers if k == "grpc-encoding"), "identity")
-        if enc not in ("gzip", "deflate"):
-            return b"", grpc.StatusCode.UNIMPLEMENTED.value[0], f"grpc-encoding {enc!r} is not served"
-        z = zlib.decompressobj(zlib.MAX_WBITS | 16 if enc == "gzip" else zlib.MAX_WBITS)
-        try:
-            out = z.decompress(data, self.max_message + 1)
-        except zlib.error as err:
-            return b"", grpc.StatusCode.INTERNAL.value[0], f"cannot decompress the message: {err}"
-        if len(out) > self.max_message:
-            msg = f"Received message larger than max (more than {self.max_message} bytes decompressed)"
-            return b"", grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], msg
-        return out, 0, ""
 
     # ------------------------------------------------------------ frames out
     def _send(self, data: bytes) -> None:
@@ -444,6 +557,8 @@ class WireProtocol(asyncio.Protocol):
         and a lone call's reply does not wait a turn.
         """
         if not self.out:
+            if self.failed:
+                return
             if len(self.streams) <= 1 and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(data)
                 return
@@ -452,15 +567,16 @@ class WireProtocol(asyncio.Protocol):
 
     def _write(self) -> None:
         out, self.out = self.out, []
-        if out and self.transport is not None and not self.transport.is_closing():
+        if out and self.transport is not None and not self.transport.is_closing() and not self.failed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self.closing and not self.streams and self.transport is not None:
             self.transport.close()
 
     def _reply(self, sid: int, code: int, message: str, reply: bytes) -> None:
         s = self.streams.get(sid)
-        if s is None or self.transport is None or self.transport.is_closing():
-            self.streams.pop(sid, None)
+        if s is None or self.transport is None or self.transport.is_closing() or self.failed:
+            if s is not None:
+                self._release(sid, s)
             return
         tail = frame(
             HEADERS, END_HEADERS | END_STREAM, sid, OK_TRAILERS if code == 0 else trailers(code, message)
@@ -510,7 +626,10 @@ class WireProtocol(asyncio.Protocol):
                 self._done(sid)
 
     def _done(self, sid: int) -> None:
-        self.streams.pop(sid, None)
+        s = self.streams.get(sid)
+        if s is not None:
+            self._release(sid, s)
+            self.resets = min(self.resets + 1, self.limits.resets)  # an answered call earns a cancel back
         if self.closing and not self.streams and not self.out and self.transport is not None:
             self.transport.close()  # the client said GOAWAY: its last call is answered
 
@@ -518,9 +637,10 @@ class WireProtocol(asyncio.Protocol):
 class WireServer:
     """Unary gRPC calls of ``service`` on ``host:port``, on the running loop (see the module's text)."""
 
-    def __init__(self, service: Any, max_message: int):
+    def __init__(self, service: Any, max_message: int, limits: Limits | None = None):
         self.methods = Methods(service)
         self.max_message = int(max_message)
+        self.limits = limits or Limits()
         self.conns: set[WireProtocol] = set()
         self.servers: list[asyncio.base_events.Server] = []
 
@@ -528,7 +648,7 @@ class WireServer:
         """Listen; returns the port (the one chosen when ``port`` is 0)."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: WireProtocol(self.methods, self.max_message, self.conns),
+            lambda: WireProtocol(self.methods, self.max_message, self.conns, self.limits),
             host.strip("[]"),
             port,
             reuse_port=reuse_port or None,
@@ -541,6 +661,8 @@ class WireServer:
         servers, self.servers = self.servers, []
         for server in servers:
             server.close()
+        for c in list(self.conns):
+            c.drain()
         deadline = asyncio.get_running_loop().time() + grace
         while any(c.streams for c in self.conns) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
