@@ -27,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from grpc_ab import _served
 from serve import Server, make_bundle, perf_analyzer
 
+from mlaas4hep.localservers import free_port
+
+
 def _cpu(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of process ``pid`` (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -34,11 +37,13 @@ def _cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def run_pa(pa: tuple[str, dict], url: str, rows: int, conns: int, seconds: float) -> dict:
+def run_pa(
+    pa: tuple[str, dict], url: str, rows: int, conns: int, seconds: float, protocol: str = "http"
+) -> dict:
     import re
     import subprocess
 
-    cmd = [pa[0], "-m", "mlp", "-u", url, "-i", "http", "-b", str(rows), "--concurrency-range", str(conns)]
+    cmd = [pa[0], "-m", "mlp", "-u", url, "-i", protocol, "-b", str(rows), "--concurrency-range", str(conns)]
     cmd += ["--measurement-interval", str(int(seconds * 1000)), "-s", "30", "-r", "4", "-v"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=pa[1], timeout=300).stdout
 
@@ -63,6 +68,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--points", default="1x1,1x64,1000x4", help="ROWSxCLIENTS,... (default %(default)s)")
+    p.add_argument(
+        "--grpc", action="store_true", help="also single rows over gRPC (wire front end), 64 clients"
+    )
     p.add_argument("--src", action="append", required=True, help="NAME=DIR: a source tree to serve from")
     a = p.parse_args()
     pa = perf_analyzer()
@@ -80,8 +88,9 @@ def main() -> None:
         for name, src in builds:
             saved = dict(os.environ)
             os.environ["PYTHONPATH"] = str(Path(src).resolve())
+            grpc = ["--grpc-port", str(free_port()), "--grpc-frontend", "wire"] if a.grpc else []
             try:
-                srv = Server(work / "repo", "--max-batch", "1024", "--max-delay-ms", "2")
+                srv = Server(work / "repo", "--max-batch", "1024", "--max-delay-ms", "2", *grpc)
             finally:
                 os.environ.clear()
                 os.environ.update(saved)
@@ -89,13 +98,16 @@ def main() -> None:
             try:
                 time.sleep(0.5)
                 run_pa(pa, url, 1, 8, 1)  # warm-up
-                for rows, conns in points:
+                runs = [("http", url, rows, conns) for rows, conns in points]
+                if a.grpc:
+                    runs.append(("grpc", f"127.0.0.1:{grpc[1]}", 1, 64))
+                for protocol, where, rows, conns in runs:
                     c0, n0 = _cpu(srv.proc.pid), _served(srv)
-                    r = run_pa(pa, url, rows, conns, a.seconds)
+                    r = run_pa(pa, where, rows, conns, a.seconds, protocol)
                     c1, n1 = _cpu(srv.proc.pid), _served(srv)
                     n = max(n1 - n0, 1)
                     us, sys_us = (sum(c1) - sum(c0)) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
-                    point = f"{rows} row{'s' if rows > 1 else ''} × {conns}"
+                    point = f"{protocol}, {rows} row{'s' if rows > 1 else ''} × {conns}"
                     print(
                         f"| {rnd} | {name} | {point} | {r['rps'] / rows:,.0f} | {r['rps']:,.0f} | {r['p50']} "
                         f"| {r['p99']} | {us:,.0f} ({sys_us:,.0f}) | {os.getloadavg()[0]:.1f} |",

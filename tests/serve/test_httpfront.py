@@ -142,7 +142,9 @@ def test_pipelined_requests_are_answered_in_order(server, tth_bundle):
         np.testing.assert_allclose(orjson.loads(body), [1 - p, p], rtol=0, atol=ATOL)
         status, headers, body = c.response()
         assert status == 200 and headers["content-type"] == "application/octet-stream"
-        np.testing.assert_allclose(binary_scores(headers, body), tth_bundle.oracle.score(b), rtol=0, atol=ATOL)
+        np.testing.assert_allclose(
+            binary_scores(headers, body), tth_bundle.oracle.score(b), rtol=0, atol=ATOL
+        )
         status, _, body = c.response()
         assert status == 200 and orjson.loads(body)["name"] == "tth"
         assert c.response()[::2] == (404, b'{"error":"unknown model \'ghost\'"}')

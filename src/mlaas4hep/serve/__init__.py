@@ -65,9 +65,7 @@ def serve(
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         # httptools with limits on the request head (see .httpproto), serving the inference
         # routes without ASGI (see .httpfront); h11 has its own limits
-        http="mlaas4hep.serve.httpfront:FrontProtocol"
-        if importlib.util.find_spec("httptools")
-        else "h11",
+        http="mlaas4hep.serve.httpfront:FrontProtocol" if importlib.util.find_spec("httptools") else "h11",
         log_level=config.log_level,
         access_log=False,
         lifespan="on",

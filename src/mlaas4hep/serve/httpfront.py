@@ -197,7 +197,13 @@ class FrontProtocol(LimitedHttpToolsProtocol):
         front, parser = self.front, self.parser
         if front is not None and parser.get_method() == b"POST":
             url = self.url
-            if url[:1] == b"/" and url.isascii() and b"?" not in url and b"%" not in url and not parser.should_upgrade():
+            if (
+                url[:1] == b"/"
+                and url.isascii()
+                and b"?" not in url
+                and b"%" not in url
+                and not parser.should_upgrade()
+            ):
                 found = front.match(url.decode("latin-1"))
                 if found is not None:
                     self._start_hot(front, *found)
@@ -229,7 +235,9 @@ class FrontProtocol(LimitedHttpToolsProtocol):
     # ------------------------------------------------------------ hot requests
     def _start_hot(self, front: FastPath, handler: Handler, route: str, params: dict[str, str]) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
-        cycle = HotCycle(handler, route, params, self.url.decode("latin-1"), headers, front.plane.config.max_body)
+        cycle = HotCycle(
+            handler, route, params, self.url.decode("latin-1"), headers, front.plane.config.max_body
+        )
         version = self.parser.get_http_version()
         cycle.version = version
         cycle.keep_alive = version != "1.0" and self.parser.should_keep_alive()
@@ -272,7 +280,7 @@ class FrontProtocol(LimitedHttpToolsProtocol):
         if self.flow.write_paused and not transport.is_closing():
             await self.flow.drain()
         if self.access_log:
-            client = "%s:%d" % self.client if self.client else ""
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
             self.access_logger.info(
                 '%s - "POST %s HTTP/%s" %d', client, cycle.path, cycle.version, reply.status
             )
