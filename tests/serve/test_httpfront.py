@@ -310,3 +310,61 @@ def test_client_gone_mid_body_counts_499(small, tth_bundle):
     x = tth_bundle.x[:4]  # and it goes on serving
     r = HTTP.post(small.url + INFER, content=json_infer(x))
     np.testing.assert_allclose(json_scores(r.content), tth_bundle.oracle.score(x), rtol=0, atol=ATOL)
+
+
+# ----------------------------------------------------------------- in process: what bypasses ASGI
+def test_inference_routes_bypass_asgi(tmp_path, tth_bundle):
+    """The protocol answers the inference routes itself: the ASGI app (behind a recording wrapper,
+    as uvicorn's middleware wraps it) sees only the other requests, and both kinds are answered."""
+    import asyncio
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from mlaas4hep.serve import create_app
+    from mlaas4hep.serve.config import ServeConfig
+    from mlaas4hep.serve.httpfront import FrontProtocol
+
+    class Recorder:
+        def __init__(self, app):
+            self.app, self.paths = app, []
+
+        async def __call__(self, scope, receive, send):
+            self.paths.append(scope.get("path"))
+            await self.app(scope, receive, send)
+
+    repo = tmp_path / "repo"
+    install_copy(repo, tth_bundle.path, "tth")
+    app = create_app(config=ServeConfig(repo=str(repo), no_auth=True).check())
+    outer = Recorder(app)
+    x = tth_bundle.x[:5]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        config = Config(outer, lifespan="off", access_log=False, server_header=False, date_header=False)
+        state = ServerState()
+        server = await loop.create_server(lambda: FrontProtocol(config, state, {}, loop), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(INFER, json_infer(x)) + get("/v2/health/live") + post("/json", b"[]"))
+        answers = []
+        for _ in range(3):
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = int(re.search(rb"content-length: (\d+)", head).group(1))
+            answers.append((head.split(b" ")[1], await reader.readexactly(n)))
+        writer.close()
+        server.close()
+        return answers
+
+    try:
+        (s1, b1), (s2, b2), (s3, b3) = asyncio.run(scenario())
+    finally:
+        app.plane.close()
+    assert outer.paths == ["/v2/health/live"]
+    assert s1 == b"200"
+    np.testing.assert_allclose(json_scores(b1), tth_bundle.oracle.score(x), rtol=0, atol=ATOL)
+    assert (s2, b2) == (b"200", b'{"live":true}')
+    assert (s3, b3) == (
+        b"400",
+        orjson.dumps({"error": 'the request must be {"keys": [...], "values": [...], "model": "name"}'}),
+    )

@@ -216,7 +216,7 @@ class FrontProtocol(LimitedHttpToolsProtocol):
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
-        cycle = self.cycle
+        cycle: Any = self.cycle  # uvicorn's RequestResponseCycle, or a HotCycle
         if type(cycle) is HotCycle:
             if not cycle.response_complete:
                 cycle.add(body)
@@ -224,7 +224,7 @@ class FrontProtocol(LimitedHttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        cycle = self.cycle
+        cycle: Any = self.cycle
         if type(cycle) is HotCycle:
             self._in_body, self._head_bytes = False, 0
             cycle.complete = True
