@@ -17,6 +17,11 @@ mapped exactly as in the Starlette app (:func:`.http.reply_for`, 500 for a
 bug). Every other route, and any other method on these paths, goes to
 Starlette, which serves the same handlers (:func:`.http.route`) when this
 wrapper is not in front of it.
+
+Under ``mlaas4hep serve`` these routes do not even reach ASGI: the HTTP
+protocol (:mod:`.httpfront`) finds this wrapper behind uvicorn's middleware and
+calls :meth:`FastPath.match` and :meth:`FastPath.answer` itself. This wrapper
+serves them for any other ASGI server (and the h11 protocol).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What the HTTP front ends share: requests and replies, bodies with limits, and the one error table.
 
 The HTTP adapters (:mod:`.v2`, :mod:`.tfaas`, :mod:`.rootpredict`, the fast
-path :mod:`.fastpath`, the app :mod:`.app`) import this; it imports none of
-them. A request reaches a handler as a :class:`Call` (path parameters, headers,
+path :mod:`.fastpath` and the protocol :mod:`.httpfront`, the app :mod:`.app`)
+import this; it imports none of them. A request reaches a handler as a :class:`Call` (path parameters, headers,
 a body to read with a limit), whether it came through Starlette or straight
 from ASGI, and leaves as a :class:`Reply`.
 
