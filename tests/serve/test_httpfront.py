@@ -368,3 +368,32 @@ def test_inference_routes_bypass_asgi(tmp_path, tth_bundle):
         b"400",
         orjson.dumps({"error": 'the request must be {"keys": [...], "values": [...], "model": "name"}'}),
     )
+
+
+# ----------------------------------------------------------------- kept headers
+def test_a_kept_binary_header_decodes_each_body_and_still_checks_it(tth_bundle):
+    """The same binary-tensor header again: the new body's rows (not the first's), and a body of
+    another length is checked in full (not taken for the kept one)."""
+    from mlaas4hep.serve import http, tensors
+    from mlaas4hep.serve.errors import InvalidRequest
+
+    a, b = tth_bundle.x[:3], tth_bundle.x[3:6]
+    body_a, hlen = binary_infer(a)
+    body_b, _ = binary_infer(b)
+    for body, x in ((body_a, a), (body_b, b), (body_a, a)):
+        req, prefs = tensors.decode_request(body, hlen, "tth")
+        np.testing.assert_array_equal(req.inputs["x"], x)
+        assert req.outputs == ["probs"] and prefs.binary_outputs == {"probs"}
+        y = tth_bundle.oracle.score(x)
+        reply = http.tensors_reply("tth", 1, None, {"probs": y}, prefs)
+        hl = int(reply.headers["Inference-Header-Content-Length"])
+        assert orjson.loads(reply.body[:hl]) == {
+            "model_name": "tth",
+            "model_version": "1",
+            "outputs": [
+                {"name": "probs", "datatype": "FP32", "shape": [3, 1], "parameters": {"binary_data_size": 12}}
+            ],
+        }
+        np.testing.assert_array_equal(np.frombuffer(reply.body[hl:], np.float32).reshape(3, 1), y)
+    with pytest.raises(InvalidRequest, match="the body holds 4 bytes that no input claims"):
+        tensors.decode_request(body_a + b"\0" * 4, hlen, "tth")
