@@ -63,10 +63,9 @@ def serve(
         host=config.host,
         port=config.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        # httptools with limits on the request head (see .httpproto); h11 has its own
-        http="mlaas4hep.serve.httpproto:LimitedHttpToolsProtocol"
-        if importlib.util.find_spec("httptools")
-        else "h11",
+        # httptools with limits on the request head (see .httpproto), serving the inference
+        # routes without ASGI (see .httpfront); h11 has its own limits
+        http="mlaas4hep.serve.httpfront:FrontProtocol" if importlib.util.find_spec("httptools") else "h11",
         log_level=config.log_level,
         access_log=False,
         lifespan="on",

@@ -17,6 +17,11 @@ mapped exactly as in the Starlette app (:func:`.http.reply_for`, 500 for a
 bug). Every other route, and any other method on these paths, goes to
 Starlette, which serves the same handlers (:func:`.http.route`) when this
 wrapper is not in front of it.
+
+Under ``mlaas4hep serve`` these routes do not even reach ASGI: the HTTP
+protocol (:mod:`.httpfront`) finds this wrapper behind uvicorn's middleware and
+calls :meth:`FastPath.match` and :meth:`FastPath.answer` itself. This wrapper
+serves them for any other ASGI server (and the h11 protocol).
 """
 
 from __future__ import annotations
@@ -28,13 +33,20 @@ from typing import Any
 from ..errors import Mlaas4hepError
 from .dataplane import DataPlane
 from .errors import ClientGone
-from .http import Call, Handler, error_reply, reply_for
+from .http import Call, Handler, Reply, error_reply, reply_for
 
 log = logging.getLogger("mlaas4hep.serve")
 
 
+INFER_ROUTE = "/v2/models/{name}/infer"
+INFER_VERSION_ROUTE = "/v2/models/{name}/versions/{version}/infer"
+
+
 class FastPath:
-    """ASGI wrapper serving the inference routes itself and passing everything else to ``app``."""
+    """ASGI wrapper serving the inference routes itself and passing everything else to ``app``.
+
+    :mod:`.httpfront` serves the same routes without ASGI, through :meth:`match` and :meth:`answer`.
+    """
 
     def __init__(self, app: Any, plane: DataPlane, infer: Handler, tfaas_json: Handler):
         self.app, self.plane = app, plane
@@ -44,28 +56,41 @@ class FastPath:
     def state(self) -> DataPlane:  # what tests and tools knew as the app's state
         return self.plane
 
+    def match(self, path: str) -> tuple[Handler, str, dict[str, str]] | None:
+        """The handler, route template and path parameters of a ``POST`` to ``path``; None: not ours."""
+        if path == "/json":
+            return self._json, "/json", {}
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            parts = path[11:-6].split("/")
+            if len(parts) == 1 and parts[0]:
+                return self._infer, INFER_ROUTE, {"name": parts[0]}
+            if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+                return self._infer, INFER_VERSION_ROUTE, {"name": parts[0], "version": parts[2]}
+        return None
+
+    async def answer(self, handler: Handler, route: str, path: str, call: Call) -> Reply | None:
+        """The reply to one call, errors mapped as the Starlette app maps them; None when the
+        client went away before its body was read (counted as 499: nobody to answer)."""
+        plane = self.plane
+        try:
+            with plane.admitted():  # counted from its arrival, for the batchers
+                return await handler(plane, call)
+        except ClientGone:
+            plane.metrics.http_request(route, "POST", 499)
+            return None
+        except Mlaas4hepError as err:
+            return reply_for(err)
+        except Exception as err:  # a bug of ours: log it, answer 500, keep serving
+            log.exception("internal error on POST %s", path, exc_info=err)
+            return error_reply(500, f"internal server error: {type(err).__name__}")
+
     async def __call__(
         self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
     ) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path == "/json":
-                return await self._serve(self._json, "/json", {}, scope, receive, send)
-            if path.startswith("/v2/models/") and path.endswith("/infer"):
-                parts = path[11:-6].split("/")
-                if len(parts) == 1 and parts[0]:
-                    return await self._serve(
-                        self._infer, "/v2/models/{name}/infer", {"name": parts[0]}, scope, receive, send
-                    )
-                if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
-                    return await self._serve(
-                        self._infer,
-                        "/v2/models/{name}/versions/{version}/infer",
-                        {"name": parts[0], "version": parts[2]},
-                        scope,
-                        receive,
-                        send,
-                    )
+            found = self.match(scope["path"])
+            if found is not None:
+                return await self._serve(*found, scope, receive, send)
         await self.app(scope, receive, send)
 
     async def _serve(
@@ -78,17 +103,9 @@ class FastPath:
         send: Callable[..., Any],
     ) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            with self.plane.admitted():  # counted from its arrival, for the batchers
-                reply = await handler(self.plane, Call(params, headers, receive))
-        except ClientGone:  # nobody to answer
-            self.plane.metrics.http_request(route, "POST", 499)
+        reply = await self.answer(handler, route, scope["path"], Call(params, headers, receive))
+        if reply is None:
             return
-        except Mlaas4hepError as err:
-            reply = reply_for(err)
-        except Exception as err:  # a bug of ours: log it, answer 500, keep serving
-            log.exception("internal error on POST %s", scope["path"], exc_info=err)
-            reply = error_reply(500, f"internal server error: {type(err).__name__}")
         raw_headers = [
             (b"content-type", reply.content_type.encode()),
             (b"content-length", str(len(reply.body)).encode()),

@@ -1,8 +1,8 @@
 """What the HTTP front ends share: requests and replies, bodies with limits, and the one error table.
 
 The HTTP adapters (:mod:`.v2`, :mod:`.tfaas`, :mod:`.rootpredict`, the fast
-path :mod:`.fastpath`, the app :mod:`.app`) import this; it imports none of
-them. A request reaches a handler as a :class:`Call` (path parameters, headers,
+path :mod:`.fastpath` and the protocol :mod:`.httpfront`, the app :mod:`.app`)
+import this; it imports none of them. A request reaches a handler as a :class:`Call` (path parameters, headers,
 a body to read with a limit), whether it came through Starlette or straight
 from ASGI, and leaves as a :class:`Reply`.
 
@@ -215,21 +215,49 @@ def infer_reply(result: InferResult, prefs: OutputPrefs) -> Reply:
     return tensors_reply(result.model, result.version, result.id, result.outputs, prefs)
 
 
+#: JSON headers of all-binary replies by (model, version, outputs' names, dtypes, shapes); see :func:`tensors_reply`.
+_binary_heads: dict[tuple[Any, ...], bytes] = {}
+
+
 def tensors_reply(
     name: str, version: int, rid: str | None, results: Mapping[str, np.ndarray], prefs: OutputPrefs
 ) -> Reply:
-    """An OIP reply holding ``results`` (every one of them unless ``prefs`` names some)."""
-    header: dict[str, Any] = {"model_name": name, "model_version": str(version)}
-    if rid is not None:
-        header["id"] = rid
+    """An OIP reply holding ``results`` (every one of them unless ``prefs`` names some).
+
+    A reply whose outputs all go binary, without a request id, has the same
+    JSON header for every reply of one shape: it is encoded once.
+    """
+    names = prefs.outputs if prefs.outputs is not None else list(results)
+    if rid is None and all(prefs.wants_binary(out) for out in names):
+        arrays = [results[out] for out in names]
+        if all(a.flags.c_contiguous and a.dtype.byteorder != ">" for a in arrays):
+            key = (name, version, *[(out, a.dtype.str, a.shape) for out, a in zip(names, arrays)])
+            js = _binary_heads.get(key)
+            if js is None:
+                header = _header(name, version, rid)
+                header["outputs"] = [tensors.output_tensor(out, results[out], True)[0] for out in names]
+                js, _ = tensors.encode_response(header, [])
+                if len(_binary_heads) >= 256:
+                    _binary_heads.clear()
+                _binary_heads[key] = js
+            body = b"".join([js, *[a.tobytes() for a in arrays]])
+            return Reply(body, "application/octet-stream", {"Inference-Header-Content-Length": str(len(js))})
     outs, blobs = [], []
-    for out in prefs.outputs if prefs.outputs is not None else list(results):
+    for out in names:
         t, raw = tensors.output_tensor(out, results[out], prefs.wants_binary(out))
         outs.append(t)
         if raw is not None:
             blobs.append(raw)
+    header = _header(name, version, rid)
     header["outputs"] = outs
     body, hlen = tensors.encode_response(header, blobs)
     if hlen is None:
         return Reply(body)
     return Reply(body, "application/octet-stream", {"Inference-Header-Content-Length": str(hlen)})
+
+
+def _header(name: str, version: int, rid: str | None) -> dict[str, Any]:
+    header: dict[str, Any] = {"model_name": name, "model_version": str(version)}
+    if rid is not None:
+        header["id"] = rid
+    return header

@@ -65,6 +65,9 @@ class OneWrite:
             if not self._transport.is_closing():
                 self._transport.write(held)
 
+    def is_closing(self) -> bool:  # asked on every response: not through __getattr__
+        return bool(self._transport.is_closing())
+
     def close(self) -> None:
         self.flush()
         self._transport.close()
