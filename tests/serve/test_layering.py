@@ -125,7 +125,11 @@ CORE = (
 )
 #: What speaks a protocol: frameworks, wire libraries, and our own HTTP and gRPC modules.
 PROTOCOL_IMPORTS = ("starlette", "fastapi", "uvicorn", "grpc", "google.protobuf", "http", "httpx")
-ADAPTER_MODULES = (*ADAPTERS, "http", "fastpath", "app", "tensors", "cli", "_proto")
+ADAPTER_MODULES = (
+    *ADAPTERS,
+    *("http", "fastpath", "httpfront", "httpproto", "app", "tensors", "cli", "_proto"),
+    *("grpcwire", "grpcframes", "grpccall", "h2limits"),
+)
 
 
 def _third_party(path: Path) -> set[str]:
