@@ -153,3 +153,90 @@ def test_no_delay_when_nobody_else_is_in_flight(pool):
     assert asyncio.run(one()) < 0.15
     in_flight[0] = 5  # others are being parsed: wait for them (up to the delay)
     assert asyncio.run(one()) >= 0.19
+
+
+def _warm(b: Batcher, calls: int = 9) -> None:
+    """Enough calls of one row for the batcher to have measured the model."""
+
+    async def main():
+        for i in range(calls):
+            await b.infer(_rows(1, i))
+
+    asyncio.run(main())
+
+
+def test_a_lone_request_of_a_cheap_model_is_answered_within_its_own_call(pool):
+    """Nothing queued, computing or in flight: no future, no worker, no trip through the event loop."""
+    b = Batcher(Recorder(), max_batch=1024, max_delay_ms=2, executor=pool, in_flight=lambda: 1)
+    _warm(b)
+
+    async def main():
+        coro = b.infer(_rows(1, 7))
+        with pytest.raises(StopIteration) as done:  # finished on its first step: it never waited
+            coro.send(None)
+        return done.value.value
+
+    y = asyncio.run(main())
+    np.testing.assert_array_equal(y, _rows(1, 7).sum(axis=1, keepdims=True) * 2)
+
+
+def test_one_slow_call_does_not_stop_inlining(pool):
+    """A call slowed down once (the machine was busy) leaves a cheap model on the event loop."""
+    import threading
+
+    threads: list[str] = []
+    hiccup = [False]
+
+    def model(x):
+        threads.append(threading.current_thread().name)
+        if hiccup[0]:
+            hiccup[0] = False
+            time.sleep(0.01)
+        return x[:, :1]
+
+    b = Batcher(model, max_batch=100, max_delay_ms=0, executor=pool, inline_us=1000)
+    _warm(b, 20)
+    assert threads[-1] == "MainThread"
+    hiccup[0] = True
+    _warm(b, 3)
+    assert threads[-4:] == ["MainThread"] * 4
+
+
+def test_a_model_turning_slow_leaves_the_event_loop(pool):
+    """Inline calls that take longer than inline_us send the next ones back to the thread."""
+    import threading
+
+    threads: list[str] = []
+    delay = [0.0]
+
+    def model(x):
+        threads.append(threading.current_thread().name)
+        time.sleep(delay[0])
+        return x[:, :1]
+
+    b = Batcher(model, max_batch=100, max_delay_ms=0, executor=pool, inline_us=1000)
+    _warm(b)
+    assert threads[-1] == "MainThread"
+    delay[0] = 0.005  # five times inline_us
+    _warm(b, 9)
+    assert threads[-9:-4] == ["MainThread"] * 5  # the median of the last 9 calls turns with the fifth
+    assert "MainThread" not in threads[-4:]
+
+
+def test_concurrent_requests_of_a_cheap_model_still_merge(pool):
+    """The lone-request path is taken only when nobody could join: concurrent requests form batches."""
+    rec = Recorder()
+    in_flight = [1]
+    b = Batcher(rec, max_batch=1024, max_delay_ms=50, executor=pool, in_flight=lambda: in_flight[0])
+    _warm(b)
+    rec.calls.clear()
+
+    async def main():
+        in_flight[0] = 40
+        xs = [_rows(1, 10 * i) for i in range(40)]
+        outs = await asyncio.gather(*(b.infer(x) for x in xs))
+        for x, y in zip(xs, outs):
+            np.testing.assert_array_equal(y, x.sum(axis=1, keepdims=True) * 2)
+
+    asyncio.run(main())
+    assert sum(rec.calls) == 40 and len(rec.calls) < 40
