@@ -1,6 +1,6 @@
 """Single-row latency of two source trees of the server, alternating: ``python bench/batcher_ab.py A B``.
 
-``python bench/batcher_ab.py /work/main/src src [--rounds 3] [--seconds 3] [--points grpc1,http1,grpc64,http64]``
+``python bench/batcher_ab.py main=/work/main/src new=src [--rounds 3] [--seconds 3] [--points grpc1,http1,grpc64,http64] [--extra "new=--threads 1"]``
 
 Each argument is a ``src`` directory (put first on ``PYTHONPATH`` of the
 server process; ``LABEL=DIR`` names it). For each round, each point and each
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,11 +39,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--points", default=",".join(POINTS))
+    p.add_argument(
+        "--extra", action="append", default=[], help="LABEL=ARGS: more server options of one build"
+    )
     a = p.parse_args()
     pa = perf_analyzer()
     if pa is None:
         raise SystemExit("perf_analyzer not found (.ci/perf-analyzer.sh installs it)")
     trees = [(t.split("=", 1) if "=" in t else (t, t)) for t in a.trees]
+    extra = {k: shlex.split(v) for k, v in (e.split("=", 1) for e in a.extra)}
     work = Path(tempfile.mkdtemp(prefix="batcher-ab-"))
     make_bundle(work)
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -62,6 +66,7 @@ def main() -> None:
                         work / "repo",
                         *("--max-batch", "1024", "--max-delay-ms", "2"),
                         *("--grpc-port", str(grpc_port), "--grpc-frontend", "wire"),
+                        *extra.get(label, []),
                     )
                 finally:
                     if saved is None:
@@ -104,7 +109,6 @@ def main() -> None:
                 f"| {point} | {label} | {rps:,.0f} | {rps / base:.2f}× | {med('p50_ms')} | {med('p99_ms')} "
                 f"| {cpu:.0f} |"
             )
-    time.sleep(0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ operator loads it again. A model whose computation fails on its inputs answers 4
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import time
 
 import numpy as np
@@ -339,12 +340,14 @@ def test_a_model_whose_run_time_depends_on_its_inputs_never_blocks_the_event_loo
 
         tick = asyncio.get_running_loop().create_task(ticker())
         t0 = time.perf_counter()
-        with pytest.raises(ModelTimedOut, match=r"model 'trips' version 1 ran longer than 1 s and was cut off"):
+        with pytest.raises(
+            ModelTimedOut, match=r"model 'trips' version 1 ran longer than 1 s and was cut off"
+        ):
             await plane.infer(request(1e15))
         took = time.perf_counter() - t0
         tick.cancel()
         ticks.append(time.perf_counter())
-        return took, max(b - a for a, b in zip(ticks, ticks[1:]))
+        return took, max(b - a for a, b in itertools.pairwise(ticks))
 
     try:
         took, longest_gap = asyncio.run(main())
