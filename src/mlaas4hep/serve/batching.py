@@ -18,8 +18,9 @@ a hundred microseconds or more of wake-ups and GIL hand-overs, though, more than
 a small MLP needs for a few dozen rows: so a batch of at most ``inline_rows``
 rows runs on the event loop itself *when such batches have been measured to
 take less than* ``inline_us``, and so does a lone request when nothing else is
-queued, computing or in flight (no queue, no future, no wake-up of the worker:
-the request is answered within its own call). The measure is the median
+queued, computing or in flight, also after one turn of the event loop (which
+lets the requests that arrived with it be counted): no queue, no future, no
+wake-up of the worker. The measure is the median
 wall time of the last calls of at most ``inline_rows`` rows, so a heavy model
 always goes to the thread, one call slowed down by a busy machine does not
 change the choice, and ``inline_us=0`` never inlines. The watchdog's time limit
@@ -116,14 +117,12 @@ class Batcher:
     async def infer(self, x: Batch) -> np.ndarray:
         """Scores for ``x``, computed in some batch together with other requests."""
         n = rows(x)
-        if (
-            self._cheap
-            and n <= self.inline_rows
-            and not self._queue
-            and not self._running
-            and (self.max_delay == 0 or (self.in_flight is not None and self.in_flight() <= 1))
-        ):
-            return self._now(x, n)  # alone, and nobody could join it: no queue, no hop
+        if self._cheap and n <= self.inline_rows and self._alone():
+            # requests that arrived with this one may not be counted yet (their tasks have not run):
+            # let them run once; if none of them came here, nobody can join this one
+            await asyncio.sleep(0)
+            if self._alone():
+                return self._now(x, n)  # no queue, no future, no thread
         loop = asyncio.get_running_loop()
         if self.max_batch == 1 or n >= self.max_batch:  # nothing to merge with
             return await self._run_alone(loop, x, n)
@@ -136,6 +135,12 @@ class Batcher:
         assert self._wakeup is not None  # made with the worker task above
         self._wakeup.set()
         return await fut
+
+    def _alone(self) -> bool:
+        """Nothing queued or computing, and no other request in flight (or no delay to wait for one)."""
+        if self._queue or self._running:
+            return False
+        return self.max_delay == 0 or (self.in_flight is not None and self.in_flight() <= 1)
 
     def _now(self, x: Batch, n: int) -> np.ndarray:
         """A lone request of a cheap model, computed on the event loop within its own call."""
