@@ -212,10 +212,6 @@ def session(
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
 
 
-#: Largest ``model.onnx`` (bytes) that gets a second, one-thread session for small calls.
-SINGLE_MAX_BYTES = 8 << 20
-
-
 class Predictor:
     """A loaded bundle: its contract (:class:`~mlaas4hep.bundle_spec.BundleSpec`) and its ONNX session.
 
@@ -234,7 +230,6 @@ class Predictor:
         spinning: bool | None = None,
         spec: BundleSpec | None = None,
         label: str | None = None,
-        small_rows: int = 0,
     ):
         self.path = Path(path)
         #: How messages name the bundle (its path by default; a server gives ``name/version``).
@@ -250,18 +245,6 @@ class Predictor:
         self.input_name = self.spec.input_name
         self.output_name = self.session.get_outputs()[0].name
         _check_session(self.spec, self.session.get_inputs())
-        #: Calls of at most this many rows run in :attr:`single` (see :meth:`run`).
-        self.small_rows = int(small_rows)
-        #: A one-thread session of the same model for small calls, or None.
-        self.single: Any = None
-        if (
-            small_rows > 0
-            and threads != 1
-            and (os.cpu_count() or 1) > 1
-            and self.session.get_providers()[0] == "CPUExecutionProvider"
-            and (self.path / "model.onnx").stat().st_size <= SINGLE_MAX_BYTES
-        ):
-            self.single = session(self.path / "model.onnx", 1, spinning)
 
     name = property(lambda self: self.spec.name)
     version = property(lambda self: self.spec.version)
@@ -306,15 +289,9 @@ class Predictor:
         """The ONNX model on tensors already checked by :meth:`BundleSpec.check` (the server's batcher).
 
         ``run_options``: onnxruntime's ``RunOptions`` (the server sets ``terminate`` on a call past its time).
-        A call of at most ``small_rows`` rows runs in :attr:`single` when there is one: for a few
-        rows, waking onnxruntime's other intra-op threads costs more than they save (one row of a
-        small MLP: about 40 µs of CPU with two threads, 20 µs with one), and the results are the same.
         """
         feed = inputs if isinstance(inputs, dict) else dict(inputs)
-        s = self.session
-        if self.single is not None and next(iter(feed.values())).shape[0] <= self.small_rows:
-            s = self.single
-        out: np.ndarray = s.run([self.output_name], feed, run_options)[0]
+        out: np.ndarray = self.session.run([self.output_name], feed, run_options)[0]
         return out
 
     def smoke_test(self, timeout: float = 10.0, rows: int = 2) -> None:

@@ -84,8 +84,6 @@ VERSION_RE = re.compile(r"[1-9][0-9]{0,18}")
 SERVING_KEYS = {"max_batch": int, "max_delay_ms": float, "timeout_s": float}
 #: Seconds an upload's smoke test may run before it is cut off and the upload refused.
 SMOKE_SECONDS = 10.0
-#: Calls of at most this many rows run in a one-thread session of a small model (``Predictor.small_rows``).
-SMALL_ROWS = 16
 STATE = ".state.json"
 #: Seconds between rescans of a read-only directory (its publisher does not tell us of changes).
 READ_ONLY_RESCAN_S = 2.0
@@ -437,9 +435,7 @@ class Repository:
                 stamp = self.stamp(name, version)
                 try:
                     spec = self.spec(name, version)
-                    p = Predictor(
-                        self.path(name, version), self.threads, False, spec, f"{name}/{version}", SMALL_ROWS
-                    )
+                    p = Predictor(self.path(name, version), self.threads, False, spec, f"{name}/{version}")
                 except (BundleError, Mlaas4hepError) as err:
                     if isinstance(err, ModelNotFound) or not self.path(name, version).is_dir():
                         raise ModelNotFound(f"model {name!r} has no version {version}") from None
