@@ -14,20 +14,19 @@ queued, and a per-model worker hands them to onnxruntime as one stacked batch:
 
 onnxruntime runs in a thread executor (it releases the GIL), so the event loop
 keeps parsing requests while a batch computes. Handing a call to a thread costs
-a hundred microseconds or more of wake-ups and GIL hand-overs, though, more than
+about a hundred microseconds of wake-ups and GIL hand-overs, though, more than
 a small MLP needs for a few dozen rows: so a batch of at most ``inline_rows``
 rows runs on the event loop itself *when such batches have been measured to
-take less than* ``inline_us``, and so does a lone request when nothing else is
-queued, computing or in flight, also after one turn of the event loop (which
-lets the requests that arrived with it be counted): no queue, no future, no
-wake-up of the worker. The measure is the median
-wall time of the last calls of at most ``inline_rows`` rows, so a heavy model
-always goes to the thread, one call slowed down by a busy machine does not
-change the choice, and ``inline_us=0`` never inlines. The watchdog's time limit
-holds inline too (it cuts the call of whatever thread runs it). Rows of a
-request are never split across batches, and a request larger than
-``max_batch`` runs alone. ``max_batch=1`` turns batching off: each request is
-its own call.
+take less than* ``inline_us``; and a lone request of such a model (nothing
+queued, computing or in flight, also after one turn of the event loop, which
+lets the requests that arrived with it be counted) skips the queue: no future,
+no wake-up of the worker. The measure is the median wall time of the last
+calls of at most ``inline_rows`` rows, so a heavy model always goes to the
+thread, one call slowed down by a busy machine does not change the choice, and
+``inline_us=0`` never inlines. The watchdog's time limit holds inline too (it
+cuts the call of whatever thread runs it). Rows of a request are never split
+across batches, and a request larger than ``max_batch`` runs alone.
+``max_batch=1`` turns batching off: each request is its own call.
 
 A request is a model's named input tensors (:data:`Inputs`, every tensor with
 the request's events first), or a single array; a batch concatenates each
