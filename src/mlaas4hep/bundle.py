@@ -251,6 +251,34 @@ class Predictor:
     features = property(lambda self: list(self.spec.features))
     labels = property(lambda self: list(self.spec.labels))
 
+    @functools.cached_property
+    def loops(self) -> bool:
+        """Whether the graph holds a ``Loop`` (also in a subgraph or a function): its run time may
+        depend on the input values, not only on their shape, so a fast call says nothing of the next.
+
+        Read from ``model.onnx`` on first use (the server asks in an inference thread); ``True``
+        when the file cannot be read as ONNX here.
+        """
+        try:
+            import onnx
+
+            model = onnx.load(str(self.path / "model.onnx"), load_external_data=False)
+        except Exception:  # onnx missing, or a file onnxruntime reads and onnx does not
+            return True
+        graphs = [model.graph]
+        nodes = [n for f in model.functions for n in f.node]
+        while graphs or nodes:
+            if graphs:
+                nodes.extend(graphs.pop().node)
+                continue
+            node = nodes.pop()
+            if node.op_type == "Loop":
+                return True
+            for a in node.attribute:
+                graphs.extend([a.g] if a.HasField("g") else [])
+                graphs.extend(a.graphs)
+        return False
+
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
         """Probabilities for the model's named input tensors (or a flat bundle's ``(n, F)`` rows)."""
         if not isinstance(inputs, Mapping):

@@ -153,3 +153,104 @@ def test_no_delay_when_nobody_else_is_in_flight(pool):
     assert asyncio.run(one()) < 0.15
     in_flight[0] = 5  # others are being parsed: wait for them (up to the delay)
     assert asyncio.run(one()) >= 0.19
+
+
+def _warm(b: Batcher, calls: int = 9) -> None:
+    """Enough calls of one row for the batcher to have measured the model."""
+
+    async def main():
+        for i in range(calls):
+            await b.infer(_rows(1, i))
+
+    asyncio.run(main())
+
+
+def test_a_lone_request_of_a_cheap_model_is_answered_after_one_turn_of_the_loop(pool):
+    """Nothing queued, computing or in flight: no future to wait for, no worker, no thread.
+
+    The request lets the event loop turn once (others that arrived with it are counted then),
+    and is answered when it resumes.
+    """
+    b = Batcher(Recorder(), max_batch=1024, max_delay_ms=2, executor=pool, in_flight=lambda: 1)
+    _warm(b)
+
+    async def main():
+        coro = b.infer(_rows(1, 7))
+        assert coro.send(None) is None  # a bare yield: nothing to wait for
+        with pytest.raises(StopIteration) as done:
+            coro.send(None)
+        return done.value.value
+
+    y = asyncio.run(main())
+    np.testing.assert_array_equal(y, _rows(1, 7).sum(axis=1, keepdims=True) * 2)
+
+
+def test_one_slow_call_does_not_stop_inlining(pool):
+    """A call slowed down once (the machine was busy) leaves a cheap model on the event loop."""
+    import threading
+
+    threads: list[str] = []
+    hiccup = [False]
+
+    def model(x):
+        threads.append(threading.current_thread().name)
+        if hiccup[0]:
+            hiccup[0] = False
+            time.sleep(0.01)
+        return x[:, :1]
+
+    b = Batcher(model, max_batch=100, max_delay_ms=0, executor=pool, inline_us=1000)
+    _warm(b, 20)
+    assert threads[-1] == "MainThread"
+    hiccup[0] = True
+    _warm(b, 3)
+    assert threads[-4:] == ["MainThread"] * 4
+
+
+def test_a_model_turning_slow_leaves_the_event_loop(pool):
+    """Inline calls that take longer than inline_us send the next ones back to the thread."""
+    import threading
+
+    threads: list[str] = []
+    delay = [0.0]
+
+    def model(x):
+        threads.append(threading.current_thread().name)
+        time.sleep(delay[0])
+        return x[:, :1]
+
+    b = Batcher(model, max_batch=100, max_delay_ms=0, executor=pool, inline_us=1000)
+    _warm(b)
+    assert threads[-1] == "MainThread"
+    delay[0] = 0.005  # five times inline_us
+    _warm(b, 9)
+    assert threads[-9:-4] == ["MainThread"] * 5  # the median of the last 9 calls turns with the fifth
+    assert "MainThread" not in threads[-4:]
+
+
+def test_concurrent_requests_of_a_cheap_model_still_merge(pool):
+    """Requests arriving together are merged even when each is counted in flight only once its
+    task runs (as a front end counts them): a cheap model does not make every one run alone."""
+    rec = Recorder()
+    in_flight = [0]
+    b = Batcher(rec, max_batch=1024, max_delay_ms=50, executor=pool, in_flight=lambda: in_flight[0])
+
+    async def request(x):
+        in_flight[0] += 1
+        try:
+            return await b.infer(x)
+        finally:
+            in_flight[0] -= 1
+
+    async def main():
+        for i in range(9):  # one by one: measured cheap, run alone
+            await request(_rows(1, i))
+        assert rec.calls == [1] * 9
+        rec.calls.clear()
+        xs = [_rows(1, 10 * i) for i in range(40)]
+        outs = await asyncio.gather(*(request(x) for x in xs))
+        for x, y in zip(xs, outs):
+            np.testing.assert_array_equal(y, x.sum(axis=1, keepdims=True) * 2)
+
+    asyncio.run(main())
+    assert sum(rec.calls) == 40 and len(rec.calls) <= 3

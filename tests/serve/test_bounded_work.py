@@ -11,6 +11,7 @@ operator loads it again. A model whose computation fails on its inputs answers 4
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import time
 
 import numpy as np
@@ -274,3 +275,122 @@ def test_a_response_leaves_in_one_write():
     assert alone == [b"HTTP/1.1 204 No Content\r\n\r\n"]
     assert chunked == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n", b"0\r\n\r\n"]
     assert closing == [b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n", b"closed"]
+
+
+def trips_onnx() -> bytes:
+    """x [n, F] -> a Loop adding 1 to x max(x) times -> mean over F -> sigmoid [n, 1].
+
+    Cheap for zeros, endless for 1e15: its run time depends on the values, not on the shapes.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_model_from_string(looping_onnx())
+    graph = model.graph
+    del graph.initializer[0]  # the constant trip count
+    graph.node.insert(0, helper.make_node("ReduceMax", ["x"], ["xmax"], keepdims=0))
+    graph.node.insert(1, helper.make_node("Cast", ["xmax"], ["trips"], to=onnx.TensorProto.INT64))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _plane(tmp_path, onnx_bytes: bytes, timeout: float):
+    from mlaas4hep.serve.auth import Auth
+    from mlaas4hep.serve.config import ServeConfig
+    from mlaas4hep.serve.dataplane import DataPlane
+    from mlaas4hep.serve.metrics import Metrics
+    from mlaas4hep.serve.repository import Repository
+
+    repo = tmp_path / "repo"
+    install_copy(repo, _bundle(tmp_path, "trips", onnx_bytes), "trips")
+    config = ServeConfig(repo=str(repo), infer_timeout=timeout)
+    return DataPlane(Repository(repo), Auth(None), config, Metrics(lambda err: 200))
+
+
+def test_a_model_whose_run_time_depends_on_its_inputs_never_blocks_the_event_loop(tmp_path, monkeypatch):
+    """Fast calls of a model with a Loop do not make it run inline: the next inputs may loop for ever.
+
+    Cut off by the time limit, the call never held the event loop (a ticker kept ticking). The
+    threshold of inline calls is raised above this model's cost (a Loop costs onnxruntime a few
+    hundred microseconds even for zero trips), so that only the Loop keeps it off the event loop.
+    """
+    import asyncio
+
+    from mlaas4hep.serve import batching
+
+    monkeypatch.setattr(batching, "INLINE_US", 100_000.0)
+    from mlaas4hep.serve.dataplane import InferRequest
+    from mlaas4hep.serve.errors import ModelTimedOut
+
+    plane = _plane(tmp_path, trips_onnx(), timeout=1.0)
+
+    def request(value: float) -> InferRequest:
+        return InferRequest("trips", {"x": np.full((1, N_FEATURES), value, np.float32)})
+
+    async def main():
+        for _ in range(20):  # zero trips: microseconds each
+            y = (await plane.infer(request(0.0))).outputs["probs"]
+            np.testing.assert_allclose(y, [[0.5]])
+        ticks = [time.perf_counter()]
+
+        async def ticker():
+            while True:
+                await asyncio.sleep(0.01)
+                ticks.append(time.perf_counter())
+
+        tick = asyncio.get_running_loop().create_task(ticker())
+        t0 = time.perf_counter()
+        with pytest.raises(
+            ModelTimedOut, match=r"model 'trips' version 1 ran longer than 1 s and was cut off"
+        ):
+            await plane.infer(request(1e15))
+        took = time.perf_counter() - t0
+        tick.cancel()
+        ticks.append(time.perf_counter())
+        return took, max(b - a for a, b in itertools.pairwise(ticks))
+
+    try:
+        took, longest_gap = asyncio.run(main())
+    finally:
+        plane.close()
+    assert 0.9 < took < 30  # cut off by the time limit ("< 30": it ended, whatever the machine's load)
+    assert longest_gap < 0.5, f"the event loop was held for {longest_gap:.2f} s"
+
+
+def test_the_time_limit_cuts_a_call_running_on_the_event_loop(tmp_path):
+    """An inline call (batcher told the model is cheap) is cut by the watchdog like one in a thread."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlaas4hep.serve.batching import Batcher
+    from mlaas4hep.serve.errors import ModelTimedOut
+    from mlaas4hep.serve.watchdog import Watchdog
+
+    predictor = bundle.load(_bundle(tmp_path, "trips", trips_onnx()))
+    cut: list[float] = []
+    watchdog = Watchdog(lambda key, seconds: cut.append(seconds))
+    threads: list[str] = []
+
+    def predict(x):
+        threads.append(threading.current_thread().name)
+        return watchdog.run(lambda ro: predictor.run(x, ro), "trips", 0.5, "model 'trips' version 1")
+
+    pool = ThreadPoolExecutor(1)
+    b = Batcher(predict, max_batch=64, max_delay_ms=0, executor=pool, inline_us=100_000)
+
+    async def main():
+        for _ in range(10):
+            await b.infer({"x": np.zeros((1, N_FEATURES), np.float32)})
+        t0 = time.perf_counter()
+        with pytest.raises(ModelTimedOut, match=r"ran longer than 0.5 s and was cut off"):
+            await b.infer({"x": np.full((1, N_FEATURES), 1e15, np.float32)})
+        return time.perf_counter() - t0
+
+    try:
+        took = asyncio.run(main())
+    finally:
+        watchdog.close()
+        pool.shutdown()
+    assert threads[0] != "MainThread" and threads[-1] == "MainThread"  # the endless call ran inline
+    assert cut == [0.5] and 0.45 < took < 30

@@ -14,11 +14,17 @@ queued, and a per-model worker hands them to onnxruntime as one stacked batch:
 
 onnxruntime runs in a thread executor (it releases the GIL), so the event loop
 keeps parsing requests while a batch computes. Handing a call to a thread costs
-tens of microseconds of wake-ups and GIL hand-overs, though, more than a small
-MLP needs for a few dozen rows: so a batch of at most ``inline_rows`` rows runs
-on the event loop itself *when such batches have been measured to take less
-than* ``inline_us`` (a running average, so a heavy model always goes to the
-thread, and ``inline_us=0`` never inlines). Rows of a request are never split
+about a hundred microseconds of wake-ups and GIL hand-overs, though, more than
+a small MLP needs for a few dozen rows: so a batch of at most ``inline_rows``
+rows runs on the event loop itself *when such batches have been measured to
+take less than* ``inline_us``; and a lone request of such a model (nothing
+queued, computing or in flight, also after one turn of the event loop, which
+lets the requests that arrived with it be counted) skips the queue: no future,
+no wake-up of the worker. The measure is the median wall time of the last
+calls of at most ``inline_rows`` rows, so a heavy model always goes to the
+thread, one call slowed down by a busy machine does not change the choice, and
+``inline_us=0`` never inlines. The watchdog's time limit holds inline too (it
+cuts the call of whatever thread runs it). Rows of a request are never split
 across batches, and a request larger than ``max_batch`` runs alone.
 ``max_batch=1`` turns batching off: each request is its own call.
 
@@ -66,6 +72,11 @@ def concat(xs: list[Batch]) -> Batch:
     return {k: np.concatenate([x[k] for x in dicts], axis=0) for k in dicts[0]}
 
 
+#: Calls measured to take less than this many microseconds run on the event loop (``inline_us``).
+INLINE_US = 150.0
+#: How many of the last small calls decide whether the next ones run inline (their median).
+COSTS = 9
+
 #: A queued request: its inputs, rows, future and arrival time.
 _Item = tuple[Batch, int, asyncio.Future[np.ndarray], float]
 
@@ -81,14 +92,15 @@ class Batcher:
         executor: Executor | None = None,
         observe: Observer | None = None,
         inline_rows: int = 64,
-        inline_us: float = 150.0,
+        inline_us: float | None = None,
         in_flight: Callable[[], int] | None = None,
     ):
         self.predict = predict
         self.in_flight = in_flight  # requests the server is handling now, all models
         self.inline_rows = int(inline_rows)
-        self.inline_s = float(inline_us) / 1e6
-        self._small_cost: float | None = None  # running average of small calls, seconds
+        self.inline_s = float(INLINE_US if inline_us is None else inline_us) / 1e6
+        self._costs: deque[float] = deque(maxlen=COSTS)  # seconds of the last small calls
+        self._cheap = False  # their median is below inline_s
         self.max_batch = max(1, int(max_batch))
         self.max_delay = max(0.0, float(max_delay_ms)) / 1000.0
         self.executor = executor
@@ -103,8 +115,14 @@ class Batcher:
 
     async def infer(self, x: Batch) -> np.ndarray:
         """Scores for ``x``, computed in some batch together with other requests."""
-        loop = asyncio.get_running_loop()
         n = rows(x)
+        if self._cheap and n <= self.inline_rows and self._alone():
+            # requests that arrived with this one may not be counted yet (their tasks have not run):
+            # let them run once; if none of them came here, nobody can join this one
+            await asyncio.sleep(0)
+            if self._alone():
+                return self._now(x, n)  # no queue, no future, no thread
+        loop = asyncio.get_running_loop()
         if self.max_batch == 1 or n >= self.max_batch:  # nothing to merge with
             return await self._run_alone(loop, x, n)
         if self._task is None or self._task.done():
@@ -117,19 +135,33 @@ class Batcher:
         self._wakeup.set()
         return await fut
 
+    def _alone(self) -> bool:
+        """Nothing queued or computing, and no other request in flight (or no delay to wait for one)."""
+        if self._queue or self._running:
+            return False
+        return self.max_delay == 0 or (self.in_flight is not None and self.in_flight() <= 1)
+
+    def _now(self, x: Batch, n: int) -> np.ndarray:
+        """A lone request of a cheap model, computed on the event loop within its own call."""
+        t0 = time.perf_counter()
+        out = self._timed(x, n)
+        self.batches += 1
+        if self.observe:
+            self.observe(n, 0.0, time.perf_counter() - t0, 1, 0.0)
+        return out
+
     def _timed(self, x: Batch, n: int) -> np.ndarray:
         t0 = time.perf_counter()
         out = self.predict(x)
         if n <= self.inline_rows:
-            dt = time.perf_counter() - t0
-            c = self._small_cost
-            self._small_cost = dt if c is None else 0.9 * c + 0.1 * dt
+            costs = self._costs
+            costs.append(time.perf_counter() - t0)
+            self._cheap = sorted(costs)[len(costs) // 2] < self.inline_s
         return out
 
     async def _call(self, loop: asyncio.AbstractEventLoop, x: Batch, n: int) -> np.ndarray:
         """One predict call of ``n`` rows: inline when it is known to be cheap, else in the executor."""
-        c = self._small_cost
-        if c is not None and c < self.inline_s and n <= self.inline_rows:
+        if self._cheap and n <= self.inline_rows:
             return self._timed(x, n)
         return await loop.run_in_executor(self.executor, self._timed, x, n)
 
@@ -200,6 +232,11 @@ class Batcher:
             items.append(it)
         self._rows -= n
         return items, n
+
+    def never_inline(self) -> None:
+        """Run every call in the executor from now on (a model whose run time the last calls do not tell)."""
+        self.inline_s = 0.0
+        self._cheap = False
 
     def retire(self) -> None:
         """Finish what is queued, then stop the worker (the batcher is being replaced)."""

@@ -171,7 +171,11 @@ class DataPlane:
             def predict(x: Batch, _key: tuple[str, int] = key) -> np.ndarray:
                 assert isinstance(x, dict)  # the server batches named tensors
                 predictor = repo.predictor(*_key)
+                if predictor.loops and made:  # the first call runs in a thread, before any inline one
+                    made[0].never_inline()  # a Loop may run for ever on the next inputs: never on the loop
                 return watchdog.run(lambda ro: predictor.run(x, ro), _key, timeout, what)
+
+            made: list[Batcher] = []
 
             pool = self._pools.get(key)
             if pool is None:
@@ -186,6 +190,7 @@ class DataPlane:
                 observe=self.metrics.batch_observer(info.name, str(info.version)),
                 in_flight=lambda: self.in_flight,
             )
+            made.append(b)
         return b
 
     def _prune(self) -> None:

@@ -1,0 +1,115 @@
+"""Single-row latency of two source trees of the server, alternating: ``python bench/batcher_ab.py A B``.
+
+``python bench/batcher_ab.py main=/work/main/src new=src [--rounds 3] [--seconds 3] [--points grpc1,http1,grpc64,http64] [--extra "new=--threads 1"]``
+
+Each argument is a ``src`` directory (put first on ``PYTHONPATH`` of the
+server process; ``LABEL=DIR`` names it). For each round, each point and each
+tree in turn (the order rotates by round, so the shared machine's drift falls
+on both alike), a fresh server (``--max-batch 1024 --max-delay-ms 2
+--grpc-frontend wire``) serves the ONNX MLP of ``bench/serve.py`` and Triton's
+perf_analyzer sends it single-row requests. Printed per measurement: req/s,
+p50/p99, the server's CPU per request (user + system, from ``/proc``), the
+mean batch size (``/metrics``), and the load average; then the medians and
+the ratio of each tree to the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from grpc_ab import _cpu, _served
+from serve import Server, make_bundle, perf_analyzer, run_pa
+
+from mlaas4hep.localservers import free_port
+
+POINTS = {"grpc1": ("grpc", 1), "http1": ("http", 1), "grpc64": ("grpc", 64), "http64": ("http", 64)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("trees", nargs="+", help="[LABEL=]SRC_DIR of each server build")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--points", default=",".join(POINTS))
+    p.add_argument(
+        "--extra", action="append", default=[], help="LABEL=ARGS: more server options of one build"
+    )
+    a = p.parse_args()
+    pa = perf_analyzer()
+    if pa is None:
+        raise SystemExit("perf_analyzer not found (.ci/perf-analyzer.sh installs it)")
+    trees = [(t.split("=", 1) if "=" in t else (t, t)) for t in a.trees]
+    extra = {k: shlex.split(v) for k, v in (e.split("=", 1) for e in a.extra)}
+    work = Path(tempfile.mkdtemp(prefix="batcher-ab-"))
+    make_bundle(work)
+    rows: dict[tuple[str, str], list[dict]] = {}
+    print("| round | point | tree | req/s | p50 ms | p99 ms | CPU µs/req | rows/batch | load |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in range(a.rounds):
+        for point in a.points.split(","):
+            proto, conns = POINTS[point]
+            order = trees[r % len(trees) :] + trees[: r % len(trees)]
+            for label, src in order:
+                saved = os.environ.get("PYTHONPATH")
+                os.environ["PYTHONPATH"] = str(Path(src).resolve())
+                grpc_port = free_port()
+                try:
+                    srv = Server(
+                        work / "repo",
+                        *("--max-batch", "1024", "--max-delay-ms", "2"),
+                        *("--grpc-port", str(grpc_port), "--grpc-frontend", "wire"),
+                        *extra.get(label, []),
+                    )
+                finally:
+                    if saved is None:
+                        os.environ.pop("PYTHONPATH")
+                    else:
+                        os.environ["PYTHONPATH"] = saved
+                try:
+                    url = f"127.0.0.1:{grpc_port}" if proto == "grpc" else srv.url.removeprefix("http://")
+                    run_pa(pa, proto, url, conns, 1.0)  # warm-up
+                    c0, n0, b0 = _cpu(srv.proc.pid), _served(srv), srv.batches()
+                    m = run_pa(pa, proto, url, conns, a.seconds)
+                    c1, n1, b1 = _cpu(srv.proc.pid), _served(srv), srv.batches()
+                finally:
+                    srv.stop()
+                m["cpu_us"] = (c1 - c0) / max(n1 - n0, 1) * 1e6
+                m["rows_per_batch"] = (b1[1] - b0[1]) / max(b1[0] - b0[0], 1)
+                m["load"] = os.getloadavg()[0]
+                rows.setdefault((point, label), []).append(m)
+                f = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+                print(
+                    f"| {r} | {point} | {label} | {m['req_per_s']:,.0f} | {f(m['p50_ms'])} | {f(m['p99_ms'])} "
+                    f"| {m['cpu_us']:.0f} | {m['rows_per_batch']:.1f} | {m['load']:.1f} |",
+                    flush=True,
+                )
+    print("\n| point | tree | req/s (median) | ratio | p50 ms | p99 ms | CPU µs/req |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for point in a.points.split(","):
+        base = None
+        for label, _ in trees:
+            ms = rows[(point, label)]
+
+            def med(k: str, ms: list[dict] = ms) -> str:
+                vs = [m[k] for m in ms if m[k] is not None]
+                return f"{statistics.median(vs):.2f}" if vs else "–"
+
+            rps = statistics.median(m["req_per_s"] for m in ms)
+            base = base or rps
+            cpu = statistics.median(m["cpu_us"] for m in ms)
+            print(
+                f"| {point} | {label} | {rps:,.0f} | {rps / base:.2f}× | {med('p50_ms')} | {med('p99_ms')} "
+                f"| {cpu:.0f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
