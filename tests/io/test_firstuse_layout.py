@@ -35,13 +35,16 @@ def uproot_padded(path, branches, length, pad, entries=None):
     return np.hstack(cols), np.hstack(masks)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(
+    "executor, workers", [("local", 0), ("local", 2), ("threads", 2)], ids=["inline", "processes", "threads"]
+)
 @pytest.mark.parametrize("jagged", [{}, {"Jet": 3}], ids=["lengths from the specs", "lengths given, clipped"])
-def test_first_use_equals_uproot_padding(data_dir, tmp_path, jagged, workers):
+def test_first_use_equals_uproot_padding(data_dir, tmp_path, jagged, executor, workers):
     """No normalisation, no shuffling: epoch 0 of a first use is uproot's padding, bit for bit."""
     path = data_dir / "ttH_0.root"
     cfg = sample_config(data_dir, tmp_path, branches=JET, jagged=jagged, normalize="none", shuffle=False)
     cfg.update(files=[{"path": str(path), "label": 1}], pad_value=-7.0, workers=workers, chunk_size=3000)
+    cfg.update(executor=executor)
     ds = Dataset.from_config(cfg)
     length = jagged.get("Jet") or int(uproot.open(path)["Events"]["nJet"].array(library="np").max())
     chunks = list(ds.chunks(0))

@@ -155,6 +155,12 @@ class Dataset:
         c = self.config
         return self.workers <= 0 and c.executor == "local" and not c.scheduler
 
+    @property
+    def in_process(self) -> bool:
+        """Whether every task runs in this process: inline, or on a pool of threads (``executor: threads``)."""
+        c = self.config
+        return self.inline or (c.executor == "threads" and not c.scheduler)
+
     def _executor(self) -> Executor:
         c = self.config
         return get_executor(c.executor, c.workers, c.scheduler)

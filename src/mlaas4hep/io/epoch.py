@@ -99,8 +99,8 @@ def chunk_of(
     if cached and cache is not None:
         chunk = cache.read(u)
         return chunk
-    if src == firstuse.MEMORY:
-        return memory.lay_out(reader, u)
+    if src == firstuse.MEMORY:  # laid out by a thread of the pool, or here
+        return out if isinstance(out, Chunk) else memory.lay_out(reader, u)
     if out is None:  # skipped (on_error: skip)
         return None
     if isinstance(out, Chunk):
@@ -118,11 +118,13 @@ def epoch_chunks(
     c, units = ds.config, ds.units(epoch, rank, world, shuffle)
     reader, cache, mem = ds._reader(), ds.cache, ds._raw
     decode = [u for u in units if u not in mem and not (cache is not None and cache.has(u))]
-    # only cached and in-memory units (a first use after the specs pass): no worker is needed
-    ex: Executor = ds._executor() if decode and not ds.inline else InlineExecutor()
+    # threads lay out the raw units held in memory too; worker processes do not (they are
+    # this process's), so with only cached and in-memory units no worker process is needed
+    threads = ds.in_process and not ds.inline
+    ex: Executor = ds._executor() if (decode or threads) and not ds.inline else InlineExecutor()
     # Workers on other machines (Dask) send the arrays back; this process writes its cache.
     local_fs = getattr(ex, "shares_filesystem", True)
-    here = ds.inline or not decode  # every chunk is made in this process
+    here = ds.in_process or not decode  # every chunk is made in this process
     spool = None if here or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
     todo, behind = plan_sources(
         units,
@@ -143,7 +145,8 @@ def epoch_chunks(
         with progress.bar(
             f"epoch {epoch}", sum(u.stop - u.start for u in units), show=ds.show_progress
         ) as bar:
-            for task, out in ds._map(partial(decode_or_lay_out, reader), todo, ex):
+            fn = partial(_in_process, reader, mem) if threads else partial(decode_or_lay_out, reader)
+            for task, out in ds._map(fn, todo, ex):
                 u, store = task[0], task[1]
                 chunk = chunk_of(task, out, cache, mem, reader)
                 if chunk is None:  # skipped (on_error: skip)
@@ -159,3 +162,11 @@ def epoch_chunks(
             writer.finish()  # the last writes go on behind the epoch's last batches
         if spool is not None:
             shutil.rmtree(spool.root, ignore_errors=True)
+
+
+def _in_process(reader: UnitReader, memory: firstuse.RawUnits, task: UnitTask) -> Chunk | int | None:
+    """A unit's task on a thread of this process: a raw unit held in memory is laid out
+    there (in parallel with the others), anything else as on a worker."""
+    if task[3] == firstuse.MEMORY and not task[2]:
+        return memory.lay_out(reader, task[0])
+    return decode_or_lay_out(reader, task)

@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -126,32 +127,42 @@ class RawMemory:
     budget: int
     units: dict[Unit, RawChunk] = field(default_factory=dict)
     used: int = 0
+    #: :meth:`pop` may run on several threads at once (epoch 0 on a pool of threads)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A copy for another process holds no unit (see :meth:`RawUnits.__getstate__`)."""
+        return (RawMemory, (self.budget,))
 
     def reserve(self, nbytes: int) -> bool:
-        if self.used + nbytes > self.budget:
-            return False
-        self.used += nbytes
-        return True
+        with self.lock:
+            if self.used + nbytes > self.budget:
+                return False
+            self.used += nbytes
+            return True
 
     def release(self, nbytes: int) -> None:
-        self.used -= nbytes
+        with self.lock:
+            self.used -= nbytes
 
     def keep(self, unit: Unit, raw: RawChunk, reserved: int) -> bool:
         """Hold ``raw`` in place of the ``reserved`` bytes; False (and dropped) past the budget."""
-        self.used += raw.nbytes - reserved
-        if self.used > self.budget:
-            self.used -= raw.nbytes
-            return False
-        self.units[unit] = raw
-        return True
+        with self.lock:
+            self.used += raw.nbytes - reserved
+            if self.used > self.budget:
+                self.used -= raw.nbytes
+                return False
+            self.units[unit] = raw
+            return True
 
     def __contains__(self, unit: object) -> bool:
         return unit in self.units
 
     def pop(self, unit: Unit) -> RawChunk | None:
-        raw = self.units.pop(unit, None)
-        if raw is not None:
-            self.used -= raw.nbytes
+        with self.lock:
+            raw = self.units.pop(unit, None)
+            if raw is not None:
+                self.used -= raw.nbytes
         return raw
 
     def spill(self, root: str | None) -> None:
