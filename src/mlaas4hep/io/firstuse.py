@@ -89,6 +89,9 @@ class RawChunk:
             (one contiguous row per branch).
         widths: int64 ``(J,)``: the columns each jagged branch occupies in ``x``.
         y, weight, event_id: as in :class:`~mlaas4hep.io.chunk.Chunk`.
+        room: None, or the flat float32 buffer whose start ``x`` is, longer than
+            ``x``: :func:`finalize` widens ``x`` to the final widths inside it
+            (in memory only; never stored).
     """
 
     x: np.ndarray
@@ -97,6 +100,7 @@ class RawChunk:
     y: np.ndarray
     weight: np.ndarray
     event_id: np.ndarray
+    room: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     FIELDS = ("x", "counts", "widths", "y", "weight", "event_id")
 
@@ -314,8 +318,12 @@ def decode_raw(
         int(length) if length is not None else (int(c.max()) if len(c) else 0)
         for c, length in zip(counts, given)
     ]
+    width = len(pre.flat) + sum(widths)
+    # room for the final widths, which the specs pass decides (pages never written cost nothing)
+    room = len(pre.flat) + sum(w if g is not None else max(2 * w, w + ROOM) for w, g in zip(widths, given))
     with small_pages():
-        x = np.zeros((n_all, len(pre.flat) + sum(widths)), np.float32)  # padded slots stay 0 (arbitrary)
+        buf = np.zeros(n_all * room, np.float32)  # padded slots stay 0 (arbitrary)
+    x = buf[: n_all * width].reshape(n_all, width)
     for i, name in enumerate(pre.flat):
         x[:, i] = _flat(arrays[name], name)
     col = len(pre.flat)
@@ -340,7 +348,13 @@ def decode_raw(
     if keep is not None:
         x, cnt = x[keep], cnt[:, keep]
     raw = RawChunk(x, cnt, np.asarray(widths, np.int64), *reader._targets(unit, arrays, keep))
+    raw.room = buf if keep is None and room > width else None
     return stats, n, raw
+
+
+#: Columns of room a raw unit leaves each jagged branch whose length comes from the specs
+#: (at least; twice its own longest list where that is more), to be laid out in place.
+ROOM = 8
 
 
 #: Rows handled at once when columns are assembled or laid out: about 1 MiB, so
@@ -408,12 +422,16 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     copies = _merged(copies)
     identity = raw.x.shape[1] == pre.n_features and copies in ([(0, 0, pre.n_features)], [])
     src = np.asarray(raw.x)
+    widen = not identity and inplace and _widens_in_place(raw, n, pre.n_features)
     if identity and inplace and raw.x.flags.writeable:
         x, copies = raw.x, []  # the unit is ours to change (in memory, or a file moved out of the store)
     elif identity:
         with small_pages():
             x = np.array(raw.x, dtype=np.float32)
         copies = []
+    elif widen:  # rows move to the final widths inside the raw unit's buffer, last block first
+        assert raw.room is not None
+        x = raw.room[: n * pre.n_features].reshape(n, pre.n_features)
     else:
         with small_pages():
             x = np.empty((n, pre.n_features), np.float32)
@@ -427,12 +445,19 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
         mask = np.zeros((n, pre.n_features), bool)
     pad = np.float32(pre.pad_value)
     rows = _rows(n, pre.n_features)
-    for r in rows:  # lay out, normalise, mask and pad a block of rows while it is in the CPU cache
-        xs, ms = x[r : r + rows.step], mask[r : r + rows.step]
+    # widened in place, a block's raw rows are read before its final rows overwrite them; the
+    # blocks after it (done first) lie beyond it in both layouts, the blocks before it below
+    tmp = np.empty((rows.step, src.shape[1]), np.float32) if widen else None
+    for r in reversed(rows) if widen else rows:  # lay out, normalise, mask and pad a block of rows
+        xs, ms = x[r : r + rows.step], mask[r : r + rows.step]  # (while it is in the CPU cache)
         if copies:
+            block = src[r : r + rows.step]
+            if tmp is not None:
+                block = tmp[: len(xs)]
+                np.copyto(block, src[r : r + rows.step])
             xs[...] = pad  # slots beyond a branch's stored width: padding in every event
             for a, b, k in copies:
-                xs[:, b : b + k] = src[r : r + rows.step, a : a + k]
+                xs[:, b : b + k] = block[:, a : a + k]
         if cols is None and act.all():
             xs -= off
             xs *= sc
@@ -444,6 +469,20 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
             )
         np.copyto(xs, pad, where=ms)
     return Chunk(x, mask, np.asarray(raw.y), np.asarray(raw.weight), np.asarray(raw.event_id))
+
+
+def _widens_in_place(raw: RawChunk, n: int, width: int) -> bool:
+    """Whether ``raw.x`` starts a writeable buffer with room for ``n`` rows of ``width`` columns
+    (and its rows are no wider: a row never moves back over rows not yet read)."""
+    room, x = raw.room, raw.x
+    return (
+        room is not None
+        and room.flags.writeable
+        and room.size >= n * width
+        and x.shape[1] <= width
+        and x.flags.c_contiguous
+        and (n == 0 or np.shares_memory(x[:1], room[:1]))
+    )
 
 
 def _merged(copies: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
