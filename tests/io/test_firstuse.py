@@ -114,7 +114,8 @@ def test_first_use_on_threads_equals_two_passes_on_processes(
     ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", executor="threads", **over))
     first = epochs(ds, 1)
     assert count_decodes == []  # epoch 0 laid out the specs pass's units (in this process: counted)
-    assert written and all(root == ds.cache.root for root in written)  # the cache only: no raw unit on disk
+    assert all(root == ds.cache.root for root in written)  # no raw unit went to disk
+    assert all(ds.cache.has(u) for u in ds.units(0))
     assert not ds._raw.memory.units and ds._raw.memory.used == 0
     assert_same(first + epochs(ds, 2)[1:], ref)  # epoch 1 from the cache
 

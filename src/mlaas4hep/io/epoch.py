@@ -91,16 +91,24 @@ def plan_sources(
 
 
 def chunk_of(
-    task: UnitTask, out: Any, cache: ChunkStore | None, memory: firstuse.RawUnits, reader: UnitReader
+    task: UnitTask,
+    out: Any,
+    cache: ChunkStore | None,
+    memory: firstuse.RawUnits,
+    reader: UnitReader,
+    into: ChunkStore | None = None,
 ) -> Chunk | None:
-    """The chunk of a unit, from its task and what the task returned (None: skipped by ``on_error``)."""
+    """The chunk of a unit, from its task and what the task returned (None: skipped by ``on_error``).
+
+    ``into``: the decoded cache, when a raw unit held in memory is laid out straight into it.
+    """
     u, store, cached, src = task
     chunk: Chunk  # a ChunkStore reads back what it was given
     if cached and cache is not None:
         chunk = cache.read(u)
         return chunk
     if src == firstuse.MEMORY:  # laid out by a thread of the pool, or here
-        return out if isinstance(out, Chunk) else memory.lay_out(reader, u)
+        return out if isinstance(out, Chunk) else memory.lay_out(reader, u, into)
     if out is None:  # skipped (on_error: skip)
         return None
     if isinstance(out, Chunk):
@@ -145,13 +153,23 @@ def epoch_chunks(
         with progress.bar(
             f"epoch {epoch}", sum(u.stop - u.start for u in units), show=ds.show_progress
         ) as bar:
-            fn = partial(_in_process, reader, mem) if threads else partial(decode_or_lay_out, reader)
+            # a raw unit in memory whose chunk goes to the cache is laid out into the cache's files
+            into = cache if writer is not None else None
+            fn = (
+                partial(_in_process, reader, mem, into, behind)
+                if threads
+                else partial(decode_or_lay_out, reader)
+            )
             for task, out in ds._map(fn, todo, ex):
                 u, store = task[0], task[1]
-                chunk = chunk_of(task, out, cache, mem, reader)
+                chunk = chunk_of(task, out, cache, mem, reader, into if u in behind else None)
                 if chunk is None:  # skipped (on_error: skip)
                     continue
-                if writer is not None and u in behind:
+                if (
+                    writer is not None
+                    and u in behind
+                    and not (task[3] == firstuse.MEMORY and into and into.has(u))
+                ):
                     writer.put(u, chunk)
                 if store is spool and spool is not None:
                     spool.remove(u)  # the memory map stays valid after the unlink: no copy
@@ -164,9 +182,16 @@ def epoch_chunks(
             shutil.rmtree(spool.root, ignore_errors=True)
 
 
-def _in_process(reader: UnitReader, memory: firstuse.RawUnits, task: UnitTask) -> Chunk | int | None:
+def _in_process(
+    reader: UnitReader,
+    memory: firstuse.RawUnits,
+    into: ChunkStore | None,
+    behind: set[Unit],
+    task: UnitTask,
+) -> Chunk | int | None:
     """A unit's task on a thread of this process: a raw unit held in memory is laid out
-    there (in parallel with the others), anything else as on a worker."""
+    there (in parallel with the others; into the cache ``into`` when its chunk goes
+    there, i.e. it is in ``behind``), anything else as on a worker."""
     if task[3] == firstuse.MEMORY and not task[2]:
-        return memory.lay_out(reader, task[0])
+        return memory.lay_out(reader, task[0], into if task[0] in behind else None)
     return decode_or_lay_out(reader, task)

@@ -266,12 +266,66 @@ class RawUnits:
     def __contains__(self, unit: object) -> bool:
         return unit in self.memory
 
-    def lay_out(self, reader: UnitReader, unit: Unit) -> Chunk:
-        """A raw unit held in memory, laid out in place (decoded again if another pass took it)."""
+    def lay_out(self, reader: UnitReader, unit: Unit, into: ChunkStore | None = None) -> Chunk:
+        """A raw unit held in memory, laid out in place (decoded again if another pass took it).
+
+        With ``into`` (the decoded cache, which has room for it) the chunk is laid out
+        straight into its files there (:func:`lay_out_to_store`): the chunk returned
+        maps them, and nothing is left to write.
+        """
         raw = self.memory.pop(unit)
         if raw is None:
             return reader.decode(unit)
+        if into is not None:
+            chunk = lay_out_to_store(raw, reader.preprocessor, into, unit)
+            if chunk is not None:
+                return chunk
         return finalize(raw, reader.preprocessor, inplace=True)
+
+
+def lay_out_to_store(raw: RawChunk, pre: Preprocessor, store: ChunkStore, unit: Unit) -> Chunk | None:
+    """Lay ``raw`` out straight into the files of ``unit``'s chunk in ``store``; the chunk, mapped.
+
+    ``x`` and ``mask`` are laid out into memory maps of their ``.npy`` files
+    (allocated on disk first, so a full disk is an error here, not a signal
+    later), then the small fields are written and the folder is renamed into
+    place, as :meth:`~mlaas4hep.io.chunk.ChunkStore.write` does. The pages
+    are written once, in the page cache: no array in memory first, no copy
+    into the cache by ``write``. None (nothing left behind) when the store
+    cannot be written: the caller lays the unit out in memory, and the
+    cache writer reports the failure.
+    """
+    tmp = temp_dir(store.root, unit)
+    shape = (len(raw), pre.n_features)
+    try:
+        tmp.mkdir(parents=True)
+        x, mask = (_mapped(tmp / f"{f}.npy", t, shape) for f, t in (("x", np.float32), ("mask", np.bool_)))
+        chunk = finalize(raw, pre, out=(x, mask))
+        x.flags.writeable = mask.flags.writeable = False  # as a chunk read back from the cache
+        for f in Chunk.FIELDS[2:]:
+            np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    try:
+        os.replace(tmp, store.path(unit))
+    except OSError:  # another writer won the race: its chunk is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return chunk
+
+
+def _mapped(path: Path, dtype: Any, shape: tuple[int, int]) -> np.ndarray:
+    """A new ``.npy`` file of ``shape``, its blocks allocated (``posix_fallocate``), mapped for writing."""
+    from numpy.lib.format import open_memmap
+
+    a = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate") and a.size:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.path.getsize(path))
+        finally:
+            os.close(fd)
+    return a
 
 
 def bytes_per_event(nflat: int, given: list[int | None]) -> int:
@@ -390,7 +444,12 @@ def _counts(values: Any, n: int) -> np.ndarray:
     return np.asarray(ak.to_numpy(ak.num(values, axis=1)), dtype=np.int64)
 
 
-def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
+def finalize(
+    raw: RawChunk,
+    pre: Preprocessor,
+    inplace: bool = False,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Chunk:
     """Lay a raw unit out as ``pre`` would have decoded it: pad/clip, normalise, mask.
 
     Each jagged branch's stored columns are copied to its place in ``x`` (the
@@ -403,7 +462,10 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
 
     When every branch is stored at its final length (the lengths are given)
     nothing is copied; with ``inplace`` the raw unit's own ``x`` (used once,
-    if writeable) becomes the chunk's ``x``.
+    if writeable) becomes the chunk's ``x``. Otherwise, with ``inplace``, a raw
+    unit that left room in its buffer (:attr:`RawChunk.room`) is widened to the
+    final widths inside it. ``out``: the ``(x, mask)`` arrays to lay the unit out
+    into (``mask`` all False), e.g. memory maps of the decoded cache's files.
     """
     n, nflat = len(raw), len(pre.flat)
     widths = [int(w) for w in raw.widths]
@@ -422,8 +484,11 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     copies = _merged(copies)
     identity = raw.x.shape[1] == pre.n_features and copies in ([(0, 0, pre.n_features)], [])
     src = np.asarray(raw.x)
-    widen = not identity and inplace and _widens_in_place(raw, n, pre.n_features)
-    if identity and inplace and raw.x.flags.writeable:
+    widen = out is None and not identity and inplace and _widens_in_place(raw, n, pre.n_features)
+    if out is not None:
+        x = out[0]
+        copies = _merged([(0, 0, raw.x.shape[1])]) if identity and raw.x.shape[1] else copies
+    elif identity and inplace and raw.x.flags.writeable:
         x, copies = raw.x, []  # the unit is ours to change (in memory, or a file moved out of the store)
     elif identity:
         with small_pages():
@@ -441,8 +506,11 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     act = np.array([pre.offset.get(k, 0.0) != 0.0 or pre.scale.get(k, 1.0) != 1.0 for k in names], bool)
     cols = np.flatnonzero(act) if act.any() and not act.all() else None
     runs = _runs(counts, [length for _, length in pre.jagged], nflat)
-    with small_pages():
-        mask = np.zeros((n, pre.n_features), bool)
+    if out is not None:
+        mask = out[1]
+    else:
+        with small_pages():
+            mask = np.zeros((n, pre.n_features), bool)
     pad = np.float32(pre.pad_value)
     rows = _rows(n, pre.n_features)
     # widened in place, a block's raw rows are read before its final rows overwrite them; the
