@@ -89,7 +89,7 @@ def test_fused_first_use_equals_two_passes(data_dir, tmp_path, count_decodes, na
     ids=["lengths from the specs: laid out anew", "lengths given: laid out in place, moved into the cache"],
 )
 def test_fused_with_workers_equals_two_passes(data_dir, tmp_path, jagged):
-    over = dict(jagged=jagged, workers=2, normalize="standard")
+    over = dict(jagged=jagged, workers=2, executor="processes", normalize="standard")
     ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 2)
     fused = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))
     first = epochs(fused, 1)
@@ -103,15 +103,18 @@ def test_fused_with_workers_equals_two_passes(data_dir, tmp_path, jagged):
 def test_first_use_on_threads_equals_two_passes_on_processes(
     data_dir, tmp_path, count_decodes, monkeypatch, name
 ):
-    """``executor: threads``: raw units stay in memory (never on disk), threads lay them out,
+    """Two workers are threads (``executor: local``): raw units stay in memory (never on disk), threads lay them out,
     no unit is decoded twice, and every batch equals the two passes on worker processes."""
     over = dict(CONFIGS[name], workers=2)
-    two = Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False)
+    two = Dataset.from_config(
+        sample_config(data_dir, tmp_path / "two", executor="processes", **over), fused=False
+    )
     ref = epochs(two, 2)
     count_decodes.clear()
     written, real = [], ChunkStore.write
     monkeypatch.setattr(ChunkStore, "write", lambda self, u, c: written.append(self.root) or real(self, u, c))
-    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", executor="threads", **over))
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))  # executor: local
+    assert ds.executor_kind == "threads"
     first = epochs(ds, 1)
     assert count_decodes == []  # epoch 0 laid out the specs pass's units (in this process: counted)
     assert all(root == ds.cache.root for root in written)  # no raw unit went to disk

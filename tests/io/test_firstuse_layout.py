@@ -36,7 +36,9 @@ def uproot_padded(path, branches, length, pad, entries=None):
 
 
 @pytest.mark.parametrize(
-    "executor, workers", [("local", 0), ("local", 2), ("threads", 2)], ids=["inline", "processes", "threads"]
+    "executor, workers",
+    [("local", 0), ("processes", 2), ("local", 2)],
+    ids=["inline", "processes", "threads"],
 )
 @pytest.mark.parametrize("jagged", [{}, {"Jet": 3}], ids=["lengths from the specs", "lengths given, clipped"])
 def test_first_use_equals_uproot_padding(data_dir, tmp_path, jagged, executor, workers):
@@ -137,7 +139,9 @@ def test_the_last_writes_of_an_epoch_go_on_behind_it_and_the_next_epoch_waits_fo
     np.testing.assert_array_equal(store.read(Unit(0, 0, 3)).x, chunk.x)
 
 
-def test_a_unit_laid_out_straight_into_the_cache_equals_one_laid_out_in_memory(data_dir, tmp_path, monkeypatch):
+def test_a_unit_laid_out_straight_into_the_cache_equals_one_laid_out_in_memory(
+    data_dir, tmp_path, monkeypatch
+):
     """``lay_out_to_store``: the chunk maps its cache files, read-only, equal to ``finalize`` in memory
     (lengths from the specs: widened); a disk that cannot take it leaves nothing and returns None."""
     cfg = sample_config(data_dir, tmp_path / "cache", jagged={}, normalize="minmax")

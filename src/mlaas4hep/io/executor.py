@@ -31,8 +31,8 @@ A pool of threads (``executor: threads``) starts at once and shares the calling
 process's memory: decompression (zlib, LZ4, ZSTD) and NumPy's loops release
 the GIL, so on a few cores threads decode nearly as fast as processes without
 the pool's start (a second of CPU: the fork server's imports and each worker's
-start) and without sending results between processes. The first use of a
-dataset runs on threads (see :mod:`mlaas4hep.io.firstuse`).
+start) and without sending results between processes. A dataset's ``executor:
+local`` with one or two workers (:data:`LOCAL_THREADS`) runs them as threads.
 """
 
 from __future__ import annotations
@@ -409,6 +409,12 @@ class _Held(Future[T]):
 #: ``function(scheduler, workers)`` returning the executor (mlaas4hep's ``dask`` is one, in
 #: :mod:`mlaas4hep.scale.dask`; the streaming layer never imports the layer above it).
 EXECUTOR_ENTRY_POINTS = "mlaas4hep.executors"
+#: A dataset's ``executor: local`` with at most this many workers runs them as threads: on
+#: 2 cores a first use (600k events, 5 branches, lengths from the specs, shuffled) took
+#: 1.16x the CPU of a plain uproot pass on 2 threads against 1.7x on 2 processes, whose start
+#: and raw units on disk cost more than the GIL does (bench/RESULTS-firstuse.md, Stop 13).
+#: More workers are processes: threads share one GIL, which more cores would wait for.
+LOCAL_THREADS = 2
 #: The executors of this machine (the others are registered: :data:`EXECUTOR_ENTRY_POINTS`).
 LOCAL_KINDS = ("local", "processes", "threads")
 
