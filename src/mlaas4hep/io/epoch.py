@@ -128,7 +128,7 @@ def epoch_chunks(
     decode = [u for u in units if u not in mem and not (cache is not None and cache.has(u))]
     # threads lay out the raw units held in memory too; worker processes do not (they are
     # this process's), so with only cached and in-memory units no worker process is needed
-    threads = ds.in_process and not ds.inline
+    threads = ds.in_process and not ds.inline and (bool(decode) or any(u in mem for u in units))
     ex: Executor = ds._executor() if (decode or threads) and not ds.inline else InlineExecutor()
     # Workers on other machines (Dask) send the arrays back; this process writes its cache.
     local_fs = getattr(ex, "shares_filesystem", True)
