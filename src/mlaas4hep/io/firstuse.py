@@ -29,8 +29,11 @@ small pages (:func:`~mlaas4hep.io.scatter.small_pages`).
 
 Raw units wait for epoch 0 in memory while they fit (:class:`RawMemory`,
 a quarter of the memory available by default): the specs pass hands them to
-the calling process, and epoch 0 lays them out there, in place, without
-touching the disk. With workers, the units the calling process decodes
+the calling process, and epoch 0 lays them out there (on its threads, with
+workers that are threads), in place: a unit whose lengths come from the
+specs is widened inside its own buffer (:attr:`RawChunk.room`), and one
+whose chunk goes to the decoded cache is laid out straight into the cache's
+files (:func:`lay_out_to_store`). With worker processes, the units the calling process decodes
 itself while its workers start stay in memory too (:class:`HereOr`); those
 the workers decode, and those that do not fit, go to a
 :class:`~mlaas4hep.io.chunk.ChunkStore` of :class:`RawChunk`
