@@ -202,6 +202,8 @@ def first_use_child(
         "shuffle": shuffle,
         "normalize": "minmax",
     }
+    if mode in ("threads", "processes"):  # the default path on that executor
+        cfg["executor"] = mode
     if given:
         cfg["jagged"] = {k: v for k, v in JAGGED.items() if any(b.startswith(k + "_") for b in names)}
     # "fused-disk": the specs pass's raw units go to the store on disk, not to memory
@@ -432,7 +434,8 @@ def main() -> None:
     ap.add_argument(
         "--first-use-modes",
         default="fused,two-pass",
-        help="fused (default path), two-pass (Dataset(fused=False)), fused-disk (raw units on disk)",
+        help="fused (default path), two-pass (Dataset(fused=False)), fused-disk (raw units on disk), "
+        "threads / processes (the default path with executor: threads / processes)",
     )
     ap.add_argument("--before", help="another source tree whose default path runs too (mode 'before')")
     ap.add_argument("--repeats", type=int, default=2)

@@ -199,7 +199,7 @@ def test_a_key_given_twice_is_an_error(tmp_path):
         ),
         ("shuffle: maybe", "shuffle must be true or false, got 'maybe'"),
         ("timeout: -1", "timeout must be a positive number of seconds, got -1"),
-        ("executor: threads", "executor must be local, processes or dask, got 'threads'"),
+        ("executor: fibers", "executor must be local, processes, threads or dask, got 'fibers'"),
         ("jagged: {Jet: six}", "jagged must map collection names to lengths >= 0, got {'Jet': 'six'}"),
         ("branches: {MET_pt: 1}", "branches must be a list or a comma-separated string, got {'MET_pt': 1}"),
         ("nevts: 0", "nevts must be a positive integer, or -1 for all events, got 0"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlaas4hep.io import Dataset, firstuse
-from mlaas4hep.io.chunk import dir_size
+from mlaas4hep.io.chunk import ChunkStore, dir_size
 from mlaas4hep.io.reader import UnitReader
 
 from ..conftest import sample_config
@@ -89,7 +89,7 @@ def test_fused_first_use_equals_two_passes(data_dir, tmp_path, count_decodes, na
     ids=["lengths from the specs: laid out anew", "lengths given: laid out in place, moved into the cache"],
 )
 def test_fused_with_workers_equals_two_passes(data_dir, tmp_path, jagged):
-    over = dict(jagged=jagged, workers=2, normalize="standard")
+    over = dict(jagged=jagged, workers=2, executor="processes", normalize="standard")
     ref = epochs(Dataset.from_config(sample_config(data_dir, tmp_path / "two", **over), fused=False), 2)
     fused = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))
     first = epochs(fused, 1)
@@ -97,6 +97,30 @@ def test_fused_with_workers_equals_two_passes(data_dir, tmp_path, jagged):
     assert raw is not None and raw.size() == 0  # every raw unit was laid out into the cache
     assert cache is not None and all(cache.has(u) for u in fused.units(0))
     assert_same(first + epochs(fused, 2)[1:], ref)  # epoch 1 from the cache
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_first_use_on_threads_equals_two_passes_on_processes(
+    data_dir, tmp_path, count_decodes, monkeypatch, name
+):
+    """Two workers are threads (``executor: local``): raw units stay in memory (never on disk), threads lay them out,
+    no unit is decoded twice, and every batch equals the two passes on worker processes."""
+    over = dict(CONFIGS[name], workers=2)
+    two = Dataset.from_config(
+        sample_config(data_dir, tmp_path / "two", executor="processes", **over), fused=False
+    )
+    ref = epochs(two, 2)
+    count_decodes.clear()
+    written, real = [], ChunkStore.write
+    monkeypatch.setattr(ChunkStore, "write", lambda self, u, c: written.append(self.root) or real(self, u, c))
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "one", **over))  # executor: local
+    assert ds.executor_kind == "threads"
+    first = epochs(ds, 1)
+    assert count_decodes == []  # epoch 0 laid out the specs pass's units (in this process: counted)
+    assert all(root == ds.cache.root for root in written)  # no raw unit went to disk
+    assert all(ds.cache.has(u) for u in ds.units(0))
+    assert not ds._raw.memory.units and ds._raw.memory.used == 0
+    assert_same(first + epochs(ds, 2)[1:], ref)  # epoch 1 from the cache
 
 
 def test_a_raw_unit_interrupted_while_laid_out_is_decoded_again(data_dir, tmp_path):

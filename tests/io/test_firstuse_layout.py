@@ -35,13 +35,18 @@ def uproot_padded(path, branches, length, pad, entries=None):
     return np.hstack(cols), np.hstack(masks)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(
+    "executor, workers",
+    [("local", 0), ("processes", 2), ("local", 2)],
+    ids=["inline", "processes", "threads"],
+)
 @pytest.mark.parametrize("jagged", [{}, {"Jet": 3}], ids=["lengths from the specs", "lengths given, clipped"])
-def test_first_use_equals_uproot_padding(data_dir, tmp_path, jagged, workers):
+def test_first_use_equals_uproot_padding(data_dir, tmp_path, jagged, executor, workers):
     """No normalisation, no shuffling: epoch 0 of a first use is uproot's padding, bit for bit."""
     path = data_dir / "ttH_0.root"
     cfg = sample_config(data_dir, tmp_path, branches=JET, jagged=jagged, normalize="none", shuffle=False)
     cfg.update(files=[{"path": str(path), "label": 1}], pad_value=-7.0, workers=workers, chunk_size=3000)
+    cfg.update(executor=executor)
     ds = Dataset.from_config(cfg)
     length = jagged.get("Jet") or int(uproot.open(path)["Events"]["nJet"].array(library="np").max())
     chunks = list(ds.chunks(0))
@@ -132,3 +137,69 @@ def test_the_last_writes_of_an_epoch_go_on_behind_it_and_the_next_epoch_waits_fo
     wait_for_writers()
     assert store.has(Unit(0, 0, 3))
     np.testing.assert_array_equal(store.read(Unit(0, 0, 3)).x, chunk.x)
+
+
+def test_a_unit_laid_out_straight_into_the_cache_equals_one_laid_out_in_memory(
+    data_dir, tmp_path, monkeypatch
+):
+    """``lay_out_to_store``: the chunk maps its cache files, read-only, equal to ``finalize`` in memory
+    (lengths from the specs: widened); a disk that cannot take it leaves nothing and returns None."""
+    cfg = sample_config(data_dir, tmp_path / "cache", jagged={}, normalize="minmax")
+    ds = Dataset.from_config(cfg)
+    pre = ds.preprocessor
+    from mlaas4hep.io.preprocess import Preprocessor
+
+    sch = ds.schema
+    reader = ds._reader(Preprocessor(flat=sch.flat, jagged=[(j, 0) for j in sch.jagged], tree="Events"))
+    names, given, unit = sch.flat + sch.jagged, [None] * len(sch.jagged), Unit(0, 0, 5000)
+
+    def raw():
+        return stats_and_raw(reader, names, given, (unit, firstuse.MEMORY))[2]
+
+    want = firstuse.finalize(raw(), pre)
+    store = ChunkStore(tmp_path / "store")
+    got = firstuse.lay_out_to_store(raw(), pre, store, unit)
+    assert got is not None and store.has(unit) and not got.x.flags.writeable and not got.mask.flags.writeable
+    for f in Chunk.FIELDS:
+        np.testing.assert_array_equal(getattr(got, f), getattr(want, f))
+        np.testing.assert_array_equal(getattr(store.read(unit), f), getattr(want, f))
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    other = ChunkStore(tmp_path / "full")
+    assert firstuse.lay_out_to_store(raw(), pre, other, unit) is None
+    assert not other.has(unit) and list(other.root.iterdir()) == []
+
+
+def test_a_raw_unit_with_room_is_widened_in_place_to_the_same_values(data_dir, tmp_path):
+    """Lengths from the specs: epoch 0 widens a raw unit's rows inside its own buffer, last block
+    first, with the values of a layout into a new array (several blocks: ``BLOCK_BYTES`` made small)."""
+    cfg = sample_config(data_dir, tmp_path / "cache", jagged={}, normalize="minmax")
+    ds = Dataset.from_config(cfg)
+    pre = ds.preprocessor
+    from mlaas4hep.io.preprocess import Preprocessor
+
+    sch = ds.schema
+    reader = ds._reader(Preprocessor(flat=sch.flat, jagged=[(j, 0) for j in sch.jagged], tree="Events"))
+    names, given = sch.flat + sch.jagged, [None] * len(sch.jagged)
+    widened = 0
+    for unit in ds.units(0):
+        a = stats_and_raw(reader, names, given, (unit, firstuse.MEMORY))[2]
+        b = stats_and_raw(reader, names, given, (unit, firstuse.MEMORY))[2]
+        assert a.room is not None
+        if a.x.shape[1] == pre.n_features:  # this unit holds the longest list: laid out in place as is
+            continue
+        widened += 1
+        want = firstuse.finalize(a, pre)  # into a new array
+        old = firstuse.BLOCK_BYTES
+        firstuse.BLOCK_BYTES = 4096  # many blocks, so that later rows move over earlier ones
+        try:
+            got = firstuse.finalize(b, pre, inplace=True)
+        finally:
+            firstuse.BLOCK_BYTES = old
+        assert np.shares_memory(got.x, b.room)
+        np.testing.assert_array_equal(got.x, want.x)
+        np.testing.assert_array_equal(got.mask, want.mask)
+    assert widened  # units whose lists are all shorter than the longest of the dataset

@@ -36,7 +36,7 @@ def test_unguarded_script_stops_at_once_with_a_short_message(tmp_path):
             ds = Dataset.from_config({{
                 "files": [{{"path": "{tmp_path}/d/ttH_*.root", "label": 1}},
                           {{"path": "{tmp_path}/d/ttbar_*.root", "label": 0}}],
-                "branches": ["MET_pt"], "workers": 2, "cache_dir": None,
+                "branches": ["MET_pt"], "workers": 2, "executor": "processes", "cache_dir": None,
             }})
             X, y = ds.to_numpy()
             print("read", len(y))
@@ -50,6 +50,32 @@ def test_unguarded_script_stops_at_once_with_a_short_message(tmp_path):
     assert 1 <= len(lines) <= 5, r.stderr
     assert 'if __name__ == "__main__":' in r.stderr and "workers: 0" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_unguarded_script_reads_with_two_workers_as_threads(tmp_path):
+    """``executor: local`` (the default) with 2 workers runs them as threads: nothing re-runs the
+    script, so it needs no ``__main__`` guard, and no worker process is started."""
+    generate(tmp_path / "d", events=1000, files=1, seed=2, show_progress=False)
+    script = tmp_path / "train_me.py"
+    script.write_text(
+        textwrap.dedent(f"""\
+            import multiprocessing
+            from mlaas4hep.io import Dataset
+
+            ds = Dataset.from_config({{
+                "files": [{{"path": "{tmp_path}/d/ttH_*.root", "label": 1}},
+                          {{"path": "{tmp_path}/d/ttbar_*.root", "label": 0}}],
+                "branches": ["MET_pt", "Jet_pt"], "jagged": {{}}, "workers": 2, "cache_dir": None,
+            }})
+            X, y = ds.to_numpy()
+            print("read", len(y), ds.executor_kind, len(multiprocessing.active_children()))
+            """)
+    )
+    r = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "read 2000 threads 0\n" and "Traceback" not in r.stderr
 
 
 def test_a_script_on_standard_input_reads_with_workers(tmp_path):
@@ -224,7 +250,7 @@ def test_one_pool_per_process_for_every_pass(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(executor, "ProcessPoolExecutor", counting)
     over = dict(jagged={}, shuffle=False)
-    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "c", workers=2, **over))
+    ds = Dataset.from_config(sample_config(data_dir, tmp_path / "c", workers=2, executor="processes", **over))
     ds.specs  # noqa: B018
     e0 = [np.array(b.x) for b in ds.batches(4000, 0)]
     e1 = [np.array(b.x) for b in ds.batches(4000, 1)]

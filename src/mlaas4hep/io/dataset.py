@@ -57,7 +57,7 @@ from .chunk import Chunk, ChunkStore, JaggedChunk, Unit, wait_for_writers
 from .config import DatasetConfig
 from .epoch import epoch_chunks
 from .errors import ConfigError, GroupError, Mlaas4hepError, StaleSpecsError, skippable
-from .executor import default_workers, get_executor, ordered_map
+from .executor import LOCAL_THREADS, default_workers, get_executor, ordered_map
 from .groups import check_kinds
 from .passes import decode_jagged_unit, tracked
 from .preprocess import Preprocessor
@@ -155,9 +155,23 @@ class Dataset:
         c = self.config
         return self.workers <= 0 and c.executor == "local" and not c.scheduler
 
+    @property
+    def in_process(self) -> bool:
+        """Whether every task runs in this process: inline, or on a pool of threads."""
+        return self.inline or self.executor_kind == "threads"
+
+    @property
+    def executor_kind(self) -> str:
+        """Where tasks run: ``executor:``, except that ``local`` with 1 to :data:`LOCAL_THREADS`
+        workers means threads of this process (see :mod:`mlaas4hep.io.executor`)."""
+        c = self.config
+        if c.executor == "local" and not c.scheduler and 0 < self.workers <= LOCAL_THREADS:
+            return "threads"
+        return "dask" if c.scheduler else c.executor
+
     def _executor(self) -> Executor:
         c = self.config
-        return get_executor(c.executor, c.workers, c.scheduler)
+        return get_executor(self.executor_kind, c.workers, c.scheduler)
 
     def _slots(self, executor: Executor) -> int:
         """Tasks the executor runs at once: a Dask cluster knows its own size."""

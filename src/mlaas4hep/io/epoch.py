@@ -91,16 +91,24 @@ def plan_sources(
 
 
 def chunk_of(
-    task: UnitTask, out: Any, cache: ChunkStore | None, memory: firstuse.RawUnits, reader: UnitReader
+    task: UnitTask,
+    out: Any,
+    cache: ChunkStore | None,
+    memory: firstuse.RawUnits,
+    reader: UnitReader,
+    into: ChunkStore | None = None,
 ) -> Chunk | None:
-    """The chunk of a unit, from its task and what the task returned (None: skipped by ``on_error``)."""
+    """The chunk of a unit, from its task and what the task returned (None: skipped by ``on_error``).
+
+    ``into``: the decoded cache, when a raw unit held in memory is laid out straight into it.
+    """
     u, store, cached, src = task
     chunk: Chunk  # a ChunkStore reads back what it was given
     if cached and cache is not None:
         chunk = cache.read(u)
         return chunk
-    if src == firstuse.MEMORY:
-        return memory.lay_out(reader, u)
+    if src == firstuse.MEMORY:  # laid out by a thread of the pool, or here
+        return out if isinstance(out, Chunk) else memory.lay_out(reader, u, into)
     if out is None:  # skipped (on_error: skip)
         return None
     if isinstance(out, Chunk):
@@ -118,11 +126,13 @@ def epoch_chunks(
     c, units = ds.config, ds.units(epoch, rank, world, shuffle)
     reader, cache, mem = ds._reader(), ds.cache, ds._raw
     decode = [u for u in units if u not in mem and not (cache is not None and cache.has(u))]
-    # only cached and in-memory units (a first use after the specs pass): no worker is needed
-    ex: Executor = ds._executor() if decode and not ds.inline else InlineExecutor()
+    # threads lay out the raw units held in memory too; worker processes do not (they are
+    # this process's), so with only cached and in-memory units no worker process is needed
+    threads = ds.in_process and not ds.inline and (bool(decode) or any(u in mem for u in units))
+    ex: Executor = ds._executor() if (decode or threads) and not ds.inline else InlineExecutor()
     # Workers on other machines (Dask) send the arrays back; this process writes its cache.
     local_fs = getattr(ex, "shares_filesystem", True)
-    here = ds.inline or not decode  # every chunk is made in this process
+    here = ds.in_process or not decode  # every chunk is made in this process
     spool = None if here or not local_fs else ChunkStore(tempfile.mkdtemp(prefix="mlaas4hep-spool-"))
     todo, behind = plan_sources(
         units,
@@ -143,12 +153,23 @@ def epoch_chunks(
         with progress.bar(
             f"epoch {epoch}", sum(u.stop - u.start for u in units), show=ds.show_progress
         ) as bar:
-            for task, out in ds._map(partial(decode_or_lay_out, reader), todo, ex):
+            # a raw unit in memory whose chunk goes to the cache is laid out into the cache's files
+            into = cache if writer is not None else None
+            fn = (
+                partial(_in_process, reader, mem, into, behind)
+                if threads
+                else partial(decode_or_lay_out, reader)
+            )
+            for task, out in ds._map(fn, todo, ex):
                 u, store = task[0], task[1]
-                chunk = chunk_of(task, out, cache, mem, reader)
+                chunk = chunk_of(task, out, cache, mem, reader, into if u in behind else None)
                 if chunk is None:  # skipped (on_error: skip)
                     continue
-                if writer is not None and u in behind:
+                if (
+                    writer is not None
+                    and u in behind
+                    and not (task[3] == firstuse.MEMORY and into and into.has(u))
+                ):
                     writer.put(u, chunk)
                 if store is spool and spool is not None:
                     spool.remove(u)  # the memory map stays valid after the unlink: no copy
@@ -159,3 +180,18 @@ def epoch_chunks(
             writer.finish()  # the last writes go on behind the epoch's last batches
         if spool is not None:
             shutil.rmtree(spool.root, ignore_errors=True)
+
+
+def _in_process(
+    reader: UnitReader,
+    memory: firstuse.RawUnits,
+    into: ChunkStore | None,
+    behind: set[Unit],
+    task: UnitTask,
+) -> Chunk | int | None:
+    """A unit's task on a thread of this process: a raw unit held in memory is laid out
+    there (in parallel with the others; into the cache ``into`` when its chunk goes
+    there, i.e. it is in ``behind``), anything else as on a worker."""
+    if task[3] == firstuse.MEMORY and not task[2]:
+        return memory.lay_out(reader, task[0], into if task[0] in behind else None)
+    return decode_or_lay_out(reader, task)

@@ -1,4 +1,4 @@
-"""Where work runs: in the calling process, a local process pool, or Dask.
+"""Where work runs: in the calling process, a local pool of processes or threads, or Dask.
 
 Every parallel pass of mlaas4hep (specs, decoding) is a map of a picklable
 function over units. :func:`ordered_map` runs it with a bounded number of tasks
@@ -26,6 +26,13 @@ while its workers are still importing uproot and awkward (a second or two),
 and a task whose result is asked for before any worker is up runs in the
 calling process (:class:`StartingPool`); the tasks still waiting go to the
 workers once they are up.
+
+A pool of threads (``executor: threads``) starts at once and shares the calling
+process's memory: decompression (zlib, LZ4, ZSTD) and NumPy's loops release
+the GIL, so on a few cores threads decode nearly as fast as processes without
+the pool's start (a second of CPU: the fork server's imports and each worker's
+start) and without sending results between processes. A dataset's ``executor:
+local`` with one or two workers (:data:`LOCAL_THREADS`) runs them as threads.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
@@ -73,6 +80,7 @@ class _LazyFuture(Future[T]):
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+_THREADS: dict[int, ThreadPoolExecutor] = {}
 _WARM: dict[int, list[Future[None]]] = {}  # one warm-up task per worker of each pool
 
 
@@ -87,6 +95,14 @@ in the dataset configuration (decoding then runs in this process)."""
 
 #: names the file through which a worker tells its parent "your script is unguarded"
 _MARKER_ENV = "MLAAS4HEP_UNGUARDED_MARKER"
+
+
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A shared pool of ``workers`` threads in this process, kept for the life of the program."""
+    pool = _THREADS.get(workers)
+    if pool is None:
+        pool = _THREADS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="mlaas4hep-decode")
+    return pool
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
@@ -286,7 +302,10 @@ def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
 def shutdown_pools() -> None:
     for pool in _POOLS.values():
         pool.shutdown(cancel_futures=True)
+    for threads in _THREADS.values():
+        threads.shutdown(cancel_futures=True)
     _POOLS.clear()
+    _THREADS.clear()
     _WARM.clear()
 
 
@@ -390,6 +409,14 @@ class _Held(Future[T]):
 #: ``function(scheduler, workers)`` returning the executor (mlaas4hep's ``dask`` is one, in
 #: :mod:`mlaas4hep.scale.dask`; the streaming layer never imports the layer above it).
 EXECUTOR_ENTRY_POINTS = "mlaas4hep.executors"
+#: A dataset's ``executor: local`` with at most this many workers runs them as threads: on
+#: 2 cores a first use (600k events, 5 branches, lengths from the specs, shuffled) took
+#: 1.16x the CPU of a plain uproot pass on 2 threads against 1.7x on 2 processes, whose start
+#: and raw units on disk cost more than the GIL does (bench/RESULTS-firstuse.md, Stop 13).
+#: More workers are processes: threads share one GIL, which more cores would wait for.
+LOCAL_THREADS = 2
+#: The executors of this machine (the others are registered: :data:`EXECUTOR_ENTRY_POINTS`).
+LOCAL_KINDS = ("local", "processes", "threads")
 
 
 def registered_executor(kind: str) -> Callable[[str | None, int | None], Executor]:
@@ -400,21 +427,24 @@ def registered_executor(kind: str) -> Callable[[str | None, int | None], Executo
 
     found = {ep.name: ep for ep in entry_points(group=EXECUTOR_ENTRY_POINTS)}
     if kind not in found:
-        known = ", ".join(["local", "processes", *sorted(found)])
+        known = ", ".join([*LOCAL_KINDS, *sorted(found)])
         raise ConfigError(f"unknown executor {kind!r} (known here: {known})")
     factory: Callable[[str | None, int | None], Executor] = found[kind].load()
     return factory
 
 
 def get_executor(kind: str = "local", workers: int | None = None, scheduler: str | None = None) -> Executor:
-    """``local`` (processes, or inline when ``workers == 0``), ``processes``, or a registered one (``dask``)."""
-    if scheduler and kind in ("local", "processes"):
+    """``local`` (processes, or inline when ``workers == 0``), ``processes``, ``threads``, or a
+    registered one (``dask``)."""
+    if scheduler and kind in LOCAL_KINDS:
         kind = "dask"  # a scheduler address means a Dask cluster
-    if kind not in ("local", "processes"):
+    if kind not in LOCAL_KINDS:
         return registered_executor(kind)(scheduler, workers)
     n = default_workers() if workers is None else int(workers)
     if n <= 0:
         return InlineExecutor()
+    if kind == "threads":
+        return thread_pool(n)
     pool = _launch(n)
     if all(f.done() and f.exception() is None for f in _WARM.get(n, [])):
         return pool

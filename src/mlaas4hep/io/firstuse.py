@@ -29,8 +29,11 @@ small pages (:func:`~mlaas4hep.io.scatter.small_pages`).
 
 Raw units wait for epoch 0 in memory while they fit (:class:`RawMemory`,
 a quarter of the memory available by default): the specs pass hands them to
-the calling process, and epoch 0 lays them out there, in place, without
-touching the disk. With workers, the units the calling process decodes
+the calling process, and epoch 0 lays them out there (on its threads, with
+workers that are threads), in place: a unit whose lengths come from the
+specs is widened inside its own buffer (:attr:`RawChunk.room`), and one
+whose chunk goes to the decoded cache is laid out straight into the cache's
+files (:func:`lay_out_to_store`). With worker processes, the units the calling process decodes
 itself while its workers start stay in memory too (:class:`HereOr`); those
 the workers decode, and those that do not fit, go to a
 :class:`~mlaas4hep.io.chunk.ChunkStore` of :class:`RawChunk`
@@ -46,6 +49,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,6 +92,9 @@ class RawChunk:
             (one contiguous row per branch).
         widths: int64 ``(J,)``: the columns each jagged branch occupies in ``x``.
         y, weight, event_id: as in :class:`~mlaas4hep.io.chunk.Chunk`.
+        room: None, or the flat float32 buffer whose start ``x`` is, longer than
+            ``x``: :func:`finalize` widens ``x`` to the final widths inside it
+            (in memory only; never stored).
     """
 
     x: np.ndarray
@@ -96,6 +103,7 @@ class RawChunk:
     y: np.ndarray
     weight: np.ndarray
     event_id: np.ndarray
+    room: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     FIELDS = ("x", "counts", "widths", "y", "weight", "event_id")
 
@@ -126,32 +134,42 @@ class RawMemory:
     budget: int
     units: dict[Unit, RawChunk] = field(default_factory=dict)
     used: int = 0
+    #: :meth:`pop` may run on several threads at once (epoch 0 on a pool of threads)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A copy for another process holds no unit (see :meth:`RawUnits.__getstate__`)."""
+        return (RawMemory, (self.budget,))
 
     def reserve(self, nbytes: int) -> bool:
-        if self.used + nbytes > self.budget:
-            return False
-        self.used += nbytes
-        return True
+        with self.lock:
+            if self.used + nbytes > self.budget:
+                return False
+            self.used += nbytes
+            return True
 
     def release(self, nbytes: int) -> None:
-        self.used -= nbytes
+        with self.lock:
+            self.used -= nbytes
 
     def keep(self, unit: Unit, raw: RawChunk, reserved: int) -> bool:
         """Hold ``raw`` in place of the ``reserved`` bytes; False (and dropped) past the budget."""
-        self.used += raw.nbytes - reserved
-        if self.used > self.budget:
-            self.used -= raw.nbytes
-            return False
-        self.units[unit] = raw
-        return True
+        with self.lock:
+            self.used += raw.nbytes - reserved
+            if self.used > self.budget:
+                self.used -= raw.nbytes
+                return False
+            self.units[unit] = raw
+            return True
 
     def __contains__(self, unit: object) -> bool:
         return unit in self.units
 
     def pop(self, unit: Unit) -> RawChunk | None:
-        raw = self.units.pop(unit, None)
-        if raw is not None:
-            self.used -= raw.nbytes
+        with self.lock:
+            raw = self.units.pop(unit, None)
+            if raw is not None:
+                self.used -= raw.nbytes
         return raw
 
     def spill(self, root: str | None) -> None:
@@ -251,12 +269,66 @@ class RawUnits:
     def __contains__(self, unit: object) -> bool:
         return unit in self.memory
 
-    def lay_out(self, reader: UnitReader, unit: Unit) -> Chunk:
-        """A raw unit held in memory, laid out in place (decoded again if another pass took it)."""
+    def lay_out(self, reader: UnitReader, unit: Unit, into: ChunkStore | None = None) -> Chunk:
+        """A raw unit held in memory, laid out in place (decoded again if another pass took it).
+
+        With ``into`` (the decoded cache, which has room for it) the chunk is laid out
+        straight into its files there (:func:`lay_out_to_store`): the chunk returned
+        maps them, and nothing is left to write.
+        """
         raw = self.memory.pop(unit)
         if raw is None:
             return reader.decode(unit)
+        if into is not None:
+            chunk = lay_out_to_store(raw, reader.preprocessor, into, unit)
+            if chunk is not None:
+                return chunk
         return finalize(raw, reader.preprocessor, inplace=True)
+
+
+def lay_out_to_store(raw: RawChunk, pre: Preprocessor, store: ChunkStore, unit: Unit) -> Chunk | None:
+    """Lay ``raw`` out straight into the files of ``unit``'s chunk in ``store``; the chunk, mapped.
+
+    ``x`` and ``mask`` are laid out into memory maps of their ``.npy`` files
+    (allocated on disk first, so a full disk is an error here, not a signal
+    later), then the small fields are written and the folder is renamed into
+    place, as :meth:`~mlaas4hep.io.chunk.ChunkStore.write` does. The pages
+    are written once, in the page cache: no array in memory first, no copy
+    into the cache by ``write``. None (nothing left behind) when the store
+    cannot be written: the caller lays the unit out in memory, and the
+    cache writer reports the failure.
+    """
+    tmp = temp_dir(store.root, unit)
+    shape = (len(raw), pre.n_features)
+    try:
+        tmp.mkdir(parents=True)
+        x, mask = (_mapped(tmp / f"{f}.npy", t, shape) for f, t in (("x", np.float32), ("mask", np.bool_)))
+        chunk = finalize(raw, pre, out=(x, mask))
+        x.flags.writeable = mask.flags.writeable = False  # as a chunk read back from the cache
+        for f in Chunk.FIELDS[2:]:
+            np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    try:
+        os.replace(tmp, store.path(unit))
+    except OSError:  # another writer won the race: its chunk is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return chunk
+
+
+def _mapped(path: Path, dtype: Any, shape: tuple[int, int]) -> np.ndarray:
+    """A new ``.npy`` file of ``shape``, its blocks allocated (``posix_fallocate``), mapped for writing."""
+    from numpy.lib.format import open_memmap
+
+    a = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate") and a.size:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.path.getsize(path))
+        finally:
+            os.close(fd)
+    return a
 
 
 def bytes_per_event(nflat: int, given: list[int | None]) -> int:
@@ -303,8 +375,12 @@ def decode_raw(
         int(length) if length is not None else (int(c.max()) if len(c) else 0)
         for c, length in zip(counts, given)
     ]
+    width = len(pre.flat) + sum(widths)
+    # room for the final widths, which the specs pass decides (pages never written cost nothing)
+    room = len(pre.flat) + sum(w if g is not None else max(2 * w, w + ROOM) for w, g in zip(widths, given))
     with small_pages():
-        x = np.zeros((n_all, len(pre.flat) + sum(widths)), np.float32)  # padded slots stay 0 (arbitrary)
+        buf = np.zeros(n_all * room, np.float32)  # padded slots stay 0 (arbitrary)
+    x = buf[: n_all * width].reshape(n_all, width)
     for i, name in enumerate(pre.flat):
         x[:, i] = _flat(arrays[name], name)
     col = len(pre.flat)
@@ -329,7 +405,13 @@ def decode_raw(
     if keep is not None:
         x, cnt = x[keep], cnt[:, keep]
     raw = RawChunk(x, cnt, np.asarray(widths, np.int64), *reader._targets(unit, arrays, keep))
+    raw.room = buf if keep is None and room > width else None
     return stats, n, raw
+
+
+#: Columns of room a raw unit leaves each jagged branch whose length comes from the specs
+#: (at least; twice its own longest list where that is more), to be laid out in place.
+ROOM = 8
 
 
 #: Rows handled at once when columns are assembled or laid out: about 1 MiB, so
@@ -365,7 +447,12 @@ def _counts(values: Any, n: int) -> np.ndarray:
     return np.asarray(ak.to_numpy(ak.num(values, axis=1)), dtype=np.int64)
 
 
-def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
+def finalize(
+    raw: RawChunk,
+    pre: Preprocessor,
+    inplace: bool = False,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Chunk:
     """Lay a raw unit out as ``pre`` would have decoded it: pad/clip, normalise, mask.
 
     Each jagged branch's stored columns are copied to its place in ``x`` (the
@@ -378,7 +465,10 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
 
     When every branch is stored at its final length (the lengths are given)
     nothing is copied; with ``inplace`` the raw unit's own ``x`` (used once,
-    if writeable) becomes the chunk's ``x``.
+    if writeable) becomes the chunk's ``x``. Otherwise, with ``inplace``, a raw
+    unit that left room in its buffer (:attr:`RawChunk.room`) is widened to the
+    final widths inside it. ``out``: the ``(x, mask)`` arrays to lay the unit out
+    into (``mask`` all False), e.g. memory maps of the decoded cache's files.
     """
     n, nflat = len(raw), len(pre.flat)
     widths = [int(w) for w in raw.widths]
@@ -397,12 +487,19 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     copies = _merged(copies)
     identity = raw.x.shape[1] == pre.n_features and copies in ([(0, 0, pre.n_features)], [])
     src = np.asarray(raw.x)
-    if identity and inplace and raw.x.flags.writeable:
+    widen = out is None and not identity and inplace and _widens_in_place(raw, n, pre.n_features)
+    if out is not None:
+        x = out[0]
+        copies = _merged([(0, 0, raw.x.shape[1])]) if identity and raw.x.shape[1] else copies
+    elif identity and inplace and raw.x.flags.writeable:
         x, copies = raw.x, []  # the unit is ours to change (in memory, or a file moved out of the store)
     elif identity:
         with small_pages():
             x = np.array(raw.x, dtype=np.float32)
         copies = []
+    elif widen:  # rows move to the final widths inside the raw unit's buffer, last block first
+        assert raw.room is not None
+        x = raw.room[: n * pre.n_features].reshape(n, pre.n_features)
     else:
         with small_pages():
             x = np.empty((n, pre.n_features), np.float32)
@@ -412,16 +509,26 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
     act = np.array([pre.offset.get(k, 0.0) != 0.0 or pre.scale.get(k, 1.0) != 1.0 for k in names], bool)
     cols = np.flatnonzero(act) if act.any() and not act.all() else None
     runs = _runs(counts, [length for _, length in pre.jagged], nflat)
-    with small_pages():
-        mask = np.zeros((n, pre.n_features), bool)
+    if out is not None:
+        mask = out[1]
+    else:
+        with small_pages():
+            mask = np.zeros((n, pre.n_features), bool)
     pad = np.float32(pre.pad_value)
     rows = _rows(n, pre.n_features)
-    for r in rows:  # lay out, normalise, mask and pad a block of rows while it is in the CPU cache
-        xs, ms = x[r : r + rows.step], mask[r : r + rows.step]
+    # widened in place, a block's raw rows are read before its final rows overwrite them; the
+    # blocks after it (done first) lie beyond it in both layouts, the blocks before it below
+    tmp = np.empty((rows.step, src.shape[1]), np.float32) if widen else None
+    for r in reversed(rows) if widen else rows:  # lay out, normalise, mask and pad a block of rows
+        xs, ms = x[r : r + rows.step], mask[r : r + rows.step]  # (while it is in the CPU cache)
         if copies:
+            block = src[r : r + rows.step]
+            if tmp is not None:
+                block = tmp[: len(xs)]
+                np.copyto(block, src[r : r + rows.step])
             xs[...] = pad  # slots beyond a branch's stored width: padding in every event
             for a, b, k in copies:
-                xs[:, b : b + k] = src[r : r + rows.step, a : a + k]
+                xs[:, b : b + k] = block[:, a : a + k]
         if cols is None and act.all():
             xs -= off
             xs *= sc
@@ -433,6 +540,20 @@ def finalize(raw: RawChunk, pre: Preprocessor, inplace: bool = False) -> Chunk:
             )
         np.copyto(xs, pad, where=ms)
     return Chunk(x, mask, np.asarray(raw.y), np.asarray(raw.weight), np.asarray(raw.event_id))
+
+
+def _widens_in_place(raw: RawChunk, n: int, width: int) -> bool:
+    """Whether ``raw.x`` starts a writeable buffer with room for ``n`` rows of ``width`` columns
+    (and its rows are no wider: a row never moves back over rows not yet read)."""
+    room, x = raw.room, raw.x
+    return (
+        room is not None
+        and room.flags.writeable
+        and room.size >= n * width
+        and x.shape[1] <= width
+        and x.flags.c_contiguous
+        and (n == 0 or np.shares_memory(x[:1], room[:1]))
+    )
 
 
 def _merged(copies: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:

@@ -77,7 +77,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or (_integer(v) and v >= 0),
         "be an integer >= 0 (0: decode in the calling process), or null for one per core",
     ),
-    "executor": (lambda v: v in ("local", "processes", "dask"), "be local, processes or dask"),
+    "executor": (
+        lambda v: v in ("local", "processes", "threads", "dask"),
+        "be local, processes, threads or dask",
+    ),
     "scheduler": (_optional_str, "be a Dask scheduler address, or null"),
     "cache_dir": (
         lambda v: v is None or v is False or isinstance(v, (str, os.PathLike)),

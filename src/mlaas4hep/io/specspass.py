@@ -64,7 +64,7 @@ def run_specs_pass(ds: Dataset) -> Specs:
         # disk, where the workers lay their units out in parallel
         # (without specs-dependent tensors the decoded cache may hold a unit already)
         cached = ds.cache if not ds._needs_specs() else None
-        items = list(ds._raw.plan(units, per_event, raw, room, ds.inline, cached))
+        items = list(ds._raw.plan(units, per_event, raw, room, ds.in_process, cached))
     with progress.bar("specs", sum(u.stop - u.start for u in units), show=ds.show_progress) as bar:
         if hasattr(ex, "reduce_unit_stats"):  # Dask: a tree-reduce on the workers
             part = ex.reduce_unit_stats(reader, names, units, skip=c.on_error == "skip", advance=bar.advance)
