@@ -119,11 +119,13 @@ def add_executor_options(
     dataset configuration's ``workers``, ``executor`` and ``scheduler``."""
     g = p.add_argument_group(title)
     g.add_argument(
-        "--workers", type=count, help=f"decoding processes (0 = in this process; default: {workers})"
+        "--workers",
+        type=count,
+        help=f"decoding workers: 1-2 are threads, more are processes (0 = none; default: {workers})",
     )
     g.add_argument(
         "--executor",
-        choices=["local", "processes", "dask"],
+        choices=["local", "threads", "processes", "dask"],
         help="where decoding runs (default: the config's, else local)",
     )
     g.add_argument(
