@@ -30,7 +30,14 @@ from serve import Server, make_bundle, perf_analyzer, run_pa
 
 from mlaas4hep.localservers import free_port
 
-POINTS = {"grpc1": ("grpc", 1), "http1": ("http", 1), "grpc64": ("grpc", 64), "http64": ("http", 64)}
+POINTS = {
+    "grpc1": ("grpc", 1, 1),
+    "http1": ("http", 1, 1),
+    "grpc64": ("grpc", 64, 1),
+    "http64": ("http", 64, 1),
+    "grpc1000": ("grpc", 4, 1000),  # 1000-row requests, 4 clients
+    "http1000": ("http", 4, 1000),
+}
 
 
 def main() -> None:
@@ -38,7 +45,7 @@ def main() -> None:
     p.add_argument("trees", nargs="+", help="[LABEL=]SRC_DIR of each server build")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--points", default=",".join(POINTS))
+    p.add_argument("--points", default="grpc1,http1,grpc64,http64", help=f"of {', '.join(POINTS)}")
     p.add_argument(
         "--extra", action="append", default=[], help="LABEL=ARGS: more server options of one build"
     )
@@ -55,7 +62,7 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in range(a.rounds):
         for point in a.points.split(","):
-            proto, conns = POINTS[point]
+            proto, conns, batch = POINTS[point]
             order = trees[r % len(trees) :] + trees[: r % len(trees)]
             for label, src in order:
                 saved = os.environ.get("PYTHONPATH")
@@ -75,9 +82,9 @@ def main() -> None:
                         os.environ["PYTHONPATH"] = saved
                 try:
                     url = f"127.0.0.1:{grpc_port}" if proto == "grpc" else srv.url.removeprefix("http://")
-                    run_pa(pa, proto, url, conns, 1.0)  # warm-up
+                    run_pa(pa, proto, url, conns, 1.0, batch)  # warm-up
                     c0, n0, b0 = _cpu(srv.proc.pid), _served(srv), srv.batches()
-                    m = run_pa(pa, proto, url, conns, a.seconds)
+                    m = run_pa(pa, proto, url, conns, a.seconds, batch)
                     c1, n1, b1 = _cpu(srv.proc.pid), _served(srv), srv.batches()
                 finally:
                     srv.stop()

@@ -447,8 +447,8 @@ def perf_analyzer() -> tuple[str, dict] | None:
     return (pa, env) if ok else None
 
 
-def run_pa(pa: tuple[str, dict], protocol: str, url: str, conns: int, seconds: float) -> dict:
-    """perf_analyzer, single-row requests, ``conns`` concurrent synchronous clients.
+def run_pa(pa: tuple[str, dict], protocol: str, url: str, conns: int, seconds: float, batch: int = 1) -> dict:
+    """perf_analyzer, requests of ``batch`` rows, ``conns`` concurrent synchronous clients.
 
     When it does not reach a stable measurement (the machine is shared), the
     mean of its passes is taken and the latencies are left out.
@@ -462,7 +462,7 @@ def run_pa(pa: tuple[str, dict], protocol: str, url: str, conns: int, seconds: f
         "-i",
         protocol,
         "-b",
-        "1",
+        str(batch),
         "--concurrency-range",
         str(conns),
     ]
