@@ -163,3 +163,17 @@ def test_a_typo_on_the_command_line_or_in_the_environment_stops_the_server_with_
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0 and re.search(r"--grpc-port N\s+also serve Triton's gRPC API", out)
     assert "$MLAAS4HEP_GRPC_PORT" in out and "--config FILE" in out
+
+
+@pytest.mark.parametrize("environ, spins", [({}, "0"), ({"MLAAS4HEP_SPIN": "1"}, "1")])
+def test_spin_reaches_every_onnxruntime_session(environ, spins, tth_bundle, tmp_path):
+    """``--spin`` / ``$MLAAS4HEP_SPIN``: idle onnxruntime threads busy-wait (as Triton's); off by default."""
+    from mlaas4hep.serve.app import create_app
+
+    from .conftest import install_copy
+
+    install_copy(tmp_path / "repo", tth_bundle.path, "tth")
+    config, _ = cfg.load({"repo": str(tmp_path / "repo")}, environ=environ)
+    plane = create_app(config=config).plane
+    session = plane.repo.predictor("tth", 1).session
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == spins

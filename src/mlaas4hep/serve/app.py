@@ -147,6 +147,7 @@ def create_app(
         config.repo,
         max_loaded=config.max_loaded,
         threads=config.threads,
+        spin=config.spin,
         read_only=True if config.read_only else None,  # None: detected
         smoke_seconds=config.smoke_seconds,
     )

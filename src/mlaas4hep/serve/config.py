@@ -70,6 +70,12 @@ class ServeConfig:
         None, "onnxruntime intra-op threads per session (default: all cores)", int, "N"
     )
     infer_threads: int = _opt(2, "onnxruntime calls running at once", int, "N")
+    spin: bool = _opt(
+        False,
+        "let idle onnxruntime threads busy-wait for work, as Triton's do: lower latency, more CPU "
+        "(leave off under CPU limits or beside other replicas)",
+        bool,
+    )
     smoke_seconds: float = _opt(
         10.0, "an upload is run once on example rows, for at most this long", float, "S"
     )

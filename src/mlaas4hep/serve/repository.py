@@ -144,8 +144,10 @@ class Repository:
         shared: bool = True,
         read_only: bool | None = None,
         smoke_seconds: float = SMOKE_SECONDS,
+        spin: bool = False,
     ):
         self.root = Path(root)
+        self.spin = spin  # idle onnxruntime threads busy-wait (see bundle.session)
         #: A directory holding one bundle itself (KServe's /mnt/models): served, read-only, as one model.
         self.single = (self.root / "bundle.json").is_file()
         self.store = Store(self.root, True if self.single else read_only)
@@ -435,7 +437,9 @@ class Repository:
                 stamp = self.stamp(name, version)
                 try:
                     spec = self.spec(name, version)
-                    p = Predictor(self.path(name, version), self.threads, False, spec, f"{name}/{version}")
+                    p = Predictor(
+                        self.path(name, version), self.threads, self.spin, spec, f"{name}/{version}"
+                    )
                 except (BundleError, Mlaas4hepError) as err:
                     if isinstance(err, ModelNotFound) or not self.path(name, version).is_dir():
                         raise ModelNotFound(f"model {name!r} has no version {version}") from None
