@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from grpc_ab import _served
-from serve import Server, make_bundle, perf_analyzer
+from serve import Server, make_bundle, perf_analyzer, run_pa
 
 from mlaas4hep.localservers import free_port
 
@@ -35,32 +35,6 @@ def _cpu(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def run_pa(
-    pa: tuple[str, dict], url: str, rows: int, conns: int, seconds: float, protocol: str = "http"
-) -> dict:
-    import re
-    import subprocess
-
-    cmd = [pa[0], "-m", "mlp", "-u", url, "-i", protocol, "-b", str(rows), "--concurrency-range", str(conns)]
-    cmd += ["--measurement-interval", str(int(seconds * 1000)), "-s", "30", "-r", "4", "-v"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=pa[1], timeout=300).stdout
-
-    def grab(pattern: str) -> float | None:
-        m = re.search(pattern, out)
-        return float(m.group(1)) if m else None
-
-    rps = grab(r"Throughput: ([\d.]+) infer/sec")
-    passes = [float(v) for v in re.findall(r"Pass \[\d+\] throughput: ([\d.]+)", out)]
-    if rps is None and not passes:
-        raise RuntimeError(f"perf_analyzer failed: {out[-2000:]}")
-    p50, p99 = grab(r"p50 latency: (\d+) usec"), grab(r"p99 latency: (\d+) usec")
-    return {
-        "rps": rps if rps is not None else sum(passes) / len(passes),
-        "p50": "–" if rps is None or p50 is None else f"{p50 / 1e3:.2f}",
-        "p99": "–" if rps is None or p99 is None else f"{p99 / 1e3:.2f}",
-    }
 
 
 def main() -> None:
@@ -97,20 +71,22 @@ def main() -> None:
             url = srv.url.removeprefix("http://")
             try:
                 time.sleep(0.5)
-                run_pa(pa, url, 1, 8, 1)  # warm-up
+                run_pa(pa, "http", url, 8, 1.0)  # warm-up
                 runs = [("http", url, rows, conns) for rows, conns in points]
                 if a.grpc:
                     runs.append(("grpc", f"127.0.0.1:{grpc[1]}", 1, 64))
                 for protocol, where, rows, conns in runs:
                     c0, n0 = _cpu(srv.proc.pid), _served(srv)
-                    r = run_pa(pa, where, rows, conns, a.seconds, protocol)
+                    r = run_pa(pa, protocol, where, conns, a.seconds, rows)
                     c1, n1 = _cpu(srv.proc.pid), _served(srv)
                     n = max(n1 - n0, 1)
                     us, sys_us = (sum(c1) - sum(c0)) / n * 1e6, (c1[1] - c0[1]) / n * 1e6
                     point = f"{protocol}, {rows} row{'s' if rows > 1 else ''} × {conns}"
+                    rps = r["req_per_s"]
+                    p50, p99 = (("–" if v is None else f"{v:.2f}") for v in (r["p50_ms"], r["p99_ms"]))
                     print(
-                        f"| {rnd} | {name} | {point} | {r['rps'] / rows:,.0f} | {r['rps']:,.0f} | {r['p50']} "
-                        f"| {r['p99']} | {us:,.0f} ({sys_us:,.0f}) | {os.getloadavg()[0]:.1f} |",
+                        f"| {rnd} | {name} | {point} | {rps / rows:,.0f} | {rps:,.0f} | {p50} "
+                        f"| {p99} | {us:,.0f} ({sys_us:,.0f}) | {os.getloadavg()[0]:.1f} |",
                         flush=True,
                     )
             finally:

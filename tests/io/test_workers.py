@@ -104,7 +104,7 @@ def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie holds no memory
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reading races with the exit
         return True
 
 

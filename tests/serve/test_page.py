@@ -187,6 +187,29 @@ def test_unload_load_and_delete_need_the_token(page, page_server, tth_bundle, tm
     assert [v["version"] for v in HTTP.get(page_server.url + "/v2/repository/index").json()] == ["1"]
 
 
+def test_a_click_right_after_typing_the_token_is_not_lost(page, page_server):
+    # Leaving the token field refreshes the list. A user who types the token and clicks a button
+    # presses the mouse (the field loses focus, the refresh starts) and releases it after the
+    # refresh came back: the button must still be the one pressed, or the click never happens.
+    page.fill("#token", page_server.token)
+    box = _row(page, "tth").locator("button.unload").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    with page.expect_response(lambda r: r.url.endswith("/v2/repository/index"), timeout=10_000):
+        page.mouse.down()
+    page.wait_for_timeout(300)  # the page renders what came back
+    page.mouse.up()
+    _wait_state(page, "tth", "not loaded")
+    assert page.locator("#action-result").inner_text().startswith("unloaded tth")
+
+    # a refresh that does change the list keeps the version chosen for deletion
+    _row(page, "tth").locator("select.delete-version").select_option("1")
+    r = HTTP.post(page_server.url + "/v2/repository/models/tth/load", headers=page_server.admin)
+    assert r.status_code == 200, r.text
+    page.evaluate("loadModels()")
+    assert not _row(page, "tth").locator("td.state").inner_text().startswith("not loaded")
+    assert _row(page, "tth").locator("select.delete-version").input_value() == "1"
+
+
 def test_upload_refreshes_the_list_and_clears_the_form(page, page_server, tth_bundle, tmp_path):
     archive = tmp_path / "tth.tar.gz"
     archive.write_bytes(pack_directory(tth_bundle.path))

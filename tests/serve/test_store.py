@@ -118,6 +118,23 @@ def test_a_version_deleted_after_it_was_resolved_is_not_found_not_broken(tmp_pat
         repo.predictor(*key)
 
 
+def test_a_version_deleted_while_a_scan_reads_it_is_gone_not_broken(tmp_path, files, monkeypatch):
+    # another process's delete lands between the scan's listing and its reading of the version
+    # (readers take no lock): the scan must see the version gone, never list it as broken
+    from mlaas4hep.serve import repository
+
+    repo = Repository(tmp_path / "repo")
+    repo.install(files, "m", 1)
+    repo.install(files, "m", 2)
+    (tmp_path / "repo" / "m" / "3").write_text("not a bundle")  # a real broken entry stays reported
+    real = repository._listdir
+    monkeypatch.setattr(repository, "_listdir", lambda p: [*real(p), "4"] if p.name == "m" else real(p))
+    Repository(tmp_path / "repo").delete("m", 2)
+    repo.rescan()
+    assert repo.versions("m") == [1]
+    assert repo.broken == [{"name": "m", "version": "3", "error": "not a directory"}]
+
+
 def test_a_read_only_repository_serves_and_refuses_every_change(tmp_path, files):
     Repository(tmp_path / "repo").install(files, "m", 1)
     for extra in (".lock", ".generation", ".staging"):

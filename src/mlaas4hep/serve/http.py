@@ -136,12 +136,7 @@ class Call:
 
     async def read_body(self, limit: int) -> bytes | bytearray:
         """The whole body; :class:`TooLarge` past ``limit`` bytes (on Content-Length first, then while reading)."""
-        cl = self.headers.get("content-length")
-        if cl is not None:
-            if not cl.isdigit():
-                raise errors.InvalidRequest("invalid Content-Length")
-            if int(cl) > limit:
-                raise errors.TooLarge(f"the request body of {cl} bytes exceeds the limit of {limit} bytes")
+        cl = check_length(self.headers, limit)
         # A large body of announced length is gathered into one preallocated buffer
         # (one copy; numpy then views it), a small or chunked one as a list of parts.
         buf = bytearray(int(cl)) if cl is not None and int(cl) > 65536 else None
@@ -173,6 +168,17 @@ class Call:
         if enc and enc != "identity":
             body = decompress(body, enc.strip().lower(), limit)
         return body
+
+
+def check_length(headers: Mapping[str, str], limit: int) -> str | None:
+    """The ``Content-Length`` header, checked: a number, at most ``limit`` (else the client's error)."""
+    cl = headers.get("content-length")
+    if cl is not None:
+        if not cl.isdigit():
+            raise errors.InvalidRequest("invalid Content-Length")
+        if int(cl) > limit:
+            raise errors.TooLarge(f"the request body of {cl} bytes exceeds the limit of {limit} bytes")
+    return cl
 
 
 def decompress(body: bytes | bytearray, enc: str, limit: int) -> bytes:

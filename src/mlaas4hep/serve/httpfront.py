@@ -39,7 +39,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import errors
 from .fastpath import FastPath
-from .http import Call, Handler, decompress
+from .http import Call, Handler, check_length, decompress
 from .httpproto import MAX_HEADERS, LimitedHttpToolsProtocol
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -132,12 +132,7 @@ class HotCall(Call):
     async def read_body(self, limit: int) -> bytes | bytearray:
         """The whole body, with :meth:`Call.read_body`'s checks and messages (``limit``: at most the cycle's)."""
         cycle = self._cycle
-        cl = self.headers.get("content-length")
-        if cl is not None:
-            if not cl.isdigit():
-                raise errors.InvalidRequest("invalid Content-Length")
-            if int(cl) > limit:
-                raise errors.TooLarge(f"the request body of {cl} bytes exceeds the limit of {limit} bytes")
+        check_length(self.headers, limit)
         if not cycle.complete and not cycle.disconnected and cycle.size <= limit:
             transport = self._protocol.transport
             if cycle.expect_100 and not transport.is_closing():

@@ -213,15 +213,15 @@ class Repository:
                 if not _is_version_dir(vname):
                     continue
                 vdir = self.root / name / vname
-                reason = self._check_version_dir(name, vdir, metas)
                 key = (name, int(vname))
-                if reason is None:
-                    try:
+                try:
+                    reason = self._check_version_dir(name, vdir, metas)
+                    if reason is None:
                         stamps[key] = vdir.stat().st_ino
-                    except OSError:  # removed meanwhile (by a process that does not lock)
-                        metas.pop(key, None)
+                        vs.append(key[1])
                         continue
-                    vs.append(key[1])
+                except FileNotFoundError:  # deleted since the listing, by a transaction of another process
+                    metas.pop(key, None)
                     continue
                 entry = {"name": name, "version": vname, "error": reason}
                 broken.append(entry)
@@ -266,13 +266,19 @@ class Repository:
     def _check_version_dir(
         self, name: str, vdir: Path, metas: dict[tuple[str, int], dict[str, Any]]
     ) -> str | None:
-        """Why the version directory ``vdir`` cannot be served (None: it can); fills ``metas``."""
+        """Why the version directory ``vdir`` cannot be served (None: it can); fills ``metas``.
+
+        Raises :class:`FileNotFoundError` when ``vdir`` was deleted since it was
+        listed: that is a change seen in the middle, not a broken entry.
+        """
         if len(vdir.name) > 19 or not 1 <= int(vdir.name) <= MAX_VERSION or vdir.name != str(int(vdir.name)):
             return "the version must be an integer from 1 to 2**63-1, written without leading zeros"
         f = vdir / "bundle.json"
         try:
             st = f.stat()
         except OSError:
+            if not os.path.lexists(vdir):
+                raise FileNotFoundError(vdir) from None
             return "no bundle.json" if vdir.is_dir() else "not a directory"
         sig = (st.st_ino, st.st_mtime_ns, st.st_size)
         key = (name, int(vdir.name))
@@ -283,6 +289,8 @@ class Repository:
             try:
                 meta = bundle.read_meta(vdir, f"{name}/{vdir.name}")
             except BundleError as err:
+                if not os.path.lexists(vdir):
+                    raise FileNotFoundError(vdir) from None
                 return str(err)
             self._meta_sig[key] = (sig, meta)
         metas[key] = meta
