@@ -38,6 +38,7 @@ local`` with one or two workers (:data:`LOCAL_THREADS`) runs them as threads.
 from __future__ import annotations
 
 import ast
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -143,18 +144,22 @@ def _launch(workers: int) -> ProcessPoolExecutor:
         threading.Thread(target=_start, args=(pool, warm), name="mlaas4hep-pool-start", daemon=True).start()
         _WARM[workers] = warm
         _POOLS[workers] = pool
-        threading._register_atexit(_let_workers_start)  # type: ignore[attr-defined]
     return pool
 
 
-def _let_workers_start() -> None:
-    """At exit, wait (a bounded time) for workers still starting.
+def _close_pools_at_exit() -> None:
+    """At exit, wait (a bounded time) for workers still starting, then shut the pools down.
 
     A command that ends before its pool is up (a small job done by the calling
     process, see :class:`StartingPool`) would otherwise leave the fork server
     starting workers whose parent is gone: each printed a ``FileNotFoundError``
-    traceback from ``multiprocessing`` after the command's own output. This runs
-    before ``concurrent.futures`` shuts its pools down at exit.
+    traceback from ``multiprocessing`` after the command's own output.
+
+    This runs before ``concurrent.futures``'s own exit hook, and shuts the
+    pools down itself, waiting: Python 3.11's hook wakes each pool's manager
+    thread while that thread may be closing its wake-up pipe, a race that
+    printed ``OSError: [Errno 9] Bad file descriptor`` after the output of a
+    loaded machine's short commands.
     """
     for warm in list(_WARM.values()):
         for f in warm:
@@ -162,6 +167,13 @@ def _let_workers_start() -> None:
                 f.result(timeout=10)
             except BaseException:
                 pass
+    for pool in list(_POOLS.values()):
+        with contextlib.suppress(Exception):
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# concurrent.futures.process (imported above) registered its hook first: this one runs before it
+threading._register_atexit(_close_pools_at_exit)  # type: ignore[attr-defined]
 
 
 def _start(pool: ProcessPoolExecutor, warm: list[Future[None]]) -> None:
