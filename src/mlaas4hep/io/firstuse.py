@@ -63,6 +63,7 @@ from .chunk import Chunk, ChunkStore, Unit, temp_dir
 from .errors import cache_write_error
 from .preprocess import PadPlans, Preprocessor, _flat, list_parts, pad_jagged
 from .reader import UnitReader
+from .roomfile import RoomFile
 from .scatter import ScatterPlans, small_pages
 from .specs import Stats, chunk_stats
 
@@ -95,6 +96,9 @@ class RawChunk:
         room: None, or the flat float32 buffer whose start ``x`` is, longer than
             ``x``: :func:`finalize` widens ``x`` to the final widths inside it
             (in memory only; never stored).
+        file: None, or the :class:`~mlaas4hep.io.roomfile.RoomFile` whose buffer
+            ``x`` starts: the unit lives in the page cache, and its layout can become
+            the decoded cache's ``x.npy`` in place (:func:`lay_out_to_store`).
     """
 
     x: np.ndarray
@@ -104,6 +108,7 @@ class RawChunk:
     weight: np.ndarray
     event_id: np.ndarray
     room: np.ndarray | None = field(default=None, repr=False, compare=False)
+    file: RoomFile | None = field(default=None, repr=False, compare=False)
 
     FIELDS = ("x", "counts", "widths", "y", "weight", "event_id")
 
@@ -294,22 +299,36 @@ def lay_out_to_store(raw: RawChunk, pre: Preprocessor, store: ChunkStore, unit: 
     later), then the small fields are written and the folder is renamed into
     place, as :meth:`~mlaas4hep.io.chunk.ChunkStore.write` does. The pages
     are written once, in the page cache: no array in memory first, no copy
-    into the cache by ``write``. None (nothing left behind) when the store
-    cannot be written: the caller lays the unit out in memory, and the
-    cache writer reports the failure.
+    into the cache by ``write``. A raw unit that lives in a
+    :class:`~mlaas4hep.io.roomfile.RoomFile` is laid out in place there, and
+    that file becomes ``x.npy``: no page of ``x`` is new.
+
+    None (nothing left behind, ``raw`` unchanged) when the store cannot be
+    written: the caller lays the unit out in memory, and the cache writer
+    reports the failure. A raw unit laid out in place and then refused by the
+    store is returned laid out, not stored (the cache writer then reports it).
     """
     tmp = temp_dir(store.root, unit)
     shape = (len(raw), pre.n_features)
     try:
         tmp.mkdir(parents=True)
-        x, mask = (_mapped(tmp / f"{f}.npy", t, shape) for f, t in (("x", np.float32), ("mask", np.bool_)))
-        chunk = finalize(raw, pre, out=(x, mask))
-        x.flags.writeable = mask.flags.writeable = False  # as a chunk read back from the cache
-        for f in Chunk.FIELDS[2:]:
-            np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+        mask = _mapped(tmp / "mask.npy", np.bool_, shape)
+        if raw.file is None:
+            chunk = finalize(raw, pre, out=(_mapped(tmp / "x.npy", np.float32, shape), mask))
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         return None
+    try:
+        if raw.file is not None:  # from here on ``raw`` is used up: laid out in its own file
+            chunk = finalize(raw, pre, inplace=True, mask=mask)
+            if not raw.file.publish(chunk.x, tmp / "x.npy"):  # not in place after all: written
+                np.save(tmp / "x.npy", chunk.x, allow_pickle=False)
+        chunk.x.flags.writeable = chunk.mask.flags.writeable = False  # as a chunk read from the cache
+        for f in Chunk.FIELDS[2:]:
+            np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # the maps stay valid after the unlink
+        return None if raw.file is None else chunk
     try:
         os.replace(tmp, store.path(unit))
     except OSError:  # another writer won the race: its chunk is identical
@@ -353,7 +372,7 @@ def memory_budget() -> int:
 
 
 def decode_raw(
-    reader: UnitReader, names: list[str], given: list[int | None], unit: Unit
+    reader: UnitReader, names: list[str], given: list[int | None], unit: Unit, files: str | None = None
 ) -> tuple[dict[str, Stats], int, RawChunk]:
     """Statistics and raw tensors of one unit, from one read.
 
@@ -362,6 +381,10 @@ def decode_raw(
     jagged branch, its configured length or None (then the unit's longest
     list is kept). Returns ``(stats, selected events, RawChunk)``; the
     statistics are those :func:`mlaas4hep.io.passes.unit_stats` computes.
+
+    ``files``: a directory on the decoded cache's filesystem, where a unit
+    without a selection is decoded into a :class:`~mlaas4hep.io.roomfile.RoomFile`
+    (memory otherwise, or where that cannot be made).
     """
     pre: Preprocessor = reader.preprocessor
     arrays = pre.add_variables(reader.read_raw(unit))
@@ -378,8 +401,12 @@ def decode_raw(
     width = len(pre.flat) + sum(widths)
     # room for the final widths, which the specs pass decides (pages never written cost nothing)
     room = len(pre.flat) + sum(w if g is not None else max(2 * w, w + ROOM) for w, g in zip(widths, given))
-    with small_pages():
-        buf = np.zeros(n_all * room, np.float32)  # padded slots stay 0 (arbitrary)
+    file = RoomFile.create(files, n_all * room, n_all * width) if files and keep is None else None
+    if file is not None:
+        buf = file.buffer  # zeros, as a file's holes read
+    else:
+        with small_pages():
+            buf = np.zeros(n_all * room, np.float32)  # padded slots stay 0 (arbitrary)
     x = buf[: n_all * width].reshape(n_all, width)
     for i, name in enumerate(pre.flat):
         x[:, i] = _flat(arrays[name], name)
@@ -406,6 +433,7 @@ def decode_raw(
         x, cnt = x[keep], cnt[:, keep]
     raw = RawChunk(x, cnt, np.asarray(widths, np.int64), *reader._targets(unit, arrays, keep))
     raw.room = buf if keep is None and room > width else None
+    raw.file = file if keep is None else None
     return stats, n, raw
 
 
@@ -452,6 +480,7 @@ def finalize(
     pre: Preprocessor,
     inplace: bool = False,
     out: tuple[np.ndarray, np.ndarray] | None = None,
+    mask: np.ndarray | None = None,
 ) -> Chunk:
     """Lay a raw unit out as ``pre`` would have decoded it: pad/clip, normalise, mask.
 
@@ -468,7 +497,8 @@ def finalize(
     if writeable) becomes the chunk's ``x``. Otherwise, with ``inplace``, a raw
     unit that left room in its buffer (:attr:`RawChunk.room`) is widened to the
     final widths inside it. ``out``: the ``(x, mask)`` arrays to lay the unit out
-    into (``mask`` all False), e.g. memory maps of the decoded cache's files.
+    into (``mask`` all False), e.g. memory maps of the decoded cache's files;
+    ``mask`` alone: the mask array to fill (all False), ``x`` chosen as above.
     """
     n, nflat = len(raw), len(pre.flat)
     widths = [int(w) for w in raw.widths]
@@ -511,7 +541,7 @@ def finalize(
     runs = _runs(counts, [length for _, length in pre.jagged], nflat)
     if out is not None:
         mask = out[1]
-    else:
+    elif mask is None:
         with small_pages():
             mask = np.zeros((n, pre.n_features), bool)
     pad = np.float32(pre.pad_value)
@@ -548,6 +578,7 @@ def _widens_in_place(raw: RawChunk, n: int, width: int) -> bool:
     room, x = raw.room, raw.x
     return (
         room is not None
+        and (raw.file is None or raw.file.reserve(n * width))  # its blocks, before any page is written
         and room.flags.writeable
         and room.size >= n * width
         and x.shape[1] <= width
