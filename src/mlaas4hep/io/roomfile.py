@@ -98,7 +98,9 @@ class RoomFile:
             x.dtype == np.float32
             and x.flags.c_contiguous
             and x.size <= self.buffer.size
-            and (x.size == 0 or x.__array_interface__["data"][0] == self.buffer.__array_interface__["data"][0])
+            and (
+                x.size == 0 or x.__array_interface__["data"][0] == self.buffer.__array_interface__["data"][0]
+            )
         )
 
     def publish(self, x: np.ndarray, path: str | Path) -> bool:
