@@ -33,7 +33,9 @@ the calling process, and epoch 0 lays them out there (on its threads, with
 workers that are threads), in place: a unit whose lengths come from the
 specs is widened inside its own buffer (:attr:`RawChunk.room`), and one
 whose chunk goes to the decoded cache is laid out straight into the cache's
-files (:func:`lay_out_to_store`). With worker processes, the units the calling process decodes
+files (:func:`lay_out_to_store`). With a cache directory, that buffer is
+itself a file in the page cache (:class:`~mlaas4hep.io.roomfile.RoomFile`),
+which becomes the chunk's ``x.npy``: its pages are written once. With worker processes, the units the calling process decodes
 itself while its workers start stay in memory too (:class:`HereOr`); those
 the workers decode, and those that do not fit, go to a
 :class:`~mlaas4hep.io.chunk.ChunkStore` of :class:`RawChunk`
