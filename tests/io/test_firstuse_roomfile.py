@@ -118,3 +118,21 @@ def test_a_first_use_with_a_cache_publishes_its_files_and_reads_them_back_equal(
             np.testing.assert_array_equal(getattr(a, f), getattr(c, f))
     raws = list((tmp_path / "cache").rglob("raw-*"))
     assert all(not any(p.iterdir()) for p in raws if p.is_dir())
+
+
+def test_room_files_open_at_once_are_capped_and_given_back(tmp_path, monkeypatch):
+    """Each room file holds a descriptor until its unit goes: past ``MAX_OPEN`` units live in memory."""
+    import gc
+
+    monkeypatch.setattr(roomfile, "MAX_OPEN", 2)
+    a = roomfile.RoomFile.create(tmp_path, 100, 10)
+    b = roomfile.RoomFile.create(tmp_path, 100, 10)
+    assert a is not None and b is not None
+    assert roomfile.RoomFile.create(tmp_path, 100, 10) is None
+    fd = a.fd
+    del a
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed with its file
+    c = roomfile.RoomFile.create(tmp_path, 100, 10)
+    assert c is not None and os.listdir(tmp_path) == []

@@ -23,7 +23,9 @@ writes. A file never published (no room in the cache, a run that stops after
 the specs pass) has no name: it goes when its mapping and descriptor go, and
 nothing is left on disk. Blocks are allocated (``posix_fallocate``) before any
 page of them is written, so a full disk is an :class:`OSError` (the unit then
-lives in memory), never a ``SIGBUS``.
+lives in memory), never a ``SIGBUS``. Each file holds a descriptor until its
+unit is laid out: at most :func:`max_open` are open at once (the units beyond
+them live in memory), so reading the data never runs out of descriptors.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from __future__ import annotations
 import io
 import mmap
 import os
+import resource
+import threading
 import weakref
 from pathlib import Path
 
@@ -39,6 +43,35 @@ from numpy.lib import format as npy
 
 #: Bytes of ``.npy`` header before the data: what ``np.save`` writes for a 2-D float32 array.
 HEADER = 128
+#: How many room files may be open at once; None: a quarter of the descriptors this process may open.
+MAX_OPEN: int | None = None
+_open = 0
+_lock = threading.Lock()
+
+
+def max_open() -> int:
+    """:data:`MAX_OPEN`, or a quarter of the soft ``RLIMIT_NOFILE`` (at most 4096)."""
+    if MAX_OPEN is not None:
+        return MAX_OPEN
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 4096 if soft == resource.RLIM_INFINITY else min(soft // 4, 4096)
+
+
+def _take() -> bool:
+    global _open
+    with _lock:
+        if _open >= max_open():
+            return False
+        _open += 1
+        return True
+
+
+def _give_back(fd: int | None = None) -> None:
+    global _open
+    with _lock:
+        _open -= 1
+    if fd is not None:
+        os.close(fd)
 
 
 class RoomFile:
@@ -55,29 +88,30 @@ class RoomFile:
         self.allocated = HEADER + 4 * used
         self._mm = mmap.mmap(fd, HEADER + 4 * size)
         self.buffer = np.frombuffer(self._mm, np.float32, count=size, offset=HEADER)
-        weakref.finalize(self, os.close, fd)
+        weakref.finalize(self, _give_back, fd)
 
     @classmethod
     def create(cls, directory: str | Path, size: int, used: int) -> RoomFile | None:
         """A file in ``directory`` with room for ``size`` floats, the first ``used`` allocated.
 
         None where that cannot be done (no ``O_TMPFILE`` on this system or
-        filesystem, a full disk, no descriptor left): the caller uses memory.
+        filesystem, a full disk, :func:`max_open` files open): the caller uses memory.
         """
         flag = getattr(os, "O_TMPFILE", None)
-        if flag is None or size <= 0:
+        if flag is None or size <= 0 or not _take():
             return None
         try:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(directory, flag | os.O_RDWR, 0o644)
         except OSError:
+            _give_back()
             return None
         try:
             os.ftruncate(fd, HEADER + 4 * size)  # a sparse file: pages never written cost nothing
             os.posix_fallocate(fd, 0, HEADER + 4 * used)
             return cls(fd, size, used)
         except (OSError, ValueError):
-            os.close(fd)
+            _give_back(fd)
             return None
 
     def reserve(self, floats: int) -> bool:
