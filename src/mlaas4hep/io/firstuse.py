@@ -517,12 +517,14 @@ def finalize(
             copies.append((r, col, min(width, length)))
         r, col = r + width, col + length
     copies = _merged(copies)
+    gaps = _gaps(copies, pre.n_features)  # x columns no copy writes: padding in every event
     identity = raw.x.shape[1] == pre.n_features and copies in ([(0, 0, pre.n_features)], [])
     src = np.asarray(raw.x)
     widen = out is None and not identity and inplace and _widens_in_place(raw, n, pre.n_features)
     if out is not None:
         x = out[0]
         copies = _merged([(0, 0, raw.x.shape[1])]) if identity and raw.x.shape[1] else copies
+        gaps = _gaps(copies, pre.n_features)
     elif identity and inplace and raw.x.flags.writeable:
         x, copies = raw.x, []  # the unit is ours to change (in memory, or a file moved out of the store)
     elif identity:
@@ -558,7 +560,8 @@ def finalize(
             if tmp is not None:
                 block = tmp[: len(xs)]
                 np.copyto(block, src[r : r + rows.step])
-            xs[...] = pad  # slots beyond a branch's stored width: padding in every event
+            for a, b in gaps:  # slots beyond a branch's stored width: padding in every event
+                xs[:, a:b] = pad
             for a, b, k in copies:
                 xs[:, b : b + k] = block[:, a : a + k]
         if cols is None and act.all():
@@ -587,6 +590,18 @@ def _widens_in_place(raw: RawChunk, n: int, width: int) -> bool:
         and x.flags.c_contiguous
         and (n == 0 or np.shares_memory(x[:1], room[:1]))
     )
+
+
+def _gaps(copies: list[tuple[int, int, int]], width: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` runs of the ``width`` columns of ``x`` that none of ``copies`` writes."""
+    out, col = [], 0
+    for _, b, k in sorted(copies, key=lambda c: c[1]):
+        if b > col:
+            out.append((col, b))
+        col = max(col, b + k)
+    if col < width:
+        out.append((col, width))
+    return out
 
 
 def _merged(copies: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:

@@ -170,6 +170,20 @@ def block_permutation(rng: np.random.Generator, n: int, block: int) -> np.ndarra
     return idx[idx < n]
 
 
+def _by_table(serials: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """An order of a batch's rows that groups them by table, in batch order within a table.
+
+    A stable sort of the tables' serial numbers as 16-bit integers, which NumPy does as a
+    radix sort (several times faster than sorting the 64-bit names); the names themselves
+    are sorted where the batch spans more than 65536 tables. Either order gathers the same
+    rows: they are put back in batch order afterwards.
+    """
+    lo = int(serials.min())
+    if int(serials.max()) - lo < 2**16:
+        return np.argsort((serials - lo).astype(np.uint16), kind="stable")
+    return np.argsort(names)
+
+
 def _in_order(
     tables: Iterable[tuple[Any, ...]], batch_size: int, cat: Callable[[list[Any]], Any]
 ) -> Iterator[tuple[Any, ...]]:
@@ -267,7 +281,7 @@ class _Pool:
         if (serials == first).all():
             rows = names & _ROW_MASK
             return tuple(take(a, rows) for a in tables[first])
-        order = np.argsort(names)  # by table, then by row: each table's rows are read in one gather
+        order = _by_table(serials, names)  # each table's rows are read in one gather
         ordered = names[order]
         edges = np.flatnonzero(np.diff(ordered >> ROW_BITS)) + 1
         bounds = [0, *edges.tolist(), len(names)]
