@@ -33,7 +33,6 @@ from __future__ import annotations
 import io
 import mmap
 import os
-import resource
 import threading
 import weakref
 from pathlib import Path
@@ -53,6 +52,10 @@ def max_open() -> int:
     """:data:`MAX_OPEN`, or a quarter of the soft ``RLIMIT_NOFILE`` (at most 4096)."""
     if MAX_OPEN is not None:
         return MAX_OPEN
+    try:
+        import resource  # Unix only, as O_TMPFILE is
+    except ImportError:
+        return 0
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return 4096 if soft == resource.RLIM_INFINITY else min(soft // 4, 4096)
 
