@@ -116,3 +116,20 @@ def test_specs_for_another_configuration_are_not_reused(data_dir, tmp_path, capl
         s = Dataset.from_config(other).specs
     assert "configuration" in caplog.text
     assert s.flat == ["MET_pt"] and s.jagged == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.bool_])
+def test_stats_are_those_of_float64_arithmetic_whatever_the_reused_scratch_holds(dtype):
+    """``Stats.of`` casts into a scratch array reused from call to call (and overwrites it with
+    the deviations): every call, larger or smaller than the last, gives numpy's float64 values
+    exactly, and the caller's array is left as it was."""
+    rng = np.random.default_rng(2)
+    for n in (50_000, 1_000, 70_001, 3):
+        v = (rng.normal(4, 2, n) * (10 if dtype is np.int32 else 1)).astype(dtype)
+        before = v.copy()
+        s = Stats.of(v)
+        w = v.astype(np.float64)
+        mean = float(w.mean())
+        assert (s.count, s.mean, s.min, s.max) == (n, mean, float(w.min()), float(w.max()))
+        assert s.m2 == float(np.square(w - mean).sum())
+        np.testing.assert_array_equal(v, before)

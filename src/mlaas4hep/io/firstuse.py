@@ -33,7 +33,9 @@ the calling process, and epoch 0 lays them out there (on its threads, with
 workers that are threads), in place: a unit whose lengths come from the
 specs is widened inside its own buffer (:attr:`RawChunk.room`), and one
 whose chunk goes to the decoded cache is laid out straight into the cache's
-files (:func:`lay_out_to_store`). With worker processes, the units the calling process decodes
+files (:func:`lay_out_to_store`). With a cache directory, that buffer is
+itself a file in the page cache (:class:`~mlaas4hep.io.roomfile.RoomFile`),
+which becomes the chunk's ``x.npy``: its pages are written once. With worker processes, the units the calling process decodes
 itself while its workers start stay in memory too (:class:`HereOr`); those
 the workers decode, and those that do not fit, go to a
 :class:`~mlaas4hep.io.chunk.ChunkStore` of :class:`RawChunk`
@@ -63,6 +65,7 @@ from .chunk import Chunk, ChunkStore, Unit, temp_dir
 from .errors import cache_write_error
 from .preprocess import PadPlans, Preprocessor, _flat, list_parts, pad_jagged
 from .reader import UnitReader
+from .roomfile import RoomFile
 from .scatter import ScatterPlans, small_pages
 from .specs import Stats, chunk_stats
 
@@ -95,6 +98,9 @@ class RawChunk:
         room: None, or the flat float32 buffer whose start ``x`` is, longer than
             ``x``: :func:`finalize` widens ``x`` to the final widths inside it
             (in memory only; never stored).
+        file: None, or the :class:`~mlaas4hep.io.roomfile.RoomFile` whose buffer
+            ``x`` starts: the unit lives in the page cache, and its layout can become
+            the decoded cache's ``x.npy`` in place (:func:`lay_out_to_store`).
     """
 
     x: np.ndarray
@@ -104,6 +110,7 @@ class RawChunk:
     weight: np.ndarray
     event_id: np.ndarray
     room: np.ndarray | None = field(default=None, repr=False, compare=False)
+    file: RoomFile | None = field(default=None, repr=False, compare=False)
 
     FIELDS = ("x", "counts", "widths", "y", "weight", "event_id")
 
@@ -294,22 +301,36 @@ def lay_out_to_store(raw: RawChunk, pre: Preprocessor, store: ChunkStore, unit: 
     later), then the small fields are written and the folder is renamed into
     place, as :meth:`~mlaas4hep.io.chunk.ChunkStore.write` does. The pages
     are written once, in the page cache: no array in memory first, no copy
-    into the cache by ``write``. None (nothing left behind) when the store
-    cannot be written: the caller lays the unit out in memory, and the
-    cache writer reports the failure.
+    into the cache by ``write``. A raw unit that lives in a
+    :class:`~mlaas4hep.io.roomfile.RoomFile` is laid out in place there, and
+    that file becomes ``x.npy``: no page of ``x`` is new.
+
+    None (nothing left behind, ``raw`` unchanged) when the store cannot be
+    written: the caller lays the unit out in memory, and the cache writer
+    reports the failure. A raw unit laid out in place and then refused by the
+    store is returned laid out, not stored (the cache writer then reports it).
     """
     tmp = temp_dir(store.root, unit)
     shape = (len(raw), pre.n_features)
     try:
         tmp.mkdir(parents=True)
-        x, mask = (_mapped(tmp / f"{f}.npy", t, shape) for f, t in (("x", np.float32), ("mask", np.bool_)))
-        chunk = finalize(raw, pre, out=(x, mask))
-        x.flags.writeable = mask.flags.writeable = False  # as a chunk read back from the cache
-        for f in Chunk.FIELDS[2:]:
-            np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+        mask = _mapped(tmp / "mask.npy", np.bool_, shape)
+        if raw.file is None:
+            chunk = finalize(raw, pre, out=(_mapped(tmp / "x.npy", np.float32, shape), mask))
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         return None
+    try:
+        if raw.file is not None:  # from here on ``raw`` is used up: laid out in its own file
+            chunk = finalize(raw, pre, inplace=True, mask=mask)
+            if not raw.file.publish(chunk.x, tmp / "x.npy"):  # not in place after all: written
+                np.save(tmp / "x.npy", chunk.x, allow_pickle=False)
+        chunk.x.flags.writeable = chunk.mask.flags.writeable = False  # as a chunk read from the cache
+        for f in Chunk.FIELDS[2:]:
+            np.save(tmp / f"{f}.npy", getattr(chunk, f), allow_pickle=False)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # the maps stay valid after the unlink
+        return None if raw.file is None else chunk
     try:
         os.replace(tmp, store.path(unit))
     except OSError:  # another writer won the race: its chunk is identical
@@ -353,7 +374,7 @@ def memory_budget() -> int:
 
 
 def decode_raw(
-    reader: UnitReader, names: list[str], given: list[int | None], unit: Unit
+    reader: UnitReader, names: list[str], given: list[int | None], unit: Unit, files: str | None = None
 ) -> tuple[dict[str, Stats], int, RawChunk]:
     """Statistics and raw tensors of one unit, from one read.
 
@@ -362,6 +383,10 @@ def decode_raw(
     jagged branch, its configured length or None (then the unit's longest
     list is kept). Returns ``(stats, selected events, RawChunk)``; the
     statistics are those :func:`mlaas4hep.io.passes.unit_stats` computes.
+
+    ``files``: a directory on the decoded cache's filesystem, where a unit
+    without a selection is decoded into a :class:`~mlaas4hep.io.roomfile.RoomFile`
+    (memory otherwise, or where that cannot be made).
     """
     pre: Preprocessor = reader.preprocessor
     arrays = pre.add_variables(reader.read_raw(unit))
@@ -378,8 +403,12 @@ def decode_raw(
     width = len(pre.flat) + sum(widths)
     # room for the final widths, which the specs pass decides (pages never written cost nothing)
     room = len(pre.flat) + sum(w if g is not None else max(2 * w, w + ROOM) for w, g in zip(widths, given))
-    with small_pages():
-        buf = np.zeros(n_all * room, np.float32)  # padded slots stay 0 (arbitrary)
+    file = RoomFile.create(files, n_all * room, n_all * width) if files and keep is None else None
+    if file is not None:
+        buf = file.buffer  # zeros, as a file's holes read
+    else:
+        with small_pages():
+            buf = np.zeros(n_all * room, np.float32)  # padded slots stay 0 (arbitrary)
     x = buf[: n_all * width].reshape(n_all, width)
     for i, name in enumerate(pre.flat):
         x[:, i] = _flat(arrays[name], name)
@@ -406,6 +435,7 @@ def decode_raw(
         x, cnt = x[keep], cnt[:, keep]
     raw = RawChunk(x, cnt, np.asarray(widths, np.int64), *reader._targets(unit, arrays, keep))
     raw.room = buf if keep is None and room > width else None
+    raw.file = file if keep is None else None
     return stats, n, raw
 
 
@@ -452,6 +482,7 @@ def finalize(
     pre: Preprocessor,
     inplace: bool = False,
     out: tuple[np.ndarray, np.ndarray] | None = None,
+    mask: np.ndarray | None = None,
 ) -> Chunk:
     """Lay a raw unit out as ``pre`` would have decoded it: pad/clip, normalise, mask.
 
@@ -468,7 +499,8 @@ def finalize(
     if writeable) becomes the chunk's ``x``. Otherwise, with ``inplace``, a raw
     unit that left room in its buffer (:attr:`RawChunk.room`) is widened to the
     final widths inside it. ``out``: the ``(x, mask)`` arrays to lay the unit out
-    into (``mask`` all False), e.g. memory maps of the decoded cache's files.
+    into (``mask`` all False), e.g. memory maps of the decoded cache's files;
+    ``mask`` alone: the mask array to fill (all False), ``x`` chosen as above.
     """
     n, nflat = len(raw), len(pre.flat)
     widths = [int(w) for w in raw.widths]
@@ -485,12 +517,14 @@ def finalize(
             copies.append((r, col, min(width, length)))
         r, col = r + width, col + length
     copies = _merged(copies)
+    gaps = _gaps(copies, pre.n_features)  # x columns no copy writes: padding in every event
     identity = raw.x.shape[1] == pre.n_features and copies in ([(0, 0, pre.n_features)], [])
     src = np.asarray(raw.x)
     widen = out is None and not identity and inplace and _widens_in_place(raw, n, pre.n_features)
     if out is not None:
         x = out[0]
         copies = _merged([(0, 0, raw.x.shape[1])]) if identity and raw.x.shape[1] else copies
+        gaps = _gaps(copies, pre.n_features)
     elif identity and inplace and raw.x.flags.writeable:
         x, copies = raw.x, []  # the unit is ours to change (in memory, or a file moved out of the store)
     elif identity:
@@ -511,7 +545,7 @@ def finalize(
     runs = _runs(counts, [length for _, length in pre.jagged], nflat)
     if out is not None:
         mask = out[1]
-    else:
+    elif mask is None:
         with small_pages():
             mask = np.zeros((n, pre.n_features), bool)
     pad = np.float32(pre.pad_value)
@@ -526,7 +560,8 @@ def finalize(
             if tmp is not None:
                 block = tmp[: len(xs)]
                 np.copyto(block, src[r : r + rows.step])
-            xs[...] = pad  # slots beyond a branch's stored width: padding in every event
+            for a, b in gaps:  # slots beyond a branch's stored width: padding in every event
+                xs[:, a:b] = pad
             for a, b, k in copies:
                 xs[:, b : b + k] = block[:, a : a + k]
         if cols is None and act.all():
@@ -548,12 +583,25 @@ def _widens_in_place(raw: RawChunk, n: int, width: int) -> bool:
     room, x = raw.room, raw.x
     return (
         room is not None
+        and (raw.file is None or raw.file.reserve(n * width))  # its blocks, before any page is written
         and room.flags.writeable
         and room.size >= n * width
         and x.shape[1] <= width
         and x.flags.c_contiguous
         and (n == 0 or np.shares_memory(x[:1], room[:1]))
     )
+
+
+def _gaps(copies: list[tuple[int, int, int]], width: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` runs of the ``width`` columns of ``x`` that none of ``copies`` writes."""
+    out, col = [], 0
+    for _, b, k in sorted(copies, key=lambda c: c[1]):
+        if b > col:
+            out.append((col, b))
+        col = max(col, b + k)
+    if col < width:
+        out.append((col, width))
+    return out
 
 
 def _merged(copies: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:

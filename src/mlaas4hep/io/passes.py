@@ -63,7 +63,11 @@ def decode_unit(reader: UnitReader, root: str | None, unit: Unit) -> Chunk | int
 
 
 def stats_and_raw(
-    reader: UnitReader, names: list[str], given: list[int | None], item: tuple[Unit, Any]
+    reader: UnitReader,
+    names: list[str],
+    given: list[int | None],
+    item: tuple[Unit, Any],
+    files: str | None = None,
 ) -> tuple[dict[str, Stats], int, firstuse.RawChunk | None]:
     """The specs of one unit, and where the item says so its raw tensors.
 
@@ -72,11 +76,15 @@ def stats_and_raw(
     to the raw store there, a :class:`~mlaas4hep.io.firstuse.HereOr` does the
     first in the process it names and the second elsewhere, None (no room
     left) computes only the statistics, exactly as :func:`unit_stats` does.
+
+    ``files``: where a raw unit that stays in this process is decoded into a
+    file in the page cache (see :mod:`mlaas4hep.io.roomfile`).
     """
     unit, where = item
     if where is None:
         return (*unit_stats(reader, names, unit), None)
-    stats, n, raw = firstuse.decode_raw(reader, names, given, unit)
+    here = where == firstuse.MEMORY or (isinstance(where, firstuse.HereOr) and where.pid == os.getpid())
+    stats, n, raw = firstuse.decode_raw(reader, names, given, unit, files if here else None)
     if isinstance(where, firstuse.HereOr):
         if where.pid == os.getpid():  # the calling process ran it (its workers were starting)
             return stats, n, raw

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ class Stats:
                 values = ak.to_numpy(ak.flatten(values, axis=None))
         elif isinstance(values, ak.Array):
             values = ak.to_numpy(values)
-        v = np.asarray(values, dtype=np.float64)
+        v = _float64(values)
         s = cls(lengths=lengths)
         if not v.size:
             return s
@@ -71,7 +72,8 @@ class Stats:
                 return s
             lo, hi = v.min(), v.max()
         s.count, s.mean = int(v.size), float(v.mean())
-        d = v - s.mean
+        # the deviations overwrite v where v is a copy of ours (no second array of them)
+        d = np.subtract(v, s.mean, out=v) if _ours(v, values) else v - s.mean
         np.square(d, out=d)
         s.m2 = float(d.sum())
         s.min, s.max = float(lo), float(hi)
@@ -106,6 +108,33 @@ class Stats:
             return 0
         cdf = np.cumsum(self.lengths) / self.lengths.sum()
         return int(np.searchsorted(cdf, q))
+
+
+#: Per thread: the float64 array that :func:`_float64` casts a branch's values into, reused
+#: from unit to unit (a fresh array of millions of values is faulted in and zeroed anew each
+#: time, which costs more than the cast); at most :data:`SCRATCH_VALUES` values are kept.
+_scratch = threading.local()
+SCRATCH_VALUES = 2**23
+
+
+def _float64(values: Any) -> np.ndarray:
+    """``values`` as float64: the array itself when it is float64, else a cast into this
+    thread's scratch array (valid until the next call on this thread)."""
+    a = np.asarray(values)
+    if a.dtype == np.float64 or a.dtype.kind not in "biuf" or a.size > SCRATCH_VALUES:
+        return np.asarray(a, dtype=np.float64)
+    buf: np.ndarray | None = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < a.size:
+        buf = _scratch.buf = np.empty(max(a.size, 2 * (buf.size if buf is not None else 0)), np.float64)
+    out = buf[: a.size].reshape(a.shape)
+    np.copyto(out, a, casting="unsafe")
+    return out
+
+
+def _ours(v: np.ndarray, values: Any) -> bool:
+    """Whether ``v`` may be overwritten: this thread's scratch array, or a copy made here."""
+    buf = getattr(_scratch, "buf", None)
+    return (buf is not None and np.may_share_memory(v, buf)) or (v.flags.owndata and v is not values)
 
 
 @dataclass

@@ -55,7 +55,9 @@ def run_specs_pass(ds: Dataset) -> Specs:
     given = [ds._given_length(j) for j in sch.jagged]
     per_event = firstuse.bytes_per_event(len(sch.flat), given)
     if raw is not None:  # one decode for specs and epoch 0: keep each unit's raw tensors
-        fn = partial(stats_and_raw, reader, names, given)
+        # with a cache directory, a unit held here is decoded into the page cache, where it
+        # becomes its decoded cache file in place (see mlaas4hep.io.roomfile)
+        fn = partial(stats_and_raw, reader, names, given, files=str(raw.root) if c.cache_dir else None)
         # the disk's room: cache_max_gb less what the cache directory holds
         room = c.cache_max_gb * 2**30 - (dir_size(raw.root.parent) if c.cache_dir else 0)
         # memory for what this process decodes: with workers, the units it runs while they
