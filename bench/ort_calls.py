@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import SIZES, mlp_onnx  # noqa: E402
+from serve import SIZES, mlp_onnx
 
 
 def session(model: bytes, arena: bool, spin: bool | None, inter1: bool, threads: int = 0) -> Any:
