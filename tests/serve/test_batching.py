@@ -254,3 +254,101 @@ def test_concurrent_requests_of_a_cheap_model_still_merge(pool):
 
     asyncio.run(main())
     assert sum(rec.calls) == 40 and len(rec.calls) <= 3
+
+
+class Overlap:
+    """A model that records how many of its calls run at once. With ``meet``, no call returns before
+    ``meet`` calls have been running together (a call that waits ``timeout`` seconds for that fails)."""
+
+    def __init__(self, meet: int = 0, delay: float = 0.0, timeout: float = 10.0):
+        import threading
+
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+        self.calls: list[int] = []
+        self.met = threading.Event()
+        self.meet, self.delay, self.timeout = meet, delay, timeout
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            self.calls.append(x.shape[0])
+            if self.now >= self.meet:
+                self.met.set()
+        try:
+            if not self.met.wait(self.timeout):
+                raise RuntimeError(f"{self.meet} calls never ran at once")
+            time.sleep(self.delay)
+            return x.sum(axis=1, keepdims=True) * 2
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_full_batches_run_at_once_up_to_max_calls(pool):
+    """A full batch (max_batch rows queued: waiting cannot make it larger) starts while another
+    computes, up to max_calls calls at once; each request still gets its own rows. (Requests of
+    max_batch rows or more would run alone, beside the batches, whatever max_calls.)"""
+    model = Overlap(meet=2)  # two calls must be running together, or the barrier breaks
+    b = Batcher(model, max_batch=15, max_delay_ms=50, executor=pool, inline_us=0, max_calls=2)
+
+    async def main():
+        xs = [_rows(10, 100 * i) for i in range(4)]
+        outs = await asyncio.gather(*(b.infer(x) for x in xs))
+        for x, y in zip(xs, outs):
+            np.testing.assert_array_equal(y, x.sum(axis=1, keepdims=True) * 2)
+
+    asyncio.run(main())
+    assert model.calls == [10] * 4 and model.peak == 2
+
+
+def test_one_call_at_a_time_by_default(pool):
+    """max_calls=1 (the default): full batches wait for the running call."""
+    model = Overlap(delay=0.01)
+    b = Batcher(model, max_batch=15, max_delay_ms=50, executor=pool, inline_us=0)
+
+    async def main():
+        await asyncio.gather(*(b.infer(_rows(10, 100 * i)) for i in range(4)))
+
+    asyncio.run(main())
+    assert model.calls == [10] * 4 and model.peak == 1
+
+
+def test_a_batch_that_may_grow_waits_for_the_running_call(pool):
+    """With max_calls=2, requests arriving while a call runs and not filling a batch wait for it,
+    and go together in the next call, as with one call at a time."""
+    model = Overlap(delay=0.05)
+    b = Batcher(model, max_batch=100, max_delay_ms=0, executor=pool, inline_us=0, max_calls=2)
+
+    async def main():
+        first = asyncio.ensure_future(b.infer(_rows(3, 0)))
+        await asyncio.sleep(0.02)  # the first call is running
+        xs = [_rows(3, 10 * i) for i in range(1, 4)]
+        outs = await asyncio.gather(*(b.infer(x) for x in xs))
+        for x, y in zip(xs, outs):
+            np.testing.assert_array_equal(y, x.sum(axis=1, keepdims=True) * 2)
+        await first
+
+    asyncio.run(main())
+    assert model.calls == [3, 9] and model.peak == 1
+
+
+def test_a_failing_call_beside_another_reaches_only_its_requests(pool):
+    """Two calls at once, one fails: its requests get the error, the other's their scores."""
+
+    def model(x: np.ndarray) -> np.ndarray:
+        time.sleep(0.01)
+        if x[0, 0] < 0:
+            raise RuntimeError("model exploded")
+        return x.sum(axis=1, keepdims=True) * 2
+
+    b = Batcher(model, max_batch=15, max_delay_ms=50, executor=pool, inline_us=0, max_calls=2)
+
+    async def main():
+        good, bad = _rows(10, 0), -_rows(10, 1)
+        return await asyncio.gather(b.infer(good), b.infer(bad), return_exceptions=True)
+
+    ok, err = asyncio.run(main())
+    np.testing.assert_array_equal(ok, _rows(10, 0).sum(axis=1, keepdims=True) * 2)
+    assert isinstance(err, RuntimeError) and "exploded" in str(err)

@@ -69,7 +69,12 @@ class ServeConfig:
     threads: int | None = _opt(
         None, "onnxruntime intra-op threads per session (default: all cores)", int, "N"
     )
-    infer_threads: int = _opt(2, "onnxruntime calls running at once", int, "N")
+    infer_threads: int = _opt(
+        2,
+        "onnxruntime calls running at once per model (a full batch starts while another computes)",
+        int,
+        "N",
+    )
     spin: bool = _opt(
         False,
         "let idle onnxruntime threads busy-wait for work, as Triton's do: lower latency, more CPU "

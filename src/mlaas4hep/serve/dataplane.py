@@ -189,6 +189,7 @@ class DataPlane:
                 executor=pool,
                 observe=self.metrics.batch_observer(info.name, str(info.version)),
                 in_flight=lambda: self.in_flight,
+                max_calls=max(1, self.config.infer_threads),
             )
             made.append(b)
         return b
