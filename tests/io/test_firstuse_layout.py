@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import uproot
 
-from mlaas4hep.io import Dataset, firstuse
+from mlaas4hep.io import Dataset, firstuse, rawunit
 from mlaas4hep.io.chunk import Chunk, ChunkStore, Unit, WriteBehind, wait_for_writers
 from mlaas4hep.io.passes import stats_and_raw
 from mlaas4hep.io.preprocess import PadPlans, pad_jagged
@@ -112,7 +112,7 @@ def test_a_unit_the_calling_process_decodes_while_workers_start_stays_in_memory(
         reader, names, given, (unit, firstuse.HereOr(os.getpid() + 1, str(store.root)))
     )
     assert none is None and store.has(unit)
-    for f in firstuse.RawChunk.FIELDS:
+    for f in rawunit.RawChunk.FIELDS:
         np.testing.assert_array_equal(getattr(store.read(unit), f), getattr(raw, f))
 
 
@@ -156,7 +156,7 @@ def test_a_unit_laid_out_straight_into_the_cache_equals_one_laid_out_in_memory(
     def raw():
         return stats_and_raw(reader, names, given, (unit, firstuse.MEMORY))[2]
 
-    want = firstuse.finalize(raw(), pre)
+    want = rawunit.finalize(raw(), pre)
     store = ChunkStore(tmp_path / "store")
     got = firstuse.lay_out_to_store(raw(), pre, store, unit)
     assert got is not None and store.has(unit) and not got.x.flags.writeable and not got.mask.flags.writeable
@@ -192,13 +192,13 @@ def test_a_raw_unit_with_room_is_widened_in_place_to_the_same_values(data_dir, t
         if a.x.shape[1] == pre.n_features:  # this unit holds the longest list: laid out in place as is
             continue
         widened += 1
-        want = firstuse.finalize(a, pre)  # into a new array
-        old = firstuse.BLOCK_BYTES
-        firstuse.BLOCK_BYTES = 4096  # many blocks, so that later rows move over earlier ones
+        want = rawunit.finalize(a, pre)  # into a new array
+        old = rawunit.BLOCK_BYTES
+        rawunit.BLOCK_BYTES = 4096  # many blocks, so that later rows move over earlier ones
         try:
-            got = firstuse.finalize(b, pre, inplace=True)
+            got = rawunit.finalize(b, pre, inplace=True)
         finally:
-            firstuse.BLOCK_BYTES = old
+            rawunit.BLOCK_BYTES = old
         assert np.shares_memory(got.x, b.room)
         np.testing.assert_array_equal(got.x, want.x)
         np.testing.assert_array_equal(got.mask, want.mask)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from mlaas4hep.io import Dataset, firstuse, roomfile
+from mlaas4hep.io import Dataset, firstuse, rawunit, roomfile
 from mlaas4hep.io.chunk import Chunk, ChunkStore, Unit
 from mlaas4hep.io.passes import stats_and_raw
 from mlaas4hep.io.preprocess import Preprocessor
@@ -43,7 +43,7 @@ def test_a_unit_decoded_into_a_file_becomes_its_cache_file_with_the_values_of_me
         }
         np.testing.assert_array_equal(raw.x, mem.x)
         assert os.listdir(files) == []  # an unnamed file: nothing on disk to clean up
-        want = firstuse.finalize(mem, pre)
+        want = rawunit.finalize(mem, pre)
         got = firstuse.lay_out_to_store(raw, pre, store, unit)
         assert got is not None and not got.x.flags.writeable
         assert np.shares_memory(got.x, raw.file.buffer)  # laid out in place, in the file itself
@@ -66,8 +66,8 @@ def test_a_file_unit_not_published_leaves_nothing_and_lays_out_in_place(data_dir
     for unit in ds.units(0)[:3]:
         mem = stats_and_raw(reader, names, given, (unit, firstuse.MEMORY))[2]
         raw = stats_and_raw(reader, names, given, (unit, firstuse.MEMORY), files=str(files))[2]
-        want = firstuse.finalize(mem, pre)
-        got = firstuse.finalize(raw, pre, inplace=True)
+        want = rawunit.finalize(mem, pre)
+        got = rawunit.finalize(raw, pre, inplace=True)
         if raw.x.shape[1] < pre.n_features:
             assert np.shares_memory(got.x, raw.file.buffer)
         np.testing.assert_array_equal(got.x, want.x)
@@ -85,7 +85,7 @@ def test_a_full_disk_keeps_a_unit_in_memory_or_lays_it_out_elsewhere(data_dir, t
     given = [None] * len(ds.schema.jagged)
     unit = Unit(0, 0, 5000)
     mem = stats_and_raw(reader, names, given, (unit, firstuse.MEMORY))[2]
-    want = firstuse.finalize(mem, pre)
+    want = rawunit.finalize(mem, pre)
     raw = stats_and_raw(reader, names, given, (unit, firstuse.MEMORY), files=str(tmp_path / "rooms"))[2]
     assert raw.file is not None and raw.x.shape[1] < pre.n_features
 
@@ -97,7 +97,7 @@ def test_a_full_disk_keeps_a_unit_in_memory_or_lays_it_out_elsewhere(data_dir, t
     kept = stats_and_raw(reader, names, given, (unit, firstuse.MEMORY), files=str(tmp_path / "rooms"))[2]
     assert kept.file is None
     np.testing.assert_array_equal(kept.x, mem.x)
-    got = firstuse.finalize(raw, pre, inplace=True)  # its file cannot grow: a new array
+    got = rawunit.finalize(raw, pre, inplace=True)  # its file cannot grow: a new array
     assert not np.shares_memory(got.x, raw.file.buffer)
     np.testing.assert_array_equal(got.x, want.x)
     np.testing.assert_array_equal(got.mask, want.mask)

@@ -168,7 +168,7 @@ class ChunkStore:
     cache instead of a pipe, and later epochs read them back without decoding.
     ``chunk_type`` is the dataclass stored (its ``FIELDS`` name the files):
     :class:`Chunk`, or the first-use pass's raw units
-    (:class:`mlaas4hep.io.firstuse.RawChunk`).
+    (:class:`mlaas4hep.io.rawunit.RawChunk`).
     """
 
     def __init__(self, root: str | os.PathLike[str], chunk_type: Any = Chunk):

@@ -21,6 +21,7 @@ from .chunk import Chunk, ChunkStore, JaggedChunk, Unit
 from .errors import Mlaas4hepError
 from .formats import EventsView
 from .preprocess import Preprocessor
+from .rawunit import RawChunk, finalize
 from .reader import UnitReader, get_tree
 from .specs import Stats, chunk_stats
 
@@ -68,7 +69,7 @@ def stats_and_raw(
     given: list[int | None],
     item: tuple[Unit, Any],
     files: str | None = None,
-) -> tuple[dict[str, Stats], int, firstuse.RawChunk | None]:
+) -> tuple[dict[str, Stats], int, RawChunk | None]:
     """The specs of one unit, and where the item says so its raw tensors.
 
     ``item`` is ``(unit, where)``: ``where`` :data:`~mlaas4hep.io.firstuse.MEMORY`
@@ -104,7 +105,7 @@ def finalize_unit(reader: UnitReader, raw_root: str, root: str | None, unit: Uni
     raws = firstuse.raw_store(raw_root)
     if root is not None:
         return firstuse.lay_out_into(raws, ChunkStore(root), unit, reader.preprocessor)
-    chunk = firstuse.finalize(raws.read(unit), reader.preprocessor)
+    chunk = finalize(raws.read(unit), reader.preprocessor)
     raws.remove(unit)  # a memory map of it stays valid after the unlink
     return chunk
 

@@ -12,7 +12,7 @@ A :class:`RoomFile` puts the raw buffer in the page cache from the start: an
 unnamed file (``O_TMPFILE``) in the cache directory, mapped. The specs pass
 decodes into it (:func:`~mlaas4hep.io.firstuse.decode_raw`); epoch 0 widens the
 rows to their final width inside it, as it does in memory
-(:attr:`~mlaas4hep.io.firstuse.RawChunk.room`), and :meth:`RoomFile.publish`
+(:attr:`~mlaas4hep.io.rawunit.RawChunk.room`), and :meth:`RoomFile.publish`
 writes the ``.npy`` header in front of them, cuts the file to its size and links
 it into the cache under its name. The file's pages are touched once.
 
