@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from .conftest import install_copy
+from .conftest import repo_of
 from .oracle import ATOL
 
 grpc = pytest.importorskip("grpc")
@@ -44,9 +44,7 @@ RSS_SLACK = 50 * MB
 
 @pytest.fixture(scope="module")
 def server(tth_bundle, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("wire-hostile") / "repo"
-    repo.mkdir()
-    install_copy(repo, tth_bundle.path, "tth")
+    repo = repo_of(tmp_path_factory, "wire-hostile", tth=tth_bundle.path)
     srv = GrpcServerProcess(repo, "--grpc-frontend", "wire", "--max-body-mb", "1").start()
     yield srv
     srv.stop()

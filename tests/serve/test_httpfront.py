@@ -18,7 +18,7 @@ import orjson
 import pytest
 import tritonclient.http as triton
 
-from .conftest import HTTP, ServerProcess, install_copy
+from .conftest import HTTP, ServerProcess, install_copy, repo_of
 from .oracle import ATOL
 
 INFER = "/v2/models/tth/infer"
@@ -255,9 +255,7 @@ def test_tritonclient_many_requests_on_few_connections(server, tth_bundle):
 @pytest.fixture(scope="module")
 def small(tth_bundle, tmp_path_factory):
     """A server whose request bodies may hold 10 kB at most."""
-    repo = tmp_path_factory.mktemp("httpfront") / "repo"
-    repo.mkdir()
-    install_copy(repo, tth_bundle.path, "tth")
+    repo = repo_of(tmp_path_factory, "httpfront", tth=tth_bundle.path)
     srv = ServerProcess(repo, "--max-body-mb", "0.01").start()
     yield srv
     srv.stop()

@@ -167,9 +167,8 @@ def _close_pools_at_exit() -> None:
                 f.result(timeout=10)
             except BaseException:
                 pass
-    for pool in list(_POOLS.values()):
-        with contextlib.suppress(Exception):
-            pool.shutdown(wait=True, cancel_futures=True)
+    with contextlib.suppress(Exception):
+        shutdown_pools()
 
 
 # concurrent.futures.process (imported above) registered its hook first: this one runs before it

@@ -164,10 +164,15 @@ class Call:
             body: bytes | bytearray = buf if size == len(buf) else buf[:size]
         else:
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        enc = self.headers.get("content-encoding")
-        if enc and enc != "identity":
-            body = decompress(body, enc.strip().lower(), limit)
-        return body
+        return decoded(body, self.headers, limit)
+
+
+def decoded(body: bytes | bytearray, headers: Mapping[str, str], limit: int) -> bytes | bytearray:
+    """``body`` as sent before its ``Content-Encoding`` (gzip, deflate; at most ``limit`` bytes)."""
+    enc = headers.get("content-encoding")
+    if enc and enc != "identity":
+        return decompress(body, enc.strip().lower(), limit)
+    return body
 
 
 def check_length(headers: Mapping[str, str], limit: int) -> str | None:

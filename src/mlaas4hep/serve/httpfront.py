@@ -39,7 +39,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import errors
 from .fastpath import FastPath
-from .http import Call, Handler, check_length, decompress
+from .http import Call, Handler, check_length, decoded
 from .httpproto import MAX_HEADERS, LimitedHttpToolsProtocol
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -148,11 +148,7 @@ class HotCall(Call):
         if cycle.size > min(limit, cycle.limit):
             raise errors.TooLarge(f"the request body exceeds the limit of {limit} bytes")
         parts = cycle.parts
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        enc = self.headers.get("content-encoding")
-        if enc and enc != "identity":
-            return decompress(body, enc.strip().lower(), limit)
-        return body
+        return decoded(parts[0] if len(parts) == 1 else b"".join(parts), self.headers, limit)
 
 
 async def _no_receive() -> Any:  # a HotCall's body is read by read_body alone
