@@ -91,6 +91,12 @@ class ServeConfig:
         "S",
     )
     max_body_mb: float = _opt(64.0, "largest inference request, MB", float, "MB")
+    max_pending_mb: float = _opt(
+        512.0,
+        "inference request bytes all connections may hold at once, MB (past it, reading waits)",
+        float,
+        "MB",
+    )
     max_upload_mb: float = _opt(512.0, "largest bundle upload, MB", float, "MB")
     max_cells: int = _opt(2**25, "events x features one request may make the server allocate", int, "N")
     pre_timeout: float = _opt(30.0, "seconds of preprocessing per request", float, "S")
@@ -171,6 +177,10 @@ class ServeConfig:
         return int(self.max_body_mb * 2**20)
 
     @property
+    def max_pending(self) -> int:
+        return int(self.max_pending_mb * 2**20)
+
+    @property
     def max_upload(self) -> int:
         return int(self.max_upload_mb * 2**20)
 
@@ -229,6 +239,9 @@ class ServeConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_body_mb", "max_pending_mb", "max_upload_mb"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         if self.jobs_keep_days < 0:
             raise ConfigError("jobs_keep_days must be 0 (keep for ever) or positive")
         if self.jobs_time_limit <= 0 or self.jobs_max_memory_gb <= 0:

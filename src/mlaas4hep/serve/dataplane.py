@@ -38,6 +38,7 @@ from .auth import Auth
 from .batching import Batch, Batcher, Inputs
 from .config import ServeConfig
 from .errors import InvalidRequest, ModelUnhealthy, ModelUnloaded, Saturated, TimedOut, TooLarge
+from .intake import Intake
 from .lanes import Lane
 from .metrics import Metrics
 from .repository import Repository
@@ -119,6 +120,7 @@ class DataPlane:
         self.started = time.time()
         self.in_flight = 0  # inference requests being handled, all models (the batchers read it)
         self.draining = False  # SIGTERM received (see .drain): not ready, still serving
+        self.intake = Intake(config.max_pending)  # request bytes all connections hold (see .intake)
         # each model has threads of its own (infer_threads of them), so a model that hangs cannot
         # take the others' threads; the watchdog cuts its calls off after their time limit
         self._pools: dict[tuple[str, int], ThreadPoolExecutor] = {}

@@ -457,7 +457,7 @@ class GrpcServer:
                 "(or serve gRPC with --grpc-frontend grpcio)"
             ) from None
 
-        wire = WireServer(self.service, self.plane.config.max_body)
+        wire = WireServer(self.service, self.plane.config.max_body, intake=self.plane.intake)
         try:
             self.port = await wire.start(self.host, self.port, self.reuse_port)
         except OSError as err:

@@ -43,6 +43,7 @@ A reply's three frames leave in one ``write``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import struct
@@ -88,6 +89,7 @@ from .h2limits import (
     STREAM_WINDOW,
     Limits,
 )
+from .intake import Intake, Ticket
 
 log = logging.getLogger("mlaas4hep.serve")
 
@@ -95,7 +97,7 @@ log = logging.getLogger("mlaas4hep.serve")
 class _Stream:
     """One call: its headers, the request bytes so far, and what flow control let it send."""
 
-    __slots__ = ("body", "conn", "extra", "headers", "need", "received", "size", "task", "window")
+    __slots__ = ("body", "conn", "extra", "headers", "need", "received", "size", "taken", "task", "window")
 
     def __init__(self, conn: WireProtocol, headers: list[tuple[str, str]], window: int):
         self.conn, self.headers, self.window = conn, headers, window  # window: what we may still send on it
@@ -104,6 +106,7 @@ class _Stream:
         self.received = 0  # DATA bytes as flow control counts them (padding included)
         self.need = STREAM_WINDOW  # what it may send: the first window, or its message once granted
         self.extra = 0  # the part of ``need`` taken from the connection's budget
+        self.taken = 0  # what its grant took from the server's intake (see .intake)
         self.task: asyncio.Task[None] | None = None
 
     def hold(self, n: int) -> bool:
@@ -118,8 +121,13 @@ class _Stream:
 class WireProtocol(asyncio.Protocol):
     """One HTTP/2 connection carrying unary gRPC calls to :class:`Methods`, within ``limits``."""
 
-    def __init__(self, methods: Methods, max_message: int, conns: set[WireProtocol], limits: Limits):
+    def __init__(
+        self, methods: Methods, max_message: int, conns: set[WireProtocol], limits: Limits, intake: Intake
+    ):
         self.methods, self.max_message, self.conns, self.limits = methods, max_message, conns, limits
+        self.intake = intake  # the request bytes of all connections (see .intake)
+        self.ticket: Ticket | None = None  # in line there for the first waiting stream's grant
+        self.ticket_sid = 0
         self.buf = bytearray()
         self.preface = False
         self.streams: dict[int, _Stream] = {}
@@ -172,10 +180,17 @@ class WireProtocol(asyncio.Protocol):
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
+        if self.ticket is not None:
+            self.intake.cancel(self.ticket)
+            self.ticket = None
         for s in self.streams.values():
             if s.task is not None:
                 s.task.cancel()
+            if s.taken:
+                self.intake.give(s.taken)
+                s.taken = 0
         self.streams.clear()
+        self.waiting.clear()
 
     def pause_writing(self) -> None:
         """The client does not read what we write: stop reading its requests until it does."""
@@ -478,16 +493,43 @@ class WireProtocol(asyncio.Protocol):
             return False
         extra = (length + 5 - s.size) - (s.need - s.received)  # what the rest needs beyond its window
         if extra > 0:
-            if self.budget >= extra:
-                self._grant(sid, s, extra)
-            else:
-                self.waiting[sid] = extra
+            self.waiting[sid] = extra
+            self._grant_waiting()
         return True
 
-    def _grant(self, sid: int, s: _Stream, extra: int) -> None:
+    def _grant_waiting(self) -> None:
+        """Grant the waiting streams, in the order they asked, what both the connection's budget
+        and the server's intake hold; when the intake does not, wait in its line."""
+        if self.ticket is not None or self.closing:
+            return
+        for sid, extra in list(self.waiting.items()):
+            if extra > self.budget:
+                return
+            n = self.intake.need(extra)
+            if not self.intake.take(n):
+                self.ticket = self.intake.queue(n, functools.partial(self._intake_granted, sid, n))
+                self.ticket_sid = sid
+                return
+            del self.waiting[sid]
+            self._grant(sid, self.streams[sid], extra, n)
+
+    def _intake_granted(self, sid: int, n: int) -> None:
+        """The intake took ``n`` bytes for stream ``sid`` (called by another call giving bytes back)."""
+        self.ticket = None
+        s, extra = self.streams.get(sid), self.waiting.pop(sid, None)
+        if s is None or extra is None or self.closing or extra > self.budget:
+            self.intake.give(n)  # gone meanwhile (the intake's next in line get them)
+            if extra is not None and s is not None and not self.closing:
+                self.waiting[sid] = extra  # the connection's budget shrank: ask again (back in order)
+        else:
+            self._grant(sid, s, extra, n)
+        self._grant_waiting()
+
+    def _grant(self, sid: int, s: _Stream, extra: int, taken: int) -> None:
         self.budget -= extra
         s.extra += extra
         s.need += extra
+        s.taken += taken
         self._put(frame(WINDOW_UPDATE, 0, sid, HEAD.pack(extra)))
 
     def _refund(self, n: int) -> None:
@@ -519,17 +561,20 @@ class WireProtocol(asyncio.Protocol):
         if self.streams.pop(sid, None) is None:
             return
         self.waiting.pop(sid, None)
+        if self.ticket is not None and self.ticket_sid == sid:  # its place in the intake's line
+            self.intake.cancel(self.ticket)
+            self.ticket = None
+            self._grant_waiting()
         if s.received:
             self._refund(s.received)
             s.received = 0
+        if s.taken:
+            self.intake.give(s.taken)  # may grant a stream of another connection
+            s.taken = 0
         if s.extra:
             self.budget += s.extra
             s.extra = 0
-            for wsid, extra in list(self.waiting.items()):  # in the order they asked
-                if extra > self.budget:
-                    break
-                del self.waiting[wsid]
-                self._grant(wsid, self.streams[wsid], extra)
+            self._grant_waiting()
 
     # ------------------------------------------------------------ calls
     def _dispatch(self, sid: int, s: _Stream) -> None:
@@ -637,10 +682,13 @@ class WireProtocol(asyncio.Protocol):
 class WireServer:
     """Unary gRPC calls of ``service`` on ``host:port``, on the running loop (see the module's text)."""
 
-    def __init__(self, service: Any, max_message: int, limits: Limits | None = None):
+    def __init__(
+        self, service: Any, max_message: int, limits: Limits | None = None, intake: Intake | None = None
+    ):
         self.methods = Methods(service)
         self.max_message = int(max_message)
         self.limits = limits or Limits()
+        self.intake = intake or Intake(MAX_WINDOW)  # without a server's: bounded by each connection alone
         self.conns: set[WireProtocol] = set()
         self.servers: list[asyncio.base_events.Server] = []
 
@@ -648,7 +696,7 @@ class WireServer:
         """Listen; returns the port (the one chosen when ``port`` is 0)."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: WireProtocol(self.methods, self.max_message, self.conns, self.limits),
+            lambda: WireProtocol(self.methods, self.max_message, self.conns, self.limits, self.intake),
             host.strip("[]"),
             port,
             reuse_port=reuse_port or None,

@@ -17,7 +17,8 @@ Envoy and grpc-go bound theirs:
   (``RESOURCE_EXHAUSTED``), before its bytes are sent; a compressed message
   takes its decompressed size from the budget while its call runs (a call
   that does not fit is answered ``RESOURCE_EXHAUSTED``: a few kB of gzip
-  can be a whole message);
+  can be a whole message). A grant is also taken from the server's
+  :mod:`.intake`, which bounds the request bytes of all connections together;
 * **streams** — :attr:`Limits.max_streams` at once (``SETTINGS_MAX_CONCURRENT_STREAMS``;
   more: ``RST_STREAM REFUSED_STREAM``);
 * **headers** — a header block (``HEADERS`` and its ``CONTINUATION`` frames) of

@@ -33,6 +33,7 @@ through ASGI; a client gone before its body arrived counts as 499.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -70,6 +71,7 @@ class HotCycle:
         "expect_100",
         "handler",
         "headers",
+        "held",
         "keep_alive",
         "limit",
         "params",
@@ -95,11 +97,12 @@ class HotCycle:
         self.limit = limit  # bytes of body kept; past it the body is dropped and read_body says 413
         self.parts: list[bytes] = []
         self.size = 0
+        self.held = 0  # bytes reserved in the server's intake, given back once answered
         self.complete = self.disconnected = self.response_complete = False
         self.keep_alive = True
         self.expect_100 = False
         self.version = "1.1"
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[Any] | None = None
 
     @property
     def message_event(self) -> HotCycle:  # uvicorn's connection_lost sets the cycle's event
@@ -133,6 +136,7 @@ class HotCall(Call):
         """The whole body, with :meth:`Call.read_body`'s checks and messages (``limit``: at most the cycle's)."""
         cycle = self._cycle
         check_length(self.headers, limit)
+        await self._reserve(min(limit, cycle.limit))
         if not cycle.complete and not cycle.disconnected and cycle.size <= limit:
             transport = self._protocol.transport
             if cycle.expect_100 and not transport.is_closing():
@@ -150,6 +154,43 @@ class HotCall(Call):
         parts = cycle.parts
         return decoded(parts[0] if len(parts) == 1 else b"".join(parts), self.headers, limit)
 
+    async def _reserve(self, limit: int) -> None:
+        """Reserve the body's declared length in the server's intake (:mod:`.intake`); while it does
+        not fit, the connection stops reading. A body already read whole is counted at once."""
+        cycle, intake = self._cycle, self._protocol.intake
+        assert intake is not None  # hot calls exist only with a front
+        if cycle.disconnected:
+            return
+        if cycle.complete:  # read whole already: counted, nothing to wait for
+            cycle.held = cycle.size
+            intake.force(cycle.size)
+            return
+        length = self.headers.get("content-length")
+        n = intake.need(int(length) if length is not None and length.isdigit() else limit)
+        if intake.take(n):
+            cycle.held = n
+            return
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        ticket = intake.queue(n, functools.partial(_granted, waiter))
+        flow = self._protocol.flow
+        flow.pause_reading()
+        cycle.waiter = waiter  # the client leaving also wakes it
+        try:
+            await waiter
+        finally:
+            cycle.waiter = None
+            if ticket.state == "granted":
+                cycle.held = n
+            else:
+                intake.cancel(ticket)
+            if not cycle.disconnected:
+                flow.resume_reading()
+
+
+def _granted(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():  # else the client left meanwhile: the bytes are given back all the same
+        waiter.set_result(True)
+
 
 async def _no_receive() -> Any:  # a HotCall's body is read by read_body alone
     raise RuntimeError("a hot request's body is read with read_body")
@@ -162,6 +203,7 @@ class FrontProtocol(LimitedHttpToolsProtocol):
         super().__init__(*args, **kwargs)
         front = find_front(self.app)
         self.front = front if self.limit_concurrency is None and not self.root_path else None
+        self.intake = None if self.front is None else self.front.plane.intake
 
     # ------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
@@ -255,7 +297,12 @@ class FrontProtocol(LimitedHttpToolsProtocol):
     async def _serve(self, cycle: HotCycle) -> None:
         front = self.front
         assert front is not None
-        reply = await front.answer(cycle.handler, cycle.route, cycle.path, HotCall(cycle, self))
+        try:
+            reply = await front.answer(cycle.handler, cycle.route, cycle.path, HotCall(cycle, self))
+        finally:
+            if cycle.held:  # the body's bytes are done with: the intake's next reservations may go
+                front.plane.intake.give(cycle.held)
+                cycle.held = 0
         cycle.response_complete = True
         if reply is None:  # the client went away: nobody to answer
             return
