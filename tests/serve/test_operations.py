@@ -155,16 +155,18 @@ def _served(snapshot: Path) -> bool:
         return False
 
 
-def _published_successes(share: Path, pids: set[int]) -> int:
-    """The requests answered for ``tth`` by the workers ``pids``, as their last published snapshots say."""
-    total = 0
+def _published_successes(share: Path, pids: set[int]) -> tuple[int, int]:
+    """The inference requests answered for ``tth`` by the workers ``pids``, as their last published
+    snapshots count them: ``(mlaas4hep's status-200 count, Triton's success count)``."""
+    ours = triton = 0
     for pid in pids:
         try:
             snapshot = json.loads((share / f"{pid}.json").read_text())
         except (OSError, ValueError):
             continue
-        total += sum(c["request_success"] for model, _, c in snapshot["triton"] if model == "tth")
-    return total
+        ours += sum(row[-1] for row in snapshot["infer"] if row[0] == "tth" and row[1] == "200")
+        triton += sum(c["request_success"] for model, _, c in snapshot["triton"] if model == "tth")
+    return ours, triton
 
 
 def _until(condition, seconds: float) -> bool:
@@ -214,7 +216,7 @@ def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
                     break
         assert all(_served(share / f"{pid}.json") for pid in pids), "both workers served inferences"
         # every worker has published its numbers since the last request
-        assert _until(lambda: _published_successes(share, pids) == sent, 10), (
+        assert _until(lambda: _published_successes(share, pids) == (sent, sent), 10), (
             _published_successes(share, pids),
             sent,
         )
