@@ -94,9 +94,7 @@ def main(config_path: str, base: str, report: str) -> None:
     }
     part = train(cfg, base_dir / "part", show_progress=False, callbacks=[lambda rec: rec["epoch"] == 0])
     results["part"] = {"interrupted": part.interrupted, "epochs": len(part.history)}
-    # no plots for the resumed run: what it is compared on is its weights and losses (the full
-    # run's plots are what test_only_rank0_writes looks for), and rank 1 would wait for rank 0's
-    resumed = train(cfg, base_dir / "part", resume=True, show_progress=False, overrides={"plots": False})
+    resumed = train(cfg, base_dir / "part", resume=True, show_progress=False)
     weights("resumed", resumed)
     results["resumed"] = {"metrics": resumed.metrics, "interrupted": resumed.interrupted}
     (rep / f"result-r{rank}.json").write_text(json.dumps(results, default=str))
