@@ -17,6 +17,10 @@ from mlaas4hep.localservers import free_port
 
 from .terminal import bar_lines, cli, in_background, on_pty, terminal_env
 
+#: The small sample's train.yaml (tests/conftest.py) without the plots and the report: what this
+#: module reads is the terminal (tests/train/test_report.py covers the figures).
+SMALL_TRAINING = {"plots": False}
+
 
 def test_generate_shows_a_bar_with_its_rate(tmp_path):
     rc, text = on_pty(cli("generate", "--out", str(tmp_path / "d"), "--events", "20000"))
@@ -39,19 +43,27 @@ def test_stream_on_a_terminal(small):
     assert "epoch 1: 6,000 events" in text
 
 
-def test_train_on_a_terminal(small, tmp_path):
+@pytest.fixture(scope="module")
+def train_on_a_pty(small, tmp_path_factory):
+    """``mlaas4hep train`` for two epochs on a pty, run once for the two tests that read its screen:
+    ``(exit status, text, output directory)``."""
     pytest.importorskip("torch")
-    rc, text = on_pty(cli("train", "train.yaml", "-o", str(tmp_path / "run")), cwd=small)
+    out = tmp_path_factory.mktemp("pty-train") / "run"
+    rc, text = on_pty(cli("train", "train.yaml", "-o", str(out), "--epochs", "2"), cwd=small)
+    return rc, text, out
+
+
+def test_train_on_a_terminal(train_on_a_pty):
+    rc, text, out = train_on_a_pty
     assert rc == 0, text
     assert bar_lines(text, "epoch 0"), text
-    assert "val AUC" in text and (tmp_path / "run" / "bundle").is_dir()
+    assert "val AUC" in text and (out / "bundle").is_dir()
 
 
-def test_train_bars_end_complete_and_each_epoch_prints_its_line(small, tmp_path):
+def test_train_bars_end_complete_and_each_epoch_prints_its_line(train_on_a_pty):
     """The bar's total is an estimate (events less those held out): it ends complete (N/N, green),
     and each epoch's validation loss and AUC are printed without -v."""
-    pytest.importorskip("torch")
-    rc, text = on_pty(cli("train", "train.yaml", "-o", str(tmp_path / "run"), "--epochs", "2"), cwd=small)
+    rc, text, _ = train_on_a_pty
     assert rc == 0, text
     for epoch in (0, 1):
         done, total = re.search(r"(\d[\d,]*)/(\d[\d,]*)", bar_lines(text, f"epoch {epoch}")[-1]).groups()

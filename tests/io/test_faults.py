@@ -22,6 +22,8 @@ from ..conftest import sample_config
 NAMES = [("ttH_0.root", 1), ("ttbar_0.root", 0)]
 #: Small XRootD timeouts and back-off, so that a test takes seconds.
 FAST = {"timeout": 3, "retry_backoff": 0.2, "chunk_size": 1_000}
+#: Seconds the killed server stays down (the reads meet it: the test checks that they were retried).
+OUTAGE_S = 2.0
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def test_epoch_survives_a_killed_and_restarted_xrootd(data_dir, server, caplog, 
 
     server.kill()
     t_kill = time.monotonic()
-    restart = threading.Timer(5.0, server.start)
+    restart = threading.Timer(OUTAGE_S, server.start)
     restart.start()
     with caplog.at_level(logging.WARNING, logger="mlaas4hep.io.sources"):
         got += list(it)  # bounded: 37 more units
@@ -81,7 +83,9 @@ def test_epoch_survives_a_killed_and_restarted_xrootd(data_dir, server, caplog, 
     if workers == 0:  # worker processes log on their own
         assert len(lines) == ds.report.retries
         assert "ttH_0.root" in lines[0] and "s left of the 60 s retry budget" in lines[0]
-    print(f"\noutage 5.0 s: {lost:.1f} s from the kill to the end of the epoch; {ds.report.summary()}")
+    print(
+        f"\noutage {OUTAGE_S:g} s: {lost:.1f} s from the kill to the end of the epoch; {ds.report.summary()}"
+    )
 
 
 def test_a_server_down_longer_than_the_budget_fails_even_with_skip(data_dir, server):

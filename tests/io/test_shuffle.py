@@ -30,7 +30,11 @@ def test_every_row_once_full_batches_and_rows_kept_whole(sizes, batch_size, buff
     ids = np.concatenate([b[3] for b in out]) if out else np.zeros(0, np.int64)
     np.testing.assert_array_equal(np.sort(ids), np.arange(sum(sizes)))
     assert all(len(b[3]) == batch_size for b in out[:-1])
-    for x, mask, _, i in out:  # the arrays of a row travel together
+    # the arrays of a row travel together: in each batch, row k of every array is the same row
+    # (checked on all batches at once: one comparison, not one per batch of a single row)
+    assert all(len(x) == len(mask) == len(y) == len(i) for x, mask, y, i in out)
+    if out:
+        x, mask, i = (np.concatenate([b[k] for b in out]) for k in (0, 1, 3))
         np.testing.assert_array_equal(x, np.repeat(i[:, None], 3, axis=1).astype(np.float32))
         np.testing.assert_array_equal(mask, i % 3 == 0)
 

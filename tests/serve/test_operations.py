@@ -155,6 +155,30 @@ def _served(snapshot: Path) -> bool:
         return False
 
 
+def _published_successes(share: Path, pids: set[int]) -> tuple[int, int]:
+    """The inference requests answered for ``tth`` by the workers ``pids``, as their last published
+    snapshots count them: ``(mlaas4hep's status-200 count, Triton's success count)``."""
+    ours = triton = 0
+    for pid in pids:
+        try:
+            snapshot = json.loads((share / f"{pid}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        ours += sum(row[-1] for row in snapshot["infer"] if row[0] == "tth" and row[1] == "200")
+        triton += sum(c["request_success"] for model, _, c in snapshot["triton"] if model == "tth")
+    return ours, triton
+
+
+def _until(condition, seconds: float) -> bool:
+    """Whether ``condition()`` holds within ``seconds`` (polled every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
     """``--workers 2``: requests spread over both processes; any scrape counts all of them, and
     so does the metrics port (Triton's 8002), which the supervisor process serves."""
@@ -187,11 +211,15 @@ def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
                 )
                 assert codes == [200] * 8
                 sent += 8
-                time.sleep(1.1)  # each worker publishes its own numbers every second
-                if sent >= 40 and all(_served(share / f"{pid}.json") for pid in pids):
+                # each worker publishes its own numbers every second
+                if sent >= 40 and _until(lambda: all(_served(share / f"{pid}.json") for pid in pids), 1.5):
                     break
         assert all(_served(share / f"{pid}.json") for pid in pids), "both workers served inferences"
-        time.sleep(1.5)  # every worker has published its numbers since
+        # every worker has published its numbers since the last request
+        assert _until(lambda: _published_successes(share, pids) == (sent, sent), 10), (
+            _published_successes(share, pids),
+            sent,
+        )
         lab = '{model="tth",version="1"}'
         seen = set()
         for _ in range(10):

@@ -14,7 +14,7 @@ from mlaas4hep.bundle_archive import pack_directory
 from .conftest import ServerProcess
 from .store_helpers import small_bundle
 
-CYCLE_SECONDS = 8.0
+CYCLE_SECONDS = 5.0
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -23,7 +23,7 @@ from .store_helpers import huge_constant_of_shape, small_bundle
 grpc = pytest.importorskip("grpc")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 
-CHURN_SECONDS = 10.0
+CHURN_SECONDS = 6.0
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5, 0.1, -0.2, 0.3]}]}
 
 

@@ -97,6 +97,9 @@ def demo_config(
             "seed": 42,
             "framework": "pytorch",
             "device": "cpu",
+            # the demo draws its own figures and report from the results: each run's plots/ and
+            # report.html (about 5 s of matplotlib per training) would never be read
+            "plots": False,
         },
     }
 
