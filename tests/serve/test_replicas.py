@@ -1,7 +1,7 @@
 """Replicas behind a real load balancer: the shipped ``deploy/nginx/mlaas4hep.conf`` in front of
 three servers sharing one repository, loaded by Triton's ``perf_analyzer`` at concurrency 32.
 
-While it runs (three 8 s windows) the replicas restart one after another (SIGTERM: each drains, stops,
+While it runs (three 10 s windows) the replicas restart one after another (SIGTERM: each drains, stops,
 and starts again on its ports; the balancer follows their readiness as Kubernetes' endpoints
 do): not one request fails, over HTTP or gRPC. One replica killed with SIGKILL: over HTTP not
 one request fails (nginx retries on the next replica), over gRPC no more than were in flight
@@ -55,7 +55,7 @@ def cluster(tth_bundle, tmp_path_factory):
         r.stop(signal.SIGKILL)
 
 
-def _perf_analyzer(protocol: str, url: str, out: dict, window_ms: int = 8000) -> None:
+def _perf_analyzer(protocol: str, url: str, out: dict, window_ms: int = 10000) -> None:
     """Three measurement windows at concurrency 32; perf_analyzer stops at the first failed request."""
     assert PA is not None
     cmd = [PA, "-m", "tth", "-x", "1", "-u", url, "-i", protocol, "-b", "1", "--concurrency-range", "32"]
@@ -79,7 +79,7 @@ def _check_no_failure(result: dict, lb: LoadBalancer) -> list[float]:
 
 
 def test_a_rolling_restart_behind_nginx_loses_no_request(cluster):
-    """For three 8 s windows, perf_analyzer at concurrency 32 over HTTP and another over gRPC, through nginx,
+    """For three 10 s windows, perf_analyzer at concurrency 32 over HTTP and another over gRPC, through nginx,
     while the three replicas restart one after another (SIGTERM: each drains for 3 s, stops,
     starts again): not one request fails on either protocol.
 
