@@ -85,7 +85,7 @@ EOF
 
 if [ "$smoke" = 1 ]; then
   # Dask is left out here: tests/scale covers it, and a LocalCluster start on a loaded 2-core CI box can stall
-  device=cpu workers=1,2 events=40000 files=2 minsec=0 tev=4000 epochs=2 batches="256" nets=tth dask=--no-dask
+  device=cpu workers=1,2 events=20000 files=2 minsec=0 tev=1000 epochs=2 batches="256" nets=tth dask=--no-dask
 else
   device=cuda workers=1,4,8,16 events=2000000 files=8 minsec=20 tev=500000 epochs=4 batches="1024 8192" nets=tth,mlp111 dask=
 fi
