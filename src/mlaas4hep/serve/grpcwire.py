@@ -29,7 +29,8 @@ gRPC clients do without TLS; TLS stays with grpcio):
   windows allow, and bounds what a client may send, how many calls it may
   run at once, its headers, the replies it leaves unread and its floods of
   control frames (:mod:`.h2limits`: a connection holds at most about twice
-  the message limit of request bytes);
+  the message limit of request bytes, granted as :mod:`.h2credit` keeps
+  account, within the server's :mod:`.intake` for all connections);
 * unary calls only (every RPC of the service but ``ModelStreamInfer``, which
   answers ``UNIMPLEMENTED``, as under grpcio); requests compressed with gzip or
   deflate are read, replies go uncompressed; the message limit is the
@@ -43,7 +44,6 @@ A reply's three frames leave in one ``write``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 import struct
@@ -76,6 +76,7 @@ from .grpcframes import (
     frame,
     trailers,
 )
+from .h2credit import Credit, Stream
 from .h2limits import (
     CLOSE_GRACE,
     COMPRESSION_ERROR,
@@ -86,36 +87,11 @@ from .h2limits import (
     NO_ERROR,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
-    STREAM_WINDOW,
     Limits,
 )
-from .intake import Intake, Ticket
+from .intake import Intake
 
 log = logging.getLogger("mlaas4hep.serve")
-
-
-class _Stream:
-    """One call: its headers, the request bytes so far, and what flow control let it send."""
-
-    __slots__ = ("body", "conn", "extra", "headers", "need", "received", "size", "taken", "task", "window")
-
-    def __init__(self, conn: WireProtocol, headers: list[tuple[str, str]], window: int):
-        self.conn, self.headers, self.window = conn, headers, window  # window: what we may still send on it
-        self.body: list[bytes] = []
-        self.size = 0  # body bytes (padding stripped)
-        self.received = 0  # DATA bytes as flow control counts them (padding included)
-        self.need = STREAM_WINDOW  # what it may send: the first window, or its message once granted
-        self.extra = 0  # the part of ``need`` taken from the connection's budget
-        self.taken = 0  # what its grant took from the server's intake (see .intake)
-        self.task: asyncio.Task[None] | None = None
-
-    def hold(self, n: int) -> bool:
-        """Take ``n`` bytes (a decompressed message) from the connection's budget until the call ends."""
-        if n > self.conn.budget:
-            return False
-        self.conn.budget -= n
-        self.extra += n
-        return True
 
 
 class WireProtocol(asyncio.Protocol):
@@ -125,22 +101,18 @@ class WireProtocol(asyncio.Protocol):
         self, methods: Methods, max_message: int, conns: set[WireProtocol], limits: Limits, intake: Intake
     ):
         self.methods, self.max_message, self.conns, self.limits = methods, max_message, conns, limits
-        self.intake = intake  # the request bytes of all connections (see .intake)
-        self.ticket: Ticket | None = None  # in line there for the first waiting stream's grant
-        self.ticket_sid = 0
         self.buf = bytearray()
         self.preface = False
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, Stream] = {}
         self.decoder = hpack.Decoder(max_header_list_size=limits.max_header_list)
         self.decoder.max_allowed_table_size = limits.header_table
         self.header_cache: dict[bytes, list[tuple[str, str]]] = {}
         self.pending: tuple[int, int, bytearray] | None = None  # a HEADERS awaiting CONTINUATION
         self.last_stream = 0
-        # what the client may send: the connection's window, refilled as calls finish
-        self.recv_window, self.refund_at = limits.connection_window(max_message)
-        self.refund = 0  # bytes of finished calls not yet returned to the client
-        self.budget = limits.budget(max_message)  # grants beyond the streams' first windows
-        self.waiting: dict[int, int] = {}  # stream -> the grant it waits for
+        # what the client may send (see .h2credit)
+        self.credit = Credit(
+            limits, max_message, intake, self.streams, self._put, self._send, lambda: self.closing
+        )
         self.resets = limits.resets  # calls the client may still cancel beyond those answered
         self.control = 0  # PING/SETTINGS/empty DATA frames since the last new stream (within a second)
         self.control_since = 0.0
@@ -172,7 +144,8 @@ class WireProtocol(asyncio.Protocol):
             ">HIHIHI", 0x3, self.limits.max_streams, 0x5, MAX_FRAME, 0x6, self.limits.max_header_list
         )
         transport.write(
-            frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, HEAD.pack(self.recv_window - 65535))
+            frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, HEAD.pack(self.credit.window - 65535))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -180,17 +153,11 @@ class WireProtocol(asyncio.Protocol):
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
-        if self.ticket is not None:
-            self.intake.cancel(self.ticket)
-            self.ticket = None
+        self.credit.close()
         for s in self.streams.values():
             if s.task is not None:
                 s.task.cancel()
-            if s.taken:
-                self.intake.give(s.taken)
-                s.taken = 0
         self.streams.clear()
-        self.waiting.clear()
 
     def pause_writing(self) -> None:
         """The client does not read what we write: stop reading its requests until it does."""
@@ -447,7 +414,7 @@ class WireProtocol(asyncio.Protocol):
             if self.resets < 0:
                 self._calm("too many streams refused")
             return
-        s = _Stream(self, headers, self.stream_window)
+        s = Stream(self.credit, headers, self.stream_window)
         self.streams[sid] = s
         if flags & END_STREAM:
             self._dispatch(sid, s)
@@ -456,18 +423,17 @@ class WireProtocol(asyncio.Protocol):
         n = len(payload)
         if sid == 0 or sid > self.last_stream:
             return self._fail(PROTOCOL_ERROR, f"DATA on {'stream 0' if sid == 0 else f'idle stream {sid}'}")
-        if n > self.recv_window:
+        if not self.credit.received(n):
             return self._fail(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
-        self.recv_window -= n
         if n == 0 and not flags & END_STREAM and not self._flood("empty DATA"):
             return
         s = self.streams.get(sid)
         if s is None or s.task is not None:
-            self._refund(n)  # a cancelled or finished stream: only the window counts
+            self.credit.give_window(n)  # a cancelled or finished stream: only the window counts
             return
         s.received += n
         if s.received > s.need:
-            self._refund(n)
+            self.credit.give_window(n)
             return self._reset(sid, FLOW_CONTROL_ERROR)
         if flags & PADDED:
             if not payload or payload[0] >= n:
@@ -481,7 +447,7 @@ class WireProtocol(asyncio.Protocol):
         if flags & END_STREAM:
             self._dispatch(sid, s)
 
-    def _prefix(self, sid: int, s: _Stream) -> bool:
+    def _prefix(self, sid: int, s: Stream) -> bool:
         """The message's length is known: refuse it, or grant its stream the window it needs."""
         head = s.body[0] if len(s.body[0]) >= 5 else b"".join(s.body)[:5]
         length = int.from_bytes(head[1:5], "big")
@@ -493,52 +459,8 @@ class WireProtocol(asyncio.Protocol):
             return False
         extra = (length + 5 - s.size) - (s.need - s.received)  # what the rest needs beyond its window
         if extra > 0:
-            self.waiting[sid] = extra
-            self._grant_waiting()
+            self.credit.ask(sid, extra)
         return True
-
-    def _grant_waiting(self) -> None:
-        """Grant the waiting streams, in the order they asked, what both the connection's budget
-        and the server's intake hold; when the intake does not, wait in its line."""
-        if self.ticket is not None or self.closing:
-            return
-        for sid, extra in list(self.waiting.items()):
-            if extra > self.budget:
-                return
-            n = self.intake.need(extra)
-            if not self.intake.take(n):
-                self.ticket = self.intake.queue(n, functools.partial(self._intake_granted, sid, n))
-                self.ticket_sid = sid
-                return
-            del self.waiting[sid]
-            self._grant(sid, self.streams[sid], extra, n)
-
-    def _intake_granted(self, sid: int, n: int) -> None:
-        """The intake took ``n`` bytes for stream ``sid`` (called by another call giving bytes back)."""
-        self.ticket = None
-        s, extra = self.streams.get(sid), self.waiting.pop(sid, None)
-        if s is None or extra is None or self.closing or extra > self.budget:
-            self.intake.give(n)  # gone meanwhile (the intake's next in line get them)
-            if extra is not None and s is not None and not self.closing:
-                self.waiting[sid] = extra  # the connection's budget shrank: ask again (back in order)
-        else:
-            self._grant(sid, s, extra, n)
-        self._grant_waiting()
-
-    def _grant(self, sid: int, s: _Stream, extra: int, taken: int) -> None:
-        self.budget -= extra
-        s.extra += extra
-        s.need += extra
-        s.taken += taken
-        self._put(frame(WINDOW_UPDATE, 0, sid, HEAD.pack(extra)))
-
-    def _refund(self, n: int) -> None:
-        """Return ``n`` bytes to the connection's window (in one ``WINDOW_UPDATE`` per ``refund_at``)."""
-        self.refund += n
-        if self.refund >= self.refund_at and not self.closing:
-            self.recv_window += self.refund
-            self._send(frame(WINDOW_UPDATE, 0, 0, HEAD.pack(self.refund)))
-            self.refund = 0
 
     def _reset(self, sid: int, code: int) -> None:
         """A stream error: RST_STREAM; it counts as a cancelled call (a client that makes many is cut off)."""
@@ -550,38 +472,23 @@ class WireProtocol(asyncio.Protocol):
         if self.resets < 0:
             self._calm("too many streams reset")
 
-    def _drop(self, sid: int, s: _Stream) -> None:
+    def _drop(self, sid: int, s: Stream) -> None:
         """Forget stream ``sid``: cancel its call, give its bytes and its grant back."""
         if s.task is not None and not s.task.done():
             s.task.cancel()
         self.blocked.pop(sid, None)
         self._release(sid, s)
 
-    def _release(self, sid: int, s: _Stream) -> None:
-        if self.streams.pop(sid, None) is None:
-            return
-        self.waiting.pop(sid, None)
-        if self.ticket is not None and self.ticket_sid == sid:  # its place in the intake's line
-            self.intake.cancel(self.ticket)
-            self.ticket = None
-            self._grant_waiting()
-        if s.received:
-            self._refund(s.received)
-            s.received = 0
-        if s.taken:
-            self.intake.give(s.taken)  # may grant a stream of another connection
-            s.taken = 0
-        if s.extra:
-            self.budget += s.extra
-            s.extra = 0
-            self._grant_waiting()
+    def _release(self, sid: int, s: Stream) -> None:
+        if self.streams.pop(sid, None) is not None:
+            self.credit.release(sid, s)
 
     # ------------------------------------------------------------ calls
-    def _dispatch(self, sid: int, s: _Stream) -> None:
-        self.waiting.pop(sid, None)
+    def _dispatch(self, sid: int, s: Stream) -> None:
+        self.credit.forget(sid)
         s.task = asyncio.get_running_loop().create_task(self._call(sid, s))
 
-    async def _call(self, sid: int, s: _Stream) -> None:
+    async def _call(self, sid: int, s: Stream) -> None:
         body = s.body[0] if len(s.body) == 1 else b"".join(s.body)
         s.body = []
         try:

@@ -1,0 +1,179 @@
+"""What the client of one HTTP/2 connection may send the wire gRPC front end (:mod:`.grpcwire`).
+
+HTTP/2 flow control is credit: a client sends DATA only within the windows the
+server opened, and the server opens more (``WINDOW_UPDATE``) as it sees fit.
+:class:`Credit` keeps one connection's account, within the bounds of
+:mod:`.h2limits`:
+
+* the **connection's window**: every stream's first window plus the budget
+  below, given back (in one ``WINDOW_UPDATE`` per ``refund_at`` bytes) only as
+  calls finish, so a connection never holds more request bytes than that;
+* the **budget**: a call whose gRPC message is longer than its stream's first
+  window (64 KiB) is granted the rest out of it, twice the message limit per
+  connection; a compressed call takes its decompressed size from it while it
+  runs (:meth:`Stream.hold`);
+* the server's **intake** (:mod:`.intake`): a grant is also taken from the bound
+  on all connections together.
+
+Grants go in the order the streams asked. A stream whose grant does not fit
+waits: for calls of its own connection to finish (the budget), or in the
+intake's line, which calls back once another connection gives bytes back.
+A finished, cancelled or reset stream gives its window, budget and intake
+bytes back (:meth:`Credit.release`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+
+from .grpcframes import HEAD, WINDOW_UPDATE, frame
+from .h2limits import STREAM_WINDOW, Limits
+from .intake import Intake, Ticket
+
+
+class Stream:
+    """One call: its headers, the request bytes so far, and what flow control let it send."""
+
+    __slots__ = ("body", "credit", "extra", "headers", "need", "received", "size", "taken", "task", "window")
+
+    def __init__(self, credit: Credit, headers: list[tuple[str, str]], window: int):
+        self.credit, self.headers, self.window = (
+            credit,
+            headers,
+            window,
+        )  # window: what we may still send on it
+        self.body: list[bytes] = []
+        self.size = 0  # body bytes (padding stripped)
+        self.received = 0  # DATA bytes as flow control counts them (padding included)
+        self.need = STREAM_WINDOW  # what it may send: the first window, or its message once granted
+        self.extra = 0  # the part of ``need`` taken from the connection's budget
+        self.taken = 0  # what its grant took from the server's intake
+        self.task: asyncio.Task[None] | None = None
+
+    def hold(self, n: int) -> bool:
+        """Take ``n`` bytes (a decompressed message) from the connection's budget until the call ends."""
+        credit = self.credit
+        if n > credit.budget:
+            return False
+        credit.budget -= n
+        self.extra += n
+        return True
+
+
+class Credit:
+    """One connection's account (see the module's text).
+
+    ``streams`` is the connection's open streams (the same dict), ``put`` writes
+    a frame at once, ``send`` with the replies of this turn of the loop, and
+    ``closing`` says whether the connection is ending (no more grants then).
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        max_message: int,
+        intake: Intake,
+        streams: dict[int, Stream],
+        put: Callable[[bytes], None],
+        send: Callable[[bytes], None],
+        closing: Callable[[], bool],
+    ):
+        self.intake, self.streams = intake, streams
+        self._put, self._send, self._closing = put, send, closing
+        self.window, self.refund_at = limits.connection_window(max_message)  # the connection's
+        self.refund = 0  # bytes of finished calls not yet returned to the client
+        self.budget = limits.budget(max_message)  # grants beyond the streams' first windows
+        self.waiting: dict[int, int] = {}  # stream -> the grant it waits for
+        self.ticket: Ticket | None = None  # in the intake's line for the first waiting stream's grant
+        self.ticket_sid = 0
+
+    def ask(self, sid: int, extra: int) -> None:
+        """Stream ``sid``'s message needs ``extra`` bytes beyond its window: grant them now or in turn."""
+        self.waiting[sid] = extra
+        self.grant_waiting()
+
+    def grant_waiting(self) -> None:
+        """Grant the waiting streams, in the order they asked, what both the budget and the
+        intake hold; when the intake does not, wait in its line."""
+        if self.ticket is not None or self._closing():
+            return
+        intake = self.intake
+        for sid, extra in list(self.waiting.items()):
+            if extra > self.budget:
+                return
+            n = intake.need(extra)
+            if not intake.take(n):
+                self.ticket = intake.queue(n, functools.partial(self._intake_granted, sid, n))
+                self.ticket_sid = sid
+                return
+            del self.waiting[sid]
+            self._grant(sid, self.streams[sid], extra, n)
+
+    def _intake_granted(self, sid: int, n: int) -> None:
+        """The intake took ``n`` bytes for stream ``sid`` (called as another call gives bytes back)."""
+        self.ticket = None
+        s, extra = self.streams.get(sid), self.waiting.pop(sid, None)
+        if s is None or extra is None or self._closing() or extra > self.budget:
+            self.intake.give(n)  # gone meanwhile: the intake's next in line get them
+            if extra is not None and s is not None and not self._closing():
+                self.waiting[sid] = extra  # the budget shrank meanwhile: ask again (back in order)
+        else:
+            self._grant(sid, s, extra, n)
+        self.grant_waiting()
+
+    def _grant(self, sid: int, s: Stream, extra: int, taken: int) -> None:
+        self.budget -= extra
+        s.extra += extra
+        s.need += extra
+        s.taken += taken
+        self._put(frame(WINDOW_UPDATE, 0, sid, HEAD.pack(extra)))
+
+    def received(self, n: int) -> bool:
+        """Count ``n`` bytes of DATA against the connection's window; False: beyond it."""
+        if n > self.window:
+            return False
+        self.window -= n
+        return True
+
+    def give_window(self, n: int) -> None:
+        """Return ``n`` bytes to the connection's window (in one ``WINDOW_UPDATE`` per ``refund_at``)."""
+        self.refund += n
+        if self.refund >= self.refund_at and not self._closing():
+            self.window += self.refund
+            self._send(frame(WINDOW_UPDATE, 0, 0, HEAD.pack(self.refund)))
+            self.refund = 0
+
+    def forget(self, sid: int) -> None:
+        """Stream ``sid`` needs no grant any more (its message is complete)."""
+        self.waiting.pop(sid, None)
+
+    def release(self, sid: int, s: Stream) -> None:
+        """Stream ``sid`` (already out of ``streams``) ended: its window, budget and intake bytes go back."""
+        self.waiting.pop(sid, None)
+        if self.ticket is not None and self.ticket_sid == sid:  # its place in the intake's line
+            self.intake.cancel(self.ticket)
+            self.ticket = None
+            self.grant_waiting()
+        if s.received:
+            self.give_window(s.received)
+            s.received = 0
+        if s.taken:
+            self.intake.give(s.taken)  # may grant a stream of another connection
+            s.taken = 0
+        if s.extra:
+            self.budget += s.extra
+            s.extra = 0
+            self.grant_waiting()
+
+    def close(self) -> None:
+        """The connection is gone: whatever its streams took from the intake goes back."""
+        if self.ticket is not None:
+            self.intake.cancel(self.ticket)
+            self.ticket = None
+        for s in self.streams.values():
+            if s.taken:
+                self.intake.give(s.taken)
+                s.taken = 0
+        self.waiting.clear()
