@@ -16,7 +16,8 @@ import pytest
 
 from mlaas4hep.serve import errors
 from mlaas4hep.serve.http import http_status
-from mlaas4hep.serve.repository import Repository, parse_version
+from mlaas4hep.serve.inventory import parse_version
+from mlaas4hep.serve.repository import Repository
 
 from .store_helpers import bundle_files, endless_loop, huge_constant_of_shape, small_bundle
 
@@ -121,14 +122,14 @@ def test_a_version_deleted_after_it_was_resolved_is_not_found_not_broken(tmp_pat
 def test_a_version_deleted_while_a_scan_reads_it_is_gone_not_broken(tmp_path, files, monkeypatch):
     # another process's delete lands between the scan's listing and its reading of the version
     # (readers take no lock): the scan must see the version gone, never list it as broken
-    from mlaas4hep.serve import repository
+    from mlaas4hep.serve import inventory
 
     repo = Repository(tmp_path / "repo")
     repo.install(files, "m", 1)
     repo.install(files, "m", 2)
     (tmp_path / "repo" / "m" / "3").write_text("not a bundle")  # a real broken entry stays reported
-    real = repository._listdir
-    monkeypatch.setattr(repository, "_listdir", lambda p: [*real(p), "4"] if p.name == "m" else real(p))
+    real = inventory.listdir
+    monkeypatch.setattr(inventory, "listdir", lambda p: [*real(p), "4"] if p.name == "m" else real(p))
     Repository(tmp_path / "repo").delete("m", 2)
     repo.rescan()
     assert repo.versions("m") == [1]

@@ -25,7 +25,8 @@ at once, whole.
 What is on disk is checked too: a version directory whose name is not a
 version (1 <= v < 2**63) or whose ``bundle.json`` breaks the schema
 (:mod:`mlaas4hep.bundle_schema`) is never served; it is logged and listed in
-:attr:`Repository.broken`, which ``/models`` and the repository index report.
+:attr:`Repository.broken`, which ``/models`` and the repository index report
+(the scan is :func:`.inventory.scan`).
 Messages name models, versions and files, never the server's directories.
 
 Loaded :class:`~mlaas4hep.bundle.Predictor` objects sit in an LRU cache of
@@ -53,7 +54,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -65,6 +65,7 @@ from .. import bundle, bundle_schema
 from ..bundle import BundleError, Predictor
 from ..bundle_spec import BundleSpec
 from ..errors import Mlaas4hepError
+from . import inventory
 from .errors import (
     BundleInvalid,
     InvalidRequest,
@@ -73,13 +74,10 @@ from .errors import (
     ModelUnloaded,
     VersionConflict,
 )
+from .inventory import MAX_VERSION, check_name, is_version_dir, listdir, parse_version
 from .store import Store, atomic_write, staged
 
 log = logging.getLogger("mlaas4hep.serve")
-MAX_VERSION = bundle_schema.MAX_VERSION
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-#: A version as written in a URL, a JSON field or a gRPC message: canonical decimal, no sign, no padding.
-VERSION_RE = re.compile(r"[1-9][0-9]{0,18}")
 #: Keys of ``serving.json`` (and of the ``serving`` object of ``bundle.json``).
 SERVING_KEYS = {"max_batch": int, "max_delay_ms": float, "timeout_s": float}
 #: Seconds an upload's smoke test may run before it is cut off and the upload refused.
@@ -88,42 +86,6 @@ STATE = ".state.json"
 #: Seconds between rescans of a read-only directory (its publisher does not tell us of changes).
 READ_ONLY_RESCAN_S = 2.0
 SYNC_INTERVAL_S = 0.001  # at most one ``stat`` of ``.generation`` per millisecond (one per request at 1k/s)
-
-
-def check_name(name: str) -> str:
-    """A model name: letters, digits, ``_ . -``; no path separators."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
-        raise InvalidRequest(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (at most 100)")
-    return name
-
-
-def parse_version(version: Any) -> int | None:
-    """``None``/``""``/``"latest"`` mean the latest version; otherwise an integer 1 <= v < 2**63.
-
-    A string must be the version's canonical decimal form (``"1"``, never
-    ``" 1"``, ``"+1"``, ``"01"`` or a full-width ``"１"``): one version has one
-    name, in a URL, a JSON body or a gRPC message alike.
-    """
-    if version is None or version == "" or version == "latest":
-        return None
-    msg = (
-        f"invalid model version {str(version)[:40]!r}: versions are integers from 1 to 2**63-1, "
-        "written in decimal digits without sign, spaces or leading zeros"
-    )
-    if isinstance(version, bool) or not isinstance(version, (int, str)):
-        raise InvalidRequest(msg)
-    if isinstance(version, str):
-        if not (version.isascii() and VERSION_RE.fullmatch(version)):
-            raise InvalidRequest(msg)
-        version = int(version)
-    v = int(version)
-    if not 1 <= v <= MAX_VERSION:
-        raise InvalidRequest(msg)
-    return v
-
-
-def _is_version_dir(name: str) -> bool:
-    return name.isascii() and name.isdigit()
 
 
 class Repository:
@@ -199,102 +161,24 @@ class Repository:
     def _scan(self) -> None:
         """:meth:`rescan`, inside a transaction of :attr:`store`."""
         seen = self.store.signature()
-        index: dict[str, list[int]] = {}
-        stamps: dict[tuple[str, int], int] = {}
-        metas: dict[tuple[str, int], dict[str, Any]] = {}
-        broken: list[dict[str, Any]] = []
-        if self.single:
-            self._scan_single(index, stamps, metas, broken)
-        for name in [] if self.single else _listdir(self.root):
-            if not NAME_RE.match(name):
-                continue
-            vs = []
-            for vname in _listdir(self.root / name):
-                if not _is_version_dir(vname):
-                    continue
-                vdir = self.root / name / vname
-                key = (name, int(vname))
-                try:
-                    reason = self._check_version_dir(name, vdir, metas)
-                    if reason is None:
-                        stamps[key] = vdir.stat().st_ino
-                        vs.append(key[1])
-                        continue
-                except FileNotFoundError:  # deleted since the listing, by a transaction of another process
-                    metas.pop(key, None)
-                    continue
-                entry = {"name": name, "version": vname, "error": reason}
-                broken.append(entry)
-                if entry not in self.broken:  # log each problem once, not at every rescan
-                    log.warning("skipping %s/%s: %s", name, vname, reason)
-            if vs:
-                index[name] = sorted(vs)
+        found = inventory.scan(self.root, self.single, self._meta_sig)
+        for entry in found.broken:
+            if entry not in self.broken:  # log each problem once, not at every rescan
+                log.warning("skipping %s/%s: %s", entry["name"], entry["version"], entry["error"])
+        stamps, metas = found.stamps, found.metas
         unloaded = self._read_state()
         with self._lock:
-            self._index, self._unloaded = index, unloaded & set(index)
+            self._index, self._unloaded = found.index, unloaded & set(found.index)
             self._meta = {k: m for k, m in metas.items() if k in stamps}
             self._specs = {k: sp for k, sp in self._specs.items() if self._meta.get(k) is sp.meta}
             self._meta_sig = {k: v for k, v in self._meta_sig.items() if k in metas}
-            self.broken = broken
+            self.broken = found.broken
             for key in [k for k in self._loaded if stamps.get(k) != self._stamps.get(k) or k[0] in unloaded]:
                 del self._loaded[key]
             self._stamps = stamps
             self.generation += 1
         self.store.gen_seen = seen
         self._scanned = time.monotonic()
-
-    def _scan_single(
-        self,
-        index: dict[str, list[int]],
-        stamps: dict[tuple[str, int], int],
-        metas: dict[tuple[str, int], dict[str, Any]],
-        broken: list[dict[str, Any]],
-    ) -> None:
-        """The one bundle of a KServe-style directory: named and versioned by its ``bundle.json``."""
-        try:
-            meta = bundle.read_meta(self.root, "bundle.json")
-            name = check_name(str(meta.get("name", "")))
-            v = meta.get("version", 1)
-            version = v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_VERSION else 1
-            stamps[(name, version)] = self.root.stat().st_ino
-        except (BundleError, InvalidRequest, OSError) as err:
-            broken.append({"name": self.root.name, "version": "1", "error": str(err)})
-            return
-        index[name] = [version]
-        metas[(name, version)] = meta
-
-    def _check_version_dir(
-        self, name: str, vdir: Path, metas: dict[tuple[str, int], dict[str, Any]]
-    ) -> str | None:
-        """Why the version directory ``vdir`` cannot be served (None: it can); fills ``metas``.
-
-        Raises :class:`FileNotFoundError` when ``vdir`` was deleted since it was
-        listed: that is a change seen in the middle, not a broken entry.
-        """
-        if len(vdir.name) > 19 or not 1 <= int(vdir.name) <= MAX_VERSION or vdir.name != str(int(vdir.name)):
-            return "the version must be an integer from 1 to 2**63-1, written without leading zeros"
-        f = vdir / "bundle.json"
-        try:
-            st = f.stat()
-        except OSError:
-            if not os.path.lexists(vdir):
-                raise FileNotFoundError(vdir) from None
-            return "no bundle.json" if vdir.is_dir() else "not a directory"
-        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
-        key = (name, int(vdir.name))
-        cached = self._meta_sig.get(key)
-        if cached is not None and cached[0] == sig:
-            meta = cached[1]
-        else:
-            try:
-                meta = bundle.read_meta(vdir, f"{name}/{vdir.name}")
-            except BundleError as err:
-                if not os.path.lexists(vdir):
-                    raise FileNotFoundError(vdir) from None
-                return str(err)
-            self._meta_sig[key] = (sig, meta)
-        metas[key] = meta
-        return None
 
     def _read_state(self) -> set[str]:
         """The unloaded models of ``.state.json`` (a missing or half-written file: none)."""
@@ -564,7 +448,7 @@ class Repository:
             self._scan()
             existing = self.versions(name)
             taken = set(existing) | {
-                int(b["version"]) for b in self.broken if b["name"] == name and _is_version_dir(b["version"])
+                int(b["version"]) for b in self.broken if b["name"] == name and is_version_dir(b["version"])
             }
             if want is None:
                 mine = meta.get("version")
@@ -619,7 +503,7 @@ class Repository:
             else:
                 gone = [v]
                 os.rename(self.path(name, v), trash / "version")
-                if not any(_is_version_dir(n) for n in _listdir(self.root / name)):
+                if not any(is_version_dir(n) for n in listdir(self.root / name)):
                     os.rename(self.root / name, trash / "model")  # its last version: the model goes
             if not (self.root / name).exists():
                 unloaded = self._read_state()
@@ -628,14 +512,6 @@ class Repository:
             self.store.bump()
             self._scan()
         return gone
-
-
-def _listdir(path: Path) -> list[str]:
-    """Sorted entry names of ``path``; none when it is gone or not a directory."""
-    try:
-        return sorted(os.listdir(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _read_json(path: Path, what: str) -> Any:

@@ -45,7 +45,8 @@ from ...errors import Mlaas4hepError
 from ..config import ServeConfig
 from ..errors import Forbidden, InvalidRequest, Overloaded
 from ..identity import User
-from ..repository import Repository, check_name
+from ..inventory import check_name
+from ..repository import Repository
 from .runner import Handle, Runner, runner_for
 from .store import FINAL, JobStore, age_s, now
 
