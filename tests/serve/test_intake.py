@@ -9,6 +9,7 @@ lost or mixed up. Scores are checked against onnxruntime (:mod:`.oracle`).
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import time
@@ -18,7 +19,7 @@ import pytest
 
 from mlaas4hep.serve.intake import Intake
 
-from .conftest import ServerProcess, repo_of
+from .conftest import HTTP, ServerProcess, repo_of
 from .oracle import ATOL
 from .test_httpfront import Conn, json_infer, json_scores
 
@@ -98,6 +99,7 @@ def test_http_requests_past_the_intake_wait_and_are_served_in_turn(http_server, 
     time.sleep(0.3)
     b.send(b_body[1000:])
     assert _no_answer_within(b, 1.0)
+    assert _intake_gauges(http_server.url) == (len(a_body), 1)  # what operators see meanwhile
     gone = _start(http_server.url, c_body, 1000)  # waits behind b, then leaves
     time.sleep(0.3)
     gone.sock.close()
@@ -115,6 +117,15 @@ def test_http_requests_past_the_intake_wait_and_are_served_in_turn(http_server, 
     np.testing.assert_allclose(json_scores(body), tth_bundle.oracle.score(xc), rtol=0, atol=ATOL)
     for conn in (a, b, c):
         conn.sock.close()
+    assert _intake_gauges(http_server.url) == (0, 0)
+
+
+def _intake_gauges(url: str) -> tuple[int, int]:
+    text = HTTP.get(url + "/metrics").text
+    held = re.search(r"^mlaas4hep_request_bytes_pending (\S+)$", text, re.M)
+    waiting = re.search(r"^mlaas4hep_requests_waiting_for_intake (\S+)$", text, re.M)
+    assert held and waiting, text[-2000:]
+    return int(float(held.group(1))), int(float(waiting.group(1)))
 
 
 # ----------------------------------------------------------------- gRPC

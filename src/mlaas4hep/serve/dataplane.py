@@ -121,6 +121,7 @@ class DataPlane:
         self.in_flight = 0  # inference requests being handled, all models (the batchers read it)
         self.draining = False  # SIGTERM received (see .drain): not ready, still serving
         self.intake = Intake(config.max_pending)  # request bytes all connections hold (see .intake)
+        metrics.intake = lambda: (self.intake.used, self.intake.waiting)
         # each model has threads of its own (infer_threads of them), so a model that hangs cannot
         # take the others' threads; the watchdog cuts its calls off after their time limit
         self._pools: dict[tuple[str, int], ThreadPoolExecutor] = {}

@@ -8,6 +8,9 @@
 * ``mlaas4hep_queue_seconds{model}``: how long the oldest request of a batch
   waited in the dynamic batcher (histogram);
 * ``mlaas4hep_models_loaded``: sessions in memory;
+* ``mlaas4hep_request_bytes_pending`` and ``mlaas4hep_requests_waiting_for_intake``: the
+  request bytes held now within ``--max-pending-mb``, and the requests waiting for room
+  (:mod:`.intake`);
 * Triton's ``nv_inference_*`` per model and version (:mod:`.tritonmetrics`).
 
 Each app has its own :class:`Metrics` (tests run several servers in one
@@ -112,6 +115,9 @@ class Metrics:
         self.triton = TritonCounts()  # Triton's names, per model version (see .tritonmetrics)
         self.loaded = 0  # sessions in memory
         self.retries = (0, 0)  # of another process (this one's are read from the io layer)
+        #: (bytes held, requests waiting) of this process's intake, read at scrape time
+        self.intake: Callable[[], tuple[int, int]] | None = None
+        self.intake_absorbed = (0, 0)  # of other processes
         self.peers: Callable[[], list[dict[str, Any]]] | None = None
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
@@ -177,7 +183,13 @@ class Metrics:
             "pending": [[*k, n] for k, n in list(self.triton.pending.items())],
             "loaded": self.loaded,
             "retries": [RETRIES.total, RETRIES.gave_up],
+            "intake": list(self.intake_now()),
         }
+
+    def intake_now(self) -> tuple[int, int]:
+        """Request bytes held and requests waiting for room: this process's and those absorbed."""
+        mine = self.intake() if self.intake is not None else (0, 0)
+        return mine[0] + self.intake_absorbed[0], mine[1] + self.intake_absorbed[1]
 
     def absorb(self, snap: dict[str, Any]) -> None:
         """Add another process's :meth:`snapshot` into this one (a merged view for a scrape)."""
@@ -202,6 +214,8 @@ class Metrics:
             self.triton.pending[(model, version)] = self.triton.pending.get((model, version), 0) + n
         self.loaded += snap["loaded"]
         self.retries = (self.retries[0] + snap["retries"][0], self.retries[1] + snap["retries"][1])
+        held, waiting = snap.get("intake", (0, 0))  # a worker of an older version has none
+        self.intake_absorbed = (self.intake_absorbed[0] + held, self.intake_absorbed[1] + waiting)
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text of this process, plus its peers' when it has some."""
@@ -265,3 +279,12 @@ class _Collector:
             "mlaas4hep_queue_seconds", "Wait of the oldest request of a batch", m.queue, QUEUE_BUCKETS
         )
         yield GaugeMetricFamily("mlaas4hep_models_loaded", "onnxruntime sessions in memory", value=m.loaded)
+        held, waiting = m.intake_now()
+        yield GaugeMetricFamily(
+            "mlaas4hep_request_bytes_pending", "Request bytes held now, within --max-pending-mb", value=held
+        )
+        yield GaugeMetricFamily(
+            "mlaas4hep_requests_waiting_for_intake",
+            "Requests waiting for room in --max-pending-mb",
+            value=waiting,
+        )
