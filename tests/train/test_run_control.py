@@ -93,6 +93,10 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_to_resume(small):
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # as a terminal gives it: a pytest started in the background (`cmd &` in a script) ignores
+        # SIGINT, and its children inherit that: the run then ignored the signal and trained its 60
+        # epochs to the end (exit 0), as any program told to ignore SIGINT does
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
@@ -122,6 +126,35 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_to_resume(small):
         err.splitlines()[0]
         == f"resuming from stopped/checkpoint: epochs {epoch + 1}-{epoch + 1} of {epoch + 2}"
     )
+
+
+def test_ctrl_c_while_the_reading_thread_starts_stops_that_thread(monkeypatch):
+    """The main thread waits in ``Thread.start`` for the reading thread to be up: a Ctrl-C that
+    comes there must stop that thread too (it went on reading and waiting to hand over forever)."""
+    import threading
+
+    from mlaas4hep.train.data import prefetch
+
+    start = threading.Thread.start
+
+    def start_then_ctrl_c(thread):
+        start(thread)
+        if thread.name == "mlaas4hep-prefetch":
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, before start() returns
+
+    # Python's own handler, even under a pytest started in the background (which ignores SIGINT)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            next(prefetch(iter(range(1000)), depth=2))
+    finally:
+        signal.signal(signal.SIGINT, before)
+        monkeypatch.undo()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(t.name == "mlaas4hep-prefetch" for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert [t.name for t in threading.enumerate() if t.name == "mlaas4hep-prefetch"] == []
 
 
 def test_train_takes_the_dataset_options_of_the_docs(small):
