@@ -128,6 +128,33 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_to_resume(small):
     )
 
 
+def test_a_checkpoint_write_stopped_between_its_renames_is_completed(small, caplog):
+    """Ctrl-C between the two renames of a checkpoint write (``checkpoint`` -> ``checkpoint.old``,
+    ``checkpoint.tmp`` -> ``checkpoint``) left no ``checkpoint``: the interruption's message said
+    there was none and --resume started again from epoch 0. The next read completes the write."""
+    import shutil
+
+    from mlaas4hep.train import checkpoint
+
+    cfg, out = str(small / "train.yaml"), small / "renames"
+    train(cfg, out, epochs=1, show_progress=False, overrides={"threads": 1})
+    shutil.copytree(out / "checkpoint", small / "epoch0")
+    train(cfg, out, resume=True, epochs=2, show_progress=False, overrides={"threads": 1})
+    (out / "checkpoint").rename(out / "checkpoint.tmp")  # epoch 1, complete, not yet renamed
+    shutil.copytree(small / "epoch0", out / "checkpoint.old")  # the one it replaces
+    assert checkpoint.read_state(out / "checkpoint")["epoch"] == 1  # what Ctrl-C's message names
+    assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint", "checkpoint.old"]
+    # the same with the write stopped before state.json was whole: the epoch before
+    shutil.rmtree(out / "checkpoint")
+    (out / "checkpoint.old").rename(out / "checkpoint.tmp")
+    shutil.copytree(out / "checkpoint.tmp", out / "checkpoint.old")
+    (out / "checkpoint.tmp" / "state.json").rename(out / "checkpoint.tmp" / "state.json.part")
+    with caplog.at_level(logging.INFO, logger="mlaas4hep.train"):
+        more = train(cfg, out, resume=True, epochs=3, show_progress=False, overrides={"threads": 1})
+    assert caplog.records[0].getMessage() == f"resuming from {out / 'checkpoint'}: epochs 1-2 of 3"
+    assert [e["epoch"] for e in more.history] == [0, 1, 2]
+
+
 def test_ctrl_c_while_the_reading_thread_starts_stops_that_thread(monkeypatch):
     """The main thread waits in ``Thread.start`` for the reading thread to be up: a Ctrl-C that
     comes there must stop that thread too (it went on reading and waiting to hand over forever)."""
