@@ -93,6 +93,10 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_to_resume(small):
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # as a terminal gives it: a pytest started in the background (`cmd &` in a script) ignores
+        # SIGINT, and its children inherit that: the run then ignored the signal and trained its 60
+        # epochs to the end (exit 0), as any program told to ignore SIGINT does
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
@@ -122,6 +126,62 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_to_resume(small):
         err.splitlines()[0]
         == f"resuming from stopped/checkpoint: epochs {epoch + 1}-{epoch + 1} of {epoch + 2}"
     )
+
+
+def test_a_checkpoint_write_stopped_between_its_renames_is_completed(small, caplog):
+    """Ctrl-C between the two renames of a checkpoint write (``checkpoint`` -> ``checkpoint.old``,
+    ``checkpoint.tmp`` -> ``checkpoint``) left no ``checkpoint``: the interruption's message said
+    there was none and --resume started again from epoch 0. The next read completes the write."""
+    import shutil
+
+    from mlaas4hep.train import checkpoint
+
+    cfg, out = str(small / "train.yaml"), small / "renames"
+    train(cfg, out, epochs=1, show_progress=False, overrides={"threads": 1})
+    shutil.copytree(out / "checkpoint", small / "epoch0")
+    train(cfg, out, resume=True, epochs=2, show_progress=False, overrides={"threads": 1})
+    (out / "checkpoint").rename(out / "checkpoint.tmp")  # epoch 1, complete, not yet renamed
+    shutil.copytree(small / "epoch0", out / "checkpoint.old")  # the one it replaces
+    assert checkpoint.read_state(out / "checkpoint")["epoch"] == 1  # what Ctrl-C's message names
+    assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint", "checkpoint.old"]
+    # the same with the write stopped before state.json was whole: the epoch before
+    shutil.rmtree(out / "checkpoint")
+    (out / "checkpoint.old").rename(out / "checkpoint.tmp")
+    shutil.copytree(out / "checkpoint.tmp", out / "checkpoint.old")
+    (out / "checkpoint.tmp" / "state.json").rename(out / "checkpoint.tmp" / "state.json.part")
+    with caplog.at_level(logging.INFO, logger="mlaas4hep.train"):
+        more = train(cfg, out, resume=True, epochs=3, show_progress=False, overrides={"threads": 1})
+    assert caplog.records[0].getMessage() == f"resuming from {out / 'checkpoint'}: epochs 1-2 of 3"
+    assert [e["epoch"] for e in more.history] == [0, 1, 2]
+
+
+def test_ctrl_c_while_the_reading_thread_starts_stops_that_thread(monkeypatch):
+    """The main thread waits in ``Thread.start`` for the reading thread to be up: a Ctrl-C that
+    comes there must stop that thread too (it went on reading and waiting to hand over forever)."""
+    import threading
+
+    from mlaas4hep.train.data import prefetch
+
+    start = threading.Thread.start
+
+    def start_then_ctrl_c(thread):
+        start(thread)
+        if thread.name == "mlaas4hep-prefetch":
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, before start() returns
+
+    # Python's own handler, even under a pytest started in the background (which ignores SIGINT)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            next(prefetch(iter(range(1000)), depth=2))
+    finally:
+        signal.signal(signal.SIGINT, before)
+        monkeypatch.undo()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(t.name == "mlaas4hep-prefetch" for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert [t.name for t in threading.enumerate() if t.name == "mlaas4hep-prefetch"] == []
 
 
 def test_train_takes_the_dataset_options_of_the_docs(small):

@@ -2,7 +2,8 @@
 
 A checkpoint is a directory ``OUT/checkpoint/``, rewritten at the end of every
 epoch (into a temporary directory, then renamed, so a crash never leaves half a
-checkpoint):
+checkpoint; a write stopped between its two renames, by Ctrl-C or a crash, is completed by
+the next :func:`read_state`, see :func:`recover`):
 
 * ``state.json``: the epoch reached, the metric history, early-stopping state
   (best validation loss, its epoch, epochs without improvement), and a
@@ -40,7 +41,10 @@ def write(directory: str | os.PathLike, state: dict[str, Any], save_files: Calla
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_files(tmp)
-    (tmp / STATE).write_text(json.dumps(state, indent=1, default=jsonable))
+    # state.json last, and whole: its presence says the temporary directory is complete (recover)
+    part = tmp / (STATE + ".part")
+    part.write_text(json.dumps(state, indent=1, default=jsonable))
+    os.replace(part, tmp / STATE)
     old = final.with_name(final.name + ".old")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -50,8 +54,30 @@ def write(directory: str | os.PathLike, state: dict[str, Any], save_files: Calla
     return final
 
 
+def recover(directory: str | os.PathLike) -> None:
+    """Complete a :func:`write` that stopped between its two renames.
+
+    Ctrl-C (or a crash) there leaves no ``checkpoint`` but ``checkpoint.tmp``,
+    complete (its ``state.json`` is written last), and ``checkpoint.old``, the
+    epoch before: the newer one becomes the checkpoint, as the write would have
+    made it; the older one if the newer is incomplete. Without this, the message
+    of the interruption said there was no checkpoint, and ``--resume`` started
+    again from epoch 0.
+    """
+    final = Path(directory)
+    for candidate in (final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")):
+        if final.exists():
+            return
+        if (candidate / STATE).is_file():
+            try:
+                os.replace(candidate, final)
+            except OSError:  # another rank of a DDP run recovered it meanwhile
+                pass
+
+
 def read_state(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``state.json`` of a checkpoint directory, or None when there is none."""
+    """The ``state.json`` of a checkpoint directory, or None when there is none (:func:`recover` first)."""
+    recover(directory)
     p = Path(directory) / STATE
     if not p.is_file():
         return None

@@ -268,8 +268,10 @@ def prefetch(items: Iterable, depth: int = 2, transform: Callable[[Any], Any] | 
                 close()
 
     t = threading.Thread(target=run, name="mlaas4hep-prefetch", daemon=True)
-    t.start()
     try:
+        # inside the try: a Ctrl-C that comes while the thread starts (the main thread waits for it
+        # there) must stop the thread too, or it would go on reading and waiting to hand over forever
+        t.start()
         while True:
             obj = q.get()
             if obj is _END:
@@ -279,4 +281,5 @@ def prefetch(items: Iterable, depth: int = 2, transform: Callable[[Any], Any] | 
             yield obj
     finally:
         stop.set()
-        t.join(timeout=5)
+        if t.is_alive():  # not when Ctrl-C came before it started
+            t.join(timeout=5)
