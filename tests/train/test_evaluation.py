@@ -84,3 +84,9 @@ def test_bootstrap_resample_curve_is_roc_curve_bit_for_bit(decimals):
         i = rng.integers(0, len(y), len(y))
         for got, want in zip(counted.roc_curve(i), roc_curve(y[i] == 1, s[i])):
             np.testing.assert_array_equal(got, want)
+
+
+def test_unit_weights_give_the_unweighted_numbers_exactly():
+    """A run's validation weights are all 1 without a weight branch: the same bootstrap, bit for bit."""
+    y, s = _gaussians(1000, seed=6)
+    assert performance(y, np.round(s, 1), np.ones(len(y)), n=20) == performance(y, np.round(s, 1), n=20)

@@ -77,8 +77,9 @@ def performance(
     central = _curve_numbers(y, s, w, bkg)
     rng = np.random.default_rng(seed)
     samples = []
-    # unweighted: a resample's ROC curve from its event counts on the events sorted once
-    counted = _Resampler(y, s) if w is None and np.isfinite(s).all() else None
+    # unweighted (no weights, or all 1): a resample's ROC curve from its event counts
+    unweighted = w is None or bool(np.all(w == 1.0))
+    counted = _Resampler(y, s) if unweighted and np.isfinite(s).all() else None
     for _ in range(n):
         i = rng.integers(0, len(y), len(y))
         if y[i].all() or not y[i].any():
