@@ -68,3 +68,25 @@ def test_separation_is_the_ks_distance():
     a, b = rng.normal(0, 1, 3000), rng.normal(0.3, 1.2, 2000)
     assert separation(a, b) == pytest.approx(ks_2samp(a, b).statistic, abs=1e-12)
     assert separation(a, a) == 0.0
+
+
+@pytest.mark.parametrize("decimals", [None, 2])  # distinct scores, and many ties
+def test_bootstrap_resample_curve_is_roc_curve_bit_for_bit(decimals):
+    """The bootstrap's counted ROC curve of a resample is the sorted one, exactly (same metrics.json)."""
+    from mlaas4hep.train.evaluation import _Resampler
+    from mlaas4hep.train.metrics import roc_curve
+
+    rng = np.random.default_rng(7)
+    y, s = _gaussians(3000, seed=5)
+    s = s if decimals is None else np.round(s, decimals)
+    counted = _Resampler(y == 1, s)
+    for _ in range(5):
+        i = rng.integers(0, len(y), len(y))
+        for got, want in zip(counted.roc_curve(i), roc_curve(y[i] == 1, s[i])):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_unit_weights_give_the_unweighted_numbers_exactly():
+    """A run's validation weights are all 1 without a weight branch: the same bootstrap, bit for bit."""
+    y, s = _gaussians(1000, seed=6)
+    assert performance(y, np.round(s, 1), np.ones(len(y)), n=20) == performance(y, np.round(s, 1), n=20)

@@ -16,7 +16,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .plots import BACKGROUND_COLOR, SIGNAL_COLOR, _style, class_names, fraction_hist, tag
+from .plots import BACKGROUND_COLOR, SIGNAL_COLOR, _style, class_names, fraction_hist, save, tag
 
 
 def overtraining_figure(ot: dict[str, Any], title: str, labels: Sequence[str], path: Path) -> Path:
@@ -51,8 +51,7 @@ def overtraining_figure(ot: dict[str, Any], title: str, labels: Sequence[str], p
         ax.set_ylabel(f"fraction of events / {width:.2g}")
         tag(ax)
         ax.legend(loc="upper center", fontsize=12)
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
+        save(fig, path, dpi=90)
     return Path(path)
 
 
@@ -101,7 +100,5 @@ def input_distributions(
             tag(ax)
         for ax in axes.ravel()[len(order) :]:
             ax.set_visible(False)
-        fig.tight_layout()
-        fig.savefig(path, dpi=70, bbox_inches="tight")
-        plt.close(fig)
+        save(fig, path, dpi=70, tight_layout=True)
     return Path(path), [names[j] if j < len(names) else f"feature {j}" for j in order]

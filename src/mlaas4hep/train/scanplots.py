@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from .plots import _style, roc_comparison, tag
+from .plots import _style, roc_comparison, save, tag
 
 METRIC_NAMES = {
     "val_auc": "validation AUC",
@@ -95,7 +95,5 @@ def metric_figure(result: Any, path: Path) -> Path:
             ax.set_ylabel(name)
             ax.legend(fontsize=12)
             tag(ax)
-        fig.tight_layout()
-        fig.savefig(path, dpi=80, bbox_inches="tight")
-        plt.close(fig)
+        save(fig, path, dpi=80, tight_layout=True)
     return Path(path)
