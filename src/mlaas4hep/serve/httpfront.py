@@ -157,8 +157,9 @@ class HotCall(Call):
     async def _reserve(self, limit: int) -> None:
         """Reserve the body's declared length in the server's intake (:mod:`.intake`); while it does
         not fit, the connection stops reading. A body already read whole is counted at once."""
-        cycle, intake = self._cycle, self._protocol.intake
-        assert intake is not None  # hot calls exist only with a front
+        cycle, front = self._cycle, self._protocol.front
+        assert front is not None  # hot calls exist only with a front
+        intake = front.plane.intake
         if cycle.disconnected:
             return
         if cycle.complete:  # read whole already: counted, nothing to wait for
@@ -203,7 +204,6 @@ class FrontProtocol(LimitedHttpToolsProtocol):
         super().__init__(*args, **kwargs)
         front = find_front(self.app)
         self.front = front if self.limit_concurrency is None and not self.root_path else None
-        self.intake = None if self.front is None else self.front.plane.intake
 
     # ------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
