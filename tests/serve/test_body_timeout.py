@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 import pytest
 
-from .conftest import HTTP, repo_of
+from .conftest import HTTP, TOKEN, repo_of
 from .oracle import ATOL
 from .test_httpfront import Conn, json_infer, json_scores
 
@@ -143,6 +143,23 @@ def test_a_stalled_body_through_the_asgi_app_is_answered_408_too(server, tth_bun
     assert headers["connection"] == "close" and TIMEOUT <= time.monotonic() - t0 < LATEST
     assert c.closed()
     assert metrics(server.url)['protocol="http"'] == before['protocol="http"'] + 1
+    c.close()
+
+
+def test_a_stalled_upload_is_answered_408(server):
+    """The repository's upload route (a multipart form, spooled by Starlette): the same 408."""
+    part = b'--XX\r\nContent-Disposition: form-data; name="model"; filename="m.onnx"\r\n\r\nonnx'
+    c = Conn(server.url)
+    c.sock.settimeout(LATEST + 5)
+    c.send(
+        b"POST /upload HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n"
+        b"Content-Type: multipart/form-data; boundary=XX\r\nContent-Length: 100000\r\n\r\n" + part
+    )
+    t0 = time.monotonic()
+    status, headers, reply = c.response()
+    assert (status, orjson.loads(reply)) == (408, {"error": STALLED})
+    assert headers["connection"] == "close" and TIMEOUT <= time.monotonic() - t0 < LATEST
+    assert c.closed()
     c.close()
 
 

@@ -254,7 +254,9 @@ class ServeConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         if not 0 < self.body_timeout < math.inf:
-            raise ConfigError(f"body_timeout must be a positive number of seconds, not {self.body_timeout}")
+            raise ConfigError(
+                f"body_timeout must be a positive number of seconds, not {_shown(self.body_timeout)}"
+            )
         if self.jobs_keep_days < 0:
             raise ConfigError("jobs_keep_days must be 0 (keep for ever) or positive")
         if self.jobs_time_limit <= 0 or self.jobs_max_memory_gb <= 0:
