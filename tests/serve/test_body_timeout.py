@@ -67,6 +67,21 @@ def metrics(url: str) -> dict[str, float]:
     return out
 
 
+def test_the_timeouts_of_every_worker_are_added_up():
+    """With ``--workers N`` the process answering a scrape adds the others' snapshots (as JSON)."""
+    from mlaas4hep.serve.http import http_status
+    from mlaas4hep.serve.metrics import Metrics
+
+    mine, other = Metrics(http_status), Metrics(http_status)
+    mine.body_timeout("http")
+    other.body_timeout("http")
+    other.body_timeout("grpc")
+    mine.peers = lambda: [orjson.loads(orjson.dumps(other.snapshot()))]
+    text = mine.exposition()[0].decode()
+    assert 'mlaas4hep_request_body_timeouts_total{protocol="http"} 2.0' in text
+    assert 'mlaas4hep_request_body_timeouts_total{protocol="grpc"} 1.0' in text
+
+
 # ----------------------------------------------------------------- HTTP
 def _start(url: str, path: str, body: bytes, sent: int) -> Conn:
     c = Conn(url)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 TICKS = 4
 
 
-def stalled(timeout: float) -> str:
+def stalled_message(timeout: float) -> str:
     """What a client whose body was cut off is told."""
     return f"the request body stopped arriving: nothing came in {timeout:g} s (the server's --body-timeout)"
 

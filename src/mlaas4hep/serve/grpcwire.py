@@ -54,7 +54,7 @@ from typing import Any
 import grpc
 import hpack
 
-from .bodytimer import Ticker, stalled
+from .bodytimer import Ticker, stalled_message
 from .grpccall import Methods, unary
 from .grpcframes import (
     ACK,
@@ -430,14 +430,12 @@ class WireProtocol(asyncio.Protocol):
         """End the calls whose message stopped arriving (as a refused prefix); True: some still incomplete."""
         if self.closing:
             return False
-        sids, pending = self.credit.stalled()
-        for sid in sids:
-            self._reply(
-                sid, grpc.StatusCode.DEADLINE_EXCEEDED.value[0], stalled(self.limits.body_timeout), b""
-            )
+        why = stalled_message(self.limits.body_timeout)
+        for sid in self.credit.stalled():
+            self._reply(sid, grpc.StatusCode.DEADLINE_EXCEEDED.value[0], why, b"")
             self._send(frame(RST_STREAM, 0, sid, HEAD.pack(NO_ERROR)))
             self.counted()
-        return pending and any(s.task is None for s in self.streams.values())
+        return any(s.task is None for s in self.streams.values())
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         n = len(payload)

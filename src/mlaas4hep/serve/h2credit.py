@@ -185,21 +185,20 @@ class Credit:
             s.extra = 0
             self.grant_waiting()
 
-    def stalled(self) -> tuple[list[int], bool]:
-        """(streams whose message had no DATA for ``TICKS`` checks, whether a message is still
-        incomplete): one check of :mod:`.bodytimer`; a stream waiting for its grant is not stalled."""
-        out, pending = [], False
+    def stalled(self) -> list[int]:
+        """The streams whose message has had no DATA for ``TICKS`` checks: one check of
+        :mod:`.bodytimer` (a stream waiting for its grant is not stalled)."""
+        out = []
         for sid, s in self.streams.items():
             if s.task is not None:  # its message is complete
                 continue
-            pending = True
             if s.received != s.seen or sid in self.waiting:
                 s.seen, s.idle = s.received, 0
             else:
                 s.idle += 1
                 if s.idle >= TICKS:
                     out.append(sid)
-        return out, pending
+        return out
 
     def close(self) -> None:
         """The connection is gone: whatever its streams took from the intake goes back."""

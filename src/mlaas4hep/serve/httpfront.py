@@ -41,7 +41,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import errors
-from .bodytimer import stalled
+from .bodytimer import stalled_message
 from .fastpath import FastPath
 from .http import Call, Handler, check_length, decoded
 from .httpproto import MAX_HEADERS, LimitedHttpToolsProtocol
@@ -154,7 +154,7 @@ class HotCall(Call):
         if cycle.disconnected:
             raise errors.ClientGone("the client went away")
         if cycle.timed_out:
-            raise errors.BodyTimedOut(stalled(self._protocol.body_timeout))
+            raise errors.BodyTimedOut(stalled_message(self._protocol.body_timeout))
         if cycle.size > min(limit, cycle.limit):
             raise errors.TooLarge(f"the request body exceeds the limit of {limit} bytes")
         parts = cycle.parts

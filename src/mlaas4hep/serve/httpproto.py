@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .bodytimer import TICKS, Ticker, stalled
+from .bodytimer import TICKS, Ticker, stalled_message
 from .errors import BodyTimedOut
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             async def guarded_receive() -> Any:
                 message = await receive()
                 if self._timed_out is cycle:
-                    raise BodyTimedOut(stalled(self.body_timeout))
+                    raise BodyTimedOut(stalled_message(self.body_timeout))
                 return message
 
             await app(scope, guarded_receive, send)
