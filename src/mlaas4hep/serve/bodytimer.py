@@ -15,14 +15,18 @@ and the request's bytes go back to the intake.
 Only the client's silence counts: not the time its connection is not read
 because the server holds it back (a request waiting for room in the intake,
 a gRPC stream waiting for its grant, a pipelined request waiting its turn)
-nor the time a client waits for its ``100 Continue``.
+nor the time a client waits for its ``100 Continue``. (A gRPC connection that
+is not read because its client does not read its answers, :mod:`.h2limits`,
+is the client's doing: that time counts.)
 
-The clock costs nothing per request. Most requests arrive whole in one read
-and never start it. A body still incomplete after a read arms one
-:class:`Ticker` per connection (if it is not armed already), which checks
-every ``body_timeout / TICKS`` seconds whether the body progressed since its
-last check, and stops once nothing is pending; a read only clears a counter.
-A stalled body is therefore cut off between ``body_timeout`` and
+The clock makes no timer per request. An HTTP request that arrives whole in
+one read (most do) never touches it. A body still incomplete after a read, or
+a gRPC call opened before its message, arms its connection's one
+:class:`Ticker` unless it is armed already; it checks every
+``body_timeout / TICKS`` seconds whether each pending body progressed since
+the last check, and stops once none is pending. A read only clears a counter
+(HTTP); a gRPC check compares the bytes each stream received. A stalled body
+is therefore cut off between ``body_timeout`` and
 ``body_timeout * (1 + 1/TICKS)`` seconds after its last byte.
 """
 
