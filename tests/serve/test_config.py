@@ -71,6 +71,19 @@ def test_sources_in_order_file_then_environment_then_command_line(tmp_path):
             "MLAAS4HEP_PRIVATE: private = 'maybe': expected true or false",
         ),
         ("repo: m\n", {"MLAAS4HEP_PORT": "70000"}, "port 70000 is not a port number (0-65535)"),
+        ("repo: m\nbody_timeout: 0\n", {}, "body_timeout must be a positive number of seconds, not 0"),
+        ("repo: m\n", {"MLAAS4HEP_BODY_TIMEOUT": "-5"}, "body_timeout must be a positive number of seconds"),
+        ("repo: m\nbody_timeout: .inf\n", {}, "body_timeout must be a positive number of seconds, not inf"),
+        (
+            "repo: m\n",
+            {"MLAAS4HEP_BODY_TIMEOUT": "soon"},
+            "MLAAS4HEP_BODY_TIMEOUT: body_timeout = 'soon': expected a number",
+        ),
+        (
+            "repo: m\nbody_timout: 5\n",
+            {},
+            "serve.yaml: unknown option 'body_timout' (did you mean 'body_timeout'?)",
+        ),
         ("repo: m\nport: 8000\nmetrics_port: 8000\n", {}, "port and metrics_port are both 8000: each needs"),
         (
             "port: 80\n",

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -96,6 +97,16 @@ class ServeConfig:
         "inference request bytes all connections may hold at once, MB (past it, reading waits)",
         float,
         "MB",
+    )
+    # nginx's client_body_timeout (60 s): a client that announced a body and stopped sending it
+    # must not hold its bytes of --max-pending-mb (and the requests queued behind them) for ever,
+    # while a slow link (a few kB/s) still sends something well within a minute
+    body_timeout: float = _opt(
+        60.0,
+        "seconds a request body may go without a byte arriving: then HTTP 408 (gRPC "
+        "DEADLINE_EXCEEDED) and its bytes are given back",
+        float,
+        "S",
     )
     max_upload_mb: float = _opt(512.0, "largest bundle upload, MB", float, "MB")
     max_cells: int = _opt(2**25, "events x features one request may make the server allocate", int, "N")
@@ -242,6 +253,10 @@ class ServeConfig:
         for name in ("max_body_mb", "max_pending_mb", "max_upload_mb"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if not 0 < self.body_timeout < math.inf:
+            raise ConfigError(
+                f"body_timeout must be a positive number of seconds, not {_shown(self.body_timeout)}"
+            )
         if self.jobs_keep_days < 0:
             raise ConfigError("jobs_keep_days must be 0 (keep for ever) or positive")
         if self.jobs_time_limit <= 0 or self.jobs_max_memory_gb <= 0:

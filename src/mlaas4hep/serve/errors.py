@@ -28,6 +28,7 @@ ModelUnhealthy         cut off before: not served until loaded again        400 
 Unavailable            cannot serve now (broken on disk, shutting down,     503     UNAVAILABLE
                        saturated: ``--saturation-queue-ms``)
 TimedOut               no result within the time limit                      503     DEADLINE_EXCEEDED
+BodyTimedOut           the request body stopped arriving (``body_timeout``) 408     DEADLINE_EXCEEDED
 ClientGone             the client went away: nobody to answer               499     CANCELLED
 =====================  ===================================================  ======  ===================
 
@@ -132,6 +133,10 @@ class ShuttingDown(Unavailable):
 
 class TimedOut(ServeError):
     """The work did not finish within its time limit."""
+
+
+class BodyTimedOut(ServeError):
+    """No byte of the request's body arrived for ``--body-timeout`` seconds: its bytes are let go."""
 
 
 class ModelFailed(InvalidRequest):

@@ -100,6 +100,7 @@ GRPC_CODES: dict[type[Exception], grpc.StatusCode] = {
     errors.Unavailable: Code.UNAVAILABLE,
     errors.ModelTimedOut: Code.DEADLINE_EXCEEDED,
     errors.TimedOut: Code.DEADLINE_EXCEEDED,
+    errors.BodyTimedOut: Code.DEADLINE_EXCEEDED,
     errors.ClientGone: Code.CANCELLED,
     Mlaas4hepError: Code.INVALID_ARGUMENT,
 }
@@ -451,13 +452,21 @@ class GrpcServer:
     async def _start_wire(self) -> None:
         try:
             from .grpcwire import WireServer
+            from .h2limits import Limits
         except ImportError as err:  # hpack: in the serve extra
             raise RuntimeError(
                 f"the wire gRPC front end needs {err.name}: pip install 'mlaas4hep[serve]' "
                 "(or serve gRPC with --grpc-frontend grpcio)"
             ) from None
 
-        wire = WireServer(self.service, self.plane.config.max_body, intake=self.plane.intake)
+        plane = self.plane
+        wire = WireServer(
+            self.service,
+            plane.config.max_body,
+            Limits(body_timeout=plane.config.body_timeout),
+            plane.intake,
+            functools.partial(plane.metrics.body_timeout, "grpc"),
+        )
         try:
             self.port = await wire.start(self.host, self.port, self.reuse_port)
         except OSError as err:

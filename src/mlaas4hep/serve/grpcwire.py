@@ -48,11 +48,13 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import hpack
 
+from .bodytimer import Ticker, stalled_message
 from .grpccall import Methods, unary
 from .grpcframes import (
     ACK,
@@ -95,12 +97,12 @@ log = logging.getLogger("mlaas4hep.serve")
 
 
 class WireProtocol(asyncio.Protocol):
-    """One HTTP/2 connection carrying unary gRPC calls to :class:`Methods`, within ``limits``."""
+    """One HTTP/2 connection of ``server`` carrying unary gRPC calls to its methods, within its limits."""
 
-    def __init__(
-        self, methods: Methods, max_message: int, conns: set[WireProtocol], limits: Limits, intake: Intake
-    ):
-        self.methods, self.max_message, self.conns, self.limits = methods, max_message, conns, limits
+    def __init__(self, server: WireServer):
+        self.methods, self.max_message, self.conns = server.methods, server.max_message, server.conns
+        self.limits = limits = server.limits
+        self.counted = server.counted  # told of each call whose message stopped arriving
         self.buf = bytearray()
         self.preface = False
         self.streams: dict[int, Stream] = {}
@@ -111,7 +113,7 @@ class WireProtocol(asyncio.Protocol):
         self.last_stream = 0
         # what the client may send (see .h2credit)
         self.credit = Credit(
-            limits, max_message, intake, self.streams, self._put, self._send, lambda: self.closing
+            limits, self.max_message, server.intake, self.streams, self._put, self._send, lambda: self.closing
         )
         self.resets = limits.resets  # calls the client may still cancel beyond those answered
         self.control = 0  # PING/SETTINGS/empty DATA frames since the last new stream (within a second)
@@ -127,6 +129,8 @@ class WireProtocol(asyncio.Protocol):
         self.draining = False  # told GOAWAY as the server stops: its calls finish, new ones are refused
         self.out: list[bytes] = []  # replies written together once the loop's ready callbacks ran
         self.timer: asyncio.TimerHandle | None = None
+        # checks the incomplete messages (see .bodytimer)
+        self.stalls = Ticker(asyncio.get_running_loop(), limits.body_timeout, self._check_stalls)
 
     # ------------------------------------------------------------ connection
     def connection_made(self, transport: Any) -> None:
@@ -153,6 +157,7 @@ class WireProtocol(asyncio.Protocol):
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
+        self.stalls.stop()
         self.credit.close()
         for s in self.streams.values():
             if s.task is not None:
@@ -418,6 +423,19 @@ class WireProtocol(asyncio.Protocol):
         self.streams[sid] = s
         if flags & END_STREAM:
             self._dispatch(sid, s)
+        else:  # its message is to come: watched until it has
+            self.stalls.start()
+
+    def _check_stalls(self) -> bool:
+        """End the calls whose message stopped arriving (as a refused prefix); True: some still incomplete."""
+        if self.closing:
+            return False
+        why = stalled_message(self.limits.body_timeout)
+        for sid in self.credit.stalled():
+            self._reply(sid, grpc.StatusCode.DEADLINE_EXCEEDED.value[0], why, b"")
+            self._send(frame(RST_STREAM, 0, sid, HEAD.pack(NO_ERROR)))
+            self.counted()
+        return any(s.task is None for s in self.streams.values())
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         n = len(payload)
@@ -590,12 +608,18 @@ class WireServer:
     """Unary gRPC calls of ``service`` on ``host:port``, on the running loop (see the module's text)."""
 
     def __init__(
-        self, service: Any, max_message: int, limits: Limits | None = None, intake: Intake | None = None
+        self,
+        service: Any,
+        max_message: int,
+        limits: Limits | None = None,
+        intake: Intake | None = None,
+        counted: Callable[[], None] | None = None,
     ):
         self.methods = Methods(service)
         self.max_message = int(max_message)
         self.limits = limits or Limits()
         self.intake = intake or Intake(MAX_WINDOW)  # without a server's: bounded by each connection alone
+        self.counted = counted or (lambda: None)  # told of each call whose message stopped arriving
         self.conns: set[WireProtocol] = set()
         self.servers: list[asyncio.base_events.Server] = []
 
@@ -603,7 +627,7 @@ class WireServer:
         """Listen; returns the port (the one chosen when ``port`` is 0)."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: WireProtocol(self.methods, self.max_message, self.conns, self.limits, self.intake),
+            lambda: WireProtocol(self),
             host.strip("[]"),
             port,
             reuse_port=reuse_port or None,

@@ -19,7 +19,8 @@ Grants go in the order the streams asked. A stream whose grant does not fit
 waits: for calls of its own connection to finish (the budget), or in the
 intake's line, which calls back once another connection gives bytes back.
 A finished, cancelled or reset stream gives its window, budget and intake
-bytes back (:meth:`Credit.release`).
+bytes back (:meth:`Credit.release`). :meth:`Credit.stalled` finds the streams
+whose message stopped arriving (:mod:`.bodytimer`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 
+from .bodytimer import TICKS
 from .grpcframes import HEAD, WINDOW_UPDATE, frame
 from .h2limits import STREAM_WINDOW, Limits
 from .intake import Intake, Ticket
@@ -36,7 +38,20 @@ from .intake import Intake, Ticket
 class Stream:
     """One call: its headers, the request bytes so far, and what flow control let it send."""
 
-    __slots__ = ("body", "credit", "extra", "headers", "need", "received", "size", "taken", "task", "window")
+    __slots__ = (
+        "body",
+        "credit",
+        "extra",
+        "headers",
+        "idle",
+        "need",
+        "received",
+        "seen",
+        "size",
+        "taken",
+        "task",
+        "window",
+    )
 
     def __init__(self, credit: Credit, headers: list[tuple[str, str]], window: int):
         self.credit, self.headers, self.window = (
@@ -51,6 +66,8 @@ class Stream:
         self.extra = 0  # the part of ``need`` taken from the connection's budget
         self.taken = 0  # what its grant took from the server's intake
         self.task: asyncio.Task[None] | None = None
+        self.seen = -1  # ``received`` at the last check for a stalled message (-1: progress since)
+        self.idle = 0  # checks since its last DATA
 
     def hold(self, n: int) -> bool:
         """Take ``n`` bytes (a decompressed message) from the connection's budget until the call ends."""
@@ -128,6 +145,7 @@ class Credit:
         s.extra += extra
         s.need += extra
         s.taken += taken
+        s.seen = -1  # the client may send again: its clock starts now
         self._put(frame(WINDOW_UPDATE, 0, sid, HEAD.pack(extra)))
 
     def received(self, n: int) -> bool:
@@ -166,6 +184,21 @@ class Credit:
             self.budget += s.extra
             s.extra = 0
             self.grant_waiting()
+
+    def stalled(self) -> list[int]:
+        """The streams whose message has had no DATA for ``TICKS`` checks: one check of
+        :mod:`.bodytimer` (a stream waiting for its grant is not stalled)."""
+        out = []
+        for sid, s in self.streams.items():
+            if s.task is not None:  # its message is complete
+                continue
+            if s.received != s.seen or sid in self.waiting:
+                s.seen, s.idle = s.received, 0
+            else:
+                s.idle += 1
+                if s.idle >= TICKS:
+                    out.append(sid)
+        return out
 
     def close(self) -> None:
         """The connection is gone: whatever its streams took from the intake goes back."""

@@ -34,7 +34,10 @@ Envoy and grpc-go bound theirs:
   ``PING``, ``SETTINGS`` or empty ``DATA`` frames within a second without
   opening a call in between, is told ``GOAWAY ENHANCE_YOUR_CALM``;
 * **idle** — a connection that has not sent the HTTP/2 preface within
-  :attr:`Limits.preface_timeout` seconds is closed.
+  :attr:`Limits.preface_timeout` seconds is closed; a call whose message has
+  had no ``DATA`` for :attr:`Limits.body_timeout` seconds (``--body-timeout``;
+  waiting for its grant does not count) is ended with ``DEADLINE_EXCEEDED``
+  and ``RST_STREAM NO_ERROR``, and its grant goes back (:mod:`.bodytimer`).
 
 Every violation closes that connection (``GOAWAY`` with the error code, then
 the socket; after :data:`CLOSE_GRACE` seconds even if the client does not
@@ -68,6 +71,7 @@ class Limits:
     resets: int = 200
     control: int = 1000
     preface_timeout: float = 10.0
+    body_timeout: float = 60.0
 
     def budget(self, max_message: int) -> int:
         """Request bytes granted beyond the streams' first windows: two messages of the largest size."""

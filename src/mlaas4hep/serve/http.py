@@ -44,6 +44,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     errors.ModelUnhealthy: 400,
     errors.Unavailable: 503,
     errors.TimedOut: 503,
+    errors.BodyTimedOut: 408,
     errors.ClientGone: 499,
     Mlaas4hepError: 400,
 }

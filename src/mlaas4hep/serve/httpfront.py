@@ -27,7 +27,9 @@ serves them: a hot request is a cycle of uvicorn's pipeline like any other
 (:class:`HotCycle`). Keep-alive, ``Connection: close``, HTTP/1.0,
 ``Expect: 100-continue`` (answered when the handler reads the body, after its
 checks, as uvicorn does), chunked and gzip/deflate request bodies behave as
-through ASGI; a client gone before its body arrived counts as 499.
+through ASGI; a client gone before its body arrived counts as 499, a body
+that stopped arriving for ``--body-timeout`` seconds is answered 408 and its
+connection closed (:mod:`.httpproto`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import errors
+from .bodytimer import stalled_message
 from .fastpath import FastPath
 from .http import Call, Handler, check_length, decoded
 from .httpproto import MAX_HEADERS, LimitedHttpToolsProtocol
@@ -80,6 +83,7 @@ class HotCycle:
         "response_complete",
         "route",
         "size",
+        "timed_out",
         "version",
         "waiter",
     )
@@ -98,7 +102,7 @@ class HotCycle:
         self.parts: list[bytes] = []
         self.size = 0
         self.held = 0  # bytes reserved in the server's intake, given back once answered
-        self.complete = self.disconnected = self.response_complete = False
+        self.complete = self.disconnected = self.response_complete = self.timed_out = False
         self.keep_alive = True
         self.expect_100 = False
         self.version = "1.1"
@@ -109,7 +113,7 @@ class HotCycle:
         return self
 
     def set(self) -> None:
-        """Wake the handler waiting for the body (it arrived, overflowed, or the client left)."""
+        """Wake the handler waiting for the body (it arrived, overflowed, stopped, or the client left)."""
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -137,7 +141,7 @@ class HotCall(Call):
         cycle = self._cycle
         check_length(self.headers, limit)
         await self._reserve(min(limit, cycle.limit))
-        if not cycle.complete and not cycle.disconnected and cycle.size <= limit:
+        if not cycle.complete and not cycle.disconnected and not cycle.timed_out and cycle.size <= limit:
             transport = self._protocol.transport
             if cycle.expect_100 and not transport.is_closing():
                 cycle.expect_100 = False
@@ -149,6 +153,8 @@ class HotCall(Call):
                 cycle.waiter = None
         if cycle.disconnected:
             raise errors.ClientGone("the client went away")
+        if cycle.timed_out:
+            raise errors.BodyTimedOut(stalled_message(self._protocol.body_timeout))
         if cycle.size > min(limit, cycle.limit):
             raise errors.TooLarge(f"the request body exceeds the limit of {limit} bytes")
         parts = cycle.parts
@@ -160,7 +166,7 @@ class HotCall(Call):
         cycle, front = self._cycle, self._protocol.front
         assert front is not None  # hot calls exist only with a front
         intake = front.plane.intake
-        if cycle.disconnected:
+        if cycle.disconnected or cycle.timed_out:
             return
         if cycle.complete:  # read whole already: counted, nothing to wait for
             cycle.held = cycle.size
@@ -204,6 +210,8 @@ class FrontProtocol(LimitedHttpToolsProtocol):
         super().__init__(*args, **kwargs)
         front = find_front(self.app)
         self.front = front if self.limit_concurrency is None and not self.root_path else None
+        if front is not None:  # the server's, for the bodies of both paths (see .httpproto)
+            self.body_timeout, self.metrics = front.plane.config.body_timeout, front.plane.metrics
 
     # ------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
@@ -264,6 +272,19 @@ class FrontProtocol(LimitedHttpToolsProtocol):
             cycle.set()
             return
         super().on_message_complete()
+
+    def _client_waits(self) -> bool:
+        cycle: Any = self.cycle
+        return bool(cycle.expect_100) if type(cycle) is HotCycle else super()._client_waits()
+
+    def _answer_timeout(self, cycle: Any) -> bool:
+        if type(cycle) is not HotCycle:
+            return super()._answer_timeout(cycle)
+        if cycle.response_complete:  # answered already; the rest of its body was being dropped
+            return False
+        cycle.timed_out, cycle.keep_alive = True, False
+        cycle.set()  # read_body raises BodyTimedOut: answered 408 as any error
+        return True
 
     # ------------------------------------------------------------ hot requests
     def _start_hot(self, front: FastPath, handler: Handler, route: str, params: dict[str, str]) -> None:

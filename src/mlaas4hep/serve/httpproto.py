@@ -15,6 +15,15 @@ with a JSON error and closed (a second later, dropping what still arrives, so th
 client can read the answer); nothing is dispatched. ``serve`` passes it to
 uvicorn as its ``http`` protocol.
 
+uvicorn puts no bound on the time a request's body may take either (its
+``timeout_keep_alive`` only covers the wait between requests): a client could
+announce a body and never send it. A body that has had no byte for
+``body_timeout`` seconds (``--body-timeout``, :mod:`.bodytimer`) while the
+connection was read is cut off: nothing more is read, the application's
+``receive`` raises :class:`~.errors.BodyTimedOut`, so the request is answered
+``408`` with the server's usual JSON error, and the connection is closed. A
+request whose answer has begun already just has its connection closed.
+
 It also writes a response's head together with its body (:class:`OneWrite`):
 uvicorn writes them in two calls, so a server killed between the two segments
 left a load balancer holding a head without its body, which it had already
@@ -23,14 +32,22 @@ passed on and could no longer retry elsewhere ("partial file" at the client).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .bodytimer import TICKS, Ticker, stalled_message
+from .errors import BodyTimedOut
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 100
 LINGER_SECONDS = 1.0
+#: seconds a body may go without a byte, unless the server's configuration says otherwise
+BODY_TIMEOUT = 60.0
 
 
 class OneWrite:
@@ -77,7 +94,12 @@ class OneWrite:
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing heads beyond :data:`MAX_HEADER_BYTES` or :data:`MAX_HEADERS`."""
+    """uvicorn's httptools protocol, refusing heads beyond :data:`MAX_HEADER_BYTES` or :data:`MAX_HEADERS`,
+    and bodies that stop arriving for ``body_timeout`` seconds (see the module's text).
+
+    ``body_timeout`` and ``metrics`` (which counts the bodies cut off) are the server's,
+    when a subclass finds them (:class:`~.httpfront.FrontProtocol` does).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -86,18 +108,81 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = False
         self._refused = False
         self._head_error = ""
+        self.body_timeout = BODY_TIMEOUT
+        self.metrics: Metrics | None = None
+        self._body_ticker: Ticker | None = None  # made with the first body that spans reads
+        self._body_idle = 0  # checks since a byte arrived
+        self._timed_out: Any = None  # the cycle whose body was cut off
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(OneWrite(transport, self.loop))  # type: ignore[arg-type]
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._body_ticker is not None:
+            self._body_ticker.stop()
+        super().connection_lost(exc)
+
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self._body_idle = 0
         if not self._in_body:
             self._head_bytes += len(data)
         super().data_received(data)  # a chunk may complete the head and carry the start of the body
-        if not self._in_body and not self._refused and self._head_bytes > MAX_HEADER_BYTES:
+        if self._in_body:  # a body still to come: watch it (most requests arrive in one read)
+            if self._body_ticker is None:
+                self._body_ticker = Ticker(self.loop, self.body_timeout, self._check_body)
+            self._body_ticker.start()
+        elif not self._refused and self._head_bytes > MAX_HEADER_BYTES:
             self._refuse(f"the request's headers exceed {MAX_HEADER_BYTES} bytes")
+
+    # ------------------------------------------------------------ bodies that stop arriving
+    def _check_body(self) -> bool:
+        """One check of the body being read (see :mod:`.bodytimer`); True: check again later."""
+        if not self._in_body or self._refused or self.transport.is_closing():
+            return False
+        if self.flow.read_paused or self._client_waits():
+            self._body_idle = 0  # held back by the server (the intake, a pipelined request): not the client
+            return True
+        self._body_idle += 1
+        if self._body_idle <= TICKS:
+            return True
+        self._refused = True  # nothing more is read: the connection closes once answered
+        if self.metrics is not None:
+            self.metrics.body_timeout("http")
+        if not self._answer_timeout(self.cycle):
+            self.transport.close()
+        return False
+
+    def handle_websocket_upgrade(self) -> None:
+        self._in_body = False  # the connection is the WebSocket protocol's now
+        super().handle_websocket_upgrade()
+
+    def _client_waits(self) -> bool:
+        """Whether the client waits for its ``100 Continue`` (which the application has not asked for yet)."""
+        return bool(getattr(self.cycle, "waiting_for_100_continue", False))
+
+    def _answer_timeout(self, cycle: Any) -> bool:
+        """Make the application answer 408 (its ``receive`` raises); False when its answer has begun."""
+        if cycle is None or cycle.response_started:
+            return False
+        self._timed_out = cycle
+        cycle.keep_alive = False
+        cycle.message_event.set()  # wakes a receive() in progress
+        return True
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # the application's receive raises BodyTimedOut once the body of its cycle is cut off
+        async def guarded(scope: Any, receive: Any, send: Any) -> None:
+            async def guarded_receive() -> Any:
+                message = await receive()
+                if self._timed_out is cycle:
+                    raise BodyTimedOut(stalled_message(self.body_timeout))
+                return message
+
+            await app(scope, guarded_receive, send)
+
+        super()._start_asgi_task(cycle, guarded)
 
     def send_400_response(self, msg: str) -> None:
         # the parser stops on our callbacks' refusal, and uvicorn answers it as a malformed request

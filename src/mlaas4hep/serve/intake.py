@@ -18,7 +18,10 @@ would make the server hold a thousand of them. :class:`Intake` bounds the sum
   intake can hold it; until then the client waits for the window.
 
 Reservations are served in the order they were asked (a large request is not
-starved by small ones behind it) and given back when the request is answered.
+starved by small ones behind it) and given back when the request is answered;
+a request whose body stops arriving is answered (cut off) after
+``--body-timeout`` seconds (:mod:`.bodytimer`), so it cannot hold its bytes,
+and those queued behind it, for ever.
 One larger than the whole intake takes all of it, so a request of the largest
 size is still served when nothing else is pending.
 

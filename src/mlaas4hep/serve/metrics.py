@@ -11,6 +11,9 @@
 * ``mlaas4hep_request_bytes_pending`` and ``mlaas4hep_requests_waiting_for_intake``: the
   request bytes held now within ``--max-pending-mb``, and the requests waiting for room
   (:mod:`.intake`);
+* ``mlaas4hep_request_body_timeouts_total{protocol}``: requests (``http``) and gRPC calls
+  (``grpc``) cut off because their body stopped arriving for ``--body-timeout`` seconds
+  (:mod:`.bodytimer`);
 * Triton's ``nv_inference_*`` per model and version (:mod:`.tritonmetrics`).
 
 Each app has its own :class:`Metrics` (tests run several servers in one
@@ -118,6 +121,7 @@ class Metrics:
         #: (bytes held, requests waiting) of this process's intake, read at scrape time
         self.intake: Callable[[], tuple[int, int]] | None = None
         self.intake_absorbed = (0, 0)  # of other processes
+        self.body_timeouts: dict[str, int] = {}  # protocol -> bodies cut off (see .bodytimer)
         self.peers: Callable[[], list[dict[str, Any]]] | None = None
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
@@ -125,6 +129,10 @@ class Metrics:
     def http_request(self, route: str, method: str, status: int) -> None:
         key = (route, method, str(status))
         self.http[key] = self.http.get(key, 0) + 1
+
+    def body_timeout(self, protocol: str) -> None:
+        """A request's body stopped arriving and was cut off (``protocol``: http or grpc)."""
+        self.body_timeouts[protocol] = self.body_timeouts.get(protocol, 0) + 1
 
     def model_counts(self, model: str) -> ModelCounts:
         c = self.counts.get(model)
@@ -184,6 +192,7 @@ class Metrics:
             "loaded": self.loaded,
             "retries": [RETRIES.total, RETRIES.gave_up],
             "intake": list(self.intake_now()),
+            "body_timeouts": dict(self.body_timeouts),
         }
 
     def intake_now(self) -> tuple[int, int]:
@@ -216,6 +225,8 @@ class Metrics:
         self.retries = (self.retries[0] + snap["retries"][0], self.retries[1] + snap["retries"][1])
         held, waiting = snap.get("intake", (0, 0))  # a worker of an older version has none
         self.intake_absorbed = (self.intake_absorbed[0] + held, self.intake_absorbed[1] + waiting)
+        for protocol, n in snap.get("body_timeouts", {}).items():
+            self.body_timeouts[protocol] = self.body_timeouts.get(protocol, 0) + n
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text of this process, plus its peers' when it has some."""
@@ -279,6 +290,14 @@ class _Collector:
             "mlaas4hep_queue_seconds", "Wait of the oldest request of a batch", m.queue, QUEUE_BUCKETS
         )
         yield GaugeMetricFamily("mlaas4hep_models_loaded", "onnxruntime sessions in memory", value=m.loaded)
+        stalled = CounterMetricFamily(
+            "mlaas4hep_request_body_timeouts",
+            "Requests cut off because their body stopped arriving (--body-timeout)",
+            labels=["protocol"],
+        )
+        for protocol in ("http", "grpc"):
+            stalled.add_metric([protocol], m.body_timeouts.get(protocol, 0))
+        yield stalled
         held, waiting = m.intake_now()
         yield GaugeMetricFamily(
             "mlaas4hep_request_bytes_pending", "Request bytes held now, within --max-pending-mb", value=held

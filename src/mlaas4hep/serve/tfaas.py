@@ -32,7 +32,7 @@ from .. import bundle_archive as archive
 from ..bundle_spec import BundleSpec, InputError
 from . import forms, tensors
 from .dataplane import DataPlane, InferRequest
-from .errors import InvalidRequest, TooLarge
+from .errors import BodyTimedOut, InvalidRequest, TooLarge
 from .http import Call, Reply, json_reply, json_response, plane_of, route
 
 
@@ -68,7 +68,7 @@ def _unpacker(data: bytes, limit: int) -> Any:
 async def _form_files(request: Request, limit: int) -> tuple[Any, str | None]:
     try:  # the limit is enforced on the stream itself: nothing past it is read, spooled or parsed
         form = await forms.limited(request, limit).form(max_files=8, max_fields=16)
-    except TooLarge:
+    except (TooLarge, BodyTimedOut):
         raise
     except Exception as err:  # starlette's MultiPartException, HTTPException
         raise InvalidRequest(f"malformed multipart form: {getattr(err, 'detail', err)}") from None

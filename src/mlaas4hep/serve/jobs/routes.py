@@ -35,7 +35,7 @@ from starlette.routing import Route
 from ... import bundle_archive as archive
 from ...bundle import BundleError
 from .. import forms
-from ..errors import InvalidRequest, TooLarge
+from ..errors import BodyTimedOut, InvalidRequest, TooLarge
 from ..http import json_response, plane_of
 from ..identity import Identity, User
 from .manager import JobManager, Submission
@@ -80,7 +80,7 @@ async def _submission(request: Request, limit: int) -> Submission:
     request = forms.limited(request, limit, "submission")
     try:
         form = await request.form(max_files=4, max_fields=16)
-    except TooLarge:
+    except (TooLarge, BodyTimedOut):
         raise
     except Exception as err:  # starlette's MultiPartException
         raise InvalidRequest(f"malformed multipart form: {getattr(err, 'detail', err)}") from None
