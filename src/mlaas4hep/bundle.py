@@ -212,6 +212,35 @@ def session(
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
 
 
+#: rows of a call that :class:`Predictor` runs on its one-thread session, when it has one
+SMALL_ROWS = 16
+#: models whose ``model.onnx`` is larger get no second session (it holds a second copy of the weights)
+SMALL_SESSION_MAX_BYTES = 64 << 20
+
+
+def small_session(
+    model_path: Path, main: Any, threads: int | None, spinning: bool | None
+) -> Any:  # an onnxruntime.InferenceSession, or None
+    """A second session of ``model_path`` with one intra-op thread, for calls of a few rows; or None.
+
+    A call of one row does too little to share between threads, yet with more than
+    one intra-op thread onnxruntime still wakes the others and waits for them: on a
+    2-core machine a one-row call of ``bench/serve.py``'s MLP took 40-65 µs and
+    58-71 µs of CPU, against 24-41 µs and 26-44 µs on one thread. So a server, whose
+    lone requests are of a row or a few, runs those on a one-thread session and larger
+    batches on the main one. None when that would not help or costs too much: the main
+    session has one thread already (``threads=1``, or a one-core machine), runs on a GPU,
+    or the model is larger than :data:`SMALL_SESSION_MAX_BYTES`.
+    """
+    if threads == 1 or (not threads and (os.cpu_count() or 1) < 2):
+        return None
+    if main.get_providers()[0] != "CPUExecutionProvider":
+        return None
+    if model_path.stat().st_size > SMALL_SESSION_MAX_BYTES:
+        return None
+    return session(model_path, 1, spinning)
+
+
 class Predictor:
     """A loaded bundle: its contract (:class:`~mlaas4hep.bundle_spec.BundleSpec`) and its ONNX session.
 
@@ -230,6 +259,7 @@ class Predictor:
         spinning: bool | None = None,
         spec: BundleSpec | None = None,
         label: str | None = None,
+        small_calls: bool = False,
     ):
         self.path = Path(path)
         #: How messages name the bundle (its path by default; a server gives ``name/version``).
@@ -243,6 +273,10 @@ class Predictor:
             msg = str(err).replace(str(self.path), self.label)  # onnxruntime names the file it read
             raise BundleError(f"model.onnx of {self.label!r} does not load: {msg}") from None
         self.input_name = self.spec.input_name
+        #: a one-thread session for calls of at most :data:`SMALL_ROWS` rows (see :func:`small_session`)
+        self.small = (
+            small_session(self.path / "model.onnx", self.session, threads, spinning) if small_calls else None
+        )
         self.output_name = self.session.get_outputs()[0].name
         _check_session(self.spec, self.session.get_inputs())
 
@@ -291,7 +325,12 @@ class Predictor:
         ``run_options``: onnxruntime's ``RunOptions`` (the server sets ``terminate`` on a call past its time).
         """
         feed = inputs if isinstance(inputs, dict) else dict(inputs)
-        out: np.ndarray = self.session.run([self.output_name], feed, run_options)[0]
+        sess = self.session
+        if self.small is not None and feed:
+            first = next(iter(feed.values()))
+            if first.ndim == 0 or first.shape[0] <= SMALL_ROWS:
+                sess = self.small
+        out: np.ndarray = sess.run([self.output_name], feed, run_options)[0]
         return out
 
     def smoke_test(self, timeout: float = 10.0, rows: int = 2) -> None:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from mlaas4hep.errors import ConfigError
@@ -188,5 +189,49 @@ def test_spin_reaches_every_onnxruntime_session(environ, spins, tth_bundle, tmp_
     install_copy(tmp_path / "repo", tth_bundle.path, "tth")
     config, _ = cfg.load({"repo": str(tmp_path / "repo")}, environ=environ)
     plane = create_app(config=config).plane
-    session = plane.repo.predictor("tth", 1).session
-    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == spins
+    predictor = plane.repo.predictor("tth", 1)
+    for session in (predictor.session, predictor.small):
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == spins
+
+
+class Counted:
+    """An onnxruntime session that counts its calls."""
+
+    def __init__(self, session):
+        self.session, self.calls = session, 0
+
+    def run(self, *args):
+        self.calls += 1
+        return self.session.run(*args)
+
+
+def test_calls_of_a_few_rows_run_on_one_thread_with_the_same_scores(tth_bundle, tmp_path):
+    """A served model answers calls of up to SMALL_ROWS rows on a one-thread session (a lone
+    request's latency), bit for bit what its main session answers; larger calls use the main one."""
+    from mlaas4hep.bundle import SMALL_ROWS
+    from mlaas4hep.serve.app import create_app
+
+    from .conftest import install_copy
+
+    install_copy(tmp_path / "repo", tth_bundle.path, "tth")
+    config, _ = cfg.load({"repo": str(tmp_path / "repo")}, environ={})
+    predictor = create_app(config=config).plane.repo.predictor("tth", 1)
+    assert predictor.small.get_session_options().intra_op_num_threads == 1
+    assert (
+        predictor.session.get_session_options().intra_op_num_threads == 0
+    )  # onnxruntime's default: all cores
+    x = np.random.default_rng(7).normal(size=(SMALL_ROWS + 1, len(predictor.features))).astype(np.float32)
+    name, out = predictor.input_name, predictor.output_name
+    for i in range(SMALL_ROWS):  # a row at a time, as lone requests come
+        alone = predictor.run({name: x[i : i + 1]})
+        np.testing.assert_array_equal(alone, predictor.session.run([out], {name: x[i : i + 1]})[0])
+    main, small = Counted(predictor.session), Counted(predictor.small)
+    predictor.session, predictor.small = main, small
+    predictor.run({name: x[:SMALL_ROWS]})
+    assert (main.calls, small.calls) == (0, 1)
+    predictor.run({name: x})
+    assert (main.calls, small.calls) == (1, 1)
+
+    config, _ = cfg.load({"repo": str(tmp_path / "repo"), "threads": 1}, environ={})
+    assert create_app(config=config).plane.repo.predictor("tth", 1).small is None  # one thread already

@@ -330,7 +330,12 @@ class Repository:
                 try:
                     spec = self.spec(name, version)
                     p = Predictor(
-                        self.path(name, version), self.threads, self.spin, spec, f"{name}/{version}"
+                        self.path(name, version),
+                        self.threads,
+                        self.spin,
+                        spec,
+                        f"{name}/{version}",
+                        small_calls=True,  # lone requests of a few rows on one thread (see bundle.small_session)
                     )
                 except (BundleError, Mlaas4hepError) as err:
                     if isinstance(err, ModelNotFound) or not self.path(name, version).is_dir():
