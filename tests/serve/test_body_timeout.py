@@ -37,6 +37,9 @@ TIMEOUT = 0.6
 LATEST = 1.25 * TIMEOUT + 1.0
 STALLED = f"the request body stopped arriving: nothing came in {TIMEOUT:g} s (the server's --body-timeout)"
 INFER = "/v2/models/tth/infer"
+HEAD = 1.0  # --head-timeout
+EARLY = 0.01  # the event loop's timers may fire up to its clock's resolution (1 ms) early
+HEAD_LATE = f"the request's head did not arrive whole in {HEAD:g} s (the server's --head-timeout)"
 ROOM = int(0.2 * 2**20)  # --max-pending-mb 0.2
 
 
@@ -46,7 +49,7 @@ def server(tth_bundle, tmp_path_factory):
 
     repo = repo_of(tmp_path_factory, "body-timeout", tth=tth_bundle.path)
     args = ("--grpc-frontend", "wire", "--max-body-mb", "0.25", "--max-pending-mb", "0.2")
-    srv = GrpcServerProcess(repo, *args, "--body-timeout", str(TIMEOUT)).start()
+    srv = GrpcServerProcess(repo, *args, "--body-timeout", str(TIMEOUT), "--head-timeout", str(HEAD)).start()
     yield srv
     srv.stop()
 
@@ -297,3 +300,49 @@ def test_a_stalled_grpc_message_is_ended_and_the_call_waiting_for_a_grant_gets_i
     assert after["grpc"] == before["grpc"] + 1
     for h2 in (a, b):
         h2.sock.close()
+
+
+# ----------------------------------------------------------------- heads (--head-timeout)
+def _head_timeouts(url: str) -> float:
+    found = re.search(r"^mlaas4hep_request_head_timeouts_total (\S+)$", HTTP.get(url + "/metrics").text, re.M)
+    assert found
+    return float(found.group(1))
+
+
+def _answered_408(c: Conn, since: float) -> float:
+    """The 408 of a head that did not arrive in time, then the connection's close; its delay."""
+    status, headers, body = c.response()
+    waited = time.monotonic() - since
+    assert (status, headers["connection"], orjson.loads(body)) == (408, "close", {"error": HEAD_LATE})
+    assert c.closed()
+    return waited
+
+
+def test_a_connection_that_sends_nothing_or_a_header_line_now_and_then_is_closed(server):
+    """Slowloris on file descriptors: silence, or a head trickling in, is answered 408 after
+    --head-timeout, from the connection's opening (the trickle's bytes do not restart it)."""
+    before = _head_timeouts(server.url)
+    opened = time.monotonic()  # before the server's clock starts
+    silent, trickle = Conn(server.url), Conn(server.url)
+    trickle.send(f"POST {INFER} HTTP/1.1\r\n".encode())
+    for i in range(4):  # a header line every 0.4 s: each within the time, the head never whole
+        time.sleep(0.4)
+        trickle.send(f"X-Line-{i}: {i}\r\n".encode())
+    assert HEAD - EARLY <= _answered_408(trickle, opened) < HEAD + 1.0
+    assert HEAD - EARLY <= _answered_408(silent, opened) < HEAD + 1.5
+    assert _head_timeouts(server.url) == before + 2
+
+
+def test_a_kept_alive_connection_may_idle_but_its_next_head_must_arrive_in_time(server):
+    """Between requests uvicorn's keep-alive timeout (30 s) rules, not --head-timeout; a head
+    begun on a kept-alive connection has --head-timeout from its first byte."""
+    c = Conn(server.url)
+    get = b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+    c.send(get)
+    assert c.response()[0] == 200
+    time.sleep(HEAD + 0.5)  # idle, longer than --head-timeout
+    c.send(get)
+    assert c.response()[0] == 200
+    begun = time.monotonic()
+    c.send(f"POST {INFER} HTTP/1.1\r\nHost: test\r\n".encode())  # and then nothing
+    assert HEAD - EARLY <= _answered_408(c, begun) < HEAD + 1.0

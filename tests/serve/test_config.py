@@ -75,6 +75,8 @@ def test_sources_in_order_file_then_environment_then_command_line(tmp_path):
         ("repo: m\nbody_timeout: 0\n", {}, "body_timeout must be a positive number of seconds, not 0"),
         ("repo: m\n", {"MLAAS4HEP_BODY_TIMEOUT": "-5"}, "body_timeout must be a positive number of seconds"),
         ("repo: m\nbody_timeout: .inf\n", {}, "body_timeout must be a positive number of seconds, not inf"),
+        ("repo: m\nhead_timeout: 0\n", {}, "head_timeout must be a positive number of seconds, not 0"),
+        ("repo: m\n", {"MLAAS4HEP_HEAD_TIMEOUT": "nan"}, "head_timeout must be a positive number of seconds"),
         (
             "repo: m\n",
             {"MLAAS4HEP_BODY_TIMEOUT": "soon"},

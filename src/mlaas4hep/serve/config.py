@@ -98,6 +98,15 @@ class ServeConfig:
         float,
         "MB",
     )
+    # nginx's client_header_timeout (60 s): connections that send nothing, or a header line now
+    # and then, must not hold a file descriptor each for ever
+    head_timeout: float = _opt(
+        60.0,
+        "seconds a request's head may take to arrive whole, from the connection's opening or its "
+        "first byte: then HTTP 408 and the connection is closed",
+        float,
+        "S",
+    )
     # nginx's client_body_timeout (60 s): a client that announced a body and stopped sending it
     # must not hold its bytes of --max-pending-mb (and the requests queued behind them) for ever,
     # while a slow link (a few kB/s) still sends something well within a minute
@@ -253,10 +262,11 @@ class ServeConfig:
         for name in ("max_body_mb", "max_pending_mb", "max_upload_mb"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
-        if not 0 < self.body_timeout < math.inf:
-            raise ConfigError(
-                f"body_timeout must be a positive number of seconds, not {_shown(self.body_timeout)}"
-            )
+        for name in ("head_timeout", "body_timeout"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(
+                    f"{name} must be a positive number of seconds, not {_shown(getattr(self, name))}"
+                )
         if self.jobs_keep_days < 0:
             raise ConfigError("jobs_keep_days must be 0 (keep for ever) or positive")
         if self.jobs_time_limit <= 0 or self.jobs_max_memory_gb <= 0:

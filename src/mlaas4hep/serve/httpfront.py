@@ -211,7 +211,9 @@ class FrontProtocol(LimitedHttpToolsProtocol):
         front = find_front(self.app)
         self.front = front if self.limit_concurrency is None and not self.root_path else None
         if front is not None:  # the server's, for the bodies of both paths (see .httpproto)
-            self.body_timeout, self.metrics = front.plane.config.body_timeout, front.plane.metrics
+            config = front.plane.config
+            self.body_timeout, self.head_timeout = config.body_timeout, config.head_timeout
+            self.metrics = front.plane.metrics
 
     # ------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:

@@ -15,6 +15,14 @@ with a JSON error and closed (a second later, dropping what still arrives, so th
 client can read the answer); nothing is dispatched. ``serve`` passes it to
 uvicorn as its ``http`` protocol.
 
+Nor does uvicorn bound the time a request's *head* may take (its keep-alive
+timeout only starts after an answer): a client could open connections and send
+nothing, or a header line now and then (slowloris), holding a file descriptor
+each for ever. A head that is not whole ``head_timeout`` seconds after the
+connection opened or after its first byte (``--head-timeout``, nginx's
+``client_header_timeout``) is answered ``408`` and the connection closed. It
+costs one timer per connection, and one per request only when a head spans reads.
+
 uvicorn puts no bound on the time a request's body may take either (its
 ``timeout_keep_alive`` only covers the wait between requests): a client could
 announce a body and never send it. A body that has had no byte for
@@ -32,6 +40,7 @@ passed on and could no longer retry elsewhere ("partial file" at the client).
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,6 +57,8 @@ MAX_HEADERS = 100
 LINGER_SECONDS = 1.0
 #: seconds a body may go without a byte, unless the server's configuration says otherwise
 BODY_TIMEOUT = 60.0
+#: seconds a request's head may take to arrive, unless the server's configuration says otherwise
+HEAD_TIMEOUT = 60.0
 
 
 class OneWrite:
@@ -108,18 +119,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = False
         self._refused = False
         self._head_error = ""
-        self.body_timeout = BODY_TIMEOUT
+        self.body_timeout, self.head_timeout = BODY_TIMEOUT, HEAD_TIMEOUT
         self.metrics: Metrics | None = None
+        self._head_timer: asyncio.TimerHandle | None = None  # while a head is awaited
         self._body_ticker: Ticker | None = None  # made with the first body that spans reads
         self._body_idle = 0  # checks since a byte arrived
         self._timed_out: Any = None  # the cycle whose body was cut off
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(OneWrite(transport, self.loop))  # type: ignore[arg-type]
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._body_ticker is not None:
             self._body_ticker.stop()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -129,12 +144,33 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._in_body:
             self._head_bytes += len(data)
         super().data_received(data)  # a chunk may complete the head and carry the start of the body
+        timer = self._head_timer
+        if timer is not None and (self._in_body or not self._head_bytes):  # the head is whole
+            timer.cancel()
+            self._head_timer = timer = None
         if self._in_body:  # a body still to come: watch it (most requests arrive in one read)
             if self._body_ticker is None:
                 self._body_ticker = Ticker(self.loop, self.body_timeout, self._check_body)
             self._body_ticker.start()
-        elif not self._refused and self._head_bytes > MAX_HEADER_BYTES:
-            self._refuse(f"the request's headers exceed {MAX_HEADER_BYTES} bytes")
+        elif not self._refused:
+            if self._head_bytes > MAX_HEADER_BYTES:
+                self._refuse(f"the request's headers exceed {MAX_HEADER_BYTES} bytes")
+            elif self._head_bytes and timer is None:  # a head begun in this read, not whole yet
+                self._head_timer = self.loop.call_later(self.head_timeout, self._head_expired)
+
+    def _head_expired(self) -> None:
+        """The head did not arrive whole in ``head_timeout`` seconds: 408, then the connection closes."""
+        self._head_timer = None
+        if self._refused or self._in_body or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered: its next head is not awaited yet (keep-alive's turn)
+        if self.metrics is not None:
+            self.metrics.body_timeout("head")
+        self._answer_and_close(
+            b"408 Request Timeout",
+            f"the request's head did not arrive whole in {self.head_timeout:g} s (the server's --head-timeout)",
+        )
 
     # ------------------------------------------------------------ bodies that stop arriving
     def _check_body(self) -> bool:
@@ -156,6 +192,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._in_body = False  # the connection is the WebSocket protocol's now
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().handle_websocket_upgrade()
 
     def _client_waits(self) -> bool:
@@ -211,10 +250,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body, self._head_bytes = False, 0
 
     def _refuse(self, message: str) -> None:
+        self._answer_and_close(
+            b"431 Request Header Fields Too Large", message + ": send fewer or smaller headers"
+        )
+
+    def _answer_and_close(self, status: bytes, message: str) -> None:
+        """Answer ``status`` with a JSON error, read nothing more, and close the connection."""
         self._refused = True
-        body = orjson.dumps({"error": message + ": send fewer or smaller headers"})
+        body = orjson.dumps({"error": message})
         head = (
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"HTTP/1.1 " + status + b"\r\n"
             b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
         )

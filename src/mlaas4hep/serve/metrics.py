@@ -14,6 +14,8 @@
 * ``mlaas4hep_request_body_timeouts_total{protocol}``: requests (``http``) and gRPC calls
   (``grpc``) cut off because their body stopped arriving for ``--body-timeout`` seconds
   (:mod:`.bodytimer`);
+* ``mlaas4hep_request_head_timeouts_total``: HTTP connections closed because a request's
+  head (request line and headers) did not arrive whole within ``--head-timeout`` seconds;
 * Triton's ``nv_inference_*`` per model and version (:mod:`.tritonmetrics`).
 
 Each app has its own :class:`Metrics` (tests run several servers in one
@@ -131,7 +133,8 @@ class Metrics:
         self.http[key] = self.http.get(key, 0) + 1
 
     def body_timeout(self, protocol: str) -> None:
-        """A request's body stopped arriving and was cut off (``protocol``: http or grpc)."""
+        """A request's body stopped arriving and was cut off (``protocol``: http or grpc), or
+        (``"head"``) an HTTP request's head did not arrive in time."""
         self.body_timeouts[protocol] = self.body_timeouts.get(protocol, 0) + 1
 
     def model_counts(self, model: str) -> ModelCounts:
@@ -298,6 +301,11 @@ class _Collector:
         for protocol in ("http", "grpc"):
             stalled.add_metric([protocol], m.body_timeouts.get(protocol, 0))
         yield stalled
+        yield CounterMetricFamily(
+            "mlaas4hep_request_head_timeouts",
+            "HTTP connections closed because a request's head did not arrive in time (--head-timeout)",
+            value=m.body_timeouts.get("head", 0),
+        )
         held, waiting = m.intake_now()
         yield GaugeMetricFamily(
             "mlaas4hep_request_bytes_pending", "Request bytes held now, within --max-pending-mb", value=held
