@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
+# OpenMP threads (PyTorch's, XGBoost's) sleep while they wait instead of spinning, in this
+# process and in every process it starts, as under the `mlaas4hep` command (cli.py). Set before
+# PyTorch loads: the tests train in this process, and the documents' scripts and the tests'
+# subprocesses call train() outside the command; on CI's 2 cores, shared by the documents'
+# lane and the servers, spinning threads took the cores from them (an in-process training of
+# the ttH network: 10-11.5 s of CPU spinning, 3.8-4.5 s sleeping). The results are the same.
+# A value already set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import shutil
 from pathlib import Path
 

@@ -23,17 +23,23 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("train-cache")
 
 
+def train_config(data_dir: Path, cache: Path, model: str | Path, nevts: int = NEVTS, **training) -> dict:
+    """A train configuration dict over the shared sample: ``model`` (a path, or a file of
+    :data:`MODELS`), ``nevts`` events per file, ``training`` updating the defaults."""
+    path = Path(model)
+    if not path.is_absolute() and not path.exists():
+        path = MODELS / model
+    cfg = sample_config(data_dir, cache, nevts=nevts)
+    cfg["model"] = str(path)
+    cfg["training"] = {"epochs": 2, "batch_size": 512, "early_stopping": 0, "seed": 3, **training}
+    return cfg
+
+
 @pytest.fixture
 def make_config(data_dir, shared_cache):
-    """``make_config(model_file, **training)`` -> a train configuration dict."""
+    """``make_config(model_file, **training)`` -> a train configuration dict (:func:`train_config`)."""
 
     def make(model: str | Path, nevts: int = NEVTS, cache: Path | None = None, **training) -> dict:
-        path = Path(model)
-        if not path.is_absolute() and not path.exists():
-            path = MODELS / model
-        cfg = sample_config(data_dir, cache or shared_cache, nevts=nevts)
-        cfg["model"] = str(path)
-        cfg["training"] = {"epochs": 2, "batch_size": 512, "early_stopping": 0, "seed": 3, **training}
-        return cfg
+        return train_config(data_dir, cache or shared_cache, model, nevts, **training)
 
     return make

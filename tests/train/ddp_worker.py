@@ -92,9 +92,18 @@ def main(config_path: str, base: str, report: str) -> None:
         "idle_steps": idle["n"],
         "bundle_path": str(full.bundle_path),
     }
-    part = train(cfg, base_dir / "part", show_progress=False, callbacks=[lambda rec: rec["epoch"] == 0])
+    # the full run writes the plots (only rank 0: test_only_rank0_writes); the resumed one is
+    # compared by its weights and losses, so it skips them (rank 1 waits for rank 0's at the end)
+    no_plots = {"plots": False}
+    part = train(
+        cfg,
+        base_dir / "part",
+        show_progress=False,
+        callbacks=[lambda rec: rec["epoch"] == 0],
+        overrides=no_plots,
+    )
     results["part"] = {"interrupted": part.interrupted, "epochs": len(part.history)}
-    resumed = train(cfg, base_dir / "part", resume=True, show_progress=False)
+    resumed = train(cfg, base_dir / "part", resume=True, show_progress=False, overrides=no_plots)
     weights("resumed", resumed)
     results["resumed"] = {"metrics": resumed.metrics, "interrupted": resumed.interrupted}
     (rep / f"result-r{rank}.json").write_text(json.dumps(results, default=str))

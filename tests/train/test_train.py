@@ -14,7 +14,15 @@ from mlaas4hep import bundle
 from mlaas4hep.train import train
 from mlaas4hep.train.cli import add_train_commands
 
-from .conftest import MODELS, NEVTS
+from .conftest import MODELS, NEVTS, train_config
+
+
+@pytest.fixture(scope="module")
+def streamed_3_epochs(data_dir, shared_cache, tmp_path_factory):
+    """``make_config("tth_mlp.py", epochs=3)`` trained streamed, once for the tests that read such a
+    run (the module's first training: its epoch 0 decodes the files, later epochs read the cache)."""
+    cfg = train_config(data_dir, shared_cache, "tth_mlp.py", epochs=3)
+    return train(cfg, tmp_path_factory.mktemp("streamed-3") / "out", show_progress=False)
 
 
 def _check_bundle(result, framework: str, native: str | None) -> None:
@@ -47,8 +55,8 @@ def _check_metrics(result) -> None:
         assert (result.out_dir / "plots" / name).stat().st_size > 1000
 
 
-def test_pytorch_streamed_end_to_end(make_config, tmp_path):
-    r = train(make_config("tth_mlp.py", epochs=3), tmp_path / "out", show_progress=False)
+def test_pytorch_streamed_end_to_end(streamed_3_epochs):
+    r = streamed_3_epochs
     assert r.framework == "pytorch" and r.metrics["device"] == "cpu"
     _check_metrics(r)
     _check_bundle(r, "pytorch", "model.safetensors")
@@ -62,9 +70,9 @@ def test_pytorch_streamed_end_to_end(make_config, tmp_path):
     assert first["scores"].shape == (100, 1)
 
 
-def test_streamed_and_in_memory_agree(make_config, tmp_path):
+def test_streamed_and_in_memory_agree(make_config, tmp_path, streamed_3_epochs):
     cfg = make_config("tth_mlp.py", epochs=3)
-    a = train(cfg, tmp_path / "stream", show_progress=False, overrides={"plots": False})
+    a = streamed_3_epochs
     b = train(cfg, tmp_path / "memory", in_memory=True, show_progress=False, overrides={"plots": False})
     assert b.history[0]["source"] == "memory"
     # the same validation events, whatever the path: the held-out rows (features and
@@ -81,11 +89,11 @@ def test_streamed_and_in_memory_agree(make_config, tmp_path):
     )
 
 
-def test_resume_reaches_the_same_state(make_config, tmp_path):
+def test_resume_reaches_the_same_state(make_config, tmp_path, streamed_3_epochs):
     from safetensors.numpy import load_file
 
     cfg = make_config("tth_mlp.py", epochs=3, plots=False)
-    full = train(cfg, tmp_path / "full", show_progress=False)
+    full = streamed_3_epochs  # the same configuration, with plots: the same training
 
     stopped = train(cfg, tmp_path / "part", show_progress=False, callbacks=[lambda rec: rec["epoch"] == 0])
     assert stopped.interrupted and stopped.bundle_path is None
