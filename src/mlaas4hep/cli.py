@@ -291,10 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module, fn in (
         ("train.cli", "add_train_commands"),
-        ("train.scan", "add_scan_command"),
+        ("train.scancli", "add_scan_command"),
         ("serve.cli", "add_serve_commands"),
         ("clientcli", "add_client_commands"),
-        ("scoring.cli", "add_predict_command"),
+        ("predictcli", "add_predict_command"),
         ("demo", "add_demo_command"),
         ("capacity", "add_capacity_command"),
     ):

@@ -26,7 +26,8 @@ layer only: no server is involved.
 
 * ``predict.py``: checking the inputs, the parallel loop, :func:`predict`;
 * ``writers.py``: the friend-tree and Parquet writers, the score columns' names;
-* ``cli.py``: the ``mlaas4hep predict`` command.
+* the ``mlaas4hep predict`` command is ``mlaas4hep/predictcli.py`` (outside this package,
+  whose import loads the streaming layer: the command line registers every command).
 """
 
 from .predict import Output, predict

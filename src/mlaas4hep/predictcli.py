@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from ..terminal import count, json_or, positive_int
+from .terminal import count, json_or, positive_int
 
 HELP = """\
 Score every entry of ROOT files with a trained bundle, in this process and its
@@ -93,7 +93,7 @@ def add_predict_command(subparsers: Any) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .predict import predict
+    from .scoring.predict import predict
 
     ids = None if args.ids is None else [i.strip() for i in args.ids.split(",") if i.strip()]
     t0 = time.perf_counter()
