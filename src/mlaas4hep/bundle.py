@@ -267,16 +267,16 @@ class Predictor:
         self.spec = spec if spec is not None else BundleSpec(read_meta(self.path, label))
         self.meta = self.spec.meta
         self.preprocessor = self.spec.preprocessor
+        model = self.path / "model.onnx"
         try:
-            self.session = session(self.path / "model.onnx", threads, spinning)
-        except Exception as err:  # onnxruntime raises its own exception types
+            self.session = session(model, threads, spinning)
+            #: a one-thread session for calls of at most :data:`SMALL_ROWS` rows (see :func:`small_session`);
+            #: read in the same guard: the version may be deleted between the two reads
+            self.small = small_session(model, self.session, threads, spinning) if small_calls else None
+        except Exception as err:  # onnxruntime raises its own exception types; OSError: the file went
             msg = str(err).replace(str(self.path), self.label)  # onnxruntime names the file it read
             raise BundleError(f"model.onnx of {self.label!r} does not load: {msg}") from None
         self.input_name = self.spec.input_name
-        #: a one-thread session for calls of at most :data:`SMALL_ROWS` rows (see :func:`small_session`)
-        self.small = (
-            small_session(self.path / "model.onnx", self.session, threads, spinning) if small_calls else None
-        )
         self.output_name = self.session.get_outputs()[0].name
         _check_session(self.spec, self.session.get_inputs())
 

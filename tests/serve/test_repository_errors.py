@@ -56,3 +56,23 @@ def test_a_broken_version_on_disk_is_unavailable(repo, tmp_path):
         repo.predictor("tth", 1)
     assert http_status(err.value) == 503 and error_code(err.value) == grpc.StatusCode.UNAVAILABLE
     assert "does not load" in str(err.value)
+
+
+def test_a_version_deleted_while_its_sessions_load_is_not_found(repo, tmp_path, monkeypatch):
+    """A served model loads two onnxruntime sessions (the second for small calls); a delete
+    between the two reads of ``model.onnx`` makes the version not found (404), never a 500
+    (it was ``FileNotFoundError`` once, under upload/delete churn with ``--workers 2``)."""
+    import shutil
+
+    from mlaas4hep import bundle
+
+    loaded = bundle.session
+
+    def load_then_delete(path, *args):
+        s = loaded(path, *args)
+        shutil.rmtree(tmp_path / "repo" / "tth" / "1", ignore_errors=True)  # as a delete would
+        return s
+
+    monkeypatch.setattr(bundle, "session", load_then_delete)
+    with pytest.raises(errors.ModelNotFound, match="model 'tth' has no version 1"):
+        repo.predictor("tth", 1)
