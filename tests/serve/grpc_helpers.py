@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -96,3 +97,17 @@ class GrpcServerProcess(ServerProcess):
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server did not become ready: {self.log.read_text()[-3000:]}")
+
+
+def infer_request(x: Any, model: str = "tth") -> bytes:
+    """A serialized ``ModelInferRequest`` of ``x`` as FP32 raw contents (input ``x``), as a raw
+    HTTP/2 test sends it."""
+    import numpy as np
+
+    from mlaas4hep.serve._proto import grpc_service_pb2 as pb
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    req = pb.ModelInferRequest(model_name=model)
+    req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.tobytes())
+    return req.SerializeToString()

@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from .conftest import HTTP, TOKEN, repo_of
+from .grpc_helpers import infer_request
 from .oracle import ATOL
 from .test_httpfront import Conn, json_infer, json_scores
 
@@ -248,27 +249,18 @@ class H2:
         return np.frombuffer(r.raw_output_contents[0], np.float32).reshape(n, -1)
 
 
-def _request(x: np.ndarray) -> bytes:
-    from mlaas4hep.serve._proto import grpc_service_pb2 as pb
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    req = pb.ModelInferRequest(model_name="tth")
-    req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
-    req.raw_input_contents.append(x.tobytes())
-    return req.SerializeToString()
-
-
 def test_a_stalled_grpc_message_is_ended_and_the_call_waiting_for_a_grant_gets_it(server, tth_bundle):
     xa, xb, xc = tth_bundle.x[:1500], tth_bundle.x[1500:3000], tth_bundle.x[3000:3003]
-    assert 65535 < len(_request(xa)) < ROOM < 2 * len(_request(xa)) - 2 * 65535  # one grant fits, not two
+    size = len(infer_request(xa))
+    assert 65535 < size < ROOM < 2 * size - 2 * 65535  # one grant fits, not two
     before = metrics(server.url)
     a = H2(server.grpc_port)
-    stalls = a.call(_request(xa))
+    stalls = a.call(infer_request(xa))
     a.send(stalls, 65535)  # its first window, prefix included: granted the rest, then nothing more
     a.pump(0.3, lambda: stalls in a.granted)
     assert stalls in a.granted
     b = H2(server.grpc_port)
-    waits = b.call(_request(xb))
+    waits = b.call(infer_request(xb))
     b.send(waits, 65535)
     for _ in range(5):  # a sends a little now and then, while b waits longer than the timeout
         b.pump(TIMEOUT / 3)
@@ -290,7 +282,7 @@ def test_a_stalled_grpc_message_is_ended_and_the_call_waiting_for_a_grant_gets_i
     assert b.status[waits]["grpc-status"] == "0"
     np.testing.assert_allclose(b.scores(waits, len(xb)), tth_bundle.oracle.score(xb), atol=ATOL)
     # and a's connection goes on serving
-    again = a.call(_request(xc))
+    again = a.call(infer_request(xc))
     assert a.send(again, 1 << 20) == 0
     a.pump(10, lambda: again in a.status)
     assert a.status[again]["grpc-status"] == "0"

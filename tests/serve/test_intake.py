@@ -20,6 +20,7 @@ import pytest
 from mlaas4hep.serve.intake import Intake
 
 from .conftest import HTTP, ServerProcess, repo_of
+from .grpc_helpers import infer_request
 from .oracle import ATOL
 from .test_httpfront import Conn, json_infer, json_scores
 
@@ -203,23 +204,13 @@ class H2Call:
         return np.frombuffer(r.raw_output_contents[0], np.float32).reshape(n, -1)
 
 
-def _request(x: np.ndarray) -> bytes:
-    from mlaas4hep.serve._proto import grpc_service_pb2 as pb
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    req = pb.ModelInferRequest(model_name="tth")
-    req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
-    req.raw_input_contents.append(x.tobytes())
-    return req.SerializeToString()
-
-
 def test_grpc_grants_past_the_intake_wait_and_are_served_in_turn(grpc_server, tth_bundle):
     xa, xb = tth_bundle.x[:1500], tth_bundle.x[1500:3000]  # ~190 kB each: beyond the first window
-    a = H2Call(grpc_server.grpc_port, _request(xa))
+    a = H2Call(grpc_server.grpc_port, infer_request(xa))
     a.send(65535)
     a.pump(0.5)
     assert a.granted  # the intake held a's message
-    b = H2Call(grpc_server.grpc_port, _request(xb))
+    b = H2Call(grpc_server.grpc_port, infer_request(xb))
     b.send(65535)
     b.pump(1.0)
     assert not b.granted  # not beside a's
