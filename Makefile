@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 export PY TORCH_INDEX
 
-.PHONY: demo test lint install system-deps perf-analyzer bench image clean
+.PHONY: demo test lint compile install system-deps perf-analyzer bench image clean
 
 # The server's container image (Containerfile): podman, or docker where podman is missing.
 # BASE=... picks the base image; ENGINE, IMAGE and IMAGE_ARGS (extra build options) may be set,
@@ -48,8 +48,13 @@ lint: $(TEST_STAMP)
 demo: $(STAMP)
 	$(BIN)/mlaas4hep demo --out demo-out
 
-test: $(TEST_STAMP) system-deps perf-analyzer lint
+test: $(TEST_STAMP) system-deps perf-analyzer lint compile
 	$(BIN)/python -m pytest -q --durations=30 tests
+
+# The server's request path compiled with mypyc (serve/native.py), rebuilt when its sources changed;
+# the tests run on it, as servers started by `mlaas4hep serve` do
+compile: $(TEST_STAMP)
+	@$(BIN)/mlaas4hep compile --check >/dev/null || $(BIN)/mlaas4hep compile
 
 bench: $(STAMP)
 	$(BIN)/python bench/stream.py
@@ -60,4 +65,4 @@ image:
 	  $(if $(BASE),--build-arg BASE=$(BASE)) $(IMAGE_ARGS) .
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache src/mlaas4hep/serve/_compiled*

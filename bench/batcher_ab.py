@@ -1,6 +1,6 @@
 """Single-row latency of two source trees of the server, alternating: ``python bench/batcher_ab.py A B``.
 
-``python bench/batcher_ab.py main=/work/main/src new=src [--rounds 3] [--seconds 3] [--points grpc1,http1,grpc64,http64] [--extra "new=--threads 1"]``
+``python bench/batcher_ab.py main=/work/main/src new=src [--rounds 3] [--seconds 3] [--points grpc1,http1,grpc64,http64] [--extra "new=--threads 1"] [--env "new=MLAAS4HEP_COMPILED=0"]``
 
 Each argument is a ``src`` directory (put first on ``PYTHONPATH`` of the
 server process; ``LABEL=DIR`` names it). For each round, each point and each
@@ -49,12 +49,22 @@ def main() -> None:
     p.add_argument(
         "--extra", action="append", default=[], help="LABEL=ARGS: more server options of one build"
     )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        help="LABEL=VAR=VALUE: an environment variable of one build's server (e.g. MLAAS4HEP_COMPILED=0)",
+    )
     a = p.parse_args()
     pa = perf_analyzer()
     if pa is None:
         raise SystemExit("perf_analyzer not found (.ci/perf-analyzer.sh installs it)")
     trees = [(t.split("=", 1) if "=" in t else (t, t)) for t in a.trees]
     extra = {k: shlex.split(v) for k, v in (e.split("=", 1) for e in a.extra)}
+    envs: dict[str, dict[str, str]] = {}
+    for e in a.env:
+        label, var, value = e.split("=", 2)
+        envs.setdefault(label, {})[var] = value
     work = Path(tempfile.mkdtemp(prefix="batcher-ab-"))
     make_bundle(work)
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -65,8 +75,9 @@ def main() -> None:
             proto, conns, batch = POINTS[point]
             order = trees[r % len(trees) :] + trees[: r % len(trees)]
             for label, src in order:
-                saved = os.environ.get("PYTHONPATH")
-                os.environ["PYTHONPATH"] = str(Path(src).resolve())
+                own = {"PYTHONPATH": str(Path(src).resolve()), **envs.get(label, {})}
+                saved = {k: os.environ.get(k) for k in own}
+                os.environ.update(own)
                 grpc_port = free_port()
                 try:
                     srv = Server(
@@ -76,10 +87,11 @@ def main() -> None:
                         *extra.get(label, []),
                     )
                 finally:
-                    if saved is None:
-                        os.environ.pop("PYTHONPATH")
-                    else:
-                        os.environ["PYTHONPATH"] = saved
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k)
+                        else:
+                            os.environ[k] = v
                 try:
                     url = f"127.0.0.1:{grpc_port}" if proto == "grpc" else srv.url.removeprefix("http://")
                     run_pa(pa, proto, url, conns, 1.0, batch)  # warm-up

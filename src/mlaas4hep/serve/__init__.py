@@ -27,7 +27,11 @@ import os
 from typing import Any
 
 from .. import extras
-from .config import ServeConfig
+from . import native
+
+native.install()  # the compiled request path, when built and current (see .native); before any of it loads
+
+from .config import ServeConfig  # noqa: E402
 
 __all__ = ["ServeConfig", "create_app", "serve"]
 

@@ -55,6 +55,67 @@ def add_serve_commands(subparsers: Any) -> None:
         formatter_class=fmt,
     )
     add_serve_arguments(s)
+    c = subparsers.add_parser(
+        "compile",
+        help="compile the server's request path to C with mypyc (less CPU per request)",
+        description=COMPILE_HELP,
+        formatter_class=fmt,
+    )
+    c.add_argument(
+        "--check", action="store_true", help="only say whether servers started now use compiled modules"
+    )
+    c.add_argument("--log", metavar="FILE", help="keep mypyc's and the C compiler's output in FILE")
+    c.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    c.set_defaults(func=run_compile)
+
+
+COMPILE_HELP = """\
+Compile the modules every inference request goes through (the HTTP and gRPC
+front ends, the data plane, the batcher, the tensor codecs, the metrics) to C
+extensions with mypyc, into the installed package. Servers started afterwards
+use them: the same code, with about a quarter less CPU per small request.
+They are used only while they match the sources they were built from; an
+edited source or another Python falls back to the interpreted modules, and
+`mlaas4hep compile --check` says which a server would use, and why.
+MLAAS4HEP_COMPILED=0 turns them off. Needs mypy (pip install 'mlaas4hep[compile]')
+and a C compiler; takes about two minutes on two cores.
+
+example:
+  mlaas4hep compile            # once after installing or upgrading
+  mlaas4hep compile --check    # exit 0 when servers use the compiled modules
+"""
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    from ..terminal import json_or
+    from . import native
+
+    if args.check:
+        state = native.check()
+        out = {"compiled": state.active, "reason": state.reason, "folder": str(native.COMPILED)}
+        json_or(
+            args.json, out, lambda: print(("in use: " if state.active else "not in use: ") + state.reason)
+        )
+        return 0 if state.active else 1
+    from pathlib import Path
+
+    from ..progress import bar
+    from .compiler import compile_hot_path
+
+    with bar(f"compiling {len(native.MODULES)} modules with mypyc (about 2 min)", total=None, unit="modules"):
+        manifest = compile_hot_path(Path(args.log) if args.log else None)
+    state = native.check()
+    if not state.active:  # built, yet not usable: say so rather than claim success
+        raise CommandError(f"compiled, but servers would not use it: {state.reason}")
+    out = {"compiled": True, "folder": str(native.COMPILED), **manifest}
+    return json_or(
+        args.json,
+        out,
+        lambda: print(
+            f"compiled {len(native.MODULES)} modules in {manifest['seconds']} s into {native.COMPILED}; "
+            "servers started from now on use them"
+        ),
+    )
 
 
 def add_serve_arguments(s: argparse.ArgumentParser) -> None:
@@ -158,6 +219,10 @@ def startup_banner(config: Any, sources: dict[str, str] | None = None) -> str:
         )
     if config.workers > 1:
         lines.append(f"  workers:      {config.workers} processes")
+    from . import native
+
+    state = native.state()
+    lines.append(f"  request path: {'compiled' if state.active else 'interpreted'}: {state.reason}")
     settings = changed(config, sources or {})
     if settings:
         lines.append(f"  settings:     {settings}")

@@ -71,9 +71,10 @@ class WithDrain(WithLifespan):
 def _find(app: Any, attribute: str) -> Any:
     """The first wrapper around ``app`` with ``attribute`` (e.g. the gRPC server of a ``WithGrpc``)."""
     while app is not None:
-        if attribute in vars(app):
-            return vars(app)[attribute]
-        app = vars(app).get("app")
+        found = getattr(app, attribute, None)  # not vars(): the compiled wrappers have no __dict__
+        if found is not None:
+            return found
+        app = getattr(app, "app", None)
     return None
 
 

@@ -15,7 +15,7 @@ from ``receive`` (with the size limit), calls the handler with a small
 :class:`Call`, and sends the :class:`Reply` in two ASGI messages. Errors are
 mapped exactly as in the Starlette app (:func:`.http.reply_for`, 500 for a
 bug). Every other route, and any other method on these paths, goes to
-Starlette, which serves the same handlers (:func:`.http.route`) when this
+Starlette, which serves the same handlers (:func:`.endpoints.route`) when this
 wrapper is not in front of it.
 
 Under ``mlaas4hep serve`` these routes do not even reach ASGI: the HTTP

@@ -97,7 +97,7 @@ async def unary(
                 f"the connection's calls in flight hold too many bytes to decompress {len(data)} more; retry"
             )
             return grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], msg, b""
-    del body
+    body = b""  # the frame is done with: free it before decoding (mypyc cannot del an argument)
     try:
         request = cls.FromString(data)
     except (

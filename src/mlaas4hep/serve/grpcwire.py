@@ -106,7 +106,8 @@ class WireProtocol(asyncio.Protocol):
         self.buf = bytearray()
         self.preface = False
         self.streams: dict[int, Stream] = {}
-        self.decoder = hpack.Decoder(max_header_list_size=limits.max_header_list)
+        # Any: hpack's types say bytes, it gives str (compiled code checks the types it is told)
+        self.decoder: Any = hpack.Decoder(max_header_list_size=limits.max_header_list)
         self.decoder.max_allowed_table_size = limits.header_table
         self.header_cache: dict[bytes, list[tuple[str, str]]] = {}
         self.pending: tuple[int, int, bytearray] | None = None  # a HEADERS awaiting CONTINUATION
@@ -634,7 +635,8 @@ class WireServer:
             backlog=1024,
         )
         self.servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
+        sockets = getattr(server, "sockets")  # a list under uvloop, where typeshed says a tuple  # noqa: B009
+        return int(sockets[0].getsockname()[1])
 
     async def stop(self, grace: float = 1.0) -> None:
         servers, self.servers = self.servers, []

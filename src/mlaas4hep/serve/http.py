@@ -211,17 +211,6 @@ def plane_of(request: Request) -> DataPlane:
 Handler = Callable[[DataPlane, Call], Awaitable[Reply]]
 
 
-def route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """A Starlette endpoint running ``handler`` (errors go to the app's handlers)."""
-
-    async def endpoint(request: Request) -> Response:
-        reply = await handler(plane_of(request), Call.of(request))
-        return reply.response()
-
-    endpoint.__name__ = getattr(handler, "__name__", "endpoint")
-    return endpoint
-
-
 def infer_reply(result: InferResult, prefs: OutputPrefs) -> Reply:
     """The OIP reply to an infer request: the outputs asked for, JSON or binary."""
     return tensors_reply(result.model, result.version, result.id, result.outputs, prefs)

@@ -33,8 +33,9 @@ from starlette.routing import Route
 
 from . import tensors
 from .dataplane import DataPlane
+from .endpoints import route
 from .errors import InvalidRequest
-from .http import Call, Reply, route, tensors_reply
+from .http import Call, Reply, tensors_reply
 from .rootscore import RootQuery
 from .tensors import OutputPrefs
 
@@ -62,7 +63,7 @@ async def predict_root(plane: DataPlane, call: Call) -> Reply:
     if tree is not None and (not isinstance(tree, str) or not tree):
         raise InvalidRequest("'tree' must be a tree name")
     query = RootQuery(
-        req.get("url"),  # type: ignore[arg-type]  # checked by the data plane
+        req.get("url"),  # checked by the data plane
         tree,
         _int(req, "entry_start", 0) or 0,
         _int(req, "entry_stop", None),

@@ -38,7 +38,7 @@ MAX_ENTRIES = 20_000_000
 class RootQuery:
     """What to score: a file, its tree (default: the bundle's), an entry range, entries per chunk."""
 
-    url: str
+    url: Any  # as the client sent it, until the data plane checks it (check_url)
     tree: str | None = None
     entry_start: int = 0
     entry_stop: int | None = None

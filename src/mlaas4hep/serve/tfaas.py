@@ -32,8 +32,9 @@ from .. import bundle_archive as archive
 from ..bundle_spec import BundleSpec, InputError
 from . import forms, tensors
 from .dataplane import DataPlane, InferRequest
+from .endpoints import route
 from .errors import BodyTimedOut, InvalidRequest, TooLarge
-from .http import Call, Reply, json_reply, json_response, plane_of, route
+from .http import Call, Reply, json_reply, json_response, plane_of
 
 
 # ----------------------------------------------------------------- repository

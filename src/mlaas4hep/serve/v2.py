@@ -35,8 +35,9 @@ from starlette.routing import Route
 
 from . import tensors
 from .dataplane import DataPlane
+from .endpoints import route
 from .errors import InvalidRequest, ModelUnloaded
-from .http import Call, Reply, infer_reply, json_reply, route
+from .http import Call, Reply, infer_reply, json_reply
 
 
 # ----------------------------------------------------------------- health and metadata

@@ -1,0 +1,142 @@
+"""The compiled hot path: the request path's modules as C extensions, used only when they match.
+
+A single-row inference costs the server more in the Python interpreter than in
+the model (about 60 % of its CPU at 64 clients, ``perf``). The modules every
+request goes through (:data:`MODULES`: the HTTP and gRPC front ends, the data
+plane, the batcher, the tensor codecs and the metrics) are plain, fully typed
+Python, so mypyc (shipped with mypy) can compile them to C extensions:
+``mlaas4hep compile`` (:mod:`.compiler`) does, into ``_compiled/`` beside this
+file, with a ``manifest.json`` naming each module's source hash.
+
+:func:`install` (run when the package is imported) puts a finder in front of
+Python's own that loads those extensions instead of the ``.py`` files, but
+only when all of them are there, were built by this Python, and were compiled
+from the sources now on disk (same SHA-256): an edited source, a Python
+upgrade or a half-copied folder gives the interpreted modules, never a mix,
+and :func:`state` says why. The same code runs either way; the compiled one
+costs less CPU per request. ``MLAAS4HEP_COMPILED=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Modules of :mod:`mlaas4hep.serve` compiled by ``mlaas4hep compile``: those on every request's path.
+MODULES = (
+    "batching",
+    "bodytimer",
+    "dataplane",
+    "fastpath",
+    "grpc_server",
+    "grpccall",
+    "grpcframes",
+    "grpcwire",
+    "h2credit",
+    "h2limits",
+    "http",
+    "httpfront",
+    "httpproto",
+    "intake",
+    "metrics",
+    "tensors",
+    "v2",
+)
+PACKAGE = "mlaas4hep.serve"
+HERE = Path(__file__).resolve().parent
+#: Where ``mlaas4hep compile`` puts the extensions and their manifest.
+COMPILED = HERE / "_compiled"
+MANIFEST = "manifest.json"
+ENV = "MLAAS4HEP_COMPILED"
+
+
+@dataclass(frozen=True)
+class State:
+    """Whether the compiled modules are in use (``active``), and if not, why (``reason``)."""
+
+    active: bool
+    reason: str
+    built: dict[str, Any]  # the manifest, or {} when there is none
+
+
+_state = State(False, "not checked yet", {})
+
+
+def source_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def soabi() -> str:
+    """This Python's ABI tag (``cpython-311-x86_64-linux-gnu``): extensions are built for one."""
+    return str(sys.implementation.cache_tag) + "/" + importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def check(folder: Path = COMPILED) -> State:
+    """What :func:`install` would do with ``folder``: the extensions' state, without loading them."""
+    if os.environ.get(ENV, "").strip().lower() in ("0", "no", "false", "off"):
+        return State(False, f"turned off by {ENV}={os.environ[ENV]}", {})
+    try:
+        built = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return State(False, "not compiled (run `mlaas4hep compile`)", {})
+    except (OSError, ValueError) as err:
+        return State(False, f"{folder / MANIFEST} is unreadable ({err}): run `mlaas4hep compile`", {})
+    if built.get("abi") != soabi():
+        return State(False, f"compiled for {built.get('abi')}, not this Python ({soabi()})", built)
+    modules = built.get("modules", {})
+    if sorted(modules) != sorted(MODULES):
+        return State(False, "compiled from another list of modules: run `mlaas4hep compile`", built)
+    for name, digest in modules.items():
+        if source_hash(HERE / f"{name}.py") != digest:
+            return State(False, f"{name}.py changed since it was compiled: run `mlaas4hep compile`", built)
+    files = [folder / f for f in [*built.get("files", {}).values(), built.get("runtime", "")] if f]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing or len(built.get("files", {})) != len(MODULES):
+        return State(
+            False, f"{folder} lacks {', '.join(missing) or 'modules'}: run `mlaas4hep compile`", built
+        )
+    return State(True, f"compiled by mypyc {built.get('mypy', '?')} ({len(MODULES)} modules)", built)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds the compiled extension of each module in ``paths`` (full name -> ``.so`` file)."""
+
+    def __init__(self, paths: dict[str, Path]) -> None:
+        self.paths = paths
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        where = self.paths.get(fullname)
+        if where is None:
+            return None
+        loader = importlib.machinery.ExtensionFileLoader(fullname, str(where))
+        return importlib.util.spec_from_file_location(fullname, where, loader=loader)
+
+
+def install(folder: Path = COMPILED) -> State:
+    """Load the compiled modules from ``folder`` from now on, when :func:`check` allows it."""
+    global _state
+    state = check(folder)
+    if state.active and not any(isinstance(f, _Finder) for f in sys.meta_path):
+        loaded = [m for m in MODULES if f"{PACKAGE}.{m}" in sys.modules]
+        if loaded:  # too late for a consistent set: stay interpreted
+            state = State(False, f"{PACKAGE}.{loaded[0]} was imported before the compiled modules", {})
+        else:
+            built = state.built
+            paths = {f"{PACKAGE}.{m}": folder / f for m, f in built["files"].items()}
+            paths[Path(built["runtime"]).name.split(".")[0]] = folder / built["runtime"]
+            sys.meta_path.insert(0, _Finder(paths))
+    _state = state
+    return state
+
+
+def state() -> State:
+    """Whether this process serves from the compiled modules, and why (not)."""
+    return _state
