@@ -73,7 +73,8 @@ COMPILE_HELP = """\
 Compile the modules every inference request goes through (the HTTP and gRPC
 front ends, the data plane, the batcher, the tensor codecs, the metrics) to C
 extensions with mypyc, into the installed package. Servers started afterwards
-use them: the same code, with about a quarter less CPU per small request.
+use them: the same code, with up to a quarter less CPU per small request
+under load (single rows over HTTP from 64 clients: 1.28x the requests/s).
 They are used only while they match the sources they were built from; an
 edited source or another Python falls back to the interpreted modules, and
 `mlaas4hep compile --check` says which a server would use, and why.
