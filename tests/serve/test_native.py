@@ -60,17 +60,28 @@ def test_an_edited_source_gives_the_interpreted_modules(built):
 
 def test_another_python_a_missing_file_or_no_manifest_give_the_interpreted_modules(built, monkeypatch):
     assert native.check(built).active
-    (built / "httpfront.cpython-311-x86_64-linux-gnu.so").unlink(missing_ok=True)
-    for f in built.glob("httpfront.*"):
+    build = built / json.loads((built / native.MANIFEST).read_text())["build"]
+    for f in build.glob("httpfront.*"):
+        f.write_bytes(f.read_bytes()[:100])  # a half-copied file
+    assert native.check(built).reason.startswith(f"{build} lacks httpfront.")
+    for f in build.glob("httpfront.*"):
         f.unlink()
-    assert not native.check(built).active
-    assert "lacks httpfront" in native.check(built).reason
+    assert native.check(built).reason.startswith(f"{build} lacks httpfront.")
     _spoil(built, abi="cpython-312/.cpython-312-x86_64-linux-gnu.so")
     assert native.check(built).reason.startswith("compiled for cpython-312/")
     (built / native.MANIFEST).unlink()
     assert native.check(built).reason == "not compiled (run `mlaas4hep compile`)"
     monkeypatch.setenv(native.ENV, "0")
     assert native.check(native.COMPILED).reason == f"turned off by {native.ENV}=0"
+    assert native.check(native.COMPILED, ignore_env=True).active
+
+
+def test_a_changed_module_they_use_gives_the_interpreted_modules(built):
+    """Compiled code checks the types of the modules it imports (the repository's, the errors')."""
+    _spoil(built, dependencies="0" * 64)
+    state = native.check(built)
+    assert not state.active
+    assert state.reason == "a module they use changed since they were compiled: run `mlaas4hep compile`"
 
 
 def _cli(*args, env=None):

@@ -75,11 +75,13 @@ front ends, the data plane, the batcher, the tensor codecs, the metrics) to C
 extensions with mypyc, into the installed package. Servers started afterwards
 use them: the same code, with up to a quarter less CPU per small request
 under load (single rows over HTTP from 64 clients: 1.28x the requests/s).
-They are used only while they match the sources they were built from; an
-edited source or another Python falls back to the interpreted modules, and
+They are used only while they match the sources they were built from (the
+compiled modules and every module of mlaas4hep.serve and mlaas4hep they use);
+an edited source or another Python falls back to the interpreted modules, and
 `mlaas4hep compile --check` says which a server would use, and why.
-MLAAS4HEP_COMPILED=0 turns them off. Needs mypy (pip install 'mlaas4hep[compile]')
-and a C compiler; takes about two minutes on two cores.
+MLAAS4HEP_COMPILED=0 turns them off. Needs mypy (pip install 'mlaas4hep[compile]'),
+a C compiler and write access to the installed package (they go into its
+serve/_compiled/, which pip uninstall leaves behind); about two minutes on two cores.
 
 example:
   mlaas4hep compile            # once after installing or upgrading
@@ -105,16 +107,21 @@ def run_compile(args: argparse.Namespace) -> int:
 
     with bar(f"compiling {len(native.MODULES)} modules with mypyc (about 2 min)", total=None, unit="modules"):
         manifest = compile_hot_path(Path(args.log) if args.log else None)
-    state = native.check()
+    state = native.check(ignore_env=True)
     if not state.active:  # built, yet not usable: say so rather than claim success
         raise CommandError(f"compiled, but servers would not use it: {state.reason}")
-    out = {"compiled": True, "folder": str(native.COMPILED), **manifest}
+    off = native.turned_off()
+    out = {"compiled": True, "folder": str(native.COMPILED), "turned_off": off, **manifest}
+    used = (
+        f"servers use them unless {native.ENV} turns them off, as it does now"
+        if off
+        else ("servers started from now on use them")
+    )
     return json_or(
         args.json,
         out,
         lambda: print(
-            f"compiled {len(native.MODULES)} modules in {manifest['seconds']} s into {native.COMPILED}; "
-            "servers started from now on use them"
+            f"compiled {len(native.MODULES)} modules in {manifest['seconds']} s into {native.COMPILED}; {used}"
         ),
     )
 

@@ -4,14 +4,17 @@ mypyc (part of mypy: ``pip install 'mlaas4hep[compile]'``) type-checks the
 package and turns each listed module into a C extension; a C compiler is
 needed (``gcc``, Debian's ``build-essential``). The build runs on a copy of
 the package's sources in a temporary folder, so a failed build leaves the
-installed package as it was; the extensions and a manifest of the sources
-they were built from then replace ``_compiled/`` in one rename. Nothing
-changes for a server already running: the next one to start uses them
-(:mod:`.native`). About two minutes on two cores.
+installed package as it was; the extensions go to a new folder of
+``_compiled/``, and the manifest of the sources they were built from then
+becomes ``_compiled/current.json`` in one rename. Nothing changes for a server
+already running (its build folder is kept): the next one to start uses the new
+build (:mod:`.native`). About two minutes on two cores. ``pip uninstall``
+leaves ``_compiled/`` behind: remove it with the package's folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.machinery
 import importlib.util
 import json
@@ -37,6 +40,8 @@ def requirements() -> str | None:
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return f"no C compiler ({compiler}) on PATH: install one (Debian: apt-get install build-essential)"
+    if not os.access(native.HERE, os.W_OK):
+        return f"cannot write to {native.HERE}: run it as the installation's owner"
     return None
 
 
@@ -53,21 +58,32 @@ def _copy_sources(dest: Path) -> None:
 
 
 def compile_hot_path(log: Path | None = None) -> dict[str, object]:
-    """Build the extensions and install them in :data:`.native.COMPILED`; returns the manifest.
+    """Build the extensions and make them :data:`.native.COMPILED`'s current build; returns its manifest.
 
-    ``log``: where mypyc's and the compiler's output go (kept on failure; default a temporary file).
+    ``log``: where mypyc's and the compiler's output go (on failure it is kept in any case).
+    One build at a time per installation (a lock in ``_compiled/``); the manifest records the
+    sources it was built from as they were when the build started.
     """
     why = requirements()
     if why is not None:
         raise CommandError(f"cannot compile: {why}")
     import mypy.version
 
+    native.COMPILED.mkdir(exist_ok=True)
+    with open(native.COMPILED / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second `mlaas4hep compile` waits for this one
+        return _build(log, mypy.version.__version__)
+
+
+def _build(log: Path | None, mypy_version: str) -> dict[str, object]:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mlaas4hep-compile-") as tmp:
         work = Path(tmp)
         _copy_sources(work)
+        digests = {m: native.source_hash(work / "mlaas4hep/serve" / f"{m}.py") for m in native.MODULES}
+        depends = native.dependencies_hash(work / "mlaas4hep")
         sources = [f"mlaas4hep/serve/{m}.py" for m in native.MODULES]
-        log_path = log or Path(tempfile.mkstemp(prefix="mlaas4hep-compile-", suffix=".log")[1])
+        log_path = log or work / "compile.log"
         with open(log_path, "wb") as out:
             done = subprocess.run(
                 [sys.executable, "-m", "mypyc", "--ignore-missing-imports", *sources],
@@ -76,38 +92,57 @@ def compile_hot_path(log: Path | None = None) -> dict[str, object]:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "MYPYC_OPT_LEVEL": os.environ.get("MYPYC_OPT_LEVEL", "3")},
             )
-        if done.returncode != 0:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            raise CommandError(
-                f"mypyc failed (exit {done.returncode}); its output: {log_path}\n" + "\n".join(tail)
-            )
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]  # .cpython-311-x86_64-linux-gnu.so
         files = {m: f"{m}{suffix}" for m in native.MODULES}
         runtime = list(work.glob(f"*__mypyc{suffix}"))
-        if len(runtime) != 1 or not all((work / "mlaas4hep/serve" / f).is_file() for f in files.values()):
-            raise CommandError(f"mypyc did not write every extension; its output: {log_path}")
-        stage = native.COMPILED.with_name("_compiled.new")
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir()
-        for f in files.values():
-            shutil.copyfile(work / "mlaas4hep/serve" / f, stage / f)
-        shutil.copyfile(runtime[0], stage / runtime[0].name)
-        manifest: dict[str, object] = {
-            "abi": native.soabi(),
-            "mypy": mypy.version.__version__,
-            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.monotonic() - t0, 1),
-            "modules": {m: native.source_hash(work / "mlaas4hep/serve" / f"{m}.py") for m in native.MODULES},
-            "files": files,
-            "runtime": runtime[0].name,
-        }
-        (stage / native.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if log is None:
-            log_path.unlink()
-    old = native.COMPILED.with_name("_compiled.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if native.COMPILED.exists():
-        native.COMPILED.rename(old)
-    stage.rename(native.COMPILED)
-    shutil.rmtree(old, ignore_errors=True)
+        built = len(runtime) == 1 and all((work / "mlaas4hep/serve" / f).is_file() for f in files.values())
+        if done.returncode != 0 or not built:
+            kept = log_path
+            if log is None:  # the temporary folder goes: keep its log
+                fd, name = tempfile.mkstemp(prefix="mlaas4hep-compile-", suffix=".log")
+                os.close(fd)
+                kept = Path(shutil.copyfile(log_path, name))
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            what = (
+                f"mypyc failed (exit {done.returncode})" if done.returncode else "mypyc left extensions out"
+            )
+            raise CommandError(f"{what}; its output: {kept}\n" + "\n".join(tail))
+        build = f"build-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        folder = native.COMPILED / build
+        folder.mkdir()
+        try:
+            for f in files.values():
+                shutil.copyfile(work / "mlaas4hep/serve" / f, folder / f)
+            shutil.copyfile(runtime[0], folder / runtime[0].name)
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    names = [*files.values(), runtime[0].name]
+    manifest: dict[str, object] = {
+        "build": build,
+        "abi": native.soabi(),
+        "mypy": mypy_version,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.monotonic() - t0, 1),
+        "modules": digests,
+        "dependencies": depends,
+        "files": files,
+        "runtime": runtime[0].name,
+        "sizes": {f: (folder / f).stat().st_size for f in names},
+    }
+    current = native.COMPILED / native.MANIFEST
+    previous = _build_of(current)
+    tmp_manifest = current.with_name(f".{native.MANIFEST}.{os.getpid()}")
+    tmp_manifest.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp_manifest, current)  # servers started from now on load this build
+    for old in native.COMPILED.glob("build-*"):  # the previous build stays: servers may run on it
+        if old.name not in (build, previous):
+            shutil.rmtree(old, ignore_errors=True)
     return manifest
+
+
+def _build_of(manifest: Path) -> str | None:
+    try:
+        return str(json.loads(manifest.read_text()).get("build"))
+    except (OSError, ValueError):
+        return None

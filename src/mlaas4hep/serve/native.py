@@ -5,16 +5,22 @@ the model (about 60 % of its CPU at 64 clients, ``perf``). The modules every
 request goes through (:data:`MODULES`: the HTTP and gRPC front ends, the data
 plane, the batcher, the tensor codecs and the metrics) are plain, fully typed
 Python, so mypyc (shipped with mypy) can compile them to C extensions:
-``mlaas4hep compile`` (:mod:`.compiler`) does, into ``_compiled/`` beside this
-file, with a ``manifest.json`` naming each module's source hash.
+``mlaas4hep compile`` (:mod:`.compiler`) does, into a new folder of
+``_compiled/`` beside this file, then points ``_compiled/current.json`` (the
+build's manifest) at it in one rename. A build folder is never changed after
+that, and the one before it is kept, so a server that started on it goes on
+loading its modules from it.
 
 :func:`install` (run when the package is imported) puts a finder in front of
 Python's own that loads those extensions instead of the ``.py`` files, but
-only when all of them are there, were built by this Python, and were compiled
-from the sources now on disk (same SHA-256): an edited source, a Python
-upgrade or a half-copied folder gives the interpreted modules, never a mix,
-and :func:`state` says why. The same code runs either way; the compiled one
-costs less CPU per request. ``MLAAS4HEP_COMPILED=0`` turns it off.
+only when they were built by this Python from the sources now on disk: each
+compiled module's SHA-256, and one digest of every source of ``mlaas4hep.serve``
+and of the package's top-level modules (the types the compiled code checks come
+from them). The build's shared library, which holds the code of all the
+modules, is loaded at once, so a process runs one build. Otherwise every module
+stays interpreted, never a mix, and :func:`state` says why. The same code runs
+either way (compiled, it checks its type annotations at run time); the compiled
+one costs less CPU per request. ``MLAAS4HEP_COMPILED=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -52,9 +58,9 @@ MODULES = (
 )
 PACKAGE = "mlaas4hep.serve"
 HERE = Path(__file__).resolve().parent
-#: Where ``mlaas4hep compile`` puts the extensions and their manifest.
+#: Where ``mlaas4hep compile`` puts its builds, and the manifest of the current one.
 COMPILED = HERE / "_compiled"
-MANIFEST = "manifest.json"
+MANIFEST = "current.json"
 ENV = "MLAAS4HEP_COMPILED"
 
 
@@ -74,14 +80,34 @@ def source_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def dependencies(package: Path = HERE.parent) -> list[Path]:
+    """The sources whose types the compiled modules may check: ``serve/`` and the package's top level."""
+    serve = package / "serve"
+    found = [*package.glob("*.py"), *(serve / "_proto").glob("*.pyi")]
+    found += [p for p in serve.rglob("*.py") if not p.relative_to(serve).parts[0].startswith("_compiled")]
+    return sorted(found)
+
+
+def dependencies_hash(package: Path = HERE.parent) -> str:
+    """One SHA-256 over :func:`dependencies` (their paths in the package and their bytes)."""
+    h = hashlib.sha256()
+    for path in dependencies(package):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def turned_off() -> bool:
+    return os.environ.get(ENV, "").strip().lower() in ("0", "no", "false", "off")
+
+
 def soabi() -> str:
     """This Python's ABI tag (``cpython-311-x86_64-linux-gnu``): extensions are built for one."""
     return str(sys.implementation.cache_tag) + "/" + importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
-def check(folder: Path = COMPILED) -> State:
+def check(folder: Path = COMPILED, ignore_env: bool = False) -> State:
     """What :func:`install` would do with ``folder``: the extensions' state, without loading them."""
-    if os.environ.get(ENV, "").strip().lower() in ("0", "no", "false", "off"):
+    if turned_off() and not ignore_env:
         return State(False, f"turned off by {ENV}={os.environ[ENV]}", {})
     try:
         built = json.loads((folder / MANIFEST).read_text())
@@ -97,13 +123,27 @@ def check(folder: Path = COMPILED) -> State:
     for name, digest in modules.items():
         if source_hash(HERE / f"{name}.py") != digest:
             return State(False, f"{name}.py changed since it was compiled: run `mlaas4hep compile`", built)
-    files = [folder / f for f in [*built.get("files", {}).values(), built.get("runtime", "")] if f]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing or len(built.get("files", {})) != len(MODULES):
+    if built.get("dependencies") != dependencies_hash():
         return State(
-            False, f"{folder} lacks {', '.join(missing) or 'modules'}: run `mlaas4hep compile`", built
+            False, "a module they use changed since they were compiled: run `mlaas4hep compile`", built
         )
+    where = folder / str(built.get("build", ""))
+    sizes = built.get("sizes", {})
+    wrong = [
+        f
+        for f in [*built.get("files", {}).values(), built.get("runtime", "")]
+        if _size(where / f) != sizes.get(f)
+    ]
+    if wrong or len(built.get("files", {})) != len(MODULES):
+        return State(False, f"{where} lacks {', '.join(wrong) or 'modules'}: run `mlaas4hep compile`", built)
     return State(True, f"compiled by mypyc {built.get('mypy', '?')} ({len(MODULES)} modules)", built)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -130,9 +170,19 @@ def install(folder: Path = COMPILED) -> State:
             state = State(False, f"{PACKAGE}.{loaded[0]} was imported before the compiled modules", {})
         else:
             built = state.built
-            paths = {f"{PACKAGE}.{m}": folder / f for m, f in built["files"].items()}
-            paths[Path(built["runtime"]).name.split(".")[0]] = folder / built["runtime"]
-            sys.meta_path.insert(0, _Finder(paths))
+            where = folder / built["build"]
+            runtime = Path(built["runtime"]).name.split(".")[0]
+            try:  # the code of every module: loaded now, so that this process runs this build
+                spec = importlib.util.spec_from_file_location(runtime, where / built["runtime"])
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules[runtime] = module
+            except (ImportError, OSError, AssertionError) as err:
+                state = State(False, f"cannot load {where / built['runtime']}: {err}", built)
+            else:
+                paths = {f"{PACKAGE}.{m}": where / f for m, f in built["files"].items()}
+                sys.meta_path.insert(0, _Finder(paths))
     _state = state
     return state
 
