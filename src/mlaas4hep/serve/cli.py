@@ -73,8 +73,8 @@ COMPILE_HELP = """\
 Compile the modules every inference request goes through (the HTTP and gRPC
 front ends, the data plane, the batcher, the tensor codecs, the metrics) to C
 extensions with mypyc, into the installed package. Servers started afterwards
-use them: the same code, with up to a quarter less CPU per small request
-under load (single rows over HTTP from 64 clients: 1.28x the requests/s).
+use them: the same code, with less CPU per small request under load
+(single rows from 64 clients: about 1.2x the requests/s, HTTP and gRPC).
 They are used only while they match the sources they were built from (the
 compiled modules and every module of mlaas4hep.serve and mlaas4hep they use);
 an edited source or another Python falls back to the interpreted modules, and
