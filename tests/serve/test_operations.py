@@ -233,6 +233,18 @@ def test_one_scrape_reports_every_worker(tth_bundle, tmp_path):
             assert m[f"nv_inference_request_success{lab}"] == sent
             assert m[f"nv_inference_count{lab}"] == 2 * sent
         assert seen == {float(sent)}
+        # Triton's statistics (what perf_analyzer reads before and after each pass) count every
+        # worker's requests too, on whichever worker a new connection reaches
+        for _ in range(10):
+            stats = HTTP_NEW.get(srv.url + "/v2/models/tth/stats").json()["model_stats"][0]
+            counts = stats["inference_stats"]
+            assert (stats["inference_count"], counts["success"]["count"], counts["queue"]["count"]) == (
+                2 * sent,
+                sent,
+                sent,
+            )
+        every = HTTP_NEW.get(srv.url + "/v2/models/stats").json()["model_stats"]
+        assert every[0]["inference_count"] == 2 * sent
         # Triton's metrics port, served by the supervisor: every worker's numbers, added up
         text = HTTP.get(f"http://127.0.0.1:{mport}/metrics").text
         assert f"nv_inference_request_success{lab} {float(sent)}" in text

@@ -341,7 +341,7 @@ class DataPlane:
         self.auth.require_read_header(credentials)
         names = [name] if name else self.repo.names()
         specs = [self.spec(n, version if name else None) for n in names]
-        return statistics.statistics(self.metrics, specs)
+        return statistics.statistics(self.metrics.merged(), specs)  # every worker's numbers
 
     def models(self, credentials: str | None = None) -> list[dict[str, Any]]:
         """What TFaaS's ``/models`` and the web page show: every model, and the versions not served."""

@@ -231,16 +231,25 @@ class Metrics:
         for protocol, n in snap.get("body_timeouts", {}).items():
             self.body_timeouts[protocol] = self.body_timeouts.get(protocol, 0) + n
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The Prometheus text of this process, plus its peers' when it has some."""
+    def merged(self) -> Metrics:
+        """This process's numbers plus its peers' (``self`` when it has none).
+
+        What a scrape and Triton's statistics report: with ``--workers N`` a client's
+        connection reaches one worker, and it must see the server's numbers, not that
+        worker's (perf_analyzer compares two readings, which may come from different workers).
+        """
         if self.peers is None:
-            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            return self
         merged = Metrics(self.status_of)
         merged.absorb(self.snapshot())
         merged.retries = (merged.retries[0] - RETRIES.total, merged.retries[1] - RETRIES.gave_up)
         for snap in self.peers():
             merged.absorb(snap)
-        return generate_latest(merged.registry), CONTENT_TYPE_LATEST
+        return merged
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text of this process, plus its peers' when it has some."""
+        return generate_latest(self.merged().registry), CONTENT_TYPE_LATEST
 
 
 def _histogram(name: str, doc: str, hists: dict[str, list[float]], buckets: tuple[float, ...]) -> Metric:

@@ -28,7 +28,9 @@ What each number means here (durations in nanoseconds):
 Counts are per model name, over all its versions (the server counts by name);
 they are reported under the version asked for, or the newest. ``last_inference``
 is milliseconds since the epoch (0: none yet). A model the repository does not
-hold is an error (404, ``NOT_FOUND``), as in Triton.
+hold is an error (404, ``NOT_FOUND``), as in Triton. With ``--workers N`` the
+numbers are the server's, whichever worker answers: its own, plus the other
+workers' as they published them (at most a second old, as for ``/metrics``).
 """
 
 from __future__ import annotations
