@@ -171,6 +171,38 @@ def test_keep_alive_across_hot_and_asgi_routes(server, tth_bundle):
         c.close()
 
 
+def test_malformed_request_after_a_good_one_gets_400_and_a_closed_connection(server, tth_bundle):
+    """The protocol's own read path (uvicorn's, compiled here): a served request, then bytes that
+    are not HTTP, answered 400 as uvicorn does, and the connection closed."""
+    c = Conn(server.url)
+    try:
+        x = tth_bundle.x[:2]
+        c.send(post(INFER, json_infer(x)))
+        status, _, body = c.response()
+        assert status == 200
+        np.testing.assert_allclose(json_scores(body), tth_bundle.oracle.score(x), rtol=0, atol=ATOL)
+        c.send(b"NOT HTTP AT ALL\r\n\r\n")
+        status, _, body = c.response()
+        assert (status, body) == (400, b"Invalid HTTP request received.")
+        assert c.closed()
+    finally:
+        c.close()
+
+
+def test_an_upgrade_the_server_does_not_speak_is_served_as_plain_http(server):
+    """A WebSocket upgrade to a server without WebSockets: answered as an ordinary request."""
+    c = Conn(server.url)
+    try:
+        c.send(
+            b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        assert c.response()[::2] == (200, b'{"live":true}')
+    finally:
+        c.close()
+
+
 def test_chunked_body_in_pieces(server, tth_bundle):
     """A chunked request body, sent in small pieces with pauses, is gathered before decoding."""
     x = tth_bundle.x[:40]

@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,11 @@ def dependencies(package: Path = HERE.parent) -> list[Path]:
     return sorted(found)
 
 
-def dependencies_hash(package: Path = HERE.parent) -> str:
+def dependencies_hash(package: Path = HERE.parent, read: Callable[[Path], bytes] = Path.read_bytes) -> str:
     """One SHA-256 over :func:`dependencies` (their paths in the package and their bytes)."""
     h = hashlib.sha256()
     for path in dependencies(package):
-        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(str(path.relative_to(package)).encode() + b"\0" + read(path) + b"\0")
     return h.hexdigest()
 
 
@@ -120,10 +121,18 @@ def check(folder: Path = COMPILED, ignore_env: bool = False) -> State:
     modules = built.get("modules", {})
     if sorted(modules) != sorted(MODULES):
         return State(False, "compiled from another list of modules: run `mlaas4hep compile`", built)
+    sources: dict[Path, bytes] = {}  # each file read once: the compiled ones are dependencies too
+
+    def read(path: Path) -> bytes:
+        data = sources.get(path)
+        if data is None:
+            data = sources[path] = path.read_bytes()
+        return data
+
     for name, digest in modules.items():
-        if source_hash(HERE / f"{name}.py") != digest:
+        if hashlib.sha256(read(HERE / f"{name}.py")).hexdigest() != digest:
             return State(False, f"{name}.py changed since it was compiled: run `mlaas4hep compile`", built)
-    if built.get("dependencies") != dependencies_hash():
+    if built.get("dependencies") != dependencies_hash(read=read):
         return State(
             False, "a module they use changed since they were compiled: run `mlaas4hep compile`", built
         )
