@@ -14,7 +14,8 @@ export PY TORCH_INDEX
 .PHONY: demo test lint compile install system-deps perf-analyzer bench image clean
 
 # The server's container image (Containerfile): podman, or docker where podman is missing.
-# BASE=... picks the base image; ENGINE, IMAGE and IMAGE_ARGS (extra build options) may be set,
+# BASE=... picks the base image, BUILDER=... the image that compiles the request path (the same
+# Python with a C compiler; by default BASE without "-slim"); ENGINE, IMAGE and IMAGE_ARGS (extra build options) may be set,
 # e.g. make image ENGINE="podman --runtime /usr/sbin/runc" IMAGE_ARGS="--network host".
 # podman builds in Docker's format, which keeps the HEALTHCHECK (OCI's drops it).
 ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
@@ -63,7 +64,8 @@ bench: $(STAMP)
 image:
 	@test -n "$(ENGINE)" || { echo "make image needs podman or docker (apt-get install podman)" >&2; exit 1; }
 	$(ENGINE) build -f Containerfile -t $(IMAGE) $(if $(findstring podman,$(ENGINE)),--format docker) \
-	  $(if $(BASE),--build-arg BASE=$(BASE)) $(IMAGE_ARGS) .
+	  $(if $(BASE),--build-arg BASE=$(BASE)) \
+	  $(if $(BUILDER)$(BASE),--build-arg BUILDER=$(or $(BUILDER),$(patsubst %-slim,%,$(BASE)))) $(IMAGE_ARGS) .
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache src/mlaas4hep/serve/_compiled*

@@ -22,6 +22,7 @@ import pytest
 
 #: The cached base image: made once per machine, reused while ``podman image exists`` says so.
 BASE_IMAGE = "localhost/mlaas4hep-base:bookworm"
+BUILDER_IMAGE = "localhost/mlaas4hep-base-dev:bookworm"
 CONTAINERS_CONF = """\
 [containers]
 default_ulimits = []
@@ -35,6 +36,7 @@ class Podman:
     """``podman`` with this machine's settings; :meth:`__call__` runs a subcommand and checks it."""
 
     def __init__(self, workdir: Path):
+        self.workdir = workdir
         self.runc = shutil.which("runc", path="/usr/sbin:/usr/bin:/sbin:/bin") or "runc"
         conf = workdir / "containers.conf"
         conf.write_text(CONTAINERS_CONF)
@@ -57,22 +59,34 @@ def podman_or_skip(workdir: Path) -> Podman:
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (apt-get install podman runc mmdebstrap)")
     pm = Podman(workdir)
-    if pm("image", "exists", BASE_IMAGE, check=False).returncode != 0:
-        tar = workdir / "base.tar"
-        made = subprocess.run(
-            ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(tar)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if made.returncode != 0:
-            pytest.skip(f"mmdebstrap cannot make a Debian base here: {made.stderr.strip()[-300:]}")
-        pm("import", str(tar), BASE_IMAGE, timeout=300)
-        tar.unlink()
+    _debian(pm, BASE_IMAGE, "python3,python3-venv")
     probe = pm("run", "--rm", "--network", "host", BASE_IMAGE, "python3", "-c", "print(6 * 7)", check=False)
     if probe.stdout.strip() != "42":
         pytest.skip(f"podman cannot run a container here: {probe.stderr.strip()[-300:]}")
     return pm
+
+
+def builder_image(pm: Podman) -> str:
+    """The Debian base with a C compiler and Python's headers (the image's BUILDER), made once."""
+    _debian(pm, BUILDER_IMAGE, "python3,python3-venv,python3-dev,gcc,libc6-dev")
+    return BUILDER_IMAGE
+
+
+def _debian(pm: Podman, image: str, packages: str) -> None:
+    """A minimal Debian bookworm with ``packages``, imported as ``image`` unless it exists."""
+    if pm("image", "exists", image, check=False).returncode == 0:
+        return
+    tar = pm.workdir / f"{image.rsplit('/', 1)[-1].replace(':', '-')}.tar"
+    made = subprocess.run(
+        ["mmdebstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(tar)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"mmdebstrap cannot make a Debian base here: {made.stderr.strip()[-300:]}")
+    pm("import", str(tar), image, timeout=300)
+    tar.unlink()
 
 
 def host_pip_volumes(workdir: Path) -> list[str]:
