@@ -172,8 +172,8 @@ def test_keep_alive_across_hot_and_asgi_routes(server, tth_bundle):
 
 
 def test_malformed_request_after_a_good_one_gets_400_and_a_closed_connection(server, tth_bundle):
-    """The protocol's own read path (uvicorn's, compiled here): a served request, then bytes that
-    are not HTTP, answered 400 as uvicorn does, and the connection closed."""
+    """The protocol's read path: a served request, then bytes that are not HTTP on the same
+    connection, answered 400 as uvicorn does, and the connection closed."""
     c = Conn(server.url)
     try:
         x = tth_bundle.x[:2]
