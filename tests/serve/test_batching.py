@@ -336,6 +336,54 @@ def test_a_batch_that_may_grow_waits_for_the_running_call(pool):
     assert model.calls == [3, 9] and model.peak == 1
 
 
+def test_a_request_nothing_can_join_does_not_wait_for_company(pool):
+    """Requests of 1000 rows with max_batch=1024: no request seen lately would fit beside one, so
+    it runs at once instead of waiting the delay (30 s here) for company."""
+    rec = Recorder()
+    b = Batcher(rec, max_batch=1024, max_delay_ms=30_000, executor=pool, inline_us=0)
+
+    async def main():
+        for i in range(3):
+            x = _rows(1000, 10_000 * i)
+            np.testing.assert_array_equal(await b.infer(x), x.sum(axis=1, keepdims=True) * 2)
+
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    assert rec.calls == [1000] * 3 and time.perf_counter() - t0 < 25
+
+
+def test_a_batch_nothing_can_join_runs_beside_the_running_call(pool):
+    """With max_calls=2, a queued 1000-row request (max_batch=1024) starts beside the running call:
+    waiting for it could not make its batch larger. The model's barrier breaks unless both run at once."""
+    model = Overlap(meet=2)
+    b = Batcher(model, max_batch=1024, max_delay_ms=30_000, executor=pool, inline_us=0, max_calls=2)
+
+    async def main():
+        first = asyncio.ensure_future(b.infer(_rows(1000, 0)))
+        await asyncio.sleep(0.05)  # the first call is running, and waits for a second one
+        x = _rows(1000, 5000)
+        np.testing.assert_array_equal(await b.infer(x), x.sum(axis=1, keepdims=True) * 2)
+        await first
+
+    asyncio.run(main())
+    assert model.calls == [1000, 1000] and model.peak == 2
+
+
+def test_small_requests_still_wait_for_company_after_large_ones(pool):
+    """Once single rows arrive again, a queued batch below max_batch may grow: it waits."""
+    rec = Recorder()
+    b = Batcher(rec, max_batch=1024, max_delay_ms=30, executor=pool, inline_us=0)
+
+    async def main():
+        await b.infer(_rows(1000, 0))
+        await asyncio.gather(*(b.infer(_rows(1, i)) for i in range(16)))
+        t0 = time.perf_counter()
+        await b.infer(_rows(1, 0))
+        return time.perf_counter() - t0
+
+    assert asyncio.run(main()) >= 0.025 and rec.calls == [1000, 16, 1]
+
+
 def test_a_failing_call_beside_another_reaches_only_its_requests(pool):
     """Two calls at once, one fails: its requests get the error, the other's their scores."""
 

@@ -7,12 +7,14 @@ queued, and a per-model worker hands them to onnxruntime as one stacked batch:
 * the first queued request waits at most ``max_delay_ms`` for company, and
   not at all when every request the server is handling is already queued
   (``in_flight``): a lone client pays no delay;
-* a batch is cut as soon as it holds ``max_batch`` rows;
+* a batch is cut as soon as it is full: it holds ``max_batch`` rows, or the
+  smallest of the last requests (:data:`SIZES` of them) would not fit beside
+  its rows (1000-row requests against ``max_batch=1024``: waiting for company
+  cannot make such a batch larger);
 * while a batch runs, new requests queue up, and they go together as soon as
   it is done: under load batches grow by themselves, idle a lone request pays
   at most the delay;
-* but a batch that is already full (``max_batch`` rows are queued, so waiting
-  cannot make it larger) starts while others compute, up to ``max_calls``
+* but a batch that is already full starts while others compute, up to ``max_calls``
   calls at once (the server's ``--infer-threads``). Between two calls the
   event loop must take the result and hand the next batch to a thread, which
   waits for the GIL while the loop parses requests: for 1000-row requests on
@@ -84,6 +86,9 @@ INLINE_US = 150.0
 #: How many of the last small calls decide whether the next ones run inline (their median).
 COSTS = 9
 
+#: How many of the last queued requests tell the smallest one to expect (whether a batch is full).
+SIZES = 16
+
 #: A queued request: its inputs, rows, future and arrival time.
 _Item = tuple[Batch, int, asyncio.Future[np.ndarray], float]
 
@@ -116,6 +121,7 @@ class Batcher:
         self.observe = observe
         self._queue: deque[_Item] = deque()
         self._rows = 0
+        self._sizes: deque[int] = deque(maxlen=SIZES)  # rows of the last queued requests
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._retired = False
@@ -142,6 +148,7 @@ class Batcher:
         fut: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.append((x, n, fut, time.perf_counter()))
         self._rows += n
+        self._sizes.append(n)
         assert self._wakeup is not None  # made with the worker task above
         if self._may_start():  # else the worker waits for a call to end, not for this request
             self._wakeup.set()
@@ -197,7 +204,7 @@ class Batcher:
                 continue
             # give the oldest request up to max_delay to find company (a full batch cannot grow)
             deadline = self._queue[0][3] + self.max_delay
-            while self._rows < self.max_batch:
+            while not self._full():
                 if self.in_flight is not None and self.in_flight() <= len(self._queue) + self._running:
                     break  # nobody else could join: the others are queued or being computed
                 left = deadline - time.perf_counter()
@@ -219,10 +226,15 @@ class Batcher:
                 task.add_done_callback(self._tasks.discard)
 
     def _may_start(self) -> bool:
-        """Whether the worker may cut a batch now: nothing computing, or ``max_batch`` rows queued
-        (the next batch is full, so waiting for the running ones cannot make it larger) and
-        fewer than ``max_calls`` calls running."""
-        return self._calls == 0 or (self._calls < self.max_calls and self._rows >= self.max_batch)
+        """Whether the worker may cut a batch now: nothing computing, or the next batch is full
+        (waiting for the running ones cannot make it larger) and fewer than ``max_calls`` calls
+        are running."""
+        return self._calls == 0 or (self._calls < self.max_calls and self._full())
+
+    def _full(self) -> bool:
+        """The queued rows cannot grow: the smallest of the last requests would not fit beside them
+        (with single rows: ``max_batch`` rows are queued)."""
+        return self._rows + min(self._sizes, default=1) > self.max_batch
 
     async def _batch(self, loop: asyncio.AbstractEventLoop, items: list[_Item], n: int) -> None:
         """One batched call: its requests get their rows of the output, or the call's exception."""
