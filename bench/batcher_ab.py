@@ -7,10 +7,15 @@ server process; ``LABEL=DIR`` names it). For each round, each point and each
 tree in turn (the order rotates by round, so the shared machine's drift falls
 on both alike), a fresh server (``--max-batch 1024 --max-delay-ms 2
 --grpc-frontend wire``) serves the ONNX MLP of ``bench/serve.py`` and Triton's
-perf_analyzer sends it single-row requests. Printed per measurement: req/s,
-p50/p99, the server's CPU per request (user + system, from ``/proc``), the
-mean batch size (``/metrics``), and the load average; then the medians and
-the ratio of each tree to the first.
+perf_analyzer sends it single-row requests (``grpc1`` ... ``http64``: protocol
+and clients), 1000-row requests from 4 clients (``grpc1000``, ``http1000``), or
+1000-row requests from one gRPC client while 8 HTTP clients send single rows to
+a second model (``beside1000``). Printed per measurement: rows/s (the column
+says req/s: single rows), p50/p99, the server's CPU per request of the measured model
+(user + system, from ``/proc``; with ``beside1000`` it includes the other
+model's work), the measured model's mean batch size
+(``/metrics``), and the load average; then the medians and the ratio of each
+tree to the first.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,7 +44,10 @@ POINTS = {
     "http64": ("http", 64, 1),
     "grpc1000": ("grpc", 4, 1000),  # 1000-row requests, 4 clients
     "http1000": ("http", 4, 1000),
+    "beside1000": ("grpc", 1, 1000),  # 1 client of 1000-row requests while another model serves single rows
 }
+#: The points measured while perf_analyzer's clients (this many, single rows over HTTP) load a second model.
+BESIDE = {"beside1000": 8}
 
 
 def main() -> None:
@@ -67,6 +77,7 @@ def main() -> None:
         envs.setdefault(label, {})[var] = value
     work = Path(tempfile.mkdtemp(prefix="batcher-ab-"))
     make_bundle(work)
+    shutil.copytree(work / "repo" / "mlp", work / "repo" / "other")  # the model of the BESIDE load
     rows: dict[tuple[str, str], list[dict]] = {}
     print("| round | point | tree | req/s | p50 ms | p99 ms | CPU µs/req | rows/batch | load |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -92,13 +103,18 @@ def main() -> None:
                             os.environ.pop(k)
                         else:
                             os.environ[k] = v
+                beside = None
                 try:
                     url = f"127.0.0.1:{grpc_port}" if proto == "grpc" else srv.url.removeprefix("http://")
+                    beside = _load_beside(pa, srv, BESIDE[point]) if point in BESIDE else None
                     run_pa(pa, proto, url, conns, 1.0, batch)  # warm-up
                     c0, n0, b0 = _cpu(srv.proc.pid), _served(srv), srv.batches()
                     m = run_pa(pa, proto, url, conns, a.seconds, batch)
                     c1, n1, b1 = _cpu(srv.proc.pid), _served(srv), srv.batches()
                 finally:
+                    if beside is not None:
+                        beside.kill()
+                        beside.wait()
                     srv.stop()
                 m["cpu_us"] = (c1 - c0) / max(n1 - n0, 1) * 1e6
                 m["rows_per_batch"] = (b1[1] - b0[1]) / max(b1[0] - b0[0], 1)
@@ -128,6 +144,13 @@ def main() -> None:
                 f"| {point} | {label} | {rps:,.0f} | {rps / base:.2f}× | {med('p50_ms')} | {med('p99_ms')} "
                 f"| {cpu:.0f} |"
             )
+
+
+def _load_beside(pa: tuple[str, dict], srv: Server, clients: int) -> subprocess.Popen:
+    """perf_analyzer's ``clients`` sending single rows to the model ``other`` until killed."""
+    cmd = [pa[0], "-m", "other", "-u", srv.url.removeprefix("http://"), "-i", "http"]
+    cmd += ["--concurrency-range", str(clients), "--measurement-interval", "60000", "-s", "99", "-r", "10"]
+    return subprocess.Popen(cmd, env=pa[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":
