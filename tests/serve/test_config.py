@@ -72,6 +72,12 @@ def test_sources_in_order_file_then_environment_then_command_line(tmp_path):
             "MLAAS4HEP_PRIVATE: private = 'maybe': expected true or false",
         ),
         ("repo: m\n", {"MLAAS4HEP_PORT": "70000"}, "port 70000 is not a port number (0-65535)"),
+        (
+            "repo: m\n",
+            {"MLAAS4HEP_WORKERS": "atuo"},
+            "MLAAS4HEP_WORKERS: workers = 'atuo': expected a whole number or auto",
+        ),
+        ("repo: m\nworkers: 0\n", {}, "workers must be at least 1, not 0"),
         ("repo: m\nbody_timeout: 0\n", {}, "body_timeout must be a positive number of seconds, not 0"),
         ("repo: m\n", {"MLAAS4HEP_BODY_TIMEOUT": "-5"}, "body_timeout must be a positive number of seconds"),
         ("repo: m\nbody_timeout: .inf\n", {}, "body_timeout must be a positive number of seconds, not inf"),
@@ -237,3 +243,49 @@ def test_calls_of_a_few_rows_run_on_one_thread_with_the_same_scores(tth_bundle, 
 
     config, _ = cfg.load({"repo": str(tmp_path / "repo"), "threads": 1}, environ={})
     assert create_app(config=config).plane.repo.predictor("tth", 1).small is None  # one thread already
+
+
+def _cgroup(root: Path, own: str, quotas: dict[str, str], v1: bool = False) -> Path:
+    """A cgroup tree under ``root`` with ``quotas`` (folder -> cpu.max text, or v1 "quota period"),
+    and the /proc/self/cgroup that puts this process in ``own``; returns that file."""
+    for folder, text in quotas.items():
+        d = root / ("cpu" if v1 else "") / folder.strip("/")
+        d.mkdir(parents=True, exist_ok=True)
+        if v1:
+            quota, period = text.split()
+            (d / "cpu.cfs_quota_us").write_text(quota + "\n")
+            (d / "cpu.cfs_period_us").write_text(period + "\n")
+        else:
+            (d / "cpu.max").write_text(text + "\n")
+    proc = root / "proc-self-cgroup"
+    proc.write_text(f"2:cpu,cpuacct:{own}\n1:memory:/x\n" if v1 else f"0::{own}\n")
+    return proc
+
+
+def test_workers_auto_counts_the_cpus_a_container_may_use(tmp_path, monkeypatch):
+    """``--workers auto``: the process's CPU affinity, capped by the CPU quota of its cgroup or of
+    any cgroup above it, rounded up (a pod limited to 1.5 CPUs gets 2 workers)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    cases = [
+        ({"/": "max 100000"}, "/", False, 8),  # no limit: the affinity
+        ({"/kubepods/pod1": "150000 100000", "/kubepods": "max 100000"}, "/kubepods/pod1", False, 2),
+        ({"/kubepods": "300000 100000"}, "/kubepods/pod1/ctr", False, 3),  # a parent's limit holds too
+        ({"/a": "1600000 100000"}, "/a", False, 8),  # a quota above the affinity
+        ({"/docker/c1": "50000 100000"}, "/docker/c1", True, 1),  # cgroup v1, half a CPU
+        ({"/docker/c1": "-1 100000"}, "/docker/c1", True, 8),  # v1 without a quota
+    ]
+    for i, (quotas, own, v1, expected) in enumerate(cases):
+        root = tmp_path / str(i)
+        proc = _cgroup(root, own, quotas, v1)
+        assert cfg.usable_cpus(root, proc) == expected, (quotas, own)
+    # no cgroup file at all (not Linux's): the affinity
+    assert cfg.usable_cpus(tmp_path / "none", tmp_path / "none" / "cgroup") == 8
+
+
+def test_workers_auto_from_every_source(tmp_path, monkeypatch):
+    monkeypatch.setattr(cfg, "usable_cpus", lambda: 3)
+    (tmp_path / "serve.yaml").write_text("repo: m\nworkers: auto\n")
+    assert cfg.load({}, tmp_path / "serve.yaml", {})[0].workers == 3
+    assert cfg.load({}, None, {"MLAAS4HEP_REPO": "m", "MLAAS4HEP_WORKERS": "Auto"})[0].workers == 3
+    assert cfg.load({"repo": "m", "workers": "auto"}, None, {})[0].workers == 3
+    assert cfg.ServeConfig(repo="m", workers="auto").check().workers == 3  # type: ignore[arg-type]

@@ -58,7 +58,13 @@ class ServeConfig:
     metrics_port: int | None = _opt(
         None, "also serve /metrics on this port (Triton's is 8002); /metrics stays on --port", int, "N"
     )
-    workers: int = _opt(1, "server processes sharing the ports and the repository", int, "N")
+    workers: int = _opt(
+        1,
+        "server processes sharing the ports and the repository; auto: one per CPU this process may use "
+        "(its CPU affinity, capped by a container's CPU limit)",
+        int,
+        "N|auto",
+    )
     token_file: str | None = _opt(
         None, "file whose first line is the bearer token ($MLAAS4HEP_TOKEN)", metavar="F"
     )
@@ -229,7 +235,10 @@ class ServeConfig:
         return cls(**values)
 
     def check(self) -> ServeConfig:
-        """Itself, after checking what the types cannot say."""
+        """Itself, after checking what the types cannot say (``workers="auto"`` becomes a number)."""
+        workers: Any = self.workers
+        if isinstance(workers, str):  # from Python: ServeConfig(workers="auto")
+            return dataclasses.replace(self, workers=_convert("workers", workers, "workers")).check()
         if not self.repo:
             raise ConfigError(
                 "the server needs a model repository: --repo DIR, $MLAAS4HEP_REPO or 'repo:' in --config"
@@ -312,6 +321,8 @@ def _convert(name: str, value: Any, source: str) -> Any:
             if FIELDS[name].default is None:
                 return None
             raise ValueError("a value is needed")
+        if name == "workers" and isinstance(value, str) and value.strip().lower() == "auto":
+            return usable_cpus()
         if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("expected a whole number")
@@ -323,8 +334,53 @@ def _convert(name: str, value: Any, source: str) -> Any:
         return str(value)
     except (ValueError, TypeError) as err:
         what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a value")
+        what += " or auto" if name == "workers" else ""
         reason = str(err) if "expected" in str(err) or "needed" in str(err) else f"expected {what}"
         raise ConfigError(f"{source}: {name} = {value!r}: {reason}") from None
+
+
+def usable_cpus(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> int:
+    """The CPUs this process may use, as ``--workers auto`` counts them: its CPU affinity, capped by
+    the CPU quota of its cgroup or any cgroup above it (a container's ``--cpus``, a Kubernetes
+    pod's ``limits.cpu``; cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), rounded up."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quotas = [q for q in map(_cpu_quota, _cgroup_dirs(cgroup_root, proc_cgroup)) if q is not None]
+    if quotas:
+        n = min(n, math.ceil(min(quotas)))
+    return max(1, n)
+
+
+def _cgroup_dirs(root: Path, proc_cgroup: Path) -> list[Path]:
+    """This process's cgroup folders, its own first, then each one above it up to ``root``."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return [root, root / "cpu"]
+    out = []
+    for line in lines:  # "0::/kubepods/pod1/c1" (v2), "4:cpu,cpuacct:/docker/c1" (v1)
+        _, controllers, path = line.split(":", 2)
+        base = root if controllers == "" else root / "cpu"
+        if controllers == "" or "cpu" in controllers.split(","):
+            parts = [p for p in path.split("/") if p]
+            out += [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+    return out
+
+
+def _cpu_quota(folder: Path) -> float | None:
+    """CPUs granted by ``folder``'s quota, or None when it sets none (or cannot be read)."""
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]  # cgroup v2: "200000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+        period_us = int((folder / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def _unknown(key: str, source: str) -> ConfigError:
