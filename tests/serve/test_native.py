@@ -146,3 +146,12 @@ def test_compiled_and_interpreted_servers_answer_alike(tth_bundle, tmp_path_fact
     np.testing.assert_allclose(scores, tth_bundle.oracle.score(x).ravel(), rtol=1e-5)
     assert "  request path: compiled: compiled by mypyc" in banners[0]
     assert f"  request path: interpreted: turned off by {native.ENV}=0" in banners[1]
+
+
+def test_the_groups_hold_every_compiled_module_once():
+    """Each module is built into exactly one group's shared library, and the manifest lists them."""
+    grouped = [m for g in native.GROUPS for m in g]
+    assert sorted(grouped) == sorted(native.MODULES) and len(native.GROUP_NAMES) == len(native.GROUPS)
+    state = native.check(ignore_env=True)
+    if state.active:  # the suite's build (make test compiles first)
+        assert [r.split("__mypyc")[0] for r in state.built["runtimes"]] == list(native.GROUP_NAMES)

@@ -81,7 +81,7 @@ an edited source or another Python falls back to the interpreted modules, and
 `mlaas4hep compile --check` says which a server would use, and why.
 MLAAS4HEP_COMPILED=0 turns them off. Needs mypy (pip install 'mlaas4hep[compile]'),
 a C compiler and write access to the installed package (they go into its
-serve/_compiled/, which pip uninstall leaves behind); about two minutes on two cores.
+serve/_compiled/, which pip uninstall leaves behind); about a minute and a half on two cores.
 
 example:
   mlaas4hep compile            # once after installing or upgrading
@@ -105,7 +105,7 @@ def run_compile(args: argparse.Namespace) -> int:
     from ..progress import bar
     from .compiler import compile_hot_path
 
-    with bar(f"compiling {len(native.MODULES)} modules with mypyc (about 2 min)", total=None, unit="modules"):
+    with bar(f"compiling {len(native.MODULES)} modules with mypyc (1-2 min)", total=None, unit="modules"):
         manifest = compile_hot_path(Path(args.log) if args.log else None)
     state = native.check(ignore_env=True)
     if not state.active:  # built, yet not usable: say so rather than claim success

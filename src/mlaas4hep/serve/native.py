@@ -16,8 +16,8 @@ Python's own that loads those extensions instead of the ``.py`` files, but
 only when they were built by this Python from the sources now on disk: each
 compiled module's SHA-256, and one digest of every source of ``mlaas4hep.serve``
 and of the package's top-level modules (the types the compiled code checks come
-from them). The build's shared library, which holds the code of all the
-modules, is loaded at once, so a process runs one build. Otherwise every module
+from them). The build's shared libraries (:data:`GROUPS`), which hold the code
+of all the modules, are loaded at once, so a process runs one build. Otherwise every module
 stays interpreted, never a mix, and :func:`state` says why. The same code runs
 either way (compiled, it checks its type annotations at run time); the compiled
 one costs less CPU per request. ``MLAAS4HEP_COMPILED=0`` turns it off.
@@ -57,6 +57,16 @@ MODULES = (
     "tensors",
     "v2",
 )
+#: The modules in groups, each built into a shared library of its own, the groups side by side (on
+#: 2 cores the whole build takes 105 s instead of 150): the gRPC wire front end with the metrics, and
+#: the rest. Calls within a group may be inlined; a request crosses groups a few times.
+GROUPS = (
+    ("grpc_server", "grpccall", "grpcframes", "grpcwire", "h2credit", "h2limits", "metrics"),
+    ("batching", "bodytimer", "dataplane", "fastpath", "http", "httpfront", "httpproto", "intake")
+    + ("tensors", "v2"),
+)
+#: Each group's shared library is the module ``<name>__mypyc``.
+GROUP_NAMES = ("mlaas4hep_grpc_metrics", "mlaas4hep_core")
 PACKAGE = "mlaas4hep.serve"
 HERE = Path(__file__).resolve().parent
 #: Where ``mlaas4hep compile`` puts its builds, and the manifest of the current one.
@@ -138,12 +148,9 @@ def check(folder: Path = COMPILED, ignore_env: bool = False) -> State:
         )
     where = folder / str(built.get("build", ""))
     sizes = built.get("sizes", {})
-    wrong = [
-        f
-        for f in [*built.get("files", {}).values(), built.get("runtime", "")]
-        if _size(where / f) != sizes.get(f)
-    ]
-    if wrong or len(built.get("files", {})) != len(MODULES):
+    runtimes = built.get("runtimes", [])
+    wrong = [f for f in [*built.get("files", {}).values(), *runtimes] if _size(where / f) != sizes.get(f)]
+    if wrong or len(built.get("files", {})) != len(MODULES) or not runtimes:
         return State(False, f"{where} lacks {', '.join(wrong) or 'modules'}: run `mlaas4hep compile`", built)
     return State(True, f"compiled by mypyc {built.get('mypy', '?')} ({len(MODULES)} modules)", built)
 
@@ -180,20 +187,26 @@ def install(folder: Path = COMPILED) -> State:
         else:
             built = state.built
             where = folder / built["build"]
-            runtime = Path(built["runtime"]).name.split(".")[0]
             try:  # the code of every module: loaded now, so that this process runs this build
-                spec = importlib.util.spec_from_file_location(runtime, where / built["runtime"])
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                sys.modules[runtime] = module
+                for runtime in built["runtimes"]:
+                    _load_runtime(where / runtime)
             except (ImportError, OSError, AssertionError) as err:
-                state = State(False, f"cannot load {where / built['runtime']}: {err}", built)
+                state = State(False, f"cannot load {where}: {err}", built)
             else:
                 paths = {f"{PACKAGE}.{m}": where / f for m, f in built["files"].items()}
                 sys.meta_path.insert(0, _Finder(paths))
     _state = state
     return state
+
+
+def _load_runtime(path: Path) -> None:
+    """A group's shared library, as the module its extensions import (``<group>__mypyc``)."""
+    name = path.name.split(".")[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
 
 
 def state() -> State:
