@@ -103,9 +103,7 @@ def _build(log: Path | None, mypy_version: str) -> dict[str, object]:
         _copy_sources(work)
         digests = {m: native.source_hash(work / "mlaas4hep/serve" / f"{m}.py") for m in native.MODULES}
         depends = native.dependencies_hash(work / "mlaas4hep")
-        groups = [
-            ([f"mlaas4hep/serve/{m}.py" for m in g], n) for g, n in zip(native.GROUPS, native.GROUP_NAMES)
-        ]
+        groups = [([f"mlaas4hep/serve/{m}.py" for m in ms], name) for name, ms in native.GROUPS.items()]
         (work / "setup.py").write_text(SETUP.format(groups=groups))
         log_path = log or work / "compile.log"
         jobs = max(1, min(len(groups), os.cpu_count() or 1))  # the groups' C compiles side by side
@@ -119,7 +117,7 @@ def _build(log: Path | None, mypy_version: str) -> dict[str, object]:
             )
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]  # .cpython-311-x86_64-linux-gnu.so
         files = {m: f"{m}{suffix}" for m in native.MODULES}
-        runtimes = [f"{n}__mypyc{suffix}" for n in native.GROUP_NAMES]
+        runtimes = [f"{name}__mypyc{suffix}" for name in native.GROUPS]
         built = all((work / r).is_file() for r in runtimes) and all(
             (work / "mlaas4hep/serve" / f).is_file() for f in files.values()
         )

@@ -345,7 +345,9 @@ def usable_cpus(
     """The CPUs this process may use, as ``--workers auto`` counts them: its CPU affinity, capped by
     the CPU quota of its cgroup or any cgroup above it (a container's ``--cpus``, a Kubernetes
     pod's ``limits.cpu``; cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), rounded up."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from ..io.executor import default_workers  # the CPU affinity (io is imported once serving anyway)
+
+    n = default_workers()
     quotas = [q for q in map(_cpu_quota, _cgroup_dirs(cgroup_root, proc_cgroup)) if q is not None]
     if quotas:
         n = min(n, math.ceil(min(quotas)))
