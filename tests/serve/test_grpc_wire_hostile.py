@@ -551,3 +551,81 @@ def _complete(data: bytes) -> int:
     while len(data) - i >= 9 and len(data) - i >= 9 + int.from_bytes(data[i : i + 3], "big"):
         i += 9 + int.from_bytes(data[i : i + 3], "big")
     return i
+
+
+def reply_of(s: socket.socket, sid: int, timeout: float = 10.0) -> tuple[bytes, list]:
+    """(the reply message, every frame) of call ``sid``: read until its trailers."""
+    s.settimeout(timeout)
+    data, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data += s.recv(1 << 20)
+        whole, view = b"", memoryview(data)
+        while len(view) >= 9 and len(view) >= 9 + int.from_bytes(view[:3], "big"):
+            whole += view[: 9 + int.from_bytes(view[:3], "big")]
+            view = view[9 + int.from_bytes(view[:3], "big") :]
+        frames = frames_of(whole)
+        if any(
+            isinstance(f, hyperframe.HeadersFrame) and f.stream_id == sid and "END_STREAM" in f.flags
+            for f in frames
+        ):
+            body = b"".join(
+                f.data for f in frames if isinstance(f, hyperframe.DataFrame) and f.stream_id == sid
+            )
+            return body[5:], frames
+    raise AssertionError(f"no reply in {timeout} s")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_request_in_pieces_of_every_size_is_read_whole(server, tth_bundle, seed):
+    """DATA frames cut anywhere by TCP (headers split, a padded frame, an empty last frame): the same scores."""
+    rng = random.Random(seed)
+    width = tth_bundle.x.shape[1]
+    rows = min(len(tth_bundle.x), 60_000 // (4 * width))  # within the stream's first window
+    x = np.ascontiguousarray(tth_bundle.x[:rows], dtype=np.float32)
+    req = pb.ModelInferRequest(model_name="tth")
+    req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.tobytes())
+    msg = message(req.SerializeToString())
+    cuts = sorted(rng.sample(range(1, len(msg)), 2))
+    a, b, c = msg[: cuts[0]], msg[cuts[0] : cuts[1]], msg[cuts[1] :]
+    pad = rng.randrange(1, 40)
+    stream = (
+        frame(HEADERS, END_HEADERS, 1, request_headers(hpack.Encoder()))
+        + frame(DATA, 0, 1, a)
+        + frame(DATA, 0x8, 1, bytes((pad,)) + b + bytes(pad))  # PADDED
+        + frame(DATA, 0, 1, c)
+        + frame(DATA, END_STREAM, 1)
+    )
+    s = connect(server)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pos = 0
+    while pos < len(stream):
+        n = rng.choice((1, 2, 5, 9, 10, 100, 1000, 5000, 20000))
+        s.sendall(stream[pos : pos + n])
+        pos += n
+        if rng.random() < 0.3:
+            time.sleep(0.001)  # so the server reads it in many pieces
+    body, frames = reply_of(s, 1)
+    s.close()
+    r = pb.ModelInferResponse.FromString(body)
+    y = np.frombuffer(r.raw_output_contents[0], np.float32).reshape(rows, -1)
+    np.testing.assert_allclose(y, tth_bundle.oracle.score(x), atol=ATOL)
+    assert not any(isinstance(f, (hyperframe.GoAwayFrame, hyperframe.RstStreamFrame)) for f in frames)
+
+
+def test_the_grant_is_what_the_message_needs_beyond_its_window(server):
+    """A message's prefix arrives in the first bytes of a frame: the stream is granted exactly the rest."""
+    length = 200_000
+    s = connect(server)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    first = b"\x00" + struct.pack(">I", length) + bytes(95)
+    head = frame(DATA, 0, 1, first + bytes(16384 - len(first)))[: 9 + len(first)]  # the frame's start only
+    s.sendall(frame(HEADERS, END_HEADERS, 1, request_headers(hpack.Encoder())) + head)
+    time.sleep(0.3)
+    s.settimeout(5)
+    frames = frames_of(s.recv(1 << 16))
+    s.close()
+    grants = [
+        f.window_increment for f in frames if isinstance(f, hyperframe.WindowUpdateFrame) and f.stream_id == 1
+    ]
+    assert grants == [length + 5 - 65535]

@@ -223,7 +223,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         # reading the metadata costs a few µs per call: only when the server checks it
         credentials = _credentials(context) if self.plane.auth.private else None
         with self.plane.admitted():  # counted from its arrival, for the batchers
-            req, raw = decode_request(request)
+            # the wire front end took the raw tensors out of the message undecoded (.rawcontents)
+            req, raw = decode_request(request, getattr(context, "raw", None))
             return encode_result(await self.plane.infer(req, credentials), raw)
 
     # ------------------------------------------------------------ repository extension
@@ -261,28 +262,27 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 # ------------------------------------------------------------------ tensors
-def decode_request(request: Any) -> tuple[InferRequest, bool]:
+def decode_request(request: Any, blobs: list[memoryview] | None = None) -> tuple[InferRequest, bool]:
     """The data plane's request from a ``ModelInferRequest``, and whether its tensors came as raw bytes.
 
-    Only the protocol is checked here (datatypes, sizes, duplicates); what the
-    model takes is checked by the data plane, as over HTTP.
+    ``blobs``: its ``raw_input_contents`` when they were taken out of the message before
+    decoding (:mod:`.rawcontents`). Only the protocol is checked here (datatypes, sizes,
+    duplicates); what the model takes is checked by the data plane, as over HTTP.
     """
     if not request.inputs:
         raise InvalidRequest("the request has no inputs")
-    raw = len(request.raw_input_contents) > 0
-    if raw and len(request.raw_input_contents) != len(request.inputs):
+    contents: Any = request.raw_input_contents if blobs is None else blobs
+    raw = len(contents) > 0
+    if raw and len(contents) != len(request.inputs):
         raise InvalidRequest(
-            f"raw_input_contents holds {len(request.raw_input_contents)} tensors "
-            f"for {len(request.inputs)} inputs",
+            f"raw_input_contents holds {len(contents)} tensors for {len(request.inputs)} inputs",
         )
     tensors: dict[str, Any] = {}
     for i, t in enumerate(request.inputs):
         if t.name in tensors:
             raise InvalidRequest(f"input {t.name!r} appears twice")
         shape = _shape(t)
-        tensors[t.name] = (
-            _raw_tensor(t, shape, request.raw_input_contents[i]) if raw else _typed_tensor(t, shape)
-        )
+        tensors[t.name] = _raw_tensor(t, shape, contents[i]) if raw else _typed_tensor(t, shape)
     outputs = [o.name for o in request.outputs] or None
     return InferRequest(request.model_name, tensors, request.model_version or None, outputs, request.id), raw
 
@@ -294,7 +294,7 @@ def _shape(t: Any) -> list[int]:
     return shape
 
 
-def _raw_tensor(t: Any, shape: list[int], blob: bytes) -> np.ndarray:
+def _raw_tensor(t: Any, shape: list[int], blob: bytes | memoryview) -> np.ndarray:
     dtype = DTYPES.get(t.datatype)
     if dtype is None:
         raise InvalidRequest(f"input {t.name!r}: unsupported datatype {t.datatype!r}")

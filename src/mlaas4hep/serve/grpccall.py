@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from ._proto import grpc_service_pb2 as pb
 from .h2limits import parse_timeout
+from .rawcontents import split_raw
 
 SERVICE = "/inference.GRPCInferenceService/"
 
@@ -32,11 +33,12 @@ class Context:
     the status here for the reply.
     """
 
-    __slots__ = ("_headers", "code", "details")
+    __slots__ = ("_headers", "code", "details", "raw")
 
-    def __init__(self, headers: list[tuple[str, str]]):
+    def __init__(self, headers: list[tuple[str, str]], raw: list[memoryview] | None = None):
         self._headers = headers
         self.code, self.details = grpc.StatusCode.UNKNOWN, ""
+        self.raw = raw  # a ModelInferRequest's raw_input_contents, taken out before decoding (.rawcontents)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple((k, v) for k, v in self._headers if not k.startswith(":"))
@@ -66,7 +68,7 @@ class Methods:
 async def unary(
     methods: Methods,
     headers: list[tuple[str, str]],
-    body: bytes,
+    body: bytes | memoryview,
     max_message: int,
     hold: Callable[[int], bool] | None = None,
 ) -> tuple[int, str, bytes]:
@@ -87,7 +89,7 @@ async def unary(
     if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
         return grpc.StatusCode.INTERNAL.value[0], "the request is not one gRPC message", b""
     cls, fn = method
-    data, code, message = body[5:], 0, ""
+    data: bytes | memoryview = memoryview(body)[5:]
     if body[0]:
         data, code, message = _inflate(headers, data, max_message)
         if code:
@@ -97,7 +99,12 @@ async def unary(
                 f"the connection's calls in flight hold too many bytes to decompress {len(data)} more; retry"
             )
             return grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], msg, b""
-    body = b""  # the frame is done with: free it before decoding (mypyc cannot del an argument)
+    body = b""  # a compressed message's frame is done with: freed (mypyc cannot del an argument)
+    raw: list[memoryview] | None = None
+    if cls is pb.ModelInferRequest:
+        split = split_raw(memoryview(data))
+        if split is not None:
+            data, raw = split
     try:
         request = cls.FromString(data)
     except (
@@ -110,7 +117,7 @@ async def unary(
             b"",
         )
     del data
-    ctx = Context(headers)
+    ctx = Context(headers, raw)
     seconds = parse_timeout(timeout) if timeout else None
     try:
         out = await (fn(request, ctx) if seconds is None else _within(seconds, fn(request, ctx)))
@@ -121,7 +128,9 @@ async def unary(
     return 0, "", out.SerializeToString()
 
 
-def _inflate(headers: list[tuple[str, str]], data: bytes, max_message: int) -> tuple[bytes, int, str]:
+def _inflate(
+    headers: list[tuple[str, str]], data: bytes | memoryview, max_message: int
+) -> tuple[bytes, int, str]:
     """A compressed message's bytes (gzip or deflate, as ``grpc-encoding`` says), within the limit."""
     enc = next((v for k, v in headers if k == "grpc-encoding"), "identity")
     if enc not in ("gzip", "deflate"):

@@ -19,7 +19,9 @@ gRPC clients do without TLS; TLS stays with grpcio):
 
 * frames: ``SETTINGS`` (acknowledged; the client's window and frame size are
   honoured), ``PING`` (answered: gRPC clients measure bandwidth with them),
-  ``HEADERS`` + ``CONTINUATION``, ``DATA`` (padding stripped), ``WINDOW_UPDATE``,
+  ``HEADERS`` + ``CONTINUATION``, ``DATA`` (padding stripped; an unpadded frame's payload
+  is handed on as it arrives, as views of the reads, and copied once, when the message is
+  whole), ``WINDOW_UPDATE``,
   ``RST_STREAM`` (the call is cancelled), ``GOAWAY``; others are ignored;
 * header compression with the ``hpack`` package. A client sends the same
   headers on every call, after the first as one-byte references to its
@@ -96,6 +98,16 @@ from .intake import Intake
 log = logging.getLogger("mlaas4hep.serve")
 
 
+def _head(b: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, int, int]:
+    """(length, type, flags, stream) of the frame header at ``pos``."""
+    return (
+        (b[pos] << 16) | (b[pos + 1] << 8) | b[pos + 2],
+        b[pos + 3],
+        b[pos + 4],
+        (HEAD.unpack_from(b, pos + 5)[0] & 0x7FFFFFFF),
+    )
+
+
 class WireProtocol(asyncio.Protocol):
     """One HTTP/2 connection of ``server`` carrying unary gRPC calls to its methods, within its limits."""
 
@@ -103,7 +115,10 @@ class WireProtocol(asyncio.Protocol):
         self.methods, self.max_message, self.conns = server.methods, server.max_message, server.conns
         self.limits = limits = server.limits
         self.counted = server.counted  # told of each call whose message stopped arriving
-        self.buf = bytearray()
+        self.buf = bytearray()  # a frame's header, or a frame other than unpadded DATA, not yet whole
+        self.into = 0  # bytes of a DATA frame's payload still to come (handed on as they come)
+        self.into_flags = self.into_sid = 0
+        self.into_stream: Stream | None = None  # where they go (None: dropped)
         self.preface = False
         self.streams: dict[int, Stream] = {}
         # Any: hpack's types say bytes, it gives str (compiled code checks the types it is told)
@@ -223,33 +238,76 @@ class WireProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.failed:
             return
-        buf = self.buf
-        buf += data
         if not self.preface:
+            buf = self.buf
+            buf += data
             if len(buf) < len(PREFACE):
                 if not PREFACE.startswith(bytes(buf)):
                     self._fail(PROTOCOL_ERROR, "not HTTP/2")
                 return
             if buf[: len(PREFACE)] != PREFACE:
                 return self._fail(PROTOCOL_ERROR, "not HTTP/2 (a gRPC client, or HTTP/1 on the gRPC port?)")
-            del buf[: len(PREFACE)]
+            data = bytes(buf[len(PREFACE) :])
+            buf.clear()
             self.preface = True
             if self.timer is not None:
                 self.timer.cancel()
-        pos, end = 0, len(buf)
-        while end - pos >= 9 and not self.closing:
-            n = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while pos < end and not self.closing:
+            if self.into:  # the rest of a DATA frame's payload: handed on as it comes, not buffered
+                take = min(self.into, end - pos)
+                self._data_piece(view[pos : pos + take], end)
+                pos += take
+            elif self.buf:
+                pos = self._carried(view, pos, end)
+            else:
+                if end - pos < 9:
+                    self.buf += view[pos:end]
+                    return
+                n, kind, flags, sid = _head(view, pos)
+                if n > MAX_FRAME:
+                    return self._fail(FRAME_SIZE_ERROR, f"a frame of {n} bytes")
+                if kind == DATA and not flags & PADDED:
+                    pos += 9
+                    self._data_start(flags, sid, n)
+                elif end - pos < 9 + n:
+                    self.buf += view[pos:end]
+                    return
+                else:
+                    payload = bytes(view[pos + 9 : pos + 9 + n])
+                    pos += 9 + n
+                    self._frame(kind, flags, sid, payload)
+
+    def _carried(self, view: memoryview, pos: int, end: int) -> int:
+        """Complete the frame begun in ``buf`` from ``view[pos:end]``; the position after what it took.
+
+        Only a frame's header, and frames other than unpadded DATA, are buffered.
+        """
+        buf = self.buf
+        if len(buf) < 9:
+            take = min(9 - len(buf), end - pos)
+            buf += view[pos : pos + take]
+            pos += take
+            if len(buf) < 9:
+                return pos
+            n, kind, flags, sid = _head(buf, 0)
             if n > MAX_FRAME:
-                return self._fail(FRAME_SIZE_ERROR, f"a frame of {n} bytes")
-            if end - pos < 9 + n:
-                break
-            kind, flags = buf[pos + 3], buf[pos + 4]
-            sid = HEAD.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
-            payload = bytes(buf[pos + 9 : pos + 9 + n])
-            pos += 9 + n
+                self._fail(FRAME_SIZE_ERROR, f"a frame of {n} bytes")
+                return end
+            if kind == DATA and not flags & PADDED:
+                buf.clear()
+                self._data_start(flags, sid, n)
+                return pos
+        n, kind, flags, sid = _head(buf, 0)
+        take = min(9 + n - len(buf), end - pos)
+        buf += view[pos : pos + take]
+        pos += take
+        if len(buf) == 9 + n:
+            payload = bytes(buf[9:])
+            buf.clear()
             self._frame(kind, flags, sid, payload)
-        if not self.failed:
-            del buf[:pos]
+        return pos
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self.pending is not None and kind != CONTINUATION:
@@ -438,33 +496,73 @@ class WireProtocol(asyncio.Protocol):
             self.counted()
         return any(s.task is None for s in self.streams.values())
 
+    def _data_start(self, flags: int, sid: int, n: int) -> None:
+        """A DATA frame of ``n`` bytes begins: count them now; its payload follows (:meth:`_data_piece`)."""
+        self.into, self.into_flags, self.into_sid = n, flags, sid
+        self.into_stream = self._data_head(flags, sid, n)
+        if n == 0:
+            self._data_end()
+
+    def _data_piece(self, piece: memoryview, read: int) -> None:
+        """The next ``piece`` of the DATA frame's payload, out of a read of ``read`` bytes."""
+        self.into -= len(piece)
+        s = self.into_stream
+        # a view pins the read it is of: kept only when it is most of it, so a connection holds
+        # about the bytes flow control counts (h2credit), not many reads for a few bytes each
+        if (
+            s is not None
+            and self.streams.get(self.into_sid) is s
+            and s.task is None
+            and not self._append(self.into_sid, s, piece if 4 * len(piece) >= 3 * read else bytes(piece))
+        ):
+            self.into_stream = None
+        if self.into == 0:
+            self._data_end()
+
+    def _data_end(self) -> None:
+        s, self.into_stream = self.into_stream, None
+        sid = self.into_sid
+        if s is not None and self.into_flags & END_STREAM and self.streams.get(sid) is s and s.task is None:
+            self._dispatch(sid, s)
+
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
+        """A padded DATA frame, whole (others are handed on as they come)."""
         n = len(payload)
-        if sid == 0 or sid > self.last_stream:
-            return self._fail(PROTOCOL_ERROR, f"DATA on {'stream 0' if sid == 0 else f'idle stream {sid}'}")
-        if not self.credit.received(n):
-            return self._fail(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
-        if n == 0 and not flags & END_STREAM and not self._flood("empty DATA"):
+        s = self._data_head(flags, sid, n)
+        if s is None:
             return
+        if not payload or payload[0] >= n:
+            return self._fail(PROTOCOL_ERROR, "bad padding")
+        if self._append(sid, s, payload[1 : n - payload[0]]) and flags & END_STREAM:
+            self._dispatch(sid, s)
+
+    def _data_head(self, flags: int, sid: int, n: int) -> Stream | None:
+        """Count a DATA frame of ``n`` bytes (flow control); the stream its payload goes to, if any."""
+        if sid == 0 or sid > self.last_stream:
+            self._fail(PROTOCOL_ERROR, f"DATA on {'stream 0' if sid == 0 else f'idle stream {sid}'}")
+            return None
+        if not self.credit.received(n):
+            self._fail(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
+            return None
+        if n == 0 and not flags & END_STREAM and not self._flood("empty DATA"):
+            return None
         s = self.streams.get(sid)
         if s is None or s.task is not None:
             self.credit.give_window(n)  # a cancelled or finished stream: only the window counts
-            return
+            return None
         s.received += n
         if s.received > s.need:
             self.credit.give_window(n)
-            return self._reset(sid, FLOW_CONTROL_ERROR)
-        if flags & PADDED:
-            if not payload or payload[0] >= n:
-                return self._fail(PROTOCOL_ERROR, "bad padding")
-            payload = payload[1 : n - payload[0]]
+            self._reset(sid, FLOW_CONTROL_ERROR)
+            return None
+        return s
+
+    def _append(self, sid: int, s: Stream, piece: bytes | memoryview) -> bool:
+        """Add ``piece`` to stream ``sid``'s message; False: the message was refused (too large)."""
         before = s.size
-        s.size += len(payload)
-        s.body.append(payload)
-        if before < 5 <= s.size and not self._prefix(sid, s):
-            return
-        if flags & END_STREAM:
-            self._dispatch(sid, s)
+        s.size += len(piece)
+        s.body.append(piece)
+        return not (before < 5 <= s.size) or self._prefix(sid, s)
 
     def _prefix(self, sid: int, s: Stream) -> bool:
         """The message's length is known: refuse it, or grant its stream the window it needs."""
@@ -476,7 +574,8 @@ class WireProtocol(asyncio.Protocol):
             if self.transport is not None:  # stop sending: the answer is given (gRPC over HTTP/2)
                 self._send(frame(RST_STREAM, 0, sid, HEAD.pack(NO_ERROR)))
             return False
-        extra = (length + 5 - s.size) - (s.need - s.received)  # what the rest needs beyond its window
+        # what the rest needs beyond its window (the rest of a frame under way is counted in received)
+        extra = (length + 5 - s.size - self.into) - (s.need - s.received)
         if extra > 0:
             self.credit.ask(sid, extra)
         return True

@@ -59,7 +59,7 @@ class Stream:
             headers,
             window,
         )  # window: what we may still send on it
-        self.body: list[bytes] = []
+        self.body: list[bytes | memoryview] = []  # pieces: views of the reads they came in, or copies
         self.size = 0  # body bytes (padding stripped)
         self.received = 0  # DATA bytes as flow control counts them (padding included)
         self.need = STREAM_WINDOW  # what it may send: the first window, or its message once granted

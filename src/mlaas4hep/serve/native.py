@@ -50,6 +50,7 @@ GROUPS = {
         "h2credit",
         "h2limits",
         "metrics",
+        "rawcontents",
     ),
     "mlaas4hep_core": (
         "batching",
