@@ -629,3 +629,20 @@ def test_the_grant_is_what_the_message_needs_beyond_its_window(server):
         f.window_increment for f in frames if isinstance(f, hyperframe.WindowUpdateFrame) and f.stream_id == 1
     ]
     assert grants == [length + 5 - 65535]
+
+
+def test_data_between_headers_and_continuation_is_a_protocol_error(server, tth_bundle):
+    """RFC 9113 §6.10: a header block is contiguous; any other frame inside it ends the connection."""
+    enc = hpack.Encoder()
+    first = request_headers(enc)
+    block = request_headers(enc)
+    s = connect(server)
+    s.sendall(
+        frame(HEADERS, END_HEADERS, 1, first)  # stream 1 open, its message to come
+        + frame(HEADERS, 0, 3, block[:10])  # stream 3's block begins...
+        + frame(DATA, END_STREAM, 1, message(b""))  # ...a DATA frame of stream 1 inside it
+        + frame(CONTINUATION, END_HEADERS, 3, block[10:])
+    )
+    assert goaway(frames_of(read_all(s))) == (1, PROTOCOL_ERROR)
+    s.close()
+    still_serves(server, tth_bundle)

@@ -8,6 +8,7 @@ order) and refuses the same messages.
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -100,3 +101,22 @@ def test_damaged_messages_read_as_protobuf_reads_them(seed):
             data = bytearray(rng.randbytes(rng.randrange(60)))
         data = bytes(data)
         assert split_decoded(data) == decoded(data), data
+
+
+def test_a_key_protobuf_refuses_is_refused():
+    # field 7 with a 6-byte key: protobuf refuses keys longer than 5 bytes, so must the server
+    data = b"\x0a\x01x" + b"\xba\x80\x80\x80\x80\x00" + b"\x03abc"
+    assert decoded(data) is None
+    assert split_decoded(data) is None
+
+
+@pytest.mark.parametrize(
+    "field", [b"\x3a\x00", b"\x78\x00"], ids=["empty-raw-entries", "tiny-unknown-fields"]
+)
+def test_a_message_of_a_million_fields_is_left_to_protobuf(field):
+    """1 MiB of 2-byte fields (a 1 kB gzip): no view per field, the walk stops at MAX_FIELDS."""
+    data = field * 524_288
+    start = time.perf_counter()
+    assert split_raw(memoryview(data)) is None
+    assert time.perf_counter() - start < 0.5
+    assert split_decoded(data) == decoded(data)

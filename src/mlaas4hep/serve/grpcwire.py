@@ -98,6 +98,10 @@ from .intake import Intake
 log = logging.getLogger("mlaas4hep.serve")
 
 
+#: the smallest piece of a DATA frame kept as a view of its read (smaller ones are copied)
+VIEW_MIN = 4096
+
+
 def _head(b: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, int, int]:
     """(length, type, flags, stream) of the frame header at ``pos``."""
     return (
@@ -498,6 +502,8 @@ class WireProtocol(asyncio.Protocol):
 
     def _data_start(self, flags: int, sid: int, n: int) -> None:
         """A DATA frame of ``n`` bytes begins: count them now; its payload follows (:meth:`_data_piece`)."""
+        if self.pending is not None:
+            return self._fail(PROTOCOL_ERROR, "a frame between HEADERS and CONTINUATION")
         self.into, self.into_flags, self.into_sid = n, flags, sid
         self.into_stream = self._data_head(flags, sid, n)
         if n == 0:
@@ -507,15 +513,13 @@ class WireProtocol(asyncio.Protocol):
         """The next ``piece`` of the DATA frame's payload, out of a read of ``read`` bytes."""
         self.into -= len(piece)
         s = self.into_stream
-        # a view pins the read it is of: kept only when it is most of it, so a connection holds
-        # about the bytes flow control counts (h2credit), not many reads for a few bytes each
-        if (
-            s is not None
-            and self.streams.get(self.into_sid) is s
-            and s.task is None
-            and not self._append(self.into_sid, s, piece if 4 * len(piece) >= 3 * read else bytes(piece))
-        ):
-            self.into_stream = None
+        if s is not None and self.streams.get(self.into_sid) is s and s.task is None:
+            # a view pins the read it is of: kept only when it is large and most of that read, so
+            # a connection holds about the bytes flow control counts (h2credit); small pieces are
+            # gathered into one buffer, not kept as objects of a few bytes each
+            gather = len(piece) < VIEW_MIN or 4 * len(piece) < 3 * read
+            if not self._append(self.into_sid, s, piece, gather):
+                self.into_stream = None
         if self.into == 0:
             self._data_end()
 
@@ -550,18 +554,23 @@ class WireProtocol(asyncio.Protocol):
         if s is None or s.task is not None:
             self.credit.give_window(n)  # a cancelled or finished stream: only the window counts
             return None
-        s.received += n
-        if s.received > s.need:
-            self.credit.give_window(n)
+        if s.received + n > s.need:
+            self.credit.give_window(n)  # the stream's own bytes go back as it is reset
             self._reset(sid, FLOW_CONTROL_ERROR)
             return None
+        s.received += n
         return s
 
-    def _append(self, sid: int, s: Stream, piece: bytes | memoryview) -> bool:
-        """Add ``piece`` to stream ``sid``'s message; False: the message was refused (too large)."""
+    def _append(self, sid: int, s: Stream, piece: bytes | memoryview, gather: bool = False) -> bool:
+        """Add ``piece`` to stream ``sid``'s message (``gather``: copied into the buffer of small
+        pieces at its end); False: the message was refused (too large)."""
         before = s.size
         s.size += len(piece)
-        s.body.append(piece)
+        last = s.body[-1] if gather and s.body else None
+        if isinstance(last, bytearray):
+            last += piece
+        else:
+            s.body.append(bytearray(piece) if gather else piece)
         return not (before < 5 <= s.size) or self._prefix(sid, s)
 
     def _prefix(self, sid: int, s: Stream) -> bool:
@@ -607,7 +616,8 @@ class WireProtocol(asyncio.Protocol):
         s.task = asyncio.get_running_loop().create_task(self._call(sid, s))
 
     async def _call(self, sid: int, s: Stream) -> None:
-        body = s.body[0] if len(s.body) == 1 else b"".join(s.body)
+        one = s.body[0] if len(s.body) == 1 else None
+        body = one if isinstance(one, (bytes, memoryview)) else b"".join(s.body)
         s.body = []
         try:
             code, message, reply = await unary(self.methods, s.headers, body, self.max_message, s.hold)

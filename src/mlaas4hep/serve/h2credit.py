@@ -59,7 +59,8 @@ class Stream:
             headers,
             window,
         )  # window: what we may still send on it
-        self.body: list[bytes | memoryview] = []  # pieces: views of the reads they came in, or copies
+        # pieces: views of the reads they came in, or small ones gathered in a bytearray
+        self.body: list[bytes | bytearray | memoryview] = []
         self.size = 0  # body bytes (padding stripped)
         self.received = 0  # DATA bytes as flow control counts them (padding included)
         self.need = STREAM_WINDOW  # what it may send: the first window, or its message once granted

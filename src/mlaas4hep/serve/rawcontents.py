@@ -11,9 +11,10 @@ and returns the rest (a few hundred bytes) for protobuf to decode.
 ``np.frombuffer`` then reads the tensors in place.
 
 Protobuf's own decoding stays the judge of what is valid: a message whose top
-level this walk cannot read (a truncated field, a group, a varint past ten
-bytes) is left whole to it (:func:`split_raw` returns None), and gets the
-error it always got. Taking the entries out changes nothing else, since a
+level this walk cannot read (a truncated field, a group, a key longer than five
+bytes, a varint past ten) or that has more than :data:`MAX_FIELDS` top-level
+fields is left whole to it (:func:`split_raw` returns None), and gets the error
+it always got. Taking the entries out changes nothing else, since a
 repeated field's entries keep their order wherever they stand in the message.
 """
 
@@ -21,6 +22,9 @@ from __future__ import annotations
 
 #: ``raw_input_contents``'s key: field 7, length-delimited (wire type 2)
 RAW_KEY = (7 << 3) | 2
+#: top-level fields walked at most: a request has a few per input; more is left to protobuf,
+#: whose decoding costs less per field than a view does (a 1 kB gzip can hold a million)
+MAX_FIELDS = 1024
 
 
 def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
@@ -46,10 +50,14 @@ def split_raw(data: memoryview) -> tuple[bytes, list[memoryview]] | None:
     pos = kept = 0
     parts: list[memoryview] = []
     raws: list[memoryview] = []
+    fields = 0
     while pos < end:
+        fields += 1
+        if fields > MAX_FIELDS:
+            return None
         start = pos
         key, pos = _varint(data, pos, end)
-        if key < 0:
+        if key < 0 or pos - start > 5:  # protobuf refuses a key longer than 5 bytes
             return None
         wire = key & 7
         if wire == 0:
@@ -65,7 +73,8 @@ def split_raw(data: memoryview) -> tuple[bytes, list[memoryview]] | None:
             if length < 0 or length > end - pos:
                 return None
             if key == RAW_KEY:
-                parts.append(data[kept:start])
+                if start > kept:
+                    parts.append(data[kept:start])
                 raws.append(data[pos : pos + length])
                 kept = pos + length
             pos += length
