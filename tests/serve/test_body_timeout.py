@@ -338,3 +338,22 @@ def test_a_kept_alive_connection_may_idle_but_its_next_head_must_arrive_in_time(
     begun = time.monotonic()
     c.send(f"POST {INFER} HTTP/1.1\r\nHost: test\r\n".encode())  # and then nothing
     assert HEAD - EARLY <= _answered_408(c, begun) < HEAD + 1.0
+
+
+def test_a_slow_grpc_client_that_keeps_sending_one_frame_is_served(server, tth_bundle):
+    """A message in one DATA frame whose bytes come in 8 reads TIMEOUT/3 apart (2.7 TIMEOUTs): served."""
+    x = tth_bundle.x[:40]
+    a = H2(server.grpc_port)
+    sid = a.call(infer_request(x))
+    a.sock.sendall(a.c.data_to_send())  # the call's headers
+    message = a.left.pop(sid)
+    assert len(message) <= 16384  # one frame
+    a.c.send_data(sid, message, end_stream=True)
+    a.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for piece in np.array_split(np.frombuffer(a.c.data_to_send(), np.uint8), 8):
+        time.sleep(TIMEOUT / 3)
+        a.sock.sendall(piece.tobytes())
+    a.pump(10, lambda: sid in a.status)
+    assert a.status[sid]["grpc-status"] == "0", a.status[sid]
+    np.testing.assert_allclose(a.scores(sid, len(x)), tth_bundle.oracle.score(x), atol=ATOL)
+    a.sock.close()

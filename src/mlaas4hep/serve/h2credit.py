@@ -67,7 +67,7 @@ class Stream:
         self.extra = 0  # the part of ``need`` taken from the connection's budget
         self.taken = 0  # what its grant took from the server's intake
         self.task: asyncio.Task[None] | None = None
-        self.seen = -1  # ``received`` at the last check for a stalled message (-1: progress since)
+        self.seen = -1  # ``received + size`` at the last check for a stalled message (-1: progress since)
         self.idle = 0  # checks since its last DATA
 
     def hold(self, n: int) -> bool:
@@ -193,8 +193,9 @@ class Credit:
         for sid, s in self.streams.items():
             if s.task is not None:  # its message is complete
                 continue
-            if s.received != s.seen or sid in self.waiting:
-                s.seen, s.idle = s.received, 0
+            progress = s.received + s.size  # frames begun, and their bytes as they arrive
+            if progress != s.seen or sid in self.waiting:
+                s.seen, s.idle = progress, 0
             else:
                 s.idle += 1
                 if s.idle >= TICKS:

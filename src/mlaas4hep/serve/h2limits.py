@@ -35,7 +35,7 @@ Envoy and grpc-go bound theirs:
   opening a call in between, is told ``GOAWAY ENHANCE_YOUR_CALM``;
 * **idle** — a connection that has not sent the HTTP/2 preface within
   :attr:`Limits.preface_timeout` seconds is closed; a call whose message has
-  had no ``DATA`` for :attr:`Limits.body_timeout` seconds (``--body-timeout``;
+  had no byte for :attr:`Limits.body_timeout` seconds (``--body-timeout``;
   waiting for its grant does not count) is ended with ``DEADLINE_EXCEEDED``
   and ``RST_STREAM NO_ERROR``, and its grant goes back (:mod:`.bodytimer`).
 
