@@ -646,3 +646,23 @@ def test_data_between_headers_and_continuation_is_a_protocol_error(server, tth_b
     assert goaway(frames_of(read_all(s))) == (1, PROTOCOL_ERROR)
     s.close()
     still_serves(server, tth_bundle)
+
+
+def test_a_call_under_way_when_the_client_says_goaway_is_answered(server, tth_bundle):
+    """RFC 9113 §6.8: GOAWAY ends a connection gracefully; the calls already open finish."""
+    x = np.ascontiguousarray(tth_bundle.x[:20], dtype=np.float32)
+    req = pb.ModelInferRequest(model_name="tth")
+    req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.tobytes())
+    msg = message(req.SerializeToString())
+    s = connect(server)
+    s.sendall(frame(HEADERS, END_HEADERS, 1, request_headers(hpack.Encoder())) + frame(DATA, 0, 1, msg[:100]))
+    time.sleep(0.1)
+    s.sendall(frame(GOAWAY, 0, 0, struct.pack(">II", 0, NO_ERROR)))
+    time.sleep(0.1)
+    s.sendall(frame(DATA, END_STREAM, 1, msg[100:]))
+    frames = frames_of(read_all(s))  # the server closes the connection once the call is answered
+    s.close()
+    body = b"".join(f.data for f in frames if isinstance(f, hyperframe.DataFrame) and f.stream_id == 1)
+    y = np.frombuffer(pb.ModelInferResponse.FromString(body[5:]).raw_output_contents[0], np.float32)
+    np.testing.assert_allclose(y.reshape(len(x), -1), tth_bundle.oracle.score(x), atol=ATOL)

@@ -22,7 +22,8 @@ gRPC clients do without TLS; TLS stays with grpcio):
   ``HEADERS`` + ``CONTINUATION``, ``DATA`` (padding stripped; an unpadded frame's payload
   is handed on as it arrives, as views of the reads, and copied once, when the message is
   whole), ``WINDOW_UPDATE``,
-  ``RST_STREAM`` (the call is cancelled), ``GOAWAY``; others are ignored;
+  ``RST_STREAM`` (the call is cancelled), ``GOAWAY`` (the calls under way finish, then the
+  connection closes); others are ignored;
 * header compression with the ``hpack`` package. A client sends the same
   headers on every call, after the first as one-byte references to its
   dynamic table: such a block changes no table, so its decoding is cached by
@@ -147,6 +148,7 @@ class WireProtocol(asyncio.Protocol):
         self.closing = False
         self.failed = False  # told GOAWAY with an error: what it sends now is dropped
         self.draining = False  # told GOAWAY as the server stops: its calls finish, new ones are refused
+        self.peer_goaway = False  # the client said GOAWAY: the same, then the connection closes
         self.out: list[bytes] = []  # replies written together once the loop's ready callbacks ran
         self.timer: asyncio.TimerHandle | None = None
         # checks the incomplete messages (see .bodytimer)
@@ -358,10 +360,10 @@ class WireProtocol(asyncio.Protocol):
                 self.resets -= 1
                 if self.resets < 0:
                     self._calm("too many calls cancelled (rapid reset)")
-        elif kind == GOAWAY:
-            self.closing = True
-            if not self.streams and self.transport is not None:
-                self.transport.close()
+        elif kind == GOAWAY:  # the client ends the connection: its calls finish, then it closes
+            self.peer_goaway = True
+            if not self.streams:
+                self._write()  # what is answered leaves, then the connection closes
         # PRIORITY, PUSH_PROMISE (never from a client) and unknown frames: ignored
 
     def _flood(self, what: str) -> bool:
@@ -471,7 +473,7 @@ class WireProtocol(asyncio.Protocol):
                 if s is not None and s.task is None and flags & END_STREAM:
                     self._dispatch(sid, s)
             return
-        if self.draining:  # after our GOAWAY: a call the client may send again elsewhere
+        if self.draining or self.peer_goaway:  # after a GOAWAY: a call the client may send elsewhere
             self._put(frame(RST_STREAM, 0, sid, HEAD.pack(REFUSED_STREAM)))
             return
         self.last_stream = sid
@@ -649,7 +651,7 @@ class WireProtocol(asyncio.Protocol):
         out, self.out = self.out, []
         if out and self.transport is not None and not self.transport.is_closing() and not self.failed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        if self.closing and not self.streams and self.transport is not None:
+        if (self.closing or self.peer_goaway) and not self.streams and self.transport is not None:
             self.transport.close()
 
     def _reply(self, sid: int, code: int, message: str, reply: bytes) -> None:
@@ -710,7 +712,12 @@ class WireProtocol(asyncio.Protocol):
         if s is not None:
             self._release(sid, s)
             self.resets = min(self.resets + 1, self.limits.resets)  # an answered call earns a cancel back
-        if self.closing and not self.streams and not self.out and self.transport is not None:
+        if (
+            (self.closing or self.peer_goaway)
+            and not self.streams
+            and not self.out
+            and self.transport is not None
+        ):
             self.transport.close()  # the client said GOAWAY: its last call is answered
 
 
