@@ -272,11 +272,10 @@ class WireProtocol(asyncio.Protocol):
                     self.buf += view[pos:end]
                     return
                 n, kind, flags, sid = _head(view, pos)
-                if n > MAX_FRAME:
-                    return self._fail(FRAME_SIZE_ERROR, f"a frame of {n} bytes")
-                if kind == DATA and not flags & PADDED:
+                if self._begin(n, kind, flags, sid):
                     pos += 9
-                    self._data_start(flags, sid, n)
+                elif self.closing:
+                    return
                 elif end - pos < 9 + n:
                     self.buf += view[pos:end]
                     return
@@ -298,13 +297,11 @@ class WireProtocol(asyncio.Protocol):
             if len(buf) < 9:
                 return pos
             n, kind, flags, sid = _head(buf, 0)
-            if n > MAX_FRAME:
-                self._fail(FRAME_SIZE_ERROR, f"a frame of {n} bytes")
-                return end
-            if kind == DATA and not flags & PADDED:
+            if self._begin(n, kind, flags, sid):
                 buf.clear()
-                self._data_start(flags, sid, n)
                 return pos
+            if self.closing:
+                return end
         n, kind, flags, sid = _head(buf, 0)
         take = min(9 + n - len(buf), end - pos)
         buf += view[pos : pos + take]
@@ -315,9 +312,21 @@ class WireProtocol(asyncio.Protocol):
             self._frame(kind, flags, sid, payload)
         return pos
 
-    def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+    def _begin(self, n: int, kind: int, flags: int, sid: int) -> bool:
+        """A frame's header is read: True when its payload is handed on as it comes (an unpadded
+        DATA frame, now begun); False when the frame is to be read whole, or was refused."""
+        if n > MAX_FRAME:
+            self._fail(FRAME_SIZE_ERROR, f"a frame of {n} bytes")
+            return False
         if self.pending is not None and kind != CONTINUATION:
-            return self._fail(PROTOCOL_ERROR, "a frame between HEADERS and CONTINUATION")
+            self._fail(PROTOCOL_ERROR, "a frame between HEADERS and CONTINUATION")
+            return False
+        if kind == DATA and not flags & PADDED:
+            self._data_start(flags, sid, n)
+            return True
+        return False
+
+    def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if kind == DATA:
             self._data(flags, sid, payload)
         elif kind == HEADERS:
@@ -504,8 +513,6 @@ class WireProtocol(asyncio.Protocol):
 
     def _data_start(self, flags: int, sid: int, n: int) -> None:
         """A DATA frame of ``n`` bytes begins: count them now; its payload follows (:meth:`_data_piece`)."""
-        if self.pending is not None:
-            return self._fail(PROTOCOL_ERROR, "a frame between HEADERS and CONTINUATION")
         self.into, self.into_flags, self.into_sid = n, flags, sid
         self.into_stream = self._data_head(flags, sid, n)
         if n == 0:
