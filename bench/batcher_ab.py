@@ -16,6 +16,11 @@ says req/s: single rows), p50/p99, the server's CPU per request of the measured 
 model's work), the measured model's mean batch size
 (``/metrics``), and the load average; then the medians and the ratio of each
 tree to the first.
+
+``--rtt-ms 1`` puts a proxy that delays every byte by half that each way
+(``bench/_delayproxy.py``) between perf_analyzer and the server: a network's
+round trip, which loopback does not have (the CPU the proxy takes is the
+same for every tree).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -45,6 +51,7 @@ POINTS = {
     "grpc1000": ("grpc", 4, 1000),  # 1000-row requests, 4 clients
     "http1000": ("http", 4, 1000),
     "beside1000": ("grpc", 1, 1000),  # 1 client of 1000-row requests while another model serves single rows
+    "grpc1000x1": ("grpc", 1, 1000),  # 1000-row requests, one client: a call's latency
 }
 #: The points measured while perf_analyzer's clients (this many, single rows over HTTP) load a second model.
 BESIDE = {"beside1000": 8}
@@ -64,6 +71,9 @@ def main() -> None:
         action="append",
         default=[],
         help="LABEL=VAR=VALUE: an environment variable of one build's server (e.g. MLAAS4HEP_COMPILED=0)",
+    )
+    p.add_argument(
+        "--rtt-ms", type=float, default=0.0, help="a network's round trip between client and server"
     )
     a = p.parse_args()
     pa = perf_analyzer()
@@ -107,10 +117,11 @@ def main() -> None:
                 try:
                     url = f"127.0.0.1:{grpc_port}" if proto == "grpc" else srv.url.removeprefix("http://")
                     beside = _load_beside(pa, srv, BESIDE[point]) if point in BESIDE else None
-                    run_pa(pa, proto, url, conns, 1.0, batch)  # warm-up
-                    c0, n0, b0 = _cpu(srv.proc.pid), _served(srv), srv.batches()
-                    m = run_pa(pa, proto, url, conns, a.seconds, batch)
-                    c1, n1, b1 = _cpu(srv.proc.pid), _served(srv), srv.batches()
+                    with _delayed(url, a.rtt_ms) as url:
+                        run_pa(pa, proto, url, conns, 1.0, batch)  # warm-up
+                        c0, n0, b0 = _cpu(srv.proc.pid), _served(srv), srv.batches()
+                        m = run_pa(pa, proto, url, conns, a.seconds, batch)
+                        c1, n1, b1 = _cpu(srv.proc.pid), _served(srv), srv.batches()
                 finally:
                     if beside is not None:
                         beside.kill()
@@ -144,6 +155,32 @@ def main() -> None:
                 f"| {point} | {label} | {rps:,.0f} | {rps / base:.2f}× | {med('p50_ms')} | {med('p99_ms')} "
                 f"| {cpu:.0f} |"
             )
+
+
+@contextmanager
+def _delayed(url: str, rtt_ms: float):
+    """``url`` itself, or (``rtt_ms`` > 0) the address of a delay proxy in front of it."""
+    if rtt_ms <= 0:
+        yield url
+        return
+    port = free_port()
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("_delayproxy.py")),
+            str(port),
+            url.rsplit(":", 1)[1],
+            str(rtt_ms / 2),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+        yield f"127.0.0.1:{port}"
+    finally:
+        proxy.kill()
+        proxy.wait()
 
 
 def _load_beside(pa: tuple[str, dict], srv: Server, clients: int) -> subprocess.Popen:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import socket
 import struct
 import time
@@ -18,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from .conftest import repo_of
+from .conftest import HTTP, repo_of
 from .oracle import ATOL
 
 grpc = pytest.importorskip("grpc")
@@ -132,6 +133,14 @@ def goaway(frames) -> tuple[int, int]:
     return frames[-1].last_stream_id, frames[-1].error_code
 
 
+def pending(srv) -> float:
+    """The request bytes the server's intake counts now (its metric)."""
+    text = HTTP.get(srv.url + "/metrics").text
+    found = re.search(r"^mlaas4hep_request_bytes_pending (\S+)$", text, re.M)
+    assert found
+    return float(found.group(1))
+
+
 def still_serves(srv, tth_bundle) -> None:
     """Another client's call gets its score."""
     x = np.ascontiguousarray(tth_bundle.x[:3], dtype=np.float32)
@@ -207,7 +216,8 @@ def test_a_client_ignoring_flow_control_is_cut_off(server, tth_bundle):
         for i in range(300):
             sid = 2 * i + 1
             yield frame(HEADERS, END_HEADERS, sid, request_headers(enc))
-            yield frame(DATA, 0, sid, b"\x00" + struct.pack(">I", 2**20 - 5) + bytes(2**16 - 5))
+            # a message the default window holds (so the connection is not widened), and more
+            yield frame(DATA, 0, sid, b"\x00" + struct.pack(">I", 2**16 - 10) + bytes(2**16 - 5))
             for _ in range(3):
                 yield frame(DATA, 0, sid, bytes(2**16))
 
@@ -613,22 +623,124 @@ def test_a_request_in_pieces_of_every_size_is_read_whole(server, tth_bundle, see
     assert not any(isinstance(f, (hyperframe.GoAwayFrame, hyperframe.RstStreamFrame)) for f in frames)
 
 
-def test_the_grant_is_what_the_message_needs_beyond_its_window(server):
-    """A message's prefix arrives in the first bytes of a frame: the stream is granted exactly the rest."""
-    length = 200_000
-    s = connect(server)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _announce(s: socket.socket, sid: int, length: int, enc) -> None:
+    """Open call ``sid`` and send the start of a DATA frame holding its prefix (``length``) only."""
     first = b"\x00" + struct.pack(">I", length) + bytes(95)
-    head = frame(DATA, 0, 1, first + bytes(16384 - len(first)))[: 9 + len(first)]  # the frame's start only
-    s.sendall(frame(HEADERS, END_HEADERS, 1, request_headers(hpack.Encoder())) + head)
+    head = frame(DATA, 0, sid, first + bytes(16384 - len(first)))[: 9 + len(first)]  # the frame's start only
+    s.sendall(frame(HEADERS, END_HEADERS, sid, request_headers(enc)) + head)
+
+
+def _frames_soon(s: socket.socket) -> list:
     time.sleep(0.3)
     s.settimeout(5)
-    frames = frames_of(s.recv(1 << 16))
-    s.close()
-    grants = [
-        f.window_increment for f in frames if isinstance(f, hyperframe.WindowUpdateFrame) and f.stream_id == 1
+    return frames_of(s.recv(1 << 16))
+
+
+def _grants(frames, sid: int) -> list[int]:
+    return [
+        f.window_increment
+        for f in frames
+        if isinstance(f, hyperframe.WindowUpdateFrame) and f.stream_id == sid
     ]
-    assert grants == [length + 5 - 65535]
+
+
+def _widenings(frames) -> list[dict]:
+    return [f.settings for f in frames if isinstance(f, hyperframe.SettingsFrame) and "ACK" not in f.flags][
+        1:
+    ]
+
+
+def test_the_grant_is_what_the_message_needs_beyond_its_window(server):
+    """A message's prefix arrives in the first bytes of a frame, with 40 calls open (too many to
+    widen the connection): the stream is granted exactly the rest."""
+    length, enc = 200_000, hpack.Encoder()
+    s = connect(server)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"".join(frame(HEADERS, END_HEADERS, 2 * i + 3, request_headers(enc)) for i in range(39)))
+    _announce(s, 81, length, enc)
+    frames = _frames_soon(s)
+    s.close()
+    assert _widenings(frames) == []
+    assert _grants(frames, 81) == [length + 5 - 65535]
+
+
+@pytest.mark.parametrize(
+    ("length", "window", "streams", "grant"),
+    [
+        (200_000, 4 * 65535, 32, None),  # the widened window holds it: no grant
+        (2**20, 16 * 65535, 8, 2**20 + 5 - 16 * 65535),  # the widest window, and the rest granted
+    ],
+)
+def test_a_long_message_widens_its_connection(server, length, window, streams, grant):
+    """The first long message: one SETTINGS gives wider first windows and fewer streams, in the
+    same bytes as 128 x 64 KiB."""
+    s = connect(server)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _announce(s, 1, length, hpack.Encoder())
+    frames = _frames_soon(s)
+    s.close()
+    wide = hyperframe.SettingsFrame
+    assert _widenings(frames) == [{wide.MAX_CONCURRENT_STREAMS: streams, wide.INITIAL_WINDOW_SIZE: window}]
+    assert streams * window <= 128 * 65535
+    assert _grants(frames, 1) == ([] if grant is None else [grant])
+
+
+def test_a_widened_connection_sends_its_next_messages_whole(server, tth_bundle):
+    """After the first long call, the next ones go out whole at once (no grant to wait for), are
+    scored exactly, and the bounds still hold: a stream past the new limit is refused, a stream
+    past its wider window is reset."""
+    width = tth_bundle.x.shape[1]
+    rows = 200_000 // (4 * width)
+    x = np.ascontiguousarray(np.resize(tth_bundle.x, (rows, width)), dtype=np.float32)
+    req = pb.ModelInferRequest(model_name="tth")
+    req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.tobytes())
+    msg = message(req.SerializeToString())
+    assert 65535 < len(msg) <= 4 * 65535
+    enc = hpack.Encoder()
+    s = connect(server)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def call(sid: int, data: bytes = msg, end: int = END_STREAM) -> bytes:
+        frames = [frame(DATA, 0, sid, data[i : i + 16384]) for i in range(0, len(data), 16384)]
+        return (
+            frame(HEADERS, END_HEADERS, sid, request_headers(enc)) + b"".join(frames) + frame(DATA, end, sid)
+        )
+
+    s.sendall(call(1, msg[:65535], 0))  # what the default window lets it send; the rest on the grant
+    time.sleep(0.3)
+    s.sendall(frame(DATA, END_STREAM, 1, msg[65535:]))
+    body, frames = reply_of(s, 1)
+    assert _widenings(frames) == [{3: 32, 4: 4 * 65535}]  # MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE
+    s.sendall(frame(SETTINGS, 1, 0))  # ACK
+    for sid in (3, 5, 7):
+        s.sendall(call(sid))  # whole, at once
+        body, frames = reply_of(s, sid)
+        y = np.frombuffer(pb.ModelInferResponse.FromString(body).raw_output_contents[0], np.float32)
+        np.testing.assert_allclose(y.reshape(rows, -1), tth_bundle.oracle.score(x), atol=ATOL)
+    assert _grants(frames, 7) == []
+    # a message under way: what it takes of its wider window is counted in the server's intake
+    assert pending(server) == 0
+    s.sendall(call(9, msg[:1000], 0))
+    time.sleep(0.3)
+    assert pending(server) == len(msg) - 65535
+    s.sendall(frame(DATA, END_STREAM, 9, msg[1000:]))
+    reply_of(s, 9)
+    assert pending(server) == 0
+    # 32 calls open at once, whose messages do not come: a 33rd is refused
+    s.sendall(b"".join(frame(HEADERS, END_HEADERS, 11 + 2 * i, request_headers(enc)) for i in range(33)))
+    frames = _frames_soon(s)
+    assert [(f.stream_id, f.error_code) for f in frames if isinstance(f, hyperframe.RstStreamFrame)] == [
+        (11 + 2 * 32, REFUSED_STREAM)
+    ]
+    # one of them sends past its window: a message its window holds exactly, and one byte more
+    big = b"\x00" + struct.pack(">I", 4 * 65535 - 5) + bytes(4 * 65535 - 5) + b"!"
+    s.sendall(b"".join(frame(DATA, 0, 11, big[i : i + 16384]) for i in range(0, len(big), 16384)))
+    frames = _frames_soon(s)
+    s.close()
+    assert (11, FLOW_CONTROL_ERROR) in [
+        (f.stream_id, f.error_code) for f in frames if isinstance(f, hyperframe.RstStreamFrame)
+    ]
 
 
 def test_data_between_headers_and_continuation_is_a_protocol_error(server, tth_bundle):

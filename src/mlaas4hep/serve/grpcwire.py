@@ -18,7 +18,7 @@ What it implements of HTTP/2 (RFC 9113), cleartext with prior knowledge (what
 gRPC clients do without TLS; TLS stays with grpcio):
 
 * frames: ``SETTINGS`` (acknowledged; the client's window and frame size are
-  honoured), ``PING`` (answered: gRPC clients measure bandwidth with them),
+  honoured; ours widen the first windows of a connection sending long messages), ``PING`` (answered: gRPC clients measure bandwidth with them),
   ``HEADERS`` + ``CONTINUATION``, ``DATA`` (padding stripped; an unpadded frame's payload
   is handed on as it arrives, as views of the reads, and copied once, when the message is
   whole), ``WINDOW_UPDATE``,
@@ -487,7 +487,7 @@ class WireProtocol(asyncio.Protocol):
             return
         self.last_stream = sid
         self.control = 0
-        if len(self.streams) >= self.limits.max_streams:
+        if len(self.streams) >= self.credit.max_streams:
             self._put(frame(RST_STREAM, 0, sid, HEAD.pack(REFUSED_STREAM)))
             self.resets -= 1  # a refused stream cost a decoding: counted as a cancelled call
             if self.resets < 0:
@@ -592,6 +592,8 @@ class WireProtocol(asyncio.Protocol):
             if self.transport is not None:  # stop sending: the answer is given (gRPC over HTTP/2)
                 self._send(frame(RST_STREAM, 0, sid, HEAD.pack(NO_ERROR)))
             return False
+        self.credit.widen(length + 5)  # its next messages of this size: sent without a grant
+        self.credit.first_use(s, length + 5)
         # what the rest needs beyond its window (the rest of a frame under way is counted in received)
         extra = (length + 5 - s.size - self.into) - (s.need - s.received)
         if extra > 0:

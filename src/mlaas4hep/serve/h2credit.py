@@ -12,6 +12,10 @@ server opened, and the server opens more (``WINDOW_UPDATE``) as it sees fit.
   window (64 KiB) is granted the rest out of it, twice the message limit per
   connection; a compressed call takes its decompressed size from it while it
   runs (:meth:`Stream.hold`);
+* the **first window** and the **streams** a connection may open: the first
+  such message *widens* the connection (:meth:`Credit.widen`, within
+  :meth:`.h2limits.Limits.widened`): wider first windows, fewer streams, the
+  same bytes in all, so the next messages of its size need no grant;
 * the server's **intake** (:mod:`.intake`): a grant is also taken from the bound
   on all connections together.
 
@@ -27,10 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import struct
 from collections.abc import Callable
 
 from .bodytimer import TICKS
-from .grpcframes import HEAD, WINDOW_UPDATE, frame
+from .grpcframes import HEAD, SETTINGS, WINDOW_UPDATE, frame
 from .h2limits import STREAM_WINDOW, Limits
 from .intake import Intake, Ticket
 
@@ -63,7 +68,7 @@ class Stream:
         self.body: list[bytes | bytearray | memoryview] = []
         self.size = 0  # body bytes (padding stripped)
         self.received = 0  # DATA bytes as flow control counts them (padding included)
-        self.need = STREAM_WINDOW  # what it may send: the first window, or its message once granted
+        self.need = credit.first  # what it may send: the first window, or its message once granted
         self.extra = 0  # the part of ``need`` taken from the connection's budget
         self.taken = 0  # what its grant took from the server's intake
         self.task: asyncio.Task[None] | None = None
@@ -98,7 +103,7 @@ class Credit:
         send: Callable[[bytes], None],
         closing: Callable[[], bool],
     ):
-        self.intake, self.streams = intake, streams
+        self.intake, self.streams, self.limits = intake, streams, limits
         self._put, self._send, self._closing = put, send, closing
         self.window, self.refund_at = limits.connection_window(max_message)  # the connection's
         self.refund = 0  # bytes of finished calls not yet returned to the client
@@ -106,6 +111,38 @@ class Credit:
         self.waiting: dict[int, int] = {}  # stream -> the grant it waits for
         self.ticket: Ticket | None = None  # in the intake's line for the first waiting stream's grant
         self.ticket_sid = 0
+        self.first = STREAM_WINDOW  # a new stream's first window, once the client applies our SETTINGS
+        self.max_streams = limits.max_streams  # the streams it may have open at once
+
+    def widen(self, size: int) -> None:
+        """A message takes ``size`` bytes of DATA: give the connection's streams first windows that
+        hold it, and fewer streams at once (one ``SETTINGS``, once per connection).
+
+        Only while no more streams are open than the new limit: then their first windows together
+        stay within the connection's window, so every granted stream can still send its message.
+        And only while the intake has room for all the wider windows: what a message takes of them
+        is counted there (:meth:`first_use`). Open streams may send the difference at once (the
+        client applies it to them too); a stream the client opens past the new limit before it
+        reads it is refused.
+        """
+        if self.first != STREAM_WINDOW or size <= self.first or self._closing():
+            return
+        wide = self.limits.widened(size)
+        if wide is None or len(self.streams) > wide[1]:
+            return
+        if not self.intake.room(wide[1] * (wide[0] - STREAM_WINDOW)):
+            return
+        delta = wide[0] - self.first
+        self.first, self.max_streams = wide
+        self._put(frame(SETTINGS, 0, 0, struct.pack(">HIHI", 0x3, self.max_streams, 0x4, self.first)))
+        for s in self.streams.values():
+            s.need += delta
+        if self.waiting:  # what they wait for shrinks by as much: ask again
+            if self.ticket is not None:
+                self.intake.cancel(self.ticket)
+                self.ticket = None
+            self.waiting = {sid: e - delta for sid, e in self.waiting.items() if e > delta}
+            self.grant_waiting()
 
     def ask(self, sid: int, extra: int) -> None:
         """Stream ``sid``'s message needs ``extra`` bytes beyond its window: grant them now or in turn."""
@@ -128,6 +165,14 @@ class Credit:
                 return
             del self.waiting[sid]
             self._grant(sid, self.streams[sid], extra, n)
+
+    def first_use(self, s: Stream, size: int) -> None:
+        """Stream ``s``'s message takes ``size`` bytes of DATA: what it takes of a widened first
+        window beyond the default one is counted in the intake, without waiting (it may be on its way)."""
+        over = min(size, self.first) - STREAM_WINDOW
+        if over > 0:
+            self.intake.force(over)
+            s.taken += over
 
     def _intake_granted(self, sid: int, n: int) -> None:
         """The intake took ``n`` bytes for stream ``sid`` (called as another call gives bytes back)."""

@@ -10,6 +10,12 @@ Envoy and grpc-go bound theirs:
   says it is longer, the stream is granted the rest (``WINDOW_UPDATE``) out of
   the connection's *budget*, twice the server's message limit (``--max-body-mb``);
   a stream that does not fit waits until calls finish and give their grant back.
+  That grant costs the client a round trip per message; so a connection whose
+  messages are longer is *widened* (:meth:`Limits.widened`): one ``SETTINGS``
+  frame gives its streams a first window that holds such a message (up to 16
+  times the default, about 1 MiB) and lets it open proportionally fewer
+  streams at once, so that every stream's first window together stays the
+  same 128 x 64 KiB. Its next messages of that size are sent without waiting;
   The connection's window is that budget plus every stream's first window, and
   is refilled only as calls finish, so a connection never holds more request
   bytes than that (partial bodies and the messages the servicer still works
@@ -20,7 +26,8 @@ Envoy and grpc-go bound theirs:
   can be a whole message). A grant is also taken from the server's
   :mod:`.intake`, which bounds the request bytes of all connections together;
 * **streams** — :attr:`Limits.max_streams` at once (``SETTINGS_MAX_CONCURRENT_STREAMS``;
-  more: ``RST_STREAM REFUSED_STREAM``);
+  more: ``RST_STREAM REFUSED_STREAM``, which gRPC clients retry), fewer on a widened
+  connection;
 * **headers** — a header block (``HEADERS`` and its ``CONTINUATION`` frames) of
   :attr:`Limits.max_header_block` bytes, :attr:`Limits.max_header_list`
   decoded (``SETTINGS_MAX_HEADER_LIST_SIZE``, grpc's own 16 KiB), a 4 KiB
@@ -55,6 +62,8 @@ FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 6, 7, 9
 MAX_WINDOW = (1 << 31) - 1
 #: every stream's first window: HTTP/2's default, so it holds before the client has our SETTINGS
 STREAM_WINDOW = 65535
+#: the widest first window a connection is given, in default windows (:meth:`Limits.widened`)
+WIDEST = 16
 #: seconds a closed connection's unsent bytes wait for a client that does not read
 CLOSE_GRACE = 5.0
 
@@ -86,6 +95,22 @@ class Limits:
         base = self.budget(max_message) + self.max_streams * STREAM_WINDOW
         refund = max(STREAM_WINDOW, base // 8)
         return min(base + refund, MAX_WINDOW), refund
+
+
+    def widened(self, size: int) -> tuple[int, int] | None:
+        """(first window, streams at once) for a connection whose messages take ``size`` bytes of
+        DATA; None when the default window holds them.
+
+        The window is a power of two times the default one (at most :data:`WIDEST` times), and the
+        streams are fewer by the same factor, so their first windows together take what the
+        default ones take (:meth:`connection_window` holds them).
+        """
+        k = 1
+        while k * STREAM_WINDOW < size and k < WIDEST:
+            k *= 2
+        if k == 1 or self.max_streams < k:
+            return None
+        return k * STREAM_WINDOW, self.max_streams // k
 
 
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}

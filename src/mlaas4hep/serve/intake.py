@@ -28,7 +28,11 @@ size is still served when nothing else is pending.
 Outside the bound: what one socket read holds when its request is parsed, the
 first window of each gRPC stream (64 KiB, ``Limits.max_streams`` per
 connection), and the decompressed copy of a compressed gRPC message (bounded
-by its connection's budget).
+by its connection's budget). A connection whose streams were given wider first
+windows (:mod:`.h2limits`; only while the intake has room for all of them) has
+the same bytes in fewer streams; what a message takes of its stream's window
+beyond the first 64 KiB is counted here when its length is known, without
+waiting, since the client may already be sending it.
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ class Intake:
     def force(self, n: int) -> None:
         """Count ``n`` bytes already held (a body read whole): later reservations wait for them."""
         self.used += n
+
+    def room(self, n: int) -> bool:
+        """Whether ``n`` more bytes fit now, with nobody waiting (a check: nothing is reserved)."""
+        return not self._queue and self.used + n <= self.limit
 
     def queue(self, n: int, granted: Callable[[], None]) -> Ticket:
         """Wait in line for ``n`` bytes, after :meth:`take` said no: ``granted()`` is called once they
