@@ -8,13 +8,18 @@ between two machines of a facility (0.1-0.5 ms) or two sites (10-30 ms). The
 kernel's ``netem`` does this where it is available. Here it is not: the
 machine's kernel has no ``sch_netem``.
 
-The proxy prints ``ready`` once it listens, and runs until it is killed.
+The proxy prints ``ready`` once it listens, and runs until it is killed;
+:func:`delayed` runs one for the time of a ``with`` block.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 class _Pipe(asyncio.Protocol):
@@ -69,6 +74,27 @@ async def main(listen: int, target: int, delay: float) -> None:
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
+
+
+@contextmanager
+def delayed(address: str, rtt_ms: float) -> Iterator[str]:
+    """``address`` (``host:port``) itself, or (``rtt_ms`` > 0) the address of a proxy in front of it
+    with that round trip."""
+    if rtt_ms <= 0:
+        yield address
+        return
+    from mlaas4hep.localservers import free_port
+
+    port = free_port()
+    target = address.rsplit(":", 1)[1]
+    cmd = [sys.executable, str(Path(__file__).resolve()), str(port), target, str(rtt_ms / 2)]
+    proxy = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+        yield f"127.0.0.1:{port}"
+    finally:
+        proxy.kill()
+        proxy.wait()
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _delayproxy import delayed
 from grpc_ab import _cpu, _served
 from serve import Server, make_bundle, perf_analyzer, run_pa
 
@@ -117,7 +117,7 @@ def main() -> None:
                 try:
                     url = f"127.0.0.1:{grpc_port}" if proto == "grpc" else srv.url.removeprefix("http://")
                     beside = _load_beside(pa, srv, BESIDE[point]) if point in BESIDE else None
-                    with _delayed(url, a.rtt_ms) as url:
+                    with delayed(url, a.rtt_ms) as url:
                         run_pa(pa, proto, url, conns, 1.0, batch)  # warm-up
                         c0, n0, b0 = _cpu(srv.proc.pid), _served(srv), srv.batches()
                         m = run_pa(pa, proto, url, conns, a.seconds, batch)
@@ -155,32 +155,6 @@ def main() -> None:
                 f"| {point} | {label} | {rps:,.0f} | {rps / base:.2f}× | {med('p50_ms')} | {med('p99_ms')} "
                 f"| {cpu:.0f} |"
             )
-
-
-@contextmanager
-def _delayed(url: str, rtt_ms: float):
-    """``url`` itself, or (``rtt_ms`` > 0) the address of a delay proxy in front of it."""
-    if rtt_ms <= 0:
-        yield url
-        return
-    port = free_port()
-    proxy = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("_delayproxy.py")),
-            str(port),
-            url.rsplit(":", 1)[1],
-            str(rtt_ms / 2),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
-        yield f"127.0.0.1:{port}"
-    finally:
-        proxy.kill()
-        proxy.wait()
 
 
 def _load_beside(pa: tuple[str, dict], srv: Server, clients: int) -> subprocess.Popen:

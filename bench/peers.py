@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _delayproxy import delayed
 from _grpcload import request_bytes
 from _machine import cpu_model
 from serve import SIZES, MLServer, Server, make_bundle, mlp_onnx, perf_analyzer, run_aiohttp, run_grpc
@@ -188,6 +189,12 @@ def main() -> None:
         help='a configuration of our server: label, "=", extra `mlaas4hep.serve` options '
         '(repeatable; default "mlaas4hep=")',
     )
+    ap.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="a network's round trip between perf_analyzer and every server (bench/_delayproxy.py)",
+    )
     ap.add_argument("--no-triton-nodelay", action="store_true", help="only Triton's 2 ms configuration")
     ap.add_argument("-o", "--out", default=str(ROOT / "bench" / "RESULTS-serve.md"), help="'-': print only")
     ap.add_argument("--json", help="also write every measurement here")
@@ -273,7 +280,7 @@ def main() -> None:
                 protocol, n, conns = POINTS[point]
                 order = servers[rnd % len(servers) :] + servers[: rnd % len(servers)]
                 for s in order:
-                    r = measure(s, protocol, n, conns, args.duration, pa, work)
+                    r = measure(s, protocol, n, conns, args.duration, pa, work, args.rtt_ms)
                     if r is None:
                         continue
                     r.update(round=rnd, point=point, server=s["name"])
@@ -290,14 +297,19 @@ def main() -> None:
         write(Path(args.out), text)
 
 
-def measure(s: dict, protocol: str, n: int, conns: int, seconds: float, pa: tuple, work: Path) -> dict | None:
-    """One measurement of server ``s``; None where its load generator cannot send this point."""
+def measure(
+    s: dict, protocol: str, n: int, conns: int, seconds: float, pa: tuple, work: Path, rtt_ms: float = 0.0
+) -> dict | None:
+    """One measurement of server ``s``; None where its load generator cannot send this point
+    (or, with a round trip, is not perf_analyzer)."""
     load0 = os.getloadavg()[0]
     cpu0 = cpu_seconds(s["pid"])
     t0 = time.perf_counter()
     if s["kind"] == "pa":
-        url = s["grpc"] if protocol == "gRPC" else s["http"]
-        r = run_pa(pa, protocol, url, s["model"], n, conns, seconds)
+        with delayed(s["grpc"] if protocol == "gRPC" else s["http"], rtt_ms) as url:
+            r = run_pa(pa, protocol, url, s["model"], n, conns, seconds)
+    elif rtt_ms > 0:
+        return None
     elif protocol == "gRPC":
         g = run_grpc(s["grpc"], request_bytes(SIZES[0], rows=n), conns, 3 * seconds, work)
         r = {"rows_per_s": g["req_per_s"] * n, "p50_ms": g["p50_ms"], "p99_ms": g["p99_ms"], "stable": True}
@@ -375,7 +387,13 @@ def table(rows: list[dict], points: list[str], servers: list[dict], args: argpar
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, {os.cpu_count()} cores "
         f"(shared), Python {platform.python_version()}; {args.rounds} rounds, servers alternating, "
-        f"perf_analyzer windows of {args.duration:g} s. Ours: "
+        f"perf_analyzer windows of {args.duration:g} s"
+        + (
+            f", through a proxy that adds a {args.rtt_ms:g} ms round trip (`bench/_delayproxy.py`)"
+            if args.rtt_ms > 0
+            else ""
+        )
+        + ". Ours: "
         + "; ".join(
             f"{s['name']} (`--max-batch 1024 --max-delay-ms 2{' ' + s['args'] if s.get('args') else ''}`)"
             for s in servers

@@ -128,6 +128,35 @@ def test_many_concurrent_calls_on_one_connection(app, tth_bundle):
     np.testing.assert_allclose(np.stack(ys), tth_bundle.oracle.score(x), atol=ATOL)
 
 
+def test_a_widened_connection_serves_more_calls_than_its_limit(app, tth_bundle):
+    """After its first long message, the connection runs 16 calls of up to 512 KiB at once
+    (``SETTINGS``); grpcio queues the other 24 of 40 concurrent calls of 300 kB, and every one
+    gets its own scores."""
+    width = tth_bundle.x.shape[1]
+    rows = 300_000 // (4 * width)
+    x = np.ascontiguousarray(np.resize(tth_bundle.x, (40 * rows, width)), dtype=np.float32)
+
+    async def main() -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        srv = GrpcServer(app.state, 0, frontend="wire")
+        await srv.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                stub = pb_grpc.GRPCInferenceServiceStub(ch)
+                first = await stub.ModelInfer(_raw(x[:rows]), timeout=30)
+                widened = [(c.credit.first, c.credit.max_streams) for c in srv.wire.conns]
+                replies = await asyncio.gather(
+                    *(stub.ModelInfer(_raw(x[i * rows : (i + 1) * rows]), timeout=30) for i in range(40))
+                )
+        finally:
+            await srv.stop(0)
+        return [np.frombuffer(r.raw_output_contents[0], np.float32) for r in (first, *replies)], widened
+
+    ys, widened = asyncio.run(main())
+    assert widened == [(8 * 65535, 16)]
+    np.testing.assert_allclose(ys[0], tth_bundle.oracle.score(x[:rows]).ravel(), atol=ATOL)
+    np.testing.assert_allclose(np.concatenate(ys[1:]), tth_bundle.oracle.score(x).ravel(), atol=ATOL)
+
+
 def test_limits_and_unserved_calls(app, tth_bundle):
     big = _raw(np.zeros((12_000, tth_bundle.x.shape[1]), np.float32)).SerializeToString()  # over 1 MB
     assert len(big) > 2**20

@@ -645,9 +645,9 @@ def _grants(frames, sid: int) -> list[int]:
 
 
 def _widenings(frames) -> list[dict]:
-    return [f.settings for f in frames if isinstance(f, hyperframe.SettingsFrame) and "ACK" not in f.flags][
-        1:
-    ]
+    """The server's SETTINGS that change a first window (its first SETTINGS does not)."""
+    wide = hyperframe.SettingsFrame.INITIAL_WINDOW_SIZE
+    return [f.settings for f in frames if isinstance(f, hyperframe.SettingsFrame) and wide in f.settings]
 
 
 def test_the_grant_is_what_the_message_needs_beyond_its_window(server):
@@ -778,3 +778,49 @@ def test_a_call_under_way_when_the_client_says_goaway_is_answered(server, tth_bu
     body = b"".join(f.data for f in frames if isinstance(f, hyperframe.DataFrame) and f.stream_id == 1)
     y = np.frombuffer(pb.ModelInferResponse.FromString(body[5:]).raw_output_contents[0], np.float32)
     np.testing.assert_allclose(y.reshape(len(x), -1), tth_bundle.oracle.score(x), atol=ATOL)
+
+
+def test_widening_while_a_call_waits_for_its_grant_counts_every_byte(server):
+    """A call waiting for its grant when the connection is widened: the wider window covers part
+    of its message, counted in the intake; once every call is answered the intake holds nothing."""
+    enc, big, small = hpack.Encoder(), 2**20, 100_000
+    s = connect(server)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data(sid: int, n: int, prefix: int | None = None, end: int = 0) -> bytes:
+        body = (b"\x00" + struct.pack(">I", prefix) if prefix is not None else b"") + bytes(n)
+        body = body[:n]
+        chunks = [body[i : i + 16384] for i in range(0, len(body), 16384)]
+        return b"".join(frame(DATA, end if i == len(chunks) - 1 else 0, sid, c) for i, c in enumerate(chunks))
+
+    assert pending(server) == 0
+    # 12 calls open (too many for the widest window's 8); three announce 1 MiB: two are granted
+    # the rest out of the connection's budget (twice the limit), the third waits
+    s.sendall(b"".join(frame(HEADERS, END_HEADERS, 2 * i + 1, request_headers(enc)) for i in range(12)))
+    s.sendall(b"".join(data(sid, 65535, big) for sid in (1, 3, 5)))
+    frames = _frames_soon(s)
+    rest = big + 5 - 65535
+    assert (_grants(frames, 1), _grants(frames, 3), _grants(frames, 5)) == ([rest], [rest], [])
+    assert _widenings(frames) == []
+    assert pending(server) == 2 * rest
+    # nine are cancelled; a call of 100 kB widens the connection (2 x 64 KiB, 64 calls)
+    s.sendall(b"".join(frame(RST_STREAM, 0, 2 * i + 1, struct.pack(">I", CANCEL)) for i in range(3, 12)))
+    s.sendall(frame(HEADERS, END_HEADERS, 25, request_headers(enc)) + data(25, 1000, small))
+    frames = _frames_soon(s)
+    assert _widenings(frames) == [{3: 64, 4: 2 * 65535}]
+    # call 5 may now send 64 KiB more, counted, as is what call 25 takes beyond 64 KiB
+    assert pending(server) == 2 * rest + 65535 + (small + 5 - 65535)
+    s.sendall(
+        data(25, small + 5 - 1000, end=END_STREAM)
+        + data(1, rest, end=END_STREAM)
+        + data(3, rest, end=END_STREAM)
+    )
+    s.sendall(data(5, 65535))
+    frames = _frames_soon(s)
+    assert _grants(frames, 5) == [rest - 65535]  # what is left of its message, once 1 and 3 gave theirs back
+    s.sendall(data(5, rest - 65535, end=END_STREAM))
+    frames = _frames_soon(s)
+    s.close()
+    assert pending(server) == 0
+    ends = {f.stream_id for f in frames if isinstance(f, hyperframe.HeadersFrame) and "END_STREAM" in f.flags}
+    assert 5 in ends

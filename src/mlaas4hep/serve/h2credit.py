@@ -137,10 +137,13 @@ class Credit:
         self._put(frame(SETTINGS, 0, 0, struct.pack(">HIHI", 0x3, self.max_streams, 0x4, self.first)))
         for s in self.streams.values():
             s.need += delta
-        if self.waiting:  # what they wait for shrinks by as much: ask again
+        if self.waiting:  # what they wait for shrinks by as much (counted as first_use counts it)
             if self.ticket is not None:
                 self.intake.cancel(self.ticket)
                 self.ticket = None
+            for sid, e in self.waiting.items():
+                self.intake.force(min(e, delta))
+                self.streams[sid].taken += min(e, delta)
             self.waiting = {sid: e - delta for sid, e in self.waiting.items() if e > delta}
             self.grant_waiting()
 
