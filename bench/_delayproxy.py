@@ -2,11 +2,17 @@
 
 ``python bench/_delayproxy.py LISTEN_PORT TARGET_PORT ONE_WAY_MS`` forwards
 ``127.0.0.1:LISTEN_PORT`` to ``127.0.0.1:TARGET_PORT``; what it reads from
-either side is written to the other ``ONE_WAY_MS`` later, in order, with no
-bandwidth limit. So a client through it sees a round trip of twice that, as
-between two machines of a facility (0.1-0.5 ms) or two sites (10-30 ms). The
-kernel's ``netem`` does this where it is available. Here it is not: the
-machine's kernel has no ``sch_netem``.
+either side is written to the other ``ONE_WAY_MS`` after it arrived, in order,
+with no bandwidth limit. So a client through it sees a round trip of twice
+that, as between two machines of a facility (0.1-0.5 ms) or two sites (10-30
+ms). The kernel's ``netem`` does this where it is available. Here it is not:
+the machine's kernel has no ``sch_netem``.
+
+Each direction of a connection is a reader thread, which stamps what it reads
+with its deadline, and a writer thread, which sleeps until then. That is
+precise to about 0.1 ms. An event loop's timers are not: uvloop's run on a
+millisecond clock cached per turn, so a delay came out up to 1 ms off, by a
+different amount from one run to the next.
 
 The proxy prints ``ready`` once it listens, and runs until it is killed;
 :func:`delayed` runs one for the time of a ``with`` block.
@@ -14,66 +20,59 @@ The proxy prints ``ready`` once it listens, and runs until it is killed;
 
 from __future__ import annotations
 
-import asyncio
+import queue
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
-class _Pipe(asyncio.Protocol):
-    """One direction's reader: what it reads goes to ``peer`` after the delay."""
+def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
+    """Forward ``src`` to ``dst``, each read ``delay`` seconds after it arrived; closes ``dst`` at the end."""
+    line: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
 
-    def __init__(self, delay: float):
-        self.delay = delay
-        self.peer: asyncio.Transport | None = None
-        self.transport: asyncio.Transport | None = None
-        self.early: list[bytes] = []  # read before the other side was connected
-        self.task: asyncio.Task[None] | None = None  # the connection to the server, under way
+    def write() -> None:
+        while True:
+            due, data = line.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            if not data:
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        asyncio.get_running_loop().call_later(self.delay, self._forward, data)
-
-    def _forward(self, data: bytes) -> None:
-        if self.peer is None:
-            self.early.append(data)
-        elif not self.peer.is_closing():
-            self.peer.write(data)
-
-    def connect(self, peer: asyncio.Transport) -> None:
-        self.peer = peer
-        for data in self.early:
-            peer.write(data)
-        self.early.clear()
-
-    def connection_lost(self, exc) -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_later(self.delay, lambda: self.peer is not None and self.peer.close())
+    threading.Thread(target=write, daemon=True).start()
+    while True:
+        try:
+            data = src.recv(1 << 20)
+        except OSError:
+            data = b""
+        line.put((time.monotonic() + delay, data))
+        if not data:
+            return
 
 
-async def main(listen: int, target: int, delay: float) -> None:
-    loop = asyncio.get_running_loop()
-
-    def accepted() -> _Pipe:
-        down = _Pipe(delay)  # from the client
-
-        async def connect() -> None:
-            up_transport, up = await loop.create_connection(lambda: _Pipe(delay), "127.0.0.1", target)
-            assert down.transport is not None
-            up.connect(down.transport)  # the server's bytes go to the client
-            down.connect(up_transport)  # and the client's to the server
-
-        down.task = loop.create_task(connect())  # kept: the loop holds tasks weakly
-        return down
-
-    server = await loop.create_server(accepted, "127.0.0.1", listen)
+def serve(listen: int, target: int, delay: float) -> None:
+    server = socket.create_server(("127.0.0.1", listen), backlog=128)
     print("ready", flush=True)
-    async with server:
-        await server.serve_forever()
+    while True:
+        client, _ = server.accept()
+        upstream = socket.create_connection(("127.0.0.1", target))
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=_pipe, args=(client, upstream, delay), daemon=True).start()
+        threading.Thread(target=_pipe, args=(upstream, client, delay), daemon=True).start()
 
 
 @contextmanager
@@ -98,10 +97,4 @@ def delayed(address: str, rtt_ms: float) -> Iterator[str]:
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1e3))
+    serve(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1e3)
