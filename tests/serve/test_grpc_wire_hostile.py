@@ -782,7 +782,9 @@ def test_a_call_under_way_when_the_client_says_goaway_is_answered(server, tth_bu
 
 def test_widening_while_a_call_waits_for_its_grant_counts_every_byte(server):
     """A call waiting for its grant when the connection is widened: the wider window covers part
-    of its message, counted in the intake; once every call is answered the intake holds nothing."""
+    of its message, which it reserves in the intake together with the rest, once both fit (it
+    never holds intake bytes while it waits for more); once every call is answered the intake
+    holds nothing."""
     enc, big, small = hpack.Encoder(), 2**20, 100_000
     s = connect(server)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -808,8 +810,9 @@ def test_widening_while_a_call_waits_for_its_grant_counts_every_byte(server):
     s.sendall(frame(HEADERS, END_HEADERS, 25, request_headers(enc)) + data(25, 1000, small))
     frames = _frames_soon(s)
     assert _widenings(frames) == [{3: 64, 4: 2 * 65535}]
-    # call 5 may now send 64 KiB more, counted, as is what call 25 takes beyond 64 KiB
-    assert pending(server) == 2 * rest + 65535 + (small + 5 - 65535)
+    # call 25's window holds its message: what it takes beyond 64 KiB is counted at once; call 5
+    # may send 64 KiB more, counted with its grant
+    assert pending(server) == 2 * rest + (small + 5 - 65535)
     s.sendall(
         data(25, small + 5 - 1000, end=END_STREAM)
         + data(1, rest, end=END_STREAM)
@@ -824,3 +827,18 @@ def test_widening_while_a_call_waits_for_its_grant_counts_every_byte(server):
     assert pending(server) == 0
     ends = {f.stream_id for f in frames if isinstance(f, hyperframe.HeadersFrame) and "END_STREAM" in f.flags}
     assert 5 in ends
+
+
+def test_a_connection_that_ran_many_calls_at_once_is_not_widened(server):
+    """40 calls were open at once (more than the 32 a widened connection may run): after 39 are
+    cancelled, a long message gets a grant and the connection keeps its 128 calls."""
+    length, enc = 200_000, hpack.Encoder()
+    s = connect(server)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"".join(frame(HEADERS, END_HEADERS, 2 * i + 1, request_headers(enc)) for i in range(40)))
+    s.sendall(b"".join(frame(RST_STREAM, 0, 2 * i + 1, struct.pack(">I", CANCEL)) for i in range(39)))
+    _announce(s, 81, length, enc)
+    frames = _frames_soon(s)
+    s.close()
+    assert _widenings(frames) == []
+    assert _grants(frames, 81) == [length + 5 - 65535]

@@ -347,6 +347,7 @@ class WireProtocol(asyncio.Protocol):
             if flags & ACK:
                 if payload:
                     return self._fail(FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload")
+                self.credit.acked()
             elif len(payload) % 6:
                 return self._fail(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
             elif self._flood("SETTINGS"):
@@ -487,14 +488,19 @@ class WireProtocol(asyncio.Protocol):
             return
         self.last_stream = sid
         self.control = 0
-        if len(self.streams) >= self.credit.max_streams:
+        credit = self.credit
+        if len(self.streams) >= credit.max_streams:
             self._put(frame(RST_STREAM, 0, sid, HEAD.pack(REFUSED_STREAM)))
+            if credit.grace > 0:  # opened before the client read our lower limit (Credit.widen)
+                credit.grace -= 1
+                return
             self.resets -= 1  # a refused stream cost a decoding: counted as a cancelled call
             if self.resets < 0:
                 self._calm("too many streams refused")
             return
-        s = Stream(self.credit, headers, self.stream_window)
+        s = Stream(credit, headers, self.stream_window)
         self.streams[sid] = s
+        credit.peak = max(credit.peak, len(self.streams))
         if flags & END_STREAM:
             self._dispatch(sid, s)
         else:  # its message is to come: watched until it has
@@ -593,11 +599,9 @@ class WireProtocol(asyncio.Protocol):
                 self._send(frame(RST_STREAM, 0, sid, HEAD.pack(NO_ERROR)))
             return False
         self.credit.widen(length + 5)  # its next messages of this size: sent without a grant
-        self.credit.first_use(s, length + 5)
         # what the rest needs beyond its window (the rest of a frame under way is counted in received)
         extra = (length + 5 - s.size - self.into) - (s.need - s.received)
-        if extra > 0:
-            self.credit.ask(sid, extra)
+        self.credit.reserve(sid, s, length + 5, extra)
         return True
 
     def _reset(self, sid: int, code: int) -> None:

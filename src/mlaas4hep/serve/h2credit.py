@@ -108,49 +108,76 @@ class Credit:
         self.window, self.refund_at = limits.connection_window(max_message)  # the connection's
         self.refund = 0  # bytes of finished calls not yet returned to the client
         self.budget = limits.budget(max_message)  # grants beyond the streams' first windows
-        self.waiting: dict[int, int] = {}  # stream -> the grant it waits for
+        # stream -> (the grant it waits for, what that takes from the intake: the grant, and the
+        # part of the message its first window holds beyond the default one)
+        self.waiting: dict[int, tuple[int, int]] = {}
         self.ticket: Ticket | None = None  # in the intake's line for the first waiting stream's grant
         self.ticket_sid = 0
         self.first = STREAM_WINDOW  # a new stream's first window, once the client applies our SETTINGS
         self.max_streams = limits.max_streams  # the streams it may have open at once
+        self.peak = 0  # the most streams it has had open at once
+        self.settings_sent, self.settings_acked = 1, 0  # ours (the first is sent as it connects)
+        self.grace = 0  # refusals not held against the client: it may not have read our new limit yet
 
     def widen(self, size: int) -> None:
         """A message takes ``size`` bytes of DATA: give the connection's streams first windows that
         hold it, and fewer streams at once (one ``SETTINGS``, once per connection).
 
-        Only while no more streams are open than the new limit: then their first windows together
-        stay within the connection's window, so every granted stream can still send its message.
-        And only while the intake has room for all the wider windows: what a message takes of them
-        is counted there (:meth:`first_use`). Open streams may send the difference at once (the
-        client applies it to them too); a stream the client opens past the new limit before it
-        reads it is refused.
+        Only while the connection never had more streams open than the new limit: then their
+        first windows together stay within the connection's window, so every granted stream can
+        still send its message, and a connection that runs many calls at once keeps them. And
+        only while the intake has room for all the wider windows (what a message takes of them is
+        counted there, :meth:`reserve`). Open streams may send the difference at once (the client
+        applies it to them too); a stream the client opens past the new limit before it reads it
+        is refused, and not held against it (:attr:`grace`).
         """
         if self.first != STREAM_WINDOW or size <= self.first or self._closing():
             return
         wide = self.limits.widened(size)
-        if wide is None or len(self.streams) > wide[1]:
+        if wide is None or max(self.peak, len(self.streams)) > wide[1]:
             return
         if not self.intake.room(wide[1] * (wide[0] - STREAM_WINDOW)):
-            return
+            return  # (nobody waits in the intake's line then: no ticket of ours either)
         delta = wide[0] - self.first
         self.first, self.max_streams = wide
+        self.grace = self.limits.max_streams - self.max_streams
+        self.settings_sent += 1
         self._put(frame(SETTINGS, 0, 0, struct.pack(">HIHI", 0x3, self.max_streams, 0x4, self.first)))
         for s in self.streams.values():
             s.need += delta
-        if self.waiting:  # what they wait for shrinks by as much (counted as first_use counts it)
-            if self.ticket is not None:
-                self.intake.cancel(self.ticket)
-                self.ticket = None
-            for sid, e in self.waiting.items():
-                self.intake.force(min(e, delta))
-                self.streams[sid].taken += min(e, delta)
-            self.waiting = {sid: e - delta for sid, e in self.waiting.items() if e > delta}
-            self.grant_waiting()
-
-    def ask(self, sid: int, extra: int) -> None:
-        """Stream ``sid``'s message needs ``extra`` bytes beyond its window: grant them now or in turn."""
-        self.waiting[sid] = extra
+        for sid, (extra, want) in list(self.waiting.items()):  # they wait for less
+            if extra > delta:
+                self.waiting[sid] = (extra - delta, want)
+            else:  # the window holds the rest: counted now, as reserve() counts it
+                del self.waiting[sid]
+                self._force(self.streams[sid], want)
         self.grant_waiting()
+
+    def acked(self) -> None:
+        """The client acknowledged one of our ``SETTINGS``: once all, it applies our limit."""
+        self.settings_acked += 1
+        if self.settings_acked >= self.settings_sent:
+            self.grace = 0
+
+    def reserve(self, sid: int, s: Stream, size: int, extra: int) -> None:
+        """Stream ``sid``'s message takes ``size`` bytes of DATA, ``extra`` of them beyond its window.
+
+        What it takes beyond the default first window is counted in the intake: with its grant,
+        in one reservation, when it needs one (it waits for both or neither: a stream never holds
+        intake bytes while it waits for more); at once, without waiting, when its window holds it
+        (the client may already be sending it, and the call ends without waiting for anything).
+        """
+        covered = max(0, min(size, self.first) - STREAM_WINDOW)
+        if extra > 0:
+            self.waiting[sid] = (extra, extra + covered)
+            self.grant_waiting()
+        elif covered:
+            self._force(s, covered)
+
+    def _force(self, s: Stream, n: int) -> None:
+        self.intake.force(n)
+        s.taken += n
+        s.seen = -1  # the client may send the rest at once: its clock starts now
 
     def grant_waiting(self) -> None:
         """Grant the waiting streams, in the order they asked, what both the budget and the
@@ -158,10 +185,10 @@ class Credit:
         if self.ticket is not None or self._closing():
             return
         intake = self.intake
-        for sid, extra in list(self.waiting.items()):
+        for sid, (extra, want) in list(self.waiting.items()):
             if extra > self.budget:
                 return
-            n = intake.need(extra)
+            n = intake.need(want)
             if not intake.take(n):
                 self.ticket = intake.queue(n, functools.partial(self._intake_granted, sid, n))
                 self.ticket_sid = sid
@@ -169,24 +196,16 @@ class Credit:
             del self.waiting[sid]
             self._grant(sid, self.streams[sid], extra, n)
 
-    def first_use(self, s: Stream, size: int) -> None:
-        """Stream ``s``'s message takes ``size`` bytes of DATA: what it takes of a widened first
-        window beyond the default one is counted in the intake, without waiting (it may be on its way)."""
-        over = min(size, self.first) - STREAM_WINDOW
-        if over > 0:
-            self.intake.force(over)
-            s.taken += over
-
     def _intake_granted(self, sid: int, n: int) -> None:
         """The intake took ``n`` bytes for stream ``sid`` (called as another call gives bytes back)."""
         self.ticket = None
-        s, extra = self.streams.get(sid), self.waiting.pop(sid, None)
-        if s is None or extra is None or self._closing() or extra > self.budget:
+        s, asked = self.streams.get(sid), self.waiting.pop(sid, None)
+        if s is None or asked is None or self._closing() or asked[0] > self.budget:
             self.intake.give(n)  # gone meanwhile: the intake's next in line get them
-            if extra is not None and s is not None and not self._closing():
-                self.waiting[sid] = extra  # the budget shrank meanwhile: ask again (back in order)
+            if asked is not None and s is not None and not self._closing():
+                self.waiting[sid] = asked  # the budget shrank meanwhile: ask again (back in order)
         else:
-            self._grant(sid, s, extra, n)
+            self._grant(sid, s, asked[0], n)
         self.grant_waiting()
 
     def _grant(self, sid: int, s: Stream, extra: int, taken: int) -> None:

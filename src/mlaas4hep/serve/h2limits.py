@@ -15,7 +15,8 @@ Envoy and grpc-go bound theirs:
   frame gives its streams a first window that holds such a message (up to 16
   times the default, about 1 MiB) and lets it open proportionally fewer
   streams at once, so that every stream's first window together stays the
-  same 128 x 64 KiB. Its next messages of that size are sent without waiting;
+  same 128 x 64 KiB (only a connection that never had more calls open at once
+  than that). Its next messages of that size are sent without waiting;
   The connection's window is that budget plus every stream's first window, and
   is refilled only as calls finish, so a connection never holds more request
   bytes than that (partial bodies and the messages the servicer still works
@@ -95,7 +96,6 @@ class Limits:
         base = self.budget(max_message) + self.max_streams * STREAM_WINDOW
         refund = max(STREAM_WINDOW, base // 8)
         return min(base + refund, MAX_WINDOW), refund
-
 
     def widened(self, size: int) -> tuple[int, int] | None:
         """(first window, streams at once) for a connection whose messages take ``size`` bytes of

@@ -31,8 +31,9 @@ connection), and the decompressed copy of a compressed gRPC message (bounded
 by its connection's budget). A connection whose streams were given wider first
 windows (:mod:`.h2limits`; only while the intake has room for all of them) has
 the same bytes in fewer streams; what a message takes of its stream's window
-beyond the first 64 KiB is counted here when its length is known, without
-waiting, since the client may already be sending it.
+beyond the first 64 KiB is counted here with the rest of its grant, or, when
+the window holds the whole message, at once without waiting (the client may
+already be sending it, and the call waits for nothing more).
 """
 
 from __future__ import annotations
