@@ -18,12 +18,13 @@ What it implements of HTTP/2 (RFC 9113), cleartext with prior knowledge (what
 gRPC clients do without TLS; TLS stays with grpcio):
 
 * frames: ``SETTINGS`` (acknowledged; the client's window and frame size are
-  honoured; ours widen the first windows of a connection sending long messages), ``PING`` (answered: gRPC clients measure bandwidth with them),
-  ``HEADERS`` + ``CONTINUATION``, ``DATA`` (padding stripped; an unpadded frame's payload
-  is handed on as it arrives, as views of the reads, and copied once, when the message is
-  whole), ``WINDOW_UPDATE``,
-  ``RST_STREAM`` (the call is cancelled), ``GOAWAY`` (the calls under way finish, then the
-  connection closes); others are ignored;
+  honoured; ours widen the first windows of a connection sending long messages),
+  ``PING`` (answered: gRPC clients measure bandwidth with them), ``HEADERS`` +
+  ``CONTINUATION``, ``DATA`` (padding stripped; an unpadded frame's payload is
+  handed on as it arrives, as views of the reads, and copied once, when the
+  message is whole), ``WINDOW_UPDATE``, ``RST_STREAM`` (the call is cancelled),
+  ``GOAWAY`` (the calls under way finish, then the connection closes); others
+  are ignored;
 * header compression with the ``hpack`` package. A client sends the same
   headers on every call, after the first as one-byte references to its
   dynamic table: such a block changes no table, so its decoding is cached by

@@ -116,7 +116,7 @@ class Credit:
         self.first = STREAM_WINDOW  # a new stream's first window, once the client applies our SETTINGS
         self.max_streams = limits.max_streams  # the streams it may have open at once
         self.peak = 0  # the most streams it has had open at once
-        self.settings_sent, self.settings_acked = 1, 0  # ours (the first is sent as it connects)
+        self.unacked = 1  # our SETTINGS the client has not acknowledged (the first goes as it connects)
         self.grace = 0  # refusals not held against the client: it may not have read our new limit yet
 
     def widen(self, size: int) -> None:
@@ -141,7 +141,7 @@ class Credit:
         delta = wide[0] - self.first
         self.first, self.max_streams = wide
         self.grace = self.limits.max_streams - self.max_streams
-        self.settings_sent += 1
+        self.unacked += 1
         self._put(frame(SETTINGS, 0, 0, struct.pack(">HIHI", 0x3, self.max_streams, 0x4, self.first)))
         for s in self.streams.values():
             s.need += delta
@@ -155,8 +155,8 @@ class Credit:
 
     def acked(self) -> None:
         """The client acknowledged one of our ``SETTINGS``: once all, it applies our limit."""
-        self.settings_acked += 1
-        if self.settings_acked >= self.settings_sent:
+        self.unacked -= 1
+        if self.unacked <= 0:
             self.grace = 0
 
     def reserve(self, sid: int, s: Stream, size: int, extra: int) -> None:
