@@ -102,15 +102,43 @@ def small(small_data, tmp_path_factory, request) -> Path:
     return d
 
 
+def in_worker() -> bool:
+    """Whether this session is one of pytest-xdist's workers (``make test`` runs the suite on
+    several: ``pytest -n``)."""
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """On xdist's workers, each module's tests run in one worker, so that a module's fixtures
+    (a server, a trained model, a container image) are made once (``--dist loadgroup``), while
+    the documents' tests, each a long independent run, are spread one by one, first."""
+    if not in_worker():
+        return
+    from .docs.pool import LONGEST_FIRST
+
+    def is_document(item) -> bool:
+        return getattr(item, "originalname", None) == "test_document_runs" and hasattr(item, "callspec")
+
+    def rank(doc: str) -> int:
+        return LONGEST_FIRST.index(doc) if doc in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    documents = sorted((i for i in items if is_document(i)), key=lambda i: rank(i.callspec.params["doc"]))
+    rest = [i for i in items if not is_document(i)]
+    for item in rest:
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items[:] = documents + rest  # the longest first, so that no worker is left with one at the end
+
+
 @pytest.fixture(scope="session", autouse=True)
 def doc_pool(request, tmp_path_factory):
     """The documents that tests/docs runs, started on one lane with the session's first test
     (they are independent of every other test: see tests/docs/pool.py); None when no
-    document test is selected."""
+    document test is selected, and on xdist's workers, where each document's test runs it."""
     from .docs.pool import DocPool, selected_documents
 
     docs = selected_documents(request.session.items)
-    if not docs:
+    if not docs or in_worker():
         yield None
         return
     pool = DocPool(docs, tmp_path_factory.mktemp("docs"))

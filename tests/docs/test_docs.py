@@ -3,7 +3,8 @@
 One test per document (its blocks run in order, in a directory of their own; see
 :mod:`tests.docs.harness` for the rules and the ``doc-test`` directives). The documents run
 in the background, from the session's first test on (:mod:`tests.docs.pool`); each test
-waits for its own document and reports it as if it had run it.
+waits for its own document and reports it as if it had run it. On pytest-xdist's workers
+(``make test``) there is no pool: each test runs its document, and the workers share them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import threading
 
 import pytest
 
-from .harness import DOCUMENTS, ROOT, Block, BlockError, DocRun, extract
-from .pool import DocPool
+from .harness import DOCUMENTS, ROOT, Block, BlockError, DocRun, extract, port_sets
+from .pool import DocPool, run_document
 
 #: Documents that run at the same time once the document tests are reached (one lane runs
 #: them before): two keep both of CI's cores busy.
@@ -23,15 +25,21 @@ LANES = max(1, min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="module")
-def document_runs(doc_pool: DocPool):
-    """Each selected document's future result, on :data:`LANES` lanes from now on."""
+def document_runs(doc_pool: DocPool | None):
+    """Each selected document's future result, on :data:`LANES` lanes from now on; None where
+    there is no pool (on xdist's workers), and each test runs its document itself."""
+    if doc_pool is None:
+        return None
     doc_pool.open_lanes(LANES)
     return doc_pool.results
 
 
 @pytest.mark.parametrize("doc", DOCUMENTS)
-def test_document_runs(doc, document_runs):
-    result = document_runs[doc].result()
+def test_document_runs(doc, document_runs, tmp_path):
+    if document_runs is None:
+        result = run_document(doc, tmp_path / "doc", port_sets(1)[0], threading.Event())
+    else:
+        result = document_runs[doc].result()
     wall, cpu = sum(t[2] for t in result.timings), sum(t[3] for t in result.timings)
     print(f"\n{doc}: {len(result.timings)} blocks in {wall:.1f} s ({cpu:.1f} s CPU)")
     for where, kind, t, c in result.timings:

@@ -35,16 +35,19 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
-import awkward as ak
 import numpy as np
 
 from .errors import ConfigError
+from .lazyak import awkward, is_awkward
 
 
-def _reduce(fn: Callable[..., Any], fill: float | None = None) -> Callable[[Any], Any]:
+def _reduce(name: str, fill: float | None = None) -> Callable[[Any], Any]:
+    """awkward's reducer ``name`` over each event's list; a flat value as it is."""
+
     def apply(x: Any) -> Any:  # an awkward or numpy array, or a number
-        if isinstance(x, ak.Array) and x.ndim > 1:
-            out = fn(x, axis=-1)
+        if is_awkward(x) and x.ndim > 1:
+            ak = awkward()
+            out = getattr(ak, name)(x, axis=-1)
             return ak.fill_none(out, fill) if fill is not None else out
         return x
 
@@ -52,18 +55,20 @@ def _reduce(fn: Callable[..., Any], fill: float | None = None) -> Callable[[Any]
 
 
 def _count(x: Any) -> Any:
-    if isinstance(x, ak.Array) and x.ndim > 1:
+    if is_awkward(x) and x.ndim > 1:
+        ak = awkward()
         return ak.sum(x, axis=-1) if _is_bool(x) else ak.num(x, axis=-1)
     return x
 
 
 def _is_bool(x: Any) -> bool:
-    return str(ak.type(x)).endswith("bool")
+    return str(awkward().type(x)).endswith("bool")
 
 
 def _leading(x: Any) -> Any:
     """The first element of each event's list (0 for an empty list); a flat value as it is."""
-    if isinstance(x, ak.Array) and x.ndim > 1:
+    if is_awkward(x) and x.ndim > 1:
+        ak = awkward()
         return ak.fill_none(ak.firsts(x, axis=-1), 0.0)
     return x
 
@@ -74,16 +79,16 @@ def _deltaphi(a: Any, b: Any) -> Any:
 
 
 def _where(cond: Any, a: Any, b: Any) -> Any:
-    return ak.where(cond, a, b) if isinstance(cond, ak.Array) else np.where(cond, a, b)
+    return awkward().where(cond, a, b) if is_awkward(cond) else np.where(cond, a, b)
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "sum": _reduce(ak.sum),
-    "max": _reduce(ak.max, fill=0.0),
-    "min": _reduce(ak.min, fill=0.0),
-    "mean": _reduce(ak.mean, fill=0.0),
-    "any": _reduce(ak.any),
-    "all": _reduce(ak.all),
+    "sum": _reduce("sum"),
+    "max": _reduce("max", fill=0.0),
+    "min": _reduce("min", fill=0.0),
+    "mean": _reduce("mean", fill=0.0),
+    "any": _reduce("any"),
+    "all": _reduce("all"),
     "count": _count,
     "len": _count,
     "abs": np.abs,

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import awkward as ak
 import numpy as np
 
 from . import expr
 from .errors import ConfigError
 from .groups import GroupLayout
+from .lazyak import awkward, is_awkward
+
+if TYPE_CHECKING:
+    import awkward as ak
 
 
 @dataclass
@@ -152,7 +155,7 @@ class Preprocessor:
         if self._sel is None:
             return None
         keep = self._sel.evaluate(arrays)
-        keep = np.asarray(ak.to_numpy(keep) if isinstance(keep, ak.Array) else keep, dtype=bool)
+        keep = np.asarray(awkward().to_numpy(keep) if is_awkward(keep) else keep, dtype=bool)
         if keep.ndim != 1:
             raise ConfigError(f"selection {self.selection!r} must give one boolean per event")
         return keep
@@ -215,10 +218,10 @@ def _length(arrays: Mapping[str, Any], names: list[str]) -> int:
 
 
 def _flat(values: Any, name: str) -> np.ndarray:
-    if isinstance(values, ak.Array):
+    if is_awkward(values):
         if values.ndim != 1:
             raise ConfigError(f"input {name!r} is jagged but the model expects one value per event")
-        values = ak.to_numpy(values)
+        values = awkward().to_numpy(values)
     v = np.asarray(values)
     if v.ndim != 1:
         raise ConfigError(f"input {name!r} must have one value per event, got shape {v.shape}")
@@ -272,8 +275,8 @@ def pad_jagged(
     ``plans`` (a :class:`PadPlans`) lets the branches of one collection share
     their gather indices and pad mask (then the mask must not be modified).
     """
-    if not isinstance(values, ak.Array):
-        values = ak.Array(values) if not isinstance(values, np.ndarray) or values.dtype == object else values
+    if not is_awkward(values) and (not isinstance(values, np.ndarray) or values.dtype == object):
+        values = awkward().Array(values)
     if isinstance(values, np.ndarray):  # a regular (n, k) numpy array
         if values.ndim != 2:
             raise ConfigError(f"input {name!r} must be a list of values per event")
@@ -294,6 +297,7 @@ def pad_jagged(
             return np.zeros((len(starts), length), dtype=np.float32), pad
         return data[idx].astype(np.float32, copy=False), pad
     # exotic layouts (option types, indexed arrays): the generic awkward path
+    ak = awkward()
     padded = ak.pad_none(values, length, clip=True, axis=1)
     pad = ak.to_numpy(ak.is_none(padded, axis=1))
     out = ak.to_numpy(ak.fill_none(padded, 0.0)).astype(np.float32)
@@ -303,6 +307,7 @@ def pad_jagged(
 def list_parts(values: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """``(starts, stops, content)`` numpy views of a list-of-numbers array, or None
     for other layouts (option types, indexed arrays)."""
+    ak = awkward()
     layout = values.layout
     if isinstance(layout, ak.contents.ListOffsetArray):
         offsets = np.asarray(layout.offsets)

@@ -36,9 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import uproot
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import (
     CorruptFileError,
@@ -47,6 +45,9 @@ from .errors import (
     TreeNotFoundError,
 )
 from .urls import is_local, is_transient, is_xrootd, local_path, transient_errors
+
+if TYPE_CHECKING:
+    import uproot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,6 +111,8 @@ def open_options(url: str, timeout: float = 30.0) -> dict[str, Any]:
     epoch 0 re-reads from the server the ranges that the specs pass read; with
     the cache, up to 100 MB of them came from memory.)
     """
+    import uproot  # here, not above: the server counts RETRIES without loading uproot
+
     if is_local(url):
         return {"handler": uproot.MemmapSource}
     if is_xrootd(url):
@@ -132,6 +135,8 @@ def open_file(url: str, timeout: float = 30.0) -> uproot.ReadOnlyDirectory:
         raise FileOpenError(url, "no such file")
     if is_xrootd(url):
         configure_xrootd(timeout)
+    import uproot
+
     try:
         return uproot.open(path, **open_options(url, timeout))
     except FileNotFoundError as err:
@@ -149,6 +154,8 @@ def open_tree(url: str, tree: str, timeout: float = 30.0) -> Any:  # uproot TTre
     then ignored), as a :class:`mlaas4hep.io.formats.EventsView` that reads
     like one (see :mod:`mlaas4hep.io.formats`).
     """
+    import uproot
+
     from . import formats
 
     if formats.is_parquet(url):
