@@ -51,10 +51,10 @@ demo: $(STAMP)
 
 # The suite runs on TEST_JOBS pytest-xdist workers (each module's tests on one, the documents
 # spread: tests/conftest.py); TEST_JOBS=0 runs it in one process.
-TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+TEST_JOBS ?= $(shell python3 -c 'import os; print(min(4, len(os.sched_getaffinity(0))))' 2>/dev/null || echo 2)
 
 test: $(TEST_STAMP) system-deps perf-analyzer lint compile
-	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_JOBS) --dist loadgroup tests
+	$(BIN)/python -m pytest -q --durations=30 -n $(TEST_JOBS) --dist loadscope tests
 
 # The server's request path compiled with mypyc (serve/native.py), rebuilt when its sources changed;
 # the tests run on it, as servers started by `mlaas4hep serve` do

@@ -108,26 +108,40 @@ def in_worker() -> bool:
     return "PYTEST_XDIST_WORKER" in os.environ
 
 
-@pytest.hookimpl(tryfirst=True)
+def is_document(item) -> bool:
+    """Whether ``item`` is one document's test (tests/docs/test_docs.py)."""
+    return getattr(item, "originalname", None) == "test_document_runs" and hasattr(item, "callspec")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's workers get each module's tests together, so that a module's fixtures (a
+    server, a trained model, a container image) are made once; the documents' tests, each a
+    long independent run, are spread one by one. (xdist's ``loadgroup`` would say the same with
+    marks, but it renames tests in a way pytest 9 no longer sees.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndDocuments(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if "::test_document_runs[" in nodeid else nodeid.split("::", 1)[0]
+
+    return ModulesAndDocuments(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """On xdist's workers, each module's tests run in one worker, so that a module's fixtures
-    (a server, a trained model, a container image) are made once (``--dist loadgroup``), while
-    the documents' tests, each a long independent run, are spread one by one, first."""
+    """On xdist's workers the documents' tests come first, the longest first, so that no worker
+    is left with one at the end."""
     if not in_worker():
         return
     from .docs.pool import LONGEST_FIRST
 
-    def is_document(item) -> bool:
-        return getattr(item, "originalname", None) == "test_document_runs" and hasattr(item, "callspec")
-
-    def rank(doc: str) -> int:
+    def rank(item) -> int:
+        doc = item.callspec.params["doc"]
         return LONGEST_FIRST.index(doc) if doc in LONGEST_FIRST else len(LONGEST_FIRST)
 
-    documents = sorted((i for i in items if is_document(i)), key=lambda i: rank(i.callspec.params["doc"]))
-    rest = [i for i in items if not is_document(i)]
-    for item in rest:
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-    items[:] = documents + rest  # the longest first, so that no worker is left with one at the end
+    items[:] = sorted((i for i in items if is_document(i)), key=rank) + [
+        i for i in items if not is_document(i)
+    ]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -31,12 +31,12 @@ def fresh_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def make_n(where: Path, target: str) -> list[str]:
+def make_n(where: Path, target: str, *variables: str) -> list[str]:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE") and k != "PY"}
     out = subprocess.run(
-        ["make", "-n", target], cwd=where, env=env, capture_output=True, text=True, check=True
+        ["make", "-n", target, *variables], cwd=where, env=env, capture_output=True, text=True, check=True
     )
     return out.stdout.splitlines()
 
@@ -67,7 +67,14 @@ def test_make_demo_runs_pip_and_the_demo_only(tmp_path):
 def test_make_test_installs_the_system_packages(tmp_path):
     lines = make_n(fresh_copy(tmp_path), "test")
     assert "bash .ci/system-deps.sh" in lines
-    assert lines[-1] == ".venv/bin/python -m pytest -q --durations=30 tests"
+    # on pytest-xdist workers, one per core the process may use (at most 4); TEST_JOBS=0: one process
+    cores = min(4, len(os.sched_getaffinity(0)))
+    assert lines[-1] == f".venv/bin/python -m pytest -q --durations=30 -n {cores} --dist loadscope tests"
+    one = subprocess.run(["make", "-n", "test", "TEST_JOBS=0"], cwd=tmp_path, capture_output=True, text=True)
+    assert (
+        one.stdout.splitlines()[-1]
+        == ".venv/bin/python -m pytest -q --durations=30 -n 0 --dist loadscope tests"
+    )
 
 
 def as_unprivileged(cmd: list[str]) -> list[str]:
