@@ -121,6 +121,8 @@ def pytest_xdist_make_scheduler(config, log):
     marks, but it renames tests in a way pytest 9 no longer sees.)"""
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False  # keep the order of the collection: the documents first
+
     class ModulesAndDocuments(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return nodeid if "::test_document_runs[" in nodeid else nodeid.split("::", 1)[0]
