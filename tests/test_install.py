@@ -70,11 +70,8 @@ def test_make_test_installs_the_system_packages(tmp_path):
     # on pytest-xdist workers, one per core the process may use (at most 4); TEST_JOBS=0: one process
     cores = min(4, len(os.sched_getaffinity(0)))
     assert lines[-1] == f".venv/bin/python -m pytest -q --durations=30 -n {cores} --dist loadscope tests"
-    one = subprocess.run(["make", "-n", "test", "TEST_JOBS=0"], cwd=tmp_path, capture_output=True, text=True)
-    assert (
-        one.stdout.splitlines()[-1]
-        == ".venv/bin/python -m pytest -q --durations=30 -n 0 --dist loadscope tests"
-    )
+    one = make_n(tmp_path, "test", "TEST_JOBS=0")[-1]
+    assert one == ".venv/bin/python -m pytest -q --durations=30 -n 0 --dist loadscope tests"
 
 
 def as_unprivileged(cmd: list[str]) -> list[str]:
