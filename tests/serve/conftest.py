@@ -81,6 +81,12 @@ class BundleInfo:
     raw: dict  # raw branch values of RAW_EVENTS events of ttH_0.root, read by uproot (jagged as lists of lists)
     data_dir: Path
 
+    def raw_inputs(self) -> list[dict]:
+        """:attr:`raw` as the ``inputs`` of a v2 JSON request: one FP64 tensor per branch."""
+        return [
+            {"name": k, "datatype": "FP64", "shape": [RAW_EVENTS], "data": v} for k, v in self.raw.items()
+        ]
+
 
 @pytest.fixture(scope="session")
 def tth_bundle(data_dir, tmp_path_factory) -> BundleInfo:

@@ -19,7 +19,7 @@ import pytest
 
 from mlaas4hep import bundle
 
-from .conftest import HTTP, RAW_EVENTS
+from .conftest import HTTP
 from .oracle import ATOL, Oracle, OracleError
 from .test_multi_input import grouped_onnx
 from .test_multi_input_raw import preprocessor, raw_events
@@ -106,10 +106,7 @@ def test_grouped_tensors_by_hand(rawgrouped):
     ],
 )
 def test_a_wrong_preprocessing_disagrees_with_the_server(server, tth_bundle, tmp_path, change):
-    inputs = [
-        {"name": k, "datatype": "FP64", "shape": [RAW_EVENTS], "data": v} for k, v in tth_bundle.raw.items()
-    ]
-    r = HTTP.post(server.url + "/v2/models/tth/infer", json={"inputs": inputs})
+    r = HTTP.post(server.url + "/v2/models/tth/infer", json={"inputs": tth_bundle.raw_inputs()})
     assert r.status_code == 200, r.text
     got = np.array(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(-1, 1)
     np.testing.assert_allclose(got, tth_bundle.oracle.score_raw(tth_bundle.raw), rtol=0, atol=ATOL)

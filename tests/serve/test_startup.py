@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from .conftest import HTTP, RAW_EVENTS, ServerProcess, install_copy
+from .conftest import HTTP, ServerProcess, install_copy
 from .oracle import ATOL
 
 
@@ -44,12 +44,10 @@ def test_a_server_serving_tensors_never_imports_uproot_nor_awkward(tth_bundle, t
         assert not {"uproot", "awkward"} & packages(before)
 
         # raw branch values (jagged lists per event) load awkward then, and are scored exactly
-        raw = tth_bundle.raw
-        inputs = [{"name": k, "datatype": "FP64", "shape": [RAW_EVENTS], "data": v} for k, v in raw.items()]
-        r = HTTP.post(srv.url + "/v2/models/tth/infer", json={"inputs": inputs})
+        r = HTTP.post(srv.url + "/v2/models/tth/infer", json={"inputs": tth_bundle.raw_inputs()})
         assert r.status_code == 200, r.text
         got = np.array(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(-1, 1)
-        np.testing.assert_allclose(got, tth_bundle.oracle.score_raw(raw), rtol=0, atol=ATOL)
+        np.testing.assert_allclose(got, tth_bundle.oracle.score_raw(tth_bundle.raw), rtol=0, atol=ATOL)
         assert "awkward" in packages(_imported(srv.log.read_text()))
     finally:
         srv.stop()

@@ -8,7 +8,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from .conftest import HTTP, RAW_EVENTS
+from .conftest import HTTP
 from .oracle import ATOL
 
 
@@ -129,8 +129,7 @@ def test_binary_request_by_hand(server, tth_bundle):
 
 def test_raw_inputs_json(server, tth_bundle):
     """Raw branch values (jagged as lists per event): the server preprocesses like the bundle."""
-    raw = tth_bundle.raw
-    inputs = [{"name": k, "datatype": "FP64", "shape": [RAW_EVENTS], "data": v} for k, v in raw.items()]
+    raw, inputs = tth_bundle.raw, tth_bundle.raw_inputs()
     r = HTTP.post(server.url + "/v2/models/tth/infer", json={"inputs": inputs})
     assert r.status_code == 200, r.text
     got = np.array(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(-1, 1)
