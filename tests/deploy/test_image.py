@@ -8,7 +8,9 @@ and gRPC (tritonclient) from outside the container, on the ports given in its en
 Cold (no base image, no build cache: mmdebstrap, then pip in the build) it took 7.4 minutes on the
 shared 2-core machine at a load average near 12; warm (cached base and layers), 23-52 s. The
 builder stage adds its Debian (under a minute), its pip install and the compile: 3.6 minutes in
-all with the runtime layers cached, 1.5 (88 s) when only the sources changed.
+all with the runtime layers cached, 1.5 (88 s) when only the sources changed. The compile keeps
+its build folder in a build cache (``RUN --mount=type=cache``), so after an edit outside the
+compiled modules the image is built in 23 s (126 s with that cache empty).
 """
 
 from __future__ import annotations

@@ -81,7 +81,9 @@ an edited source or another Python falls back to the interpreted modules, and
 `mlaas4hep compile --check` says which a server would use, and why.
 MLAAS4HEP_COMPILED=0 turns them off. Needs mypy (pip install 'mlaas4hep[compile]'),
 a C compiler and write access to the installed package (they go into its
-serve/_compiled/, which pip uninstall leaves behind); about a minute and a half on two cores.
+serve/_compiled/, which pip uninstall leaves behind); about a minute and a half on two cores,
+then seconds after an edit that leaves the compiled code as it was (the build folder is kept in
+~/.cache/mlaas4hep/compile; MLAAS4HEP_COMPILE_CACHE=off builds afresh each time).
 
 example:
   mlaas4hep compile            # once after installing or upgrading

@@ -3,18 +3,30 @@
 mypyc (part of mypy: ``pip install 'mlaas4hep[compile]'``) type-checks the
 package and turns each listed module into a C extension; a C compiler is
 needed (``gcc``, Debian's ``build-essential``). The build runs on a copy of
-the package's sources in a temporary folder, so a failed build leaves the
-installed package as it was; the extensions go to a new folder of
+the package's sources in a folder of its own (:func:`work_folder`), so a failed
+build leaves the installed package as it was; the extensions go to a new folder of
 ``_compiled/``, and the manifest of the sources they were built from then
 becomes ``_compiled/current.json`` in one rename. Nothing changes for a server
 already running (its build folder is kept): the next one to start uses the new
 build (:mod:`.native`). About a minute and a half on two cores. ``pip uninstall``
 leaves ``_compiled/`` behind: remove it with the package's folder.
+
+The build folder is kept between builds (under ``~/.cache/mlaas4hep/compile``), as
+mypyc's separate compilation expects: mypy re-reads only the sources that
+changed (its cache is in the folder), mypyc rewrites only the C files whose code
+changed, and a group whose C files did not change is not compiled again. After
+an edit outside the compiled modules a build takes seconds, after an edit of one
+of them about a minute (its group is compiled again), instead of a minute and a
+half (bench/RESULTS-serve.md, "Stop 23"). A failed build removes its folder, so the
+next one starts afresh; ``MLAAS4HEP_COMPILE_CACHE`` names another parent folder,
+or ``off`` builds in a temporary folder every time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import importlib.machinery
 import importlib.util
 import json
@@ -25,12 +37,16 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..terminal import CommandError
 from . import native
 
 PACKAGE_ROOT = native.HERE.parent  # the mlaas4hep package
+
+#: The parent of the kept build folders (``off``: a temporary folder for each build).
+CACHE_ENV = "MLAAS4HEP_COMPILE_CACHE"
 
 #: The build script: mypyc's own (``python -m mypyc`` writes one like it), with the groups of
 #: :data:`.native.GROUPS`, each a shared library, built side by side (``build_ext --parallel``).
@@ -66,16 +82,76 @@ def requirements() -> str | None:
     return None
 
 
-def _copy_sources(dest: Path) -> None:
-    """The package's Python sources (for mypy's view of every import), without built files."""
+def _package_sources() -> dict[Path, Path]:
+    """The package's Python sources (for mypy's view of every import) by their path in the
+    package, without built files."""
+    found = {}
     for pattern in ("*.py", "*.pyi", "py.typed"):  # .pyi: the protobuf modules' types
         for src in PACKAGE_ROOT.rglob(pattern):
             rel = src.relative_to(PACKAGE_ROOT)
             if "__pycache__" in rel.parts or any(p.startswith("_compiled") for p in rel.parts):
                 continue
-            out = dest / "mlaas4hep" / rel
+            found[rel] = src
+    return found
+
+
+def sync_sources(dest: Path, sources: dict[Path, Path] | None = None) -> list[Path]:
+    """Make ``dest/mlaas4hep`` hold ``sources`` (:func:`_package_sources`): write the files
+    whose bytes differ, remove the sources that are gone; an unchanged file keeps its
+    modification time (mypy then skips it). Returns the paths written or removed."""
+    sources = _package_sources() if sources is None else sources
+    root, changed = dest / "mlaas4hep", []
+    for rel, src in sources.items():
+        out, data = root / rel, src.read_bytes()
+        if not out.is_file() or out.read_bytes() != data:
             out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, out)
+            out.write_bytes(data)
+            changed.append(rel)
+    for pattern in ("*.py", "*.pyi", "py.typed"):
+        for old in list(root.rglob(pattern)) if root.is_dir() else []:
+            if old.relative_to(root) not in sources:
+                old.unlink()
+                changed.append(old.relative_to(root))
+    return changed
+
+
+def work_folder() -> Path | None:
+    """Where this installation's builds run, kept between builds; None: a temporary folder.
+
+    One folder per installed package, Python, mypy version, optimisation level and C
+    compiler settings (``CC``, ``CFLAGS``), since a C file that did not change is not
+    compiled again."""
+    parent = os.environ.get(CACHE_ENV, "").strip()
+    if parent.lower() in ("off", "0", "no", "false"):
+        return None
+    import mypy.version
+
+    if not parent:
+        parent = str(
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlaas4hep" / "compile"
+        )
+    settings = [str(PACKAGE_ROOT.resolve()), native.soabi(), mypy.version.__version__, _opt_level()]
+    settings += [os.environ.get(v, "") for v in ("CC", "CFLAGS")]
+    return Path(parent) / hashlib.sha256("\0".join(settings).encode()).hexdigest()[:16]
+
+
+def _opt_level() -> str:
+    return os.environ.get("MYPYC_OPT_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def _building_in(kept: Path | None) -> Iterator[Path]:
+    """The folder a build runs in: ``kept``, removed if the build fails, or a temporary one."""
+    if kept is None:
+        with tempfile.TemporaryDirectory(prefix="mlaas4hep-compile-") as tmp:
+            yield Path(tmp)
+        return
+    kept.mkdir(parents=True, exist_ok=True)
+    try:
+        yield kept
+    except BaseException:
+        shutil.rmtree(kept, ignore_errors=True)  # the next build starts afresh
+        raise
 
 
 def compile_hot_path(log: Path | None = None) -> dict[str, object]:
@@ -98,9 +174,8 @@ def compile_hot_path(log: Path | None = None) -> dict[str, object]:
 
 def _build(log: Path | None, mypy_version: str) -> dict[str, object]:
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="mlaas4hep-compile-") as tmp:
-        work = Path(tmp)
-        _copy_sources(work)
+    with _building_in(work_folder()) as work:
+        sync_sources(work)
         digests = {m: native.source_hash(work / "mlaas4hep/serve" / f"{m}.py") for m in native.MODULES}
         depends = native.dependencies_hash(work / "mlaas4hep")
         groups = [([f"mlaas4hep/serve/{m}.py" for m in ms], name) for name, ms in native.GROUPS.items()]
@@ -113,7 +188,7 @@ def _build(log: Path | None, mypy_version: str) -> dict[str, object]:
                 cwd=work,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "MYPYC_OPT_LEVEL": os.environ.get("MYPYC_OPT_LEVEL", "3")},
+                env={**os.environ, "MYPYC_OPT_LEVEL": _opt_level()},
             )
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]  # .cpython-311-x86_64-linux-gnu.so
         files = {m: f"{m}{suffix}" for m in native.MODULES}
