@@ -21,6 +21,7 @@ client is :class:`mlaas4hep.client.Client`. See ``docs/serve.md``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import os
@@ -94,7 +95,7 @@ def serve(
             from .metricsshare import serve_all
 
             serve_all(share, config.host, config.metrics_port)
-        uvicorn.run("mlaas4hep.serve:_app_from_env", factory=True, workers=config.workers, **common)
+        _run_workers(uvicorn, config.workers, common)
         return
     app = _app(config, worker=False)
     _tune_gc()
@@ -102,6 +103,22 @@ def serve(
 
 
 _ENV = "MLAAS4HEP_SERVE_OPTIONS"
+
+
+def _run_workers(uvicorn: Any, workers: int, common: dict[str, Any]) -> None:
+    """uvicorn's supervisor of ``workers`` processes (:func:`_app_from_env`), each listening on
+    the HTTP port with a socket of its own where the kernel spreads connections (:mod:`.listeners`)."""
+    from . import listeners
+
+    app = "mlaas4hep.serve:_app_from_env"
+    if not listeners.supported():  # one shared socket, as uvicorn does
+        uvicorn.run(app, factory=True, workers=workers, **common)
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(app, factory=True, workers=workers, **common)
+    with listeners.held_port(config.host, config.port) as sock, contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[sock]).run()  # type: ignore[list-item]
 
 
 def _app(config: ServeConfig, worker: bool) -> Any:
