@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import pickle
 import socket
 from collections import Counter
 
@@ -47,16 +48,15 @@ def test_a_burst_of_connections_is_shared_by_the_workers(tth_bundle, tmp_path):
 
 
 def test_the_port_is_held_for_the_workers_and_given_back():
-    with listeners.held_port("127.0.0.1", 0) as sock:
-        port = sock.port
+    with listeners.held_port("127.0.0.1", 0, 16) as held:
+        port = held.port
         with socket.socket() as other, pytest.raises(OSError):  # not shared with a plain socket
             other.bind(("127.0.0.1", port))
-        a, b = (
-            listeners.port_socket(sock.family, "127.0.0.1", port),
-            listeners.port_socket(sock.family, "127.0.0.1", port),
-        )
-        with a, b:  # every worker binds it too
-            a.listen()
-            b.listen()
+        # what each worker receives: unpickled, its own socket, listening before its app loads
+        a, b = pickle.loads(pickle.dumps(held)), pickle.loads(pickle.dumps(held))
+        with a, b:
+            assert a.getsockname() == b.getsockname() == ("127.0.0.1", port)
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass  # queued in one of them, accepted once that worker runs
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))  # given back

@@ -117,7 +117,10 @@ def _run_workers(uvicorn: Any, workers: int, common: dict[str, Any]) -> None:
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(app, factory=True, workers=workers, **common)
-    with listeners.held_port(config.host, config.port) as sock, contextlib.suppress(KeyboardInterrupt):
+    with (
+        listeners.held_port(config.host, config.port, config.backlog) as sock,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
         Multiprocess(config, sockets=[sock]).run()  # type: ignore[list-item]
 
 

@@ -9,10 +9,14 @@ core served four fifths of the requests (bench/RESULTS-serve.md, "Stop 23").
 
 Here every worker binds the port itself with ``SO_REUSEPORT``, as the gRPC
 listeners of the workers already do, and the kernel spreads new connections
-over the workers by a hash of their addresses. The supervisor holds a socket
-bound to the port that never listens, so it receives no connection: a port in
-use is an error before any worker starts, port 0 picks one port for all of
-them, and the port stays held while a worker restarts.
+over the workers by a hash of their addresses. A worker listens as soon as it
+starts, before it loads its app: the kernel spreads connections only over the
+sockets listening when they arrive, and those that arrive while the worker
+loads wait in its queue. So by the time any worker answers ``/v2/health/ready``
+they all listen. The supervisor holds a socket bound to the port that never
+listens, so it receives no connection: a port in use is an error before any
+worker starts, port 0 picks one port for all of them, and the port stays held
+while a worker restarts.
 """
 
 from __future__ import annotations
@@ -41,26 +45,34 @@ def port_socket(family: int, host: str, port: int) -> socket.socket:
     return sock
 
 
+def listening_socket(family: int, host: str, port: int, backlog: int) -> socket.socket:
+    """A worker's own socket on the port (:func:`port_socket`), listening."""
+    sock = port_socket(family, host, port)
+    sock.listen(backlog)
+    return sock
+
+
 class WorkerSocket:
     """Stands for the listening socket in what uvicorn's supervisor hands each worker.
 
     Workers are started with ``spawn``, so each receives it pickled; unpickling it
-    binds that worker's own socket (:func:`port_socket`), which uvicorn then listens on.
+    makes that worker's own listening socket (:func:`listening_socket`), before the
+    worker loads its app.
     """
 
-    def __init__(self, family: int, host: str, port: int) -> None:
-        self.family, self.host, self.port = family, host, port
+    def __init__(self, family: int, host: str, port: int, backlog: int) -> None:
+        self.family, self.host, self.port, self.backlog = family, host, port, backlog
 
-    def __reduce__(self) -> tuple[object, tuple[int, str, int]]:
-        return port_socket, (self.family, self.host, self.port)
+    def __reduce__(self) -> tuple[object, tuple[int, str, int, int]]:
+        return listening_socket, (self.family, self.host, self.port, self.backlog)
 
 
 @contextlib.contextmanager
-def held_port(host: str, port: int) -> Iterator[WorkerSocket]:
+def held_port(host: str, port: int, backlog: int) -> Iterator[WorkerSocket]:
     """Hold ``host:port`` for the workers while the block runs; yields what to hand them.
 
     Raises :class:`OSError` when the port cannot be bound (in use, or not an address here).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with port_socket(family, host, port) as guard:
-        yield WorkerSocket(family, host, guard.getsockname()[1])
+        yield WorkerSocket(family, host, guard.getsockname()[1], backlog)
