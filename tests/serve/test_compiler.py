@@ -8,6 +8,7 @@ kept folder holds, and that nothing stale survives a failed build.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -68,3 +69,14 @@ def test_a_failed_build_leaves_no_folder_behind(tmp_path):
         temporary = work
         assert work.is_dir()
     assert not temporary.exists()
+
+
+def test_folders_no_build_used_for_a_month_are_removed(tmp_path):
+    old, recent, kept = tmp_path / "old", tmp_path / "recent", tmp_path / "kept"
+    for folder in (old, recent):
+        (folder / "mlaas4hep").mkdir(parents=True)
+    month_ago = time.time() - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+    with compiler._building_in(kept):
+        pass
+    assert not old.exists() and recent.is_dir() and kept.is_dir()

@@ -18,8 +18,9 @@ changed, and a group whose C files did not change is not compiled again. After
 an edit outside the compiled modules a build takes seconds, after an edit of one
 of them about a minute (its group is compiled again), instead of a minute and a
 half (bench/RESULTS-serve.md, "Stop 23"). A failed build removes its folder, so the
-next one starts afresh; ``MLAAS4HEP_COMPILE_CACHE`` names another parent folder,
-or ``off`` builds in a temporary folder every time.
+next one starts afresh, and a folder no build used for 30 days is removed.
+``MLAAS4HEP_COMPILE_CACHE`` names another parent folder, or ``off`` builds in a
+temporary folder every time.
 """
 
 from __future__ import annotations
@@ -139,6 +140,22 @@ def _opt_level() -> str:
     return os.environ.get("MYPYC_OPT_LEVEL", "3")
 
 
+#: A kept build folder not used for this many days is removed by the next build (of any installation).
+UNUSED_DAYS = 30
+
+
+def prune_unused(parent: Path, days: float = UNUSED_DAYS) -> list[Path]:
+    """Remove the build folders under ``parent`` that no build used for ``days`` (those of
+    uninstalled packages, removed virtual environments); returns them."""
+    cutoff, removed = time.time() - days * 86400, []
+    for folder in parent.iterdir() if parent.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder)
+                removed.append(folder)
+    return removed
+
+
 @contextlib.contextmanager
 def _building_in(kept: Path | None) -> Iterator[Path]:
     """The folder a build runs in: ``kept``, removed if the build fails, or a temporary one."""
@@ -147,6 +164,8 @@ def _building_in(kept: Path | None) -> Iterator[Path]:
             yield Path(tmp)
         return
     kept.mkdir(parents=True, exist_ok=True)
+    os.utime(kept)  # in use: see prune_unused
+    prune_unused(kept.parent)
     try:
         yield kept
     except BaseException:
