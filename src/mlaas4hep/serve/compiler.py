@@ -123,7 +123,7 @@ def work_folder() -> Path | None:
     compiler settings (``CC``, ``CFLAGS``), since a C file that did not change is not
     compiled again."""
     parent = os.environ.get(CACHE_ENV, "").strip()
-    if parent.lower() in ("off", "0", "no", "false"):
+    if native.says_off(parent):
         return None
     import mypy.version
 

@@ -106,8 +106,13 @@ def dependencies_hash(package: Path = HERE.parent, read: Callable[[Path], bytes]
     return h.hexdigest()
 
 
+def says_off(value: str) -> bool:
+    """Whether an environment variable's value turns something off (``0``, ``no``, ``false``, ``off``)."""
+    return value.strip().lower() in ("0", "no", "false", "off")
+
+
 def turned_off() -> bool:
-    return os.environ.get(ENV, "").strip().lower() in ("0", "no", "false", "off")
+    return says_off(os.environ.get(ENV, ""))
 
 
 def soabi() -> str:
