@@ -156,8 +156,9 @@ def _check_port(host: str, port: int, option: str) -> None:
     """One line, before anything starts, when the address is taken (uvicorn would exit 3)."""
     import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    from .listeners import address_family
+
+    with socket.socket(address_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))

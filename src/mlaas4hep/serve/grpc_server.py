@@ -81,6 +81,7 @@ from ._proto import model_config_pb2 as mc
 from .dataplane import DataPlane, InferRequest, InferResult
 from .errors import InvalidRequest, ModelNotFound
 from .lifespan import WithLifespan
+from .listeners import address_family
 from .tensors import DTYPES, MAX_DIMS
 
 log = logging.getLogger("mlaas4hep.serve")
@@ -393,9 +394,8 @@ class GrpcServer:
 
     def _check_free(self) -> None:
         """A port in use is an error, even though the listeners bind it with ``SO_REUSEPORT``."""
-        family = socket.AF_INET6 if ":" in self.host.strip("[]") else socket.AF_INET
         try:
-            with socket.socket(family, socket.SOCK_STREAM) as s:
+            with socket.socket(address_family(self.host), socket.SOCK_STREAM) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc: TIME_WAIT is no conflict
                 s.bind((self.host.strip("[]"), self.port))
                 s.listen(1)

@@ -32,6 +32,11 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
+def address_family(host: str) -> int:
+    """``AF_INET6`` for an IPv6 address (``::1``, ``[::1]``), ``AF_INET`` for anything else."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def port_socket(family: int, host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` that other such sockets of this user may share."""
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -73,6 +78,6 @@ def held_port(host: str, port: int, backlog: int) -> Iterator[WorkerSocket]:
 
     Raises :class:`OSError` when the port cannot be bound (in use, or not an address here).
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = address_family(host)
     with port_socket(family, host, port) as guard:
         yield WorkerSocket(family, host, guard.getsockname()[1], backlog)
