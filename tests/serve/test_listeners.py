@@ -60,3 +60,17 @@ def test_the_port_is_held_for_the_workers_and_given_back():
                 pass  # queued in one of them, accepted once that worker runs
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))  # given back
+
+
+def test_an_ipv6_address_gets_an_ipv6_socket():
+    """``--host ::1`` (or ``[::1]``) binds an IPv6 socket; names and IPv4 addresses an IPv4 one."""
+    assert listeners.address_family("::1") == socket.AF_INET6
+    assert listeners.address_family("[::1]") == socket.AF_INET6
+    assert listeners.address_family("127.0.0.1") == socket.AF_INET
+    assert listeners.address_family("localhost") == socket.AF_INET
+    if socket.has_ipv6:
+        try:
+            with listeners.held_port("::1", 0, 8) as held:
+                assert held.family == socket.AF_INET6 and held.port > 0
+        except OSError as err:  # no IPv6 loopback on this machine
+            pytest.skip(f"no IPv6 loopback: {err}")
