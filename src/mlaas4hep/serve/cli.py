@@ -154,19 +154,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _check_port(host: str, port: int, option: str) -> None:
     """One line, before anything starts, when the address is taken (uvicorn would exit 3)."""
-    import socket
+    from .listeners import check_free
 
-    from .listeners import address_family
-
-    with socket.socket(address_family(host), socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as err:
-            raise CommandError(
-                f"cannot listen on {host}:{port}: {(err.strerror or str(err)).lower()}; "
-                f"is another server running there? Choose another {option}"
-            ) from None
+    try:
+        check_free(host, port)
+    except OSError as err:
+        raise CommandError(
+            f"cannot listen on {host}:{port}: {(err.strerror or str(err)).lower()}; "
+            f"is another server running there? Choose another {option}"
+        ) from None
 
 
 def startup_banner(config: Any, sources: dict[str, str] | None = None) -> str:

@@ -81,7 +81,7 @@ from ._proto import model_config_pb2 as mc
 from .dataplane import DataPlane, InferRequest, InferResult
 from .errors import InvalidRequest, ModelNotFound
 from .lifespan import WithLifespan
-from .listeners import address_family
+from .listeners import check_free
 from .tensors import DTYPES, MAX_DIMS
 
 log = logging.getLogger("mlaas4hep.serve")
@@ -395,10 +395,7 @@ class GrpcServer:
     def _check_free(self) -> None:
         """A port in use is an error, even though the listeners bind it with ``SO_REUSEPORT``."""
         try:
-            with socket.socket(address_family(self.host), socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc: TIME_WAIT is no conflict
-                s.bind((self.host.strip("[]"), self.port))
-                s.listen(1)
+            check_free(self.host, self.port)
         except socket.gaierror:
             return  # a name grpc resolves itself (e.g. several addresses): let grpc report problems
         except OSError as err:

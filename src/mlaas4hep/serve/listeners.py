@@ -37,6 +37,20 @@ def address_family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def check_free(host: str, port: int) -> None:
+    """Raise :class:`OSError` when ``host:port`` cannot be listened on (in use, or not an
+    address here); :class:`socket.gaierror` when ``host`` does not resolve.
+
+    A probe socket binds the port and listens, then closes. It sets ``SO_REUSEADDR``, as the
+    servers do, so a port in ``TIME_WAIT`` is no conflict.
+    """
+    host = host.strip("[]")
+    with socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        probe.listen(1)
+
+
 def port_socket(family: int, host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` that other such sockets of this user may share."""
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
