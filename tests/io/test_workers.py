@@ -213,6 +213,36 @@ def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
 
 
+def test_a_worker_still_starting_is_already_quiet_on_ctrl_c(tmp_path):
+    """Ctrl-C may come before a worker has run its initializer: it is born with the quiet handler."""
+    script = tmp_path / "born_quiet.py"
+    script.write_text(
+        textwrap.dedent("""\
+            import os, signal, time
+            from mlaas4hep.io.executor import worker_context
+
+            def interrupt_myself():  # runs before any initializer a pool would give
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(30)
+
+            if __name__ == "__main__":
+                worker = worker_context().Process(target=interrupt_myself)
+                worker.start()
+                worker.join(60)
+                print("exit", worker.exitcode, flush=True)
+            """)
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert run.returncode == 0 and run.stdout == "exit 130\n", run.stdout + run.stderr
+    assert run.stderr == "", run.stderr  # no KeyboardInterrupt traceback from the worker
+
+
 def test_tasks_run_here_until_the_workers_are_up():
     """The calling process runs what it needs while the workers start; the rest goes to them."""
     from concurrent.futures import wait

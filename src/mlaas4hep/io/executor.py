@@ -131,11 +131,7 @@ def _launch(workers: int) -> ProcessPoolExecutor:
     if pool is None or getattr(pool, "_broken", False):  # e.g. its workers were interrupted
         _refuse_unguarded_main()
         _forget_unreadable_main()
-        ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-        if os.name == "posix":
-            # the fork server imports uproot and awkward once (about a second of CPU); each
-            # worker forked from it starts with them imported instead of importing them again
-            ctx.set_forkserver_preload(["__main__", __name__.rpartition(".")[0] + ".reader"])
+        ctx = worker_context()
         os.environ[_MARKER_ENV] = _marker()  # inherited by the forkserver and the workers
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_guard_worker)
         # start every worker now rather than one by one inside the first pass, from a thread:
@@ -145,6 +141,22 @@ def _launch(workers: int) -> ProcessPoolExecutor:
         _WARM[workers] = warm
         _POOLS[workers] = pool
     return pool
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How worker processes start: forked from a fork server on POSIX, spawned elsewhere.
+
+    The fork server imports uproot and awkward once (about a second of CPU);
+    each worker forked from it starts with them imported instead of importing
+    them again, and with the quiet Ctrl-C handler of :mod:`.quietworkers` from
+    its first instruction.
+    """
+    if os.name != "posix":
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    package = __name__.rpartition(".")[0]
+    ctx.set_forkserver_preload([package + ".quietworkers", "__main__", package + ".reader"])
+    return ctx
 
 
 def _close_pools_at_exit() -> None:
@@ -288,7 +300,7 @@ def _warm_up() -> None:
 
 def _guard_worker() -> None:
     """In each worker: exit when the parent process dies, however it dies; exit quietly on Ctrl-C."""
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # no traceback per worker
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # no traceback per worker (spawn too)
     if sys.platform.startswith("linux"):
         try:  # the kernel sends SIGTERM when the process that forked us exits
             import ctypes
