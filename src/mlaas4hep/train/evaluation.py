@@ -7,9 +7,9 @@
 * :func:`overtraining`: the network's scores on its *training* events against
   its *validation* events, per class. A network that learnt its training sample
   by heart scores it more confidently than unseen events; the two-sample
-  Kolmogorov–Smirnov test quantifies the difference. A small p-value (say
-  < 0.01) flags overtraining; with hundreds of thousands of events the test is
-  very sensitive, so look at the plot as well.
+  Kolmogorov–Smirnov test quantifies the difference (:func:`ks_test`). A small
+  p-value (say < 0.01) flags overtraining; with hundreds of thousands of events
+  the test is very sensitive, so look at the plot as well.
 * :func:`yields`: the expected signal and background events after a cut,
   ``S = σ_S L ε_S`` and ``B = σ_B L ε_B``, and ``S/√B``.
 
@@ -117,20 +117,48 @@ def training_scores(result: Any, max_events: int | None = None) -> tuple[np.ndar
     return np.concatenate(scores), np.concatenate(labels)
 
 
-def overtraining(result: Any, max_events: int | None = None) -> dict[str, Any]:
-    """KS p-values and distances of training vs validation scores, per class, and the
-    scores for the plot (``train``, ``val``: (scores, labels))."""
-    from scipy.stats import ks_2samp
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The Kolmogorov–Smirnov distance between two samples (0: alike, 1: disjoint), NaNs left out."""
+    a, b = np.sort(a[np.isfinite(a)]), np.sort(b[np.isfinite(b)])
+    if not len(a) or not len(b):
+        return 0.0
+    grid = np.concatenate([a, b])
+    return float(
+        np.max(
+            np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b))
+        )
+    )
 
+
+def ks_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """The two-sample Kolmogorov–Smirnov test: (distance, p-value); NaN for an empty sample.
+
+    The p-value is the asymptotic Kolmogorov distribution at ``D √(n m / (n + m))``,
+    as ROOT's ``TMath::KolmogorovProb`` gives it (``scipy.special.kolmogorov``).
+    It is within 3 % of ``scipy.stats.ks_2samp``'s finite-sample p-value once
+    ``n m / (n + m)`` is over 800 (a few thousand events; 1.5 % over 2,000, 5 % at
+    200), and needs no ``scipy.stats``, whose import takes about 2 s: a sixth of a
+    short training run.
+    """
+    from scipy.special import kolmogorov
+
+    n, m = int(np.isfinite(a).sum()), int(np.isfinite(b).sum())
+    if not n or not m:
+        return float("nan"), float("nan")
+    d = ks_distance(a, b)
+    return d, float(kolmogorov(d * np.sqrt(n * m / (n + m))))
+
+
+def overtraining(result: Any, max_events: int | None = None) -> dict[str, Any]:
+    """KS p-values and distances of training vs validation scores, per class (:func:`ks_test`),
+    and the scores for the plot (``train``, ``val``: (scores, labels))."""
     train_s, train_y = training_scores(result, max_events)
     val = np.asarray(result.val_scores)
     val_s, val_y = val.reshape(len(val), -1)[:, -1], np.asarray(result.val_labels)
     out: dict[str, Any] = {"train": (train_s, train_y), "val": (val_s, val_y)}
     for cls, name in ((1, "signal"), (0, "background")):
-        a, b = train_s[train_y == cls], val_s[val_y == cls]
-        test = ks_2samp(a, b) if len(a) and len(b) else None
-        out[f"ks_p_{name}"] = float(test.pvalue) if test is not None else float("nan")
-        out[f"ks_d_{name}"] = float(test.statistic) if test is not None else float("nan")
+        d, p = ks_test(train_s[train_y == cls], val_s[val_y == cls])
+        out[f"ks_p_{name}"], out[f"ks_d_{name}"] = p, d
     return out
 
 

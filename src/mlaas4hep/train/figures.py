@@ -16,6 +16,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .evaluation import ks_distance
 from .plots import BACKGROUND_COLOR, SIGNAL_COLOR, _style, class_names, fraction_hist, save, tag
 
 
@@ -55,19 +56,6 @@ def overtraining_figure(ot: dict[str, Any], title: str, labels: Sequence[str], p
     return Path(path)
 
 
-def separation(a: np.ndarray, b: np.ndarray) -> float:
-    """The Kolmogorov–Smirnov distance between two samples (0: alike, 1: disjoint)."""
-    a, b = np.sort(a[np.isfinite(a)]), np.sort(b[np.isfinite(b)])
-    if not len(a) or not len(b):
-        return 0.0
-    grid = np.concatenate([a, b])
-    return float(
-        np.max(
-            np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b))
-        )
-    )
-
-
 def input_distributions(
     x: np.ndarray, y: np.ndarray, names: Sequence[str], labels: Sequence[str], path: Path, most: int = 9
 ) -> tuple[Path, list[str]]:
@@ -76,7 +64,7 @@ def input_distributions(
     preprocessing). Returns the path and the names shown."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y)
-    sep = [separation(x[y == 1, j], x[y == 0, j]) for j in range(x.shape[1])]
+    sep = [ks_distance(x[y == 1, j], x[y == 0, j]) for j in range(x.shape[1])]
     order = [int(j) for j in np.argsort(sep)[::-1][:most]]
     background, signal = class_names(labels)
     ncol = 3 if len(order) > 4 else max(len(order), 1)
