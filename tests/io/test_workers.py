@@ -14,6 +14,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from mlaas4hep.generate import generate
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -213,6 +215,7 @@ def test_ctrl_c_on_a_terminal_stops_workers_quietly(tmp_path):
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
 
 
+@pytest.mark.skipif(os.name != "posix", reason="workers are spawned, not forked from a fork server")
 def test_a_worker_still_starting_is_already_quiet_on_ctrl_c(tmp_path):
     """Ctrl-C may come before a worker has run its initializer: it is born with the quiet handler."""
     script = tmp_path / "born_quiet.py"
@@ -241,6 +244,13 @@ def test_a_worker_still_starting_is_already_quiet_on_ctrl_c(tmp_path):
     )
     assert run.returncode == 0 and run.stdout == "exit 130\n", run.stdout + run.stderr
     assert run.stderr == "", run.stderr  # no KeyboardInterrupt traceback from the worker
+
+
+def test_importing_quietworkers_elsewhere_leaves_ctrl_c_alone():
+    """Only the fork server's import installs the quiet handler (a tool may import every module)."""
+    code = "import signal, mlaas4hep.io.quietworkers; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "True", run.stdout + run.stderr
 
 
 def test_tasks_run_here_until_the_workers_are_up():

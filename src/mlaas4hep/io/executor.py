@@ -149,7 +149,8 @@ def worker_context() -> multiprocessing.context.BaseContext:
     The fork server imports uproot and awkward once (about a second of CPU);
     each worker forked from it starts with them imported instead of importing
     them again, and with the quiet Ctrl-C handler of :mod:`.quietworkers` from
-    its first instruction.
+    its first instruction. The fork server is one per process, shared with any
+    other ``forkserver`` pool of the program.
     """
     if os.name != "posix":
         return multiprocessing.get_context("spawn")

@@ -28,7 +28,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.layout_engine import TightLayoutEngine
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
 
 from .metrics import roc_auc, roc_curve
 
@@ -79,8 +79,8 @@ def save(fig, path: Path, dpi: int, tight_layout: bool = False) -> Path:
     layout pass fewer, and the same pixels. ``tight_layout`` first spaces the
     panels as :meth:`~matplotlib.figure.Figure.tight_layout` does, without
     leaving a layout engine on the figure (``savefig`` would lay it out again).
-    Both are measured without the minor ticks that point inwards, which cannot
-    change them (:func:`_inward_minor_ticks_left_out`).
+    Both are measured without the unlabelled minor ticks that point inwards,
+    which cannot change them (:func:`_inward_minor_ticks_left_out`).
     """
     with _inward_minor_ticks_left_out(fig):
         if tight_layout:
@@ -94,17 +94,18 @@ def save(fig, path: Path, dpi: int, tight_layout: bool = False) -> Path:
 
 @contextlib.contextmanager
 def _inward_minor_ticks_left_out(fig) -> Iterator[None]:
-    """Leave minor ticks that point into the axes out while the layout and the crop are measured.
+    """Leave unlabelled minor ticks that point into the axes out while the layout and the crop are measured.
 
-    They carry no label and lie inside the axes, so they cannot move either, but
-    measuring places every one of them (mplhep's styles draw them on all four
-    sides): a third of a figure's time. They are back for the drawing.
+    Without a label and inside the axes they cannot move either, but measuring
+    places every one of them (mplhep's styles draw them on all four sides): a
+    third of a figure's time. They are back for the drawing. Minor ticks with
+    labels (a log axis spanning less than a decade labels them) stay.
     """
     swapped = []
     x_in, y_in = plt.rcParams["xtick.direction"] == "in", plt.rcParams["ytick.direction"] == "in"
     for ax in fig.axes:
         for axis, inward in ((ax.xaxis, x_in), (ax.yaxis, y_in)):
-            if inward:
+            if inward and isinstance(axis.get_minor_formatter(), NullFormatter):
                 swapped.append((axis, axis.get_minor_locator()))
                 axis.set_minor_locator(NullLocator())
     try:
