@@ -248,7 +248,10 @@ def test_a_worker_still_starting_is_already_quiet_on_ctrl_c(tmp_path):
 
 def test_importing_quietworkers_elsewhere_leaves_ctrl_c_alone():
     """Only the fork server's import installs the quiet handler (a tool may import every module)."""
-    code = "import signal, mlaas4hep.io.quietworkers; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    code = (
+        "import signal; before = signal.getsignal(signal.SIGINT); import mlaas4hep.io.quietworkers; "
+        "print(signal.getsignal(signal.SIGINT) is before)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.stdout.strip() == "True", run.stdout + run.stderr
 
