@@ -51,6 +51,8 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
+from .quietworkers import exit_quietly
+
 P = ParamSpec("P")
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -301,7 +303,7 @@ def _warm_up() -> None:
 
 def _guard_worker() -> None:
     """In each worker: exit when the parent process dies, however it dies; exit quietly on Ctrl-C."""
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # no traceback per worker (spawn too)
+    signal.signal(signal.SIGINT, exit_quietly)  # no traceback per worker (spawned ones too)
     if sys.platform.startswith("linux"):
         try:  # the kernel sends SIGTERM when the process that forked us exits
             import ctypes
